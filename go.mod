@@ -3,16 +3,23 @@ module github.com/posture-project/posture
 go 1.26.8
 
 require (
+	github.com/google/go-cmp v0.7.0
+	github.com/kardianos/service v1.3.0
+	github.com/mattn/go-sqlite3 v1.14.53
+	github.com/shirou/gopsutil/v4 v4.26.10
+	go.yaml.in/yaml/v3 v3.0.6
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
 
 require (
-	github.com/google/go-cmp v0.7.0 // indirect
-	github.com/kardianos/service v1.3.0 // indirect
-	github.com/mattn/go-sqlite3 v1.14.53 // indirect
-	github.com/shirou/gopsutil/v4 v4.26.10 // indirect
-	go.yaml.in/yaml/v3 v3.0.6 // indirect
+	github.com/ebitengine/purego v0.11.2 // indirect
+	github.com/go-ole/go-ole v1.2.6 // indirect
+	github.com/lufia/plan9stats v0.0.0-20211012122336-39d0f177ccd0 // indirect
+	github.com/power-devops/perfstat v0.0.0-20260805114148-88456608a4f6 // indirect
+	github.com/tklauser/go-sysconf v0.4.0 // indirect
+	github.com/tklauser/numcpus v0.12.0 // indirect
+	github.com/yusufpapurcu/wmi v1.2.4 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect

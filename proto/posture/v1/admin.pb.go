@@ -534,8 +534,10 @@ type Stats struct {
 	EnrollmentsRejected map[string]uint64 `protobuf:"bytes,4,rep,name=enrollments_rejected,json=enrollmentsRejected,proto3" json:"enrollments_rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	Devices             uint64            `protobuf:"varint,5,opt,name=devices,proto3" json:"devices,omitempty"`
 	StreamsOpen         uint64            `protobuf:"varint,6,opt,name=streams_open,json=streamsOpen,proto3" json:"streams_open,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// rpc_denied counts refused calls by full method name.
+	RpcDenied     map[string]uint64 `protobuf:"bytes,7,rep,name=rpc_denied,json=rpcDenied,proto3" json:"rpc_denied,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -610,6 +612,13 @@ func (x *Stats) GetStreamsOpen() uint64 {
 	return 0
 }
 
+func (x *Stats) GetRpcDenied() map[string]uint64 {
+	if x != nil {
+		return x.RpcDenied
+	}
+	return nil
+}
+
 var File_posture_v1_admin_proto protoreflect.FileDescriptor
 
 const file_posture_v1_admin_proto_rawDesc = "" +
@@ -642,18 +651,23 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12'\n" +
 	"\x0fca_certificates\x18\x02 \x03(\fR\x0ecaCertificates\x12\x1b\n" +
 	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"\x11\n" +
-	"\x0fGetStatsRequest\"\xcf\x03\n" +
+	"\x0fGetStatsRequest\"\xce\x04\n" +
 	"\x05Stats\x12)\n" +
 	"\x10reports_accepted\x18\x01 \x01(\x04R\x0freportsAccepted\x12Q\n" +
 	"\x10reports_rejected\x18\x02 \x03(\v2&.posture.v1.Stats.ReportsRejectedEntryR\x0freportsRejected\x12 \n" +
 	"\venrollments\x18\x03 \x01(\x04R\venrollments\x12]\n" +
 	"\x14enrollments_rejected\x18\x04 \x03(\v2*.posture.v1.Stats.EnrollmentsRejectedEntryR\x13enrollmentsRejected\x12\x18\n" +
 	"\adevices\x18\x05 \x01(\x04R\adevices\x12!\n" +
-	"\fstreams_open\x18\x06 \x01(\x04R\vstreamsOpen\x1aB\n" +
+	"\fstreams_open\x18\x06 \x01(\x04R\vstreamsOpen\x12?\n" +
+	"\n" +
+	"rpc_denied\x18\a \x03(\v2 .posture.v1.Stats.RpcDeniedEntryR\trpcDenied\x1aB\n" +
 	"\x14ReportsRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aF\n" +
 	"\x18EnrollmentsRejectedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a<\n" +
+	"\x0eRpcDeniedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\x95\x04\n" +
 	"\fAdminService\x12l\n" +
@@ -676,7 +690,7 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_posture_v1_admin_proto_goTypes = []any{
 	(*CreateEnrollmentTokenRequest)(nil),    // 0: posture.v1.CreateEnrollmentTokenRequest
 	(*CreateEnrollmentTokenResponse)(nil),   // 1: posture.v1.CreateEnrollmentTokenResponse
@@ -691,35 +705,37 @@ var file_posture_v1_admin_proto_goTypes = []any{
 	(*Stats)(nil),                           // 10: posture.v1.Stats
 	nil,                                     // 11: posture.v1.Stats.ReportsRejectedEntry
 	nil,                                     // 12: posture.v1.Stats.EnrollmentsRejectedEntry
-	(*durationpb.Duration)(nil),             // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),           // 14: google.protobuf.Timestamp
-	(*DevicePosture)(nil),                   // 15: posture.v1.DevicePosture
-	(*Device)(nil),                          // 16: posture.v1.Device
+	nil,                                     // 13: posture.v1.Stats.RpcDeniedEntry
+	(*durationpb.Duration)(nil),             // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 15: google.protobuf.Timestamp
+	(*DevicePosture)(nil),                   // 16: posture.v1.DevicePosture
+	(*Device)(nil),                          // 17: posture.v1.Device
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	13, // 0: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	14, // 1: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	15, // 2: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	16, // 3: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	14, // 0: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 1: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 2: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	17, // 3: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
 	11, // 4: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
 	12, // 5: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	0,  // 6: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	2,  // 7: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	4,  // 8: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	5,  // 9: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	7,  // 10: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	9,  // 11: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	1,  // 12: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	3,  // 13: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	15, // 14: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	6,  // 15: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	8,  // 16: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	10, // 17: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	13, // 6: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	0,  // 7: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	2,  // 8: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	4,  // 9: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	5,  // 10: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	7,  // 11: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	9,  // 12: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	1,  // 13: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	3,  // 14: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	16, // 15: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	6,  // 16: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	8,  // 17: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	10, // 18: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -734,7 +750,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -49,21 +49,24 @@ const (
 	RejectReason_REJECT_REASON_CLOCK_SKEW RejectReason = 8
 	// REJECT_REASON_STORAGE: the collector could not store the report; send it again.
 	RejectReason_REJECT_REASON_STORAGE RejectReason = 9
+	// REJECT_REASON_REVOKED: the device was revoked; the stream closes.
+	RejectReason_REJECT_REASON_REVOKED RejectReason = 10
 )
 
 // Enum value maps for RejectReason.
 var (
 	RejectReason_name = map[int32]string{
-		0: "REJECT_REASON_UNSPECIFIED",
-		1: "REJECT_REASON_MALFORMED",
-		2: "REJECT_REASON_UNKNOWN_NONCE",
-		3: "REJECT_REASON_BAD_SIGNATURE",
-		4: "REJECT_REASON_DEVICE_MISMATCH",
-		5: "REJECT_REASON_REPLAY",
-		6: "REJECT_REASON_SEQUENCE_GAP",
-		7: "REJECT_REASON_CHAIN_BROKEN",
-		8: "REJECT_REASON_CLOCK_SKEW",
-		9: "REJECT_REASON_STORAGE",
+		0:  "REJECT_REASON_UNSPECIFIED",
+		1:  "REJECT_REASON_MALFORMED",
+		2:  "REJECT_REASON_UNKNOWN_NONCE",
+		3:  "REJECT_REASON_BAD_SIGNATURE",
+		4:  "REJECT_REASON_DEVICE_MISMATCH",
+		5:  "REJECT_REASON_REPLAY",
+		6:  "REJECT_REASON_SEQUENCE_GAP",
+		7:  "REJECT_REASON_CHAIN_BROKEN",
+		8:  "REJECT_REASON_CLOCK_SKEW",
+		9:  "REJECT_REASON_STORAGE",
+		10: "REJECT_REASON_REVOKED",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":     0,
@@ -76,6 +79,7 @@ var (
 		"REJECT_REASON_CHAIN_BROKEN":    7,
 		"REJECT_REASON_CLOCK_SKEW":      8,
 		"REJECT_REASON_STORAGE":         9,
+		"REJECT_REASON_REVOKED":         10,
 	}
 )
 
@@ -500,7 +504,7 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xc2\x02\n" +
+	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xdd\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -511,7 +515,9 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x1aREJECT_REASON_SEQUENCE_GAP\x10\x06\x12\x1e\n" +
 	"\x1aREJECT_REASON_CHAIN_BROKEN\x10\a\x12\x1c\n" +
 	"\x18REJECT_REASON_CLOCK_SKEW\x10\b\x12\x19\n" +
-	"\x15REJECT_REASON_STORAGE\x10\t2\\\n" +
+	"\x15REJECT_REASON_STORAGE\x10\t\x12\x19\n" +
+	"\x15REJECT_REASON_REVOKED\x10\n" +
+	"2\\\n" +
 	"\rReportService\x12K\n" +
 	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 

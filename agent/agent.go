@@ -1,0 +1,336 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/agent/identity"
+	"github.com/posture-project/posture/agent/spool"
+	"github.com/posture-project/posture/internal/envelope"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Version is the agent version reported in every report.
+var Version = "0.1.0-dev"
+
+// Measurer measures the device. Its report carries only the measured
+// sections; the agent adds identity, sequence and chain.
+type Measurer interface {
+	Collect(ctx context.Context) *posturev1.PostureReport
+}
+
+// Config configures a running agent.
+type Config struct {
+	// StateDir holds keys, certificates, the chain head and the spool.
+	StateDir string
+	// Interval between measurements; each wait is jittered by ±10%.
+	Interval time.Duration
+	// Measurer measures the device.
+	Measurer Measurer
+	// SpoolMax bounds the spool; the oldest reports are dropped past it.
+	SpoolMax int
+	// MinBackoff and MaxBackoff bound the reconnect delay.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives the agent's structured log.
+	Logger *slog.Logger
+}
+
+// Agent measures the device and streams signed reports to the collector.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	enr    enrollment
+	id     *identity.Software
+	spool  *spool.Spool
+	conn   *grpc.ClientConn
+	head   chainHead
+	// onAck, when set, is called after each acknowledged report.
+	onAck func(seq uint64)
+}
+
+// spooled is one spool entry: the measured report, and once signed, what
+// was sent, so an acknowledgement lost to a crash can be matched on restart.
+type spooled struct {
+	Report []byte `json:"report"`           // measured sections only
+	Seq    uint64 `json:"seq,omitempty"`    // set once signed
+	Digest []byte `json:"digest,omitempty"` // digest of the signed report
+}
+
+// New loads the agent's enrollment and opens its spool.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Minute
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Measurer == nil {
+		return nil, errors.New("agent needs a Measurer")
+	}
+	if err := ensureStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	enr, tlsCfg, err := loadEnrollment(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity.LoadOrCreateSoftware(filepath.Join(cfg.StateDir, identityFile))
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id}
+	if err := readJSON(filepath.Join(cfg.StateDir, chainFile), &a.head); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if a.spool, err = spool.Open(filepath.Join(cfg.StateDir, spoolDir), cfg.SpoolMax); err != nil {
+		return nil, err
+	}
+	a.conn, err = grpc.NewClient(enr.Collector,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("collector address %q: %w", enr.Collector, err)
+	}
+	return a, nil
+}
+
+// DeviceID is the ID the collector assigned.
+func (a *Agent) DeviceID() string { return a.enr.DeviceID }
+
+// Run measures on the configured interval and streams reports until ctx is
+// done. Measurements go to the spool first, so nothing is lost while the
+// collector is unreachable.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.conn.Close()
+	go a.measureLoop(ctx)
+	a.sendLoop(ctx)
+	return nil
+}
+
+// Measure takes one measurement into the spool.
+func (a *Agent) Measure(ctx context.Context) error {
+	r := a.cfg.Measurer.Collect(ctx)
+	body, err := proto.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode measurement: %w", err)
+	}
+	data, err := json.Marshal(spooled{Report: body})
+	if err != nil {
+		return err
+	}
+	if _, err := a.spool.Put(data); err != nil {
+		return fmt.Errorf("spool measurement: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) measureLoop(ctx context.Context) {
+	for {
+		if err := a.Measure(ctx); err != nil {
+			a.log.Error("measure", "err", err)
+		}
+		wait := jitter(a.cfg.Interval, 0.1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// jitter spreads d by ±frac so a fleet does not report in lockstep.
+func jitter(d time.Duration, frac float64) time.Duration {
+	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1)))
+}
+
+func (a *Agent) sendLoop(ctx context.Context) {
+	backoff := a.cfg.MinBackoff
+	for ctx.Err() == nil {
+		sent, err := a.stream(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if sent > 0 {
+			backoff = a.cfg.MinBackoff
+		}
+		if status.Code(err) == codes.PermissionDenied {
+			a.log.Error("collector refuses this device", "err", status.Convert(err).Message())
+			backoff = a.cfg.MaxBackoff
+		} else {
+			a.log.Warn("report stream ended; reconnecting", "err", err, "in", backoff, "spooled", a.spool.Len())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(jitter(backoff, 0.2)):
+		}
+		backoff = min(2*backoff, a.cfg.MaxBackoff)
+	}
+}
+
+// stream runs one report stream until it fails; it returns how many reports
+// were acknowledged on it.
+func (a *Agent) stream(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := posturev1.NewReportServiceClient(a.conn).StreamReports(ctx)
+	if err != nil {
+		return 0, err
+	}
+	msg, err := st.Recv()
+	if err != nil {
+		return 0, err
+	}
+	w := msg.GetWelcome()
+	if w == nil {
+		return 0, errors.New("collector did not open the stream with a Welcome")
+	}
+	if err := a.reconcile(w); err != nil {
+		return 0, err
+	}
+	nonce := w.GetNonce()
+	sent := 0
+	for {
+		e, ok, err := a.spool.Oldest()
+		if err != nil {
+			return sent, fmt.Errorf("read spool: %w", err)
+		}
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return sent, ctx.Err()
+			case <-a.spool.Notify():
+				continue
+			}
+		}
+		next, acked, err := a.send(st, e, nonce)
+		if err != nil {
+			return sent, err
+		}
+		nonce = next
+		if acked {
+			sent++
+		}
+	}
+}
+
+// reconcile settles an entry signed before a reconnect: if the collector's
+// head is exactly what was sent, the acknowledgement was lost and the entry
+// is done.
+func (a *Agent) reconcile(w *posturev1.Welcome) error {
+	e, ok, err := a.spool.Oldest()
+	if err != nil || !ok {
+		return err
+	}
+	var sp spooled
+	if err := json.Unmarshal(e.Data, &sp); err != nil {
+		return a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
+	}
+	if sp.Seq != 0 && w.GetLastSeq() == sp.Seq && string(w.GetLastDigest()) == string(sp.Digest) {
+		return a.acked(e.ID, sp.Seq, sp.Digest)
+	}
+	if w.GetLastSeq() != a.head.Seq {
+		a.log.Warn("collector's chain head differs from this agent's", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
+	}
+	return nil
+}
+
+func (a *Agent) drop(id uint64, why error) error {
+	a.log.Error("dropping spooled report", "id", id, "err", why)
+	return a.spool.Remove(id)
+}
+
+func (a *Agent) acked(id, seq uint64, digest []byte) error {
+	a.head = chainHead{Seq: seq, Digest: digest}
+	if err := writeJSON(filepath.Join(a.cfg.StateDir, chainFile), a.head); err != nil {
+		return err
+	}
+	if err := a.spool.Remove(id); err != nil {
+		return err
+	}
+	if a.onAck != nil {
+		a.onAck(seq)
+	}
+	return nil
+}
+
+// send signs one spooled report with the current nonce, sends it and waits
+// for the answer. It returns the next nonce.
+func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
+	var sp spooled
+	if err := json.Unmarshal(e.Data, &sp); err != nil {
+		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
+	}
+	var r posturev1.PostureReport
+	if err := proto.Unmarshal(sp.Report, &r); err != nil {
+		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spooled report: %w", err))
+	}
+	r.DeviceId = a.enr.DeviceID
+	r.Seq = a.head.Seq + 1
+	r.PrevDigest = a.head.Digest
+	r.CreatedAt = timestamppb.Now()
+	r.Agent = &posturev1.AgentInfo{Version: Version, Identity: a.id.Kind()}
+	body, err := proto.Marshal(&r)
+	if err != nil {
+		return nonce, false, err
+	}
+	sr, err := a.id.Seal(nonce, body)
+	if err != nil {
+		return nonce, false, err
+	}
+	// Record what is about to be sent before sending it: after a crash the
+	// collector's Welcome tells whether it arrived.
+	sp.Seq, sp.Digest = r.Seq, envelope.Digest(sr.GetNonce(), sr.GetReport())
+	data, err := json.Marshal(sp)
+	if err != nil {
+		return nonce, false, err
+	}
+	if err := a.spool.Replace(e.ID, data); err != nil {
+		return nonce, false, fmt.Errorf("record signed report: %w", err)
+	}
+	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {
+		return nonce, false, err
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		return nonce, false, err
+	}
+	switch m := resp.GetMsg().(type) {
+	case *posturev1.CollectorMessage_Ack:
+		if m.Ack.GetSeq() != sp.Seq || string(m.Ack.GetDigest()) != string(sp.Digest) {
+			return nonce, false, fmt.Errorf("collector acknowledged seq %d, but seq %d was sent", m.Ack.GetSeq(), sp.Seq)
+		}
+		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sp.Seq, sp.Digest)
+	case *posturev1.CollectorMessage_Rejected:
+		rej := m.Rejected
+		if rej.GetReason() == posturev1.RejectReason_REJECT_REASON_STORAGE {
+			// The collector could not store it: keep it and retry on a new stream.
+			return rej.GetNextNonce(), false, fmt.Errorf("collector could not store report %d: %s", sp.Seq, rej.GetMessage())
+		}
+		a.log.Error("collector rejected report", "seq", sp.Seq, "reason", rej.GetReason().String(), "message", rej.GetMessage())
+		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)
+	}
+	return nonce, false, fmt.Errorf("unexpected message from collector: %T", resp.GetMsg())
+}

@@ -1,0 +1,227 @@
+// Command posture-agent measures this device and streams signed posture
+// reports to a Posture collector. It runs as a system service.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/kardianos/service"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/agent/signals"
+)
+
+const usage = `posture-agent measures this device and streams signed posture reports.
+
+Usage:
+  posture-agent enroll --token TOKEN [--state-dir DIR]
+  posture-agent run [--state-dir DIR] [--interval 1m]     foreground; what the service runs
+  posture-agent collect [-o json|text]                    measure now, print, send nothing
+  posture-agent install [--state-dir DIR] [--interval 1m] install the system service
+  posture-agent uninstall|start|stop|status               manage the system service
+  posture-agent version
+`
+
+func defaultStateDir() string {
+	switch runtime.GOOS {
+	case "windows":
+		return filepath.Join(envOr("ProgramData", `C:\ProgramData`), "Posture", "agent")
+	case "darwin":
+		return "/Library/Application Support/Posture/agent"
+	}
+	return "/var/lib/posture-agent"
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "posture-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(out, usage)
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	stateDir := fs.String("state-dir", envOr("POSTURE_AGENT_STATE_DIR", defaultStateDir()), "agent state directory (keys, certificates, spool)")
+	interval := fs.Duration("interval", time.Minute, "time between measurements")
+	switch cmd {
+	case "enroll":
+		tok := fs.String("token", "", "enrollment token from posture-collector token create (required)")
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		if *tok == "" {
+			return errors.New("--token is required: ask your admin for one (posture-collector token create)")
+		}
+		res, err := agent.Enroll(context.Background(), *stateDir, *tok)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity)
+		if res.Identity == "software" {
+			fmt.Fprintln(out, "note: software identity (a key file); a TPM-backed identity gives higher assurance")
+		}
+		return nil
+	case "run":
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		if !service.Interactive() {
+			// Started by the service manager (Windows SCM needs the handshake).
+			s, err := newService(*stateDir, *interval)
+			if err != nil {
+				return err
+			}
+			return s.Run()
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runAgent(ctx, *stateDir, *interval)
+	case "collect":
+		format := fs.String("o", "json", "output format: json or text")
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		r := signals.New(signals.Options{}).Collect(context.Background())
+		opts := protojson.MarshalOptions{Multiline: true, Indent: "  "}
+		switch *format {
+		case "json":
+		case "text":
+			opts = protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}
+		default:
+			return fmt.Errorf("-o %q: want json or text", *format)
+		}
+		b, err := opts.Marshal(r)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, string(b))
+		return nil
+	case "install", "uninstall", "start", "stop", "status":
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		return control(cmd, *stateDir, *interval, out)
+	case "version":
+		fmt.Fprintln(out, agent.Version)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%s: %w", fs.Name(), err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+func runAgent(ctx context.Context, stateDir string, interval time.Duration) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	a, err := agent.New(agent.Config{
+		StateDir: stateDir,
+		Interval: interval,
+		Measurer: signals.New(signals.Options{}),
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("agent running", "device", a.DeviceID(), "state_dir", stateDir, "interval", interval)
+	return a.Run(ctx)
+}
+
+// program adapts the agent to kardianos/service.
+type program struct {
+	stateDir string
+	interval time.Duration
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func (p *program) Start(service.Service) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel, p.done = cancel, make(chan struct{})
+	go func() {
+		defer close(p.done)
+		if err := runAgent(ctx, p.stateDir, p.interval); err != nil {
+			slog.Error("agent stopped", "err", err)
+			os.Exit(1)
+		}
+	}()
+	return nil
+}
+
+func (p *program) Stop(service.Service) error {
+	p.cancel()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+	return nil
+}
+
+func newService(stateDir string, interval time.Duration) (service.Service, error) {
+	cfg := &service.Config{
+		Name:        "posture-agent",
+		DisplayName: "Posture agent",
+		Description: "Measures device posture and streams signed reports to the Posture collector.",
+		Arguments:   []string{"run", "--state-dir", stateDir, "--interval", interval.String()},
+	}
+	if runtime.GOOS == "linux" {
+		cfg.Dependencies = []string{"After=network-online.target", "Wants=network-online.target"}
+	}
+	s, err := service.New(&program{stateDir: stateDir, interval: interval}, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	return s, nil
+}
+
+func control(action, stateDir string, interval time.Duration, out io.Writer) error {
+	s, err := newService(stateDir, interval)
+	if err != nil {
+		return err
+	}
+	if action == "status" {
+		st, err := s.Status()
+		if err != nil {
+			return fmt.Errorf("service status (%s): %w", s.Platform(), err)
+		}
+		names := map[service.Status]string{service.StatusRunning: "running", service.StatusStopped: "stopped", service.StatusUnknown: "unknown"}
+		fmt.Fprintf(out, "posture-agent service (%s): %s\n", s.Platform(), names[st])
+		return nil
+	}
+	if err := service.Control(s, action); err != nil {
+		return fmt.Errorf("%s service (%s): %w", action, s.Platform(), err)
+	}
+	fmt.Fprintf(out, "posture-agent service: %s done (%s)\n", action, s.Platform())
+	return nil
+}

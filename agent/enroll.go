@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/posture-project/posture/agent/identity"
+	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/token"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// EnrollResult describes a completed enrollment.
+type EnrollResult struct {
+	DeviceID  string
+	SPIFFEID  string
+	Collector string
+	Identity  string
+}
+
+// Enroll redeems a token with the collector it names. The collector's CA
+// must match the fingerprint in the token. Keys are created on first use and
+// kept, so enrolling again keeps the device ID and its report chain.
+func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, error) {
+	tok, err := token.Parse(tokenText)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureStateDir(stateDir); err != nil {
+		return nil, err
+	}
+	id, err := identity.LoadOrCreateSoftware(filepath.Join(stateDir, identityFile))
+	if err != nil {
+		return nil, err
+	}
+	tlsKey, err := loadOrCreateKey(filepath.Join(stateDir, tlsKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	tlsPub, err := x509.MarshalPKIXPublicKey(tlsKey.Public())
+	if err != nil {
+		return nil, fmt.Errorf("encode TLS key: %w", err)
+	}
+
+	var pinned *x509.Certificate
+	conn, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLS(tok.Fingerprint, &pinned))))
+	if err != nil {
+		return nil, fmt.Errorf("collector address %q: %w", tok.Addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+
+	stream, err := posturev1.NewEnrollmentServiceClient(conn).Enroll(ctx, grpc.WaitForReady(false))
+	if err != nil {
+		return nil, enrollErr(tok.Addr, err)
+	}
+	host, _ := os.Hostname()
+	if err := stream.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Begin{Begin: &posturev1.EnrollBegin{
+		Token: tok.Secret, Hostname: host, Platform: runtime.GOOS, TlsPublicKey: tlsPub, Identity: id.Claim(),
+	}}}); err != nil {
+		return nil, enrollErr(tok.Addr, recvErr(stream, err))
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, enrollErr(tok.Addr, err)
+	}
+	ch := resp.GetChallenge()
+	if ch == nil {
+		return nil, errors.New("collector did not send an enrollment challenge")
+	}
+	ans, err := id.Answer(ch.GetNonce(), tlsPub)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Answer{Answer: ans}}); err != nil {
+		return nil, enrollErr(tok.Addr, recvErr(stream, err))
+	}
+	resp, err = stream.Recv()
+	if err != nil {
+		return nil, enrollErr(tok.Addr, err)
+	}
+	res := resp.GetResult()
+	if res == nil {
+		return nil, errors.New("collector did not send an enrollment result")
+	}
+	_ = stream.CloseSend()
+
+	cert, err := x509.ParseCertificate(res.GetCertificate())
+	if err != nil {
+		return nil, fmt.Errorf("device certificate from collector: %w", err)
+	}
+	if pinned == nil {
+		return nil, errors.New("collector CA was not pinned during the handshake")
+	}
+	if err := pki.WriteCertificates(filepath.Join(stateDir, certFile), cert); err != nil {
+		return nil, err
+	}
+	if err := pki.WriteCertificates(filepath.Join(stateDir, caFile), pinned); err != nil {
+		return nil, err
+	}
+	e := enrollment{Collector: tok.Addr, DeviceID: res.GetDeviceId(), SPIFFEID: res.GetSpiffeId(), TrustDomain: res.GetTrustDomain(), Identity: id.Kind()}
+	if err := writeJSON(filepath.Join(stateDir, configFile), e); err != nil {
+		return nil, err
+	}
+	return &EnrollResult{DeviceID: e.DeviceID, SPIFFEID: e.SPIFFEID, Collector: e.Collector, Identity: e.Identity}, nil
+}
+
+// recvErr surfaces the server's status when a Send fails because the server
+// already ended the stream.
+func recvErr(stream posturev1.EnrollmentService_EnrollClient, sendErr error) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	return sendErr
+}
+
+func enrollErr(addr string, err error) error {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Errorf("enroll with %s: %s", addr, st.Message())
+	}
+	return fmt.Errorf("enroll with %s: %w", addr, err)
+}

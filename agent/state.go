@@ -1,0 +1,120 @@
+// Package agent is the posture agent's runtime: enrollment, the measuring
+// loop, the durable spool and the long-lived report stream.
+package agent
+
+import (
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/posture-project/posture/internal/pki"
+)
+
+// Files in the state directory.
+const (
+	identityFile = "identity.key" // report-signing key (software identity)
+	tlsKeyFile   = "tls.key"      // mutual TLS key
+	certFile     = "device.crt"   // device certificate from the collector
+	caFile       = "ca.crt"       // pinned collector CA
+	configFile   = "agent.json"   // enrollment facts
+	chainFile    = "chain.json"   // acknowledged report chain head
+	spoolDir     = "spool"
+)
+
+// enrollment is what the agent learned when it enrolled.
+type enrollment struct {
+	Collector   string `json:"collector"`
+	DeviceID    string `json:"device_id"`
+	SPIFFEID    string `json:"spiffe_id"`
+	TrustDomain string `json:"trust_domain"`
+	Identity    string `json:"identity"`
+}
+
+// chainHead is the newest report the collector acknowledged.
+type chainHead struct {
+	Seq    uint64 `json:"seq"`
+	Digest []byte `json:"digest"`
+}
+
+// ensureStateDir creates the state directory with mode 0700 and tightens an
+// existing one: it holds private keys.
+func ensureStateDir(dir string) error {
+	if dir == "" {
+		return errors.New("state directory is required")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restrict state directory: %w", err)
+	}
+	return nil
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return pki.WriteFileAtomic(path, append(data, '\n'), 0o600)
+}
+
+// loadEnrollment reads the enrollment and the TLS material to reach the
+// collector with.
+func loadEnrollment(dir string) (enrollment, *tls.Config, error) {
+	var e enrollment
+	if err := readJSON(filepath.Join(dir, configFile), &e); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return e, nil, fmt.Errorf("this device is not enrolled (no %s in %s): run posture-agent enroll --token TOKEN", configFile, dir)
+		}
+		return e, nil, err
+	}
+	cas, err := pki.ReadCertificates(filepath.Join(dir, caFile))
+	if err != nil {
+		return e, nil, err
+	}
+	roots := x509.NewCertPool()
+	for _, c := range cas {
+		roots.AddCert(c)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, tlsKeyFile))
+	if err != nil {
+		return e, nil, fmt.Errorf("load device certificate: %w", err)
+	}
+	return e, pki.ClientTLS(roots, e.TrustDomain, &cert), nil
+}
+
+func loadOrCreateKey(path string) (*ecdsa.PrivateKey, error) {
+	signer, err := pki.ReadPrivateKey(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key, err := pki.NewKey()
+		if err != nil {
+			return nil, fmt.Errorf("create key: %w", err)
+		}
+		return key, pki.WritePrivateKey(path, key)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, ok := signer.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s holds a %T, want ECDSA", path, signer)
+	}
+	return key, nil
+}

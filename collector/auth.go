@@ -1,0 +1,129 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// roleAnonymous is a TLS client without a certificate.
+const roleAnonymous = "anonymous"
+
+// methodRoles is the authorization table: every RPC names the roles that may
+// call it. A method missing here is denied to everyone.
+var methodRoles = map[string][]string{
+	posturev1.EnrollmentService_Enroll_FullMethodName:             {roleAnonymous},
+	posturev1.ReportService_StreamReports_FullMethodName:          {pki.RoleDevice},
+	posturev1.GatewayService_CheckAccess_FullMethodName:           {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.GatewayService_GetDevicePosture_FullMethodName:      {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.AdminService_CreateEnrollmentToken_FullMethodName:   {pki.RoleAdmin},
+	posturev1.AdminService_ListDevices_FullMethodName:             {pki.RoleAdmin},
+	posturev1.AdminService_GetDevice_FullMethodName:               {pki.RoleAdmin},
+	posturev1.AdminService_RevokeDevice_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_IssueGatewayCertificate_FullMethodName: {pki.RoleAdmin},
+	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin},
+}
+
+// caller is the authenticated party behind an RPC.
+type caller struct {
+	role string
+	name string // device ID, gateway name, admin name; empty for anonymous
+}
+
+type callerKey struct{}
+
+func callerFrom(ctx context.Context) caller {
+	c, _ := ctx.Value(callerKey{}).(caller)
+	return c
+}
+
+// identify names the peer: a connection on the admin Unix socket is the
+// local admin (the socket's 0600 mode is the credential); a TLS client is
+// named by the SPIFFE ID of its verified certificate.
+func (c *Collector) identify(ctx context.Context) (caller, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return caller{}, status.Error(codes.Unauthenticated, "no peer information")
+	}
+	if _, isUnix := p.Addr.(*net.UnixAddr); isUnix {
+		return caller{role: pki.RoleAdmin, name: "local"}, nil
+	}
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return caller{}, status.Error(codes.Unauthenticated, "connection is not TLS")
+	}
+	id, err := pki.VerifiedPeerID(tlsInfo.State)
+	if err != nil {
+		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+	}
+	if id == nil {
+		return caller{role: roleAnonymous}, nil
+	}
+	td, role, name, err := pki.ParseSPIFFEID(id.String())
+	if err != nil {
+		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+	}
+	if td != c.cfg.TrustDomain {
+		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate belongs to trust domain %q, not %q", td, c.cfg.TrustDomain)
+	}
+	if role == pki.RoleDevice {
+		if err := c.fleet.checkActive(name); err != nil {
+			return caller{}, status.Error(codes.PermissionDenied, err.Error())
+		}
+	}
+	return caller{role: role, name: name}, nil
+}
+
+func (c *Collector) authorize(ctx context.Context, method string) (context.Context, error) {
+	who, err := c.identify(ctx)
+	if err != nil {
+		c.stats.denied(method)
+		return nil, err
+	}
+	for _, r := range methodRoles[method] {
+		if r == who.role {
+			return context.WithValue(ctx, callerKey{}, who), nil
+		}
+	}
+	c.stats.denied(method)
+	return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s", describe(who), method)
+}
+
+func describe(c caller) string {
+	if c.role == roleAnonymous {
+		return "a client without a certificate (it may only enroll)"
+	}
+	return fmt.Sprintf("%s %q", c.role, c.name)
+}
+
+func (c *Collector) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := c.authorize(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (c *Collector) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := c.authorize(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *authedStream) Context() context.Context { return s.ctx }

@@ -1,0 +1,522 @@
+// Command posture-collector runs the Posture collector and is its admin CLI.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+const defaultDataDir = "/var/lib/posture-collector"
+
+const usage = `posture-collector runs the Posture collector and administers it.
+
+Usage:
+  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME]
+  posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
+  posture-collector devices list [-o table|json]
+  posture-collector devices show ID [-o text|json]
+  posture-collector devices revoke ID --reason TEXT
+  posture-collector check ID --level NAME [-o text|json]   exit 0 allowed, 1 denied, 2 error
+  posture-collector gateway add NAME --out DIR
+  posture-collector stats [-o json]
+  posture-collector policy validate FILE
+
+Admin commands reach the running collector through the admin socket in
+--data-dir (default ` + defaultDataDir + `).
+`
+
+// exitErr carries a specific exit code.
+type exitErr struct {
+	code int
+	err  error
+}
+
+func (e exitErr) Error() string { return e.err.Error() }
+
+func main() {
+	err := run(os.Args[1:], os.Stdout)
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee exitErr
+	if errors.As(err, &ee) {
+		code = ee.code
+		err = ee.err
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "posture-collector:", err)
+	}
+	os.Exit(code)
+}
+
+func run(args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(out, usage)
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runCollector(rest)
+	case "token":
+		return sub(rest, map[string]func([]string, io.Writer) error{"create": tokenCreate}, out)
+	case "devices":
+		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke}, out)
+	case "check":
+		return check(rest, out)
+	case "gateway":
+		return sub(rest, map[string]func([]string, io.Writer) error{"add": gatewayAdd}, out)
+	case "stats":
+		return stats(rest, out)
+	case "policy":
+		return sub(rest, map[string]func([]string, io.Writer) error{"validate": policyValidate}, out)
+	}
+	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
+}
+
+func sub(args []string, cmds map[string]func([]string, io.Writer) error, out io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("missing subcommand\n\n%s", usage)
+	}
+	f, ok := cmds[args[0]]
+	if !ok {
+		return fmt.Errorf("unknown subcommand %q\n\n%s", args[0], usage)
+	}
+	return f(args[1:], out)
+}
+
+// parse parses flags that may come before or after positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%s: %w", fs.Name(), err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func dataDirFlag(fs *flag.FlagSet) *string {
+	return fs.String("data-dir", envOr("POSTURE_DATA_DIR", defaultDataDir), "collector data directory")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func runCollector(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	listen := fs.String("listen", "127.0.0.1:8443", "TLS listen address for agents and gateways")
+	advertise := fs.String("advertise", "", "address agents dial, written into tokens (default: --listen)")
+	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
+	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("run takes no arguments, got %q", pos)
+	}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	if *logFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, Logger: slog.New(h)}
+	if *policyFile != "" {
+		p, err := policy.Load(*policyFile)
+		if err != nil {
+			return err
+		}
+		cfg.Policy = p
+	}
+	c, err := collector.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return c.Serve(ctx)
+}
+
+// admin dials the running collector.
+func admin(dataDir string) (posturev1.AdminServiceClient, posturev1.GatewayServiceClient, func(), error) {
+	conn, err := collector.DialAdmin(dataDir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return posturev1.NewAdminServiceClient(conn), posturev1.NewGatewayServiceClient(conn), func() { conn.Close() }, nil
+}
+
+func rpcErr(err error) error {
+	if st, ok := status.FromError(err); ok {
+		return errors.New(st.Message())
+	}
+	return err
+}
+
+func ctxTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 15*time.Second)
+}
+
+func tokenCreate(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("token create", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	uses := fs.Uint("uses", 1, "how many devices may enroll with it")
+	desc := fs.String("description", "", "note kept with the token")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *uses == 0 {
+		return errors.New("--uses must be at least 1")
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.CreateEnrollmentToken(ctx, &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(*ttl), Uses: uint32(*uses), Description: *desc})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintln(out, resp.GetToken())
+	fmt.Fprintf(os.Stderr, "valid until %s for %d enrollment(s); on the device run: posture-agent enroll --token TOKEN\n", resp.GetExpiresAt().AsTime().Local().Format(time.RFC3339), resp.GetUses())
+	return nil
+}
+
+func outputFlag(fs *flag.FlagSet, def string) *string {
+	return fs.String("o", def, "output format")
+}
+
+func printJSON(out io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, string(b))
+	return err
+}
+
+func devicesList(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devices list", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	format := outputFlag(fs, "table")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.ListDevices(ctx, &posturev1.ListDevicesRequest{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	switch *format {
+	case "json":
+		return printJSON(out, resp)
+	case "table":
+	default:
+		return fmt.Errorf("-o %q: want table or json", *format)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHOSTNAME\tOS\tSTATE\tSCORE\tLEVELS\tIDENTITY\tLAST SEEN")
+	for _, d := range resp.GetDevices() {
+		dev := d.GetDevice()
+		var levels []string
+		for _, l := range d.GetLevels() {
+			if l.GetAllowed() {
+				levels = append(levels, l.GetName())
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", dev.GetId(), dev.GetHostname(), orDash(dev.GetOs()), stateName(dev.GetState()),
+			d.GetScore(), orDash(strings.Join(levels, ",")), policy.AssuranceName(dev.GetAssurance()), ago(dev.GetLastSeen().AsTime(), dev.GetLastSeen() != nil))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func stateName(s posturev1.DeviceState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "DEVICE_STATE_"))
+}
+
+func outcomeName(o posturev1.Outcome) string {
+	return strings.ToLower(strings.TrimPrefix(o.String(), "OUTCOME_"))
+}
+
+func ago(t time.Time, set bool) string {
+	if !set {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func devicesShow(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devices show", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	format := outputFlag(fs, "text")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: posture-collector devices show ID")
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	p, err := adm.GetDevice(ctx, &posturev1.GetDeviceRequest{DeviceId: pos[0]})
+	if err != nil {
+		return rpcErr(err)
+	}
+	switch *format {
+	case "json":
+		return printJSON(out, p)
+	case "text":
+	default:
+		return fmt.Errorf("-o %q: want text or json", *format)
+	}
+	d := p.GetDevice()
+	fmt.Fprintf(out, "Device     %s\nSPIFFE ID  %s\nHostname   %s\nOS         %s (%s)\nIdentity   %s\nState      %s", d.GetId(), d.GetSpiffeId(), d.GetHostname(), orDash(d.GetOs()), d.GetPlatform(), policy.AssuranceName(d.GetAssurance()), stateName(d.GetState()))
+	if d.GetStateReason() != "" {
+		fmt.Fprintf(out, " (%s)", d.GetStateReason())
+	}
+	fmt.Fprintf(out, "\nEnrolled   %s\nLast seen  %s (seq %d)\nScore      %d (raw %d)\n\n", d.GetEnrolledAt().AsTime().Local().Format(time.RFC3339), ago(d.GetLastSeen().AsTime(), d.GetLastSeen() != nil), d.GetLastSeq(), p.GetScore(), p.GetRawScore())
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tRESULT\tWEIGHT\tAGE\tREASON\tFIX")
+	for _, c := range p.GetChecks() {
+		age := "-"
+		if c.GetEvidenceAge() != nil {
+			age = c.GetEvidenceAge().AsDuration().String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
+	}
+	tw.Flush()
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LEVEL\tALLOWED\tWHY NOT")
+	for _, l := range p.GetLevels() {
+		fmt.Fprintf(tw, "%s\t%t\t%s\n", l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
+	}
+	return tw.Flush()
+}
+
+func devicesRevoke(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devices revoke", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	reason := fs.String("reason", "", "why the device is revoked (required; shown in every later denial)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: posture-collector devices revoke ID --reason TEXT")
+	}
+	if *reason == "" {
+		return errors.New("--reason is required: it is recorded and shown in every later denial")
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: pos[0], Reason: *reason})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(out, "revoked %s (%s)\n", resp.GetDevice().GetId(), resp.GetDevice().GetStateReason())
+	return nil
+}
+
+func check(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	level := fs.String("level", "", "access level to check (required)")
+	format := outputFlag(fs, "text")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return exitErr{2, err}
+	}
+	if len(pos) != 1 || *level == "" {
+		return exitErr{2, errors.New("usage: posture-collector check ID --level NAME")}
+	}
+	_, gw, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return exitErr{2, err}
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := gw.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: pos[0], AccessLevel: *level})
+	if err != nil {
+		return exitErr{2, rpcErr(err)}
+	}
+	if *format == "json" {
+		if err := printJSON(out, resp); err != nil {
+			return exitErr{2, err}
+		}
+	} else {
+		verdict := "DENY"
+		if resp.GetAllowed() {
+			verdict = "ALLOW"
+		}
+		fmt.Fprintf(out, "%s %s for level %s (score %d, identity %s, state %s)\n", verdict, resp.GetDeviceId(), resp.GetAccessLevel(), resp.GetScore(), policy.AssuranceName(resp.GetAssurance()), stateName(resp.GetState()))
+		for _, r := range resp.GetReasons() {
+			fmt.Fprintf(out, "  - %s\n", r)
+		}
+		for _, c := range resp.GetFailedChecks() {
+			fmt.Fprintf(out, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+		}
+	}
+	if !resp.GetAllowed() {
+		return exitErr{1, nil}
+	}
+	return nil
+}
+
+func gatewayAdd(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("gateway add", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	outDir := fs.String("out", "", "directory to write gateway.crt, gateway.key and ca.crt into (required)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *outDir == "" {
+		return errors.New("usage: posture-collector gateway add NAME --out DIR")
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: pos[0]}}, key)
+	if err != nil {
+		return err
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.IssueGatewayCertificate(ctx, &posturev1.IssueGatewayCertificateRequest{Name: pos[0], Csr: csr})
+	if err != nil {
+		return rpcErr(err)
+	}
+	cert, err := x509.ParseCertificate(resp.GetCertificate())
+	if err != nil {
+		return err
+	}
+	var cas []*x509.Certificate
+	for _, der := range resp.GetCaCertificates() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return err
+		}
+		cas = append(cas, c)
+	}
+	if err := os.MkdirAll(*outDir, 0o700); err != nil {
+		return err
+	}
+	if err := pki.WritePrivateKey(filepath.Join(*outDir, "gateway.key"), key); err != nil {
+		return err
+	}
+	if err := pki.WriteCertificates(filepath.Join(*outDir, "gateway.crt"), cert); err != nil {
+		return err
+	}
+	if err := pki.WriteCertificates(filepath.Join(*outDir, "ca.crt"), cas...); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "gateway %s: wrote gateway.crt, gateway.key and ca.crt to %s\n", resp.GetSpiffeId(), *outDir)
+	return nil
+}
+
+func stats(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	format := outputFlag(fs, "json")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	s, err := adm.GetStats(ctx, &posturev1.GetStatsRequest{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *format != "json" {
+		return fmt.Errorf("-o %q: want json", *format)
+	}
+	return printJSON(out, s)
+}
+
+func policyValidate(args []string, out io.Writer) error {
+	if len(args) != 1 {
+		return errors.New("usage: posture-collector policy validate FILE")
+	}
+	p, err := policy.Load(args[0])
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(p.LevelNames())
+	fmt.Fprintf(out, "%s: valid; %d checks, levels %s\n", args[0], len(p.Checks), b)
+	return nil
+}

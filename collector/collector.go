@@ -1,0 +1,254 @@
+// Package collector is the Posture collector: it enrolls devices, verifies
+// and stores their signed posture reports, scores them, and answers gateways
+// and admins over gRPC.
+package collector
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// AdminSocket is the name of the admin Unix socket inside the data directory.
+const AdminSocket = "admin.sock"
+
+// Config configures a collector.
+type Config struct {
+	// DataDir holds the CA, the database and the admin socket (mode 0700).
+	DataDir string
+	// Listen is the TLS listen address for agents and gateways.
+	Listen string
+	// Advertise is the address agents use to reach the collector, written
+	// into enrollment tokens. Empty means Listen, which must then name a
+	// host (not 0.0.0.0).
+	Advertise string
+	// TrustDomain names the SPIFFE trust domain of every certificate.
+	TrustDomain string
+	// Policy scores devices; nil means the built-in policy.
+	Policy *policy.Policy
+	// MaxClockSkew is how far a report's created_at may be from the
+	// collector's clock.
+	MaxClockSkew time.Duration
+	// DeviceCertTTL is the lifetime of device certificates.
+	DeviceCertTTL time.Duration
+	// Logger receives the collector's structured log.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now. Tests move it.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8443"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "posture.local"
+	}
+	if c.Policy == nil {
+		c.Policy = policy.Default()
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = 5 * time.Minute
+	}
+	if c.DeviceCertTTL == 0 {
+		c.DeviceCertTTL = 365 * 24 * time.Hour
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Collector is a running collector's state.
+type Collector struct {
+	cfg    Config
+	log    *slog.Logger
+	ca     *pki.CA
+	roots  *x509.CertPool
+	store  *store.Store
+	fleet  *fleet
+	policy atomic.Pointer[policy.Policy]
+	stats  *stats
+
+	listener net.Listener
+	admin    net.Listener
+	server   *grpc.Server
+	adminSrv *grpc.Server
+}
+
+// New opens the data directory (creating the CA and database on first
+// start), loads every device into memory and binds the listeners. Serve
+// starts answering.
+func New(cfg Config) (*Collector, error) {
+	cfg.setDefaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("data directory is required (--data-dir)")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict data directory: %w", err)
+	}
+	ca, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats()}
+	c.roots.AddCert(ca.Cert)
+	c.policy.Store(cfg.Policy)
+
+	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "posture.db")); err != nil {
+		return nil, err
+	}
+	if err := c.fleet.load(context.Background(), c.store, cfg.Policy); err != nil {
+		c.store.Close()
+		return nil, err
+	}
+	if err := c.listen(); err != nil {
+		c.store.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Collector) listen() error {
+	host, _, err := net.SplitHostPort(c.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen address %q: %w", c.cfg.Listen, err)
+	}
+	hosts := []string{"localhost", "127.0.0.1", "::1", host}
+	if adv, _, err := net.SplitHostPort(c.cfg.Advertise); err == nil {
+		hosts = append(hosts, adv)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return fmt.Errorf("serving key: %w", err)
+	}
+	cert, err := c.ca.IssueServer(key.Public(), hosts, 90*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: cert}
+
+	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})
+	kep := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
+	c.server = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(pki.ServerTLS(tlsCert, c.roots))),
+		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
+	)
+	c.adminSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth))
+	for _, s := range []*grpc.Server{c.server, c.adminSrv} {
+		posturev1.RegisterEnrollmentServiceServer(s, &enrollService{c: c})
+		posturev1.RegisterReportServiceServer(s, &reportService{c: c})
+		posturev1.RegisterGatewayServiceServer(s, &gatewayService{c: c})
+		posturev1.RegisterAdminServiceServer(s, &adminService{c: c})
+	}
+
+	if c.listener, err = net.Listen("tcp", c.cfg.Listen); err != nil {
+		return fmt.Errorf("listen on %s: %w", c.cfg.Listen, err)
+	}
+	sock := filepath.Join(c.cfg.DataDir, AdminSocket)
+	if err := removeStaleSocket(sock); err != nil {
+		c.listener.Close()
+		return err
+	}
+	old := umask(0o177)
+	c.admin, err = net.Listen("unix", sock)
+	umask(old)
+	if err != nil {
+		c.listener.Close()
+		return fmt.Errorf("admin socket %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		c.listener.Close()
+		c.admin.Close()
+		return fmt.Errorf("admin socket %s: %w", sock, err)
+	}
+	return nil
+}
+
+// removeStaleSocket removes a socket left by a collector that died, but
+// refuses to start next to a live one.
+func removeStaleSocket(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return fmt.Errorf("another collector is running with this data directory (its admin socket %s answers); stop it first", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale admin socket: %w", err)
+	}
+	return nil
+}
+
+// Addr is the TLS listener's address (useful when listening on port 0).
+func (c *Collector) Addr() string { return c.listener.Addr().String() }
+
+// CAFingerprint is the SHA-256 fingerprint of the collector CA.
+func (c *Collector) CAFingerprint() string { return c.ca.Fingerprint() }
+
+// CA returns the collector's CA certificate.
+func (c *Collector) CA() *x509.Certificate { return c.ca.Cert }
+
+// Serve answers until ctx is done, then stops gracefully: open streams are
+// ended and every report already acknowledged is on disk.
+func (c *Collector) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- c.server.Serve(c.listener) }()
+	go func() { errc <- c.adminSrv.Serve(c.admin) }()
+	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
+		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", len(c.fleet.ids()))
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	c.stop()
+	return err
+}
+
+func (c *Collector) stop() {
+	c.fleet.closeAllStreams(errShuttingDown)
+	done := make(chan struct{})
+	go func() {
+		c.server.GracefulStop()
+		c.adminSrv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		// Report streams are long-lived: end them rather than wait forever.
+		c.server.Stop()
+		c.adminSrv.Stop()
+		<-done
+	}
+	if err := c.store.Close(); err != nil {
+		c.log.Error("close store", "err", err)
+	}
+}
+
+func durationpbOf(d time.Duration) *durationpb.Duration { return durationpb.New(d.Round(time.Second)) }

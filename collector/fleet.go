@@ -1,0 +1,274 @@
+package collector
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// errUnknownDevice reports a device ID the collector never enrolled.
+var errUnknownDevice = errors.New("device is not enrolled with this collector")
+
+// fleet is the in-memory view of every device that decisions are answered
+// from. The store is the source of truth; fleet is loaded from it at start
+// and updated only after the store has accepted a change.
+type fleet struct {
+	mu      sync.RWMutex
+	devices map[string]*deviceEntry
+	streams map[string]map[*reportStream]struct{}
+}
+
+type deviceEntry struct {
+	dev     store.Device
+	key     *ecdsa.PublicKey
+	report  *posturev1.PostureReport // latest verified, nil before the first
+	subject policy.Subject
+}
+
+func newFleet() *fleet {
+	return &fleet{devices: map[string]*deviceEntry{}, streams: map[string]map[*reportStream]struct{}{}}
+}
+
+// load fills the fleet from the store, assessing each device's latest report.
+func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy) error {
+	devs, err := st.Devices(ctx)
+	if err != nil {
+		return fmt.Errorf("load devices: %w", err)
+	}
+	latest, err := st.LatestReports(ctx)
+	if err != nil {
+		return fmt.Errorf("load latest reports: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, d := range devs {
+		e, err := newEntry(d)
+		if err != nil {
+			return fmt.Errorf("load device %s: %w", d.ID, err)
+		}
+		if r, ok := latest[d.ID]; ok {
+			// Stored reports were verified before they were stored.
+			var rep posturev1.PostureReport
+			if err := proto.Unmarshal(r.Body, &rep); err != nil {
+				return fmt.Errorf("load report %s/%d: %w", d.ID, r.Seq, err)
+			}
+			e.setReport(&rep, r.ReceivedAt, pol)
+		}
+		f.devices[d.ID] = e
+	}
+	return nil
+}
+
+func newEntry(d store.Device) (*deviceEntry, error) {
+	pub, err := x509.ParsePKIXPublicKey(d.IdentityKey)
+	if err != nil {
+		return nil, fmt.Errorf("parse identity key: %w", err)
+	}
+	key, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("identity key is %T, want ECDSA", pub)
+	}
+	return &deviceEntry{
+		dev: d,
+		key: key,
+		subject: policy.Subject{
+			State:       posturev1.DeviceState(d.State),
+			StateReason: d.StateReason,
+			Assurance:   posturev1.IdentityAssurance(d.Assurance),
+		},
+	}, nil
+}
+
+func (e *deviceEntry) setReport(r *posturev1.PostureReport, at time.Time, pol *policy.Policy) {
+	e.report = r
+	e.subject.Assessment = pol.Assess(r)
+	e.subject.ReportAt = at
+}
+
+func (f *fleet) get(id string) (*deviceEntry, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	return e, ok
+}
+
+// checkActive refuses devices that are unknown or revoked. Suspect devices
+// may still connect: their reports are evidence an admin will want.
+func (f *fleet) checkActive(id string) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("device %s: %w", id, errUnknownDevice)
+	case e.dev.State == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED):
+		return fmt.Errorf("device %s is revoked (%s); enroll it again with a new identity if this is a mistake", id, e.dev.StateReason)
+	}
+	return nil
+}
+
+func (f *fleet) put(d store.Device) error {
+	e, err := newEntry(d)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.devices[d.ID]; ok {
+		e.report, e.subject.Assessment, e.subject.ReportAt = old.report, old.subject.Assessment, old.subject.ReportAt
+	}
+	f.devices[d.ID] = e
+	return nil
+}
+
+// head is the device's report chain head.
+func (f *fleet) head(id string) (seq uint64, digest []byte, state int32) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e := f.devices[id]
+	return e.dev.LastSeq, e.dev.LastDigest, e.dev.State
+}
+
+func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, pol *policy.Policy) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.devices[id]
+	e.dev.LastSeq, e.dev.LastDigest, e.dev.LastSeen = v.Seq, v.Digest, v.ReceivedAt
+	e.setReport(r, v.ReceivedAt, pol)
+}
+
+func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e, ok := f.devices[id]; ok {
+		e.dev.State, e.dev.StateReason = int32(state), reason
+		e.subject.State, e.subject.StateReason = state, reason
+	}
+}
+
+// subject copies what a decision needs, so it is made outside the lock.
+func (f *fleet) subject(id string) (policy.Subject, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	if !ok {
+		return policy.Subject{}, false
+	}
+	return e.subject, true
+}
+
+// posture renders one device for admins and gateways.
+func (f *fleet) posture(id, trustDomain string, pol *policy.Policy, now time.Time) (*posturev1.DevicePosture, bool) {
+	f.mu.RLock()
+	e, ok := f.devices[id]
+	if !ok {
+		f.mu.RUnlock()
+		return nil, false
+	}
+	d, subj, rep := e.dev, e.subject, e.report
+	f.mu.RUnlock()
+
+	checks, levels, score := pol.Explain(&subj, now)
+	out := &posturev1.DevicePosture{
+		Device: deviceProto(d, trustDomain, rep),
+		Score:  score,
+		Checks: checks,
+		Levels: levels,
+		Report: rep,
+	}
+	if subj.Assessment != nil {
+		out.RawScore = subj.Assessment.RawScore()
+		out.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
+	}
+	return out, true
+}
+
+func (f *fleet) ids() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	ids := make([]string, 0, len(f.devices))
+	for id := range f.devices {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func deviceProto(d store.Device, trustDomain string, rep *posturev1.PostureReport) *posturev1.Device {
+	out := &posturev1.Device{
+		Id:          d.ID,
+		SpiffeId:    pki.SPIFFEID(trustDomain, pki.RoleDevice, d.ID).String(),
+		Hostname:    d.Hostname,
+		Platform:    d.Platform,
+		Assurance:   posturev1.IdentityAssurance(d.Assurance),
+		State:       posturev1.DeviceState(d.State),
+		StateReason: d.StateReason,
+		EnrolledAt:  timestamppb.New(d.EnrolledAt),
+		LastSeq:     d.LastSeq,
+	}
+	if !d.LastSeen.IsZero() {
+		out.LastSeen = timestamppb.New(d.LastSeen)
+	}
+	if o := rep.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
+		out.Os = fmt.Sprintf("%s %s", o.GetName(), o.GetVersion())
+	}
+	return out
+}
+
+// addStream registers an open report stream so revocation can close it.
+func (f *fleet) addStream(id string, s *reportStream) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.streams[id] == nil {
+		f.streams[id] = map[*reportStream]struct{}{}
+	}
+	f.streams[id][s] = struct{}{}
+}
+
+func (f *fleet) removeStream(id string, s *reportStream) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.streams[id], s)
+	if len(f.streams[id]) == 0 {
+		delete(f.streams, id)
+	}
+}
+
+func (f *fleet) closeStreams(id string, cause error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for s := range f.streams[id] {
+		s.cancel(cause)
+	}
+}
+
+func (f *fleet) streamCount() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := 0
+	for _, m := range f.streams {
+		n += len(m)
+	}
+	return n
+}
+
+func (f *fleet) closeAllStreams(cause error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, m := range f.streams {
+		for s := range m {
+			s.cancel(cause)
+		}
+	}
+}

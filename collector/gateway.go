@@ -1,0 +1,81 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+type gatewayService struct {
+	posturev1.UnimplementedGatewayServiceServer
+	c *Collector
+}
+
+// resolveDevice accepts a device ID or the SPIFFE ID from its certificate.
+func (c *Collector) resolveDevice(deviceID, spiffeID string) (string, error) {
+	switch {
+	case deviceID != "" && spiffeID != "":
+		return "", status.Error(codes.InvalidArgument, "set device_id or spiffe_id, not both")
+	case deviceID != "":
+		return deviceID, nil
+	case spiffeID != "":
+		td, role, name, err := pki.ParseSPIFFEID(spiffeID)
+		if err != nil {
+			return "", status.Error(codes.InvalidArgument, err.Error())
+		}
+		if td != c.cfg.TrustDomain || role != pki.RoleDevice {
+			return "", status.Errorf(codes.InvalidArgument, "%s is not a device of trust domain %s (want spiffe://%s/device/<id>)", spiffeID, c.cfg.TrustDomain, c.cfg.TrustDomain)
+		}
+		return name, nil
+	}
+	return "", status.Error(codes.InvalidArgument, "device_id or spiffe_id is required")
+}
+
+func (g *gatewayService) CheckAccess(_ context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
+	c := g.c
+	id, err := c.resolveDevice(req.GetDeviceId(), req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetAccessLevel() == "" {
+		return nil, status.Error(codes.InvalidArgument, "access_level is required")
+	}
+	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
+	subj, ok := c.fleet.subject(id)
+	if !ok {
+		resp.Reasons = []string{fmt.Sprintf("device %s is not enrolled with this collector", id)}
+		return resp, nil
+	}
+	now := c.cfg.Now()
+	pol := c.policy.Load()
+	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
+	resp.Assurance, resp.State = subj.Assurance, subj.State
+	if subj.Assessment != nil {
+		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
+	}
+	if !resp.Allowed {
+		resp.FailedChecks = pol.FailedChecks(&subj, now)
+	}
+	return resp, nil
+}
+
+func (g *gatewayService) GetDevicePosture(_ context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {
+	id, err := g.c.resolveDevice(req.GetDeviceId(), req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	return g.c.devicePosture(id)
+}
+
+func (c *Collector) devicePosture(id string) (*posturev1.DevicePosture, error) {
+	p, ok := c.fleet.posture(id, c.cfg.TrustDomain, c.policy.Load(), c.cfg.Now())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "device %s is not enrolled with this collector (posture-collector devices list shows those that are)", id)
+	}
+	return p, nil
+}

@@ -1,0 +1,142 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// outcome is a check's verdict before it is dressed as a CheckResult.
+type outcome struct {
+	result      posturev1.Outcome
+	reason      string
+	remediation string
+	meta        *posturev1.SignalMeta
+}
+
+func pass(meta *posturev1.SignalMeta, reason string) outcome {
+	return outcome{result: posturev1.Outcome_OUTCOME_PASS, reason: reason, meta: meta}
+}
+
+func fail(meta *posturev1.SignalMeta, reason, fix string) outcome {
+	return outcome{result: posturev1.Outcome_OUTCOME_FAIL, reason: reason, remediation: fix, meta: meta}
+}
+
+// unknownUnlessOK returns an unknown outcome when a signal was not measured.
+func unknownUnlessOK(meta *posturev1.SignalMeta, what, fix string) (outcome, bool) {
+	if meta.GetStatus() == posturev1.Status_STATUS_OK {
+		return outcome{}, false
+	}
+	why := meta.GetReason()
+	if why == "" {
+		why = "the agent did not report it"
+	}
+	status := strings.ToLower(strings.TrimPrefix(meta.GetStatus().String(), "STATUS_"))
+	if meta == nil {
+		status = "missing"
+	}
+	return outcome{
+		result:      posturev1.Outcome_OUTCOME_UNKNOWN,
+		reason:      fmt.Sprintf("%s is unknown (%s: %s); unknown counts as failing", what, status, why),
+		remediation: fix,
+		meta:        meta,
+	}, true
+}
+
+func checkDisk(_ Check, r *posturev1.PostureReport) outcome {
+	d := r.GetDisk()
+	const fix = "encrypt the system disk (LUKS on Linux, FileVault on macOS, BitLocker on Windows)"
+	if o, unknown := unknownUnlessOK(d.GetMeta(), "disk encryption", fix); unknown {
+		return o
+	}
+	if d.GetSystemEncrypted() {
+		return pass(d.GetMeta(), "system disk is encrypted")
+	}
+	var plain []string
+	for _, v := range d.GetVolumes() {
+		if !v.GetEncrypted() {
+			plain = append(plain, v.GetMountPoint())
+		}
+	}
+	return fail(d.GetMeta(), fmt.Sprintf("not encrypted: %s", strings.Join(plain, ", ")), fix)
+}
+
+func checkUpdates(c Check, r *posturev1.PostureReport) outcome {
+	u := r.GetUpdates()
+	const fix = "install pending security updates"
+	if o, unknown := unknownUnlessOK(u.GetMeta(), "pending security updates", fix); unknown {
+		return o
+	}
+	n := u.GetSecurityPending()
+	if n <= c.MaxSecurityPending {
+		return pass(u.GetMeta(), fmt.Sprintf("%d pending security updates (at most %d allowed)", n, c.MaxSecurityPending))
+	}
+	return fail(u.GetMeta(), fmt.Sprintf("%d pending security updates, at most %d allowed", n, c.MaxSecurityPending), fix)
+}
+
+func checkSecureBoot(_ Check, r *posturev1.PostureReport) outcome {
+	s := r.GetSecureBoot()
+	const fix = "enable UEFI Secure Boot in the firmware settings"
+	if o, unknown := unknownUnlessOK(s.GetMeta(), "secure boot", fix); unknown {
+		return o
+	}
+	switch {
+	case s.GetLegacyBios():
+		return fail(s.GetMeta(), "machine boots with legacy BIOS, which has no secure boot", "switch the firmware to UEFI boot and enable Secure Boot")
+	case s.GetSetupMode():
+		return fail(s.GetMeta(), "secure boot is in setup mode and enforces nothing", fix)
+	case s.GetEnabled():
+		return pass(s.GetMeta(), "secure boot is enabled")
+	}
+	return fail(s.GetMeta(), "secure boot is disabled", fix)
+}
+
+func checkOSVersion(c Check, r *posturev1.PostureReport) outcome {
+	o := r.GetOs()
+	const fix = "upgrade the operating system"
+	if out, unknown := unknownUnlessOK(o.GetMeta(), "OS version", fix); unknown {
+		return out
+	}
+	name := strings.ToLower(o.GetName())
+	min, ok := c.MinVersions[name]
+	if !ok {
+		min, ok = c.MinVersions[o.GetPlatform()]
+	}
+	if !ok {
+		return outcome{
+			result:      posturev1.Outcome_OUTCOME_UNKNOWN,
+			reason:      fmt.Sprintf("the policy sets no minimum version for %q; unknown counts as failing", o.GetName()),
+			remediation: fmt.Sprintf("ask an admin to add %s to min_versions", name),
+			meta:        o.GetMeta(),
+		}
+	}
+	if compareVersions(o.GetVersion(), min) >= 0 {
+		return pass(o.GetMeta(), fmt.Sprintf("%s %s is at or above %s", o.GetName(), o.GetVersion(), min))
+	}
+	return fail(o.GetMeta(), fmt.Sprintf("%s %s is older than the minimum %s", o.GetName(), o.GetVersion(), min), fmt.Sprintf("upgrade %s to %s or later", o.GetName(), min))
+}
+
+func checkFirewall(_ Check, r *posturev1.PostureReport) outcome {
+	f := r.GetFirewall()
+	const fix = "turn on the host firewall"
+	if o, unknown := unknownUnlessOK(f.GetMeta(), "firewall", fix); unknown {
+		return o
+	}
+	if f.GetEnabled() {
+		return pass(f.GetMeta(), "firewall is on ("+f.GetProduct()+")")
+	}
+	return fail(f.GetMeta(), "firewall is off", fix)
+}
+
+func checkScreenLock(_ Check, r *posturev1.PostureReport) outcome {
+	s := r.GetScreenLock()
+	const fix = "turn on the screen lock"
+	if o, unknown := unknownUnlessOK(s.GetMeta(), "screen lock", fix); unknown {
+		return o
+	}
+	if s.GetEnabled() {
+		return pass(s.GetMeta(), fmt.Sprintf("screen locks after %ds", s.GetTimeoutSeconds()))
+	}
+	return fail(s.GetMeta(), "screen lock is off", fix)
+}

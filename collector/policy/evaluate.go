@@ -1,0 +1,159 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Assessment is a policy's verdict on one verified report. It does not
+// depend on the clock, so the collector computes it once per report and
+// answers every later decision from it.
+type Assessment struct {
+	checks   []assessed
+	rawScore uint32
+}
+
+type assessed struct {
+	check Check
+	outcome
+}
+
+// RawScore is the score before freshness decay.
+func (a *Assessment) RawScore() uint32 { return a.rawScore }
+
+// Assess evaluates every check against a verified report.
+func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment {
+	a := &Assessment{checks: make([]assessed, 0, len(p.Checks))}
+	var total, passed uint32
+	for _, c := range p.Checks {
+		o := checkFuncs[c.Name](c, r)
+		a.checks = append(a.checks, assessed{check: c, outcome: o})
+		total += c.Weight
+		if o.result == posturev1.Outcome_OUTCOME_PASS {
+			passed += c.Weight
+		}
+	}
+	if total > 0 {
+		a.rawScore = (passed*100 + total/2) / total
+	}
+	return a
+}
+
+// Subject is everything a decision about one device depends on.
+type Subject struct {
+	State       posturev1.DeviceState
+	StateReason string
+	Assurance   posturev1.IdentityAssurance
+	// Assessment of the latest verified report; nil before the first.
+	Assessment *Assessment
+	// ReportAt is when the latest verified report was stored.
+	ReportAt time.Time
+}
+
+// freshness is the decay factor in [0, 1] for evidence of the given age.
+func (p *Policy) freshness(age time.Duration) float64 {
+	f := p.Freshness
+	switch {
+	case age <= f.StaleAfter:
+		return 1
+	case age >= f.ExpireAfter:
+		return 0
+	}
+	return float64(f.ExpireAfter-age) / float64(f.ExpireAfter-f.StaleAfter)
+}
+
+// Score is the subject's trust score at now: the raw score decayed by the
+// age of its latest report, and zero for a device that is not active or has
+// never reported.
+func (p *Policy) Score(s *Subject, now time.Time) uint32 {
+	if s.Assessment == nil || s.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		return 0
+	}
+	return uint32(float64(s.Assessment.rawScore)*p.freshness(now.Sub(s.ReportAt)) + 0.5)
+}
+
+// Decide says whether the subject meets the named level at now, and why not.
+// An unknown level denies.
+func (p *Policy) Decide(s *Subject, level string, now time.Time) (allowed bool, score uint32, reasons []string) {
+	score = p.Score(s, now)
+	l, ok := p.Level(level)
+	if !ok {
+		return false, score, []string{fmt.Sprintf("access level %q is not defined by the collector's policy (defined: %v)", level, p.LevelNames())}
+	}
+	return p.decideLevel(s, l, score, now)
+}
+
+func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (bool, uint32, []string) {
+	var reasons []string
+	switch s.State {
+	case posturev1.DeviceState_DEVICE_STATE_REVOKED:
+		return false, score, []string{"device is revoked: " + s.StateReason}
+	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
+		return false, score, []string{"device is suspect: " + s.StateReason + "; an admin must investigate and revoke it or re-enroll it"}
+	case posturev1.DeviceState_DEVICE_STATE_ACTIVE:
+	default:
+		return false, score, []string{"device state is unknown"}
+	}
+	if s.Assessment == nil {
+		return false, score, []string{"no verified posture report yet: is posture-agent running on the device?"}
+	}
+	if score < l.MinScore {
+		r := fmt.Sprintf("score %d is below %d required by %s", score, l.MinScore, l.Name)
+		if age := now.Sub(s.ReportAt); age > p.Freshness.StaleAfter {
+			r += fmt.Sprintf(" (latest report is %s old; trust decays after %s)", age.Round(time.Second), p.Freshness.StaleAfter)
+		}
+		reasons = append(reasons, r)
+	}
+	for _, name := range l.Require {
+		for _, c := range s.Assessment.checks {
+			if c.check.Name == name && c.result != posturev1.Outcome_OUTCOME_PASS {
+				reasons = append(reasons, fmt.Sprintf("%s requires %s: %s", l.Name, name, c.reason))
+			}
+		}
+	}
+	if l.MinAssurance != "" && s.Assurance < assuranceNames[l.MinAssurance] {
+		reasons = append(reasons, fmt.Sprintf("%s requires identity assurance %s or stronger, device has %s", l.Name, l.MinAssurance, AssuranceName(s.Assurance)))
+	}
+	return len(reasons) == 0, score, reasons
+}
+
+// Explain renders every check and every level for the subject at now.
+func (p *Policy) Explain(s *Subject, now time.Time) (checks []*posturev1.CheckResult, levels []*posturev1.LevelResult, score uint32) {
+	score = p.Score(s, now)
+	if s.Assessment != nil {
+		for _, c := range s.Assessment.checks {
+			cr := &posturev1.CheckResult{
+				Name:        c.check.Name,
+				Outcome:     c.result,
+				Reason:      c.reason,
+				Weight:      c.check.Weight,
+				Remediation: c.remediation,
+			}
+			if t := c.meta.GetObservedAt(); t != nil {
+				cr.EvidenceAge = durationpb.New(now.Sub(t.AsTime()).Round(time.Second))
+			}
+			checks = append(checks, cr)
+		}
+	}
+	for _, l := range p.Levels {
+		ok, _, reasons := p.decideLevel(s, l, score, now)
+		levels = append(levels, &posturev1.LevelResult{Name: l.Name, Allowed: ok, Reasons: reasons})
+	}
+	return checks, levels, score
+}
+
+// FailedChecks lists the checks that did not pass, for a denial's details.
+func (p *Policy) FailedChecks(s *Subject, now time.Time) []*posturev1.CheckResult {
+	checks, _, _ := p.Explain(s, now)
+	var failed []*posturev1.CheckResult
+	for _, c := range checks {
+		if c.Outcome != posturev1.Outcome_OUTCOME_PASS {
+			failed = append(failed, c)
+		}
+	}
+	return failed
+}

@@ -1,0 +1,222 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/envelope"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+var (
+	errShuttingDown = status.Error(codes.Unavailable, "collector is shutting down; reconnect later")
+	errRevoked      = errors.New("device revoked")
+)
+
+type reportService struct {
+	posturev1.UnimplementedReportServiceServer
+	c *Collector
+}
+
+// reportStream is one open StreamReports call.
+type reportStream struct {
+	cancel context.CancelCauseFunc
+}
+
+// rejection is a refused report: the reason it is counted under and a
+// message for the agent's log.
+type rejection struct {
+	reason posturev1.RejectReason
+	msg    string
+}
+
+func reject(reason posturev1.RejectReason, format string, args ...any) *rejection {
+	return &rejection{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// reasonName is the counter name of a reject reason ("bad_signature").
+func reasonName(r posturev1.RejectReason) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "REJECT_REASON_"))
+}
+
+func newNonce() []byte {
+	n := make([]byte, 32)
+	if _, err := rand.Read(n); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return n
+}
+
+func (s *reportService) StreamReports(stream posturev1.ReportService_StreamReportsServer) error {
+	c := s.c
+	id := callerFrom(stream.Context()).name
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	rs := &reportStream{cancel: cancel}
+	c.fleet.addStream(id, rs)
+	defer c.fleet.removeStream(id, rs)
+	// A revocation between authorization and registration must still close
+	// this stream.
+	if err := c.fleet.checkActive(id); err != nil {
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+
+	seq, digest, _ := c.fleet.head(id)
+	nonce := newNonce()
+	if err := stream.Send(&posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Welcome{Welcome: &posturev1.Welcome{
+		LastSeq: seq, LastDigest: digest, Nonce: nonce,
+	}}}); err != nil {
+		return err
+	}
+
+	msgs := make(chan *posturev1.AgentMessage)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		var m *posturev1.AgentMessage
+		select {
+		case <-ctx.Done():
+			return streamEndError(ctx)
+		case err := <-recvErr:
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		case m = <-msgs:
+		}
+		sr := m.GetReport()
+		if sr == nil {
+			continue // a newer agent's message this collector does not know
+		}
+		next := newNonce()
+		ack, rej := s.ingest(ctx, id, sr, nonce)
+		nonce = next
+		var out *posturev1.CollectorMessage
+		if rej != nil {
+			c.stats.rejected(reasonName(rej.reason))
+			c.log.Warn("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
+			if errors.Is(context.Cause(ctx), errRevoked) {
+				return streamEndError(ctx)
+			}
+			out = &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: &posturev1.ReportRejected{
+				Seq: envelope.ClaimedSeq(sr), Reason: rej.reason, Message: rej.msg, NextNonce: next,
+			}}}
+		} else {
+			c.stats.accepted()
+			out = &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
+				Seq: ack.Seq, Digest: ack.Digest, NextNonce: next,
+			}}}
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
+}
+
+func streamEndError(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if errors.Is(cause, errRevoked) {
+		return status.Error(codes.PermissionDenied, cause.Error())
+	}
+	if _, ok := status.FromError(cause); ok && cause != context.Canceled {
+		return cause
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// ingest verifies one report and stores it. Checks run cheapest first;
+// nothing is stored unless every one passes.
+func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.SignedReport, nonce []byte) (*store.Report, *rejection) {
+	c := s.c
+	e, ok := c.fleet.get(id)
+	if !ok {
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "device %s is not enrolled", id)
+	}
+	switch {
+	case len(sr.GetNonce()) == 0:
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "report carries no nonce")
+	case subtle.ConstantTimeCompare(sr.GetNonce(), nonce) != 1:
+		// A genuine report that is already stored is a replay; anything else
+		// simply answers a nonce this stream does not have outstanding.
+		if v, err := envelope.VerifySoftware(e.key, sr); err == nil {
+			if seq, _, _ := c.fleet.head(id); v.Report.GetSeq() <= seq {
+				return nil, reject(posturev1.RejectReason_REJECT_REASON_REPLAY, "report %d was already stored: replayed report", v.Report.GetSeq())
+			}
+		}
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
+	}
+	v, err := envelope.VerifySoftware(e.key, sr)
+	switch {
+	case errors.Is(err, envelope.ErrMalformed):
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "%v", err)
+	case err != nil:
+		if claimed := envelope.ClaimedDevice(sr); claimed != "" && claimed != id {
+			return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %s but the stream belongs to device %s", claimed, id)
+		}
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE, "%v", err)
+	}
+	r := v.Report
+	if r.GetDeviceId() != id {
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report names device %s but the stream belongs to device %s", r.GetDeviceId(), id)
+	}
+	now := c.cfg.Now()
+	if created := r.GetCreatedAt().AsTime(); r.GetCreatedAt() == nil || created.Sub(now).Abs() > c.cfg.MaxClockSkew {
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_CLOCK_SKEW, "report created at %s, collector time %s: more than %s apart; fix the device clock (NTP)", created.UTC().Format("15:04:05Z07:00"), now.UTC().Format("15:04:05Z07:00"), c.cfg.MaxClockSkew)
+	}
+	headSeq, headDigest, state := c.fleet.head(id)
+	switch {
+	case state == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED):
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_REVOKED, "device %s is revoked", id)
+	case r.GetSeq() <= headSeq:
+		// Signed now, for this stream, yet reusing a stored sequence number:
+		// the key is in two places or the agent's state was rolled back.
+		return nil, s.suspect(ctx, id, fmt.Sprintf("report chain forked: a new report reuses sequence number %d (latest stored is %d); the identity key is used by two agents, or the agent's state was rolled back", r.GetSeq(), headSeq))
+	case r.GetSeq() > headSeq+1:
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_SEQUENCE_GAP, "sequence number %d skips ahead of the latest stored %d", r.GetSeq(), headSeq)
+	case !bytes.Equal(r.GetPrevDigest(), headDigest):
+		return nil, s.suspect(ctx, id, fmt.Sprintf("report chain broken at seq %d: prev_digest does not match the stored report %d (cloned identity or tampered agent state)", r.GetSeq(), headSeq))
+	}
+	rec := store.Report{DeviceID: id, Seq: r.GetSeq(), Digest: v.Digest, Nonce: v.Nonce, Body: v.Body, Proof: v.Proof, ReceivedAt: now}
+	if err := c.store.AppendReport(ctx, rec); err != nil {
+		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
+	}
+	c.fleet.recordReport(id, &rec, r, c.policy.Load())
+	return &rec, nil
+}
+
+// suspect marks a device whose report chain broke and returns the rejection.
+func (s *reportService) suspect(ctx context.Context, id, reason string) *rejection {
+	c := s.c
+	if err := c.store.SetDeviceState(ctx, id, int32(posturev1.DeviceState_DEVICE_STATE_SUSPECT), reason); err == nil {
+		c.fleet.setState(id, posturev1.DeviceState_DEVICE_STATE_SUSPECT, reason)
+		c.log.Warn("device marked suspect", "device", id, "reason", reason)
+	} else if !errors.Is(err, store.ErrDeviceRevoked) {
+		c.log.Error("mark device suspect", "device", id, "err", err)
+	}
+	return reject(posturev1.RejectReason_REJECT_REASON_CHAIN_BROKEN, "%s", reason)
+}

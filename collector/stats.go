@@ -1,0 +1,67 @@
+package collector
+
+import (
+	"maps"
+	"sync"
+)
+
+// stats counts what the collector accepted and refused since it started.
+type stats struct {
+	mu                  sync.Mutex
+	reportsAccepted     uint64
+	reportsRejected     map[string]uint64
+	enrollments         uint64
+	enrollmentsRejected map[string]uint64
+	rpcDenied           map[string]uint64
+}
+
+func newStats() *stats {
+	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}}
+}
+
+func (s *stats) accepted() {
+	s.mu.Lock()
+	s.reportsAccepted++
+	s.mu.Unlock()
+}
+
+func (s *stats) rejected(reason string) {
+	s.mu.Lock()
+	s.reportsRejected[reason]++
+	s.mu.Unlock()
+}
+
+func (s *stats) enrolled() {
+	s.mu.Lock()
+	s.enrollments++
+	s.mu.Unlock()
+}
+
+func (s *stats) enrollRejected(reason string) {
+	s.mu.Lock()
+	s.enrollmentsRejected[reason]++
+	s.mu.Unlock()
+}
+
+func (s *stats) denied(method string) {
+	s.mu.Lock()
+	s.rpcDenied[method]++
+	s.mu.Unlock()
+}
+
+type statsSnapshot struct {
+	reportsAccepted, enrollments                    uint64
+	reportsRejected, enrollmentsRejected, rpcDenied map[string]uint64
+}
+
+func (s *stats) snapshot() statsSnapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return statsSnapshot{
+		reportsAccepted:     s.reportsAccepted,
+		enrollments:         s.enrollments,
+		reportsRejected:     maps.Clone(s.reportsRejected),
+		enrollmentsRejected: maps.Clone(s.enrollmentsRejected),
+		rpcDenied:           maps.Clone(s.rpcDenied),
+	}
+}

@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// CreateToken stores a new enrollment token. Hash must be set; Used is
+// stored as given (normally 0).
+func (s *Store) CreateToken(ctx context.Context, t Token) error {
+	if len(t.Hash) == 0 {
+		return errors.New("create token: the token hash is empty")
+	}
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used)
+			VALUES (?, ?, ?, ?, ?, ?)`,
+			t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create token: %w", err)
+	}
+	return nil
+}
+
+// Token returns the token with the given hash, or ErrNotFound.
+func (s *Store) Token(ctx context.Context, hash []byte) (Token, error) {
+	if err := s.readable(); err != nil {
+		return Token{}, err
+	}
+	var (
+		t                Token
+		created, expires int64
+		uses, used       int64
+	)
+	err := s.r.QueryRowContext(ctx, `SELECT hash, description, created_at, expires_at, uses, used
+		FROM tokens WHERE hash = ?`, blob(hash)).
+		Scan(&t.Hash, &t.Description, &created, &expires, &uses, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("token: %w", ErrNotFound)
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("token: %w", err)
+	}
+	t.CreatedAt, t.ExpiresAt = fromNanos(created), fromNanos(expires)
+	t.Uses, t.Used = uint32(uses), uint32(used)
+	return t, nil
+}
+
+// EnrollDevice consumes one use of the token with hash tokenHash and stores
+// d, in one transaction: on any error nothing changes.
+//
+// The token is checked first: ErrTokenUnknown, then ErrTokenExpired when its
+// expiry is at or before now, then ErrTokenUsedUp. A new device is stored
+// with an empty report chain, state active unless d.State says otherwise,
+// and EnrolledAt = now unless d.EnrolledAt is set. If a device with d.ID
+// exists, it is re-enrolled: its hostname, platform, certificate serial and
+// enrollment time are updated, while its identity, state and report chain
+// are kept. Re-enrolling a revoked device fails with ErrDeviceRevoked and
+// leaves the token unused. EnrollDevice returns the device as stored.
+func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Time, d Device) (Device, error) {
+	if d.ID == "" {
+		return Device{}, errors.New("enroll device: the device ID is empty")
+	}
+	if d.EnrolledAt.IsZero() {
+		d.EnrolledAt = now
+	}
+	d.EnrolledAt = d.EnrolledAt.UTC()
+	if d.State == 0 {
+		d.State = stateActive
+	}
+
+	var stored Device
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var expires, uses, used int64
+		err := tx.QueryRow(`SELECT expires_at, uses, used FROM tokens WHERE hash = ?`, blob(tokenHash)).
+			Scan(&expires, &uses, &used)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrTokenUnknown
+		case err != nil:
+			return err
+		case expires <= now.UnixNano():
+			return ErrTokenExpired
+		case used >= uses:
+			return ErrTokenUsedUp
+		}
+
+		existing, err := scanDevice(tx.QueryRow(selectDevice+` WHERE id = ?`, d.ID))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			stored = d
+			stored.LastSeq, stored.LastDigest, stored.LastSeen = 0, nil, time.Time{}
+			_, err = tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key,
+				assurance, state, state_reason, enrolled_at, cert_serial)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				d.ID, d.Hostname, d.Platform, d.Identity, blob(d.IdentityKey),
+				d.Assurance, d.State, d.StateReason, nanos(d.EnrolledAt), d.CertSerial)
+		case err != nil:
+			return err
+		case existing.State == stateRevoked:
+			return ErrDeviceRevoked
+		default:
+			stored = existing
+			stored.Hostname, stored.Platform = d.Hostname, d.Platform
+			stored.CertSerial, stored.EnrolledAt = d.CertSerial, d.EnrolledAt
+			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, enrolled_at = ?
+				WHERE id = ?`,
+				d.Hostname, d.Platform, d.CertSerial, nanos(d.EnrolledAt), d.ID)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(`UPDATE tokens SET used = used + 1 WHERE hash = ?`, blob(tokenHash))
+		return err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("enroll device %s: %w", d.ID, err)
+	}
+	return stored, nil
+}
+
+// Device returns the device with the given ID, or ErrNotFound.
+func (s *Store) Device(ctx context.Context, id string) (Device, error) {
+	if err := s.readable(); err != nil {
+		return Device{}, err
+	}
+	d, err := scanDevice(s.r.QueryRowContext(ctx, selectDevice+` WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// Devices returns all devices ordered by ID.
+func (s *Store) Devices(ctx context.Context) ([]Device, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, selectDevice+` ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var devices []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		devices = append(devices, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return devices, nil
+}
+
+// SetDeviceState sets the state of a device and the reason for it. It
+// returns ErrNotFound for an unknown device and ErrDeviceRevoked for a
+// revoked one, since revocation is final.
+func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reason string) error {
+	if state == 0 {
+		return fmt.Errorf("set state of device %s: the state is unspecified", id)
+	}
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var current int32
+		err := tx.QueryRow(`SELECT state FROM devices WHERE id = ?`, id).Scan(&current)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrNotFound
+		case err != nil:
+			return err
+		case current == stateRevoked:
+			return ErrDeviceRevoked
+		}
+		_, err = tx.Exec(`UPDATE devices SET state = ?, state_reason = ? WHERE id = ?`, state, reason, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set state of device %s: %w", id, err)
+	}
+	return nil
+}
+
+const selectDevice = `SELECT id, hostname, platform, identity, identity_key, assurance, state,
+	state_reason, enrolled_at, cert_serial, last_seq, last_digest, last_seen FROM devices`
+
+// scanner is satisfied by *sql.Row and *sql.Rows.
+type scanner interface {
+	Scan(dest ...any) error
+}
+
+// scanDevice reads one row of selectDevice.
+func scanDevice(row scanner) (Device, error) {
+	var (
+		d                  Device
+		enrolled, lastSeen int64
+		lastSeq            int64
+	)
+	err := row.Scan(&d.ID, &d.Hostname, &d.Platform, &d.Identity, &d.IdentityKey, &d.Assurance,
+		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &lastSeq, &d.LastDigest, &lastSeen)
+	if err != nil {
+		return Device{}, err
+	}
+	d.IdentityKey = nilIfEmpty(d.IdentityKey)
+	d.LastDigest = nilIfEmpty(d.LastDigest)
+	d.EnrolledAt, d.LastSeen = fromNanos(enrolled), fromNanos(lastSeen)
+	d.LastSeq = uint64(lastSeq)
+	return d, nil
+}

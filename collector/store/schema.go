@@ -1,0 +1,107 @@
+package store
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// migrations[i] moves the schema from version i to version i+1. Append new
+// steps; never edit a released one, since databases in the field already ran it.
+var migrations = []string{
+	`
+CREATE TABLE tokens (
+	hash        BLOB PRIMARY KEY,
+	description TEXT NOT NULL,
+	created_at  INTEGER NOT NULL,
+	expires_at  INTEGER NOT NULL,
+	uses        INTEGER NOT NULL CHECK (uses >= 0),
+	used        INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0)
+) STRICT;
+
+CREATE TABLE devices (
+	id           TEXT PRIMARY KEY,
+	hostname     TEXT NOT NULL,
+	platform     TEXT NOT NULL,
+	identity     TEXT NOT NULL,
+	identity_key BLOB NOT NULL,
+	assurance    INTEGER NOT NULL,
+	state        INTEGER NOT NULL,
+	state_reason TEXT NOT NULL,
+	enrolled_at  INTEGER NOT NULL,
+	cert_serial  TEXT NOT NULL,
+	last_seq     INTEGER NOT NULL DEFAULT 0,
+	last_digest  BLOB,                       -- NULL until the first report
+	last_seen    INTEGER NOT NULL DEFAULT 0  -- 0 until the first report
+) STRICT;
+
+CREATE TABLE reports (
+	device_id   TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+	seq         INTEGER NOT NULL,
+	digest      BLOB NOT NULL,
+	nonce       BLOB NOT NULL,
+	body        BLOB NOT NULL,
+	proof       BLOB NOT NULL,
+	received_at INTEGER NOT NULL,
+	PRIMARY KEY (device_id, seq)
+) STRICT;
+`,
+}
+
+// initialize configures a new database file and brings the schema up to
+// date. It runs on the writer before any other connection is opened.
+func initialize(w *sql.DB) error {
+	// page_size must precede journal_mode: switching to WAL writes the
+	// database header, after which the page size is fixed.
+	if _, err := w.Exec(fmt.Sprintf("PRAGMA page_size = %d", pageSize)); err != nil {
+		return fmt.Errorf("set page size: %w", err)
+	}
+	var mode string
+	if err := w.QueryRow("PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return fmt.Errorf("enable WAL: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("enable WAL: journal mode is %q; the database must be on a local file system", mode)
+	}
+	if err := migrate(w); err != nil {
+		return fmt.Errorf("migrate schema: %w", err)
+	}
+	return nil
+}
+
+// migrate applies the missing migrations in one transaction, so a failed
+// upgrade leaves the database at its previous version.
+func migrate(w *sql.DB) (err error) {
+	tx, err := w.Begin()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+
+	if _, err := tx.Exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT`); err != nil {
+		return err
+	}
+	var version int
+	err = tx.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this collector supports (%d); run a newer collector or restore a backup", version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			return fmt.Errorf("to version %d: %w", v+1, err)
+		}
+	}
+	if _, err := tx.Exec(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, len(migrations)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,424 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/envelope"
+	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/token"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Token, enrollment, first report, listing with a score, and a gateway's
+// decisions over mTLS: allowed for the level the device meets, denied with
+// reasons for the one it does not.
+func TestEnrollReportDecide(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: false}, time.Hour)
+
+	eventually(t, "first report stored", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= 1
+	})
+	d, _ := e.device(id)
+	// disk_encryption (35) fails, the rest pass: 65.
+	if d.GetScore() != 65 {
+		t.Errorf("score = %d, want 65; checks: %v", d.GetScore(), d.GetChecks())
+	}
+	if got := d.GetDevice().GetAssurance(); got != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE {
+		t.Errorf("assurance = %v, want software", got)
+	}
+
+	gw := e.gateway("edge-1")
+	spiffe := pki.SPIFFEID(trustDomain, pki.RoleDevice, id).String()
+	basic, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{SpiffeId: spiffe, AccessLevel: "basic"})
+	if err != nil {
+		t.Fatalf("CheckAccess basic: %v", err)
+	}
+	if !basic.GetAllowed() || len(basic.GetReasons()) != 0 {
+		t.Errorf("basic: allowed=%v reasons=%v, want allowed without reasons", basic.GetAllowed(), basic.GetReasons())
+	}
+	trusted, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "trusted"})
+	if err != nil {
+		t.Fatalf("CheckAccess trusted: %v", err)
+	}
+	if trusted.GetAllowed() {
+		t.Fatal("trusted allowed for a device without disk encryption")
+	}
+	joined := strings.Join(trusted.GetReasons(), "\n")
+	for _, want := range []string{"score 65 is below 80", "trusted requires disk_encryption"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("trusted reasons %q lack %q", joined, want)
+		}
+	}
+	if len(trusted.GetFailedChecks()) != 1 || trusted.GetFailedChecks()[0].GetName() != "disk_encryption" || trusted.GetFailedChecks()[0].GetRemediation() == "" {
+		t.Errorf("failed checks = %v, want disk_encryption with a remediation", trusted.GetFailedChecks())
+	}
+	unknown, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "no-such-level"})
+	if err != nil || unknown.GetAllowed() {
+		t.Errorf("unknown level: allowed=%v err=%v, want a denial", unknown.GetAllowed(), err)
+	}
+
+	// Silence decays trust: past expiry the score is zero and basic is denied.
+	e.clock.Advance(25 * time.Hour)
+	late, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.GetAllowed() || late.GetScore() != 0 || !strings.Contains(strings.Join(late.GetReasons(), " "), "trust decays") {
+		t.Errorf("after 25h of silence: allowed=%v score=%d reasons=%v, want denied at 0 with a decay reason", late.GetAllowed(), late.GetScore(), late.GetReasons())
+	}
+}
+
+// Revocation closes the device's stream, refuses its next report, and
+// denies every level at once.
+func TestRevoke(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, time.Hour)
+	eventually(t, "stream open and report stored", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= 1 && e.stats().GetStreamsOpen() == 1
+	})
+	gw := e.gateway("edge")
+	if r, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "trusted"}); err != nil || !r.GetAllowed() {
+		t.Fatalf("before revocation: allowed=%v err=%v reasons=%v", r.GetAllowed(), err, r.GetReasons())
+	}
+
+	if _, err := e.admin.RevokeDevice(context.Background(), &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "laptop stolen"}); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	r, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetAllowed() || r.GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED || !strings.Contains(strings.Join(r.GetReasons(), " "), "laptop stolen") {
+		t.Errorf("after revocation: allowed=%v state=%v reasons=%v", r.GetAllowed(), r.GetState(), r.GetReasons())
+	}
+	eventually(t, "stream closed", func() bool { return e.stats().GetStreamsOpen() == 0 })
+
+	// The next report, on a new stream with the device's certificate, is refused.
+	cert, _ := deviceCreds(t, stateDir)
+	st, err := posturev1.NewReportServiceClient(e.dial(&cert)).StreamReports(context.Background())
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "revoked") {
+		t.Errorf("report stream after revocation: %v, want PermissionDenied naming the revocation", err)
+	}
+	if _, err := e.admin.RevokeDevice(context.Background(), &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "again"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second revoke: %v, want FailedPrecondition", err)
+	}
+}
+
+// Bad tokens fail with a message that says what to do, and enroll nothing.
+func TestEnrollmentRefusals(t *testing.T) {
+	e := startCollector(t)
+	used := e.token(time.Hour, 1)
+	if _, err := agent.Enroll(context.Background(), t.TempDir(), used); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	expired := e.token(time.Minute, 1)
+	wrongCA, err := token.Parse(e.token(time.Hour, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCA.Fingerprint = strings.Repeat("ab", 32)
+	e.clock.Advance(2 * time.Minute) // expires the one-minute token only
+
+	tests := []struct {
+		name, token, want, counter string
+	}{
+		{"used twice", used, "already used", "token_used"},
+		{"expired", expired, "expired", "token_expired"},
+		{"CA fingerprint mismatch", wrongCA.String(), "pins CA fingerprint " + wrongCA.Fingerprint, ""},
+		{"not a token", "hello", "not a Posture enrollment token", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			_, err := agent.Enroll(context.Background(), dir, tt.token)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("enroll: %v, want an error containing %q", err, tt.want)
+			}
+			if tt.counter != "" && e.stats().GetEnrollmentsRejected()[tt.counter] == 0 {
+				t.Errorf("refusal not counted under %s: %v", tt.counter, e.stats().GetEnrollmentsRejected())
+			}
+		})
+	}
+	if n := len(e.devices()); n != 1 {
+		t.Errorf("%d devices enrolled, want only the first", n)
+	}
+}
+
+// reportClient speaks the report protocol by hand, to send what an honest
+// agent never would.
+type reportClient struct {
+	t      *testing.T
+	st     posturev1.ReportService_StreamReportsClient
+	key    *ecdsa.PrivateKey
+	id     string
+	nonce  []byte
+	seq    uint64
+	digest []byte
+}
+
+func openReports(t *testing.T, e *env, cert tls.Certificate, key *ecdsa.PrivateKey, id string) *reportClient {
+	t.Helper()
+	st, err := posturev1.NewReportServiceClient(e.dial(&cert)).StreamReports(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.Recv()
+	if err != nil {
+		t.Fatalf("welcome: %v", err)
+	}
+	w := m.GetWelcome()
+	return &reportClient{t: t, st: st, key: key, id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()}
+}
+
+// next signs the next report in the chain with the current nonce.
+func (c *reportClient) next() *posturev1.SignedReport {
+	c.t.Helper()
+	r := healthyReport(true, "hand")
+	r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = c.id, c.seq+1, c.digest, timestamppb.Now()
+	body, err := proto.Marshal(r)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	sr, err := envelope.SignSoftware(c.key, c.nonce, body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return sr
+}
+
+// send sends a report and returns the collector's answer, keeping the chain
+// head and nonce current.
+func (c *reportClient) send(sr *posturev1.SignedReport) *posturev1.CollectorMessage {
+	c.t.Helper()
+	if err := c.st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {
+		c.t.Fatal(err)
+	}
+	m, err := c.st.Recv()
+	if err != nil {
+		c.t.Fatalf("answer: %v", err)
+	}
+	if a := m.GetAck(); a != nil {
+		c.seq, c.digest, c.nonce = a.GetSeq(), a.GetDigest(), a.GetNextNonce()
+	} else {
+		c.nonce = m.GetRejected().GetNextNonce()
+	}
+	return m
+}
+
+// Reports that are not what the device signed for this stream are rejected,
+// each with its own reason, counted, and never stored.
+func TestReportRejections(t *testing.T) {
+	e := startCollector(t)
+	dirA, idA := e.enroll()
+	dirB, idB := e.enroll()
+	certA, keyA := deviceCreds(t, dirA)
+	certB, keyB := deviceCreds(t, dirB)
+
+	a := openReports(t, e, certA, keyA, idA)
+	good := a.next()
+	if m := a.send(good); m.GetAck() == nil {
+		t.Fatalf("honest report: %v", m)
+	}
+	b := openReports(t, e, certB, keyB, idB)
+	fromB := b.next()
+
+	tests := []struct {
+		name   string
+		report func() *posturev1.SignedReport
+		want   posturev1.RejectReason
+	}{
+		{"bad signature", func() *posturev1.SignedReport {
+			sr := a.next()
+			sig := sr.GetSoftware().GetSignature()
+			sig[len(sig)-1] ^= 0xff
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE},
+		{"changed after signing", func() *posturev1.SignedReport {
+			sr := a.next()
+			sr.Report = append(sr.Report, 0x50, 0x01) // an extra field
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE},
+		{"replayed report", func() *posturev1.SignedReport { return good }, posturev1.RejectReason_REJECT_REASON_REPLAY},
+		{"nonce never issued", func() *posturev1.SignedReport {
+			saved := a.nonce
+			a.nonce = make([]byte, 32)
+			rand.Read(a.nonce)
+			sr := a.next()
+			a.nonce = saved
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE},
+		{"another device's report", func() *posturev1.SignedReport {
+			// B's genuine report, with this stream's nonce, re-signed by B.
+			body := fromB.GetReport()
+			sr, err := envelope.SignSoftware(keyB, a.nonce, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH},
+		{"signed by another device's key", func() *posturev1.SignedReport {
+			sr := a.next()
+			resigned, err := envelope.SignSoftware(keyB, sr.GetNonce(), sr.GetReport())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resigned
+		}, posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := e.stats()
+			m := a.send(tt.report())
+			rej := m.GetRejected()
+			if rej == nil {
+				t.Fatalf("collector accepted it: %v", m)
+			}
+			if rej.GetReason() != tt.want || rej.GetMessage() == "" {
+				t.Errorf("reason = %v (%q), want %v with a message", rej.GetReason(), rej.GetMessage(), tt.want)
+			}
+			after := e.stats()
+			name := strings.ToLower(strings.TrimPrefix(tt.want.String(), "REJECT_REASON_"))
+			if after.GetReportsRejected()[name] != before.GetReportsRejected()[name]+1 {
+				t.Errorf("rejection not counted under %s: before %v after %v", name, before.GetReportsRejected(), after.GetReportsRejected())
+			}
+			if after.GetReportsAccepted() != before.GetReportsAccepted() {
+				t.Errorf("accepted count moved from %d to %d", before.GetReportsAccepted(), after.GetReportsAccepted())
+			}
+		})
+	}
+	// The stream is still usable and the chain intact: the next honest report lands.
+	if m := a.send(a.next()); m.GetAck() == nil {
+		t.Fatalf("honest report after rejections: %v", m)
+	}
+	d, err := e.device(idA)
+	if err != nil || d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Errorf("device A: %v %v, want still active", d.GetDevice(), err)
+	}
+
+	e.stop()
+	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for id, want := range map[string]int{idA: 2, idB: 0} {
+		if n, err := st.CountReports(context.Background(), id); err != nil || n != want {
+			t.Errorf("device %s: %d reports stored (%v), want %d", id, n, err, want)
+		}
+	}
+}
+
+// A report whose chain does not continue from the stored head marks the
+// device suspect: two holders of one key, or rolled-back agent state.
+func TestBrokenChainMarksSuspect(t *testing.T) {
+	tests := []struct {
+		name       string
+		breakChain func(*reportClient)
+	}{
+		{"prev_digest does not match", func(c *reportClient) { c.digest = []byte("not the stored head") }},
+		{"sequence number reused", func(c *reportClient) { c.seq-- }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := startCollector(t)
+			dir, id := e.enroll()
+			cert, key := deviceCreds(t, dir)
+			a := openReports(t, e, cert, key, id)
+			if m := a.send(a.next()); m.GetAck() == nil {
+				t.Fatalf("honest report: %v", m)
+			}
+			tt.breakChain(a)
+			m := a.send(a.next())
+			if m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_CHAIN_BROKEN {
+				t.Fatalf("answer = %v, want CHAIN_BROKEN", m)
+			}
+			r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetAllowed() || r.GetState() != posturev1.DeviceState_DEVICE_STATE_SUSPECT {
+				t.Errorf("after a broken chain: allowed=%v state=%v, want denied and suspect", r.GetAllowed(), r.GetState())
+			}
+		})
+	}
+}
+
+// The collector stops while the agent keeps measuring; after a restart every
+// spooled report arrives exactly once, in order.
+func TestSpoolSurvivesCollectorOutage(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	m := &fixedMeasurer{encrypted: true}
+	stopAgent := runAgent(t, stateDir, m, 20*time.Millisecond)
+	eventually(t, "reports flowing", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= 3
+	})
+
+	e.stop()
+	during := m.count()
+	eventually(t, "agent measuring while the collector is down", func() bool { return m.count() >= during+20 })
+	e.start()
+	eventually(t, "spool drained", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= uint64(during+20)
+	})
+	stopAgent()
+	measured := m.count()
+	e.stop()
+
+	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	reports, err := st.Reports(context.Background(), id, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Newest first: walk from the oldest.
+	var kernels []string
+	for i := len(reports) - 1; i >= 0; i-- {
+		var r posturev1.PostureReport
+		if err := proto.Unmarshal(reports[i].Body, &r); err != nil {
+			t.Fatal(err)
+		}
+		if want := uint64(len(reports) - i); r.GetSeq() != want {
+			t.Fatalf("report %d has seq %d: the chain has a gap", want, r.GetSeq())
+		}
+		kernels = append(kernels, r.GetOs().GetKernelVersion())
+	}
+	// Measurements are numbered m-000001…; each must appear once, in order.
+	// The last few may still be spooled when the agent stopped.
+	for i, k := range kernels {
+		if want := fmt.Sprintf("m-%06d", i+1); k != want {
+			t.Fatalf("stored report %d carries measurement %s, want %s (lost, duplicated or reordered)", i+1, k, want)
+		}
+	}
+	if len(kernels) < during+20 || len(kernels) > measured {
+		t.Errorf("%d reports stored; %d measured, %d before the outage", len(kernels), measured, during)
+	}
+}
