@@ -1,0 +1,177 @@
+// Package signals measures a device's security posture (operating system,
+// disk encryption, secure boot, pending updates, firewall, screen lock) and
+// fills the matching sections of a posture report.
+//
+// Every section says how it was obtained. A signal that cannot be measured is
+// reported with a status other than STATUS_OK and a reason a person can act
+// on; its boolean values stay false so that unknown never passes a check.
+package signals
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const (
+	defaultUpdatesInterval = 6 * time.Hour
+	defaultCommandTimeout  = 60 * time.Second
+)
+
+// Runner runs an external command. Tests replace it with recorded real outputs.
+type Runner interface {
+	// Run runs name with args and returns what it wrote and its exit code.
+	// err is set only when the command could not be started (for example it
+	// was not found) or ctx expired; a non-zero exit is reported in exitCode
+	// with err nil.
+	Run(ctx context.Context, name string, args ...string) (stdout, stderr []byte, exitCode int, err error)
+}
+
+// Options configures a Collector. The zero value measures the running system.
+type Options struct {
+	// Root is the filesystem root prefixed to /proc, /sys, /etc, /var, /usr
+	// and /lib paths; "" means "/". Tests point it at testdata trees.
+	Root string
+	// Runner runs external commands; nil means run real commands (os/exec).
+	Runner Runner
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// UpdatesInterval is how long a package-manager result is reused before
+	// it is measured again; 0 means 6h.
+	UpdatesInterval time.Duration
+	// CommandTimeout bounds each external command; 0 means 60s.
+	CommandTimeout time.Duration
+}
+
+// Collector measures the device. Create one with New and keep it: it caches
+// slow measurements (pending updates) between calls to Collect.
+type Collector struct {
+	root            string
+	runner          Runner
+	now             func() time.Time
+	updatesInterval time.Duration
+	commandTimeout  time.Duration
+
+	updates updatesCache
+}
+
+// New returns a Collector configured by opts, filling in defaults for zero
+// fields.
+func New(opts Options) *Collector {
+	c := &Collector{
+		root:            opts.Root,
+		runner:          opts.Runner,
+		now:             opts.Now,
+		updatesInterval: opts.UpdatesInterval,
+		commandTimeout:  opts.CommandTimeout,
+	}
+	if c.root == "" {
+		c.root = "/"
+	}
+	if c.runner == nil {
+		c.runner = execRunner{}
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.updatesInterval <= 0 {
+		c.updatesInterval = defaultUpdatesInterval
+	}
+	if c.commandTimeout <= 0 {
+		c.commandTimeout = defaultCommandTimeout
+	}
+	return c
+}
+
+// Collect measures the device now. It never fails as a whole: every section
+// is always set, and a section that could not be measured carries a status
+// other than STATUS_OK with a reason a person can act on. It fills Os, Disk,
+// SecureBoot, Updates, Firewall and ScreenLock only; identity, sequence and
+// timing fields are left to the caller.
+func (c *Collector) Collect(ctx context.Context) *posturev1.PostureReport {
+	return &posturev1.PostureReport{
+		Os:         c.osInfo(ctx),
+		Disk:       c.diskEncryption(ctx),
+		SecureBoot: c.secureBoot(ctx),
+		Updates:    c.cachedUpdates(ctx),
+		Firewall:   c.firewall(ctx),
+		ScreenLock: c.screenLock(ctx),
+	}
+}
+
+// meta builds the SignalMeta of a measurement taken now from the OS.
+func (c *Collector) meta(status posturev1.Status, reason string) *posturev1.SignalMeta {
+	return metaAt(c.now(), status, reason)
+}
+
+// metaAt builds the SignalMeta of a measurement from the OS taken at t.
+func metaAt(t time.Time, status posturev1.Status, reason string) *posturev1.SignalMeta {
+	return &posturev1.SignalMeta{
+		Status:     status,
+		Reason:     reason,
+		ObservedAt: timestamppb.New(t),
+		Source:     posturev1.Source_SOURCE_OS,
+	}
+}
+
+// path maps an absolute system path under Root.
+func (c *Collector) path(p string) string {
+	return filepath.Join(c.root, p)
+}
+
+// run runs one command under CommandTimeout.
+func (c *Collector) run(ctx context.Context, name string, args ...string) (stdout, stderr []byte, exitCode int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.commandTimeout)
+	defer cancel()
+	stdout, stderr, exitCode, err = c.runner.Run(ctx, name, args...)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%s did not finish within %s: %w", commandLine(name, args), c.commandTimeout, err)
+	}
+	return stdout, stderr, exitCode, err
+}
+
+// commandLine renders a command for messages.
+func commandLine(name string, args []string) string {
+	return strings.Join(append([]string{name}, args...), " ")
+}
+
+// execRunner runs real commands.
+type execRunner struct{}
+
+// waitDelay bounds how long Run waits for output after the command exits or
+// is killed, so that a grandchild holding the pipes open cannot stall it.
+const waitDelay = 2 * time.Second
+
+func (execRunner) Run(ctx context.Context, name string, args ...string) ([]byte, []byte, int, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	// Parsers read English output; a localized one would not parse.
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C", "LANGUAGE=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = waitDelay
+	err := cmd.Run()
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return stdout.Bytes(), stderr.Bytes(), -1, fmt.Errorf("run %s: %w", name, ctxErr)
+	}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+		return stdout.Bytes(), stderr.Bytes(), 0, nil
+	case errors.As(err, &exitErr):
+		return stdout.Bytes(), stderr.Bytes(), exitErr.ExitCode(), nil
+	case errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil:
+		// The command itself finished; only a leftover child kept the pipes.
+		return stdout.Bytes(), stderr.Bytes(), cmd.ProcessState.ExitCode(), nil
+	default:
+		return stdout.Bytes(), stderr.Bytes(), -1, fmt.Errorf("run %s: %w", name, err)
+	}
+}

@@ -1,0 +1,213 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+
+func ok() *posturev1.SignalMeta {
+	return &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: timestamppb.New(t0), Source: posturev1.Source_SOURCE_OS}
+}
+
+func report(mod func(*posturev1.PostureReport)) *posturev1.PostureReport {
+	r := &posturev1.PostureReport{
+		Os:         &posturev1.OSInfo{Meta: ok(), Platform: "linux", Name: "ubuntu", Version: "24.04"},
+		Disk:       &posturev1.DiskEncryption{Meta: ok(), SystemEncrypted: true},
+		SecureBoot: &posturev1.SecureBoot{Meta: ok(), Enabled: true},
+		Updates:    &posturev1.Updates{Meta: ok(), Manager: "apt"},
+	}
+	if mod != nil {
+		mod(r)
+	}
+	return r
+}
+
+func TestAssess(t *testing.T) {
+	p := Default()
+	tests := []struct {
+		name    string
+		report  *posturev1.PostureReport
+		want    uint32
+		check   string
+		outcome posturev1.Outcome
+		reason  string
+	}{
+		{"healthy", report(nil), 100, "disk_encryption", posturev1.Outcome_OUTCOME_PASS, "encrypted"},
+		{"disk not encrypted", report(func(r *posturev1.PostureReport) {
+			r.Disk.SystemEncrypted = false
+			r.Disk.Volumes = []*posturev1.Volume{{MountPoint: "/"}}
+		}), 65, "disk_encryption", posturev1.Outcome_OUTCOME_FAIL, "not encrypted: /"},
+		{"disk unknown counts as failing", report(func(r *posturev1.PostureReport) {
+			r.Disk = &posturev1.DiskEncryption{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "/ is on overlay"}, SystemEncrypted: true}
+		}), 65, "disk_encryption", posturev1.Outcome_OUTCOME_UNKNOWN, "/ is on overlay"},
+		{"section missing", report(func(r *posturev1.PostureReport) { r.SecureBoot = nil }), 80, "secure_boot", posturev1.Outcome_OUTCOME_UNKNOWN, "unknown"},
+		{"security updates pending", report(func(r *posturev1.PostureReport) { r.Updates.SecurityPending = 3 }), 75, "security_updates", posturev1.Outcome_OUTCOME_FAIL, "3 pending security updates"},
+		{"legacy BIOS", report(func(r *posturev1.PostureReport) { r.SecureBoot = &posturev1.SecureBoot{Meta: ok(), LegacyBios: true} }), 80, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "legacy BIOS"},
+		{"setup mode", report(func(r *posturev1.PostureReport) { r.SecureBoot.SetupMode = true }), 80, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "setup mode"},
+		{"old OS", report(func(r *posturev1.PostureReport) { r.Os.Version = "20.04" }), 80, "os_version", posturev1.Outcome_OUTCOME_FAIL, "older than the minimum 22.04"},
+		{"OS without a minimum", report(func(r *posturev1.PostureReport) { r.Os.Name = "gentoo" }), 80, "os_version", posturev1.Outcome_OUTCOME_UNKNOWN, "no minimum version"},
+		{"errored signal", report(func(r *posturev1.PostureReport) {
+			r.Updates.Meta = &posturev1.SignalMeta{Status: posturev1.Status_STATUS_ERROR, Reason: "apt-get failed"}
+		}), 75, "security_updates", posturev1.Outcome_OUTCOME_UNKNOWN, "apt-get failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := p.Assess(tt.report)
+			if a.RawScore() != tt.want {
+				t.Errorf("raw score = %d, want %d", a.RawScore(), tt.want)
+			}
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: a, ReportAt: t0}
+			checks, _, _ := p.Explain(s, t0)
+			var found bool
+			for _, c := range checks {
+				if c.GetName() != tt.check {
+					continue
+				}
+				found = true
+				if c.GetOutcome() != tt.outcome || !strings.Contains(c.GetReason(), tt.reason) {
+					t.Errorf("%s = %v %q, want %v containing %q", tt.check, c.GetOutcome(), c.GetReason(), tt.outcome, tt.reason)
+				}
+				if c.GetOutcome() != posturev1.Outcome_OUTCOME_PASS && c.GetRemediation() == "" {
+					t.Errorf("%s does not pass but has no remediation", tt.check)
+				}
+			}
+			if !found {
+				t.Errorf("check %s missing from %v", tt.check, checks)
+			}
+		})
+	}
+}
+
+func TestFreshnessDecay(t *testing.T) {
+	p := Default() // stale after 15m, expire after 24h
+	s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.Assess(report(nil)), ReportAt: t0}
+	tests := []struct {
+		age  time.Duration
+		want uint32
+	}{
+		{0, 100},
+		{15 * time.Minute, 100},
+		{15*time.Minute + (24*time.Hour-15*time.Minute)/2, 50},
+		{24 * time.Hour, 0},
+		{48 * time.Hour, 0},
+	}
+	for _, tt := range tests {
+		if got := p.Score(s, t0.Add(tt.age)); got != tt.want {
+			t.Errorf("score after %s = %d, want %d", tt.age, got, tt.want)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	p := Default()
+	healthy := p.Assess(report(nil))
+	plain := p.Assess(report(func(r *posturev1.PostureReport) { r.Disk.SystemEncrypted = false }))
+	active := posturev1.DeviceState_DEVICE_STATE_ACTIVE
+	tests := []struct {
+		name    string
+		subject Subject
+		level   string
+		at      time.Duration
+		allowed bool
+		reason  string
+	}{
+		{"healthy trusted", Subject{State: active, Assessment: healthy, ReportAt: t0}, "trusted", 0, true, ""},
+		{"plain disk basic", Subject{State: active, Assessment: plain, ReportAt: t0}, "basic", 0, true, ""},
+		{"plain disk trusted", Subject{State: active, Assessment: plain, ReportAt: t0}, "trusted", 0, false, "trusted requires disk_encryption"},
+		{"never reported", Subject{State: active}, "basic", 0, false, "no verified posture report yet"},
+		{"revoked", Subject{State: posturev1.DeviceState_DEVICE_STATE_REVOKED, StateReason: "stolen", Assessment: healthy, ReportAt: t0}, "basic", 0, false, "revoked: stolen"},
+		{"suspect", Subject{State: posturev1.DeviceState_DEVICE_STATE_SUSPECT, StateReason: "chain broken", Assessment: healthy, ReportAt: t0}, "basic", 0, false, "suspect: chain broken"},
+		{"silent too long", Subject{State: active, Assessment: healthy, ReportAt: t0}, "trusted", 12 * time.Hour, false, "trust decays after 15m"},
+		{"unknown level", Subject{State: active, Assessment: healthy, ReportAt: t0}, "gold", 0, false, `access level "gold" is not defined`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			allowed, _, reasons := p.Decide(&tt.subject, tt.level, t0.Add(tt.at))
+			if allowed != tt.allowed {
+				t.Fatalf("allowed = %v, want %v (reasons %v)", allowed, tt.allowed, reasons)
+			}
+			if allowed && len(reasons) > 0 {
+				t.Errorf("allowed with reasons %v", reasons)
+			}
+			if !allowed && !strings.Contains(strings.Join(reasons, "; "), tt.reason) {
+				t.Errorf("reasons %v lack %q", reasons, tt.reason)
+			}
+		})
+	}
+}
+
+func TestMinAssurance(t *testing.T) {
+	p, err := Parse([]byte(`
+freshness: {stale_after: 1h, expire_after: 2h}
+checks: [{name: disk_encryption, weight: 1}]
+levels: [{name: hw, min_score: 0, min_assurance: tpm_ek_pinned}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := p.Assess(report(nil))
+	for _, tt := range []struct {
+		assurance posturev1.IdentityAssurance
+		allowed   bool
+	}{
+		{posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, false},
+		{posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED, true},
+		{posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_VERIFIED, true},
+	} {
+		s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assurance: tt.assurance, Assessment: a, ReportAt: t0}
+		if allowed, _, reasons := p.Decide(s, "hw", t0); allowed != tt.allowed {
+			t.Errorf("%v: allowed = %v, want %v (%v)", tt.assurance, allowed, tt.allowed, reasons)
+		}
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown field", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, wieght: 2}]\nlevels: [{name: a}]", "wieght"},
+		{"unknown check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encrypton, weight: 1}]\nlevels: [{name: a}]", `unknown check "disk_encrypton"`},
+		{"freshness order", "freshness: {stale_after: 2h, expire_after: 1h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}]", "stale_after < expire_after"},
+		{"zero weights", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 0}]\nlevels: [{name: a}]", "weights add up to zero"},
+		{"no levels", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]", "at least one access level"},
+		{"requires undefined check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, require: [firewall]}]", `requires check "firewall"`},
+		{"bad assurance", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_assurance: tpm}]", `min_assurance "tpm"`},
+		{"duplicate level", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}, {name: a}]", "defined twice"},
+		{"score above 100", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_score: 101}]", "above 100"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Parse: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	tests := []struct {
+		a, b string
+		sign int
+	}{
+		{"22.04", "22.04", 0},
+		{"24.04", "22.04", 1},
+		{"9", "12", -1},
+		{"10.0.19045", "10.0.22631", -1},
+		{"12", "12.0", 0},
+		{"14.5", "14", 1},
+	}
+	for _, tt := range tests {
+		got := compareVersions(tt.a, tt.b)
+		if (got > 0) != (tt.sign > 0) || (got < 0) != (tt.sign < 0) {
+			t.Errorf("compareVersions(%q, %q) = %d, want sign %d", tt.a, tt.b, got, tt.sign)
+		}
+	}
+}
