@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/x509"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -99,4 +100,24 @@ func rootsOf(e *env) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(e.c.CA())
 	return p
+}
+
+// The agent's state directory holds private keys: 0700, keys 0600.
+func TestAgentStatePermissions(t *testing.T) {
+	e := startCollector(t)
+	stateDir, _ := e.enroll()
+	want := map[string]os.FileMode{".": 0o700, "identity.key": 0o600, "tls.key": 0o600, "agent.json": 0o600}
+	for name, mode := range want {
+		st, err := os.Stat(filepath.Join(stateDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s mode %v, want %v", name, st.Mode().Perm(), mode)
+		}
+	}
+	st, err := os.Stat(filepath.Join(e.dataDir, "admin.sock"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket: %v mode %v, want 0600", err, st.Mode().Perm())
+	}
 }

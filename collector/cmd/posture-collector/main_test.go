@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/collector"
+)
+
+// startCollector runs a real collector in-process; the CLI reaches it
+// through the admin socket like it would in production.
+func startCollector(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return dir
+}
+
+func cli(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(args, &out)
+	code := 0
+	var ee exitErr
+	switch {
+	case errors.As(err, &ee):
+		code = ee.code
+		if ee.err != nil {
+			out.WriteString(ee.err.Error())
+		}
+	case err != nil:
+		code = 1
+		out.WriteString(err.Error())
+	}
+	return out.String(), code
+}
+
+func TestCommands(t *testing.T) {
+	dir := startCollector(t)
+	tok, code := cli(t, "token", "create", "--data-dir", dir, "--ttl", "5m")
+	if code != 0 || !strings.HasPrefix(tok, "PT1.") {
+		t.Fatalf("token create: %q (exit %d)", tok, code)
+	}
+	stateDir := t.TempDir()
+	res, err := agent.Enroll(context.Background(), stateDir, strings.TrimSpace(tok))
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	id := res.DeviceID
+
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"list", []string{"devices", "list", "--data-dir", dir}, 0, id},
+		{"list json", []string{"devices", "list", "--data-dir", dir, "-o", "json"}, 0, `"id": "` + id + `"`},
+		{"show", []string{"devices", "show", id, "--data-dir", dir}, 0, "spiffe://posture.local/device/" + id},
+		{"show unknown", []string{"devices", "show", "nope", "--data-dir", dir}, 1, "not enrolled"},
+		{"check denies before any report", []string{"check", id, "--level", "basic", "--data-dir", dir}, 1, "no verified posture report yet"},
+		{"check without level", []string{"check", id, "--data-dir", dir}, 2, "usage"},
+		{"check with no collector", []string{"check", id, "--level", "basic", "--data-dir", t.TempDir()}, 2, "no collector is running"},
+		{"revoke without reason", []string{"devices", "revoke", id, "--data-dir", dir}, 1, "--reason is required"},
+		{"revoke", []string{"devices", "revoke", id, "--reason", "lost", "--data-dir", dir}, 0, "revoked " + id},
+		{"check after revoke", []string{"check", id, "--level", "basic", "--data-dir", dir}, 1, "revoked: lost"},
+		{"token with zero uses", []string{"token", "create", "--uses", "0", "--data-dir", dir}, 1, "--uses must be at least 1"},
+		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"policy validate built-in", []string{"policy", "validate", "../../policy/default.yaml"}, 0, "valid"},
+		{"stats", []string{"stats", "--data-dir", dir}, 0, `"enrollments": "1"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := cli(t, tt.args...)
+			// protojson varies its spacing on purpose: compare with spaces squeezed.
+			if code != tt.code || !strings.Contains(strings.Join(strings.Fields(out), " "), tt.want) {
+				t.Errorf("exit %d, output:\n%s\nwant exit %d and %q", code, out, tt.code, tt.want)
+			}
+		})
+	}
+}
+
+func TestGatewayAdd(t *testing.T) {
+	dir := startCollector(t)
+	out := filepath.Join(t.TempDir(), "gw")
+	if msg, code := cli(t, "gateway", "add", "edge-1", "--out", out, "--data-dir", dir); code != 0 {
+		t.Fatalf("gateway add: exit %d: %s", code, msg)
+	}
+	for name, mode := range map[string]os.FileMode{"gateway.key": 0o600, "gateway.crt": 0o644, "ca.crt": 0o644} {
+		st, err := os.Stat(filepath.Join(out, name))
+		if err != nil || st.Mode().Perm() != mode {
+			t.Errorf("%s: %v mode %v, want %v", name, err, st.Mode().Perm(), mode)
+		}
+	}
+	if msg, code := cli(t, "gateway", "add", "Bad Name", "--out", out, "--data-dir", dir); code == 0 || !strings.Contains(msg, "must be 1-63 lowercase") {
+		t.Errorf("bad gateway name: exit %d %q", code, msg)
+	}
+}
+
+func TestRunRefusesSecondCollector(t *testing.T) {
+	dir := startCollector(t)
+	_, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err == nil || !strings.Contains(err.Error(), "another collector is running") {
+		t.Errorf("second collector on the same data dir: %v", err)
+	}
+}
