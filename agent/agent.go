@@ -52,13 +52,13 @@ type Config struct {
 
 // Agent measures the device and streams signed reports to the collector.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	enr    enrollment
-	id     *identity.Software
-	spool  *spool.Spool
-	conn   *grpc.ClientConn
-	head   chainHead
+	cfg   Config
+	log   *slog.Logger
+	enr   enrollment
+	id    *identity.Software
+	spool *spool.Spool
+	conn  *grpc.ClientConn
+	head  chainHead
 	// onAck, when set, is called after each acknowledged report.
 	onAck func(seq uint64)
 }
