@@ -241,8 +241,11 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 // is done.
 func (a *Agent) reconcile(w *posturev1.Welcome) error {
 	e, ok, err := a.spool.Oldest()
-	if err != nil || !ok {
+	if err != nil {
 		return err
+	}
+	if !ok {
+		return a.resync(w)
 	}
 	var sp spooled
 	if err := json.Unmarshal(e.Data, &sp); err != nil {
@@ -251,10 +254,22 @@ func (a *Agent) reconcile(w *posturev1.Welcome) error {
 	if sp.Seq != 0 && w.GetLastSeq() == sp.Seq && string(w.GetLastDigest()) == string(sp.Digest) {
 		return a.acked(e.ID, sp.Seq, sp.Digest)
 	}
-	if w.GetLastSeq() != a.head.Seq {
-		a.log.Warn("collector's chain head differs from this agent's", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
+	return a.resync(w)
+}
+
+// resync handles a collector whose chain head is behind this agent's: it
+// lost acknowledged reports (a restored backup, a power loss). The agent
+// continues from what the collector has. A collector ahead of the agent is
+// left alone: that is a second holder of this identity, or rolled-back agent
+// state, and the collector marks the device suspect when the next report
+// does not continue its chain.
+func (a *Agent) resync(w *posturev1.Welcome) error {
+	if w.GetLastSeq() >= a.head.Seq {
+		return nil
 	}
-	return nil
+	a.log.Warn("collector lost acknowledged reports; continuing from its chain head", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
+	a.head = chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest()}
+	return writeJSON(filepath.Join(a.cfg.StateDir, chainFile), a.head)
 }
 
 func (a *Agent) drop(id uint64, why error) error {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -420,5 +421,49 @@ func TestSpoolSurvivesCollectorOutage(t *testing.T) {
 	}
 	if len(kernels) < during+20 || len(kernels) > measured {
 		t.Errorf("%d reports stored; %d measured, %d before the outage", len(kernels), measured, during)
+	}
+}
+
+// A collector restored from an older backup has lost acknowledged reports;
+// its agents continue from the chain head it still has, and the device stays
+// active.
+func TestCollectorRollback(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	stopAgent := runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
+	lastSeq := func() uint64 {
+		d, err := e.device(id)
+		if err != nil {
+			return 0
+		}
+		return d.GetDevice().GetLastSeq()
+	}
+	eventually(t, "two reports", func() bool { return lastSeq() >= 2 })
+	stopAgent()
+	e.stop()
+	db := filepath.Join(e.dataDir, "posture.db")
+	backup, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	stopAgent = runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
+	eventually(t, "more reports", func() bool { return lastSeq() >= 8 })
+	stopAgent()
+	e.stop()
+
+	if err := os.WriteFile(db, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	restored := lastSeq()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
+	eventually(t, "reports accepted after the rollback", func() bool { return lastSeq() >= restored+3 })
+	d, _ := e.device(id)
+	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Errorf("device state after a collector rollback = %v (%s), want active", d.GetDevice().GetState(), d.GetDevice().GetStateReason())
+	}
+	if rej := e.stats().GetReportsRejected(); len(rej) != 0 {
+		t.Errorf("reports rejected after the rollback: %v", rej)
 	}
 }
