@@ -94,6 +94,8 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 		return false, score, []string{"device is revoked: " + s.StateReason}
 	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
 		return false, score, []string{"device is suspect: " + s.StateReason + "; an admin must investigate and revoke it or re-enroll it"}
+	case posturev1.DeviceState_DEVICE_STATE_PENDING:
+		return false, score, []string{"device is pending approval: " + s.StateReason}
 	case posturev1.DeviceState_DEVICE_STATE_ACTIVE:
 	default:
 		return false, score, []string{"device state is unknown"}

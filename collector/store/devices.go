@@ -94,22 +94,33 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 		case errors.Is(err, sql.ErrNoRows):
 			stored = d
 			stored.LastSeq, stored.LastDigest, stored.LastSeen = 0, nil, time.Time{}
+			stored.TPMClock, stored.Reboots = TPMClock{}, 0
 			_, err = tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key,
-				assurance, state, state_reason, enrolled_at, cert_serial)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				assurance, state, state_reason, enrolled_at, cert_serial, ek_sha256)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				d.ID, d.Hostname, d.Platform, d.Identity, blob(d.IdentityKey),
-				d.Assurance, d.State, d.StateReason, nanos(d.EnrolledAt), d.CertSerial)
+				d.Assurance, d.State, d.StateReason, nanos(d.EnrolledAt), d.CertSerial, d.EKSHA256)
 		case err != nil:
 			return err
 		case existing.State == stateRevoked:
 			return ErrDeviceRevoked
 		default:
+			// The collector has just proven the identity again (for a TPM,
+			// a new AK in the same TPM), so the key and its assurance are
+			// replaced; the state and report chain are kept, except that a
+			// pending device takes the state the new enrollment earned.
 			stored = existing
 			stored.Hostname, stored.Platform = d.Hostname, d.Platform
 			stored.CertSerial, stored.EnrolledAt = d.CertSerial, d.EnrolledAt
-			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, enrolled_at = ?
+			stored.Identity, stored.IdentityKey, stored.Assurance, stored.EKSHA256 = d.Identity, d.IdentityKey, d.Assurance, d.EKSHA256
+			if existing.State == statePending {
+				stored.State, stored.StateReason = d.State, d.StateReason
+			}
+			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, enrolled_at = ?,
+				identity = ?, identity_key = ?, assurance = ?, ek_sha256 = ?, state = ?, state_reason = ?
 				WHERE id = ?`,
-				d.Hostname, d.Platform, d.CertSerial, nanos(d.EnrolledAt), d.ID)
+				d.Hostname, d.Platform, d.CertSerial, nanos(d.EnrolledAt),
+				d.Identity, blob(d.IdentityKey), d.Assurance, d.EKSHA256, stored.State, stored.StateReason, d.ID)
 		}
 		if err != nil {
 			return err
@@ -190,7 +201,8 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 }
 
 const selectDevice = `SELECT id, hostname, platform, identity, identity_key, assurance, state,
-	state_reason, enrolled_at, cert_serial, last_seq, last_digest, last_seen FROM devices`
+	state_reason, enrolled_at, cert_serial, last_seq, last_digest, last_seen,
+	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots FROM devices`
 
 // scanner is satisfied by *sql.Row and *sql.Rows.
 type scanner interface {
@@ -202,10 +214,12 @@ func scanDevice(row scanner) (Device, error) {
 	var (
 		d                  Device
 		enrolled, lastSeen int64
-		lastSeq            int64
+		lastSeq, clock     int64
+		reboots            int64
 	)
 	err := row.Scan(&d.ID, &d.Hostname, &d.Platform, &d.Identity, &d.IdentityKey, &d.Assurance,
-		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &lastSeq, &d.LastDigest, &lastSeen)
+		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &lastSeq, &d.LastDigest, &lastSeen,
+		&d.EKSHA256, &clock, &d.TPMClock.ResetCount, &d.TPMClock.RestartCount, &reboots)
 	if err != nil {
 		return Device{}, err
 	}
@@ -213,5 +227,45 @@ func scanDevice(row scanner) (Device, error) {
 	d.LastDigest = nilIfEmpty(d.LastDigest)
 	d.EnrolledAt, d.LastSeen = fromNanos(enrolled), fromNanos(lastSeen)
 	d.LastSeq = uint64(lastSeq)
+	d.TPMClock.Clock, d.Reboots = uint64(clock), uint64(reboots)
 	return d, nil
+}
+
+// PinEKs pins EK public-key hashes (hex SHA-256 of PKIX DER): devices that
+// enroll with them are trusted as tpm_ek_pinned. It returns how many were
+// not pinned before.
+func (s *Store) PinEKs(ctx context.Context, hashes []string, description string, now time.Time) (int, error) {
+	added := 0
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		added = 0
+		for _, h := range hashes {
+			res, err := tx.Exec(`INSERT INTO pinned_eks (ek_sha256, description, created_at) VALUES (?, ?, ?)
+				ON CONFLICT (ek_sha256) DO NOTHING`, h, description, nanos(now))
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			added += int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pin EKs: %w", err)
+	}
+	return added, nil
+}
+
+// EKPinned reports whether an EK hash is pinned.
+func (s *Store) EKPinned(ctx context.Context, hash string) (bool, error) {
+	if err := s.readable(); err != nil {
+		return false, err
+	}
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM pinned_eks WHERE ek_sha256 = ?`, hash).Scan(&n); err != nil {
+		return false, fmt.Errorf("look up pinned EK: %w", err)
+	}
+	return n > 0, nil
 }

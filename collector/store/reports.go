@@ -69,6 +69,16 @@ func appendReport(tx *sql.Tx, r Report) error {
 		last_seen   = max(last_seen, ?3)
 		WHERE id = ?4`,
 		int64(r.Seq), blob(r.Digest), nanos(r.ReceivedAt), r.DeviceID)
+	if err != nil || r.TPM == nil {
+		return err
+	}
+	reboot := 0
+	if r.Reboot {
+		reboot = 1
+	}
+	_, err = tx.Exec(`UPDATE devices SET tpm_clock = ?, tpm_reset_count = ?, tpm_restart_count = ?,
+		reboots = reboots + ? WHERE id = ?`,
+		int64(r.TPM.Clock), r.TPM.ResetCount, r.TPM.RestartCount, reboot, r.DeviceID)
 	return err
 }
 

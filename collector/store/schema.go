@@ -47,6 +47,19 @@ CREATE TABLE reports (
 	PRIMARY KEY (device_id, seq)
 ) STRICT;
 `,
+	`
+ALTER TABLE devices ADD COLUMN ek_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN tpm_clock INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN tpm_reset_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN tpm_restart_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN reboots INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE pinned_eks (
+	ek_sha256   TEXT PRIMARY KEY,
+	description TEXT NOT NULL,
+	created_at  INTEGER NOT NULL
+) STRICT;
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

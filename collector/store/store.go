@@ -51,6 +51,7 @@ var (
 const (
 	stateActive  int32 = 1
 	stateRevoked int32 = 3
+	statePending int32 = 4
 )
 
 // Token is an enrollment token. Only the hash of its secret is stored.
@@ -78,6 +79,18 @@ type Device struct {
 	LastSeq     uint64
 	LastDigest  []byte    // nil until the first report
 	LastSeen    time.Time // zero until the first report
+	EKSHA256    string    // hex SHA-256 of the TPM EK (PKIX DER); empty for software identities
+	TPMClock    TPMClock  // clock info of the latest quote; zero for software identities
+	Reboots     uint64    // TPM resets seen in quotes since enrollment
+}
+
+// TPMClock is the clock information a TPM puts in every quote. ResetCount
+// grows on every TPM reset (a reboot), RestartCount on every resume from
+// hibernation, and Clock (milliseconds) never runs backwards on one TPM.
+type TPMClock struct {
+	Clock        uint64
+	ResetCount   uint32
+	RestartCount uint32
 }
 
 // Report is one stored posture report with its proof.
@@ -89,6 +102,11 @@ type Report struct {
 	Body       []byte // the PostureReport bytes exactly as signed
 	Proof      []byte // the serialized proof (signature or quote)
 	ReceivedAt time.Time
+	// TPM, when set, is the verified clock info of the report's quote; it
+	// becomes the device's TPMClock in the same transaction.
+	TPM *TPMClock
+	// Reboot counts one more TPM reset for the device.
+	Reboot bool
 }
 
 // Store is a SQLite-backed store. It is safe for concurrent use.

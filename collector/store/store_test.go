@@ -20,6 +20,7 @@ import (
 const (
 	stateActive  int32 = 1
 	stateSuspect int32 = 2
+	statePending int32 = 4
 	stateRevoked int32 = 3
 )
 
@@ -322,6 +323,7 @@ func TestReEnroll(t *testing.T) {
 			want := before
 			if tt.wantErr == nil {
 				want.Hostname, want.Platform, want.CertSerial, want.EnrolledAt = "renamed", "darwin", "02", later
+				want.IdentityKey = []byte("other key") // re-proven at enrollment, so replaced
 				if diff := cmp.Diff(want, got); diff != "" {
 					t.Errorf("EnrollDevice returned (-want +got):\n%s", diff)
 				}
@@ -818,5 +820,68 @@ func TestCanceledContext(t *testing.T) {
 	}
 	if got := count(t, s, "dev-a"); got != 0 {
 		t.Errorf("CountReports = %d, want 0", got)
+	}
+}
+
+func TestPinnedEKs(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	added, err := s.PinEKs(ctx, []string{"aa", "bb", "aa"}, "batch 1", time.Now())
+	if err != nil || added != 2 {
+		t.Fatalf("PinEKs = %d, %v; want 2 new", added, err)
+	}
+	if added, err := s.PinEKs(ctx, []string{"bb", "cc"}, "batch 2", time.Now()); err != nil || added != 1 {
+		t.Errorf("second PinEKs = %d, %v; want 1 new", added, err)
+	}
+	for hash, want := range map[string]bool{"aa": true, "cc": true, "dd": false} {
+		if got, err := s.EKPinned(ctx, hash); err != nil || got != want {
+			t.Errorf("EKPinned(%s) = %v, %v; want %v", hash, got, err, want)
+		}
+	}
+}
+
+func TestTPMClockAndReboots(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	enroll(t, s, "dev-a")
+	steps := []struct {
+		clock  store.TPMClock
+		reboot bool
+	}{
+		{store.TPMClock{Clock: 100, ResetCount: 1}, false},
+		{store.TPMClock{Clock: 200, ResetCount: 2}, true},
+		{store.TPMClock{Clock: 300, ResetCount: 2, RestartCount: 1}, false},
+	}
+	for i, st := range steps {
+		r := newReport("dev-a", uint64(i+1), "")
+		r.TPM, r.Reboot = &st.clock, st.reboot
+		if err := s.AppendReport(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := s.Device(ctx, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.TPMClock != steps[2].clock || d.Reboots != 1 {
+		t.Errorf("TPMClock = %+v, reboots %d; want %+v and 1", d.TPMClock, d.Reboots, steps[2].clock)
+	}
+}
+
+func TestReEnrollPendingTakesNewState(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	d := newDevice("dev-tpm")
+	d.State, d.StateReason, d.EKSHA256 = statePending, "EK not verified", "ek1"
+	if _, err := s.EnrollDevice(ctx, createToken(t, s, "t1", 1, time.Now().Add(time.Hour)), time.Now(), d); err != nil {
+		t.Fatal(err)
+	}
+	d.State, d.StateReason = stateActive, ""
+	got, err := s.EnrollDevice(ctx, createToken(t, s, "t2", 1, time.Now().Add(time.Hour)), time.Now(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != stateActive || got.EKSHA256 != "ek1" {
+		t.Errorf("re-enrolled pending device: state %d, ek %q; want active and ek1", got.State, got.EKSHA256)
 	}
 }

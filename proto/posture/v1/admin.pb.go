@@ -23,6 +23,193 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ApproveDeviceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveDeviceRequest) Reset() {
+	*x = ApproveDeviceRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveDeviceRequest) ProtoMessage() {}
+
+func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveDeviceRequest.ProtoReflect.Descriptor instead.
+func (*ApproveDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ApproveDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type ApproveDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveDeviceResponse) Reset() {
+	*x = ApproveDeviceResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveDeviceResponse) ProtoMessage() {}
+
+func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveDeviceResponse.ProtoReflect.Descriptor instead.
+func (*ApproveDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ApproveDeviceResponse) GetDevice() *Device {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
+type PreregisterEKRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ek_sha256 are SHA-256 hashes (hex) of EK public keys in PKIX DER form.
+	EkSha256 []string `protobuf:"bytes,1,rep,name=ek_sha256,json=ekSha256,proto3" json:"ek_sha256,omitempty"`
+	// description is kept for audit.
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreregisterEKRequest) Reset() {
+	*x = PreregisterEKRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreregisterEKRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreregisterEKRequest) ProtoMessage() {}
+
+func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreregisterEKRequest.ProtoReflect.Descriptor instead.
+func (*PreregisterEKRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PreregisterEKRequest) GetEkSha256() []string {
+	if x != nil {
+		return x.EkSha256
+	}
+	return nil
+}
+
+func (x *PreregisterEKRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type PreregisterEKResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// added counts hashes that were not pinned before.
+	Added         uint32 `protobuf:"varint,1,opt,name=added,proto3" json:"added,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreregisterEKResponse) Reset() {
+	*x = PreregisterEKResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreregisterEKResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreregisterEKResponse) ProtoMessage() {}
+
+func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreregisterEKResponse.ProtoReflect.Descriptor instead.
+func (*PreregisterEKResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PreregisterEKResponse) GetAdded() uint32 {
+	if x != nil {
+		return x.Added
+	}
+	return 0
+}
+
 // CreateEnrollmentTokenRequest sets the token's limits.
 type CreateEnrollmentTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -38,7 +225,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +237,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +250,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetTtl() *durationpb.Duration {
@@ -101,7 +288,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +300,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +313,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -158,7 +345,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -170,7 +357,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -183,7 +370,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type ListDevicesResponse struct {
@@ -195,7 +382,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +394,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +407,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
@@ -239,7 +426,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +438,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +451,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -285,7 +472,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +484,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +497,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -336,7 +523,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +535,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +548,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -385,7 +572,7 @@ type IssueGatewayCertificateRequest struct {
 
 func (x *IssueGatewayCertificateRequest) Reset() {
 	*x = IssueGatewayCertificateRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +584,7 @@ func (x *IssueGatewayCertificateRequest) String() string {
 func (*IssueGatewayCertificateRequest) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +597,7 @@ func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IssueGatewayCertificateRequest) GetName() string {
@@ -438,7 +625,7 @@ type IssueGatewayCertificateResponse struct {
 
 func (x *IssueGatewayCertificateResponse) Reset() {
 	*x = IssueGatewayCertificateResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +637,7 @@ func (x *IssueGatewayCertificateResponse) String() string {
 func (*IssueGatewayCertificateResponse) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +650,7 @@ func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IssueGatewayCertificateResponse) GetCertificate() []byte {
@@ -495,7 +682,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +694,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +707,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 // Stats are the collector's counters since it started.
@@ -542,7 +729,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +741,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +754,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Stats) GetReportsAccepted() uint64 {
@@ -624,7 +811,16 @@ var File_posture_v1_admin_proto protoreflect.FileDescriptor
 const file_posture_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/admin.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"\x81\x01\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"3\n" +
+	"\x14ApproveDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"C\n" +
+	"\x15ApproveDeviceResponse\x12*\n" +
+	"\x06device\x18\x01 \x01(\v2\x12.posture.v1.DeviceR\x06device\"U\n" +
+	"\x14PreregisterEKRequest\x12\x1b\n" +
+	"\tek_sha256\x18\x01 \x03(\tR\bekSha256\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"-\n" +
+	"\x15PreregisterEKResponse\x12\x14\n" +
+	"\x05added\x18\x01 \x01(\rR\x05added\"\x81\x01\n" +
 	"\x1cCreateEnrollmentTokenRequest\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x12\n" +
 	"\x04uses\x18\x02 \x01(\rR\x04uses\x12 \n" +
@@ -669,14 +865,16 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a<\n" +
 	"\x0eRpcDeniedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\x95\x04\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc1\x05\n" +
 	"\fAdminService\x12l\n" +
 	"\x15CreateEnrollmentToken\x12(.posture.v1.CreateEnrollmentTokenRequest\x1a).posture.v1.CreateEnrollmentTokenResponse\x12N\n" +
 	"\vListDevices\x12\x1e.posture.v1.ListDevicesRequest\x1a\x1f.posture.v1.ListDevicesResponse\x12D\n" +
 	"\tGetDevice\x12\x1c.posture.v1.GetDeviceRequest\x1a\x19.posture.v1.DevicePosture\x12Q\n" +
 	"\fRevokeDevice\x12\x1f.posture.v1.RevokeDeviceRequest\x1a .posture.v1.RevokeDeviceResponse\x12r\n" +
 	"\x17IssueGatewayCertificate\x12*.posture.v1.IssueGatewayCertificateRequest\x1a+.posture.v1.IssueGatewayCertificateResponse\x12:\n" +
-	"\bGetStats\x12\x1b.posture.v1.GetStatsRequest\x1a\x11.posture.v1.StatsB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\bGetStats\x12\x1b.posture.v1.GetStatsRequest\x1a\x11.posture.v1.Stats\x12T\n" +
+	"\rApproveDevice\x12 .posture.v1.ApproveDeviceRequest\x1a!.posture.v1.ApproveDeviceResponse\x12T\n" +
+	"\rPreregisterEK\x12 .posture.v1.PreregisterEKRequest\x1a!.posture.v1.PreregisterEKResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_admin_proto_rawDescOnce sync.Once
@@ -690,52 +888,61 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_posture_v1_admin_proto_goTypes = []any{
-	(*CreateEnrollmentTokenRequest)(nil),    // 0: posture.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil),   // 1: posture.v1.CreateEnrollmentTokenResponse
-	(*ListDevicesRequest)(nil),              // 2: posture.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),             // 3: posture.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),                // 4: posture.v1.GetDeviceRequest
-	(*RevokeDeviceRequest)(nil),             // 5: posture.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),            // 6: posture.v1.RevokeDeviceResponse
-	(*IssueGatewayCertificateRequest)(nil),  // 7: posture.v1.IssueGatewayCertificateRequest
-	(*IssueGatewayCertificateResponse)(nil), // 8: posture.v1.IssueGatewayCertificateResponse
-	(*GetStatsRequest)(nil),                 // 9: posture.v1.GetStatsRequest
-	(*Stats)(nil),                           // 10: posture.v1.Stats
-	nil,                                     // 11: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 12: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 13: posture.v1.Stats.RpcDeniedEntry
-	(*durationpb.Duration)(nil),             // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),           // 15: google.protobuf.Timestamp
-	(*DevicePosture)(nil),                   // 16: posture.v1.DevicePosture
-	(*Device)(nil),                          // 17: posture.v1.Device
+	(*ApproveDeviceRequest)(nil),            // 0: posture.v1.ApproveDeviceRequest
+	(*ApproveDeviceResponse)(nil),           // 1: posture.v1.ApproveDeviceResponse
+	(*PreregisterEKRequest)(nil),            // 2: posture.v1.PreregisterEKRequest
+	(*PreregisterEKResponse)(nil),           // 3: posture.v1.PreregisterEKResponse
+	(*CreateEnrollmentTokenRequest)(nil),    // 4: posture.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),   // 5: posture.v1.CreateEnrollmentTokenResponse
+	(*ListDevicesRequest)(nil),              // 6: posture.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),             // 7: posture.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),                // 8: posture.v1.GetDeviceRequest
+	(*RevokeDeviceRequest)(nil),             // 9: posture.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),            // 10: posture.v1.RevokeDeviceResponse
+	(*IssueGatewayCertificateRequest)(nil),  // 11: posture.v1.IssueGatewayCertificateRequest
+	(*IssueGatewayCertificateResponse)(nil), // 12: posture.v1.IssueGatewayCertificateResponse
+	(*GetStatsRequest)(nil),                 // 13: posture.v1.GetStatsRequest
+	(*Stats)(nil),                           // 14: posture.v1.Stats
+	nil,                                     // 15: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 16: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 17: posture.v1.Stats.RpcDeniedEntry
+	(*Device)(nil),                          // 18: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 20: google.protobuf.Timestamp
+	(*DevicePosture)(nil),                   // 21: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	14, // 0: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 1: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	16, // 2: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	17, // 3: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	11, // 4: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	12, // 5: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	13, // 6: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	0,  // 7: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	2,  // 8: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	4,  // 9: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	5,  // 10: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	7,  // 11: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	9,  // 12: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	1,  // 13: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	3,  // 14: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	16, // 15: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	6,  // 16: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	8,  // 17: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	10, // 18: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	18, // 0: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	19, // 1: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	20, // 2: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 3: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	18, // 4: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	15, // 5: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	16, // 6: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	17, // 7: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	4,  // 8: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	6,  // 9: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	8,  // 10: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	9,  // 11: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	11, // 12: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	13, // 13: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	0,  // 14: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	2,  // 15: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	5,  // 16: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	7,  // 17: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	21, // 18: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	10, // 19: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	12, // 20: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	14, // 21: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	1,  // 22: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	3,  // 23: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -750,7 +957,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

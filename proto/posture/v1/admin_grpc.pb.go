@@ -25,6 +25,8 @@ const (
 	AdminService_RevokeDevice_FullMethodName            = "/posture.v1.AdminService/RevokeDevice"
 	AdminService_IssueGatewayCertificate_FullMethodName = "/posture.v1.AdminService/IssueGatewayCertificate"
 	AdminService_GetStats_FullMethodName                = "/posture.v1.AdminService/GetStats"
+	AdminService_ApproveDevice_FullMethodName           = "/posture.v1.AdminService/ApproveDevice"
+	AdminService_PreregisterEK_FullMethodName           = "/posture.v1.AdminService/PreregisterEK"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -48,6 +50,11 @@ type AdminServiceClient interface {
 	IssueGatewayCertificate(ctx context.Context, in *IssueGatewayCertificateRequest, opts ...grpc.CallOption) (*IssueGatewayCertificateResponse, error)
 	// GetStats returns the collector's counters.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*Stats, error)
+	// ApproveDevice approves a pending TPM device, pinning its EK.
+	ApproveDevice(ctx context.Context, in *ApproveDeviceRequest, opts ...grpc.CallOption) (*ApproveDeviceResponse, error)
+	// PreregisterEK pins EK public-key hashes in advance: devices enrolling
+	// with them are tpm_ek_pinned and active at once.
+	PreregisterEK(ctx context.Context, in *PreregisterEKRequest, opts ...grpc.CallOption) (*PreregisterEKResponse, error)
 }
 
 type adminServiceClient struct {
@@ -118,6 +125,26 @@ func (c *adminServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 	return out, nil
 }
 
+func (c *adminServiceClient) ApproveDevice(ctx context.Context, in *ApproveDeviceRequest, opts ...grpc.CallOption) (*ApproveDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveDeviceResponse)
+	err := c.cc.Invoke(ctx, AdminService_ApproveDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PreregisterEK(ctx context.Context, in *PreregisterEKRequest, opts ...grpc.CallOption) (*PreregisterEKResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PreregisterEKResponse)
+	err := c.cc.Invoke(ctx, AdminService_PreregisterEK_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -139,6 +166,11 @@ type AdminServiceServer interface {
 	IssueGatewayCertificate(context.Context, *IssueGatewayCertificateRequest) (*IssueGatewayCertificateResponse, error)
 	// GetStats returns the collector's counters.
 	GetStats(context.Context, *GetStatsRequest) (*Stats, error)
+	// ApproveDevice approves a pending TPM device, pinning its EK.
+	ApproveDevice(context.Context, *ApproveDeviceRequest) (*ApproveDeviceResponse, error)
+	// PreregisterEK pins EK public-key hashes in advance: devices enrolling
+	// with them are tpm_ek_pinned and active at once.
+	PreregisterEK(context.Context, *PreregisterEKRequest) (*PreregisterEKResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -166,6 +198,12 @@ func (UnimplementedAdminServiceServer) IssueGatewayCertificate(context.Context, 
 }
 func (UnimplementedAdminServiceServer) GetStats(context.Context, *GetStatsRequest) (*Stats, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedAdminServiceServer) ApproveDevice(context.Context, *ApproveDeviceRequest) (*ApproveDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveDevice not implemented")
+}
+func (UnimplementedAdminServiceServer) PreregisterEK(context.Context, *PreregisterEKRequest) (*PreregisterEKResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PreregisterEK not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -296,6 +334,42 @@ func _AdminService_GetStats_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ApproveDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ApproveDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ApproveDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ApproveDevice(ctx, req.(*ApproveDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PreregisterEK_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreregisterEKRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PreregisterEK(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PreregisterEK_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PreregisterEK(ctx, req.(*PreregisterEKRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +400,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStats",
 			Handler:    _AdminService_GetStats_Handler,
+		},
+		{
+			MethodName: "ApproveDevice",
+			Handler:    _AdminService_ApproveDevice_Handler,
+		},
+		{
+			MethodName: "PreregisterEK",
+			Handler:    _AdminService_PreregisterEK_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

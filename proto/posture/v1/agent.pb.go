@@ -51,6 +51,13 @@ const (
 	RejectReason_REJECT_REASON_STORAGE RejectReason = 9
 	// REJECT_REASON_REVOKED: the device was revoked; the stream closes.
 	RejectReason_REJECT_REASON_REVOKED RejectReason = 10
+	// REJECT_REASON_BAD_QUOTE: the TPM quote does not verify: wrong magic or
+	// type, qualifying data that is not this report's digest, or PCR values
+	// that do not match the quoted digest.
+	RejectReason_REJECT_REASON_BAD_QUOTE RejectReason = 11
+	// REJECT_REASON_TPM_CLOCK: the TPM clock in the quote went backwards
+	// (replayed quote or cloned TPM state); the device is marked suspect.
+	RejectReason_REJECT_REASON_TPM_CLOCK RejectReason = 12
 )
 
 // Enum value maps for RejectReason.
@@ -67,6 +74,8 @@ var (
 		8:  "REJECT_REASON_CLOCK_SKEW",
 		9:  "REJECT_REASON_STORAGE",
 		10: "REJECT_REASON_REVOKED",
+		11: "REJECT_REASON_BAD_QUOTE",
+		12: "REJECT_REASON_TPM_CLOCK",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":     0,
@@ -80,6 +89,8 @@ var (
 		"REJECT_REASON_CLOCK_SKEW":      8,
 		"REJECT_REASON_STORAGE":         9,
 		"REJECT_REASON_REVOKED":         10,
+		"REJECT_REASON_BAD_QUOTE":       11,
+		"REJECT_REASON_TPM_CLOCK":       12,
 	}
 )
 
@@ -504,7 +515,7 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xdd\x02\n" +
+	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\x97\x03\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -517,7 +528,9 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x18REJECT_REASON_CLOCK_SKEW\x10\b\x12\x19\n" +
 	"\x15REJECT_REASON_STORAGE\x10\t\x12\x19\n" +
 	"\x15REJECT_REASON_REVOKED\x10\n" +
-	"2\\\n" +
+	"\x12\x1b\n" +
+	"\x17REJECT_REASON_BAD_QUOTE\x10\v\x12\x1b\n" +
+	"\x17REJECT_REASON_TPM_CLOCK\x10\f2\\\n" +
 	"\rReportService\x12K\n" +
 	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 

@@ -94,6 +94,10 @@ const (
 	DeviceState_DEVICE_STATE_SUSPECT DeviceState = 2
 	// DEVICE_STATE_REVOKED: an admin revoked it; final.
 	DeviceState_DEVICE_STATE_REVOKED DeviceState = 3
+	// DEVICE_STATE_PENDING: enrolled with a TPM whose endorsement key is
+	// neither verified nor pinned; every level is denied until an admin
+	// approves it.
+	DeviceState_DEVICE_STATE_PENDING DeviceState = 4
 )
 
 // Enum value maps for DeviceState.
@@ -103,12 +107,14 @@ var (
 		1: "DEVICE_STATE_ACTIVE",
 		2: "DEVICE_STATE_SUSPECT",
 		3: "DEVICE_STATE_REVOKED",
+		4: "DEVICE_STATE_PENDING",
 	}
 	DeviceState_value = map[string]int32{
 		"DEVICE_STATE_UNSPECIFIED": 0,
 		"DEVICE_STATE_ACTIVE":      1,
 		"DEVICE_STATE_SUSPECT":     2,
 		"DEVICE_STATE_REVOKED":     3,
+		"DEVICE_STATE_PENDING":     4,
 	}
 )
 
@@ -211,8 +217,13 @@ type Device struct {
 	LastSeen *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// last_seq is the sequence number of the latest stored report.
 	LastSeq uint64 `protobuf:"varint,10,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	// state_reason explains a SUSPECT or REVOKED state.
-	StateReason   string `protobuf:"bytes,11,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// state_reason explains a SUSPECT, REVOKED or PENDING state.
+	StateReason string `protobuf:"bytes,11,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// ek_sha256 is the SHA-256 of the TPM endorsement key (PKIX DER), hex;
+	// empty for software identities.
+	EkSha256 string `protobuf:"bytes,12,opt,name=ek_sha256,json=ekSha256,proto3" json:"ek_sha256,omitempty"`
+	// reboots counts the TPM resets seen in quotes since enrollment.
+	Reboots       uint64 `protobuf:"varint,13,opt,name=reboots,proto3" json:"reboots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +333,20 @@ func (x *Device) GetStateReason() string {
 		return x.StateReason
 	}
 	return ""
+}
+
+func (x *Device) GetEkSha256() string {
+	if x != nil {
+		return x.EkSha256
+	}
+	return ""
+}
+
+func (x *Device) GetReboots() uint64 {
+	if x != nil {
+		return x.Reboots
+	}
+	return 0
 }
 
 // CheckResult is the outcome of one weighted policy check.
@@ -578,7 +603,7 @@ var File_posture_v1_device_proto protoreflect.FileDescriptor
 const file_posture_v1_device_proto_rawDesc = "" +
 	"\n" +
 	"\x17posture/v1/device.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/report.proto\"\x9d\x03\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/report.proto\"\xd4\x03\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1a\n" +
@@ -592,7 +617,9 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\tlast_seen\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x19\n" +
 	"\blast_seq\x18\n" +
 	" \x01(\x04R\alastSeq\x12!\n" +
-	"\fstate_reason\x18\v \x01(\tR\vstateReason\"\xe0\x01\n" +
+	"\fstate_reason\x18\v \x01(\tR\vstateReason\x12\x1b\n" +
+	"\tek_sha256\x18\f \x01(\tR\bekSha256\x12\x18\n" +
+	"\areboots\x18\r \x01(\x04R\areboots\"\xe0\x01\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x13.posture.v1.OutcomeR\aoutcome\x12\x16\n" +
@@ -617,12 +644,13 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\x1eIDENTITY_ASSURANCE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bIDENTITY_ASSURANCE_SOFTWARE\x10\x01\x12$\n" +
 	" IDENTITY_ASSURANCE_TPM_EK_PINNED\x10\x02\x12&\n" +
-	"\"IDENTITY_ASSURANCE_TPM_EK_VERIFIED\x10\x03*x\n" +
+	"\"IDENTITY_ASSURANCE_TPM_EK_VERIFIED\x10\x03*\x92\x01\n" +
 	"\vDeviceState\x12\x1c\n" +
 	"\x18DEVICE_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13DEVICE_STATE_ACTIVE\x10\x01\x12\x18\n" +
 	"\x14DEVICE_STATE_SUSPECT\x10\x02\x12\x18\n" +
-	"\x14DEVICE_STATE_REVOKED\x10\x03*[\n" +
+	"\x14DEVICE_STATE_REVOKED\x10\x03\x12\x18\n" +
+	"\x14DEVICE_STATE_PENDING\x10\x04*[\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fOUTCOME_PASS\x10\x01\x12\x10\n" +

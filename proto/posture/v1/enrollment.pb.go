@@ -276,6 +276,7 @@ type IdentityClaim struct {
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*IdentityClaim_Software
+	//	*IdentityClaim_Tpm
 	Kind          isIdentityClaim_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -327,6 +328,15 @@ func (x *IdentityClaim) GetSoftware() *SoftwareIdentity {
 	return nil
 }
 
+func (x *IdentityClaim) GetTpm() *TPMIdentity {
+	if x != nil {
+		if x, ok := x.Kind.(*IdentityClaim_Tpm); ok {
+			return x.Tpm
+		}
+	}
+	return nil
+}
+
 type isIdentityClaim_Kind interface {
 	isIdentityClaim_Kind()
 }
@@ -335,7 +345,82 @@ type IdentityClaim_Software struct {
 	Software *SoftwareIdentity `protobuf:"bytes,1,opt,name=software,proto3,oneof"`
 }
 
+type IdentityClaim_Tpm struct {
+	Tpm *TPMIdentity `protobuf:"bytes,2,opt,name=tpm,proto3,oneof"`
+}
+
 func (*IdentityClaim_Software) isIdentityClaim_Kind() {}
+
+func (*IdentityClaim_Tpm) isIdentityClaim_Kind() {}
+
+// TPMIdentity is an attestation key (AK) resident in the device's TPM,
+// presented with the TPM's endorsement key (EK). The device ID derives from
+// the EK public key, so re-enrolling the same TPM yields the same device.
+type TPMIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ek_certificate is the EK certificate (DER) read from the TPM's NV
+	// storage; empty when the TPM has none.
+	EkCertificate []byte `protobuf:"bytes,1,opt,name=ek_certificate,json=ekCertificate,proto3" json:"ek_certificate,omitempty"`
+	// ek_public is the EK public area (marshalled TPMT_PUBLIC).
+	EkPublic []byte `protobuf:"bytes,2,opt,name=ek_public,json=ekPublic,proto3" json:"ek_public,omitempty"`
+	// ak_public is the AK public area (marshalled TPMT_PUBLIC): a restricted
+	// ECC P-256 signing key that is fixedTPM, fixedParent and
+	// sensitiveDataOrigin.
+	AkPublic      []byte `protobuf:"bytes,3,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TPMIdentity) Reset() {
+	*x = TPMIdentity{}
+	mi := &file_posture_v1_enrollment_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TPMIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TPMIdentity) ProtoMessage() {}
+
+func (x *TPMIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_enrollment_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TPMIdentity.ProtoReflect.Descriptor instead.
+func (*TPMIdentity) Descriptor() ([]byte, []int) {
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TPMIdentity) GetEkCertificate() []byte {
+	if x != nil {
+		return x.EkCertificate
+	}
+	return nil
+}
+
+func (x *TPMIdentity) GetEkPublic() []byte {
+	if x != nil {
+		return x.EkPublic
+	}
+	return nil
+}
+
+func (x *TPMIdentity) GetAkPublic() []byte {
+	if x != nil {
+		return x.AkPublic
+	}
+	return nil
+}
 
 // SoftwareIdentity is an ECDSA P-256 key kept in a file on the device.
 type SoftwareIdentity struct {
@@ -348,7 +433,7 @@ type SoftwareIdentity struct {
 
 func (x *SoftwareIdentity) Reset() {
 	*x = SoftwareIdentity{}
-	mi := &file_posture_v1_enrollment_proto_msgTypes[4]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +445,7 @@ func (x *SoftwareIdentity) String() string {
 func (*SoftwareIdentity) ProtoMessage() {}
 
 func (x *SoftwareIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_enrollment_proto_msgTypes[4]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +458,7 @@ func (x *SoftwareIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftwareIdentity.ProtoReflect.Descriptor instead.
 func (*SoftwareIdentity) Descriptor() ([]byte, []int) {
-	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SoftwareIdentity) GetPublicKey() []byte {
@@ -385,15 +470,18 @@ func (x *SoftwareIdentity) GetPublicKey() []byte {
 
 // EnrollChallenge asks the agent to prove it holds the identity key.
 type EnrollChallenge struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nonce         []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nonce []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// tpm is set for TPM identities: a credential only the TPM holding the EK
+	// can activate, and only for the AK named.
+	Tpm           *TPMCredential `protobuf:"bytes,2,opt,name=tpm,proto3" json:"tpm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollChallenge) Reset() {
 	*x = EnrollChallenge{}
-	mi := &file_posture_v1_enrollment_proto_msgTypes[5]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +493,7 @@ func (x *EnrollChallenge) String() string {
 func (*EnrollChallenge) ProtoMessage() {}
 
 func (x *EnrollChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_enrollment_proto_msgTypes[5]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +506,7 @@ func (x *EnrollChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollChallenge.ProtoReflect.Descriptor instead.
 func (*EnrollChallenge) Descriptor() ([]byte, []int) {
-	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnrollChallenge) GetNonce() []byte {
@@ -428,19 +516,89 @@ func (x *EnrollChallenge) GetNonce() []byte {
 	return nil
 }
 
-// EnrollAnswer proves possession of the identity key: an ECDSA signature
-// (ASN.1 DER) over SHA-256("posture.v1.enroll" || nonce || tls_public_key ||
-// identity public key).
+func (x *EnrollChallenge) GetTpm() *TPMCredential {
+	if x != nil {
+		return x.Tpm
+	}
+	return nil
+}
+
+// TPMCredential is the output of TPM2_MakeCredential against the EK for the
+// AK's name.
+type TPMCredential struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CredentialBlob  []byte                 `protobuf:"bytes,1,opt,name=credential_blob,json=credentialBlob,proto3" json:"credential_blob,omitempty"`
+	EncryptedSecret []byte                 `protobuf:"bytes,2,opt,name=encrypted_secret,json=encryptedSecret,proto3" json:"encrypted_secret,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TPMCredential) Reset() {
+	*x = TPMCredential{}
+	mi := &file_posture_v1_enrollment_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TPMCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TPMCredential) ProtoMessage() {}
+
+func (x *TPMCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_enrollment_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TPMCredential.ProtoReflect.Descriptor instead.
+func (*TPMCredential) Descriptor() ([]byte, []int) {
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TPMCredential) GetCredentialBlob() []byte {
+	if x != nil {
+		return x.CredentialBlob
+	}
+	return nil
+}
+
+func (x *TPMCredential) GetEncryptedSecret() []byte {
+	if x != nil {
+		return x.EncryptedSecret
+	}
+	return nil
+}
+
+// EnrollAnswer proves possession of the identity key. The enrollment digest
+// is SHA-256("posture.v1.enroll" || nonce || tls_public_key || identity key),
+// where the identity key is the software public key (PKIX DER) or the AK
+// public area.
 type EnrollAnswer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Signature     []byte                 `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// signature is an ECDSA signature (ASN.1 DER) over the enrollment digest
+	// by a software identity key.
+	Signature []byte `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
+	// activated_secret is what TPM2_ActivateCredential recovered from the
+	// challenge's credential (TPM identities).
+	ActivatedSecret []byte `protobuf:"bytes,2,opt,name=activated_secret,json=activatedSecret,proto3" json:"activated_secret,omitempty"`
+	// quote is a TPM2_Quote by the AK with the enrollment digest as
+	// qualifying data (TPM identities).
+	Quote         *TPMQuote `protobuf:"bytes,3,opt,name=quote,proto3" json:"quote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollAnswer) Reset() {
 	*x = EnrollAnswer{}
-	mi := &file_posture_v1_enrollment_proto_msgTypes[6]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +610,7 @@ func (x *EnrollAnswer) String() string {
 func (*EnrollAnswer) ProtoMessage() {}
 
 func (x *EnrollAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_enrollment_proto_msgTypes[6]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,12 +623,26 @@ func (x *EnrollAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollAnswer.ProtoReflect.Descriptor instead.
 func (*EnrollAnswer) Descriptor() ([]byte, []int) {
-	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EnrollAnswer) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
+	}
+	return nil
+}
+
+func (x *EnrollAnswer) GetActivatedSecret() []byte {
+	if x != nil {
+		return x.ActivatedSecret
+	}
+	return nil
+}
+
+func (x *EnrollAnswer) GetQuote() *TPMQuote {
+	if x != nil {
+		return x.Quote
 	}
 	return nil
 }
@@ -488,14 +660,19 @@ type EnrollResult struct {
 	// ca_certificates are the collector CA certificates (DER) to trust from now on.
 	CaCertificates [][]byte `protobuf:"bytes,4,rep,name=ca_certificates,json=caCertificates,proto3" json:"ca_certificates,omitempty"`
 	// trust_domain of the collector.
-	TrustDomain   string `protobuf:"bytes,5,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	TrustDomain string `protobuf:"bytes,5,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// assurance of the enrolled identity.
+	Assurance IdentityAssurance `protobuf:"varint,6,opt,name=assurance,proto3,enum=posture.v1.IdentityAssurance" json:"assurance,omitempty"`
+	// state is DEVICE_STATE_PENDING when a TPM's EK could not be verified and
+	// an admin must approve the device before its posture counts.
+	State         DeviceState `protobuf:"varint,7,opt,name=state,proto3,enum=posture.v1.DeviceState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollResult) Reset() {
 	*x = EnrollResult{}
-	mi := &file_posture_v1_enrollment_proto_msgTypes[7]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +684,7 @@ func (x *EnrollResult) String() string {
 func (*EnrollResult) ProtoMessage() {}
 
 func (x *EnrollResult) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_enrollment_proto_msgTypes[7]
+	mi := &file_posture_v1_enrollment_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +697,7 @@ func (x *EnrollResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResult.ProtoReflect.Descriptor instead.
 func (*EnrollResult) Descriptor() ([]byte, []int) {
-	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_enrollment_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EnrollResult) GetDeviceId() string {
@@ -558,12 +735,26 @@ func (x *EnrollResult) GetTrustDomain() string {
 	return ""
 }
 
+func (x *EnrollResult) GetAssurance() IdentityAssurance {
+	if x != nil {
+		return x.Assurance
+	}
+	return IdentityAssurance_IDENTITY_ASSURANCE_UNSPECIFIED
+}
+
+func (x *EnrollResult) GetState() DeviceState {
+	if x != nil {
+		return x.State
+	}
+	return DeviceState_DEVICE_STATE_UNSPECIFIED
+}
+
 var File_posture_v1_enrollment_proto protoreflect.FileDescriptor
 
 const file_posture_v1_enrollment_proto_rawDesc = "" +
 	"\n" +
 	"\x1bposture/v1/enrollment.proto\x12\n" +
-	"posture.v1\"|\n" +
+	"posture.v1\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"|\n" +
 	"\rEnrollRequest\x12/\n" +
 	"\x05begin\x18\x01 \x01(\v2\x17.posture.v1.EnrollBeginH\x00R\x05begin\x122\n" +
 	"\x06answer\x18\x02 \x01(\v2\x18.posture.v1.EnrollAnswerH\x00R\x06answerB\x06\n" +
@@ -577,23 +768,36 @@ const file_posture_v1_enrollment_proto_rawDesc = "" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1a\n" +
 	"\bplatform\x18\x03 \x01(\tR\bplatform\x12$\n" +
 	"\x0etls_public_key\x18\x04 \x01(\fR\ftlsPublicKey\x125\n" +
-	"\bidentity\x18\x05 \x01(\v2\x19.posture.v1.IdentityClaimR\bidentity\"S\n" +
+	"\bidentity\x18\x05 \x01(\v2\x19.posture.v1.IdentityClaimR\bidentity\"\x80\x01\n" +
 	"\rIdentityClaim\x12:\n" +
-	"\bsoftware\x18\x01 \x01(\v2\x1c.posture.v1.SoftwareIdentityH\x00R\bsoftwareB\x06\n" +
-	"\x04kind\"1\n" +
+	"\bsoftware\x18\x01 \x01(\v2\x1c.posture.v1.SoftwareIdentityH\x00R\bsoftware\x12+\n" +
+	"\x03tpm\x18\x02 \x01(\v2\x17.posture.v1.TPMIdentityH\x00R\x03tpmB\x06\n" +
+	"\x04kind\"n\n" +
+	"\vTPMIdentity\x12%\n" +
+	"\x0eek_certificate\x18\x01 \x01(\fR\rekCertificate\x12\x1b\n" +
+	"\tek_public\x18\x02 \x01(\fR\bekPublic\x12\x1b\n" +
+	"\tak_public\x18\x03 \x01(\fR\bakPublic\"1\n" +
 	"\x10SoftwareIdentity\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x01 \x01(\fR\tpublicKey\"'\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\"T\n" +
 	"\x0fEnrollChallenge\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\fR\x05nonce\",\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12+\n" +
+	"\x03tpm\x18\x02 \x01(\v2\x19.posture.v1.TPMCredentialR\x03tpm\"c\n" +
+	"\rTPMCredential\x12'\n" +
+	"\x0fcredential_blob\x18\x01 \x01(\fR\x0ecredentialBlob\x12)\n" +
+	"\x10encrypted_secret\x18\x02 \x01(\fR\x0fencryptedSecret\"\x83\x01\n" +
 	"\fEnrollAnswer\x12\x1c\n" +
-	"\tsignature\x18\x01 \x01(\fR\tsignature\"\xb6\x01\n" +
+	"\tsignature\x18\x01 \x01(\fR\tsignature\x12)\n" +
+	"\x10activated_secret\x18\x02 \x01(\fR\x0factivatedSecret\x12*\n" +
+	"\x05quote\x18\x03 \x01(\v2\x14.posture.v1.TPMQuoteR\x05quote\"\xa2\x02\n" +
 	"\fEnrollResult\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12 \n" +
 	"\vcertificate\x18\x03 \x01(\fR\vcertificate\x12'\n" +
 	"\x0fca_certificates\x18\x04 \x03(\fR\x0ecaCertificates\x12!\n" +
-	"\ftrust_domain\x18\x05 \x01(\tR\vtrustDomain2X\n" +
+	"\ftrust_domain\x18\x05 \x01(\tR\vtrustDomain\x12;\n" +
+	"\tassurance\x18\x06 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12-\n" +
+	"\x05state\x18\a \x01(\x0e2\x17.posture.v1.DeviceStateR\x05state2X\n" +
 	"\x11EnrollmentService\x12C\n" +
 	"\x06Enroll\x12\x19.posture.v1.EnrollRequest\x1a\x1a.posture.v1.EnrollResponse(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
@@ -609,31 +813,41 @@ func file_posture_v1_enrollment_proto_rawDescGZIP() []byte {
 	return file_posture_v1_enrollment_proto_rawDescData
 }
 
-var file_posture_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_posture_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_posture_v1_enrollment_proto_goTypes = []any{
 	(*EnrollRequest)(nil),    // 0: posture.v1.EnrollRequest
 	(*EnrollResponse)(nil),   // 1: posture.v1.EnrollResponse
 	(*EnrollBegin)(nil),      // 2: posture.v1.EnrollBegin
 	(*IdentityClaim)(nil),    // 3: posture.v1.IdentityClaim
-	(*SoftwareIdentity)(nil), // 4: posture.v1.SoftwareIdentity
-	(*EnrollChallenge)(nil),  // 5: posture.v1.EnrollChallenge
-	(*EnrollAnswer)(nil),     // 6: posture.v1.EnrollAnswer
-	(*EnrollResult)(nil),     // 7: posture.v1.EnrollResult
+	(*TPMIdentity)(nil),      // 4: posture.v1.TPMIdentity
+	(*SoftwareIdentity)(nil), // 5: posture.v1.SoftwareIdentity
+	(*EnrollChallenge)(nil),  // 6: posture.v1.EnrollChallenge
+	(*TPMCredential)(nil),    // 7: posture.v1.TPMCredential
+	(*EnrollAnswer)(nil),     // 8: posture.v1.EnrollAnswer
+	(*EnrollResult)(nil),     // 9: posture.v1.EnrollResult
+	(*TPMQuote)(nil),         // 10: posture.v1.TPMQuote
+	(IdentityAssurance)(0),   // 11: posture.v1.IdentityAssurance
+	(DeviceState)(0),         // 12: posture.v1.DeviceState
 }
 var file_posture_v1_enrollment_proto_depIdxs = []int32{
-	2, // 0: posture.v1.EnrollRequest.begin:type_name -> posture.v1.EnrollBegin
-	6, // 1: posture.v1.EnrollRequest.answer:type_name -> posture.v1.EnrollAnswer
-	5, // 2: posture.v1.EnrollResponse.challenge:type_name -> posture.v1.EnrollChallenge
-	7, // 3: posture.v1.EnrollResponse.result:type_name -> posture.v1.EnrollResult
-	3, // 4: posture.v1.EnrollBegin.identity:type_name -> posture.v1.IdentityClaim
-	4, // 5: posture.v1.IdentityClaim.software:type_name -> posture.v1.SoftwareIdentity
-	0, // 6: posture.v1.EnrollmentService.Enroll:input_type -> posture.v1.EnrollRequest
-	1, // 7: posture.v1.EnrollmentService.Enroll:output_type -> posture.v1.EnrollResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2,  // 0: posture.v1.EnrollRequest.begin:type_name -> posture.v1.EnrollBegin
+	8,  // 1: posture.v1.EnrollRequest.answer:type_name -> posture.v1.EnrollAnswer
+	6,  // 2: posture.v1.EnrollResponse.challenge:type_name -> posture.v1.EnrollChallenge
+	9,  // 3: posture.v1.EnrollResponse.result:type_name -> posture.v1.EnrollResult
+	3,  // 4: posture.v1.EnrollBegin.identity:type_name -> posture.v1.IdentityClaim
+	5,  // 5: posture.v1.IdentityClaim.software:type_name -> posture.v1.SoftwareIdentity
+	4,  // 6: posture.v1.IdentityClaim.tpm:type_name -> posture.v1.TPMIdentity
+	7,  // 7: posture.v1.EnrollChallenge.tpm:type_name -> posture.v1.TPMCredential
+	10, // 8: posture.v1.EnrollAnswer.quote:type_name -> posture.v1.TPMQuote
+	11, // 9: posture.v1.EnrollResult.assurance:type_name -> posture.v1.IdentityAssurance
+	12, // 10: posture.v1.EnrollResult.state:type_name -> posture.v1.DeviceState
+	0,  // 11: posture.v1.EnrollmentService.Enroll:input_type -> posture.v1.EnrollRequest
+	1,  // 12: posture.v1.EnrollmentService.Enroll:output_type -> posture.v1.EnrollResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_enrollment_proto_init() }
@@ -641,6 +855,8 @@ func file_posture_v1_enrollment_proto_init() {
 	if File_posture_v1_enrollment_proto != nil {
 		return
 	}
+	file_posture_v1_device_proto_init()
+	file_posture_v1_report_proto_init()
 	file_posture_v1_enrollment_proto_msgTypes[0].OneofWrappers = []any{
 		(*EnrollRequest_Begin)(nil),
 		(*EnrollRequest_Answer)(nil),
@@ -651,6 +867,7 @@ func file_posture_v1_enrollment_proto_init() {
 	}
 	file_posture_v1_enrollment_proto_msgTypes[3].OneofWrappers = []any{
 		(*IdentityClaim_Software)(nil),
+		(*IdentityClaim_Tpm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -658,7 +875,7 @@ func file_posture_v1_enrollment_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_enrollment_proto_rawDesc), len(file_posture_v1_enrollment_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

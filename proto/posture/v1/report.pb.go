@@ -993,6 +993,7 @@ type SignedReport struct {
 	// Types that are valid to be assigned to Proof:
 	//
 	//	*SignedReport_Software
+	//	*SignedReport_Tpm
 	Proof         isSignedReport_Proof `protobuf_oneof:"proof"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1058,6 +1059,15 @@ func (x *SignedReport) GetSoftware() *SoftwareSignature {
 	return nil
 }
 
+func (x *SignedReport) GetTpm() *TPMQuote {
+	if x != nil {
+		if x, ok := x.Proof.(*SignedReport_Tpm); ok {
+			return x.Tpm
+		}
+	}
+	return nil
+}
+
 type isSignedReport_Proof interface {
 	isSignedReport_Proof()
 }
@@ -1066,7 +1076,143 @@ type SignedReport_Software struct {
 	Software *SoftwareSignature `protobuf:"bytes,3,opt,name=software,proto3,oneof"`
 }
 
+type SignedReport_Tpm struct {
+	Tpm *TPMQuote `protobuf:"bytes,4,opt,name=tpm,proto3,oneof"`
+}
+
 func (*SignedReport_Software) isSignedReport_Proof() {}
+
+func (*SignedReport_Tpm) isSignedReport_Proof() {}
+
+// PCRValue is one PCR's value in the SHA-256 bank.
+type PCRValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PCRValue) Reset() {
+	*x = PCRValue{}
+	mi := &file_posture_v1_report_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PCRValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PCRValue) ProtoMessage() {}
+
+func (x *PCRValue) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
+func (*PCRValue) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PCRValue) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *PCRValue) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// TPMQuote is a TPM2_Quote by the device's attestation key whose
+// qualifying data is the report digest: one TPM operation that both signs
+// the report and attests the boot state.
+type TPMQuote struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attest is the TPMS_ATTEST structure exactly as the TPM signed it.
+	Attest []byte `protobuf:"bytes,1,opt,name=attest,proto3" json:"attest,omitempty"`
+	// signature is the marshalled TPMT_SIGNATURE over attest.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// pcrs are the values of the quoted PCRs; their digest must equal the
+	// one inside attest.
+	Pcrs []*PCRValue `protobuf:"bytes,3,rep,name=pcrs,proto3" json:"pcrs,omitempty"`
+	// event_log is the TCG event log (binary_bios_measurements) when the agent
+	// could read it; empty otherwise.
+	EventLog      []byte `protobuf:"bytes,4,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TPMQuote) Reset() {
+	*x = TPMQuote{}
+	mi := &file_posture_v1_report_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TPMQuote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TPMQuote) ProtoMessage() {}
+
+func (x *TPMQuote) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TPMQuote.ProtoReflect.Descriptor instead.
+func (*TPMQuote) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TPMQuote) GetAttest() []byte {
+	if x != nil {
+		return x.Attest
+	}
+	return nil
+}
+
+func (x *TPMQuote) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *TPMQuote) GetPcrs() []*PCRValue {
+	if x != nil {
+		return x.Pcrs
+	}
+	return nil
+}
+
+func (x *TPMQuote) GetEventLog() []byte {
+	if x != nil {
+		return x.EventLog
+	}
+	return nil
+}
 
 var File_posture_v1_report_proto protoreflect.FileDescriptor
 
@@ -1144,12 +1290,21 @@ const file_posture_v1_report_proto_rawDesc = "" +
 	"\vscreen_lock\x18\v \x01(\v2\x16.posture.v1.ScreenLockR\n" +
 	"screenLock\"1\n" +
 	"\x11SoftwareSignature\x12\x1c\n" +
-	"\tsignature\x18\x01 \x01(\fR\tsignature\"\x82\x01\n" +
+	"\tsignature\x18\x01 \x01(\fR\tsignature\"\xac\x01\n" +
 	"\fSignedReport\x12\x16\n" +
 	"\x06report\x18\x01 \x01(\fR\x06report\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12;\n" +
-	"\bsoftware\x18\x03 \x01(\v2\x1d.posture.v1.SoftwareSignatureH\x00R\bsoftwareB\a\n" +
-	"\x05proof*t\n" +
+	"\bsoftware\x18\x03 \x01(\v2\x1d.posture.v1.SoftwareSignatureH\x00R\bsoftware\x12(\n" +
+	"\x03tpm\x18\x04 \x01(\v2\x14.posture.v1.TPMQuoteH\x00R\x03tpmB\a\n" +
+	"\x05proof\"6\n" +
+	"\bPCRValue\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\x87\x01\n" +
+	"\bTPMQuote\x12\x16\n" +
+	"\x06attest\x18\x01 \x01(\fR\x06attest\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12(\n" +
+	"\x04pcrs\x18\x03 \x03(\v2\x14.posture.v1.PCRValueR\x04pcrs\x12\x1b\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog*t\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTATUS_OK\x10\x01\x12\x16\n" +
@@ -1177,7 +1332,7 @@ func file_posture_v1_report_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_report_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_posture_v1_report_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_posture_v1_report_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_posture_v1_report_proto_goTypes = []any{
 	(Status)(0),                   // 0: posture.v1.Status
 	(Source)(0),                   // 1: posture.v1.Source
@@ -1193,11 +1348,13 @@ var file_posture_v1_report_proto_goTypes = []any{
 	(*PostureReport)(nil),         // 11: posture.v1.PostureReport
 	(*SoftwareSignature)(nil),     // 12: posture.v1.SoftwareSignature
 	(*SignedReport)(nil),          // 13: posture.v1.SignedReport
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*PCRValue)(nil),              // 14: posture.v1.PCRValue
+	(*TPMQuote)(nil),              // 15: posture.v1.TPMQuote
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_posture_v1_report_proto_depIdxs = []int32{
 	0,  // 0: posture.v1.SignalMeta.status:type_name -> posture.v1.Status
-	14, // 1: posture.v1.SignalMeta.observed_at:type_name -> google.protobuf.Timestamp
+	16, // 1: posture.v1.SignalMeta.observed_at:type_name -> google.protobuf.Timestamp
 	1,  // 2: posture.v1.SignalMeta.source:type_name -> posture.v1.Source
 	2,  // 3: posture.v1.OSInfo.meta:type_name -> posture.v1.SignalMeta
 	2,  // 4: posture.v1.DiskEncryption.meta:type_name -> posture.v1.SignalMeta
@@ -1206,7 +1363,7 @@ var file_posture_v1_report_proto_depIdxs = []int32{
 	2,  // 7: posture.v1.Updates.meta:type_name -> posture.v1.SignalMeta
 	2,  // 8: posture.v1.Firewall.meta:type_name -> posture.v1.SignalMeta
 	2,  // 9: posture.v1.ScreenLock.meta:type_name -> posture.v1.SignalMeta
-	14, // 10: posture.v1.PostureReport.created_at:type_name -> google.protobuf.Timestamp
+	16, // 10: posture.v1.PostureReport.created_at:type_name -> google.protobuf.Timestamp
 	10, // 11: posture.v1.PostureReport.agent:type_name -> posture.v1.AgentInfo
 	3,  // 12: posture.v1.PostureReport.os:type_name -> posture.v1.OSInfo
 	5,  // 13: posture.v1.PostureReport.disk:type_name -> posture.v1.DiskEncryption
@@ -1215,11 +1372,13 @@ var file_posture_v1_report_proto_depIdxs = []int32{
 	8,  // 16: posture.v1.PostureReport.firewall:type_name -> posture.v1.Firewall
 	9,  // 17: posture.v1.PostureReport.screen_lock:type_name -> posture.v1.ScreenLock
 	12, // 18: posture.v1.SignedReport.software:type_name -> posture.v1.SoftwareSignature
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	15, // 19: posture.v1.SignedReport.tpm:type_name -> posture.v1.TPMQuote
+	14, // 20: posture.v1.TPMQuote.pcrs:type_name -> posture.v1.PCRValue
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_report_proto_init() }
@@ -1229,6 +1388,7 @@ func file_posture_v1_report_proto_init() {
 	}
 	file_posture_v1_report_proto_msgTypes[11].OneofWrappers = []any{
 		(*SignedReport_Software)(nil),
+		(*SignedReport_Tpm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1236,7 +1396,7 @@ func file_posture_v1_report_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_report_proto_rawDesc), len(file_posture_v1_report_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
