@@ -113,6 +113,12 @@ func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, err
 	if err := writeJSON(filepath.Join(stateDir, configFile), e); err != nil {
 		return nil, err
 	}
+	// The collector's chain head is authoritative after an enrollment: a
+	// device enrolling again (reinstalled agent, new key in the same TPM)
+	// continues from it.
+	if err := writeJSON(filepath.Join(stateDir, chainFile), chainHead{Seq: res.GetLastSeq(), Digest: res.GetLastDigest()}); err != nil {
+		return nil, err
+	}
 	return &EnrollResult{DeviceID: e.DeviceID, SPIFFEID: e.SPIFFEID, Collector: e.Collector, Identity: e.Identity}, nil
 }
 

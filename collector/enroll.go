@@ -142,6 +142,10 @@ func (s *enrollService) Enroll(stream posturev1.EnrollmentService_EnrollServer) 
 		Certificate:    cert.Raw,
 		CaCertificates: [][]byte{c.ca.Cert.Raw},
 		TrustDomain:    c.cfg.TrustDomain,
+		Assurance:      posturev1.IdentityAssurance(dev.Assurance),
+		State:          posturev1.DeviceState(dev.State),
+		LastSeq:        dev.LastSeq,
+		LastDigest:     dev.LastDigest,
 	}}})
 }
 

@@ -467,3 +467,24 @@ func TestCollectorRollback(t *testing.T) {
 		t.Errorf("reports rejected after the rollback: %v", rej)
 	}
 }
+
+// Enrolling again with the same key keeps the device and its report chain:
+// the agent continues from the collector's head.
+func TestReEnrollKeepsChain(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	stop := runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
+	eventually(t, "reports", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 3 })
+	stop()
+	res, err := agent.Enroll(context.Background(), stateDir, e.token(time.Hour, 1))
+	if err != nil || res.DeviceID != id {
+		t.Fatalf("re-enroll: %v (%+v), want device %q", err, res, id)
+	}
+	d, _ := e.device(id)
+	before := d.GetDevice().GetLastSeq()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
+	eventually(t, "reports after re-enrollment", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= before+2 })
+	if d, _ := e.device(id); d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || len(e.devices()) != 1 {
+		t.Errorf("after re-enrollment: state %v, %d devices; want one active device", d.GetDevice().GetState(), len(e.devices()))
+	}
+}

@@ -665,7 +665,11 @@ type EnrollResult struct {
 	Assurance IdentityAssurance `protobuf:"varint,6,opt,name=assurance,proto3,enum=posture.v1.IdentityAssurance" json:"assurance,omitempty"`
 	// state is DEVICE_STATE_PENDING when a TPM's EK could not be verified and
 	// an admin must approve the device before its posture counts.
-	State         DeviceState `protobuf:"varint,7,opt,name=state,proto3,enum=posture.v1.DeviceState" json:"state,omitempty"`
+	State DeviceState `protobuf:"varint,7,opt,name=state,proto3,enum=posture.v1.DeviceState" json:"state,omitempty"`
+	// last_seq and last_digest are the device's report chain head. A device
+	// that enrolls again continues its chain from here.
+	LastSeq       uint64 `protobuf:"varint,8,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastDigest    []byte `protobuf:"bytes,9,opt,name=last_digest,json=lastDigest,proto3" json:"last_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -749,6 +753,20 @@ func (x *EnrollResult) GetState() DeviceState {
 	return DeviceState_DEVICE_STATE_UNSPECIFIED
 }
 
+func (x *EnrollResult) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *EnrollResult) GetLastDigest() []byte {
+	if x != nil {
+		return x.LastDigest
+	}
+	return nil
+}
+
 var File_posture_v1_enrollment_proto protoreflect.FileDescriptor
 
 const file_posture_v1_enrollment_proto_rawDesc = "" +
@@ -789,7 +807,7 @@ const file_posture_v1_enrollment_proto_rawDesc = "" +
 	"\fEnrollAnswer\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12)\n" +
 	"\x10activated_secret\x18\x02 \x01(\fR\x0factivatedSecret\x12*\n" +
-	"\x05quote\x18\x03 \x01(\v2\x14.posture.v1.TPMQuoteR\x05quote\"\xa2\x02\n" +
+	"\x05quote\x18\x03 \x01(\v2\x14.posture.v1.TPMQuoteR\x05quote\"\xde\x02\n" +
 	"\fEnrollResult\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12 \n" +
@@ -797,7 +815,10 @@ const file_posture_v1_enrollment_proto_rawDesc = "" +
 	"\x0fca_certificates\x18\x04 \x03(\fR\x0ecaCertificates\x12!\n" +
 	"\ftrust_domain\x18\x05 \x01(\tR\vtrustDomain\x12;\n" +
 	"\tassurance\x18\x06 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12-\n" +
-	"\x05state\x18\a \x01(\x0e2\x17.posture.v1.DeviceStateR\x05state2X\n" +
+	"\x05state\x18\a \x01(\x0e2\x17.posture.v1.DeviceStateR\x05state\x12\x19\n" +
+	"\blast_seq\x18\b \x01(\x04R\alastSeq\x12\x1f\n" +
+	"\vlast_digest\x18\t \x01(\fR\n" +
+	"lastDigest2X\n" +
 	"\x11EnrollmentService\x12C\n" +
 	"\x06Enroll\x12\x19.posture.v1.EnrollRequest\x1a\x1a.posture.v1.EnrollResponse(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
