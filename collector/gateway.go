@@ -79,3 +79,13 @@ func (c *Collector) devicePosture(id string) (*posturev1.DevicePosture, error) {
 	}
 	return p, nil
 }
+
+// CheckAccess answers the same decision as the gateway RPC, in-process, for
+// the collector's own gateway front ends (HTTP forward-auth, Envoy
+// ext_authz). Errors are gRPC statuses.
+func (c *Collector) CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
+	return (&gatewayService{c: c}).CheckAccess(ctx, req)
+}
+
+// TrustDomain is the collector's SPIFFE trust domain.
+func (c *Collector) TrustDomain() string { return c.cfg.TrustDomain }

@@ -476,6 +476,10 @@ func TestReEnrollKeepsChain(t *testing.T) {
 	stop := runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 20*time.Millisecond)
 	eventually(t, "reports", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 3 })
 	stop()
+	// A reinstalled agent that kept its keys but lost its chain head.
+	if err := os.Remove(filepath.Join(stateDir, "chain.json")); err != nil {
+		t.Fatal(err)
+	}
 	res, err := agent.Enroll(context.Background(), stateDir, e.token(time.Hour, 1))
 	if err != nil || res.DeviceID != id {
 		t.Fatalf("re-enroll: %v (%+v), want device %q", err, res, id)
