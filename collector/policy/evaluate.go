@@ -15,6 +15,7 @@ import (
 type Assessment struct {
 	checks   []assessed
 	rawScore uint32
+	vars     map[string]any // what level expressions see, less the clock-dependent parts
 }
 
 type assessed struct {
@@ -39,6 +40,9 @@ func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment {
 	}
 	if total > 0 {
 		a.rawScore = (passed*100 + total/2) / total
+	}
+	if p.hasExprs() {
+		a.vars = deviceVars(r, a)
 	}
 	return a
 }
@@ -120,6 +124,11 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 	if l.MinAssurance != "" && s.Assurance < assuranceNames[l.MinAssurance] {
 		reasons = append(reasons, fmt.Sprintf("%s requires identity assurance %s or stronger, device has %s", l.Name, l.MinAssurance, AssuranceName(s.Assurance)))
 	}
+	if l.program != nil {
+		if ok, why := evalExpr(l.program, s, score, now); !ok {
+			reasons = append(reasons, fmt.Sprintf("%s: %s (%s)", l.Name, why, l.Expr))
+		}
+	}
 	return len(reasons) == 0, score, reasons
 }
 
@@ -158,4 +167,13 @@ func (p *Policy) FailedChecks(s *Subject, now time.Time) []*posturev1.CheckResul
 		}
 	}
 	return failed
+}
+
+func (p *Policy) hasExprs() bool {
+	for _, l := range p.Levels {
+		if l.program != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -56,6 +57,12 @@ type Level struct {
 	// MinAssurance is the weakest identity assurance allowed: software,
 	// tpm_ek_pinned or tpm_ek_verified. Empty allows any.
 	MinAssurance string `yaml:"min_assurance"`
+	// Expr is a CEL expression over `device` that must also hold, e.g.
+	// device.score >= 80 && device.disk.system_encrypted &&
+	// device.evidence_age("os") < duration("24h").
+	Expr string `yaml:"expr"`
+
+	program cel.Program
 }
 
 // checkFuncs maps check names to what they examine.
@@ -149,7 +156,15 @@ func (p *Policy) validate() error {
 		errs = append(errs, errors.New("levels: at least one access level is required"))
 	}
 	levels := map[string]bool{}
-	for i, l := range p.Levels {
+	for i := range p.Levels {
+		l := &p.Levels[i]
+		if l.Expr != "" {
+			prg, err := compileExpr(l.Expr)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("levels[%d] %s: expr: %w", i, l.Name, err))
+			}
+			l.program = prg
+		}
 		if l.Name == "" {
 			errs = append(errs, fmt.Errorf("levels[%d]: name is required", i))
 		}
