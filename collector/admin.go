@@ -114,6 +114,7 @@ func (a *adminService) RevokeDevice(ctx context.Context, req *posturev1.RevokeDe
 	}
 	// Memory first, then streams: from here no decision allows the device.
 	c.fleet.setState(id, posturev1.DeviceState_DEVICE_STATE_REVOKED, req.GetReason())
+	c.publish(id, "revoked", true)
 	c.fleet.closeStreams(id, fmt.Errorf("%w: %s", errRevoked, req.GetReason()))
 	c.log.Info("device revoked", "device", id, "reason", req.GetReason(), "by", describe(callerFrom(ctx)))
 	p, err := c.devicePosture(id)

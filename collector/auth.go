@@ -8,7 +8,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/internal/pki"
@@ -21,16 +23,23 @@ const roleAnonymous = "anonymous"
 // methodRoles is the authorization table: every RPC names the roles that may
 // call it. A method missing here is denied to everyone.
 var methodRoles = map[string][]string{
-	posturev1.EnrollmentService_Enroll_FullMethodName:             {roleAnonymous},
-	posturev1.ReportService_StreamReports_FullMethodName:          {pki.RoleDevice},
-	posturev1.GatewayService_CheckAccess_FullMethodName:           {pki.RoleGateway, pki.RoleAdmin},
-	posturev1.GatewayService_GetDevicePosture_FullMethodName:      {pki.RoleGateway, pki.RoleAdmin},
-	posturev1.AdminService_CreateEnrollmentToken_FullMethodName:   {pki.RoleAdmin},
-	posturev1.AdminService_ListDevices_FullMethodName:             {pki.RoleAdmin},
-	posturev1.AdminService_GetDevice_FullMethodName:               {pki.RoleAdmin},
-	posturev1.AdminService_RevokeDevice_FullMethodName:            {pki.RoleAdmin},
-	posturev1.AdminService_IssueGatewayCertificate_FullMethodName: {pki.RoleAdmin},
-	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin},
+	healthpb.Health_Check_FullMethodName: {roleAnonymous, pki.RoleDevice, pki.RoleGateway, pki.RoleAdmin},
+	healthpb.Health_Watch_FullMethodName: {roleAnonymous, pki.RoleDevice, pki.RoleGateway, pki.RoleAdmin},
+	healthpb.Health_List_FullMethodName:  {roleAnonymous, pki.RoleDevice, pki.RoleGateway, pki.RoleAdmin},
+	// Reflection lets grpcurl and similar tools discover the API.
+	reflectionpb.ServerReflection_ServerReflectionInfo_FullMethodName: {pki.RoleGateway, pki.RoleAdmin},
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo":  {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.EnrollmentService_Enroll_FullMethodName:                 {roleAnonymous},
+	posturev1.ReportService_StreamReports_FullMethodName:              {pki.RoleDevice},
+	posturev1.GatewayService_CheckAccess_FullMethodName:               {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.GatewayService_GetDevicePosture_FullMethodName:          {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.GatewayService_WatchPosture_FullMethodName:              {pki.RoleGateway, pki.RoleAdmin},
+	posturev1.AdminService_CreateEnrollmentToken_FullMethodName:       {pki.RoleAdmin},
+	posturev1.AdminService_ListDevices_FullMethodName:                 {pki.RoleAdmin},
+	posturev1.AdminService_GetDevice_FullMethodName:                   {pki.RoleAdmin},
+	posturev1.AdminService_RevokeDevice_FullMethodName:                {pki.RoleAdmin},
+	posturev1.AdminService_IssueGatewayCertificate_FullMethodName:     {pki.RoleAdmin},
+	posturev1.AdminService_GetStats_FullMethodName:                    {pki.RoleAdmin},
 }
 
 // caller is the authenticated party behind an RPC.

@@ -18,7 +18,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/posture-project/posture/collector/policy"
@@ -89,6 +92,8 @@ type Collector struct {
 	fleet  *fleet
 	policy atomic.Pointer[policy.Policy]
 	stats  *stats
+	hub    *hub
+	health *health.Server
 
 	listener net.Listener
 	admin    net.Listener
@@ -114,7 +119,7 @@ func New(cfg Config) (*Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats()}
+	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer()}
 	c.roots.AddCert(ca.Cert)
 	c.policy.Store(cfg.Policy)
 
@@ -163,6 +168,8 @@ func (c *Collector) listen() error {
 		posturev1.RegisterReportServiceServer(s, &reportService{c: c})
 		posturev1.RegisterGatewayServiceServer(s, &gatewayService{c: c})
 		posturev1.RegisterAdminServiceServer(s, &adminService{c: c})
+		healthpb.RegisterHealthServer(s, c.health)
+		reflection.Register(s)
 	}
 
 	if c.listener, err = net.Listen("tcp", c.cfg.Listen); err != nil {
@@ -217,6 +224,9 @@ func (c *Collector) CA() *x509.Certificate { return c.ca.Cert }
 // ended and every report already acknowledged is on disk.
 func (c *Collector) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
+	stopDecay := make(chan struct{})
+	defer close(stopDecay)
+	go c.decayLoop(stopDecay)
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
@@ -231,6 +241,7 @@ func (c *Collector) Serve(ctx context.Context) error {
 }
 
 func (c *Collector) stop() {
+	c.health.Shutdown()
 	c.fleet.closeAllStreams(errShuttingDown)
 	done := make(chan struct{})
 	go func() {

@@ -134,6 +134,7 @@ func (s *enrollService) Enroll(stream posturev1.EnrollmentService_EnrollServer) 
 	if err := c.fleet.put(dev); err != nil {
 		return status.Errorf(codes.Internal, "load enrolled device: %v", err)
 	}
+	c.publish(id, "enrolled", true)
 	c.stats.enrolled()
 	c.log.Info("device enrolled", "device", id, "hostname", dev.Hostname, "platform", dev.Platform, "identity", dev.Identity)
 	return stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Result{Result: &posturev1.EnrollResult{

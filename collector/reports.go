@@ -206,6 +206,7 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
 	}
 	c.fleet.recordReport(id, &rec, r, c.policy.Load())
+	c.publish(id, "report", false)
 	return &rec, nil
 }
 
@@ -214,6 +215,7 @@ func (s *reportService) suspect(ctx context.Context, id, reason string) *rejecti
 	c := s.c
 	if err := c.store.SetDeviceState(ctx, id, int32(posturev1.DeviceState_DEVICE_STATE_SUSPECT), reason); err == nil {
 		c.fleet.setState(id, posturev1.DeviceState_DEVICE_STATE_SUSPECT, reason)
+		c.publish(id, "suspect", true)
 		c.log.Warn("device marked suspect", "device", id, "reason", reason)
 	} else if !errors.Is(err, store.ErrDeviceRevoked) {
 		c.log.Error("mark device suspect", "device", id, "err", err)

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/internal/pki"
@@ -67,6 +69,23 @@ func TestAuthorization(t *testing.T) {
 		}, codes.PermissionDenied},
 		{"anonymous streams reports", func() error {
 			st, err := posturev1.NewReportServiceClient(anonymous).StreamReports(ctx)
+			if err == nil {
+				_, err = st.Recv()
+			}
+			return err
+		}, codes.PermissionDenied},
+		{"anonymous checks health (load balancers)", func() error {
+			r, err := healthpb.NewHealthClient(anonymous).Check(ctx, &healthpb.HealthCheckRequest{})
+			if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				return status.Errorf(codes.Unavailable, "status %v", r.GetStatus())
+			}
+			return err
+		}, codes.OK},
+		{"anonymous lists services by reflection", func() error {
+			st, err := reflectionpb.NewServerReflectionClient(anonymous).ServerReflectionInfo(ctx)
+			if err == nil {
+				err = st.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+			}
 			if err == nil {
 				_, err = st.Recv()
 			}

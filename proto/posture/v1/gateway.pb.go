@@ -22,6 +22,294 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// WatchPostureRequest opens or resumes a watch.
+type WatchPostureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since_revision resumes after the last revision the watcher applied. 0,
+	// or a revision the collector no longer holds (it keeps a bounded history
+	// and starts a new range of revisions when it restarts), yields a full
+	// snapshot instead, marked by SnapshotEnd.resumed = false.
+	SinceRevision uint64 `protobuf:"varint,1,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchPostureRequest) Reset() {
+	*x = WatchPostureRequest{}
+	mi := &file_posture_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchPostureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchPostureRequest) ProtoMessage() {}
+
+func (x *WatchPostureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchPostureRequest.ProtoReflect.Descriptor instead.
+func (*WatchPostureRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchPostureRequest) GetSinceRevision() uint64 {
+	if x != nil {
+		return x.SinceRevision
+	}
+	return 0
+}
+
+// PostureEvent is one step of a watch. Revisions only grow.
+type PostureEvent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*PostureEvent_Device
+	//	*PostureEvent_SnapshotEnd
+	Event         isPostureEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostureEvent) Reset() {
+	*x = PostureEvent{}
+	mi := &file_posture_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostureEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostureEvent) ProtoMessage() {}
+
+func (x *PostureEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostureEvent.ProtoReflect.Descriptor instead.
+func (*PostureEvent) Descriptor() ([]byte, []int) {
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PostureEvent) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *PostureEvent) GetEvent() isPostureEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *PostureEvent) GetDevice() *DeviceDecision {
+	if x != nil {
+		if x, ok := x.Event.(*PostureEvent_Device); ok {
+			return x.Device
+		}
+	}
+	return nil
+}
+
+func (x *PostureEvent) GetSnapshotEnd() *SnapshotEnd {
+	if x != nil {
+		if x, ok := x.Event.(*PostureEvent_SnapshotEnd); ok {
+			return x.SnapshotEnd
+		}
+	}
+	return nil
+}
+
+type isPostureEvent_Event interface {
+	isPostureEvent_Event()
+}
+
+type PostureEvent_Device struct {
+	Device *DeviceDecision `protobuf:"bytes,2,opt,name=device,proto3,oneof"`
+}
+
+type PostureEvent_SnapshotEnd struct {
+	SnapshotEnd *SnapshotEnd `protobuf:"bytes,3,opt,name=snapshot_end,json=snapshotEnd,proto3,oneof"`
+}
+
+func (*PostureEvent_Device) isPostureEvent_Event() {}
+
+func (*PostureEvent_SnapshotEnd) isPostureEvent_Event() {}
+
+// DeviceDecision is a device's standing as of its event's revision. It
+// replaces whatever the watcher held for that device.
+type DeviceDecision struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	SpiffeId string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	State    DeviceState            `protobuf:"varint,3,opt,name=state,proto3,enum=posture.v1.DeviceState" json:"state,omitempty"`
+	// score after freshness decay at the time of the event.
+	Score     uint32            `protobuf:"varint,4,opt,name=score,proto3" json:"score,omitempty"`
+	Assurance IdentityAssurance `protobuf:"varint,5,opt,name=assurance,proto3,enum=posture.v1.IdentityAssurance" json:"assurance,omitempty"`
+	// allowed_levels are the access levels the device meets; every other
+	// level is denied.
+	AllowedLevels []string `protobuf:"bytes,6,rep,name=allowed_levels,json=allowedLevels,proto3" json:"allowed_levels,omitempty"`
+	// cause says what changed: "snapshot", "report", "revoked", "suspect",
+	// "approved", "enrolled", "decay", "policy".
+	Cause         string `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceDecision) Reset() {
+	*x = DeviceDecision{}
+	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceDecision) ProtoMessage() {}
+
+func (x *DeviceDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceDecision.ProtoReflect.Descriptor instead.
+func (*DeviceDecision) Descriptor() ([]byte, []int) {
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DeviceDecision) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *DeviceDecision) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *DeviceDecision) GetState() DeviceState {
+	if x != nil {
+		return x.State
+	}
+	return DeviceState_DEVICE_STATE_UNSPECIFIED
+}
+
+func (x *DeviceDecision) GetScore() uint32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *DeviceDecision) GetAssurance() IdentityAssurance {
+	if x != nil {
+		return x.Assurance
+	}
+	return IdentityAssurance_IDENTITY_ASSURANCE_UNSPECIFIED
+}
+
+func (x *DeviceDecision) GetAllowedLevels() []string {
+	if x != nil {
+		return x.AllowedLevels
+	}
+	return nil
+}
+
+func (x *DeviceDecision) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+// SnapshotEnd follows the snapshot (or the replayed events) and precedes
+// live changes.
+type SnapshotEnd struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// resumed is true when the watch continued from since_revision without a
+	// snapshot; false when the watcher must drop its cache and use the
+	// snapshot that preceded this event.
+	Resumed       bool `protobuf:"varint,1,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotEnd) Reset() {
+	*x = SnapshotEnd{}
+	mi := &file_posture_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotEnd) ProtoMessage() {}
+
+func (x *SnapshotEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotEnd.ProtoReflect.Descriptor instead.
+func (*SnapshotEnd) Descriptor() ([]byte, []int) {
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SnapshotEnd) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
 // CheckAccessRequest names a device, by ID or by the SPIFFE ID from its
 // certificate, and an access level.
 type CheckAccessRequest struct {
@@ -39,7 +327,7 @@ type CheckAccessRequest struct {
 
 func (x *CheckAccessRequest) Reset() {
 	*x = CheckAccessRequest{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[0]
+	mi := &file_posture_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +339,7 @@ func (x *CheckAccessRequest) String() string {
 func (*CheckAccessRequest) ProtoMessage() {}
 
 func (x *CheckAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[0]
+	mi := &file_posture_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +352,7 @@ func (x *CheckAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAccessRequest.ProtoReflect.Descriptor instead.
 func (*CheckAccessRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CheckAccessRequest) GetDeviceId() string {
@@ -110,7 +398,7 @@ type CheckAccessResponse struct {
 
 func (x *CheckAccessResponse) Reset() {
 	*x = CheckAccessResponse{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[1]
+	mi := &file_posture_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -122,7 +410,7 @@ func (x *CheckAccessResponse) String() string {
 func (*CheckAccessResponse) ProtoMessage() {}
 
 func (x *CheckAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[1]
+	mi := &file_posture_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -135,7 +423,7 @@ func (x *CheckAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAccessResponse.ProtoReflect.Descriptor instead.
 func (*CheckAccessResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckAccessResponse) GetAllowed() bool {
@@ -212,7 +500,7 @@ type GetDevicePostureRequest struct {
 
 func (x *GetDevicePostureRequest) Reset() {
 	*x = GetDevicePostureRequest{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	mi := &file_posture_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +512,7 @@ func (x *GetDevicePostureRequest) String() string {
 func (*GetDevicePostureRequest) ProtoMessage() {}
 
 func (x *GetDevicePostureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	mi := &file_posture_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +525,7 @@ func (x *GetDevicePostureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDevicePostureRequest.ProtoReflect.Descriptor instead.
 func (*GetDevicePostureRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetDevicePostureRequest) GetDeviceId() string {
@@ -259,7 +547,24 @@ var File_posture_v1_gateway_proto protoreflect.FileDescriptor
 const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18posture/v1/gateway.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\"q\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\"<\n" +
+	"\x13WatchPostureRequest\x12%\n" +
+	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\"\xa7\x01\n" +
+	"\fPostureEvent\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x124\n" +
+	"\x06device\x18\x02 \x01(\v2\x1a.posture.v1.DeviceDecisionH\x00R\x06device\x12<\n" +
+	"\fsnapshot_end\x18\x03 \x01(\v2\x17.posture.v1.SnapshotEndH\x00R\vsnapshotEndB\a\n" +
+	"\x05event\"\x89\x02\n" +
+	"\x0eDeviceDecision\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12-\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x17.posture.v1.DeviceStateR\x05state\x12\x14\n" +
+	"\x05score\x18\x04 \x01(\rR\x05score\x12;\n" +
+	"\tassurance\x18\x05 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12%\n" +
+	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
+	"\x05cause\x18\a \x01(\tR\x05cause\"'\n" +
+	"\vSnapshotEnd\x12\x18\n" +
+	"\aresumed\x18\x01 \x01(\bR\aresumed\"q\n" +
 	"\x12CheckAccessRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +
@@ -277,10 +582,11 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\rfailed_checks\x18\t \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\"S\n" +
 	"\x17GetDevicePostureRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
-	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId2\xb4\x01\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId2\x81\x02\n" +
 	"\x0eGatewayService\x12N\n" +
 	"\vCheckAccess\x12\x1e.posture.v1.CheckAccessRequest\x1a\x1f.posture.v1.CheckAccessResponse\x12R\n" +
-	"\x10GetDevicePosture\x12#.posture.v1.GetDevicePostureRequest\x1a\x19.posture.v1.DevicePostureB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\x10GetDevicePosture\x12#.posture.v1.GetDevicePostureRequest\x1a\x19.posture.v1.DevicePosture\x12K\n" +
+	"\fWatchPosture\x12\x1f.posture.v1.WatchPostureRequest\x1a\x18.posture.v1.PostureEvent0\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_gateway_proto_rawDescOnce sync.Once
@@ -294,31 +600,41 @@ func file_posture_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_posture_v1_gateway_proto_rawDescData
 }
 
-var file_posture_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_posture_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_posture_v1_gateway_proto_goTypes = []any{
-	(*CheckAccessRequest)(nil),      // 0: posture.v1.CheckAccessRequest
-	(*CheckAccessResponse)(nil),     // 1: posture.v1.CheckAccessResponse
-	(*GetDevicePostureRequest)(nil), // 2: posture.v1.GetDevicePostureRequest
-	(IdentityAssurance)(0),          // 3: posture.v1.IdentityAssurance
-	(DeviceState)(0),                // 4: posture.v1.DeviceState
-	(*durationpb.Duration)(nil),     // 5: google.protobuf.Duration
-	(*CheckResult)(nil),             // 6: posture.v1.CheckResult
-	(*DevicePosture)(nil),           // 7: posture.v1.DevicePosture
+	(*WatchPostureRequest)(nil),     // 0: posture.v1.WatchPostureRequest
+	(*PostureEvent)(nil),            // 1: posture.v1.PostureEvent
+	(*DeviceDecision)(nil),          // 2: posture.v1.DeviceDecision
+	(*SnapshotEnd)(nil),             // 3: posture.v1.SnapshotEnd
+	(*CheckAccessRequest)(nil),      // 4: posture.v1.CheckAccessRequest
+	(*CheckAccessResponse)(nil),     // 5: posture.v1.CheckAccessResponse
+	(*GetDevicePostureRequest)(nil), // 6: posture.v1.GetDevicePostureRequest
+	(DeviceState)(0),                // 7: posture.v1.DeviceState
+	(IdentityAssurance)(0),          // 8: posture.v1.IdentityAssurance
+	(*durationpb.Duration)(nil),     // 9: google.protobuf.Duration
+	(*CheckResult)(nil),             // 10: posture.v1.CheckResult
+	(*DevicePosture)(nil),           // 11: posture.v1.DevicePosture
 }
 var file_posture_v1_gateway_proto_depIdxs = []int32{
-	3, // 0: posture.v1.CheckAccessResponse.assurance:type_name -> posture.v1.IdentityAssurance
-	4, // 1: posture.v1.CheckAccessResponse.state:type_name -> posture.v1.DeviceState
-	5, // 2: posture.v1.CheckAccessResponse.report_age:type_name -> google.protobuf.Duration
-	6, // 3: posture.v1.CheckAccessResponse.failed_checks:type_name -> posture.v1.CheckResult
-	0, // 4: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
-	2, // 5: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
-	1, // 6: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
-	7, // 7: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	2,  // 0: posture.v1.PostureEvent.device:type_name -> posture.v1.DeviceDecision
+	3,  // 1: posture.v1.PostureEvent.snapshot_end:type_name -> posture.v1.SnapshotEnd
+	7,  // 2: posture.v1.DeviceDecision.state:type_name -> posture.v1.DeviceState
+	8,  // 3: posture.v1.DeviceDecision.assurance:type_name -> posture.v1.IdentityAssurance
+	8,  // 4: posture.v1.CheckAccessResponse.assurance:type_name -> posture.v1.IdentityAssurance
+	7,  // 5: posture.v1.CheckAccessResponse.state:type_name -> posture.v1.DeviceState
+	9,  // 6: posture.v1.CheckAccessResponse.report_age:type_name -> google.protobuf.Duration
+	10, // 7: posture.v1.CheckAccessResponse.failed_checks:type_name -> posture.v1.CheckResult
+	4,  // 8: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
+	6,  // 9: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
+	0,  // 10: posture.v1.GatewayService.WatchPosture:input_type -> posture.v1.WatchPostureRequest
+	5,  // 11: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
+	11, // 12: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
+	1,  // 13: posture.v1.GatewayService.WatchPosture:output_type -> posture.v1.PostureEvent
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_gateway_proto_init() }
@@ -327,13 +643,17 @@ func file_posture_v1_gateway_proto_init() {
 		return
 	}
 	file_posture_v1_device_proto_init()
+	file_posture_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{
+		(*PostureEvent_Device)(nil),
+		(*PostureEvent_SnapshotEnd)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_gateway_proto_rawDesc), len(file_posture_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	GatewayService_CheckAccess_FullMethodName      = "/posture.v1.GatewayService/CheckAccess"
 	GatewayService_GetDevicePosture_FullMethodName = "/posture.v1.GatewayService/GetDevicePosture"
+	GatewayService_WatchPosture_FullMethodName     = "/posture.v1.GatewayService/WatchPosture"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -35,6 +36,12 @@ type GatewayServiceClient interface {
 	CheckAccess(ctx context.Context, in *CheckAccessRequest, opts ...grpc.CallOption) (*CheckAccessResponse, error)
 	// GetDevicePosture returns a device's evaluated posture.
 	GetDevicePosture(ctx context.Context, in *GetDevicePostureRequest, opts ...grpc.CallOption) (*DevicePosture, error)
+	// WatchPosture streams every device's decisions so a gateway can answer
+	// from its own cache and still learn of a change at once: first a
+	// snapshot of every device (or, when resuming, the events missed since a
+	// revision), then each change of state, score or access levels as it
+	// happens, including levels lost to freshness decay.
+	WatchPosture(ctx context.Context, in *WatchPostureRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PostureEvent], error)
 }
 
 type gatewayServiceClient struct {
@@ -65,6 +72,25 @@ func (c *gatewayServiceClient) GetDevicePosture(ctx context.Context, in *GetDevi
 	return out, nil
 }
 
+func (c *gatewayServiceClient) WatchPosture(ctx context.Context, in *WatchPostureRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PostureEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[0], GatewayService_WatchPosture_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchPostureRequest, PostureEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchPostureClient = grpc.ServerStreamingClient[PostureEvent]
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -77,6 +103,12 @@ type GatewayServiceServer interface {
 	CheckAccess(context.Context, *CheckAccessRequest) (*CheckAccessResponse, error)
 	// GetDevicePosture returns a device's evaluated posture.
 	GetDevicePosture(context.Context, *GetDevicePostureRequest) (*DevicePosture, error)
+	// WatchPosture streams every device's decisions so a gateway can answer
+	// from its own cache and still learn of a change at once: first a
+	// snapshot of every device (or, when resuming, the events missed since a
+	// revision), then each change of state, score or access levels as it
+	// happens, including levels lost to freshness decay.
+	WatchPosture(*WatchPostureRequest, grpc.ServerStreamingServer[PostureEvent]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -92,6 +124,9 @@ func (UnimplementedGatewayServiceServer) CheckAccess(context.Context, *CheckAcce
 }
 func (UnimplementedGatewayServiceServer) GetDevicePosture(context.Context, *GetDevicePostureRequest) (*DevicePosture, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetDevicePosture not implemented")
+}
+func (UnimplementedGatewayServiceServer) WatchPosture(*WatchPostureRequest, grpc.ServerStreamingServer[PostureEvent]) error {
+	return status.Error(codes.Unimplemented, "method WatchPosture not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -150,6 +185,17 @@ func _GatewayService_GetDevicePosture_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_WatchPosture_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchPostureRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GatewayServiceServer).WatchPosture(m, &grpc.GenericServerStream[WatchPostureRequest, PostureEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchPostureServer = grpc.ServerStreamingServer[PostureEvent]
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +212,12 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _GatewayService_GetDevicePosture_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchPosture",
+			Handler:       _GatewayService_WatchPosture_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "posture/v1/gateway.proto",
 }

@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// watchUntilSnapshotEnd opens a watch and collects events up to SnapshotEnd.
+func watchUntilSnapshotEnd(t *testing.T, ctx context.Context, gw posturev1.GatewayServiceClient, since uint64) (posturev1.GatewayService_WatchPostureClient, []*posturev1.PostureEvent, *posturev1.PostureEvent) {
+	t.Helper()
+	st, err := gw.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []*posturev1.PostureEvent
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		if ev.GetSnapshotEnd() != nil {
+			return st, evs, ev
+		}
+		evs = append(evs, ev)
+	}
+}
+
+// A revocation reaches every one of 100 watchers.
+func TestWatchRevocationReachesAllWatchers(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, time.Hour)
+	eventually(t, "first report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	gw := e.gateway("edge")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	const watchers = 100
+	streams := make([]posturev1.GatewayService_WatchPostureClient, watchers)
+	for i := range streams {
+		st, snap, end := watchUntilSnapshotEnd(t, ctx, gw, 0)
+		if end.GetSnapshotEnd().GetResumed() || len(snap) != 1 || snap[0].GetDevice().GetDeviceId() != id {
+			t.Fatalf("snapshot = %v, end %v; want the one device and resumed=false", snap, end)
+		}
+		if got := snap[0].GetDevice().GetAllowedLevels(); len(got) != 2 {
+			t.Fatalf("snapshot allowed levels = %v, want basic and trusted", got)
+		}
+		streams[i] = st
+	}
+	start := time.Now()
+	if _, err := e.admin.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	lat := make([]time.Duration, watchers)
+	for i, st := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev, err := st.Recv()
+			if err != nil {
+				t.Errorf("watcher %d: %v", i, err)
+				return
+			}
+			lat[i] = time.Since(start)
+			d := ev.GetDevice()
+			if d.GetDeviceId() != id || d.GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED || len(d.GetAllowedLevels()) != 0 || d.GetCause() != "revoked" {
+				t.Errorf("watcher %d got %v, want the revocation with no allowed levels", i, ev)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("revocation reached %d watchers; slowest after %v", watchers, maxDuration(lat))
+}
+
+func maxDuration(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+// A watcher that reconnects with its last revision receives exactly what it
+// missed, without a snapshot.
+func TestWatchResume(t *testing.T) {
+	e := startCollector(t)
+	_, idA := e.enroll()
+	_, idB := e.enroll()
+	gw := e.gateway("edge")
+	ctx, cancel := context.WithCancel(context.Background())
+	_, snap, end := watchUntilSnapshotEnd(t, ctx, gw, 0)
+	if len(snap) != 2 {
+		t.Fatalf("snapshot has %d devices, want 2", len(snap))
+	}
+	last := end.GetRevision()
+	cancel() // the watcher goes away
+
+	for _, id := range []string{idA, idB} {
+		if _, err := e.admin.RevokeDevice(context.Background(), &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "gone"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	_, missed, end2 := watchUntilSnapshotEnd(t, ctx2, gw, last)
+	if !end2.GetSnapshotEnd().GetResumed() {
+		t.Errorf("resume with revision %d gave a snapshot", last)
+	}
+	if len(missed) != 2 || missed[0].GetDevice().GetDeviceId() != idA || missed[1].GetDevice().GetDeviceId() != idB {
+		t.Fatalf("missed events = %v, want the two revocations in order", missed)
+	}
+	for _, ev := range missed {
+		if ev.GetRevision() <= last || ev.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+			t.Errorf("event %v: want a revocation after revision %d", ev, last)
+		}
+	}
+	// A revision the collector never issued (or forgot) yields a snapshot.
+	_, snap3, end3 := watchUntilSnapshotEnd(t, ctx2, gw, 1)
+	if end3.GetSnapshotEnd().GetResumed() || len(snap3) != 2 {
+		t.Errorf("resume from an unknown revision: resumed=%v, %d devices; want a 2-device snapshot", end3.GetSnapshotEnd().GetResumed(), len(snap3))
+	}
+}
