@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/google/go-tpm/tpm2/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -19,7 +21,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/posture-project/posture/agent/identity"
 	"github.com/posture-project/posture/agent/spool"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -48,6 +49,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Logger receives the agent's structured log.
 	Logger *slog.Logger
+	// TPMDevice, when set, is the TPM of a TPM identity instead of the one
+	// recorded at enrollment (tests hand in a simulator). The agent closes
+	// it when Run returns.
+	TPMDevice transport.TPMCloser
 }
 
 // Agent measures the device and streams signed reports to the collector.
@@ -55,7 +60,7 @@ type Agent struct {
 	cfg   Config
 	log   *slog.Logger
 	enr   enrollment
-	id    *identity.Software
+	id    deviceIdentity
 	spool *spool.Spool
 	conn  *grpc.ClientConn
 	head  chainHead
@@ -95,9 +100,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := identity.LoadOrCreateSoftware(filepath.Join(cfg.StateDir, identityFile))
+	id, _, err := openIdentity(cfg.StateDir, enr.Identity, enr.TPM, enr.EventLog, cfg.TPMDevice)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open %s identity: %w", enr.Identity, err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id}
 	if err := readJSON(filepath.Join(cfg.StateDir, chainFile), &a.head); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -124,6 +129,9 @@ func (a *Agent) DeviceID() string { return a.enr.DeviceID }
 // collector is unreachable.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.conn.Close()
+	if c, ok := a.id.(io.Closer); ok {
+		defer c.Close()
+	}
 	go a.measureLoop(ctx)
 	a.sendLoop(ctx)
 	return nil

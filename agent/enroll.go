@@ -5,16 +5,17 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"time"
 
+	"github.com/google/go-tpm/tpm2/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/posture-project/posture/agent/identity"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -26,12 +27,36 @@ type EnrollResult struct {
 	SPIFFEID  string
 	Collector string
 	Identity  string
+	Assurance posturev1.IdentityAssurance
+	State     posturev1.DeviceState
+	// Note explains a fallback (no TPM reachable) when there was one.
+	Note string
 }
 
-// Enroll redeems a token with the collector it names. The collector's CA
-// must match the fingerprint in the token. Keys are created on first use and
-// kept, so enrolling again keeps the device ID and its report chain.
+// EnrollOptions chooses the identity to enroll with.
+type EnrollOptions struct {
+	// Identity is auto (TPM when reachable, else software), tpm or software.
+	Identity string
+	// TPM is the TPM to use: empty for the platform TPM (/dev/tpmrm0, TBS),
+	// or tcp://host:port for swtpm or a simulator.
+	TPM string
+	// EventLog is the TCG event log to send with quotes; empty means the
+	// platform's.
+	EventLog string
+	// TPMDevice, when set, is used instead of opening TPM (tests hand in a
+	// simulator). The agent closes it when done.
+	TPMDevice transport.TPMCloser
+}
+
+// Enroll enrolls with a software identity; see EnrollWith.
 func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, error) {
+	return EnrollWith(ctx, stateDir, tokenText, EnrollOptions{Identity: IdentitySoftware})
+}
+
+// EnrollWith redeems a token with the collector it names. The collector's
+// CA must match the fingerprint in the token. Keys are created on first use
+// and kept, so enrolling again keeps the device ID and its report chain.
+func EnrollWith(ctx context.Context, stateDir, tokenText string, opts EnrollOptions) (*EnrollResult, error) {
 	tok, err := token.Parse(tokenText)
 	if err != nil {
 		return nil, err
@@ -39,9 +64,12 @@ func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, err
 	if err := ensureStateDir(stateDir); err != nil {
 		return nil, err
 	}
-	id, err := identity.LoadOrCreateSoftware(filepath.Join(stateDir, identityFile))
+	id, note, err := openIdentity(stateDir, opts.Identity, opts.TPM, opts.EventLog, opts.TPMDevice)
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := id.(io.Closer); ok {
+		defer c.Close()
 	}
 	tlsKey, err := loadOrCreateKey(filepath.Join(stateDir, tlsKeyFile))
 	if err != nil {
@@ -79,7 +107,7 @@ func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, err
 	if ch == nil {
 		return nil, errors.New("collector did not send an enrollment challenge")
 	}
-	ans, err := id.Answer(ch.GetNonce(), tlsPub)
+	ans, err := id.Answer(ch, tlsPub)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +137,7 @@ func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, err
 	if err := pki.WriteCertificates(filepath.Join(stateDir, caFile), pinned); err != nil {
 		return nil, err
 	}
-	e := enrollment{Collector: tok.Addr, DeviceID: res.GetDeviceId(), SPIFFEID: res.GetSpiffeId(), TrustDomain: res.GetTrustDomain(), Identity: id.Kind()}
+	e := enrollment{Collector: tok.Addr, DeviceID: res.GetDeviceId(), SPIFFEID: res.GetSpiffeId(), TrustDomain: res.GetTrustDomain(), Identity: id.Kind(), TPM: opts.TPM, EventLog: opts.EventLog}
 	if err := writeJSON(filepath.Join(stateDir, configFile), e); err != nil {
 		return nil, err
 	}
@@ -119,7 +147,8 @@ func Enroll(ctx context.Context, stateDir, tokenText string) (*EnrollResult, err
 	if err := writeJSON(filepath.Join(stateDir, chainFile), chainHead{Seq: res.GetLastSeq(), Digest: res.GetLastDigest()}); err != nil {
 		return nil, err
 	}
-	return &EnrollResult{DeviceID: e.DeviceID, SPIFFEID: e.SPIFFEID, Collector: e.Collector, Identity: e.Identity}, nil
+	return &EnrollResult{DeviceID: e.DeviceID, SPIFFEID: e.SPIFFEID, Collector: e.Collector, Identity: e.Identity,
+		Assurance: res.GetAssurance(), State: res.GetState(), Note: note}, nil
 }
 
 // recvErr surfaces the server's status when a Send fails because the server

@@ -33,6 +33,8 @@ type enrollment struct {
 	SPIFFEID    string `json:"spiffe_id"`
 	TrustDomain string `json:"trust_domain"`
 	Identity    string `json:"identity"`
+	TPM         string `json:"tpm,omitempty"`       // TPM address when not the platform's
+	EventLog    string `json:"event_log,omitempty"` // event log path when not the platform's
 }
 
 // chainHead is the newest report the collector acknowledged.

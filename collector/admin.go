@@ -8,6 +8,7 @@ import (
 	"net"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -158,4 +159,53 @@ func (a *adminService) GetStats(context.Context, *posturev1.GetStatsRequest) (*p
 		Devices:             uint64(len(a.c.fleet.ids())),
 		StreamsOpen:         uint64(a.c.fleet.streamCount()),
 	}, nil
+}
+
+func (a *adminService) ApproveDevice(ctx context.Context, req *posturev1.ApproveDeviceRequest) (*posturev1.ApproveDeviceResponse, error) {
+	c := a.c
+	id := req.GetDeviceId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "device_id is required")
+	}
+	dev, err := c.store.ApproveDevice(ctx, id, int32(posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED), "approved by "+describe(callerFrom(ctx)), c.cfg.Now())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "device %s is not enrolled with this collector", id)
+	case errors.Is(err, store.ErrNotPending):
+		return nil, status.Errorf(codes.FailedPrecondition, "device %s is not pending approval", id)
+	case err != nil:
+		return nil, status.Errorf(codes.Internal, "approve: %v", err)
+	}
+	if err := c.fleet.put(dev); err != nil {
+		return nil, status.Errorf(codes.Internal, "reload device: %v", err)
+	}
+	c.publish(id, "approved", true)
+	c.log.Info("device approved", "device", id, "ek_sha256", dev.EKSHA256, "by", describe(callerFrom(ctx)))
+	p, err := c.devicePosture(id)
+	if err != nil {
+		return nil, err
+	}
+	return &posturev1.ApproveDeviceResponse{Device: p.GetDevice()}, nil
+}
+
+var ekHashPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func (a *adminService) PreregisterEK(ctx context.Context, req *posturev1.PreregisterEKRequest) (*posturev1.PreregisterEKResponse, error) {
+	if len(req.GetEkSha256()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "at least one EK hash is required (--ek-sha256 HEX)")
+	}
+	var hashes []string
+	for _, h := range req.GetEkSha256() {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if !ekHashPattern.MatchString(h) {
+			return nil, status.Errorf(codes.InvalidArgument, "%q is not a SHA-256 hex digest (64 hex characters) of an EK public key in PKIX DER form", h)
+		}
+		hashes = append(hashes, h)
+	}
+	n, err := a.c.store.PinEKs(ctx, hashes, req.GetDescription(), a.c.cfg.Now())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "pin EKs: %v", err)
+	}
+	a.c.log.Info("EKs preregistered", "added", n, "given", len(hashes), "by", describe(callerFrom(ctx)))
+	return &posturev1.PreregisterEKResponse{Added: uint32(n)}, nil
 }

@@ -39,6 +39,8 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_GetDevice_FullMethodName:                   {pki.RoleAdmin},
 	posturev1.AdminService_RevokeDevice_FullMethodName:                {pki.RoleAdmin},
 	posturev1.AdminService_IssueGatewayCertificate_FullMethodName:     {pki.RoleAdmin},
+	posturev1.AdminService_ApproveDevice_FullMethodName:               {pki.RoleAdmin},
+	posturev1.AdminService_PreregisterEK_FullMethodName:               {pki.RoleAdmin},
 	posturev1.AdminService_GetStats_FullMethodName:                    {pki.RoleAdmin},
 }
 

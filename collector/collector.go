@@ -50,6 +50,9 @@ type Config struct {
 	// MaxClockSkew is how far a report's created_at may be from the
 	// collector's clock.
 	MaxClockSkew time.Duration
+	// EKRoots are the TPM manufacturer CAs that EK certificates must chain
+	// to for tpm_ek_verified; nil verifies none.
+	EKRoots *x509.CertPool
 	// DeviceCertTTL is the lifetime of device certificates.
 	DeviceCertTTL time.Duration
 	// Logger receives the collector's structured log.

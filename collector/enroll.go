@@ -1,10 +1,12 @@
 package collector
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
@@ -26,119 +29,157 @@ type enrollService struct {
 	c *Collector
 }
 
-// DeviceID derives a device ID from its identity public key (PKIX DER), so
-// re-enrolling the same key yields the same device.
-func DeviceID(identityKey []byte) string {
-	sum := sha256.Sum256(identityKey)
+// DeviceID derives a device ID from a public key in PKIX DER form: the
+// software identity key, or the TPM's endorsement key. Enrolling again with
+// the same key (or TPM) yields the same device.
+func DeviceID(publicKey []byte) string {
+	sum := sha256.Sum256(publicKey)
 	return hex.EncodeToString(sum[:16])
 }
 
-// refuse counts, logs and returns an enrollment refusal.
-func (s *enrollService) refuse(reason string, code codes.Code, format string, args ...any) error {
-	s.c.stats.enrollRejected(reason)
-	s.c.log.Warn("enrollment refused", "reason", reason, "detail", fmt.Sprintf(format, args...))
-	return status.Errorf(code, format, args...)
+// refusal is an enrollment refusal with the reason it is counted under.
+type refusal struct {
+	reason string
+	code   codes.Code
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func refuse(reason string, code codes.Code, format string, args ...any) *refusal {
+	return &refusal{reason: reason, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// claim is a checked identity claim: what the device says it is, and what
+// it must prove in answer to the challenge.
+type claim struct {
+	kind        string
+	deviceID    string
+	identityKey []byte // stored: software PKIX DER, or the AK's TPMT_PUBLIC
+	swKey       *ecdsa.PublicKey
+	ak          *attest.AK
+	ekPublic    []byte
+	ekHash      string
+	assurance   posturev1.IdentityAssurance
+	state       posturev1.DeviceState
+	stateReason string
+	secret      []byte // the credential secret a TPM must recover
 }
 
 func (s *enrollService) Enroll(stream posturev1.EnrollmentService_EnrollServer) error {
+	err := s.enroll(stream)
+	var r *refusal
+	if errors.As(err, &r) {
+		s.c.stats.enrollRejected(r.reason)
+		s.c.log.Warn("enrollment refused", "reason", r.reason, "detail", r.msg)
+		return status.Error(r.code, r.msg)
+	}
+	return err
+}
+
+func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) error {
 	c := s.c
+	ctx := stream.Context()
 	first, err := stream.Recv()
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "enrollment stream ended before it began: %v", err)
 	}
 	begin := first.GetBegin()
 	if begin == nil {
-		return s.refuse("malformed", codes.InvalidArgument, "enrollment must start with EnrollBegin")
+		return refuse("malformed", codes.InvalidArgument, "enrollment must start with EnrollBegin")
 	}
 	tlsKey, err := parseP256(begin.GetTlsPublicKey())
 	if err != nil {
-		return s.refuse("malformed", codes.InvalidArgument, "tls_public_key: %v", err)
-	}
-	sw := begin.GetIdentity().GetSoftware()
-	if sw == nil {
-		return s.refuse("malformed", codes.InvalidArgument, "identity: this collector supports software identities (an ECDSA P-256 key); none was sent")
-	}
-	idKey, err := parseP256(sw.GetPublicKey())
-	if err != nil {
-		return s.refuse("malformed", codes.InvalidArgument, "identity public key: %v", err)
+		return refuse("malformed", codes.InvalidArgument, "tls_public_key: %v", err)
 	}
 	tokenHash := token.Hash(begin.GetToken())
-	tok, err := c.store.Token(stream.Context(), tokenHash)
-	now := c.cfg.Now()
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return s.refuse("token_unknown", codes.Unauthenticated, "enrollment token is not known to this collector; check that you copied the whole token, or ask your admin for a new one")
-	case err != nil:
-		return status.Errorf(codes.Internal, "look up token: %v", err)
-	case !tok.ExpiresAt.After(now):
-		return s.refuse("token_expired", codes.Unauthenticated, "enrollment token expired at %s; ask your admin for a new one (posture-collector token create)", tok.ExpiresAt.UTC().Format("2006-01-02 15:04:05Z"))
-	case tok.Used >= tok.Uses:
-		return s.refuse("token_used", codes.Unauthenticated, "enrollment token was already used (it allowed %d enrollment(s)); ask your admin for a new one", tok.Uses)
+	if err := c.checkToken(ctx, tokenHash); err != nil {
+		return err
 	}
-	id := DeviceID(sw.GetPublicKey())
-	if e, ok := c.fleet.get(id); ok && e.dev.State == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED) {
-		return s.refuse("device_revoked", codes.PermissionDenied, "device %s was revoked (%s) and cannot enroll again with the same identity key; remove the agent's state directory to make a new identity", id, e.dev.StateReason)
+	cl, err := c.checkClaim(ctx, begin.GetIdentity())
+	if err != nil {
+		return err
+	}
+	if e, ok := c.fleet.get(cl.deviceID); ok && e.dev.State == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED) {
+		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked (%s) and cannot enroll again with the same identity; remove the agent's state directory to make a new software identity", cl.deviceID, e.dev.StateReason)
 	}
 
-	// Proof of possession: the agent signs a fresh challenge that also binds
-	// the TLS key the certificate will name.
+	// The challenge: a fresh nonce to sign (software) or quote (TPM), which
+	// also binds the TLS key the certificate will name, and for a TPM a
+	// credential only the TPM holding the EK can activate, for this AK.
 	nonce := make([]byte, 32)
 	if _, err := rand.Read(nonce); err != nil {
 		return status.Errorf(codes.Internal, "make challenge: %v", err)
 	}
-	if err := stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Challenge{Challenge: &posturev1.EnrollChallenge{Nonce: nonce}}}); err != nil {
+	ch := &posturev1.EnrollChallenge{Nonce: nonce}
+	if cl.kind == "tpm" {
+		cl.secret = make([]byte, 32)
+		if _, err := rand.Read(cl.secret); err != nil {
+			return status.Errorf(codes.Internal, "make credential: %v", err)
+		}
+		blob, encSecret, err := attest.MakeCredential(cl.ekPublic, cl.ak.Name, cl.secret)
+		if err != nil {
+			return refuse("malformed", codes.InvalidArgument, "cannot make a credential for this EK: %v", err)
+		}
+		ch.Tpm = &posturev1.TPMCredential{CredentialBlob: blob, EncryptedSecret: encSecret}
+	}
+	if err := stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Challenge{Challenge: ch}}); err != nil {
 		return err
 	}
 	msg, err := stream.Recv()
 	if err == io.EOF {
-		return s.refuse("abandoned", codes.InvalidArgument, "agent ended enrollment before answering the challenge")
+		return refuse("abandoned", codes.InvalidArgument, "agent ended enrollment before answering the challenge")
 	} else if err != nil {
 		return err
 	}
 	ans := msg.GetAnswer()
 	if ans == nil {
-		return s.refuse("malformed", codes.InvalidArgument, "expected EnrollAnswer after the challenge")
+		return refuse("malformed", codes.InvalidArgument, "expected EnrollAnswer after the challenge")
 	}
-	if !ecdsa.VerifyASN1(idKey, envelope.EnrollDigest(nonce, begin.GetTlsPublicKey(), sw.GetPublicKey()), ans.GetSignature()) {
-		return s.refuse("bad_proof", codes.PermissionDenied, "the challenge signature does not verify with the identity key sent: the agent does not hold that key")
+	if err := cl.verifyAnswer(ans, nonce, begin.GetTlsPublicKey()); err != nil {
+		return err
 	}
 
-	spiffe := pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id)
+	spiffe := pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, cl.deviceID)
 	cert, err := c.ca.IssueClient(tlsKey, spiffe, c.cfg.DeviceCertTTL)
 	if err != nil {
 		return status.Errorf(codes.Internal, "issue device certificate: %v", err)
 	}
-	dev, err := c.store.EnrollDevice(stream.Context(), tokenHash, now, store.Device{
-		ID:          id,
+	now := c.cfg.Now()
+	dev, err := c.store.EnrollDevice(ctx, tokenHash, now, store.Device{
+		ID:          cl.deviceID,
 		Hostname:    begin.GetHostname(),
 		Platform:    begin.GetPlatform(),
-		Identity:    "software",
-		IdentityKey: sw.GetPublicKey(),
-		Assurance:   int32(posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE),
-		State:       int32(posturev1.DeviceState_DEVICE_STATE_ACTIVE),
+		Identity:    cl.kind,
+		IdentityKey: cl.identityKey,
+		Assurance:   int32(cl.assurance),
+		State:       int32(cl.state),
+		StateReason: cl.stateReason,
 		EnrolledAt:  now,
 		CertSerial:  cert.SerialNumber.Text(16),
+		EKSHA256:    cl.ekHash,
 	})
 	switch {
 	case errors.Is(err, store.ErrTokenUsedUp):
-		return s.refuse("token_used", codes.Unauthenticated, "enrollment token was already used; ask your admin for a new one")
+		return refuse("token_used", codes.Unauthenticated, "enrollment token was already used; ask your admin for a new one")
 	case errors.Is(err, store.ErrTokenExpired):
-		return s.refuse("token_expired", codes.Unauthenticated, "enrollment token expired; ask your admin for a new one")
+		return refuse("token_expired", codes.Unauthenticated, "enrollment token expired; ask your admin for a new one")
 	case errors.Is(err, store.ErrTokenUnknown):
-		return s.refuse("token_unknown", codes.Unauthenticated, "enrollment token is not known to this collector")
+		return refuse("token_unknown", codes.Unauthenticated, "enrollment token is not known to this collector")
 	case errors.Is(err, store.ErrDeviceRevoked):
-		return s.refuse("device_revoked", codes.PermissionDenied, "device %s was revoked and cannot enroll again with the same identity key", id)
+		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked and cannot enroll again with the same identity", cl.deviceID)
 	case err != nil:
 		return status.Errorf(codes.Internal, "store enrollment: %v", err)
 	}
 	if err := c.fleet.put(dev); err != nil {
 		return status.Errorf(codes.Internal, "load enrolled device: %v", err)
 	}
-	c.publish(id, "enrolled", true)
+	c.publish(dev.ID, "enrolled", true)
 	c.stats.enrolled()
-	c.log.Info("device enrolled", "device", id, "hostname", dev.Hostname, "platform", dev.Platform, "identity", dev.Identity)
+	c.log.Info("device enrolled", "device", dev.ID, "hostname", dev.Hostname, "platform", dev.Platform,
+		"identity", dev.Identity, "assurance", cl.assurance.String(), "state", posturev1.DeviceState(dev.State).String())
 	return stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Result{Result: &posturev1.EnrollResult{
-		DeviceId:       id,
+		DeviceId:       dev.ID,
 		SpiffeId:       spiffe.String(),
 		Certificate:    cert.Raw,
 		CaCertificates: [][]byte{c.ca.Cert.Raw},
@@ -148,6 +189,102 @@ func (s *enrollService) Enroll(stream posturev1.EnrollmentService_EnrollServer) 
 		LastSeq:        dev.LastSeq,
 		LastDigest:     dev.LastDigest,
 	}}})
+}
+
+// checkToken refuses an unknown, expired or used-up token before any work
+// is done; the store checks again when it consumes the token.
+func (c *Collector) checkToken(ctx context.Context, hash []byte) error {
+	tok, err := c.store.Token(ctx, hash)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return refuse("token_unknown", codes.Unauthenticated, "enrollment token is not known to this collector; check that you copied the whole token, or ask your admin for a new one")
+	case err != nil:
+		return status.Errorf(codes.Internal, "look up token: %v", err)
+	case !tok.ExpiresAt.After(c.cfg.Now()):
+		return refuse("token_expired", codes.Unauthenticated, "enrollment token expired at %s; ask your admin for a new one (posture-collector token create)", tok.ExpiresAt.UTC().Format("2006-01-02 15:04:05Z"))
+	case tok.Used >= tok.Uses:
+		return refuse("token_used", codes.Unauthenticated, "enrollment token was already used (it allowed %d enrollment(s)); ask your admin for a new one", tok.Uses)
+	}
+	return nil
+}
+
+// checkClaim checks what can be checked before the challenge.
+func (c *Collector) checkClaim(ctx context.Context, id *posturev1.IdentityClaim) (*claim, error) {
+	if sw := id.GetSoftware(); sw != nil {
+		key, err := parseP256(sw.GetPublicKey())
+		if err != nil {
+			return nil, refuse("malformed", codes.InvalidArgument, "identity public key: %v", err)
+		}
+		return &claim{
+			kind: "software", deviceID: DeviceID(sw.GetPublicKey()), identityKey: sw.GetPublicKey(), swKey: key,
+			assurance: posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, state: posturev1.DeviceState_DEVICE_STATE_ACTIVE,
+		}, nil
+	}
+	t := id.GetTpm()
+	if t == nil {
+		return nil, refuse("malformed", codes.InvalidArgument, "identity: send a software key or a TPM identity")
+	}
+	ak, err := attest.ParseAK(t.GetAkPublic())
+	if err != nil {
+		return nil, refuse("bad_ak", codes.InvalidArgument, "attestation key refused: %v", err)
+	}
+	ekHash, err := attest.EKPublicHash(t.GetEkPublic())
+	if err != nil {
+		return nil, refuse("malformed", codes.InvalidArgument, "endorsement key: %v", err)
+	}
+	cl := &claim{kind: "tpm", deviceID: ekHash[:32], identityKey: t.GetAkPublic(), ak: ak, ekPublic: t.GetEkPublic(), ekHash: ekHash,
+		state: posturev1.DeviceState_DEVICE_STATE_ACTIVE}
+
+	// EK trust: a certificate chaining to a manufacturer root, else a pin,
+	// else an admin decides.
+	var why string
+	switch {
+	case len(t.GetEkCertificate()) == 0:
+		why = "the TPM has no EK certificate"
+	case c.cfg.EKRoots == nil:
+		why = "no ekcert_roots are configured"
+	default:
+		if _, err := attest.VerifyEKCertificate(t.GetEkCertificate(), t.GetEkPublic(), c.cfg.EKRoots); err != nil {
+			why = fmt.Sprintf("its EK certificate does not verify: %v", err)
+		} else {
+			cl.assurance = posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_VERIFIED
+			return cl, nil
+		}
+	}
+	pinned, err := c.store.EKPinned(ctx, ekHash)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "look up pinned EKs: %v", err)
+	}
+	if pinned {
+		cl.assurance = posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED
+		return cl, nil
+	}
+	cl.state = posturev1.DeviceState_DEVICE_STATE_PENDING
+	cl.stateReason = fmt.Sprintf("TPM endorsement key %s is neither verified (%s) nor pinned; an admin must approve it: posture-collector devices approve %s", ekHash, why, cl.deviceID)
+	return cl, nil
+}
+
+// verifyAnswer checks the proof of possession.
+func (cl *claim) verifyAnswer(ans *posturev1.EnrollAnswer, nonce, tlsKey []byte) error {
+	digest := envelope.EnrollDigest(nonce, tlsKey, cl.identityKey)
+	if cl.kind == "software" {
+		if !ecdsa.VerifyASN1(cl.swKey, digest, ans.GetSignature()) {
+			return refuse("bad_proof", codes.PermissionDenied, "the challenge signature does not verify with the identity key sent: the agent does not hold that key")
+		}
+		return nil
+	}
+	if subtle.ConstantTimeCompare(ans.GetActivatedSecret(), cl.secret) != 1 {
+		return refuse("credential_activation", codes.PermissionDenied, "TPM credential activation failed: the attestation key is not resident in the TPM whose endorsement key was presented")
+	}
+	q := ans.GetQuote()
+	pcrs, err := envelope.PCRMap(q.GetPcrs())
+	if err != nil {
+		return refuse("malformed", codes.InvalidArgument, "enrollment quote: %v", err)
+	}
+	if _, err := attest.VerifyQuote(cl.ak, q.GetAttest(), q.GetSignature(), digest, pcrs); err != nil {
+		return refuse("bad_proof", codes.PermissionDenied, "enrollment quote does not verify: %v", err)
+	}
+	return nil
 }
 
 func parseP256(der []byte) (*ecdsa.PublicKey, error) {

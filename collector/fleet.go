@@ -14,6 +14,8 @@ import (
 
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -32,7 +34,8 @@ type fleet struct {
 
 type deviceEntry struct {
 	dev     store.Device
-	key     *ecdsa.PublicKey
+	key     *ecdsa.PublicKey         // software identity
+	ak      *attest.AK               // TPM identity
 	report  *posturev1.PostureReport // latest verified, nil before the first
 	subject policy.Subject
 }
@@ -72,23 +75,40 @@ func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy) e
 }
 
 func newEntry(d store.Device) (*deviceEntry, error) {
-	pub, err := x509.ParsePKIXPublicKey(d.IdentityKey)
-	if err != nil {
-		return nil, fmt.Errorf("parse identity key: %w", err)
+	e := &deviceEntry{dev: d}
+	if d.Identity == "tpm" {
+		ak, err := attest.ParseAK(d.IdentityKey)
+		if err != nil {
+			return nil, fmt.Errorf("parse attestation key: %w", err)
+		}
+		e.ak = ak
+	} else {
+		pub, err := x509.ParsePKIXPublicKey(d.IdentityKey)
+		if err != nil {
+			return nil, fmt.Errorf("parse identity key: %w", err)
+		}
+		key, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("identity key is %T, want ECDSA", pub)
+		}
+		e.key = key
 	}
-	key, ok := pub.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("identity key is %T, want ECDSA", pub)
+	e.subject = policy.Subject{
+		State:       posturev1.DeviceState(d.State),
+		StateReason: d.StateReason,
+		Assurance:   posturev1.IdentityAssurance(d.Assurance),
 	}
-	return &deviceEntry{
-		dev: d,
-		key: key,
-		subject: policy.Subject{
-			State:       posturev1.DeviceState(d.State),
-			StateReason: d.StateReason,
-			Assurance:   posturev1.IdentityAssurance(d.Assurance),
-		},
-	}, nil
+	return e, nil
+}
+
+// verify checks a report's proof with the device's enrolled identity.
+// quote is set for TPM identities.
+func (e *deviceEntry) verify(sr *posturev1.SignedReport) (*envelope.Verified, *attest.QuoteResult, error) {
+	if e.ak != nil {
+		return envelope.VerifyTPM(e.ak, sr)
+	}
+	v, err := envelope.VerifySoftware(e.key, sr)
+	return v, nil, err
 }
 
 func (e *deviceEntry) setReport(r *posturev1.PostureReport, at time.Time, pol *policy.Policy) {
@@ -141,11 +161,24 @@ func (f *fleet) head(id string) (seq uint64, digest []byte, state int32) {
 	return e.dev.LastSeq, e.dev.LastDigest, e.dev.State
 }
 
+// tpmClock is the TPM clock info of the device's latest quote.
+func (f *fleet) tpmClock(id string) store.TPMClock {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.devices[id].dev.TPMClock
+}
+
 func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, pol *policy.Policy) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
 	e.dev.LastSeq, e.dev.LastDigest, e.dev.LastSeen = v.Seq, v.Digest, v.ReceivedAt
+	if v.TPM != nil {
+		e.dev.TPMClock = *v.TPM
+		if v.Reboot {
+			e.dev.Reboots++
+		}
+	}
 	e.setReport(r, v.ReceivedAt, pol)
 }
 
@@ -216,6 +249,8 @@ func deviceProto(d store.Device, trustDomain string, rep *posturev1.PostureRepor
 		StateReason: d.StateReason,
 		EnrolledAt:  timestamppb.New(d.EnrolledAt),
 		LastSeq:     d.LastSeq,
+		EkSha256:    d.EKSHA256,
+		Reboots:     d.Reboots,
 	}
 	if !d.LastSeen.IsZero() {
 		out.LastSeen = timestamppb.New(d.LastSeen)

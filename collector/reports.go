@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -162,17 +163,23 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 	case subtle.ConstantTimeCompare(sr.GetNonce(), nonce) != 1:
 		// A genuine report that is already stored is a replay; anything else
 		// simply answers a nonce this stream does not have outstanding.
-		if v, err := envelope.VerifySoftware(e.key, sr); err == nil {
+		if v, _, err := e.verify(sr); err == nil {
 			if seq, _, _ := c.fleet.head(id); v.Report.GetSeq() <= seq {
 				return nil, reject(posturev1.RejectReason_REJECT_REASON_REPLAY, "report %d was already stored: replayed report", v.Report.GetSeq())
 			}
 		}
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
-	v, err := envelope.VerifySoftware(e.key, sr)
+	v, quote, err := e.verify(sr)
 	switch {
 	case errors.Is(err, envelope.ErrMalformed):
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "%v", err)
+	case errors.Is(err, attest.ErrQuoteMalformed):
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_BAD_QUOTE, "%v", err)
+	case errors.Is(err, attest.ErrQualifyingData):
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT, "%v: the quote was made for another nonce, or the report changed after quoting", err)
+	case errors.Is(err, attest.ErrPCRMismatch):
+		return nil, reject(posturev1.RejectReason_REJECT_REASON_PCR_MISMATCH, "%v", err)
 	case err != nil:
 		if claimed := envelope.ClaimedDevice(sr); claimed != "" && claimed != id {
 			return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %s but the stream belongs to device %s", claimed, id)
@@ -201,6 +208,15 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		return nil, s.suspect(ctx, id, fmt.Sprintf("report chain broken at seq %d: prev_digest does not match the stored report %d (cloned identity or tampered agent state)", r.GetSeq(), headSeq))
 	}
 	rec := store.Report{DeviceID: id, Seq: r.GetSeq(), Digest: v.Digest, Nonce: v.Nonce, Body: v.Body, Proof: v.Proof, ReceivedAt: now}
+	if quote != nil {
+		clock := store.TPMClock{Clock: quote.Clock.Clock, ResetCount: quote.Clock.ResetCount, RestartCount: quote.Clock.RestartCount}
+		reboot, why := tpmClockCheck(c.fleet.tpmClock(id), clock, headSeq == 0)
+		if why != "" {
+			s.suspect(ctx, id, why)
+			return nil, reject(posturev1.RejectReason_REJECT_REASON_TPM_CLOCK, "%s", why)
+		}
+		rec.TPM, rec.Reboot = &clock, reboot
+	}
 	if err := c.store.AppendReport(ctx, rec); err != nil {
 		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
@@ -221,4 +237,35 @@ func (s *reportService) suspect(ctx context.Context, id, reason string) *rejecti
 		c.log.Error("mark device suspect", "device", id, "err", err)
 	}
 	return reject(posturev1.RejectReason_REJECT_REASON_CHAIN_BROKEN, "%s", reason)
+}
+
+// tpmClockCheck compares a quote's clock info with the previous quote's. A
+// reset count that grows is a reboot. Counters that go backwards, or a
+// clock that runs backwards within one boot, mean the quote does not come
+// from the TPM state the collector last saw: a replayed quote or a cloned
+// TPM. first is true when there is no previous quote to compare with.
+//
+// A TPM obfuscates the counters in quotes by keys outside the endorsement
+// and platform hierarchies by adding a constant that depends on the key and
+// the TPM's secret hierarchy proof, so they are compared by their
+// difference modulo 2^32: on the same TPM the step is preserved. A step
+// backwards, or one larger than any number of reboots between two reports
+// (another TPM state entirely), is suspect.
+func tpmClockCheck(prev, cur store.TPMClock, first bool) (reboot bool, suspect string) {
+	const maxStep = 1 << 16
+	resetStep := int64(int32(cur.ResetCount - prev.ResetCount))
+	restartStep := int64(int32(cur.RestartCount - prev.RestartCount))
+	switch {
+	case first:
+		return false, ""
+	case resetStep < 0 || resetStep > maxStep:
+		return false, fmt.Sprintf("TPM reset count moved by %d since the last quote: not the TPM state last seen (replayed quote or cloned TPM)", resetStep)
+	case resetStep > 0:
+		return true, ""
+	case restartStep < 0 || restartStep > maxStep:
+		return false, fmt.Sprintf("TPM restart count moved by %d since the last quote: not the TPM state last seen (replayed quote or cloned TPM)", restartStep)
+	case restartStep == 0 && cur.Clock < prev.Clock:
+		return false, fmt.Sprintf("TPM clock ran backwards from %d ms to %d ms within one boot (replayed quote or cloned TPM)", prev.Clock, cur.Clock)
+	}
+	return false, ""
 }

@@ -42,6 +42,7 @@ type env struct {
 	dataDir string
 	addr    string
 	clock   *clock
+	mod     func(*collector.Config)
 	c       *collector.Collector
 	cancel  context.CancelFunc
 	done    chan error
@@ -51,7 +52,13 @@ type env struct {
 
 func startCollector(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, dataDir: t.TempDir(), addr: "127.0.0.1:0", clock: &clock{}}
+	return startCollectorWith(t, nil)
+}
+
+// startCollectorWith starts a collector whose configuration mod adjusts.
+func startCollectorWith(t *testing.T, mod func(*collector.Config)) *env {
+	t.Helper()
+	e := &env{t: t, dataDir: t.TempDir(), addr: "127.0.0.1:0", clock: &clock{}, mod: mod}
 	e.start()
 	t.Cleanup(e.stop)
 	return e
@@ -59,7 +66,11 @@ func startCollector(t *testing.T) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	c, err := collector.New(collector.Config{DataDir: e.dataDir, Listen: e.addr, TrustDomain: trustDomain, Now: e.clock.Now})
+	cfg := collector.Config{DataDir: e.dataDir, Listen: e.addr, TrustDomain: trustDomain, Now: e.clock.Now}
+	if e.mod != nil {
+		e.mod(&cfg)
+	}
+	c, err := collector.New(cfg)
 	if err != nil {
 		e.t.Fatalf("start collector: %v", err)
 	}

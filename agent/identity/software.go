@@ -68,8 +68,8 @@ func (s *Software) Claim() *posturev1.IdentityClaim {
 }
 
 // Answer proves possession of the key for an enrollment challenge.
-func (s *Software) Answer(nonce, tlsKey []byte) (*posturev1.EnrollAnswer, error) {
-	sig, err := ecdsa.SignASN1(rand.Reader, s.key, envelope.EnrollDigest(nonce, tlsKey, s.pubDER))
+func (s *Software) Answer(ch *posturev1.EnrollChallenge, tlsKey []byte) (*posturev1.EnrollAnswer, error) {
+	sig, err := ecdsa.SignASN1(rand.Reader, s.key, envelope.EnrollDigest(ch.GetNonce(), tlsKey, s.pubDER))
 	if err != nil {
 		return nil, fmt.Errorf("answer enrollment challenge: %w", err)
 	}

@@ -269,3 +269,38 @@ func (s *Store) EKPinned(ctx context.Context, hash string) (bool, error) {
 	}
 	return n > 0, nil
 }
+
+// ErrNotPending reports an approval of a device that is not pending.
+var ErrNotPending = errors.New("device is not pending approval")
+
+// ApproveDevice activates a pending device in one transaction: it pins the
+// device's EK hash, sets the state to active and the assurance to the given
+// value. It returns ErrNotFound or ErrNotPending without changing anything.
+func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, description string, now time.Time) (Device, error) {
+	var d Device
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var err error
+		d, err = scanDevice(tx.QueryRow(selectDevice+` WHERE id = ?`, id))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrNotFound
+		case err != nil:
+			return err
+		case d.State != statePending:
+			return ErrNotPending
+		case d.EKSHA256 == "":
+			return fmt.Errorf("device %s has no TPM endorsement key to pin", id)
+		}
+		if _, err := tx.Exec(`INSERT INTO pinned_eks (ek_sha256, description, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (ek_sha256) DO NOTHING`, d.EKSHA256, description, nanos(now)); err != nil {
+			return err
+		}
+		d.State, d.StateReason, d.Assurance = stateActive, "", assurance
+		_, err = tx.Exec(`UPDATE devices SET state = ?, state_reason = '', assurance = ? WHERE id = ?`, d.State, d.Assurance, id)
+		return err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("approve device %s: %w", id, err)
+	}
+	return d, nil
+}

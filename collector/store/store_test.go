@@ -885,3 +885,26 @@ func TestReEnrollPendingTakesNewState(t *testing.T) {
 		t.Errorf("re-enrolled pending device: state %d, ek %q; want active and ek1", got.State, got.EKSHA256)
 	}
 }
+
+func TestApproveDevice(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	d := newDevice("dev-tpm")
+	d.State, d.StateReason, d.EKSHA256 = statePending, "EK not verified", "ekhash"
+	if _, err := s.EnrollDevice(ctx, createToken(t, s, "t1", 1, time.Now().Add(time.Hour)), time.Now(), d); err != nil {
+		t.Fatal(err)
+	}
+	enroll(t, s, "dev-sw")
+	got, err := s.ApproveDevice(ctx, "dev-tpm", 2, "approved", time.Now())
+	if err != nil || got.State != stateActive || got.Assurance != 2 || got.StateReason != "" {
+		t.Fatalf("ApproveDevice = %+v, %v", got, err)
+	}
+	if pinned, err := s.EKPinned(ctx, "ekhash"); err != nil || !pinned {
+		t.Errorf("EK not pinned after approval: %v %v", pinned, err)
+	}
+	for id, want := range map[string]error{"dev-tpm": store.ErrNotPending, "dev-sw": store.ErrNotPending, "nope": store.ErrNotFound} {
+		if _, err := s.ApproveDevice(ctx, id, 2, "", time.Now()); !errors.Is(err, want) {
+			t.Errorf("ApproveDevice(%s) = %v, want %v", id, err, want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,12 +22,13 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/agent/signals"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 const usage = `posture-agent measures this device and streams signed posture reports.
 
 Usage:
-  posture-agent enroll --token TOKEN [--state-dir DIR]
+  posture-agent enroll --token TOKEN [--state-dir DIR] [--identity auto|tpm|software] [--tpm tcp://HOST:PORT]
   posture-agent run [--state-dir DIR] [--interval 1m]     foreground; what the service runs
   posture-agent collect [-o json|text]                    measure now, print, send nothing
   posture-agent install [--state-dir DIR] [--interval 1m] install the system service
@@ -71,19 +73,26 @@ func run(args []string, out io.Writer) error {
 	switch cmd {
 	case "enroll":
 		tok := fs.String("token", "", "enrollment token from posture-collector token create (required)")
+		ident := fs.String("identity", agent.IdentityAuto, "identity: auto (TPM when reachable, else software), tpm or software")
+		tpmAddr := fs.String("tpm", "", "TPM to use: empty for the platform TPM, or tcp://HOST:PORT for swtpm")
+		eventLog := fs.String("event-log", "", "TCG event log to send with quotes (default: the platform's)")
 		if err := parseFlags(fs, rest); err != nil {
 			return err
 		}
 		if *tok == "" {
 			return errors.New("--token is required: ask your admin for one (posture-collector token create)")
 		}
-		res, err := agent.Enroll(context.Background(), *stateDir, *tok)
+		res, err := agent.EnrollWith(context.Background(), *stateDir, *tok, agent.EnrollOptions{Identity: *ident, TPM: *tpmAddr, EventLog: *eventLog})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity)
-		if res.Identity == "software" {
-			fmt.Fprintln(out, "note: software identity (a key file); a TPM-backed identity gives higher assurance")
+		if res.Note != "" {
+			fmt.Fprintln(out, "note:", res.Note)
+		}
+		fmt.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s, assurance: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity,
+			strings.ToLower(strings.TrimPrefix(res.Assurance.String(), "IDENTITY_ASSURANCE_")))
+		if res.State == posturev1.DeviceState_DEVICE_STATE_PENDING {
+			fmt.Fprintf(out, "the device is pending: its TPM endorsement key is not verified; an admin must run posture-collector devices approve %s\n", res.DeviceID)
 		}
 		return nil
 	case "run":

@@ -27,6 +27,7 @@ import (
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -36,11 +37,13 @@ const defaultDataDir = "/var/lib/posture-collector"
 const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
-  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME]
+  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
   posture-collector devices revoke ID --reason TEXT
+  posture-collector devices approve ID                    approve a pending TPM device (pins its EK)
+  posture-collector devices preregister --ek-sha256 HEX[,HEX…] [--description TEXT]
   posture-collector check ID --level NAME [-o text|json]   exit 0 allowed, 1 denied, 2 error
   posture-collector gateway add NAME --out DIR
   posture-collector stats [-o json]
@@ -87,7 +90,7 @@ func run(args []string, out io.Writer) error {
 	case "token":
 		return sub(rest, map[string]func([]string, io.Writer) error{"create": tokenCreate}, out)
 	case "devices":
-		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke}, out)
+		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke, "approve": devicesApprove, "preregister": devicesPreregister}, out)
 	case "check":
 		return check(rest, out)
 	case "gateway":
@@ -147,6 +150,7 @@ func runCollector(args []string) error {
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
 	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -157,6 +161,13 @@ func runCollector(args []string) error {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
 	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, Logger: slog.New(h)}
+	if *ekRoots != "" {
+		roots, err := attest.LoadRoots(*ekRoots)
+		if err != nil {
+			return fmt.Errorf("--ekcert-roots: %w", err)
+		}
+		cfg.EKRoots = roots
+	}
 	if *policyFile != "" {
 		p, err := policy.Load(*policyFile)
 		if err != nil {
@@ -330,6 +341,9 @@ func devicesShow(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "Device     %s\nSPIFFE ID  %s\nHostname   %s\nOS         %s (%s)\nIdentity   %s\nState      %s", d.GetId(), d.GetSpiffeId(), d.GetHostname(), orDash(d.GetOs()), d.GetPlatform(), policy.AssuranceName(d.GetAssurance()), stateName(d.GetState()))
 	if d.GetStateReason() != "" {
 		fmt.Fprintf(out, " (%s)", d.GetStateReason())
+	}
+	if d.GetEkSha256() != "" {
+		fmt.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
 	}
 	fmt.Fprintf(out, "\nEnrolled   %s\nLast seen  %s (seq %d)\nScore      %d (raw %d)\n\n", d.GetEnrolledAt().AsTime().Local().Format(time.RFC3339), ago(d.GetLastSeen().AsTime(), d.GetLastSeen() != nil), d.GetLastSeq(), p.GetScore(), p.GetRawScore())
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -518,5 +532,56 @@ func policyValidate(args []string, out io.Writer) error {
 	}
 	b, _ := json.Marshal(p.LevelNames())
 	fmt.Fprintf(out, "%s: valid; %d checks, levels %s\n", args[0], len(p.Checks), b)
+	return nil
+}
+
+func devicesApprove(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devices approve", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: posture-collector devices approve ID")
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.ApproveDevice(ctx, &posturev1.ApproveDeviceRequest{DeviceId: pos[0]})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(out, "approved %s: EK sha256:%s pinned, identity %s\n", resp.GetDevice().GetId(), resp.GetDevice().GetEkSha256(), policy.AssuranceName(resp.GetDevice().GetAssurance()))
+	return nil
+}
+
+func devicesPreregister(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devices preregister", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	hashes := fs.String("ek-sha256", "", "comma-separated SHA-256 hashes (hex) of EK public keys in PKIX DER form (required)")
+	desc := fs.String("description", "", "note kept with the pins")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *hashes == "" {
+		return errors.New("--ek-sha256 is required")
+	}
+	adm, _, closeFn, err := admin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	resp, err := adm.PreregisterEK(ctx, &posturev1.PreregisterEKRequest{EkSha256: strings.Split(*hashes, ","), Description: *desc})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(out, "pinned %d new EK hash(es); devices enrolling with them are tpm_ek_pinned\n", resp.GetAdded())
 	return nil
 }

@@ -51,13 +51,18 @@ const (
 	RejectReason_REJECT_REASON_STORAGE RejectReason = 9
 	// REJECT_REASON_REVOKED: the device was revoked; the stream closes.
 	RejectReason_REJECT_REASON_REVOKED RejectReason = 10
-	// REJECT_REASON_BAD_QUOTE: the TPM quote does not verify: wrong magic or
-	// type, qualifying data that is not this report's digest, or PCR values
-	// that do not match the quoted digest.
+	// REJECT_REASON_BAD_QUOTE: the TPM quote is malformed or not a
+	// TPM-generated quote.
 	RejectReason_REJECT_REASON_BAD_QUOTE RejectReason = 11
 	// REJECT_REASON_TPM_CLOCK: the TPM clock in the quote went backwards
 	// (replayed quote or cloned TPM state); the device is marked suspect.
 	RejectReason_REJECT_REASON_TPM_CLOCK RejectReason = 12
+	// REJECT_REASON_QUOTE_NOT_FOR_REPORT: the quote's qualifying data is not
+	// this report's digest: it was made for another nonce, or the report bytes
+	// changed after quoting.
+	RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT RejectReason = 13
+	// REJECT_REASON_PCR_MISMATCH: the PCR values sent are not the ones quoted.
+	RejectReason_REJECT_REASON_PCR_MISMATCH RejectReason = 14
 )
 
 // Enum value maps for RejectReason.
@@ -76,21 +81,25 @@ var (
 		10: "REJECT_REASON_REVOKED",
 		11: "REJECT_REASON_BAD_QUOTE",
 		12: "REJECT_REASON_TPM_CLOCK",
+		13: "REJECT_REASON_QUOTE_NOT_FOR_REPORT",
+		14: "REJECT_REASON_PCR_MISMATCH",
 	}
 	RejectReason_value = map[string]int32{
-		"REJECT_REASON_UNSPECIFIED":     0,
-		"REJECT_REASON_MALFORMED":       1,
-		"REJECT_REASON_UNKNOWN_NONCE":   2,
-		"REJECT_REASON_BAD_SIGNATURE":   3,
-		"REJECT_REASON_DEVICE_MISMATCH": 4,
-		"REJECT_REASON_REPLAY":          5,
-		"REJECT_REASON_SEQUENCE_GAP":    6,
-		"REJECT_REASON_CHAIN_BROKEN":    7,
-		"REJECT_REASON_CLOCK_SKEW":      8,
-		"REJECT_REASON_STORAGE":         9,
-		"REJECT_REASON_REVOKED":         10,
-		"REJECT_REASON_BAD_QUOTE":       11,
-		"REJECT_REASON_TPM_CLOCK":       12,
+		"REJECT_REASON_UNSPECIFIED":          0,
+		"REJECT_REASON_MALFORMED":            1,
+		"REJECT_REASON_UNKNOWN_NONCE":        2,
+		"REJECT_REASON_BAD_SIGNATURE":        3,
+		"REJECT_REASON_DEVICE_MISMATCH":      4,
+		"REJECT_REASON_REPLAY":               5,
+		"REJECT_REASON_SEQUENCE_GAP":         6,
+		"REJECT_REASON_CHAIN_BROKEN":         7,
+		"REJECT_REASON_CLOCK_SKEW":           8,
+		"REJECT_REASON_STORAGE":              9,
+		"REJECT_REASON_REVOKED":              10,
+		"REJECT_REASON_BAD_QUOTE":            11,
+		"REJECT_REASON_TPM_CLOCK":            12,
+		"REJECT_REASON_QUOTE_NOT_FOR_REPORT": 13,
+		"REJECT_REASON_PCR_MISMATCH":         14,
 	}
 )
 
@@ -515,7 +524,7 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\x97\x03\n" +
+	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xdf\x03\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -530,7 +539,9 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x15REJECT_REASON_REVOKED\x10\n" +
 	"\x12\x1b\n" +
 	"\x17REJECT_REASON_BAD_QUOTE\x10\v\x12\x1b\n" +
-	"\x17REJECT_REASON_TPM_CLOCK\x10\f2\\\n" +
+	"\x17REJECT_REASON_TPM_CLOCK\x10\f\x12&\n" +
+	"\"REJECT_REASON_QUOTE_NOT_FOR_REPORT\x10\r\x12\x1e\n" +
+	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e2\\\n" +
 	"\rReportService\x12K\n" +
 	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 

@@ -1,0 +1,324 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2/transport"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/agent/identity"
+	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/internal/envelope"
+	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
+	"github.com/posture-project/posture/internal/token"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// keepOpen hands a simulator to the agent without letting it close the
+// simulator, which the test owns.
+type keepOpen struct{ transport.TPM }
+
+func (keepOpen) Close() error { return nil }
+
+func openSimulator(t *testing.T, seed int64) (*simulator.Simulator, transport.TPMCloser) {
+	t.Helper()
+	sim, err := simulator.GetWithFixedSeedInsecure(seed)
+	if err != nil {
+		t.Fatalf("TPM simulator: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return sim, keepOpen{transport.FromReadWriter(sim)}
+}
+
+// A TPM without an EK certificate enrolls pending: every level is denied
+// until an admin approves it, which pins its EK (tpm_ek_pinned).
+func TestTPMEnrollPendingUntilApproved(t *testing.T) {
+	_, dev := openSimulator(t, 1)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	if res.State != posturev1.DeviceState_DEVICE_STATE_PENDING {
+		t.Fatalf("state = %v, want pending", res.State)
+	}
+	stopAgent := runTPMAgent(t, stateDir, dev)
+	id := res.DeviceID
+	eventually(t, "a quote-signed report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+	if err != nil || r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "pending approval") {
+		t.Fatalf("pending device: allowed=%v reasons=%v err=%v, want a denial naming the approval", r.GetAllowed(), r.GetReasons(), err)
+	}
+
+	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: id}); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	r, err = e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "trusted"})
+	if err != nil || !r.GetAllowed() || r.GetAssurance() != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED {
+		t.Errorf("approved device: allowed=%v assurance=%v reasons=%v err=%v, want allowed and tpm_ek_pinned", r.GetAllowed(), r.GetAssurance(), r.GetReasons(), err)
+	}
+	// The pin outlives the device record: re-enrolling the same TPM is
+	// pinned at once. (The simulator takes one user at a time.)
+	stopAgent()
+	res2, err := agent.EnrollWith(context.Background(), t.TempDir(), e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil || res2.DeviceID != id || res2.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE || res2.Assurance != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED {
+		t.Errorf("re-enrolling the same TPM: %+v, %v; want device %s, active, tpm_ek_pinned", res2, err, id)
+	}
+}
+
+func runTPMAgent(t *testing.T, stateDir string, dev transport.TPMCloser) func() {
+	t.Helper()
+	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: 50 * time.Millisecond, Measurer: &fixedMeasurer{encrypted: true},
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, TPMDevice: dev})
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
+// An AK from another TPM than the EK presented cannot activate the
+// collector's credential, and enrollment fails with that reason.
+func TestTPMEnrollAKFromAnotherTPM(t *testing.T) {
+	e := startCollector(t)
+	// The EK of TPM A...
+	simA, devA := openSimulator(t, 10)
+	tpmA, err := identity.NewTPM(devA, t.TempDir(), identity.TPMOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekA := tpmA.EKPublic()
+	simA.Close()
+	// ...with the AK of TPM B.
+	_, devB := openSimulator(t, 11)
+	tpmB, err := identity.NewTPM(devB, t.TempDir(), identity.TPMOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token(time.Hour, 1)
+	st, tlsPub := openEnrollment(t, e, tok, &posturev1.IdentityClaim{Kind: &posturev1.IdentityClaim_Tpm{Tpm: &posturev1.TPMIdentity{EkPublic: ekA, AkPublic: tpmB.AKPublic()}}})
+	m, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := m.GetChallenge().GetTpm()
+	if _, err := tpmB.ActivateCredential(cred.GetCredentialBlob(), cred.GetEncryptedSecret()); err == nil {
+		t.Fatal("TPM B activated a credential made for TPM A's EK")
+	}
+	// A device that tries anyway is refused by the collector.
+	q, err := tpmB.Quote(envelope.EnrollDigest(m.GetChallenge().GetNonce(), tlsPub, tpmB.AKPublic()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	guess := make([]byte, 32)
+	rand.Read(guess)
+	st.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Answer{Answer: &posturev1.EnrollAnswer{ActivatedSecret: guess, Quote: quoteProto(q)}}})
+	_, err = st.Recv()
+	if err == nil || !strings.Contains(err.Error(), "not resident in the TPM whose endorsement key was presented") {
+		t.Errorf("collector answer: %v, want a credential activation refusal", err)
+	}
+	if n := len(e.devices()); n != 0 {
+		t.Errorf("%d devices enrolled, want none", n)
+	}
+}
+
+func openEnrollment(t *testing.T, e *env, tok string, claim *posturev1.IdentityClaim) (posturev1.EnrollmentService_EnrollClient, []byte) {
+	t.Helper()
+	key, _ := pki.NewKey()
+	tlsKey, _ := x509.MarshalPKIXPublicKey(key.Public())
+	parsed, err := token.Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := posturev1.NewEnrollmentServiceClient(e.dial(nil)).Enroll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Begin{Begin: &posturev1.EnrollBegin{
+		Token: parsed.Secret, Hostname: "h", Platform: "linux", TlsPublicKey: tlsKey, Identity: claim,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	return st, tlsKey
+}
+
+func quoteProto(q *identity.Quote) *posturev1.TPMQuote {
+	out := &posturev1.TPMQuote{Attest: q.Attest, Signature: q.Signature}
+	for i := uint32(0); i < 24; i++ {
+		if v, ok := q.PCRs[i]; ok {
+			out.Pcrs = append(out.Pcrs, &posturev1.PCRValue{Index: i, Value: v})
+		}
+	}
+	return out
+}
+
+// Quote-signed reports are accepted; quotes that do not cover exactly this
+// report, nonce and PCR values, or are made by another AK, are rejected
+// each with its reason, and nothing is stored.
+func TestTPMQuoteRejections(t *testing.T) {
+	_, dev := openSimulator(t, 2)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := identity.NewTPM(dev, stateDir, identity.TPMOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherAK, err := identity.NewTPM(dev, t.TempDir(), identity.TPMOptions{}) // a second AK in the same TPM
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "device.crt"), filepath.Join(stateDir, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := openReports(t, e, cert, nil, res.DeviceID)
+	body := func() []byte {
+		r := healthyReport(true, "tpm")
+		r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = res.DeviceID, c.seq+1, c.digest, timestamppb.Now()
+		b, _ := proto.Marshal(r)
+		return b
+	}
+	seal := func(t2 *identity.TPM, nonce, quotedNonce, report []byte) *posturev1.SignedReport {
+		q, err := t2.Quote(envelope.Digest(quotedNonce, report))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &posturev1.SignedReport{Report: report, Nonce: nonce, Proof: &posturev1.SignedReport_Tpm{Tpm: quoteProto(q)}}
+	}
+	if m := c.send(seal(tpm, c.nonce, c.nonce, body())); m.GetAck() == nil {
+		t.Fatalf("honest quote-signed report: %v", m)
+	}
+
+	tests := []struct {
+		name   string
+		report func() *posturev1.SignedReport
+		want   posturev1.RejectReason
+	}{
+		{"quote for another nonce", func() *posturev1.SignedReport {
+			other := make([]byte, 32)
+			rand.Read(other)
+			return seal(tpm, c.nonce, other, body())
+		}, posturev1.RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT},
+		{"report changed after quoting", func() *posturev1.SignedReport {
+			sr := seal(tpm, c.nonce, c.nonce, body())
+			sr.Report = append(sr.Report, 0x50, 0x01)
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT},
+		{"PCR values other than quoted", func() *posturev1.SignedReport {
+			sr := seal(tpm, c.nonce, c.nonce, body())
+			sr.GetTpm().Pcrs[0].Value = make([]byte, 32)
+			sr.GetTpm().Pcrs[0].Value[0] = 0xee
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_PCR_MISMATCH},
+		{"signed by another AK", func() *posturev1.SignedReport { return seal(otherAK, c.nonce, c.nonce, body()) }, posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE},
+		{"software signature from a TPM device", func() *posturev1.SignedReport {
+			key, _ := pki.NewKey()
+			sr, _ := envelope.SignSoftware(key, c.nonce, body())
+			return sr
+		}, posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := e.stats().GetReportsAccepted()
+			m := c.send(tt.report())
+			if m.GetRejected().GetReason() != tt.want {
+				t.Fatalf("answer = %v, want %v", m, tt.want)
+			}
+			if e.stats().GetReportsAccepted() != before {
+				t.Error("a rejected report was counted as accepted")
+			}
+		})
+	}
+	if d, _ := e.device(res.DeviceID); d.GetDevice().GetLastSeq() != 1 {
+		t.Errorf("last seq = %d, want 1: only the honest report is stored", d.GetDevice().GetLastSeq())
+	}
+}
+
+// A TPM reset (reboot) is recorded; a TPM whose counters went back (a
+// clone, or a replay of an older state) marks the device suspect.
+func TestTPMResetAndRollback(t *testing.T) {
+	swtpm := testtools.StartSWTPM(t)
+	roots := x509.NewCertPool()
+	for _, c := range swtpm.EKCACerts {
+		roots.AddCert(c)
+	}
+	e := startCollectorWith(t, func(c *collector.Config) { c.EKRoots = roots })
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPM: swtpm.Addr})
+	if err != nil {
+		t.Fatalf("enroll with swtpm: %v", err)
+	}
+	if res.Assurance != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_VERIFIED || res.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Fatalf("swtpm with an EK certificate from a configured root: %+v, want tpm_ek_verified and active", res)
+	}
+	id := res.DeviceID
+	stop := runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 50*time.Millisecond)
+	eventually(t, "quote-signed reports", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 2 })
+	gw := e.gateway("edge")
+	r, err := gw.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "trusted"})
+	if err != nil || !r.GetAllowed() || r.GetAssurance() != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_VERIFIED {
+		t.Fatalf("CheckAccess: allowed=%v assurance=%v reasons=%v err=%v", r.GetAllowed(), r.GetAssurance(), r.GetReasons(), err)
+	}
+	stop()
+
+	swtpm.Restart() // a reboot: resetCount grows
+	stop = runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, 50*time.Millisecond)
+	before, _ := e.device(id)
+	eventually(t, "reports after the TPM reset", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= before.GetDevice().GetLastSeq()+2
+	})
+	if d, _ := e.device(id); d.GetDevice().GetReboots() != 1 || d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Errorf("after a TPM reset: reboots=%d state=%v, want 1 and active", d.GetDevice().GetReboots(), d.GetDevice().GetState())
+	}
+	stop()
+}
+
+// A TPM whose clock runs backwards within one boot is not the TPM state the
+// collector last saw (a clone, or a replay): the device becomes suspect.
+// The simulator, restarted with the same seed, is exactly such a clone.
+func TestTPMClockRollbackMarksSuspect(t *testing.T) {
+	sim, dev := openSimulator(t, 3)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.DeviceID
+	stop := runTPMAgent(t, stateDir, dev)
+	eventually(t, "reports", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 5 })
+	stop()
+	sim.Close()
+
+	_, clone := openSimulator(t, 3)
+	runTPMAgent(t, stateDir, clone)
+	eventually(t, "device marked suspect", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetState() == posturev1.DeviceState_DEVICE_STATE_SUSPECT
+	})
+	d, _ := e.device(id)
+	if !strings.Contains(d.GetDevice().GetStateReason(), "TPM") || e.stats().GetReportsRejected()["tpm_clock"] == 0 {
+		t.Errorf("suspect reason %q, rejections %v; want a TPM clock reason counted under tpm_clock", d.GetDevice().GetStateReason(), e.stats().GetReportsRejected())
+	}
+}

@@ -1,0 +1,60 @@
+package envelope
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/posture-project/posture/internal/attest"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// PCRMap turns the PCR values of a quote message into a map, refusing
+// duplicates.
+func PCRMap(values []*posturev1.PCRValue) (map[uint32][]byte, error) {
+	m := make(map[uint32][]byte, len(values))
+	for _, v := range values {
+		if _, dup := m[v.GetIndex()]; dup {
+			return nil, fmt.Errorf("%w: PCR %d sent twice", ErrMalformed, v.GetIndex())
+		}
+		m[v.GetIndex()] = v.GetValue()
+	}
+	return m, nil
+}
+
+// VerifyTPM checks a quote-signed report against the device's enrolled AK:
+// the quote's qualifying data must be this report's digest, so one TPM
+// signature covers the report, the nonce and the PCR values. Failures wrap
+// ErrBadSignature (no quote, or not signed by the AK) or attest's
+// ErrQuoteMalformed, ErrQualifyingData and ErrPCRMismatch.
+func VerifyTPM(ak *attest.AK, sr *posturev1.SignedReport) (*Verified, *attest.QuoteResult, error) {
+	q := sr.GetTpm()
+	if q == nil {
+		return nil, nil, fmt.Errorf("%w: the device enrolled a TPM identity but the report carries no TPM quote", ErrBadSignature)
+	}
+	if len(sr.GetReport()) == 0 || len(sr.GetNonce()) == 0 {
+		return nil, nil, fmt.Errorf("%w: report or nonce is empty", ErrMalformed)
+	}
+	pcrs, err := PCRMap(q.GetPcrs())
+	if err != nil {
+		return nil, nil, err
+	}
+	digest := Digest(sr.GetNonce(), sr.GetReport())
+	res, err := attest.VerifyQuote(ak, q.GetAttest(), q.GetSignature(), digest, pcrs)
+	if errors.Is(err, attest.ErrQuoteSignature) {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var rep posturev1.PostureReport
+	if err := proto.Unmarshal(sr.GetReport(), &rep); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	proof, err := proto.Marshal(q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode proof: %w", err)
+	}
+	return &Verified{Report: &rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, res, nil
+}
