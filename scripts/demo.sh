@@ -12,6 +12,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${KEEP_DEMO:-}" ] && { echo "kept $work"; return; }
   rm -rf "$work"
 }
 trap cleanup EXIT
