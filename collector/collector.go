@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -55,6 +56,9 @@ type Config struct {
 	EKRoots *x509.CertPool
 	// DeviceCertTTL is the lifetime of device certificates.
 	DeviceCertTTL time.Duration
+	// MetricsListen, when set, serves Prometheus metrics at /metrics on
+	// this address (plain HTTP, apart from the API).
+	MetricsListen string
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
@@ -87,16 +91,20 @@ func (c *Config) setDefaults() {
 
 // Collector is a running collector's state.
 type Collector struct {
-	cfg    Config
-	log    *slog.Logger
-	ca     *pki.CA
-	roots  *x509.CertPool
-	store  *store.Store
-	fleet  *fleet
-	policy atomic.Pointer[policy.Policy]
-	stats  *stats
-	hub    *hub
-	health *health.Server
+	cfg     Config
+	log     *slog.Logger
+	ca      *pki.CA
+	roots   *x509.CertPool
+	store   *store.Store
+	fleet   *fleet
+	policy  atomic.Pointer[policy.Policy]
+	stats   *stats
+	hub     *hub
+	health  *health.Server
+	metrics *metrics
+
+	metricsListener net.Listener
+	metricsSrv      *http.Server
 
 	listener net.Listener
 	admin    net.Listener
@@ -124,6 +132,7 @@ func New(cfg Config) (*Collector, error) {
 	}
 	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer()}
 	c.roots.AddCert(ca.Cert)
+	c.metrics = newMetrics(c)
 	c.policy.Store(cfg.Policy)
 
 	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "posture.db")); err != nil {
@@ -177,6 +186,12 @@ func (c *Collector) listen() error {
 
 	if c.listener, err = net.Listen("tcp", c.cfg.Listen); err != nil {
 		return fmt.Errorf("listen on %s: %w", c.cfg.Listen, err)
+	}
+	if c.cfg.MetricsListen != "" {
+		if c.metricsListener, err = net.Listen("tcp", c.cfg.MetricsListen); err != nil {
+			c.listener.Close()
+			return fmt.Errorf("metrics listen on %s: %w", c.cfg.MetricsListen, err)
+		}
 	}
 	sock := filepath.Join(c.cfg.DataDir, AdminSocket)
 	if err := removeStaleSocket(sock); err != nil {
@@ -232,6 +247,13 @@ func (c *Collector) Serve(ctx context.Context) error {
 	go c.decayLoop(stopDecay)
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
+	if c.metricsListener != nil {
+		go func() {
+			if err := c.serveMetrics(c.metricsListener); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
 		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", len(c.fleet.ids()))
 	var err error
@@ -245,6 +267,9 @@ func (c *Collector) Serve(ctx context.Context) error {
 
 func (c *Collector) stop() {
 	c.health.Shutdown()
+	if c.metricsSrv != nil {
+		c.metricsSrv.Close()
+	}
 	c.fleet.closeAllStreams(errShuttingDown)
 	done := make(chan struct{})
 	go func() {

@@ -58,6 +58,7 @@ func (g *gatewayService) CheckAccess(_ context.Context, req *posturev1.CheckAcce
 	if subj.Assessment != nil {
 		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
 	}
+	c.metrics.decision(req.GetAccessLevel(), resp.Allowed)
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}

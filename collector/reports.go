@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -170,7 +171,9 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		}
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
+	start := time.Now()
 	v, quote, err := e.verify(sr)
+	c.metrics.verify.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, envelope.ErrMalformed):
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "%v", err)

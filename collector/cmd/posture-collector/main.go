@@ -37,7 +37,7 @@ const defaultDataDir = "/var/lib/posture-collector"
 const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
-  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH]
+  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -150,6 +150,7 @@ func runCollector(args []string) error {
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
 	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	if pos, err := parse(fs, args); err != nil {
 		return err
@@ -160,7 +161,7 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, Logger: slog.New(h)}
+	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
 		if err != nil {

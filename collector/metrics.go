@@ -1,0 +1,140 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// metrics are the collector's Prometheus metrics. Counters the collector
+// keeps anyway (stats, the fleet) are read at scrape time rather than
+// counted twice.
+type metrics struct {
+	registry  *prometheus.Registry
+	verify    prometheus.Histogram
+	decisions *prometheus.CounterVec
+}
+
+func newMetrics(c *Collector) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		verify: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "posture_report_verify_seconds",
+			Help:    "Time to verify one report's proof (signature or TPM quote).",
+			Buckets: prometheus.ExponentialBuckets(20e-6, 2, 12),
+		}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "posture_decisions_total",
+			Help: "Access decisions answered, by level and result.",
+		}, []string{"level", "result"}),
+	}
+	m.registry.MustRegister(m.verify, m.decisions, &scrape{c: c},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// decision counts one answered decision.
+func (m *metrics) decision(level string, allowed bool) {
+	result := "deny"
+	if allowed {
+		result = "allow"
+	}
+	m.decisions.WithLabelValues(level, result).Inc()
+}
+
+// scrape reads the collector's own counters when Prometheus asks.
+type scrape struct{ c *Collector }
+
+var (
+	descAccepted    = prometheus.NewDesc("posture_reports_accepted_total", "Reports verified and durably stored.", nil, nil)
+	descRejected    = prometheus.NewDesc("posture_reports_rejected_total", "Reports rejected, by reason.", []string{"reason"}, nil)
+	descEnrolled    = prometheus.NewDesc("posture_enrollments_total", "Devices enrolled.", nil, nil)
+	descEnrollRej   = prometheus.NewDesc("posture_enrollments_rejected_total", "Enrollments refused, by reason.", []string{"reason"}, nil)
+	descDenied      = prometheus.NewDesc("posture_rpc_denied_total", "RPCs refused by authorization, by method.", []string{"method"}, nil)
+	descWatchers    = prometheus.NewDesc("posture_watchers", "Gateways watching posture.", nil, nil)
+	descStreams     = prometheus.NewDesc("posture_report_streams", "Open agent report streams.", nil, nil)
+	descDevices     = prometheus.NewDesc("posture_devices", "Devices by state.", []string{"state"}, nil)
+	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
+)
+
+func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel} {
+		ch <- d
+	}
+}
+
+func (s *scrape) Collect(ch chan<- prometheus.Metric) {
+	c := s.c
+	st := c.stats.snapshot()
+	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(st.reportsAccepted))
+	ch <- prometheus.MustNewConstMetric(descEnrolled, prometheus.CounterValue, float64(st.enrollments))
+	for k, v := range st.reportsRejected {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v), k)
+	}
+	for k, v := range st.enrollmentsRejected {
+		ch <- prometheus.MustNewConstMetric(descEnrollRej, prometheus.CounterValue, float64(v), k)
+	}
+	for k, v := range st.rpcDenied {
+		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(v), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
+	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
+	pol, now := c.policy.Load(), c.cfg.Now()
+	states := map[string]int{}
+	levels := map[string]int{}
+	for _, l := range pol.LevelNames() {
+		levels[l] = 0
+	}
+	for _, id := range c.fleet.ids() {
+		subj, ok := c.fleet.subject(id)
+		if !ok {
+			continue
+		}
+		states[stateLabel(subj.State)]++
+		for _, l := range pol.LevelNames() {
+			if allowed, _, _ := pol.Decide(&subj, l, now); allowed {
+				levels[l]++
+			}
+		}
+	}
+	for k, v := range states {
+		ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(v), k)
+	}
+	for k, v := range levels {
+		ch <- prometheus.MustNewConstMetric(descDeviceLevel, prometheus.GaugeValue, float64(v), k)
+	}
+}
+
+func stateLabel(s posturev1.DeviceState) string {
+	switch s {
+	case posturev1.DeviceState_DEVICE_STATE_ACTIVE:
+		return "active"
+	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
+		return "suspect"
+	case posturev1.DeviceState_DEVICE_STATE_REVOKED:
+		return "revoked"
+	case posturev1.DeviceState_DEVICE_STATE_PENDING:
+		return "pending"
+	}
+	return "unknown"
+}
+
+// serveMetrics serves /metrics on its own listener, apart from the API.
+func (c *Collector) serveMetrics(l net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	c.metricsSrv = srv
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	return nil
+}
