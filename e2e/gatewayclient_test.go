@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/posture-project/posture/gatewayclient"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// gatewayConn issues a gateway certificate and dials the collector with it.
+func (e *env) gatewayConn(name string) *grpc.ClientConn {
+	e.t.Helper()
+	key, _ := pki.NewKey()
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(e.c.CA())
+	cert := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
+	// Dial by address so the connection follows the collector across restarts.
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// The embedded client answers from its watch-fed cache, learns of a
+// revocation at once, rides out a collector restart within its grace
+// period, and fails closed after it.
+func TestGatewayClient(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	_, other := e.enroll()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, time.Hour)
+	eventually(t, "first report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+
+	clk := &clock{}
+	gc, err := gatewayclient.New(gatewayclient.Config{Conn: e.gatewayConn("go-gw"), Grace: time.Minute, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go gc.Run(ctx)
+	eventually(t, "client synced", gc.Synced)
+
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Fatalf("healthy device denied: %s", d.Reason)
+	}
+	if d := gc.CheckSPIFFE(pki.SPIFFEID(trustDomain, pki.RoleDevice, id).String(), "basic"); !d.Allowed {
+		t.Errorf("by SPIFFE ID: denied: %s", d.Reason)
+	}
+	if d := gc.CheckSPIFFE("spiffe://elsewhere/device/"+id, "basic"); d.Allowed {
+		t.Error("a SPIFFE ID from another trust domain was allowed")
+	}
+	if d := gc.Check(other, "basic"); d.Allowed {
+		t.Error("a device that never reported was allowed")
+	}
+	if d := gc.Check("unknown", "basic"); d.Allowed || !strings.Contains(d.Reason, "not enrolled") {
+		t.Errorf("unknown device: %+v", d)
+	}
+
+	start := time.Now()
+	if _, err := e.admin.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: other, Reason: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "revocation in the cache", func() bool {
+		d := gc.Check(other, "basic")
+		return d.Device != nil && d.Device.GetState() == posturev1.DeviceState_DEVICE_STATE_REVOKED
+	})
+	t.Logf("revocation reached the client cache in %v", time.Since(start))
+
+	// The collector goes away: decisions continue within the grace period...
+	e.stop()
+	eventually(t, "client notices", func() bool { return !gc.Synced() })
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Errorf("within the grace period: denied: %s", d.Reason)
+	}
+	// ...and fail closed after it.
+	clk.Advance(2 * time.Minute)
+	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
+		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
+	}
+	// The collector returns: the client resynchronizes (a new revision range means a snapshot).
+	e.start()
+	eventually(t, "client resynced", gc.Synced)
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Errorf("after the collector returned: denied: %s", d.Reason)
+	}
+}

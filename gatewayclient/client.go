@@ -1,0 +1,189 @@
+// Package gatewayclient lets an access gateway written in Go answer posture
+// decisions in-process. It keeps a local copy of every device's decisions,
+// fed by the collector's WatchPosture stream, so a check is a map lookup
+// and a revocation arrives as soon as the collector makes it.
+//
+// If the collector goes away the cache keeps answering for a grace period,
+// then fails closed: every check denies until the watch is back.
+package gatewayclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Conn is a connection to the collector authenticated with a gateway
+	// certificate (posture-collector gateway add).
+	Conn grpc.ClientConnInterface
+	// Grace is how long decisions keep being answered after the watch
+	// breaks; 0 means 30 s.
+	Grace time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Client is a local, watch-fed cache of posture decisions.
+type Client struct {
+	cfg   Config
+	watch posturev1.GatewayServiceClient
+
+	mu           sync.RWMutex
+	devices      map[string]*posturev1.DeviceDecision
+	revision     uint64
+	synced       bool      // a snapshot (or resume) completed
+	connected    bool      // the watch is live
+	disconnected time.Time // when the watch last broke
+}
+
+// New makes a client; Run keeps it fed.
+func New(cfg Config) (*Client, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("gatewayclient: Conn is required")
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), devices: map[string]*posturev1.DeviceDecision{}}, nil
+}
+
+// Run watches the collector until ctx ends, reconnecting with backoff and
+// resuming from the last revision applied.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.watchOnce(ctx)
+		c.mu.Lock()
+		if c.connected {
+			c.connected, c.disconnected = false, c.cfg.Now()
+		}
+		c.mu.Unlock()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		_ = err // the next attempt says whether the collector is back
+		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Client) watchOnce(ctx context.Context) error {
+	c.mu.RLock()
+	since := c.revision
+	c.mu.RUnlock()
+	st, err := c.watch.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since})
+	if err != nil {
+		return err
+	}
+	// Events before SnapshotEnd form a snapshot (replace everything) or, on
+	// resume, the missed changes (apply in order).
+	var pending []*posturev1.DeviceDecision
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		if d := ev.GetDevice(); d != nil {
+			c.mu.Lock()
+			live := c.connected
+			if live {
+				c.devices[d.GetDeviceId()] = d
+				c.revision = ev.GetRevision()
+			}
+			c.mu.Unlock()
+			if !live {
+				pending = append(pending, d)
+			}
+			continue
+		}
+		if end := ev.GetSnapshotEnd(); end != nil {
+			c.mu.Lock()
+			if !end.GetResumed() {
+				c.devices = make(map[string]*posturev1.DeviceDecision, len(pending))
+			}
+			for _, d := range pending {
+				c.devices[d.GetDeviceId()] = d
+			}
+			pending = nil
+			c.revision = ev.GetRevision()
+			c.synced, c.connected = true, true
+			c.mu.Unlock()
+		}
+	}
+}
+
+// Decision is the answer to a check.
+type Decision struct {
+	Allowed bool
+	// Reason explains a denial.
+	Reason string
+	// Device is the cached decision record, nil when the device is unknown.
+	Device *posturev1.DeviceDecision
+}
+
+// Check decides whether a device (by ID) meets a level, from the cache.
+func (c *Client) Check(deviceID, level string) Decision {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	switch {
+	case !c.synced:
+		return Decision{Reason: "posture cache is not synced with the collector yet"}
+	case !c.connected && c.cfg.Now().Sub(c.disconnected) > c.cfg.Grace:
+		return Decision{Reason: fmt.Sprintf("lost the collector %s ago, longer than the %s grace period: failing closed", c.cfg.Now().Sub(c.disconnected).Round(time.Second), c.cfg.Grace)}
+	}
+	d, ok := c.devices[deviceID]
+	if !ok {
+		return Decision{Reason: "device " + deviceID + " is not enrolled with the collector"}
+	}
+	if slices.Contains(d.GetAllowedLevels(), level) {
+		return Decision{Allowed: true, Device: d}
+	}
+	return Decision{Device: d, Reason: fmt.Sprintf("device %s (%s, score %d) does not meet level %s; the collector's CheckAccess explains why", deviceID, d.GetState(), d.GetScore(), level)}
+}
+
+// CheckSPIFFE decides from the SPIFFE ID in a client certificate.
+func (c *Client) CheckSPIFFE(spiffeID, level string) Decision {
+	_, role, name, err := pki.ParseSPIFFEID(spiffeID)
+	if err != nil || role != pki.RoleDevice {
+		return Decision{Reason: fmt.Sprintf("%q is not a device SPIFFE ID", spiffeID)}
+	}
+	d := c.Check(name, level)
+	if d.Device != nil && d.Device.GetSpiffeId() != spiffeID {
+		// Same device name in another trust domain.
+		return Decision{Reason: fmt.Sprintf("%s is not a device of this collector's trust domain", spiffeID)}
+	}
+	return d
+}
+
+// Synced reports whether the cache holds a full view and the watch is live.
+func (c *Client) Synced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.synced && c.connected
+}
+
+// Revision is the last revision applied.
+func (c *Client) Revision() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.revision
+}
