@@ -5,6 +5,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +22,8 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/agent/identity"
 	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
@@ -320,5 +326,74 @@ func TestTPMClockRollbackMarksSuspect(t *testing.T) {
 	d, _ := e.device(id)
 	if !strings.Contains(d.GetDevice().GetStateReason(), "TPM") || e.stats().GetReportsRejected()["tpm_clock"] == 0 {
 		t.Errorf("suspect reason %q, rejections %v; want a TPM clock reason counted under tpm_clock", d.GetDevice().GetStateReason(), e.stats().GetReportsRejected())
+	}
+}
+
+// A stored report's quote verifies with an independent verifier,
+// tpm2_checkquote, from what the collector kept: the TPMS_ATTEST, the
+// signature, the PCR values, the enrolled AK and the report digest. A
+// tampered copy fails there too.
+func TestStoredQuoteVerifiesWithTpm2Checkquote(t *testing.T) {
+	checkquote := testtools.Require(t, "tpm2_checkquote")
+	_, dev := openSimulator(t, 4)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runTPMAgent(t, stateDir, dev)
+	eventually(t, "a stored report", func() bool { d, err := e.device(res.DeviceID); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	stop()
+	e.stop()
+
+	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dev0, err := st.Device(context.Background(), res.DeviceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reports, err := st.Reports(context.Background(), res.DeviceID, 1)
+	if err != nil || len(reports) != 1 {
+		t.Fatalf("stored reports: %v %v", reports, err)
+	}
+	var q posturev1.TPMQuote
+	if err := proto.Unmarshal(reports[0].Proof, &q); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := attest.ParseAK(dev0.IdentityKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := envelope.PCRMap(q.GetPcrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := attest.WriteCheckquoteFiles(dir, ak, q.GetAttest(), q.GetSignature(), pcrs); err != nil {
+		t.Fatal(err)
+	}
+	run := func(msg string) error {
+		cmd := exec.Command(checkquote, "-u", filepath.Join(dir, "ak.pem"), "-m", msg, "-s", filepath.Join(dir, "quote.sig"),
+			"-g", "sha256", "-q", hex.EncodeToString(reports[0].Digest), "-f", filepath.Join(dir, "pcrs.bin"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := run(filepath.Join(dir, "quote.msg")); err != nil {
+		t.Fatalf("tpm2_checkquote rejected a stored quote: %v", err)
+	}
+	tampered := append([]byte(nil), q.GetAttest()...)
+	tampered[len(tampered)-1] ^= 1
+	if err := os.WriteFile(filepath.Join(dir, "tampered.msg"), tampered, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(filepath.Join(dir, "tampered.msg")); err == nil {
+		t.Error("tpm2_checkquote accepted a tampered quote")
 	}
 }
