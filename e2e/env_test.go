@@ -38,7 +38,7 @@ func (c *clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // env is one running collector.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	addr    string
 	clock   *clock
@@ -50,13 +50,13 @@ type env struct {
 	gwLocal posturev1.GatewayServiceClient
 }
 
-func startCollector(t *testing.T) *env {
+func startCollector(t testing.TB) *env {
 	t.Helper()
 	return startCollectorWith(t, nil)
 }
 
 // startCollectorWith starts a collector whose configuration mod adjusts.
-func startCollectorWith(t *testing.T, mod func(*collector.Config)) *env {
+func startCollectorWith(t testing.TB, mod func(*collector.Config)) *env {
 	t.Helper()
 	e := &env{t: t, dataDir: t.TempDir(), addr: "127.0.0.1:0", clock: &clock{}, mod: mod}
 	e.start()
@@ -169,7 +169,7 @@ func (e *env) dial(cert *tls.Certificate) *grpc.ClientConn {
 
 // deviceCreds loads an enrolled state directory's TLS certificate and
 // identity key, for tests that speak the report protocol by hand.
-func deviceCreds(t *testing.T, stateDir string) (tls.Certificate, *ecdsa.PrivateKey) {
+func deviceCreds(t testing.TB, stateDir string) (tls.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "device.crt"), filepath.Join(stateDir, "tls.key"))
 	if err != nil {
@@ -219,7 +219,7 @@ func healthyReport(encrypted bool, kernel string) *posturev1.PostureReport {
 }
 
 // runAgent runs a real agent on stateDir until the test ends.
-func runAgent(t *testing.T, stateDir string, m agent.Measurer, interval time.Duration) (stop func()) {
+func runAgent(t testing.TB, stateDir string, m agent.Measurer, interval time.Duration) (stop func()) {
 	t.Helper()
 	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: interval, Measurer: m, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
@@ -235,7 +235,7 @@ func runAgent(t *testing.T, stateDir string, m agent.Measurer, interval time.Dur
 }
 
 // eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {

@@ -171,7 +171,7 @@ func TestEnrollmentRefusals(t *testing.T) {
 // reportClient speaks the report protocol by hand, to send what an honest
 // agent never would.
 type reportClient struct {
-	t      *testing.T
+	t      testing.TB
 	st     posturev1.ReportService_StreamReportsClient
 	key    *ecdsa.PrivateKey
 	id     string
@@ -180,7 +180,7 @@ type reportClient struct {
 	digest []byte
 }
 
-func openReports(t *testing.T, e *env, cert tls.Certificate, key *ecdsa.PrivateKey, id string) *reportClient {
+func openReports(t testing.TB, e *env, cert tls.Certificate, key *ecdsa.PrivateKey, id string) *reportClient {
 	t.Helper()
 	st, err := posturev1.NewReportServiceClient(e.dial(&cert)).StreamReports(context.Background())
 	if err != nil {

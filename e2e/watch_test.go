@@ -10,7 +10,7 @@ import (
 )
 
 // watchUntilSnapshotEnd opens a watch and collects events up to SnapshotEnd.
-func watchUntilSnapshotEnd(t *testing.T, ctx context.Context, gw posturev1.GatewayServiceClient, since uint64) (posturev1.GatewayService_WatchPostureClient, []*posturev1.PostureEvent, *posturev1.PostureEvent) {
+func watchUntilSnapshotEnd(t testing.TB, ctx context.Context, gw posturev1.GatewayServiceClient, since uint64) (posturev1.GatewayService_WatchPostureClient, []*posturev1.PostureEvent, *posturev1.PostureEvent) {
 	t.Helper()
 	st, err := gw.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since})
 	if err != nil {
