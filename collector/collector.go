@@ -291,3 +291,28 @@ func (c *Collector) stop() {
 }
 
 func durationpbOf(d time.Duration) *durationpb.Duration { return durationpb.New(d.Round(time.Second)) }
+
+// RegisterTLS adds a service to the TLS listener, between New and Serve:
+// the gateway front ends (Envoy ext_authz) live in their own package. Their
+// methods are authorized by the same table as every other RPC.
+func (c *Collector) RegisterTLS(register func(*grpc.Server)) { register(c.server) }
+
+// Roots is a pool holding the collector CA, for verifying certificates the
+// CA issued (devices' certificates forwarded by gateways).
+func (c *Collector) Roots() *x509.CertPool { return c.roots }
+
+// ServingTLS issues a serving certificate for hosts from the collector CA
+// and returns a TLS 1.3 configuration that verifies client certificates
+// when given (gateways authenticate with theirs), for the collector's HTTP
+// front end.
+func (c *Collector) ServingTLS(hosts ...string) (*tls.Config, error) {
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, fmt.Errorf("serving key: %w", err)
+	}
+	cert, err := c.ca.IssueServer(key.Public(), append([]string{"localhost", "127.0.0.1", "::1"}, hosts...), 90*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return pki.ServerTLS(tls.Certificate{Certificate: [][]byte{cert.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: cert}, c.roots), nil
+}

@@ -64,7 +64,11 @@ func startCollectorWith(t testing.TB, mod func(*collector.Config)) *env {
 	return e
 }
 
-func (e *env) start() {
+func (e *env) start() { e.startWith(nil) }
+
+// startWith starts the collector, running before (if set) between New and
+// Serve.
+func (e *env) startWith(before func()) {
 	e.t.Helper()
 	cfg := collector.Config{DataDir: e.dataDir, Listen: e.addr, TrustDomain: trustDomain, Now: e.clock.Now}
 	if e.mod != nil {
@@ -75,6 +79,9 @@ func (e *env) start() {
 		e.t.Fatalf("start collector: %v", err)
 	}
 	e.c, e.addr = c, c.Addr()
+	if before != nil {
+		before()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel, e.done = cancel, make(chan error, 1)
 	go func() { e.done <- c.Serve(ctx) }()

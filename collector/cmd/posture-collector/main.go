@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/gatewayfront"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/pki"
@@ -38,6 +39,7 @@ const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
   posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -150,6 +152,9 @@ func runCollector(args []string) error {
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
 	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	httpListen := fs.String("http-listen", "", "serve HTTP forward-auth (nginx auth_request, Caddy forward_auth, Traefik ForwardAuth) at https://ADDR/check")
+	httpBearer := fs.String("http-bearer-file", "", "file of bearer secrets (one per line, mode 0600) that gateways without a certificate present to /check")
+	httpPlain := fs.Bool("http-plaintext", false, "serve /check without TLS; allowed only on a loopback address")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	if pos, err := parse(fs, args); err != nil {
@@ -182,6 +187,25 @@ func runCollector(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ext, err := gatewayfront.NewExtAuthz(gatewayfront.ExtAuthzConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots()})
+	if err != nil {
+		return err
+	}
+	c.RegisterTLS(ext.Register)
+	if *httpListen != "" {
+		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := srv.serve(); err != nil {
+				cfg.Logger.Error("forward-auth listener stopped", "err", err)
+				stop()
+			}
+		}()
+		defer srv.close()
+		cfg.Logger.Info("forward-auth serving", "url", srv.url)
+	}
 	return c.Serve(ctx)
 }
 

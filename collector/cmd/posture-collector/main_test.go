@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
@@ -115,5 +119,63 @@ func TestRunRefusesSecondCollector(t *testing.T) {
 	_, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	if err == nil || !strings.Contains(err.Error(), "another collector is running") {
 		t.Errorf("second collector on the same data dir: %v", err)
+	}
+}
+
+func TestForwardAuthServerChecks(t *testing.T) {
+	dir := t.TempDir()
+	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	loose := filepath.Join(t.TempDir(), "bearer")
+	os.WriteFile(loose, []byte("a-long-enough-bearer-secret\n"), 0o644)
+	tight := filepath.Join(t.TempDir(), "bearer")
+	os.WriteFile(tight, []byte("# gateways\na-long-enough-bearer-secret\n"), 0o600)
+	empty := filepath.Join(t.TempDir(), "bearer")
+	os.WriteFile(empty, []byte("# none\n"), 0o600)
+	tests := []struct {
+		name, addr, bearer string
+		plain              bool
+		want               string
+	}{
+		{"plaintext off loopback", "0.0.0.0:0", "", true, "only on a loopback address"},
+		{"bearer file readable by others", "127.0.0.1:0", loose, false, "chmod 600"},
+		{"empty bearer file", "127.0.0.1:0", empty, false, "holds no secret"},
+		{"bad address", "nowhere", "", false, "--http-listen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := forwardAuthServer(c, tt.addr, tt.bearer, tt.plain, "")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("forwardAuthServer: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+
+	f, err := forwardAuthServer(c, "127.0.0.1:0", tight, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	defer f.close()
+	roots := x509.NewCertPool()
+	roots.AddCert(c.CA())
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}}}
+	req, _ := http.NewRequest("GET", f.url+"?level=basic", nil)
+	req.Header.Set("Authorization", "Bearer a-long-enough-bearer-secret")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s over TLS: %v", f.url, err)
+	}
+	resp.Body.Close()
+	// An authenticated gateway without a device certificate: 401, never 200.
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("status %d, want 401 for a request without a device certificate", resp.StatusCode)
 	}
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/gatewayfront"
+)
+
+// httpFront is the forward-auth listener.
+type httpFront struct {
+	srv *http.Server
+	l   net.Listener
+	tls bool
+	url string
+}
+
+// forwardAuthServer binds the HTTP front end. It serves TLS from the
+// collector CA unless plaintext is asked for on a loopback address (nginx
+// on the same host).
+func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintext bool, advertise string) (*httpFront, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http-listen %q: %w", addr, err)
+	}
+	if plaintext {
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return nil, fmt.Errorf("--http-plaintext is allowed only on a loopback address, not %q: device certificates and bearer secrets would cross the network in the clear", host)
+		}
+	}
+	secrets, err := readBearerFile(bearerFile)
+	if err != nil {
+		return nil, err
+	}
+	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/check", fa)
+	f := &httpFront{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}}
+	if !plaintext {
+		hosts := []string{host}
+		if h, _, err := net.SplitHostPort(advertise); err == nil {
+			hosts = append(hosts, h)
+		}
+		if f.srv.TLSConfig, err = c.ServingTLS(hosts...); err != nil {
+			return nil, err
+		}
+		f.tls = true
+	}
+	if f.l, err = net.Listen("tcp", addr); err != nil {
+		return nil, fmt.Errorf("--http-listen: %w", err)
+	}
+	scheme := "https"
+	if plaintext {
+		scheme = "http"
+	}
+	f.url = scheme + "://" + f.l.Addr().String() + "/check"
+	return f, nil
+}
+
+func (f *httpFront) serve() error {
+	var err error
+	if f.tls {
+		err = f.srv.ServeTLS(f.l, "", "")
+	} else {
+		err = f.srv.Serve(f.l)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (f *httpFront) close() { f.srv.Close() }
+
+// readBearerFile reads gateway bearer secrets, one per line. The file must
+// not be readable by others: it holds credentials.
+func readBearerFile(path string) ([]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("--http-bearer-file: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("--http-bearer-file %s has mode %v; it holds credentials: chmod 600 it", path, st.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--http-bearer-file: %w", err)
+	}
+	var secrets []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			secrets = append(secrets, line)
+		}
+	}
+	if len(secrets) == 0 {
+		return nil, fmt.Errorf("--http-bearer-file %s holds no secret", path)
+	}
+	return secrets, nil
+}

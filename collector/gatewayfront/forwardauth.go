@@ -1,0 +1,266 @@
+package gatewayfront
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Request and response headers of the forward-auth protocol.
+const (
+	// HeaderClientCert carries the device's client certificate as the
+	// gateway verified it: nginx $ssl_client_escaped_cert (URL-encoded PEM),
+	// or base64 DER as Caddy's certificate_der_base64 placeholder gives it.
+	HeaderClientCert = "X-Client-Cert"
+	// HeaderTraefikClientCert is where Traefik's PassTLSClientCert
+	// middleware (pem: true) puts the certificate: base64 DER, no armour.
+	HeaderTraefikClientCert = "X-Forwarded-Tls-Client-Cert"
+	// HeaderLevel names the access level: in a request that has no ?level=,
+	// and in every decision.
+	HeaderLevel = "X-Posture-Level"
+	// HeaderDevice names the device in a decision (allowed or denied), for
+	// the gateway to pass to the application.
+	HeaderDevice = "X-Posture-Device"
+	// HeaderScore is the device's trust score at the decision.
+	HeaderScore = "X-Posture-Score"
+	// HeaderAssurance is the device's identity assurance (software,
+	// tpm_ek_pinned, tpm_ek_verified).
+	HeaderAssurance = "X-Posture-Assurance"
+	// HeaderReason says why a request was refused: the first reason of a
+	// denial, or what is wrong with the request.
+	HeaderReason = "X-Posture-Reason"
+)
+
+// errAmbiguousCert means a request carried more than one certificate
+// header, so one of them came from the client.
+var errAmbiguousCert = errors.New("more than one client certificate header")
+
+// minBearerSecret is the shortest bearer secret accepted: a guessable
+// secret would let anyone ask about any device.
+const minBearerSecret = 16
+
+// ForwardAuthConfig configures a ForwardAuth handler.
+type ForwardAuthConfig struct {
+	// Decider makes the decision: the collector.
+	Decider Decider
+	// TrustDomain is the SPIFFE trust domain of devices and gateways.
+	TrustDomain string
+	// Roots is the collector CA; forwarded device certificates and the
+	// gateways' own client certificates must chain to it.
+	Roots *x509.CertPool
+	// BearerSecrets authenticate gateways that cannot present a client
+	// certificate (Authorization: Bearer <secret>). Empty means only mTLS
+	// gateways are served.
+	BearerSecrets []string
+	// DefaultLevel is the access level when a request names none.
+	DefaultLevel string
+	// CertHeader, when set, is the only request header the device
+	// certificate is read from. Empty means X-Client-Cert or
+	// X-Forwarded-Tls-Client-Cert, and a request carrying both is refused,
+	// because one of them then came from the client rather than the gateway.
+	CertHeader string
+}
+
+// ForwardAuth is an http.Handler answering forward-auth subrequests from
+// nginx (auth_request), Caddy (forward_auth) and Traefik (ForwardAuth):
+// 200 with X-Posture-* headers when the device whose certificate the
+// gateway forwarded meets the access level; 403 with the reasons when it
+// does not; 401 when the gateway or the device is not authenticated; 400
+// for a malformed request; 500 or 503 when no decision could be made.
+type ForwardAuth struct {
+	decider      Decider
+	verifier     *verifier
+	secrets      [][sha256.Size]byte
+	defaultLevel string
+	certHeaders  []string
+}
+
+// NewForwardAuth checks cfg and returns the handler.
+func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
+	if err := checkConfig(cfg.Decider, cfg.TrustDomain, cfg.Roots); err != nil {
+		return nil, fmt.Errorf("forward-auth: %w", err)
+	}
+	if cfg.DefaultLevel != "" {
+		if err := validLevel(cfg.DefaultLevel); err != nil {
+			return nil, fmt.Errorf("forward-auth default level: %w", err)
+		}
+	}
+	f := &ForwardAuth{
+		decider:      cfg.Decider,
+		verifier:     newVerifier(cfg.Roots, cfg.TrustDomain),
+		defaultLevel: cfg.DefaultLevel,
+		certHeaders:  []string{HeaderClientCert, HeaderTraefikClientCert},
+	}
+	if cfg.CertHeader != "" {
+		f.certHeaders = []string{http.CanonicalHeaderKey(cfg.CertHeader)}
+	}
+	for i, s := range cfg.BearerSecrets {
+		if len(s) < minBearerSecret {
+			return nil, fmt.Errorf("forward-auth bearer secret %d is shorter than %d characters; use a random one (openssl rand -hex 32)", i+1, minBearerSecret)
+		}
+		f.secrets = append(f.secrets, sha256.Sum256([]byte(s)))
+	}
+	return f, nil
+}
+
+// ServeHTTP answers one forward-auth subrequest. Any method is accepted:
+// nginx and Traefik repeat the client's.
+func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	// A cached allow would outlive a revocation.
+	h.Set("Cache-Control", "no-store")
+
+	if err := f.authenticateGateway(r); err != nil {
+		h.Set("WWW-Authenticate", `Bearer realm="posture"`)
+		reject(w, http.StatusUnauthorized, "gateway not authenticated: "+err.Error())
+		return
+	}
+	level, err := f.level(r)
+	if err != nil {
+		reject(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	header, cert, err := f.forwardedCert(r)
+	switch {
+	case errors.Is(err, errNoCertificate):
+		reject(w, http.StatusUnauthorized, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
+		return
+	case err != nil:
+		reject(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	deviceID, err := f.verifier.deviceEncoded(cert)
+	if err != nil {
+		reject(w, http.StatusUnauthorized, "device certificate in "+header+" rejected: "+err.Error())
+		return
+	}
+
+	resp, err := f.decider.CheckAccess(r.Context(), &posturev1.CheckAccessRequest{
+		DeviceId:    deviceID,
+		AccessLevel: level,
+	})
+	if err == nil && resp == nil {
+		err = errors.New("collector returned no decision")
+	}
+	if err != nil {
+		retry, msg := decideError(err)
+		code := http.StatusInternalServerError
+		if retry {
+			code = http.StatusServiceUnavailable
+			h.Set("Retry-After", "1")
+		}
+		reject(w, code, msg)
+		return
+	}
+
+	d := newDecision(resp, deviceID, level)
+	h.Set(HeaderDevice, d.deviceID)
+	h.Set(HeaderLevel, d.level)
+	h.Set(HeaderScore, d.score)
+	h.Set(HeaderAssurance, d.assurance)
+	if !d.allowed {
+		h.Set(HeaderReason, headerValue(d.firstReason()))
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprint(w, d.deniedText())
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, "allowed: device %s meets access level %s (score %s)\n", d.deviceID, d.level, d.score)
+}
+
+// reject answers with a status and a reason, in a header for gateways and
+// in the body for people.
+func reject(w http.ResponseWriter, code int, reason string) {
+	h := w.Header()
+	h.Set(HeaderReason, headerValue(reason))
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, reason)
+}
+
+// authenticateGateway accepts a gateway that presents its own client
+// certificate (spiffe://<td>/gateway/<name>) or one of the bearer secrets.
+func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
+	var certErr error
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		// Verified again against our roots: the listener may trust others.
+		role, name, err := f.verifier.identify(r.TLS.VerifiedChains[0])
+		switch {
+		case err != nil:
+			certErr = err
+		case role != pki.RoleGateway:
+			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, role, name), role)
+		default:
+			return nil
+		}
+	}
+	authz := r.Header.Get("Authorization")
+	if authz == "" {
+		if certErr != nil {
+			return certErr
+		}
+		return errors.New("present a gateway client certificate or Authorization: Bearer <secret>")
+	}
+	scheme, secret, ok := strings.Cut(authz, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return errors.New("the Authorization header is not Bearer <secret>")
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(secret)))
+	match := 0
+	// Every secret is compared, so timing tells nothing about which matched.
+	for i := range f.secrets {
+		match |= subtle.ConstantTimeCompare(sum[:], f.secrets[i][:])
+	}
+	if match != 1 {
+		return errors.New("the bearer secret is not one this collector accepts")
+	}
+	return nil
+}
+
+// level picks the access level: the query, which the gateway's
+// configuration fixes, first; then the header; then the default.
+func (f *ForwardAuth) level(r *http.Request) (string, error) {
+	level := r.URL.Query().Get("level")
+	if level == "" {
+		level = r.Header.Get(HeaderLevel)
+	}
+	if level == "" {
+		level = f.defaultLevel
+	}
+	if level == "" {
+		return "", errors.New("no access level: add ?level=NAME to the forward-auth URL or set the X-Posture-Level header")
+	}
+	if err := validLevel(level); err != nil {
+		return "", err
+	}
+	return level, nil
+}
+
+// forwardedCert returns the one header that carries the device's
+// certificate, and its value.
+func (f *ForwardAuth) forwardedCert(r *http.Request) (header, value string, err error) {
+	for _, name := range f.certHeaders {
+		vals := r.Header.Values(name)
+		if len(vals) == 0 || strings.TrimSpace(vals[0]) == "" {
+			continue
+		}
+		if len(vals) > 1 || header != "" {
+			return "", "", fmt.Errorf("the gateway must forward exactly one of %s, and drop any the client sent: %w", strings.Join(f.certHeaders, ", "), errAmbiguousCert)
+		}
+		header, value = name, vals[0]
+	}
+	if header == "" {
+		return "", "", errNoCertificate
+	}
+	return header, value, nil
+}

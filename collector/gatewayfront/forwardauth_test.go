@@ -1,0 +1,311 @@
+package gatewayfront
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+const testSecret = "0123456789abcdef-gateway-secret"
+
+// failingDecider stands in for a collector that cannot decide.
+type failingDecider struct{ err error }
+
+func (f failingDecider) CheckAccess(context.Context, *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
+	return nil, f.err
+}
+
+func TestForwardAuth(t *testing.T) {
+	e := startCollector(t)
+	dev := e.enroll()
+	rev := e.enroll()
+	e.revoke(rev.id)
+	gw := e.gatewayCert("edge-1")
+	foreign := foreignDeviceCert(t, dev.id)
+
+	handler := func(t *testing.T, cfg ForwardAuthConfig) *ForwardAuth {
+		t.Helper()
+		if cfg.Decider == nil {
+			cfg.Decider = e.c
+		}
+		cfg.TrustDomain, cfg.Roots, cfg.BearerSecrets = testTrustDomain, e.roots, []string{"another-secret-of-16+chars", testSecret}
+		f, err := NewForwardAuth(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	handlers := map[string]*ForwardAuth{
+		"":            handler(t, ForwardAuthConfig{}),
+		"default":     handler(t, ForwardAuthConfig{DefaultLevel: "basic"}),
+		"certheader":  handler(t, ForwardAuthConfig{CertHeader: "X-SSL-Client-Cert"}),
+		"unavailable": handler(t, ForwardAuthConfig{Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}}),
+		"internal":    handler(t, ForwardAuthConfig{Decider: failingDecider{status.Error(codes.Internal, "store broken")}}),
+	}
+
+	devDER := base64.StdEncoding.EncodeToString(dev.chain[0].Raw)
+	bearer := map[string]string{"Authorization": "Bearer " + testSecret}
+	with := func(h map[string]string, kv ...string) map[string]string {
+		out := map[string]string{}
+		for k, v := range h {
+			out[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			out[kv[i]] = kv[i+1]
+		}
+		return out
+	}
+
+	tests := []struct {
+		name    string
+		handler string
+		// caller: "" plain HTTP; "gateway" or "device" for mTLS with that
+		// certificate.
+		caller      string
+		query       string
+		headers     map[string]string
+		wantCode    int
+		wantReason  string            // substring of X-Posture-Reason
+		wantBody    []string          // substrings of the body
+		wantHeaders map[string]string // exact values
+	}{
+		{
+			name: "allowed, nginx escaped PEM, bearer", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...)),
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "basic", HeaderScore: "65", HeaderAssurance: "software"},
+		},
+		{
+			name: "allowed, gateway mTLS", caller: "gateway", query: "level=basic",
+			headers:  map[string]string{HeaderClientCert: nginxEscaped(dev.chain...)},
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "basic"},
+		},
+		{
+			name: "allowed, Traefik base64 DER", query: "level=basic",
+			headers:  with(bearer, HeaderTraefikClientCert, devDER),
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
+		},
+		{
+			name: "allowed, Traefik escaped chain", query: "level=basic",
+			headers:  with(bearer, HeaderTraefikClientCert, url.QueryEscape(devDER+","+base64.StdEncoding.EncodeToString(e.c.CA().Raw))),
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
+		},
+		{
+			name: "allowed, Caddy certificate_der_base64", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
+		},
+		{
+			name: "allowed, level from header", headers: with(bearer, HeaderClientCert, devDER, HeaderLevel, "basic"),
+			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
+		},
+		{
+			name: "allowed, default level", handler: "default", headers: with(bearer, HeaderClientCert, devDER),
+			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
+		},
+		{
+			name: "query level wins over header", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER, HeaderLevel, "trusted"),
+			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
+		},
+		{
+			name: "denied with reason and fix", query: "level=trusted",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...)),
+			wantCode: 403, wantReason: "score 65 is below 80 required by trusted",
+			wantBody:    []string{"access denied: device " + dev.id, "trusted requires disk_encryption", "to fix:", "disk_encryption: "},
+			wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "trusted", HeaderScore: "65"},
+		},
+		{
+			name: "revoked", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(rev.chain...)),
+			wantCode: 403, wantReason: "device is revoked: laptop stolen", wantHeaders: map[string]string{HeaderDevice: rev.id},
+		},
+		{
+			name: "unknown level", query: "level=gold",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 403, wantReason: `access level "gold" is not defined`,
+		},
+		{
+			name: "missing level", headers: with(bearer, HeaderClientCert, devDER),
+			wantCode: 400, wantReason: "no access level: add ?level=NAME",
+		},
+		{
+			name: "malformed level", query: "level=" + url.QueryEscape("basic\r\nX-Evil: 1"),
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 400, wantReason: "has a character other than",
+		},
+		{
+			name: "no device certificate", query: "level=basic", headers: bearer,
+			wantCode: 401, wantReason: "no device certificate",
+		},
+		{
+			name: "certificate from another CA", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(foreign)),
+			wantCode: 401, wantReason: "not a valid client certificate from this collector's CA",
+		},
+		{
+			name: "gateway certificate instead of a device", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(gw.Leaf)),
+			wantCode: 401, wantReason: "spiffe://" + testTrustDomain + "/gateway/edge-1, a gateway, not a device",
+		},
+		{
+			name: "garbage certificate", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, "not a certificate!"),
+			wantCode: 401, wantReason: "neither PEM nor base64 DER",
+		},
+		{
+			name: "two certificate headers", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER, HeaderTraefikClientCert, devDER),
+			wantCode: 400, wantReason: "more than one client certificate header",
+		},
+		{
+			name: "configured certificate header only", handler: "certheader", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 401, wantReason: "did not forward it in X-Ssl-Client-Cert",
+		},
+		{
+			name: "configured certificate header", handler: "certheader", query: "level=basic",
+			headers:  with(bearer, "X-SSL-Client-Cert", devDER),
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
+		},
+		{
+			name: "no caller authentication", query: "level=basic",
+			headers:  map[string]string{HeaderClientCert: devDER},
+			wantCode: 401, wantReason: "gateway not authenticated: present a gateway client certificate",
+			wantHeaders: map[string]string{"WWW-Authenticate": `Bearer realm="posture"`},
+		},
+		{
+			name: "bad bearer", query: "level=basic",
+			headers:  map[string]string{"Authorization": "Bearer " + testSecret + "x", HeaderClientCert: devDER},
+			wantCode: 401, wantReason: "the bearer secret is not one this collector accepts",
+		},
+		{
+			name: "basic auth instead of bearer", query: "level=basic",
+			headers:  map[string]string{"Authorization": "Basic Z3c6c2VjcmV0", HeaderClientCert: devDER},
+			wantCode: 401, wantReason: "not Bearer",
+		},
+		{
+			name: "device certificate as caller", caller: "device", query: "level=basic",
+			headers:  map[string]string{HeaderClientCert: devDER},
+			wantCode: 401, wantReason: "a device, not a gateway",
+		},
+		{
+			name: "collector unavailable fails closed", handler: "unavailable", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 503, wantReason: "access is denied until the collector answers",
+		},
+		{
+			name: "collector error fails closed", handler: "internal", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 500, wantReason: "store broken",
+		},
+	}
+
+	// One plain and one TLS server per handler; the TLS servers verify
+	// client certificates against the collector CA, as the collector's
+	// listener would.
+	plain, secure := map[string]*httptest.Server{}, map[string]*httptest.Server{}
+	for name, h := range handlers {
+		plain[name] = httptest.NewServer(h)
+		t.Cleanup(plain[name].Close)
+		s := httptest.NewUnstartedServer(h)
+		s.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{e.serverCert()}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: e.roots}
+		s.StartTLS()
+		t.Cleanup(s.Close)
+		secure[name] = s
+	}
+	clients := map[string]*http.Client{"": http.DefaultClient}
+	for caller, cert := range map[string]tls.Certificate{"gateway": gw, "device": dev.cert} {
+		clients[caller] = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.roots, Certificates: []tls.Certificate{cert}}}}
+	}
+
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := plain[tc.handler].URL
+			if tc.caller != "" {
+				base = secure[tc.handler].URL
+			}
+			req, err := http.NewRequest(http.MethodGet, base+"/check?"+tc.query, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.headers {
+				req.Header.Set(k, v)
+			}
+			resp, err := clients[tc.caller].Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantCode {
+				t.Fatalf("status %d, want %d; reason %q; body:\n%s", resp.StatusCode, tc.wantCode, resp.Header.Get(HeaderReason), body)
+			}
+			if got := resp.Header.Get(HeaderReason); !strings.Contains(got, tc.wantReason) {
+				t.Errorf("%s = %q, want it to contain %q", HeaderReason, got, tc.wantReason)
+			}
+			if tc.wantCode != 200 && resp.Header.Get(HeaderReason) == "" {
+				t.Errorf("rejection without %s", HeaderReason)
+			}
+			if tc.wantCode != 200 && len(strings.TrimSpace(string(body))) == 0 {
+				t.Error("rejection with an empty body")
+			}
+			for _, want := range tc.wantBody {
+				if !strings.Contains(string(body), want) {
+					t.Errorf("body does not contain %q:\n%s", want, body)
+				}
+			}
+			for k, want := range tc.wantHeaders {
+				if got := resp.Header.Get(k); got != want {
+					t.Errorf("%s = %q, want %q", k, got, want)
+				}
+			}
+			if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+				t.Errorf("Cache-Control = %q, want no-store", got)
+			}
+		})
+	}
+}
+
+func TestNewForwardAuthConfig(t *testing.T) {
+	roots := x509.NewCertPool()
+	d := failingDecider{}
+	tests := []struct {
+		name string
+		cfg  ForwardAuthConfig
+		want string
+	}{
+		{"no decider", ForwardAuthConfig{TrustDomain: "td", Roots: roots}, "Decider is required"},
+		{"no trust domain", ForwardAuthConfig{Decider: d, Roots: roots}, "trust domain is required"},
+		{"no roots", ForwardAuthConfig{Decider: d, TrustDomain: "td"}, "roots are required"},
+		{"short secret", ForwardAuthConfig{Decider: d, TrustDomain: "td", Roots: roots, BearerSecrets: []string{"short"}}, "shorter than 16"},
+		{"empty secret", ForwardAuthConfig{Decider: d, TrustDomain: "td", Roots: roots, BearerSecrets: []string{""}}, "shorter than 16"},
+		{"bad default level", ForwardAuthConfig{Decider: d, TrustDomain: "td", Roots: roots, DefaultLevel: "a b"}, "character other than"},
+		{"ok", ForwardAuthConfig{Decider: d, TrustDomain: "td", Roots: roots, DefaultLevel: "basic"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewForwardAuth(tc.cfg)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,156 @@
+// Package gatewayfront turns the questions access gateways already know how
+// to ask into the collector's access decisions: an HTTP forward-auth
+// endpoint for nginx auth_request, Caddy forward_auth and Traefik
+// ForwardAuth, and an Envoy ext_authz v3 authorization server.
+//
+// Both name the device by the client certificate the gateway verified,
+// which this package verifies again against the collector CA, so a device
+// is never identified by a bare header. Both fail closed: when no decision
+// can be made the answer is a denial that says why.
+package gatewayfront
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// Decider answers whether a device meets an access level. The collector
+// (*collector.Collector) implements it in-process.
+type Decider interface {
+	CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error)
+}
+
+// maxLevelLen bounds an access level name; real names are short words.
+const maxLevelLen = 64
+
+// validLevel reports whether name can be an access level: it is echoed in
+// response headers, so it is kept to a conservative alphabet.
+func validLevel(name string) error {
+	if len(name) > maxLevelLen {
+		return fmt.Errorf("access level name is longer than %d characters", maxLevelLen)
+	}
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-', r == '.', r == ':':
+		default:
+			return fmt.Errorf("access level %q has a character other than letters, digits, '_', '-', '.' and ':'", name)
+		}
+	}
+	return nil
+}
+
+// checkConfig validates what both front ends need.
+func checkConfig(d Decider, trustDomain string, roots *x509.CertPool) error {
+	switch {
+	case d == nil:
+		return errors.New("a Decider is required (the collector)")
+	case trustDomain == "":
+		return errors.New("a trust domain is required")
+	case roots == nil:
+		return errors.New("roots are required: the collector CA that issued device certificates")
+	}
+	return nil
+}
+
+// assuranceName turns IDENTITY_ASSURANCE_TPM_EK_PINNED into tpm_ek_pinned,
+// the spelling policies and listings use.
+func assuranceName(a posturev1.IdentityAssurance) string {
+	return strings.ToLower(strings.TrimPrefix(a.String(), "IDENTITY_ASSURANCE_"))
+}
+
+// decision is a CheckAccessResponse reduced to what gateways are told.
+type decision struct {
+	allowed   bool
+	deviceID  string
+	level     string
+	score     string
+	assurance string
+	reasons   []string
+	fixes     []string // "check: remediation" for failed checks
+}
+
+func newDecision(resp *posturev1.CheckAccessResponse, deviceID, level string) decision {
+	d := decision{
+		allowed:   resp.GetAllowed(),
+		deviceID:  deviceID,
+		level:     level,
+		score:     strconv.FormatUint(uint64(resp.GetScore()), 10),
+		assurance: assuranceName(resp.GetAssurance()),
+		reasons:   resp.GetReasons(),
+	}
+	for _, c := range resp.GetFailedChecks() {
+		if c.GetRemediation() != "" {
+			d.fixes = append(d.fixes, c.GetName()+": "+c.GetRemediation())
+		}
+	}
+	// A denial without a reason would leave the user with nothing to act on.
+	if !d.allowed && len(d.reasons) == 0 {
+		d.reasons = []string{fmt.Sprintf("device %s does not meet access level %s", deviceID, level)}
+	}
+	return d
+}
+
+// firstReason is the reason gateways put in a header.
+func (d decision) firstReason() string {
+	if len(d.reasons) == 0 {
+		return ""
+	}
+	return d.reasons[0]
+}
+
+// deniedText is the short body a denied user sees.
+func (d decision) deniedText() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "access denied: device %s does not meet access level %s (score %s, identity %s)\n", d.deviceID, d.level, d.score, d.assurance)
+	for _, r := range d.reasons {
+		b.WriteString("  - " + r + "\n")
+	}
+	if len(d.fixes) > 0 {
+		b.WriteString("to fix:\n")
+		for _, f := range d.fixes {
+			b.WriteString("  * " + f + "\n")
+		}
+	}
+	return b.String()
+}
+
+// decideError says why no decision was made. Only the collector being
+// unreachable or overloaded is worth retrying.
+func decideError(err error) (retry bool, msg string) {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+		retry = true
+	}
+	return retry, fmt.Sprintf("no posture decision could be made (%v); access is denied until the collector answers", err)
+}
+
+// maxHeaderValue bounds a reason echoed in a response header; the body
+// carries the full text.
+const maxHeaderValue = 512
+
+// headerValue makes text safe for an HTTP header: control characters
+// become spaces and long text is cut on a rune boundary.
+func headerValue(s string) string {
+	if len(s) > maxHeaderValue {
+		s = s[:maxHeaderValue]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
