@@ -173,6 +173,9 @@ func (c *Collector) unsubscribe(w *watcher) {
 	delete(c.hub.watchers, w)
 }
 
+// Watchers is the number of open WatchPosture streams.
+func (c *Collector) Watchers() int { return c.watcherCount() }
+
 func (c *Collector) watcherCount() int {
 	c.hub.mu.Lock()
 	defer c.hub.mu.Unlock()

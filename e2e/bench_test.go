@@ -165,11 +165,10 @@ func BenchmarkRevocationToWatchers(b *testing.B) {
 	e := startCollector(b)
 	conn := e.gatewayConn("bench")
 	gw := posturev1.NewGatewayServiceClient(conn)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var all []time.Duration
 	for b.Loop() {
 		b.StopTimer()
+		ctx, cancel := context.WithCancel(context.Background())
 		_, id := e.enroll()
 		streams := make([]posturev1.GatewayService_WatchPostureClient, watchers)
 		for i := range streams {
@@ -203,9 +202,8 @@ func BenchmarkRevocationToWatchers(b *testing.B) {
 		wg.Wait()
 		b.StopTimer()
 		all = append(all, lat...)
-		for _, st := range streams {
-			st.CloseSend()
-		}
+		cancel() // end this round's watchers before the next
+		eventually(b, "watchers gone", func() bool { return e.stats().GetStreamsOpen() == 0 && e.c.Watchers() == 0 })
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(percentile(all, 0.5).Microseconds())/1000, "p50-ms")
