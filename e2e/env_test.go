@@ -220,8 +220,8 @@ func healthyReport(encrypted bool, kernel string) *posturev1.PostureReport {
 		Disk:       &posturev1.DiskEncryption{Meta: meta(), SystemEncrypted: encrypted, Volumes: []*posturev1.Volume{{MountPoint: "/", Encrypted: encrypted}}},
 		SecureBoot: &posturev1.SecureBoot{Meta: meta(), Enabled: true},
 		Updates:    &posturev1.Updates{Meta: meta(), Manager: "apt"},
-		Firewall:   &posturev1.Firewall{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "not measured"}},
-		ScreenLock: &posturev1.ScreenLock{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "not measured"}},
+		Firewall:   &posturev1.Firewall{Meta: meta(), Enabled: true, Product: "nftables"},
+		ScreenLock: &posturev1.ScreenLock{Meta: meta(), Enabled: true, TimeoutSeconds: 300},
 	}
 }
 

@@ -38,9 +38,9 @@ func TestEnrollReportDecide(t *testing.T) {
 		return err == nil && d.GetDevice().GetLastSeq() >= 1
 	})
 	d, _ := e.device(id)
-	// disk_encryption (35) fails, the rest pass: 65.
-	if d.GetScore() != 65 {
-		t.Errorf("score = %d, want 65; checks: %v", d.GetScore(), d.GetChecks())
+	// disk_encryption (30) fails, the rest pass: 70.
+	if d.GetScore() != 70 {
+		t.Errorf("score = %d, want 70; checks: %v", d.GetScore(), d.GetChecks())
 	}
 	if got := d.GetDevice().GetAssurance(); got != posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE {
 		t.Errorf("assurance = %v, want software", got)
@@ -63,7 +63,7 @@ func TestEnrollReportDecide(t *testing.T) {
 		t.Fatal("trusted allowed for a device without disk encryption")
 	}
 	joined := strings.Join(trusted.GetReasons(), "\n")
-	for _, want := range []string{"score 65 is below 80", "trusted requires disk_encryption"} {
+	for _, want := range []string{"score 70 is below 80", "trusted requires disk_encryption"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("trusted reasons %q lack %q", joined, want)
 		}

@@ -28,29 +28,28 @@ import (
 // and the bound turns a malformed (cyclic) tree into "not encrypted".
 const maxStackDepth = 16
 
-// swapMountPoint is how swap areas appear in Volume.mount_point.
-const swapMountPoint = "[SWAP]"
-
-func (c *Collector) diskEncryption(_ context.Context) *posturev1.DiskEncryption {
+func (c *Collector) diskEncryption(ctx context.Context) (*posturev1.DiskEncryption, otherVolumes) {
 	mounts, err := c.mounts()
 	if err != nil {
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			fmt.Sprintf("cannot read the mount table: %v", err))}
+		reason := fmt.Sprintf("cannot read the mount table: %v", err)
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)},
+			otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
 	}
 	root, ok := mountAt(mounts, "/")
 	if !ok {
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR,
-			fmt.Sprintf("%s lists no mount of /", c.path("/proc/self/mountinfo")))}
+		reason := fmt.Sprintf("%s lists no mount of /", c.path("/proc/self/mountinfo"))
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR, reason)},
+			otherVolumes{meta: c.meta(posturev1.Status_STATUS_ERROR, reason)}
 	}
-	tree, device, why := c.mountTree(root)
-	if tree == nil {
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, why)}
+	others := c.fixedDataVolumes(ctx, mounts, root)
+	rootVol, why := c.mountVolume(ctx, root)
+	if rootVol == nil {
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, why)}, others
 	}
-	rootVol := newVolume("/", device, tree)
 	volumes := []*posturev1.Volume{rootVol}
 	systemEncrypted := rootVol.Encrypted
 
-	swaps, err := c.swapVolumes(mounts)
+	swaps, err := c.swapVolumes(ctx, mounts)
 	if err != nil {
 		// Root was measured; unknown swap only means "not proven encrypted".
 		swaps = []swapVolume{{vol: &posturev1.Volume{
@@ -68,7 +67,53 @@ func (c *Collector) diskEncryption(_ context.Context) *posturev1.DiskEncryption 
 		Meta:            c.meta(posturev1.Status_STATUS_OK, ""),
 		SystemEncrypted: systemEncrypted,
 		Volumes:         volumes,
+	}, others
+}
+
+// bootMountPoints hold the boot loader and kernels, which firmware must read
+// before anything can be decrypted; they are not data volumes.
+var bootMountPoints = map[string]bool{"/boot": true, "/boot/efi": true, "/efi": true}
+
+// imageFSTypes are read-only images (snaps, ISO files, optical media)
+// rather than data volumes.
+var imageFSTypes = map[string]bool{"squashfs": true, "iso9660": true, "udf": true}
+
+// fixedDataVolumes examines the fixed data volumes mounted besides /: every
+// block-device filesystem once, skipping boot partitions, read-only images,
+// loop devices, RAM disks and removable media.
+func (c *Collector) fixedDataVolumes(ctx context.Context, mounts []mountEntry, root mountEntry) otherVolumes {
+	seen := map[string]bool{root.majMin: true}
+	var vols []*posturev1.Volume
+	for _, m := range mounts {
+		if seen[m.majMin] || bootMountPoints[m.mountPoint] || imageFSTypes[m.fsType] {
+			continue
+		}
+		seen[m.majMin] = true
+		// ZFS datasets share their pool's devices and would be listed once
+		// per dataset; they are not examined here.
+		if m.fsType == "zfs" {
+			continue
+		}
+		tree, device := c.blockTree(m)
+		if tree == nil || tree.anyLeaf(func(n *blockNode) bool { return n.removable || n.layer == "loop" || n.inMemory }) {
+			continue
+		}
+		vols = append(vols, newVolume(m.mountPoint, device, tree))
 	}
+	return otherVolumes{meta: c.meta(posturev1.Status_STATUS_OK, ""), volumes: vols}
+}
+
+// anyLeaf reports whether f holds for a device at the bottom of the stack.
+func (n *blockNode) anyLeaf(f func(*blockNode) bool) bool {
+	if len(n.children) == 0 {
+		return f(n)
+	}
+	for _, ch := range n.children {
+		if ch.anyLeaf(f) {
+			return true
+		}
+	}
+	return false
 }
 
 // mountEntry is the part of a /proc/self/mountinfo line the walk needs.
@@ -136,27 +181,36 @@ func mountContaining(mounts []mountEntry, path string) (mountEntry, bool) {
 	return best, found
 }
 
-// mountTree walks the block devices beneath a mount. It returns nil and a
-// reason when the filesystem does not sit on block devices it can see.
-func (c *Collector) mountTree(m mountEntry) (tree *blockNode, device, why string) {
+// mountVolume examines the storage beneath a mount. It returns nil and a
+// reason when it cannot tell whether that storage is encrypted.
+func (c *Collector) mountVolume(ctx context.Context, m mountEntry) (*posturev1.Volume, string) {
+	if m.fsType == "zfs" {
+		return c.zfsVolume(ctx, m)
+	}
+	tree, device := c.blockTree(m)
+	if tree == nil {
+		return nil, fmt.Sprintf("%s is on %s (%s), not a block device: cannot tell whether the disk beneath is encrypted",
+			m.mountPoint, m.fsType, m.majMin)
+	}
+	return newVolume(m.mountPoint, device, tree), ""
+}
+
+// blockTree walks the block devices beneath a mount, or returns nil when
+// the filesystem does not sit on block devices it can see.
+func (c *Collector) blockTree(m mountEntry) (tree *blockNode, device string) {
 	devLink := "/sys/dev/block/" + m.majMin
 	if exists(c.path(devLink)) {
 		n := c.walk(c.path(devLink), 0)
-		return n, "/dev/" + n.name, ""
+		return n, "/dev/" + n.name
 	}
-	switch m.fsType {
-	case "btrfs":
-		// btrfs reports an anonymous device number (0:xx) per subvolume; its
+	if m.fsType == "btrfs" {
+		// btrfs reports an anonymous device number (0:xx) per filesystem; its
 		// member devices are listed under /sys/fs/btrfs/<fsid>/devices.
 		if n := c.btrfsTree(m.source); n != nil {
-			return n, m.source, ""
+			return n, m.source
 		}
-	case "zfs":
-		return nil, "", fmt.Sprintf("%s is on zfs (%s): ZFS native encryption is not measured by this agent version",
-			m.mountPoint, m.source)
 	}
-	return nil, "", fmt.Sprintf("%s is on %s (%s), not a block device: cannot tell whether the disk beneath is encrypted",
-		m.mountPoint, m.fsType, m.majMin)
+	return nil, ""
 }
 
 // btrfsTree returns a node whose children are all member devices of the
@@ -236,7 +290,7 @@ type swapVolume struct {
 }
 
 // swapVolumes examines every active swap area listed in /proc/swaps.
-func (c *Collector) swapVolumes(mounts []mountEntry) ([]swapVolume, error) {
+func (c *Collector) swapVolumes(ctx context.Context, mounts []mountEntry) ([]swapVolume, error) {
 	b, err := os.ReadFile(c.path("/proc/swaps"))
 	if errors.Is(err, fs.ErrNotExist) {
 		// A kernel built without swap support has no /proc/swaps.
@@ -247,7 +301,7 @@ func (c *Collector) swapVolumes(mounts []mountEntry) ([]swapVolume, error) {
 	}
 	var out []swapVolume
 	for _, s := range parseSwaps(b) {
-		out = append(out, c.swapVolume(mounts, s))
+		out = append(out, c.swapVolume(ctx, mounts, s))
 	}
 	return out, nil
 }
@@ -272,19 +326,19 @@ func parseSwaps(b []byte) []swapEntry {
 	return out
 }
 
-func (c *Collector) swapVolume(mounts []mountEntry, s swapEntry) swapVolume {
+func (c *Collector) swapVolume(ctx context.Context, mounts []mountEntry, s swapEntry) swapVolume {
 	if s.kind == "file" {
 		m, ok := mountContaining(mounts, s.path)
 		if !ok {
 			return swapVolume{vol: &posturev1.Volume{MountPoint: swapMountPoint, Device: s.path,
 				Detail: fmt.Sprintf("swap file %s is on no listed mount: counted as not encrypted", s.path)}, onDisk: true}
 		}
-		tree, device, why := c.mountTree(m)
-		if tree == nil {
+		v, why := c.mountVolume(ctx, m)
+		if v == nil {
 			return swapVolume{vol: &posturev1.Volume{MountPoint: swapMountPoint, Device: s.path,
 				Detail: fmt.Sprintf("swap file %s: %s; counted as not encrypted", s.path, why)}, onDisk: true}
 		}
-		v := newVolume(swapMountPoint, device, tree)
+		v.MountPoint = swapMountPoint
 		v.Detail = fmt.Sprintf("swap file %s on %s: %s", s.path, m.mountPoint, v.Detail)
 		return swapVolume{vol: v, onDisk: true}
 	}
@@ -304,12 +358,13 @@ func (c *Collector) swapVolume(mounts []mountEntry, s swapEntry) swapVolume {
 
 // blockNode is one block device in the stack beneath a volume.
 type blockNode struct {
-	name     string // kernel name: "dm-0", "sda3", "md0"
-	layer    string // what the device is, for details: "CRYPT-LUKS2", "LVM", "RAID1"
-	method   string // the encryption method when this layer encrypts: "LUKS2"
-	note     string // why the walk stopped here, when it stopped early
-	inMemory bool   // zram without a backing device
-	children []*blockNode
+	name      string // kernel name: "dm-0", "sda3", "md0"
+	layer     string // what the device is, for details: "CRYPT-LUKS2", "LVM", "RAID1"
+	method    string // the encryption method when this layer encrypts: "LUKS2"
+	note      string // why the walk stopped here, when it stopped early
+	inMemory  bool   // zram without a backing device
+	removable bool   // a disk the kernel marks removable, or one attached by USB
+	children  []*blockNode
 }
 
 // walk reads the block device at sysfs path p (a /sys/dev/block or
@@ -348,6 +403,8 @@ func (c *Collector) walk(p string, depth int) *blockNode {
 		parent := filepath.Dir(real)
 		if hasEntries(filepath.Join(parent, "slaves")) {
 			n.children = []*blockNode{c.walk(parent, depth+1)}
+		} else {
+			n.removable = isRemovable(parent)
 		}
 		return n
 	}
@@ -360,7 +417,18 @@ func (c *Collector) walk(p string, depth int) *blockNode {
 	for _, s := range slaves {
 		n.children = append(n.children, c.walk(filepath.Join(real, "slaves", s.Name()), depth+1))
 	}
+	if len(n.children) == 0 {
+		n.removable = isRemovable(real)
+	}
 	return n
+}
+
+// isRemovable reports whether the disk at sysfs directory dir is removable
+// media. The kernel's removable attribute covers SD cards and most USB
+// sticks; USB disks that claim to be fixed are caught by their place on a
+// USB bus in the device path.
+func isRemovable(dir string) bool {
+	return readString(filepath.Join(dir, "removable")) == "1" || strings.Contains(dir, "/usb")
 }
 
 // dmLayer names a device-mapper device from its dm/uuid, which the tool

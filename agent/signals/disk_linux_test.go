@@ -115,7 +115,7 @@ func TestDiskEncryption(t *testing.T) {
 		t.Run(tt.fixture, func(t *testing.T) {
 			root := unpackTxtar(t, filepath.Join("testdata", "sysfs", tt.fixture+".txtar"))
 			c := New(Options{Root: root, Now: fixedNow})
-			got := c.diskEncryption(context.Background())
+			got, _ := c.diskEncryption(context.Background())
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("diskEncryption (-want +got):\n%s", diff)
 			}
@@ -125,7 +125,7 @@ func TestDiskEncryption(t *testing.T) {
 
 func TestDiskEncryptionNoMountTable(t *testing.T) {
 	c := New(Options{Root: t.TempDir(), Now: fixedNow})
-	got := c.diskEncryption(context.Background())
+	got, _ := c.diskEncryption(context.Background())
 	if got.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || got.GetSystemEncrypted() {
 		t.Errorf("got %v, want STATUS_UNAVAILABLE and not encrypted", got)
 	}
@@ -184,5 +184,101 @@ func TestParseSwaps(t *testing.T) {
 	got := parseSwaps([]byte(in))
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(swapEntry{})); diff != "" {
 		t.Errorf("parseSwaps (-want +got):\n%s", diff)
+	}
+}
+
+func TestOtherVolumes(t *testing.T) {
+	root := unpackTxtar(t, filepath.Join("testdata", "sysfs", "data-disks.txtar"))
+	c := New(Options{Root: root, Now: fixedNow})
+	disk, others := c.diskEncryption(context.Background())
+	if !disk.GetSystemEncrypted() || len(disk.GetVolumes()) != 1 {
+		t.Errorf("system volume: %v, want / encrypted and nothing else", disk)
+	}
+	want := otherVolumes{
+		meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""),
+		volumes: []*posturev1.Volume{
+			{MountPoint: "/home", Device: "/dev/sdb1", Detail: "sdb1: no encryption layer"},
+			{MountPoint: "/srv", Device: "/dev/dm-1", Encrypted: true, Method: "LUKS2",
+				Detail: "dm-1 (CRYPT-LUKS2) <- sdc1: every path to a disk crosses an encryption layer"},
+		},
+	}
+	if diff := cmp.Diff(want, others, cmp.AllowUnexported(otherVolumes{}), protocmp.Transform()); diff != "" {
+		t.Errorf("other volumes (-want +got):\n%s", diff)
+	}
+}
+
+func TestDiskEncryptionBtrfsRaid(t *testing.T) {
+	root := unpackTxtar(t, filepath.Join("testdata", "sysfs", "btrfs-raid1-one-plain.txtar"))
+	got, _ := New(Options{Root: root, Now: fixedNow}).diskEncryption(context.Background())
+	want := &posturev1.DiskEncryption{
+		Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""),
+		Volumes: []*posturev1.Volume{{MountPoint: "/", Device: "/dev/mapper/cryptroot",
+			Detail: "btrfs (5d1e8c3a-7b2f-4e60-9a1d-3c4b5a6f7e80) <- {dm-0 (CRYPT-LUKS2) <- sda2; sdb2}: " +
+				"no encryption layer on the path btrfs <- sdb2"}},
+	}
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("diskEncryption (-want +got):\n%s", diff)
+	}
+}
+
+func TestDiskEncryptionZFS(t *testing.T) {
+	const zfsGet = "zfs get -H -p -o property,value encryption,keystatus,encryptionroot "
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	tests := []struct {
+		name, fixture string
+		recordings    map[string]recorded
+		want          *posturev1.DiskEncryption
+	}{
+		{
+			name:       "native encryption",
+			fixture:    "zfs-native",
+			recordings: map[string]recorded{zfsGet + "rpool/ROOT/ubuntu_k3l9ab": {stdout: "zfs/zfs-get-encrypted.stdout.txt"}},
+			want: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: true, Volumes: []*posturev1.Volume{{
+				MountPoint: "/", Device: "rpool/ROOT/ubuntu_k3l9ab", Encrypted: true, Method: "ZFS aes-256-gcm",
+				Detail: "zfs dataset rpool/ROOT/ubuntu_k3l9ab: native encryption aes-256-gcm, encryption root rpool, key available"}}},
+		},
+		{
+			name:    "ZFS on LUKS",
+			fixture: "zfs-on-luks",
+			recordings: map[string]recorded{
+				zfsGet + "tank/root":      {stdout: "zfs/zfs-get-off.stdout.txt"},
+				"zpool status -P -L tank": {stdout: "zfs/zpool-status-luks.stdout.txt"},
+			},
+			want: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: true, Volumes: []*posturev1.Volume{{
+				MountPoint: "/", Device: "tank/root", Encrypted: true, Method: "LUKS2",
+				Detail: "zfs dataset tank/root (native encryption off) on tank (zpool) <- dm-0 (CRYPT-LUKS2) <- nvme0n1p3: " +
+					"every path to a disk crosses an encryption layer"}}},
+		},
+		{
+			name:    "zfs fails",
+			fixture: "zfs-native",
+			recordings: map[string]recorded{
+				zfsGet + "rpool/ROOT/ubuntu_k3l9ab": {stderr: "zfs/zfs-get-missing.stderr.txt", exitCode: 1},
+			},
+			want: &posturev1.DiskEncryption{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"/ is on zfs (rpool/ROOT/ubuntu_k3l9ab): zfs get -H -p -o property,value encryption,keystatus,encryptionroot "+
+					"rpool/ROOT/ubuntu_k3l9ab exited with status 1: cannot open 'rpool/ROOT/ubuntu_k3l9ab': dataset does not exist")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := unpackTxtar(t, filepath.Join("testdata", "sysfs", tt.fixture+".txtar"))
+			c := New(Options{Root: root, Runner: newFakeRunner(t, tt.recordings), Now: fixedNow})
+			got, _ := c.diskEncryption(context.Background())
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("diskEncryption (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseZpoolStatus(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "zfs", "zpool-status-mirror.stdout.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/dev/sda3", "/dev/dm-1", "/dev/nvme0n1p2", "/dev/nvme0n1p3"}
+	if diff := cmp.Diff(want, parseZpoolStatus(b)); diff != "" {
+		t.Errorf("parseZpoolStatus (-want +got):\n%s", diff)
 	}
 }

@@ -16,7 +16,9 @@ import (
 )
 
 // osInfo reports the distribution from os-release and the running kernel.
-func (c *Collector) osInfo(ctx context.Context) *posturev1.OSInfo {
+// The kernel release is the build on Linux, so there are no further
+// details.
+func (c *Collector) osInfo(ctx context.Context) (*posturev1.OSInfo, osDetails) {
 	info := &posturev1.OSInfo{Platform: runtime.GOOS, Arch: runtime.GOARCH}
 	var missing []string
 
@@ -49,10 +51,10 @@ func (c *Collector) osInfo(ctx context.Context) *posturev1.OSInfo {
 
 	if len(missing) > 0 {
 		info.Meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, strings.Join(missing, "; "))
-		return info
+		return info, osDetails{}
 	}
 	info.Meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return info
+	return info, osDetails{}
 }
 
 // osRelease reads os-release(5) from its two standard places.

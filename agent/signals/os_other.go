@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux && !darwin && !windows
 
 package signals
 
@@ -12,7 +12,7 @@ import (
 
 // osInfo reports what the Go runtime knows; the product name and version
 // need per-OS code this build does not have.
-func (c *Collector) osInfo(_ context.Context) *posturev1.OSInfo {
+func (c *Collector) osInfo(_ context.Context) (*posturev1.OSInfo, osDetails) {
 	info := &posturev1.OSInfo{
 		Meta:     c.unsupported("the operating system name and version are"),
 		Platform: runtime.GOOS,
@@ -21,5 +21,5 @@ func (c *Collector) osInfo(_ context.Context) *posturev1.OSInfo {
 	if h, err := os.Hostname(); err == nil {
 		info.Hostname = h
 	}
-	return info
+	return info, osDetails{}
 }

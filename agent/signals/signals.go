@@ -5,6 +5,15 @@
 // Every section says how it was obtained. A signal that cannot be measured is
 // reported with a status other than STATUS_OK and a reason a person can act
 // on; its boolean values stay false so that unknown never passes a check.
+//
+// Files are named for the signal and the OS. disk_linux.go, disk_darwin.go
+// and disk_windows.go are built for their OS only, and *_other.go stubs for
+// the rest. The macOS and Windows measurements themselves live in
+// disk_macos.go, disk_win.go and so on, which have no build constraint: they
+// reach the system only through small interfaces (Runner for commands,
+// registryReader, wmiQuerier), so their tests run on every OS. The
+// *_darwin.go and *_windows.go files only supply those interfaces and the
+// few facts that need a system call.
 package signals
 
 import (
@@ -16,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -26,6 +36,9 @@ const (
 	defaultUpdatesInterval = 6 * time.Hour
 	defaultCommandTimeout  = 60 * time.Second
 )
+
+// swapMountPoint is how swap areas appear in Volume.mount_point.
+const swapMountPoint = "[SWAP]"
 
 // Runner runs an external command. Tests replace it with recorded real outputs.
 type Runner interface {
@@ -38,8 +51,9 @@ type Runner interface {
 
 // Options configures a Collector. The zero value measures the running system.
 type Options struct {
-	// Root is the filesystem root prefixed to /proc, /sys, /etc, /var, /usr
-	// and /lib paths; "" means "/". Tests point it at testdata trees.
+	// Root is the filesystem root prefixed to every file the agent reads
+	// itself (/proc, /sys, /etc, /run, /var, /usr, /lib, /home, /tmp,
+	// /Library); "" means "/". Tests point it at testdata trees.
 	Root string
 	// Runner runs external commands; nil means run real commands (os/exec).
 	Runner Runner
@@ -60,8 +74,26 @@ type Collector struct {
 	now             func() time.Time
 	updatesInterval time.Duration
 	commandTimeout  time.Duration
+	// euid decides whose settings the agent may read; tests set it.
+	euid int
 
-	updates updatesCache
+	// registry and wmi reach Windows; nil elsewhere.
+	registry registryReader
+	wmi      wmiQuerier
+
+	updates       slowCache[*posturev1.Updates]
+	lastInstalled slowCache[lastInstalledUpdate]
+	// config caches measurements that only change when files change.
+	config configCache
+	// macVersion and macBoot cache what changes only across reboots.
+	macVersion struct {
+		mu    sync.Mutex
+		major int
+	}
+	macBoot struct {
+		mu   sync.Mutex
+		last *posturev1.SecureBoot
+	}
 }
 
 // New returns a Collector configured by opts, filling in defaults for zero
@@ -89,6 +121,8 @@ func New(opts Options) *Collector {
 	if c.commandTimeout <= 0 {
 		c.commandTimeout = defaultCommandTimeout
 	}
+	c.euid = os.Geteuid()
+	c.registry, c.wmi = platformSources()
 	return c
 }
 
@@ -98,14 +132,26 @@ func New(opts Options) *Collector {
 // SecureBoot, Updates, Firewall and ScreenLock only; identity, sequence and
 // timing fields are left to the caller.
 func (c *Collector) Collect(ctx context.Context) *posturev1.PostureReport {
-	return &posturev1.PostureReport{
-		Os:         c.osInfo(ctx),
-		Disk:       c.diskEncryption(ctx),
-		SecureBoot: c.secureBoot(ctx),
-		Updates:    c.cachedUpdates(ctx),
-		Firewall:   c.firewall(ctx),
-		ScreenLock: c.screenLock(ctx),
-	}
+	r, p := c.collect(ctx)
+	p.apply(r)
+	return r
+}
+
+// collect measures everything; the signals gathered in pendingSignals are
+// copied into the report by apply.
+func (c *Collector) collect(ctx context.Context) (*posturev1.PostureReport, pendingSignals) {
+	var p pendingSignals
+	r := &posturev1.PostureReport{}
+	r.Os, p.os = c.osInfo(ctx)
+	r.Disk, p.otherVolumes = c.diskEncryption(ctx)
+	r.SecureBoot = c.secureBoot(ctx)
+	r.Updates = c.cachedUpdates(ctx)
+	p.lastInstalled = c.cachedLastInstalled(ctx)
+	r.Firewall = c.firewall(ctx)
+	r.ScreenLock = c.screenLock(ctx)
+	p.endpoint = c.endpointProtection(ctx)
+	p.autoUpdate = c.autoUpdate(ctx)
+	return r, p
 }
 
 // meta builds the SignalMeta of a measurement taken now from the OS.
@@ -142,6 +188,29 @@ func (c *Collector) run(ctx context.Context, name string, args ...string) (stdou
 // commandLine renders a command for messages.
 func commandLine(name string, args []string) string {
 	return strings.Join(append([]string{name}, args...), " ")
+}
+
+// commandError describes a command that ran and failed, with the first line
+// of its error output, which is where package managers say why.
+func commandError(name string, args []string, code int, stderr, stdout []byte) error {
+	line := firstLine(stderr)
+	if line == "" {
+		line = firstLine(stdout)
+	}
+	if line == "" {
+		return fmt.Errorf("%s exited with status %d", commandLine(name, args), code)
+	}
+	return fmt.Errorf("%s exited with status %d: %s", commandLine(name, args), code, line)
+}
+
+// firstLine returns the first non-blank line of b, trimmed.
+func firstLine(b []byte) string {
+	for line := range strings.Lines(string(b)) {
+		if t := strings.TrimSpace(line); t != "" {
+			return t
+		}
+	}
+	return ""
 }
 
 // execRunner runs real commands.

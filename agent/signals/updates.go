@@ -9,53 +9,87 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// failedUpdatesRetry caps how long a failed or unavailable update check is
-// reused: a transient failure (no network, a held package lock) should not
-// hide the real state for a whole UpdatesInterval.
+// failedUpdatesRetry caps how long a failed or unavailable slow measurement
+// is reused: a transient failure (no network, a held package lock) should
+// not hide the real state for a whole UpdatesInterval.
 const failedUpdatesRetry = 10 * time.Minute
 
-// updatesCache keeps the last package-manager result, because the queries
-// take seconds to minutes and the state changes slowly.
-type updatesCache struct {
+// slowCache keeps the last result of a slow measurement (package managers,
+// the Windows hotfix list), which takes seconds to minutes while the state
+// changes slowly.
+type slowCache[T any] struct {
 	mu         sync.Mutex
-	last       *posturev1.Updates
+	last       T
+	measuredAt time.Time
+	ok         bool // the last measurement succeeded
+	have       bool
 	refreshing bool
 }
 
-// cachedUpdates returns the last update measurement. The first call measures
-// synchronously; later calls return the cached result (with its original
-// observed_at) and, when it is stale, start one background refresh.
-func (c *Collector) cachedUpdates(ctx context.Context) *posturev1.Updates {
-	u := &c.updates
-	u.mu.Lock()
-	defer u.mu.Unlock()
+// get returns the last measurement. The first call measures synchronously;
+// later calls return the cached result and, when it is older than
+// UpdatesInterval (or failedUpdatesRetry after a failure), start one
+// background refresh. measure reports whether it succeeded; clone copies a
+// result so that callers never share one.
+func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(context.Context) (T, bool), clone func(T) T) T {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	switch {
-	case u.last == nil:
+	case !s.have:
 		// Holding the lock makes concurrent first calls wait for one
 		// measurement instead of starting several.
-		u.last = c.measureUpdates(ctx)
-	case !u.refreshing && c.updatesStale(u.last):
-		u.refreshing = true
+		s.measuredAt = c.now()
+		s.last, s.ok = measure(ctx)
+		s.have = true
+	case !s.refreshing && s.stale(c):
+		s.refreshing = true
 		// The refresh outlives this call, so it must not die with ctx.
-		go c.refreshUpdates(context.WithoutCancel(ctx))
+		go s.refresh(context.WithoutCancel(ctx), c, measure)
 	}
-	return proto.Clone(u.last).(*posturev1.Updates)
+	return clone(s.last)
 }
 
-func (c *Collector) refreshUpdates(ctx context.Context) {
-	fresh := c.measureUpdates(ctx)
-	u := &c.updates
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.last = fresh
-	u.refreshing = false
+func (s *slowCache[T]) refresh(ctx context.Context, c *Collector, measure func(context.Context) (T, bool)) {
+	at := c.now()
+	fresh, ok := measure(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last, s.ok, s.measuredAt = fresh, ok, at
+	s.refreshing = false
 }
 
-// updatesStale reports whether a cached result should be measured again.
-func (c *Collector) updatesStale(last *posturev1.Updates) bool {
+// stale reports whether the cached result should be measured again.
+func (s *slowCache[T]) stale(c *Collector) bool {
 	maxAge := c.updatesInterval
-	if last.GetMeta().GetStatus() != posturev1.Status_STATUS_OK {
+	if !s.ok {
 		maxAge = min(maxAge, failedUpdatesRetry)
 	}
-	return c.now().Sub(last.GetMeta().GetObservedAt().AsTime()) >= maxAge
+	return c.now().Sub(s.measuredAt) >= maxAge
+}
+
+// cachedUpdates returns the last pending-updates measurement, with the
+// observed_at of its real measurement.
+func (c *Collector) cachedUpdates(ctx context.Context) *posturev1.Updates {
+	return c.updates.get(ctx, c,
+		func(ctx context.Context) (*posturev1.Updates, bool) {
+			u := c.measureUpdates(ctx)
+			return u, u.GetMeta().GetStatus() == posturev1.Status_STATUS_OK
+		},
+		func(u *posturev1.Updates) *posturev1.Updates { return proto.Clone(u).(*posturev1.Updates) })
+}
+
+// cachedLastInstalled returns the last measurement of the newest installed
+// update, which is as slow to list as pending updates are to find.
+func (c *Collector) cachedLastInstalled(ctx context.Context) lastInstalledUpdate {
+	return c.lastInstalled.get(ctx, c,
+		func(ctx context.Context) (lastInstalledUpdate, bool) {
+			u := c.measureLastInstalled(ctx)
+			return u, u.meta == nil || u.meta.GetStatus() == posturev1.Status_STATUS_OK
+		},
+		func(u lastInstalledUpdate) lastInstalledUpdate {
+			if u.meta != nil {
+				u.meta = proto.Clone(u.meta).(*posturev1.SignalMeta)
+			}
+			return u
+		})
 }

@@ -270,29 +270,6 @@ func (c *Collector) zypperXML(ctx context.Context, command string) ([]zypperUpda
 	return s.Updates, nil
 }
 
-// commandError describes a command that ran and failed, with the first line
-// of its error output, which is where package managers say why.
-func commandError(name string, args []string, code int, stderr, stdout []byte) error {
-	line := firstLine(stderr)
-	if line == "" {
-		line = firstLine(stdout)
-	}
-	if line == "" {
-		return fmt.Errorf("%s exited with status %d", commandLine(name, args), code)
-	}
-	return fmt.Errorf("%s exited with status %d: %s", commandLine(name, args), code, line)
-}
-
-// firstLine returns the first non-blank line of b, trimmed.
-func firstLine(b []byte) string {
-	for line := range strings.Lines(string(b)) {
-		if t := strings.TrimSpace(line); t != "" {
-			return t
-		}
-	}
-	return ""
-}
-
 // rebootRequired reports whether installed updates wait for a reboot:
 // Debian and Ubuntu packages create /run/reboot-required; elsewhere a
 // kernel newer than the running one is installed in /lib/modules.

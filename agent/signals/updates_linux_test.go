@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,62 +15,8 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 )
 
-// recorded is one recorded run of a command; stdout and stderr name files
-// in testdata/updates.
-type recorded struct {
-	stdout, stderr string
-	exitCode       int
-	err            error
-}
-
-// fakeRunner replays recorded outputs and counts the calls; a command it
-// has no recording for is "not found", as on a real system.
-type fakeRunner struct {
-	t          *testing.T
-	recordings map[string]recorded // by command line
-
-	mu    sync.Mutex
-	calls map[string]int
-}
-
-func newFakeRunner(t *testing.T, recordings map[string]recorded) *fakeRunner {
-	return &fakeRunner{t: t, recordings: recordings, calls: make(map[string]int)}
-}
-
-func (f *fakeRunner) Run(_ context.Context, name string, args ...string) ([]byte, []byte, int, error) {
-	line := commandLine(name, args)
-	f.mu.Lock()
-	f.calls[line]++
-	f.mu.Unlock()
-	r, ok := f.recordings[line]
-	if !ok {
-		return nil, nil, -1, fmt.Errorf("exec: %q: %w", name, exec.ErrNotFound)
-	}
-	if r.err != nil {
-		return nil, nil, -1, r.err
-	}
-	return f.read(r.stdout), f.read(r.stderr), r.exitCode, nil
-}
-
-func (f *fakeRunner) read(name string) []byte {
-	if name == "" {
-		return nil
-	}
-	b, err := os.ReadFile(filepath.Join("testdata", "updates", name))
-	if err != nil {
-		f.t.Error(err)
-	}
-	return b
-}
-
-func (f *fakeRunner) count(line string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls[line]
-}
-
 // fakeRoot builds a filesystem root holding the given files (empty unless
-// a content is given).
+// a content is given; "@testdata/…" copies a testdata file).
 func fakeRoot(t *testing.T, files map[string]string) string {
 	t.Helper()
 	root := t.TempDir()
@@ -79,6 +24,13 @@ func fakeRoot(t *testing.T, files map[string]string) string {
 		p := filepath.Join(root, filepath.FromSlash(name))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
+		}
+		if src, ok := strings.CutPrefix(content, "@"); ok {
+			b, err := os.ReadFile(filepath.FromSlash(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			content = string(b)
 		}
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)

@@ -75,7 +75,7 @@ type device struct {
 }
 
 // enroll enrolls a fresh state directory, runs a real agent on it that
-// reports a healthy but unencrypted machine (score 65: basic yes, trusted
+// reports a healthy but unencrypted machine (score 50: basic yes, trusted
 // no), and waits until the collector allows it the basic level.
 func (e *env) enroll() *device {
 	e.t.Helper()

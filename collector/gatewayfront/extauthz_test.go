@@ -122,7 +122,7 @@ func TestExtAuthz(t *testing.T) {
 			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
 				overwrite("x-posture-device", dev.id),
 				overwrite("x-posture-level", level),
-				overwrite("x-posture-score", "65"),
+				overwrite("x-posture-score", "50"),
 				overwrite("x-posture-assurance", "software"),
 			}}},
 		}
@@ -153,7 +153,7 @@ func TestExtAuthz(t *testing.T) {
 		{name: "default level", server: "default", src: &authv3.AttributeContext_Peer{Principal: devID}, want: allowed("basic")},
 		{
 			name: "denied with reasons", src: &authv3.AttributeContext_Peer{Principal: devID}, ext: map[string]string{ContextExtensionLevel: "trusted"},
-			wantCode: codes.PermissionDenied, wantHTTP: typev3.StatusCode_Forbidden, wantReason: "score 65 is below 80 required by trusted",
+			wantCode: codes.PermissionDenied, wantHTTP: typev3.StatusCode_Forbidden, wantReason: "score 50 is below 80 required by trusted",
 			wantBody: []string{"access denied: device " + dev.id, "trusted requires disk_encryption", "to fix:"},
 		},
 		{

@@ -84,7 +84,7 @@ func TestForwardAuth(t *testing.T) {
 		{
 			name: "allowed, nginx escaped PEM, bearer", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...)),
-			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "basic", HeaderScore: "65", HeaderAssurance: "software"},
+			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "basic", HeaderScore: "50", HeaderAssurance: "software"},
 		},
 		{
 			name: "allowed, gateway mTLS", caller: "gateway", query: "level=basic",
@@ -122,9 +122,9 @@ func TestForwardAuth(t *testing.T) {
 		{
 			name: "denied with reason and fix", query: "level=trusted",
 			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...)),
-			wantCode: 403, wantReason: "score 65 is below 80 required by trusted",
+			wantCode: 403, wantReason: "score 50 is below 80 required by trusted",
 			wantBody:    []string{"access denied: device " + dev.id, "trusted requires disk_encryption", "to fix:", "disk_encryption: "},
-			wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "trusted", HeaderScore: "65"},
+			wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "trusted", HeaderScore: "50"},
 		},
 		{
 			name: "revoked", query: "level=basic",

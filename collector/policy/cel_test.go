@@ -39,7 +39,7 @@ func TestCELLevels(t *testing.T) {
 			r.Disk.Meta.Status = posturev1.Status_STATUS_UNAVAILABLE
 		}), sw, 0, false, "could not be evaluated"},
 		{"evidence too old", `device.evidence_age("os") < duration("30m")`, report(nil), sw, 45 * time.Minute, false, "expression is false"},
-		{"evidence of an unmeasured section", `device.evidence_age("firewall") < duration("1h")`, report(nil), sw, 0, false, "no measured evidence"},
+		{"evidence of an unmeasured section", `device.evidence_age("firewall") < duration("1h")`, report(func(r *posturev1.PostureReport) { r.Firewall = nil }), sw, 0, false, "no measured evidence"},
 		{"check outcomes", `device.checks.disk_encryption == "pass"`, report(nil), sw, 0, true, ""},
 		{"updates", `device.updates.security_pending == 0 && !device.updates.reboot_required`, report(nil), sw, 0, true, ""},
 		{"os version", `device.os.name == "ubuntu" && device.os.version in ["22.04", "24.04"]`, report(nil), sw, 0, true, ""},

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -23,10 +24,15 @@ func fail(meta *posturev1.SignalMeta, reason, fix string) outcome {
 	return outcome{result: posturev1.Outcome_OUTCOME_FAIL, reason: reason, remediation: fix, meta: meta}
 }
 
-// unknownUnlessOK returns an unknown outcome when a signal was not measured.
+// unknownUnlessOK returns an unknown outcome when a signal was not
+// measured, and a not-applicable one when the signal does not exist on the
+// device.
 func unknownUnlessOK(meta *posturev1.SignalMeta, what, fix string) (outcome, bool) {
-	if meta.GetStatus() == posturev1.Status_STATUS_OK {
+	switch meta.GetStatus() {
+	case posturev1.Status_STATUS_OK:
 		return outcome{}, false
+	case posturev1.Status_STATUS_NOT_APPLICABLE:
+		return outcome{result: posturev1.Outcome_OUTCOME_NOT_APPLICABLE, reason: fmt.Sprintf("%s does not apply: %s", what, meta.GetReason()), meta: meta}, true
 	}
 	why := meta.GetReason()
 	if why == "" {
@@ -126,17 +132,53 @@ func checkFirewall(_ Check, r *posturev1.PostureReport) outcome {
 	if f.GetEnabled() {
 		return pass(f.GetMeta(), "firewall is on ("+f.GetProduct()+")")
 	}
-	return fail(f.GetMeta(), "firewall is off", fix)
+	return fail(f.GetMeta(), withDetail("firewall is off", f.GetDetail()), fix)
 }
 
-func checkScreenLock(_ Check, r *posturev1.PostureReport) outcome {
+func withDetail(s, detail string) string {
+	if detail == "" {
+		return s
+	}
+	return s + ": " + detail
+}
+
+func checkScreenLock(c Check, r *posturev1.PostureReport) outcome {
 	s := r.GetScreenLock()
 	const fix = "turn on the screen lock"
 	if o, unknown := unknownUnlessOK(s.GetMeta(), "screen lock", fix); unknown {
 		return o
 	}
-	if s.GetEnabled() {
-		return pass(s.GetMeta(), fmt.Sprintf("screen locks after %ds", s.GetTimeoutSeconds()))
+	if !s.GetEnabled() {
+		return fail(s.GetMeta(), withDetail("screen lock is off", s.GetDetail()), fix)
 	}
-	return fail(s.GetMeta(), "screen lock is off", fix)
+	timeout := time.Duration(s.GetTimeoutSeconds()) * time.Second
+	if c.MaxScreenLockTimeout > 0 && (timeout == 0 || timeout > c.MaxScreenLockTimeout) {
+		return fail(s.GetMeta(), fmt.Sprintf("screen locks after %s of inactivity, more than the %s allowed", timeout, c.MaxScreenLockTimeout),
+			fmt.Sprintf("set the screen to lock after at most %s of inactivity", c.MaxScreenLockTimeout))
+	}
+	return pass(s.GetMeta(), fmt.Sprintf("screen locks after %s", timeout))
+}
+
+func checkEndpoint(_ Check, r *posturev1.PostureReport) outcome {
+	e := r.GetEndpointProtection()
+	const fix = "turn on the platform's malware protection (Microsoft Defender real-time protection; SIP and Gatekeeper on macOS)"
+	if o, unknown := unknownUnlessOK(e.GetMeta(), "endpoint protection", fix); unknown {
+		return o
+	}
+	if e.GetEnabled() {
+		return pass(e.GetMeta(), e.GetProduct()+" is on")
+	}
+	return fail(e.GetMeta(), withDetail(e.GetProduct()+" is off", e.GetDetail()), fix)
+}
+
+func checkAutoUpdate(_ Check, r *posturev1.PostureReport) outcome {
+	a := r.GetAutoUpdate()
+	const fix = "turn on automatic installation of security updates"
+	if o, unknown := unknownUnlessOK(a.GetMeta(), "automatic updates", fix); unknown {
+		return o
+	}
+	if a.GetEnabled() {
+		return pass(a.GetMeta(), "updates install automatically ("+a.GetMechanism()+")")
+	}
+	return fail(a.GetMeta(), withDetail("updates do not install automatically", a.GetDetail()), fix)
 }

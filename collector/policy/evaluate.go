@@ -33,6 +33,9 @@ func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment {
 	for _, c := range p.Checks {
 		o := checkFuncs[c.Name](c, r)
 		a.checks = append(a.checks, assessed{check: c, outcome: o})
+		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
+			continue // weighs nothing either way
+		}
 		total += c.Weight
 		if o.result == posturev1.Outcome_OUTCOME_PASS {
 			passed += c.Weight
@@ -162,7 +165,7 @@ func (p *Policy) FailedChecks(s *Subject, now time.Time) []*posturev1.CheckResul
 	checks, _, _ := p.Explain(s, now)
 	var failed []*posturev1.CheckResult
 	for _, c := range checks {
-		if c.Outcome != posturev1.Outcome_OUTCOME_PASS {
+		if c.Outcome != posturev1.Outcome_OUTCOME_PASS && c.Outcome != posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
 			failed = append(failed, c)
 		}
 	}

@@ -46,6 +46,9 @@ type Check struct {
 	// windows) to the lowest version that passes (os_version). An OS not
 	// listed is unknown.
 	MinVersions map[string]string `yaml:"min_versions"`
+	// MaxScreenLockTimeout is the longest inactivity before the screen must
+	// lock (screen_lock); 0 accepts any enabled lock.
+	MaxScreenLockTimeout time.Duration `yaml:"max_timeout"`
 }
 
 // Level is a named access level.
@@ -67,12 +70,14 @@ type Level struct {
 
 // checkFuncs maps check names to what they examine.
 var checkFuncs = map[string]func(Check, *posturev1.PostureReport) outcome{
-	"disk_encryption":  checkDisk,
-	"security_updates": checkUpdates,
-	"secure_boot":      checkSecureBoot,
-	"os_version":       checkOSVersion,
-	"firewall":         checkFirewall,
-	"screen_lock":      checkScreenLock,
+	"disk_encryption":     checkDisk,
+	"security_updates":    checkUpdates,
+	"secure_boot":         checkSecureBoot,
+	"os_version":          checkOSVersion,
+	"firewall":            checkFirewall,
+	"screen_lock":         checkScreenLock,
+	"endpoint_protection": checkEndpoint,
+	"auto_update":         checkAutoUpdate,
 }
 
 var assuranceNames = map[string]posturev1.IdentityAssurance{

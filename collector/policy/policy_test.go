@@ -22,6 +22,8 @@ func report(mod func(*posturev1.PostureReport)) *posturev1.PostureReport {
 		Disk:       &posturev1.DiskEncryption{Meta: ok(), SystemEncrypted: true},
 		SecureBoot: &posturev1.SecureBoot{Meta: ok(), Enabled: true},
 		Updates:    &posturev1.Updates{Meta: ok(), Manager: "apt"},
+		Firewall:   &posturev1.Firewall{Meta: ok(), Enabled: true, Product: "nftables"},
+		ScreenLock: &posturev1.ScreenLock{Meta: ok(), Enabled: true, TimeoutSeconds: 300},
 	}
 	if mod != nil {
 		mod(r)
@@ -43,19 +45,28 @@ func TestAssess(t *testing.T) {
 		{"disk not encrypted", report(func(r *posturev1.PostureReport) {
 			r.Disk.SystemEncrypted = false
 			r.Disk.Volumes = []*posturev1.Volume{{MountPoint: "/"}}
-		}), 65, "disk_encryption", posturev1.Outcome_OUTCOME_FAIL, "not encrypted: /"},
+		}), 70, "disk_encryption", posturev1.Outcome_OUTCOME_FAIL, "not encrypted: /"},
 		{"disk unknown counts as failing", report(func(r *posturev1.PostureReport) {
 			r.Disk = &posturev1.DiskEncryption{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "/ is on overlay"}, SystemEncrypted: true}
-		}), 65, "disk_encryption", posturev1.Outcome_OUTCOME_UNKNOWN, "/ is on overlay"},
-		{"section missing", report(func(r *posturev1.PostureReport) { r.SecureBoot = nil }), 80, "secure_boot", posturev1.Outcome_OUTCOME_UNKNOWN, "unknown"},
-		{"security updates pending", report(func(r *posturev1.PostureReport) { r.Updates.SecurityPending = 3 }), 75, "security_updates", posturev1.Outcome_OUTCOME_FAIL, "3 pending security updates"},
-		{"legacy BIOS", report(func(r *posturev1.PostureReport) { r.SecureBoot = &posturev1.SecureBoot{Meta: ok(), LegacyBios: true} }), 80, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "legacy BIOS"},
-		{"setup mode", report(func(r *posturev1.PostureReport) { r.SecureBoot.SetupMode = true }), 80, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "setup mode"},
-		{"old OS", report(func(r *posturev1.PostureReport) { r.Os.Version = "20.04" }), 80, "os_version", posturev1.Outcome_OUTCOME_FAIL, "older than the minimum 22.04"},
-		{"OS without a minimum", report(func(r *posturev1.PostureReport) { r.Os.Name = "gentoo" }), 80, "os_version", posturev1.Outcome_OUTCOME_UNKNOWN, "no minimum version"},
+		}), 70, "disk_encryption", posturev1.Outcome_OUTCOME_UNKNOWN, "/ is on overlay"},
+		{"section missing", report(func(r *posturev1.PostureReport) { r.SecureBoot = nil }), 85, "secure_boot", posturev1.Outcome_OUTCOME_UNKNOWN, "unknown"},
+		{"security updates pending", report(func(r *posturev1.PostureReport) { r.Updates.SecurityPending = 3 }), 80, "security_updates", posturev1.Outcome_OUTCOME_FAIL, "3 pending security updates"},
+		{"legacy BIOS", report(func(r *posturev1.PostureReport) { r.SecureBoot = &posturev1.SecureBoot{Meta: ok(), LegacyBios: true} }), 85, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "legacy BIOS"},
+		{"setup mode", report(func(r *posturev1.PostureReport) { r.SecureBoot.SetupMode = true }), 85, "secure_boot", posturev1.Outcome_OUTCOME_FAIL, "setup mode"},
+		{"old OS", report(func(r *posturev1.PostureReport) { r.Os.Version = "20.04" }), 85, "os_version", posturev1.Outcome_OUTCOME_FAIL, "older than the minimum 22.04"},
+		{"OS without a minimum", report(func(r *posturev1.PostureReport) { r.Os.Name = "gentoo" }), 85, "os_version", posturev1.Outcome_OUTCOME_UNKNOWN, "no minimum version"},
 		{"errored signal", report(func(r *posturev1.PostureReport) {
 			r.Updates.Meta = &posturev1.SignalMeta{Status: posturev1.Status_STATUS_ERROR, Reason: "apt-get failed"}
-		}), 75, "security_updates", posturev1.Outcome_OUTCOME_UNKNOWN, "apt-get failed"},
+		}), 80, "security_updates", posturev1.Outcome_OUTCOME_UNKNOWN, "apt-get failed"},
+		{"firewall off", report(func(r *posturev1.PostureReport) {
+			r.Firewall = &posturev1.Firewall{Meta: ok(), Detail: "ufw is installed but disabled (ufw enable)"}
+		}), 90, "firewall", posturev1.Outcome_OUTCOME_FAIL, "ufw is installed but disabled"},
+		{"screen lock too slow", report(func(r *posturev1.PostureReport) { r.ScreenLock.TimeoutSeconds = 1800 }), 90, "screen_lock", posturev1.Outcome_OUTCOME_FAIL, "more than the 15m0s allowed"},
+		{"screen lock never", report(func(r *posturev1.PostureReport) { r.ScreenLock.TimeoutSeconds = 0 }), 90, "screen_lock", posturev1.Outcome_OUTCOME_FAIL, "more than the 15m0s allowed"},
+		{"no graphical session: screen lock leaves the total", report(func(r *posturev1.PostureReport) {
+			r.ScreenLock = &posturev1.ScreenLock{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_NOT_APPLICABLE, Reason: "no graphical session"}}
+			r.Disk.SystemEncrypted = false
+		}), 67, "screen_lock", posturev1.Outcome_OUTCOME_NOT_APPLICABLE, "no graphical session"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -74,7 +85,7 @@ func TestAssess(t *testing.T) {
 				if c.GetOutcome() != tt.outcome || !strings.Contains(c.GetReason(), tt.reason) {
 					t.Errorf("%s = %v %q, want %v containing %q", tt.check, c.GetOutcome(), c.GetReason(), tt.outcome, tt.reason)
 				}
-				if c.GetOutcome() != posturev1.Outcome_OUTCOME_PASS && c.GetRemediation() == "" {
+				if (c.GetOutcome() == posturev1.Outcome_OUTCOME_FAIL || c.GetOutcome() == posturev1.Outcome_OUTCOME_UNKNOWN) && c.GetRemediation() == "" {
 					t.Errorf("%s does not pass but has no remediation", tt.check)
 				}
 			}

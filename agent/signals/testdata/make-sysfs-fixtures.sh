@@ -17,6 +17,10 @@ SDB=devices/pci0000:00/0000:00:17.0/ata2/host1/target1:0:0/1:0:0:0/block/sdb
 NVME=devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0/nvme0n1
 VDA=devices/pci0000:00/0000:00:02.0/virtio1/block/vda
 VIRT=devices/virtual/block
+SDC=devices/pci0000:00/0000:00:17.0/ata3/host2/target2:0:0/2:0:0:0/block/sdc
+# A USB stick and a USB disk that claims to be fixed (removable 0).
+USBSTICK=devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdd
+USBDISK=devices/pci0000:00/0000:00:14.0/usb2/2-2/2-2:1.0/host7/target7:0:0/7:0:0:0/block/sde
 
 # link LINK TARGET: a relative symlink as the kernel writes them; both paths
 # are relative to sys/.
@@ -61,6 +65,11 @@ md() {
 	shift 3
 	local s
 	for s; do link "$p/slaves/$(basename "$s")" "$s"; done
+}
+
+# removable DEVICE_PATH 0|1: the disk's removable attribute.
+removable() {
+	echo "$2" >"sys/$1/removable"
 }
 
 # mountinfo LINE...: proc/self/mountinfo.
@@ -231,6 +240,84 @@ LUKS_HEX=${LUKS_UUID//-/}
 	mountinfo \
 		"600 540 0:52 / / rw,relatime master:1 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/ABC:/var/lib/docker/overlay2/l/DEF,upperdir=/var/lib/docker/overlay2/123/diff,workdir=/var/lib/docker/overlay2/123/work" \
 		"601 600 0:55 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw"
+	swaps
+)
+
+# data-disks: encrypted root, and other mounted volumes: an unencrypted
+# /home disk and a LUKS /srv disk (listed separately), /boot and the ESP,
+# a snap (squashfs on a loop device), a USB stick and a USB disk (ignored).
+(
+	newcase data-disks
+	blockdev "$SDA" 8:0
+	removable "$SDA" 0
+	part "$SDA" sda1 8:1 1
+	part "$SDA" sda2 8:2 2
+	part "$SDA" sda3 8:3 3
+	blockdev "$SDB" 8:16
+	removable "$SDB" 0
+	part "$SDB" sdb1 8:17 1
+	blockdev "$SDC" 8:32
+	removable "$SDC" 0
+	part "$SDC" sdc1 8:33 1
+	blockdev "$USBSTICK" 8:48
+	removable "$USBSTICK" 1
+	part "$USBSTICK" sdd1 8:49 1
+	blockdev "$USBDISK" 8:64
+	removable "$USBDISK" 0
+	part "$USBDISK" sde1 8:65 1
+	dm dm-0 253:0 sda3_crypt "CRYPT-LUKS2-$LUKS_HEX-sda3_crypt" "$SDA/sda3"
+	dm dm-1 253:1 srv_crypt "CRYPT-LUKS2-$LUKS_HEX-srv_crypt" "$SDC/sdc1"
+	blockdev "$VIRT/loop0" 7:0
+	mkdir -p "sys/$VIRT/loop0/loop"
+	echo /var/lib/snapd/snaps/core22_1380.snap >"sys/$VIRT/loop0/loop/backing_file"
+	mountinfo \
+		"25 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/sda3_crypt rw" \
+		"30 25 8:2 / /boot rw,relatime shared:28 - ext4 /dev/sda2 rw" \
+		"31 30 8:1 / /boot/efi rw,relatime shared:29 - vfat /dev/sda1 rw,fmask=0077" \
+		"32 25 8:17 / /home rw,relatime shared:30 - ext4 /dev/sdb1 rw" \
+		"33 25 253:1 / /srv rw,relatime shared:31 - xfs /dev/mapper/srv_crypt rw" \
+		"34 25 7:0 / /snap/core22/1380 ro,nodev,relatime shared:32 - squashfs /dev/loop0 ro" \
+		"35 25 8:49 / /media/alice/STICK rw,nosuid,nodev,relatime shared:33 - vfat /dev/sdd1 rw" \
+		"36 25 8:65 / /media/alice/backup rw,nosuid,nodev,relatime shared:34 - ext4 /dev/sde1 rw" \
+		"37 25 0:40 / /tmp rw,nosuid,nodev shared:35 - tmpfs tmpfs rw" \
+		"38 25 253:0 /var/lib/docker /var/lib/docker rw,relatime shared:1 - ext4 /dev/mapper/sda3_crypt rw"
+	swaps
+)
+
+# btrfs-raid1-one-plain: a btrfs RAID1 over a LUKS2 partition and a plain
+# one: not encrypted.
+(
+	newcase btrfs-raid1-one-plain
+	FSID=5d1e8c3a-7b2f-4e60-9a1d-3c4b5a6f7e80
+	blockdev "$SDA" 8:0
+	part "$SDA" sda2 8:2 2
+	blockdev "$SDB" 8:16
+	part "$SDB" sdb2 8:18 2
+	dm dm-0 253:0 cryptroot "CRYPT-LUKS2-$LUKS_HEX-cryptroot" "$SDA/sda2"
+	link "fs/btrfs/$FSID/devices/dm-0" "$VIRT/dm-0"
+	link "fs/btrfs/$FSID/devices/sdb2" "$SDB/sdb2"
+	mountinfo "30 1 0:33 /@ / rw,relatime shared:1 - btrfs /dev/mapper/cryptroot rw,space_cache=v2,subvolid=256,subvol=/@"
+	swaps
+)
+
+# zfs-native: a ZFS root dataset; "zfs get" decides (see zfs/).
+(
+	newcase zfs-native
+	blockdev "$NVME" 259:0
+	part "$NVME" nvme0n1p4 259:4 4
+	mountinfo \
+		"70 1 0:26 / / rw,relatime shared:1 - zfs rpool/ROOT/ubuntu_k3l9ab rw,xattr,posixacl" \
+		"90 70 0:48 / /home/alice rw,relatime shared:40 - zfs rpool/USERDATA/alice_x2u8cd rw,xattr,posixacl"
+	swaps
+)
+
+# zfs-on-luks: a pool whose only device is a LUKS2 mapping.
+(
+	newcase zfs-on-luks
+	blockdev "$NVME" 259:0
+	part "$NVME" nvme0n1p3 259:3 3
+	dm dm-0 253:0 "luks-$LUKS_UUID" "CRYPT-LUKS2-$LUKS_HEX-luks-$LUKS_UUID" "$NVME/nvme0n1p3"
+	mountinfo "70 1 0:26 / / rw,relatime shared:1 - zfs tank/root rw,xattr"
 	swaps
 )
 

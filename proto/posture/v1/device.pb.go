@@ -153,6 +153,10 @@ const (
 	Outcome_OUTCOME_PASS        Outcome = 1
 	Outcome_OUTCOME_FAIL        Outcome = 2
 	Outcome_OUTCOME_UNKNOWN     Outcome = 3
+	// OUTCOME_NOT_APPLICABLE: the signal does not exist on this device (a
+	// screen lock on a machine without a graphical session); the check's
+	// weight leaves the score's total.
+	Outcome_OUTCOME_NOT_APPLICABLE Outcome = 4
 )
 
 // Enum value maps for Outcome.
@@ -162,12 +166,14 @@ var (
 		1: "OUTCOME_PASS",
 		2: "OUTCOME_FAIL",
 		3: "OUTCOME_UNKNOWN",
+		4: "OUTCOME_NOT_APPLICABLE",
 	}
 	Outcome_value = map[string]int32{
-		"OUTCOME_UNSPECIFIED": 0,
-		"OUTCOME_PASS":        1,
-		"OUTCOME_FAIL":        2,
-		"OUTCOME_UNKNOWN":     3,
+		"OUTCOME_UNSPECIFIED":    0,
+		"OUTCOME_PASS":           1,
+		"OUTCOME_FAIL":           2,
+		"OUTCOME_UNKNOWN":        3,
+		"OUTCOME_NOT_APPLICABLE": 4,
 	}
 )
 
@@ -650,12 +656,13 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\x13DEVICE_STATE_ACTIVE\x10\x01\x12\x18\n" +
 	"\x14DEVICE_STATE_SUSPECT\x10\x02\x12\x18\n" +
 	"\x14DEVICE_STATE_REVOKED\x10\x03\x12\x18\n" +
-	"\x14DEVICE_STATE_PENDING\x10\x04*[\n" +
+	"\x14DEVICE_STATE_PENDING\x10\x04*w\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fOUTCOME_PASS\x10\x01\x12\x10\n" +
 	"\fOUTCOME_FAIL\x10\x02\x12\x13\n" +
-	"\x0fOUTCOME_UNKNOWN\x10\x03B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\x0fOUTCOME_UNKNOWN\x10\x03\x12\x1a\n" +
+	"\x16OUTCOME_NOT_APPLICABLE\x10\x04B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_device_proto_rawDescOnce sync.Once

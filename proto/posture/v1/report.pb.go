@@ -238,9 +238,17 @@ type OSInfo struct {
 	// arch is the Go GOARCH value of the agent build.
 	Arch string `protobuf:"bytes,6,opt,name=arch,proto3" json:"arch,omitempty"`
 	// hostname as the device reports it; informational only.
-	Hostname      string `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Hostname string `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// build is the exact OS build: macOS BuildVersion ("23F79"), Windows
+	// CurrentBuildNumber.UBR ("22631.3880").
+	Build string `protobuf:"bytes,8,opt,name=build,proto3" json:"build,omitempty"`
+	// display_version is the Windows feature release ("23H2").
+	DisplayVersion string `protobuf:"bytes,9,opt,name=display_version,json=displayVersion,proto3" json:"display_version,omitempty"`
+	// rapid_security_response is the macOS Rapid Security Response applied on
+	// top of version ("(a)"), empty when none.
+	RapidSecurityResponse string `protobuf:"bytes,10,opt,name=rapid_security_response,json=rapidSecurityResponse,proto3" json:"rapid_security_response,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *OSInfo) Reset() {
@@ -318,6 +326,27 @@ func (x *OSInfo) GetArch() string {
 func (x *OSInfo) GetHostname() string {
 	if x != nil {
 		return x.Hostname
+	}
+	return ""
+}
+
+func (x *OSInfo) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *OSInfo) GetDisplayVersion() string {
+	if x != nil {
+		return x.DisplayVersion
+	}
+	return ""
+}
+
+func (x *OSInfo) GetRapidSecurityResponse() string {
+	if x != nil {
+		return x.RapidSecurityResponse
 	}
 	return ""
 }
@@ -413,7 +442,10 @@ type DiskEncryption struct {
 	// encrypted.
 	SystemEncrypted bool `protobuf:"varint,2,opt,name=system_encrypted,json=systemEncrypted,proto3" json:"system_encrypted,omitempty"`
 	// volumes lists what was examined.
-	Volumes       []*Volume `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*Volume `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// other_volumes are fixed data volumes beyond the system volume and swap;
+	// they do not decide system_encrypted. Removable media are left out.
+	OtherVolumes  *OtherVolumes `protobuf:"bytes,4,opt,name=other_volumes,json=otherVolumes,proto3" json:"other_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -469,6 +501,66 @@ func (x *DiskEncryption) GetVolumes() []*Volume {
 	return nil
 }
 
+func (x *DiskEncryption) GetOtherVolumes() *OtherVolumes {
+	if x != nil {
+		return x.OtherVolumes
+	}
+	return nil
+}
+
+// OtherVolumes lists fixed data volumes, measured on their own.
+type OtherVolumes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *SignalMeta            `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Volumes       []*Volume              `protobuf:"bytes,2,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OtherVolumes) Reset() {
+	*x = OtherVolumes{}
+	mi := &file_posture_v1_report_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OtherVolumes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OtherVolumes) ProtoMessage() {}
+
+func (x *OtherVolumes) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OtherVolumes.ProtoReflect.Descriptor instead.
+func (*OtherVolumes) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *OtherVolumes) GetMeta() *SignalMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *OtherVolumes) GetVolumes() []*Volume {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
 // SecureBoot reports the firmware's secure boot state.
 type SecureBoot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -486,7 +578,7 @@ type SecureBoot struct {
 
 func (x *SecureBoot) Reset() {
 	*x = SecureBoot{}
-	mi := &file_posture_v1_report_proto_msgTypes[4]
+	mi := &file_posture_v1_report_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +590,7 @@ func (x *SecureBoot) String() string {
 func (*SecureBoot) ProtoMessage() {}
 
 func (x *SecureBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[4]
+	mi := &file_posture_v1_report_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +603,7 @@ func (x *SecureBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecureBoot.ProtoReflect.Descriptor instead.
 func (*SecureBoot) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecureBoot) GetMeta() *SignalMeta {
@@ -560,7 +652,7 @@ type Updates struct {
 
 func (x *Updates) Reset() {
 	*x = Updates{}
-	mi := &file_posture_v1_report_proto_msgTypes[5]
+	mi := &file_posture_v1_report_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +664,7 @@ func (x *Updates) String() string {
 func (*Updates) ProtoMessage() {}
 
 func (x *Updates) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[5]
+	mi := &file_posture_v1_report_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +677,7 @@ func (x *Updates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Updates.ProtoReflect.Descriptor instead.
 func (*Updates) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Updates) GetMeta() *SignalMeta {
@@ -629,14 +721,16 @@ type Firewall struct {
 	Meta    *SignalMeta            `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
 	Enabled bool                   `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// product names what enforces it ("ufw", "firewalld", "nftables").
-	Product       string `protobuf:"bytes,3,opt,name=product,proto3" json:"product,omitempty"`
+	Product string `protobuf:"bytes,3,opt,name=product,proto3" json:"product,omitempty"`
+	// detail explains the verdict (which policy or profile was judged).
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Firewall) Reset() {
 	*x = Firewall{}
-	mi := &file_posture_v1_report_proto_msgTypes[6]
+	mi := &file_posture_v1_report_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +742,7 @@ func (x *Firewall) String() string {
 func (*Firewall) ProtoMessage() {}
 
 func (x *Firewall) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[6]
+	mi := &file_posture_v1_report_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +755,7 @@ func (x *Firewall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Firewall.ProtoReflect.Descriptor instead.
 func (*Firewall) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Firewall) GetMeta() *SignalMeta {
@@ -685,6 +779,13 @@ func (x *Firewall) GetProduct() string {
 	return ""
 }
 
+func (x *Firewall) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // ScreenLock reports whether the screen locks after inactivity.
 type ScreenLock struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -692,13 +793,15 @@ type ScreenLock struct {
 	Enabled bool                   `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// timeout_seconds of inactivity before the screen locks.
 	TimeoutSeconds uint32 `protobuf:"varint,3,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// detail explains the verdict (which user or policy was read).
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ScreenLock) Reset() {
 	*x = ScreenLock{}
-	mi := &file_posture_v1_report_proto_msgTypes[7]
+	mi := &file_posture_v1_report_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +813,7 @@ func (x *ScreenLock) String() string {
 func (*ScreenLock) ProtoMessage() {}
 
 func (x *ScreenLock) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[7]
+	mi := &file_posture_v1_report_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +826,7 @@ func (x *ScreenLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScreenLock.ProtoReflect.Descriptor instead.
 func (*ScreenLock) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ScreenLock) GetMeta() *SignalMeta {
@@ -747,6 +850,271 @@ func (x *ScreenLock) GetTimeoutSeconds() uint32 {
 	return 0
 }
 
+func (x *ScreenLock) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// EndpointProtection reports the platform's built-in malware defences.
+type EndpointProtection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *SignalMeta            `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// product is "Microsoft Defender Antivirus", or "SIP and Gatekeeper".
+	Product string `protobuf:"bytes,2,opt,name=product,proto3" json:"product,omitempty"`
+	// enabled is true when every protection the platform offers is on:
+	// Defender real-time protection, or both SIP and Gatekeeper.
+	Enabled bool `protobuf:"varint,3,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// Windows Defender facts.
+	RealTimeProtection bool   `protobuf:"varint,4,opt,name=real_time_protection,json=realTimeProtection,proto3" json:"real_time_protection,omitempty"`
+	SignatureAgeDays   uint32 `protobuf:"varint,5,opt,name=signature_age_days,json=signatureAgeDays,proto3" json:"signature_age_days,omitempty"`
+	TamperProtection   bool   `protobuf:"varint,6,opt,name=tamper_protection,json=tamperProtection,proto3" json:"tamper_protection,omitempty"`
+	// running_mode is Defender's AMRunningMode ("Normal", "Passive Mode").
+	RunningMode string `protobuf:"bytes,7,opt,name=running_mode,json=runningMode,proto3" json:"running_mode,omitempty"`
+	// macOS facts.
+	SystemIntegrityProtection bool   `protobuf:"varint,8,opt,name=system_integrity_protection,json=systemIntegrityProtection,proto3" json:"system_integrity_protection,omitempty"`
+	Gatekeeper                bool   `protobuf:"varint,9,opt,name=gatekeeper,proto3" json:"gatekeeper,omitempty"`
+	Detail                    string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
+func (x *EndpointProtection) Reset() {
+	*x = EndpointProtection{}
+	mi := &file_posture_v1_report_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointProtection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointProtection) ProtoMessage() {}
+
+func (x *EndpointProtection) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointProtection.ProtoReflect.Descriptor instead.
+func (*EndpointProtection) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EndpointProtection) GetMeta() *SignalMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *EndpointProtection) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *EndpointProtection) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *EndpointProtection) GetRealTimeProtection() bool {
+	if x != nil {
+		return x.RealTimeProtection
+	}
+	return false
+}
+
+func (x *EndpointProtection) GetSignatureAgeDays() uint32 {
+	if x != nil {
+		return x.SignatureAgeDays
+	}
+	return 0
+}
+
+func (x *EndpointProtection) GetTamperProtection() bool {
+	if x != nil {
+		return x.TamperProtection
+	}
+	return false
+}
+
+func (x *EndpointProtection) GetRunningMode() string {
+	if x != nil {
+		return x.RunningMode
+	}
+	return ""
+}
+
+func (x *EndpointProtection) GetSystemIntegrityProtection() bool {
+	if x != nil {
+		return x.SystemIntegrityProtection
+	}
+	return false
+}
+
+func (x *EndpointProtection) GetGatekeeper() bool {
+	if x != nil {
+		return x.Gatekeeper
+	}
+	return false
+}
+
+func (x *EndpointProtection) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// AutoUpdate reports whether the OS installs updates by itself.
+type AutoUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *SignalMeta            `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// enabled is true when at least security updates install without a
+	// person acting.
+	Enabled bool `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// mechanism is "unattended-upgrades", "dnf-automatic", "softwareupdate"
+	// or "Windows Update".
+	Mechanism     string `protobuf:"bytes,3,opt,name=mechanism,proto3" json:"mechanism,omitempty"`
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutoUpdate) Reset() {
+	*x = AutoUpdate{}
+	mi := &file_posture_v1_report_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutoUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutoUpdate) ProtoMessage() {}
+
+func (x *AutoUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutoUpdate.ProtoReflect.Descriptor instead.
+func (*AutoUpdate) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AutoUpdate) GetMeta() *SignalMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *AutoUpdate) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AutoUpdate) GetMechanism() string {
+	if x != nil {
+		return x.Mechanism
+	}
+	return ""
+}
+
+func (x *AutoUpdate) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// InstalledUpdate is the newest installed OS update.
+type InstalledUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *SignalMeta            `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// id names it ("KB5039212").
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	InstalledAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=installed_at,json=installedAt,proto3" json:"installed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstalledUpdate) Reset() {
+	*x = InstalledUpdate{}
+	mi := &file_posture_v1_report_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstalledUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstalledUpdate) ProtoMessage() {}
+
+func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_report_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstalledUpdate.ProtoReflect.Descriptor instead.
+func (*InstalledUpdate) Descriptor() ([]byte, []int) {
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *InstalledUpdate) GetMeta() *SignalMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *InstalledUpdate) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InstalledUpdate) GetInstalledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.InstalledAt
+	}
+	return nil
+}
+
 // AgentInfo describes the agent that produced the report.
 type AgentInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -760,7 +1128,7 @@ type AgentInfo struct {
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_posture_v1_report_proto_msgTypes[8]
+	mi := &file_posture_v1_report_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1140,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[8]
+	mi := &file_posture_v1_report_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1153,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AgentInfo) GetVersion() string {
@@ -815,21 +1183,24 @@ type PostureReport struct {
 	// making the reports a hash chain.
 	PrevDigest []byte `protobuf:"bytes,3,opt,name=prev_digest,json=prevDigest,proto3" json:"prev_digest,omitempty"`
 	// created_at is when the report was signed.
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Agent         *AgentInfo             `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
-	Os            *OSInfo                `protobuf:"bytes,6,opt,name=os,proto3" json:"os,omitempty"`
-	Disk          *DiskEncryption        `protobuf:"bytes,7,opt,name=disk,proto3" json:"disk,omitempty"`
-	SecureBoot    *SecureBoot            `protobuf:"bytes,8,opt,name=secure_boot,json=secureBoot,proto3" json:"secure_boot,omitempty"`
-	Updates       *Updates               `protobuf:"bytes,9,opt,name=updates,proto3" json:"updates,omitempty"`
-	Firewall      *Firewall              `protobuf:"bytes,10,opt,name=firewall,proto3" json:"firewall,omitempty"`
-	ScreenLock    *ScreenLock            `protobuf:"bytes,11,opt,name=screen_lock,json=screenLock,proto3" json:"screen_lock,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreatedAt           *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Agent               *AgentInfo             `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	Os                  *OSInfo                `protobuf:"bytes,6,opt,name=os,proto3" json:"os,omitempty"`
+	Disk                *DiskEncryption        `protobuf:"bytes,7,opt,name=disk,proto3" json:"disk,omitempty"`
+	SecureBoot          *SecureBoot            `protobuf:"bytes,8,opt,name=secure_boot,json=secureBoot,proto3" json:"secure_boot,omitempty"`
+	Updates             *Updates               `protobuf:"bytes,9,opt,name=updates,proto3" json:"updates,omitempty"`
+	Firewall            *Firewall              `protobuf:"bytes,10,opt,name=firewall,proto3" json:"firewall,omitempty"`
+	ScreenLock          *ScreenLock            `protobuf:"bytes,11,opt,name=screen_lock,json=screenLock,proto3" json:"screen_lock,omitempty"`
+	EndpointProtection  *EndpointProtection    `protobuf:"bytes,12,opt,name=endpoint_protection,json=endpointProtection,proto3" json:"endpoint_protection,omitempty"`
+	AutoUpdate          *AutoUpdate            `protobuf:"bytes,13,opt,name=auto_update,json=autoUpdate,proto3" json:"auto_update,omitempty"`
+	LastInstalledUpdate *InstalledUpdate       `protobuf:"bytes,14,opt,name=last_installed_update,json=lastInstalledUpdate,proto3" json:"last_installed_update,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *PostureReport) Reset() {
 	*x = PostureReport{}
-	mi := &file_posture_v1_report_proto_msgTypes[9]
+	mi := &file_posture_v1_report_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1212,7 @@ func (x *PostureReport) String() string {
 func (*PostureReport) ProtoMessage() {}
 
 func (x *PostureReport) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[9]
+	mi := &file_posture_v1_report_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1225,7 @@ func (x *PostureReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostureReport.ProtoReflect.Descriptor instead.
 func (*PostureReport) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PostureReport) GetDeviceId() string {
@@ -934,6 +1305,27 @@ func (x *PostureReport) GetScreenLock() *ScreenLock {
 	return nil
 }
 
+func (x *PostureReport) GetEndpointProtection() *EndpointProtection {
+	if x != nil {
+		return x.EndpointProtection
+	}
+	return nil
+}
+
+func (x *PostureReport) GetAutoUpdate() *AutoUpdate {
+	if x != nil {
+		return x.AutoUpdate
+	}
+	return nil
+}
+
+func (x *PostureReport) GetLastInstalledUpdate() *InstalledUpdate {
+	if x != nil {
+		return x.LastInstalledUpdate
+	}
+	return nil
+}
+
 // SoftwareSignature is an ECDSA P-256 signature (ASN.1 DER) by the device's
 // software identity key over the report digest.
 type SoftwareSignature struct {
@@ -945,7 +1337,7 @@ type SoftwareSignature struct {
 
 func (x *SoftwareSignature) Reset() {
 	*x = SoftwareSignature{}
-	mi := &file_posture_v1_report_proto_msgTypes[10]
+	mi := &file_posture_v1_report_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1349,7 @@ func (x *SoftwareSignature) String() string {
 func (*SoftwareSignature) ProtoMessage() {}
 
 func (x *SoftwareSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[10]
+	mi := &file_posture_v1_report_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1362,7 @@ func (x *SoftwareSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SoftwareSignature.ProtoReflect.Descriptor instead.
 func (*SoftwareSignature) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SoftwareSignature) GetSignature() []byte {
@@ -1001,7 +1393,7 @@ type SignedReport struct {
 
 func (x *SignedReport) Reset() {
 	*x = SignedReport{}
-	mi := &file_posture_v1_report_proto_msgTypes[11]
+	mi := &file_posture_v1_report_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1405,7 @@ func (x *SignedReport) String() string {
 func (*SignedReport) ProtoMessage() {}
 
 func (x *SignedReport) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[11]
+	mi := &file_posture_v1_report_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1418,7 @@ func (x *SignedReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedReport.ProtoReflect.Descriptor instead.
 func (*SignedReport) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignedReport) GetReport() []byte {
@@ -1095,7 +1487,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_posture_v1_report_proto_msgTypes[12]
+	mi := &file_posture_v1_report_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1499,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[12]
+	mi := &file_posture_v1_report_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1512,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{12}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -1158,7 +1550,7 @@ type TPMQuote struct {
 
 func (x *TPMQuote) Reset() {
 	*x = TPMQuote{}
-	mi := &file_posture_v1_report_proto_msgTypes[13]
+	mi := &file_posture_v1_report_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1562,7 @@ func (x *TPMQuote) String() string {
 func (*TPMQuote) ProtoMessage() {}
 
 func (x *TPMQuote) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_report_proto_msgTypes[13]
+	mi := &file_posture_v1_report_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1575,7 @@ func (x *TPMQuote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TPMQuote.ProtoReflect.Descriptor instead.
 func (*TPMQuote) Descriptor() ([]byte, []int) {
-	return file_posture_v1_report_proto_rawDescGZIP(), []int{13}
+	return file_posture_v1_report_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TPMQuote) GetAttest() []byte {
@@ -1226,7 +1618,7 @@ const file_posture_v1_report_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12;\n" +
 	"\vobserved_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"observedAt\x12*\n" +
-	"\x06source\x18\x04 \x01(\x0e2\x12.posture.v1.SourceR\x06source\"\xd5\x01\n" +
+	"\x06source\x18\x04 \x01(\x0e2\x12.posture.v1.SourceR\x06source\"\xcc\x02\n" +
 	"\x06OSInfo\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x12\n" +
@@ -1234,18 +1626,26 @@ const file_posture_v1_report_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12%\n" +
 	"\x0ekernel_version\x18\x05 \x01(\tR\rkernelVersion\x12\x12\n" +
 	"\x04arch\x18\x06 \x01(\tR\x04arch\x12\x1a\n" +
-	"\bhostname\x18\a \x01(\tR\bhostname\"\x8f\x01\n" +
+	"\bhostname\x18\a \x01(\tR\bhostname\x12\x14\n" +
+	"\x05build\x18\b \x01(\tR\x05build\x12'\n" +
+	"\x0fdisplay_version\x18\t \x01(\tR\x0edisplayVersion\x126\n" +
+	"\x17rapid_security_response\x18\n" +
+	" \x01(\tR\x15rapidSecurityResponse\"\x8f\x01\n" +
 	"\x06Volume\x12\x1f\n" +
 	"\vmount_point\x18\x01 \x01(\tR\n" +
 	"mountPoint\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1c\n" +
 	"\tencrypted\x18\x03 \x01(\bR\tencrypted\x12\x16\n" +
 	"\x06method\x18\x04 \x01(\tR\x06method\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x95\x01\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\xd4\x01\n" +
 	"\x0eDiskEncryption\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12)\n" +
 	"\x10system_encrypted\x18\x02 \x01(\bR\x0fsystemEncrypted\x12,\n" +
-	"\avolumes\x18\x03 \x03(\v2\x12.posture.v1.VolumeR\avolumes\"\x92\x01\n" +
+	"\avolumes\x18\x03 \x03(\v2\x12.posture.v1.VolumeR\avolumes\x12=\n" +
+	"\rother_volumes\x18\x04 \x01(\v2\x18.posture.v1.OtherVolumesR\fotherVolumes\"h\n" +
+	"\fOtherVolumes\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12,\n" +
+	"\avolumes\x18\x02 \x03(\v2\x12.posture.v1.VolumeR\avolumes\"\x92\x01\n" +
 	"\n" +
 	"SecureBoot\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x18\n" +
@@ -1259,19 +1659,45 @@ const file_posture_v1_report_proto_rawDesc = "" +
 	"\amanager\x18\x02 \x01(\tR\amanager\x12\x18\n" +
 	"\apending\x18\x03 \x01(\rR\apending\x12)\n" +
 	"\x10security_pending\x18\x04 \x01(\rR\x0fsecurityPending\x12'\n" +
-	"\x0freboot_required\x18\x05 \x01(\bR\x0erebootRequired\"j\n" +
+	"\x0freboot_required\x18\x05 \x01(\bR\x0erebootRequired\"\x82\x01\n" +
 	"\bFirewall\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x18\n" +
 	"\aenabled\x18\x02 \x01(\bR\aenabled\x12\x18\n" +
-	"\aproduct\x18\x03 \x01(\tR\aproduct\"{\n" +
+	"\aproduct\x18\x03 \x01(\tR\aproduct\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\x93\x01\n" +
 	"\n" +
 	"ScreenLock\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x18\n" +
 	"\aenabled\x18\x02 \x01(\bR\aenabled\x12'\n" +
-	"\x0ftimeout_seconds\x18\x03 \x01(\rR\x0etimeoutSeconds\"A\n" +
+	"\x0ftimeout_seconds\x18\x03 \x01(\rR\x0etimeoutSeconds\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\x9c\x03\n" +
+	"\x12EndpointProtection\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x18\n" +
+	"\aproduct\x18\x02 \x01(\tR\aproduct\x12\x18\n" +
+	"\aenabled\x18\x03 \x01(\bR\aenabled\x120\n" +
+	"\x14real_time_protection\x18\x04 \x01(\bR\x12realTimeProtection\x12,\n" +
+	"\x12signature_age_days\x18\x05 \x01(\rR\x10signatureAgeDays\x12+\n" +
+	"\x11tamper_protection\x18\x06 \x01(\bR\x10tamperProtection\x12!\n" +
+	"\frunning_mode\x18\a \x01(\tR\vrunningMode\x12>\n" +
+	"\x1bsystem_integrity_protection\x18\b \x01(\bR\x19systemIntegrityProtection\x12\x1e\n" +
+	"\n" +
+	"gatekeeper\x18\t \x01(\bR\n" +
+	"gatekeeper\x12\x16\n" +
+	"\x06detail\x18\n" +
+	" \x01(\tR\x06detail\"\x88\x01\n" +
+	"\n" +
+	"AutoUpdate\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x18\n" +
+	"\aenabled\x18\x02 \x01(\bR\aenabled\x12\x1c\n" +
+	"\tmechanism\x18\x03 \x01(\tR\tmechanism\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\x8c\x01\n" +
+	"\x0fInstalledUpdate\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.posture.v1.SignalMetaR\x04meta\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12=\n" +
+	"\finstalled_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vinstalledAt\"A\n" +
 	"\tAgentInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1a\n" +
-	"\bidentity\x18\x02 \x01(\tR\bidentity\"\xee\x03\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\"\xc9\x05\n" +
 	"\rPostureReport\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1288,7 +1714,11 @@ const file_posture_v1_report_proto_rawDesc = "" +
 	"\bfirewall\x18\n" +
 	" \x01(\v2\x14.posture.v1.FirewallR\bfirewall\x127\n" +
 	"\vscreen_lock\x18\v \x01(\v2\x16.posture.v1.ScreenLockR\n" +
-	"screenLock\"1\n" +
+	"screenLock\x12O\n" +
+	"\x13endpoint_protection\x18\f \x01(\v2\x1e.posture.v1.EndpointProtectionR\x12endpointProtection\x127\n" +
+	"\vauto_update\x18\r \x01(\v2\x16.posture.v1.AutoUpdateR\n" +
+	"autoUpdate\x12O\n" +
+	"\x15last_installed_update\x18\x0e \x01(\v2\x1b.posture.v1.InstalledUpdateR\x13lastInstalledUpdate\"1\n" +
 	"\x11SoftwareSignature\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\"\xac\x01\n" +
 	"\fSignedReport\x12\x16\n" +
@@ -1332,7 +1762,7 @@ func file_posture_v1_report_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_report_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_posture_v1_report_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_posture_v1_report_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_posture_v1_report_proto_goTypes = []any{
 	(Status)(0),                   // 0: posture.v1.Status
 	(Source)(0),                   // 1: posture.v1.Source
@@ -1340,45 +1770,59 @@ var file_posture_v1_report_proto_goTypes = []any{
 	(*OSInfo)(nil),                // 3: posture.v1.OSInfo
 	(*Volume)(nil),                // 4: posture.v1.Volume
 	(*DiskEncryption)(nil),        // 5: posture.v1.DiskEncryption
-	(*SecureBoot)(nil),            // 6: posture.v1.SecureBoot
-	(*Updates)(nil),               // 7: posture.v1.Updates
-	(*Firewall)(nil),              // 8: posture.v1.Firewall
-	(*ScreenLock)(nil),            // 9: posture.v1.ScreenLock
-	(*AgentInfo)(nil),             // 10: posture.v1.AgentInfo
-	(*PostureReport)(nil),         // 11: posture.v1.PostureReport
-	(*SoftwareSignature)(nil),     // 12: posture.v1.SoftwareSignature
-	(*SignedReport)(nil),          // 13: posture.v1.SignedReport
-	(*PCRValue)(nil),              // 14: posture.v1.PCRValue
-	(*TPMQuote)(nil),              // 15: posture.v1.TPMQuote
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*OtherVolumes)(nil),          // 6: posture.v1.OtherVolumes
+	(*SecureBoot)(nil),            // 7: posture.v1.SecureBoot
+	(*Updates)(nil),               // 8: posture.v1.Updates
+	(*Firewall)(nil),              // 9: posture.v1.Firewall
+	(*ScreenLock)(nil),            // 10: posture.v1.ScreenLock
+	(*EndpointProtection)(nil),    // 11: posture.v1.EndpointProtection
+	(*AutoUpdate)(nil),            // 12: posture.v1.AutoUpdate
+	(*InstalledUpdate)(nil),       // 13: posture.v1.InstalledUpdate
+	(*AgentInfo)(nil),             // 14: posture.v1.AgentInfo
+	(*PostureReport)(nil),         // 15: posture.v1.PostureReport
+	(*SoftwareSignature)(nil),     // 16: posture.v1.SoftwareSignature
+	(*SignedReport)(nil),          // 17: posture.v1.SignedReport
+	(*PCRValue)(nil),              // 18: posture.v1.PCRValue
+	(*TPMQuote)(nil),              // 19: posture.v1.TPMQuote
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_posture_v1_report_proto_depIdxs = []int32{
 	0,  // 0: posture.v1.SignalMeta.status:type_name -> posture.v1.Status
-	16, // 1: posture.v1.SignalMeta.observed_at:type_name -> google.protobuf.Timestamp
+	20, // 1: posture.v1.SignalMeta.observed_at:type_name -> google.protobuf.Timestamp
 	1,  // 2: posture.v1.SignalMeta.source:type_name -> posture.v1.Source
 	2,  // 3: posture.v1.OSInfo.meta:type_name -> posture.v1.SignalMeta
 	2,  // 4: posture.v1.DiskEncryption.meta:type_name -> posture.v1.SignalMeta
 	4,  // 5: posture.v1.DiskEncryption.volumes:type_name -> posture.v1.Volume
-	2,  // 6: posture.v1.SecureBoot.meta:type_name -> posture.v1.SignalMeta
-	2,  // 7: posture.v1.Updates.meta:type_name -> posture.v1.SignalMeta
-	2,  // 8: posture.v1.Firewall.meta:type_name -> posture.v1.SignalMeta
-	2,  // 9: posture.v1.ScreenLock.meta:type_name -> posture.v1.SignalMeta
-	16, // 10: posture.v1.PostureReport.created_at:type_name -> google.protobuf.Timestamp
-	10, // 11: posture.v1.PostureReport.agent:type_name -> posture.v1.AgentInfo
-	3,  // 12: posture.v1.PostureReport.os:type_name -> posture.v1.OSInfo
-	5,  // 13: posture.v1.PostureReport.disk:type_name -> posture.v1.DiskEncryption
-	6,  // 14: posture.v1.PostureReport.secure_boot:type_name -> posture.v1.SecureBoot
-	7,  // 15: posture.v1.PostureReport.updates:type_name -> posture.v1.Updates
-	8,  // 16: posture.v1.PostureReport.firewall:type_name -> posture.v1.Firewall
-	9,  // 17: posture.v1.PostureReport.screen_lock:type_name -> posture.v1.ScreenLock
-	12, // 18: posture.v1.SignedReport.software:type_name -> posture.v1.SoftwareSignature
-	15, // 19: posture.v1.SignedReport.tpm:type_name -> posture.v1.TPMQuote
-	14, // 20: posture.v1.TPMQuote.pcrs:type_name -> posture.v1.PCRValue
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	6,  // 6: posture.v1.DiskEncryption.other_volumes:type_name -> posture.v1.OtherVolumes
+	2,  // 7: posture.v1.OtherVolumes.meta:type_name -> posture.v1.SignalMeta
+	4,  // 8: posture.v1.OtherVolumes.volumes:type_name -> posture.v1.Volume
+	2,  // 9: posture.v1.SecureBoot.meta:type_name -> posture.v1.SignalMeta
+	2,  // 10: posture.v1.Updates.meta:type_name -> posture.v1.SignalMeta
+	2,  // 11: posture.v1.Firewall.meta:type_name -> posture.v1.SignalMeta
+	2,  // 12: posture.v1.ScreenLock.meta:type_name -> posture.v1.SignalMeta
+	2,  // 13: posture.v1.EndpointProtection.meta:type_name -> posture.v1.SignalMeta
+	2,  // 14: posture.v1.AutoUpdate.meta:type_name -> posture.v1.SignalMeta
+	2,  // 15: posture.v1.InstalledUpdate.meta:type_name -> posture.v1.SignalMeta
+	20, // 16: posture.v1.InstalledUpdate.installed_at:type_name -> google.protobuf.Timestamp
+	20, // 17: posture.v1.PostureReport.created_at:type_name -> google.protobuf.Timestamp
+	14, // 18: posture.v1.PostureReport.agent:type_name -> posture.v1.AgentInfo
+	3,  // 19: posture.v1.PostureReport.os:type_name -> posture.v1.OSInfo
+	5,  // 20: posture.v1.PostureReport.disk:type_name -> posture.v1.DiskEncryption
+	7,  // 21: posture.v1.PostureReport.secure_boot:type_name -> posture.v1.SecureBoot
+	8,  // 22: posture.v1.PostureReport.updates:type_name -> posture.v1.Updates
+	9,  // 23: posture.v1.PostureReport.firewall:type_name -> posture.v1.Firewall
+	10, // 24: posture.v1.PostureReport.screen_lock:type_name -> posture.v1.ScreenLock
+	11, // 25: posture.v1.PostureReport.endpoint_protection:type_name -> posture.v1.EndpointProtection
+	12, // 26: posture.v1.PostureReport.auto_update:type_name -> posture.v1.AutoUpdate
+	13, // 27: posture.v1.PostureReport.last_installed_update:type_name -> posture.v1.InstalledUpdate
+	16, // 28: posture.v1.SignedReport.software:type_name -> posture.v1.SoftwareSignature
+	19, // 29: posture.v1.SignedReport.tpm:type_name -> posture.v1.TPMQuote
+	18, // 30: posture.v1.TPMQuote.pcrs:type_name -> posture.v1.PCRValue
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_report_proto_init() }
@@ -1386,7 +1830,7 @@ func file_posture_v1_report_proto_init() {
 	if File_posture_v1_report_proto != nil {
 		return
 	}
-	file_posture_v1_report_proto_msgTypes[11].OneofWrappers = []any{
+	file_posture_v1_report_proto_msgTypes[15].OneofWrappers = []any{
 		(*SignedReport_Software)(nil),
 		(*SignedReport_Tpm)(nil),
 	}
@@ -1396,7 +1840,7 @@ func file_posture_v1_report_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_report_proto_rawDesc), len(file_posture_v1_report_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,195 @@
+package signals
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+const aptConfigLine = "apt-config shell UU APT::Periodic::Unattended-Upgrade UPL APT::Periodic::Update-Package-Lists"
+
+func isEnabledLine(unit string) string { return "systemctl is-enabled " + unit }
+
+var (
+	unitEnabledRec  = recorded{stdout: "autoupdate/systemctl-is-enabled-enabled.stdout.txt"}
+	unitDisabledRec = recorded{stdout: "autoupdate/systemctl-is-enabled-disabled.stdout.txt", exitCode: 1}
+	unitMaskedRec   = recorded{stdout: "autoupdate/systemctl-is-enabled-masked.stdout.txt", exitCode: 1}
+	unitMissingRec  = recorded{stderr: "autoupdate/systemctl-is-enabled-missing.stderr.txt", exitCode: 1}
+)
+
+func TestAutoUpdateLinux(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	apt := map[string]string{"usr/bin/apt-get": "", "usr/bin/unattended-upgrade": "", "run/systemd/system/.keep": ""}
+	dnf := map[string]string{"usr/bin/dnf": "", "run/systemd/system/.keep": ""}
+	with := func(base, extra map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range base {
+			out[k] = v
+		}
+		for k, v := range extra {
+			out[k] = v
+		}
+		return out
+	}
+	const uu, dnfAuto = "unattended-upgrades", "dnf-automatic"
+	tests := []struct {
+		name       string
+		files      map[string]string
+		recordings map[string]recorded
+		want       autoUpdate
+	}{
+		{
+			name:  "unattended-upgrades on",
+			files: apt,
+			recordings: map[string]recorded{
+				aptConfigLine:                            {stdout: "autoupdate/apt-config-enabled.stdout.txt"},
+				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
+				isEnabledLine("apt-daily-upgrade.timer"): unitEnabledRec,
+			},
+			want: autoUpdate{meta: ok, enabled: true, mechanism: uu, detail: "unattended-upgrades runs daily"},
+		},
+		{
+			name:  "unattended upgrades switched off",
+			files: apt,
+			recordings: map[string]recorded{
+				aptConfigLine:                            {stdout: "autoupdate/apt-config-disabled.stdout.txt"},
+				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
+				isEnabledLine("apt-daily-upgrade.timer"): unitEnabledRec,
+			},
+			want: autoUpdate{meta: ok, mechanism: uu,
+				detail: `APT::Periodic::Unattended-Upgrade is "0" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades)`},
+		},
+		{
+			name:  "no periodic configuration, timer masked",
+			files: apt,
+			recordings: map[string]recorded{
+				aptConfigLine:                            {stdout: "autoupdate/apt-config-none.stdout.txt"},
+				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
+				isEnabledLine("apt-daily-upgrade.timer"): unitMaskedRec,
+			},
+			want: autoUpdate{meta: ok, mechanism: uu,
+				detail: `APT::Periodic::Unattended-Upgrade is "" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades); ` +
+					`APT::Periodic::Update-Package-Lists is "", so no new updates are seen; ` +
+					`apt-daily-upgrade.timer is masked (systemctl enable --now apt-daily-upgrade.timer)`},
+		},
+		{
+			name:  "without systemd, from cron",
+			files: map[string]string{"usr/bin/apt-get": "", "usr/bin/unattended-upgrade": "", "etc/cron.daily/apt-compat": ""},
+			recordings: map[string]recorded{
+				aptConfigLine: {stdout: "autoupdate/apt-config-enabled.stdout.txt"},
+			},
+			want: autoUpdate{meta: ok, enabled: true, mechanism: uu, detail: "unattended-upgrades runs daily"},
+		},
+		{
+			name:  "unattended-upgrades not installed",
+			files: map[string]string{"usr/bin/apt-get": ""},
+			want:  autoUpdate{meta: ok, mechanism: uu, detail: "unattended-upgrades is not installed (apt install unattended-upgrades)"},
+		},
+		{
+			name:  "dnf-automatic-install.timer",
+			files: dnf,
+			recordings: map[string]recorded{
+				isEnabledLine("dnf-automatic-install.timer"): unitEnabledRec,
+			},
+			want: autoUpdate{meta: ok, enabled: true, mechanism: dnfAuto, detail: "dnf-automatic-install.timer installs default updates"},
+		},
+		{
+			name:  "dnf-automatic.timer applying security updates",
+			files: with(dnf, map[string]string{"etc/dnf/automatic.conf": "@testdata/autoupdate/dnf-automatic.conf-apply"}),
+			recordings: map[string]recorded{
+				isEnabledLine("dnf-automatic-install.timer"): unitMissingRec,
+				isEnabledLine("dnf-automatic.timer"):         unitEnabledRec,
+			},
+			want: autoUpdate{meta: ok, enabled: true, mechanism: dnfAuto, detail: "dnf-automatic.timer installs security updates"},
+		},
+		{
+			name:  "dnf-automatic.timer only downloading",
+			files: with(dnf, map[string]string{"etc/dnf/automatic.conf": "@testdata/autoupdate/dnf-automatic.conf-download"}),
+			recordings: map[string]recorded{
+				isEnabledLine("dnf-automatic-install.timer"): unitDisabledRec,
+				isEnabledLine("dnf-automatic.timer"):         unitEnabledRec,
+			},
+			want: autoUpdate{meta: ok, mechanism: dnfAuto,
+				detail: "dnf-automatic.timer only downloads updates: set apply_updates = yes in /etc/dnf/automatic.conf"},
+		},
+		{
+			name:  "dnf-automatic not installed",
+			files: dnf,
+			recordings: map[string]recorded{
+				isEnabledLine("dnf-automatic-install.timer"): unitMissingRec,
+				isEnabledLine("dnf-automatic.timer"):         unitMissingRec,
+				isEnabledLine("dnf5-automatic.timer"):        unitMissingRec,
+			},
+			want: autoUpdate{meta: ok, mechanism: dnfAuto,
+				detail: "no dnf-automatic timer is enabled (dnf-automatic-install.timer not installed, dnf-automatic.timer not installed, " +
+					"dnf5-automatic.timer not installed): systemctl enable --now dnf-automatic-install.timer"},
+		},
+		{
+			name:  "zypper",
+			files: map[string]string{"usr/bin/zypper": ""},
+			want: autoUpdate{mechanism: "zypper", meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"automatic updates are not measured for zypper: SUSE has no single standard mechanism (YaST online update, transactional-update, os-update)")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(Options{Root: fakeRoot(t, tt.files), Runner: newFakeRunner(t, tt.recordings), Now: fixedNow})
+			got := c.autoUpdate(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+				t.Errorf("autoUpdate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestAutoUpdateReusedUntilConfigChanges checks that apt-config runs again
+// only when a file it reads changes.
+func TestAutoUpdateReusedUntilConfigChanges(t *testing.T) {
+	root := fakeRoot(t, map[string]string{
+		"usr/bin/apt-get": "", "usr/bin/unattended-upgrade": "", "etc/cron.daily/apt-compat": "",
+		"etc/apt/apt.conf.d/20auto-upgrades": "APT::Periodic::Unattended-Upgrade \"1\";\n",
+	})
+	runner := newFakeRunner(t, map[string]recorded{aptConfigLine: {stdout: "autoupdate/apt-config-enabled.stdout.txt"}})
+	clock := &fakeClock{now: testTime}
+	c := New(Options{Root: root, Runner: runner, Now: clock.Now})
+	ctx := context.Background()
+
+	first := c.autoUpdate(ctx)
+	clock.Advance(time.Minute)
+	second := c.autoUpdate(ctx)
+	if n := runner.count(aptConfigLine); n != 1 {
+		t.Fatalf("apt-config ran %d times for unchanged configuration, want 1", n)
+	}
+	if !first.enabled || !second.enabled || !second.meta.GetObservedAt().AsTime().Equal(clock.Now()) {
+		t.Errorf("reused result = %+v, want enabled and observed now", second)
+	}
+
+	p := filepath.Join(root, "etc", "apt", "apt.conf.d", "20auto-upgrades")
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(p, later, later); err != nil {
+		t.Fatal(err)
+	}
+	c.autoUpdate(ctx)
+	if n := runner.count(aptConfigLine); n != 2 {
+		t.Errorf("apt-config ran %d times after a configuration file changed, want 2", n)
+	}
+
+	clock.Advance(configMaxAge)
+	c.autoUpdate(ctx)
+	if n := runner.count(aptConfigLine); n != 3 {
+		t.Errorf("apt-config ran %d times after %v, want 3", n, configMaxAge)
+	}
+}
+
+func TestParseAptConfigShell(t *testing.T) {
+	got := parseAptConfigShell([]byte("UU='1'\nUPL='always'\nX='it'\"'\"'s'\n"))
+	want := map[string]string{"UU": "1", "UPL": "always", "X": "it's"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("parseAptConfigShell (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,163 @@
+package signals
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// On macOS, FileVault protects the Data volume of the boot volume group;
+// the System volume is a sealed, read-only snapshot. fdesetup decides;
+// diskutil's APFS listing adds what the volume is and whether a conversion
+// is still running. Swap is encrypted by the kernel, which vm.swapusage
+// states.
+
+// macDiskEncryption measures FileVault. dataDevice is the device mounted
+// at /System/Volumes/Data (or at / before macOS 10.15), "" when unknown.
+func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice string) (*posturev1.DiskEncryption, otherVolumes) {
+	others := otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+		"other volumes are not examined on macOS by this agent version: diskutil's APFS listing does not say which containers are internal")}
+	stdout, stderr, code, err := c.run(ctx, fdesetup, "isactive")
+	if err != nil {
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}, others
+	}
+	var on bool
+	switch code {
+	case 0:
+		on = true
+	case 1:
+		// fdesetup isactive exits 1 (printing "false") when FileVault is off.
+	default:
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR,
+			commandError(fdesetup, []string{"isactive"}, code, stderr, stdout).Error())}, others
+	}
+
+	vol := &posturev1.Volume{MountPoint: dataMount, Device: dataDevice, Method: "FileVault"}
+	details := []string{"fdesetup isactive: " + map[bool]string{true: "FileVault on", false: "FileVault off"}[on]}
+	migrating := false
+	if apfs, err := c.apfsVolume(ctx, filepath.Base(dataDevice)); err != nil {
+		details = append(details, err.Error())
+	} else {
+		details = append(details, apfs.describe())
+		migrating = apfs.cryptoMigration
+	}
+	vol.Encrypted = on && !migrating
+	if !on {
+		vol.Method = ""
+	}
+	vol.Detail = strings.Join(details, "; ")
+
+	swap := c.macSwap(ctx)
+	return &posturev1.DiskEncryption{
+		Meta:            c.meta(posturev1.Status_STATUS_OK, ""),
+		SystemEncrypted: vol.Encrypted && swap.Encrypted,
+		Volumes:         []*posturev1.Volume{vol, swap},
+	}, others
+}
+
+// apfsVolumeInfo is one volume of "diskutil apfs list -plist".
+type apfsVolumeInfo struct {
+	device, name, roles                            string
+	fileVault, encryption, locked, cryptoMigration bool
+}
+
+func (v apfsVolumeInfo) describe() string {
+	s := fmt.Sprintf("APFS volume %s %q", v.device, v.name)
+	if v.roles != "" {
+		s += " (role " + v.roles + ")"
+	}
+	s += fmt.Sprintf(": FileVault %v, encrypted %v", v.fileVault, v.encryption)
+	if v.cryptoMigration {
+		s += ", encryption or decryption still in progress"
+	}
+	return s
+}
+
+// apfsVolume finds a volume by device identifier ("disk3s5").
+func (c *Collector) apfsVolume(ctx context.Context, device string) (apfsVolumeInfo, error) {
+	args := []string{"apfs", "list", "-plist"}
+	stdout, stderr, code, err := c.run(ctx, diskutil, args...)
+	if err != nil {
+		return apfsVolumeInfo{}, err
+	}
+	if code != 0 {
+		return apfsVolumeInfo{}, commandError(diskutil, args, code, stderr, stdout)
+	}
+	vols, err := parseAPFSList(stdout)
+	if err != nil {
+		return apfsVolumeInfo{}, fmt.Errorf("parse diskutil apfs list: %w", err)
+	}
+	for _, v := range vols {
+		if v.device == device {
+			return v, nil
+		}
+	}
+	return apfsVolumeInfo{}, fmt.Errorf("diskutil apfs list shows no volume %s", device)
+}
+
+// parseAPFSList reads the volumes of every container in "diskutil apfs
+// list -plist": {Containers: [{Volumes: [{DeviceIdentifier, Name, Roles,
+// FileVault, Encryption, Locked, CryptoMigrationOn}]}]}.
+func parseAPFSList(b []byte) ([]apfsVolumeInfo, error) {
+	root, err := parseXMLPlist(b)
+	if err != nil {
+		return nil, err
+	}
+	top, ok := root.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("top level is not a dictionary: %w", errPlist)
+	}
+	containers, _ := top["Containers"].([]any)
+	var out []apfsVolumeInfo
+	for _, ct := range containers {
+		cm, _ := ct.(map[string]any)
+		vols, _ := cm["Volumes"].([]any)
+		for _, v := range vols {
+			vm, ok := v.(map[string]any)
+			if !ok {
+				continue
+			}
+			info := apfsVolumeInfo{}
+			info.device, _ = plistString(vm, "DeviceIdentifier")
+			info.name, _ = plistString(vm, "Name")
+			info.fileVault, _ = plistBool(vm, "FileVault")
+			info.encryption, _ = plistBool(vm, "Encryption")
+			info.locked, _ = plistBool(vm, "Locked")
+			info.cryptoMigration, _ = plistBool(vm, "CryptoMigrationOn")
+			if roles, ok := vm["Roles"].([]any); ok {
+				var rs []string
+				for _, r := range roles {
+					if s, ok := r.(string); ok {
+						rs = append(rs, s)
+					}
+				}
+				info.roles = strings.Join(rs, ",")
+			}
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}
+
+// macSwap reads vm.swapusage ("total = 2048.00M  used = 1024.00M  free =
+// 1024.00M  (encrypted)"): the kernel marks encrypted swap.
+func (c *Collector) macSwap(ctx context.Context) *posturev1.Volume {
+	v := &posturev1.Volume{MountPoint: swapMountPoint}
+	args := []string{"-n", "vm.swapusage"}
+	stdout, stderr, code, err := c.run(ctx, sysctlCmd, args...)
+	switch {
+	case err != nil:
+		v.Detail = fmt.Sprintf("cannot read vm.swapusage (%v): swap counted as not encrypted", err)
+	case code != 0:
+		v.Detail = fmt.Sprintf("cannot read vm.swapusage (%v): swap counted as not encrypted", commandError(sysctlCmd, args, code, stderr, stdout))
+	case strings.Contains(string(stdout), "(encrypted)"):
+		v.Encrypted, v.Method = true, "macOS encrypted swap"
+		v.Detail = "vm.swapusage: " + firstLine(stdout)
+	default:
+		v.Detail = "vm.swapusage does not say (encrypted): " + firstLine(stdout)
+	}
+	return v
+}

@@ -1,0 +1,122 @@
+package signals
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// winDiskEncryption asks BitLocker about every encryptable volume through
+// WMI, calling GetProtectionStatus rather than trusting the cached
+// ProtectionStatus property, and decides on the volume of %SystemDrive%
+// (which need not be C:). Fixed data volumes are listed separately;
+// portable (removable) ones are ignored.
+func (c *Collector) winDiskEncryption(ctx context.Context, systemDrive string) (*posturev1.DiskEncryption, otherVolumes) {
+	if c.wmi == nil {
+		reason := errNoWindowsSource.Error()
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)},
+			otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
+	}
+	vols, err := withTimeout(ctx, c, "BitLocker (WMI Win32_EncryptableVolume)", c.wmi.EncryptableVolumes)
+	if err != nil {
+		status, reason := posturev1.Status_STATUS_ERROR, err.Error()
+		switch {
+		case errors.Is(err, errAccessDenied):
+			status, reason = posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to query BitLocker: "+reason
+		case errors.Is(err, fs.ErrNotExist):
+			status, reason = posturev1.Status_STATUS_UNAVAILABLE,
+				"BitLocker's WMI provider is missing (a Windows edition without BitLocker); other encryption products are not examined: "+reason
+		}
+		return &posturev1.DiskEncryption{Meta: c.meta(status, reason)}, otherVolumes{meta: c.meta(status, reason)}
+	}
+	r := bitLockerState(vols, systemDrive)
+	return &posturev1.DiskEncryption{Meta: c.meta(r.status.status, r.status.reason), SystemEncrypted: r.systemEncrypted, Volumes: r.volumes},
+		otherVolumes{meta: c.meta(posturev1.Status_STATUS_OK, ""), volumes: r.others}
+}
+
+type bitLockerResult struct {
+	status          statusReason
+	systemEncrypted bool
+	volumes         []*posturev1.Volume // the system volume
+	others          []*posturev1.Volume // fixed data volumes
+}
+
+// bitLockerState decides from the volumes' method results. A volume
+// counts as encrypted when it is fully encrypted and protection is on:
+// suspended protection leaves the key in the clear on the disk.
+func bitLockerState(vols []encryptableVolume, systemDrive string) bitLockerResult {
+	var r bitLockerResult
+	found := false
+	for _, v := range vols {
+		vol := bitLockerVolume(v)
+		switch {
+		case strings.EqualFold(v.DriveLetter, systemDrive):
+			found = true
+			r.volumes = append(r.volumes, vol)
+			r.systemEncrypted = vol.Encrypted
+		case v.VolumeType == 2 || v.DriveLetter == "":
+			// Portable volumes (USB drives) are removable media; volumes
+			// without a letter are recovery and system partitions.
+		default:
+			r.others = append(r.others, vol)
+		}
+	}
+	if !found {
+		r.status = statusReason{posturev1.Status_STATUS_ERROR,
+			fmt.Sprintf("BitLocker lists no volume for the system drive %s (%d volumes listed)", systemDrive, len(vols))}
+		return r
+	}
+	r.status = statusReason{posturev1.Status_STATUS_OK, ""}
+	return r
+}
+
+var conversionStatus = map[uint32]string{
+	0: "fully decrypted", 1: "fully encrypted", 2: "encryption in progress",
+	3: "decryption in progress", 4: "encryption paused", 5: "decryption paused",
+}
+
+var encryptionMethod = map[uint32]string{
+	1: "AES-128 with diffuser", 2: "AES-256 with diffuser", 3: "AES-128", 4: "AES-256",
+	5: "hardware encryption", 6: "XTS-AES-128", 7: "XTS-AES-256",
+}
+
+func bitLockerVolume(v encryptableVolume) *posturev1.Volume {
+	vol := &posturev1.Volume{MountPoint: v.DriveLetter, Device: v.DeviceID}
+	if v.MethodError != "" {
+		vol.Detail = "BitLocker state unreadable: " + v.MethodError
+		return vol
+	}
+	conv := conversionStatus[v.ConversionStatus]
+	if conv == "" {
+		conv = fmt.Sprintf("conversion status %d", v.ConversionStatus)
+	}
+	if v.ConversionStatus == 2 || v.ConversionStatus == 3 || v.ConversionStatus == 4 || v.ConversionStatus == 5 {
+		conv += fmt.Sprintf(" (%d%% encrypted)", v.EncryptionPercentage)
+	}
+	var protection string
+	switch v.ProtectionStatus {
+	case 0:
+		protection = "protection off"
+		if v.ConversionStatus == 1 {
+			protection = "protection suspended: the key is stored unprotected on the disk (manage-bde -protectors -enable " + v.DriveLetter + ")"
+		}
+	case 1:
+		protection = "protection on"
+	case 2:
+		protection = "protection unknown: the volume is locked"
+	default:
+		protection = fmt.Sprintf("protection status %d", v.ProtectionStatus)
+	}
+	vol.Detail = "BitLocker " + conv + ", " + protection
+	if m := encryptionMethod[v.EncryptionMethod]; m != "" {
+		vol.Detail += ", " + m
+	}
+	if v.ProtectionStatus == 1 && v.ConversionStatus == 1 {
+		vol.Encrypted, vol.Method = true, "BitLocker"
+	}
+	return vol
+}

@@ -1,0 +1,80 @@
+package signals
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// macEndpointProtection reports the protections macOS builds in: System
+// Integrity Protection (csrutil status) and Gatekeeper (spctl --status).
+// Neither needs root.
+func (c *Collector) macEndpointProtection(ctx context.Context) endpointProtection {
+	e := endpointProtection{product: "macOS SIP and Gatekeeper"}
+	stdout, stderr, code, err := c.run(ctx, csrutil, "status")
+	if err != nil {
+		e.meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
+		return e
+	}
+	if code != 0 {
+		e.meta = c.meta(posturev1.Status_STATUS_ERROR, commandError(csrutil, []string{"status"}, code, stderr, stdout).Error())
+		return e
+	}
+	sip, sipDetail, err := parseCsrutilStatus(stdout)
+	if err != nil {
+		e.meta = c.meta(posturev1.Status_STATUS_ERROR, err.Error())
+		return e
+	}
+	// spctl exits non-zero when assessments are disabled, and prints the
+	// status either way.
+	stdout, stderr, code, err = c.run(ctx, spctl, "--status")
+	if err != nil {
+		e.meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
+		return e
+	}
+	gk, err := parseSpctlStatus(stdout, stderr)
+	if err != nil {
+		e.meta = c.meta(posturev1.Status_STATUS_ERROR, fmt.Sprintf("%v (exit status %d)", err, code))
+		return e
+	}
+	e.systemIntegrityProtection, e.gatekeeper = sip, gk
+	e.enabled = sip && gk
+	var off []string
+	if !sip {
+		off = append(off, "System Integrity Protection is "+sipDetail+" (csrutil enable in recoveryOS)")
+	}
+	if !gk {
+		off = append(off, "Gatekeeper is off (spctl --global-enable)")
+	}
+	e.detail = strings.Join(off, "; ")
+	e.meta = c.meta(posturev1.Status_STATUS_OK, "")
+	return e
+}
+
+// parseCsrutilStatus reads "System Integrity Protection status: enabled."
+// A custom configuration ("unknown (Custom Configuration).") has some
+// protections off, so only "enabled" counts.
+func parseCsrutilStatus(b []byte) (enabled bool, state string, err error) {
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "System Integrity Protection status:"); ok {
+			state = strings.TrimSuffix(strings.TrimSpace(rest), ".")
+			return state == "enabled", state, nil
+		}
+	}
+	return false, "", fmt.Errorf("csrutil status printed %q, want \"System Integrity Protection status: …\"", firstLine(b))
+}
+
+// parseSpctlStatus reads "assessments enabled" or "assessments disabled"
+// (older releases print it on stderr).
+func parseSpctlStatus(stdout, stderr []byte) (bool, error) {
+	s := string(stdout) + string(stderr)
+	switch {
+	case strings.Contains(s, "assessments enabled"):
+		return true, nil
+	case strings.Contains(s, "assessments disabled"):
+		return false, nil
+	}
+	return false, fmt.Errorf("spctl --status printed %q, want \"assessments enabled\" or \"assessments disabled\"", firstLine([]byte(s)))
+}

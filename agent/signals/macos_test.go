@@ -1,0 +1,464 @@
+package signals
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/testing/protocmp"
+)
+
+// The macOS measurements run on every OS against outputs in testdata/macos,
+// which are written from Apple's documented formats (see the README there).
+
+const (
+	swVersLine       = "/usr/bin/sw_vers"
+	fdesetupLine     = "/usr/bin/fdesetup isactive"
+	apfsListLine     = "/usr/sbin/diskutil apfs list -plist"
+	swapUsageLine    = "/usr/sbin/sysctl -n vm.swapusage"
+	suPrefsLine      = "/usr/bin/defaults read /Library/Preferences/com.apple.SoftwareUpdate"
+	suManagedLine    = "/usr/bin/defaults read /Library/Managed Preferences/com.apple.SoftwareUpdate"
+	socketfilterLine = "/usr/libexec/ApplicationFirewall/socketfilterfw --getglobalstate"
+	alfLine          = "/usr/bin/defaults read /Library/Preferences/com.apple.alf globalstate"
+	consoleLine      = "/usr/bin/stat -f %Su %u /dev/console"
+	asAlice          = "/bin/launchctl asuser 501 /usr/bin/sudo -H -u alice "
+	sysadminctlLine  = asAlice + "/usr/sbin/sysadminctl -screenLock status"
+	idleTimeLine     = asAlice + "/usr/bin/defaults -currentHost read com.apple.screensaver idleTime"
+	pmsetLine        = "/usr/bin/pmset -g"
+	csrutilLine      = "/usr/bin/csrutil status"
+	spctlLine        = "/usr/sbin/spctl --status"
+	iBridgeLine      = "/usr/sbin/system_profiler SPiBridgeDataType"
+)
+
+func mac(file string) string { return "macos/" + file }
+
+// newMacCollector is a Collector replaying recordings, as root.
+func newMacCollector(t *testing.T, recordings map[string]recorded) (*Collector, *fakeRunner) {
+	r := newFakeRunner(t, recordings)
+	c := New(Options{Root: t.TempDir(), Runner: r, Now: fixedNow})
+	c.euid = 0
+	return c, r
+}
+
+func TestMacOSInfo(t *testing.T) {
+	tests := []struct {
+		name    string
+		rec     recorded
+		want    *posturev1.OSInfo
+		details osDetails
+	}{
+		{
+			name:    "Sonoma",
+			rec:     recorded{stdout: mac("sw_vers-14.5.stdout.txt")},
+			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "14.5"},
+			details: osDetails{build: "23F79"},
+		},
+		{
+			name:    "Rapid Security Response",
+			rec:     recorded{stdout: mac("sw_vers-13.4.1-rsr.stdout.txt")},
+			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "13.4.1"},
+			details: osDetails{build: "22F770820d", rapidSecurityResponse: "(c)"},
+		},
+		{
+			name: "sw_vers fails",
+			rec:  recorded{exitCode: 1},
+			want: &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE, "/usr/bin/sw_vers exited with status 1")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, map[string]recorded{swVersLine: tt.rec})
+			got, details := c.macOSInfo(context.Background(), "23.5.0", "mbp")
+			tt.want.Platform, tt.want.Arch, tt.want.KernelVersion, tt.want.Hostname = "darwin", runtime.GOARCH, "23.5.0", "mbp"
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("macOSInfo (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
+				t.Errorf("details (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMacDiskEncryption(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	swap := &posturev1.Volume{MountPoint: "[SWAP]", Encrypted: true, Method: "macOS encrypted swap",
+		Detail: "vm.swapusage: total = 2048.00M  used = 1124.75M  free = 923.25M  (encrypted)"}
+	const apfsData = `APFS volume disk3s5 "Macintosh HD - Data" (role Data): FileVault true, encrypted true`
+	tests := []struct {
+		name       string
+		recordings map[string]recorded
+		want       *posturev1.DiskEncryption
+	}{
+		{
+			name: "FileVault on",
+			recordings: map[string]recorded{
+				fdesetupLine:  {stdout: mac("fdesetup-isactive-true.stdout.txt")},
+				apfsListLine:  {stdout: mac("diskutil-apfs-list.stdout.xml")},
+				swapUsageLine: {stdout: mac("sysctl-vm.swapusage.stdout.txt")},
+			},
+			want: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: true, Volumes: []*posturev1.Volume{
+				{MountPoint: "/System/Volumes/Data", Device: "/dev/disk3s5", Encrypted: true, Method: "FileVault",
+					Detail: "fdesetup isactive: FileVault on; " + apfsData},
+				swap,
+			}},
+		},
+		{
+			name: "FileVault off",
+			recordings: map[string]recorded{
+				fdesetupLine:  {stdout: mac("fdesetup-isactive-false.stdout.txt"), exitCode: 1},
+				apfsListLine:  {stdout: mac("diskutil-apfs-list.stdout.xml")},
+				swapUsageLine: {stdout: mac("sysctl-vm.swapusage.stdout.txt")},
+			},
+			want: &posturev1.DiskEncryption{Meta: ok, Volumes: []*posturev1.Volume{
+				{MountPoint: "/System/Volumes/Data", Device: "/dev/disk3s5",
+					Detail: "fdesetup isactive: FileVault off; " + apfsData},
+				swap,
+			}},
+		},
+		{
+			name: "FileVault still encrypting",
+			recordings: map[string]recorded{
+				fdesetupLine:  {stdout: mac("fdesetup-isactive-true.stdout.txt")},
+				apfsListLine:  {stdout: mac("diskutil-apfs-list-migrating.stdout.xml")},
+				swapUsageLine: {stdout: mac("sysctl-vm.swapusage.stdout.txt")},
+			},
+			want: &posturev1.DiskEncryption{Meta: ok, Volumes: []*posturev1.Volume{
+				{MountPoint: "/System/Volumes/Data", Device: "/dev/disk3s5", Method: "FileVault",
+					Detail: "fdesetup isactive: FileVault on; " + apfsData + ", encryption or decryption still in progress"},
+				swap,
+			}},
+		},
+		{
+			name: "diskutil fails",
+			recordings: map[string]recorded{
+				fdesetupLine:  {stdout: mac("fdesetup-isactive-true.stdout.txt")},
+				apfsListLine:  {exitCode: 1},
+				swapUsageLine: {stdout: mac("sysctl-vm.swapusage.stdout.txt")},
+			},
+			want: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: true, Volumes: []*posturev1.Volume{
+				{MountPoint: "/System/Volumes/Data", Device: "/dev/disk3s5", Encrypted: true, Method: "FileVault",
+					Detail: "fdesetup isactive: FileVault on; /usr/sbin/diskutil apfs list -plist exited with status 1"},
+				swap,
+			}},
+		},
+		{
+			name:       "fdesetup fails",
+			recordings: map[string]recorded{fdesetupLine: {exitCode: 2}},
+			want: &posturev1.DiskEncryption{Meta: metaAt(testTime, posturev1.Status_STATUS_ERROR,
+				"/usr/bin/fdesetup isactive exited with status 2")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, tt.recordings)
+			got, others := c.macDiskEncryption(context.Background(), "/System/Volumes/Data", "/dev/disk3s5")
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("macDiskEncryption (-want +got):\n%s", diff)
+			}
+			if others.meta.GetStatus() != posturev1.Status_STATUS_UNAVAILABLE {
+				t.Errorf("other volumes: %v, want STATUS_UNAVAILABLE", others.meta)
+			}
+		})
+	}
+}
+
+func TestMacUpdates(t *testing.T) {
+	checked := time.Date(2024, 7, 30, 8, 14, 2, 0, time.UTC)
+	tests := []struct {
+		name string
+		rec  recorded
+		want *posturev1.Updates
+	}{
+		{
+			name: "two recommended updates",
+			rec:  recorded{stdout: mac("defaults-softwareupdate.stdout.txt")},
+			want: &posturev1.Updates{Meta: metaAt(checked, posturev1.Status_STATUS_OK, ""), Manager: "softwareupdate",
+				Pending: 2, SecurityPending: 1},
+		},
+		{
+			name: "up to date",
+			rec:  recorded{stdout: mac("defaults-softwareupdate-current.stdout.txt")},
+			want: &posturev1.Updates{Meta: metaAt(time.Date(2024, 8, 1, 7, 2, 11, 0, time.UTC), posturev1.Status_STATUS_OK, ""),
+				Manager: "softwareupdate"},
+		},
+		{
+			name: "count without the list",
+			rec:  recorded{stdout: mac("defaults-softwareupdate-unset.stdout.txt")},
+			want: &posturev1.Updates{Meta: metaAt(time.Date(2024, 8, 1, 7, 2, 11, 0, time.UTC), posturev1.Status_STATUS_OK, ""),
+				Manager: "softwareupdate", Pending: 1, SecurityPending: 1},
+		},
+		{
+			name: "never checked",
+			rec:  recorded{stderr: mac("defaults-softwareupdate-missing.stderr.txt"), exitCode: 1},
+			want: &posturev1.Updates{Manager: "softwareupdate", Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"softwareupdate has not recorded a check in /Library/Preferences/com.apple.SoftwareUpdate (run softwareupdate --list)")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, map[string]recorded{suPrefsLine: tt.rec})
+			got := c.macUpdates(context.Background())
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("macUpdates (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMacAutoUpdate(t *testing.T) {
+	noManaged := recorded{stderr: mac("defaults-managed-missing.stderr.txt"), exitCode: 1}
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	tests := []struct {
+		name          string
+		local, manage recorded
+		want          autoUpdate
+	}{
+		{
+			name: "security updates install automatically", local: recorded{stdout: mac("defaults-softwareupdate.stdout.txt")}, manage: noManaged,
+			want: autoUpdate{meta: ok, enabled: true, mechanism: "softwareupdate",
+				detail: "check true, download true, install security responses and system files true, install macOS updates false"},
+		},
+		{
+			name: "a profile turns security responses off", local: recorded{stdout: mac("defaults-softwareupdate.stdout.txt")},
+			manage: recorded{stdout: mac("defaults-softwareupdate-managed.stdout.txt")},
+			want: autoUpdate{meta: ok, mechanism: "softwareupdate",
+				detail: "check true, download true, install security responses and system files false, install macOS updates false"},
+		},
+		{
+			name: "settings never changed", local: recorded{stdout: mac("defaults-softwareupdate-unset.stdout.txt")}, manage: noManaged,
+			want: autoUpdate{mechanism: "softwareupdate", meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"AutomaticCheckEnabled and CriticalUpdateInstall not set in /Library/Preferences/com.apple.SoftwareUpdate or a configuration profile: "+
+					"the macOS default applies and cannot be read")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, map[string]recorded{suPrefsLine: tt.local, suManagedLine: tt.manage})
+			got := c.macAutoUpdate(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+				t.Errorf("macAutoUpdate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMacFirewall(t *testing.T) {
+	on := &posturev1.Firewall{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, Product: "Application Firewall"}
+	off := &posturev1.Firewall{Product: "Application Firewall", Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
+		"the Application Firewall is off (System Settings › Network › Firewall)")}
+	tests := []struct {
+		name       string
+		recordings map[string]recorded
+		want       *posturev1.Firewall
+	}{
+		{"macOS 15 on", map[string]recorded{swVersLine: {stdout: mac("sw_vers-15.1.stdout.txt")},
+			socketfilterLine: {stdout: mac("socketfilterfw-enabled.stdout.txt")}}, on},
+		{"macOS 15 off", map[string]recorded{swVersLine: {stdout: mac("sw_vers-15.1.stdout.txt")},
+			socketfilterLine: {stdout: mac("socketfilterfw-disabled.stdout.txt")}}, off},
+		{"macOS 14 on", map[string]recorded{swVersLine: {stdout: mac("sw_vers-14.5.stdout.txt")},
+			alfLine: {stdout: mac("defaults-alf-globalstate-1.stdout.txt")}}, on},
+		{"macOS 14 off", map[string]recorded{swVersLine: {stdout: mac("sw_vers-14.5.stdout.txt")},
+			alfLine: {stdout: mac("defaults-alf-globalstate-0.stdout.txt")}}, off},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, r := newMacCollector(t, tt.recordings)
+			for range 2 {
+				got := c.macFirewall(context.Background())
+				if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+					t.Errorf("macFirewall (-want +got):\n%s", diff)
+				}
+			}
+			if n := r.count(swVersLine); n != 1 {
+				t.Errorf("sw_vers ran %d times for two measurements, want 1", n)
+			}
+		})
+	}
+}
+
+func TestMacScreenLock(t *testing.T) {
+	alice := recorded{stdout: mac("stat-console-alice.stdout.txt")}
+	tests := []struct {
+		name       string
+		euid       int
+		recordings map[string]recorded
+		want       *posturev1.ScreenLock
+	}{
+		{
+			name: "screen saver after 10 min, password after 5 more",
+			recordings: map[string]recorded{consoleLine: alice,
+				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-300.stderr.txt")},
+				idleTimeLine:    {stdout: mac("defaults-idletime-600.stdout.txt")},
+				pmsetLine:       {stdout: mac("pmset-g.stdout.txt")}},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: 900},
+		},
+		{
+			name: "display sleep decides when the screen saver is unset",
+			recordings: map[string]recorded{consoleLine: alice,
+				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-immediate.stderr.txt")},
+				idleTimeLine:    {stderr: mac("defaults-idletime-missing.stderr.txt"), exitCode: 1},
+				pmsetLine:       {stdout: mac("pmset-g.stdout.txt")}},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: 600},
+		},
+		{
+			name: "no password",
+			recordings: map[string]recorded{consoleLine: alice,
+				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-off.stderr.txt")},
+				idleTimeLine:    {stdout: mac("defaults-idletime-600.stdout.txt")},
+				pmsetLine:       {stdout: mac("pmset-g.stdout.txt")}},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
+				"no password is required after the screen saver starts or the display sleeps (System Settings › Lock Screen)")},
+		},
+		{
+			name: "never idle",
+			recordings: map[string]recorded{consoleLine: alice,
+				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-immediate.stderr.txt")},
+				idleTimeLine:    {stdout: mac("defaults-idletime-0.stdout.txt")},
+				pmsetLine:       {stdout: mac("pmset-g-never.stdout.txt")}},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
+				"neither the screen saver (idleTime 0) nor display sleep (displaysleep 0) ever starts, so the screen never locks")},
+		},
+		{
+			name:       "nobody logged in",
+			recordings: map[string]recorded{consoleLine: {stdout: mac("stat-console-root.stdout.txt")}},
+			want:       &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_NOT_APPLICABLE, "no graphical session")},
+		},
+		{
+			name:       "agent is another user",
+			euid:       502,
+			recordings: map[string]recorded{consoleLine: alice},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"needs root to read the settings of user alice: access denied")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, tt.recordings)
+			c.euid = tt.euid
+			got := c.macScreenLock(context.Background())
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("macScreenLock (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMacEndpointProtection(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const product = "macOS SIP and Gatekeeper"
+	tests := []struct {
+		name         string
+		csr, spctlOK recorded
+		want         endpointProtection
+	}{
+		{"both on", recorded{stdout: mac("csrutil-enabled.stdout.txt")}, recorded{stdout: mac("spctl-enabled.stdout.txt")},
+			endpointProtection{meta: ok, product: product, enabled: true, systemIntegrityProtection: true, gatekeeper: true}},
+		{"custom SIP", recorded{stdout: mac("csrutil-custom.stdout.txt")}, recorded{stdout: mac("spctl-enabled.stdout.txt")},
+			endpointProtection{meta: ok, product: product, gatekeeper: true,
+				detail: "System Integrity Protection is unknown (Custom Configuration) (csrutil enable in recoveryOS)"}},
+		{"Gatekeeper off", recorded{stdout: mac("csrutil-enabled.stdout.txt")}, recorded{stdout: mac("spctl-disabled.stdout.txt"), exitCode: 1},
+			endpointProtection{meta: ok, product: product, systemIntegrityProtection: true,
+				detail: "Gatekeeper is off (spctl --global-enable)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newMacCollector(t, map[string]recorded{csrutilLine: tt.csr, spctlLine: tt.spctlOK})
+			got := c.macEndpointProtection(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+				t.Errorf("macEndpointProtection (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestMacSecureBoot(t *testing.T) {
+	tests := []struct {
+		name         string
+		appleSilicon bool
+		euid         int
+		rec          recorded
+		want         *posturev1.SecureBoot
+	}{
+		{name: "Apple silicon", appleSilicon: true, want: &posturev1.SecureBoot{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			"the boot security policy of an Apple silicon Mac (Full, Reduced or Permissive Security) is readable only with bputil -d as root, "+
+				"whose output is undocumented; not measured by this agent version")}},
+		{name: "T2, full security", rec: recorded{stdout: mac("system_profiler-SPiBridgeDataType-t2.stdout.txt")},
+			want: &posturev1.SecureBoot{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true}},
+		{name: "T2, no security", rec: recorded{stdout: mac("system_profiler-SPiBridgeDataType-t2-nosecurity.stdout.txt")},
+			want: &posturev1.SecureBoot{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
+				"Startup Security Utility is set to No Security (set Full Security in recoveryOS)")}},
+		{name: "Intel without T2", rec: recorded{},
+			want: &posturev1.SecureBoot{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
+				"this Intel Mac has no T2 security chip, so it has no secure boot")}},
+		{name: "not root", euid: 501, want: &posturev1.SecureBoot{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			"needs root to read the T2 secure boot setting (system_profiler SPiBridgeDataType)")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, r := newMacCollector(t, map[string]recorded{iBridgeLine: tt.rec})
+			c.euid = tt.euid
+			for range 2 {
+				got := c.macSecureBoot(context.Background(), tt.appleSilicon)
+				if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+					t.Errorf("macSecureBoot (-want +got):\n%s", diff)
+				}
+			}
+			if n := r.count(iBridgeLine); n > 1 {
+				t.Errorf("system_profiler ran %d times, want at most once", n)
+			}
+		})
+	}
+}
+
+func TestParseOldPlist(t *testing.T) {
+	in := `{
+    Name = "line\nbreak \"quoted\" caf\U00e9";
+    Count = 3;
+    Blob = {length = 4, bytes = 0x62706c69 ... 00000000 };
+    Hex = <0fbd7789>;
+    List =     (
+        a,
+        "b c"
+    );
+}`
+	got, err := parseOldPlist(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"Name":  "line\nbreak \"quoted\" café",
+		"Count": "3",
+		"Blob":  map[string]any{"length": "4", "bytes": "0x62706c69"},
+		"Hex":   "<0fbd7789>",
+		"List":  []any{"a", "b c"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("parseOldPlist (-want +got):\n%s", diff)
+	}
+	for _, bad := range []string{"", "{ a = 1;", "( a, b", "{ a 1; }", "{} x"} {
+		if _, err := parseOldPlist(bad); err == nil {
+			t.Errorf("parseOldPlist(%q) succeeded, want an error", bad)
+		}
+	}
+}
+
+func TestParseSocketfilterfwState(t *testing.T) {
+	tests := map[string]int{
+		"Firewall is enabled. (State = 1)\n":  1,
+		"Firewall is disabled. (State = 0)\n": 0,
+		"Firewall is enabled. (State = 2)\n":  2,
+		"Firewall is enabled.\n":              1,
+	}
+	for in, want := range tests {
+		if got, err := parseSocketfilterfwState([]byte(in)); err != nil || got != want {
+			t.Errorf("parseSocketfilterfwState(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := parseSocketfilterfwState([]byte("usage: socketfilterfw")); err == nil {
+		t.Error("parseSocketfilterfwState accepted a usage message")
+	}
+}

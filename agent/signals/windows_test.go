@@ -1,0 +1,363 @@
+package signals
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/testing/protocmp"
+)
+
+// The Windows measurements run on every OS against registry snapshots and
+// WMI rows in testdata/windows, written from Microsoft's documentation of
+// those values and classes (see the README there).
+
+// newWinCollector is a Collector reading the given registry snapshot and
+// WMI rows.
+func newWinCollector(t *testing.T, registryFile, wmiFile string) *Collector {
+	c := New(Options{Root: t.TempDir(), Now: fixedNow})
+	if registryFile != "" {
+		c.registry = loadRegistry(t, registryFile)
+	}
+	if wmiFile != "" {
+		c.wmi = loadWMI(t, wmiFile)
+	}
+	return c
+}
+
+func TestWinOSInfo(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	tests := []struct {
+		file    string
+		want    *posturev1.OSInfo
+		details osDetails
+	}{
+		{"win11-23h2.registry.json",
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631.3880", KernelVersion: "10.0.22631.3880"},
+			osDetails{build: "22631.3880", displayVersion: "23H2"}},
+		{"win10-22h2-bios.registry.json",
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045.4651", KernelVersion: "10.0.19045.4651"},
+			osDetails{build: "19045.4651", displayVersion: "22H2"}},
+		{"server2022.registry.json",
+			&posturev1.OSInfo{Meta: ok, Name: "Windows Server 2022 Datacenter", Version: "10.0.20348.2582", KernelVersion: "10.0.20348.2582"},
+			osDetails{build: "20348.2582", displayVersion: "21H2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c := newWinCollector(t, tt.file, "")
+			got, details := c.winOSInfo("desk-42")
+			tt.want.Platform, tt.want.Arch, tt.want.Hostname = "windows", runtime.GOARCH, "desk-42"
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winOSInfo (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
+				t.Errorf("details (-want +got):\n%s", diff)
+			}
+		})
+	}
+	t.Run("no registry", func(t *testing.T) {
+		got, _ := New(Options{Now: fixedNow}).winOSInfo("")
+		if got.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE {
+			t.Errorf("got %v, want STATUS_UNAVAILABLE", got.GetMeta())
+		}
+	})
+}
+
+func TestWinDiskEncryption(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const (
+		volC = `\\?\Volume{4f3a2b1c-0d9e-4f8a-b7c6-d5e4f3a2b1c0}\`
+		volD = `\\?\Volume{9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d}\`
+	)
+	tests := []struct {
+		name, wmi, drive string
+		want             *posturev1.DiskEncryption
+		others           []*posturev1.Volume
+	}{
+		{
+			name: "system drive encrypted, data drive converting", wmi: "laptop.wmi.json", drive: "C:",
+			want: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: true, Volumes: []*posturev1.Volume{{
+				MountPoint: "C:", Device: volC, Encrypted: true, Method: "BitLocker",
+				Detail: "BitLocker fully encrypted, protection on, XTS-AES-256"}}},
+			others: []*posturev1.Volume{{MountPoint: "D:", Device: volD,
+				Detail: "BitLocker encryption in progress (41% encrypted), protection off, XTS-AES-256"}},
+		},
+		{
+			name: "system drive D: with protection suspended", wmi: "suspended.wmi.json", drive: "d:",
+			want: &posturev1.DiskEncryption{Meta: ok, Volumes: []*posturev1.Volume{{
+				MountPoint: "D:", Device: volD,
+				Detail: "BitLocker fully encrypted, protection suspended: the key is stored unprotected on the disk " +
+					"(manage-bde -protectors -enable D:), XTS-AES-128"}}},
+			others: []*posturev1.Volume{{MountPoint: "C:", Device: volC, Encrypted: true, Method: "BitLocker",
+				Detail: "BitLocker fully encrypted, protection on, XTS-AES-128"}},
+		},
+		{
+			name: "standard user", wmi: "standard-user.wmi.json", drive: "C:",
+			want: &posturev1.DiskEncryption{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+				"needs administrator rights to query BitLocker: BitLocker (WMI Win32_EncryptableVolume): Access denied (0x80041003): access denied")},
+		},
+		{
+			name: "no volume for the system drive", wmi: "laptop.wmi.json", drive: "F:",
+			want: &posturev1.DiskEncryption{Meta: metaAt(testTime, posturev1.Status_STATUS_ERROR,
+				"BitLocker lists no volume for the system drive F: (4 volumes listed)")},
+			others: []*posturev1.Volume{
+				{MountPoint: "C:", Device: volC, Encrypted: true, Method: "BitLocker", Detail: "BitLocker fully encrypted, protection on, XTS-AES-256"},
+				{MountPoint: "D:", Device: volD, Detail: "BitLocker encryption in progress (41% encrypted), protection off, XTS-AES-256"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newWinCollector(t, "", tt.wmi)
+			got, others := c.winDiskEncryption(context.Background(), tt.drive)
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winDiskEncryption (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.others, others.volumes, protocmp.Transform()); diff != "" {
+				t.Errorf("other volumes (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWinSecureBoot(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	tests := []struct {
+		file string
+		want *posturev1.SecureBoot
+	}{
+		{"win11-23h2.registry.json", &posturev1.SecureBoot{Meta: ok, Enabled: true}},
+		{"win10-22h2-bios.registry.json", &posturev1.SecureBoot{Meta: ok, LegacyBios: true}},
+		{"server2022.registry.json", &posturev1.SecureBoot{Meta: ok}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := newWinCollector(t, tt.file, "").winSecureBoot()
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winSecureBoot (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWinFirewall(t *testing.T) {
+	const product = "Windows Defender Firewall"
+	tests := []struct {
+		file string
+		want *posturev1.Firewall
+	}{
+		{"win11-23h2.registry.json", &posturev1.Firewall{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, Product: product}},
+		{"win10-22h2-bios.registry.json", &posturev1.Firewall{Product: product,
+			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, "the Public profile is off (Group Policy)")}},
+		{"server2022.registry.json", &posturev1.Firewall{Product: product,
+			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, "the Windows Defender Firewall service (mpssvc) is disabled")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := newWinCollector(t, tt.file, "").winFirewall()
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winFirewall (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWinScreenLock(t *testing.T) {
+	tests := []struct {
+		file string
+		want *posturev1.ScreenLock
+	}{
+		{"win11-23h2.registry.json", &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: 900}},
+		// alice's own screen saver (600 s); bob's policy makes his secure (300 s).
+		{"win10-22h2-bios.registry.json", &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: 600}},
+		{"server2022.registry.json", &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_NOT_APPLICABLE, "no user is logged on")}},
+		{"standard-user.registry.json", &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			`read registry HKU\S-1-5-21-3623811015-3361044348-30300820-1001\Control Panel\Desktop: `+
+				`open HKU\S-1-5-21-3623811015-3361044348-30300820-1001\Control Panel\Desktop: Access is denied.: access denied`)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := newWinCollector(t, tt.file, "").winScreenLock()
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winScreenLock (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWinScreenLockState(t *testing.T) {
+	desk := func(active, secure, timeout, exe string) userScreenSaver {
+		return userScreenSaver{own: map[string]any{"ScreenSaveActive": active, "ScreenSaverIsSecure": secure,
+			"ScreenSaveTimeOut": timeout, "SCRNSAVE.EXE": exe}}
+	}
+	got := winScreenLockState(map[string]userScreenSaver{
+		"S-1-5-21-1-2-3-1001": desk("1", "1", "600", ""),
+		"S-1-5-21-1-2-3-1002": desk("1", "0", "600", "scrnsave.scr"),
+		"S-1-5-21-1-2-3-1003": desk("1", "1", "0", "scrnsave.scr"),
+	})
+	const want = "user S-1-5-21-1-2-3-1001 has no screen saver; " +
+		"user S-1-5-21-1-2-3-1002's screen saver does not ask for the password; " +
+		"user S-1-5-21-1-2-3-1003's screen saver has no timeout " +
+		"(set the policy \"Interactive logon: Machine inactivity limit\"; locking on display sleep is not examined)"
+	if got.enabled || got.status.reason != want {
+		t.Errorf("winScreenLockState = %+v, want not enabled with reason %q", got, want)
+	}
+}
+
+func TestWinEndpointProtection(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const product = "Microsoft Defender Antivirus"
+	tests := []struct {
+		file string
+		want endpointProtection
+	}{
+		{"laptop.wmi.json", endpointProtection{meta: ok, product: product, enabled: true, realTimeProtection: true,
+			signatureAgeDays: 1, tamperProtection: true, runningMode: "Normal"}},
+		{"suspended.wmi.json", endpointProtection{meta: ok, product: product, signatureAgeDays: 12, runningMode: "Passive Mode",
+			detail: "real-time protection is off; Defender runs in Passive Mode: another antivirus product is primary; tamper protection is off"}},
+		{"standard-user.wmi.json", endpointProtection{product: product, meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			"Microsoft Defender's WMI provider is missing, so Defender is not installed; third-party antivirus products are not examined")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c := newWinCollector(t, "", tt.file)
+			got := c.winEndpointProtection(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+				t.Errorf("winEndpointProtection (-want +got):\n%s", diff)
+			}
+			if q := c.wmi.(*fakeWMI).queries; len(q) != 1 || q[0] != `ROOT\Microsoft\Windows\Defender SELECT * FROM MSFT_MpComputerStatus` {
+				t.Errorf("queries = %q", q)
+			}
+		})
+	}
+}
+
+func TestWinAutoUpdate(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const mech = "Windows Update"
+	tests := []struct {
+		file string
+		want autoUpdate
+	}{
+		{"win11-23h2.registry.json", autoUpdate{meta: ok, enabled: true, mechanism: mech,
+			detail: "no Windows Update policy: Windows downloads and installs updates automatically"}},
+		{"win10-22h2-bios.registry.json", autoUpdate{meta: ok, mechanism: mech,
+			detail: `automatic updates are turned off by policy (NoAutoUpdate=1 in HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU)`}},
+		{"server2022.registry.json", autoUpdate{meta: ok, mechanism: mech, detail: "updates are paused until 2025-06-01T07:00:00Z"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := newWinCollector(t, tt.file, "").winAutoUpdate()
+			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+				t.Errorf("winAutoUpdate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWinAutoUpdateState(t *testing.T) {
+	now := testTime
+	tests := []struct {
+		svc, pol, ux map[string]any
+		enabled      bool
+		detail       string
+	}{
+		{svc: map[string]any{"Start": uint64(4)}, detail: "the Windows Update service (wuauserv) is disabled"},
+		{pol: map[string]any{"AUOptions": uint64(4)}, enabled: true, detail: "policy AUOptions=4: updates are downloaded and installed on a schedule"},
+		{pol: map[string]any{"AUOptions": uint64(2)}, detail: "policy AUOptions=2: Windows only notifies before downloading updates"},
+		{pol: map[string]any{"AUOptions": uint64(3)}, detail: "policy AUOptions=3: updates are downloaded but a person must install them"},
+		{pol: map[string]any{"AUOptions": uint64(5)}, detail: "policy AUOptions=5 lets the local administrator choose, and that choice is not read"},
+		{ux: map[string]any{"PauseUpdatesExpiryTime": "2025-05-01T00:00:00Z"}, enabled: true,
+			detail: "no Windows Update policy: Windows downloads and installs updates automatically"},
+	}
+	for _, tt := range tests {
+		got := winAutoUpdateState(tt.svc, tt.pol, tt.ux, now)
+		if got.enabled != tt.enabled || got.detail != tt.detail {
+			t.Errorf("winAutoUpdateState(%v, %v, %v) = %v %q; want %v %q", tt.svc, tt.pol, tt.ux, got.enabled, got.detail, tt.enabled, tt.detail)
+		}
+	}
+}
+
+func TestWinLastInstalled(t *testing.T) {
+	tests := []struct {
+		file string
+		want lastInstalledUpdate
+	}{
+		{"laptop.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""),
+			id: "KB5040442", installedAt: time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC)}},
+		{"suspended.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			"needs administrator rights to list installed updates: WMI query \"SELECT HotFixID, Description, InstalledOn FROM Win32_QuickFixEngineering\" "+
+				"in ROOT\\CIMV2: Access denied (0x80041003): access denied")}},
+		{"standard-user.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			"none of the 0 installed updates in Win32_QuickFixEngineering has a readable InstalledOn date")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got := newWinCollector(t, "", tt.file).winLastInstalled(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(lastInstalledUpdate{}), protocmp.Transform()); diff != "" {
+				t.Errorf("winLastInstalled (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseHotfixDate(t *testing.T) {
+	tests := map[string]time.Time{
+		"7/10/2024":        time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC),
+		"12/1/2023":        time.Date(2023, 12, 1, 0, 0, 0, 0, time.UTC),
+		"01d99e5329820000": time.Date(2023, 6, 14, 0, 0, 0, 0, time.UTC),
+	}
+	for in, want := range tests {
+		if got, ok := parseHotfixDate(in); !ok || !got.Equal(want) {
+			t.Errorf("parseHotfixDate(%q) = %v, %v; want %v", in, got, ok, want)
+		}
+	}
+	for _, bad := range []string{"", "2024-07-10", "not a date"} {
+		if _, ok := parseHotfixDate(bad); ok {
+			t.Errorf("parseHotfixDate(%q) succeeded", bad)
+		}
+	}
+}
+
+// stuckWMI never answers, as a hung WMI service does not.
+type stuckWMI struct{ release chan struct{} }
+
+func (s stuckWMI) Query(string, string, any) error { <-s.release; return nil }
+func (s stuckWMI) EncryptableVolumes() ([]encryptableVolume, error) {
+	<-s.release
+	return nil, nil
+}
+
+func TestWMITimeout(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	c := New(Options{Now: fixedNow, CommandTimeout: 50 * time.Millisecond})
+	c.wmi = stuckWMI{release: release}
+	start := time.Now()
+	e := c.winEndpointProtection(context.Background())
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("a stuck WMI query held the measurement for %v", time.Since(start))
+	}
+	if e.meta.GetStatus() != posturev1.Status_STATUS_ERROR {
+		t.Errorf("status = %v, want STATUS_ERROR", e.meta.GetStatus())
+	}
+	d, _ := c.winDiskEncryption(context.Background(), "C:")
+	if d.GetMeta().GetStatus() != posturev1.Status_STATUS_ERROR {
+		t.Errorf("disk status = %v, want STATUS_ERROR", d.GetMeta().GetStatus())
+	}
+	_, err := withTimeout(context.Background(), c, "x", func() (int, error) { <-release; return 0, nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("withTimeout err = %v, want a deadline error", err)
+	}
+}
+
+func TestWinUpdates(t *testing.T) {
+	got := New(Options{Now: fixedNow}).winUpdates()
+	if got.GetManager() != "Windows Update" || got.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || got.GetMeta().GetReason() == "" {
+		t.Errorf("winUpdates = %v, want STATUS_UNAVAILABLE with a reason", got)
+	}
+}
