@@ -209,13 +209,26 @@ func runCollector(args []string) error {
 	return c.Serve(ctx)
 }
 
-// admin dials the running collector.
-func admin(dataDir string) (posturev1.AdminServiceClient, posturev1.GatewayServiceClient, func(), error) {
+// adminConn is a connection to the running collector's admin socket with a
+// deadline for one command.
+type adminConn struct {
+	adm   posturev1.AdminServiceClient
+	gw    posturev1.GatewayServiceClient
+	ctx   context.Context
+	close func()
+}
+
+// dialAdmin dials the collector running with dataDir.
+func dialAdmin(dataDir string) (*adminConn, error) {
 	conn, err := collector.DialAdmin(dataDir)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return posturev1.NewAdminServiceClient(conn), posturev1.NewGatewayServiceClient(conn), func() { conn.Close() }, nil
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	return &adminConn{
+		adm: posturev1.NewAdminServiceClient(conn), gw: posturev1.NewGatewayServiceClient(conn), ctx: ctx,
+		close: func() { cancel(); conn.Close() },
+	}, nil
 }
 
 func rpcErr(err error) error {
@@ -223,10 +236,6 @@ func rpcErr(err error) error {
 		return errors.New(st.Message())
 	}
 	return err
-}
-
-func ctxTimeout() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 15*time.Second)
 }
 
 func tokenCreate(args []string, out io.Writer) error {
@@ -241,14 +250,12 @@ func tokenCreate(args []string, out io.Writer) error {
 	if *uses == 0 {
 		return errors.New("--uses must be at least 1")
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.CreateEnrollmentToken(ctx, &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(*ttl), Uses: uint32(*uses), Description: *desc})
+	defer a.close()
+	resp, err := a.adm.CreateEnrollmentToken(a.ctx, &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(*ttl), Uses: uint32(*uses), Description: *desc})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -277,14 +284,12 @@ func devicesList(args []string, out io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.ListDevices(ctx, &posturev1.ListDevicesRequest{})
+	defer a.close()
+	resp, err := a.adm.ListDevices(a.ctx, &posturev1.ListDevicesRequest{})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -344,14 +349,12 @@ func devicesShow(args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return errors.New("usage: posture-collector devices show ID")
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	p, err := adm.GetDevice(ctx, &posturev1.GetDeviceRequest{DeviceId: pos[0]})
+	defer a.close()
+	p, err := a.adm.GetDevice(a.ctx, &posturev1.GetDeviceRequest{DeviceId: pos[0]})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -404,14 +407,12 @@ func devicesRevoke(args []string, out io.Writer) error {
 	if *reason == "" {
 		return errors.New("--reason is required: it is recorded and shown in every later denial")
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: pos[0], Reason: *reason})
+	defer a.close()
+	resp, err := a.adm.RevokeDevice(a.ctx, &posturev1.RevokeDeviceRequest{DeviceId: pos[0], Reason: *reason})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -431,14 +432,12 @@ func check(args []string, out io.Writer) error {
 	if len(pos) != 1 || *level == "" {
 		return exitErr{2, errors.New("usage: posture-collector check ID --level NAME")}
 	}
-	_, gw, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return exitErr{2, err}
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := gw.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: pos[0], AccessLevel: *level})
+	defer a.close()
+	resp, err := a.gw.CheckAccess(a.ctx, &posturev1.CheckAccessRequest{DeviceId: pos[0], AccessLevel: *level})
 	if err != nil {
 		return exitErr{2, rpcErr(err)}
 	}
@@ -484,14 +483,12 @@ func gatewayAdd(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.IssueGatewayCertificate(ctx, &posturev1.IssueGatewayCertificateRequest{Name: pos[0], Csr: csr})
+	defer a.close()
+	resp, err := a.adm.IssueGatewayCertificate(a.ctx, &posturev1.IssueGatewayCertificateRequest{Name: pos[0], Csr: csr})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -530,14 +527,12 @@ func stats(args []string, out io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	s, err := adm.GetStats(ctx, &posturev1.GetStatsRequest{})
+	defer a.close()
+	s, err := a.adm.GetStats(a.ctx, &posturev1.GetStatsRequest{})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -570,14 +565,12 @@ func devicesApprove(args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return errors.New("usage: posture-collector devices approve ID")
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.ApproveDevice(ctx, &posturev1.ApproveDeviceRequest{DeviceId: pos[0]})
+	defer a.close()
+	resp, err := a.adm.ApproveDevice(a.ctx, &posturev1.ApproveDeviceRequest{DeviceId: pos[0]})
 	if err != nil {
 		return rpcErr(err)
 	}
@@ -596,14 +589,12 @@ func devicesPreregister(args []string, out io.Writer) error {
 	if *hashes == "" {
 		return errors.New("--ek-sha256 is required")
 	}
-	adm, _, closeFn, err := admin(*dataDir)
+	a, err := dialAdmin(*dataDir)
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := ctxTimeout()
-	defer cancel()
-	resp, err := adm.PreregisterEK(ctx, &posturev1.PreregisterEKRequest{EkSha256: strings.Split(*hashes, ","), Description: *desc})
+	defer a.close()
+	resp, err := a.adm.PreregisterEK(a.ctx, &posturev1.PreregisterEKRequest{EkSha256: strings.Split(*hashes, ","), Description: *desc})
 	if err != nil {
 		return rpcErr(err)
 	}
