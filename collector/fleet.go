@@ -37,6 +37,7 @@ type deviceEntry struct {
 	key     *ecdsa.PublicKey         // software identity
 	ak      *attest.AK               // TPM identity
 	report  *posturev1.PostureReport // latest verified, nil before the first
+	boot    *posturev1.MeasuredBoot  // the collector's reading of that report's quote
 	subject policy.Subject
 }
 
@@ -67,7 +68,18 @@ func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy) e
 			if err := proto.Unmarshal(r.Body, &rep); err != nil {
 				return fmt.Errorf("load report %s/%d: %w", d.ID, r.Seq, err)
 			}
-			e.setReport(&rep, r.ReceivedAt, pol)
+			var boot *posturev1.MeasuredBoot
+			if e.ak != nil {
+				var q posturev1.TPMQuote
+				if err := proto.Unmarshal(r.Proof, &q); err != nil {
+					return fmt.Errorf("load quote %s/%d: %w", d.ID, r.Seq, err)
+				}
+				pcrs, _ := envelope.PCRMap(q.GetPcrs())
+				boot = measuredBoot(&q, pcrs)
+			} else {
+				boot = measuredBoot(nil, nil)
+			}
+			e.setReport(&rep, boot, r.ReceivedAt, pol)
 		}
 		f.devices[d.ID] = e
 	}
@@ -111,10 +123,29 @@ func (e *deviceEntry) verify(sr *posturev1.SignedReport) (*envelope.Verified, *a
 	return v, nil, err
 }
 
-func (e *deviceEntry) setReport(r *posturev1.PostureReport, at time.Time, pol *policy.Policy) {
-	e.report = r
-	e.subject.Assessment = pol.Assess(r)
+func (e *deviceEntry) setReport(r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
+	e.report, e.boot = r, boot
+	var m *policy.Measured
+	if boot.GetStatus() == posturev1.Status_STATUS_OK {
+		m = &policy.Measured{SecureBootKnown: boot.GetSecureBootKnown(), SecureBoot: boot.GetSecureBoot(), Reason: boot.GetReason()}
+	}
+	e.subject.Assessment = pol.AssessWith(r, m)
 	e.subject.ReportAt = at
+}
+
+// measuredBoot replays a quote's event log against its verified PCR values.
+func measuredBoot(q *posturev1.TPMQuote, pcrs map[uint32][]byte) *posturev1.MeasuredBoot {
+	if q == nil {
+		return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "software identity: no TPM quote"}
+	}
+	if len(q.GetEventLog()) == 0 {
+		return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "no TPM event log (the agent reads it as root from /sys/kernel/security/tpm0/binary_bios_measurements)"}
+	}
+	mb, err := attest.ReplayEventLog(q.GetEventLog(), pcrs)
+	if err != nil {
+		return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR, Reason: err.Error()}
+	}
+	return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_OK, Reason: mb.Reason, SecureBootKnown: mb.SecureBootKnown, SecureBoot: mb.SecureBoot, Events: uint32(mb.Events)}
 }
 
 func (f *fleet) get(id string) (*deviceEntry, bool) {
@@ -168,7 +199,7 @@ func (f *fleet) tpmClock(id string) store.TPMClock {
 	return f.devices[id].dev.TPMClock
 }
 
-func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, pol *policy.Policy) {
+func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, pol *policy.Policy) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
@@ -179,7 +210,7 @@ func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureRep
 			e.dev.Reboots++
 		}
 	}
-	e.setReport(r, v.ReceivedAt, pol)
+	e.setReport(r, boot, v.ReceivedAt, pol)
 }
 
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
@@ -210,16 +241,17 @@ func (f *fleet) posture(id, trustDomain string, pol *policy.Policy, now time.Tim
 		f.mu.RUnlock()
 		return nil, false
 	}
-	d, subj, rep := e.dev, e.subject, e.report
+	d, subj, rep, boot := e.dev, e.subject, e.report, e.boot
 	f.mu.RUnlock()
 
 	checks, levels, score := pol.Explain(&subj, now)
 	out := &posturev1.DevicePosture{
-		Device: deviceProto(d, trustDomain, rep),
-		Score:  score,
-		Checks: checks,
-		Levels: levels,
-		Report: rep,
+		Device:       deviceProto(d, trustDomain, rep),
+		Score:        score,
+		Checks:       checks,
+		Levels:       levels,
+		Report:       rep,
+		MeasuredBoot: boot,
 	}
 	if subj.Assessment != nil {
 		out.RawScore = subj.Assessment.RawScore()

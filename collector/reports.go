@@ -224,7 +224,13 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
 	}
-	c.fleet.recordReport(id, &rec, r, c.policy.Load())
+	var boot *posturev1.MeasuredBoot
+	if quote != nil {
+		boot = measuredBoot(sr.GetTpm(), quote.PCRs)
+	} else {
+		boot = measuredBoot(nil, nil)
+	}
+	c.fleet.recordReport(id, &rec, r, boot, c.policy.Load())
 	c.publish(id, "report", false)
 	return &rec, nil
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -395,5 +397,74 @@ func TestStoredQuoteVerifiesWithTpm2Checkquote(t *testing.T) {
 	}
 	if err := run(filepath.Join(dir, "tampered.msg")); err == nil {
 		t.Error("tpm2_checkquote accepted a tampered quote")
+	}
+}
+
+// The collector replays the TCG event log against the quoted PCRs and
+// reads secure boot from PCR 7 itself; policy prefers that over what the
+// agent reports. A log that does not match the quote is not believed.
+func TestMeasuredBootFromEventLog(t *testing.T) {
+	_, dev := openSimulator(t, 5)
+	// What firmware would have measured: secure boot disabled.
+	log := testtools.NewEventLog()
+	log.Add(0, 0x80000008, []byte("platform firmware"))
+	log.Add(7, 0x80000001, testtools.SecureBootVariable(false))
+	for pcr, events := range map[uint32][][]byte{0: {[]byte("platform firmware")}, 7: {testtools.SecureBootVariable(false)}} {
+		for _, data := range events {
+			sum := sha256.Sum256(data)
+			if _, err := (tpm2.PCRExtend{
+				PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+				Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: sum[:]}}},
+			}).Execute(dev); err != nil {
+				t.Fatalf("extend PCR %d: %v", pcr, err)
+			}
+		}
+	}
+	logFile := filepath.Join(t.TempDir(), "binary_bios_measurements")
+	if err := os.WriteFile(logFile, log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
+		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: res.DeviceID}); err != nil {
+		t.Fatal(err)
+	}
+	stop := runTPMAgent(t, stateDir, dev) // the agent reports secure boot enabled
+	eventually(t, "a quote with its event log", func() bool { d, err := e.device(res.DeviceID); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	stop()
+	p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb := p.GetMeasuredBoot()
+	if mb.GetStatus() != posturev1.Status_STATUS_OK || !mb.GetSecureBootKnown() || mb.GetSecureBoot() || mb.GetEvents() != 2 {
+		t.Fatalf("measured boot = %v, want OK, secure boot known and disabled, 2 events", mb)
+	}
+	for _, c := range p.GetChecks() {
+		if c.GetName() == "secure_boot" && (c.GetOutcome() != posturev1.Outcome_OUTCOME_FAIL || !strings.Contains(c.GetReason(), "measured by the TPM")) {
+			t.Errorf("secure_boot check = %v %q, want the measured failure over the reported success", c.GetOutcome(), c.GetReason())
+		}
+	}
+
+	// A log of another boot does not replay to the quoted PCRs.
+	other := testtools.NewEventLog()
+	other.Add(7, 0x80000001, testtools.SecureBootVariable(true))
+	if err := os.WriteFile(logFile, other.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runTPMAgent(t, stateDir, dev)
+	eventually(t, "a report with a forged log", func() bool {
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+		return err == nil && p.GetMeasuredBoot().GetStatus() == posturev1.Status_STATUS_ERROR
+	})
+	p, _ = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	if !strings.Contains(p.GetMeasuredBoot().GetReason(), "does not replay to the quoted PCR values") {
+		t.Errorf("forged log: measured boot %v, want a replay mismatch", p.GetMeasuredBoot())
 	}
 }

@@ -50,7 +50,7 @@ func unknownUnlessOK(meta *posturev1.SignalMeta, what, fix string) (outcome, boo
 	}, true
 }
 
-func checkDisk(_ Check, r *posturev1.PostureReport) outcome {
+func checkDisk(_ Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	d := r.GetDisk()
 	const fix = "encrypt the system disk (LUKS on Linux, FileVault on macOS, BitLocker on Windows)"
 	if o, unknown := unknownUnlessOK(d.GetMeta(), "disk encryption", fix); unknown {
@@ -68,7 +68,7 @@ func checkDisk(_ Check, r *posturev1.PostureReport) outcome {
 	return fail(d.GetMeta(), fmt.Sprintf("not encrypted: %s", strings.Join(plain, ", ")), fix)
 }
 
-func checkUpdates(c Check, r *posturev1.PostureReport) outcome {
+func checkUpdates(c Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	u := r.GetUpdates()
 	const fix = "install pending security updates"
 	if o, unknown := unknownUnlessOK(u.GetMeta(), "pending security updates", fix); unknown {
@@ -81,9 +81,27 @@ func checkUpdates(c Check, r *posturev1.PostureReport) outcome {
 	return fail(u.GetMeta(), fmt.Sprintf("%d pending security updates, at most %d allowed", n, c.MaxSecurityPending), fix)
 }
 
-func checkSecureBoot(_ Check, r *posturev1.PostureReport) outcome {
+func checkSecureBoot(c Check, r *posturev1.PostureReport, m *Measured) outcome {
 	s := r.GetSecureBoot()
 	const fix = "enable UEFI Secure Boot in the firmware settings"
+	if c.Measured != "ignore" {
+		if m != nil && m.SecureBootKnown {
+			meta := &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: r.GetCreatedAt(), Source: posturev1.Source_SOURCE_TPM}
+			if m.SecureBoot {
+				return pass(meta, "secure boot is enabled, as measured by the TPM (PCR 7)")
+			}
+			return fail(meta, "secure boot is disabled, as measured by the TPM (PCR 7)", fix)
+		}
+		if c.Measured == "require" {
+			why := "no TPM event log"
+			if m != nil && m.Reason != "" {
+				why = m.Reason
+			}
+			return outcome{result: posturev1.Outcome_OUTCOME_UNKNOWN, meta: s.GetMeta(),
+				reason:      "measured secure boot is required and unknown (" + why + "); unknown counts as failing",
+				remediation: "run the agent as root on a device with a TPM, so it can send the TPM event log"}
+		}
+	}
 	if o, unknown := unknownUnlessOK(s.GetMeta(), "secure boot", fix); unknown {
 		return o
 	}
@@ -98,7 +116,7 @@ func checkSecureBoot(_ Check, r *posturev1.PostureReport) outcome {
 	return fail(s.GetMeta(), "secure boot is disabled", fix)
 }
 
-func checkOSVersion(c Check, r *posturev1.PostureReport) outcome {
+func checkOSVersion(c Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	o := r.GetOs()
 	const fix = "upgrade the operating system"
 	if out, unknown := unknownUnlessOK(o.GetMeta(), "OS version", fix); unknown {
@@ -123,7 +141,7 @@ func checkOSVersion(c Check, r *posturev1.PostureReport) outcome {
 	return fail(o.GetMeta(), fmt.Sprintf("%s %s is older than the minimum %s", o.GetName(), o.GetVersion(), min), fmt.Sprintf("upgrade %s to %s or later", o.GetName(), min))
 }
 
-func checkFirewall(_ Check, r *posturev1.PostureReport) outcome {
+func checkFirewall(_ Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	f := r.GetFirewall()
 	const fix = "turn on the host firewall"
 	if o, unknown := unknownUnlessOK(f.GetMeta(), "firewall", fix); unknown {
@@ -142,7 +160,7 @@ func withDetail(s, detail string) string {
 	return s + ": " + detail
 }
 
-func checkScreenLock(c Check, r *posturev1.PostureReport) outcome {
+func checkScreenLock(c Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	s := r.GetScreenLock()
 	const fix = "turn on the screen lock"
 	if o, unknown := unknownUnlessOK(s.GetMeta(), "screen lock", fix); unknown {
@@ -159,7 +177,7 @@ func checkScreenLock(c Check, r *posturev1.PostureReport) outcome {
 	return pass(s.GetMeta(), fmt.Sprintf("screen locks after %s", timeout))
 }
 
-func checkEndpoint(_ Check, r *posturev1.PostureReport) outcome {
+func checkEndpoint(_ Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	e := r.GetEndpointProtection()
 	const fix = "turn on the platform's malware protection (Microsoft Defender real-time protection; SIP and Gatekeeper on macOS)"
 	if o, unknown := unknownUnlessOK(e.GetMeta(), "endpoint protection", fix); unknown {
@@ -171,7 +189,7 @@ func checkEndpoint(_ Check, r *posturev1.PostureReport) outcome {
 	return fail(e.GetMeta(), withDetail(e.GetProduct()+" is off", e.GetDetail()), fix)
 }
 
-func checkAutoUpdate(_ Check, r *posturev1.PostureReport) outcome {
+func checkAutoUpdate(_ Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	a := r.GetAutoUpdate()
 	const fix = "turn on automatic installation of security updates"
 	if o, unknown := unknownUnlessOK(a.GetMeta(), "automatic updates", fix); unknown {

@@ -27,11 +27,15 @@ type assessed struct {
 func (a *Assessment) RawScore() uint32 { return a.rawScore }
 
 // Assess evaluates every check against a verified report.
-func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment {
+func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment { return p.AssessWith(r, nil) }
+
+// AssessWith evaluates every check against a verified report and the
+// evidence the collector measured itself (nil when there is none).
+func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment {
 	a := &Assessment{checks: make([]assessed, 0, len(p.Checks))}
 	var total, passed uint32
 	for _, c := range p.Checks {
-		o := checkFuncs[c.Name](c, r)
+		o := checkFuncs[c.Name](c, r, m)
 		a.checks = append(a.checks, assessed{check: c, outcome: o})
 		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
 			continue // weighs nothing either way

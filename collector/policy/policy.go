@@ -49,6 +49,19 @@ type Check struct {
 	// MaxScreenLockTimeout is the longest inactivity before the screen must
 	// lock (screen_lock); 0 accepts any enabled lock.
 	MaxScreenLockTimeout time.Duration `yaml:"max_timeout"`
+	// Measured says how secure_boot treats the collector's own reading of
+	// PCR 7 from a TPM event log: prefer (the default: measured when
+	// available, else reported), require (measured or unknown), ignore.
+	Measured string `yaml:"measured"`
+}
+
+// Measured is evidence the collector derived itself from a verified TPM
+// quote and event log, rather than what the agent reported.
+type Measured struct {
+	SecureBootKnown bool
+	SecureBoot      bool
+	// Reason explains an unknown measured secure boot state.
+	Reason string
 }
 
 // Level is a named access level.
@@ -69,7 +82,7 @@ type Level struct {
 }
 
 // checkFuncs maps check names to what they examine.
-var checkFuncs = map[string]func(Check, *posturev1.PostureReport) outcome{
+var checkFuncs = map[string]func(Check, *posturev1.PostureReport, *Measured) outcome{
 	"disk_encryption":     checkDisk,
 	"security_updates":    checkUpdates,
 	"secure_boot":         checkSecureBoot,
@@ -147,6 +160,11 @@ func (p *Policy) validate() error {
 	for i, c := range p.Checks {
 		if _, ok := checkFuncs[c.Name]; !ok {
 			errs = append(errs, fmt.Errorf("checks[%d]: unknown check %q (known: %s)", i, c.Name, strings.Join(knownChecks(), ", ")))
+		}
+		switch c.Measured {
+		case "", "prefer", "require", "ignore":
+		default:
+			errs = append(errs, fmt.Errorf("checks[%d]: measured %q: want prefer, require or ignore", i, c.Measured))
 		}
 		if names[c.Name] {
 			errs = append(errs, fmt.Errorf("checks[%d]: %q listed twice", i, c.Name))

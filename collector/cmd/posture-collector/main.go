@@ -372,6 +372,13 @@ func devicesShow(args []string, out io.Writer) error {
 	}
 	if d.GetEkSha256() != "" {
 		fmt.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
+		mb := p.GetMeasuredBoot()
+		switch {
+		case mb.GetSecureBootKnown():
+			fmt.Fprintf(out, "\nMeasured   secure boot %s (PCR 7, %d events replayed)", map[bool]string{true: "enabled", false: "disabled"}[mb.GetSecureBoot()], mb.GetEvents())
+		case mb != nil:
+			fmt.Fprintf(out, "\nMeasured   unknown: %s", mb.GetReason())
+		}
 	}
 	fmt.Fprintf(out, "\nEnrolled   %s\nLast seen  %s (seq %d)\nScore      %d (raw %d)\n\n", d.GetEnrolledAt().AsTime().Local().Format(time.RFC3339), ago(d.GetLastSeen().AsTime(), d.GetLastSeen() != nil), d.GetLastSeq(), p.GetScore(), p.GetRawScore())
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)

@@ -520,7 +520,10 @@ type DevicePosture struct {
 	// report_age is the time since the latest verified report (unset before the first).
 	ReportAge *durationpb.Duration `protobuf:"bytes,6,opt,name=report_age,json=reportAge,proto3" json:"report_age,omitempty"`
 	// report is the latest verified report, as decoded by the collector.
-	Report        *PostureReport `protobuf:"bytes,7,opt,name=report,proto3" json:"report,omitempty"`
+	Report *PostureReport `protobuf:"bytes,7,opt,name=report,proto3" json:"report,omitempty"`
+	// measured_boot is what the collector derived itself from the latest
+	// report's TPM quote and event log.
+	MeasuredBoot  *MeasuredBoot `protobuf:"bytes,8,opt,name=measured_boot,json=measuredBoot,proto3" json:"measured_boot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -604,6 +607,97 @@ func (x *DevicePosture) GetReport() *PostureReport {
 	return nil
 }
 
+func (x *DevicePosture) GetMeasuredBoot() *MeasuredBoot {
+	if x != nil {
+		return x.MeasuredBoot
+	}
+	return nil
+}
+
+// MeasuredBoot is the collector's own reading of a device's boot, from a
+// TCG event log that replays to the PCR values of a verified quote.
+type MeasuredBoot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status is OK when the log replayed to the quoted PCRs; UNAVAILABLE
+	// without a log (software identity, or the agent could not read it);
+	// ERROR when the log does not match the quote.
+	Status Status `protobuf:"varint,1,opt,name=status,proto3,enum=posture.v1.Status" json:"status,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// secure_boot_known is true when PCR 7 holds a SecureBoot variable
+	// measurement whose digest matches its data.
+	SecureBootKnown bool `protobuf:"varint,3,opt,name=secure_boot_known,json=secureBootKnown,proto3" json:"secure_boot_known,omitempty"`
+	SecureBoot      bool `protobuf:"varint,4,opt,name=secure_boot,json=secureBoot,proto3" json:"secure_boot,omitempty"`
+	// events is the number of measured events replayed.
+	Events        uint32 `protobuf:"varint,5,opt,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MeasuredBoot) Reset() {
+	*x = MeasuredBoot{}
+	mi := &file_posture_v1_device_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeasuredBoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeasuredBoot) ProtoMessage() {}
+
+func (x *MeasuredBoot) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_device_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeasuredBoot.ProtoReflect.Descriptor instead.
+func (*MeasuredBoot) Descriptor() ([]byte, []int) {
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MeasuredBoot) GetStatus() Status {
+	if x != nil {
+		return x.Status
+	}
+	return Status_STATUS_UNSPECIFIED
+}
+
+func (x *MeasuredBoot) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *MeasuredBoot) GetSecureBootKnown() bool {
+	if x != nil {
+		return x.SecureBootKnown
+	}
+	return false
+}
+
+func (x *MeasuredBoot) GetSecureBoot() bool {
+	if x != nil {
+		return x.SecureBoot
+	}
+	return false
+}
+
+func (x *MeasuredBoot) GetEvents() uint32 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
 var File_posture_v1_device_proto protoreflect.FileDescriptor
 
 const file_posture_v1_device_proto_rawDesc = "" +
@@ -636,7 +730,7 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\vLevelResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\bR\aallowed\x12\x18\n" +
-	"\areasons\x18\x03 \x03(\tR\areasons\"\xbd\x02\n" +
+	"\areasons\x18\x03 \x03(\tR\areasons\"\xfc\x02\n" +
 	"\rDevicePosture\x12*\n" +
 	"\x06device\x18\x01 \x01(\v2\x12.posture.v1.DeviceR\x06device\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\rR\x05score\x12\x1b\n" +
@@ -645,7 +739,15 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\x06levels\x18\x05 \x03(\v2\x17.posture.v1.LevelResultR\x06levels\x128\n" +
 	"\n" +
 	"report_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\treportAge\x121\n" +
-	"\x06report\x18\a \x01(\v2\x19.posture.v1.PostureReportR\x06report*\xa6\x01\n" +
+	"\x06report\x18\a \x01(\v2\x19.posture.v1.PostureReportR\x06report\x12=\n" +
+	"\rmeasured_boot\x18\b \x01(\v2\x18.posture.v1.MeasuredBootR\fmeasuredBoot\"\xb7\x01\n" +
+	"\fMeasuredBoot\x12*\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x12.posture.v1.StatusR\x06status\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
+	"\x11secure_boot_known\x18\x03 \x01(\bR\x0fsecureBootKnown\x12\x1f\n" +
+	"\vsecure_boot\x18\x04 \x01(\bR\n" +
+	"secureBoot\x12\x16\n" +
+	"\x06events\x18\x05 \x01(\rR\x06events*\xa6\x01\n" +
 	"\x11IdentityAssurance\x12\"\n" +
 	"\x1eIDENTITY_ASSURANCE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bIDENTITY_ASSURANCE_SOFTWARE\x10\x01\x12$\n" +
@@ -677,7 +779,7 @@ func file_posture_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_posture_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_posture_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_posture_v1_device_proto_goTypes = []any{
 	(IdentityAssurance)(0),        // 0: posture.v1.IdentityAssurance
 	(DeviceState)(0),              // 1: posture.v1.DeviceState
@@ -686,27 +788,31 @@ var file_posture_v1_device_proto_goTypes = []any{
 	(*CheckResult)(nil),           // 4: posture.v1.CheckResult
 	(*LevelResult)(nil),           // 5: posture.v1.LevelResult
 	(*DevicePosture)(nil),         // 6: posture.v1.DevicePosture
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*PostureReport)(nil),         // 9: posture.v1.PostureReport
+	(*MeasuredBoot)(nil),          // 7: posture.v1.MeasuredBoot
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*PostureReport)(nil),         // 10: posture.v1.PostureReport
+	(Status)(0),                   // 11: posture.v1.Status
 }
 var file_posture_v1_device_proto_depIdxs = []int32{
 	0,  // 0: posture.v1.Device.assurance:type_name -> posture.v1.IdentityAssurance
 	1,  // 1: posture.v1.Device.state:type_name -> posture.v1.DeviceState
-	7,  // 2: posture.v1.Device.enrolled_at:type_name -> google.protobuf.Timestamp
-	7,  // 3: posture.v1.Device.last_seen:type_name -> google.protobuf.Timestamp
+	8,  // 2: posture.v1.Device.enrolled_at:type_name -> google.protobuf.Timestamp
+	8,  // 3: posture.v1.Device.last_seen:type_name -> google.protobuf.Timestamp
 	2,  // 4: posture.v1.CheckResult.outcome:type_name -> posture.v1.Outcome
-	8,  // 5: posture.v1.CheckResult.evidence_age:type_name -> google.protobuf.Duration
+	9,  // 5: posture.v1.CheckResult.evidence_age:type_name -> google.protobuf.Duration
 	3,  // 6: posture.v1.DevicePosture.device:type_name -> posture.v1.Device
 	4,  // 7: posture.v1.DevicePosture.checks:type_name -> posture.v1.CheckResult
 	5,  // 8: posture.v1.DevicePosture.levels:type_name -> posture.v1.LevelResult
-	8,  // 9: posture.v1.DevicePosture.report_age:type_name -> google.protobuf.Duration
-	9,  // 10: posture.v1.DevicePosture.report:type_name -> posture.v1.PostureReport
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 9: posture.v1.DevicePosture.report_age:type_name -> google.protobuf.Duration
+	10, // 10: posture.v1.DevicePosture.report:type_name -> posture.v1.PostureReport
+	7,  // 11: posture.v1.DevicePosture.measured_boot:type_name -> posture.v1.MeasuredBoot
+	11, // 12: posture.v1.MeasuredBoot.status:type_name -> posture.v1.Status
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_device_proto_init() }
@@ -721,7 +827,7 @@ func file_posture_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_device_proto_rawDesc), len(file_posture_v1_device_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

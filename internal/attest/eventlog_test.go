@@ -1,0 +1,77 @@
+package attest
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/posture-project/posture/internal/testtools"
+)
+
+func TestReplayEventLog(t *testing.T) {
+	build := func(enabled bool) *testtools.EventLog {
+		l := testtools.NewEventLog()
+		l.Add(0, 0x80000008, []byte("platform firmware blob")) // EV_EFI_PLATFORM_FIRMWARE_BLOB
+		l.Add(7, evEFIVariableDriverConfig, testtools.SecureBootVariable(enabled))
+		l.Add(4, 0x80000003, []byte("bootloader image")) // EV_EFI_BOOT_SERVICES_APPLICATION
+		return l
+	}
+	lying := testtools.NewEventLog()
+	lying.Add(0, 0x80000008, []byte("fw"))
+	real := testtools.SecureBootVariable(false)
+	fake := testtools.SecureBootVariable(true)
+	sum := lyingDigest(real)
+	lying.AddDigest(7, evEFIVariableDriverConfig, sum, fake) // digest of "disabled", data says "enabled"
+
+	tests := []struct {
+		name    string
+		log     []byte
+		quoted  map[uint32][]byte
+		wantErr error
+		known   bool
+		enabled bool
+		reason  string
+		events  int
+	}{
+		{"secure boot on", build(true).Bytes(), build(true).PCRs(), nil, true, true, "", 3},
+		{"secure boot off", build(false).Bytes(), build(false).PCRs(), nil, true, false, "", 3},
+		{"log of another boot", build(true).Bytes(), build(false).PCRs(), ErrEventLogMismatch, false, false, "", 0},
+		{"event data that lies about its digest", lying.Bytes(), lying.PCRs(), nil, false, false, "does not match its measured digest", 2},
+		{"PCR 7 not quoted", build(true).Bytes(), map[uint32][]byte{0: build(true).PCRs()[0]}, nil, false, false, "PCR 7 is not quoted", 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mb, err := ReplayEventLog(tt.log, tt.quoted)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("ReplayEventLog error = %v, want %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if mb.SecureBootKnown != tt.known || mb.SecureBoot != tt.enabled || !strings.Contains(mb.Reason, tt.reason) || mb.Events != tt.events {
+				t.Errorf("got %+v, want known=%v enabled=%v reason~%q events=%d", mb, tt.known, tt.enabled, tt.reason, tt.events)
+			}
+		})
+	}
+}
+
+func lyingDigest(data []byte) []byte {
+	l := testtools.NewEventLog()
+	return l.Add(7, evEFIVariableDriverConfig, data)
+}
+
+func TestReplayEventLogMalformed(t *testing.T) {
+	good := testtools.NewEventLog()
+	good.Add(7, evEFIVariableDriverConfig, testtools.SecureBootVariable(true))
+	b := good.Bytes()
+	for name, log := range map[string][]byte{
+		"empty":         nil,
+		"truncated":     b[:len(b)-5],
+		"not a spec ID": append([]byte{0, 0, 0, 0, 3, 0, 0, 0}, make([]byte, 40)...),
+		"garbage tail":  append(append([]byte{}, b...), 0xff, 0xff),
+	} {
+		if _, err := ReplayEventLog(log, good.PCRs()); err == nil {
+			t.Errorf("%s: ReplayEventLog accepted a malformed log", name)
+		}
+	}
+}
