@@ -197,13 +197,13 @@ func parseSpecID(b []byte) (map[uint16]uint16, error) {
 	r := bytes.NewReader(b[len(specIDSignature)+8:]) // platform class, versions, errata, uintn size
 	var n uint32
 	if err := binary.Read(r, binary.LittleEndian, &n); err != nil || n == 0 || n > 16 {
-		return nil, errors.New("Spec ID event: bad algorithm count")
+		return nil, errors.New("spec ID event: bad algorithm count")
 	}
 	sizes := map[uint16]uint16{}
 	for range n {
 		var a struct{ Alg, Size uint16 }
 		if err := binary.Read(r, binary.LittleEndian, &a); err != nil {
-			return nil, fmt.Errorf("Spec ID event: %w", err)
+			return nil, fmt.Errorf("spec ID event: %w", err)
 		}
 		sizes[a.Alg] = a.Size
 	}
