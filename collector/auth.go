@@ -43,6 +43,9 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_IssueGatewayCertificate_FullMethodName: {pki.RoleAdmin},
 	posturev1.AdminService_ApproveDevice_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_PreregisterEK_FullMethodName:           {pki.RoleAdmin},
+	posturev1.AdminService_ReloadPolicy_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_DiffPolicy_FullMethodName:              {pki.RoleAdmin},
+	posturev1.AdminService_ListDecisions_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin},
 }
 

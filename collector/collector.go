@@ -48,6 +48,8 @@ type Config struct {
 	TrustDomain string
 	// Policy scores devices; nil means the built-in policy.
 	Policy *policy.Policy
+	// PolicyPath is the file Policy came from, read again by ReloadPolicy.
+	PolicyPath string
 	// MaxClockSkew is how far a report's created_at may be from the
 	// collector's clock.
 	MaxClockSkew time.Duration
@@ -91,17 +93,18 @@ func (c *Config) setDefaults() {
 
 // Collector is a running collector's state.
 type Collector struct {
-	cfg     Config
-	log     *slog.Logger
-	ca      *pki.CA
-	roots   *x509.CertPool
-	store   *store.Store
-	fleet   *fleet
-	policy  atomic.Pointer[policy.Policy]
-	stats   *stats
-	hub     *hub
-	health  *health.Server
-	metrics *metrics
+	cfg       Config
+	log       *slog.Logger
+	ca        *pki.CA
+	roots     *x509.CertPool
+	store     *store.Store
+	fleet     *fleet
+	policy    atomic.Pointer[policy.Policy]
+	stats     *stats
+	hub       *hub
+	decisions *decisionLog
+	health    *health.Server
+	metrics   *metrics
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -130,7 +133,7 @@ func New(cfg Config) (*Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer()}
+	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer(), decisions: newDecisionLog()}
 	c.roots.AddCert(ca.Cert)
 	c.metrics = newMetrics(c)
 	c.policy.Store(cfg.Policy)

@@ -125,11 +125,7 @@ func (e *deviceEntry) verify(sr *posturev1.SignedReport) (*envelope.Verified, *a
 
 func (e *deviceEntry) setReport(r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
 	e.report, e.boot = r, boot
-	var m *policy.Measured
-	if boot.GetStatus() == posturev1.Status_STATUS_OK {
-		m = &policy.Measured{SecureBootKnown: boot.GetSecureBootKnown(), SecureBoot: boot.GetSecureBoot(), Reason: boot.GetReason()}
-	}
-	e.subject.Assessment = pol.AssessWith(r, m)
+	e.subject.Assessment = pol.AssessWith(r, measuredOf(boot))
 	e.subject.ReportAt = at
 }
 
@@ -338,4 +334,37 @@ func (f *fleet) closeAllStreams(cause error) {
 			s.cancel(cause)
 		}
 	}
+}
+
+// measuredOf turns the collector's measured boot into policy evidence.
+func measuredOf(boot *posturev1.MeasuredBoot) *policy.Measured {
+	if boot.GetStatus() != posturev1.Status_STATUS_OK {
+		return nil
+	}
+	return &policy.Measured{SecureBootKnown: boot.GetSecureBootKnown(), SecureBoot: boot.GetSecureBoot(), Reason: boot.GetReason()}
+}
+
+// reassess assesses every device's latest report under a new policy and
+// swaps it in, all under the fleet lock, so no decision mixes the old
+// policy with new assessments.
+func (f *fleet) reassess(p *policy.Policy, swap func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, e := range f.devices {
+		if e.report != nil {
+			e.subject.Assessment = p.AssessWith(e.report, measuredOf(e.boot))
+		}
+	}
+	swap()
+}
+
+// evidence copies what a policy needs to judge a device afresh.
+func (f *fleet) evidence(id string) (policy.Subject, *posturev1.PostureReport, *posturev1.MeasuredBoot, string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	if !ok {
+		return policy.Subject{}, nil, nil, "", false
+	}
+	return e.subject, e.report, e.boot, e.dev.Hostname, true
 }

@@ -36,7 +36,7 @@ func (c *Collector) resolveDevice(deviceID, spiffeID string) (string, error) {
 	return "", status.Error(codes.InvalidArgument, "device_id or spiffe_id is required")
 }
 
-func (g *gatewayService) CheckAccess(_ context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
+func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
 	c := g.c
 	id, err := c.resolveDevice(req.GetDeviceId(), req.GetSpiffeId())
 	if err != nil {
@@ -46,12 +46,13 @@ func (g *gatewayService) CheckAccess(_ context.Context, req *posturev1.CheckAcce
 		return nil, status.Error(codes.InvalidArgument, "access_level is required")
 	}
 	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
+	now := c.cfg.Now()
 	subj, ok := c.fleet.subject(id)
 	if !ok {
 		resp.Reasons = []string{fmt.Sprintf("device %s is not enrolled with this collector", id)}
+		c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), reasons: resp.Reasons, caller: callerName(ctx)})
 		return resp, nil
 	}
-	now := c.cfg.Now()
 	pol := c.policy.Load()
 	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
 	resp.Assurance, resp.State = subj.Assurance, subj.State
@@ -59,6 +60,7 @@ func (g *gatewayService) CheckAccess(_ context.Context, req *posturev1.CheckAcce
 		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
 	}
 	c.metrics.decision(req.GetAccessLevel(), resp.Allowed)
+	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, reasons: resp.Reasons, caller: callerName(ctx)})
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}

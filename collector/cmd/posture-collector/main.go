@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/gatewayfront"
@@ -50,6 +51,9 @@ Usage:
   posture-collector gateway add NAME --out DIR
   posture-collector stats [-o json]
   posture-collector policy validate FILE
+  posture-collector policy diff FILE                      who would gain or lose each level under FILE
+  posture-collector policy reload                         re-read --policy (also on SIGHUP); a bad file changes nothing
+  posture-collector decisions [ID] [--since 1h] [--limit 100] [-o table|json]
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -100,7 +104,9 @@ func run(args []string, out io.Writer) error {
 	case "stats":
 		return stats(rest, out)
 	case "policy":
-		return sub(rest, map[string]func([]string, io.Writer) error{"validate": policyValidate}, out)
+		return sub(rest, map[string]func([]string, io.Writer) error{"validate": policyValidate, "reload": policyReload, "diff": policyDiff}, out)
+	case "decisions":
+		return decisions(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -179,7 +185,7 @@ func runCollector(args []string) error {
 		if err != nil {
 			return err
 		}
-		cfg.Policy = p
+		cfg.Policy, cfg.PolicyPath = p, *policyFile
 	}
 	c, err := collector.New(cfg)
 	if err != nil {
@@ -192,6 +198,15 @@ func runCollector(args []string) error {
 		return err
 	}
 	c.RegisterTLS(ext.Register)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if _, err := c.ReloadPolicy(); err != nil {
+				cfg.Logger.Error("SIGHUP: policy reload refused", "err", err)
+			}
+		}
+	}()
 	if *httpListen != "" {
 		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise)
 		if err != nil {
@@ -607,4 +622,105 @@ func devicesPreregister(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "pinned %d new EK hash(es); devices enrolling with them are tpm_ek_pinned\n", resp.GetAdded())
 	return nil
+}
+
+func policyReload(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("policy reload", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	a, err := dialAdmin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	resp, err := a.adm.ReloadPolicy(a.ctx, &posturev1.ReloadPolicyRequest{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(out, "policy reloaded: %d checks, levels %s\n", resp.GetChecks(), strings.Join(resp.GetLevels(), ", "))
+	return nil
+}
+
+func policyDiff(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("policy diff", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: posture-collector policy diff FILE")
+	}
+	data, err := os.ReadFile(pos[0])
+	if err != nil {
+		return err
+	}
+	a, err := dialAdmin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	resp, err := a.adm.DiffPolicy(a.ctx, &posturev1.DiffPolicyRequest{PolicyYaml: data})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if len(resp.GetChanges()) == 0 {
+		fmt.Fprintf(out, "no change: all %d devices keep the same levels\n", resp.GetDevices())
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tHOSTNAME\tLEVEL\tCHANGE\tWHY")
+	for _, ch := range resp.GetChanges() {
+		change, why := "gains", "-"
+		if !ch.GetAllowedCandidate() {
+			change, why = "loses", strings.Join(ch.GetReasons(), "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "%d change(s) across %d devices; nothing is enforced until the policy is reloaded\n", len(resp.GetChanges()), resp.GetDevices())
+	return nil
+}
+
+func decisions(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("decisions", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	since := fs.Duration("since", time.Hour, "how far back to look")
+	limit := fs.Uint("limit", 100, "at most this many decisions")
+	format := outputFlag(fs, "table")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return errors.New("usage: posture-collector decisions [ID] [--since 1h]")
+	}
+	req := &posturev1.ListDecisionsRequest{Since: timestamppb.New(time.Now().Add(-*since)), Limit: uint32(*limit)}
+	if len(pos) == 1 {
+		req.DeviceId = pos[0]
+	}
+	a, err := dialAdmin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	resp, err := a.adm.ListDecisions(a.ctx, req)
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *format == "json" {
+		return printJSON(out, resp)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tDEVICE\tLEVEL\tRESULT\tSCORE\tCALLER\tWHY")
+	for _, d := range resp.GetDecisions() {
+		result := "deny"
+		if d.GetAllowed() {
+			result = "allow"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.GetAt().AsTime().Local().Format("2006-01-02 15:04:05"), d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
+	}
+	return tw.Flush()
 }

@@ -85,6 +85,10 @@ func TestCommands(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
 		{"policy validate built-in", []string{"policy", "validate", "../../policy/default.yaml"}, 0, "valid"},
 		{"stats", []string{"stats", "--data-dir", dir}, 0, `"enrollments": "1"`},
+		{"decisions", []string{"decisions", id, "--data-dir", dir}, 0, "deny"},
+		{"decisions json", []string{"decisions", "--data-dir", dir, "-o", "json"}, 0, "revoked: lost"},
+		{"policy diff", []string{"policy", "diff", "../../policy/default.yaml", "--data-dir", dir}, 0, "no change"},
+		{"policy reload without a file", []string{"policy", "reload", "--data-dir", dir}, 1, "built-in policy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

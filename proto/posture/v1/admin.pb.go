@@ -23,6 +23,490 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReloadPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadPolicyRequest) Reset() {
+	*x = ReloadPolicyRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadPolicyRequest) ProtoMessage() {}
+
+func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ReloadPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type ReloadPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// levels of the policy now in force.
+	Levels        []string `protobuf:"bytes,1,rep,name=levels,proto3" json:"levels,omitempty"`
+	Checks        uint32   `protobuf:"varint,2,opt,name=checks,proto3" json:"checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadPolicyResponse) Reset() {
+	*x = ReloadPolicyResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadPolicyResponse) ProtoMessage() {}
+
+func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ReloadPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReloadPolicyResponse) GetLevels() []string {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *ReloadPolicyResponse) GetChecks() uint32 {
+	if x != nil {
+		return x.Checks
+	}
+	return 0
+}
+
+type DiffPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy_yaml is the candidate policy file's content.
+	PolicyYaml    []byte `protobuf:"bytes,1,opt,name=policy_yaml,json=policyYaml,proto3" json:"policy_yaml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiffPolicyRequest) Reset() {
+	*x = DiffPolicyRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiffPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiffPolicyRequest) ProtoMessage() {}
+
+func (x *DiffPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiffPolicyRequest.ProtoReflect.Descriptor instead.
+func (*DiffPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DiffPolicyRequest) GetPolicyYaml() []byte {
+	if x != nil {
+		return x.PolicyYaml
+	}
+	return nil
+}
+
+// LevelChange is one device gaining or losing one level.
+type LevelChange struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Level    string                 `protobuf:"bytes,3,opt,name=level,proto3" json:"level,omitempty"`
+	// allowed_now under the policy in force; allowed_candidate under the
+	// candidate. A level missing from one policy counts as denied there.
+	AllowedNow       bool `protobuf:"varint,4,opt,name=allowed_now,json=allowedNow,proto3" json:"allowed_now,omitempty"`
+	AllowedCandidate bool `protobuf:"varint,5,opt,name=allowed_candidate,json=allowedCandidate,proto3" json:"allowed_candidate,omitempty"`
+	// reasons the candidate denies, when it does.
+	Reasons       []string `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LevelChange) Reset() {
+	*x = LevelChange{}
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LevelChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LevelChange) ProtoMessage() {}
+
+func (x *LevelChange) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LevelChange.ProtoReflect.Descriptor instead.
+func (*LevelChange) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LevelChange) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *LevelChange) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *LevelChange) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+func (x *LevelChange) GetAllowedNow() bool {
+	if x != nil {
+		return x.AllowedNow
+	}
+	return false
+}
+
+func (x *LevelChange) GetAllowedCandidate() bool {
+	if x != nil {
+		return x.AllowedCandidate
+	}
+	return false
+}
+
+func (x *LevelChange) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+type DiffPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*LevelChange         `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	Devices       uint32                 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiffPolicyResponse) Reset() {
+	*x = DiffPolicyResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiffPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiffPolicyResponse) ProtoMessage() {}
+
+func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiffPolicyResponse.ProtoReflect.Descriptor instead.
+func (*DiffPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DiffPolicyResponse) GetChanges() []*LevelChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *DiffPolicyResponse) GetDevices() uint32 {
+	if x != nil {
+		return x.Devices
+	}
+	return 0
+}
+
+type ListDecisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// device_id filters to one device; empty lists all.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// since filters to decisions at or after it.
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// limit caps the answer (default 100).
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDecisionsRequest) Reset() {
+	*x = ListDecisionsRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDecisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDecisionsRequest) ProtoMessage() {}
+
+func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListDecisionsRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *ListDecisionsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListDecisionsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// Decision is one recorded access decision.
+type Decision struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	At          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	DeviceId    string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	AccessLevel string                 `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
+	Allowed     bool                   `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Score       uint32                 `protobuf:"varint,5,opt,name=score,proto3" json:"score,omitempty"`
+	Reasons     []string               `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// caller names who asked ("gateway edge-1").
+	Caller        string `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Decision) Reset() {
+	*x = Decision{}
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Decision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Decision) ProtoMessage() {}
+
+func (x *Decision) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Decision.ProtoReflect.Descriptor instead.
+func (*Decision) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Decision) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *Decision) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Decision) GetAccessLevel() string {
+	if x != nil {
+		return x.AccessLevel
+	}
+	return ""
+}
+
+func (x *Decision) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *Decision) GetScore() uint32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *Decision) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *Decision) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+type ListDecisionsResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Decisions []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// retained is how many decisions the collector keeps (the oldest go first).
+	Retained      uint32 `protobuf:"varint,2,opt,name=retained,proto3" json:"retained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDecisionsResponse) Reset() {
+	*x = ListDecisionsResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDecisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDecisionsResponse) ProtoMessage() {}
+
+func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListDecisionsResponse) GetDecisions() []*Decision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *ListDecisionsResponse) GetRetained() uint32 {
+	if x != nil {
+		return x.Retained
+	}
+	return 0
+}
+
 type ApproveDeviceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -32,7 +516,7 @@ type ApproveDeviceRequest struct {
 
 func (x *ApproveDeviceRequest) Reset() {
 	*x = ApproveDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +528,7 @@ func (x *ApproveDeviceRequest) String() string {
 func (*ApproveDeviceRequest) ProtoMessage() {}
 
 func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +541,7 @@ func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceRequest.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ApproveDeviceRequest) GetDeviceId() string {
@@ -76,7 +560,7 @@ type ApproveDeviceResponse struct {
 
 func (x *ApproveDeviceResponse) Reset() {
 	*x = ApproveDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -88,7 +572,7 @@ func (x *ApproveDeviceResponse) String() string {
 func (*ApproveDeviceResponse) ProtoMessage() {}
 
 func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -101,7 +585,7 @@ func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceResponse.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ApproveDeviceResponse) GetDevice() *Device {
@@ -123,7 +607,7 @@ type PreregisterEKRequest struct {
 
 func (x *PreregisterEKRequest) Reset() {
 	*x = PreregisterEKRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -135,7 +619,7 @@ func (x *PreregisterEKRequest) String() string {
 func (*PreregisterEKRequest) ProtoMessage() {}
 
 func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -148,7 +632,7 @@ func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKRequest.ProtoReflect.Descriptor instead.
 func (*PreregisterEKRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PreregisterEKRequest) GetEkSha256() []string {
@@ -175,7 +659,7 @@ type PreregisterEKResponse struct {
 
 func (x *PreregisterEKResponse) Reset() {
 	*x = PreregisterEKResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +671,7 @@ func (x *PreregisterEKResponse) String() string {
 func (*PreregisterEKResponse) ProtoMessage() {}
 
 func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +684,7 @@ func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKResponse.ProtoReflect.Descriptor instead.
 func (*PreregisterEKResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PreregisterEKResponse) GetAdded() uint32 {
@@ -225,7 +709,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +721,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +734,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetTtl() *durationpb.Duration {
@@ -288,7 +772,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -300,7 +784,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -313,7 +797,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -345,7 +829,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +841,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +854,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 type ListDevicesResponse struct {
@@ -382,7 +866,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +878,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +891,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
@@ -426,7 +910,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +922,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +935,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -472,7 +956,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +968,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +981,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -523,7 +1007,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +1019,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +1032,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -572,7 +1056,7 @@ type IssueGatewayCertificateRequest struct {
 
 func (x *IssueGatewayCertificateRequest) Reset() {
 	*x = IssueGatewayCertificateRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +1068,7 @@ func (x *IssueGatewayCertificateRequest) String() string {
 func (*IssueGatewayCertificateRequest) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +1081,7 @@ func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IssueGatewayCertificateRequest) GetName() string {
@@ -625,7 +1109,7 @@ type IssueGatewayCertificateResponse struct {
 
 func (x *IssueGatewayCertificateResponse) Reset() {
 	*x = IssueGatewayCertificateResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +1121,7 @@ func (x *IssueGatewayCertificateResponse) String() string {
 func (*IssueGatewayCertificateResponse) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +1134,7 @@ func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IssueGatewayCertificateResponse) GetCertificate() []byte {
@@ -682,7 +1166,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +1178,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +1191,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 // Stats are the collector's counters since it started.
@@ -729,7 +1213,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +1225,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +1238,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Stats) GetReportsAccepted() uint64 {
@@ -811,7 +1295,40 @@ var File_posture_v1_admin_proto protoreflect.FileDescriptor
 const file_posture_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/admin.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"3\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"\x15\n" +
+	"\x13ReloadPolicyRequest\"F\n" +
+	"\x14ReloadPolicyResponse\x12\x16\n" +
+	"\x06levels\x18\x01 \x03(\tR\x06levels\x12\x16\n" +
+	"\x06checks\x18\x02 \x01(\rR\x06checks\"4\n" +
+	"\x11DiffPolicyRequest\x12\x1f\n" +
+	"\vpolicy_yaml\x18\x01 \x01(\fR\n" +
+	"policyYaml\"\xc4\x01\n" +
+	"\vLevelChange\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x14\n" +
+	"\x05level\x18\x03 \x01(\tR\x05level\x12\x1f\n" +
+	"\vallowed_now\x18\x04 \x01(\bR\n" +
+	"allowedNow\x12+\n" +
+	"\x11allowed_candidate\x18\x05 \x01(\bR\x10allowedCandidate\x12\x18\n" +
+	"\areasons\x18\x06 \x03(\tR\areasons\"a\n" +
+	"\x12DiffPolicyResponse\x121\n" +
+	"\achanges\x18\x01 \x03(\v2\x17.posture.v1.LevelChangeR\achanges\x12\x18\n" +
+	"\adevices\x18\x02 \x01(\rR\adevices\"{\n" +
+	"\x14ListDecisionsRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\xd8\x01\n" +
+	"\bDecision\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +
+	"\faccess_level\x18\x03 \x01(\tR\vaccessLevel\x12\x18\n" +
+	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
+	"\x05score\x18\x05 \x01(\rR\x05score\x12\x18\n" +
+	"\areasons\x18\x06 \x03(\tR\areasons\x12\x16\n" +
+	"\x06caller\x18\a \x01(\tR\x06caller\"g\n" +
+	"\x15ListDecisionsResponse\x122\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x14.posture.v1.DecisionR\tdecisions\x12\x1a\n" +
+	"\bretained\x18\x02 \x01(\rR\bretained\"3\n" +
 	"\x14ApproveDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"C\n" +
 	"\x15ApproveDeviceResponse\x12*\n" +
@@ -865,7 +1382,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a<\n" +
 	"\x0eRpcDeniedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xc1\x05\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xb7\a\n" +
 	"\fAdminService\x12l\n" +
 	"\x15CreateEnrollmentToken\x12(.posture.v1.CreateEnrollmentTokenRequest\x1a).posture.v1.CreateEnrollmentTokenResponse\x12N\n" +
 	"\vListDevices\x12\x1e.posture.v1.ListDevicesRequest\x1a\x1f.posture.v1.ListDevicesResponse\x12D\n" +
@@ -874,7 +1391,11 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x17IssueGatewayCertificate\x12*.posture.v1.IssueGatewayCertificateRequest\x1a+.posture.v1.IssueGatewayCertificateResponse\x12:\n" +
 	"\bGetStats\x12\x1b.posture.v1.GetStatsRequest\x1a\x11.posture.v1.Stats\x12T\n" +
 	"\rApproveDevice\x12 .posture.v1.ApproveDeviceRequest\x1a!.posture.v1.ApproveDeviceResponse\x12T\n" +
-	"\rPreregisterEK\x12 .posture.v1.PreregisterEKRequest\x1a!.posture.v1.PreregisterEKResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\rPreregisterEK\x12 .posture.v1.PreregisterEKRequest\x1a!.posture.v1.PreregisterEKResponse\x12Q\n" +
+	"\fReloadPolicy\x12\x1f.posture.v1.ReloadPolicyRequest\x1a .posture.v1.ReloadPolicyResponse\x12K\n" +
+	"\n" +
+	"DiffPolicy\x12\x1d.posture.v1.DiffPolicyRequest\x1a\x1e.posture.v1.DiffPolicyResponse\x12T\n" +
+	"\rListDecisions\x12 .posture.v1.ListDecisionsRequest\x1a!.posture.v1.ListDecisionsResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_admin_proto_rawDescOnce sync.Once
@@ -888,61 +1409,79 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_posture_v1_admin_proto_goTypes = []any{
-	(*ApproveDeviceRequest)(nil),            // 0: posture.v1.ApproveDeviceRequest
-	(*ApproveDeviceResponse)(nil),           // 1: posture.v1.ApproveDeviceResponse
-	(*PreregisterEKRequest)(nil),            // 2: posture.v1.PreregisterEKRequest
-	(*PreregisterEKResponse)(nil),           // 3: posture.v1.PreregisterEKResponse
-	(*CreateEnrollmentTokenRequest)(nil),    // 4: posture.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil),   // 5: posture.v1.CreateEnrollmentTokenResponse
-	(*ListDevicesRequest)(nil),              // 6: posture.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),             // 7: posture.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),                // 8: posture.v1.GetDeviceRequest
-	(*RevokeDeviceRequest)(nil),             // 9: posture.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),            // 10: posture.v1.RevokeDeviceResponse
-	(*IssueGatewayCertificateRequest)(nil),  // 11: posture.v1.IssueGatewayCertificateRequest
-	(*IssueGatewayCertificateResponse)(nil), // 12: posture.v1.IssueGatewayCertificateResponse
-	(*GetStatsRequest)(nil),                 // 13: posture.v1.GetStatsRequest
-	(*Stats)(nil),                           // 14: posture.v1.Stats
-	nil,                                     // 15: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 16: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 17: posture.v1.Stats.RpcDeniedEntry
-	(*Device)(nil),                          // 18: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),           // 20: google.protobuf.Timestamp
-	(*DevicePosture)(nil),                   // 21: posture.v1.DevicePosture
+	(*ReloadPolicyRequest)(nil),             // 0: posture.v1.ReloadPolicyRequest
+	(*ReloadPolicyResponse)(nil),            // 1: posture.v1.ReloadPolicyResponse
+	(*DiffPolicyRequest)(nil),               // 2: posture.v1.DiffPolicyRequest
+	(*LevelChange)(nil),                     // 3: posture.v1.LevelChange
+	(*DiffPolicyResponse)(nil),              // 4: posture.v1.DiffPolicyResponse
+	(*ListDecisionsRequest)(nil),            // 5: posture.v1.ListDecisionsRequest
+	(*Decision)(nil),                        // 6: posture.v1.Decision
+	(*ListDecisionsResponse)(nil),           // 7: posture.v1.ListDecisionsResponse
+	(*ApproveDeviceRequest)(nil),            // 8: posture.v1.ApproveDeviceRequest
+	(*ApproveDeviceResponse)(nil),           // 9: posture.v1.ApproveDeviceResponse
+	(*PreregisterEKRequest)(nil),            // 10: posture.v1.PreregisterEKRequest
+	(*PreregisterEKResponse)(nil),           // 11: posture.v1.PreregisterEKResponse
+	(*CreateEnrollmentTokenRequest)(nil),    // 12: posture.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),   // 13: posture.v1.CreateEnrollmentTokenResponse
+	(*ListDevicesRequest)(nil),              // 14: posture.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),             // 15: posture.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),                // 16: posture.v1.GetDeviceRequest
+	(*RevokeDeviceRequest)(nil),             // 17: posture.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),            // 18: posture.v1.RevokeDeviceResponse
+	(*IssueGatewayCertificateRequest)(nil),  // 19: posture.v1.IssueGatewayCertificateRequest
+	(*IssueGatewayCertificateResponse)(nil), // 20: posture.v1.IssueGatewayCertificateResponse
+	(*GetStatsRequest)(nil),                 // 21: posture.v1.GetStatsRequest
+	(*Stats)(nil),                           // 22: posture.v1.Stats
+	nil,                                     // 23: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 24: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 25: posture.v1.Stats.RpcDeniedEntry
+	(*timestamppb.Timestamp)(nil),           // 26: google.protobuf.Timestamp
+	(*Device)(nil),                          // 27: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 28: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 29: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	18, // 0: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	19, // 1: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	20, // 2: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 3: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	18, // 4: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	15, // 5: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	16, // 6: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	17, // 7: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	4,  // 8: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	6,  // 9: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	8,  // 10: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	9,  // 11: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	11, // 12: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	13, // 13: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	0,  // 14: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	2,  // 15: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	5,  // 16: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	7,  // 17: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	21, // 18: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	10, // 19: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	12, // 20: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	14, // 21: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	1,  // 22: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	3,  // 23: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	16, // [16:24] is the sub-list for method output_type
-	8,  // [8:16] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	3,  // 0: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
+	26, // 1: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	26, // 2: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	6,  // 3: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
+	27, // 4: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	28, // 5: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	26, // 6: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 7: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	27, // 8: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	23, // 9: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	24, // 10: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	25, // 11: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	12, // 12: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	14, // 13: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	16, // 14: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	17, // 15: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	19, // 16: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	21, // 17: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	8,  // 18: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	10, // 19: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	0,  // 20: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	2,  // 21: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	5,  // 22: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	13, // 23: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	15, // 24: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	29, // 25: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	18, // 26: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	20, // 27: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	22, // 28: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	9,  // 29: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	11, // 30: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	1,  // 31: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	4,  // 32: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	7,  // 33: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -957,7 +1496,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	AdminService_GetStats_FullMethodName                = "/posture.v1.AdminService/GetStats"
 	AdminService_ApproveDevice_FullMethodName           = "/posture.v1.AdminService/ApproveDevice"
 	AdminService_PreregisterEK_FullMethodName           = "/posture.v1.AdminService/PreregisterEK"
+	AdminService_ReloadPolicy_FullMethodName            = "/posture.v1.AdminService/ReloadPolicy"
+	AdminService_DiffPolicy_FullMethodName              = "/posture.v1.AdminService/DiffPolicy"
+	AdminService_ListDecisions_FullMethodName           = "/posture.v1.AdminService/ListDecisions"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -55,6 +58,15 @@ type AdminServiceClient interface {
 	// PreregisterEK pins EK public-key hashes in advance: devices enrolling
 	// with them are tpm_ek_pinned and active at once.
 	PreregisterEK(ctx context.Context, in *PreregisterEKRequest, opts ...grpc.CallOption) (*PreregisterEKResponse, error)
+	// ReloadPolicy reads the collector's policy file again and puts it in
+	// force atomically; a file that does not validate leaves the old policy
+	// in force and the error says why.
+	ReloadPolicy(ctx context.Context, in *ReloadPolicyRequest, opts ...grpc.CallOption) (*ReloadPolicyResponse, error)
+	// DiffPolicy evaluates a candidate policy against every device and says
+	// who would gain or lose each access level, without enforcing anything.
+	DiffPolicy(ctx context.Context, in *DiffPolicyRequest, opts ...grpc.CallOption) (*DiffPolicyResponse, error)
+	// ListDecisions returns recent access decisions, newest first.
+	ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -145,6 +157,36 @@ func (c *adminServiceClient) PreregisterEK(ctx context.Context, in *PreregisterE
 	return out, nil
 }
 
+func (c *adminServiceClient) ReloadPolicy(ctx context.Context, in *ReloadPolicyRequest, opts ...grpc.CallOption) (*ReloadPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReloadPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_ReloadPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DiffPolicy(ctx context.Context, in *DiffPolicyRequest, opts ...grpc.CallOption) (*DiffPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DiffPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_DiffPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDecisionsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListDecisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -171,6 +213,15 @@ type AdminServiceServer interface {
 	// PreregisterEK pins EK public-key hashes in advance: devices enrolling
 	// with them are tpm_ek_pinned and active at once.
 	PreregisterEK(context.Context, *PreregisterEKRequest) (*PreregisterEKResponse, error)
+	// ReloadPolicy reads the collector's policy file again and puts it in
+	// force atomically; a file that does not validate leaves the old policy
+	// in force and the error says why.
+	ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error)
+	// DiffPolicy evaluates a candidate policy against every device and says
+	// who would gain or lose each access level, without enforcing anything.
+	DiffPolicy(context.Context, *DiffPolicyRequest) (*DiffPolicyResponse, error)
+	// ListDecisions returns recent access decisions, newest first.
+	ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -204,6 +255,15 @@ func (UnimplementedAdminServiceServer) ApproveDevice(context.Context, *ApproveDe
 }
 func (UnimplementedAdminServiceServer) PreregisterEK(context.Context, *PreregisterEKRequest) (*PreregisterEKResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PreregisterEK not implemented")
+}
+func (UnimplementedAdminServiceServer) ReloadPolicy(context.Context, *ReloadPolicyRequest) (*ReloadPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReloadPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) DiffPolicy(context.Context, *DiffPolicyRequest) (*DiffPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DiffPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDecisions not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -370,6 +430,60 @@ func _AdminService_PreregisterEK_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ReloadPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReloadPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ReloadPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ReloadPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ReloadPolicy(ctx, req.(*ReloadPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DiffPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DiffPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DiffPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DiffPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DiffPolicy(ctx, req.(*DiffPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDecisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListDecisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListDecisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListDecisions(ctx, req.(*ListDecisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -408,6 +522,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PreregisterEK",
 			Handler:    _AdminService_PreregisterEK_Handler,
+		},
+		{
+			MethodName: "ReloadPolicy",
+			Handler:    _AdminService_ReloadPolicy_Handler,
+		},
+		{
+			MethodName: "DiffPolicy",
+			Handler:    _AdminService_DiffPolicy_Handler,
+		},
+		{
+			MethodName: "ListDecisions",
+			Handler:    _AdminService_ListDecisions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/policy"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+const strictPolicy = `
+freshness: {stale_after: 15m, expire_after: 24h}
+checks:
+  - {name: disk_encryption, weight: 1}
+levels:
+  - {name: basic, min_score: 100}
+  - {name: gold, expr: 'device.identity.assurance == "tpm_ek_verified"'}
+`
+
+// A candidate policy is evaluated against every device before it is
+// enforced; a reload puts it in force atomically, a bad file changes
+// nothing; every decision is recorded and can be listed.
+func TestPolicyDiffReloadAndDecisionLog(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	def, err := os.ReadFile("../collector/policy/default.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, def, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startCollectorWith(t, func(c *collector.Config) { c.Policy, c.PolicyPath = p, file })
+	encDir, enc := e.enroll()
+	plainDir, plain := e.enroll()
+	runAgent(t, encDir, &fixedMeasurer{encrypted: true}, time.Hour)
+	runAgent(t, plainDir, &fixedMeasurer{encrypted: false}, time.Hour)
+	for _, id := range []string{enc, plain} {
+		eventually(t, "reports", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	}
+	ctx := context.Background()
+
+	diff, err := e.admin.DiffPolicy(ctx, &posturev1.DiffPolicyRequest{PolicyYaml: []byte(strictPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, ch := range diff.GetChanges() {
+		got[ch.GetDeviceId()+"/"+ch.GetLevel()] = ch.GetAllowedCandidate()
+	}
+	// The unencrypted device loses basic; both lose trusted (undefined in
+	// the candidate); nobody gains gold (software identities).
+	want := map[string]bool{plain + "/basic": false, enc + "/trusted": false}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("diff lacks %s -> allowed %v: %v", k, v, diff.GetChanges())
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("diff = %v, want exactly %v", got, want)
+	}
+	if r, _ := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: plain, AccessLevel: "basic"}); !r.GetAllowed() {
+		t.Fatal("a diff changed the policy in force")
+	}
+	if _, err := e.admin.DiffPolicy(ctx, &posturev1.DiffPolicyRequest{PolicyYaml: []byte("levels: [")}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("diff of a broken file: %v, want InvalidArgument", err)
+	}
+
+	// A bad file is refused and the old policy stays.
+	os.WriteFile(file, []byte("checks: [{name: nope, weight: 1}]"), 0o600)
+	if _, err := e.admin.ReloadPolicy(ctx, &posturev1.ReloadPolicyRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "old one stays in force") {
+		t.Errorf("reload of a bad file: %v", err)
+	}
+	if r, _ := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: plain, AccessLevel: "basic"}); !r.GetAllowed() {
+		t.Error("a refused reload changed decisions")
+	}
+	// A good file takes effect at once.
+	os.WriteFile(file, []byte(strictPolicy), 0o600)
+	resp, err := e.admin.ReloadPolicy(ctx, &posturev1.ReloadPolicyRequest{})
+	if err != nil || strings.Join(resp.GetLevels(), ",") != "basic,gold" {
+		t.Fatalf("reload: %v %v", resp, err)
+	}
+	r, _ := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: plain, AccessLevel: "basic"})
+	if r.GetAllowed() {
+		t.Error("after reload the unencrypted device still meets basic")
+	}
+
+	// The decision log answers "why was it denied".
+	log, err := e.admin.ListDecisions(ctx, &posturev1.ListDecisionsRequest{DeviceId: plain, Since: timestamppb.New(time.Now().Add(-time.Minute))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(log.GetDecisions()) != 3 {
+		t.Fatalf("%d decisions logged for the device, want 3: %v", len(log.GetDecisions()), log.GetDecisions())
+	}
+	newest := log.GetDecisions()[0]
+	if newest.GetAllowed() || !strings.Contains(strings.Join(newest.GetReasons(), " "), "score 0 is below 100") || newest.GetCaller() != "admin local" {
+		t.Errorf("newest decision = %v, want the denial with its reason, asked by the local admin", newest)
+	}
+}
