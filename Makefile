@@ -14,9 +14,15 @@ help: ## list targets
 build: ## build posture-collector and posture-agent into bin/
 	$(GO) build -o $(BIN)/ ./collector/cmd/posture-collector ./agent/cmd/posture-agent
 
+# grpcurl, an independent gRPC client the tests drive, from the module proxy.
+GRPCURL_VERSION := v1.9.4
+$(TOOLS)/grpcurl:
+	@mkdir -p $(TOOLS)
+	GOBIN=$(abspath $(TOOLS)) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
 .PHONY: test
-test: ## run every test (real gRPC, TLS, SQLite; tools such as swtpm when installed)
-	$(GO) test -race -count=1 ./...
+test: $(TOOLS)/grpcurl ## run every test (real gRPC, TLS, SQLite; swtpm, tpm2-tools and nginx when installed)
+	PATH="$(abspath $(TOOLS)):$$PATH" $(GO) test -race -count=1 ./...
 
 .PHONY: bench
 bench: ## run the benchmarks; each reports its ratio to a baseline measured in the same run

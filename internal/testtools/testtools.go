@@ -39,7 +39,7 @@ func Require(t testing.TB, name string) string {
 	if err == nil {
 		return path
 	}
-	missing(t, fmt.Sprintf("MISSING TOOL %s: %v; install it (Debian: apt-get install swtpm swtpm-tools tpm2-tools libssl-dev)", name, err))
+	missing(t, fmt.Sprintf("MISSING TOOL %s: %v; install it (.ci/run lists what the tests need and how it installs them)", name, err))
 	return ""
 }
 
