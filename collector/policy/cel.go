@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -124,17 +124,97 @@ func deviceVars(r *posturev1.PostureReport, a *Assessment) map[string]any {
 	return v
 }
 
+// deviceValue is `device` as one decision sees it: the assessment's
+// clock-independent map (converted to a CEL value once per report) with the
+// decision's own values in front. Answering these without copying the map
+// keeps a CEL decision near the cost of the evaluation itself.
+type deviceValue struct {
+	traits.Mapper // the static part
+	score         int64
+	state         string
+	identity      ref.Val
+	reportAge     time.Duration
+	now           time.Time
+}
+
+func (d *deviceValue) dynamic(key ref.Val) (ref.Val, bool) {
+	k, ok := key.(types.String)
+	if !ok {
+		return nil, false
+	}
+	switch string(k) {
+	case "score":
+		return types.Int(d.score), true
+	case "state":
+		return types.String(d.state), true
+	case "identity":
+		return d.identity, true
+	case "report_age":
+		return types.Duration{Duration: d.reportAge}, true
+	case keyNow:
+		return types.Timestamp{Time: d.now}, true
+	}
+	return nil, false
+}
+
+// Find looks the decision's values up first.
+func (d *deviceValue) Find(key ref.Val) (ref.Val, bool) {
+	if v, ok := d.dynamic(key); ok {
+		return v, true
+	}
+	return d.Mapper.Find(key)
+}
+
+// Get is Find with CEL's missing-key error.
+func (d *deviceValue) Get(key ref.Val) ref.Val {
+	if v, ok := d.dynamic(key); ok {
+		return v
+	}
+	return d.Mapper.Get(key)
+}
+
+// Contains reports whether key is present.
+func (d *deviceValue) Contains(key ref.Val) ref.Val {
+	if _, ok := d.dynamic(key); ok {
+		return types.True
+	}
+	return d.Mapper.Contains(key)
+}
+
+// identityValues are the `device.identity` maps, one per assurance.
+var identityValues = func() map[posturev1.IdentityAssurance]ref.Val {
+	m := map[posturev1.IdentityAssurance]ref.Val{}
+	for a := range posturev1.IdentityAssurance_name {
+		as := posturev1.IdentityAssurance(a)
+		m[as] = types.DefaultTypeAdapter.NativeToValue(map[string]any{"assurance": AssuranceName(as)})
+	}
+	return m
+}()
+
+// deviceActivation resolves the single variable `device`.
+type deviceActivation struct{ device *deviceValue }
+
+func (a deviceActivation) ResolveName(name string) (any, bool) {
+	if name == "device" {
+		return a.device, true
+	}
+	return nil, false
+}
+
+func (a deviceActivation) Parent() interpreter.Activation { return nil }
+
 // evalExpr evaluates a level expression for the subject at now. Any
 // evaluation error denies, with the error as the reason.
 func evalExpr(prg cel.Program, s *Subject, score uint32, now time.Time) (bool, string) {
-	vars := make(map[string]any, len(s.Assessment.vars)+6)
-	maps.Copy(vars, s.Assessment.vars)
-	vars["score"] = int64(score)
-	vars["state"] = strings.ToLower(strings.TrimPrefix(s.State.String(), "DEVICE_STATE_"))
-	vars["identity"] = map[string]any{"assurance": AssuranceName(s.Assurance)}
-	vars["report_age"] = now.Sub(s.ReportAt)
-	vars[keyNow] = now
-	out, _, err := prg.Eval(map[string]any{"device": vars})
+	dev := &deviceValue{
+		Mapper:    s.Assessment.celVars,
+		score:     int64(score),
+		state:     strings.ToLower(strings.TrimPrefix(s.State.String(), "DEVICE_STATE_")),
+		identity:  identityValues[s.Assurance],
+		reportAge: now.Sub(s.ReportAt),
+		now:       now,
+	}
+	out, _, err := prg.Eval(deviceActivation{device: dev})
 	if err != nil {
 		return false, "expression could not be evaluated (unknown evidence denies): " + err.Error()
 	}

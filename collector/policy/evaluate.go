@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"time"
 
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/traits"
+
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -15,7 +18,7 @@ import (
 type Assessment struct {
 	checks   []assessed
 	rawScore uint32
-	vars     map[string]any // what level expressions see, less the clock-dependent parts
+	celVars  traits.Mapper // what level expressions see, less the decision's own values
 }
 
 type assessed struct {
@@ -49,7 +52,7 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 		a.rawScore = (passed*100 + total/2) / total
 	}
 	if p.hasExprs() {
-		a.vars = deviceVars(r, a)
+		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, a)).(traits.Mapper)
 	}
 	return a
 }
