@@ -221,6 +221,11 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		rec.TPM, rec.Reboot = &clock, reboot
 	}
 	if err := c.store.AppendReport(ctx, rec); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			// Two streams of this device raced with different reports for
+			// the same sequence number: two holders of one identity.
+			return nil, s.suspect(ctx, id, fmt.Sprintf("two different reports claimed sequence number %d at once: the identity is used by two agents", rec.Seq))
+		}
 		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
 	}

@@ -492,3 +492,34 @@ func TestReEnrollKeepsChain(t *testing.T) {
 		t.Errorf("after re-enrollment: state %v, %d devices; want one active device", d.GetDevice().GetState(), len(e.devices()))
 	}
 }
+
+// Two holders of one identity racing on two streams: the loser of the race
+// for a sequence number marks the device suspect.
+func TestConcurrentStreamsOfOneIdentity(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	a := openReports(t, e, cert, key, id)
+	b := openReports(t, e, cert, key, id)
+	// Both sign seq 1 on the same chain head; send them at once.
+	ra, rb := a.next(), b.next()
+	done := make(chan *posturev1.CollectorMessage, 2)
+	go func() { done <- a.send(ra) }()
+	go func() { done <- b.send(rb) }()
+	m1, m2 := <-done, <-done
+	acks := 0
+	for _, m := range []*posturev1.CollectorMessage{m1, m2} {
+		if m.GetAck() != nil {
+			acks++
+		} else if r := m.GetRejected().GetReason(); r != posturev1.RejectReason_REJECT_REASON_CHAIN_BROKEN {
+			t.Errorf("loser rejected with %v (%s), want CHAIN_BROKEN", r, m.GetRejected().GetMessage())
+		}
+	}
+	if acks != 1 {
+		t.Fatalf("%d of two racing reports for seq 1 acknowledged, want exactly 1", acks)
+	}
+	d, _ := e.device(id)
+	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_SUSPECT {
+		t.Errorf("state = %v, want suspect", d.GetDevice().GetState())
+	}
+}
