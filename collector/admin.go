@@ -80,8 +80,7 @@ func (a *adminService) ListDevices(context.Context, *posturev1.ListDevicesReques
 	out := &posturev1.ListDevicesResponse{}
 	pol, now := c.policy.Load(), c.cfg.Now()
 	for _, id := range ids {
-		if p, ok := c.fleet.posture(id, c.cfg.TrustDomain, pol, now); ok {
-			p.Report = nil // the list stays small; devices show has the report
+		if p, ok := c.fleet.posture(id, c.cfg.TrustDomain, pol, now, false); ok { // the list stays small; devices show has the report
 			out.Devices = append(out.Devices, p)
 		}
 	}

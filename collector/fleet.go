@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -33,11 +34,15 @@ type fleet struct {
 }
 
 type deviceEntry struct {
-	dev     store.Device
-	key     *ecdsa.PublicKey         // software identity
-	ak      *attest.AK               // TPM identity
-	report  *posturev1.PostureReport // latest verified, nil before the first
-	boot    *posturev1.MeasuredBoot  // the collector's reading of that report's quote
+	dev store.Device
+	key *ecdsa.PublicKey // software identity
+	ak  *attest.AK       // TPM identity
+	// report is the latest verified report's bytes (nil before the first):
+	// kept encoded, since a decoded report costs several times as much
+	// and decisions need only the assessment.
+	report  []byte
+	osLine  string                  // "debian 12", from that report
+	boot    *posturev1.MeasuredBoot // the collector's reading of that report's quote
 	subject policy.Subject
 }
 
@@ -55,35 +60,64 @@ func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy) e
 	if err != nil {
 		return fmt.Errorf("load latest reports: %w", err)
 	}
+	// Parsing keys and assessing reports is the cost of a large fleet's
+	// start: spread it over the cores.
+	entries := make([]*deviceEntry, len(devs))
+	workers := runtime.GOMAXPROCS(0)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(devs); i += workers {
+				var r *store.Report
+				if rep, ok := latest[devs[i].ID]; ok {
+					r = &rep
+				}
+				if entries[i], errs[w] = loadEntry(devs[i], r, pol); errs[w] != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, d := range devs {
-		e, err := newEntry(d)
-		if err != nil {
-			return fmt.Errorf("load device %s: %w", d.ID, err)
-		}
-		if r, ok := latest[d.ID]; ok {
-			// Stored reports were verified before they were stored.
-			var rep posturev1.PostureReport
-			if err := proto.Unmarshal(r.Body, &rep); err != nil {
-				return fmt.Errorf("load report %s/%d: %w", d.ID, r.Seq, err)
-			}
-			var boot *posturev1.MeasuredBoot
-			if e.ak != nil {
-				var q posturev1.TPMQuote
-				if err := proto.Unmarshal(r.Proof, &q); err != nil {
-					return fmt.Errorf("load quote %s/%d: %w", d.ID, r.Seq, err)
-				}
-				pcrs, _ := envelope.PCRMap(q.GetPcrs())
-				boot = measuredBoot(&q, pcrs)
-			} else {
-				boot = measuredBoot(nil, nil)
-			}
-			e.setReport(&rep, boot, r.ReceivedAt, pol)
-		}
-		f.devices[d.ID] = e
+	for _, e := range entries {
+		f.devices[e.dev.ID] = e
 	}
 	return nil
+}
+
+// loadEntry rebuilds one device's entry from the store. Stored reports were
+// verified before they were stored.
+func loadEntry(d store.Device, r *store.Report, pol *policy.Policy) (*deviceEntry, error) {
+	e, err := newEntry(d)
+	if err != nil {
+		return nil, fmt.Errorf("load device %s: %w", d.ID, err)
+	}
+	if r == nil {
+		return e, nil
+	}
+	var rep posturev1.PostureReport
+	if err := proto.Unmarshal(r.Body, &rep); err != nil {
+		return nil, fmt.Errorf("load report %s/%d: %w", d.ID, r.Seq, err)
+	}
+	boot := measuredBoot(nil, nil)
+	if e.ak != nil {
+		var q posturev1.TPMQuote
+		if err := proto.Unmarshal(r.Proof, &q); err != nil {
+			return nil, fmt.Errorf("load quote %s/%d: %w", d.ID, r.Seq, err)
+		}
+		pcrs, _ := envelope.PCRMap(q.GetPcrs())
+		boot = measuredBoot(&q, pcrs)
+	}
+	e.setReport(&rep, r.Body, boot, r.ReceivedAt, pol)
+	return e, nil
 }
 
 func newEntry(d store.Device) (*deviceEntry, error) {
@@ -123,8 +157,12 @@ func (e *deviceEntry) verify(sr *posturev1.SignedReport) (*envelope.Verified, *a
 	return v, nil, err
 }
 
-func (e *deviceEntry) setReport(r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
-	e.report, e.boot = r, boot
+func (e *deviceEntry) setReport(r *posturev1.PostureReport, body []byte, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
+	e.report, e.boot = body, boot
+	e.osLine = ""
+	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
+		e.osLine = fmt.Sprintf("%s %s", o.GetName(), o.GetVersion())
+	}
 	e.subject.Assessment = pol.AssessWith(r, measuredOf(boot))
 	e.subject.ReportAt = at
 }
@@ -174,7 +212,8 @@ func (f *fleet) put(d store.Device) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.devices[d.ID]; ok {
-		e.report, e.subject.Assessment, e.subject.ReportAt = old.report, old.subject.Assessment, old.subject.ReportAt
+		e.report, e.osLine, e.boot = old.report, old.osLine, old.boot
+		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
 	}
 	f.devices[d.ID] = e
 	return nil
@@ -206,7 +245,7 @@ func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureRep
 			e.dev.Reboots++
 		}
 	}
-	e.setReport(r, boot, v.ReceivedAt, pol)
+	e.setReport(r, v.Body, boot, v.ReceivedAt, pol)
 }
 
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
@@ -230,24 +269,26 @@ func (f *fleet) subject(id string) (policy.Subject, bool) {
 }
 
 // posture renders one device for admins and gateways.
-func (f *fleet) posture(id, trustDomain string, pol *policy.Policy, now time.Time) (*posturev1.DevicePosture, bool) {
+func (f *fleet) posture(id, trustDomain string, pol *policy.Policy, now time.Time, withReport bool) (*posturev1.DevicePosture, bool) {
 	f.mu.RLock()
 	e, ok := f.devices[id]
 	if !ok {
 		f.mu.RUnlock()
 		return nil, false
 	}
-	d, subj, rep, boot := e.dev, e.subject, e.report, e.boot
+	d, subj, body, osLine, boot := e.dev, e.subject, e.report, e.osLine, e.boot
 	f.mu.RUnlock()
 
 	checks, levels, score := pol.Explain(&subj, now)
 	out := &posturev1.DevicePosture{
-		Device:       deviceProto(d, trustDomain, rep),
+		Device:       deviceProto(d, trustDomain, osLine),
 		Score:        score,
 		Checks:       checks,
 		Levels:       levels,
-		Report:       rep,
 		MeasuredBoot: boot,
+	}
+	if withReport {
+		out.Report = decodeReport(body)
 	}
 	if subj.Assessment != nil {
 		out.RawScore = subj.Assessment.RawScore()
@@ -266,7 +307,20 @@ func (f *fleet) ids() []string {
 	return ids
 }
 
-func deviceProto(d store.Device, trustDomain string, rep *posturev1.PostureReport) *posturev1.Device {
+// decodeReport decodes stored report bytes; they were verified before they
+// were kept.
+func decodeReport(body []byte) *posturev1.PostureReport {
+	if body == nil {
+		return nil
+	}
+	var r posturev1.PostureReport
+	if err := proto.Unmarshal(body, &r); err != nil {
+		return nil
+	}
+	return &r
+}
+
+func deviceProto(d store.Device, trustDomain, osLine string) *posturev1.Device {
 	out := &posturev1.Device{
 		Id:          d.ID,
 		SpiffeId:    pki.SPIFFEID(trustDomain, pki.RoleDevice, d.ID).String(),
@@ -283,9 +337,7 @@ func deviceProto(d store.Device, trustDomain string, rep *posturev1.PostureRepor
 	if !d.LastSeen.IsZero() {
 		out.LastSeen = timestamppb.New(d.LastSeen)
 	}
-	if o := rep.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
-		out.Os = fmt.Sprintf("%s %s", o.GetName(), o.GetVersion())
-	}
+	out.Os = osLine
 	return out
 }
 
@@ -351,8 +403,8 @@ func (f *fleet) reassess(p *policy.Policy, swap func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range f.devices {
-		if e.report != nil {
-			e.subject.Assessment = p.AssessWith(e.report, measuredOf(e.boot))
+		if r := decodeReport(e.report); r != nil {
+			e.subject.Assessment = p.AssessWith(r, measuredOf(e.boot))
 		}
 	}
 	swap()
@@ -366,5 +418,5 @@ func (f *fleet) evidence(id string) (policy.Subject, *posturev1.PostureReport, *
 	if !ok {
 		return policy.Subject{}, nil, nil, "", false
 	}
-	return e.subject, e.report, e.boot, e.dev.Hostname, true
+	return e.subject, decodeReport(e.report), e.boot, e.dev.Hostname, true
 }

@@ -76,7 +76,7 @@ func (g *gatewayService) GetDevicePosture(_ context.Context, req *posturev1.GetD
 }
 
 func (c *Collector) devicePosture(id string) (*posturev1.DevicePosture, error) {
-	p, ok := c.fleet.posture(id, c.cfg.TrustDomain, c.policy.Load(), c.cfg.Now())
+	p, ok := c.fleet.posture(id, c.cfg.TrustDomain, c.policy.Load(), c.cfg.Now(), true)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "device %s is not enrolled with this collector (posture-collector devices list shows those that are)", id)
 	}

@@ -116,7 +116,7 @@ func deviceVars(r *posturev1.PostureReport, a *Assessment) map[string]any {
 	}
 	checks := map[string]any{}
 	for _, c := range a.checks {
-		checks[c.check.Name] = strings.ToLower(strings.TrimPrefix(c.result.String(), "OUTCOME_"))
+		checks[c.name] = strings.ToLower(strings.TrimPrefix(c.result.String(), "OUTCOME_"))
 	}
 	v["checks"] = checks
 	v["raw_score"] = int64(a.rawScore)

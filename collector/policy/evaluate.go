@@ -21,9 +21,15 @@ type Assessment struct {
 	celVars  traits.Mapper // what level expressions see, less the decision's own values
 }
 
+// assessed is one check's verdict as kept per device: small, and holding
+// nothing of the decoded report, so the report can be let go.
 type assessed struct {
-	check Check
-	outcome
+	name        string
+	weight      uint32
+	result      posturev1.Outcome
+	reason      string
+	remediation string
+	observedAt  time.Time // zero when the evidence has no time
 }
 
 // RawScore is the score before freshness decay.
@@ -39,7 +45,11 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 	var total, passed uint32
 	for _, c := range p.Checks {
 		o := checkFuncs[c.Name](c, r, m)
-		a.checks = append(a.checks, assessed{check: c, outcome: o})
+		as := assessed{name: c.Name, weight: c.Weight, result: o.result, reason: o.reason, remediation: o.remediation}
+		if t := o.meta.GetObservedAt(); t != nil {
+			as.observedAt = t.AsTime()
+		}
+		a.checks = append(a.checks, as)
 		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
 			continue // weighs nothing either way
 		}
@@ -126,7 +136,7 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 	}
 	for _, name := range l.Require {
 		for _, c := range s.Assessment.checks {
-			if c.check.Name == name && c.result != posturev1.Outcome_OUTCOME_PASS {
+			if c.name == name && c.result != posturev1.Outcome_OUTCOME_PASS {
 				reasons = append(reasons, fmt.Sprintf("%s requires %s: %s", l.Name, name, c.reason))
 			}
 		}
@@ -148,14 +158,14 @@ func (p *Policy) Explain(s *Subject, now time.Time) (checks []*posturev1.CheckRe
 	if s.Assessment != nil {
 		for _, c := range s.Assessment.checks {
 			cr := &posturev1.CheckResult{
-				Name:        c.check.Name,
+				Name:        c.name,
 				Outcome:     c.result,
 				Reason:      c.reason,
-				Weight:      c.check.Weight,
+				Weight:      c.weight,
 				Remediation: c.remediation,
 			}
-			if t := c.meta.GetObservedAt(); t != nil {
-				cr.EvidenceAge = durationpb.New(now.Sub(t.AsTime()).Round(time.Second))
+			if !c.observedAt.IsZero() {
+				cr.EvidenceAge = durationpb.New(now.Sub(c.observedAt).Round(time.Second))
 			}
 			checks = append(checks, cr)
 		}
