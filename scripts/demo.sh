@@ -78,14 +78,15 @@ say "enroll this machine's agent"
 "$BIN/posture-agent" enroll --token "$token" --state-dir "$state" "${identity_flags[@]}"
 device=$(sed -n 's/.*"device_id": "\(.*\)".*/\1/p' "$state/agent.json")
 
-say "run the agent (reports every 5s)"
+say "run the agent (reports every 5s; the second report carries the package manager's answer)"
 "$BIN/posture-agent" run --state-dir "$state" --interval 5s >"$work/agent.log" 2>&1 &
 pids+=($!)
+second='"lastSeq": *"([2-9]|[1-9][0-9]+)"'
 for _ in $(seq 300); do
-  collector devices show "$device" -o json 2>/dev/null | grep -q '"lastSeq"' && break
+  collector devices show "$device" -o json 2>/dev/null | grep -Eq "$second" && break
   sleep 0.2
 done
-collector devices show "$device" -o json | grep -q '"lastSeq"' || { cat "$work/agent.log"; echo "no report arrived" >&2; exit 1; }
+collector devices show "$device" -o json | grep -Eq "$second" || { cat "$work/agent.log"; echo "no second report arrived" >&2; exit 1; }
 
 say "posture-collector devices list"
 collector devices list

@@ -64,6 +64,11 @@ type Options struct {
 	UpdatesInterval time.Duration
 	// CommandTimeout bounds each external command; 0 means 60s.
 	CommandTimeout time.Duration
+	// FirstSlowWait is how long the first Collect waits for a slow
+	// measurement (package managers) before reporting it as still running
+	// and letting it finish in the background, so it cannot stall the first
+	// report; 0 means 3s.
+	FirstSlowWait time.Duration
 }
 
 // Collector measures the device. Create one with New and keep it: it caches
@@ -74,6 +79,7 @@ type Collector struct {
 	now             func() time.Time
 	updatesInterval time.Duration
 	commandTimeout  time.Duration
+	firstSlowWait   time.Duration
 	// euid decides whose settings the agent may read; tests set it.
 	euid int
 
@@ -105,6 +111,10 @@ func New(opts Options) *Collector {
 		now:             opts.Now,
 		updatesInterval: opts.UpdatesInterval,
 		commandTimeout:  opts.CommandTimeout,
+		firstSlowWait:   opts.FirstSlowWait,
+	}
+	if c.firstSlowWait <= 0 {
+		c.firstSlowWait = 3 * time.Second
 	}
 	if c.root == "" {
 		c.root = "/"

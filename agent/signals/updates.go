@@ -24,28 +24,42 @@ type slowCache[T any] struct {
 	ok         bool // the last measurement succeeded
 	have       bool
 	refreshing bool
+	first      chan struct{} // closed when the first measurement is in
 }
 
-// get returns the last measurement. The first call measures synchronously;
-// later calls return the cached result and, when it is older than
-// UpdatesInterval (or failedUpdatesRetry after a failure), start one
-// background refresh. measure reports whether it succeeded; clone copies a
-// result so that callers never share one.
-func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(context.Context) (T, bool), clone func(T) T) T {
+// get returns the last measurement. The first call starts the measurement
+// and waits for it at most FirstSlowWait; if it is not done by then, get
+// returns pending() and the measurement finishes in the background, so a
+// slow package manager cannot stall a report. Later calls return the cached
+// result and, when it is older than UpdatesInterval (or failedUpdatesRetry
+// after a failure), start one background refresh. measure reports whether
+// it succeeded; clone copies a result so that callers never share one.
+func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(context.Context) (T, bool), clone func(T) T, pending func() T) T {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case !s.have:
-		// Holding the lock makes concurrent first calls wait for one
-		// measurement instead of starting several.
-		s.measuredAt = c.now()
-		s.last, s.ok = measure(ctx)
-		s.have = true
-	case !s.refreshing && s.stale(c):
+	if !s.have {
+		if s.first == nil {
+			// Concurrent first calls share one measurement.
+			s.first, s.refreshing = make(chan struct{}), true
+			go s.refresh(context.WithoutCancel(ctx), c, measure)
+		}
+		first := s.first
+		s.mu.Unlock()
+		select {
+		case <-first:
+		case <-time.After(c.firstSlowWait):
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		if !s.have {
+			s.mu.Unlock()
+			return pending()
+		}
+	} else if !s.refreshing && s.stale(c) {
 		s.refreshing = true
 		// The refresh outlives this call, so it must not die with ctx.
 		go s.refresh(context.WithoutCancel(ctx), c, measure)
 	}
+	defer s.mu.Unlock()
 	return clone(s.last)
 }
 
@@ -56,6 +70,10 @@ func (s *slowCache[T]) refresh(ctx context.Context, c *Collector, measure func(c
 	defer s.mu.Unlock()
 	s.last, s.ok, s.measuredAt = fresh, ok, at
 	s.refreshing = false
+	if !s.have {
+		s.have = true
+		close(s.first)
+	}
 }
 
 // stale reports whether the cached result should be measured again.
@@ -75,7 +93,11 @@ func (c *Collector) cachedUpdates(ctx context.Context) *posturev1.Updates {
 			u := c.measureUpdates(ctx)
 			return u, u.GetMeta().GetStatus() == posturev1.Status_STATUS_OK
 		},
-		func(u *posturev1.Updates) *posturev1.Updates { return proto.Clone(u).(*posturev1.Updates) })
+		func(u *posturev1.Updates) *posturev1.Updates { return proto.Clone(u).(*posturev1.Updates) },
+		func() *posturev1.Updates {
+			return &posturev1.Updates{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+				"the first package-manager check is still running; the next report carries its result")}
+		})
 }
 
 // cachedLastInstalled returns the last measurement of the newest installed
@@ -91,5 +113,6 @@ func (c *Collector) cachedLastInstalled(ctx context.Context) lastInstalledUpdate
 				u.meta = proto.Clone(u.meta).(*posturev1.SignalMeta)
 			}
 			return u
-		})
+		},
+		func() lastInstalledUpdate { return lastInstalledUpdate{} })
 }

@@ -393,3 +393,41 @@ func TestCompareVersions(t *testing.T) {
 		})
 	}
 }
+
+// slowRunner delays every command until released, like a package manager
+// refreshing its lists.
+type slowRunner struct {
+	Runner
+	release chan struct{}
+}
+
+func (s slowRunner) Run(ctx context.Context, name string, args ...string) ([]byte, []byte, int, error) {
+	<-s.release
+	return s.Runner.Run(ctx, name, args...)
+}
+
+// A slow first package-manager run cannot stall a report: the first Collect
+// says the check is still running, and a later one carries its result.
+func TestSlowFirstUpdatesDoNotStallCollect(t *testing.T) {
+	release := make(chan struct{})
+	runner := slowRunner{Runner: newFakeRunner(t, map[string]recorded{aptGetLine: {stdout: "apt-get-dist-upgrade.stdout.txt"}}), release: release}
+	c := New(Options{
+		Root:          fakeRoot(t, map[string]string{"usr/bin/apt-get": ""}),
+		Runner:        runner,
+		FirstSlowWait: 50 * time.Millisecond,
+	})
+	ctx := context.Background()
+	start := time.Now()
+	first := c.Collect(ctx).GetUpdates()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("first Collect took %v while apt-get hung", took)
+	}
+	if first.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || !strings.Contains(first.GetMeta().GetReason(), "still running") {
+		t.Fatalf("first Collect updates = %v, want unavailable while the check runs", first)
+	}
+	close(release)
+	waitFor(t, "the first check's result", func() bool {
+		u := c.Collect(ctx).GetUpdates()
+		return u.GetMeta().GetStatus() == posturev1.Status_STATUS_OK && u.GetPending() == 120
+	})
+}

@@ -115,7 +115,9 @@ func run(args []string, out io.Writer) error {
 		if err := parseFlags(fs, rest); err != nil {
 			return err
 		}
-		r := signals.New(signals.Options{}).Collect(context.Background())
+		// A one-shot measurement waits for the package manager, which a
+		// running agent does not let stall a report.
+		r := signals.New(signals.Options{FirstSlowWait: 3 * time.Minute}).Collect(context.Background())
 		opts := protojson.MarshalOptions{Multiline: true, Indent: "  "}
 		switch *format {
 		case "json":
