@@ -103,6 +103,7 @@ type Collector struct {
 	stats     *stats
 	hub       *hub
 	decisions *decisionLog
+	gateway   *gatewayService
 	health    *health.Server
 	metrics   *metrics
 
@@ -135,6 +136,7 @@ func New(cfg Config) (*Collector, error) {
 	}
 	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer(), decisions: newDecisionLog()}
 	c.roots.AddCert(ca.Cert)
+	c.gateway = &gatewayService{c: c}
 	c.metrics = newMetrics(c)
 	c.policy.Store(cfg.Policy)
 
@@ -145,6 +147,7 @@ func New(cfg Config) (*Collector, error) {
 		c.store.Close()
 		return nil, err
 	}
+	c.seedDecisions()
 	if err := c.listen(); err != nil {
 		c.store.Close()
 		return nil, err
@@ -181,7 +184,7 @@ func (c *Collector) listen() error {
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {
 		posturev1.RegisterEnrollmentServiceServer(s, &enrollService{c: c})
 		posturev1.RegisterReportServiceServer(s, &reportService{c: c})
-		posturev1.RegisterGatewayServiceServer(s, &gatewayService{c: c})
+		posturev1.RegisterGatewayServiceServer(s, c.gateway)
 		posturev1.RegisterAdminServiceServer(s, &adminService{c: c})
 		healthpb.RegisterHealthServer(s, c.health)
 		reflection.Register(s)

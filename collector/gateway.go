@@ -87,7 +87,7 @@ func (c *Collector) devicePosture(id string) (*posturev1.DevicePosture, error) {
 // the collector's own gateway front ends (HTTP forward-auth, Envoy
 // ext_authz). Errors are gRPC statuses.
 func (c *Collector) CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
-	return (&gatewayService{c: c}).CheckAccess(ctx, req)
+	return c.gateway.CheckAccess(ctx, req)
 }
 
 // TrustDomain is the collector's SPIFFE trust domain.

@@ -127,9 +127,30 @@ func (c *Collector) decayLoop(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			for _, id := range c.fleet.ids() {
-				c.publish(id, "decay", false)
-			}
+			c.decayPass()
+		}
+	}
+}
+
+// decayPass republishes every device whose decision changed since it was
+// last published.
+func (c *Collector) decayPass() {
+	for _, id := range c.fleet.ids() {
+		c.publish(id, "decay", false)
+	}
+}
+
+// seedDecisions records every loaded device's decision as published,
+// without telling anyone: watchers get them in their snapshot, and the
+// first decay pass after a start must report only real changes, not the
+// whole fleet.
+func (c *Collector) seedDecisions() {
+	pol, now := c.policy.Load(), c.cfg.Now()
+	c.hub.mu.Lock()
+	defer c.hub.mu.Unlock()
+	for _, id := range c.fleet.ids() {
+		if _, key, ok := c.decision(id, pol, now); ok {
+			c.hub.last[id] = key
 		}
 	}
 }
