@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -73,25 +72,25 @@ func (c *Collector) advertise() (string, error) {
 	return c.Addr(), nil
 }
 
-func (a *adminService) ListDevices(context.Context, *posturev1.ListDevicesRequest) (*posturev1.ListDevicesResponse, error) {
+func (a *adminService) ListDevices(ctx context.Context, _ *posturev1.ListDevicesRequest) (*posturev1.ListDevicesResponse, error) {
 	c := a.c
-	ids := c.fleet.ids()
-	slices.Sort(ids)
-	out := &posturev1.ListDevicesResponse{}
+	devs, err := c.store.Devices(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list devices: %v", err)
+	}
+	out := &posturev1.ListDevicesResponse{Devices: make([]*posturev1.DevicePosture, 0, len(devs))}
 	pol, now := c.policy.Load(), c.cfg.Now()
-	for _, id := range ids {
-		if p, ok := c.fleet.posture(id, c.cfg.TrustDomain, pol, now, false); ok { // the list stays small; devices show has the report
-			out.Devices = append(out.Devices, p)
-		}
+	for _, d := range devs {
+		out.Devices = append(out.Devices, c.posture(d, nil, pol, now)) // devices show has the report
 	}
 	return out, nil
 }
 
-func (a *adminService) GetDevice(_ context.Context, req *posturev1.GetDeviceRequest) (*posturev1.DevicePosture, error) {
+func (a *adminService) GetDevice(ctx context.Context, req *posturev1.GetDeviceRequest) (*posturev1.DevicePosture, error) {
 	if req.GetDeviceId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "device_id is required")
 	}
-	return a.c.devicePosture(req.GetDeviceId())
+	return a.c.devicePosture(ctx, req.GetDeviceId())
 }
 
 func (a *adminService) RevokeDevice(ctx context.Context, req *posturev1.RevokeDeviceRequest) (*posturev1.RevokeDeviceResponse, error) {
@@ -117,7 +116,7 @@ func (a *adminService) RevokeDevice(ctx context.Context, req *posturev1.RevokeDe
 	c.publish(id, "revoked", true)
 	c.fleet.closeStreams(id, fmt.Errorf("%w: %s", errRevoked, req.GetReason()))
 	c.log.Info("device revoked", "device", id, "reason", req.GetReason(), "by", describe(callerFrom(ctx)))
-	p, err := c.devicePosture(id)
+	p, err := c.devicePosture(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +179,7 @@ func (a *adminService) ApproveDevice(ctx context.Context, req *posturev1.Approve
 	}
 	c.publish(id, "approved", true)
 	c.log.Info("device approved", "device", id, "ek_sha256", dev.EKSHA256, "by", describe(callerFrom(ctx)))
-	p, err := c.devicePosture(id)
+	p, err := c.devicePosture(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -100,8 +100,8 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 	if err != nil {
 		return err
 	}
-	if e, ok := c.fleet.get(cl.deviceID); ok && e.dev.State == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED) {
-		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked (%s) and cannot enroll again with the same identity; remove the agent's state directory to make a new software identity", cl.deviceID, e.dev.StateReason)
+	if revoked, why := c.fleet.revoked(cl.deviceID); revoked {
+		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked (%s) and cannot enroll again with the same identity; remove the agent's state directory to make a new software identity", cl.deviceID, why)
 	}
 
 	// The challenge: a fresh nonce to sign (software) or quote (TPM), which

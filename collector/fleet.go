@@ -1,13 +1,15 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/x509"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -33,147 +35,236 @@ type fleet struct {
 	streams map[string]map[*reportStream]struct{}
 }
 
+// deviceEntry is what the collector keeps in memory of one device: what it
+// needs to check the device's next report and to decide on the device.
+// Everything else (platform, enrollment time, the report itself) is read
+// from the store when someone asks. A million of these must fit in well
+// under a gigabyte, so an entry holds no parsed key (report streams parse
+// it once per stream), no report bytes, and shares its texts.
 type deviceEntry struct {
-	dev store.Device
-	key *ecdsa.PublicKey // software identity
-	ak  *attest.AK       // TPM identity
-	// report is the latest verified report's bytes (nil before the first):
-	// kept encoded, since a decoded report costs several times as much
-	// and decisions need only the assessment.
-	report  []byte
-	osLine  string                  // "debian 12", from that report
-	boot    *posturev1.MeasuredBoot // the collector's reading of that report's quote
-	subject policy.Subject
+	identityKey []byte // PKIX DER of the software key, or the TPM AK's public area; never changed in place
+	lastSeq     uint64 // with lastDigest, the chain head when hasHead
+	lastDigest  [sha256.Size]byte
+	tpmClock    store.TPMClock
+	osLine      string                  // "debian 12", from the latest report
+	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
+	subject     policy.Subject
+	tpm         bool // identity kind: TPM AK or software key
+	hasHead     bool // a report is stored
 }
 
 func newFleet() *fleet {
 	return &fleet{devices: map[string]*deviceEntry{}, streams: map[string]map[*reportStream]struct{}{}}
 }
 
-// load fills the fleet from the store, assessing each device's latest report.
-func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy) error {
-	devs, err := st.Devices(ctx)
-	if err != nil {
-		return fmt.Errorf("load devices: %w", err)
-	}
-	latest, err := st.LatestReports(ctx)
-	if err != nil {
-		return fmt.Errorf("load latest reports: %w", err)
-	}
-	// Parsing keys and assessing reports is the cost of a large fleet's
-	// start: spread it over the cores.
-	entries := make([]*deviceEntry, len(devs))
+// loaded is one device read at start, with its decision then.
+type loaded struct {
+	id  string
+	e   *deviceEntry
+	key decisionKey
+}
+
+// load fills the fleet from the store, assessing each device's latest
+// report, and returns what it loaded. Decoding and assessing reports is the
+// cost of a large fleet's start, so it runs on every core, each reading its
+// own share of the store.
+func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy, now time.Time) ([][]loaded, error) {
 	workers := runtime.GOMAXPROCS(0)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(devs); i += workers {
-				var r *store.Report
-				if rep, ok := latest[devs[i].ID]; ok {
-					r = &rep
-				}
-				if entries[i], errs[w] = loadEntry(devs[i], r, pol); errs[w] != nil {
-					return
-				}
-			}
-		}()
+	found := make([][]loaded, workers)
+	slabs := make([]slab, workers)
+	err := st.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
+		e, err := loadEntry(row, pol, &slabs[part])
+		if err != nil {
+			return err
+		}
+		found[part] = append(found[part], loaded{row.ID, e, keyOf(&e.subject, pol, now)})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load devices: %w", err)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+	n := 0
+	for _, part := range found {
+		n += len(part)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, e := range entries {
-		f.devices[e.dev.ID] = e
+	f.devices = make(map[string]*deviceEntry, n)
+	for _, part := range found {
+		for _, l := range part {
+			f.devices[l.id] = l.e
+		}
 	}
-	return nil
+	return found, nil
+}
+
+// slab hands out entries and key bytes from large blocks while a fleet
+// loads. Entries made one by one would sit among the garbage of decoding
+// each report and pin it in partly used pages; packed together they do
+// not. An entry is replaced only when its device enrolls again, so blocks
+// stay almost fully used.
+type slab struct {
+	entries []deviceEntry
+	bytes   []byte
+}
+
+func (s *slab) entry() *deviceEntry {
+	if len(s.entries) == cap(s.entries) {
+		s.entries = make([]deviceEntry, 0, 1024)
+	}
+	s.entries = s.entries[:len(s.entries)+1]
+	return &s.entries[len(s.entries)-1]
+}
+
+func (s *slab) clone(b []byte) []byte {
+	if len(b) > 1024 {
+		return bytes.Clone(b)
+	}
+	if cap(s.bytes)-len(s.bytes) < len(b) {
+		s.bytes = make([]byte, 0, 64<<10)
+	}
+	n := len(s.bytes)
+	s.bytes = append(s.bytes, b...)
+	return s.bytes[n : n+len(b) : n+len(b)]
 }
 
 // loadEntry rebuilds one device's entry from the store. Stored reports were
 // verified before they were stored.
-func loadEntry(d store.Device, r *store.Report, pol *policy.Policy) (*deviceEntry, error) {
-	e, err := newEntry(d)
-	if err != nil {
-		return nil, fmt.Errorf("load device %s: %w", d.ID, err)
+func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*deviceEntry, error) {
+	e := sl.entry()
+	*e = deviceEntry{
+		tpm:         row.TPM,
+		identityKey: sl.clone(row.IdentityKey),
+		tpmClock:    row.TPMClock,
+		subject: policy.Subject{
+			State:       posturev1.DeviceState(row.State),
+			StateReason: row.StateReason,
+			Assurance:   posturev1.IdentityAssurance(row.Assurance),
+		},
 	}
+	if err := e.setHead(row.LastSeq, row.LastDigest); err != nil {
+		return nil, fmt.Errorf("load device %s: %w", row.ID, err)
+	}
+	r := row.Report
 	if r == nil {
 		return e, nil
 	}
 	var rep posturev1.PostureReport
 	if err := proto.Unmarshal(r.Body, &rep); err != nil {
-		return nil, fmt.Errorf("load report %s/%d: %w", d.ID, r.Seq, err)
+		return nil, fmt.Errorf("load report %s/%d: %w", row.ID, r.Seq, err)
 	}
-	boot := measuredBoot(nil, nil)
-	if e.ak != nil {
-		var q posturev1.TPMQuote
-		if err := proto.Unmarshal(r.Proof, &q); err != nil {
-			return nil, fmt.Errorf("load quote %s/%d: %w", d.ID, r.Seq, err)
-		}
-		pcrs, _ := envelope.PCRMap(q.GetPcrs())
-		boot = measuredBoot(&q, pcrs)
+	boot, err := storedBoot(e.tpm, r.Proof)
+	if err != nil {
+		return nil, fmt.Errorf("load quote %s/%d: %w", row.ID, r.Seq, err)
 	}
-	e.setReport(&rep, r.Body, boot, r.ReceivedAt, pol)
+	e.setReport(&rep, boot, r.ReceivedAt, pol)
 	return e, nil
 }
 
-func newEntry(d store.Device) (*deviceEntry, error) {
-	e := &deviceEntry{dev: d}
-	if d.Identity == "tpm" {
-		ak, err := attest.ParseAK(d.IdentityKey)
-		if err != nil {
-			return nil, fmt.Errorf("parse attestation key: %w", err)
-		}
-		e.ak = ak
-	} else {
-		pub, err := x509.ParsePKIXPublicKey(d.IdentityKey)
-		if err != nil {
-			return nil, fmt.Errorf("parse identity key: %w", err)
-		}
-		key, ok := pub.(*ecdsa.PublicKey)
-		if !ok {
-			return nil, fmt.Errorf("identity key is %T, want ECDSA", pub)
-		}
-		e.key = key
+// storedBoot reads measured boot again from a stored report's proof.
+func storedBoot(tpm bool, proof []byte) (*posturev1.MeasuredBoot, error) {
+	if !tpm {
+		return measuredBoot(nil, nil), nil
 	}
-	e.subject = policy.Subject{
-		State:       posturev1.DeviceState(d.State),
-		StateReason: d.StateReason,
-		Assurance:   posturev1.IdentityAssurance(d.Assurance),
+	var q posturev1.TPMQuote
+	if err := proto.Unmarshal(proof, &q); err != nil {
+		return nil, err
+	}
+	pcrs, _ := envelope.PCRMap(q.GetPcrs())
+	return measuredBoot(&q, pcrs), nil
+}
+
+// setHead records the device's chain head; digest is nil before the first
+// report.
+func (e *deviceEntry) setHead(seq uint64, digest []byte) error {
+	e.lastSeq, e.hasHead = seq, digest != nil
+	if digest == nil {
+		return nil
+	}
+	if len(digest) != sha256.Size {
+		return fmt.Errorf("chain head digest is %d bytes, want %d", len(digest), sha256.Size)
+	}
+	copy(e.lastDigest[:], digest)
+	return nil
+}
+
+// newEntry makes the entry of a device just enrolled or approved.
+func newEntry(d store.Device) (*deviceEntry, error) {
+	e := &deviceEntry{
+		tpm:         d.Identity == "tpm",
+		identityKey: d.IdentityKey,
+		tpmClock:    d.TPMClock,
+		subject: policy.Subject{
+			State:       posturev1.DeviceState(d.State),
+			StateReason: d.StateReason,
+			Assurance:   posturev1.IdentityAssurance(d.Assurance),
+		},
+	}
+	if err := e.setHead(d.LastSeq, d.LastDigest); err != nil {
+		return nil, err
 	}
 	return e, nil
+}
+
+// streamKey is a device's identity key as one report stream uses it:
+// parsed once for the stream, not once per report, and not kept for
+// devices that are not connected.
+type streamKey struct {
+	der []byte
+	key *ecdsa.PublicKey // software identity
+	ak  *attest.AK       // TPM identity
 }
 
 // verify checks a report's proof with the device's enrolled identity.
 // quote is set for TPM identities.
-func (e *deviceEntry) verify(sr *posturev1.SignedReport) (*envelope.Verified, *attest.QuoteResult, error) {
-	if e.ak != nil {
-		return envelope.VerifyTPM(e.ak, sr)
+func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelope.Verified, *attest.QuoteResult, error) {
+	if (k.key == nil && k.ak == nil) || !bytes.Equal(k.der, e.identityKey) {
+		// First report of the stream, or the device enrolled again.
+		*k = streamKey{der: e.identityKey}
+		var err error
+		if e.tpm {
+			k.ak, err = attest.ParseAK(e.identityKey)
+		} else {
+			k.key, err = parseP256(e.identityKey)
+		}
+		if err != nil {
+			*k = streamKey{}
+			return nil, nil, fmt.Errorf("the enrolled identity key cannot be parsed: %w", err)
+		}
 	}
-	v, err := envelope.VerifySoftware(e.key, sr)
+	if k.ak != nil {
+		return envelope.VerifyTPM(k.ak, sr)
+	}
+	v, err := envelope.VerifySoftware(k.key, sr)
 	return v, nil, err
 }
 
-func (e *deviceEntry) setReport(r *posturev1.PostureReport, body []byte, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
-	e.report, e.boot = body, boot
+// shared holds one copy of strings that many devices carry alike.
+var shared = newInterner(4096)
+
+func (e *deviceEntry) setReport(r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
+	e.boot = boot
 	e.osLine = ""
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
-		e.osLine = fmt.Sprintf("%s %s", o.GetName(), o.GetVersion())
+		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())
 	}
 	e.subject.Assessment = pol.AssessWith(r, measuredOf(boot))
 	e.subject.ReportAt = at
 }
 
+// Most devices share one of these readings; they are never modified.
+var (
+	bootNoQuote    = &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "software identity: no TPM quote"}
+	bootNoEventLog = &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "no TPM event log (the agent reads it as root from /sys/kernel/security/tpm0/binary_bios_measurements)"}
+)
+
 // measuredBoot replays a quote's event log against its verified PCR values.
 func measuredBoot(q *posturev1.TPMQuote, pcrs map[uint32][]byte) *posturev1.MeasuredBoot {
 	if q == nil {
-		return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "software identity: no TPM quote"}
+		return bootNoQuote
 	}
 	if len(q.GetEventLog()) == 0 {
-		return &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "no TPM event log (the agent reads it as root from /sys/kernel/security/tpm0/binary_bios_measurements)"}
+		return bootNoEventLog
 	}
 	mb, err := attest.ReplayEventLog(q.GetEventLog(), pcrs)
 	if err != nil {
@@ -198,12 +289,25 @@ func (f *fleet) checkActive(id string) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("device %s: %w", id, errUnknownDevice)
-	case e.dev.State == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED):
-		return fmt.Errorf("device %s is revoked (%s); enroll it again with a new identity if this is a mistake", id, e.dev.StateReason)
+	case e.subject.State == posturev1.DeviceState_DEVICE_STATE_REVOKED:
+		return fmt.Errorf("device %s is revoked (%s); enroll it again with a new identity if this is a mistake", id, e.subject.StateReason)
 	}
 	return nil
 }
 
+// revoked says whether a device is known and revoked, and why.
+func (f *fleet) revoked(id string) (bool, string) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	if !ok || e.subject.State != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+		return false, ""
+	}
+	return true, e.subject.StateReason
+}
+
+// put adds or replaces the entry of a device just enrolled or approved. A
+// device enrolling again keeps its latest assessment.
 func (f *fleet) put(d store.Device) error {
 	e, err := newEntry(d)
 	if err != nil {
@@ -212,7 +316,7 @@ func (f *fleet) put(d store.Device) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.devices[d.ID]; ok {
-		e.report, e.osLine, e.boot = old.report, old.osLine, old.boot
+		e.osLine, e.boot = old.osLine, old.boot
 		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
 	}
 	f.devices[d.ID] = e
@@ -220,39 +324,44 @@ func (f *fleet) put(d store.Device) error {
 }
 
 // head is the device's report chain head.
-func (f *fleet) head(id string) (seq uint64, digest []byte, state int32) {
+func (f *fleet) head(id string) (seq uint64, digest []byte, state posturev1.DeviceState) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	e := f.devices[id]
-	return e.dev.LastSeq, e.dev.LastDigest, e.dev.State
+	if e.hasHead {
+		digest = bytes.Clone(e.lastDigest[:])
+	}
+	return e.lastSeq, digest, e.subject.State
 }
 
 // tpmClock is the TPM clock info of the device's latest quote.
 func (f *fleet) tpmClock(id string) store.TPMClock {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.devices[id].dev.TPMClock
+	return f.devices[id].tpmClock
 }
 
-func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, pol *policy.Policy) {
+// recordReport records a stored report as the device's latest. It assesses
+// the report under the policy in force when it holds the fleet lock, which
+// a policy reload swaps under the same lock, so no report is left assessed
+// under a policy that is no longer in force.
+func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, pol *atomic.Pointer[policy.Policy]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
-	e.dev.LastSeq, e.dev.LastDigest, e.dev.LastSeen = v.Seq, v.Digest, v.ReceivedAt
-	if v.TPM != nil {
-		e.dev.TPMClock = *v.TPM
-		if v.Reboot {
-			e.dev.Reboots++
-		}
+	if err := e.setHead(v.Seq, v.Digest); err != nil {
+		panic("verified report with a malformed digest: " + err.Error())
 	}
-	e.setReport(r, v.Body, boot, v.ReceivedAt, pol)
+	if v.TPM != nil {
+		e.tpmClock = *v.TPM
+	}
+	e.setReport(r, boot, v.ReceivedAt, pol.Load())
 }
 
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if e, ok := f.devices[id]; ok {
-		e.dev.State, e.dev.StateReason = int32(state), reason
 		e.subject.State, e.subject.StateReason = state, reason
 	}
 }
@@ -268,33 +377,45 @@ func (f *fleet) subject(id string) (policy.Subject, bool) {
 	return e.subject, true
 }
 
-// posture renders one device for admins and gateways.
-func (f *fleet) posture(id, trustDomain string, pol *policy.Policy, now time.Time, withReport bool) (*posturev1.DevicePosture, bool) {
+// view copies what a device's posture is rendered from.
+func (f *fleet) view(id string) (subj policy.Subject, osLine string, boot *posturev1.MeasuredBoot, ok bool) {
 	f.mu.RLock()
+	defer f.mu.RUnlock()
 	e, ok := f.devices[id]
 	if !ok {
-		f.mu.RUnlock()
-		return nil, false
+		return policy.Subject{}, "", nil, false
 	}
-	d, subj, body, osLine, boot := e.dev, e.subject, e.report, e.osLine, e.boot
-	f.mu.RUnlock()
+	return e.subject, e.osLine, e.boot, true
+}
 
+// posture renders one device for admins and gateways: d is the device as
+// stored, report its latest report when wanted.
+func (c *Collector) posture(d store.Device, report *posturev1.PostureReport, pol *policy.Policy, now time.Time) *posturev1.DevicePosture {
+	subj, osLine, boot, ok := c.fleet.view(d.ID)
+	if !ok {
+		// Stored an instant before the fleet heard of it.
+		subj = policy.Subject{State: posturev1.DeviceState(d.State), StateReason: d.StateReason, Assurance: posturev1.IdentityAssurance(d.Assurance)}
+	}
 	checks, levels, score := pol.Explain(&subj, now)
 	out := &posturev1.DevicePosture{
-		Device:       deviceProto(d, trustDomain, osLine),
+		Device:       deviceProto(d, c.cfg.TrustDomain, osLine),
 		Score:        score,
 		Checks:       checks,
 		Levels:       levels,
 		MeasuredBoot: boot,
-	}
-	if withReport {
-		out.Report = decodeReport(body)
+		Report:       report,
 	}
 	if subj.Assessment != nil {
 		out.RawScore = subj.Assessment.RawScore()
 		out.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
 	}
-	return out, true
+	return out
+}
+
+func (f *fleet) count() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.devices)
 }
 
 func (f *fleet) ids() []string {
@@ -397,26 +518,68 @@ func measuredOf(boot *posturev1.MeasuredBoot) *policy.Measured {
 }
 
 // reassess assesses every device's latest report under a new policy and
-// swaps it in, all under the fleet lock, so no decision mixes the old
-// policy with new assessments.
-func (f *fleet) reassess(p *policy.Policy, swap func()) {
+// swaps it in. The reports are read and assessed first, without holding
+// the fleet; then, under the fleet lock, the new assessments replace the
+// old ones, a device that reported meanwhile is assessed again from its
+// newest report, and swap puts the policy in force. So no decision mixes
+// the old policy with new assessments, and decisions wait only for the
+// swap.
+func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func()) error {
+	type fresh struct {
+		seq uint64
+		a   *policy.Assessment
+	}
+	workers := runtime.GOMAXPROCS(0)
+	found := make([]map[string]fresh, workers)
+	for i := range found {
+		found[i] = map[string]fresh{}
+	}
+	err := c.store.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
+		if row.Report == nil {
+			return nil
+		}
+		var rep posturev1.PostureReport
+		if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
+			return fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
+		}
+		boot, err := storedBoot(row.TPM, row.Report.Proof)
+		if err != nil {
+			return fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+		}
+		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(&rep, measuredOf(boot))}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read latest reports: %w", err)
+	}
+	f := c.fleet
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, e := range f.devices {
-		if r := decodeReport(e.report); r != nil {
-			e.subject.Assessment = p.AssessWith(r, measuredOf(e.boot))
+	for id, e := range f.devices {
+		if !e.hasHead {
+			continue
 		}
+		var got fresh
+		var ok bool
+		for _, m := range found {
+			if got, ok = m[id]; ok {
+				break
+			}
+		}
+		if ok && got.seq == e.lastSeq {
+			e.subject.Assessment = got.a
+			continue
+		}
+		r, err := c.store.LatestReport(ctx, id)
+		if err != nil {
+			return fmt.Errorf("read latest report of %s: %w", id, err)
+		}
+		rep := decodeReport(r.Body)
+		if rep == nil {
+			return fmt.Errorf("latest report of %s does not decode", id)
+		}
+		e.subject.Assessment = p.AssessWith(rep, measuredOf(e.boot))
 	}
 	swap()
-}
-
-// evidence copies what a policy needs to judge a device afresh.
-func (f *fleet) evidence(id string) (policy.Subject, *posturev1.PostureReport, *posturev1.MeasuredBoot, string, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	e, ok := f.devices[id]
-	if !ok {
-		return policy.Subject{}, nil, nil, "", false
-	}
-	return e.subject, decodeReport(e.report), e.boot, e.dev.Hostname, true
+	return nil
 }

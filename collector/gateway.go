@@ -2,11 +2,13 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -67,20 +69,30 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	return resp, nil
 }
 
-func (g *gatewayService) GetDevicePosture(_ context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {
+func (g *gatewayService) GetDevicePosture(ctx context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {
 	id, err := g.c.resolveDevice(req.GetDeviceId(), req.GetSpiffeId())
 	if err != nil {
 		return nil, err
 	}
-	return g.c.devicePosture(id)
+	return g.c.devicePosture(ctx, id)
 }
 
-func (c *Collector) devicePosture(id string) (*posturev1.DevicePosture, error) {
-	p, ok := c.fleet.posture(id, c.cfg.TrustDomain, c.policy.Load(), c.cfg.Now(), true)
-	if !ok {
+// devicePosture renders one device with its latest report, from the store.
+func (c *Collector) devicePosture(ctx context.Context, id string) (*posturev1.DevicePosture, error) {
+	d, err := c.store.Device(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "device %s is not enrolled with this collector (posture-collector devices list shows those that are)", id)
 	}
-	return p, nil
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "read device: %v", err)
+	}
+	var report *posturev1.PostureReport
+	if r, err := c.store.LatestReport(ctx, id); err == nil {
+		report = decodeReport(r.Body)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.Internal, "read latest report: %v", err)
+	}
+	return c.posture(d, report, c.policy.Load(), c.cfg.Now()), nil
 }
 
 // CheckAccess answers the same decision as the gateway RPC, in-process, for

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -24,7 +29,9 @@ func (c *Collector) ReloadPolicy() (*policy.Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy not reloaded, the old one stays in force: %w", err)
 	}
-	c.fleet.reassess(p, func() { c.policy.Store(p) })
+	if err := c.reassess(context.Background(), p, func() { c.policy.Store(p) }); err != nil {
+		return nil, fmt.Errorf("policy not reloaded, the old one stays in force: %w", err)
+	}
 	for _, id := range c.fleet.ids() {
 		c.publish(id, "policy", false)
 	}
@@ -40,7 +47,7 @@ func (a *adminService) ReloadPolicy(context.Context, *posturev1.ReloadPolicyRequ
 	return &posturev1.ReloadPolicyResponse{Levels: p.LevelNames(), Checks: uint32(len(p.Checks))}, nil
 }
 
-func (a *adminService) DiffPolicy(_ context.Context, req *posturev1.DiffPolicyRequest) (*posturev1.DiffPolicyResponse, error) {
+func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicyRequest) (*posturev1.DiffPolicyResponse, error) {
 	c := a.c
 	cand, err := policy.Parse(req.GetPolicyYaml())
 	if err != nil {
@@ -53,17 +60,26 @@ func (a *adminService) DiffPolicy(_ context.Context, req *posturev1.DiffPolicyRe
 			levels = append(levels, l)
 		}
 	}
-	ids := c.fleet.ids()
-	slices.Sort(ids)
-	out := &posturev1.DiffPolicyResponse{Devices: uint32(len(ids))}
-	for _, id := range ids {
-		subj, report, boot, host, ok := c.fleet.evidence(id)
+	workers := runtime.GOMAXPROCS(0)
+	changes := make([][]*posturev1.LevelChange, workers)
+	devices := make([]uint32, workers)
+	err = c.store.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
+		subj, ok := c.fleet.subject(row.ID)
 		if !ok {
-			continue
+			return nil // enrolled after the scan began
 		}
+		devices[part]++
 		candSubj := subj
-		if report != nil {
-			candSubj.Assessment = cand.AssessWith(report, measuredOf(boot))
+		if row.Report != nil {
+			var rep posturev1.PostureReport
+			if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
+				return fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
+			}
+			boot, err := storedBoot(row.TPM, row.Report.Proof)
+			if err != nil {
+				return fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+			}
+			candSubj.Assessment = cand.AssessWith(&rep, measuredOf(boot))
 		}
 		for _, l := range levels {
 			nowOK := false
@@ -75,10 +91,21 @@ func (a *adminService) DiffPolicy(_ context.Context, req *posturev1.DiffPolicyRe
 				candOK, _, reasons = cand.Decide(&candSubj, l, now)
 			}
 			if nowOK != candOK {
-				out.Changes = append(out.Changes, &posturev1.LevelChange{DeviceId: id, Hostname: host, Level: l,
+				changes[part] = append(changes[part], &posturev1.LevelChange{DeviceId: row.ID, Hostname: row.Hostname, Level: l,
 					AllowedNow: nowOK, AllowedCandidate: candOK, Reasons: reasons})
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "evaluate the candidate: %v", err)
 	}
+	out := &posturev1.DiffPolicyResponse{}
+	for i := range workers {
+		out.Devices += devices[i]
+		out.Changes = append(out.Changes, changes[i]...)
+	}
+	// By device, then in the order of levels.
+	slices.SortStableFunc(out.Changes, func(a, b *posturev1.LevelChange) int { return strings.Compare(a.GetDeviceId(), b.GetDeviceId()) })
 	return out, nil
 }

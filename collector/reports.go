@@ -74,6 +74,7 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 	}
 
 	seq, digest, _ := c.fleet.head(id)
+	var key streamKey
 	nonce := newNonce()
 	if err := stream.Send(&posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Welcome{Welcome: &posturev1.Welcome{
 		LastSeq: seq, LastDigest: digest, Nonce: nonce,
@@ -115,7 +116,7 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 			continue // a newer agent's message this collector does not know
 		}
 		next := newNonce()
-		ack, rej := s.ingest(ctx, id, sr, nonce)
+		ack, rej := s.ingest(ctx, id, &key, sr, nonce)
 		nonce = next
 		var out *posturev1.CollectorMessage
 		if rej != nil {
@@ -152,7 +153,7 @@ func streamEndError(ctx context.Context) error {
 
 // ingest verifies one report and stores it. Checks run cheapest first;
 // nothing is stored unless every one passes.
-func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.SignedReport, nonce []byte) (*store.Report, *rejection) {
+func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, sr *posturev1.SignedReport, nonce []byte) (*store.Report, *rejection) {
 	c := s.c
 	e, ok := c.fleet.get(id)
 	if !ok {
@@ -164,7 +165,7 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 	case subtle.ConstantTimeCompare(sr.GetNonce(), nonce) != 1:
 		// A genuine report that is already stored is a replay; anything else
 		// simply answers a nonce this stream does not have outstanding.
-		if v, _, err := e.verify(sr); err == nil {
+		if v, _, err := key.verify(e, sr); err == nil {
 			if seq, _, _ := c.fleet.head(id); v.Report.GetSeq() <= seq {
 				return nil, reject(posturev1.RejectReason_REJECT_REASON_REPLAY, "report %d was already stored: replayed report", v.Report.GetSeq())
 			}
@@ -172,7 +173,7 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
 	start := time.Now()
-	v, quote, err := e.verify(sr)
+	v, quote, err := key.verify(e, sr)
 	c.metrics.verify.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, envelope.ErrMalformed):
@@ -199,7 +200,7 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 	}
 	headSeq, headDigest, state := c.fleet.head(id)
 	switch {
-	case state == int32(posturev1.DeviceState_DEVICE_STATE_REVOKED):
+	case state == posturev1.DeviceState_DEVICE_STATE_REVOKED:
 		return nil, reject(posturev1.RejectReason_REJECT_REASON_REVOKED, "device %s is revoked", id)
 	case r.GetSeq() <= headSeq:
 		// Signed now, for this stream, yet reusing a stored sequence number:
@@ -235,7 +236,7 @@ func (s *reportService) ingest(ctx context.Context, id string, sr *posturev1.Sig
 	} else {
 		boot = measuredBoot(nil, nil)
 	}
-	c.fleet.recordReport(id, &rec, r, boot, c.policy.Load())
+	c.fleet.recordReport(id, &rec, r, boot, &c.policy)
 	c.publish(id, "report", false)
 	return &rec, nil
 }

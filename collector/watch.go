@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -29,7 +30,7 @@ const (
 type hub struct {
 	mu       sync.Mutex
 	rev      uint64
-	history  []*posturev1.PostureEvent // ring, oldest first once full
+	history  []*event // ring, oldest first once full
 	start    int
 	last     map[string]decisionKey // what was last published per device
 	watchers map[*watcher]struct{}
@@ -43,8 +44,36 @@ type decisionKey struct {
 }
 
 type watcher struct {
-	ch      chan *posturev1.PostureEvent
+	ch      chan *event
 	dropped chan struct{}
+}
+
+// event is one published change. It is encoded once, by the first watcher
+// to send it, and the same bytes go to every other watcher: a revocation
+// reaches a thousand gateways without being marshaled a thousand times.
+type event struct {
+	ev      *posturev1.PostureEvent
+	once    sync.Once
+	encoded *grpc.PreparedMsg
+	err     error
+}
+
+func newEvent(ev *posturev1.PostureEvent) *event { return &event{ev: ev} }
+
+// send writes the event to a watcher's stream. Every watch stream encodes
+// alike (protobuf, no compression), so the bytes prepared on one stream
+// are valid on all.
+func (e *event) send(stream grpc.ServerStream) error {
+	e.once.Do(func() {
+		e.encoded = &grpc.PreparedMsg{}
+		if e.err = e.encoded.Encode(stream, e.ev); e.err != nil {
+			e.encoded = nil
+		}
+	})
+	if e.encoded == nil {
+		return stream.SendMsg(e.ev)
+	}
+	return stream.SendMsg(e.encoded)
 }
 
 func newHub() *hub {
@@ -65,22 +94,16 @@ func (c *Collector) decision(id string, pol *policy.Policy, now time.Time) (*pos
 		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
 		State:     subj.State,
 		Assurance: subj.Assurance,
-		Score:     pol.Score(&subj, now),
 	}
-	for _, l := range pol.LevelNames() {
-		if ok, _, _ := pol.Decide(&subj, l, now); ok {
-			d.AllowedLevels = append(d.AllowedLevels, l)
-		}
-	}
-	return d, decisionKey{state: d.State, score: d.Score, levels: joinLevels(d.AllowedLevels)}, true
+	score, set := pol.AllowedSet(&subj, now)
+	d.Score, d.AllowedLevels = score, pol.Names(set)
+	return d, decisionKey{state: d.State, score: d.Score, levels: pol.SetKey(set)}, true
 }
 
-func joinLevels(l []string) string {
-	s := ""
-	for _, x := range l {
-		s += x + "\x00"
-	}
-	return s
+// keyOf is what decision would publish for a device, without rendering it.
+func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey {
+	score, set := pol.AllowedSet(subj, now)
+	return decisionKey{state: subj.State, score: score, levels: pol.SetKey(set)}
 }
 
 // publish re-evaluates a device and tells watchers when its decision
@@ -99,7 +122,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 	h.last[id] = key
 	d.Cause = cause
 	h.rev++
-	ev := &posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}}
+	ev := newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}})
 	if len(h.history) < watchHistory {
 		h.history = append(h.history, ev)
 	} else {
@@ -144,48 +167,52 @@ func (c *Collector) decayPass() {
 // without telling anyone: watchers get them in their snapshot, and the
 // first decay pass after a start must report only real changes, not the
 // whole fleet.
-func (c *Collector) seedDecisions() {
-	pol, now := c.policy.Load(), c.cfg.Now()
+func (c *Collector) seedDecisions(loaded [][]loaded) {
+	n := 0
+	for _, part := range loaded {
+		n += len(part)
+	}
 	c.hub.mu.Lock()
 	defer c.hub.mu.Unlock()
-	for _, id := range c.fleet.ids() {
-		if _, key, ok := c.decision(id, pol, now); ok {
-			c.hub.last[id] = key
+	c.hub.last = make(map[string]decisionKey, n)
+	for _, part := range loaded {
+		for _, l := range part {
+			c.hub.last[l.id] = l.key
 		}
 	}
 }
 
 // subscribe registers a watcher and returns what it must be sent first: the
 // events after since (resumed) or a snapshot of every device.
-func (c *Collector) subscribe(since uint64) (*watcher, []*posturev1.PostureEvent, bool) {
+func (c *Collector) subscribe(since uint64) (*watcher, []*event, bool) {
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	w := &watcher{ch: make(chan *posturev1.PostureEvent, watcherBuffer), dropped: make(chan struct{})}
+	w := &watcher{ch: make(chan *event, watcherBuffer), dropped: make(chan struct{})}
 	h.watchers[w] = struct{}{}
 	ordered := append(slices.Clone(h.history[h.start:]), h.history[:h.start]...)
-	if since != 0 && since <= h.rev && (len(ordered) == 0 || since >= ordered[0].Revision-1) {
-		var missed []*posturev1.PostureEvent
+	if since != 0 && since <= h.rev && (len(ordered) == 0 || since >= ordered[0].ev.Revision-1) {
+		var missed []*event
 		for _, ev := range ordered {
-			if ev.Revision > since {
+			if ev.ev.Revision > since {
 				missed = append(missed, ev)
 			}
 		}
-		return w, append(missed, &posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{Resumed: true}}}), true
+		return w, append(missed, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{Resumed: true}}})), true
 	}
 	// Snapshot under the hub lock: no change can slip between the
 	// snapshot and the live events.
 	pol, now := c.policy.Load(), c.cfg.Now()
 	ids := c.fleet.ids()
 	slices.Sort(ids)
-	snap := make([]*posturev1.PostureEvent, 0, len(ids)+1)
+	snap := make([]*event, 0, len(ids)+1)
 	for _, id := range ids {
 		if d, _, ok := c.decision(id, pol, now); ok {
 			d.Cause = "snapshot"
-			snap = append(snap, &posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}})
+			snap = append(snap, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}}))
 		}
 	}
-	return w, append(snap, &posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{}}}), false
+	return w, append(snap, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{}}})), false
 }
 
 func (c *Collector) unsubscribe(w *watcher) {
@@ -205,10 +232,14 @@ func (c *Collector) watcherCount() int {
 
 func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream posturev1.GatewayService_WatchPostureServer) error {
 	c := g.c
-	w, first, _ := c.subscribe(req.GetSinceRevision())
+	w, first, resumed := c.subscribe(req.GetSinceRevision())
 	defer c.unsubscribe(w)
 	for _, ev := range first {
-		if err := stream.Send(ev); err != nil {
+		send := ev.send
+		if !resumed {
+			send = func(grpc.ServerStream) error { return stream.Send(ev.ev) } // a snapshot is this watcher's own
+		}
+		if err := send(stream); err != nil {
 			return err
 		}
 	}
@@ -219,7 +250,7 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 		case <-w.dropped:
 			return status.Error(codes.ResourceExhausted, "watcher fell too far behind; reconnect with since_revision set to the last revision applied")
 		case ev := <-w.ch:
-			if err := stream.Send(ev); err != nil {
+			if err := ev.send(stream); err != nil {
 				return err
 			}
 		}

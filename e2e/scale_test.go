@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,49 +27,109 @@ import (
 )
 
 // BenchmarkFleetLoad measures what a collector with a large fleet costs at
-// start: the time to load every device and its latest report into memory,
-// and the heap that posture cache takes per device. POSTURE_SCALE_DEVICES
-// sets the fleet size (default 100000); the database is built once per
-// run. The baseline is the same start with an empty fleet.
+// start: the time until a posture-collector process, started on a data
+// directory holding the fleet, serves; its resident memory then (VmRSS) and
+// at its peak (VmHWM); and, in this process, the heap the posture cache
+// takes per device. POSTURE_SCALE_DEVICES sets the fleet size (default
+// 100000); the database is built once per run. The baseline is the same
+// start with an empty fleet, measured in the same run.
 func BenchmarkFleetLoad(b *testing.B) {
 	n := 100000
 	if v, err := strconv.Atoi(os.Getenv("POSTURE_SCALE_DEVICES")); err == nil && v > 0 {
 		n = v
 	}
+	bin := buildCollector(b)
 	dir := b.TempDir()
 	fillStore(b, filepath.Join(dir, "posture.db"), n)
 	empty := b.TempDir()
 
-	start := func(dataDir string) (time.Duration, uint64) {
+	heapOf := func(dataDir string) uint64 {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		t0 := time.Now()
 		c, err := collector.New(collector.Config{DataDir: dataDir, Listen: "127.0.0.1:0"})
 		if err != nil {
 			b.Fatal(err)
 		}
-		took := time.Since(t0)
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		c.Serve(ctx) // closes listeners and the store
-		return took, after.HeapAlloc - min(before.HeapAlloc, after.HeapAlloc)
+		return after.HeapAlloc - min(before.HeapAlloc, after.HeapAlloc)
 	}
+	heap, emptyHeap := heapOf(dir), heapOf(empty)
+
 	var load, base time.Duration
-	var heap uint64
+	var rss, hwm, emptyRSS uint64
 	for b.Loop() {
-		t, h := start(dir)
-		bt, _ := start(empty)
-		load, heap, base = load+t, h, base+bt
+		t, r, h := startProcess(b, bin, dir)
+		bt, er, _ := startProcess(b, bin, empty)
+		load, base, rss, hwm, emptyRSS = load+t, base+bt, r, h, er
 	}
 	runs := time.Duration(b.N)
 	b.ReportMetric(float64(n), "devices")
-	b.ReportMetric((load / runs).Seconds(), "load-s")
+	b.ReportMetric((load / runs).Seconds(), "start-s")
 	b.ReportMetric((base / runs).Seconds(), "empty-start-s")
-	b.ReportMetric(float64(heap)/float64(n), "heap-B/device")
-	b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
+	b.ReportMetric(float64(hwm)/(1<<20), "peak-rss-MiB")
+	b.ReportMetric(float64(emptyRSS)/(1<<20), "empty-rss-MiB")
+	b.ReportMetric(float64(heap-min(emptyHeap, heap))/float64(n), "heap-B/device")
+}
+
+// buildCollector builds posture-collector into a temporary directory.
+func buildCollector(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "posture-collector")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/posture-project/posture/collector/cmd/posture-collector").CombinedOutput()
+	if err != nil {
+		b.Fatalf("build posture-collector: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startProcess runs a collector on dataDir until it serves and returns how
+// long that took and its resident memory then and at its peak.
+func startProcess(b *testing.B, bin, dataDir string) (took time.Duration, rss, hwm uint64) {
+	cmd := exec.Command(bin, "run", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}()
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() {
+		if strings.Contains(lines.Text(), `"collector serving"`) {
+			took = time.Since(t0)
+			break
+		}
+	}
+	if took == 0 {
+		b.Fatalf("collector exited before serving")
+	}
+	go io.Copy(io.Discard, stderr)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		b.Skipf("no /proc here: %v", err)
+	}
+	return took, procKB(status, "VmRSS:") << 10, procKB(status, "VmHWM:") << 10
+}
+
+// procKB reads one "Name:   123 kB" line of /proc/PID/status.
+func procKB(status []byte, name string) uint64 {
+	for _, l := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == name {
+			v, _ := strconv.ParseUint(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
 }
 
 // fillStore writes n enrolled devices, each with one report, through the

@@ -115,8 +115,8 @@ func deviceVars(r *posturev1.PostureReport, a *Assessment) map[string]any {
 		v["screen_lock"] = map[string]any{"enabled": s.GetEnabled(), "timeout_seconds": int64(s.GetTimeoutSeconds())}
 	}
 	checks := map[string]any{}
-	for _, c := range a.checks {
-		checks[c.name] = strings.ToLower(strings.TrimPrefix(c.result.String(), "OUTCOME_"))
+	for i, c := range a.checks {
+		checks[a.name(i)] = strings.ToLower(strings.TrimPrefix(c.result.String(), "OUTCOME_"))
 	}
 	v["checks"] = checks
 	v["raw_score"] = int64(a.rawScore)

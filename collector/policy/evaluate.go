@@ -2,6 +2,9 @@ package policy
 
 import (
 	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"cel.dev/cel-go/common/types"
@@ -14,23 +17,60 @@ import (
 
 // Assessment is a policy's verdict on one verified report. It does not
 // depend on the clock, so the collector computes it once per report and
-// answers every later decision from it.
+// answers every later decision from it. A collector keeps one per device,
+// so it is kept small: check names and weights stay with the policy, and
+// equal reason texts are shared between devices.
 type Assessment struct {
+	policy   *Policy // the policy that made it: names and weights of checks
 	checks   []assessed
 	rawScore uint32
 	celVars  traits.Mapper // what level expressions see, less the decision's own values
 }
 
 // assessed is one check's verdict as kept per device: small, and holding
-// nothing of the decoded report, so the report can be let go.
+// nothing of the decoded report, so the report can be let go. checks[i] of
+// an Assessment is the verdict of policy.Checks[i].
 type assessed struct {
-	name        string
-	weight      uint32
-	result      posturev1.Outcome
-	reason      string
-	remediation string
-	observedAt  time.Time // zero when the evidence has no time
+	observedAt int64      // Unix nanoseconds; 0 when the evidence has no time
+	text       *checkText // reason and remediation
+	result     posturev1.Outcome
 }
+
+// checkText is a verdict's reason and remediation. Most devices of a fleet
+// share a handful of them, so equal texts are one value (see shareText).
+type checkText struct {
+	reason, remediation string
+}
+
+// maxSharedTexts bounds the table of shared texts. Texts that embed values
+// from a report (a version, a count) could otherwise grow it without end;
+// past the bound a text is simply kept by the device it belongs to.
+const maxSharedTexts = 1 << 16
+
+// sharedTexts maps a checkText to its one shared copy. Assessments run on
+// every core at once at start, so lookups take no lock.
+var sharedTexts struct {
+	m sync.Map
+	n atomic.Int64
+}
+
+func shareText(t checkText) *checkText {
+	if s, ok := sharedTexts.m.Load(t); ok {
+		return s.(*checkText)
+	}
+	if sharedTexts.n.Load() >= maxSharedTexts {
+		return &t
+	}
+	s, loaded := sharedTexts.m.LoadOrStore(t, &t)
+	if !loaded {
+		sharedTexts.n.Add(1)
+	}
+	return s.(*checkText)
+}
+
+// name and weight of the i-th check of an assessment.
+func (a *Assessment) name(i int) string   { return a.policy.Checks[i].Name }
+func (a *Assessment) weight(i int) uint32 { return a.policy.Checks[i].Weight }
 
 // RawScore is the score before freshness decay.
 func (a *Assessment) RawScore() uint32 { return a.rawScore }
@@ -41,13 +81,13 @@ func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment { return p.Asses
 // AssessWith evaluates every check against a verified report and the
 // evidence the collector measured itself (nil when there is none).
 func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment {
-	a := &Assessment{checks: make([]assessed, 0, len(p.Checks))}
+	a := &Assessment{policy: p, checks: make([]assessed, 0, len(p.Checks))}
 	var total, passed uint32
 	for _, c := range p.Checks {
 		o := checkFuncs[c.Name](c, r, m)
-		as := assessed{name: c.Name, weight: c.Weight, result: o.result, reason: o.reason, remediation: o.remediation}
+		as := assessed{result: o.result, text: shareText(checkText{reason: o.reason, remediation: o.remediation})}
 		if t := o.meta.GetObservedAt(); t != nil {
-			as.observedAt = t.AsTime()
+			as.observedAt = t.AsTime().UnixNano()
 		}
 		a.checks = append(a.checks, as)
 		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
@@ -111,7 +151,61 @@ func (p *Policy) Decide(s *Subject, level string, now time.Time) (allowed bool, 
 	return p.decideLevel(s, l, score, now)
 }
 
+// LevelSet is a set of a policy's levels: bit i stands for Levels[i].
+type LevelSet uint64
+
+// maxLevels is how many levels a policy may define: as many as a LevelSet
+// holds.
+const maxLevels = 64
+
+// Allowed lists the levels the subject meets at now, and its score, without
+// the reasons for those it does not: what watchers are told.
+func (p *Policy) Allowed(s *Subject, now time.Time) (score uint32, levels []string) {
+	score, set := p.AllowedSet(s, now)
+	return score, p.Names(set)
+}
+
+// AllowedSet is Allowed as a set.
+func (p *Policy) AllowedSet(s *Subject, now time.Time) (score uint32, set LevelSet) {
+	score = p.Score(s, now)
+	for i, l := range p.Levels {
+		if ok, _, _ := p.judge(s, l, score, now, false); ok {
+			set |= 1 << i
+		}
+	}
+	return score, set
+}
+
+// Names lists the levels of a set in policy order.
+func (p *Policy) Names(set LevelSet) []string {
+	var names []string
+	for i, l := range p.Levels {
+		if set&(1<<i) != 0 {
+			names = append(names, l.Name)
+		}
+	}
+	return names
+}
+
+// SetKey is the names of a set's levels as one string, to compare sets made
+// under different policies by what they mean. Equal sets of one policy
+// share one string.
+func (p *Policy) SetKey(set LevelSet) string {
+	if k, ok := p.setKeys.Load(set); ok {
+		return k.(string)
+	}
+	k, _ := p.setKeys.LoadOrStore(set, strings.Join(p.Names(set), "\x00"))
+	return k.(string)
+}
+
 func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (bool, uint32, []string) {
+	return p.judge(s, l, score, now, true)
+}
+
+// judge decides one level. With explain unset it stops at the first unmet
+// condition and says nothing about it, which saves formatting reasons no
+// one reads.
+func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain bool) (bool, uint32, []string) {
 	var reasons []string
 	switch s.State {
 	case posturev1.DeviceState_DEVICE_STATE_REVOKED:
@@ -128,6 +222,9 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 		return false, score, []string{"no verified posture report yet: is posture-agent running on the device?"}
 	}
 	if score < l.MinScore {
+		if !explain {
+			return false, score, nil
+		}
 		r := fmt.Sprintf("score %d is below %d required by %s", score, l.MinScore, l.Name)
 		if age := now.Sub(s.ReportAt); age > p.Freshness.StaleAfter {
 			r += fmt.Sprintf(" (latest report is %s old; trust decays after %s)", age.Round(time.Second), p.Freshness.StaleAfter)
@@ -135,13 +232,19 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 		reasons = append(reasons, r)
 	}
 	for _, name := range l.Require {
-		for _, c := range s.Assessment.checks {
-			if c.name == name && c.result != posturev1.Outcome_OUTCOME_PASS {
-				reasons = append(reasons, fmt.Sprintf("%s requires %s: %s", l.Name, name, c.reason))
+		for i, c := range s.Assessment.checks {
+			if s.Assessment.name(i) == name && c.result != posturev1.Outcome_OUTCOME_PASS {
+				if !explain {
+					return false, score, nil
+				}
+				reasons = append(reasons, fmt.Sprintf("%s requires %s: %s", l.Name, name, c.text.reason))
 			}
 		}
 	}
 	if l.MinAssurance != "" && s.Assurance < assuranceNames[l.MinAssurance] {
+		if !explain {
+			return false, score, nil
+		}
 		reasons = append(reasons, fmt.Sprintf("%s requires identity assurance %s or stronger, device has %s", l.Name, l.MinAssurance, AssuranceName(s.Assurance)))
 	}
 	if l.program != nil {
@@ -156,16 +259,16 @@ func (p *Policy) decideLevel(s *Subject, l Level, score uint32, now time.Time) (
 func (p *Policy) Explain(s *Subject, now time.Time) (checks []*posturev1.CheckResult, levels []*posturev1.LevelResult, score uint32) {
 	score = p.Score(s, now)
 	if s.Assessment != nil {
-		for _, c := range s.Assessment.checks {
+		for i, c := range s.Assessment.checks {
 			cr := &posturev1.CheckResult{
-				Name:        c.name,
+				Name:        s.Assessment.name(i),
 				Outcome:     c.result,
-				Reason:      c.reason,
-				Weight:      c.weight,
-				Remediation: c.remediation,
+				Reason:      c.text.reason,
+				Weight:      s.Assessment.weight(i),
+				Remediation: c.text.remediation,
 			}
-			if !c.observedAt.IsZero() {
-				cr.EvidenceAge = durationpb.New(now.Sub(c.observedAt).Round(time.Second))
+			if c.observedAt != 0 {
+				cr.EvidenceAge = durationpb.New(now.Sub(time.Unix(0, c.observedAt)).Round(time.Second))
 			}
 			checks = append(checks, cr)
 		}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"cel.dev/cel-go/cel"
@@ -27,6 +28,8 @@ type Policy struct {
 	Freshness Freshness `yaml:"freshness"`
 	Checks    []Check   `yaml:"checks"`
 	Levels    []Level   `yaml:"levels"`
+
+	setKeys sync.Map // LevelSet → SetKey's string
 }
 
 // Freshness sets how trust decays when a device goes silent.
@@ -177,6 +180,9 @@ func (p *Policy) validate() error {
 	}
 	if len(p.Levels) == 0 {
 		errs = append(errs, errors.New("levels: at least one access level is required"))
+	}
+	if len(p.Levels) > maxLevels {
+		errs = append(errs, fmt.Errorf("levels: %d defined, at most %d are allowed", len(p.Levels), maxLevels))
 	}
 	levels := map[string]bool{}
 	for i := range p.Levels {

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +152,11 @@ func TestDecide(t *testing.T) {
 			if !allowed && !strings.Contains(strings.Join(reasons, "; "), tt.reason) {
 				t.Errorf("reasons %v lack %q", reasons, tt.reason)
 			}
+			// Allowed, which watchers get, must agree with Decide.
+			_, levels := p.Allowed(&tt.subject, t0.Add(tt.at))
+			if slices.Contains(levels, tt.level) != tt.allowed {
+				t.Errorf("Allowed = %v, disagrees with Decide (%v) on %s", levels, tt.allowed, tt.level)
+			}
 		})
 	}
 }
@@ -192,6 +199,7 @@ func TestParseRejects(t *testing.T) {
 		{"bad assurance", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_assurance: tpm}]", `min_assurance "tpm"`},
 		{"duplicate level", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}, {name: a}]", "defined twice"},
 		{"score above 100", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_score: 101}]", "above 100"},
+		{"too many levels", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [" + manyLevels(65) + "]", "65 defined, at most 64"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,6 +208,31 @@ func TestParseRejects(t *testing.T) {
 				t.Errorf("Parse: %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func manyLevels(n int) string {
+	l := make([]string, n)
+	for i := range l {
+		l[i] = fmt.Sprintf("{name: l%d}", i)
+	}
+	return strings.Join(l, ", ")
+}
+
+func TestLevelSets(t *testing.T) {
+	p, err := Parse([]byte("freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [" + manyLevels(64) + "]"))
+	if err != nil {
+		t.Fatalf("64 levels: %v", err)
+	}
+	set := LevelSet(1<<0 | 1<<5 | 1<<63)
+	if got, want := p.Names(set), []string{"l0", "l5", "l63"}; !slices.Equal(got, want) {
+		t.Errorf("Names = %v, want %v", got, want)
+	}
+	if k1, k2 := p.SetKey(set), p.SetKey(set); k1 != "l0\x00l5\x00l63" || k1 != k2 {
+		t.Errorf("SetKey = %q then %q", k1, k2)
+	}
+	if p.SetKey(0) != "" || p.SetKey(1) == p.SetKey(2) {
+		t.Errorf("SetKey does not tell sets apart: %q %q %q", p.SetKey(0), p.SetKey(1), p.SetKey(2))
 	}
 }
 

@@ -82,35 +82,6 @@ func appendReport(tx *sql.Tx, r Report) error {
 	return err
 }
 
-// LatestReports returns the newest (highest sequence number) report of every
-// device that has one, keyed by device ID.
-func (s *Store) LatestReports(ctx context.Context) (map[string]Report, error) {
-	if err := s.readable(); err != nil {
-		return nil, err
-	}
-	// The device head always names the highest stored report, so this reads
-	// one row per device instead of scanning every report.
-	rows, err := s.r.QueryContext(ctx, `SELECT r.device_id, r.seq, r.digest, r.nonce, r.body, r.proof, r.received_at
-		FROM devices d JOIN reports r ON r.device_id = d.id AND r.seq = d.last_seq
-		WHERE d.last_digest IS NOT NULL`)
-	if err != nil {
-		return nil, fmt.Errorf("latest reports: %w", err)
-	}
-	defer rows.Close()
-	latest := make(map[string]Report)
-	for rows.Next() {
-		r, err := scanReport(rows)
-		if err != nil {
-			return nil, fmt.Errorf("latest reports: %w", err)
-		}
-		latest[r.DeviceID] = r
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("latest reports: %w", err)
-	}
-	return latest, nil
-}
-
 // Reports returns up to limit reports of a device, newest first; limit <= 0
 // means all. An unknown device has no reports.
 func (s *Store) Reports(ctx context.Context, deviceID string, limit int) ([]Report, error) {

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -504,16 +505,47 @@ func TestReports(t *testing.T) {
 	}
 
 	t.Run("latest per device", func(t *testing.T) {
-		got, err := s.LatestReports(ctx)
-		if err != nil {
-			t.Fatalf("LatestReports: %v", err)
+		latest := func(id string, seq uint64) *store.Report {
+			r := newReport(id, seq, "")
+			r.Nonce = nil // not read by ScanFleet
+			return &r
 		}
-		want := map[string]store.Report{
-			"dev-a": newReport("dev-a", 5, ""),
-			"dev-b": newReport("dev-b", 7, ""),
+		want := map[string]*store.Report{"dev-a": latest("dev-a", 5), "dev-b": latest("dev-b", 7), "dev-c": nil}
+		for _, parts := range []int{1, 2, 3, 8} {
+			var mu sync.Mutex
+			got := map[string]*store.Report{}
+			heads := map[string]uint64{}
+			err := s.ScanFleet(ctx, parts, func(part int, row *store.FleetRow) error {
+				if part < 0 || part >= parts {
+					t.Errorf("part %d of %d", part, parts)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if _, dup := got[row.ID]; dup {
+					t.Errorf("parts=%d: device %s scanned twice", parts, row.ID)
+				}
+				var r *store.Report
+				if row.Report != nil {
+					c := *row.Report // the row is reused after the call
+					c.Digest, c.Body, c.Proof = bytes.Clone(c.Digest), bytes.Clone(c.Body), bytes.Clone(c.Proof)
+					r = &c
+				}
+				got[row.ID], heads[row.ID] = r, row.LastSeq
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("ScanFleet(%d): %v", parts, err)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("ScanFleet(%d) (-want +got):\n%s", parts, diff)
+			}
+			if heads["dev-a"] != 5 || heads["dev-b"] != 7 || heads["dev-c"] != 0 {
+				t.Errorf("ScanFleet(%d) heads = %v", parts, heads)
+			}
 		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("LatestReports (-want +got):\n%s", diff)
+		stop := errors.New("stop")
+		if err := s.ScanFleet(ctx, 2, func(int, *store.FleetRow) error { return stop }); !errors.Is(err, stop) {
+			t.Errorf("ScanFleet with a failing callback = %v, want %v", err, stop)
 		}
 	})
 
@@ -743,7 +775,7 @@ func TestClosed(t *testing.T) {
 		{"Token", func() error { _, err := s.Token(ctx, hash("x")); return err }},
 		{"Device", func() error { _, err := s.Device(ctx, "dev-a"); return err }},
 		{"Devices", func() error { _, err := s.Devices(ctx); return err }},
-		{"LatestReports", func() error { _, err := s.LatestReports(ctx); return err }},
+		{"ScanFleet", func() error { return s.ScanFleet(ctx, 2, func(int, *store.FleetRow) error { return nil }) }},
 		{"Reports", func() error { _, err := s.Reports(ctx, "dev-a", 1); return err }},
 		{"CountReports", func() error { _, err := s.CountReports(ctx, "dev-a"); return err }},
 	}

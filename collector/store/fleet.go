@@ -1,0 +1,124 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+)
+
+// FleetRow is one device as a collector keeps it in memory, with its latest
+// report. ScanFleet reuses it and its byte slices between calls: copy what
+// is kept.
+type FleetRow struct {
+	ID          string
+	Hostname    string
+	TPM         bool   // identity is "tpm"; otherwise "software"
+	IdentityKey []byte // PKIX DER, or the TPM AK's public area
+	Assurance   int32
+	State       int32
+	StateReason string
+	LastSeq     uint64
+	LastDigest  []byte // nil until the first report
+	TPMClock    TPMClock
+	// Report is the latest report (the one LastSeq names): Seq, Body, Proof
+	// and ReceivedAt are set. Nil before the first.
+	Report *Report
+}
+
+// ScanFleet calls fn for every device and its latest report. It reads with
+// parts connections at once, each over its own share of the devices and
+// each in its own snapshot, and calls fn from that share's goroutine with
+// the share's number (0 to parts-1), so fn must be safe for concurrent use
+// across parts. It stops at the first error.
+func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row *FleetRow) error) error {
+	if err := s.readable(); err != nil {
+		return err
+	}
+	var lo, hi sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT min(rowid), max(rowid) FROM devices`).Scan(&lo, &hi); err != nil {
+		return fmt.Errorf("scan fleet: %w", err)
+	}
+	if !lo.Valid {
+		return nil // no devices
+	}
+	parts = max(1, min(parts, int(hi.Int64-lo.Int64+1)))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	span := (hi.Int64 - lo.Int64 + 1 + int64(parts) - 1) / int64(parts)
+	for p := range parts {
+		from := lo.Int64 + int64(p)*span
+		to := min(from+span-1, hi.Int64)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[p] = s.scanFleetPart(ctx, from, to, func(r *FleetRow) error { return fn(p, r) }); errs[p] != nil {
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil && err != context.Canceled {
+			return fmt.Errorf("scan fleet: %w", err)
+		}
+	}
+	return ctx.Err()
+}
+
+func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*FleetRow) error) error {
+	// The device head always names the highest stored report, so the join
+	// reads one report per device.
+	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
+		d.state, d.state_reason, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
+		r.body, r.proof, r.received_at
+		FROM devices d LEFT JOIN reports r ON d.last_digest IS NOT NULL AND r.device_id = d.id AND r.seq = d.last_seq
+		WHERE d.rowid BETWEEN ? AND ?`, from, to)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var (
+		row             FleetRow
+		report          Report
+		identity        sql.RawBytes
+		lastSeq, clock  int64
+		received        sql.NullInt64
+		body, proof     sql.RawBytes
+		key, lastDigest sql.RawBytes
+	)
+	for rows.Next() {
+		if err := rows.Scan(&row.ID, &row.Hostname, &identity, &key, &row.Assurance,
+			&row.State, &row.StateReason, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
+			&body, &proof, &received); err != nil {
+			return err
+		}
+		row.TPM = string(identity) == "tpm"
+		row.IdentityKey, row.LastDigest = key, nilIfEmpty(lastDigest)
+		row.LastSeq, row.TPMClock.Clock = uint64(lastSeq), uint64(clock)
+		row.Report = nil
+		if received.Valid {
+			report = Report{DeviceID: row.ID, Seq: row.LastSeq, Digest: row.LastDigest, Body: nilIfEmpty(body), Proof: nilIfEmpty(proof), ReceivedAt: fromNanos(received.Int64)}
+			row.Report = &report
+		}
+		if err := fn(&row); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// LatestReport returns the newest report of a device, or ErrNotFound when
+// it has none.
+func (s *Store) LatestReport(ctx context.Context, deviceID string) (Report, error) {
+	reports, err := s.Reports(ctx, deviceID, 1)
+	if err != nil {
+		return Report{}, err
+	}
+	if len(reports) == 0 {
+		return Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, ErrNotFound)
+	}
+	return reports[0], nil
+}
