@@ -5,11 +5,18 @@ import (
 	"database/sql"
 	"fmt"
 	"runtime"
+	"time"
 )
 
 // maxBatch caps the operations committed in one transaction, which bounds
 // both the size of one WAL commit and how long a caller waits behind others.
 const maxBatch = 1000
+
+// linger is how long the writer waits for more operations before a commit
+// while it is busy. A commit costs far more than an operation in it (WAL
+// writes, locks), so under load a slightly later commit of many operations
+// beats many commits of a few. An idle writer commits at once.
+const linger = time.Millisecond
 
 // op is one write waiting for the writer goroutine.
 type op struct {
@@ -50,6 +57,8 @@ func (s *Store) submit(ctx context.Context, fn func(tx *sql.Tx) error) error {
 func (s *Store) run() {
 	defer close(s.done)
 	batch := make([]*op, 0, maxBatch)
+	wait := time.NewTimer(0)
+	busy := false // the last batch had company: more operations are likely on their way
 	for {
 		first, ok := <-s.ops
 		if !ok {
@@ -61,18 +70,42 @@ func (s *Store) run() {
 		// rest. Yielding once lets the others queue too; without it batches
 		// shrink to one or two operations under load.
 		runtime.Gosched()
+		open := true
+		take := func(o *op, ok bool) {
+			if !ok {
+				open = false
+				return
+			}
+			batch = append(batch, o)
+		}
 	fill:
-		for len(batch) < maxBatch {
+		for open && len(batch) < maxBatch {
 			select {
 			case o, ok := <-s.ops:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, o)
+				take(o, ok)
 			default:
 				break fill
 			}
 		}
+		if busy && open && len(batch) < maxBatch {
+			wait.Reset(linger)
+		linger:
+			for open && len(batch) < maxBatch {
+				select {
+				case o, ok := <-s.ops:
+					take(o, ok)
+				case <-wait.C:
+					break linger
+				}
+			}
+			if !wait.Stop() {
+				select {
+				case <-wait.C:
+				default:
+				}
+			}
+		}
+		busy = len(batch) > 1
 		s.commit(batch)
 		clear(batch) // drop references so finished ops can be collected
 	}
