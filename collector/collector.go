@@ -198,11 +198,6 @@ func (c *Collector) listen() error {
 	c.server = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(tlsCert, c.roots))),
 		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
-		// Fixed flow-control windows, large enough for any report stream,
-		// turn off the bandwidth-delay estimation that would otherwise
-		// answer incoming reports with pings: a syscall each way per few
-		// reports, on every agent connection.
-		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
 	)
 	c.adminSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth))
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {

@@ -160,10 +160,12 @@ func BenchmarkIngest(b *testing.B) {
 	})
 	b.Run("verify-and-store", func(b *testing.B) {
 		per := max(b.N/streams, 1)
-		gen := startLoadGenerator(b, e.addr, agents, per)
+		gen := startChild(b, "agents", "POSTURE_LOADGEN_ADDR="+e.addr, "POSTURE_LOADGEN_AGENTS="+strings.Join(agents, ","),
+			"POSTURE_LOADGEN_REPORTS="+strconv.Itoa(per))
 		b.ResetTimer()
 		cpu0 := processCPU(b)
-		gen.run(b)
+		gen.say(b, "go")
+		gen.await(b, "done")
 		cpu := (processCPU(b) - cpu0) / time.Duration(per*streams)
 		b.StopTimer()
 		b.ReportMetric(float64(per*streams)/b.Elapsed().Seconds(), "reports/s")
@@ -184,18 +186,17 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// loadGenerator is a child process that streams signed reports for a set
-// of enrolled agents (TestLoadGenerator).
-type loadGenerator struct {
+// child is this test binary run again as another process that plays agents
+// or gateways (see TestMain) and talks over its stdin and stdout.
+type child struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Scanner
 }
 
-func startLoadGenerator(b *testing.B, addr string, agents []string, perStream int) *loadGenerator {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLoadGenerator$", "-test.v")
-	cmd.Env = append(os.Environ(), "POSTURE_LOADGEN_ADDR="+addr, "POSTURE_LOADGEN_AGENTS="+strings.Join(agents, ","),
-		"POSTURE_LOADGEN_REPORTS="+strconv.Itoa(perStream))
+func startChild(b *testing.B, role string, env ...string) *child {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), append(env, "POSTURE_BENCH_CHILD="+role)...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -208,44 +209,52 @@ func startLoadGenerator(b *testing.B, addr string, agents []string, perStream in
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	g := &loadGenerator{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	g := &child{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	g.out.Buffer(nil, 1<<20)
 	b.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
-	g.await(b, "ready")
+	g.await(b, "started")
 	return g
 }
 
-// run lets the generator send its reports and waits until every one is
-// acknowledged.
-func (g *loadGenerator) run(b *testing.B) {
-	if _, err := io.WriteString(g.stdin, "go\n"); err != nil {
+// say sends the child one line.
+func (g *child) say(b *testing.B, line string) {
+	if _, err := io.WriteString(g.stdin, line+"\n"); err != nil {
 		b.Fatal(err)
 	}
-	g.await(b, "done")
 }
 
-func (g *loadGenerator) await(b *testing.B, word string) {
+// await reads the child's output until it says word, and returns the rest
+// of that line.
+func (g *child) await(b *testing.B, word string) string {
 	for g.out.Scan() {
-		switch l := g.out.Text(); {
-		case l == "loadgen: "+word:
-			return
-		case strings.HasPrefix(l, "loadgen: error"):
+		l := g.out.Text()
+		if rest, ok := strings.CutPrefix(l, "child: "+word); ok {
+			return rest
+		}
+		if strings.HasPrefix(l, "child: error") {
 			b.Fatal(l)
 		}
 	}
-	b.Fatalf("load generator exited before %q", word)
+	b.Fatalf("child process exited before %q", word)
+	return ""
 }
 
-// TestLoadGenerator is the agents' side of BenchmarkIngest, run in a child
-// process; it does nothing in a normal test run.
-func TestLoadGenerator(t *testing.T) {
+// TestMain runs this binary as a benchmark's child process when asked to.
+func TestMain(m *testing.M) {
+	switch os.Getenv("POSTURE_BENCH_CHILD") {
+	case "agents":
+		agentsChild()
+	case "gateways":
+		gatewaysChild()
+	default:
+		os.Exit(m.Run())
+	}
+}
+
+// agentsChild is the agents' side of BenchmarkIngest.
+func agentsChild() {
 	addr := os.Getenv("POSTURE_LOADGEN_ADDR")
-	if addr == "" {
-		return
-	}
-	fail := func(err error) {
-		fmt.Println("loadgen: error", err)
-		os.Exit(1)
-	}
+	fail := childFail
 	per, _ := strconv.Atoi(os.Getenv("POSTURE_LOADGEN_REPORTS"))
 	var clients []*reportClient
 	for _, a := range strings.Split(os.Getenv("POSTURE_LOADGEN_AGENTS"), ",") {
@@ -256,7 +265,14 @@ func TestLoadGenerator(t *testing.T) {
 		}
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(ca)
-		cert, key := deviceCreds(t, dir)
+		cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "device.crt"), filepath.Join(dir, "tls.key"))
+		if err != nil {
+			fail(err)
+		}
+		key, err := pki.ReadPrivateKey(filepath.Join(dir, "identity.key"))
+		if err != nil {
+			fail(err)
+		}
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
 		if err != nil {
 			fail(err)
@@ -271,9 +287,9 @@ func TestLoadGenerator(t *testing.T) {
 			fail(fmt.Errorf("welcome: %w", err))
 		}
 		w := m.GetWelcome()
-		clients = append(clients, &reportClient{t: t, st: st, key: key, id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()})
+		clients = append(clients, &reportClient{st: st, key: key.(*ecdsa.PrivateKey), id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()})
 	}
-	fmt.Println("loadgen: ready")
+	fmt.Println("child: started")
 	if l, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || l != "go\n" {
 		return
 	}
@@ -307,93 +323,172 @@ func TestLoadGenerator(t *testing.T) {
 	if err := <-errs; err != nil {
 		fail(err)
 	}
-	fmt.Println("loadgen: done")
+	fmt.Println("child: done")
 }
 
 // BenchmarkRevocationToWatchers measures the time from a revocation to its
-// arrival at each of 1,000 watchers (p50, p99): watchers as separate
-// gateways, each on its own connection, and all multiplexed on one
-// connection (every event then passes one HTTP/2 writer and one reader).
+// arrival at each of 1,000 watchers (p50, p99). The watchers run in a
+// separate process, as gateways do: on their own connections (1,000
+// gateways) and all multiplexed on one connection (every event then
+// passes one HTTP/2 writer and one reader). Each round opens the watchers
+// afresh, lets the collector collect the garbage of that, and times one
+// revocation against the receiving process's clock (the same machine's).
 func BenchmarkRevocationToWatchers(b *testing.B) {
 	const watchers = 1000
 	e := startCollector(b)
+	creds := gatewayCreds(b, e, "bench")
 	for _, conns := range []int{watchers, 1} {
 		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
-			gws := make([]posturev1.GatewayServiceClient, conns)
-			for i, conn := range gatewayConns(b, e, "bench", conns) {
-				gws[i] = posturev1.NewGatewayServiceClient(conn)
-			}
+			gen := startChild(b, "gateways", "POSTURE_WATCHGEN_ADDR="+e.addr, "POSTURE_WATCHGEN_CREDS="+creds,
+				"POSTURE_WATCHGEN_CONNS="+strconv.Itoa(conns), "POSTURE_WATCHGEN_WATCHERS="+strconv.Itoa(watchers))
 			var all []time.Duration
+			var cpu time.Duration
 			for b.Loop() {
 				b.StopTimer()
-				ctx, cancel := context.WithCancel(context.Background())
 				_, id := e.enroll()
-				streams := make([]posturev1.GatewayService_WatchPostureClient, watchers)
-				for i := range streams {
-					st, _, _ := watchUntilSnapshotEnd(b, ctx, gws[i%conns], 0)
-					streams[i] = st
-				}
-				lat := make([]time.Duration, watchers)
-				var wg sync.WaitGroup
-				start := time.Now()
-				for i, st := range streams {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for {
-							ev, err := st.Recv()
-							if err != nil {
-								return
-							}
-							if d := ev.GetDevice(); d.GetDeviceId() == id && d.GetState() == posturev1.DeviceState_DEVICE_STATE_REVOKED {
-								lat[i] = time.Since(start)
-								return
-							}
-						}
-					}()
-				}
+				gen.say(b, "watch "+id)
+				gen.await(b, "ready")
+				runtime.GC()
 				b.StartTimer()
-				start = time.Now()
-				if _, err := e.admin.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "bench"}); err != nil {
+				cpu0, start := processCPU(b), time.Now()
+				if _, err := e.admin.RevokeDevice(context.Background(), &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "bench"}); err != nil {
 					b.Fatal(err)
 				}
-				wg.Wait()
+				got := gen.await(b, "heard")
+				cpu += processCPU(b) - cpu0
 				b.StopTimer()
-				for i, l := range lat {
-					if l == 0 {
-						b.Fatalf("watcher %d never heard of the revocation", i)
+				for _, f := range strings.Fields(got) {
+					at, err := strconv.ParseInt(f, 10, 64)
+					if err != nil {
+						b.Fatal(err)
 					}
+					all = append(all, time.Unix(0, at).Sub(start))
 				}
-				all = append(all, lat...)
-				cancel() // end this round's watchers before the next
+				gen.say(b, "close")
 				eventually(b, "watchers gone", func() bool { return e.c.Watchers() == 0 })
 				b.StartTimer()
 			}
+			if len(all) != b.N*watchers {
+				b.Fatalf("%d arrivals, want %d", len(all), b.N*watchers)
+			}
 			b.ReportMetric(float64(percentile(all, 0.5).Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(percentile(all, 0.99).Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64((cpu/time.Duration(b.N)).Microseconds())/1000, "collector-cpu-ms")
 		})
 	}
 }
 
-// gatewayConns dials n separate connections with one gateway certificate.
-func gatewayConns(b *testing.B, e *env, name string, n int) []*grpc.ClientConn {
+// gatewayCreds issues a gateway certificate and writes it, its key and the
+// collector CA into a directory for a child process.
+func gatewayCreds(b *testing.B, e *env, name string) string {
 	key, _ := pki.NewKey()
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
 	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
 	if err != nil {
 		b.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(e.c.CA())
-	cert := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
-	conns := make([]*grpc.ClientConn, n)
-	for i := range conns {
-		conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+	cert, err := x509.ParseCertificate(resp.GetCertificate())
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	for _, err := range []error{
+		pki.WriteCertificates(filepath.Join(dir, "gateway.crt"), cert),
+		pki.WritePrivateKey(filepath.Join(dir, "gateway.key"), key),
+		pki.WriteCertificates(filepath.Join(dir, "ca.crt"), e.c.CA()),
+	} {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { conn.Close() })
-		conns[i] = conn
 	}
-	return conns
+	return dir
+}
+
+// gatewaysChild is the gateways' side of BenchmarkRevocationToWatchers. For
+// each "watch ID" line it opens its watchers, says "ready", and once every one
+// has heard that ID was revoked, says "heard" with the arrival times (Unix
+// nanoseconds); "close" ends that round's watchers.
+func gatewaysChild() {
+	addr := os.Getenv("POSTURE_WATCHGEN_ADDR")
+	dir := os.Getenv("POSTURE_WATCHGEN_CREDS")
+	nConns, _ := strconv.Atoi(os.Getenv("POSTURE_WATCHGEN_CONNS"))
+	n, _ := strconv.Atoi(os.Getenv("POSTURE_WATCHGEN_WATCHERS"))
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "gateway.crt"), filepath.Join(dir, "gateway.key"))
+	if err != nil {
+		childFail(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		childFail(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	gws := make([]posturev1.GatewayServiceClient, nConns)
+	for i := range gws {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+		if err != nil {
+			childFail(err)
+		}
+		defer conn.Close()
+		gws[i] = posturev1.NewGatewayServiceClient(conn)
+	}
+	fmt.Println("child: started")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		id, ok := strings.CutPrefix(in.Text(), "watch ")
+		if !ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		streams := make([]posturev1.GatewayService_WatchPostureClient, n)
+		for i := range streams {
+			st, err := gws[i%nConns].WatchPosture(ctx, &posturev1.WatchPostureRequest{})
+			if err != nil {
+				childFail(err)
+			}
+			for {
+				ev, err := st.Recv()
+				if err != nil {
+					childFail(err)
+				}
+				if ev.GetSnapshotEnd() != nil {
+					break
+				}
+			}
+			streams[i] = st
+		}
+		heard := make([]int64, n)
+		var wg sync.WaitGroup
+		for i, st := range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					ev, err := st.Recv()
+					if err != nil {
+						return
+					}
+					if d := ev.GetDevice(); d.GetDeviceId() == id && d.GetState() == posturev1.DeviceState_DEVICE_STATE_REVOKED {
+						heard[i] = time.Now().UnixNano()
+						return
+					}
+				}
+			}()
+		}
+		runtime.GC()
+		fmt.Println("child: ready")
+		wg.Wait()
+		out := make([]string, n)
+		for i, at := range heard {
+			out[i] = strconv.FormatInt(at, 10)
+		}
+		fmt.Println("child: heard " + strings.Join(out, " "))
+		in.Scan() // "close", or the end of input
+		cancel()
+	}
+}
+
+func childFail(err error) {
+	fmt.Println("child: error", err)
+	os.Exit(1)
 }
