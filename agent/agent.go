@@ -113,6 +113,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.conn, err = grpc.NewClient(enr.Collector,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		// Fixed windows: gRPC's adaptive ones would answer each
+		// acknowledgement with a bandwidth probe the collector must handle.
+		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	if err != nil {

@@ -198,6 +198,11 @@ func (c *Collector) listen() error {
 	c.server = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(tlsCert, c.roots))),
 		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
+		// Fixed flow-control windows: gRPC's adaptive ones answer data
+		// that arrives after a quiet spell (a report; an agent sends one a
+		// minute) with a bandwidth probe, a PING the agent must answer and
+		// the collector read: two more syscalls per report and connection.
+		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
 	)
 	c.adminSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth))
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/gatewayclient"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -273,7 +274,8 @@ func agentsChild() {
 		if err != nil {
 			fail(err)
 		}
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+		// The same options the agent dials with.
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))), grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 		if err != nil {
 			fail(err)
 		}
@@ -425,7 +427,7 @@ func gatewaysChild() {
 	roots.AppendCertsFromPEM(ca)
 	gws := make([]posturev1.GatewayServiceClient, nConns)
 	for i := range gws {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+		conn, err := grpc.NewClient(addr, append(gatewayclient.DialOptions(), grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))...)
 		if err != nil {
 			childFail(err)
 		}

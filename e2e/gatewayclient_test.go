@@ -31,7 +31,7 @@ func (e *env) gatewayConn(name string) *grpc.ClientConn {
 	roots.AddCert(e.c.CA())
 	cert := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
 	// Dial by address so the connection follows the collector across restarts.
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))
+	conn, err := grpc.NewClient(e.addr, append(gatewayclient.DialOptions(), grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

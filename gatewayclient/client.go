@@ -34,6 +34,16 @@ type Config struct {
 	Now func() time.Time
 }
 
+// DialOptions are the options to add when dialing the collector for a
+// Client: fixed flow-control windows. With gRPC's default adaptive windows a
+// client answers data that arrives after a quiet spell with a bandwidth
+// probe (an HTTP/2 PING) that the collector must read and answer, which on
+// a watch stream means every pushed event costs the collector two writes
+// and a read instead of one write; fixed windows turn the probe off.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20)}
+}
+
 // Client is a local, watch-fed cache of posture decisions.
 type Client struct {
 	cfg   Config
