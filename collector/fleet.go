@@ -145,20 +145,30 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*deviceEntry,
 	if err := e.setHead(row.LastSeq, row.LastDigest); err != nil {
 		return nil, fmt.Errorf("load device %s: %w", row.ID, err)
 	}
-	r := row.Report
-	if r == nil {
+	if row.Report == nil {
 		return e, nil
 	}
-	var rep posturev1.PostureReport
-	if err := proto.Unmarshal(r.Body, &rep); err != nil {
-		return nil, fmt.Errorf("load report %s/%d: %w", row.ID, r.Seq, err)
-	}
-	boot, err := storedBoot(e.tpm, r.Proof)
+	rep, boot, err := decodeLatest(row)
 	if err != nil {
-		return nil, fmt.Errorf("load quote %s/%d: %w", row.ID, r.Seq, err)
+		return nil, err
 	}
-	e.setReport(&rep, boot, r.ReceivedAt, pol)
+	e.setReport(rep, boot, row.Report.ReceivedAt, pol)
 	return e, nil
+}
+
+// decodeLatest decodes a scanned device's latest report and reads measured
+// boot again from its proof. Stored reports were verified before they were
+// stored.
+func decodeLatest(row *store.FleetRow) (*posturev1.PostureReport, *posturev1.MeasuredBoot, error) {
+	var rep posturev1.PostureReport
+	if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
+		return nil, nil, fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
+	}
+	boot, err := storedBoot(row.TPM, row.Report.Proof)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+	}
+	return &rep, boot, nil
 }
 
 // storedBoot reads measured boot again from a stored report's proof.
@@ -538,15 +548,11 @@ func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func())
 		if row.Report == nil {
 			return nil
 		}
-		var rep posturev1.PostureReport
-		if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
-			return fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
-		}
-		boot, err := storedBoot(row.TPM, row.Report.Proof)
+		rep, boot, err := decodeLatest(row)
 		if err != nil {
-			return fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+			return err
 		}
-		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(&rep, measuredOf(boot))}
+		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(rep, measuredOf(boot))}
 		return nil
 	})
 	if err != nil {

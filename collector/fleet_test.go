@@ -22,35 +22,10 @@ import (
 // policy, including a report stored while the reload ran and not yet in
 // the fleet, and leaves devices without reports alone.
 func TestReassess(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "posture.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, now := t.TempDir(), time.Now()
+	seedStore(t, dir, []string{"a", "b", "c"}, testReport("a", 1, true, now), testReport("b", 1, false, now))
 	ctx := context.Background()
-	now := time.Now()
-	if err := st.CreateToken(ctx, store.Token{Hash: token.Hash("s"), CreatedAt: now, ExpiresAt: now.Add(time.Hour), Uses: 3}); err != nil {
-		t.Fatal(err)
-	}
-	key, _ := pki.NewKey()
-	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
-	report := func(id string, seq uint64, encrypted bool) store.Report {
-		ok := &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: timestamppb.New(now)}
-		body, _ := proto.Marshal(&posturev1.PostureReport{DeviceId: id, Seq: seq, Disk: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: encrypted}})
-		sum := sha256.Sum256(body)
-		return store.Report{DeviceID: id, Seq: seq, Digest: sum[:], Nonce: sum[:4], Body: body, Proof: sum[:], ReceivedAt: now}
-	}
-	for _, id := range []string{"a", "b", "c"} {
-		if _, err := st.EnrollDevice(ctx, token.Hash("s"), now, store.Device{ID: id, Identity: "software", IdentityKey: pub, Assurance: 1, State: 1}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, r := range []store.Report{report("a", 1, true), report("b", 1, false)} {
-		if err := st.AppendReport(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	st.Close()
+	report := func(id string, seq uint64, encrypted bool) store.Report { return testReport(id, seq, encrypted, now) }
 
 	c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -93,4 +68,41 @@ func TestReassess(t *testing.T) {
 	if err := c.reassess(ctx, lax, func() { t.Error("policy swapped although the store could not be read") }); err == nil {
 		t.Error("reassess with a closed store succeeded")
 	}
+}
+
+// seedStore writes a data directory's database with software devices ids
+// and reports, for a collector to start on.
+func seedStore(t *testing.T, dir string, ids []string, reports ...store.Report) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(dir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	now := time.Now()
+	if err := st.CreateToken(ctx, store.Token{Hash: token.Hash("s"), CreatedAt: now, ExpiresAt: now.Add(time.Hour), Uses: uint32(len(ids))}); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := pki.NewKey()
+	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+	for _, id := range ids {
+		if _, err := st.EnrollDevice(ctx, token.Hash("s"), now, store.Device{ID: id, Identity: "software", IdentityKey: pub, Assurance: 1, State: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range reports {
+		if err := st.AppendReport(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// testReport is a stored report of a device whose system disk is encrypted
+// or not, observed at now.
+func testReport(id string, seq uint64, encrypted bool, now time.Time) store.Report {
+	ok := &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: timestamppb.New(now)}
+	body, _ := proto.Marshal(&posturev1.PostureReport{DeviceId: id, Seq: seq, Disk: &posturev1.DiskEncryption{Meta: ok, SystemEncrypted: encrypted}})
+	sum := sha256.Sum256(body)
+	return store.Report{DeviceID: id, Seq: seq, Digest: sum[:], Nonce: sum[:4], Body: body, Proof: sum[:], ReceivedAt: now}
 }

@@ -11,8 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -71,15 +69,11 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 		devices[part]++
 		candSubj := subj
 		if row.Report != nil {
-			var rep posturev1.PostureReport
-			if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
-				return fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
-			}
-			boot, err := storedBoot(row.TPM, row.Report.Proof)
+			rep, boot, err := decodeLatest(row)
 			if err != nil {
-				return fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+				return err
 			}
-			candSubj.Assessment = cand.AssessWith(&rep, measuredOf(boot))
+			candSubj.Assessment = cand.AssessWith(rep, measuredOf(boot))
 		}
 		for _, l := range levels {
 			nowOK := false
