@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -148,12 +149,16 @@ func New(cfg Config) (*Collector, error) {
 	// Loading makes several times more garbage than it keeps. Collecting
 	// it more often while loading keeps the peak near what is kept, for
 	// about the same time, since each collection finds mostly garbage.
+	// The setting is the process's: collectors sharing one (tests) load in
+	// turn, so each puts back what it found.
+	loading.Lock()
 	gc := debug.SetGCPercent(loadGCPercent)
 	if gc < loadGCPercent {
 		debug.SetGCPercent(gc) // the operator asked for less (GOGC)
 	}
 	loaded, err := c.fleet.load(context.Background(), c.store, cfg.Policy, cfg.Now())
 	debug.SetGCPercent(gc)
+	loading.Unlock()
 	if err != nil {
 		c.store.Close()
 		return nil, err
@@ -173,6 +178,9 @@ func New(cfg Config) (*Collector, error) {
 
 // loadGCPercent is the garbage collector's target while the fleet loads.
 const loadGCPercent = 50
+
+// loading serializes fleet loads within one process.
+var loading sync.Mutex
 
 func (c *Collector) listen() error {
 	host, _, err := net.SplitHostPort(c.cfg.Listen)
