@@ -72,13 +72,32 @@ func (c *Collector) advertise() (string, error) {
 	return c.Addr(), nil
 }
 
-func (a *adminService) ListDevices(ctx context.Context, _ *posturev1.ListDevicesRequest) (*posturev1.ListDevicesResponse, error) {
+// Page sizes of ListDevices.
+const (
+	defaultDevicePage = 500
+	maxDevicePage     = 5000
+)
+
+func (a *adminService) ListDevices(ctx context.Context, req *posturev1.ListDevicesRequest) (*posturev1.ListDevicesResponse, error) {
 	c := a.c
-	devs, err := c.store.Devices(ctx)
+	size := int(req.GetPageSize())
+	switch {
+	case size == 0:
+		size = defaultDevicePage
+	case size > maxDevicePage:
+		return nil, status.Errorf(codes.InvalidArgument, "page_size %d is above %d; ask for pages of at most %d devices", size, maxDevicePage, maxDevicePage)
+	}
+	// One more than asked for tells whether another page follows.
+	devs, err := c.store.DevicesAfter(ctx, req.GetPageToken(), size+1)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "list devices: %v", err)
 	}
-	out := &posturev1.ListDevicesResponse{Devices: make([]*posturev1.DevicePosture, 0, len(devs))}
+	out := &posturev1.ListDevicesResponse{}
+	if len(devs) > size {
+		devs = devs[:size]
+		out.NextPageToken = devs[size-1].ID
+	}
+	out.Devices = make([]*posturev1.DevicePosture, 0, len(devs))
 	pol, now := c.policy.Load(), c.cfg.Now()
 	for _, d := range devs {
 		out.Devices = append(out.Devices, c.posture(d, nil, pol, now)) // devices show has the report

@@ -115,11 +115,17 @@ func (e *env) token(ttl time.Duration, uses uint32) string {
 
 func (e *env) devices() []*posturev1.DevicePosture {
 	e.t.Helper()
-	resp, err := e.admin.ListDevices(context.Background(), &posturev1.ListDevicesRequest{})
-	if err != nil {
-		e.t.Fatalf("list devices: %v", err)
+	var all []*posturev1.DevicePosture
+	for token := ""; ; {
+		resp, err := e.admin.ListDevices(context.Background(), &posturev1.ListDevicesRequest{PageToken: token})
+		if err != nil {
+			e.t.Fatalf("list devices: %v", err)
+		}
+		all = append(all, resp.GetDevices()...)
+		if token = resp.GetNextPageToken(); token == "" {
+			return all
+		}
 	}
-	return resp.GetDevices()
 }
 
 func (e *env) stats() *posturev1.Stats {

@@ -11,12 +11,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 // BenchmarkFleetLoad measures what a collector with a large fleet costs at
@@ -78,7 +82,7 @@ func BenchmarkFleetLoad(b *testing.B) {
 }
 
 // buildCollector builds posture-collector into a temporary directory.
-func buildCollector(b *testing.B) string {
+func buildCollector(b testing.TB) string {
 	bin := filepath.Join(b.TempDir(), "posture-collector")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/posture-project/posture/collector/cmd/posture-collector").CombinedOutput()
 	if err != nil {
@@ -134,7 +138,7 @@ func procKB(status []byte, name string) uint64 {
 
 // fillStore writes n enrolled devices, each with one report, through the
 // store's batching writer.
-func fillStore(b *testing.B, path string, n int) {
+func fillStore(b testing.TB, path string, n int) {
 	st, err := store.Open(path)
 	if err != nil {
 		b.Fatal(err)
@@ -176,5 +180,48 @@ func fillStore(b *testing.B, path string, n int) {
 	close(errs)
 	if err := <-errs; err != nil {
 		b.Fatal(err)
+	}
+}
+
+// A fleet larger than one message lists page by page, every device once,
+// in ID order, through the API and through posture-collector devices list.
+func TestDevicesListPages(t *testing.T) {
+	const n = 1203
+	e := &env{t: t, dataDir: t.TempDir(), addr: "127.0.0.1:0", clock: &clock{}}
+	fillStore(t, filepath.Join(e.dataDir, "posture.db"), n)
+	e.start()
+	t.Cleanup(e.stop)
+	ctx := context.Background()
+
+	var ids, sizes []string
+	for token := ""; ; {
+		resp, err := e.admin.ListDevices(ctx, &posturev1.ListDevicesRequest{PageSize: 500, PageToken: token})
+		if err != nil {
+			t.Fatalf("ListDevices: %v", err)
+		}
+		sizes = append(sizes, strconv.Itoa(len(resp.GetDevices())))
+		for _, d := range resp.GetDevices() {
+			ids = append(ids, d.GetDevice().GetId())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if got := strings.Join(sizes, ","); got != "500,500,203" {
+		t.Errorf("page sizes %s, want 500,500,203", got)
+	}
+	if len(ids) != n || !slices.IsSorted(ids) || len(slices.Compact(slices.Clone(ids))) != n {
+		t.Errorf("listed %d devices (sorted %v), want each of %d once in order", len(ids), slices.IsSorted(ids), n)
+	}
+	if _, err := e.admin.ListDevices(ctx, &posturev1.ListDevicesRequest{PageSize: 5001}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("page_size 5001: %v, want InvalidArgument", err)
+	}
+
+	out, err := exec.Command(buildCollector(t), "devices", "list", "--data-dir", e.dataDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("devices list: %v\n%s", err, out)
+	}
+	if lines := strings.Count(string(out), "\n"); lines != n+1 {
+		t.Errorf("devices list printed %d lines, want a header and %d devices", lines, n)
 	}
 }

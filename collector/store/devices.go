@@ -173,6 +173,31 @@ func (s *Store) Devices(ctx context.Context) ([]Device, error) {
 	return devices, nil
 }
 
+// DevicesAfter returns up to limit devices whose IDs sort after after, in
+// ID order: one page of a listing.
+func (s *Store) DevicesAfter(ctx context.Context, after string, limit int) ([]Device, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, selectDevice+` WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var devices []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		devices = append(devices, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return devices, nil
+}
+
 // SetDeviceState sets the state of a device and the reason for it. It
 // returns ErrNotFound for an unknown device and ErrDeviceRevoked for a
 // revoked one, since revocation is final.

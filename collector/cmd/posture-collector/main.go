@@ -304,9 +304,16 @@ func devicesList(args []string, out io.Writer) error {
 		return err
 	}
 	defer a.close()
-	resp, err := a.adm.ListDevices(a.ctx, &posturev1.ListDevicesRequest{})
-	if err != nil {
-		return rpcErr(err)
+	resp := &posturev1.ListDevicesResponse{}
+	for token := ""; ; {
+		page, err := a.adm.ListDevices(a.ctx, &posturev1.ListDevicesRequest{PageToken: token})
+		if err != nil {
+			return rpcErr(err)
+		}
+		resp.Devices = append(resp.Devices, page.GetDevices()...)
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
 	}
 	switch *format {
 	case "json":

@@ -822,7 +822,13 @@ func (x *CreateEnrollmentTokenResponse) GetUses() uint32 {
 }
 
 type ListDevicesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is how many devices to return at most: 1 to 5000, 500 when
+	// unset. A large fleet does not fit in one message.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a listing: the next_page_token of the page
+	// before. Empty starts at the first device.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,9 +863,25 @@ func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
 	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
+func (x *ListDevicesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDevicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListDevicesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Devices       []*DevicePosture       `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Devices []*DevicePosture       `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -899,6 +921,13 @@ func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
 		return x.Devices
 	}
 	return nil
+}
+
+func (x *ListDevicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetDeviceRequest struct {
@@ -1346,10 +1375,14 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
-	"\x04uses\x18\x03 \x01(\rR\x04uses\"\x14\n" +
-	"\x12ListDevicesRequest\"J\n" +
+	"\x04uses\x18\x03 \x01(\rR\x04uses\"P\n" +
+	"\x12ListDevicesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"r\n" +
 	"\x13ListDevicesResponse\x123\n" +
-	"\adevices\x18\x01 \x03(\v2\x19.posture.v1.DevicePostureR\adevices\"/\n" +
+	"\adevices\x18\x01 \x03(\v2\x19.posture.v1.DevicePostureR\adevices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"/\n" +
 	"\x10GetDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"J\n" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +

@@ -42,7 +42,8 @@ const (
 type AdminServiceClient interface {
 	// CreateEnrollmentToken makes a join token for new devices.
 	CreateEnrollmentToken(ctx context.Context, in *CreateEnrollmentTokenRequest, opts ...grpc.CallOption) (*CreateEnrollmentTokenResponse, error)
-	// ListDevices lists enrolled devices with their scores.
+	// ListDevices lists enrolled devices with their scores, a page at a time,
+	// ordered by device ID.
 	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
 	// GetDevice returns one device's evaluated posture.
 	GetDevice(ctx context.Context, in *GetDeviceRequest, opts ...grpc.CallOption) (*DevicePosture, error)
@@ -197,7 +198,8 @@ func (c *adminServiceClient) ListDecisions(ctx context.Context, in *ListDecision
 type AdminServiceServer interface {
 	// CreateEnrollmentToken makes a join token for new devices.
 	CreateEnrollmentToken(context.Context, *CreateEnrollmentTokenRequest) (*CreateEnrollmentTokenResponse, error)
-	// ListDevices lists enrolled devices with their scores.
+	// ListDevices lists enrolled devices with their scores, a page at a time,
+	// ordered by device ID.
 	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
 	// GetDevice returns one device's evaluated posture.
 	GetDevice(context.Context, *GetDeviceRequest) (*DevicePosture, error)
