@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -76,10 +78,17 @@ func callerName(ctx context.Context) string {
 	return c.role + " " + c.name
 }
 
+// maxListed caps what one admin answer lists one by one, so that it stays
+// well inside gRPC's message size limit.
+const maxListed = 10000
+
 func (a *adminService) ListDecisions(_ context.Context, req *posturev1.ListDecisionsRequest) (*posturev1.ListDecisionsResponse, error) {
 	limit := int(req.GetLimit())
-	if limit <= 0 {
+	switch {
+	case limit == 0:
 		limit = 100
+	case limit > maxListed:
+		return nil, status.Errorf(codes.InvalidArgument, "limit %d is above %d; narrow the listing with a device or --since", limit, maxListed)
 	}
 	var since time.Time
 	if req.GetSince() != nil {

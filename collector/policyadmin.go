@@ -47,6 +47,13 @@ func (a *adminService) ReloadPolicy(context.Context, *posturev1.ReloadPolicyRequ
 
 func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicyRequest) (*posturev1.DiffPolicyResponse, error) {
 	c := a.c
+	limit := int(req.GetLimit())
+	switch {
+	case limit == 0:
+		limit = 1000
+	case limit > maxListed:
+		return nil, status.Errorf(codes.InvalidArgument, "limit %d is above %d; the per-level counts cover every change", limit, maxListed)
+	}
 	cand, err := policy.Parse(req.GetPolicyYaml())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "candidate policy: %v", err)
@@ -95,11 +102,32 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 		return nil, status.Errorf(codes.Internal, "evaluate the candidate: %v", err)
 	}
 	out := &posturev1.DiffPolicyResponse{}
+	counts := make([]*posturev1.LevelCount, len(levels))
+	for i, l := range levels {
+		counts[i] = &posturev1.LevelCount{Level: l}
+	}
 	for i := range workers {
 		out.Devices += devices[i]
 		out.Changes = append(out.Changes, changes[i]...)
+		for _, ch := range changes[i] {
+			n := counts[slices.Index(levels, ch.GetLevel())]
+			if ch.GetAllowedCandidate() {
+				n.Gained++
+			} else {
+				n.Lost++
+			}
+		}
 	}
+	for _, n := range counts {
+		if n.Gained+n.Lost > 0 {
+			out.Levels = append(out.Levels, n)
+		}
+	}
+	out.TotalChanges = uint32(len(out.Changes))
 	// By device, then in the order of levels.
 	slices.SortStableFunc(out.Changes, func(a, b *posturev1.LevelChange) int { return strings.Compare(a.GetDeviceId(), b.GetDeviceId()) })
+	if len(out.Changes) > limit {
+		out.Changes = out.Changes[:limit]
+	}
 	return out, nil
 }

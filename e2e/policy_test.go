@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,6 +72,24 @@ func TestPolicyDiffReloadAndDecisionLog(t *testing.T) {
 	if len(got) != len(want) {
 		t.Errorf("diff = %v, want exactly %v", got, want)
 	}
+	counts := func(d *posturev1.DiffPolicyResponse) string {
+		var s []string
+		for _, l := range d.GetLevels() {
+			s = append(s, fmt.Sprintf("%s+%d-%d", l.GetLevel(), l.GetGained(), l.GetLost()))
+		}
+		return fmt.Sprintf("%d %s", d.GetTotalChanges(), strings.Join(s, " "))
+	}
+	if c := counts(diff); c != "2 basic+0-1 trusted+0-1" {
+		t.Errorf("diff counts %q, want 2 changes: basic and trusted each lost once", c)
+	}
+	// A limit shortens the list, not the counts.
+	short, err := e.admin.DiffPolicy(ctx, &posturev1.DiffPolicyRequest{PolicyYaml: []byte(strictPolicy), Limit: 1})
+	if err != nil || len(short.GetChanges()) != 1 || counts(short) != counts(diff) {
+		t.Errorf("diff with limit 1: %d listed, counts %q, err %v; want 1 listed and the same counts", len(short.GetChanges()), counts(short), err)
+	}
+	if _, err := e.admin.DiffPolicy(ctx, &posturev1.DiffPolicyRequest{PolicyYaml: []byte(strictPolicy), Limit: 10001}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("diff with limit 10001: %v, want InvalidArgument", err)
+	}
 	if r, _ := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: plain, AccessLevel: "basic"}); !r.GetAllowed() {
 		t.Fatal("a diff changed the policy in force")
 	}
@@ -104,6 +123,9 @@ func TestPolicyDiffReloadAndDecisionLog(t *testing.T) {
 	}
 	if len(log.GetDecisions()) != 3 {
 		t.Fatalf("%d decisions logged for the device, want 3: %v", len(log.GetDecisions()), log.GetDecisions())
+	}
+	if _, err := e.admin.ListDecisions(ctx, &posturev1.ListDecisionsRequest{Limit: 10001}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("decisions with limit 10001: %v, want InvalidArgument", err)
 	}
 	newest := log.GetDecisions()[0]
 	if newest.GetAllowed() || !strings.Contains(strings.Join(newest.GetReasons(), " "), "score 0 is below 100") || newest.GetCaller() != "admin local" {

@@ -653,6 +653,7 @@ func policyReload(args []string, out io.Writer) error {
 func policyDiff(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("policy diff", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
+	limit := fs.Uint("limit", 1000, "list at most this many changes one by one (the counts per level cover all)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -669,11 +670,11 @@ func policyDiff(args []string, out io.Writer) error {
 		return err
 	}
 	defer a.close()
-	resp, err := a.adm.DiffPolicy(a.ctx, &posturev1.DiffPolicyRequest{PolicyYaml: data})
+	resp, err := a.adm.DiffPolicy(a.ctx, &posturev1.DiffPolicyRequest{PolicyYaml: data, Limit: uint32(*limit)})
 	if err != nil {
 		return rpcErr(err)
 	}
-	if len(resp.GetChanges()) == 0 {
+	if resp.GetTotalChanges() == 0 {
 		fmt.Fprintf(out, "no change: all %d devices keep the same levels\n", resp.GetDevices())
 		return nil
 	}
@@ -687,7 +688,13 @@ func policyDiff(args []string, out io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "%d change(s) across %d devices; nothing is enforced until the policy is reloaded\n", len(resp.GetChanges()), resp.GetDevices())
+	if n := resp.GetTotalChanges() - uint32(len(resp.GetChanges())); n > 0 {
+		fmt.Fprintf(out, "... and %d more change(s) not listed (--limit)\n", n)
+	}
+	for _, l := range resp.GetLevels() {
+		fmt.Fprintf(out, "level %s: %d device(s) gain it, %d lose it\n", l.GetLevel(), l.GetGained(), l.GetLost())
+	}
+	fmt.Fprintf(out, "%d change(s) across %d devices; nothing is enforced until the policy is reloaded\n", resp.GetTotalChanges(), resp.GetDevices())
 	return nil
 }
 

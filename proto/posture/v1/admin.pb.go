@@ -115,7 +115,10 @@ func (x *ReloadPolicyResponse) GetChecks() uint32 {
 type DiffPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// policy_yaml is the candidate policy file's content.
-	PolicyYaml    []byte `protobuf:"bytes,1,opt,name=policy_yaml,json=policyYaml,proto3" json:"policy_yaml,omitempty"`
+	PolicyYaml []byte `protobuf:"bytes,1,opt,name=policy_yaml,json=policyYaml,proto3" json:"policy_yaml,omitempty"`
+	// limit caps the changes listed one by one: 1 to 10000, 1000 when unset.
+	// The per-level counts always cover every change.
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +158,13 @@ func (x *DiffPolicyRequest) GetPolicyYaml() []byte {
 		return x.PolicyYaml
 	}
 	return nil
+}
+
+func (x *DiffPolicyRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
 }
 
 // LevelChange is one device gaining or losing one level.
@@ -245,17 +255,84 @@ func (x *LevelChange) GetReasons() []string {
 	return nil
 }
 
-type DiffPolicyResponse struct {
+// LevelCount is how many devices would gain and lose one level.
+type LevelCount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Changes       []*LevelChange         `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
-	Devices       uint32                 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	Level         string                 `protobuf:"bytes,1,opt,name=level,proto3" json:"level,omitempty"`
+	Gained        uint32                 `protobuf:"varint,2,opt,name=gained,proto3" json:"gained,omitempty"`
+	Lost          uint32                 `protobuf:"varint,3,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LevelCount) Reset() {
+	*x = LevelCount{}
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LevelCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LevelCount) ProtoMessage() {}
+
+func (x *LevelCount) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LevelCount.ProtoReflect.Descriptor instead.
+func (*LevelCount) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LevelCount) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+func (x *LevelCount) GetGained() uint32 {
+	if x != nil {
+		return x.Gained
+	}
+	return 0
+}
+
+func (x *LevelCount) GetLost() uint32 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+type DiffPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// changes lists the first changes by device ID, up to the request's limit.
+	Changes []*LevelChange `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	// devices is how many devices were evaluated.
+	Devices uint32 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	// levels counts every change, level by level, in policy order.
+	Levels []*LevelCount `protobuf:"bytes,3,rep,name=levels,proto3" json:"levels,omitempty"`
+	// total_changes counts every change, listed or not.
+	TotalChanges  uint32 `protobuf:"varint,4,opt,name=total_changes,json=totalChanges,proto3" json:"total_changes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DiffPolicyResponse) Reset() {
 	*x = DiffPolicyResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +344,7 @@ func (x *DiffPolicyResponse) String() string {
 func (*DiffPolicyResponse) ProtoMessage() {}
 
 func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +357,7 @@ func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffPolicyResponse.ProtoReflect.Descriptor instead.
 func (*DiffPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DiffPolicyResponse) GetChanges() []*LevelChange {
@@ -297,13 +374,27 @@ func (x *DiffPolicyResponse) GetDevices() uint32 {
 	return 0
 }
 
+func (x *DiffPolicyResponse) GetLevels() []*LevelCount {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *DiffPolicyResponse) GetTotalChanges() uint32 {
+	if x != nil {
+		return x.TotalChanges
+	}
+	return 0
+}
+
 type ListDecisionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// device_id filters to one device; empty lists all.
 	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// since filters to decisions at or after it.
 	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
-	// limit caps the answer (default 100).
+	// limit caps the answer: 1 to 10000, 100 when unset.
 	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -311,7 +402,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +414,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +427,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListDecisionsRequest) GetDeviceId() string {
@@ -377,7 +468,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +480,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +493,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Decision) GetAt() *timestamppb.Timestamp {
@@ -465,7 +556,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +568,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +581,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*Decision {
@@ -516,7 +607,7 @@ type ApproveDeviceRequest struct {
 
 func (x *ApproveDeviceRequest) Reset() {
 	*x = ApproveDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +619,7 @@ func (x *ApproveDeviceRequest) String() string {
 func (*ApproveDeviceRequest) ProtoMessage() {}
 
 func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +632,7 @@ func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceRequest.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ApproveDeviceRequest) GetDeviceId() string {
@@ -560,7 +651,7 @@ type ApproveDeviceResponse struct {
 
 func (x *ApproveDeviceResponse) Reset() {
 	*x = ApproveDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +663,7 @@ func (x *ApproveDeviceResponse) String() string {
 func (*ApproveDeviceResponse) ProtoMessage() {}
 
 func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +676,7 @@ func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceResponse.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ApproveDeviceResponse) GetDevice() *Device {
@@ -607,7 +698,7 @@ type PreregisterEKRequest struct {
 
 func (x *PreregisterEKRequest) Reset() {
 	*x = PreregisterEKRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +710,7 @@ func (x *PreregisterEKRequest) String() string {
 func (*PreregisterEKRequest) ProtoMessage() {}
 
 func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +723,7 @@ func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKRequest.ProtoReflect.Descriptor instead.
 func (*PreregisterEKRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PreregisterEKRequest) GetEkSha256() []string {
@@ -659,7 +750,7 @@ type PreregisterEKResponse struct {
 
 func (x *PreregisterEKResponse) Reset() {
 	*x = PreregisterEKResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +762,7 @@ func (x *PreregisterEKResponse) String() string {
 func (*PreregisterEKResponse) ProtoMessage() {}
 
 func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +775,7 @@ func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKResponse.ProtoReflect.Descriptor instead.
 func (*PreregisterEKResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PreregisterEKResponse) GetAdded() uint32 {
@@ -709,7 +800,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +812,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +825,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetTtl() *durationpb.Duration {
@@ -772,7 +863,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +875,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +888,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -835,7 +926,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +938,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +951,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListDevicesRequest) GetPageSize() uint32 {
@@ -888,7 +979,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +991,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1004,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
@@ -939,7 +1030,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1042,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1055,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -985,7 +1076,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1088,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1101,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1036,7 +1127,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1139,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1152,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -1085,7 +1176,7 @@ type IssueGatewayCertificateRequest struct {
 
 func (x *IssueGatewayCertificateRequest) Reset() {
 	*x = IssueGatewayCertificateRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1188,7 @@ func (x *IssueGatewayCertificateRequest) String() string {
 func (*IssueGatewayCertificateRequest) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1201,7 @@ func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IssueGatewayCertificateRequest) GetName() string {
@@ -1138,7 +1229,7 @@ type IssueGatewayCertificateResponse struct {
 
 func (x *IssueGatewayCertificateResponse) Reset() {
 	*x = IssueGatewayCertificateResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1241,7 @@ func (x *IssueGatewayCertificateResponse) String() string {
 func (*IssueGatewayCertificateResponse) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1254,7 @@ func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IssueGatewayCertificateResponse) GetCertificate() []byte {
@@ -1195,7 +1286,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1298,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1311,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 // Stats are the collector's counters since it started.
@@ -1242,7 +1333,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1345,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1358,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Stats) GetReportsAccepted() uint64 {
@@ -1328,10 +1419,11 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x13ReloadPolicyRequest\"F\n" +
 	"\x14ReloadPolicyResponse\x12\x16\n" +
 	"\x06levels\x18\x01 \x03(\tR\x06levels\x12\x16\n" +
-	"\x06checks\x18\x02 \x01(\rR\x06checks\"4\n" +
+	"\x06checks\x18\x02 \x01(\rR\x06checks\"J\n" +
 	"\x11DiffPolicyRequest\x12\x1f\n" +
 	"\vpolicy_yaml\x18\x01 \x01(\fR\n" +
-	"policyYaml\"\xc4\x01\n" +
+	"policyYaml\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xc4\x01\n" +
 	"\vLevelChange\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x14\n" +
@@ -1339,10 +1431,17 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\vallowed_now\x18\x04 \x01(\bR\n" +
 	"allowedNow\x12+\n" +
 	"\x11allowed_candidate\x18\x05 \x01(\bR\x10allowedCandidate\x12\x18\n" +
-	"\areasons\x18\x06 \x03(\tR\areasons\"a\n" +
+	"\areasons\x18\x06 \x03(\tR\areasons\"N\n" +
+	"\n" +
+	"LevelCount\x12\x14\n" +
+	"\x05level\x18\x01 \x01(\tR\x05level\x12\x16\n" +
+	"\x06gained\x18\x02 \x01(\rR\x06gained\x12\x12\n" +
+	"\x04lost\x18\x03 \x01(\rR\x04lost\"\xb6\x01\n" +
 	"\x12DiffPolicyResponse\x121\n" +
 	"\achanges\x18\x01 \x03(\v2\x17.posture.v1.LevelChangeR\achanges\x12\x18\n" +
-	"\adevices\x18\x02 \x01(\rR\adevices\"{\n" +
+	"\adevices\x18\x02 \x01(\rR\adevices\x12.\n" +
+	"\x06levels\x18\x03 \x03(\v2\x16.posture.v1.LevelCountR\x06levels\x12#\n" +
+	"\rtotal_changes\x18\x04 \x01(\rR\ftotalChanges\"{\n" +
 	"\x14ListDecisionsRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
@@ -1442,79 +1541,81 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_posture_v1_admin_proto_goTypes = []any{
 	(*ReloadPolicyRequest)(nil),             // 0: posture.v1.ReloadPolicyRequest
 	(*ReloadPolicyResponse)(nil),            // 1: posture.v1.ReloadPolicyResponse
 	(*DiffPolicyRequest)(nil),               // 2: posture.v1.DiffPolicyRequest
 	(*LevelChange)(nil),                     // 3: posture.v1.LevelChange
-	(*DiffPolicyResponse)(nil),              // 4: posture.v1.DiffPolicyResponse
-	(*ListDecisionsRequest)(nil),            // 5: posture.v1.ListDecisionsRequest
-	(*Decision)(nil),                        // 6: posture.v1.Decision
-	(*ListDecisionsResponse)(nil),           // 7: posture.v1.ListDecisionsResponse
-	(*ApproveDeviceRequest)(nil),            // 8: posture.v1.ApproveDeviceRequest
-	(*ApproveDeviceResponse)(nil),           // 9: posture.v1.ApproveDeviceResponse
-	(*PreregisterEKRequest)(nil),            // 10: posture.v1.PreregisterEKRequest
-	(*PreregisterEKResponse)(nil),           // 11: posture.v1.PreregisterEKResponse
-	(*CreateEnrollmentTokenRequest)(nil),    // 12: posture.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil),   // 13: posture.v1.CreateEnrollmentTokenResponse
-	(*ListDevicesRequest)(nil),              // 14: posture.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),             // 15: posture.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),                // 16: posture.v1.GetDeviceRequest
-	(*RevokeDeviceRequest)(nil),             // 17: posture.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),            // 18: posture.v1.RevokeDeviceResponse
-	(*IssueGatewayCertificateRequest)(nil),  // 19: posture.v1.IssueGatewayCertificateRequest
-	(*IssueGatewayCertificateResponse)(nil), // 20: posture.v1.IssueGatewayCertificateResponse
-	(*GetStatsRequest)(nil),                 // 21: posture.v1.GetStatsRequest
-	(*Stats)(nil),                           // 22: posture.v1.Stats
-	nil,                                     // 23: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 24: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 25: posture.v1.Stats.RpcDeniedEntry
-	(*timestamppb.Timestamp)(nil),           // 26: google.protobuf.Timestamp
-	(*Device)(nil),                          // 27: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 28: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 29: posture.v1.DevicePosture
+	(*LevelCount)(nil),                      // 4: posture.v1.LevelCount
+	(*DiffPolicyResponse)(nil),              // 5: posture.v1.DiffPolicyResponse
+	(*ListDecisionsRequest)(nil),            // 6: posture.v1.ListDecisionsRequest
+	(*Decision)(nil),                        // 7: posture.v1.Decision
+	(*ListDecisionsResponse)(nil),           // 8: posture.v1.ListDecisionsResponse
+	(*ApproveDeviceRequest)(nil),            // 9: posture.v1.ApproveDeviceRequest
+	(*ApproveDeviceResponse)(nil),           // 10: posture.v1.ApproveDeviceResponse
+	(*PreregisterEKRequest)(nil),            // 11: posture.v1.PreregisterEKRequest
+	(*PreregisterEKResponse)(nil),           // 12: posture.v1.PreregisterEKResponse
+	(*CreateEnrollmentTokenRequest)(nil),    // 13: posture.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),   // 14: posture.v1.CreateEnrollmentTokenResponse
+	(*ListDevicesRequest)(nil),              // 15: posture.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),             // 16: posture.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),                // 17: posture.v1.GetDeviceRequest
+	(*RevokeDeviceRequest)(nil),             // 18: posture.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),            // 19: posture.v1.RevokeDeviceResponse
+	(*IssueGatewayCertificateRequest)(nil),  // 20: posture.v1.IssueGatewayCertificateRequest
+	(*IssueGatewayCertificateResponse)(nil), // 21: posture.v1.IssueGatewayCertificateResponse
+	(*GetStatsRequest)(nil),                 // 22: posture.v1.GetStatsRequest
+	(*Stats)(nil),                           // 23: posture.v1.Stats
+	nil,                                     // 24: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 25: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 26: posture.v1.Stats.RpcDeniedEntry
+	(*timestamppb.Timestamp)(nil),           // 27: google.protobuf.Timestamp
+	(*Device)(nil),                          // 28: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 29: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 30: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
-	26, // 1: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	26, // 2: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	6,  // 3: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	27, // 4: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	28, // 5: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	26, // 6: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	29, // 7: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	27, // 8: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	23, // 9: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	24, // 10: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	25, // 11: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	12, // 12: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	14, // 13: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	16, // 14: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	17, // 15: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	19, // 16: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	21, // 17: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	8,  // 18: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	10, // 19: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	0,  // 20: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	2,  // 21: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	5,  // 22: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	13, // 23: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	15, // 24: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	29, // 25: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	18, // 26: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	20, // 27: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	22, // 28: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	9,  // 29: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	11, // 30: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	1,  // 31: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	4,  // 32: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	7,  // 33: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 1: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
+	27, // 2: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	27, // 3: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	7,  // 4: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
+	28, // 5: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	29, // 6: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	27, // 7: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 8: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	28, // 9: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	24, // 10: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	25, // 11: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	26, // 12: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	13, // 13: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	15, // 14: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	17, // 15: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	18, // 16: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	20, // 17: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	22, // 18: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	9,  // 19: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	11, // 20: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	0,  // 21: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	2,  // 22: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	6,  // 23: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	14, // 24: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	16, // 25: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	30, // 26: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	19, // 27: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	21, // 28: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	23, // 29: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	10, // 30: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	12, // 31: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	1,  // 32: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	5,  // 33: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	8,  // 34: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	24, // [24:35] is the sub-list for method output_type
+	13, // [13:24] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -1529,7 +1630,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
