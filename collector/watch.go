@@ -84,20 +84,24 @@ func newHub() *hub {
 }
 
 // decision renders a device's current decision.
-func (c *Collector) decision(id string, pol *policy.Policy, now time.Time) (*posturev1.DeviceDecision, decisionKey, bool) {
+func (c *Collector) decision(id string, pol *policy.Policy, now time.Time) (*posturev1.DeviceDecision, bool) {
 	subj, ok := c.fleet.subject(id)
 	if !ok {
-		return nil, decisionKey{}, false
-	}
-	d := &posturev1.DeviceDecision{
-		DeviceId:  id,
-		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
-		State:     subj.State,
-		Assurance: subj.Assurance,
+		return nil, false
 	}
 	score, set := pol.AllowedSet(&subj, now)
-	d.Score, d.AllowedLevels = score, pol.Names(set)
-	return d, decisionKey{state: d.State, score: d.Score, levels: pol.SetKey(set)}, true
+	return c.render(id, &subj, pol, score, set), true
+}
+
+func (c *Collector) render(id string, subj *policy.Subject, pol *policy.Policy, score uint32, set policy.LevelSet) *posturev1.DeviceDecision {
+	return &posturev1.DeviceDecision{
+		DeviceId:      id,
+		SpiffeId:      pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
+		State:         subj.State,
+		Assurance:     subj.Assurance,
+		Score:         score,
+		AllowedLevels: pol.Names(set),
+	}
 }
 
 // keyOf is what decision would publish for a device, without rendering it.
@@ -107,12 +111,17 @@ func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey 
 }
 
 // publish re-evaluates a device and tells watchers when its decision
-// changed (or always, when force is set: a report or state change).
+// changed (or always, when force is set: a report or state change). The
+// decay pass calls it for every device every few seconds, so an unchanged
+// decision is found without rendering it.
 func (c *Collector) publish(id, cause string, force bool) {
-	d, key, ok := c.decision(id, c.policy.Load(), c.cfg.Now())
+	subj, ok := c.fleet.subject(id)
 	if !ok {
 		return
 	}
+	pol, now := c.policy.Load(), c.cfg.Now()
+	score, set := pol.AllowedSet(&subj, now)
+	key := decisionKey{state: subj.State, score: score, levels: pol.SetKey(set)}
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -120,6 +129,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 		return
 	}
 	h.last[id] = key
+	d := c.render(id, &subj, pol, score, set)
 	d.Cause = cause
 	h.rev++
 	ev := newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}})
@@ -207,7 +217,7 @@ func (c *Collector) subscribe(since uint64) (*watcher, []*event, bool) {
 	slices.Sort(ids)
 	snap := make([]*event, 0, len(ids)+1)
 	for _, id := range ids {
-		if d, _, ok := c.decision(id, pol, now); ok {
+		if d, ok := c.decision(id, pol, now); ok {
 			d.Cause = "snapshot"
 			snap = append(snap, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}}))
 		}
