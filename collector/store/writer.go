@@ -12,11 +12,16 @@ import (
 // both the size of one WAL commit and how long a caller waits behind others.
 const maxBatch = 1000
 
-// linger is how long the writer waits for more operations before a commit
-// while it is busy. A commit costs far more than an operation in it (WAL
+// While it is busy the writer lingers before a commit for more operations,
+// as long as they keep arriving at most lingerGap apart and for lingerMax
+// at the most. A commit costs far more than an operation in it (WAL
 // writes, locks), so under load a slightly later commit of many operations
-// beats many commits of a few. An idle writer commits at once.
-const linger = time.Millisecond
+// beats many commits of a few; once arrivals pause, waiting longer only
+// delays the callers already in the batch. An idle writer commits at once.
+const (
+	lingerGap = 100 * time.Microsecond
+	lingerMax = time.Millisecond
+)
 
 // op is one write waiting for the writer goroutine.
 type op struct {
@@ -88,22 +93,23 @@ func (s *Store) run() {
 			}
 		}
 		if busy && open && len(batch) < maxBatch {
-			wait.Reset(linger)
+			deadline := time.Now().Add(lingerMax)
+			wait.Reset(lingerGap)
 		linger:
 			for open && len(batch) < maxBatch {
 				select {
 				case o, ok := <-s.ops:
 					take(o, ok)
+					left := time.Until(deadline)
+					if left <= 0 {
+						break linger
+					}
+					wait.Reset(min(lingerGap, left))
 				case <-wait.C:
 					break linger
 				}
 			}
-			if !wait.Stop() {
-				select {
-				case <-wait.C:
-				default:
-				}
-			}
+			wait.Stop()
 		}
 		busy = len(batch) > 1
 		s.commit(batch)
