@@ -2,6 +2,7 @@ package collector
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,10 +38,12 @@ type hub struct {
 }
 
 // decisionKey is what a watcher must hear about when it changes.
+// It holds all a snapshot renders, so a snapshot is made from the keys.
 type decisionKey struct {
-	state  posturev1.DeviceState
-	score  uint32
-	levels string
+	state     posturev1.DeviceState
+	assurance posturev1.IdentityAssurance
+	score     uint32
+	levels    string // Policy.SetKey of the allowed levels
 }
 
 type watcher struct {
@@ -83,16 +86,7 @@ func newHub() *hub {
 	return &hub{rev: uint64(time.Now().UnixMicro()), last: map[string]decisionKey{}, watchers: map[*watcher]struct{}{}}
 }
 
-// decision renders a device's current decision.
-func (c *Collector) decision(id string, pol *policy.Policy, now time.Time) (*posturev1.DeviceDecision, bool) {
-	subj, ok := c.fleet.subject(id)
-	if !ok {
-		return nil, false
-	}
-	score, set := pol.AllowedSet(&subj, now)
-	return c.render(id, &subj, pol, score, set), true
-}
-
+// render is a device's decision as watchers get it.
 func (c *Collector) render(id string, subj *policy.Subject, pol *policy.Policy, score uint32, set policy.LevelSet) *posturev1.DeviceDecision {
 	return &posturev1.DeviceDecision{
 		DeviceId:      id,
@@ -107,7 +101,7 @@ func (c *Collector) render(id string, subj *policy.Subject, pol *policy.Policy, 
 // keyOf is what decision would publish for a device, without rendering it.
 func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey {
 	score, set := pol.AllowedSet(subj, now)
-	return decisionKey{state: subj.State, score: score, levels: pol.SetKey(set)}
+	return decisionKey{state: subj.State, assurance: subj.Assurance, score: score, levels: pol.SetKey(set)}
 }
 
 // publish re-evaluates a device and tells watchers when its decision
@@ -121,7 +115,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 	}
 	pol, now := c.policy.Load(), c.cfg.Now()
 	score, set := pol.AllowedSet(&subj, now)
-	key := decisionKey{state: subj.State, score: score, levels: pol.SetKey(set)}
+	key := decisionKey{state: subj.State, assurance: subj.Assurance, score: score, levels: pol.SetKey(set)}
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -192,37 +186,55 @@ func (c *Collector) seedDecisions(loaded [][]loaded) {
 	}
 }
 
-// subscribe registers a watcher and returns what it must be sent first: the
-// events after since (resumed) or a snapshot of every device.
-func (c *Collector) subscribe(since uint64) (*watcher, []*event, bool) {
+// snapEntry is one device of a snapshot: its last published decision.
+type snapEntry struct {
+	id  string
+	key decisionKey
+}
+
+// subscribe registers a watcher and returns what it must be sent first:
+// the events after since when it can resume (resumed is set; the list ends
+// with SnapshotEnd), or else every device's last published decision as of
+// revision rev. The copy is taken under the hub lock, so no change slips
+// between it and the live events; it is rendered and sent outside the
+// lock, which a large fleet would otherwise hold for seconds, stalling
+// every report.
+func (c *Collector) subscribe(since uint64) (w *watcher, missed []*event, snap []snapEntry, rev uint64, resumed bool) {
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	w := &watcher{ch: make(chan *event, watcherBuffer), dropped: make(chan struct{})}
+	w = &watcher{ch: make(chan *event, watcherBuffer), dropped: make(chan struct{})}
 	h.watchers[w] = struct{}{}
 	ordered := append(slices.Clone(h.history[h.start:]), h.history[:h.start]...)
 	if since != 0 && since <= h.rev && (len(ordered) == 0 || since >= ordered[0].ev.Revision-1) {
-		var missed []*event
 		for _, ev := range ordered {
 			if ev.ev.Revision > since {
 				missed = append(missed, ev)
 			}
 		}
-		return w, append(missed, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{Resumed: true}}})), true
+		return w, append(missed, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{Resumed: true}}})), nil, h.rev, true
 	}
-	// Snapshot under the hub lock: no change can slip between the
-	// snapshot and the live events.
-	pol, now := c.policy.Load(), c.cfg.Now()
-	ids := c.fleet.ids()
-	slices.Sort(ids)
-	snap := make([]*event, 0, len(ids)+1)
-	for _, id := range ids {
-		if d, ok := c.decision(id, pol, now); ok {
-			d.Cause = "snapshot"
-			snap = append(snap, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}}))
-		}
+	snap = make([]snapEntry, 0, len(h.last))
+	for id, key := range h.last {
+		snap = append(snap, snapEntry{id, key})
 	}
-	return w, append(snap, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{}}})), false
+	return w, nil, snap, h.rev, false
+}
+
+// snapshotEvent renders one device of a snapshot.
+func (c *Collector) snapshotEvent(e snapEntry, rev uint64) *posturev1.PostureEvent {
+	d := &posturev1.DeviceDecision{
+		DeviceId:  e.id,
+		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, e.id).String(),
+		State:     e.key.state,
+		Assurance: e.key.assurance,
+		Score:     e.key.score,
+		Cause:     "snapshot",
+	}
+	if e.key.levels != "" {
+		d.AllowedLevels = strings.Split(e.key.levels, "\x00")
+	}
+	return &posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_Device{Device: d}}
 }
 
 func (c *Collector) unsubscribe(w *watcher) {
@@ -242,14 +254,30 @@ func (c *Collector) watcherCount() int {
 
 func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream posturev1.GatewayService_WatchPostureServer) error {
 	c := g.c
-	w, first, resumed := c.subscribe(req.GetSinceRevision())
+	w, missed, snap, rev, resumed := c.subscribe(req.GetSinceRevision())
 	defer c.unsubscribe(w)
-	for _, ev := range first {
-		send := ev.send
-		if !resumed {
-			send = func(grpc.ServerStream) error { return stream.Send(ev.ev) } // a snapshot is this watcher's own
+	dropped := status.Error(codes.ResourceExhausted, "watcher fell too far behind; reconnect with since_revision set to the last revision applied")
+	if resumed {
+		for _, ev := range missed {
+			if err := ev.send(stream); err != nil {
+				return err
+			}
 		}
-		if err := send(stream); err != nil {
+	} else {
+		slices.SortFunc(snap, func(a, b snapEntry) int { return strings.Compare(a.id, b.id) })
+		for i, e := range snap {
+			if i%1024 == 0 {
+				select {
+				case <-w.dropped:
+					return dropped
+				default:
+				}
+			}
+			if err := stream.Send(c.snapshotEvent(e, rev)); err != nil {
+				return err
+			}
+		}
+		if err := stream.Send(&posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{}}}); err != nil {
 			return err
 		}
 	}
@@ -258,7 +286,7 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 		case <-stream.Context().Done():
 			return status.FromContextError(stream.Context().Err()).Err()
 		case <-w.dropped:
-			return status.Error(codes.ResourceExhausted, "watcher fell too far behind; reconnect with since_revision set to the last revision applied")
+			return dropped
 		case ev := <-w.ch:
 			if err := ev.send(stream); err != nil {
 				return err

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -24,9 +26,22 @@ func TestRestartDoesNotFloodWatchers(t *testing.T) {
 		cancel()
 		c.Serve(cctx)
 	}()
-	w, snap, _ := c.subscribe(0)
-	if len(snap) != 4 { // three devices and SnapshotEnd
-		t.Fatalf("snapshot has %d events, want 4", len(snap))
+	w, _, snap, rev, _ := c.subscribe(0)
+	if len(snap) != 3 {
+		t.Fatalf("snapshot has %d devices, want 3", len(snap))
+	}
+	// The snapshot, made from what was last published, says what a
+	// decision made now says.
+	pol := c.policy.Load()
+	for _, e := range snap {
+		got := c.snapshotEvent(e, rev).GetDevice()
+		subj, _ := c.fleet.subject(e.id)
+		score, set := pol.AllowedSet(&subj, time.Now())
+		want := c.render(e.id, &subj, pol, score, set)
+		want.Cause = "snapshot"
+		if !proto.Equal(got, want) {
+			t.Errorf("snapshot of %s = %v, want %v", e.id, got, want)
+		}
 	}
 	c.decayPass()
 	if n := len(w.ch); n != 0 {
