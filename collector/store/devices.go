@@ -151,30 +151,11 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 
 // Devices returns all devices ordered by ID.
 func (s *Store) Devices(ctx context.Context) ([]Device, error) {
-	if err := s.readable(); err != nil {
-		return nil, err
-	}
-	rows, err := s.r.QueryContext(ctx, selectDevice+` ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
-	}
-	defer rows.Close()
-	var devices []Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		devices = append(devices, d)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
-	}
-	return devices, nil
+	return s.DevicesAfter(ctx, "", -1) // SQLite reads a negative LIMIT as no limit
 }
 
 // DevicesAfter returns up to limit devices whose IDs sort after after, in
-// ID order: one page of a listing.
+// ID order: one page of a listing. A negative limit means all.
 func (s *Store) DevicesAfter(ctx context.Context, after string, limit int) ([]Device, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
