@@ -3,11 +3,10 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"os"
@@ -260,17 +259,11 @@ func agentsChild() {
 	var clients []*reportClient
 	for _, a := range strings.Split(os.Getenv("POSTURE_LOADGEN_AGENTS"), ",") {
 		id, dir, _ := strings.Cut(a, "=")
-		ca, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+		roots, err := readRoots(filepath.Join(dir, "ca.crt"))
 		if err != nil {
 			fail(err)
 		}
-		roots := x509.NewCertPool()
-		roots.AppendCertsFromPEM(ca)
-		cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "device.crt"), filepath.Join(dir, "tls.key"))
-		if err != nil {
-			fail(err)
-		}
-		key, err := pki.ReadPrivateKey(filepath.Join(dir, "identity.key"))
+		cert, key, err := loadDeviceCreds(dir)
 		if err != nil {
 			fail(err)
 		}
@@ -280,16 +273,11 @@ func agentsChild() {
 			fail(err)
 		}
 		defer conn.Close()
-		st, err := posturev1.NewReportServiceClient(conn).StreamReports(context.Background())
+		c, err := startReports(conn, key, id)
 		if err != nil {
 			fail(err)
 		}
-		m, err := st.Recv()
-		if err != nil {
-			fail(fmt.Errorf("welcome: %w", err))
-		}
-		w := m.GetWelcome()
-		clients = append(clients, &reportClient{st: st, key: key.(*ecdsa.PrivateKey), id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()})
+		clients = append(clients, c)
 	}
 	fmt.Println("child: started")
 	if l, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || l != "go\n" {
@@ -383,20 +371,11 @@ func BenchmarkRevocationToWatchers(b *testing.B) {
 // gatewayCreds issues a gateway certificate and writes it, its key and the
 // collector CA into a directory for a child process.
 func gatewayCreds(b *testing.B, e *env, name string) string {
-	key, _ := pki.NewKey()
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(resp.GetCertificate())
-	if err != nil {
-		b.Fatal(err)
-	}
+	cert := e.gatewayCert(name)
 	dir := b.TempDir()
 	for _, err := range []error{
-		pki.WriteCertificates(filepath.Join(dir, "gateway.crt"), cert),
-		pki.WritePrivateKey(filepath.Join(dir, "gateway.key"), key),
+		pki.WriteCertificates(filepath.Join(dir, "gateway.crt"), cert.Leaf),
+		pki.WritePrivateKey(filepath.Join(dir, "gateway.key"), cert.PrivateKey.(crypto.Signer)),
 		pki.WriteCertificates(filepath.Join(dir, "ca.crt"), e.c.CA()),
 	} {
 		if err != nil {
@@ -419,12 +398,10 @@ func gatewaysChild() {
 	if err != nil {
 		childFail(err)
 	}
-	ca, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	roots, err := readRoots(filepath.Join(dir, "ca.crt"))
 	if err != nil {
 		childFail(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca)
 	gws := make([]posturev1.GatewayServiceClient, nConns)
 	for i := range gws {
 		conn, err := grpc.NewClient(addr, append(gatewayclient.DialOptions(), grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))...)
@@ -488,6 +465,19 @@ func gatewaysChild() {
 		in.Scan() // "close", or the end of input
 		cancel()
 	}
+}
+
+// readRoots reads the collector CA a child process trusts.
+func readRoots(path string) (*x509.CertPool, error) {
+	certs, err := pki.ReadCertificates(path)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	for _, c := range certs {
+		roots.AddCert(c)
+	}
+	return roots, nil
 }
 
 func childFail(err error) {

@@ -148,8 +148,9 @@ func (e *env) enroll() (stateDir, id string) {
 	return stateDir, res.DeviceID
 }
 
-// gateway issues a gateway certificate and returns a client over mTLS.
-func (e *env) gateway(name string) posturev1.GatewayServiceClient {
+// gatewayCert has the collector issue a gateway certificate, as
+// posture-collector gateway add does.
+func (e *env) gatewayCert(name string) tls.Certificate {
 	e.t.Helper()
 	key, err := pki.NewKey()
 	if err != nil {
@@ -163,16 +164,27 @@ func (e *env) gateway(name string) posturev1.GatewayServiceClient {
 	if err != nil {
 		e.t.Fatalf("issue gateway certificate: %v", err)
 	}
-	cert := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
+	leaf, err := x509.ParseCertificate(resp.GetCertificate())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key, Leaf: leaf}
+}
+
+// gateway issues a gateway certificate and returns a client over mTLS.
+func (e *env) gateway(name string) posturev1.GatewayServiceClient {
+	e.t.Helper()
+	cert := e.gatewayCert(name)
 	return posturev1.NewGatewayServiceClient(e.dial(&cert))
 }
 
-// dial connects over TLS with an optional client certificate.
-func (e *env) dial(cert *tls.Certificate) *grpc.ClientConn {
+// dial connects over TLS with an optional client certificate. It dials by
+// address, so the connection follows the collector across restarts.
+func (e *env) dial(cert *tls.Certificate, opts ...grpc.DialOption) *grpc.ClientConn {
 	e.t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(e.c.CA())
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, cert))))
+	conn, err := grpc.NewClient(e.addr, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, cert))))...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -184,15 +196,27 @@ func (e *env) dial(cert *tls.Certificate) *grpc.ClientConn {
 // identity key, for tests that speak the report protocol by hand.
 func deviceCreds(t testing.TB, stateDir string) (tls.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "device.crt"), filepath.Join(stateDir, "tls.key"))
+	cert, key, err := loadDeviceCreds(stateDir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return cert, key
+}
+
+func loadDeviceCreds(stateDir string) (tls.Certificate, *ecdsa.PrivateKey, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "device.crt"), filepath.Join(stateDir, "tls.key"))
+	if err != nil {
+		return tls.Certificate{}, nil, err
 	}
 	k, err := pki.ReadPrivateKey(filepath.Join(stateDir, "identity.key"))
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, nil, err
 	}
-	return cert, k.(*ecdsa.PrivateKey)
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return tls.Certificate{}, nil, fmt.Errorf("identity key in %s is %T, want ECDSA", stateDir, k)
+	}
+	return cert, key, nil
 }
 
 // fixedMeasurer reports a fixed posture and numbers each measurement in the

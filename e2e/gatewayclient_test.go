@@ -2,41 +2,23 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/posture-project/posture/gatewayclient"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// gatewayConn issues a gateway certificate and dials the collector with it.
+// gatewayConn issues a gateway certificate and dials the collector with it
+// as a Go gateway would.
 func (e *env) gatewayConn(name string) *grpc.ClientConn {
 	e.t.Helper()
-	key, _ := pki.NewKey()
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(e.c.CA())
-	cert := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
-	// Dial by address so the connection follows the collector across restarts.
-	conn, err := grpc.NewClient(e.addr, append(gatewayclient.DialOptions(), grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, &cert))))...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { conn.Close() })
-	return conn
+	cert := e.gatewayCert(name)
+	return e.dial(&cert, gatewayclient.DialOptions()...)
 }
 
 // The embedded client answers from its watch-fed cache, learns of a

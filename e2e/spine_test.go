@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -182,16 +183,26 @@ type reportClient struct {
 
 func openReports(t testing.TB, e *env, cert tls.Certificate, key *ecdsa.PrivateKey, id string) *reportClient {
 	t.Helper()
-	st, err := posturev1.NewReportServiceClient(e.dial(&cert)).StreamReports(context.Background())
+	c, err := startReports(e.dial(&cert), key, id)
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.t = t
+	return c
+}
+
+// startReports opens a report stream and reads the collector's welcome.
+func startReports(conn *grpc.ClientConn, key *ecdsa.PrivateKey, id string) (*reportClient, error) {
+	st, err := posturev1.NewReportServiceClient(conn).StreamReports(context.Background())
+	if err != nil {
+		return nil, err
+	}
 	m, err := st.Recv()
 	if err != nil {
-		t.Fatalf("welcome: %v", err)
+		return nil, fmt.Errorf("welcome: %w", err)
 	}
 	w := m.GetWelcome()
-	return &reportClient{t: t, st: st, key: key, id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()}
+	return &reportClient{st: st, key: key, id: id, nonce: w.GetNonce(), seq: w.GetLastSeq(), digest: w.GetLastDigest()}, nil
 }
 
 // next signs the next report in the chain with the current nonce.
