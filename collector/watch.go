@@ -43,7 +43,7 @@ type decisionKey struct {
 	state     posturev1.DeviceState
 	assurance posturev1.IdentityAssurance
 	score     uint32
-	levels    string // Policy.SetKey of the allowed levels
+	levels    string // Policy.SetKey of the allowed levels: their names joined by NUL
 }
 
 type watcher struct {
@@ -87,15 +87,18 @@ func newHub() *hub {
 }
 
 // render is a device's decision as watchers get it.
-func (c *Collector) render(id string, subj *policy.Subject, pol *policy.Policy, score uint32, set policy.LevelSet) *posturev1.DeviceDecision {
-	return &posturev1.DeviceDecision{
-		DeviceId:      id,
-		SpiffeId:      pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
-		State:         subj.State,
-		Assurance:     subj.Assurance,
-		Score:         score,
-		AllowedLevels: pol.Names(set),
+func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision {
+	d := &posturev1.DeviceDecision{
+		DeviceId:  id,
+		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
+		State:     key.state,
+		Assurance: key.assurance,
+		Score:     key.score,
 	}
+	if key.levels != "" {
+		d.AllowedLevels = strings.Split(key.levels, "\x00")
+	}
+	return d
 }
 
 // keyOf is what decision would publish for a device, without rendering it.
@@ -113,9 +116,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 	if !ok {
 		return
 	}
-	pol, now := c.policy.Load(), c.cfg.Now()
-	score, set := pol.AllowedSet(&subj, now)
-	key := decisionKey{state: subj.State, assurance: subj.Assurance, score: score, levels: pol.SetKey(set)}
+	key := keyOf(&subj, c.policy.Load(), c.cfg.Now())
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -123,7 +124,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 		return
 	}
 	h.last[id] = key
-	d := c.render(id, &subj, pol, score, set)
+	d := c.render(id, key)
 	d.Cause = cause
 	h.rev++
 	ev := newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_Device{Device: d}})
@@ -223,17 +224,8 @@ func (c *Collector) subscribe(since uint64) (w *watcher, missed []*event, snap [
 
 // snapshotEvent renders one device of a snapshot.
 func (c *Collector) snapshotEvent(e snapEntry, rev uint64) *posturev1.PostureEvent {
-	d := &posturev1.DeviceDecision{
-		DeviceId:  e.id,
-		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, e.id).String(),
-		State:     e.key.state,
-		Assurance: e.key.assurance,
-		Score:     e.key.score,
-		Cause:     "snapshot",
-	}
-	if e.key.levels != "" {
-		d.AllowedLevels = strings.Split(e.key.levels, "\x00")
-	}
+	d := c.render(e.id, e.key)
+	d.Cause = "snapshot"
 	return &posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_Device{Device: d}}
 }
 

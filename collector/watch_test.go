@@ -36,8 +36,7 @@ func TestRestartDoesNotFloodWatchers(t *testing.T) {
 	for _, e := range snap {
 		got := c.snapshotEvent(e, rev).GetDevice()
 		subj, _ := c.fleet.subject(e.id)
-		score, set := pol.AllowedSet(&subj, time.Now())
-		want := c.render(e.id, &subj, pol, score, set)
+		want := c.render(e.id, keyOf(&subj, pol, time.Now()))
 		want.Cause = "snapshot"
 		if !proto.Equal(got, want) {
 			t.Errorf("snapshot of %s = %v, want %v", e.id, got, want)

@@ -187,9 +187,9 @@ func (p *Policy) Names(set LevelSet) []string {
 	return names
 }
 
-// SetKey is the names of a set's levels as one string, to compare sets made
-// under different policies by what they mean. Equal sets of one policy
-// share one string.
+// SetKey is the names of a set's levels joined by NUL (names hold no
+// control character), to compare sets made under different policies by
+// what they mean. Equal sets of one policy share one string.
 func (p *Policy) SetKey(set LevelSet) string {
 	if k, ok := p.setKeys.Load(set); ok {
 		return k.(string)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
@@ -196,6 +197,9 @@ func (p *Policy) validate() error {
 		}
 		if l.Name == "" {
 			errs = append(errs, fmt.Errorf("levels[%d]: name is required", i))
+		}
+		if strings.IndexFunc(l.Name, unicode.IsControl) >= 0 {
+			errs = append(errs, fmt.Errorf("levels[%d]: name %q contains a control character", i, l.Name))
 		}
 		if levels[l.Name] {
 			errs = append(errs, fmt.Errorf("levels[%d]: %q defined twice", i, l.Name))

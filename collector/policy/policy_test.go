@@ -199,6 +199,7 @@ func TestParseRejects(t *testing.T) {
 		{"bad assurance", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_assurance: tpm}]", `min_assurance "tpm"`},
 		{"duplicate level", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}, {name: a}]", "defined twice"},
 		{"score above 100", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_score: 101}]", "above 100"},
+		{"control character in a level name", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: \"a\\0b\"}]", "contains a control character"},
 		{"too many levels", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [" + manyLevels(65) + "]", "65 defined, at most 64"},
 	}
 	for _, tt := range tests {
