@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/posture-project/posture/internal/pki"
-	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 // ContextExtensionLevel is the key of the route's ext_authz context
@@ -95,22 +94,13 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		return denied(codes.Unauthenticated, typev3.StatusCode_Unauthorized, err.Error(), nil), nil
 	}
 
-	resp, err := e.decider.CheckAccess(ctx, &posturev1.CheckAccessRequest{
-		DeviceId:    deviceID,
-		AccessLevel: level,
-	})
-	if err == nil && resp == nil {
-		err = errors.New("collector returned no decision")
+	d, ok, retry, why := decide(ctx, e.decider, deviceID, level)
+	switch {
+	case !ok && retry:
+		return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, why, nil), nil
+	case !ok:
+		return denied(codes.Internal, typev3.StatusCode_InternalServerError, why, nil), nil
 	}
-	if err != nil {
-		retry, msg := decideError(err)
-		if retry {
-			return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, msg, nil), nil
-		}
-		return denied(codes.Internal, typev3.StatusCode_InternalServerError, msg, nil), nil
-	}
-
-	d := newDecision(resp, deviceID, level)
 	headers := []*corev3.HeaderValueOption{
 		overwrite("x-posture-device", d.deviceID),
 		overwrite("x-posture-level", d.level),

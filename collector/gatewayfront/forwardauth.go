@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/posture-project/posture/internal/pki"
-	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 // Request and response headers of the forward-auth protocol.
@@ -142,25 +141,16 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	resp, err := f.decider.CheckAccess(r.Context(), &posturev1.CheckAccessRequest{
-		DeviceId:    deviceID,
-		AccessLevel: level,
-	})
-	if err == nil && resp == nil {
-		err = errors.New("collector returned no decision")
-	}
-	if err != nil {
-		retry, msg := decideError(err)
+	d, ok, retry, why := decide(r.Context(), f.decider, deviceID, level)
+	if !ok {
 		code := http.StatusInternalServerError
 		if retry {
 			code = http.StatusServiceUnavailable
 			h.Set("Retry-After", "1")
 		}
-		reject(w, code, msg)
+		reject(w, code, why)
 		return
 	}
-
-	d := newDecision(resp, deviceID, level)
 	h.Set(HeaderDevice, d.deviceID)
 	h.Set(HeaderLevel, d.level)
 	h.Set(HeaderScore, d.score)

@@ -124,14 +124,22 @@ func (d decision) deniedText() string {
 	return b.String()
 }
 
-// decideError says why no decision was made. Only the collector being
-// unreachable or overloaded is worth retrying.
-func decideError(err error) (retry bool, msg string) {
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
-		retry = true
+// decide asks for a decision. When none can be had it says why, and
+// whether asking again may help: only when the collector is unreachable or
+// overloaded.
+func decide(ctx context.Context, d Decider, deviceID, level string) (dec decision, ok, retry bool, why string) {
+	resp, err := d.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: deviceID, AccessLevel: level})
+	if err == nil && resp == nil {
+		err = errors.New("collector returned no decision")
 	}
-	return retry, fmt.Sprintf("no posture decision could be made (%v); access is denied until the collector answers", err)
+	if err != nil {
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+			retry = true
+		}
+		return decision{}, false, retry, fmt.Sprintf("no posture decision could be made (%v); access is denied until the collector answers", err)
+	}
+	return newDecision(resp, deviceID, level), true, false, ""
 }
 
 // maxHeaderValue bounds a reason echoed in a response header; the body
