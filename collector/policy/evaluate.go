@@ -158,14 +158,8 @@ type LevelSet uint64
 // holds.
 const maxLevels = 64
 
-// Allowed lists the levels the subject meets at now, and its score, without
-// the reasons for those it does not: what watchers are told.
-func (p *Policy) Allowed(s *Subject, now time.Time) (score uint32, levels []string) {
-	score, set := p.AllowedSet(s, now)
-	return score, p.Names(set)
-}
-
-// AllowedSet is Allowed as a set.
+// AllowedSet is the set of levels the subject meets at now, and its score,
+// without the reasons for those it does not: what watchers are told.
 func (p *Policy) AllowedSet(s *Subject, now time.Time) (score uint32, set LevelSet) {
 	score = p.Score(s, now)
 	for i, l := range p.Levels {

@@ -152,10 +152,11 @@ func TestDecide(t *testing.T) {
 			if !allowed && !strings.Contains(strings.Join(reasons, "; "), tt.reason) {
 				t.Errorf("reasons %v lack %q", reasons, tt.reason)
 			}
-			// Allowed, which watchers get, must agree with Decide.
-			_, levels := p.Allowed(&tt.subject, t0.Add(tt.at))
+			// AllowedSet, which watchers get, must agree with Decide.
+			_, set := p.AllowedSet(&tt.subject, t0.Add(tt.at))
+			levels := p.Names(set)
 			if slices.Contains(levels, tt.level) != tt.allowed {
-				t.Errorf("Allowed = %v, disagrees with Decide (%v) on %s", levels, tt.allowed, tt.level)
+				t.Errorf("AllowedSet = %v, disagrees with Decide (%v) on %s", levels, tt.allowed, tt.level)
 			}
 		})
 	}
