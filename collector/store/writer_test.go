@@ -58,6 +58,7 @@ func holdWriter(t *testing.T, s *Store) (release func()) {
 	t.Helper()
 	started, unblock := make(chan struct{}), make(chan struct{})
 	result := make(chan error, 1)
+	before := s.queued.Load()
 	go func() {
 		result <- s.submit(context.Background(), func(*sql.Tx) error {
 			close(started)
@@ -66,6 +67,9 @@ func holdWriter(t *testing.T, s *Store) (release func()) {
 		})
 	}()
 	<-started
+	// The writer can start the operation before its submitter counts it as
+	// queued; callers compare later counts with this one.
+	waitQueued(t, s, before+1)
 	return func() {
 		close(unblock)
 		if err := <-result; err != nil {
