@@ -69,12 +69,12 @@ func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row 
 }
 
 func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*FleetRow) error) error {
-	// The device head always names the highest stored report, so the join
-	// reads one report per device.
+	// last_report names the head report (0, matching none, before the
+	// first), so the join reads one report per device by its ID.
 	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
 		d.state, d.state_reason, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
 		r.body, r.proof, r.received_at
-		FROM devices d LEFT JOIN reports r ON d.last_digest IS NOT NULL AND r.device_id = d.id AND r.seq = d.last_seq
+		FROM devices d LEFT JOIN reports r ON r.id = d.last_report
 		WHERE d.rowid BETWEEN ? AND ?`, from, to)
 	if err != nil {
 		return err
@@ -108,17 +108,4 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 		}
 	}
 	return rows.Err()
-}
-
-// LatestReport returns the newest report of a device, or ErrNotFound when
-// it has none.
-func (s *Store) LatestReport(ctx context.Context, deviceID string) (Report, error) {
-	reports, err := s.Reports(ctx, deviceID, 1)
-	if err != nil {
-		return Report{}, err
-	}
-	if len(reports) == 0 {
-		return Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, ErrNotFound)
-	}
-	return reports[0], nil
 }

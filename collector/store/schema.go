@@ -60,6 +60,40 @@ CREATE TABLE pinned_eks (
 	created_at  INTEGER NOT NULL
 ) STRICT;
 `,
+	// Reports become a log in arrival order, so that storing one appends
+	// to the table's last page instead of writing into a page of its
+	// device's; report_history, the per-device index of the log, is filled
+	// in batches (see history.go). devices.last_report names the head.
+	`
+CREATE TABLE report_log (
+	id          INTEGER PRIMARY KEY,
+	device_id   TEXT NOT NULL,
+	seq         INTEGER NOT NULL,
+	digest      BLOB NOT NULL,
+	nonce       BLOB NOT NULL,
+	body        BLOB NOT NULL,
+	proof       BLOB NOT NULL,
+	received_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO report_log (device_id, seq, digest, nonce, body, proof, received_at)
+	SELECT device_id, seq, digest, nonce, body, proof, received_at FROM reports ORDER BY received_at, device_id, seq;
+DROP TABLE reports;
+ALTER TABLE report_log RENAME TO reports;
+
+CREATE TABLE report_history (
+	device_id TEXT NOT NULL,
+	seq       INTEGER NOT NULL,
+	report_id INTEGER NOT NULL,
+	PRIMARY KEY (device_id, seq)
+) STRICT, WITHOUT ROWID;
+INSERT INTO report_history (device_id, seq, report_id) SELECT device_id, seq, id FROM reports;
+INSERT INTO meta (key, value) VALUES ('history_through', (SELECT coalesce(max(id), 0) FROM reports));
+
+ALTER TABLE devices ADD COLUMN last_report INTEGER NOT NULL DEFAULT 0;
+UPDATE devices SET last_report = coalesce((SELECT report_id FROM report_history h
+	WHERE h.device_id = devices.id AND h.seq = devices.last_seq), 0)
+	WHERE last_digest IS NOT NULL;
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

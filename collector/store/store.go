@@ -123,9 +123,16 @@ type Store struct {
 
 	closing atomic.Bool // lets reads fail fast with ErrClosed
 
-	// Counters read by tests to observe batching.
-	queued  atomic.Int64
-	batches atomic.Int64
+	// Owned by the writer goroutine (see history.go).
+	timing         historyTiming
+	historyThrough int64             // highest report ID the history covers
+	tail           map[tailKey]int64 // reports appended since the last history pass, by ID; entries of rolled-back appends may linger
+	historyAt      time.Time         // last history pass
+
+	// Counters read by tests to observe batching and the history.
+	queued          atomic.Int64
+	batches         atomic.Int64
+	historyFailures atomic.Int64
 }
 
 const (
@@ -144,6 +151,10 @@ const (
 // if needed, and starts the writer. The parent directory must exist. Call
 // Close when done.
 func Open(path string) (*Store, error) {
+	return open(path, defaultHistoryTiming)
+}
+
+func open(path string, timing historyTiming) (*Store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -195,10 +206,16 @@ func Open(path string) (*Store, error) {
 	}
 
 	s := &Store{
-		w:    w,
-		r:    r,
-		ops:  make(chan *op, maxBatch),
-		done: make(chan struct{}),
+		w:      w,
+		r:      r,
+		ops:    make(chan *op, maxBatch),
+		done:   make(chan struct{}),
+		timing: timing,
+	}
+	if err := s.startHistory(); err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
 	}
 	go s.run()
 	return s, nil

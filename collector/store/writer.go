@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -23,21 +24,46 @@ const (
 	lingerMax = time.Millisecond
 )
 
-// op is one write waiting for the writer goroutine.
+// op is one write waiting for the writer goroutine. Its fn may run more
+// than once, when a batch is rolled back and run again without an
+// operation that failed dirty; only the last run's changes are committed.
 type op struct {
-	ctx  context.Context
-	fn   func(tx *sql.Tx) error // runs inside its own savepoint
-	done chan error             // receives the result once the batch committed or failed
+	ctx context.Context
+	fn  func(tx *sql.Tx) error
+	// atomic: fn leaves no change behind when it returns an error, unless
+	// the error is marked dirty, so it runs without a savepoint of its own.
+	atomic bool
+	done   chan error // receives the result once the batch committed or failed
 }
 
-// submit queues fn for the writer and waits for its result. Once queued, it
-// waits regardless of ctx, so that the result always says whether fn's
-// changes were committed; ctx only stops an operation that has not started.
+// dirtyError marks an error after which an atomic operation may have left
+// part of its changes in the transaction.
+type dirtyError struct{ err error }
+
+func (e dirtyError) Error() string { return e.err.Error() }
+func (e dirtyError) Unwrap() error { return e.err }
+
+func dirty(err error) error { return dirtyError{err} }
+
+// submit queues fn for the writer, to run inside a savepoint of its own,
+// and waits for its result. Once queued, it waits regardless of ctx, so
+// that the result always says whether fn's changes were committed; ctx only
+// stops an operation that has not started.
 func (s *Store) submit(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.enqueue(&op{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// submitAtomic is submit for an fn that cleans up after its own errors
+// (see op.atomic); it saves the two statements of a savepoint.
+func (s *Store) submitAtomic(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.enqueue(&op{ctx: ctx, fn: fn, atomic: true, done: make(chan error, 1)})
+}
+
+func (s *Store) enqueue(o *op) error {
+	ctx := o.ctx
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{ctx: ctx, fn: fn, done: make(chan error, 1)}
 
 	s.mu.RLock()
 	if s.closed {
@@ -64,9 +90,29 @@ func (s *Store) run() {
 	batch := make([]*op, 0, maxBatch)
 	wait := time.NewTimer(0)
 	busy := false // the last batch had company: more operations are likely on their way
+	idle := time.NewTimer(s.timing.idle)
+	idle.Stop()
 	for {
-		first, ok := <-s.ops
+		var (
+			first *op
+			ok    bool
+		)
+		if len(s.tail) > 0 {
+			idle.Reset(s.timing.idle)
+			select {
+			case first, ok = <-s.ops:
+				idle.Stop()
+			case <-idle.C:
+				s.indexHistory()
+				continue
+			}
+		} else {
+			first, ok = <-s.ops
+		}
 		if !ok {
+			if len(s.tail) > 0 {
+				s.indexHistory() // leave the history complete
+			}
 			return
 		}
 		batch = append(batch[:0], first)
@@ -114,17 +160,35 @@ func (s *Store) run() {
 		busy = len(batch) > 1
 		s.commit(batch)
 		clear(batch) // drop references so finished ops can be collected
+		if s.historyDue() {
+			s.indexHistory()
+		}
 	}
 }
 
-// commit runs batch in one transaction. Each operation runs inside a
-// savepoint, so one that fails is rolled back alone and the rest commit.
+// commit runs batch in one transaction. An operation that fails is undone
+// alone: by its savepoint, or by itself when it is atomic. An atomic one
+// that fails dirty takes the transaction down with it; the batch then runs
+// again without it.
 func (s *Store) commit(batch []*op) {
-	s.batches.Add(1)
 	results := make([]error, len(batch))
+	final := make([]bool, len(batch)) // results[i] stands whatever the transaction does
+	for s.try(batch, results, final) {
+	}
+	for i, o := range batch {
+		o.done <- results[i]
+	}
+}
+
+// try runs one attempt at committing batch and reports whether it must be
+// run again.
+func (s *Store) try(batch []*op, results []error, final []bool) (again bool) {
+	s.batches.Add(1)
 	fail := func(err error) {
-		for _, o := range batch {
-			o.done <- err
+		for i := range batch {
+			if !final[i] {
+				results[i] = err
+			}
 		}
 	}
 
@@ -134,41 +198,52 @@ func (s *Store) commit(batch []*op) {
 	tx, err := s.w.Begin()
 	if err != nil {
 		fail(fmt.Errorf("begin transaction: %w", err))
-		return
+		return false
 	}
 	for i, o := range batch {
+		if final[i] {
+			continue
+		}
 		if err := o.ctx.Err(); err != nil {
-			results[i] = err
+			results[i], final[i] = err, true
+			continue
+		}
+		if o.atomic {
+			results[i] = o.fn(tx)
+			var d dirtyError
+			if errors.As(results[i], &d) {
+				results[i], final[i] = d.err, true
+				tx.Rollback()
+				return true
+			}
 			continue
 		}
 		if _, err := tx.Exec("SAVEPOINT op"); err != nil {
 			tx.Rollback()
 			fail(fmt.Errorf("begin savepoint: %w", err))
-			return
+			return false
 		}
 		results[i] = o.fn(tx)
 		if results[i] != nil {
 			if _, err := tx.Exec("ROLLBACK TO op"); err != nil {
 				tx.Rollback()
 				fail(fmt.Errorf("roll back savepoint: %w", err))
-				return
+				return false
 			}
 		}
 		if _, err := tx.Exec("RELEASE op"); err != nil {
 			tx.Rollback()
 			fail(fmt.Errorf("release savepoint: %w", err))
-			return
+			return false
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		err = fmt.Errorf("commit transaction: %w", err)
 		for i := range results {
-			if results[i] == nil {
+			if results[i] == nil && !final[i] {
 				results[i] = err
 			}
 		}
 	}
-	for i, o := range batch {
-		o.done <- results[i]
-	}
+	return false
 }

@@ -309,7 +309,7 @@ func BenchmarkAppendReportSingleTx(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := appendReport(tx, benchReport("dev-a", uint64(i+1))); err != nil {
+		if err := s.appendReport(tx, benchReport("dev-a", uint64(i+1))); err != nil {
 			tx.Rollback()
 			b.Fatal(err)
 		}
