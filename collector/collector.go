@@ -177,7 +177,7 @@ func New(cfg Config) (*Collector, error) {
 }
 
 // loadGCPercent is the garbage collector's target while the fleet loads.
-const loadGCPercent = 50
+const loadGCPercent = 25
 
 // loading serializes fleet loads within one process.
 var loading sync.Mutex
