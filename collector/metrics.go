@@ -63,10 +63,11 @@ var (
 	descStreams     = prometheus.NewDesc("posture_report_streams", "Open agent report streams.", nil, nil)
 	descDevices     = prometheus.NewDesc("posture_devices", "Devices by state.", []string{"state"}, nil)
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
+	descHistoryFail = prometheus.NewDesc("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).", nil, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail} {
 		ch <- d
 	}
 }
@@ -87,6 +88,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
+	ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(c.store.HistoryFailures()))
 	pol, now := c.policy.Load(), c.cfg.Now()
 	states := map[string]int{}
 	names := pol.LevelNames()

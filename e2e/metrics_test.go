@@ -53,6 +53,7 @@ func TestMetrics(t *testing.T) {
 		`posture_devices_allowed{level="trusted"} 1`,
 		"posture_report_streams 1",
 		"posture_report_verify_seconds_count 2",
+		"posture_store_history_failures_total 0",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

@@ -90,3 +90,7 @@ func (s *Store) startHistory() error {
 	s.historyAt = time.Now()
 	return nil
 }
+
+// HistoryFailures is how many history passes have failed since Open. The
+// reports they left are read from the log until a later pass indexes them.
+func (s *Store) HistoryFailures() int64 { return s.historyFailures.Load() }

@@ -319,3 +319,49 @@ func TestMigrateReportLog(t *testing.T) {
 		t.Errorf("next report: %v", err)
 	}
 }
+
+// TestHistoryFailureCounted: a pass that cannot write the history is
+// counted and leaves history_through where it was, and the next Open
+// indexes the reports.
+func TestHistoryFailureCounted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "posture.db")
+	s := openManual(t, path)
+	enrollTestDevice(t, s, "dev-a")
+	ctx := context.Background()
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := s.AppendReport(ctx, reportFor("dev-a", seq, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Make the history unwritable: rename it away, so the pass at Close
+	// fails.
+	if _, err := s.w.Exec(`ALTER TABLE report_history RENAME TO report_history_away`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.HistoryFailures(); got != 1 {
+		t.Errorf("HistoryFailures = %d, want 1", got)
+	}
+	db, err := sql.Open("sqlite3", dsn(path, url.Values{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`ALTER TABLE report_history_away RENAME TO report_history`); err != nil {
+		t.Fatal(err)
+	}
+	var through int64
+	if err := db.QueryRow(`SELECT value FROM meta WHERE key = 'history_through'`).Scan(&through); err != nil || through != 0 {
+		t.Errorf("history_through after the failed pass = %d, %v; want 0", through, err)
+	}
+	db.Close()
+
+	s = openManual(t, path)
+	if got := seqsOf(t, s, "dev-a", 0); !slices.Equal(got, []uint64{3, 2, 1}) {
+		t.Errorf("Reports after reopening = %v, want [3 2 1]", got)
+	}
+	if through, indexed, _ := historyState(t, s); through != 3 || indexed != 3 {
+		t.Errorf("history through %d with %d reports, want 3 and 3", through, indexed)
+	}
+}

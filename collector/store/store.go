@@ -129,7 +129,7 @@ type Store struct {
 	tail           map[tailKey]int64 // reports appended since the last history pass, by ID; entries of rolled-back appends may linger
 	historyAt      time.Time         // last history pass
 
-	// Counters read by tests to observe batching and the history.
+	// Counters read by tests to observe batching, and failed history passes.
 	queued          atomic.Int64
 	batches         atomic.Int64
 	historyFailures atomic.Int64
