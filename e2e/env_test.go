@@ -5,10 +5,8 @@ package e2e
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -25,6 +23,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -151,24 +150,7 @@ func (e *env) enroll() (stateDir, id string) {
 // gatewayCert has the collector issue a gateway certificate, as
 // posture-collector gateway add does.
 func (e *env) gatewayCert(name string) tls.Certificate {
-	e.t.Helper()
-	key, err := pki.NewKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
-	if err != nil {
-		e.t.Fatalf("issue gateway certificate: %v", err)
-	}
-	leaf, err := x509.ParseCertificate(resp.GetCertificate())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key, Leaf: leaf}
+	return testtools.GatewayCert(e.t, e.admin, name)
 }
 
 // gateway issues a gateway certificate and returns a client over mTLS.

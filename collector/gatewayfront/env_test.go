@@ -2,10 +2,8 @@ package gatewayfront
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"net/url"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -129,24 +128,7 @@ func (e *env) revoke(id string) {
 // gatewayCert has the collector issue a gateway certificate, as
 // posture-collector gateway add does.
 func (e *env) gatewayCert(name string) tls.Certificate {
-	e.t.Helper()
-	key, err := pki.NewKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := e.admin.IssueGatewayCertificate(context.Background(), &posturev1.IssueGatewayCertificateRequest{Name: name, Csr: csr})
-	if err != nil {
-		e.t.Fatalf("issue gateway certificate: %v", err)
-	}
-	leaf, err := x509.ParseCertificate(resp.GetCertificate())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key, Leaf: leaf}
+	return testtools.GatewayCert(e.t, e.admin, name)
 }
 
 // serverCert issues a serving certificate from the collector CA for a
