@@ -60,6 +60,10 @@ type Config struct {
 	EKRoots *x509.CertPool
 	// DeviceCertTTL is the lifetime of device certificates.
 	DeviceCertTTL time.Duration
+	// ReportRetention is how long stored reports are kept: older ones are
+	// deleted every hour, except each device's latest. Zero keeps every
+	// report.
+	ReportRetention time.Duration
 	// MetricsListen, when set, serves Prometheus metrics at /metrics on
 	// this address (plain HTTP, apart from the API).
 	MetricsListen string
@@ -108,6 +112,8 @@ type Collector struct {
 	gateway   *gatewayService
 	health    *health.Server
 	metrics   *metrics
+
+	reportsPruned atomic.Int64
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -283,6 +289,9 @@ func (c *Collector) Serve(ctx context.Context) error {
 	stopDecay := make(chan struct{})
 	defer close(stopDecay)
 	go c.decayLoop(stopDecay)
+	retention, stopRetention := context.WithCancel(context.Background())
+	retentionDone := make(chan struct{})
+	go func() { c.retentionLoop(retention); close(retentionDone) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -299,6 +308,8 @@ func (c *Collector) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	stopRetention()
+	<-retentionDone
 	c.stop()
 	return err
 }

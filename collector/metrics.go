@@ -64,10 +64,11 @@ var (
 	descDevices     = prometheus.NewDesc("posture_devices", "Devices by state.", []string{"state"}, nil)
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
 	descHistoryFail = prometheus.NewDesc("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).", nil, nil)
+	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned} {
 		ch <- d
 	}
 }
@@ -89,6 +90,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
 	ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(c.store.HistoryFailures()))
+	ch <- prometheus.MustNewConstMetric(descPruned, prometheus.CounterValue, float64(c.reportsPruned.Load()))
 	pol, now := c.policy.Load(), c.cfg.Now()
 	states := map[string]int{}
 	names := pol.LevelNames()

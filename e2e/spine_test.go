@@ -208,8 +208,14 @@ func startReports(conn *grpc.ClientConn, key *ecdsa.PrivateKey, id string) (*rep
 // next signs the next report in the chain with the current nonce.
 func (c *reportClient) next() *posturev1.SignedReport {
 	c.t.Helper()
+	return c.nextAt(time.Now())
+}
+
+// nextAt is next for a report created at the given time.
+func (c *reportClient) nextAt(created time.Time) *posturev1.SignedReport {
+	c.t.Helper()
 	r := healthyReport(true, "hand")
-	r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = c.id, c.seq+1, c.digest, timestamppb.Now()
+	r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = c.id, c.seq+1, c.digest, timestamppb.New(created)
 	body, err := proto.Marshal(r)
 	if err != nil {
 		c.t.Fatal(err)

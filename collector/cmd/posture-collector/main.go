@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -40,7 +41,7 @@ const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
   posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
-                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]] [--report-retention 90d] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -163,16 +164,21 @@ func runCollector(args []string) error {
 	httpPlain := fs.Bool("http-plaintext", false, "serve /check without TLS; allowed only on a loopback address")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
+	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return fmt.Errorf("run takes no arguments, got %q", pos)
 	}
+	retention, err := parseRetention(*retain)
+	if err != nil {
+		return fmt.Errorf("--report-retention: %w", err)
+	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if *logFormat == "json" {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, Logger: slog.New(h)}
+	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
 		if err != nil {
@@ -222,6 +228,31 @@ func runCollector(args []string) error {
 		cfg.Logger.Info("forward-auth serving", "url", srv.url)
 	}
 	return c.Serve(ctx)
+}
+
+// parseRetention reads --report-retention: whole days ("90d"), a Go
+// duration ("36h"), or "forever" (0: keep every report).
+func parseRetention(v string) (time.Duration, error) {
+	if v == "forever" {
+		return 0, nil
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("%q: want whole days (90d), a duration (36h) or forever", v)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return 0, fmt.Errorf("%q: want whole days (90d), a duration (36h) or forever", v)
+		}
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("%q: must be longer than zero (forever keeps every report)", v)
+	}
+	return d, nil
 }
 
 // adminConn is a connection to the running collector's admin socket with a

@@ -183,3 +183,39 @@ func TestForwardAuthServerChecks(t *testing.T) {
 		t.Errorf("status %d, want 401 for a request without a device certificate", resp.StatusCode)
 	}
 }
+
+func TestReportRetentionFlag(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{in: "90d", want: 90 * 24 * time.Hour},
+		{in: "1d", want: 24 * time.Hour},
+		{in: "36h", want: 36 * time.Hour},
+		{in: "forever", want: 0},
+		{in: "0d", err: "longer than zero"},
+		{in: "0", err: "longer than zero"},
+		{in: "-5h", err: "longer than zero"},
+		{in: "1.5d", err: "whole days"},
+		{in: "ninety", err: "whole days"},
+		{in: "", err: "whole days"},
+	} {
+		got, err := parseRetention(c.in)
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("parseRetention(%q) = %v, %v; want an error about %q", c.in, got, err, c.err)
+		case c.err == "" && (err != nil || got != c.want):
+			t.Errorf("parseRetention(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	// A bad value stops run before anything is created.
+	dir := filepath.Join(t.TempDir(), "data")
+	err := runCollector([]string{"--data-dir", dir, "--report-retention", "3 months"})
+	if err == nil || !strings.Contains(err.Error(), "--report-retention") {
+		t.Errorf("run with a bad --report-retention: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("run with a bad --report-retention created the data directory: %v", err)
+	}
+}
