@@ -387,21 +387,39 @@ func (f *fleet) subject(id string) (policy.Subject, bool) {
 	return e.subject, true
 }
 
-// view copies what a device's posture is rendered from.
-func (f *fleet) view(id string) (subj policy.Subject, osLine string, boot *posturev1.MeasuredBoot, ok bool) {
+// judged copies a device's subject together with the policy in force,
+// which is what a decision needs: a reload swaps both under the fleet
+// lock (see reassess), so the pair read under it always belongs together.
+// A subject assessed under one policy and judged by another could meet a
+// level through a check the other policy does not have.
+func (f *fleet) judged(id string, pol *atomic.Pointer[policy.Policy]) (policy.Subject, *policy.Policy, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	p := pol.Load()
 	e, ok := f.devices[id]
 	if !ok {
-		return policy.Subject{}, "", nil, false
+		return policy.Subject{}, p, false
 	}
-	return e.subject, e.osLine, e.boot, true
+	return e.subject, p, true
+}
+
+// view copies what a device's posture is rendered from, with the policy
+// in force (as judged does).
+func (f *fleet) view(id string, pol *atomic.Pointer[policy.Policy]) (subj policy.Subject, p *policy.Policy, osLine string, boot *posturev1.MeasuredBoot, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p = pol.Load()
+	e, ok := f.devices[id]
+	if !ok {
+		return policy.Subject{}, p, "", nil, false
+	}
+	return e.subject, p, e.osLine, e.boot, true
 }
 
 // posture renders one device for admins and gateways: d is the device as
 // stored, report its latest report when wanted.
-func (c *Collector) posture(d store.Device, report *posturev1.PostureReport, pol *policy.Policy, now time.Time) *posturev1.DevicePosture {
-	subj, osLine, boot, ok := c.fleet.view(d.ID)
+func (c *Collector) posture(d store.Device, report *posturev1.PostureReport, now time.Time) *posturev1.DevicePosture {
+	subj, pol, osLine, boot, ok := c.fleet.view(d.ID, &c.policy)
 	if !ok {
 		// Stored an instant before the fleet heard of it.
 		subj = policy.Subject{State: posturev1.DeviceState(d.State), StateReason: d.StateReason, Assurance: posturev1.IdentityAssurance(d.Assurance)}

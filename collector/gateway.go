@@ -49,13 +49,12 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	}
 	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
 	now := c.cfg.Now()
-	subj, ok := c.fleet.subject(id)
+	subj, pol, ok := c.fleet.judged(id, &c.policy)
 	if !ok {
 		resp.Reasons = []string{fmt.Sprintf("device %s is not enrolled with this collector", id)}
 		c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), reasons: resp.Reasons, caller: callerName(ctx)})
 		return resp, nil
 	}
-	pol := c.policy.Load()
 	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
 	resp.Assurance, resp.State = subj.Assurance, subj.State
 	if subj.Assessment != nil {
@@ -92,7 +91,7 @@ func (c *Collector) devicePosture(ctx context.Context, id string) (*posturev1.De
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, status.Errorf(codes.Internal, "read latest report: %v", err)
 	}
-	return c.posture(d, report, c.policy.Load(), c.cfg.Now()), nil
+	return c.posture(d, report, c.cfg.Now()), nil
 }
 
 // CheckAccess answers the same decision as the gateway RPC, in-process, for

@@ -91,12 +91,16 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
 	ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(c.store.HistoryFailures()))
 	ch <- prometheus.MustNewConstMetric(descPruned, prometheus.CounterValue, float64(c.reportsPruned.Load()))
-	pol, now := c.policy.Load(), c.cfg.Now()
+	now := c.cfg.Now()
 	states := map[string]int{}
-	names := pol.LevelNames()
-	allowed := make([]int, len(names))
+	levels := map[string]int{}
+	for _, l := range c.policy.Load().LevelNames() {
+		levels[l] = 0
+	}
 	for _, id := range c.fleet.ids() {
-		subj, ok := c.fleet.subject(id)
+		// Each device with the policy it is judged by: a reload during
+		// the scrape changes both together.
+		subj, pol, ok := c.fleet.judged(id, &c.policy)
 		if !ok {
 			continue
 		}
@@ -104,15 +108,11 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		// The set, not Decide per level: a scrape of a large fleet must
 		// not format a reason for every denial.
 		_, set := pol.AllowedSet(&subj, now)
-		for i := range names {
+		for i, l := range pol.LevelNames() {
 			if set&(1<<i) != 0 {
-				allowed[i]++
+				levels[l]++
 			}
 		}
-	}
-	levels := map[string]int{}
-	for i, l := range names {
-		levels[l] = allowed[i]
 	}
 	for k, v := range states {
 		ch <- prometheus.MustNewConstMetric(descDevices, prometheus.GaugeValue, float64(v), k)

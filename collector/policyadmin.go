@@ -58,8 +58,8 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "candidate policy: %v", err)
 	}
-	cur, now := c.policy.Load(), c.cfg.Now()
-	levels := slices.Clone(cur.LevelNames())
+	now := c.cfg.Now()
+	levels := slices.Clone(c.policy.Load().LevelNames())
 	for _, l := range cand.LevelNames() {
 		if !slices.Contains(levels, l) {
 			levels = append(levels, l)
@@ -69,12 +69,13 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 	changes := make([][]*posturev1.LevelChange, workers)
 	devices := make([]uint32, workers)
 	err = c.store.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
-		subj, ok := c.fleet.subject(row.ID)
+		subj, cur, ok := c.fleet.judged(row.ID, &c.policy)
 		if !ok {
 			return nil // enrolled after the scan began
 		}
 		devices[part]++
 		candSubj := subj
+		candSubj.Assessment = nil // no report in this scan: nothing to assess under the candidate
 		if row.Report != nil {
 			rep, boot, err := decodeLatest(row)
 			if err != nil {

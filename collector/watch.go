@@ -112,11 +112,11 @@ func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey 
 // decay pass calls it for every device every few seconds, so an unchanged
 // decision is found without rendering it.
 func (c *Collector) publish(id, cause string, force bool) {
-	subj, ok := c.fleet.subject(id)
+	subj, pol, ok := c.fleet.judged(id, &c.policy)
 	if !ok {
 		return
 	}
-	key := keyOf(&subj, c.policy.Load(), c.cfg.Now())
+	key := keyOf(&subj, pol, c.cfg.Now())
 	h := c.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()

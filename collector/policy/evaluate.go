@@ -226,13 +226,26 @@ func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain
 		reasons = append(reasons, r)
 	}
 	for _, name := range l.Require {
+		found := false
 		for i, c := range s.Assessment.checks {
-			if s.Assessment.name(i) == name && c.result != posturev1.Outcome_OUTCOME_PASS {
+			if s.Assessment.name(i) != name {
+				continue
+			}
+			found = true
+			if c.result != posturev1.Outcome_OUTCOME_PASS {
 				if !explain {
 					return false, score, nil
 				}
 				reasons = append(reasons, fmt.Sprintf("%s requires %s: %s", l.Name, name, c.text.reason))
 			}
+		}
+		if !found {
+			// Assessed under a policy without this check: unknown, which
+			// never passes.
+			if !explain {
+				return false, score, nil
+			}
+			reasons = append(reasons, fmt.Sprintf("%s requires %s, which the device's latest assessment does not include", l.Name, name))
 		}
 	}
 	if l.MinAssurance != "" && s.Assurance < assuranceNames[l.MinAssurance] {
