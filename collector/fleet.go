@@ -317,7 +317,9 @@ func (f *fleet) revoked(id string) (bool, string) {
 }
 
 // put adds or replaces the entry of a device just enrolled or approved. A
-// device enrolling again keeps its latest assessment.
+// device enrolling again keeps its latest assessment, and a revoked or
+// suspect state, as the store does: one set after the enrollment's
+// transaction read the device must not be undone by it.
 func (f *fleet) put(d store.Device) error {
 	e, err := newEntry(d)
 	if err != nil {
@@ -328,6 +330,10 @@ func (f *fleet) put(d store.Device) error {
 	if old, ok := f.devices[d.ID]; ok {
 		e.osLine, e.boot = old.osLine, old.boot
 		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
+		switch old.subject.State {
+		case posturev1.DeviceState_DEVICE_STATE_REVOKED, posturev1.DeviceState_DEVICE_STATE_SUSPECT:
+			e.subject.State, e.subject.StateReason = old.subject.State, old.subject.StateReason
+		}
 	}
 	f.devices[d.ID] = e
 	return nil
@@ -371,7 +377,9 @@ func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureRep
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if e, ok := f.devices[id]; ok {
+	// Revocation is final, in the store and here: a state change that
+	// committed before the revocation but arrives after it is dropped.
+	if e, ok := f.devices[id]; ok && e.subject.State != posturev1.DeviceState_DEVICE_STATE_REVOKED {
 		e.subject.State, e.subject.StateReason = state, reason
 	}
 }

@@ -106,3 +106,47 @@ func testReport(id string, seq uint64, encrypted bool, now time.Time) store.Repo
 	sum := sha256.Sum256(body)
 	return store.Report{DeviceID: id, Seq: seq, Digest: sum[:], Nonce: sum[:4], Body: body, Proof: sum[:], ReceivedAt: now}
 }
+
+// The fleet follows the store's rules for states that arrive out of order:
+// revocation is final, and enrolling again keeps a revoked or suspect
+// state, while an approval moves a pending device to active.
+func TestFleetStateOrder(t *testing.T) {
+	dev := func(state posturev1.DeviceState) store.Device {
+		return store.Device{ID: "a", Identity: "software", Assurance: int32(posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE), State: int32(state)}
+	}
+	state := func(f *fleet) posturev1.DeviceState {
+		s, _ := f.subject("a")
+		return s.State
+	}
+	active := posturev1.DeviceState_DEVICE_STATE_ACTIVE
+	for _, c := range []struct {
+		name   string
+		before posturev1.DeviceState
+		change func(f *fleet) error
+		want   posturev1.DeviceState
+	}{
+		{"enroll after revoke", posturev1.DeviceState_DEVICE_STATE_REVOKED, func(f *fleet) error { return f.put(dev(active)) }, posturev1.DeviceState_DEVICE_STATE_REVOKED},
+		{"enroll after suspect", posturev1.DeviceState_DEVICE_STATE_SUSPECT, func(f *fleet) error { return f.put(dev(active)) }, posturev1.DeviceState_DEVICE_STATE_SUSPECT},
+		{"approve pending", posturev1.DeviceState_DEVICE_STATE_PENDING, func(f *fleet) error { return f.put(dev(active)) }, active},
+		{"suspect after revoke", posturev1.DeviceState_DEVICE_STATE_REVOKED, func(f *fleet) error {
+			f.setState("a", posturev1.DeviceState_DEVICE_STATE_SUSPECT, "late")
+			return nil
+		}, posturev1.DeviceState_DEVICE_STATE_REVOKED},
+		{"revoke suspect", posturev1.DeviceState_DEVICE_STATE_SUSPECT, func(f *fleet) error {
+			f.setState("a", posturev1.DeviceState_DEVICE_STATE_REVOKED, "stolen")
+			return nil
+		}, posturev1.DeviceState_DEVICE_STATE_REVOKED},
+	} {
+		f := newFleet()
+		if err := f.put(dev(active)); err != nil {
+			t.Fatal(err)
+		}
+		f.setState("a", c.before, "before")
+		if err := c.change(f); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := state(f); got != c.want {
+			t.Errorf("%s: state %v, want %v", c.name, got, c.want)
+		}
+	}
+}

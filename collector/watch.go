@@ -30,6 +30,7 @@ const (
 // hub publishes decision changes to watchers.
 type hub struct {
 	mu       sync.Mutex
+	base     uint64 // the first revision of this process
 	rev      uint64
 	history  []*event // ring, oldest first once full
 	start    int
@@ -83,7 +84,8 @@ func newHub() *hub {
 	// Revisions start at the current time in microseconds, so that a
 	// restarted collector's revisions are above any a watcher holds from
 	// before, and an old revision can never be mistaken for a new one.
-	return &hub{rev: uint64(time.Now().UnixMicro()), last: map[string]decisionKey{}, watchers: map[*watcher]struct{}{}}
+	rev := uint64(time.Now().UnixMicro())
+	return &hub{base: rev, rev: rev, last: map[string]decisionKey{}, watchers: map[*watcher]struct{}{}}
 }
 
 // render is a device's decision as watchers get it.
@@ -112,14 +114,17 @@ func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey 
 // decay pass calls it for every device every few seconds, so an unchanged
 // decision is found without rendering it.
 func (c *Collector) publish(id, cause string, force bool) {
+	h := c.hub
+	// The decision is read under the hub lock, so events go out in the
+	// order of the changes they report: a publish that read a device
+	// before its revocation cannot follow the revocation's event.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	subj, pol, ok := c.fleet.judged(id, &c.policy)
 	if !ok {
 		return
 	}
 	key := keyOf(&subj, pol, c.cfg.Now())
-	h := c.hub
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	if prev, seen := h.last[id]; seen && !force && prev == key {
 		return
 	}
@@ -207,7 +212,9 @@ func (c *Collector) subscribe(since uint64) (w *watcher, missed []*event, snap [
 	w = &watcher{ch: make(chan *event, watcherBuffer), dropped: make(chan struct{})}
 	h.watchers[w] = struct{}{}
 	ordered := append(slices.Clone(h.history[h.start:]), h.history[:h.start]...)
-	if since != 0 && since <= h.rev && (len(ordered) == 0 || since >= ordered[0].ev.Revision-1) {
+	// Resuming needs a revision of this process (a restarted collector
+	// has none of the events before it) that the history still reaches.
+	if since >= h.base && since <= h.rev && (len(ordered) == 0 || since >= ordered[0].ev.Revision-1) {
 		for _, ev := range ordered {
 			if ev.ev.Revision > since {
 				missed = append(missed, ev)

@@ -2,11 +2,17 @@ package collector
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -51,5 +57,112 @@ func TestRestartDoesNotFloodWatchers(t *testing.T) {
 	c.decayPass()
 	if n := len(w.ch); n != 1 {
 		t.Errorf("decay pass after a change sent %d events, want 1", n)
+	}
+}
+
+// A gateway resuming with a revision from before a restart gets a full
+// snapshot: the restarted collector does not have the events in between,
+// and "nothing missed" would keep a device revoked meanwhile allowed.
+func TestResumeAcrossRestartGetsSnapshot(t *testing.T) {
+	dir, now := t.TempDir(), time.Now()
+	seedStore(t, dir, []string{"a"}, testReport("a", 1, true, now))
+	stop := func(c *Collector) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		c.Serve(ctx)
+	}
+	c1, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _, _, rev, _ := c1.subscribe(0)
+	c1.unsubscribe(w)
+	stop(c1)
+
+	// Revoked while the gateway was away, as RevokeDevice leaves it.
+	st, err := store.Open(filepath.Join(dir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetDeviceState(context.Background(), "a", int32(posturev1.DeviceState_DEVICE_STATE_REVOKED), "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	c2, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop(c2)
+	w, missed, snap, rev2, resumed := c2.subscribe(rev)
+	c2.unsubscribe(w)
+	if resumed {
+		t.Fatalf("resumed from revision %d of the previous run with %d events; want a snapshot", rev, len(missed))
+	}
+	if len(snap) != 1 || snap[0].key.state != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+		t.Fatalf("snapshot after the restart: %+v, want device a revoked", snap)
+	}
+	// Within one run a watcher still resumes.
+	if w, _, _, _, resumed := c2.subscribe(rev2); !resumed {
+		t.Error("a revision of this run did not resume")
+	} else {
+		c2.unsubscribe(w)
+	}
+}
+
+// Events reach watchers in the order of the changes: a publish that raced
+// a revocation never leaves watchers with the device active.
+func TestPublishFollowsRevocation(t *testing.T) {
+	dir, now := t.TempDir(), time.Now()
+	seedStore(t, dir, []string{"a"}, testReport("a", 1, true, now))
+	// Many levels widen the time between reading a device and publishing.
+	var y strings.Builder
+	y.WriteString("freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels:\n")
+	for i := range 60 {
+		fmt.Fprintf(&y, "  - {name: l%d, expr: \"device.score >= 0 && device.score <= 100\"}\n", i)
+	}
+	pol, err := policy.Parse([]byte(y.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Policy: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		c.Serve(ctx)
+	}()
+	w, _, _, _, _ := c.subscribe(0)
+	defer c.unsubscribe(w)
+	for i := range 3000 {
+		c.fleet.setState("a", posturev1.DeviceState_DEVICE_STATE_ACTIVE, "")
+		c.publish("a", "report", true)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		wg.Go(func() { <-start; c.publish("a", "decay", false) })
+		wg.Go(func() {
+			<-start
+			for t0 := time.Now(); time.Since(t0) < time.Duration(i%8)*time.Microsecond; {
+			}
+			c.fleet.setState("a", posturev1.DeviceState_DEVICE_STATE_REVOKED, "stolen")
+			c.publish("a", "revoked", true)
+		})
+		close(start)
+		wg.Wait()
+		var last *posturev1.DeviceDecision
+	drain:
+		for {
+			select {
+			case ev := <-w.ch:
+				last = ev.ev.GetDevice()
+			default:
+				break drain
+			}
+		}
+		if last.GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+			t.Fatalf("round %d: the device is revoked, but the last event says %v (cause %q)", i, last.GetState(), last.GetCause())
+		}
 	}
 }
