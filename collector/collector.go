@@ -114,6 +114,7 @@ type Collector struct {
 	metrics   *metrics
 
 	reportsPruned atomic.Int64
+	reloading     sync.Mutex // serializes ReloadPolicy
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server

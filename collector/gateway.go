@@ -18,9 +18,21 @@ type gatewayService struct {
 	c *Collector
 }
 
+// Bounds on what a gateway may name in a request: decisions are recorded,
+// so a request must not be able to make a record arbitrarily large.
+const (
+	maxLevelName = 128
+	maxDeviceID  = 128
+	maxSPIFFEID  = 512
+)
+
 // resolveDevice accepts a device ID or the SPIFFE ID from its certificate.
 func (c *Collector) resolveDevice(deviceID, spiffeID string) (string, error) {
 	switch {
+	case len(deviceID) > maxDeviceID:
+		return "", status.Errorf(codes.InvalidArgument, "device_id is %d bytes long; device IDs are at most %d", len(deviceID), maxDeviceID)
+	case len(spiffeID) > maxSPIFFEID:
+		return "", status.Errorf(codes.InvalidArgument, "spiffe_id is %d bytes long; at most %d", len(spiffeID), maxSPIFFEID)
 	case deviceID != "" && spiffeID != "":
 		return "", status.Error(codes.InvalidArgument, "set device_id or spiffe_id, not both")
 	case deviceID != "":
@@ -44,14 +56,24 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	if err != nil {
 		return nil, err
 	}
-	if req.GetAccessLevel() == "" {
+	switch level := req.GetAccessLevel(); {
+	case level == "":
 		return nil, status.Error(codes.InvalidArgument, "access_level is required")
+	case len(level) > maxLevelName:
+		return nil, status.Errorf(codes.InvalidArgument, "access_level is %d bytes long; level names are at most %d", len(level), maxLevelName)
 	}
 	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
 	now := c.cfg.Now()
 	subj, pol, ok := c.fleet.judged(id, &c.policy)
+	// Metrics are labelled by the policy's levels only: names a gateway
+	// makes up must not add series without bound.
+	label := req.GetAccessLevel()
+	if _, defined := pol.Level(label); !defined {
+		label = "undefined"
+	}
 	if !ok {
 		resp.Reasons = []string{fmt.Sprintf("device %s is not enrolled with this collector", id)}
+		c.metrics.decision(label, false)
 		c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), reasons: resp.Reasons, caller: callerName(ctx)})
 		return resp, nil
 	}
@@ -60,7 +82,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	if subj.Assessment != nil {
 		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
 	}
-	c.metrics.decision(req.GetAccessLevel(), resp.Allowed)
+	c.metrics.decision(label, resp.Allowed)
 	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, reasons: resp.Reasons, caller: callerName(ctx)})
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)

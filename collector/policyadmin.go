@@ -20,6 +20,10 @@ import (
 // device is assessed under it and watchers hear of changed decisions. A
 // file that does not validate changes nothing.
 func (c *Collector) ReloadPolicy() (*policy.Policy, error) {
+	// One reload at a time (SIGHUP and policy reload may coincide): the
+	// file read last is the one in force.
+	c.reloading.Lock()
+	defer c.reloading.Unlock()
 	if c.cfg.PolicyPath == "" {
 		return nil, errors.New("the collector runs the built-in policy; start it with --policy FILE to reload one")
 	}

@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/posture-project/posture/collector"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// What a gateway names in CheckAccess is bounded, and level names the
+// policy does not define share one metrics label.
+func TestCheckAccessBounds(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	e := startCollectorWith(t, func(c *collector.Config) { c.MetricsListen = addr })
+	_, id := e.enroll()
+	ctx := context.Background()
+	for _, req := range []*posturev1.CheckAccessRequest{
+		{DeviceId: id, AccessLevel: strings.Repeat("x", 1000)},
+		{DeviceId: strings.Repeat("d", 200), AccessLevel: "basic"},
+		{SpiffeId: "spiffe://" + trustDomain + "/device/" + strings.Repeat("d", 600), AccessLevel: "basic"},
+	} {
+		_, err := e.gwLocal.CheckAccess(ctx, req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most") {
+			t.Errorf("CheckAccess with an oversized field: %v; want InvalidArgument naming the limit", err)
+		}
+	}
+	for i := range 10 {
+		resp, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: fmt.Sprintf("made-up-%d", i)})
+		if err != nil || resp.GetAllowed() {
+			t.Fatalf("CheckAccess of an undefined level: %v, %v; want a denial", resp, err)
+		}
+	}
+	if _, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: "not-enrolled", AccessLevel: "basic"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`posture_decisions_total{level="undefined",result="deny"} 10`,
+		`posture_decisions_total{level="basic",result="deny"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(string(body), "made-up") {
+		t.Error("metrics have a series for a level name the policy does not define")
+	}
+}
