@@ -198,20 +198,15 @@ func (c *Collector) listen() error {
 	if adv, _, err := net.SplitHostPort(c.cfg.Advertise); err == nil {
 		hosts = append(hosts, adv)
 	}
-	key, err := pki.NewKey()
-	if err != nil {
-		return fmt.Errorf("serving key: %w", err)
-	}
-	cert, err := c.ca.IssueServer(key.Public(), hosts, 90*24*time.Hour)
+	serving, err := newServingCert(c.ca, hosts)
 	if err != nil {
 		return err
 	}
-	tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: cert}
 
 	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})
 	kep := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
 	c.server = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLS(tlsCert, c.roots))),
+		grpc.Creds(credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots))),
 		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
 		// Fixed flow-control windows: gRPC's adaptive ones answer data
 		// that arrives after a quiet spell (a report; an agent sends one a
@@ -352,17 +347,13 @@ func (c *Collector) RegisterTLS(register func(*grpc.Server)) { register(c.server
 func (c *Collector) Roots() *x509.CertPool { return c.roots }
 
 // ServingTLS issues a serving certificate for hosts from the collector CA
-// and returns a TLS 1.3 configuration that verifies client certificates
+// (and a new one before it expires) and returns a TLS 1.3 configuration that verifies client certificates
 // when given (gateways authenticate with theirs), for the collector's HTTP
 // front end.
 func (c *Collector) ServingTLS(hosts ...string) (*tls.Config, error) {
-	key, err := pki.NewKey()
-	if err != nil {
-		return nil, fmt.Errorf("serving key: %w", err)
-	}
-	cert, err := c.ca.IssueServer(key.Public(), append([]string{"localhost", "127.0.0.1", "::1"}, hosts...), 90*24*time.Hour)
+	serving, err := newServingCert(c.ca, append([]string{"localhost", "127.0.0.1", "::1"}, hosts...))
 	if err != nil {
 		return nil, err
 	}
-	return pki.ServerTLS(tls.Certificate{Certificate: [][]byte{cert.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: cert}, c.roots), nil
+	return pki.ServerTLSRenewing(serving.get, c.roots), nil
 }

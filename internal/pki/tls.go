@@ -20,6 +20,17 @@ func ServerTLS(cert tls.Certificate, roots *x509.CertPool) *tls.Config {
 	}
 }
 
+// ServerTLSRenewing is ServerTLS with the certificate that get returns at
+// each handshake, so that it can be replaced while the server runs.
+func ServerTLSRenewing(get func(*tls.ClientHelloInfo) (*tls.Certificate, error), roots *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: get,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      roots,
+	}
+}
+
 // ClientTLS is the configuration for a client (agent, gateway, admin) that
 // already trusts the collector CA. The collector is recognised by its SPIFFE
 // ID, not its host name, so agents can reach it by any address.
