@@ -2,8 +2,10 @@ package collector
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -84,6 +86,11 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 	if id == nil {
 		return caller{role: roleAnonymous}, nil
 	}
+	// The chain was verified at the handshake; a connection can outlive
+	// its certificate, so every call checks that it is still valid.
+	if now := c.cfg.Now(); now.After(chainExpiry(tlsInfo.State.VerifiedChains[0])) {
+		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate expired at %s; reconnect with a renewed certificate", chainExpiry(tlsInfo.State.VerifiedChains[0]).UTC().Format(time.RFC3339))
+	}
 	td, role, name, err := pki.ParseSPIFFEID(id.String())
 	if err != nil {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
@@ -143,3 +150,14 @@ type authedStream struct {
 }
 
 func (s *authedStream) Context() context.Context { return s.ctx }
+
+// chainExpiry is when the first certificate of a chain expires.
+func chainExpiry(chain []*x509.Certificate) time.Time {
+	var end time.Time
+	for i, c := range chain {
+		if i == 0 || c.NotAfter.Before(end) {
+			end = c.NotAfter
+		}
+	}
+	return end
+}

@@ -66,3 +66,20 @@ func TestCheckAccessBounds(t *testing.T) {
 		t.Error("metrics have a series for a level name the policy does not define")
 	}
 }
+
+// A gateway's certificate is checked at every call, not only when its
+// connection opened: once expired, calls on the open connection fail.
+func TestExpiredGatewayCertificateOnOpenConnection(t *testing.T) {
+	e := startCollector(t)
+	_, id := e.enroll()
+	gw := e.gateway("edge")
+	ctx := context.Background()
+	if _, err := gw.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"}); err != nil {
+		t.Fatalf("CheckAccess with a valid certificate: %v", err)
+	}
+	e.clock.Advance(366 * 24 * time.Hour) // gateway certificates last a year
+	_, err := gw.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("CheckAccess on the open connection after the certificate expired: %v; want Unauthenticated, expired", err)
+	}
+}
