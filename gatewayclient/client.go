@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -25,23 +26,54 @@ import (
 // Config configures a Client.
 type Config struct {
 	// Conn is a connection to the collector authenticated with a gateway
-	// certificate (posture-collector gateway add).
+	// certificate (posture-collector gateway add), dialed with DialOptions.
 	Conn grpc.ClientConnInterface
 	// Grace is how long decisions keep being answered after the watch
-	// breaks; 0 means 30 s.
+	// breaks; 0 means 30 s. A collector that closes the connection breaks
+	// the watch at once; one that stops answering breaks it within
+	// DetectionBound, so the client fails closed at most Grace +
+	// DetectionBound after the collector last answered.
 	Grace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
+// Keepalive on the watch connection. The watch protocol has no heartbeat
+// and a quiet fleet sends nothing for minutes, so without pings a collector
+// that stops answering without closing the connection (a stopped process,
+// a partition that drops packets) would never be noticed and the cache
+// would answer from stale decisions forever. The collector accepts a ping
+// every 10 s at most (its keepalive enforcement policy) and closes the
+// connection of a client that pings more often. gRPC pings keepaliveTime
+// after the last byte read, the previous ping's ack included, so pings
+// arrive at least that far apart.
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+	// DetectionBound is the longest a connection dialed with DialOptions
+	// stays up after the collector stops answering: one keepalive interval
+	// and the wait for the ping's ack. The grace period starts when the
+	// connection goes down.
+	DetectionBound = keepaliveTime + keepaliveTimeout
+)
+
 // DialOptions are the options to add when dialing the collector for a
-// Client: fixed flow-control windows. With gRPC's default adaptive windows a
-// client answers data that arrives after a quiet spell with a bandwidth
-// probe (an HTTP/2 PING) that the collector must read and answer, which on
-// a watch stream means every pushed event costs the collector two writes
-// and a read instead of one write; fixed windows turn the probe off.
+// Client.
+//
+// Keepalive pings notice a collector that stops answering without closing
+// the connection within DetectionBound, so the grace period starts; without
+// them such a collector is never noticed and the client never fails closed.
+//
+// Fixed flow-control windows: with gRPC's default adaptive windows a client
+// answers data that arrives after a quiet spell with a bandwidth probe (an
+// HTTP/2 PING) that the collector must read and answer, which on a watch
+// stream means every pushed event costs the collector two writes and a
+// read instead of one write; fixed windows turn the probe off.
 func DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20)}
+	return []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
+		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
+	}
 }
 
 // Client is a local, watch-fed cache of posture decisions.
