@@ -80,6 +80,7 @@ func DialOptions() []grpc.DialOption {
 type Client struct {
 	cfg   Config
 	watch posturev1.GatewayServiceClient
+	sleep func(ctx context.Context, d time.Duration) error // waits between watch attempts
 
 	mu           sync.RWMutex
 	devices      map[string]*posturev1.DeviceDecision
@@ -100,16 +101,26 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), devices: map[string]*posturev1.DeviceDecision{}}, nil
+	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), sleep: sleepCtx, devices: map[string]*posturev1.DeviceDecision{}}, nil
 }
 
+// Reconnection delays: doubling from minBackoff to maxBackoff while
+// attempts fail, back to minBackoff once a watch has been live.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
 // Run watches the collector until ctx ends, reconnecting with backoff and
-// resuming from the last revision applied.
+// resuming from the last revision applied. The backoff starts over after
+// a watch that went live, so a client that has been healthy tries again
+// after the shortest delay however often it lost the collector before.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
 	for {
 		err := c.watchOnce(ctx)
 		c.mu.Lock()
+		wasLive := c.connected
 		if c.connected {
 			c.connected, c.disconnected = false, c.cfg.Now()
 		}
@@ -118,13 +129,26 @@ func (c *Client) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		_ = err // the next attempt says whether the collector is back
-		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if wasLive {
+			backoff = minBackoff
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
+		if err := c.sleep(ctx, wait); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
