@@ -164,9 +164,16 @@ func (e *env) gateway(name string) posturev1.GatewayServiceClient {
 // address, so the connection follows the collector across restarts.
 func (e *env) dial(cert *tls.Certificate, opts ...grpc.DialOption) *grpc.ClientConn {
 	e.t.Helper()
+	return e.dialAddr(e.addr, cert, opts...)
+}
+
+// dialAddr is dial to another address that leads to the collector, such as
+// a proxy.
+func (e *env) dialAddr(addr string, cert *tls.Certificate, opts ...grpc.DialOption) *grpc.ClientConn {
+	e.t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(e.c.CA())
-	conn, err := grpc.NewClient(e.addr, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, cert))))...)
+	conn, err := grpc.NewClient(addr, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(roots, trustDomain, cert))))...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -256,7 +263,13 @@ func runAgent(t testing.TB, stateDir string, m agent.Measurer, interval time.Dur
 // eventually polls cond until it holds or 10 s pass.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	eventuallyWithin(t, 10*time.Second, what, cond)
+}
+
+// eventuallyWithin polls cond until it holds or the timeout passes.
+func eventuallyWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

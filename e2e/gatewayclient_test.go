@@ -85,3 +85,45 @@ func TestGatewayClient(t *testing.T) {
 		t.Errorf("after the collector returned: denied: %s", d.Reason)
 	}
 }
+
+// A collector that stops answering without closing the connection (a
+// stopped process, a partition that drops packets) is noticed by the
+// keepalive that gatewayclient.DialOptions sets up; the client then fails
+// closed once the grace period has passed, and resynchronizes when the
+// collector answers again.
+func TestGatewayClientSilentCollector(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, time.Hour)
+	eventually(t, "first report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+
+	p := startPausableProxy(t, e.addr)
+	cert := e.gatewayCert("go-gw")
+	clk := &clock{}
+	gc, err := gatewayclient.New(gatewayclient.Config{Conn: e.dialAddr(p.addr(), &cert, gatewayclient.DialOptions()...), Grace: time.Minute, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go gc.Run(ctx)
+	eventually(t, "client synced", gc.Synced)
+
+	p.pause()
+	// Keepalive gives up on the connection 15 s after the collector last
+	// spoke; the deadline leaves room for a loaded machine.
+	eventuallyWithin(t, time.Minute, "client notices the silent collector", func() bool { return !gc.Synced() })
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Errorf("within the grace period: denied: %s", d.Reason)
+	}
+	clk.Advance(2 * time.Minute)
+	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
+		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
+	}
+
+	p.resume()
+	eventuallyWithin(t, time.Minute, "client resynced", gc.Synced)
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Errorf("after the collector answered again: denied: %s", d.Reason)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -25,29 +26,61 @@ import (
 // Config configures a Client.
 type Config struct {
 	// Conn is a connection to the collector authenticated with a gateway
-	// certificate (posture-collector gateway add).
+	// certificate (posture-collector gateway add), dialed with DialOptions.
 	Conn grpc.ClientConnInterface
 	// Grace is how long decisions keep being answered after the watch
-	// breaks; 0 means 30 s.
+	// breaks; 0 means 30 s. A collector that closes the connection breaks
+	// the watch at once; one that stops answering breaks it within
+	// DetectionBound, so the client fails closed at most Grace +
+	// DetectionBound after the collector last answered.
 	Grace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
+// Keepalive on the watch connection. The watch protocol has no heartbeat
+// and a quiet fleet sends nothing for minutes, so without pings a collector
+// that stops answering without closing the connection (a stopped process,
+// a partition that drops packets) would never be noticed and the cache
+// would answer from stale decisions forever. The collector accepts a ping
+// every 10 s at most (its keepalive enforcement policy) and closes the
+// connection of a client that pings more often. gRPC pings keepaliveTime
+// after the last byte read, the previous ping's ack included, so pings
+// arrive at least that far apart.
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+	// DetectionBound is the longest a connection dialed with DialOptions
+	// stays up after the collector stops answering: one keepalive interval
+	// and the wait for the ping's ack. The grace period starts when the
+	// connection goes down.
+	DetectionBound = keepaliveTime + keepaliveTimeout
+)
+
 // DialOptions are the options to add when dialing the collector for a
-// Client: fixed flow-control windows. With gRPC's default adaptive windows a
-// client answers data that arrives after a quiet spell with a bandwidth
-// probe (an HTTP/2 PING) that the collector must read and answer, which on
-// a watch stream means every pushed event costs the collector two writes
-// and a read instead of one write; fixed windows turn the probe off.
+// Client.
+//
+// Keepalive pings notice a collector that stops answering without closing
+// the connection within DetectionBound, so the grace period starts; without
+// them such a collector is never noticed and the client never fails closed.
+//
+// Fixed flow-control windows: with gRPC's default adaptive windows a client
+// answers data that arrives after a quiet spell with a bandwidth probe (an
+// HTTP/2 PING) that the collector must read and answer, which on a watch
+// stream means every pushed event costs the collector two writes and a
+// read instead of one write; fixed windows turn the probe off.
 func DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20)}
+	return []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
+		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
+	}
 }
 
 // Client is a local, watch-fed cache of posture decisions.
 type Client struct {
 	cfg   Config
 	watch posturev1.GatewayServiceClient
+	sleep func(ctx context.Context, d time.Duration) error // waits between watch attempts
 
 	mu           sync.RWMutex
 	devices      map[string]*posturev1.DeviceDecision
@@ -68,16 +101,26 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), devices: map[string]*posturev1.DeviceDecision{}}, nil
+	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), sleep: sleepCtx, devices: map[string]*posturev1.DeviceDecision{}}, nil
 }
 
+// Reconnection delays: doubling from minBackoff to maxBackoff while
+// attempts fail, back to minBackoff once a watch has been live.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
 // Run watches the collector until ctx ends, reconnecting with backoff and
-// resuming from the last revision applied.
+// resuming from the last revision applied. The backoff starts over after
+// a watch that went live, so a client that has been healthy tries again
+// after the shortest delay however often it lost the collector before.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
 	for {
 		err := c.watchOnce(ctx)
 		c.mu.Lock()
+		wasLive := c.connected
 		if c.connected {
 			c.connected, c.disconnected = false, c.cfg.Now()
 		}
@@ -86,13 +129,26 @@ func (c *Client) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		_ = err // the next attempt says whether the collector is back
-		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if wasLive {
+			backoff = minBackoff
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
+		if err := c.sleep(ctx, wait); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
