@@ -83,10 +83,10 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
 	}
 	c.metrics.decision(label, resp.Allowed)
-	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, reasons: resp.Reasons, caller: callerName(ctx)})
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}
+	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, reasons: resp.Reasons, failed: resp.FailedChecks, caller: callerName(ctx)})
 	return resp, nil
 }
 

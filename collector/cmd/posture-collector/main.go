@@ -54,7 +54,7 @@ Usage:
   posture-collector policy validate FILE
   posture-collector policy diff FILE                      who would gain or lose each level under FILE
   posture-collector policy reload                         re-read --policy (also on SIGHUP); a bad file changes nothing
-  posture-collector decisions [ID] [--since 1h] [--limit 100] [-o table|json]
+  posture-collector decisions [ID] [--since 1h] [--at 10:42] [--limit 100] [-o table|json]
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -71,6 +71,11 @@ func (e exitErr) Error() string { return e.err.Error() }
 func main() {
 	err := run(os.Args[1:], os.Stdout)
 	if err == nil {
+		return
+	}
+	var help helpText
+	if errors.As(err, &help) {
+		fmt.Print(string(help))
 		return
 	}
 	code := 1
@@ -116,6 +121,10 @@ func sub(args []string, cmds map[string]func([]string, io.Writer) error, out io.
 	if len(args) == 0 {
 		return fmt.Errorf("missing subcommand\n\n%s", usage)
 	}
+	if isHelp(args[0]) {
+		fmt.Fprint(out, usage)
+		return nil
+	}
 	f, ok := cmds[args[0]]
 	if !ok {
 		return fmt.Errorf("unknown subcommand %q\n\n%s", args[0], usage)
@@ -123,12 +132,29 @@ func sub(args []string, cmds map[string]func([]string, io.Writer) error, out io.
 	return f(args[1:], out)
 }
 
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help" }
+
+// helpText is what a command prints when asked for help: main writes it to
+// standard output and exits 0.
+type helpText string
+
+func (h helpText) Error() string { return string(h) }
+
 // parse parses flags that may come before or after positional arguments.
+// Asked for help, it returns the command's flags as a helpText.
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			var b strings.Builder
+			fs.SetOutput(&b)
+			fs.PrintDefaults()
+			if b.Len() == 0 {
+				return nil, helpText(fmt.Sprintf("posture-collector %s takes no flags (posture-collector help lists every command)\n", fs.Name()))
+			}
+			return nil, helpText(fmt.Sprintf("posture-collector %s flags (posture-collector help lists every command):\n%s", fs.Name(), b.String()))
+		} else if err != nil {
 			return nil, fmt.Errorf("%s: %w", fs.Name(), err)
 		}
 		args = fs.Args()
@@ -253,6 +279,26 @@ func parseRetention(v string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: must be longer than zero (forever keeps every report)", v)
 	}
 	return d, nil
+}
+
+// parseAt reads --at: a time of day today (local), a local date and time,
+// or RFC 3339.
+func parseAt(v string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02T15:04"} {
+		if t, err := time.ParseInLocation(layout, v, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	for _, layout := range []string{"15:04:05", "15:04"} {
+		if t, err := time.ParseInLocation(layout, v, time.Local); err == nil {
+			y, m, d := now.In(time.Local).Date()
+			return time.Date(y, m, d, t.Hour(), t.Minute(), t.Second(), 0, time.Local), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q: give 10:42, 10:42:05, 2026-11-27 10:42 or RFC 3339", v)
 }
 
 // adminConn is a connection to the running collector's admin socket with a
@@ -603,9 +649,14 @@ func stats(args []string, out io.Writer) error {
 }
 
 func policyValidate(args []string, out io.Writer) error {
-	if len(args) != 1 {
+	pos, err := parse(flag.NewFlagSet("policy validate", flag.ContinueOnError), args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
 		return errors.New("usage: posture-collector policy validate FILE")
 	}
+	args = pos
 	p, err := policy.Load(args[0])
 	if err != nil {
 		return err
@@ -732,17 +783,32 @@ func policyDiff(args []string, out io.Writer) error {
 func decisions(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("decisions", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
-	since := fs.Duration("since", time.Hour, "how far back to look")
-	limit := fs.Uint("limit", 100, "at most this many decisions")
+	since := fs.Duration("since", time.Hour, "how far back from --at (or now) to look")
+	at := fs.String("at", "", "the decisions made up to this time: 10:42, 10:42:05 (today, local time), 2026-11-27 10:42 or RFC 3339")
+	limit := fs.Uint("limit", 100, "at most this many decisions (1 to 10000)")
 	format := outputFlag(fs, "table")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 1 {
-		return errors.New("usage: posture-collector decisions [ID] [--since 1h]")
+		return errors.New("usage: posture-collector decisions [ID] [--since 1h] [--at 10:42]")
 	}
-	req := &posturev1.ListDecisionsRequest{Since: timestamppb.New(time.Now().Add(-*since)), Limit: uint32(*limit)}
+	if *limit < 1 || *limit > 10000 {
+		return fmt.Errorf("--limit %d: give 1 to 10000", *limit)
+	}
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("-o %q: give table or json", *format)
+	}
+	end := time.Now()
+	req := &posturev1.ListDecisionsRequest{Limit: uint32(*limit)}
+	if *at != "" {
+		if end, err = parseAt(*at, time.Now()); err != nil {
+			return fmt.Errorf("--at: %w", err)
+		}
+		req.Until = timestamppb.New(end)
+	}
+	req.Since = timestamppb.New(end.Add(-*since))
 	if len(pos) == 1 {
 		req.DeviceId = pos[0]
 	}
@@ -760,12 +826,20 @@ func decisions(args []string, out io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tDEVICE\tLEVEL\tRESULT\tSCORE\tCALLER\tWHY")
+	const stamp = "2006-01-02 15:04:05"
 	for _, d := range resp.GetDecisions() {
 		result := "deny"
 		if d.GetAllowed() {
 			result = "allow"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.GetAt().AsTime().Local().Format("2006-01-02 15:04:05"), d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
+		when := d.GetAt().AsTime().Local().Format(stamp)
+		if d.GetCount() > 1 {
+			when = fmt.Sprintf("%s (%d times since %s)", when, d.GetCount(), d.GetFirstAt().AsTime().Local().Format(stamp))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", when, d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
+		for _, c := range d.GetFailedChecks() {
+			fmt.Fprintf(tw, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+		}
 	}
 	return tw.Flush()
 }

@@ -39,7 +39,10 @@ func cli(t *testing.T, args ...string) (string, int) {
 	err := run(args, &out)
 	code := 0
 	var ee exitErr
+	var help helpText
 	switch {
+	case errors.As(err, &help):
+		out.WriteString(string(help))
 	case errors.As(err, &ee):
 		code = ee.code
 		if ee.err != nil {
@@ -89,6 +92,15 @@ func TestCommands(t *testing.T) {
 		{"decisions json", []string{"decisions", "--data-dir", dir, "-o", "json"}, 0, "revoked: lost"},
 		{"policy diff", []string{"policy", "diff", "../../policy/default.yaml", "--data-dir", dir}, 0, "no change"},
 		{"policy reload without a file", []string{"policy", "reload", "--data-dir", dir}, 1, "built-in policy"},
+		{"decisions at a time", []string{"decisions", id, "--at", time.Now().Add(time.Minute).Format(time.RFC3339), "--data-dir", dir}, 0, "revoked: lost"},
+		{"decisions at a bad time", []string{"decisions", "--at", "noon", "--data-dir", dir}, 1, `--at: "noon"`},
+		{"decisions limit too high", []string{"decisions", "--limit", "20000", "--data-dir", dir}, 1, "--limit 20000"},
+		{"decisions bad format", []string{"decisions", "-o", "yaml", "--data-dir", dir}, 1, `-o "yaml"`},
+		{"help", []string{"help"}, 0, "posture-collector decisions [ID]"},
+		{"policy help", []string{"policy", "--help"}, 0, "posture-collector policy validate FILE"},
+		{"policy validate help", []string{"policy", "validate", "--help"}, 0, "takes no flags"},
+		{"decisions help", []string{"decisions", "--help"}, 0, "-at string"},
+		{"devices revoke help", []string{"devices", "revoke", "-h"}, 0, "-reason string"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -217,5 +229,28 @@ func TestReportRetentionFlag(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("run with a bad --report-retention created the data directory: %v", err)
+	}
+}
+
+func TestParseAt(t *testing.T) {
+	now := time.Date(2026, 11, 27, 15, 0, 0, 0, time.Local)
+	for _, c := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"10:42", time.Date(2026, 11, 27, 10, 42, 0, 0, time.Local)},
+		{"10:42:05", time.Date(2026, 11, 27, 10, 42, 5, 0, time.Local)},
+		{"2026-11-20 10:42", time.Date(2026, 11, 20, 10, 42, 0, 0, time.Local)},
+		{"2026-11-20T10:42:00Z", time.Date(2026, 11, 20, 10, 42, 0, 0, time.UTC)},
+	} {
+		got, err := parseAt(c.in, now)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("parseAt(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "noon", "25:00", "2026-13-01 10:00"} {
+		if _, err := parseAt(bad, now); err == nil {
+			t.Errorf("parseAt(%q) succeeded", bad)
+		}
 	}
 }

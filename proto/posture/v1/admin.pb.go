@@ -392,10 +392,13 @@ type ListDecisionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// device_id filters to one device; empty lists all.
 	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	// since filters to decisions at or after it.
+	// since filters to decisions last made at or after it.
 	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
 	// limit caps the answer: 1 to 10000, 100 when unset.
-	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// until filters to decisions first made at or before it; with since, the
+	// decisions made within [since, until].
+	Until         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,17 +454,34 @@ func (x *ListDecisionsRequest) GetLimit() uint32 {
 	return 0
 }
 
-// Decision is one recorded access decision.
+func (x *ListDecisionsRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+// Decision is one recorded access decision, or a run of identical ones:
+// the same device, level and caller, the same result, score and failed
+// checks, made count times from first_at to at.
 type Decision struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// at is the last time the decision was made.
 	At          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
 	DeviceId    string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	AccessLevel string                 `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
 	Allowed     bool                   `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	Score       uint32                 `protobuf:"varint,5,opt,name=score,proto3" json:"score,omitempty"`
-	Reasons     []string               `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// reasons are the last decision's reasons for a denial.
+	Reasons []string `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	// caller names who asked ("gateway edge-1").
-	Caller        string `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
+	Caller string `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
+	// first_at is when the run began.
+	FirstAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=first_at,json=firstAt,proto3" json:"first_at,omitempty"`
+	// count is how many decisions the run holds.
+	Count uint64 `protobuf:"varint,9,opt,name=count,proto3" json:"count,omitempty"`
+	// failed_checks are the checks that did not pass, with their remediation.
+	FailedChecks  []*CheckResult `protobuf:"bytes,10,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +563,27 @@ func (x *Decision) GetCaller() string {
 		return x.Caller
 	}
 	return ""
+}
+
+func (x *Decision) GetFirstAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstAt
+	}
+	return nil
+}
+
+func (x *Decision) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Decision) GetFailedChecks() []*CheckResult {
+	if x != nil {
+		return x.FailedChecks
+	}
+	return nil
 }
 
 type ListDecisionsResponse struct {
@@ -1441,11 +1482,12 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x17.posture.v1.LevelChangeR\achanges\x12\x18\n" +
 	"\adevices\x18\x02 \x01(\rR\adevices\x12.\n" +
 	"\x06levels\x18\x03 \x03(\v2\x16.posture.v1.LevelCountR\x06levels\x12#\n" +
-	"\rtotal_changes\x18\x04 \x01(\rR\ftotalChanges\"{\n" +
+	"\rtotal_changes\x18\x04 \x01(\rR\ftotalChanges\"\xad\x01\n" +
 	"\x14ListDecisionsRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\rR\x05limit\"\xd8\x01\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"\xe3\x02\n" +
 	"\bDecision\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +
@@ -1453,7 +1495,11 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05score\x18\x05 \x01(\rR\x05score\x12\x18\n" +
 	"\areasons\x18\x06 \x03(\tR\areasons\x12\x16\n" +
-	"\x06caller\x18\a \x01(\tR\x06caller\"g\n" +
+	"\x06caller\x18\a \x01(\tR\x06caller\x125\n" +
+	"\bfirst_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\afirstAt\x12\x14\n" +
+	"\x05count\x18\t \x01(\x04R\x05count\x12<\n" +
+	"\rfailed_checks\x18\n" +
+	" \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\"g\n" +
 	"\x15ListDecisionsResponse\x122\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x14.posture.v1.DecisionR\tdecisions\x12\x1a\n" +
 	"\bretained\x18\x02 \x01(\rR\bretained\"3\n" +
@@ -1571,51 +1617,55 @@ var file_posture_v1_admin_proto_goTypes = []any{
 	nil,                                     // 25: posture.v1.Stats.EnrollmentsRejectedEntry
 	nil,                                     // 26: posture.v1.Stats.RpcDeniedEntry
 	(*timestamppb.Timestamp)(nil),           // 27: google.protobuf.Timestamp
-	(*Device)(nil),                          // 28: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 29: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 30: posture.v1.DevicePosture
+	(*CheckResult)(nil),                     // 28: posture.v1.CheckResult
+	(*Device)(nil),                          // 29: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 30: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 31: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
 	4,  // 1: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
 	27, // 2: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	27, // 3: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	7,  // 4: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	28, // 5: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	29, // 6: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	27, // 7: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	30, // 8: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	28, // 9: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	24, // 10: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	25, // 11: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	26, // 12: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	13, // 13: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	15, // 14: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	17, // 15: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	18, // 16: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	20, // 17: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	22, // 18: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	9,  // 19: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	11, // 20: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	0,  // 21: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	2,  // 22: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	6,  // 23: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	14, // 24: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	16, // 25: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	30, // 26: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	19, // 27: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	21, // 28: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	23, // 29: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	10, // 30: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	12, // 31: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	1,  // 32: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	5,  // 33: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	8,  // 34: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	24, // [24:35] is the sub-list for method output_type
-	13, // [13:24] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	27, // 3: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
+	27, // 4: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	27, // 5: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
+	28, // 6: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
+	7,  // 7: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
+	29, // 8: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	30, // 9: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	27, // 10: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	31, // 11: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	29, // 12: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	24, // 13: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	25, // 14: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	26, // 15: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	13, // 16: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	15, // 17: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	17, // 18: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	18, // 19: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	20, // 20: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	22, // 21: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	9,  // 22: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	11, // 23: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	0,  // 24: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	2,  // 25: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	6,  // 26: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	14, // 27: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	16, // 28: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	31, // 29: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	19, // 30: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	21, // 31: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	23, // 32: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	10, // 33: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	12, // 34: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	1,  // 35: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	5,  // 36: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	8,  // 37: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }

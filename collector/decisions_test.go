@@ -1,0 +1,76 @@
+package collector
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// The decision log keeps runs of identical decisions as one record, keeps
+// what failed and how to fix it, and answers for a window of time.
+func TestDecisionLog(t *testing.T) {
+	t10 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	at := func(min, sec int) time.Time { return t10.Add(time.Duration(min)*time.Minute + time.Duration(sec)*time.Second) }
+	failed := []*posturev1.CheckResult{{Name: "disk_encryption", Outcome: posturev1.Outcome_OUTCOME_FAIL, Reason: "not encrypted: /", Remediation: "encrypt the system disk"}}
+	deny := func(when time.Time, reason string) decisionRecord {
+		return decisionRecord{at: when, device: "a", level: "trusted", caller: "gateway edge", score: 70, reasons: []string{reason}, failed: failed}
+	}
+	allow := func(when time.Time) decisionRecord {
+		return decisionRecord{at: when, device: "a", level: "trusted", caller: "gateway edge", allowed: true, score: 100}
+	}
+	l := newDecisionLogOf(8)
+	// 10:00-10:29: denied on every request; the reason's wording changes.
+	for s := range 30 * 60 {
+		l.record(deny(at(0, s), fmt.Sprintf("score 70 is below 80 (report %ds old)", s)))
+	}
+	// 10:30-10:59: allowed; another gateway asks too.
+	for s := range 30 * 60 {
+		l.record(allow(at(30, s)))
+		if s%60 == 0 {
+			l.record(decisionRecord{at: at(30, s), device: "a", level: "trusted", caller: "gateway other", allowed: true, score: 100})
+		}
+	}
+	all := l.list("", time.Time{}, time.Time{}, 100)
+	if len(all) != 3 {
+		t.Fatalf("%d records, want 3 (deny run, allow run, other gateway's run): %v", len(all), all)
+	}
+	d := l.list("a", at(40, 0), at(42, 0), 100)
+	if len(d) != 2 || !d[0].GetAllowed() || d[0].GetCount() != 1800 && d[1].GetCount() != 1800 {
+		t.Errorf("10:40-10:42: %v; want the two allow runs", d)
+	}
+	d = l.list("a", at(10, 0), at(10, 0), 100)
+	if len(d) != 1 || d[0].GetAllowed() {
+		t.Fatalf("10:10: %v; want the deny run", d)
+	}
+	r := d[0]
+	if r.GetCount() != 1800 || !r.GetFirstAt().AsTime().Equal(at(0, 0)) || !r.GetAt().AsTime().Equal(at(29, 59)) {
+		t.Errorf("deny run: %d times from %v to %v; want 1800 from 10:00:00 to 10:29:59", r.GetCount(), r.GetFirstAt().AsTime(), r.GetAt().AsTime())
+	}
+	if len(r.GetReasons()) != 1 || r.GetReasons()[0] != "score 70 is below 80 (report 1799s old)" {
+		t.Errorf("deny run reasons %q; want the last decision's", r.GetReasons())
+	}
+	if len(r.GetFailedChecks()) != 1 || r.GetFailedChecks()[0].GetRemediation() != "encrypt the system disk" {
+		t.Errorf("deny run failed checks %v; want disk_encryption with its fix", r.GetFailedChecks())
+	}
+	if d := l.list("b", time.Time{}, time.Time{}, 100); len(d) != 0 {
+		t.Errorf("device b: %v; want none", d)
+	}
+	if d := l.list("", time.Time{}, time.Time{}, 1); len(d) != 1 || !d[0].GetAt().AsTime().Equal(at(59, 59)) {
+		t.Errorf("limit 1: %v; want the newest record", d)
+	}
+
+	// Once the ring wraps, the oldest records go and a run that lost its
+	// record starts a new one.
+	for i := range 8 {
+		l.record(decisionRecord{at: at(60, i), device: fmt.Sprintf("d%d", i), level: "basic", caller: "gateway edge", allowed: true})
+	}
+	if n := len(l.latest); n != 8 {
+		t.Errorf("%d runs tracked after the ring wrapped, want 8", n)
+	}
+	l.record(allow(at(61, 0)))
+	if d := l.list("a", time.Time{}, time.Time{}, 100); len(d) != 1 || d[0].GetCount() != 1 {
+		t.Errorf("after the ring wrapped: %v; want one new record", d)
+	}
+}
