@@ -110,6 +110,9 @@ say "revoke the device; the same check now denies at once"
 collector devices revoke "$device" --reason "demo: laptop reported stolen"
 check basic
 
+say "posture-collector decisions: every decision above, with why and who asked"
+collector decisions "$device"
+
 say "collector counters"
 collector stats
 say "demo finished"

@@ -838,7 +838,8 @@ func decisions(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", when, d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
 		for _, c := range d.GetFailedChecks() {
-			fmt.Fprintf(tw, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+			// Under WHY, in the table's columns, so its alignment holds.
+			fmt.Fprintf(tw, "\t\t\t\t\t\t* %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
 		}
 	}
 	return tw.Flush()
