@@ -214,7 +214,7 @@ func runCollector(args []string) error {
 		}
 	}()
 	if *httpListen != "" {
-		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise)
+		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise, defaultFrontTimeouts)
 		if err != nil {
 			return err
 		}
