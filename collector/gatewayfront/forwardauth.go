@@ -21,8 +21,8 @@ const (
 	// HeaderTraefikClientCert is where Traefik's PassTLSClientCert
 	// middleware (pem: true) puts the certificate: base64 DER, no armour.
 	HeaderTraefikClientCert = "X-Forwarded-Tls-Client-Cert"
-	// HeaderLevel names the access level: in a request that has no ?level=,
-	// and in every decision.
+	// HeaderLevel names the access level of a decision. Requests name it
+	// in the URL (?level=), never in this header, which a client could set.
 	HeaderLevel = "X-Posture-Level"
 	// HeaderDevice names the device in a decision (allowed or denied), for
 	// the gateway to pass to the application.
@@ -58,7 +58,7 @@ type ForwardAuthConfig struct {
 	// certificate (Authorization: Bearer <secret>). Empty means only mTLS
 	// gateways are served.
 	BearerSecrets []string
-	// DefaultLevel is the access level when a request names none.
+	// DefaultLevel is the access level when a request's URL names none.
 	DefaultLevel string
 	// CertHeader, when set, is the only request header the device
 	// certificate is read from. Empty means X-Client-Cert or
@@ -217,18 +217,16 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
 	return nil
 }
 
-// level picks the access level: the query, which the gateway's
-// configuration fixes, first; then the header; then the default.
+// level picks the access level from the query, which the gateway's
+// configuration fixes, or else the default. Never from a header: gateways
+// pass client headers on, so a client could pick its own level.
 func (f *ForwardAuth) level(r *http.Request) (string, error) {
 	level := r.URL.Query().Get("level")
-	if level == "" {
-		level = r.Header.Get(HeaderLevel)
-	}
 	if level == "" {
 		level = f.defaultLevel
 	}
 	if level == "" {
-		return "", errors.New("no access level: add ?level=NAME to the forward-auth URL or set the X-Posture-Level header")
+		return "", errors.New("no access level in the URL: put ?level=NAME in the auth URL the gateway calls (/check?level=trusted)")
 	}
 	if err := validLevel(level); err != nil {
 		return "", err

@@ -107,10 +107,6 @@ func TestForwardAuth(t *testing.T) {
 			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
 		},
 		{
-			name: "allowed, level from header", headers: with(bearer, HeaderClientCert, devDER, HeaderLevel, "basic"),
-			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
-		},
-		{
 			name: "allowed, default level", handler: "default", headers: with(bearer, HeaderClientCert, devDER),
 			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
 		},
@@ -138,7 +134,18 @@ func TestForwardAuth(t *testing.T) {
 		},
 		{
 			name: "missing level", headers: with(bearer, HeaderClientCert, devDER),
-			wantCode: 400, wantReason: "no access level: add ?level=NAME",
+			wantCode: 400, wantReason: "put ?level=NAME in the auth URL",
+		},
+		{
+			// A gateway passes client headers on: the level must not come
+			// from one.
+			name: "level header ignored", headers: with(bearer, HeaderClientCert, devDER, HeaderLevel, "basic"),
+			wantCode: 400, wantReason: "no access level in the URL",
+		},
+		{
+			name: "level header ignored with a default level", handler: "default",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...), HeaderLevel, "trusted"),
+			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
 		},
 		{
 			name: "malformed level", query: "level=" + url.QueryEscape("basic\r\nX-Evil: 1"),
