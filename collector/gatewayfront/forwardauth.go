@@ -37,6 +37,9 @@ const (
 	HeaderReason = "X-Posture-Reason"
 )
 
+// errNoLevel means a request's URL names no access level.
+var errNoLevel = errors.New("no access level in the URL: put ?level=NAME in the auth URL the gateway calls (/check?level=trusted)")
+
 // errAmbiguousCert means a request carried more than one certificate
 // header, so one of them came from the client.
 var errAmbiguousCert = errors.New("more than one client certificate header")
@@ -65,6 +68,9 @@ type ForwardAuthConfig struct {
 	// X-Forwarded-Tls-Client-Cert, and a request carrying both is refused,
 	// because one of them then came from the client rather than the gateway.
 	CertHeader string
+	// Rejections, when set, is told of every request refused before a
+	// decision (401 and 400 answers).
+	Rejections Rejections
 }
 
 // ForwardAuth is an http.Handler answering forward-auth subrequests from
@@ -79,6 +85,7 @@ type ForwardAuth struct {
 	secrets      [][sha256.Size]byte
 	defaultLevel string
 	certHeaders  []string
+	rejections   Rejections
 }
 
 // NewForwardAuth checks cfg and returns the handler.
@@ -96,6 +103,10 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		verifier:     newVerifier(cfg.Roots, cfg.TrustDomain),
 		defaultLevel: cfg.DefaultLevel,
 		certHeaders:  []string{HeaderClientCert, HeaderTraefikClientCert},
+		rejections:   cfg.Rejections,
+	}
+	if f.rejections == nil {
+		f.rejections = noRejections{}
 	}
 	if cfg.CertHeader != "" {
 		f.certHeaders = []string{http.CanonicalHeaderKey(cfg.CertHeader)}
@@ -118,26 +129,30 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if err := f.authenticateGateway(r); err != nil {
 		h.Set("WWW-Authenticate", `Bearer realm="posture"`)
-		reject(w, http.StatusUnauthorized, "gateway not authenticated: "+err.Error())
+		f.refuse(w, http.StatusUnauthorized, RejectGatewayUnauthenticated, "gateway not authenticated: "+err.Error())
 		return
 	}
 	level, err := f.level(r)
-	if err != nil {
-		reject(w, http.StatusBadRequest, err.Error())
+	switch {
+	case errors.Is(err, errNoLevel):
+		f.refuse(w, http.StatusBadRequest, RejectLevelMissing, err.Error())
+		return
+	case err != nil:
+		f.refuse(w, http.StatusBadRequest, RejectLevelInvalid, err.Error())
 		return
 	}
 	header, cert, err := f.forwardedCert(r)
 	switch {
 	case errors.Is(err, errNoCertificate):
-		reject(w, http.StatusUnauthorized, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
+		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertMissing, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
 		return
 	case err != nil:
-		reject(w, http.StatusBadRequest, err.Error())
+		f.refuse(w, http.StatusBadRequest, RejectDeviceCertAmbiguous, err.Error())
 		return
 	}
 	deviceID, err := f.verifier.deviceEncoded(cert)
 	if err != nil {
-		reject(w, http.StatusUnauthorized, "device certificate in "+header+" rejected: "+err.Error())
+		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertInvalid, "device certificate in "+header+" rejected: "+err.Error())
 		return
 	}
 
@@ -165,6 +180,12 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, "allowed: device %s meets access level %s (score %s)\n", d.deviceID, d.level, d.score)
+}
+
+// refuse answers a request refused before a decision and reports it.
+func (f *ForwardAuth) refuse(w http.ResponseWriter, code int, reason, msg string) {
+	f.rejections.Rejected(reason, headerValue(msg))
+	reject(w, code, msg)
 }
 
 // reject answers with a status and a reason, in a header for gateways and
@@ -226,7 +247,7 @@ func (f *ForwardAuth) level(r *http.Request) (string, error) {
 		level = f.defaultLevel
 	}
 	if level == "" {
-		return "", errors.New("no access level in the URL: put ?level=NAME in the auth URL the gateway calls (/check?level=trusted)")
+		return "", errNoLevel
 	}
 	if err := validLevel(level); err != nil {
 		return "", err

@@ -55,7 +55,10 @@ func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintex
 	if err != nil {
 		return nil, err
 	}
-	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets})
+	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{
+		Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets,
+		Rejections: c.GatewayRejections("forward_auth"),
+	})
 	if err != nil {
 		return nil, err
 	}

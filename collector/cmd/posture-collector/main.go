@@ -199,7 +199,7 @@ func runCollector(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ext, err := gatewayfront.NewExtAuthz(gatewayfront.ExtAuthzConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots()})
+	ext, err := gatewayfront.NewExtAuthz(gatewayfront.ExtAuthzConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), Rejections: c.GatewayRejections("ext_authz")})
 	if err != nil {
 		return err
 	}

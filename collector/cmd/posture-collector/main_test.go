@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,7 +135,15 @@ func TestRunRefusesSecondCollector(t *testing.T) {
 // directly rather than through the admin socket.
 func serveCollector(t *testing.T) *collector.Collector {
 	t.Helper()
-	c, err := collector.New(collector.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	return serveCollectorWith(t, collector.Config{})
+}
+
+// serveCollectorWith is serveCollector with cfg, in a fresh data directory
+// and listening on loopback.
+func serveCollectorWith(t *testing.T, cfg collector.Config) *collector.Collector {
+	t.Helper()
+	cfg.DataDir, cfg.Listen = t.TempDir(), "127.0.0.1:0"
+	c, err := collector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +281,107 @@ func TestForwardAuthClosesIdleConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lockedBuffer is a log destination tests read while the collector writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestForwardAuthRejectionsCounted sends /check requests that are refused
+// before any decision and finds each counted by reason in the collector's
+// metrics and logged as a warning.
+func TestForwardAuthRejectionsCounted(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	var logs lockedBuffer
+	c := serveCollectorWith(t, collector.Config{MetricsListen: metricsAddr, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	bearer := filepath.Join(t.TempDir(), "bearer")
+	if err := os.WriteFile(bearer, []byte("a-long-enough-bearer-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := forwardAuthServer(c, "127.0.0.1:0", bearer, false, "", defaultFrontTimeouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	defer f.close()
+	roots := x509.NewCertPool()
+	roots.AddCert(c.CA())
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+
+	requests := []struct {
+		query, authorization string
+		wantCode             int
+	}{
+		{"?level=basic", "", http.StatusUnauthorized},
+		{"?level=basic", "Bearer not-the-secret-at-all", http.StatusUnauthorized},
+		{"", "Bearer a-long-enough-bearer-secret", http.StatusBadRequest},
+		{"?level=basic", "Bearer a-long-enough-bearer-secret", http.StatusUnauthorized},
+	}
+	for _, r := range requests {
+		req, _ := http.NewRequest(http.MethodGet, f.url+r.query, nil)
+		if r.authorization != "" {
+			req.Header.Set("Authorization", r.authorization)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != r.wantCode {
+			t.Fatalf("GET /check%s with %q: status %d, want %d", r.query, r.authorization, resp.StatusCode, r.wantCode)
+		}
+	}
+
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`posture_gateway_rejected_total{front="forward_auth",reason="gateway_unauthenticated"} 2`,
+		`posture_gateway_rejected_total{front="forward_auth",reason="level_missing"} 1`,
+		`posture_gateway_rejected_total{front="forward_auth",reason="device_cert_missing"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s; have:\n%s", want, grepLines(string(body), "posture_gateway_rejected_total"))
+		}
+	}
+	for _, want := range []string{"reason=gateway_unauthenticated", "reason=level_missing", "reason=device_cert_missing"} {
+		if !strings.Contains(logs.String(), "level=WARN msg=\"gateway request refused\" front=forward_auth "+want) {
+			t.Errorf("no warning logged with %s; log:\n%s", want, logs.String())
+		}
+	}
+}
+
+// grepLines returns the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func TestReportRetentionFlag(t *testing.T) {
