@@ -129,6 +129,8 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 			// Overwritten, so a client cannot pass its own x-posture-* upstream.
 			Headers: headers,
+			// An allow has no reason; one in the request came from the client.
+			HeadersToRemove: []string{"x-posture-reason"},
 		}},
 	}, nil
 }

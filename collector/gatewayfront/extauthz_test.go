@@ -56,6 +56,7 @@ func envoyCheck(src *authv3.AttributeContext_Peer, ext map[string]string) *authv
 					"x-request-id": "6a1c3a47-3a49-4b8e-a37c-9b5c1c3f3c12",
 					// A client's own attempt to claim a decision; Envoy passes it on.
 					"x-posture-device": "someone-else",
+					"x-posture-reason": "approved by security",
 				},
 			},
 		},
@@ -131,7 +132,7 @@ func TestExtAuthz(t *testing.T) {
 				overwrite("x-posture-level", level),
 				overwrite("x-posture-score", "50"),
 				overwrite("x-posture-assurance", "software"),
-			}}},
+			}, HeadersToRemove: []string{"x-posture-reason"}}},
 		}
 	}
 
