@@ -50,6 +50,29 @@ func (m *metrics) decision(level string, allowed bool) {
 	m.decisions.WithLabelValues(level, result).Inc()
 }
 
+// GatewayRejections returns what a gateway front end (front names it:
+// forward_auth, ext_authz) reports the requests it refused before asking
+// for a decision to.
+func (c *Collector) GatewayRejections(front string) *GatewayRejections {
+	return &GatewayRejections{c: c, front: front}
+}
+
+// GatewayRejections counts the requests one gateway front end refused
+// before a decision in posture_gateway_rejected_total{front,reason}, and
+// logs each as a warning.
+type GatewayRejections struct {
+	c     *Collector
+	front string
+}
+
+// Rejected counts and logs one refused request. reason must come from the
+// front end's small fixed set, never from the request: each is a metric
+// series. detail is what the caller was told.
+func (g *GatewayRejections) Rejected(reason, detail string) {
+	g.c.stats.gatewayRejectedBy(g.front, reason)
+	g.c.log.Warn("gateway request refused", "front", g.front, "reason", reason, "detail", detail)
+}
+
 // scrape reads the collector's own counters when Prometheus asks.
 type scrape struct{ c *Collector }
 
@@ -65,10 +88,11 @@ var (
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
 	descHistoryFail = prometheus.NewDesc("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).", nil, nil)
 	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
+	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request), by front end and reason.", []string{"front", "reason"}, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej} {
 		ch <- d
 	}
 }
@@ -86,6 +110,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range st.rpcDenied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(v), k)
+	}
+	for k, v := range st.gatewayRejected {
+		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.front, k.reason)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))

@@ -13,10 +13,19 @@ type stats struct {
 	enrollments         uint64
 	enrollmentsRejected map[string]uint64
 	rpcDenied           map[string]uint64
+	gatewayRejected     map[gatewayRejection]uint64
 }
 
+// gatewayRejection is a gateway front end and why it refused a request.
+type gatewayRejection struct{ front, reason string }
+
+// maxGatewayRejections bounds the front and reason pairs counted apart;
+// the front ends report a handful, and anything past the bound is "other"
+// rather than a new metric series.
+const maxGatewayRejections = 64
+
 func newStats() *stats {
-	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}}
+	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[gatewayRejection]uint64{}}
 }
 
 func (s *stats) accepted() {
@@ -49,9 +58,20 @@ func (s *stats) denied(method string) {
 	s.mu.Unlock()
 }
 
+func (s *stats) gatewayRejectedBy(front, reason string) {
+	k := gatewayRejection{front, reason}
+	s.mu.Lock()
+	if _, ok := s.gatewayRejected[k]; !ok && len(s.gatewayRejected) >= maxGatewayRejections {
+		k = gatewayRejection{"other", "other"}
+	}
+	s.gatewayRejected[k]++
+	s.mu.Unlock()
+}
+
 type statsSnapshot struct {
 	reportsAccepted, enrollments                    uint64
 	reportsRejected, enrollmentsRejected, rpcDenied map[string]uint64
+	gatewayRejected                                 map[gatewayRejection]uint64
 }
 
 func (s *stats) snapshot() statsSnapshot {
@@ -63,5 +83,6 @@ func (s *stats) snapshot() statsSnapshot {
 		reportsRejected:     maps.Clone(s.reportsRejected),
 		enrollmentsRejected: maps.Clone(s.enrollmentsRejected),
 		rpcDenied:           maps.Clone(s.rpcDenied),
+		gatewayRejected:     maps.Clone(s.gatewayRejected),
 	}
 }

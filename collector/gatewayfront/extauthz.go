@@ -33,6 +33,10 @@ type ExtAuthzConfig struct {
 	// DefaultLevel is the access level for routes that set no
 	// posture_level context extension.
 	DefaultLevel string
+	// Rejections, when set, is told of every request denied before a
+	// decision: no access level on the route, no or a bad device
+	// certificate.
+	Rejections Rejections
 }
 
 // ExtAuthz is an Envoy ext_authz v3 authorization server. The device is
@@ -53,6 +57,7 @@ type ExtAuthz struct {
 	decider      Decider
 	verifier     *verifier
 	defaultLevel string
+	rejections   Rejections
 }
 
 // NewExtAuthz checks cfg and returns the server.
@@ -65,7 +70,11 @@ func NewExtAuthz(cfg ExtAuthzConfig) (*ExtAuthz, error) {
 			return nil, fmt.Errorf("ext_authz default level: %w", err)
 		}
 	}
-	return &ExtAuthz{decider: cfg.Decider, verifier: newVerifier(cfg.Roots, cfg.TrustDomain), defaultLevel: cfg.DefaultLevel}, nil
+	e := &ExtAuthz{decider: cfg.Decider, verifier: newVerifier(cfg.Roots, cfg.TrustDomain), defaultLevel: cfg.DefaultLevel, rejections: cfg.Rejections}
+	if e.rejections == nil {
+		e.rejections = noRejections{}
+	}
+	return e, nil
 }
 
 // Register adds the Authorization service to s.
@@ -82,16 +91,19 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 	}
 	if level == "" {
 		// The route is misconfigured, not the client's request.
-		return denied(codes.InvalidArgument, typev3.StatusCode_InternalServerError,
-			"the route names no access level: set the ext_authz context extension posture_level on it", nil), nil
+		return e.refuse(codes.InvalidArgument, typev3.StatusCode_InternalServerError, RejectLevelMissing,
+			"the route names no access level: set the ext_authz context extension posture_level on it"), nil
 	}
 	if err := validLevel(level); err != nil {
-		return denied(codes.InvalidArgument, typev3.StatusCode_InternalServerError, "route context extension posture_level: "+err.Error(), nil), nil
+		return e.refuse(codes.InvalidArgument, typev3.StatusCode_InternalServerError, RejectLevelInvalid, "route context extension posture_level: "+err.Error()), nil
 	}
 
 	deviceID, err := e.device(attrs.GetSource())
-	if err != nil {
-		return denied(codes.Unauthenticated, typev3.StatusCode_Unauthorized, err.Error(), nil), nil
+	switch {
+	case errors.Is(err, errNoSourceCert):
+		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertMissing, err.Error()), nil
+	case err != nil:
+		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertInvalid, err.Error()), nil
 	}
 
 	d, ok, retry, why := decide(ctx, e.decider, deviceID, level)
@@ -117,6 +129,8 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 			// Overwritten, so a client cannot pass its own x-posture-* upstream.
 			Headers: headers,
+			// An allow has no reason; one in the request came from the client.
+			HeadersToRemove: []string{"x-posture-reason"},
 		}},
 	}, nil
 }
@@ -137,7 +151,16 @@ func (e *ExtAuthz) device(src *authv3.AttributeContext_Peer) (string, error) {
 	if p := src.GetPrincipal(); p != "" {
 		return e.verifier.deviceFromPrincipal(p)
 	}
-	return "", errors.New("no client certificate: the Envoy listener must require client certificates signed by the collector CA (require_client_certificate), and the client must present its device certificate (device.crt)")
+	return "", errNoSourceCert
+}
+
+// errNoSourceCert means Envoy named no client certificate for the request.
+var errNoSourceCert = errors.New("no client certificate: the Envoy listener must require client certificates signed by the collector CA (require_client_certificate), and the client must present its device certificate (device.crt)")
+
+// refuse denies a request before a decision and reports it.
+func (e *ExtAuthz) refuse(code codes.Code, httpCode typev3.StatusCode, reason, msg string) *authv3.CheckResponse {
+	e.rejections.Rejected(reason, headerValue(msg))
+	return denied(code, httpCode, msg, nil)
 }
 
 // denied builds a denial Envoy sends to the client as is.

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,6 +56,7 @@ func envoyCheck(src *authv3.AttributeContext_Peer, ext map[string]string) *authv
 					"x-request-id": "6a1c3a47-3a49-4b8e-a37c-9b5c1c3f3c12",
 					// A client's own attempt to claim a decision; Envoy passes it on.
 					"x-posture-device": "someone-else",
+					"x-posture-reason": "approved by security",
 				},
 			},
 		},
@@ -107,11 +109,17 @@ func TestExtAuthz(t *testing.T) {
 	gw := e.gatewayCert("edge-1")
 	foreign := foreignDeviceCert(t, dev.id)
 
-	clients := map[string]authv3.AuthorizationClient{
-		"":            startExtAuthz(t, e, ExtAuthzConfig{}),
-		"default":     startExtAuthz(t, e, ExtAuthzConfig{DefaultLevel: "basic"}),
-		"unavailable": startExtAuthz(t, e, ExtAuthzConfig{Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}}),
-		"internal":    startExtAuthz(t, e, ExtAuthzConfig{Decider: failingDecider{status.Error(codes.Internal, "store broken")}}),
+	clients := map[string]authv3.AuthorizationClient{}
+	rejections := map[string]*rejectionLog{}
+	for name, cfg := range map[string]ExtAuthzConfig{
+		"":            {},
+		"default":     {DefaultLevel: "basic"},
+		"unavailable": {Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}},
+		"internal":    {Decider: failingDecider{status.Error(codes.Internal, "store broken")}},
+	} {
+		rejections[name] = &rejectionLog{}
+		cfg.Rejections = rejections[name]
+		clients[name] = startExtAuthz(t, e, cfg)
 	}
 	devID := pki.SPIFFEID(testTrustDomain, pki.RoleDevice, dev.id).String()
 	basic := map[string]string{ContextExtensionLevel: "basic"}
@@ -124,7 +132,7 @@ func TestExtAuthz(t *testing.T) {
 				overwrite("x-posture-level", level),
 				overwrite("x-posture-score", "50"),
 				overwrite("x-posture-assurance", "software"),
-			}}},
+			}, HeadersToRemove: []string{"x-posture-reason"}}},
 		}
 	}
 
@@ -140,6 +148,9 @@ func TestExtAuthz(t *testing.T) {
 		wantHTTP   typev3.StatusCode
 		wantReason string
 		wantBody   []string
+		// wantRejected is the reason reported to Rejections for a request
+		// denied before a decision; empty when a decision was asked for.
+		wantRejected string
 	}{
 		{name: "allowed by principal", src: &authv3.AttributeContext_Peer{Principal: devID}, ext: basic, want: allowed("basic")},
 		{
@@ -171,35 +182,48 @@ func TestExtAuthz(t *testing.T) {
 		{
 			name: "route without level", src: &authv3.AttributeContext_Peer{Principal: devID},
 			wantCode: codes.InvalidArgument, wantHTTP: typev3.StatusCode_InternalServerError, wantReason: "set the ext_authz context extension posture_level",
+			wantRejected: RejectLevelMissing,
+		},
+		{
+			name: "route with a malformed level", src: &authv3.AttributeContext_Peer{Principal: devID}, ext: map[string]string{ContextExtensionLevel: "basic\r\nx-evil: 1"},
+			wantCode: codes.InvalidArgument, wantHTTP: typev3.StatusCode_InternalServerError, wantReason: "has a character other than",
+			wantRejected: RejectLevelInvalid,
 		},
 		{
 			name: "no client certificate", src: &authv3.AttributeContext_Peer{}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "no client certificate",
+			wantRejected: RejectDeviceCertMissing,
 		},
 		{
 			name: "gateway principal", src: &authv3.AttributeContext_Peer{Principal: pki.SPIFFEID(testTrustDomain, pki.RoleGateway, "edge-1").String()}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "is not a device of trust domain",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "principal of another trust domain", src: &authv3.AttributeContext_Peer{Principal: "spiffe://elsewhere.test/device/" + dev.id}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "is not a device of trust domain",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "subject principal", src: &authv3.AttributeContext_Peer{Principal: "CN=laptop,O=Example"}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "not a SPIFFE ID",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "certificate from another CA", src: &authv3.AttributeContext_Peer{Principal: devID, Certificate: nginxEscaped(foreign)}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "not a valid client certificate from this collector's CA",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "gateway certificate", src: &authv3.AttributeContext_Peer{Certificate: nginxEscaped(gw.Leaf)}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "a gateway, not a device",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "principal and certificate disagree", ext: basic,
 			src:      &authv3.AttributeContext_Peer{Principal: pki.SPIFFEID(testTrustDomain, pki.RoleDevice, rev.id).String(), Certificate: nginxEscaped(dev.chain...)},
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "does not match the source certificate's device",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "collector unavailable fails closed", server: "unavailable", src: &authv3.AttributeContext_Peer{Principal: devID}, ext: basic,
@@ -215,6 +239,17 @@ func TestExtAuthz(t *testing.T) {
 			got, err := clients[tc.server].Check(t.Context(), envoyCheck(tc.src, tc.ext))
 			if err != nil {
 				t.Fatalf("Check returned a gRPC error, which failure_mode_allow could turn into an allow: %v", err)
+			}
+			var want []string
+			if tc.wantRejected != "" {
+				want = []string{tc.wantRejected}
+			}
+			reasons, details := rejections[tc.server].take()
+			if !slices.Equal(reasons, want) {
+				t.Errorf("reported rejections %q, want %q", reasons, want)
+			}
+			if len(details) == 1 && details[0] != headerValue(got.GetStatus().GetMessage()) {
+				t.Errorf("reported detail %q, want what Envoy was told, %q", details[0], got.GetStatus().GetMessage())
 			}
 			if tc.want != nil {
 				if diff := cmp.Diff(tc.want, got, protocmp.Transform()); diff != "" {

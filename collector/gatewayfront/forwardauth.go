@@ -21,8 +21,8 @@ const (
 	// HeaderTraefikClientCert is where Traefik's PassTLSClientCert
 	// middleware (pem: true) puts the certificate: base64 DER, no armour.
 	HeaderTraefikClientCert = "X-Forwarded-Tls-Client-Cert"
-	// HeaderLevel names the access level: in a request that has no ?level=,
-	// and in every decision.
+	// HeaderLevel names the access level of a decision. Requests name it
+	// in the URL (?level=), never in this header, which a client could set.
 	HeaderLevel = "X-Posture-Level"
 	// HeaderDevice names the device in a decision (allowed or denied), for
 	// the gateway to pass to the application.
@@ -36,6 +36,9 @@ const (
 	// denial, or what is wrong with the request.
 	HeaderReason = "X-Posture-Reason"
 )
+
+// errNoLevel means a request's URL names no access level.
+var errNoLevel = errors.New("no access level in the URL: put ?level=NAME in the auth URL the gateway calls (/check?level=trusted)")
 
 // errAmbiguousCert means a request carried more than one certificate
 // header, so one of them came from the client.
@@ -58,13 +61,16 @@ type ForwardAuthConfig struct {
 	// certificate (Authorization: Bearer <secret>). Empty means only mTLS
 	// gateways are served.
 	BearerSecrets []string
-	// DefaultLevel is the access level when a request names none.
+	// DefaultLevel is the access level when a request's URL names none.
 	DefaultLevel string
 	// CertHeader, when set, is the only request header the device
 	// certificate is read from. Empty means X-Client-Cert or
 	// X-Forwarded-Tls-Client-Cert, and a request carrying both is refused,
 	// because one of them then came from the client rather than the gateway.
 	CertHeader string
+	// Rejections, when set, is told of every request refused before a
+	// decision (401 and 400 answers).
+	Rejections Rejections
 }
 
 // ForwardAuth is an http.Handler answering forward-auth subrequests from
@@ -79,6 +85,7 @@ type ForwardAuth struct {
 	secrets      [][sha256.Size]byte
 	defaultLevel string
 	certHeaders  []string
+	rejections   Rejections
 }
 
 // NewForwardAuth checks cfg and returns the handler.
@@ -96,6 +103,10 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		verifier:     newVerifier(cfg.Roots, cfg.TrustDomain),
 		defaultLevel: cfg.DefaultLevel,
 		certHeaders:  []string{HeaderClientCert, HeaderTraefikClientCert},
+		rejections:   cfg.Rejections,
+	}
+	if f.rejections == nil {
+		f.rejections = noRejections{}
 	}
 	if cfg.CertHeader != "" {
 		f.certHeaders = []string{http.CanonicalHeaderKey(cfg.CertHeader)}
@@ -118,26 +129,30 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if err := f.authenticateGateway(r); err != nil {
 		h.Set("WWW-Authenticate", `Bearer realm="posture"`)
-		reject(w, http.StatusUnauthorized, "gateway not authenticated: "+err.Error())
+		f.refuse(w, http.StatusUnauthorized, RejectGatewayUnauthenticated, "gateway not authenticated: "+err.Error())
 		return
 	}
 	level, err := f.level(r)
-	if err != nil {
-		reject(w, http.StatusBadRequest, err.Error())
+	switch {
+	case errors.Is(err, errNoLevel):
+		f.refuse(w, http.StatusBadRequest, RejectLevelMissing, err.Error())
+		return
+	case err != nil:
+		f.refuse(w, http.StatusBadRequest, RejectLevelInvalid, err.Error())
 		return
 	}
 	header, cert, err := f.forwardedCert(r)
 	switch {
 	case errors.Is(err, errNoCertificate):
-		reject(w, http.StatusUnauthorized, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
+		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertMissing, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
 		return
 	case err != nil:
-		reject(w, http.StatusBadRequest, err.Error())
+		f.refuse(w, http.StatusBadRequest, RejectDeviceCertAmbiguous, err.Error())
 		return
 	}
 	deviceID, err := f.verifier.deviceEncoded(cert)
 	if err != nil {
-		reject(w, http.StatusUnauthorized, "device certificate in "+header+" rejected: "+err.Error())
+		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertInvalid, "device certificate in "+header+" rejected: "+err.Error())
 		return
 	}
 
@@ -165,6 +180,12 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, "allowed: device %s meets access level %s (score %s)\n", d.deviceID, d.level, d.score)
+}
+
+// refuse answers a request refused before a decision and reports it.
+func (f *ForwardAuth) refuse(w http.ResponseWriter, code int, reason, msg string) {
+	f.rejections.Rejected(reason, headerValue(msg))
+	reject(w, code, msg)
 }
 
 // reject answers with a status and a reason, in a header for gateways and
@@ -217,18 +238,16 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
 	return nil
 }
 
-// level picks the access level: the query, which the gateway's
-// configuration fixes, first; then the header; then the default.
+// level picks the access level from the query, which the gateway's
+// configuration fixes, or else the default. Never from a header: gateways
+// pass client headers on, so a client could pick its own level.
 func (f *ForwardAuth) level(r *http.Request) (string, error) {
 	level := r.URL.Query().Get("level")
-	if level == "" {
-		level = r.Header.Get(HeaderLevel)
-	}
 	if level == "" {
 		level = f.defaultLevel
 	}
 	if level == "" {
-		return "", errors.New("no access level: add ?level=NAME to the forward-auth URL or set the X-Posture-Level header")
+		return "", errNoLevel
 	}
 	if err := validLevel(level); err != nil {
 		return "", err

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -27,6 +29,29 @@ func (f failingDecider) CheckAccess(context.Context, *posturev1.CheckAccessReque
 	return nil, f.err
 }
 
+// rejectionLog is a Rejections that remembers what it was told.
+type rejectionLog struct {
+	mu      sync.Mutex
+	reasons []string
+	details []string
+}
+
+func (l *rejectionLog) Rejected(reason, detail string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reasons = append(l.reasons, reason)
+	l.details = append(l.details, detail)
+}
+
+// take returns and forgets what was reported so far.
+func (l *rejectionLog) take() (reasons, details []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	reasons, details = l.reasons, l.details
+	l.reasons, l.details = nil, nil
+	return reasons, details
+}
+
 func TestForwardAuth(t *testing.T) {
 	e := startCollector(t)
 	dev := e.enroll()
@@ -35,24 +60,26 @@ func TestForwardAuth(t *testing.T) {
 	gw := e.gatewayCert("edge-1")
 	foreign := foreignDeviceCert(t, dev.id)
 
-	handler := func(t *testing.T, cfg ForwardAuthConfig) *ForwardAuth {
-		t.Helper()
+	handlers := map[string]*ForwardAuth{}
+	rejections := map[string]*rejectionLog{}
+	for name, cfg := range map[string]ForwardAuthConfig{
+		"":            {},
+		"default":     {DefaultLevel: "basic"},
+		"certheader":  {CertHeader: "X-SSL-Client-Cert"},
+		"unavailable": {Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}},
+		"internal":    {Decider: failingDecider{status.Error(codes.Internal, "store broken")}},
+	} {
 		if cfg.Decider == nil {
 			cfg.Decider = e.c
 		}
-		cfg.TrustDomain, cfg.Roots, cfg.BearerSecrets = testTrustDomain, e.roots, []string{"another-secret-of-16+chars", testSecret}
+		rejections[name] = &rejectionLog{}
+		cfg.TrustDomain, cfg.Roots, cfg.Rejections = testTrustDomain, e.roots, rejections[name]
+		cfg.BearerSecrets = []string{"another-secret-of-16+chars", testSecret}
 		f, err := NewForwardAuth(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return f
-	}
-	handlers := map[string]*ForwardAuth{
-		"":            handler(t, ForwardAuthConfig{}),
-		"default":     handler(t, ForwardAuthConfig{DefaultLevel: "basic"}),
-		"certheader":  handler(t, ForwardAuthConfig{CertHeader: "X-SSL-Client-Cert"}),
-		"unavailable": handler(t, ForwardAuthConfig{Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}}),
-		"internal":    handler(t, ForwardAuthConfig{Decider: failingDecider{status.Error(codes.Internal, "store broken")}}),
+		handlers[name] = f
 	}
 
 	devDER := base64.StdEncoding.EncodeToString(dev.chain[0].Raw)
@@ -80,6 +107,9 @@ func TestForwardAuth(t *testing.T) {
 		wantReason  string            // substring of X-Posture-Reason
 		wantBody    []string          // substrings of the body
 		wantHeaders map[string]string // exact values
+		// wantRejected is the reason reported to Rejections for a request
+		// refused before a decision; empty when a decision was asked for.
+		wantRejected string
 	}{
 		{
 			name: "allowed, nginx escaped PEM, bearer", query: "level=basic",
@@ -105,10 +135,6 @@ func TestForwardAuth(t *testing.T) {
 			name: "allowed, Caddy certificate_der_base64", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, devDER),
 			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
-		},
-		{
-			name: "allowed, level from header", headers: with(bearer, HeaderClientCert, devDER, HeaderLevel, "basic"),
-			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
 		},
 		{
 			name: "allowed, default level", handler: "default", headers: with(bearer, HeaderClientCert, devDER),
@@ -138,41 +164,61 @@ func TestForwardAuth(t *testing.T) {
 		},
 		{
 			name: "missing level", headers: with(bearer, HeaderClientCert, devDER),
-			wantCode: 400, wantReason: "no access level: add ?level=NAME",
+			wantCode: 400, wantReason: "put ?level=NAME in the auth URL",
+			wantRejected: RejectLevelMissing,
+		},
+		{
+			// A gateway passes client headers on: the level must not come
+			// from one.
+			name: "level header ignored", headers: with(bearer, HeaderClientCert, devDER, HeaderLevel, "basic"),
+			wantCode: 400, wantReason: "no access level in the URL",
+			wantRejected: RejectLevelMissing,
+		},
+		{
+			name: "level header ignored with a default level", handler: "default",
+			headers:  with(bearer, HeaderClientCert, nginxEscaped(dev.chain...), HeaderLevel, "trusted"),
+			wantCode: 200, wantHeaders: map[string]string{HeaderLevel: "basic"},
 		},
 		{
 			name: "malformed level", query: "level=" + url.QueryEscape("basic\r\nX-Evil: 1"),
 			headers:  with(bearer, HeaderClientCert, devDER),
 			wantCode: 400, wantReason: "has a character other than",
+			wantRejected: RejectLevelInvalid,
 		},
 		{
 			name: "no device certificate", query: "level=basic", headers: bearer,
 			wantCode: 401, wantReason: "no device certificate",
+			wantRejected: RejectDeviceCertMissing,
 		},
 		{
 			name: "certificate from another CA", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, nginxEscaped(foreign)),
 			wantCode: 401, wantReason: "not a valid client certificate from this collector's CA",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "gateway certificate instead of a device", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, nginxEscaped(gw.Leaf)),
 			wantCode: 401, wantReason: "spiffe://" + testTrustDomain + "/gateway/edge-1, a gateway, not a device",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "garbage certificate", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, "not a certificate!"),
 			wantCode: 401, wantReason: "neither PEM nor base64 DER",
+			wantRejected: RejectDeviceCertInvalid,
 		},
 		{
 			name: "two certificate headers", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, devDER, HeaderTraefikClientCert, devDER),
 			wantCode: 400, wantReason: "more than one client certificate header",
+			wantRejected: RejectDeviceCertAmbiguous,
 		},
 		{
 			name: "configured certificate header only", handler: "certheader", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, devDER),
 			wantCode: 401, wantReason: "did not forward it in X-Ssl-Client-Cert",
+			wantRejected: RejectDeviceCertMissing,
 		},
 		{
 			name: "configured certificate header", handler: "certheader", query: "level=basic",
@@ -183,22 +229,26 @@ func TestForwardAuth(t *testing.T) {
 			name: "no caller authentication", query: "level=basic",
 			headers:  map[string]string{HeaderClientCert: devDER},
 			wantCode: 401, wantReason: "gateway not authenticated: present a gateway client certificate",
-			wantHeaders: map[string]string{"WWW-Authenticate": `Bearer realm="posture"`},
+			wantHeaders:  map[string]string{"WWW-Authenticate": `Bearer realm="posture"`},
+			wantRejected: RejectGatewayUnauthenticated,
 		},
 		{
 			name: "bad bearer", query: "level=basic",
 			headers:  map[string]string{"Authorization": "Bearer " + testSecret + "x", HeaderClientCert: devDER},
 			wantCode: 401, wantReason: "the bearer secret is not one this collector accepts",
+			wantRejected: RejectGatewayUnauthenticated,
 		},
 		{
 			name: "basic auth instead of bearer", query: "level=basic",
 			headers:  map[string]string{"Authorization": "Basic Z3c6c2VjcmV0", HeaderClientCert: devDER},
 			wantCode: 401, wantReason: "not Bearer",
+			wantRejected: RejectGatewayUnauthenticated,
 		},
 		{
 			name: "device certificate as caller", caller: "device", query: "level=basic",
 			headers:  map[string]string{HeaderClientCert: devDER},
 			wantCode: 401, wantReason: "a device, not a gateway",
+			wantRejected: RejectGatewayUnauthenticated,
 		},
 		{
 			name: "collector unavailable fails closed", handler: "unavailable", query: "level=basic",
@@ -273,6 +323,17 @@ func TestForwardAuth(t *testing.T) {
 			}
 			if got := resp.Header.Get("Cache-Control"); got != "no-store" {
 				t.Errorf("Cache-Control = %q, want no-store", got)
+			}
+			var want []string
+			if tc.wantRejected != "" {
+				want = []string{tc.wantRejected}
+			}
+			reasons, details := rejections[tc.handler].take()
+			if !slices.Equal(reasons, want) {
+				t.Errorf("reported rejections %q, want %q", reasons, want)
+			}
+			if len(details) == 1 && details[0] != resp.Header.Get(HeaderReason) {
+				t.Errorf("reported detail %q, want what the gateway was told, %q", details[0], resp.Header.Get(HeaderReason))
 			}
 		})
 	}

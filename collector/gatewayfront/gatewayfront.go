@@ -30,6 +30,42 @@ type Decider interface {
 	CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error)
 }
 
+// Rejections is told of every request a front end refuses before it can
+// ask for a decision: the caller or the device is not authenticated, or
+// the request is malformed. The collector counts them by reason and logs
+// them; without it they would leave no trace, since no decision is made.
+type Rejections interface {
+	// Rejected reports one refused request. reason is one of the Reject*
+	// constants, never request input; detail is what the caller was told.
+	Rejected(reason, detail string)
+}
+
+// Reasons a request is refused before a decision, as Rejections receives
+// them. The set is small and fixed: each is a metric label.
+const (
+	// RejectGatewayUnauthenticated: the caller of /check presented neither
+	// a gateway certificate nor an accepted bearer secret.
+	RejectGatewayUnauthenticated = "gateway_unauthenticated"
+	// RejectLevelMissing: the request (the /check URL, the Envoy route)
+	// names no access level.
+	RejectLevelMissing = "level_missing"
+	// RejectLevelInvalid: the access level is not a valid name.
+	RejectLevelInvalid = "level_invalid"
+	// RejectDeviceCertMissing: the gateway forwarded no device certificate.
+	RejectDeviceCertMissing = "device_cert_missing"
+	// RejectDeviceCertAmbiguous: a /check request carried more than one
+	// certificate header, so one came from the client.
+	RejectDeviceCertAmbiguous = "device_cert_ambiguous"
+	// RejectDeviceCertInvalid: the forwarded certificate or principal does
+	// not name a device of this collector.
+	RejectDeviceCertInvalid = "device_cert_invalid"
+)
+
+// noRejections is the Rejections of a front end configured without one.
+type noRejections struct{}
+
+func (noRejections) Rejected(string, string) {}
+
 // maxLevelLen bounds an access level name; real names are short words.
 const maxLevelLen = 64
 

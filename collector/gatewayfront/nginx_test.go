@@ -21,26 +21,66 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
 )
 
 // nginxConfig fills testdata/nginx.conf.tmpl.
 type nginxConfig struct {
-	Dir                   string
-	Port                  int
-	ServerCert, ServerKey string
-	CA                    string
-	Upstream, Collector   string // host:port
-	CollectorTLS          string // host:port, gateway mTLS
-	GatewayCert           string
-	GatewayKey            string
-	Secret                string
+	Dir     string
+	Servers []string // server blocks, each listening on "listen 443 ssl;"
 }
 
-// TestNginx puts Debian's nginx, with auth_request pointed at the
-// forward-auth handler, in front of a test application, and drives it with
-// a real enrolled device's certificate.
+// readmeNginx returns the nginx configurations in the README's nginx
+// section, in order: the server block, then the /posture location for
+// nginx on the collector host.
+func readmeNginx(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n### nginx\n")
+	if !ok {
+		t.Fatal("README.md has no nginx section")
+	}
+	section, _, _ = strings.Cut(section, "\n### ")
+	var blocks []string
+	for {
+		var block string
+		if _, section, ok = strings.Cut(section, "```nginx\n"); !ok {
+			break
+		}
+		if block, section, ok = strings.Cut(section, "```"); !ok {
+			t.Fatal("README.md: unterminated nginx block")
+		}
+		blocks = append(blocks, block)
+	}
+	if len(blocks) != 2 {
+		t.Fatalf("README.md's nginx section has %d nginx blocks, want 2 (the server, the loopback /posture location)", len(blocks))
+	}
+	return blocks
+}
+
+// substitute replaces each old with its new in conf, and fails when an old
+// is missing: the README changed, and this test must follow it.
+func substitute(t *testing.T, conf string, oldnew ...string) string {
+	t.Helper()
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(conf, oldnew[i]) {
+			t.Fatalf("the README's nginx configuration no longer has %q:\n%s", oldnew[i], conf)
+		}
+		conf = strings.ReplaceAll(conf, oldnew[i], oldnew[i+1])
+	}
+	return conf
+}
+
+// TestNginx puts Debian's nginx, configured as the README says, in front of
+// a test application, and drives it with a real enrolled device's
+// certificate: once with nginx authenticating to /check by its gateway
+// certificate over TLS, once by a bearer secret over loopback.
 func TestNginx(t *testing.T) {
 	name := "nginx"
 	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
@@ -52,11 +92,19 @@ func TestNginx(t *testing.T) {
 	dev := e.enroll()
 	gw := e.gatewayCert("edge-1")
 
+	// The X-Posture-* headers of the request the application last
+	// received; nil when none reached it.
 	var mu sync.Mutex
-	var seen []string // X-Posture-Device as the application received it
+	var upstream http.Header
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := http.Header{}
+		for k, v := range r.Header {
+			if strings.HasPrefix(k, "X-Posture-") {
+				got[k] = v
+			}
+		}
 		mu.Lock()
-		seen = append(seen, r.Header.Get(HeaderDevice))
+		upstream = got
 		mu.Unlock()
 		io.WriteString(w, "hello from the application\n")
 	}))
@@ -68,42 +116,67 @@ func TestNginx(t *testing.T) {
 	}
 	check := httptest.NewServer(fa)
 	t.Cleanup(check.Close)
+	// TLS as the collector serves /check when started with --advertise
+	// collector.example.com:8443, the name the README's nginx verifies.
 	checkTLS := httptest.NewUnstartedServer(fa)
-	checkTLS.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{e.serverCert()}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: e.roots}
+	if checkTLS.TLS, err = e.c.ServingTLS("collector.example.com"); err != nil {
+		t.Fatal(err)
+	}
 	checkTLS.StartTLS()
 	t.Cleanup(checkTLS.Close)
 
 	dir := t.TempDir()
+	paths := map[string]string{}
+	for _, f := range []string{"server.crt", "server.key", "ca.crt", "gateway.crt", "gateway.key"} {
+		paths[f] = filepath.Join(dir, f)
+	}
 	server := e.serverCert()
-	cfg := nginxConfig{
-		Dir:          dir,
-		ServerCert:   filepath.Join(dir, "server.crt"),
-		ServerKey:    filepath.Join(dir, "server.key"),
-		CA:           filepath.Join(dir, "ca.crt"),
-		Upstream:     strings.TrimPrefix(app.URL, "http://"),
-		Collector:    strings.TrimPrefix(check.URL, "http://"),
-		CollectorTLS: strings.TrimPrefix(checkTLS.URL, "https://"),
-		GatewayCert:  filepath.Join(dir, "gateway.crt"),
-		GatewayKey:   filepath.Join(dir, "gateway.key"),
-		Secret:       testSecret,
-	}
 	nginxGW := e.gatewayCert("nginx-1")
-	if err := pki.WriteCertificates(cfg.GatewayCert, nginxGW.Leaf); err != nil {
+	if err := pki.WriteCertificates(paths["gateway.crt"], nginxGW.Leaf); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.WritePrivateKey(cfg.GatewayKey, nginxGW.PrivateKey.(crypto.Signer)); err != nil {
+	if err := pki.WritePrivateKey(paths["gateway.key"], nginxGW.PrivateKey.(crypto.Signer)); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.WriteCertificates(cfg.ServerCert, server.Leaf); err != nil {
+	if err := pki.WriteCertificates(paths["server.crt"], server.Leaf); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.WritePrivateKey(cfg.ServerKey, server.PrivateKey.(crypto.Signer)); err != nil {
+	if err := pki.WritePrivateKey(paths["server.key"], server.PrivateKey.(crypto.Signer)); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.WriteCertificates(cfg.CA, e.c.CA()); err != nil {
+	if err := pki.WriteCertificates(paths["ca.crt"], e.c.CA()); err != nil {
 		t.Fatal(err)
 	}
-	addr := startNginx(t, bin, cfg)
+
+	readme := readmeNginx(t)
+	serverBlock, loopbackLocation := readme[0], readme[1]
+	// Where the README's paths and addresses are in this test. The test
+	// device meets basic but not trusted.
+	local := []string{
+		"/etc/nginx/app.crt", paths["server.crt"],
+		"/etc/nginx/app.key", paths["server.key"],
+		"/etc/posture/ca.crt", paths["ca.crt"],
+		"http://app_backend", strings.TrimSuffix(app.URL, "/"),
+		"?level=trusted", "?level=basic",
+	}
+	gatewayServer := substitute(t, serverBlock, append(local,
+		"/etc/posture/gateway.crt", paths["gateway.crt"],
+		"/etc/posture/gateway.key", paths["gateway.key"],
+		"https://collector.example.com:8444/", checkTLS.URL+"/",
+	)...)
+	// The same server with the loopback /posture location in place of
+	// the TLS one.
+	i := strings.Index(serverBlock, "    location = /posture {")
+	j := strings.Index(serverBlock[max(i, 0):], "\n    }\n")
+	if i < 0 || j < 0 {
+		t.Fatalf("the README's nginx server has no location = /posture block:\n%s", serverBlock)
+	}
+	loopback := serverBlock[:i] + strings.TrimSuffix(loopbackLocation, "\n") + serverBlock[i+j+len("\n    }"):]
+	bearerServer := substitute(t, loopback, append(local,
+		"http://127.0.0.1:8444/", check.URL+"/",
+		"Bearer SECRET", "Bearer "+testSecret,
+	)...)
+	addrs := startNginx(t, bin, nginxConfig{Dir: dir, Servers: []string{gatewayServer, bearerServer}})
 
 	client := func(certs ...tls.Certificate) *http.Client {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
@@ -111,14 +184,14 @@ func TestNginx(t *testing.T) {
 			DisableKeepAlives: true,
 		}}
 	}
-	get := func(t *testing.T, c *http.Client, path string, headers ...string) (*http.Response, string) {
+	get := func(t *testing.T, c *http.Client, addr string, headers ...string) (*http.Response, string) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, "https://"+addr+path, nil)
+		req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/app", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
+			req.Header.Add(headers[i], headers[i+1])
 		}
 		resp, err := c.Do(req)
 		if err != nil {
@@ -129,55 +202,85 @@ func TestNginx(t *testing.T) {
 		return resp, string(body)
 	}
 
+	// The collector's answer for the device, and nothing else.
+	decided := http.Header{
+		HeaderDevice:    {dev.id},
+		HeaderLevel:     {"basic"},
+		HeaderScore:     {"50"},
+		HeaderAssurance: {"software"},
+	}
+	// A client's claims to a decision of its own.
+	claims := []string{
+		HeaderDevice, "someone-else",
+		HeaderLevel, "trusted",
+		HeaderLevel, "admin",
+		HeaderScore, "100",
+		HeaderAssurance, "tpm_ek_verified",
+		HeaderReason, "approved by security",
+	}
+	servers := []struct {
+		name string
+		addr string
+	}{
+		{"gateway certificate", addrs[0]},
+		{"bearer on loopback", addrs[1]},
+	}
 	tests := []struct {
 		name       string
 		client     *http.Client
-		path       string
 		headers    []string // sent by the client
 		wantCode   int
 		wantBody   string
 		wantReason string
+		// wantUpstream is the X-Posture-* headers the application
+		// receives; nil when the request must not reach it.
+		wantUpstream http.Header
 	}{
-		{"enrolled healthy device", client(dev.cert), "/app", nil, 200, "hello from the application", ""},
-		{"enrolled healthy device, nginx as mTLS gateway", client(dev.cert), "/mtls/app", nil, 200, "hello from the application", ""},
-		{"no certificate", client(), "/app", nil, 400, "No required SSL certificate was sent", ""},
+		{"enrolled healthy device", client(dev.cert), nil, 200, "hello from the application", "", decided},
+		{"client's own X-Posture-* headers replaced by the collector's", client(dev.cert), claims, 200, "hello from the application", "", decided},
+		{"no certificate", client(), nil, 400, "No required SSL certificate was sent", "", nil},
 		// nginx accepts it (same CA); the collector does not: not a device.
-		{"gateway certificate", client(gw), "/app", nil, 401, "", "a gateway, not a device"},
-		{"gateway certificate, nginx as mTLS gateway", client(gw), "/mtls/app", nil, 401, "", "a gateway, not a device"},
+		{"gateway certificate", client(gw), claims, 401, "", "a gateway, not a device", nil},
 		// proxy_pass_request_headers off keeps the client's own claims away
 		// from the collector.
 		{
-			"client-supplied certificate and level headers ignored", client(gw), "/app",
+			"client-supplied certificate and level headers ignored", client(gw),
 			[]string{HeaderTraefikClientCert, base64.StdEncoding.EncodeToString(dev.chain[0].Raw), HeaderLevel, "basic"},
-			401, "", "a gateway, not a device",
+			401, "", "a gateway, not a device", nil,
 		},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			resp, body := get(t, tc.client, tc.path, tc.headers...)
-			if resp.StatusCode != tc.wantCode {
-				t.Fatalf("status %d, want %d; body:\n%s", resp.StatusCode, tc.wantCode, body)
-			}
-			if !strings.Contains(body, tc.wantBody) {
-				t.Errorf("body %q, want it to contain %q", body, tc.wantBody)
-			}
-			if got := resp.Header.Get(HeaderReason); !strings.Contains(got, tc.wantReason) {
-				t.Errorf("%s = %q, want it to contain %q", HeaderReason, got, tc.wantReason)
-			}
-		})
+	for _, srv := range servers {
+		for _, tc := range tests {
+			t.Run(srv.name+"/"+tc.name, func(t *testing.T) {
+				mu.Lock()
+				upstream = nil
+				mu.Unlock()
+				resp, body := get(t, tc.client, srv.addr, tc.headers...)
+				if resp.StatusCode != tc.wantCode {
+					t.Fatalf("status %d, want %d; body:\n%s", resp.StatusCode, tc.wantCode, body)
+				}
+				if !strings.Contains(body, tc.wantBody) {
+					t.Errorf("body %q, want it to contain %q", body, tc.wantBody)
+				}
+				if got := resp.Header.Get(HeaderReason); !strings.Contains(got, tc.wantReason) {
+					t.Errorf("%s = %q, want it to contain %q", HeaderReason, got, tc.wantReason)
+				}
+				mu.Lock()
+				got := upstream
+				mu.Unlock()
+				if diff := cmp.Diff(tc.wantUpstream, got); diff != "" {
+					t.Errorf("X-Posture-* headers the application received (-want +got):\n%s", diff)
+				}
+			})
+		}
 	}
-	mu.Lock()
-	if len(seen) != 2 || seen[0] != dev.id || seen[1] != dev.id {
-		t.Errorf("application saw X-Posture-Device %q, want two requests from %s", seen, dev.id)
-	}
-	mu.Unlock()
 
 	t.Run("revoked device denied within a second", func(t *testing.T) {
 		c := client(dev.cert)
 		e.revoke(dev.id)
 		revoked := time.Now()
 		for {
-			resp, body := get(t, c, "/app")
+			resp, body := get(t, c, addrs[0])
 			if resp.StatusCode == http.StatusForbidden {
 				if got := resp.Header.Get(HeaderReason); !strings.Contains(got, "device is revoked: laptop stolen") {
 					t.Errorf("%s = %q, want the revocation", HeaderReason, got)
@@ -193,17 +296,24 @@ func TestNginx(t *testing.T) {
 	})
 }
 
-// startNginx renders the configuration into cfg.Dir, runs nginx in the
-// foreground on a free loopback port until the test ends, and returns its
-// address. A port taken between choosing and binding is retried.
-func startNginx(t *testing.T, bin string, cfg nginxConfig) string {
+// startNginx renders the configuration into cfg.Dir with each server on a
+// free loopback port in place of "listen 443 ssl;", runs nginx in the
+// foreground until the test ends, and returns the servers' addresses. A
+// port taken between choosing and binding is retried.
+func startNginx(t *testing.T, bin string, cfg nginxConfig) []string {
 	t.Helper()
 	tmpl, err := template.ParseFiles(filepath.Join("testdata", "nginx.conf.tmpl"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	servers := cfg.Servers
 	for attempt := 0; ; attempt++ {
-		cfg.Port = freePort(t)
+		addrs := make([]string, len(servers))
+		cfg.Servers = make([]string, len(servers))
+		for i, s := range servers {
+			addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+			cfg.Servers[i] = substitute(t, s, "listen 443 ssl;", "listen "+addrs[i]+" ssl;")
+		}
 		var conf bytes.Buffer
 		if err := tmpl.Execute(&conf, cfg); err != nil {
 			t.Fatal(err)
@@ -221,9 +331,13 @@ func startNginx(t *testing.T, bin string, cfg nginxConfig) string {
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port))
 
-		err := waitListening(addr, exited)
+		var err error
+		for _, addr := range addrs {
+			if err = waitListening(addr, exited); err != nil {
+				break
+			}
+		}
 		if err == nil {
 			t.Cleanup(func() {
 				// SIGQUIT would wait for keep-alive connections; TERM is a fast stop.
@@ -239,7 +353,7 @@ func startNginx(t *testing.T, bin string, cfg nginxConfig) string {
 					t.Logf("nginx error.log:\n%s", log)
 				}
 			})
-			return addr
+			return addrs
 		}
 		_ = cmd.Process.Kill()
 		log, _ := os.ReadFile(errorLog)

@@ -21,10 +21,27 @@ type httpFront struct {
 	url string
 }
 
+// frontTimeouts bound how long a /check connection may take over a request
+// and sit idle between requests (HTTP/1.1 keep-alive and HTTP/2 alike), so
+// a client that connects and goes quiet cannot hold a descriptor forever.
+type frontTimeouts struct {
+	readHeader, read, write, idle time.Duration
+}
+
+// defaultFrontTimeouts suit gateways: a /check request is a few headers,
+// its answer comes from memory, and a gateway whose idle connection was
+// closed opens another.
+var defaultFrontTimeouts = frontTimeouts{
+	readHeader: 5 * time.Second,
+	read:       10 * time.Second,
+	write:      10 * time.Second,
+	idle:       60 * time.Second,
+}
+
 // forwardAuthServer binds the HTTP front end. It serves TLS from the
 // collector CA unless plaintext is asked for on a loopback address (nginx
 // on the same host).
-func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintext bool, advertise string) (*httpFront, error) {
+func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintext bool, advertise string, timeouts frontTimeouts) (*httpFront, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-listen %q: %w", addr, err)
@@ -38,13 +55,24 @@ func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintex
 	if err != nil {
 		return nil, err
 	}
-	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets})
+	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{
+		Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets,
+		Rejections: c.GatewayRejections("forward_auth"),
+	})
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/check", fa)
-	f := &httpFront{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}}
+	f := &httpFront{srv: &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: timeouts.readHeader,
+		ReadTimeout:       timeouts.read,
+		WriteTimeout:      timeouts.write,
+		// HTTP/2 takes its idle timeout from here too.
+		IdleTimeout:    timeouts.idle,
+		MaxHeaderBytes: 64 << 10,
+	}}
 	if !plaintext {
 		hosts := []string{host}
 		if h, _, err := net.SplitHostPort(advertise); err == nil {

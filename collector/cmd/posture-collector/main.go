@@ -225,7 +225,7 @@ func runCollector(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ext, err := gatewayfront.NewExtAuthz(gatewayfront.ExtAuthzConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots()})
+	ext, err := gatewayfront.NewExtAuthz(gatewayfront.ExtAuthzConfig{Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), Rejections: c.GatewayRejections("ext_authz")})
 	if err != nil {
 		return err
 	}
@@ -240,7 +240,7 @@ func runCollector(args []string) error {
 		}
 	}()
 	if *httpListen != "" {
-		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise)
+		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise, defaultFrontTimeouts)
 		if err != nil {
 			return err
 		}

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,16 +143,31 @@ func TestRunRefusesSecondCollector(t *testing.T) {
 	}
 }
 
-func TestForwardAuthServerChecks(t *testing.T) {
-	dir := t.TempDir()
-	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+// serveCollector runs a real collector in-process for tests that use it
+// directly rather than through the admin socket.
+func serveCollector(t *testing.T) *collector.Collector {
+	t.Helper()
+	return serveCollectorWith(t, collector.Config{})
+}
+
+// serveCollectorWith is serveCollector with cfg, in a fresh data directory
+// and listening on loopback.
+func serveCollectorWith(t *testing.T, cfg collector.Config) *collector.Collector {
+	t.Helper()
+	cfg.DataDir, cfg.Listen = t.TempDir(), "127.0.0.1:0"
+	c, err := collector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func TestForwardAuthServerChecks(t *testing.T) {
+	c := serveCollector(t)
 
 	loose := filepath.Join(t.TempDir(), "bearer")
 	os.WriteFile(loose, []byte("a-long-enough-bearer-secret\n"), 0o644)
@@ -167,14 +187,14 @@ func TestForwardAuthServerChecks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := forwardAuthServer(c, tt.addr, tt.bearer, tt.plain, "")
+			_, err := forwardAuthServer(c, tt.addr, tt.bearer, tt.plain, "", defaultFrontTimeouts)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("forwardAuthServer: %v, want an error containing %q", err, tt.want)
 			}
 		})
 	}
 
-	f, err := forwardAuthServer(c, "127.0.0.1:0", tight, false, "")
+	f, err := forwardAuthServer(c, "127.0.0.1:0", tight, false, "", defaultFrontTimeouts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +214,186 @@ func TestForwardAuthServerChecks(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("status %d, want 401 for a request without a device certificate", resp.StatusCode)
 	}
+}
+
+// TestForwardAuthClosesIdleConnections holds connections to /check open
+// without sending anything: the server must close them once they have been
+// idle for the idle timeout, whatever the protocol, so clients that never
+// leave cannot use up the collector's descriptors.
+func TestForwardAuthClosesIdleConnections(t *testing.T) {
+	c := serveCollector(t)
+	// Every other timeout is far longer than the idle one and than the
+	// wait below: only the idle timeout can close these connections.
+	timeouts := frontTimeouts{readHeader: time.Minute, read: time.Minute, write: time.Minute, idle: 100 * time.Millisecond}
+	f, err := forwardAuthServer(c, "127.0.0.1:0", "", false, "", timeouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	defer f.close()
+	roots := x509.NewCertPool()
+	roots.AddCert(c.CA())
+
+	tests := []struct {
+		name  string
+		proto string // ALPN
+		// start uses the connection before it goes idle; it returns what
+		// to read the rest of the connection from.
+		start func(t *testing.T, conn net.Conn) io.Reader
+	}{
+		{
+			name: "HTTP/1.1 keep-alive after a request", proto: "http/1.1",
+			start: func(t *testing.T, conn net.Conn) io.Reader {
+				if _, err := io.WriteString(conn, "GET /check?level=basic HTTP/1.1\r\nHost: collector\r\n\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				br := bufio.NewReader(conn)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.Close {
+					t.Fatal("the server closed the connection after the response; want it kept alive until idle")
+				}
+				return br
+			},
+		},
+		{
+			name: "HTTP/2 after the preface", proto: "h2",
+			start: func(t *testing.T, conn net.Conn) io.Reader {
+				// The client preface and an empty SETTINGS frame (RFC 9113 §3.4).
+				preface := "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+				if _, err := io.WriteString(conn, preface); err != nil {
+					t.Fatal(err)
+				}
+				return conn
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := tls.Dial("tcp", f.l.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", NextProtos: []string{tc.proto}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if got := conn.ConnectionState().NegotiatedProtocol; got != tc.proto {
+				t.Fatalf("negotiated %q, want %q", got, tc.proto)
+			}
+			r := tc.start(t, conn)
+			// Only a bound on a test that would otherwise hang: the
+			// server should close after 100ms.
+			const wait = 20 * time.Second
+			conn.SetReadDeadline(time.Now().Add(wait))
+			_, err = io.Copy(io.Discard, r)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("connection still open after %v idle; the server never closes idle connections", wait)
+			}
+		})
+	}
+}
+
+// lockedBuffer is a log destination tests read while the collector writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestForwardAuthRejectionsCounted sends /check requests that are refused
+// before any decision and finds each counted by reason in the collector's
+// metrics and logged as a warning.
+func TestForwardAuthRejectionsCounted(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	var logs lockedBuffer
+	c := serveCollectorWith(t, collector.Config{MetricsListen: metricsAddr, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	bearer := filepath.Join(t.TempDir(), "bearer")
+	if err := os.WriteFile(bearer, []byte("a-long-enough-bearer-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := forwardAuthServer(c, "127.0.0.1:0", bearer, false, "", defaultFrontTimeouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	defer f.close()
+	roots := x509.NewCertPool()
+	roots.AddCert(c.CA())
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+
+	requests := []struct {
+		query, authorization string
+		wantCode             int
+	}{
+		{"?level=basic", "", http.StatusUnauthorized},
+		{"?level=basic", "Bearer not-the-secret-at-all", http.StatusUnauthorized},
+		{"", "Bearer a-long-enough-bearer-secret", http.StatusBadRequest},
+		{"?level=basic", "Bearer a-long-enough-bearer-secret", http.StatusUnauthorized},
+	}
+	for _, r := range requests {
+		req, _ := http.NewRequest(http.MethodGet, f.url+r.query, nil)
+		if r.authorization != "" {
+			req.Header.Set("Authorization", r.authorization)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != r.wantCode {
+			t.Fatalf("GET /check%s with %q: status %d, want %d", r.query, r.authorization, resp.StatusCode, r.wantCode)
+		}
+	}
+
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`posture_gateway_rejected_total{front="forward_auth",reason="gateway_unauthenticated"} 2`,
+		`posture_gateway_rejected_total{front="forward_auth",reason="level_missing"} 1`,
+		`posture_gateway_rejected_total{front="forward_auth",reason="device_cert_missing"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s; have:\n%s", want, grepLines(string(body), "posture_gateway_rejected_total"))
+		}
+	}
+	for _, want := range []string{"reason=gateway_unauthenticated", "reason=level_missing", "reason=device_cert_missing"} {
+		if !strings.Contains(logs.String(), "level=WARN msg=\"gateway request refused\" front=forward_auth "+want) {
+			t.Errorf("no warning logged with %s; log:\n%s", want, logs.String())
+		}
+	}
+}
+
+// grepLines returns the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func TestReportRetentionFlag(t *testing.T) {
