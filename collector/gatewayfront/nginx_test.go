@@ -122,6 +122,14 @@ func TestNginx(t *testing.T) {
 	if checkTLS.TLS, err = e.c.ServingTLS("collector.example.com"); err != nil {
 		t.Fatal(err)
 	}
+	// httptest puts its own certificate in a configuration without
+	// Certificates, and TLS serves that to clients that send no server
+	// name (nginx by default); the collector's own listener has none.
+	cert, err := checkTLS.TLS.GetCertificate(&tls.ClientHelloInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTLS.TLS.Certificates = []tls.Certificate{*cert}
 	checkTLS.StartTLS()
 	t.Cleanup(checkTLS.Close)
 
