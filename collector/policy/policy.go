@@ -97,6 +97,10 @@ var checkFuncs = map[string]func(Check, *posturev1.PostureReport, *Measured) out
 	"auto_update":         checkAutoUpdate,
 }
 
+// maxWeight is the largest weight of a check. Weights are relative, so
+// this loses nothing, and scores are computed far from overflow.
+const maxWeight = 1000
+
 var assuranceNames = map[string]posturev1.IdentityAssurance{
 	"software":        posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE,
 	"tpm_ek_pinned":   posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_PINNED,
@@ -160,7 +164,6 @@ func (p *Policy) validate() error {
 		errs = append(errs, errors.New("checks: at least one check is required"))
 	}
 	names := map[string]bool{}
-	var total uint32
 	for i, c := range p.Checks {
 		if _, ok := checkFuncs[c.Name]; !ok {
 			errs = append(errs, fmt.Errorf("checks[%d]: unknown check %q (known: %s)", i, c.Name, strings.Join(knownChecks(), ", ")))
@@ -174,10 +177,12 @@ func (p *Policy) validate() error {
 			errs = append(errs, fmt.Errorf("checks[%d]: %q listed twice", i, c.Name))
 		}
 		names[c.Name] = true
-		total += c.Weight
-	}
-	if len(p.Checks) > 0 && total == 0 {
-		errs = append(errs, errors.New("checks: weights add up to zero"))
+		switch {
+		case c.Weight == 0:
+			errs = append(errs, fmt.Errorf("checks[%d] %s: weight is 0 or missing: a check must weigh 1 to %d, or it could never lower a score; remove the check rather than weigh it nothing", i, c.Name, maxWeight))
+		case c.Weight > maxWeight:
+			errs = append(errs, fmt.Errorf("checks[%d] %s: weight %d is above %d: weights are relative, so scale them down to 1 to %d", i, c.Name, c.Weight, maxWeight, maxWeight))
+		}
 	}
 	if len(p.Levels) == 0 {
 		errs = append(errs, errors.New("levels: at least one access level is required"))

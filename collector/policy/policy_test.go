@@ -194,7 +194,10 @@ func TestParseRejects(t *testing.T) {
 		{"unknown field", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, wieght: 2}]\nlevels: [{name: a}]", "wieght"},
 		{"unknown check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encrypton, weight: 1}]\nlevels: [{name: a}]", `unknown check "disk_encrypton"`},
 		{"freshness order", "freshness: {stale_after: 2h, expire_after: 1h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}]", "stale_after < expire_after"},
-		{"zero weights", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 0}]\nlevels: [{name: a}]", "weights add up to zero"},
+		{"zero weight", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 0}]\nlevels: [{name: a}]", "checks[0] disk_encryption: weight is 0 or missing: a check must weigh 1 to 1000"},
+		{"missing weight", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - {name: firewall, weight: 10}\n  - {name: disk_encryption}\nlevels: [{name: a}]", "checks[1] disk_encryption: weight is 0 or missing"},
+		{"weight that would overflow a sum", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - {name: disk_encryption, weight: 2}\n  - name: firewall\n    weight: 4294967295\nlevels: [{name: a, min_score: 100}]", "checks[1] firewall: weight 4294967295 is above 1000"},
+		{"weight above the cap", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1001}]\nlevels: [{name: a}]", "weight 1001 is above 1000"},
 		{"no levels", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]", "at least one access level"},
 		{"requires undefined check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, require: [firewall]}]", `requires check "firewall"`},
 		{"bad assurance", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_assurance: tpm}]", `min_assurance "tpm"`},
@@ -208,6 +211,34 @@ func TestParseRejects(t *testing.T) {
 			_, err := Parse([]byte(tt.yaml))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Parse: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Scores are computed in 64 bits from weights of at most 1000, so the
+// heaviest check decides as much as its weight says.
+func TestRawScoreWeights(t *testing.T) {
+	firewallOff := report(func(r *posturev1.PostureReport) { r.Firewall.Enabled = false })
+	tests := []struct {
+		name           string
+		disk, firewall uint32
+		report         *posturev1.PostureReport
+		want           uint32
+	}{
+		{"heavy check fails", 2, 1000, firewallOff, 0},
+		{"light check fails", 1000, 1, firewallOff, 100},
+		{"even weights, one fails", 1000, 1000, firewallOff, 50},
+		{"all pass", 1000, 1000, report(nil), 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse(fmt.Appendf(nil, "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: %d}, {name: firewall, weight: %d}]\nlevels: [{name: a}]", tt.disk, tt.firewall))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Assess(tt.report).RawScore(); got != tt.want {
+				t.Errorf("raw score = %d, want %d", got, tt.want)
 			}
 		})
 	}
