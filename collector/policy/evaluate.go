@@ -84,7 +84,7 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 	a := &Assessment{policy: p, checks: make([]assessed, 0, len(p.Checks))}
 	var total, passed uint64 // weights are at most maxWeight; no sum overflows
 	for _, c := range p.Checks {
-		o := checkFuncs[c.Name](c, r, m)
+		o := checkKinds[c.Name].eval(c, r, m)
 		as := assessed{result: o.result, text: shareText(checkText{reason: o.reason, remediation: o.remediation})}
 		if t := o.meta.GetObservedAt(); t != nil {
 			as.observedAt = t.AsTime().UnixNano()
