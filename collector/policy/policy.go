@@ -327,12 +327,16 @@ func (p *Policy) validate(lay layout) error {
 	if len(p.Levels) > maxLevels {
 		errs = append(errs, fmt.Errorf("levels: %d defined, at most %d are allowed", len(p.Levels), maxLevels))
 	}
+	var schema *deviceSchema
 	levels := map[string]bool{}
 	for i := range p.Levels {
 		l := &p.Levels[i]
 		e := lay.level(i)
 		if l.Expr != "" {
-			prg, err := compileExpr(l.Expr)
+			if schema == nil {
+				schema = newDeviceSchema(p)
+			}
+			prg, err := compileExpr(l.Expr, schema)
 			if err != nil {
 				errs = append(errs, at(e.keyLine("expr"), "levels[%d] %s: expr: %w", i, l.Name, err))
 			}
