@@ -140,7 +140,7 @@ var decisionKeys = []string{"score", "state", "identity", "report_age"}
 
 func newDeviceSchema(p *Policy) *deviceSchema {
 	a := &Assessment{policy: p, checks: make([]assessed, len(p.Checks))}
-	vars := deviceVars(&posturev1.PostureReport{}, a, true)
+	vars := deviceVars(&posturev1.PostureReport{}, nil, a, true)
 	s := &deviceSchema{
 		fields:   fieldsOf(types.DefaultTypeAdapter.NativeToValue(vars)),
 		sections: map[string]bool{},
@@ -373,7 +373,7 @@ func names[V any](m map[string]V) string {
 // expression that reads them errors and denies: unknown never passes. With
 // every set, sections are present whatever their status: that is the
 // schema expressions are checked against.
-func deviceVars(r *posturev1.PostureReport, a *Assessment, every bool) map[string]any {
+func deviceVars(r *posturev1.PostureReport, m *Measured, a *Assessment, every bool) map[string]any {
 	observed := map[string]time.Time{}
 	ok := func(name string, meta *posturev1.SignalMeta) bool {
 		if every {
@@ -395,8 +395,9 @@ func deviceVars(r *posturev1.PostureReport, a *Assessment, every bool) map[strin
 	if d := r.GetDisk(); ok("disk", d.GetMeta()) {
 		v["disk"] = map[string]any{"system_encrypted": d.GetSystemEncrypted()}
 	}
-	if s := r.GetSecureBoot(); ok("secure_boot", s.GetMeta()) {
-		v["secure_boot"] = map[string]any{"enabled": s.GetEnabled(), "setup_mode": s.GetSetupMode(), "legacy_bios": s.GetLegacyBios()}
+	// What the secure_boot check judges, measured or reported.
+	if s := secureBootFrom(a.policy.secureBootMode(), r, m); ok("secure_boot", s.meta) {
+		v["secure_boot"] = s.view()
 	}
 	if u := r.GetUpdates(); ok("updates", u.GetMeta()) {
 		v["updates"] = map[string]any{"manager": u.GetManager(), "pending": int64(u.GetPending()), "security_pending": int64(u.GetSecurityPending()), "reboot_required": u.GetRebootRequired()}

@@ -160,6 +160,63 @@ func TestCELSchemaPathsEvaluate(t *testing.T) {
 	}
 }
 
+// device.secure_boot is what the secure_boot check judges: measured when
+// the check uses the TPM's reading, else the agent's report.
+func TestCELSecureBoot(t *testing.T) {
+	off := &Measured{SecureBootKnown: true, SecureBoot: false}
+	on := &Measured{SecureBootKnown: true, SecureBoot: true}
+	unknown := &Measured{Reason: "no SecureBoot variable measurement in PCR 7"}
+	agentOff := report(func(r *posturev1.PostureReport) { r.SecureBoot.Enabled = false })
+	tests := []struct {
+		name     string
+		measured string // the check's setting; "-" for a policy without the check
+		report   *posturev1.PostureReport
+		m        *Measured
+		expr     string
+		allowed  bool
+		reason   string
+	}{
+		{"require, TPM says off, agent says on", "require", report(nil), off, `device.secure_boot.enabled`, false, "expression is false"},
+		{"prefer, TPM says off, agent says on", "prefer", report(nil), off, `device.secure_boot.enabled`, false, "expression is false"},
+		{"default, TPM says off, agent says on", "", report(nil), off, `device.secure_boot.enabled`, false, "expression is false"},
+		{"no check, TPM says off, agent says on", "-", report(nil), off, `device.secure_boot.enabled`, false, "expression is false"},
+		{"prefer, TPM says on, agent says off", "prefer", agentOff, on, `device.secure_boot.enabled && !device.secure_boot.setup_mode && !device.secure_boot.legacy_bios`, true, ""},
+		{"ignore, TPM says off, agent says on", "ignore", report(nil), off, `device.secure_boot.enabled`, true, ""},
+		{"prefer without a measurement uses the report", "prefer", report(nil), unknown, `device.secure_boot.enabled`, true, ""},
+		{"require without a measurement denies", "require", report(nil), unknown, `device.secure_boot.enabled`, false, "could not be evaluated"},
+		{"measured off does not tell setup mode", "require", report(nil), off, `!device.secure_boot.setup_mode`, false, "could not be evaluated"},
+		{"measured evidence is as old as the report", "require", report(nil), on, `device.evidence_age("secure_boot") == duration("0s")`, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			check := "{name: disk_encryption, weight: 1}"
+			if tt.measured != "-" {
+				check = "{name: secure_boot, weight: 1, measured: '" + tt.measured + "'}"
+				if tt.measured == "" {
+					check = "{name: secure_boot, weight: 1}"
+				}
+			}
+			p, err := Parse([]byte("freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [" + check + "]\nlevels: [{name: l, expr: '" + tt.expr + "'}, {name: check, min_score: 100}]"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.report.CreatedAt = timestamppb.New(t0)
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(tt.report, tt.m), ReportAt: t0}
+			allowed, _, reasons := p.Decide(s, "l", t0)
+			if allowed != tt.allowed {
+				t.Fatalf("allowed = %v, want %v (%v)", allowed, tt.allowed, reasons)
+			}
+			if !allowed && !strings.Contains(strings.Join(reasons, " "), tt.reason) {
+				t.Errorf("reasons %v lack %q", reasons, tt.reason)
+			}
+			// The check and the view agree on whether secure boot is on.
+			if checked, _, _ := p.Decide(s, "check", t0); tt.measured != "-" && tt.expr == `device.secure_boot.enabled` && checked != allowed {
+				t.Errorf("secure_boot check passes = %v, device.secure_boot.enabled = %v", checked, allowed)
+			}
+		})
+	}
+}
+
 func BenchmarkDecide(b *testing.B) {
 	for _, bc := range []struct{ name, expr string }{
 		{"score-only", ""},

@@ -102,7 +102,7 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 		a.rawScore = uint32((passed*100 + total/2) / total)
 	}
 	if p.hasExprs() {
-		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, a, false)).(traits.Mapper)
+		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, m, a, false)).(traits.Mapper)
 	}
 	return a
 }

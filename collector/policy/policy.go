@@ -420,6 +420,17 @@ func (p *Policy) Level(name string) (Level, bool) {
 	return Level{}, false
 }
 
+// secureBootMode is the measured setting of the policy's secure_boot
+// check; empty (prefer) without one.
+func (p *Policy) secureBootMode() string {
+	for _, c := range p.Checks {
+		if c.Name == "secure_boot" {
+			return c.Measured
+		}
+	}
+	return ""
+}
+
 // LevelNames lists the levels in policy order.
 func (p *Policy) LevelNames() []string {
 	var n []string
