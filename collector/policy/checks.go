@@ -81,39 +81,80 @@ func checkUpdates(c Check, r *posturev1.PostureReport, _ *Measured) outcome {
 	return fail(u.GetMeta(), fmt.Sprintf("%d pending security updates, at most %d allowed", n, c.MaxSecurityPending), fix)
 }
 
-func checkSecureBoot(c Check, r *posturev1.PostureReport, m *Measured) outcome {
-	s := r.GetSecureBoot()
-	const fix = "enable UEFI Secure Boot in the firmware settings"
-	if c.Measured != "ignore" {
+// secureBootState is the secure boot state that the secure_boot check
+// judges and level expressions see as device.secure_boot: the collector's
+// own reading of PCR 7 when the check's measured setting uses it, else the
+// agent's report.
+type secureBootState struct {
+	meta       *posturev1.SignalMeta
+	measured   bool // from the TPM event log, not the agent
+	enabled    bool
+	setupMode  bool
+	legacyBIOS bool
+	// missing says why a required measurement is unknown; then meta is not
+	// OK and the other fields mean nothing.
+	missing string
+}
+
+// secureBootFrom resolves the state for a measured setting (prefer when
+// empty).
+func secureBootFrom(mode string, r *posturev1.PostureReport, m *Measured) secureBootState {
+	if mode != "ignore" {
 		if m != nil && m.SecureBootKnown {
-			meta := &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: r.GetCreatedAt(), Source: posturev1.Source_SOURCE_TPM}
-			if m.SecureBoot {
-				return pass(meta, "secure boot is enabled, as measured by the TPM (PCR 7)")
+			return secureBootState{
+				meta:     &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: r.GetCreatedAt(), Source: posturev1.Source_SOURCE_TPM},
+				measured: true,
+				enabled:  m.SecureBoot,
 			}
-			return fail(meta, "secure boot is disabled, as measured by the TPM (PCR 7)", fix)
 		}
-		if c.Measured == "require" {
+		if mode == "require" {
 			why := "no TPM event log"
 			if m != nil && m.Reason != "" {
 				why = m.Reason
 			}
-			return outcome{result: posturev1.Outcome_OUTCOME_UNKNOWN, meta: s.GetMeta(),
-				reason:      "measured secure boot is required and unknown (" + why + "); unknown counts as failing",
-				remediation: "run the agent as root on a device with a TPM, so it can send the TPM event log"}
+			return secureBootState{meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: why}, missing: why}
 		}
 	}
-	if o, unknown := unknownUnlessOK(s.GetMeta(), "secure boot", fix); unknown {
+	s := r.GetSecureBoot()
+	return secureBootState{meta: s.GetMeta(), enabled: s.GetEnabled(), setupMode: s.GetSetupMode(), legacyBIOS: s.GetLegacyBios()}
+}
+
+// view is device.secure_boot. A measured SecureBoot variable shows the
+// machine boots UEFI, and when it is set, that secure boot is out of setup
+// mode; when it is clear the measurement does not tell setup mode, so
+// setup_mode is absent and an expression reading it denies.
+func (s secureBootState) view() map[string]any {
+	if s.measured && !s.enabled {
+		return map[string]any{"enabled": false, "legacy_bios": false}
+	}
+	return map[string]any{"enabled": s.enabled, "setup_mode": s.setupMode, "legacy_bios": s.legacyBIOS}
+}
+
+func checkSecureBoot(c Check, r *posturev1.PostureReport, m *Measured) outcome {
+	s := secureBootFrom(c.Measured, r, m)
+	const fix = "enable UEFI Secure Boot in the firmware settings"
+	switch {
+	case s.missing != "":
+		return outcome{result: posturev1.Outcome_OUTCOME_UNKNOWN, meta: r.GetSecureBoot().GetMeta(),
+			reason:      "measured secure boot is required and unknown (" + s.missing + "); unknown counts as failing",
+			remediation: "run the agent as root on a device with a TPM, so it can send the TPM event log"}
+	case s.measured && s.enabled:
+		return pass(s.meta, "secure boot is enabled, as measured by the TPM (PCR 7)")
+	case s.measured:
+		return fail(s.meta, "secure boot is disabled, as measured by the TPM (PCR 7)", fix)
+	}
+	if o, unknown := unknownUnlessOK(s.meta, "secure boot", fix); unknown {
 		return o
 	}
 	switch {
-	case s.GetLegacyBios():
-		return fail(s.GetMeta(), "machine boots with legacy BIOS, which has no secure boot", "switch the firmware to UEFI boot and enable Secure Boot")
-	case s.GetSetupMode():
-		return fail(s.GetMeta(), "secure boot is in setup mode and enforces nothing", fix)
-	case s.GetEnabled():
-		return pass(s.GetMeta(), "secure boot is enabled")
+	case s.legacyBIOS:
+		return fail(s.meta, "machine boots with legacy BIOS, which has no secure boot", "switch the firmware to UEFI boot and enable Secure Boot")
+	case s.setupMode:
+		return fail(s.meta, "secure boot is in setup mode and enforces nothing", fix)
+	case s.enabled:
+		return pass(s.meta, "secure boot is enabled")
 	}
-	return fail(s.GetMeta(), "secure boot is disabled", fix)
+	return fail(s.meta, "secure boot is disabled", fix)
 }
 
 func checkOSVersion(c Check, r *posturev1.PostureReport, _ *Measured) outcome {

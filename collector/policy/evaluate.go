@@ -82,9 +82,9 @@ func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment { return p.Asses
 // evidence the collector measured itself (nil when there is none).
 func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment {
 	a := &Assessment{policy: p, checks: make([]assessed, 0, len(p.Checks))}
-	var total, passed uint32
+	var total, passed uint64 // weights are at most maxWeight; no sum overflows
 	for _, c := range p.Checks {
-		o := checkFuncs[c.Name](c, r, m)
+		o := checkKinds[c.Name].eval(c, r, m)
 		as := assessed{result: o.result, text: shareText(checkText{reason: o.reason, remediation: o.remediation})}
 		if t := o.meta.GetObservedAt(); t != nil {
 			as.observedAt = t.AsTime().UnixNano()
@@ -93,16 +93,16 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
 			continue // weighs nothing either way
 		}
-		total += c.Weight
+		total += uint64(c.Weight)
 		if o.result == posturev1.Outcome_OUTCOME_PASS {
-			passed += c.Weight
+			passed += uint64(c.Weight)
 		}
 	}
 	if total > 0 {
-		a.rawScore = (passed*100 + total/2) / total
+		a.rawScore = uint32((passed*100 + total/2) / total)
 	}
 	if p.hasExprs() {
-		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, a)).(traits.Mapper)
+		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, m, a, false)).(traits.Mapper)
 	}
 	return a
 }

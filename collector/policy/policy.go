@@ -4,10 +4,14 @@
 package policy
 
 import (
+	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,17 +89,28 @@ type Level struct {
 	program cel.Program
 }
 
-// checkFuncs maps check names to what they examine.
-var checkFuncs = map[string]func(Check, *posturev1.PostureReport, *Measured) outcome{
-	"disk_encryption":     checkDisk,
-	"security_updates":    checkUpdates,
-	"secure_boot":         checkSecureBoot,
-	"os_version":          checkOSVersion,
-	"firewall":            checkFirewall,
-	"screen_lock":         checkScreenLock,
-	"endpoint_protection": checkEndpoint,
-	"auto_update":         checkAutoUpdate,
+// checkKinds maps check names to what they examine and the options they
+// read. An option set on a check that does not read it is an error: the
+// check would ignore it, and a policy would say more than it enforces.
+var checkKinds = map[string]checkKind{
+	"disk_encryption":     {eval: checkDisk},
+	"security_updates":    {eval: checkUpdates, options: []string{"max_security_pending"}},
+	"secure_boot":         {eval: checkSecureBoot, options: []string{"measured"}},
+	"os_version":          {eval: checkOSVersion, options: []string{"min_versions"}},
+	"firewall":            {eval: checkFirewall},
+	"screen_lock":         {eval: checkScreenLock, options: []string{"max_timeout"}},
+	"endpoint_protection": {eval: checkEndpoint},
+	"auto_update":         {eval: checkAutoUpdate},
 }
+
+type checkKind struct {
+	eval    func(Check, *posturev1.PostureReport, *Measured) outcome
+	options []string // YAML keys besides name and weight
+}
+
+// maxWeight is the largest weight of a check. Weights are relative, so
+// this loses nothing, and scores are computed far from overflow.
+const maxWeight = 1000
 
 var assuranceNames = map[string]posturev1.IdentityAssurance{
 	"software":        posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE,
@@ -135,49 +150,176 @@ func Load(path string) (*Policy, error) {
 	return p, nil
 }
 
-// Parse decodes and validates policy YAML. Unknown fields are errors, so a
-// typo cannot silently weaken a policy.
+// Parse decodes and validates policy YAML: one document, no unknown fields,
+// and no setting that a check would ignore, so a typo cannot silently
+// weaken a policy. Errors give the line in the file.
 func Parse(data []byte) (*Policy, error) {
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	lay, err := locate(data)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var p Policy
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
-	if err := p.validate(); err != nil {
+	if err := p.validate(lay); err != nil {
 		return nil, err
 	}
 	return &p, nil
 }
 
-func (p *Policy) validate() error {
+// layout is where the parts of a policy are in its file, and which keys
+// each check and level sets (after YAML merges and aliases).
+type layout struct {
+	freshness int
+	checks    []entry
+	levels    []entry
+}
+
+// entry is one item of a list: its line and the lines of its keys.
+type entry struct {
+	line int
+	keys map[string]int
+}
+
+func (l layout) check(i int) entry {
+	if i < len(l.checks) {
+		return l.checks[i]
+	}
+	return entry{}
+}
+
+func (l layout) level(i int) entry {
+	if i < len(l.levels) {
+		return l.levels[i]
+	}
+	return entry{}
+}
+
+// keyLine is the line of key, or else of the item.
+func (e entry) keyLine(key string) int {
+	if n, ok := e.keys[key]; ok {
+		return n
+	}
+	return e.line
+}
+
+// locate reads the layout of a policy and refuses a file of several YAML
+// documents, of which the decoder would read only the first.
+func locate(data []byte) (layout, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return layout{}, errors.New("parse: the policy is empty; it needs freshness, checks and levels (see the built-in policy, collector/policy/default.yaml)")
+	} else if err != nil {
+		return layout{}, fmt.Errorf("parse: %w", err)
+	}
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return layout{}, fmt.Errorf("parse: %w", err)
+		}
+		// An empty document (a trailing ---) holds nothing to ignore.
+		if len(more.Content) > 0 && more.Content[0].Tag != "!!null" {
+			return layout{}, fmt.Errorf("line %d: a second YAML document (after ---): a policy file holds one document, and the rest would be ignored; merge it into the first or remove it", more.Content[0].Line)
+		}
+	}
+	// Shape errors are left to the strict decode, which words them better.
+	var raw struct {
+		Freshness yaml.Node   `yaml:"freshness"`
+		Checks    []yaml.Node `yaml:"checks"`
+		Levels    []yaml.Node `yaml:"levels"`
+	}
+	_ = doc.Decode(&raw)
+	items := func(nodes []yaml.Node) []entry {
+		var es []entry
+		for _, n := range nodes {
+			e := entry{line: n.Line, keys: map[string]int{}}
+			var keys map[string]yaml.Node
+			_ = n.Decode(&keys)
+			for k, v := range keys {
+				e.keys[k] = v.Line
+			}
+			es = append(es, e)
+		}
+		return es
+	}
+	return layout{freshness: raw.Freshness.Line, checks: items(raw.Checks), levels: items(raw.Levels)}, nil
+}
+
+// at prefixes an error with its line in the policy file, when known.
+func at(line int, format string, args ...any) error {
+	if line > 0 {
+		format = "line %d: " + format
+		args = append([]any{line}, args...)
+	}
+	return fmt.Errorf(format, args...)
+}
+
+// versionPattern is a minimum version: dot-separated numbers.
+var versionPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)*$`)
+
+func (p *Policy) validate(lay layout) error {
 	var errs []error
 	f := p.Freshness
 	if f.StaleAfter <= 0 || f.ExpireAfter <= f.StaleAfter {
-		errs = append(errs, fmt.Errorf("freshness: need 0 < stale_after < expire_after, got %v and %v", f.StaleAfter, f.ExpireAfter))
+		errs = append(errs, at(lay.freshness, "freshness: need 0 < stale_after < expire_after, got %v and %v", f.StaleAfter, f.ExpireAfter))
 	}
 	if len(p.Checks) == 0 {
 		errs = append(errs, errors.New("checks: at least one check is required"))
 	}
 	names := map[string]bool{}
-	var total uint32
 	for i, c := range p.Checks {
-		if _, ok := checkFuncs[c.Name]; !ok {
-			errs = append(errs, fmt.Errorf("checks[%d]: unknown check %q (known: %s)", i, c.Name, strings.Join(knownChecks(), ", ")))
+		e := lay.check(i)
+		where := fmt.Sprintf("checks[%d] %s", i, c.Name)
+		kind, known := checkKinds[c.Name]
+		if !known {
+			errs = append(errs, at(e.keyLine("name"), "checks[%d]: unknown check %q (known: %s)", i, c.Name, strings.Join(knownChecks(), ", ")))
+		}
+		if names[c.Name] {
+			errs = append(errs, at(e.line, "checks[%d]: %q listed twice", i, c.Name))
+		}
+		names[c.Name] = true
+		_, hasWeight := e.keys["weight"]
+		switch {
+		case c.Weight == 0 && !hasWeight && e.keys != nil:
+			errs = append(errs, at(e.line, "%s: weight is missing: give every check a weight from 1 to %d", where, maxWeight))
+		case c.Weight == 0:
+			errs = append(errs, at(e.keyLine("weight"), "%s: weight 0: a check must weigh 1 to %d, or it could never lower a score; remove the check rather than weigh it nothing", where, maxWeight))
+		case c.Weight > maxWeight:
+			errs = append(errs, at(e.keyLine("weight"), "%s: weight %d is above %d: weights are relative, so scale them down to 1 to %d", where, c.Weight, maxWeight, maxWeight))
+		}
+		if known {
+			for _, opt := range c.optionsSet(e) {
+				if !slices.Contains(kind.options, opt) {
+					errs = append(errs, at(e.keyLine(opt), "%s: %s is not an option of %s, which would ignore it (%s); remove it or move it to that check", where, opt, c.Name, optionOwner(opt)))
+				}
+			}
 		}
 		switch c.Measured {
 		case "", "prefer", "require", "ignore":
 		default:
-			errs = append(errs, fmt.Errorf("checks[%d]: measured %q: want prefer, require or ignore", i, c.Measured))
+			errs = append(errs, at(e.keyLine("measured"), "%s: measured %q: want prefer, require or ignore", where, c.Measured))
 		}
-		if names[c.Name] {
-			errs = append(errs, fmt.Errorf("checks[%d]: %q listed twice", i, c.Name))
+		if c.MaxScreenLockTimeout < 0 {
+			errs = append(errs, at(e.keyLine("max_timeout"), "%s: max_timeout %v is negative: give the longest inactivity allowed before the screen locks, such as 15m (0 accepts any enabled lock)", where, c.MaxScreenLockTimeout))
 		}
-		names[c.Name] = true
-		total += c.Weight
-	}
-	if len(p.Checks) > 0 && total == 0 {
-		errs = append(errs, errors.New("checks: weights add up to zero"))
+		oses := slices.Sorted(maps.Keys(c.MinVersions))
+		for _, osName := range oses {
+			v := c.MinVersions[osName]
+			switch {
+			case osName == "" || osName != strings.ToLower(osName):
+				errs = append(errs, at(e.keyLine("min_versions"), "%s: min_versions: OS name %q: write it in lower case as devices report it (debian, ubuntu, darwin, windows)", where, osName))
+			case !versionPattern.MatchString(v):
+				errs = append(errs, at(e.keyLine("min_versions"), "%s: min_versions %s: %q is not a version: write dot-separated numbers, such as \"22.04\"", where, osName, v))
+			}
+		}
 	}
 	if len(p.Levels) == 0 {
 		errs = append(errs, errors.New("levels: at least one access level is required"))
@@ -185,44 +327,83 @@ func (p *Policy) validate() error {
 	if len(p.Levels) > maxLevels {
 		errs = append(errs, fmt.Errorf("levels: %d defined, at most %d are allowed", len(p.Levels), maxLevels))
 	}
+	var schema *deviceSchema
 	levels := map[string]bool{}
 	for i := range p.Levels {
 		l := &p.Levels[i]
+		e := lay.level(i)
 		if l.Expr != "" {
-			prg, err := compileExpr(l.Expr)
+			if schema == nil {
+				schema = newDeviceSchema(p)
+			}
+			prg, err := compileExpr(l.Expr, schema)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("levels[%d] %s: expr: %w", i, l.Name, err))
+				errs = append(errs, at(e.keyLine("expr"), "levels[%d] %s: expr: %w", i, l.Name, err))
 			}
 			l.program = prg
 		}
 		if l.Name == "" {
-			errs = append(errs, fmt.Errorf("levels[%d]: name is required", i))
+			errs = append(errs, at(e.line, "levels[%d]: name is required", i))
 		}
 		if strings.IndexFunc(l.Name, unicode.IsControl) >= 0 {
-			errs = append(errs, fmt.Errorf("levels[%d]: name %q contains a control character", i, l.Name))
+			errs = append(errs, at(e.keyLine("name"), "levels[%d]: name %q contains a control character", i, l.Name))
 		}
 		if levels[l.Name] {
-			errs = append(errs, fmt.Errorf("levels[%d]: %q defined twice", i, l.Name))
+			errs = append(errs, at(e.line, "levels[%d]: %q defined twice", i, l.Name))
 		}
 		levels[l.Name] = true
 		if l.MinScore > 100 {
-			errs = append(errs, fmt.Errorf("levels[%d] %s: min_score %d is above 100", i, l.Name, l.MinScore))
+			errs = append(errs, at(e.keyLine("min_score"), "levels[%d] %s: min_score %d is above 100", i, l.Name, l.MinScore))
 		}
 		for _, r := range l.Require {
 			if !names[r] {
-				errs = append(errs, fmt.Errorf("levels[%d] %s: requires check %q, which the policy does not define", i, l.Name, r))
+				errs = append(errs, at(e.keyLine("require"), "levels[%d] %s: requires check %q, which the policy does not define", i, l.Name, r))
 			}
 		}
 		if _, ok := assuranceNames[l.MinAssurance]; l.MinAssurance != "" && !ok {
-			errs = append(errs, fmt.Errorf("levels[%d] %s: min_assurance %q is not one of software, tpm_ek_pinned, tpm_ek_verified", i, l.Name, l.MinAssurance))
+			errs = append(errs, at(e.keyLine("min_assurance"), "levels[%d] %s: min_assurance %q is not one of software, tpm_ek_pinned, tpm_ek_verified", i, l.Name, l.MinAssurance))
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// optionsSet lists the options a check sets: the keys of its entry besides
+// name and weight, and, should the layout lack one, any option with a
+// value.
+func (c Check) optionsSet(e entry) []string {
+	set := map[string]bool{}
+	for k := range e.keys {
+		if k != "name" && k != "weight" {
+			set[k] = true
+		}
+	}
+	set["max_security_pending"] = set["max_security_pending"] || c.MaxSecurityPending != 0
+	set["min_versions"] = set["min_versions"] || c.MinVersions != nil
+	set["max_timeout"] = set["max_timeout"] || c.MaxScreenLockTimeout != 0
+	set["measured"] = set["measured"] || c.Measured != ""
+	var opts []string
+	for k, v := range set {
+		if v {
+			opts = append(opts, k)
+		}
+	}
+	slices.Sort(opts)
+	return opts
+}
+
+// optionOwner says which check reads an option.
+func optionOwner(opt string) string {
+	for _, name := range knownChecks() {
+		if slices.Contains(checkKinds[name].options, opt) {
+			return "it is an option of " + name
+		}
+	}
+	return "no check reads it"
+}
+
 func knownChecks() []string {
 	var k []string
-	for n := range checkFuncs {
+	for n := range checkKinds {
 		k = append(k, n)
 	}
 	slices.Sort(k)
@@ -237,6 +418,17 @@ func (p *Policy) Level(name string) (Level, bool) {
 		}
 	}
 	return Level{}, false
+}
+
+// secureBootMode is the measured setting of the policy's secure_boot
+// check; empty (prefer) without one.
+func (p *Policy) secureBootMode() string {
+	for _, c := range p.Checks {
+		if c.Name == "secure_boot" {
+			return c.Measured
+		}
+	}
+	return ""
 }
 
 // LevelNames lists the levels in policy order.

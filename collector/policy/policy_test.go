@@ -194,7 +194,22 @@ func TestParseRejects(t *testing.T) {
 		{"unknown field", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, wieght: 2}]\nlevels: [{name: a}]", "wieght"},
 		{"unknown check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encrypton, weight: 1}]\nlevels: [{name: a}]", `unknown check "disk_encrypton"`},
 		{"freshness order", "freshness: {stale_after: 2h, expire_after: 1h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a}]", "stale_after < expire_after"},
-		{"zero weights", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 0}]\nlevels: [{name: a}]", "weights add up to zero"},
+		{"zero weight", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 0}]\nlevels: [{name: a}]", "line 2: checks[0] disk_encryption: weight 0: a check must weigh 1 to 1000"},
+		{"missing weight", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - {name: firewall, weight: 10}\n  - {name: disk_encryption}\nlevels: [{name: a}]", "line 4: checks[1] disk_encryption: weight is missing"},
+		{"weight that would overflow a sum", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - {name: disk_encryption, weight: 2}\n  - name: firewall\n    weight: 4294967295\nlevels: [{name: a, min_score: 100}]", "line 5: checks[1] firewall: weight 4294967295 is above 1000"},
+		{"weight above the cap", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1001}]\nlevels: [{name: a}]", "weight 1001 is above 1000"},
+		{"negative max_timeout", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: screen_lock, weight: 1, max_timeout: -15m}]\nlevels: [{name: a}]", "max_timeout -15m0s is negative"},
+		{"empty min version", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: os_version, weight: 1, min_versions: {ubuntu: \"\"}}]\nlevels: [{name: a}]", `min_versions ubuntu: "" is not a version`},
+		{"unparsable min version", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: os_version, weight: 1, min_versions: {debian: \"12\", ubuntu: \"22.04 LTS\"}}]\nlevels: [{name: a}]", `min_versions ubuntu: "22.04 LTS" is not a version`},
+		{"capitalised OS name", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: os_version, weight: 1, min_versions: {Ubuntu: \"22.04\"}}]\nlevels: [{name: a}]", `OS name "Ubuntu": write it in lower case`},
+		{"option of another check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - name: firewall\n    weight: 1\n    max_security_pending: 0\nlevels: [{name: a}]", "line 5: checks[0] firewall: max_security_pending is not an option of firewall, which would ignore it (it is an option of security_updates)"},
+		{"measured on a check that does not measure", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1, measured: require}]\nlevels: [{name: a}]", "measured is not an option of firewall"},
+		{"min_versions on firewall", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1, min_versions: {debian: \"12\"}}]\nlevels: [{name: a}]", "min_versions is not an option of firewall"},
+		{"max_timeout on disk_encryption", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, max_timeout: 5m}]\nlevels: [{name: a}]", "max_timeout is not an option of disk_encryption"},
+		{"option merged from another check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - &updates {name: security_updates, weight: 1, max_security_pending: 0}\n  - {<<: *updates, name: firewall}\nlevels: [{name: a}]", "checks[1] firewall: max_security_pending is not an option of firewall"},
+		{"second document", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1}]\nlevels: [{name: top, min_score: 0}]\n---\nlevels: [{name: top, min_score: 100}]\n", "line 5: a second YAML document"},
+		{"second document after an empty one", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1}]\nlevels: [{name: top}]\n---\n---\nlevels: [{name: top, min_score: 100}]\n", "line 6: a second YAML document"},
+		{"empty file", "# nothing yet\n", "the policy is empty"},
 		{"no levels", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]", "at least one access level"},
 		{"requires undefined check", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, require: [firewall]}]", `requires check "firewall"`},
 		{"bad assurance", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: a, min_assurance: tpm}]", `min_assurance "tpm"`},
@@ -208,6 +223,50 @@ func TestParseRejects(t *testing.T) {
 			_, err := Parse([]byte(tt.yaml))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Parse: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseAccepts(t *testing.T) {
+	tests := []struct{ name, yaml string }{
+		{"weights at the bounds", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}, {name: firewall, weight: 1000}]\nlevels: [{name: a}]"},
+		{"each check with its own options", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks:\n  - {name: security_updates, weight: 1, max_security_pending: 0}\n  - {name: secure_boot, weight: 1, measured: require}\n  - {name: os_version, weight: 1, min_versions: {debian: \"12\", windows: \"10.0.19045\"}}\n  - {name: screen_lock, weight: 1, max_timeout: 0s}\nlevels: [{name: a}]"},
+		{"an empty document after the policy", "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1}]\nlevels: [{name: a}]\n---\n# nothing here\n"},
+		{"a document marker before the policy", "---\nfreshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: firewall, weight: 1}]\nlevels: [{name: a}]\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Parse([]byte(tt.yaml)); err != nil {
+				t.Errorf("Parse: %v", err)
+			}
+		})
+	}
+}
+
+// Scores are computed in 64 bits from weights of at most 1000, so the
+// heaviest check decides as much as its weight says.
+func TestRawScoreWeights(t *testing.T) {
+	firewallOff := report(func(r *posturev1.PostureReport) { r.Firewall.Enabled = false })
+	tests := []struct {
+		name           string
+		disk, firewall uint32
+		report         *posturev1.PostureReport
+		want           uint32
+	}{
+		{"heavy check fails", 2, 1000, firewallOff, 0},
+		{"light check fails", 1000, 1, firewallOff, 100},
+		{"even weights, one fails", 1000, 1000, firewallOff, 50},
+		{"all pass", 1000, 1000, report(nil), 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse(fmt.Appendf(nil, "freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: %d}, {name: firewall, weight: %d}]\nlevels: [{name: a}]", tt.disk, tt.firewall))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Assess(tt.report).RawScore(); got != tt.want {
+				t.Errorf("raw score = %d, want %d", got, tt.want)
 			}
 		})
 	}
