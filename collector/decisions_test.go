@@ -12,7 +12,9 @@ import (
 // what failed and how to fix it, and answers for a window of time.
 func TestDecisionLog(t *testing.T) {
 	t10 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	at := func(min, sec int) time.Time { return t10.Add(time.Duration(min)*time.Minute + time.Duration(sec)*time.Second) }
+	at := func(min, sec int) time.Time {
+		return t10.Add(time.Duration(min)*time.Minute + time.Duration(sec)*time.Second)
+	}
 	failed := []*posturev1.CheckResult{{Name: "disk_encryption", Outcome: posturev1.Outcome_OUTCOME_FAIL, Reason: "not encrypted: /", Remediation: "encrypt the system disk"}}
 	deny := func(when time.Time, reason string) decisionRecord {
 		return decisionRecord{at: when, device: "a", level: "trusted", caller: "gateway edge", score: 70, reasons: []string{reason}, failed: failed}

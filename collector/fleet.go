@@ -499,13 +499,19 @@ func deviceProto(d store.Device, trustDomain, osLine string) *posturev1.Device {
 }
 
 // addStream registers an open report stream so revocation can close it.
-func (f *fleet) addStream(id string, s *reportStream) {
+// addStream registers a device's report stream and returns the device's
+// streams registered before it.
+func (f *fleet) addStream(id string, s *reportStream) (older []*reportStream) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.streams[id] == nil {
 		f.streams[id] = map[*reportStream]struct{}{}
 	}
+	for o := range f.streams[id] {
+		older = append(older, o)
+	}
 	f.streams[id][s] = struct{}{}
+	return older
 }
 
 func (f *fleet) removeStream(id string, s *reportStream) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -33,7 +34,16 @@ type reportService struct {
 // reportStream is one open StreamReports call.
 type reportStream struct {
 	cancel context.CancelCauseFunc
+	// busy is held while a report of this stream is checked and stored,
+	// so that a newer stream of the device can wait for it to finish.
+	busy sync.Mutex
 }
+
+// errSuperseded ends a device's report stream when the device opens a
+// newer one: only the newest stream may store reports, so that a report
+// held back on an old connection (by a network in between) cannot arrive
+// after the agent has moved on and look like a fork of its chain.
+var errSuperseded = status.Error(codes.Aborted, "a newer report stream of this device replaced this one")
 
 // rejection is a refused report: the reason it is counted under and a
 // message for the agent's log.
@@ -65,7 +75,11 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	rs := &reportStream{cancel: cancel}
-	c.fleet.addStream(id, rs)
+	for _, old := range c.fleet.addStream(id, rs) {
+		old.cancel(errSuperseded)
+		old.busy.Lock() // let a report it is storing finish, so the welcome's head includes it
+		old.busy.Unlock()
+	}
 	defer c.fleet.removeStream(id, rs)
 	// A revocation between authorization and registration must still close
 	// this stream.
@@ -116,7 +130,13 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 			continue // a newer agent's message this collector does not know
 		}
 		next := newNonce()
+		rs.busy.Lock()
+		if ctx.Err() != nil { // superseded or revoked while the report arrived
+			rs.busy.Unlock()
+			return streamEndError(ctx)
+		}
 		ack, rej := s.ingest(ctx, id, &key, sr, nonce)
+		rs.busy.Unlock()
 		nonce = next
 		var out *posturev1.CollectorMessage
 		if rej != nil {

@@ -540,3 +540,42 @@ func TestConcurrentStreamsOfOneIdentity(t *testing.T) {
 		t.Errorf("state = %v, want suspect", d.GetDevice().GetState())
 	}
 }
+
+// A device's newer report stream replaces its older ones: a report held
+// back on an old connection (by a network in between) and released after
+// the agent reconnected and sent the same sequence number again is not
+// stored and does not make the device suspect.
+func TestNewerStreamSupersedesOlder(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	a := openReports(t, e, cert, key, id)
+	if m := a.send(a.next()); m.GetAck() == nil {
+		t.Fatalf("report 1: %v", m)
+	}
+	held := a.next() // report 2, for the old stream's nonce
+
+	b := openReports(t, e, cert, key, id) // the agent reconnects
+	if b.seq != 1 {
+		t.Fatalf("welcome on the new stream says head %d, want 1", b.seq)
+	}
+	if m := b.send(b.next()); m.GetAck().GetSeq() != 2 {
+		t.Fatalf("report 2 on the new stream: %v", m)
+	}
+	// The held report is released on the old connection.
+	_ = a.st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: held}})
+	if _, err := a.st.Recv(); status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "newer report stream") {
+		t.Errorf("old stream after a newer one opened: %v; want Aborted, replaced by a newer stream", err)
+	}
+	d, err := e.device(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || d.GetDevice().GetLastSeq() != 2 {
+		t.Errorf("device after the held report: state %v (%s), head %d; want active at 2", d.GetDevice().GetState(), d.GetDevice().GetStateReason(), d.GetDevice().GetLastSeq())
+	}
+	// The new stream goes on.
+	if m := b.send(b.next()); m.GetAck().GetSeq() != 3 {
+		t.Errorf("report 3 on the new stream: %v", m)
+	}
+}

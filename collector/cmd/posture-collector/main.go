@@ -132,7 +132,9 @@ func sub(args []string, cmds map[string]func([]string, io.Writer) error, out io.
 	return f(args[1:], out)
 }
 
-func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help" }
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help"
+}
 
 // helpText is what a command prints when asked for help: main writes it to
 // standard output and exits 0.
