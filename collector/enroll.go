@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -168,6 +169,8 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 		return refuse("token_unknown", codes.Unauthenticated, "enrollment token is not known to this collector")
 	case errors.Is(err, store.ErrDeviceRevoked):
 		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked and cannot enroll again with the same identity", cl.deviceID)
+	case errors.Is(err, store.ErrIdentityKind):
+		return refuse("identity_kind", codes.PermissionDenied, "device %s enrolled with another kind of identity than this %s claim; a device keeps its kind of identity: revoke it and enroll this machine as a new device", cl.deviceID, cl.kind)
 	case err != nil:
 		return status.Errorf(codes.Internal, "store enrollment: %v", err)
 	}
@@ -214,6 +217,11 @@ func (c *Collector) checkClaim(ctx context.Context, id *posturev1.IdentityClaim)
 		key, err := parseP256(sw.GetPublicKey())
 		if err != nil {
 			return nil, refuse("malformed", codes.InvalidArgument, "identity public key: %v", err)
+		}
+		// One key, one encoding, one device ID: the parser tolerates
+		// extra elements that would give the same key another ID.
+		if canonical, err := x509.MarshalPKIXPublicKey(key); err != nil || !bytes.Equal(canonical, sw.GetPublicKey()) {
+			return nil, refuse("malformed", codes.InvalidArgument, "identity public key is not in canonical PKIX DER form")
 		}
 		return &claim{
 			kind: "software", deviceID: DeviceID(sw.GetPublicKey()), identityKey: sw.GetPublicKey(), swKey: key,

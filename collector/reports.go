@@ -234,7 +234,10 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 	rec := store.Report{DeviceID: id, Seq: r.GetSeq(), Digest: v.Digest, Nonce: v.Nonce, Body: v.Body, Proof: v.Proof, ReceivedAt: now}
 	if quote != nil {
 		clock := store.TPMClock{Clock: quote.Clock.Clock, ResetCount: quote.Clock.ResetCount, RestartCount: quote.Clock.RestartCount}
-		reboot, why := tpmClockCheck(c.fleet.tpmClock(id), clock, headSeq == 0)
+		// No previous quote: the first report, or the first since the
+		// device enrolled again with a new key (its clock starts afresh).
+		prev := c.fleet.tpmClock(id)
+		reboot, why := tpmClockCheck(prev, clock, headSeq == 0 || prev == (store.TPMClock{}))
 		if why != "" {
 			s.suspect(ctx, id, why)
 			return nil, reject(posturev1.RejectReason_REJECT_REASON_TPM_CLOCK, "%s", why)

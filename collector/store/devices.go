@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -57,10 +58,15 @@ func (s *Store) Token(ctx context.Context, hash []byte) (Token, error) {
 // expiry is at or before now, then ErrTokenUsedUp. A new device is stored
 // with an empty report chain, state active unless d.State says otherwise,
 // and EnrolledAt = now unless d.EnrolledAt is set. If a device with d.ID
-// exists, it is re-enrolled: its hostname, platform, certificate serial and
-// enrollment time are updated, while its identity, state and report chain
-// are kept. Re-enrolling a revoked device fails with ErrDeviceRevoked and
-// leaves the token unused. EnrollDevice returns the device as stored.
+// exists, it is re-enrolled: its hostname, platform, certificate serial,
+// enrollment time, identity key and assurance are updated, while its state
+// and report chain are kept, except that a new enrollment that earned only
+// pending approval makes an active device pending, and a new identity key
+// starts the TPM clock afresh (the next quote is compared with nothing: a
+// new AK sees the TPM's counters through another offset). Re-enrolling a
+// revoked device fails with ErrDeviceRevoked, with another kind of
+// identity with ErrIdentityKind; both leave the token unused.
+// EnrollDevice returns the device as stored.
 func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Time, d Device) (Device, error) {
 	if d.ID == "" {
 		return Device{}, errors.New("enroll device: the device ID is empty")
@@ -104,6 +110,8 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			return err
 		case existing.State == stateRevoked:
 			return ErrDeviceRevoked
+		case existing.Identity != d.Identity:
+			return ErrIdentityKind
 		default:
 			// The collector has just proven the identity again (for a TPM,
 			// a new AK in the same TPM), so the key and its assurance are
@@ -113,14 +121,19 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			stored.Hostname, stored.Platform = d.Hostname, d.Platform
 			stored.CertSerial, stored.EnrolledAt = d.CertSerial, d.EnrolledAt
 			stored.Identity, stored.IdentityKey, stored.Assurance, stored.EKSHA256 = d.Identity, d.IdentityKey, d.Assurance, d.EKSHA256
-			if existing.State == statePending {
+			if existing.State == statePending || (existing.State == stateActive && d.State == statePending) {
 				stored.State, stored.StateReason = d.State, d.StateReason
 			}
+			if !bytes.Equal(existing.IdentityKey, d.IdentityKey) {
+				stored.TPMClock = TPMClock{}
+			}
 			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, enrolled_at = ?,
-				identity = ?, identity_key = ?, assurance = ?, ek_sha256 = ?, state = ?, state_reason = ?
+				identity = ?, identity_key = ?, assurance = ?, ek_sha256 = ?, state = ?, state_reason = ?,
+				tpm_clock = ?, tpm_reset_count = ?, tpm_restart_count = ?
 				WHERE id = ?`,
 				d.Hostname, d.Platform, d.CertSerial, nanos(d.EnrolledAt),
-				d.Identity, blob(d.IdentityKey), d.Assurance, d.EKSHA256, stored.State, stored.StateReason, d.ID)
+				d.Identity, blob(d.IdentityKey), d.Assurance, d.EKSHA256, stored.State, stored.StateReason,
+				int64(stored.TPMClock.Clock), int64(stored.TPMClock.ResetCount), int64(stored.TPMClock.RestartCount), d.ID)
 		}
 		if err != nil {
 			return err

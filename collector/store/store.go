@@ -39,6 +39,10 @@ var (
 	// ErrDeviceRevoked is returned when an operation would change or
 	// re-enroll a revoked device; revocation is final.
 	ErrDeviceRevoked = errors.New("device is revoked")
+	// ErrIdentityKind is returned when a device would re-enroll with
+	// another kind of identity (a software key for a TPM device, or the
+	// other way round).
+	ErrIdentityKind = errors.New("device enrolled with another kind of identity")
 	// ErrConflict is returned by AppendReport when the device already has a
 	// report with the same sequence number but a different digest.
 	ErrConflict = errors.New("a different report with this sequence number is already stored")

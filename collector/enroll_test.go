@@ -1,0 +1,50 @@
+package collector
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"strings"
+	"testing"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// A software identity key gets one device ID: another encoding of the same
+// key, which the PKIX parser would accept, is refused.
+func TestSoftwareKeyCanonical(t *testing.T) {
+	c, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopCollectorForTest(c)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	cl, err := c.checkClaim(context.Background(), &posturev1.IdentityClaim{Kind: &posturev1.IdentityClaim_Software{Software: &posturev1.SoftwareIdentity{PublicKey: der}}})
+	if err != nil || cl.deviceID != DeviceID(der) {
+		t.Fatalf("canonical key: %v, %v", cl, err)
+	}
+	// The same key with a NULL appended inside the outer SEQUENCE.
+	if der[0] != 0x30 || int(der[1]) != len(der)-2 || der[1] > 0x7d {
+		t.Fatalf("unexpected PKIX encoding % x", der[:2])
+	}
+	other := append([]byte{0x30, der[1] + 2}, der[2:]...)
+	other = append(other, 0x05, 0x00)
+	if _, err := x509.ParsePKIXPublicKey(other); err != nil {
+		t.Skipf("this Go's PKIX parser refuses the variant itself: %v", err)
+	}
+	_, err = c.checkClaim(context.Background(), &posturev1.IdentityClaim{Kind: &posturev1.IdentityClaim_Software{Software: &posturev1.SoftwareIdentity{PublicKey: other}}})
+	var r *refusal
+	if !errors.As(err, &r) || r.reason != "malformed" || !strings.Contains(r.msg, "canonical") {
+		t.Errorf("another encoding of the same key: %v; want a malformed refusal", err)
+	}
+}
+
+func stopCollectorForTest(c *Collector) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.Serve(ctx)
+}
