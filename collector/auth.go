@@ -102,6 +102,9 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 		if err := c.fleet.checkActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
+		if err := c.fleet.currentCert(name, tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)); err != nil {
+			return caller{}, status.Error(codes.PermissionDenied, err.Error())
+		}
 	}
 	return caller{role: role, name: name}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -49,8 +50,18 @@ type deviceEntry struct {
 	osLine      string                  // "debian 12", from the latest report
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
 	subject     policy.Subject
-	tpm         bool // identity kind: TPM AK or software key
-	hasHead     bool // a report is stored
+	certTag     uint64 // certTag of the device certificate last issued: older ones no longer count
+	tpm         bool   // identity kind: TPM AK or software key
+	hasHead     bool   // a report is stored
+}
+
+// certTag condenses a certificate serial (hex, as stored) to what an entry
+// keeps: 8 bytes rather than a string per device. Only certificates of
+// this collector's CA for this device reach the comparison, so a chance
+// match of 64 bits does not matter.
+func certTag(serialHex string) uint64 {
+	sum := sha256.Sum256([]byte(serialHex))
+	return binary.BigEndian.Uint64(sum[:8])
 }
 
 func newFleet() *fleet {
@@ -136,6 +147,7 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*deviceEntry,
 		tpm:         row.TPM,
 		identityKey: sl.clone(row.IdentityKey),
 		tpmClock:    row.TPMClock,
+		certTag:     certTag(row.CertSerial),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(row.State),
 			StateReason: row.StateReason,
@@ -204,6 +216,7 @@ func newEntry(d store.Device) (*deviceEntry, error) {
 		tpm:         d.Identity == "tpm",
 		identityKey: d.IdentityKey,
 		tpmClock:    d.TPMClock,
+		certTag:     certTag(d.CertSerial),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(d.State),
 			StateReason: d.StateReason,
@@ -301,6 +314,25 @@ func (f *fleet) checkActive(id string) error {
 		return fmt.Errorf("device %s: %w", id, errUnknownDevice)
 	case e.subject.State == posturev1.DeviceState_DEVICE_STATE_REVOKED:
 		return fmt.Errorf("device %s is revoked (%s); enroll it again with a new identity if this is a mistake", id, e.subject.StateReason)
+	}
+	return nil
+}
+
+// errOldCertificate means a device certificate was replaced by one issued
+// at a later enrollment of the device.
+var errOldCertificate = errors.New("this device certificate was replaced when the device enrolled again; only the certificate from its latest enrollment counts (device.crt in the agent's state directory)")
+
+// currentCert says whether serialHex is the serial of the certificate the
+// device was last issued.
+func (f *fleet) currentCert(id, serialHex string) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("device %s: %w", id, errUnknownDevice)
+	case e.certTag != certTag(serialHex):
+		return errOldCertificate
 	}
 	return nil
 }

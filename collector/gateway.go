@@ -24,6 +24,7 @@ const (
 	maxLevelName = 128
 	maxDeviceID  = 128
 	maxSPIFFEID  = 512
+	maxSerial    = 64
 )
 
 // resolveDevice accepts a device ID or the SPIFFE ID from its certificate.
@@ -61,6 +62,8 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return nil, status.Error(codes.InvalidArgument, "access_level is required")
 	case len(level) > maxLevelName:
 		return nil, status.Errorf(codes.InvalidArgument, "access_level is %d bytes long; level names are at most %d", len(level), maxLevelName)
+	case len(req.GetCertificateSerial()) > maxSerial:
+		return nil, status.Errorf(codes.InvalidArgument, "certificate_serial is %d bytes long; at most %d", len(req.GetCertificateSerial()), maxSerial)
 	}
 	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
 	now := c.cfg.Now()
@@ -78,6 +81,12 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return resp, nil
 	}
 	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
+	if serial := req.GetCertificateSerial(); serial != "" {
+		if err := c.fleet.currentCert(id, serial); err != nil {
+			resp.Allowed = false
+			resp.Reasons = append([]string{err.Error()}, resp.Reasons...)
+		}
+	}
 	resp.Assurance, resp.State = subj.Assurance, subj.State
 	if subj.Assessment != nil {
 		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))

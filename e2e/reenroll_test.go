@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/agent"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -44,5 +48,49 @@ func TestTPMReEnrollWithNewAK(t *testing.T) {
 	d, _ = e.device(id)
 	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
 		t.Fatalf("after enrolling again with a new AK: state %v (%s); rejected %v", d.GetDevice().GetState(), d.GetDevice().GetStateReason(), e.stats().GetReportsRejected())
+	}
+}
+
+// Enrolling again replaces the device certificate: the one from before no
+// longer opens a report stream, and a gateway that names it in a decision
+// is denied.
+func TestReEnrollReplacesCertificate(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	oldCert, key := deviceCreds(t, dir)
+	if _, err := agent.Enroll(context.Background(), dir, e.token(time.Hour, 1)); err != nil {
+		t.Fatalf("enroll again: %v", err)
+	}
+	newCert, _ := deviceCreds(t, dir)
+	if oldCert.Leaf.SerialNumber.Cmp(newCert.Leaf.SerialNumber) == 0 {
+		t.Fatal("enrolling again kept the certificate")
+	}
+
+	_, err := startReports(e.dial(&oldCert), key, id)
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "replaced") {
+		t.Errorf("report stream with the certificate from before: %v; want PermissionDenied, replaced", err)
+	}
+	a := openReports(t, e, newCert, key, id)
+	if m := a.send(a.next()); m.GetAck() == nil {
+		t.Fatalf("report with the new certificate: %v", m)
+	}
+
+	ctx := context.Background()
+	check := func(serial string) *posturev1.CheckAccessResponse {
+		t.Helper()
+		r, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: serial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := check(newCert.Leaf.SerialNumber.Text(16)); !r.GetAllowed() {
+		t.Errorf("decision naming the current certificate: %v", r.GetReasons())
+	}
+	if r := check(oldCert.Leaf.SerialNumber.Text(16)); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "replaced") {
+		t.Errorf("decision naming the replaced certificate: allowed %v, %v", r.GetAllowed(), r.GetReasons())
+	}
+	if r := check(""); !r.GetAllowed() {
+		t.Errorf("decision naming no certificate: %v", r.GetReasons())
 	}
 }

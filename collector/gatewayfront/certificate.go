@@ -134,6 +134,7 @@ type verifier struct {
 // verified is a chain that verified, and what it names.
 type verified struct {
 	role, name          string
+	serial              string // the leaf's serial number, hex
 	notBefore, notAfter time.Time
 }
 
@@ -174,8 +175,13 @@ func (v *verifier) store(key [sha256.Size]byte, e verified) {
 // the roots and returns the role and name of its single SPIFFE ID in the
 // trust domain.
 func (v *verifier) identify(chain []*x509.Certificate) (role, name string, err error) {
+	e, err := v.identifyChain(chain)
+	return e.role, e.name, err
+}
+
+func (v *verifier) identifyChain(chain []*x509.Certificate) (verified, error) {
 	if len(chain) == 0 {
-		return "", "", errNoCertificate
+		return verified{}, errNoCertificate
 	}
 	h := sha256.New()
 	h.Write([]byte(keyChain))
@@ -186,19 +192,24 @@ func (v *verifier) identify(chain []*x509.Certificate) (role, name string, err e
 	h.Sum(key[:0])
 	now := v.now()
 	if e, ok := v.lookup(key, now); ok {
-		return e.role, e.name, nil
+		return e, nil
 	}
 	e, err := v.verify(chain, now)
 	if err != nil {
-		return "", "", err
+		return verified{}, err
 	}
 	v.store(key, e)
-	return e.role, e.name, nil
+	return e, nil
 }
 
 // identifyEncoded is identify for a chain as a gateway forwarded it (see
 // decodeForwardedCert).
 func (v *verifier) identifyEncoded(value string) (role, name string, err error) {
+	e, err := v.identifyEncodedChain(value)
+	return e.role, e.name, err
+}
+
+func (v *verifier) identifyEncodedChain(value string) (verified, error) {
 	h := sha256.New()
 	h.Write([]byte(keyEncoded))
 	h.Write([]byte(value))
@@ -206,18 +217,18 @@ func (v *verifier) identifyEncoded(value string) (role, name string, err error) 
 	h.Sum(key[:0])
 	now := v.now()
 	if e, ok := v.lookup(key, now); ok {
-		return e.role, e.name, nil
+		return e, nil
 	}
 	chain, err := decodeForwardedCert(value)
 	if err != nil {
-		return "", "", err
+		return verified{}, err
 	}
 	e, err := v.verify(chain, now)
 	if err != nil {
-		return "", "", err
+		return verified{}, err
 	}
 	v.store(key, e)
-	return e.role, e.name, nil
+	return e, nil
 }
 
 // verify checks chain at now, without the cache.
@@ -243,7 +254,7 @@ func (v *verifier) verify(chain []*x509.Certificate, now time.Time) (verified, e
 		return verified{}, fmt.Errorf("certificate names %s, of trust domain %q, not %q", id, td, v.trustDomain)
 	}
 	// The chain is valid only while every certificate in it is.
-	e := verified{role: role, name: name, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16), notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
 	for _, c := range chains[0][1:] {
 		if c.NotBefore.After(e.notBefore) {
 			e.notBefore = c.NotBefore
@@ -263,8 +274,17 @@ func (v *verifier) device(chain []*x509.Certificate) (string, error) {
 
 // deviceEncoded is device for a chain as a gateway forwarded it.
 func (v *verifier) deviceEncoded(value string) (string, error) {
-	role, name, err := v.identifyEncoded(value)
-	return v.asDevice(role, name, err)
+	id, _, err := v.deviceCertEncoded(value)
+	return id, err
+}
+
+// deviceCertEncoded is deviceEncoded that also returns the certificate's
+// serial number (hex), for the collector to tell whether the device still
+// holds it.
+func (v *verifier) deviceCertEncoded(value string) (id, serial string, err error) {
+	e, err := v.identifyEncodedChain(value)
+	id, err = v.asDevice(e.role, e.name, err)
+	return id, e.serial, err
 }
 
 func (v *verifier) asDevice(role, name string, err error) (string, error) {

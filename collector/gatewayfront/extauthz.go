@@ -98,7 +98,7 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		return e.refuse(codes.InvalidArgument, typev3.StatusCode_InternalServerError, RejectLevelInvalid, "route context extension posture_level: "+err.Error()), nil
 	}
 
-	deviceID, err := e.device(attrs.GetSource())
+	deviceID, serial, err := e.device(attrs.GetSource())
 	switch {
 	case errors.Is(err, errNoSourceCert):
 		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertMissing, err.Error()), nil
@@ -106,7 +106,7 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertInvalid, err.Error()), nil
 	}
 
-	d, ok, retry, why := decide(ctx, e.decider, deviceID, level)
+	d, ok, retry, why := decide(ctx, e.decider, deviceID, serial, level)
 	switch {
 	case !ok && retry:
 		return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, why, nil), nil
@@ -136,22 +136,25 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 }
 
 // device names the device behind the request's source peer.
-func (e *ExtAuthz) device(src *authv3.AttributeContext_Peer) (string, error) {
+// device identifies the device, and the serial of its certificate when
+// Envoy forwarded the certificate rather than only its principal.
+func (e *ExtAuthz) device(src *authv3.AttributeContext_Peer) (id, serial string, err error) {
 	if pemText := src.GetCertificate(); pemText != "" {
-		id, err := e.verifier.deviceEncoded(pemText)
+		id, serial, err := e.verifier.deviceCertEncoded(pemText)
 		if err != nil {
-			return "", fmt.Errorf("source certificate rejected: %w", err)
+			return "", "", fmt.Errorf("source certificate rejected: %w", err)
 		}
 		// Both come from the same handshake; disagreement means a broken proxy.
 		if p := src.GetPrincipal(); p != "" && p != pki.SPIFFEID(e.verifier.trustDomain, pki.RoleDevice, id).String() {
-			return "", fmt.Errorf("source principal %s does not match the source certificate's device %s", p, id)
+			return "", "", fmt.Errorf("source principal %s does not match the source certificate's device %s", p, id)
 		}
-		return id, nil
+		return id, serial, nil
 	}
 	if p := src.GetPrincipal(); p != "" {
-		return e.verifier.deviceFromPrincipal(p)
+		id, err := e.verifier.deviceFromPrincipal(p)
+		return id, "", err
 	}
-	return "", errNoSourceCert
+	return "", "", errNoSourceCert
 }
 
 // errNoSourceCert means Envoy named no client certificate for the request.

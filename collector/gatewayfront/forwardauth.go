@@ -150,13 +150,13 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.refuse(w, http.StatusBadRequest, RejectDeviceCertAmbiguous, err.Error())
 		return
 	}
-	deviceID, err := f.verifier.deviceEncoded(cert)
+	deviceID, serial, err := f.verifier.deviceCertEncoded(cert)
 	if err != nil {
 		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertInvalid, "device certificate in "+header+" rejected: "+err.Error())
 		return
 	}
 
-	d, ok, retry, why := decide(r.Context(), f.decider, deviceID, level)
+	d, ok, retry, why := decide(r.Context(), f.decider, deviceID, serial, level)
 	if !ok {
 		code := http.StatusInternalServerError
 		if retry {

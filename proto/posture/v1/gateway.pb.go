@@ -320,9 +320,13 @@ type CheckAccessRequest struct {
 	// (spiffe://<trust-domain>/device/<id>).
 	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	// access_level is the name of a level in the collector's policy.
-	AccessLevel   string `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AccessLevel string `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
+	// certificate_serial is the serial number (hex) of the device
+	// certificate the gateway verified, when it saw one: a certificate the
+	// device no longer holds (replaced when it enrolled again) denies.
+	CertificateSerial string `protobuf:"bytes,4,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CheckAccessRequest) Reset() {
@@ -372,6 +376,13 @@ func (x *CheckAccessRequest) GetSpiffeId() string {
 func (x *CheckAccessRequest) GetAccessLevel() string {
 	if x != nil {
 		return x.AccessLevel
+	}
+	return ""
+}
+
+func (x *CheckAccessRequest) GetCertificateSerial() string {
+	if x != nil {
+		return x.CertificateSerial
 	}
 	return ""
 }
@@ -564,11 +575,12 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
 	"\x05cause\x18\a \x01(\tR\x05cause\"'\n" +
 	"\vSnapshotEnd\x12\x18\n" +
-	"\aresumed\x18\x01 \x01(\bR\aresumed\"q\n" +
+	"\aresumed\x18\x01 \x01(\bR\aresumed\"\xa0\x01\n" +
 	"\x12CheckAccessRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +
-	"\faccess_level\x18\x03 \x01(\tR\vaccessLevel\"\x83\x03\n" +
+	"\faccess_level\x18\x03 \x01(\tR\vaccessLevel\x12-\n" +
+	"\x12certificate_serial\x18\x04 \x01(\tR\x11certificateSerial\"\x83\x03\n" +
 	"\x13CheckAccessResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +

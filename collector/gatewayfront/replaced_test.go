@@ -1,0 +1,53 @@
+package gatewayfront
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// A device certificate replaced when the device enrolled again is denied
+// at the gateway, with the reason; the current one is allowed.
+func TestForwardAuthReplacedCertificate(t *testing.T) {
+	e := startCollector(t)
+	dev := e.enroll()
+	tok, err := e.admin.CreateEnrollmentToken(context.Background(), &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(time.Hour), Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Enroll(context.Background(), dev.stateDir, tok.GetToken()); err != nil {
+		t.Fatalf("enroll again: %v", err)
+	}
+	current, err := pki.ReadCertificates(filepath.Join(dev.stateDir, "device.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewForwardAuth(ForwardAuthConfig{Decider: e.c, TrustDomain: testTrustDomain, Roots: e.roots, BearerSecrets: []string{testSecret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(cert string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/check?level=basic", nil)
+		r.Header.Set("Authorization", "Bearer "+testSecret)
+		r.Header.Set("X-Client-Cert", cert)
+		w := httptest.NewRecorder()
+		f.ServeHTTP(w, r)
+		return w
+	}
+	if w := ask(nginxEscaped(dev.chain[0])); w.Code != http.StatusForbidden || !strings.Contains(w.Header().Get("X-Posture-Reason"), "replaced") {
+		t.Errorf("certificate from before enrolling again: %d %q; want 403, replaced", w.Code, w.Header().Get("X-Posture-Reason"))
+	}
+	if w := ask(nginxEscaped(current[0])); w.Code != http.StatusOK {
+		t.Errorf("current certificate: %d %q; want 200", w.Code, w.Body.String())
+	}
+}
