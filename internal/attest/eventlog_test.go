@@ -1,7 +1,11 @@
 package attest
 
 import (
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -73,5 +77,58 @@ func TestReplayEventLogMalformed(t *testing.T) {
 		if _, err := ReplayEventLog(log, good.PCRs()); err == nil {
 			t.Errorf("%s: ReplayEventLog accepted a malformed log", name)
 		}
+	}
+}
+
+// firmwareLog reads a real event log from testdata/eventlog and the SHA-256
+// PCR values its machine's TPM held after that boot.
+func firmwareLog(t *testing.T, name string) ([]byte, map[uint32][]byte) {
+	t.Helper()
+	log, err := os.ReadFile(filepath.Join("testdata", "eventlog", name+".bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := os.ReadFile(filepath.Join("testdata", "eventlog", name+".pcrs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs := map[uint32][]byte{}
+	for line := range strings.Lines(string(text)) {
+		var pcr uint32
+		var value string
+		if _, err := fmt.Sscanf(line, "%d %s", &pcr, &value); err != nil {
+			t.Fatalf("%s.pcrs: %q: %v", name, line, err)
+		}
+		if pcrs[pcr], err = hex.DecodeString(value); err != nil {
+			t.Fatalf("%s.pcrs: %q: %v", name, line, err)
+		}
+	}
+	return log, pcrs
+}
+
+// Logs written by real firmware replay to the PCR values their TPMs held,
+// and their secure boot state is the one the firmware measured.
+func TestReplayEventLogFirmware(t *testing.T) {
+	tests := []struct {
+		name    string
+		enabled bool
+		events  int
+	}{
+		{"rhel8-uefi", true, 82},
+		{"ubuntu-2104-no-secure-boot", false, 105},
+		{"glinux-alex", false, 27},
+		{"arch-linux-workstation", false, 24}, // SecureBoot measured with no data: the variable did not exist
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log, pcrs := firmwareLog(t, tt.name)
+			mb, err := ReplayEventLog(log, pcrs)
+			if err != nil {
+				t.Fatalf("ReplayEventLog: %v", err)
+			}
+			if !mb.SecureBootKnown || mb.SecureBoot != tt.enabled || mb.Reason != "" || mb.Events != tt.events {
+				t.Errorf("got %+v, want secure boot known, enabled=%v, %d events", mb, tt.enabled, tt.events)
+			}
+		})
 	}
 }
