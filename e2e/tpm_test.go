@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -401,23 +400,29 @@ func TestStoredQuoteVerifiesWithTpm2Checkquote(t *testing.T) {
 }
 
 // The collector replays the TCG event log against the quoted PCRs and
-// reads secure boot from PCR 7 itself; policy prefers that over what the
-// agent reports. A log that does not match the quote is not believed.
+// reads secure boot from what the firmware measured into PCR 7 before its
+// separator; policy prefers that over what the agent reports. Events the
+// OS extends into PCR 7 later do not change it, and a log that does not
+// match the quote is not believed.
 func TestMeasuredBootFromEventLog(t *testing.T) {
 	_, dev := openSimulator(t, 5)
-	// What firmware would have measured: secure boot disabled.
+	// What firmware would have measured: secure boot disabled, then the
+	// separator that ends its measurements into PCR 7.
 	log := testtools.NewEventLog()
-	log.Add(0, 0x80000008, []byte("platform firmware"))
-	log.Add(7, 0x80000001, testtools.SecureBootVariable(false))
-	for pcr, events := range map[uint32][][]byte{0: {[]byte("platform firmware")}, 7: {testtools.SecureBootVariable(false)}} {
-		for _, data := range events {
-			sum := sha256.Sum256(data)
-			if _, err := (tpm2.PCRExtend{
-				PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
-				Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: sum[:]}}},
-			}).Execute(dev); err != nil {
-				t.Fatalf("extend PCR %d: %v", pcr, err)
-			}
+	for _, e := range []struct {
+		pcr, typ uint32
+		data     []byte
+	}{
+		{0, 0x80000008, []byte("platform firmware")},         // EV_EFI_PLATFORM_FIRMWARE_BLOB
+		{7, 0x80000001, testtools.SecureBootVariable(false)}, // EV_EFI_VARIABLE_DRIVER_CONFIG
+		{7, 0x00000004, []byte{0, 0, 0, 0}},                  // EV_SEPARATOR
+	} {
+		sum := log.Add(e.pcr, e.typ, e.data)
+		if _, err := (tpm2.PCRExtend{
+			PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(e.pcr), Auth: tpm2.PasswordAuth(nil)},
+			Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: sum}}},
+		}).Execute(dev); err != nil {
+			t.Fatalf("extend PCR %d: %v", e.pcr, err)
 		}
 	}
 	logFile := filepath.Join(t.TempDir(), "binary_bios_measurements")
@@ -443,13 +448,40 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	mb := p.GetMeasuredBoot()
-	if mb.GetStatus() != posturev1.Status_STATUS_OK || !mb.GetSecureBootKnown() || mb.GetSecureBoot() || mb.GetEvents() != 2 {
-		t.Fatalf("measured boot = %v, want OK, secure boot known and disabled, 2 events", mb)
+	if mb.GetStatus() != posturev1.Status_STATUS_OK || !mb.GetSecureBootKnown() || mb.GetSecureBoot() || mb.GetEvents() != 3 {
+		t.Fatalf("measured boot = %v, want OK, secure boot known and disabled, 3 events", mb)
 	}
 	for _, c := range p.GetChecks() {
 		if c.GetName() == "secure_boot" && (c.GetOutcome() != posturev1.Outcome_OUTCOME_FAIL || !strings.Contains(c.GetReason(), "measured by the TPM")) {
 			t.Errorf("secure_boot check = %v %q, want the measured failure over the reported success", c.GetOutcome(), c.GetReason())
 		}
+	}
+
+	// Root on the booted OS extends PCR 7 with a SecureBoot=1 event of its
+	// own, as tpm2_pcrevent does, and appends it to the log. The log still
+	// replays, but the event follows the separator: secure boot stays
+	// disabled.
+	forged := testtools.SecureBootVariable(true)
+	if _, err := (tpm2.PCREvent{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(7), Auth: tpm2.PasswordAuth(nil)},
+		EventData: tpm2.TPM2BEvent{Buffer: forged},
+	}).Execute(dev); err != nil {
+		t.Fatalf("extend PCR 7: %v", err)
+	}
+	log.Add(7, 0x80000001, forged)
+	if err := os.WriteFile(logFile, log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seq := p.GetDevice().GetLastSeq()
+	stop = runTPMAgent(t, stateDir, dev)
+	eventually(t, "a quote after PCR 7 was extended", func() bool { d, err := e.device(res.DeviceID); return err == nil && d.GetDevice().GetLastSeq() > seq })
+	stop()
+	p, err = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mb := p.GetMeasuredBoot(); mb.GetStatus() != posturev1.Status_STATUS_OK || !mb.GetSecureBootKnown() || mb.GetSecureBoot() || mb.GetEvents() != 4 {
+		t.Fatalf("after a SecureBoot event extended from the OS: measured boot = %v, want OK, secure boot known and disabled, 4 events", mb)
 	}
 
 	// A log of another boot does not replay to the quoted PCRs.

@@ -6,12 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unicode/utf16"
 )
 
 // TCG PC Client event types this package reads.
 const (
 	evNoAction                = 0x00000003
+	evSeparator               = 0x00000004
 	evEFIVariableDriverConfig = 0x80000001
 	algSHA256                 = 0x000b
 	specIDSignature           = "Spec ID Event03\x00"
@@ -21,6 +23,23 @@ const (
 	secureBootPCR             = 7
 )
 
+// efiGlobalVariable is EFI_GLOBAL_VARIABLE, the GUID of the SecureBoot
+// variable, 8be4df61-93ca-11d2-aa0d-00e098032b8c, as UEFI_VARIABLE_DATA
+// stores it (its first three fields little-endian).
+var efiGlobalVariable = [16]byte{0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c}
+
+// separatorDigests are the SHA-256 digests of the values an EV_SEPARATOR
+// measures: 0, or after an error 1 (FFFFFFFF in older logs). Knowing one
+// too many can only end PCR 7's firmware part earlier, never later.
+var separatorDigests = func() [][]byte {
+	var out [][]byte
+	for _, v := range []uint32{0, 1, 0xffffffff} {
+		sum := sha256.Sum256(binary.LittleEndian.AppendUint32(nil, v))
+		out = append(out, sum[:])
+	}
+	return out
+}()
+
 // ErrEventLogMismatch reports an event log whose replay does not produce
 // the quoted PCR values: it is not the log of the boot the TPM measured.
 var ErrEventLogMismatch = errors.New("event log does not replay to the quoted PCR values")
@@ -29,8 +48,9 @@ var ErrEventLogMismatch = errors.New("event log does not replay to the quoted PC
 type MeasuredBoot struct {
 	// Events is the number of measured events replayed.
 	Events int
-	// SecureBootKnown is true when PCR 7 holds a SecureBoot variable
-	// measurement whose digest matches its data.
+	// SecureBootKnown is true when PCR 7 holds, before its first
+	// separator, exactly one measurement of the SecureBoot variable, and
+	// that measurement's digest matches its data.
 	SecureBootKnown bool
 	// SecureBoot is the measured UEFI SecureBoot variable.
 	SecureBoot bool
@@ -48,8 +68,8 @@ type logEvent struct {
 // ReplayEventLog parses a TCG PC Client crypto-agile event log
 // (binary_bios_measurements), replays its SHA-256 bank, and checks every
 // PCR it measures against the quoted values, which must come from a
-// verified quote. Only then does it read the log: the measured SecureBoot
-// variable in PCR 7, trusted only when its digest is the hash of its data.
+// verified quote. Only then does it read the log: the SecureBoot variable
+// the firmware measured into PCR 7 (see readSecureBoot).
 func ReplayEventLog(log []byte, quoted map[uint32][]byte) (*MeasuredBoot, error) {
 	if len(log) > maxEventLogSize {
 		return nil, fmt.Errorf("event log of %d bytes is larger than %d", len(log), maxEventLogSize)
@@ -98,23 +118,58 @@ func ReplayEventLog(log []byte, quoted map[uint32][]byte) (*MeasuredBoot, error)
 		mb.Reason = "PCR 7 is not quoted, so the log's secure boot events cannot be trusted"
 		return mb, nil
 	}
-	mb.Reason = "no SecureBoot variable measurement in PCR 7"
-	for _, e := range events {
-		if e.pcr != secureBootPCR || e.typ != evEFIVariableDriverConfig {
-			continue
-		}
-		name, value, err := parseVariableData(e.data)
-		if err != nil || name != "SecureBoot" {
-			continue
-		}
-		if sum := sha256.Sum256(e.data); !bytes.Equal(sum[:], e.sha256) {
-			mb.Reason = "the SecureBoot event's data does not match its measured digest"
-			continue
-		}
-		mb.SecureBootKnown, mb.Reason = true, ""
-		mb.SecureBoot = len(value) == 1 && value[0] == 1
-	}
+	mb.SecureBootKnown, mb.SecureBoot, mb.Reason = readSecureBoot(events)
 	return mb, nil
+}
+
+// readSecureBoot reads the SecureBoot variable from PCR 7's events in a
+// log that replays. Firmware measures it once, as an
+// EV_EFI_VARIABLE_DRIVER_CONFIG event for the EFI global variable, before
+// the EV_SEPARATOR it measures when it hands over to the boot loader.
+// Whatever follows the separator was measured once the boot loader ran,
+// and the OS can extend PCR 7 with any event it likes, so only events
+// before the first separator count, and only when there is exactly one.
+func readSecureBoot(events []logEvent) (known, enabled bool, reason string) {
+	var found []logEvent
+	var value []byte
+	separated := false
+	for _, e := range events {
+		if e.pcr != secureBootPCR || e.typ == evNoAction {
+			continue
+		}
+		if isSeparator(e) {
+			separated = true
+			break
+		}
+		if e.typ != evEFIVariableDriverConfig {
+			continue
+		}
+		guid, name, v, err := parseVariableData(e.data)
+		if err == nil && name == "SecureBoot" && guid == efiGlobalVariable {
+			found, value = append(found, e), v
+		}
+	}
+	switch {
+	case !separated:
+		return false, false, "PCR 7 has no EV_SEPARATOR, so the log cannot show what the firmware measured before the boot loader started; the log is cut short or the firmware does not follow the TCG PC Client spec"
+	case len(found) == 0:
+		return false, false, "the firmware measured no SecureBoot variable into PCR 7 before the boot loader started (legacy BIOS boot, or firmware without secure boot)"
+	case len(found) > 1:
+		return false, false, fmt.Sprintf("PCR 7 holds %d measurements of the SecureBoot variable before its EV_SEPARATOR where firmware makes one, so the log does not say which state the machine booted in; check the device's firmware", len(found))
+	}
+	if sum := sha256.Sum256(found[0].data); !bytes.Equal(sum[:], found[0].sha256) {
+		return false, false, "the SecureBoot event's data does not match its measured digest"
+	}
+	return true, len(value) == 1 && value[0] == 1, ""
+}
+
+// isSeparator says whether an event is, or may be, a separator. Event types
+// are not measured, only digests are: the digest of a separator's value
+// counts as a separator whatever type the log gives it, so that a log
+// cannot relabel the firmware's separator and pass events extended after
+// boot off as measured before it.
+func isSeparator(e logEvent) bool {
+	return e.typ == evSeparator || slices.ContainsFunc(separatorDigests, func(d []byte) bool { return bytes.Equal(d, e.sha256) })
 }
 
 // parseEventLog reads the SHA-1-format header event with the Spec ID
@@ -212,19 +267,20 @@ func parseSpecID(b []byte) (map[uint16]uint16, error) {
 
 // parseVariableData reads a UEFI_VARIABLE_DATA structure: the variable's
 // GUID, name and value.
-func parseVariableData(b []byte) (name string, value []byte, err error) {
+func parseVariableData(b []byte) (guid [16]byte, name string, value []byte, err error) {
 	if len(b) < 32 {
-		return "", nil, errors.New("short UEFI_VARIABLE_DATA")
+		return guid, "", nil, errors.New("short UEFI_VARIABLE_DATA")
 	}
+	copy(guid[:], b)
 	nameLen := binary.LittleEndian.Uint64(b[16:24])
 	dataLen := binary.LittleEndian.Uint64(b[24:32])
 	if nameLen > 1024 || dataLen > maxEventSize || uint64(len(b)) < 32+2*nameLen+dataLen {
-		return "", nil, errors.New("UEFI_VARIABLE_DATA lengths run past the event")
+		return guid, "", nil, errors.New("UEFI_VARIABLE_DATA lengths run past the event")
 	}
 	u := make([]uint16, nameLen)
 	for i := range u {
 		u[i] = binary.LittleEndian.Uint16(b[32+2*i:])
 	}
 	start := 32 + 2*nameLen
-	return string(utf16.Decode(u)), b[start : start+dataLen], nil
+	return guid, string(utf16.Decode(u)), b[start : start+dataLen], nil
 }

@@ -87,3 +87,15 @@ func SecureBootVariable(enabled bool) []byte {
 	}
 	return b.Bytes()
 }
+
+// ContinueEventLog continues an existing log, such as one a real machine
+// wrote, whose replay yields pcrs: events added to it extend those values,
+// the way a program extending PCRs after boot would.
+func ContinueEventLog(log []byte, pcrs map[uint32][]byte) *EventLog {
+	l := &EventLog{pcrs: make(map[uint32][]byte, len(pcrs))}
+	l.buf.Write(log)
+	for pcr, v := range pcrs {
+		l.pcrs[pcr] = bytes.Clone(v)
+	}
+	return l
+}
