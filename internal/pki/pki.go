@@ -293,8 +293,14 @@ func ReadPrivateKey(path string) (crypto.Signer, error) {
 }
 
 // WriteFileAtomic writes data to path through a synced temporary file and a
-// rename, so readers never see half a file.
+// rename, then flushes the directory: readers never see half a file, and
+// once it returns the new file survives a power loss.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileAtomic(path, data, mode, syncDir)
+}
+
+// writeFileAtomic is WriteFileAtomic with the directory flush passed in.
+func writeFileAtomic(path string, data []byte, mode os.FileMode, syncDir func(dir string) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -318,6 +324,14 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	// The rename is a change to the directory, which the file's own flush
+	// does not cover: without this, a power loss can undo it while a later
+	// write elsewhere survives, and callers order their writes on that
+	// (the agent removes a spooled report only after its chain head is
+	// recorded).
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
