@@ -350,11 +350,13 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sent.Seq, sent.Digest)
 	case *posturev1.CollectorMessage_Rejected:
 		rej := m.Rejected
-		if rej.GetReason() == posturev1.RejectReason_REJECT_REASON_STORAGE {
-			// The collector could not store it: keep it and retry on a new stream.
-			return rej.GetNextNonce(), false, fmt.Errorf("collector could not store report %d: %s", sent.Seq, rej.GetMessage())
+		reason := rejectReasonName(rej.GetReason())
+		if retryable(rej.GetReason()) {
+			// Ending the stream sends it again after the reconnect backoff,
+			// with a fresh nonce, timestamp and Welcome.
+			return rej.GetNextNonce(), false, fmt.Errorf("collector refused report %d for now (%s: %s); it stays spooled and is sent again", sent.Seq, reason, rej.GetMessage())
 		}
-		a.log.Error("collector rejected report", "seq", sent.Seq, "reason", rej.GetReason().String(), "message", rej.GetMessage())
+		a.log.Error("collector rejected report; dropping its measurement, which would be refused again", "seq", sent.Seq, "reason", reason, "message", rej.GetMessage())
 		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)
 	}
 	return nonce, false, fmt.Errorf("unexpected message from collector: %T", resp.GetMsg())

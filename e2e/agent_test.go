@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -72,6 +74,66 @@ func TestLostAcknowledgementSurvivesSpoolDrop(t *testing.T) {
 	if got := storedMeasurements(t, e, id); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("stored measurements by seq: %v, want %v", got, want)
 	}
+}
+
+// A report refused because of the device's clock stays spooled and is sent
+// again: once the clocks agree, the measurement is stored.
+func TestClockSkewKeepsMeasurement(t *testing.T) {
+	e := startCollector(t)
+	stateDir, id := e.enroll()
+	e.clock.Advance(time.Hour) // the device's clock is an hour behind
+	m := &fixedMeasurer{encrypted: true}
+	runAgent(t, stateDir, m, time.Hour)
+	eventually(t, "the report refused and sent again", func() bool { return e.stats().GetReportsRejected()["clock_skew"] >= 2 })
+
+	e.clock.Advance(-time.Hour) // NTP sets the clock right
+	eventually(t, "the report stored", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() == 1
+	})
+	d, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.GetReport().GetOs().GetKernelVersion(); got != "m-000001" || m.count() != 1 {
+		t.Errorf("stored measurement %q after %d measured, want m-000001, the one first refused", got, m.count())
+	}
+	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Errorf("device state %v (%s), want active", d.GetDevice().GetState(), d.GetDevice().GetStateReason())
+	}
+}
+
+// A report refused for what it is (here signed by a key the collector did
+// not enroll) is dropped, with an error in the log saying why, rather than
+// sent again and again ahead of every later measurement.
+func TestBadSignatureDropsMeasurement(t *testing.T) {
+	e := startCollector(t)
+	stateDir, _ := e.enroll()
+	other, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WritePrivateKey(filepath.Join(stateDir, "identity.key"), other); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logRecorder{}
+	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: time.Hour, Measurer: &fixedMeasurer{encrypted: true},
+		Logger: slog.New(logs), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, a)
+	rejected := func() uint64 { return e.stats().GetReportsRejected()["bad_signature"] }
+	eventually(t, "the report refused", func() bool { return rejected() >= 1 })
+	eventually(t, "the drop logged", func() bool { return logs.has(slog.LevelError, "reason", "bad_signature") })
+	time.Sleep(300 * time.Millisecond) // several reconnect backoffs
+	if n := rejected(); n != 1 {
+		t.Errorf("%d bad_signature rejections of one measurement, want 1: it was sent again", n)
+	}
+	if err := a.Measure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the next measurement sent", func() bool { return rejected() == 2 })
 }
 
 // runUntilCleanup runs a until the test ends.
@@ -233,4 +295,38 @@ func (p *lossyProxy) pipe(dst, src net.Conn, reply bool) {
 			return
 		}
 	}
+}
+
+// logRecorder is a slog.Handler that keeps what is logged through it.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
+
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.records = append(l.records, r.Clone())
+	return nil
+}
+
+// has reports whether a record at level carries the attribute key=value.
+func (l *logRecorder) has(level slog.Level, key, value string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.records {
+		found := false
+		r.Attrs(func(a slog.Attr) bool {
+			found = a.Key == key && a.Value.String() == value
+			return !found
+		})
+		if r.Level == level && found {
+			return true
+		}
+	}
+	return false
 }
