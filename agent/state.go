@@ -58,17 +58,15 @@ type sentReport struct {
 	Digest []byte `json:"digest"`
 }
 
-// ensureStateDir creates the state directory with mode 0700 and tightens an
-// existing one: it holds private keys.
+// ensureStateDir creates the state directory, or tightens an existing one,
+// so that only its owner (Unix) or SYSTEM and Administrators (Windows) can
+// enter it: it holds private keys.
 func ensureStateDir(dir string) error {
 	if dir == "" {
 		return errors.New("state directory is required")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("restrict state directory: %w", err)
+	if err := pki.MkdirPrivate(dir); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	return nil
 }

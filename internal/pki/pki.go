@@ -294,7 +294,9 @@ func ReadPrivateKey(path string) (crypto.Signer, error) {
 
 // WriteFileAtomic writes data to path through a synced temporary file and a
 // rename, then flushes the directory: readers never see half a file, and
-// once it returns the new file survives a power loss.
+// once it returns the new file survives a power loss. A private mode (no
+// group or other bits) also keeps other users out on Windows, where the
+// file gets a DACL for SYSTEM and Administrators only.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return writeFileAtomic(path, data, mode, syncDir)
 }
@@ -308,7 +310,9 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode, syncDir func(di
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(mode); err != nil {
+	// Restricted before anything is written, so the contents are never
+	// open to more than the final file allows.
+	if err := restrictFile(f, mode); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
