@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -68,12 +69,10 @@ type Agent struct {
 	onAck func(seq uint64)
 }
 
-// spooled is one spool entry: the measured report, and once signed, what
-// was sent, so an acknowledgement lost to a crash can be matched on restart.
+// spooled is one spool entry: a measured report. What was signed from it
+// is recorded in the chain head (chainHead.Sent).
 type spooled struct {
-	Report []byte `json:"report"`           // measured sections only
-	Seq    uint64 `json:"seq,omitempty"`    // set once signed
-	Digest []byte `json:"digest,omitempty"` // digest of the signed report
+	Report []byte `json:"report"` // measured sections only
 }
 
 // New loads the agent's enrollment and opens its spool.
@@ -247,23 +246,12 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 	}
 }
 
-// reconcile settles an entry signed before a reconnect: if the collector's
-// head is exactly what was sent, the acknowledgement was lost and the entry
-// is done.
+// reconcile settles a report signed before a reconnect: if the collector's
+// head is exactly what was sent, the acknowledgement was lost and the
+// report is done, whether or not its spool entry is still there.
 func (a *Agent) reconcile(w *posturev1.Welcome) error {
-	e, ok, err := a.spool.Oldest()
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return a.resync(w)
-	}
-	var sp spooled
-	if err := json.Unmarshal(e.Data, &sp); err != nil {
-		return a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
-	}
-	if sp.Seq != 0 && w.GetLastSeq() == sp.Seq && string(w.GetLastDigest()) == string(sp.Digest) {
-		return a.acked(e.ID, sp.Seq, sp.Digest)
+	if s := a.head.Sent; s != nil && w.GetLastSeq() == s.Seq && bytes.Equal(w.GetLastDigest(), s.Digest) {
+		return a.acked(s.Entry, s.Seq, s.Digest)
 	}
 	return a.resync(w)
 }
@@ -279,8 +267,17 @@ func (a *Agent) resync(w *posturev1.Welcome) error {
 		return nil
 	}
 	a.log.Warn("collector lost acknowledged reports; continuing from its chain head", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
-	a.head = chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest()}
-	return writeJSON(filepath.Join(a.cfg.StateDir, chainFile), a.head)
+	return a.saveHead(chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest()})
+}
+
+// saveHead records h durably, then adopts it: a failed write leaves the
+// agent acting on what is on disk.
+func (a *Agent) saveHead(h chainHead) error {
+	if err := writeJSON(filepath.Join(a.cfg.StateDir, chainFile), h); err != nil {
+		return fmt.Errorf("record chain head: %w", err)
+	}
+	a.head = h
+	return nil
 }
 
 func (a *Agent) drop(id uint64, why error) error {
@@ -288,9 +285,14 @@ func (a *Agent) drop(id uint64, why error) error {
 	return a.spool.Remove(id)
 }
 
+// acked records that the collector stored report seq, made from spool
+// entry id, and then removes the entry. The chain head is on disk, directory
+// flushed, before the removal starts, so no crash or power loss leaves the
+// measurement gone while the head still says it is unsent. The reverse,
+// the entry back after its acknowledgement was recorded, costs a second
+// copy of one measurement and nothing worse.
 func (a *Agent) acked(id, seq uint64, digest []byte) error {
-	a.head = chainHead{Seq: seq, Digest: digest}
-	if err := writeJSON(filepath.Join(a.cfg.StateDir, chainFile), a.head); err != nil {
+	if err := a.saveHead(chainHead{Seq: seq, Digest: digest}); err != nil {
 		return err
 	}
 	if err := a.spool.Remove(id); err != nil {
@@ -326,15 +328,12 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 	if err != nil {
 		return nonce, false, err
 	}
-	// Record what is about to be sent before sending it: after a crash the
-	// collector's Welcome tells whether it arrived.
-	sp.Seq, sp.Digest = r.Seq, envelope.Digest(sr.GetNonce(), sr.GetReport())
-	data, err := json.Marshal(sp)
-	if err != nil {
+	// Record what is about to be sent, durably, before sending it: if the
+	// acknowledgement is lost, the next Welcome tells whether it arrived,
+	// and only this record lets the agent recognise it there.
+	sent := &sentReport{Entry: e.ID, Seq: r.Seq, Digest: envelope.Digest(sr.GetNonce(), sr.GetReport())}
+	if err := a.saveHead(chainHead{Seq: a.head.Seq, Digest: a.head.Digest, Sent: sent}); err != nil {
 		return nonce, false, err
-	}
-	if err := a.spool.Replace(e.ID, data); err != nil {
-		return nonce, false, fmt.Errorf("record signed report: %w", err)
 	}
 	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {
 		return nonce, false, err
@@ -345,17 +344,19 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 	}
 	switch m := resp.GetMsg().(type) {
 	case *posturev1.CollectorMessage_Ack:
-		if m.Ack.GetSeq() != sp.Seq || string(m.Ack.GetDigest()) != string(sp.Digest) {
-			return nonce, false, fmt.Errorf("collector acknowledged seq %d, but seq %d was sent", m.Ack.GetSeq(), sp.Seq)
+		if m.Ack.GetSeq() != sent.Seq || !bytes.Equal(m.Ack.GetDigest(), sent.Digest) {
+			return nonce, false, fmt.Errorf("collector acknowledged seq %d, but seq %d was sent", m.Ack.GetSeq(), sent.Seq)
 		}
-		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sp.Seq, sp.Digest)
+		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sent.Seq, sent.Digest)
 	case *posturev1.CollectorMessage_Rejected:
 		rej := m.Rejected
-		if rej.GetReason() == posturev1.RejectReason_REJECT_REASON_STORAGE {
-			// The collector could not store it: keep it and retry on a new stream.
-			return rej.GetNextNonce(), false, fmt.Errorf("collector could not store report %d: %s", sp.Seq, rej.GetMessage())
+		reason := rejectReasonName(rej.GetReason())
+		if retryable(rej.GetReason()) {
+			// Ending the stream sends it again after the reconnect backoff,
+			// with a fresh nonce, timestamp and Welcome.
+			return rej.GetNextNonce(), false, fmt.Errorf("collector refused report %d for now (%s: %s); it stays spooled and is sent again", sent.Seq, reason, rej.GetMessage())
 		}
-		a.log.Error("collector rejected report", "seq", sp.Seq, "reason", rej.GetReason().String(), "message", rej.GetMessage())
+		a.log.Error("collector rejected report; dropping its measurement, which would be refused again", "seq", sent.Seq, "reason", reason, "message", rej.GetMessage())
 		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)
 	}
 	return nonce, false, fmt.Errorf("unexpected message from collector: %T", resp.GetMsg())

@@ -37,23 +37,36 @@ type enrollment struct {
 	EventLog    string `json:"event_log,omitempty"` // event log path when not the platform's
 }
 
-// chainHead is the newest report the collector acknowledged.
+// chainHead is the newest report the collector acknowledged, and the
+// report signed after it whose fate is not known yet.
 type chainHead struct {
+	Seq    uint64 `json:"seq"`
+	Digest []byte `json:"digest"`
+	// Sent is recorded before a report is sent and cleared by its
+	// acknowledgement. It is kept here rather than in the report's spool
+	// entry because the spool drops its oldest entries when full, and a
+	// collector that stored the report while the acknowledgement was lost
+	// names it in the next Welcome: without this record the agent would
+	// sign another report with the same sequence number, a fork.
+	Sent *sentReport `json:"sent,omitempty"`
+}
+
+// sentReport is a report signed and sent but not acknowledged.
+type sentReport struct {
+	Entry  uint64 `json:"entry"` // spool ID of the measurement, which may be gone
 	Seq    uint64 `json:"seq"`
 	Digest []byte `json:"digest"`
 }
 
-// ensureStateDir creates the state directory with mode 0700 and tightens an
-// existing one: it holds private keys.
+// ensureStateDir creates the state directory, or tightens an existing one,
+// so that only its owner (Unix) or SYSTEM and Administrators (Windows) can
+// enter it: it holds private keys.
 func ensureStateDir(dir string) error {
 	if dir == "" {
 		return errors.New("state directory is required")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("restrict state directory: %w", err)
+	if err := pki.MkdirPrivate(dir); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	return nil
 }

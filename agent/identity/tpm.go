@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/tcp"
+
+	"github.com/posture-project/posture/internal/pki"
 )
 
 // KindTPM names the TPM identity in reports and on the wire.
@@ -392,39 +394,13 @@ func (t *TPM) createAK(stateDir, pubPath, privPath string) error {
 	t.akPublic, t.akPrivate = rsp.OutPublic, rsp.OutPrivate
 	// The private blob goes first: a public blob alone is never taken
 	// for a complete AK.
-	if err := writeFileAtomic(privPath, tpm2.Marshal(rsp.OutPrivate)); err != nil {
+	if err := pki.WriteFileAtomic(privPath, tpm2.Marshal(rsp.OutPrivate), 0o600); err != nil {
 		return fmt.Errorf("save AK: %w", err)
 	}
-	if err := writeFileAtomic(pubPath, tpm2.Marshal(rsp.OutPublic)); err != nil {
+	if err := pki.WriteFileAtomic(pubPath, tpm2.Marshal(rsp.OutPublic), 0o600); err != nil {
 		return fmt.Errorf("save AK: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic makes a crash leave either the old file or the new one.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // loadAK loads the SRK and the AK under it; the caller flushes both.

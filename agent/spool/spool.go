@@ -251,8 +251,7 @@ func (s *Spool) Oldest() (e Entry, ok bool, err error) {
 }
 
 // Replace durably rewrites the data of an existing entry, keeping its ID and
-// place (the agent stores the signed form of a report before sending it).
-// It returns ErrNotFound if the ID is not spooled.
+// place. It returns ErrNotFound if the ID is not spooled.
 func (s *Spool) Replace(id uint64, data []byte) error {
 	buf, err := encode(data)
 	if err != nil {
