@@ -77,7 +77,10 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 	rs := &reportStream{cancel: cancel}
 	for _, old := range c.fleet.addStream(id, rs) {
 		old.cancel(errSuperseded)
-		old.busy.Lock() // let a report it is storing finish, so the welcome's head includes it
+		// Let a report it is storing finish, so the welcome's head
+		// includes it; a cancelled stream takes no new report.
+		old.busy.Lock()
+		//lint:ignore SA2001 the lock is taken only to wait for its holder
 		old.busy.Unlock()
 	}
 	defer c.fleet.removeStream(id, rs)

@@ -202,13 +202,8 @@ func (v *verifier) identifyChain(chain []*x509.Certificate) (verified, error) {
 	return e, nil
 }
 
-// identifyEncoded is identify for a chain as a gateway forwarded it (see
-// decodeForwardedCert).
-func (v *verifier) identifyEncoded(value string) (role, name string, err error) {
-	e, err := v.identifyEncodedChain(value)
-	return e.role, e.name, err
-}
-
+// identifyEncodedChain is identifyChain for a chain as a gateway forwarded
+// it (see decodeForwardedCert).
 func (v *verifier) identifyEncodedChain(value string) (verified, error) {
 	h := sha256.New()
 	h.Write([]byte(keyEncoded))
