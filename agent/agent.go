@@ -54,6 +54,10 @@ type Config struct {
 	// recorded at enrollment (tests hand in a simulator). The agent closes
 	// it when Run returns.
 	TPMDevice transport.TPMCloser
+	// RenewRetry is the least time between two attempts to renew the
+	// device certificate; a failed one is tried again after it. Zero
+	// means 10 minutes.
+	RenewRetry time.Duration
 }
 
 // Agent measures the device and streams signed reports to the collector.
@@ -65,6 +69,8 @@ type Agent struct {
 	spool *spool.Spool
 	conn  *grpc.ClientConn
 	head  chainHead
+	// renewal renews the device certificate (renew.go).
+	renewal *renewal
 	// onAck, when set, is called after each acknowledged report.
 	onAck func(seq uint64)
 }
@@ -103,7 +109,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s identity: %w", enr.Identity, err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id}
+	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id, renewal: newRenewal(cfg.StateDir)}
 	if err := readJSON(filepath.Join(cfg.StateDir, chainFile), &a.head); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -111,7 +117,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.conn, err = grpc.NewClient(enr.Collector,
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithTransportCredentials(a.renewal.track(credentials.NewTLS(tlsCfg))),
 		// Fixed windows: gRPC's adaptive ones would answer each
 		// acknowledgement with a bandwidth probe the collector must handle.
 		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
@@ -135,6 +141,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer c.Close()
 	}
 	go a.measureLoop(ctx)
+	go a.renewLoop(ctx)
 	a.sendLoop(ctx)
 	return nil
 }
@@ -178,6 +185,7 @@ func jitter(d time.Duration, frac float64) time.Duration {
 func (a *Agent) sendLoop(ctx context.Context) {
 	backoff := a.cfg.MinBackoff
 	for ctx.Err() == nil {
+		a.reconnecting()
 		sent, err := a.stream(ctx)
 		if ctx.Err() != nil {
 			return

@@ -17,12 +17,13 @@ const (
 	IdentityTPM      = identity.KindTPM
 )
 
-// deviceIdentity is what the agent needs of its identity: enrollment
-// proofs and report seals.
+// deviceIdentity is what the agent needs of its identity: enrollment and
+// renewal proofs and report seals.
 type deviceIdentity interface {
 	Kind() string
 	Claim() *posturev1.IdentityClaim
 	Answer(ch *posturev1.EnrollChallenge, tlsKey []byte) (*posturev1.EnrollAnswer, error)
+	AnswerRenewal(nonce, tlsKey []byte) (*posturev1.RenewAnswer, error)
 	Seal(nonce, report []byte) (*posturev1.SignedReport, error)
 }
 

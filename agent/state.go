@@ -108,11 +108,12 @@ func loadEnrollment(dir string) (enrollment, *tls.Config, error) {
 	for _, c := range cas {
 		roots.AddCert(c)
 	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, tlsKeyFile))
-	if err != nil {
+	if _, err := loadClientCert(dir); err != nil {
 		return e, nil, fmt.Errorf("load device certificate: %w", err)
 	}
-	return e, pki.ClientTLS(roots, e.TrustDomain, &cert), nil
+	cfg := pki.ClientTLS(roots, e.TrustDomain, nil)
+	cfg.GetClientCertificate = clientCertificate(dir) // read at each handshake: renewals take effect
+	return e, cfg, nil
 }
 
 func loadOrCreateKey(path string) (*ecdsa.PrivateKey, error) {

@@ -173,6 +173,8 @@ func (a *adminService) GetStats(context.Context, *posturev1.GetStatsRequest) (*p
 		Enrollments:         s.enrollments,
 		EnrollmentsRejected: s.enrollmentsRejected,
 		RpcDenied:           s.rpcDenied,
+		CertificatesRenewed: s.certsRenewed,
+		RenewalsRejected:    s.renewalsRejected,
 		Devices:             uint64(len(a.c.fleet.ids())),
 		StreamsOpen:         uint64(a.c.fleet.streamCount()),
 	}, nil

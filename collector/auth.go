@@ -35,6 +35,7 @@ var methodRoles = map[string][]string{
 	"/envoy.service.auth.v3.Authorization/Check":                  {pki.RoleGateway},
 	posturev1.EnrollmentService_Enroll_FullMethodName:             {roleAnonymous},
 	posturev1.ReportService_StreamReports_FullMethodName:          {pki.RoleDevice},
+	posturev1.ReportService_RenewCertificate_FullMethodName:       {pki.RoleDevice},
 	posturev1.GatewayService_CheckAccess_FullMethodName:           {pki.RoleGateway, pki.RoleAdmin},
 	posturev1.GatewayService_GetDevicePosture_FullMethodName:      {pki.RoleGateway, pki.RoleAdmin},
 	posturev1.GatewayService_WatchPosture_FullMethodName:          {pki.RoleGateway, pki.RoleAdmin},
@@ -55,6 +56,17 @@ var methodRoles = map[string][]string{
 type caller struct {
 	role string
 	name string // device ID, gateway name, admin name; empty for anonymous
+	// For devices: the serial (hex) of the certificate, and whether it is
+	// the one the device's last renewal replaced, which may only renew.
+	certSerial   string
+	replacedCert bool
+}
+
+// replacedCertMethods are what a device may call with the certificate its
+// last renewal replaced: renewing again, in case the newest certificate
+// never reached it.
+var replacedCertMethods = map[string]bool{
+	posturev1.ReportService_RenewCertificate_FullMethodName: true,
 }
 
 type callerKey struct{}
@@ -102,9 +114,12 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 		if err := c.fleet.checkActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
-		if err := c.fleet.currentCert(name, tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)); err != nil {
+		serial := tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)
+		replaced, err := c.fleet.certStanding(name, serial)
+		if err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
+		return caller{role: role, name: name, certSerial: serial, replacedCert: replaced}, nil
 	}
 	return caller{role: role, name: name}, nil
 }
@@ -116,9 +131,14 @@ func (c *Collector) authorize(ctx context.Context, method string) (context.Conte
 		return nil, err
 	}
 	for _, r := range methodRoles[method] {
-		if r == who.role {
-			return context.WithValue(ctx, callerKey{}, who), nil
+		if r != who.role {
+			continue
 		}
+		if who.replacedCert && !replacedCertMethods[method] {
+			c.stats.denied(method)
+			return nil, status.Error(codes.PermissionDenied, errOldCertificate.Error())
+		}
+		return context.WithValue(ctx, callerKey{}, who), nil
 	}
 	c.stats.denied(method)
 	return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s", describe(who), method)

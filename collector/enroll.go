@@ -274,25 +274,20 @@ func (c *Collector) checkClaim(ctx context.Context, id *posturev1.IdentityClaim)
 
 // verifyAnswer checks the proof of possession.
 func (cl *claim) verifyAnswer(ans *posturev1.EnrollAnswer, nonce, tlsKey []byte) error {
-	digest := envelope.EnrollDigest(nonce, tlsKey, cl.identityKey)
-	if cl.kind == "software" {
-		if !ecdsa.VerifyASN1(cl.swKey, digest, ans.GetSignature()) {
-			return refuse("bad_proof", codes.PermissionDenied, "the challenge signature does not verify with the identity key sent: the agent does not hold that key")
-		}
-		return nil
-	}
-	if subtle.ConstantTimeCompare(ans.GetActivatedSecret(), cl.secret) != 1 {
+	if cl.kind == "tpm" && subtle.ConstantTimeCompare(ans.GetActivatedSecret(), cl.secret) != 1 {
 		return refuse("credential_activation", codes.PermissionDenied, "TPM credential activation failed: the attestation key is not resident in the TPM whose endorsement key was presented")
 	}
-	q := ans.GetQuote()
-	pcrs, err := envelope.PCRMap(q.GetPcrs())
-	if err != nil {
+	digest := envelope.EnrollDigest(nonce, tlsKey, cl.identityKey)
+	err := envelope.VerifyProof(cl.swKey, cl.ak, digest, ans.GetSignature(), ans.GetQuote())
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, envelope.ErrMalformed):
 		return refuse("malformed", codes.InvalidArgument, "enrollment quote: %v", err)
+	case cl.kind == "software":
+		return refuse("bad_proof", codes.PermissionDenied, "the challenge signature does not verify with the identity key sent: the agent does not hold that key")
 	}
-	if _, err := attest.VerifyQuote(cl.ak, q.GetAttest(), q.GetSignature(), digest, pcrs); err != nil {
-		return refuse("bad_proof", codes.PermissionDenied, "enrollment quote does not verify: %v", err)
-	}
-	return nil
+	return refuse("bad_proof", codes.PermissionDenied, "enrollment quote does not verify: %v", err)
 }
 
 func parseP256(der []byte) (*ecdsa.PublicKey, error) {

@@ -51,6 +51,7 @@ type deviceEntry struct {
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
 	subject     policy.Subject
 	certTag     uint64 // certTag of the device certificate last issued: older ones no longer count
+	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
 	tpm         bool   // identity kind: TPM AK or software key
 	hasHead     bool   // a report is stored
 }
@@ -62,6 +63,14 @@ type deviceEntry struct {
 func certTag(serialHex string) uint64 {
 	sum := sha256.Sum256([]byte(serialHex))
 	return binary.BigEndian.Uint64(sum[:8])
+}
+
+// prevCertTag is certTag for a previous certificate, which may be none.
+func prevCertTag(serialHex string) uint64 {
+	if serialHex == "" {
+		return 0
+	}
+	return certTag(serialHex)
 }
 
 func newFleet() *fleet {
@@ -148,6 +157,7 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*deviceEntry,
 		identityKey: sl.clone(row.IdentityKey),
 		tpmClock:    row.TPMClock,
 		certTag:     certTag(row.CertSerial),
+		prevCertTag: prevCertTag(row.PrevCertSerial),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(row.State),
 			StateReason: row.StateReason,
@@ -217,6 +227,7 @@ func newEntry(d store.Device) (*deviceEntry, error) {
 		identityKey: d.IdentityKey,
 		tpmClock:    d.TPMClock,
 		certTag:     certTag(d.CertSerial),
+		prevCertTag: prevCertTag(d.PrevCertSerial),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(d.State),
 			StateReason: d.StateReason,
@@ -229,31 +240,41 @@ func newEntry(d store.Device) (*deviceEntry, error) {
 	return e, nil
 }
 
-// streamKey is a device's identity key as one report stream uses it:
-// parsed once for the stream, not once per report, and not kept for
-// devices that are not connected.
+// streamKey is a device's identity key as one report stream (or one
+// renewal) uses it: parsed once for the stream, not once per report, and
+// not kept for devices that are not connected.
 type streamKey struct {
 	der []byte
 	key *ecdsa.PublicKey // software identity
 	ak  *attest.AK       // TPM identity
 }
 
+// load parses the device's enrolled identity key, unless k holds it
+// already.
+func (k *streamKey) load(e *deviceEntry) error {
+	if (k.key != nil || k.ak != nil) && bytes.Equal(k.der, e.identityKey) {
+		return nil
+	}
+	// First use, or the device enrolled again.
+	*k = streamKey{der: e.identityKey}
+	var err error
+	if e.tpm {
+		k.ak, err = attest.ParseAK(e.identityKey)
+	} else {
+		k.key, err = parseP256(e.identityKey)
+	}
+	if err != nil {
+		*k = streamKey{}
+		return fmt.Errorf("the enrolled identity key cannot be parsed: %w", err)
+	}
+	return nil
+}
+
 // verify checks a report's proof with the device's enrolled identity.
 // quote is set for TPM identities.
 func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelope.Verified, *attest.QuoteResult, error) {
-	if (k.key == nil && k.ak == nil) || !bytes.Equal(k.der, e.identityKey) {
-		// First report of the stream, or the device enrolled again.
-		*k = streamKey{der: e.identityKey}
-		var err error
-		if e.tpm {
-			k.ak, err = attest.ParseAK(e.identityKey)
-		} else {
-			k.key, err = parseP256(e.identityKey)
-		}
-		if err != nil {
-			*k = streamKey{}
-			return nil, nil, fmt.Errorf("the enrolled identity key cannot be parsed: %w", err)
-		}
+	if err := k.load(e); err != nil {
+		return nil, nil, err
 	}
 	if k.ak != nil {
 		return envelope.VerifyTPM(k.ak, sr)
@@ -319,8 +340,8 @@ func (f *fleet) checkActive(id string) error {
 }
 
 // errOldCertificate means a device certificate was replaced by one issued
-// at a later enrollment of the device.
-var errOldCertificate = errors.New("this device certificate was replaced when the device enrolled again; only the certificate from its latest enrollment counts (device.crt in the agent's state directory)")
+// at a later enrollment or renewal of the device.
+var errOldCertificate = errors.New("this device certificate was replaced when the device enrolled again or renewed it; only its newest certificate counts (device.crt in the agent's state directory)")
 
 // currentCert says whether serialHex is the serial of the certificate the
 // device was last issued.
@@ -335,6 +356,45 @@ func (f *fleet) currentCert(id, serialHex string) error {
 		return errOldCertificate
 	}
 	return nil
+}
+
+// certStanding says how a device certificate stands: the device's newest
+// (nil), the one its last renewal replaced (previous: it may only ask for a
+// renewal, in case the newest never reached the device), or replaced
+// (errOldCertificate).
+func (f *fleet) certStanding(id, serialHex string) (previous bool, err error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	tag := certTag(serialHex)
+	switch {
+	case !ok:
+		return false, fmt.Errorf("device %s: %w", id, errUnknownDevice)
+	case e.certTag == tag:
+		return false, nil
+	case e.prevCertTag != 0 && e.prevCertTag == tag:
+		return true, nil
+	}
+	return false, errOldCertificate
+}
+
+// renewed records a renewal the store accepted, as the store did: the
+// certificate asked with becomes the previous one if it was the newest, and
+// the issued one the newest. An enrollment that replaced the entry after
+// the renewal was stored left neither, and wins, as it did in the store.
+func (f *fleet) renewed(id, askedWith, issued string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.devices[id]
+	if !ok {
+		return
+	}
+	switch tag := certTag(askedWith); tag {
+	case e.certTag:
+		e.prevCertTag, e.certTag = tag, certTag(issued)
+	case e.prevCertTag:
+		e.certTag = certTag(issued)
+	}
 }
 
 // revoked says whether a device is known and revoked, and why.

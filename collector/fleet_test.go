@@ -150,3 +150,62 @@ func TestFleetStateOrder(t *testing.T) {
 		}
 	}
 }
+
+// The fleet follows renewals as the store does: the certificate asked with
+// becomes the previous one (which may only renew) when it was the newest,
+// stays when it was the previous one, and an enrollment that replaced the
+// entry meanwhile wins.
+func TestFleetRenewed(t *testing.T) {
+	type standing int
+	const (
+		newest standing = iota
+		previous
+		replaced
+	)
+	stand := func(f *fleet, serial string) standing {
+		prev, err := f.certStanding("a", serial)
+		switch {
+		case err != nil:
+			return replaced
+		case prev:
+			return previous
+		}
+		return newest
+	}
+	enrolled := func(serial string) store.Device {
+		return store.Device{ID: "a", Identity: "software", State: 1, CertSerial: serial}
+	}
+	tests := []struct {
+		name  string
+		steps func(f *fleet)
+		want  map[string]standing
+	}{
+		{"renewed with the newest", func(f *fleet) { f.renewed("a", "01", "02") },
+			map[string]standing{"01": previous, "02": newest, "03": replaced}},
+		{"renewed again with the previous", func(f *fleet) { f.renewed("a", "01", "02"); f.renewed("a", "01", "03") },
+			map[string]standing{"01": previous, "02": replaced, "03": newest}},
+		{"renewed twice in a row", func(f *fleet) { f.renewed("a", "01", "02"); f.renewed("a", "02", "03") },
+			map[string]standing{"01": replaced, "02": previous, "03": newest}},
+		{"enrolled again after a renewal", func(f *fleet) { f.renewed("a", "01", "02"); f.put(enrolled("10")) },
+			map[string]standing{"01": replaced, "02": replaced, "10": newest}},
+		{"renewal recorded after an enrollment", func(f *fleet) { f.put(enrolled("10")); f.renewed("a", "01", "02") },
+			map[string]standing{"01": replaced, "02": replaced, "10": newest}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFleet()
+			if err := f.put(enrolled("01")); err != nil {
+				t.Fatal(err)
+			}
+			tt.steps(f)
+			for serial, want := range tt.want {
+				if got := stand(f, serial); got != want {
+					t.Errorf("certificate %s stands %d, want %d (0 newest, 1 previous, 2 replaced)", serial, got, want)
+				}
+			}
+			if err := f.currentCert("a", "01"); err == nil && tt.want["01"] != newest {
+				t.Error("gateways would accept certificate 01")
+			}
+		})
+	}
+}

@@ -88,11 +88,13 @@ var (
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
 	descHistoryFail = prometheus.NewDesc("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).", nil, nil)
 	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
+	descRenewed     = prometheus.NewDesc("posture_certificates_renewed_total", "Device certificates issued by renewal.", nil, nil)
+	descRenewRej    = prometheus.NewDesc("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", []string{"reason"}, nil)
 	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request), by front end and reason.", []string{"front", "reason"}, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej} {
 		ch <- d
 	}
 }
@@ -110,6 +112,10 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range st.rpcDenied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(v), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descRenewed, prometheus.CounterValue, float64(st.certsRenewed))
+	for k, v := range st.renewalsRejected {
+		ch <- prometheus.MustNewConstMetric(descRenewRej, prometheus.CounterValue, float64(v), k)
 	}
 	for k, v := range st.gatewayRejected {
 		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.front, k.reason)

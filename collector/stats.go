@@ -14,6 +14,8 @@ type stats struct {
 	enrollmentsRejected map[string]uint64
 	rpcDenied           map[string]uint64
 	gatewayRejected     map[gatewayRejection]uint64
+	certsRenewed        uint64
+	renewalsRejected    map[string]uint64
 }
 
 // gatewayRejection is a gateway front end and why it refused a request.
@@ -25,7 +27,7 @@ type gatewayRejection struct{ front, reason string }
 const maxGatewayRejections = 64
 
 func newStats() *stats {
-	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[gatewayRejection]uint64{}}
+	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[gatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}}
 }
 
 func (s *stats) accepted() {
@@ -52,6 +54,18 @@ func (s *stats) enrollRejected(reason string) {
 	s.mu.Unlock()
 }
 
+func (s *stats) renewed() {
+	s.mu.Lock()
+	s.certsRenewed++
+	s.mu.Unlock()
+}
+
+func (s *stats) renewRejected(reason string) {
+	s.mu.Lock()
+	s.renewalsRejected[reason]++
+	s.mu.Unlock()
+}
+
 func (s *stats) denied(method string) {
 	s.mu.Lock()
 	s.rpcDenied[method]++
@@ -69,9 +83,9 @@ func (s *stats) gatewayRejectedBy(front, reason string) {
 }
 
 type statsSnapshot struct {
-	reportsAccepted, enrollments                    uint64
-	reportsRejected, enrollmentsRejected, rpcDenied map[string]uint64
-	gatewayRejected                                 map[gatewayRejection]uint64
+	reportsAccepted, enrollments, certsRenewed                        uint64
+	reportsRejected, enrollmentsRejected, rpcDenied, renewalsRejected map[string]uint64
+	gatewayRejected                                                   map[gatewayRejection]uint64
 }
 
 func (s *stats) snapshot() statsSnapshot {
@@ -84,5 +98,7 @@ func (s *stats) snapshot() statsSnapshot {
 		enrollmentsRejected: maps.Clone(s.enrollmentsRejected),
 		rpcDenied:           maps.Clone(s.rpcDenied),
 		gatewayRejected:     maps.Clone(s.gatewayRejected),
+		certsRenewed:        s.certsRenewed,
+		renewalsRejected:    maps.Clone(s.renewalsRejected),
 	}
 }

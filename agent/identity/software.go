@@ -76,6 +76,16 @@ func (s *Software) Answer(ch *posturev1.EnrollChallenge, tlsKey []byte) (*postur
 	return &posturev1.EnrollAnswer{Signature: sig}, nil
 }
 
+// AnswerRenewal proves, for a certificate renewal, that this identity asks
+// for tlsKey (PKIX DER) to be certified, bound to the collector's nonce.
+func (s *Software) AnswerRenewal(nonce, tlsKey []byte) (*posturev1.RenewAnswer, error) {
+	sig, err := ecdsa.SignASN1(rand.Reader, s.key, envelope.RenewDigest(nonce, tlsKey))
+	if err != nil {
+		return nil, fmt.Errorf("answer renewal challenge: %w", err)
+	}
+	return &posturev1.RenewAnswer{TlsPublicKey: tlsKey, Signature: sig}, nil
+}
+
 // Seal signs report bytes bound to a collector nonce.
 func (s *Software) Seal(nonce, report []byte) (*posturev1.SignedReport, error) {
 	return envelope.SignSoftware(s.key, nonce, report)

@@ -64,6 +64,16 @@ func (i *TPMIdentity) Answer(ch *posturev1.EnrollChallenge, tlsKey []byte) (*pos
 	return &posturev1.EnrollAnswer{ActivatedSecret: secret, Quote: q}, nil
 }
 
+// AnswerRenewal quotes the renewal digest, which binds tlsKey (PKIX DER)
+// to the collector's nonce, with the AK the device enrolled.
+func (i *TPMIdentity) AnswerRenewal(nonce, tlsKey []byte) (*posturev1.RenewAnswer, error) {
+	q, err := i.quote(envelope.RenewDigest(nonce, tlsKey), false)
+	if err != nil {
+		return nil, fmt.Errorf("answer renewal challenge: %w", err)
+	}
+	return &posturev1.RenewAnswer{TlsPublicKey: tlsKey, Quote: q}, nil
+}
+
 // Seal quotes the report digest.
 func (i *TPMIdentity) Seal(nonce, report []byte) (*posturev1.SignedReport, error) {
 	q, err := i.quote(envelope.Digest(nonce, report), true)

@@ -99,6 +99,7 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			stored = d
+			stored.PrevCertSerial = ""
 			stored.LastSeq, stored.LastDigest, stored.LastSeen = 0, nil, time.Time{}
 			stored.TPMClock, stored.Reboots = TPMClock{}, 0
 			_, err = tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key,
@@ -119,7 +120,7 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			// pending device takes the state the new enrollment earned.
 			stored = existing
 			stored.Hostname, stored.Platform = d.Hostname, d.Platform
-			stored.CertSerial, stored.EnrolledAt = d.CertSerial, d.EnrolledAt
+			stored.CertSerial, stored.PrevCertSerial, stored.EnrolledAt = d.CertSerial, "", d.EnrolledAt
 			stored.Identity, stored.IdentityKey, stored.Assurance, stored.EKSHA256 = d.Identity, d.IdentityKey, d.Assurance, d.EKSHA256
 			if existing.State == statePending || (existing.State == stateActive && d.State == statePending) {
 				stored.State, stored.StateReason = d.State, d.StateReason
@@ -127,7 +128,7 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			if !bytes.Equal(existing.IdentityKey, d.IdentityKey) {
 				stored.TPMClock = TPMClock{}
 			}
-			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, enrolled_at = ?,
+			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, prev_cert_serial = '', enrolled_at = ?,
 				identity = ?, identity_key = ?, assurance = ?, ek_sha256 = ?, state = ?, state_reason = ?,
 				tpm_clock = ?, tpm_reset_count = ?, tpm_restart_count = ?
 				WHERE id = ?`,
@@ -219,8 +220,48 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 	return nil
 }
 
+// RenewCertificate makes newSerial the device's certificate, in place of
+// the certificate the renewal was asked with (askedWith). That is either
+// the device's certificate, which becomes the one that may still ask for a
+// renewal, or that one itself, whose renewal's answer never reached the
+// device; it stays. It fails with ErrNotFound, ErrDeviceRevoked,
+// ErrDeviceNotActive for a suspect or pending device, or ErrCertReplaced
+// when askedWith is neither, and then changes nothing. It returns the
+// device as stored.
+func (s *Store) RenewCertificate(ctx context.Context, id, askedWith, newSerial string) (Device, error) {
+	if askedWith == "" || newSerial == "" {
+		return Device{}, fmt.Errorf("renew certificate of device %s: a serial is empty", id)
+	}
+	var d Device
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var err error
+		d, err = scanDevice(tx.QueryRow(selectDevice+` WHERE id = ?`, id))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrNotFound
+		case err != nil:
+			return err
+		case d.State == stateRevoked:
+			return ErrDeviceRevoked
+		case d.State != stateActive:
+			return ErrDeviceNotActive
+		case askedWith == d.CertSerial:
+			d.PrevCertSerial = d.CertSerial
+		case askedWith != d.PrevCertSerial:
+			return ErrCertReplaced
+		}
+		d.CertSerial = newSerial
+		_, err = tx.Exec(`UPDATE devices SET cert_serial = ?, prev_cert_serial = ? WHERE id = ?`, d.CertSerial, d.PrevCertSerial, id)
+		return err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("renew certificate of device %s: %w", id, err)
+	}
+	return d, nil
+}
+
 const selectDevice = `SELECT id, hostname, platform, identity, identity_key, assurance, state,
-	state_reason, enrolled_at, cert_serial, last_seq, last_digest, last_seen,
+	state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
 	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots FROM devices`
 
 // scanner is satisfied by *sql.Row and *sql.Rows.
@@ -237,7 +278,7 @@ func scanDevice(row scanner) (Device, error) {
 		reboots            int64
 	)
 	err := row.Scan(&d.ID, &d.Hostname, &d.Platform, &d.Identity, &d.IdentityKey, &d.Assurance,
-		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &lastSeq, &d.LastDigest, &lastSeen,
+		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &d.PrevCertSerial, &lastSeq, &d.LastDigest, &lastSeen,
 		&d.EKSHA256, &clock, &d.TPMClock.ResetCount, &d.TPMClock.RestartCount, &reboots)
 	if err != nil {
 		return Device{}, err

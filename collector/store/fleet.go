@@ -19,9 +19,11 @@ type FleetRow struct {
 	State       int32
 	StateReason string
 	CertSerial  string // hex serial of the device certificate last issued
-	LastSeq     uint64
-	LastDigest  []byte // nil until the first report
-	TPMClock    TPMClock
+	// PrevCertSerial is the certificate the latest renewal replaced.
+	PrevCertSerial string
+	LastSeq        uint64
+	LastDigest     []byte // nil until the first report
+	TPMClock       TPMClock
 	// Report is the latest report (the one LastSeq names): Seq, Body, Proof
 	// and ReceivedAt are set. Nil before the first.
 	Report *Report
@@ -73,7 +75,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 	// last_report names the head report (0, matching none, before the
 	// first), so the join reads one report per device by its ID.
 	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
-		d.state, d.state_reason, d.cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
+		d.state, d.state_reason, d.cert_serial, d.prev_cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
 		r.body, r.proof, r.received_at
 		FROM devices d LEFT JOIN reports r ON r.id = d.last_report
 		WHERE d.rowid BETWEEN ? AND ?`, from, to)
@@ -92,7 +94,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 	)
 	for rows.Next() {
 		if err := rows.Scan(&row.ID, &row.Hostname, &identity, &key, &row.Assurance,
-			&row.State, &row.StateReason, &row.CertSerial, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
+			&row.State, &row.StateReason, &row.CertSerial, &row.PrevCertSerial, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
 			&body, &proof, &received); err != nil {
 			return err
 		}

@@ -94,6 +94,11 @@ UPDATE devices SET last_report = coalesce((SELECT report_id FROM report_history 
 	WHERE h.device_id = devices.id AND h.seq = devices.last_seq), 0)
 	WHERE last_digest IS NOT NULL;
 `,
+	// The certificate a renewal replaced may ask for a renewal again, in
+	// case the new one never reached the device.
+	`
+ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

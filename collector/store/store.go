@@ -46,6 +46,13 @@ var (
 	// ErrConflict is returned by AppendReport when the device already has a
 	// report with the same sequence number but a different digest.
 	ErrConflict = errors.New("a different report with this sequence number is already stored")
+	// ErrDeviceNotActive is returned by RenewCertificate for a suspect or
+	// pending device.
+	ErrDeviceNotActive = errors.New("device is not active")
+	// ErrCertReplaced is returned by RenewCertificate when the certificate
+	// the renewal was asked with is neither the device's certificate nor
+	// the one it replaced: an enrollment or another renewal came first.
+	ErrCertReplaced = errors.New("device certificate was replaced meanwhile")
 	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("store is closed")
 )
@@ -80,12 +87,15 @@ type Device struct {
 	StateReason string
 	EnrolledAt  time.Time
 	CertSerial  string // hex serial of the latest issued device certificate
-	LastSeq     uint64
-	LastDigest  []byte    // nil until the first report
-	LastSeen    time.Time // zero until the first report
-	EKSHA256    string    // hex SHA-256 of the TPM EK (PKIX DER); empty for software identities
-	TPMClock    TPMClock  // clock info of the latest quote; zero for software identities
-	Reboots     uint64    // TPM resets seen in quotes since enrollment
+	// PrevCertSerial is the serial of the certificate the latest renewal
+	// replaced, which may still ask for a renewal; empty after enrollment.
+	PrevCertSerial string
+	LastSeq        uint64
+	LastDigest     []byte    // nil until the first report
+	LastSeen       time.Time // zero until the first report
+	EKSHA256       string    // hex SHA-256 of the TPM EK (PKIX DER); empty for software identities
+	TPMClock       TPMClock  // clock info of the latest quote; zero for software identities
+	Reboots        uint64    // TPM resets seen in quotes since enrollment
 }
 
 // TPMClock is the clock information a TPM puts in every quote. ResetCount

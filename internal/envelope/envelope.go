@@ -20,6 +20,7 @@ import (
 const (
 	reportDomain = "posture.v1.report"
 	enrollDomain = "posture.v1.enroll"
+	renewDomain  = "posture.v1.renew"
 )
 
 // Sentinel errors for the ways a proof can fail.
@@ -45,6 +46,17 @@ func EnrollDigest(nonce, tlsKey, identityKey []byte) []byte {
 	h.Write(nonce)
 	h.Write(tlsKey)
 	h.Write(identityKey)
+	return h.Sum(nil)
+}
+
+// RenewDigest is what an agent proves with its identity to have a new TLS
+// key certified: SHA-256("posture.v1.renew" || nonce || tlsKey). The
+// collector verifies it with the identity key the device enrolled.
+func RenewDigest(nonce, tlsKey []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(renewDomain))
+	h.Write(nonce)
+	h.Write(tlsKey)
 	return h.Sum(nil)
 }
 

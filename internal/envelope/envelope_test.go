@@ -60,9 +60,55 @@ func TestSignVerify(t *testing.T) {
 }
 
 func TestDomainSeparation(t *testing.T) {
-	a := Digest([]byte("n"), []byte("r"))
-	b := EnrollDigest([]byte("n"), []byte("r"), nil)
-	if string(a) == string(b) {
-		t.Error("report and enrollment digests coincide for the same input")
+	digests := map[string][]byte{
+		"report": Digest([]byte("n"), []byte("r")),
+		"enroll": EnrollDigest([]byte("n"), []byte("r"), nil),
+		"renew":  RenewDigest([]byte("n"), []byte("r")),
+	}
+	for a, da := range digests {
+		for b, db := range digests {
+			if a < b && string(da) == string(db) {
+				t.Errorf("%s and %s digests coincide for the same input", a, b)
+			}
+		}
+	}
+}
+
+// VerifyProof accepts a software identity's signature over exactly the
+// digest, by exactly the enrolled key.
+func TestVerifyProofSoftware(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	digest := RenewDigest([]byte("nonce"), []byte("tls key"))
+	sign := func(k *ecdsa.PrivateKey, d []byte) []byte {
+		sig, err := ecdsa.SignASN1(rand.Reader, k, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sig
+	}
+	tests := []struct {
+		name  string
+		sig   []byte
+		quote *posturev1.TPMQuote
+		want  error
+	}{
+		{"signed by the key", sign(key, digest), nil, nil},
+		{"signed by another key", sign(other, digest), nil, ErrBadSignature},
+		{"another nonce", sign(key, RenewDigest([]byte("nonce2"), []byte("tls key"))), nil, ErrBadSignature},
+		{"another TLS key", sign(key, RenewDigest([]byte("nonce"), []byte("tls key2"))), nil, ErrBadSignature},
+		{"an enrollment signature", sign(key, EnrollDigest([]byte("nonce"), []byte("tls key"), nil)), nil, ErrBadSignature},
+		{"a quote instead", nil, &posturev1.TPMQuote{Attest: []byte("a")}, ErrBadSignature},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := VerifyProof(&key.PublicKey, nil, digest, tt.sig, tt.quote)
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("VerifyProof = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if err := VerifyProof(nil, nil, digest, sign(key, digest), nil); err == nil {
+		t.Error("VerifyProof without a key accepted a proof")
 	}
 }

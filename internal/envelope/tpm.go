@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
 
@@ -36,12 +37,8 @@ func VerifyTPM(ak *attest.AK, sr *posturev1.SignedReport) (*Verified, *attest.Qu
 	if len(sr.GetReport()) == 0 || len(sr.GetNonce()) == 0 {
 		return nil, nil, fmt.Errorf("%w: report or nonce is empty", ErrMalformed)
 	}
-	pcrs, err := PCRMap(q.GetPcrs())
-	if err != nil {
-		return nil, nil, err
-	}
 	digest := Digest(sr.GetNonce(), sr.GetReport())
-	res, err := attest.VerifyQuote(ak, q.GetAttest(), q.GetSignature(), digest, pcrs)
+	res, err := VerifyQuote(ak, q, digest)
 	if errors.Is(err, attest.ErrQuoteSignature) {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
@@ -57,4 +54,38 @@ func VerifyTPM(ak *attest.AK, sr *posturev1.SignedReport) (*Verified, *attest.Qu
 		return nil, nil, fmt.Errorf("encode proof: %w", err)
 	}
 	return &Verified{Report: &rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, res, nil
+}
+
+// VerifyQuote checks a quote message: a TPM2_Quote by ak whose qualifying
+// data is digest, over the PCR values it carries. Failures wrap ErrMalformed
+// (a PCR sent twice) or attest's ErrQuoteMalformed, ErrQuoteSignature,
+// ErrQualifyingData and ErrPCRMismatch.
+func VerifyQuote(ak *attest.AK, q *posturev1.TPMQuote, digest []byte) (*attest.QuoteResult, error) {
+	pcrs, err := PCRMap(q.GetPcrs())
+	if err != nil {
+		return nil, err
+	}
+	return attest.VerifyQuote(ak, q.GetAttest(), q.GetSignature(), digest, pcrs)
+}
+
+// VerifyProof checks that a device identity proved digest: for a software
+// identity (key set) an ECDSA signature over it, for a TPM identity (ak
+// set) a TPM2_Quote by the AK with digest as qualifying data. Enrollment
+// and certificate renewal prove possession of the identity this way.
+// Failures wrap ErrBadSignature, ErrMalformed or attest's sentinels.
+func VerifyProof(key *ecdsa.PublicKey, ak *attest.AK, digest, signature []byte, quote *posturev1.TPMQuote) error {
+	switch {
+	case ak != nil:
+		if quote == nil {
+			return fmt.Errorf("%w: a TPM identity proves with a TPM quote, and none was sent", ErrBadSignature)
+		}
+		_, err := VerifyQuote(ak, quote, digest)
+		return err
+	case key != nil:
+		if !ecdsa.VerifyASN1(key, digest, signature) {
+			return ErrBadSignature
+		}
+		return nil
+	}
+	return errors.New("verify proof: no identity key to verify with")
 }

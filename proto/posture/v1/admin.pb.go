@@ -1367,9 +1367,13 @@ type Stats struct {
 	Devices             uint64            `protobuf:"varint,5,opt,name=devices,proto3" json:"devices,omitempty"`
 	StreamsOpen         uint64            `protobuf:"varint,6,opt,name=streams_open,json=streamsOpen,proto3" json:"streams_open,omitempty"`
 	// rpc_denied counts refused calls by full method name.
-	RpcDenied     map[string]uint64 `protobuf:"bytes,7,rep,name=rpc_denied,json=rpcDenied,proto3" json:"rpc_denied,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RpcDenied map[string]uint64 `protobuf:"bytes,7,rep,name=rpc_denied,json=rpcDenied,proto3" json:"rpc_denied,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// certificates_renewed counts device certificates issued by renewal.
+	CertificatesRenewed uint64 `protobuf:"varint,8,opt,name=certificates_renewed,json=certificatesRenewed,proto3" json:"certificates_renewed,omitempty"`
+	// renewals_rejected by reason name ("bad_proof").
+	RenewalsRejected map[string]uint64 `protobuf:"bytes,9,rep,name=renewals_rejected,json=renewalsRejected,proto3" json:"renewals_rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -1447,6 +1451,20 @@ func (x *Stats) GetStreamsOpen() uint64 {
 func (x *Stats) GetRpcDenied() map[string]uint64 {
 	if x != nil {
 		return x.RpcDenied
+	}
+	return nil
+}
+
+func (x *Stats) GetCertificatesRenewed() uint64 {
+	if x != nil {
+		return x.CertificatesRenewed
+	}
+	return 0
+}
+
+func (x *Stats) GetRenewalsRejected() map[string]uint64 {
+	if x != nil {
+		return x.RenewalsRejected
 	}
 	return nil
 }
@@ -1542,7 +1560,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12'\n" +
 	"\x0fca_certificates\x18\x02 \x03(\fR\x0ecaCertificates\x12\x1b\n" +
 	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"\x11\n" +
-	"\x0fGetStatsRequest\"\xce\x04\n" +
+	"\x0fGetStatsRequest\"\x9c\x06\n" +
 	"\x05Stats\x12)\n" +
 	"\x10reports_accepted\x18\x01 \x01(\x04R\x0freportsAccepted\x12Q\n" +
 	"\x10reports_rejected\x18\x02 \x03(\v2&.posture.v1.Stats.ReportsRejectedEntryR\x0freportsRejected\x12 \n" +
@@ -1551,7 +1569,9 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\adevices\x18\x05 \x01(\x04R\adevices\x12!\n" +
 	"\fstreams_open\x18\x06 \x01(\x04R\vstreamsOpen\x12?\n" +
 	"\n" +
-	"rpc_denied\x18\a \x03(\v2 .posture.v1.Stats.RpcDeniedEntryR\trpcDenied\x1aB\n" +
+	"rpc_denied\x18\a \x03(\v2 .posture.v1.Stats.RpcDeniedEntryR\trpcDenied\x121\n" +
+	"\x14certificates_renewed\x18\b \x01(\x04R\x13certificatesRenewed\x12T\n" +
+	"\x11renewals_rejected\x18\t \x03(\v2'.posture.v1.Stats.RenewalsRejectedEntryR\x10renewalsRejected\x1aB\n" +
 	"\x14ReportsRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aF\n" +
@@ -1559,6 +1579,9 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a<\n" +
 	"\x0eRpcDeniedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aC\n" +
+	"\x15RenewalsRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xb7\a\n" +
 	"\fAdminService\x12l\n" +
@@ -1587,7 +1610,7 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_posture_v1_admin_proto_goTypes = []any{
 	(*ReloadPolicyRequest)(nil),             // 0: posture.v1.ReloadPolicyRequest
 	(*ReloadPolicyResponse)(nil),            // 1: posture.v1.ReloadPolicyResponse
@@ -1616,56 +1639,58 @@ var file_posture_v1_admin_proto_goTypes = []any{
 	nil,                                     // 24: posture.v1.Stats.ReportsRejectedEntry
 	nil,                                     // 25: posture.v1.Stats.EnrollmentsRejectedEntry
 	nil,                                     // 26: posture.v1.Stats.RpcDeniedEntry
-	(*timestamppb.Timestamp)(nil),           // 27: google.protobuf.Timestamp
-	(*CheckResult)(nil),                     // 28: posture.v1.CheckResult
-	(*Device)(nil),                          // 29: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 30: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 31: posture.v1.DevicePosture
+	nil,                                     // 27: posture.v1.Stats.RenewalsRejectedEntry
+	(*timestamppb.Timestamp)(nil),           // 28: google.protobuf.Timestamp
+	(*CheckResult)(nil),                     // 29: posture.v1.CheckResult
+	(*Device)(nil),                          // 30: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 31: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 32: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
 	4,  // 1: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
-	27, // 2: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	27, // 3: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
-	27, // 4: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	27, // 5: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
-	28, // 6: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
+	28, // 2: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	28, // 3: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
+	28, // 4: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	28, // 5: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
+	29, // 6: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
 	7,  // 7: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	29, // 8: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	30, // 9: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	27, // 10: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	31, // 11: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	29, // 12: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	30, // 8: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	31, // 9: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	28, // 10: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 11: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	30, // 12: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
 	24, // 13: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
 	25, // 14: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
 	26, // 15: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	13, // 16: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	15, // 17: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	17, // 18: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	18, // 19: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	20, // 20: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	22, // 21: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	9,  // 22: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	11, // 23: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	0,  // 24: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	2,  // 25: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	6,  // 26: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	14, // 27: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	16, // 28: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	31, // 29: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	19, // 30: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	21, // 31: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	23, // 32: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	10, // 33: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	12, // 34: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	1,  // 35: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	5,  // 36: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	8,  // 37: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	27, // [27:38] is the sub-list for method output_type
-	16, // [16:27] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	27, // 16: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
+	13, // 17: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	15, // 18: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	17, // 19: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	18, // 20: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	20, // 21: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	22, // 22: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	9,  // 23: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	11, // 24: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	0,  // 25: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	2,  // 26: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	6,  // 27: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	14, // 28: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	16, // 29: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	32, // 30: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	19, // 31: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	21, // 32: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	23, // 33: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	10, // 34: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	12, // 35: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	1,  // 36: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	5,  // 37: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	8,  // 38: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -1680,7 +1705,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -130,6 +130,320 @@ func (RejectReason) EnumDescriptor() ([]byte, []int) {
 	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+// RenewRequest is one message from the agent on a RenewCertificate stream.
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*RenewRequest_Answer
+	Step          isRenewRequest_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RenewRequest) GetStep() isRenewRequest_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *RenewRequest) GetAnswer() *RenewAnswer {
+	if x != nil {
+		if x, ok := x.Step.(*RenewRequest_Answer); ok {
+			return x.Answer
+		}
+	}
+	return nil
+}
+
+type isRenewRequest_Step interface {
+	isRenewRequest_Step()
+}
+
+type RenewRequest_Answer struct {
+	Answer *RenewAnswer `protobuf:"bytes,1,opt,name=answer,proto3,oneof"`
+}
+
+func (*RenewRequest_Answer) isRenewRequest_Step() {}
+
+// RenewResponse is one message from the collector on a RenewCertificate
+// stream.
+type RenewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*RenewResponse_Challenge
+	//	*RenewResponse_Result
+	Step          isRenewResponse_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RenewResponse) GetStep() isRenewResponse_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetChallenge() *RenewChallenge {
+	if x != nil {
+		if x, ok := x.Step.(*RenewResponse_Challenge); ok {
+			return x.Challenge
+		}
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetResult() *RenewResult {
+	if x != nil {
+		if x, ok := x.Step.(*RenewResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isRenewResponse_Step interface {
+	isRenewResponse_Step()
+}
+
+type RenewResponse_Challenge struct {
+	Challenge *RenewChallenge `protobuf:"bytes,1,opt,name=challenge,proto3,oneof"`
+}
+
+type RenewResponse_Result struct {
+	Result *RenewResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*RenewResponse_Challenge) isRenewResponse_Step() {}
+
+func (*RenewResponse_Result) isRenewResponse_Step() {}
+
+// RenewChallenge opens a renewal.
+type RenewChallenge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// nonce to bind into the proof; it is valid for one answer on this stream,
+	// which the collector waits for 30 seconds.
+	Nonce         []byte `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewChallenge) Reset() {
+	*x = RenewChallenge{}
+	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewChallenge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewChallenge) ProtoMessage() {}
+
+func (x *RenewChallenge) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewChallenge.ProtoReflect.Descriptor instead.
+func (*RenewChallenge) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RenewChallenge) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+// RenewAnswer asks for a certificate for a new TLS key. The renewal digest
+// is SHA-256("posture.v1.renew" || nonce || tls_public_key); the proof is
+// made with the identity the device enrolled.
+type RenewAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tls_public_key is the new PKIX DER public key (ECDSA P-256) the
+	// certificate is issued for.
+	TlsPublicKey []byte `protobuf:"bytes,1,opt,name=tls_public_key,json=tlsPublicKey,proto3" json:"tls_public_key,omitempty"`
+	// signature is an ECDSA signature (ASN.1 DER) over the renewal digest by
+	// a software identity key.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// quote is a TPM2_Quote by the AK with the renewal digest as qualifying
+	// data (TPM identities).
+	Quote         *TPMQuote `protobuf:"bytes,3,opt,name=quote,proto3" json:"quote,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewAnswer) Reset() {
+	*x = RenewAnswer{}
+	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewAnswer) ProtoMessage() {}
+
+func (x *RenewAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewAnswer.ProtoReflect.Descriptor instead.
+func (*RenewAnswer) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RenewAnswer) GetTlsPublicKey() []byte {
+	if x != nil {
+		return x.TlsPublicKey
+	}
+	return nil
+}
+
+func (x *RenewAnswer) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *RenewAnswer) GetQuote() *TPMQuote {
+	if x != nil {
+		return x.Quote
+	}
+	return nil
+}
+
+// RenewResult carries the new certificate.
+type RenewResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the device's new client certificate (DER), with the same
+	// SPIFFE ID, valid for the collector's device certificate lifetime.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResult) Reset() {
+	*x = RenewResult{}
+	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResult) ProtoMessage() {}
+
+func (x *RenewResult) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResult.ProtoReflect.Descriptor instead.
+func (*RenewResult) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RenewResult) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 // AgentMessage is one message from the agent.
 type AgentMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -143,7 +457,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	mi := &file_posture_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +469,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	mi := &file_posture_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +482,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -212,7 +526,7 @@ type CollectorMessage struct {
 
 func (x *CollectorMessage) Reset() {
 	*x = CollectorMessage{}
-	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	mi := &file_posture_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +538,7 @@ func (x *CollectorMessage) String() string {
 func (*CollectorMessage) ProtoMessage() {}
 
 func (x *CollectorMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	mi := &file_posture_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +551,7 @@ func (x *CollectorMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectorMessage.ProtoReflect.Descriptor instead.
 func (*CollectorMessage) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CollectorMessage) GetMsg() isCollectorMessage_Msg {
@@ -312,7 +626,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	mi := &file_posture_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +638,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	mi := &file_posture_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +651,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Welcome) GetLastSeq() uint64 {
@@ -375,7 +689,7 @@ type ReportAck struct {
 
 func (x *ReportAck) Reset() {
 	*x = ReportAck{}
-	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	mi := &file_posture_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +701,7 @@ func (x *ReportAck) String() string {
 func (*ReportAck) ProtoMessage() {}
 
 func (x *ReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	mi := &file_posture_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +714,7 @@ func (x *ReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAck.ProtoReflect.Descriptor instead.
 func (*ReportAck) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportAck) GetSeq() uint64 {
@@ -439,7 +753,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +765,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +778,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -501,6 +815,21 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
 	"posture.v1\x1a\x17posture/v1/report.proto\"I\n" +
+	"\fRenewRequest\x121\n" +
+	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
+	"\x04step\"\x86\x01\n" +
+	"\rRenewResponse\x12:\n" +
+	"\tchallenge\x18\x01 \x01(\v2\x1a.posture.v1.RenewChallengeH\x00R\tchallenge\x121\n" +
+	"\x06result\x18\x02 \x01(\v2\x17.posture.v1.RenewResultH\x00R\x06resultB\x06\n" +
+	"\x04step\"&\n" +
+	"\x0eRenewChallenge\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\"}\n" +
+	"\vRenewAnswer\x12$\n" +
+	"\x0etls_public_key\x18\x01 \x01(\fR\ftlsPublicKey\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12*\n" +
+	"\x05quote\x18\x03 \x01(\v2\x14.posture.v1.TPMQuoteR\x05quote\"/\n" +
+	"\vRenewResult\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"I\n" +
 	"\fAgentMessage\x122\n" +
 	"\x06report\x18\x01 \x01(\v2\x18.posture.v1.SignedReportH\x00R\x06reportB\x05\n" +
 	"\x03msg\"\xaf\x01\n" +
@@ -541,9 +870,10 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x17REJECT_REASON_BAD_QUOTE\x10\v\x12\x1b\n" +
 	"\x17REJECT_REASON_TPM_CLOCK\x10\f\x12&\n" +
 	"\"REJECT_REASON_QUOTE_NOT_FOR_REPORT\x10\r\x12\x1e\n" +
-	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e2\\\n" +
+	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e2\xa9\x01\n" +
 	"\rReportService\x12K\n" +
-	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01\x12K\n" +
+	"\x10RenewCertificate\x12\x18.posture.v1.RenewRequest\x1a\x19.posture.v1.RenewResponse(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_agent_proto_rawDescOnce sync.Once
@@ -558,29 +888,41 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_posture_v1_agent_proto_goTypes = []any{
 	(RejectReason)(0),        // 0: posture.v1.RejectReason
-	(*AgentMessage)(nil),     // 1: posture.v1.AgentMessage
-	(*CollectorMessage)(nil), // 2: posture.v1.CollectorMessage
-	(*Welcome)(nil),          // 3: posture.v1.Welcome
-	(*ReportAck)(nil),        // 4: posture.v1.ReportAck
-	(*ReportRejected)(nil),   // 5: posture.v1.ReportRejected
-	(*SignedReport)(nil),     // 6: posture.v1.SignedReport
+	(*RenewRequest)(nil),     // 1: posture.v1.RenewRequest
+	(*RenewResponse)(nil),    // 2: posture.v1.RenewResponse
+	(*RenewChallenge)(nil),   // 3: posture.v1.RenewChallenge
+	(*RenewAnswer)(nil),      // 4: posture.v1.RenewAnswer
+	(*RenewResult)(nil),      // 5: posture.v1.RenewResult
+	(*AgentMessage)(nil),     // 6: posture.v1.AgentMessage
+	(*CollectorMessage)(nil), // 7: posture.v1.CollectorMessage
+	(*Welcome)(nil),          // 8: posture.v1.Welcome
+	(*ReportAck)(nil),        // 9: posture.v1.ReportAck
+	(*ReportRejected)(nil),   // 10: posture.v1.ReportRejected
+	(*TPMQuote)(nil),         // 11: posture.v1.TPMQuote
+	(*SignedReport)(nil),     // 12: posture.v1.SignedReport
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
-	6, // 0: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
-	3, // 1: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
-	4, // 2: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	5, // 3: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
-	0, // 4: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	1, // 5: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	2, // 6: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
+	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
+	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
+	11, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	12, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
+	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
+	10, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	0,  // 8: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	6,  // 9: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 10: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 11: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 12: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -590,9 +932,16 @@ func file_posture_v1_agent_proto_init() {
 	}
 	file_posture_v1_report_proto_init()
 	file_posture_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
-		(*AgentMessage_Report)(nil),
+		(*RenewRequest_Answer)(nil),
 	}
 	file_posture_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
+		(*RenewResponse_Challenge)(nil),
+		(*RenewResponse_Result)(nil),
+	}
+	file_posture_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+		(*AgentMessage_Report)(nil),
+	}
+	file_posture_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
 		(*CollectorMessage_Welcome)(nil),
 		(*CollectorMessage_Ack)(nil),
 		(*CollectorMessage_Rejected)(nil),
@@ -603,7 +952,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReportService_StreamReports_FullMethodName = "/posture.v1.ReportService/StreamReports"
+	ReportService_StreamReports_FullMethodName    = "/posture.v1.ReportService/StreamReports"
+	ReportService_RenewCertificate_FullMethodName = "/posture.v1.ReportService/RenewCertificate"
 )
 
 // ReportServiceClient is the client API for ReportService service.
@@ -27,15 +28,33 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ReportService carries signed posture reports from an enrolled agent, which
-// authenticates with its device certificate.
-//
-// The collector speaks first with a Welcome holding the device's chain head
-// and a fresh nonce. The agent answers with one SignedReport per nonce; each
-// report is answered by a ReportAck (only after it is durably stored) or a
-// ReportRejected, both carrying the next nonce. A nonce is valid only on the
-// stream that issued it, and only once.
+// authenticates with its device certificate, and renews that certificate.
 type ReportServiceClient interface {
+	// StreamReports is the agent's long-lived report stream.
+	//
+	// The collector speaks first with a Welcome holding the device's chain
+	// head and a fresh nonce. The agent answers with one SignedReport per
+	// nonce; each report is answered by a ReportAck (only after it is durably
+	// stored) or a ReportRejected, both carrying the next nonce. A nonce is
+	// valid only on the stream that issued it, and only once.
 	StreamReports(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, CollectorMessage], error)
+	// RenewCertificate issues an active device a new certificate, for a new
+	// TLS key, before its current one expires:
+	//
+	//	server -> RenewChallenge (a fresh nonce, valid on this stream only)
+	//	agent  -> RenewAnswer    (the new TLS key, proven by the identity)
+	//	server -> RenewResult    (the new certificate)
+	//
+	// The caller authenticates with the device's newest certificate, or with
+	// the one the newest replaced (so that a result lost on the way does not
+	// lock the device out); either must be unexpired. The proof binds the new
+	// TLS key to the nonce with the device's enrolled identity, so a copy of a
+	// TLS key and certificate cannot renew itself. The new certificate is the
+	// device's only one from then on: the certificate that asked opens no
+	// report stream and gateways deny it. Suspect, pending and revoked devices
+	// are refused. Any failure ends the stream with a gRPC status whose
+	// message says what to do, and changes nothing.
+	RenewCertificate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RenewRequest, RenewResponse], error)
 }
 
 type reportServiceClient struct {
@@ -59,20 +78,51 @@ func (c *reportServiceClient) StreamReports(ctx context.Context, opts ...grpc.Ca
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_StreamReportsClient = grpc.BidiStreamingClient[AgentMessage, CollectorMessage]
 
+func (c *reportServiceClient) RenewCertificate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RenewRequest, RenewResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ReportService_ServiceDesc.Streams[1], ReportService_RenewCertificate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RenewRequest, RenewResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReportService_RenewCertificateClient = grpc.BidiStreamingClient[RenewRequest, RenewResponse]
+
 // ReportServiceServer is the server API for ReportService service.
 // All implementations must embed UnimplementedReportServiceServer
 // for forward compatibility.
 //
 // ReportService carries signed posture reports from an enrolled agent, which
-// authenticates with its device certificate.
-//
-// The collector speaks first with a Welcome holding the device's chain head
-// and a fresh nonce. The agent answers with one SignedReport per nonce; each
-// report is answered by a ReportAck (only after it is durably stored) or a
-// ReportRejected, both carrying the next nonce. A nonce is valid only on the
-// stream that issued it, and only once.
+// authenticates with its device certificate, and renews that certificate.
 type ReportServiceServer interface {
+	// StreamReports is the agent's long-lived report stream.
+	//
+	// The collector speaks first with a Welcome holding the device's chain
+	// head and a fresh nonce. The agent answers with one SignedReport per
+	// nonce; each report is answered by a ReportAck (only after it is durably
+	// stored) or a ReportRejected, both carrying the next nonce. A nonce is
+	// valid only on the stream that issued it, and only once.
 	StreamReports(grpc.BidiStreamingServer[AgentMessage, CollectorMessage]) error
+	// RenewCertificate issues an active device a new certificate, for a new
+	// TLS key, before its current one expires:
+	//
+	//	server -> RenewChallenge (a fresh nonce, valid on this stream only)
+	//	agent  -> RenewAnswer    (the new TLS key, proven by the identity)
+	//	server -> RenewResult    (the new certificate)
+	//
+	// The caller authenticates with the device's newest certificate, or with
+	// the one the newest replaced (so that a result lost on the way does not
+	// lock the device out); either must be unexpired. The proof binds the new
+	// TLS key to the nonce with the device's enrolled identity, so a copy of a
+	// TLS key and certificate cannot renew itself. The new certificate is the
+	// device's only one from then on: the certificate that asked opens no
+	// report stream and gateways deny it. Suspect, pending and revoked devices
+	// are refused. Any failure ends the stream with a gRPC status whose
+	// message says what to do, and changes nothing.
+	RenewCertificate(grpc.BidiStreamingServer[RenewRequest, RenewResponse]) error
 	mustEmbedUnimplementedReportServiceServer()
 }
 
@@ -85,6 +135,9 @@ type UnimplementedReportServiceServer struct{}
 
 func (UnimplementedReportServiceServer) StreamReports(grpc.BidiStreamingServer[AgentMessage, CollectorMessage]) error {
 	return status.Error(codes.Unimplemented, "method StreamReports not implemented")
+}
+func (UnimplementedReportServiceServer) RenewCertificate(grpc.BidiStreamingServer[RenewRequest, RenewResponse]) error {
+	return status.Error(codes.Unimplemented, "method RenewCertificate not implemented")
 }
 func (UnimplementedReportServiceServer) mustEmbedUnimplementedReportServiceServer() {}
 func (UnimplementedReportServiceServer) testEmbeddedByValue()                       {}
@@ -114,6 +167,13 @@ func _ReportService_StreamReports_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_StreamReportsServer = grpc.BidiStreamingServer[AgentMessage, CollectorMessage]
 
+func _ReportService_RenewCertificate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ReportServiceServer).RenewCertificate(&grpc.GenericServerStream[RenewRequest, RenewResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReportService_RenewCertificateServer = grpc.BidiStreamingServer[RenewRequest, RenewResponse]
+
 // ReportService_ServiceDesc is the grpc.ServiceDesc for ReportService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -125,6 +185,12 @@ var ReportService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamReports",
 			Handler:       _ReportService_StreamReports_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "RenewCertificate",
+			Handler:       _ReportService_RenewCertificate_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
