@@ -228,6 +228,7 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 	if err := a.reconcile(w); err != nil {
 		return 0, err
 	}
+	a.resendEventLog() // the collector may have lost it, or be another one
 	nonce := w.GetNonce()
 	sent := 0
 	for {
@@ -312,6 +313,18 @@ func (a *Agent) acked(id, seq uint64, digest []byte) error {
 	return nil
 }
 
+// eventLogResender is an identity that sends the TPM event log only when
+// the collector may lack it.
+type eventLogResender interface{ ResendEventLog() }
+
+// resendEventLog makes the next report carry the event log, if the
+// identity has one.
+func (a *Agent) resendEventLog() {
+	if r, ok := a.id.(eventLogResender); ok {
+		r.ResendEventLog()
+	}
+}
+
 // send signs one spooled report with the current nonce, sends it and waits
 // for the answer. It returns the next nonce.
 func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
@@ -355,9 +368,13 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		if m.Ack.GetSeq() != sent.Seq || !bytes.Equal(m.Ack.GetDigest(), sent.Digest) {
 			return nonce, false, fmt.Errorf("collector acknowledged seq %d, but seq %d was sent", m.Ack.GetSeq(), sent.Seq)
 		}
+		if m.Ack.GetWantEventLog() {
+			a.resendEventLog()
+		}
 		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sent.Seq, sent.Digest)
 	case *posturev1.CollectorMessage_Rejected:
 		rej := m.Rejected
+		a.resendEventLog() // nothing of the report was stored, its log neither
 		reason := rejectReasonName(rej.GetReason())
 		if retryable(rej.GetReason()) {
 			// Ending the stream sends it again after the reconnect backoff,

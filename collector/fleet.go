@@ -49,6 +49,8 @@ type deviceEntry struct {
 	tpmClock    store.TPMClock
 	osLine      string                  // "debian 12", from the latest report
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
+	replayed    *posturev1.MeasuredBoot // the reading of the last event log replayed (bootState)
+	replayedFor [sha256.Size]byte       // the PCR tag of the quote that log came with
 	subject     policy.Subject
 	certTag     uint64 // certTag of the device certificate last issued: older ones no longer count
 	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
@@ -179,31 +181,18 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*deviceEntry,
 }
 
 // decodeLatest decodes a scanned device's latest report and reads measured
-// boot again from its proof. Stored reports were verified before they were
+// boot again (storedBoot). Stored reports were verified before they were
 // stored.
-func decodeLatest(row *store.FleetRow) (*posturev1.PostureReport, *posturev1.MeasuredBoot, error) {
+func decodeLatest(row *store.FleetRow) (*posturev1.PostureReport, bootState, error) {
 	var rep posturev1.PostureReport
 	if err := proto.Unmarshal(row.Report.Body, &rep); err != nil {
-		return nil, nil, fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
+		return nil, bootState{}, fmt.Errorf("report %s/%d: %w", row.ID, row.Report.Seq, err)
 	}
-	boot, err := storedBoot(row.TPM, row.Report.Proof)
+	boot, err := storedBoot(row)
 	if err != nil {
-		return nil, nil, fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
+		return nil, bootState{}, fmt.Errorf("quote %s/%d: %w", row.ID, row.Report.Seq, err)
 	}
 	return &rep, boot, nil
-}
-
-// storedBoot reads measured boot again from a stored report's proof.
-func storedBoot(tpm bool, proof []byte) (*posturev1.MeasuredBoot, error) {
-	if !tpm {
-		return measuredBoot(nil, nil), nil
-	}
-	var q posturev1.TPMQuote
-	if err := proto.Unmarshal(proof, &q); err != nil {
-		return nil, err
-	}
-	pcrs, _ := envelope.PCRMap(q.GetPcrs())
-	return measuredBoot(&q, pcrs), nil
 }
 
 // setHead records the device's chain head; digest is nil before the first
@@ -286,13 +275,18 @@ func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelop
 // shared holds one copy of strings that many devices carry alike.
 var shared = newInterner(4096)
 
-func (e *deviceEntry) setReport(r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, at time.Time, pol *policy.Policy) {
-	e.boot = boot
+// bootState is what the entry knows of measured boot.
+func (e *deviceEntry) bootState() bootState {
+	return bootState{boot: e.boot, replayed: e.replayed, replayedFor: e.replayedFor}
+}
+
+func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time.Time, pol *policy.Policy) {
+	e.boot, e.replayed, e.replayedFor = b.boot, b.replayed, b.replayedFor
 	e.osLine = ""
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())
 	}
-	e.subject.Assessment = pol.AssessWith(r, measuredOf(boot))
+	e.subject.Assessment = pol.AssessWith(r, measuredOf(b.boot))
 	e.subject.ReportAt = at
 }
 
@@ -420,7 +414,7 @@ func (f *fleet) put(d store.Device) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.devices[d.ID]; ok {
-		e.osLine, e.boot = old.osLine, old.boot
+		e.osLine, e.boot, e.replayed, e.replayedFor = old.osLine, old.boot, old.replayed, old.replayedFor
 		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
 		switch old.subject.State {
 		case posturev1.DeviceState_DEVICE_STATE_REVOKED, posturev1.DeviceState_DEVICE_STATE_SUSPECT:
@@ -442,6 +436,13 @@ func (f *fleet) head(id string) (seq uint64, digest []byte, state posturev1.Devi
 	return e.lastSeq, digest, e.subject.State
 }
 
+// bootState is what the collector knows of the device's measured boot.
+func (f *fleet) bootState(id string) bootState {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.devices[id].bootState()
+}
+
 // tpmClock is the TPM clock info of the device's latest quote.
 func (f *fleet) tpmClock(id string) store.TPMClock {
 	f.mu.RLock()
@@ -453,7 +454,7 @@ func (f *fleet) tpmClock(id string) store.TPMClock {
 // the report under the policy in force when it holds the fleet lock, which
 // a policy reload swaps under the same lock, so no report is left assessed
 // under a policy that is no longer in force.
-func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot *posturev1.MeasuredBoot, pol *atomic.Pointer[policy.Policy]) {
+func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot bootState, pol *atomic.Pointer[policy.Policy]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
@@ -676,7 +677,7 @@ func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func())
 		if err != nil {
 			return err
 		}
-		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(rep, measuredOf(boot))}
+		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
 		return nil
 	})
 	if err != nil {

@@ -138,7 +138,7 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 			rs.busy.Unlock()
 			return streamEndError(ctx)
 		}
-		ack, rej := s.ingest(ctx, id, &key, sr, nonce)
+		ack, wantLog, rej := s.ingest(ctx, id, &key, sr, nonce)
 		rs.busy.Unlock()
 		nonce = next
 		var out *posturev1.CollectorMessage
@@ -154,7 +154,7 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 		} else {
 			c.stats.accepted()
 			out = &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-				Seq: ack.Seq, Digest: ack.Digest, NextNonce: next,
+				Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
 			}}}
 		}
 		if err := stream.Send(out); err != nil {
@@ -175,66 +175,69 @@ func streamEndError(ctx context.Context) error {
 }
 
 // ingest verifies one report and stores it. Checks run cheapest first;
-// nothing is stored unless every one passes.
-func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, sr *posturev1.SignedReport, nonce []byte) (*store.Report, *rejection) {
+// nothing is stored unless every one passes. wantLog asks the agent for
+// its event log: the report's quote came without one, and the collector
+// has replayed none for its PCR values.
+func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, sr *posturev1.SignedReport, nonce []byte) (_ *store.Report, wantLog bool, _ *rejection) {
 	c := s.c
 	e, ok := c.fleet.get(id)
 	if !ok {
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "device %s is not enrolled", id)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "device %s is not enrolled", id)
 	}
 	switch {
 	case len(sr.GetNonce()) == 0:
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "report carries no nonce")
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "report carries no nonce")
 	case subtle.ConstantTimeCompare(sr.GetNonce(), nonce) != 1:
 		// A genuine report that is already stored is a replay; anything else
 		// simply answers a nonce this stream does not have outstanding.
 		if v, _, err := key.verify(e, sr); err == nil {
 			if seq, _, _ := c.fleet.head(id); v.Report.GetSeq() <= seq {
-				return nil, reject(posturev1.RejectReason_REJECT_REASON_REPLAY, "report %d was already stored: replayed report", v.Report.GetSeq())
+				return nil, false, reject(posturev1.RejectReason_REJECT_REASON_REPLAY, "report %d was already stored: replayed report", v.Report.GetSeq())
 			}
 		}
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
 	start := time.Now()
 	v, quote, err := key.verify(e, sr)
 	c.metrics.verify.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, envelope.ErrMalformed):
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "%v", err)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "%v", err)
 	case errors.Is(err, attest.ErrQuoteMalformed):
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_BAD_QUOTE, "%v", err)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_BAD_QUOTE, "%v", err)
 	case errors.Is(err, attest.ErrQualifyingData):
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT, "%v: the quote was made for another nonce, or the report changed after quoting", err)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT, "%v: the quote was made for another nonce, or the report changed after quoting", err)
 	case errors.Is(err, attest.ErrPCRMismatch):
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_PCR_MISMATCH, "%v", err)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_PCR_MISMATCH, "%v", err)
 	case err != nil:
 		if claimed := envelope.ClaimedDevice(sr); claimed != "" && claimed != id {
-			return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %s but the stream belongs to device %s", claimed, id)
+			return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %s but the stream belongs to device %s", claimed, id)
 		}
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE, "%v", err)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE, "%v", err)
 	}
 	r := v.Report
 	if r.GetDeviceId() != id {
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report names device %s but the stream belongs to device %s", r.GetDeviceId(), id)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report names device %s but the stream belongs to device %s", r.GetDeviceId(), id)
 	}
 	now := c.cfg.Now()
 	if created := r.GetCreatedAt().AsTime(); r.GetCreatedAt() == nil || created.Sub(now).Abs() > c.cfg.MaxClockSkew {
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_CLOCK_SKEW, "report created at %s, collector time %s: more than %s apart; fix the device clock (NTP)", created.UTC().Format("15:04:05Z07:00"), now.UTC().Format("15:04:05Z07:00"), c.cfg.MaxClockSkew)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_CLOCK_SKEW, "report created at %s, collector time %s: more than %s apart; fix the device clock (NTP)", created.UTC().Format("15:04:05Z07:00"), now.UTC().Format("15:04:05Z07:00"), c.cfg.MaxClockSkew)
 	}
 	headSeq, headDigest, state := c.fleet.head(id)
 	switch {
 	case state == posturev1.DeviceState_DEVICE_STATE_REVOKED:
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_REVOKED, "device %s is revoked", id)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_REVOKED, "device %s is revoked", id)
 	case r.GetSeq() <= headSeq:
 		// Signed now, for this stream, yet reusing a stored sequence number:
 		// the key is in two places or the agent's state was rolled back.
-		return nil, s.suspect(ctx, id, fmt.Sprintf("report chain forked: a new report reuses sequence number %d (latest stored is %d); the identity key is used by two agents, or the agent's state was rolled back", r.GetSeq(), headSeq))
+		return nil, false, s.suspect(ctx, id, fmt.Sprintf("report chain forked: a new report reuses sequence number %d (latest stored is %d); the identity key is used by two agents, or the agent's state was rolled back", r.GetSeq(), headSeq))
 	case r.GetSeq() > headSeq+1:
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_SEQUENCE_GAP, "sequence number %d skips ahead of the latest stored %d", r.GetSeq(), headSeq)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_SEQUENCE_GAP, "sequence number %d skips ahead of the latest stored %d", r.GetSeq(), headSeq)
 	case !bytes.Equal(r.GetPrevDigest(), headDigest):
-		return nil, s.suspect(ctx, id, fmt.Sprintf("report chain broken at seq %d: prev_digest does not match the stored report %d (cloned identity or tampered agent state)", r.GetSeq(), headSeq))
+		return nil, false, s.suspect(ctx, id, fmt.Sprintf("report chain broken at seq %d: prev_digest does not match the stored report %d (cloned identity or tampered agent state)", r.GetSeq(), headSeq))
 	}
 	rec := store.Report{DeviceID: id, Seq: r.GetSeq(), Digest: v.Digest, Nonce: v.Nonce, Body: v.Body, Proof: v.Proof, ReceivedAt: now}
+	boot := bootState{boot: measuredBoot(nil, nil)}
 	if quote != nil {
 		clock := store.TPMClock{Clock: quote.Clock.Clock, ResetCount: quote.Clock.ResetCount, RestartCount: quote.Clock.RestartCount}
 		// No previous quote: the first report, or the first since the
@@ -243,28 +246,31 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		reboot, why := tpmClockCheck(prev, clock, headSeq == 0 || prev == (store.TPMClock{}))
 		if why != "" {
 			s.suspect(ctx, id, why)
-			return nil, reject(posturev1.RejectReason_REJECT_REASON_TPM_CLOCK, "%s", why)
+			return nil, false, reject(posturev1.RejectReason_REJECT_REASON_TPM_CLOCK, "%s", why)
 		}
 		rec.TPM, rec.Reboot = &clock, reboot
+		boot, wantLog = c.fleet.bootState(id).quoteBoot(sr.GetTpm(), quote.PCRs)
+		if len(sr.GetTpm().GetEventLog()) > 0 {
+			// The device keeps this reading until its next log, for the
+			// quotes that come without one.
+			if rec.MeasuredBoot, err = encodeReading(boot); err != nil {
+				c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
+				return nil, false, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
+			}
+		}
 	}
 	if err := c.store.AppendReport(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			// Two streams of this device raced with different reports for
 			// the same sequence number: two holders of one identity.
-			return nil, s.suspect(ctx, id, fmt.Sprintf("two different reports claimed sequence number %d at once: the identity is used by two agents", rec.Seq))
+			return nil, false, s.suspect(ctx, id, fmt.Sprintf("two different reports claimed sequence number %d at once: the identity is used by two agents", rec.Seq))
 		}
 		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
-		return nil, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
-	}
-	var boot *posturev1.MeasuredBoot
-	if quote != nil {
-		boot = measuredBoot(sr.GetTpm(), quote.PCRs)
-	} else {
-		boot = measuredBoot(nil, nil)
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
 	}
 	c.fleet.recordReport(id, &rec, r, boot, &c.policy)
 	c.publish(id, "report", false)
-	return &rec, nil
+	return &rec, wantLog, nil
 }
 
 // suspect marks a device whose report chain broke and returns the rejection.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -498,5 +499,226 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 	p, _ = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
 	if !strings.Contains(p.GetMeasuredBoot().GetReason(), "does not replay to the quoted PCR values") {
 		t.Errorf("forged log: measured boot %v, want a replay mismatch", p.GetMeasuredBoot())
+	}
+}
+
+// firmwareLog extends the TPM's PCRs 0 and 7 as firmware would, secure
+// boot enabled, and returns the matching event log, also written to a
+// file.
+func firmwareLog(t *testing.T, dev transport.TPM) (*testtools.EventLog, string) {
+	t.Helper()
+	log := testtools.NewEventLog()
+	extendLogged(t, dev, log, 0, 0x80000008, []byte("platform firmware")) // EV_EFI_PLATFORM_FIRMWARE_BLOB
+	extendLogged(t, dev, log, 7, 0x80000001, testtools.SecureBootVariable(true))
+	extendLogged(t, dev, log, 7, 0x00000004, []byte{0, 0, 0, 0}) // EV_SEPARATOR
+	logFile := filepath.Join(t.TempDir(), "binary_bios_measurements")
+	writeLog(t, logFile, log)
+	return log, logFile
+}
+
+// extendLogged adds an event to the log and extends the PCR with it.
+func extendLogged(t *testing.T, dev transport.TPM, log *testtools.EventLog, pcr, typ uint32, data []byte) {
+	t.Helper()
+	extendPCR(t, dev, pcr, log.Add(pcr, typ, data))
+}
+
+func extendPCR(t *testing.T, dev transport.TPM, pcr uint32, sum []byte) {
+	t.Helper()
+	if _, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: sum}}},
+	}).Execute(dev); err != nil {
+		t.Fatalf("extend PCR %d: %v", pcr, err)
+	}
+}
+
+func writeLog(t *testing.T, path string, log *testtools.EventLog) {
+	t.Helper()
+	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantReplayed checks that the collector shows measured boot replayed from
+// a log of events events, secure boot enabled.
+func wantReplayed(t *testing.T, e *env, id string, events uint32) {
+	t.Helper()
+	p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mb := p.GetMeasuredBoot(); mb.GetStatus() != posturev1.Status_STATUS_OK || !mb.GetSecureBoot() || mb.GetEvents() != events {
+		t.Fatalf("measured boot = %v, want replayed: OK, secure boot enabled, %d events", mb, events)
+	}
+}
+
+// storedLogs reads, with the collector stopped, which of a device's stored
+// reports carry an event log in their proof, by sequence number.
+func storedLogs(t *testing.T, e *env, id string) map[uint64]bool {
+	t.Helper()
+	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	reports, err := st.Reports(context.Background(), id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]bool{}
+	for _, r := range reports {
+		var q posturev1.TPMQuote
+		if err := proto.Unmarshal(r.Proof, &q); err != nil {
+			t.Fatal(err)
+		}
+		out[r.Seq] = len(q.GetEventLog()) > 0
+	}
+	return out
+}
+
+// withLogs lists the sequence numbers from..to whose reports carry a log.
+func withLogs(logs map[uint64]bool, from, to uint64) []uint64 {
+	var out []uint64
+	for s := from; s <= to; s++ {
+		if logs[s] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// The event log travels once per boot state and stream, not with every
+// quote, and measured boot stays replayed in between: the first report of
+// a stream carries it, later ones do not, a PCR change brings the new log
+// once, and a restarted collector still knows the reading of a latest
+// report that came without one.
+func TestMeasuredBootEventLogOncePerBoot(t *testing.T) {
+	_, dev := openSimulator(t, 6)
+	log, logFile := firmwareLog(t, dev)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
+		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.DeviceID
+	lastSeq := func() uint64 { d, _ := e.device(id); return d.GetDevice().GetLastSeq() }
+
+	stop := runTPMAgent(t, stateDir, dev)
+	eventually(t, "four reports", func() bool { return lastSeq() >= 4 })
+	stop()
+	wantReplayed(t, e, id, 3)
+	first := lastSeq()
+	e.stop()
+	logs := storedLogs(t, e, id)
+	if got := withLogs(logs, 1, first); len(logs) != int(first) || !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("reports 1-%d carrying the event log: %v of %d stored, want only the first", first, got, len(logs))
+	}
+
+	e.start() // the latest report carries no log; the device's reading is stored
+	wantReplayed(t, e, id, 3)
+
+	// A new stream sends the log again; while it runs, a PCR change (the
+	// OS extends PCR 7, and the log records it) brings the new log once.
+	stop = runTPMAgent(t, stateDir, dev)
+	eventually(t, "two reports on a new stream", func() bool { return lastSeq() >= first+2 })
+	changed := lastSeq()
+	grown := testtools.ContinueEventLog(log.Bytes(), log.PCRs())
+	sum := grown.Add(7, 0x0000000d, []byte("boot loader")) // EV_IPL, after the separator
+	writeLog(t, logFile, grown)                            // first: no quote sees the new PCR value with the old log
+	extendPCR(t, dev, 7, sum)
+	eventually(t, "the new log replayed", func() bool {
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+		return err == nil && p.GetMeasuredBoot().GetEvents() == 4
+	})
+	eventually(t, "reports after it", func() bool { return lastSeq() >= changed+4 })
+	stop()
+	wantReplayed(t, e, id, 4)
+	last := lastSeq()
+	e.stop()
+	logs = storedLogs(t, e, id)
+	got := withLogs(logs, first+1, last)
+	if len(got) != 2 || got[0] != first+1 || got[1] <= changed {
+		t.Errorf("reports %d-%d carrying the event log: %v (PCR changed after %d); want the stream's first and the first after the change", first+1, last, got, changed)
+	}
+	e.start()
+	wantReplayed(t, e, id, 4)
+}
+
+// A quote without a log whose PCR values the collector has no log for is
+// stored, shows measured boot unavailable, and its acknowledgement asks
+// for the log; once the log comes, quotes without it have its reading
+// again and are not asked.
+func TestMeasuredBootAsksForEventLog(t *testing.T) {
+	_, dev := openSimulator(t, 8)
+	log, logFile := firmwareLog(t, dev)
+	e := startCollector(t)
+	stateDir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
+		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.DeviceID
+	tpm, err := identity.NewTPM(dev, stateDir, identity.TPMOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "device.crt"), filepath.Join(stateDir, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := openReports(t, e, cert, nil, id)
+	seal := func(withLog bool) *posturev1.SignedReport {
+		r := healthyReport(true, "tpm")
+		r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = id, c.seq+1, c.digest, timestamppb.Now()
+		body, _ := proto.Marshal(r)
+		q, err := tpm.Quote(envelope.Digest(c.nonce, body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		qp := quoteProto(q)
+		if withLog {
+			qp.EventLog = log.Bytes()
+		}
+		return &posturev1.SignedReport{Report: body, Nonce: c.nonce, Proof: &posturev1.SignedReport_Tpm{Tpm: qp}}
+	}
+	unavailable := func(t *testing.T, reason string) {
+		t.Helper()
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mb := p.GetMeasuredBoot(); mb.GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || !strings.Contains(mb.GetReason(), reason) {
+			t.Fatalf("measured boot = %v, want unavailable: %s", mb, reason)
+		}
+	}
+	steps := []struct {
+		name    string
+		withLog bool
+		extend  bool // the OS extends PCR 7 first, and the log records it
+		wantLog bool // the acknowledgement asks for the log
+		check   func(t *testing.T)
+	}{
+		{"no log ever sent", false, false, true, func(t *testing.T) { unavailable(t, "no TPM event log") }},
+		{"the log", true, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
+		{"same PCR values without it", false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
+		{"PCR 7 changed, no log", false, true, true, func(t *testing.T) { unavailable(t, "no event log for these PCR values") }},
+		{"the new log", true, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
+		{"same PCR values without it again", false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
+	}
+	for _, s := range steps {
+		if s.extend {
+			extendLogged(t, dev, log, 7, 0x0000000d, []byte("boot loader"))
+		}
+		m := c.send(seal(s.withLog))
+		if m.GetAck() == nil {
+			t.Fatalf("%s: answer %v, want an acknowledgement", s.name, m)
+		}
+		if m.GetAck().GetWantEventLog() != s.wantLog {
+			t.Errorf("%s: want_event_log = %v, want %v", s.name, m.GetAck().GetWantEventLog(), s.wantLog)
+		}
+		s.check(t)
 	}
 }

@@ -1,11 +1,14 @@
 package identity
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 
+	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -16,18 +19,39 @@ const EventLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 // TPMIdentity signs every report with a TPM2_Quote by the AK whose
 // qualifying data is the report digest, so one TPM operation signs the
 // report and attests the boot state.
+//
+// The event log (15–40 KB) changes only when the PCR values do, so it
+// travels with a quote only when the collector may lack it: the first
+// quote after ResendEventLog (a new stream, or the collector asked) and
+// the first quote whose PCR values differ from those of the last quote
+// sent with a log.
 type TPMIdentity struct {
 	tpm          *TPM
 	eventLogPath string
+
+	mu      sync.Mutex
+	resend  bool              // send the log with the next quote
+	logSent bool              // logFor holds the PCR tag of a quote sent with a log
+	logFor  [sha256.Size]byte // attest.PCRTag of that quote's PCR values
 }
 
 // NewTPMIdentity wraps a TPM. eventLogPath, when readable, is sent with
-// each quote so the collector can replay it; empty means EventLogPath.
+// the first quote and whenever the collector may lack it; empty means
+// EventLogPath.
 func NewTPMIdentity(t *TPM, eventLogPath string) *TPMIdentity {
 	if eventLogPath == "" {
 		eventLogPath = EventLogPath
 	}
-	return &TPMIdentity{tpm: t, eventLogPath: eventLogPath}
+	return &TPMIdentity{tpm: t, eventLogPath: eventLogPath, resend: true}
+}
+
+// ResendEventLog makes the next quote carry the event log whatever the
+// PCR values. The agent calls it when a report stream starts and when the
+// collector asks for the log.
+func (i *TPMIdentity) ResendEventLog() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.resend = true
 }
 
 // Kind is "tpm".
@@ -98,11 +122,26 @@ func (i *TPMIdentity) quote(digest []byte, withLog bool) (*posturev1.TPMQuote, e
 		out.Pcrs = append(out.Pcrs, &posturev1.PCRValue{Index: k, Value: q.PCRs[k]})
 	}
 	if withLog {
-		// Reading the log needs root; without it the collector is told
-		// nothing and says so, rather than guessing.
-		if log, err := os.ReadFile(i.eventLogPath); err == nil {
-			out.EventLog = log
-		}
+		out.EventLog = i.eventLog(q.PCRs)
 	}
 	return out, nil
+}
+
+// eventLog returns the event log when a quote of pcrs should carry it,
+// and nil otherwise.
+func (i *TPMIdentity) eventLog(pcrs map[uint32][]byte) []byte {
+	tag := attest.PCRTag(pcrs)
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if !i.resend && i.logSent && i.logFor == tag {
+		return nil
+	}
+	// Reading the log needs root; without it the collector is told
+	// nothing and says so, rather than guessing.
+	log, err := os.ReadFile(i.eventLogPath)
+	if err != nil {
+		return nil
+	}
+	i.resend, i.logSent, i.logFor = false, true, tag
+	return log
 }

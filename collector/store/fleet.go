@@ -24,6 +24,10 @@ type FleetRow struct {
 	LastSeq        uint64
 	LastDigest     []byte // nil until the first report
 	TPMClock       TPMClock
+	// MeasuredBoot is the reading of the newest event log among the
+	// device's reports (Report.MeasuredBoot as stored), which need not be
+	// the latest report's; nil when none carried one.
+	MeasuredBoot []byte
 	// Report is the latest report (the one LastSeq names): Seq, Body, Proof
 	// and ReceivedAt are set. Nil before the first.
 	Report *Report
@@ -76,7 +80,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 	// first), so the join reads one report per device by its ID.
 	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
 		d.state, d.state_reason, d.cert_serial, d.prev_cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
-		r.body, r.proof, r.received_at
+		d.measured_boot, r.body, r.proof, r.received_at
 		FROM devices d LEFT JOIN reports r ON r.id = d.last_report
 		WHERE d.rowid BETWEEN ? AND ?`, from, to)
 	if err != nil {
@@ -91,15 +95,16 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 		received        sql.NullInt64
 		body, proof     sql.RawBytes
 		key, lastDigest sql.RawBytes
+		boot            sql.RawBytes
 	)
 	for rows.Next() {
 		if err := rows.Scan(&row.ID, &row.Hostname, &identity, &key, &row.Assurance,
 			&row.State, &row.StateReason, &row.CertSerial, &row.PrevCertSerial, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
-			&body, &proof, &received); err != nil {
+			&boot, &body, &proof, &received); err != nil {
 			return err
 		}
 		row.TPM = string(identity) == "tpm"
-		row.IdentityKey, row.LastDigest = key, nilIfEmpty(lastDigest)
+		row.IdentityKey, row.LastDigest, row.MeasuredBoot = key, nilIfEmpty(lastDigest), nilIfEmpty(boot)
 		row.LastSeq, row.TPMClock.Clock = uint64(lastSeq), uint64(clock)
 		row.Report = nil
 		if received.Valid {

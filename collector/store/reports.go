@@ -18,9 +18,10 @@ import (
 // It is idempotent on (device, seq): a report whose sequence number is
 // already stored with the same digest returns nil and writes nothing; with a
 // different digest it returns ErrConflict. An unknown device returns
-// ErrNotFound. The head (LastSeq, LastDigest, LastSeen, TPMClock) only moves
-// forward, to the highest sequence number stored: a report older than the
-// head is stored without changing it.
+// ErrNotFound. The head (LastSeq, LastDigest, LastSeen, TPMClock, and
+// MeasuredBoot when the report has one) only moves forward, to the highest
+// sequence number stored: a report older than the head is stored without
+// changing it.
 func (s *Store) AppendReport(ctx context.Context, r Report) error {
 	if r.Seq > math.MaxInt64 {
 		return fmt.Errorf("append report %s/%d: sequence number exceeds the storable range", r.DeviceID, r.Seq)
@@ -62,12 +63,13 @@ func (s *Store) appendReport(tx *sql.Tx, r Report) error {
 	if r.Reboot {
 		reboot = 1
 	}
+	// A nil MeasuredBoot binds NULL and keeps the device's reading.
 	res, err = tx.Exec(`UPDATE devices SET last_report = ?1, last_seq = ?2, last_digest = ?3,
 		last_seen = max(last_seen, ?4), tpm_clock = coalesce(?5, tpm_clock),
 		tpm_reset_count = coalesce(?6, tpm_reset_count), tpm_restart_count = coalesce(?7, tpm_restart_count),
-		reboots = reboots + ?8
+		reboots = reboots + ?8, measured_boot = coalesce(?10, measured_boot)
 		WHERE id = ?9 AND (last_digest IS NULL OR last_seq < ?2)`,
-		id, int64(r.Seq), blob(r.Digest), nanos(r.ReceivedAt), clock, resets, restarts, reboot, r.DeviceID)
+		id, int64(r.Seq), blob(r.Digest), nanos(r.ReceivedAt), clock, resets, restarts, reboot, r.DeviceID, r.MeasuredBoot)
 	if err != nil {
 		return dirty(err)
 	}

@@ -99,6 +99,13 @@ UPDATE devices SET last_report = coalesce((SELECT report_id FROM report_history 
 	`
 ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
 `,
+	// A TPM agent sends its event log about once per boot, not with every
+	// quote; the collector's reading of the last log it replayed stays
+	// with the device, so that a head report without a log still has one
+	// at start-up. NULL until a report with a log.
+	`
+ALTER TABLE devices ADD COLUMN measured_boot BLOB;
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

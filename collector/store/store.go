@@ -121,6 +121,11 @@ type Report struct {
 	TPM *TPMClock
 	// Reboot counts one more TPM reset for the device.
 	Reboot bool
+	// MeasuredBoot, when set, is the collector's reading of the event log
+	// the report's quote carried, as the collector encodes it; it becomes
+	// the device's (FleetRow.MeasuredBoot) with the head. Nil when the
+	// report carried no log, which leaves the device's reading as it was.
+	MeasuredBoot []byte
 }
 
 // Store is a SQLite-backed store. It is safe for concurrent use.

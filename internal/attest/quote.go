@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -166,4 +167,25 @@ func quotedPCRs(sel tpm2.TPMLPCRSelection) ([]uint32, error) {
 		}
 	}
 	return out, nil
+}
+
+// PCRTag condenses a set of sha256 PCR values to SHA-256 over each PCR's
+// index, value length and value, in ascending index order. Equal tags mean
+// the same PCRs were quoted with the same values, so an event log replays
+// against both alike and reads the same. The full hash is kept: the OS can
+// extend PCRs after boot with values it chooses, so a shorter tag could be
+// made to collide between a good boot and a bad one by a birthday search.
+func PCRTag(pcrs map[uint32][]byte) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte("posture.v1.pcrs"))
+	var b [8]byte
+	for _, p := range slices.Sorted(maps.Keys(pcrs)) {
+		binary.BigEndian.PutUint32(b[:4], p)
+		binary.BigEndian.PutUint32(b[4:], uint32(len(pcrs[p])))
+		h.Write(b[:])
+		h.Write(pcrs[p])
+	}
+	var tag [sha256.Size]byte
+	h.Sum(tag[:0])
+	return tag
 }

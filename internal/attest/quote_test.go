@@ -205,3 +205,28 @@ func BenchmarkVerifyQuote(b *testing.B) {
 		}
 	}
 }
+
+// PCRTag is equal exactly when the same PCRs carry the same values.
+func TestPCRTag(t *testing.T) {
+	v := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	base := map[uint32][]byte{0: v(1), 7: v(2)}
+	tests := []struct {
+		name  string
+		pcrs  map[uint32][]byte
+		equal bool
+	}{
+		{"same values", map[uint32][]byte{7: v(2), 0: v(1)}, true},
+		{"one value differs", map[uint32][]byte{0: v(1), 7: v(3)}, false},
+		{"values on other PCRs", map[uint32][]byte{0: v(1), 6: v(2)}, false},
+		{"one more PCR", map[uint32][]byte{0: v(1), 7: v(2), 8: v(0)}, false},
+		{"one PCR fewer", map[uint32][]byte{0: v(1)}, false},
+		{"value bytes moved between PCRs", map[uint32][]byte{0: append(v(1), v(2)[:1]...), 7: v(2)[1:]}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := attest.PCRTag(tt.pcrs) == attest.PCRTag(base); got != tt.equal {
+				t.Errorf("tags equal = %v, want %v", got, tt.equal)
+			}
+		})
+	}
+}

@@ -682,7 +682,14 @@ type ReportAck struct {
 	// digest of the stored report.
 	Digest []byte `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	// next_nonce for the next report.
-	NextNonce     []byte `protobuf:"bytes,3,opt,name=next_nonce,json=nextNonce,proto3" json:"next_nonce,omitempty"`
+	NextNonce []byte `protobuf:"bytes,3,opt,name=next_nonce,json=nextNonce,proto3" json:"next_nonce,omitempty"`
+	// want_event_log asks a TPM agent to send its event log with the next
+	// quote: the stored report's quote came without one, and the collector
+	// has replayed no log for its PCR values, so measured boot is unavailable
+	// until a log arrives. An agent sends the log with the first report of
+	// each stream and whenever its PCR values change, so the collector asks
+	// only when that log was lost (a report carrying it was not stored).
+	WantEventLog  bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -736,6 +743,13 @@ func (x *ReportAck) GetNextNonce() []byte {
 		return x.NextNonce
 	}
 	return nil
+}
+
+func (x *ReportAck) GetWantEventLog() bool {
+	if x != nil {
+		return x.WantEventLog
+	}
+	return false
 }
 
 // ReportRejected refuses one report.
@@ -842,12 +856,13 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"T\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"z\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x03 \x01(\fR\tnextNonce\"\x8d\x01\n" +
+	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
+	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\"\x8d\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +

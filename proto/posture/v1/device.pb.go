@@ -615,12 +615,15 @@ func (x *DevicePosture) GetMeasuredBoot() *MeasuredBoot {
 }
 
 // MeasuredBoot is the collector's own reading of a device's boot, from a
-// TCG event log that replays to the PCR values of a verified quote.
+// TCG event log that replays to the PCR values of a verified quote. A
+// quote sent without a log has the reading of the last log replayed for
+// exactly its PCR values (the same log replays the same way).
 type MeasuredBoot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// status is OK when the log replayed to the quoted PCRs; UNAVAILABLE
-	// without a log (software identity, or the agent could not read it);
-	// ERROR when the log does not match the quote.
+	// without a log (software identity, the agent could not read it, or no
+	// log was replayed for these PCR values yet); ERROR when the log does
+	// not match the quote.
 	Status Status `protobuf:"varint,1,opt,name=status,proto3,enum=posture.v1.Status" json:"status,omitempty"`
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// secure_boot_known is true when PCR 7 holds a SecureBoot variable

@@ -1542,7 +1542,12 @@ type TPMQuote struct {
 	// one inside attest.
 	Pcrs []*PCRValue `protobuf:"bytes,3,rep,name=pcrs,proto3" json:"pcrs,omitempty"`
 	// event_log is the TCG event log (binary_bios_measurements) when the agent
-	// could read it; empty otherwise.
+	// could read it and the collector needs it; empty otherwise. The log
+	// changes only when the PCR values do, so an agent sends it with the
+	// first report of each stream, when the quoted PCR values differ from
+	// those of the last quote it sent a log with, and when the collector's
+	// ReportAck asks for it (want_event_log). Between, the collector keeps
+	// its reading of the last log it replayed, for those PCR values.
 	EventLog      []byte `protobuf:"bytes,4,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

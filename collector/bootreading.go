@@ -1,0 +1,107 @@
+package collector
+
+import (
+	"crypto/sha256"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/envelope"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// A TPM agent sends its event log (15–40 KB) about once per boot rather
+// than with every quote. The collector keeps its reading of the last log
+// it replayed together with the PCR tag (attest.PCRTag) of the quote it
+// was replayed against. A quote without a log whose PCR values have that
+// tag gets that reading: the same log replays against the same values the
+// same way. Any other quote without a log has no reading, and the agent is
+// asked for the log.
+
+// bootNoLogForPCRs is the reading of a quote without a log whose PCR
+// values differ from those of the last log replayed: the boot state
+// changed and its log has not arrived yet.
+var bootNoLogForPCRs = &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "no event log for these PCR values (the boot state changed since the last log replayed); the agent is asked to send it with its next report"}
+
+// bootState is what the collector knows of a device's measured boot.
+type bootState struct {
+	boot        *posturev1.MeasuredBoot // the reading of the latest report's quote
+	replayed    *posturev1.MeasuredBoot // the reading of the last event log replayed; nil when none was
+	replayedFor [sha256.Size]byte       // the PCR tag of the quote that log came with
+}
+
+// withoutLog is the reading of a quote without a log whose PCR values have
+// tag, and whether to ask the agent for the log.
+func (b *bootState) withoutLog(tag [sha256.Size]byte) (boot *posturev1.MeasuredBoot, wantLog bool) {
+	switch {
+	case b.replayed == nil:
+		return bootNoEventLog, true
+	case b.replayedFor != tag:
+		return bootNoLogForPCRs, true
+	}
+	return b.replayed, false
+}
+
+// quoteBoot reads measured boot from a verified quote: its own event log
+// when it carries one, otherwise what b holds for its PCR values. It
+// returns the new state, and whether to ask the agent for the log.
+func (b bootState) quoteBoot(q *posturev1.TPMQuote, pcrs map[uint32][]byte) (bootState, bool) {
+	tag := attest.PCRTag(pcrs)
+	if len(q.GetEventLog()) > 0 {
+		mb := measuredBoot(q, pcrs)
+		return bootState{boot: mb, replayed: mb, replayedFor: tag}, false
+	}
+	var want bool
+	b.boot, want = b.withoutLog(tag)
+	return b, want
+}
+
+// encodeReading serializes a replayed reading and its PCR tag for the
+// store (store.Report.MeasuredBoot): the tag, then the MeasuredBoot.
+func encodeReading(b bootState) ([]byte, error) {
+	mb, err := proto.Marshal(b.replayed)
+	if err != nil {
+		return nil, fmt.Errorf("encode measured boot: %w", err)
+	}
+	return append(b.replayedFor[:], mb...), nil
+}
+
+// decodeReading reverses encodeReading.
+func decodeReading(data []byte) (tag [sha256.Size]byte, mb *posturev1.MeasuredBoot, err error) {
+	if len(data) < sha256.Size {
+		return tag, nil, fmt.Errorf("stored measured boot is %d bytes, shorter than its PCR tag", len(data))
+	}
+	copy(tag[:], data)
+	mb = &posturev1.MeasuredBoot{}
+	if err := proto.Unmarshal(data[sha256.Size:], mb); err != nil {
+		return tag, nil, fmt.Errorf("stored measured boot: %w", err)
+	}
+	mb.Reason = shared.get(mb.Reason)
+	return tag, mb, nil
+}
+
+// storedBoot reads measured boot again at start: from the latest report's
+// proof when its quote carried a log, otherwise from the device's stored
+// reading when it was replayed for the quote's PCR values. Stored reports
+// were verified before they were stored.
+func storedBoot(row *store.FleetRow) (bootState, error) {
+	if !row.TPM {
+		return bootState{boot: measuredBoot(nil, nil)}, nil
+	}
+	var b bootState
+	if row.MeasuredBoot != nil {
+		var err error
+		if b.replayedFor, b.replayed, err = decodeReading(row.MeasuredBoot); err != nil {
+			return bootState{}, err
+		}
+	}
+	var q posturev1.TPMQuote
+	if err := proto.Unmarshal(row.Report.Proof, &q); err != nil {
+		return bootState{}, err
+	}
+	pcrs, _ := envelope.PCRMap(q.GetPcrs())
+	b, _ = b.quoteBoot(&q, pcrs)
+	return b, nil
+}

@@ -1,0 +1,87 @@
+package collector
+
+import (
+	"bytes"
+	"maps"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/posture-project/posture/internal/testtools"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// A quote with a log is replayed and its reading kept for its PCR values;
+// a quote without one gets that reading only for the same values, and
+// otherwise asks for the log.
+func TestQuoteBoot(t *testing.T) {
+	log := testtools.NewEventLog()
+	log.Add(0, 0x80000008, []byte("platform firmware"))
+	log.Add(7, 0x80000001, testtools.SecureBootVariable(true))
+	log.Add(7, 0x00000004, []byte{0, 0, 0, 0})
+	booted := maps.Clone(log.PCRs())
+	booted[1] = make([]byte, 32) // quoted, not in the log
+	changed := maps.Clone(booted)
+	changed[7] = bytes.Repeat([]byte{1}, 32) // PCR 7 extended after boot
+	quote := func(withLog bool) *posturev1.TPMQuote {
+		q := &posturev1.TPMQuote{}
+		if withLog {
+			q.EventLog = log.Bytes()
+		}
+		return q
+	}
+	replayed := &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_OK, SecureBootKnown: true, SecureBoot: true, Events: 3}
+	var b bootState
+	steps := []struct {
+		name     string
+		pcrs     map[uint32][]byte
+		withLog  bool
+		want     *posturev1.MeasuredBoot
+		wantLog  bool
+		replayed bool // a log's reading is kept after the step
+	}{
+		{"no log yet", booted, false, bootNoEventLog, true, false},
+		{"the log", booted, true, replayed, false, true},
+		{"same PCR values without the log", booted, false, replayed, false, true},
+		{"other PCR values without the log", changed, false, bootNoLogForPCRs, true, true},
+		{"the first PCR values again", booted, false, replayed, false, true},
+		{"the log for other PCR values does not replay", changed, true, &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR}, false, true},
+		{"same values as that log, without it", changed, false, &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR}, false, true},
+		{"the first PCR values: that reading is gone", booted, false, bootNoLogForPCRs, true, true},
+	}
+	ignoreReason := protocmp.IgnoreFields(&posturev1.MeasuredBoot{}, "reason")
+	for _, s := range steps {
+		var want bool
+		b, want = b.quoteBoot(quote(s.withLog), s.pcrs)
+		if diff := cmp.Diff(s.want, b.boot, protocmp.Transform(), ignoreReason); diff != "" {
+			t.Errorf("%s: reading (-want +got):\n%s", s.name, diff)
+		}
+		if s.want == bootNoEventLog || s.want == bootNoLogForPCRs {
+			if b.boot != s.want {
+				t.Errorf("%s: reading %q, want %q", s.name, b.boot.GetReason(), s.want.GetReason())
+			}
+		}
+		if want != s.wantLog {
+			t.Errorf("%s: want event log = %v, want %v", s.name, want, s.wantLog)
+		}
+		if (b.replayed != nil) != s.replayed {
+			t.Errorf("%s: kept reading = %v, want one: %v", s.name, b.replayed, s.replayed)
+		}
+		if b.replayed == nil {
+			continue
+		}
+		// What the store keeps reads back the same.
+		data, err := encodeReading(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag, mb, err := decodeReading(data)
+		if err != nil || tag != b.replayedFor || !cmp.Equal(mb, b.replayed, protocmp.Transform()) {
+			t.Errorf("%s: stored reading reads back as %x %v, %v; want %x %v", s.name, tag, mb, err, b.replayedFor, b.replayed)
+		}
+	}
+	if _, _, err := decodeReading([]byte("short")); err == nil {
+		t.Error("decodeReading accepted 5 bytes")
+	}
+}
