@@ -49,8 +49,7 @@ type deviceEntry struct {
 	tpmClock    store.TPMClock
 	osLine      string                  // "debian 12", from the latest report
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
-	replayed    *posturev1.MeasuredBoot // the reading of the last event log replayed (bootState)
-	replayedFor [sha256.Size]byte       // the PCR tag of the quote that log came with
+	replay      *replayMemo             // the last event log replayed (bootState); nil for none, as for software devices
 	subject     policy.Subject
 	certTag     uint64 // certTag of the device certificate last issued: older ones no longer count
 	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
@@ -275,13 +274,31 @@ func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelop
 // shared holds one copy of strings that many devices carry alike.
 var shared = newInterner(4096)
 
+// replayMemo is the reading of the last event log a device's quotes
+// brought and the PCR tag it was replayed for. Kept apart from the entry,
+// so that devices without one (software identities) pay a pointer.
+type replayMemo struct {
+	reading *posturev1.MeasuredBoot
+	pcrs    [sha256.Size]byte
+}
+
 // bootState is what the entry knows of measured boot.
 func (e *deviceEntry) bootState() bootState {
-	return bootState{boot: e.boot, replayed: e.replayed, replayedFor: e.replayedFor}
+	b := bootState{boot: e.boot}
+	if e.replay != nil {
+		b.replayed, b.replayedFor = e.replay.reading, e.replay.pcrs
+	}
+	return b
 }
 
 func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time.Time, pol *policy.Policy) {
-	e.boot, e.replayed, e.replayedFor = b.boot, b.replayed, b.replayedFor
+	e.boot = b.boot
+	switch {
+	case b.replayed == nil:
+		e.replay = nil
+	case e.replay == nil || e.replay.reading != b.replayed || e.replay.pcrs != b.replayedFor:
+		e.replay = &replayMemo{reading: b.replayed, pcrs: b.replayedFor}
+	}
 	e.osLine = ""
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())
@@ -414,7 +431,7 @@ func (f *fleet) put(d store.Device) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.devices[d.ID]; ok {
-		e.osLine, e.boot, e.replayed, e.replayedFor = old.osLine, old.boot, old.replayed, old.replayedFor
+		e.osLine, e.boot, e.replay = old.osLine, old.boot, old.replay
 		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
 		switch old.subject.State {
 		case posturev1.DeviceState_DEVICE_STATE_REVOKED, posturev1.DeviceState_DEVICE_STATE_SUSPECT:
