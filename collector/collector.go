@@ -291,11 +291,13 @@ func (c *Collector) Serve(ctx context.Context) error {
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
-		go func() {
-			if err := c.serveMetrics(c.metricsListener); err != nil {
+		// Made here, not in the goroutine, so that stop always finds it.
+		c.metricsSrv = c.metricsServer()
+		go func(srv *http.Server) {
+			if err := serveMetrics(srv, c.metricsListener); err != nil {
 				errc <- err
 			}
-		}()
+		}(c.metricsSrv)
 	}
 	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
 		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", len(c.fleet.ids()))

@@ -169,12 +169,16 @@ func stateLabel(s posturev1.DeviceState) string {
 	return "unknown"
 }
 
-// serveMetrics serves /metrics on its own listener, apart from the API.
-func (c *Collector) serveMetrics(l net.Listener) error {
+// metricsServer serves /metrics, on its own listener apart from the API.
+func (c *Collector) metricsServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.registry, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	c.metricsSrv = srv
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
+// serveMetrics runs srv on l until it is closed (before or after it
+// starts: Serve then returns at once and closes l).
+func serveMetrics(srv *http.Server, l net.Listener) error {
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
