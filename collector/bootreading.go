@@ -51,6 +51,12 @@ func (b bootState) quoteBoot(q *posturev1.TPMQuote, pcrs map[uint32][]byte) (boo
 	tag := attest.PCRTag(pcrs)
 	if len(q.GetEventLog()) > 0 {
 		mb := measuredBoot(q, pcrs)
+		if mb.GetStatus() != posturev1.Status_STATUS_OK {
+			// A log that does not replay (read before it caught up with
+			// the PCRs, say) is not kept for later quotes: the next one is
+			// asked to bring a log again.
+			return bootState{boot: mb, replayed: b.replayed, replayedFor: b.replayedFor}, true
+		}
 		return bootState{boot: mb, replayed: mb, replayedFor: tag}, false
 	}
 	var want bool

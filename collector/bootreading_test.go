@@ -46,9 +46,10 @@ func TestQuoteBoot(t *testing.T) {
 		{"same PCR values without the log", booted, false, replayed, false, true},
 		{"other PCR values without the log", changed, false, bootNoLogForPCRs, true, true},
 		{"the first PCR values again", booted, false, replayed, false, true},
-		{"the log for other PCR values does not replay", changed, true, &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR}, false, true},
-		{"same values as that log, without it", changed, false, &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR}, false, true},
-		{"the first PCR values: that reading is gone", booted, false, bootNoLogForPCRs, true, true},
+		// A log that does not replay is not kept: the agent is asked again.
+		{"the log for other PCR values does not replay", changed, true, &posturev1.MeasuredBoot{Status: posturev1.Status_STATUS_ERROR}, true, true},
+		{"same values as that log, without it", changed, false, bootNoLogForPCRs, true, true},
+		{"the first PCR values: the log that replayed still counts", booted, false, replayed, false, true},
 	}
 	ignoreReason := protocmp.IgnoreFields(&posturev1.MeasuredBoot{}, "reason")
 	for _, s := range steps {

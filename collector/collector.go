@@ -115,6 +115,7 @@ type Collector struct {
 
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
+	certs         sync.Mutex // serializes enrollments' and renewals' store and fleet updates of device certificates
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server

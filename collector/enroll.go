@@ -147,6 +147,13 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 		return status.Errorf(codes.Internal, "issue device certificate: %v", err)
 	}
 	now := c.cfg.Now()
+	c.certs.Lock() // with the fleet update below, in the store's order (see renew)
+	certsHeld := true
+	defer func() {
+		if certsHeld {
+			c.certs.Unlock()
+		}
+	}()
 	dev, err := c.store.EnrollDevice(ctx, tokenHash, now, store.Device{
 		ID:          cl.deviceID,
 		Hostname:    begin.GetHostname(),
@@ -177,6 +184,8 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 	if err := c.fleet.put(dev); err != nil {
 		return status.Errorf(codes.Internal, "load enrolled device: %v", err)
 	}
+	c.certs.Unlock()
+	certsHeld = false
 	c.publish(dev.ID, "enrolled", true)
 	c.stats.enrolled()
 	c.log.Info("device enrolled", "device", dev.ID, "hostname", dev.Hostname, "platform", dev.Platform,

@@ -393,18 +393,16 @@ func (f *fleet) certStanding(id, serialHex string) (previous bool, err error) {
 // certificate asked with becomes the previous one if it was the newest, and
 // the issued one the newest. An enrollment that replaced the entry after
 // the renewal was stored left neither, and wins, as it did in the store.
-func (f *fleet) renewed(id, askedWith, issued string) {
+func (f *fleet) setCertificates(id, current, previous string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e, ok := f.devices[id]
 	if !ok {
 		return
 	}
-	switch tag := certTag(askedWith); tag {
-	case e.certTag:
-		e.prevCertTag, e.certTag = tag, certTag(issued)
-	case e.prevCertTag:
-		e.certTag = certTag(issued)
+	e.certTag, e.prevCertTag = certTag(current), 0
+	if previous != "" {
+		e.prevCertTag = certTag(previous)
 	}
 }
 

@@ -180,15 +180,11 @@ func TestFleetRenewed(t *testing.T) {
 		steps func(f *fleet)
 		want  map[string]standing
 	}{
-		{"renewed with the newest", func(f *fleet) { f.renewed("a", "01", "02") },
+		{"renewed", func(f *fleet) { f.setCertificates("a", "02", "01") },
 			map[string]standing{"01": previous, "02": newest, "03": replaced}},
-		{"renewed again with the previous", func(f *fleet) { f.renewed("a", "01", "02"); f.renewed("a", "01", "03") },
-			map[string]standing{"01": previous, "02": replaced, "03": newest}},
-		{"renewed twice in a row", func(f *fleet) { f.renewed("a", "01", "02"); f.renewed("a", "02", "03") },
+		{"renewed twice in a row", func(f *fleet) { f.setCertificates("a", "02", "01"); f.setCertificates("a", "03", "02") },
 			map[string]standing{"01": replaced, "02": previous, "03": newest}},
-		{"enrolled again after a renewal", func(f *fleet) { f.renewed("a", "01", "02"); f.put(enrolled("10")) },
-			map[string]standing{"01": replaced, "02": replaced, "10": newest}},
-		{"renewal recorded after an enrollment", func(f *fleet) { f.put(enrolled("10")); f.renewed("a", "01", "02") },
+		{"enrolled again after a renewal", func(f *fleet) { f.setCertificates("a", "02", "01"); f.put(enrolled("10")) },
 			map[string]standing{"01": replaced, "02": replaced, "10": newest}},
 	}
 	for _, tt := range tests {

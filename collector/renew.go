@@ -80,7 +80,15 @@ func (s *reportService) renew(stream posturev1.ReportService_RenewCertificateSer
 		return status.Errorf(codes.Internal, "issue device certificate: %v", err)
 	}
 	serial := cert.SerialNumber.Text(16)
-	_, err = c.store.RenewCertificate(stream.Context(), id, who.certSerial, serial)
+	// The store and the fleet change together: renewals and enrollments
+	// racing (two agents with one identity) must leave memory with the
+	// serials the store committed last.
+	c.certs.Lock()
+	dev, err := c.store.RenewCertificate(stream.Context(), id, who.certSerial, serial)
+	if err == nil {
+		c.fleet.setCertificates(id, dev.CertSerial, dev.PrevCertSerial)
+	}
+	c.certs.Unlock()
 	switch {
 	case errors.Is(err, store.ErrDeviceRevoked):
 		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked", id)
@@ -97,7 +105,6 @@ func (s *reportService) renew(stream posturev1.ReportService_RenewCertificateSer
 	case err != nil:
 		return status.Errorf(codes.Internal, "store renewed certificate: %v", err)
 	}
-	c.fleet.renewed(id, who.certSerial, serial)
 	c.stats.renewed()
 	c.log.Info("device certificate renewed", "device", id, "serial", serial, "not_after", cert.NotAfter.UTC().Format(time.RFC3339),
 		"replaced_serial", who.certSerial, "asked_with_replaced", who.replacedCert)

@@ -276,6 +276,9 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 // suspect marks a device whose report chain broke and returns the rejection.
 func (s *reportService) suspect(ctx context.Context, id, reason string) *rejection {
 	c := s.c
+	// Not the stream's: a stream ended (by the client, or by a newer stream
+	// of the same identity) must not stop the device being marked.
+	ctx = context.WithoutCancel(ctx)
 	if err := c.store.SetDeviceState(ctx, id, int32(posturev1.DeviceState_DEVICE_STATE_SUSPECT), reason); err == nil {
 		c.fleet.setState(id, posturev1.DeviceState_DEVICE_STATE_SUSPECT, reason)
 		c.publish(id, "suspect", true)

@@ -624,3 +624,59 @@ func scrape(t testing.TB, addr string) string {
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
 }
+
+// Renewals racing with one certificate (two agents holding one identity)
+// leave the collector's memory agreeing with its store: the certificate
+// stored last is the one that counts, after a restart too.
+func TestConcurrentRenewals(t *testing.T) {
+	e := startCollector(t)
+	dir, _ := e.enroll()
+	cert, idKey := deviceCreds(t, dir)
+	const n = 4
+	got := make(chan tls.Certificate, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			st, nonce, err := startRenewal(e.dial(&cert))
+			if err != nil {
+				errs <- err
+				return
+			}
+			key, pub := newTLSKey(t)
+			c, err := finishRenewal(st, softwareAnswer(t, idKey, nonce, pub))
+			if err != nil {
+				errs <- err
+				return
+			}
+			got <- tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: key, Leaf: c}
+		}()
+	}
+	var renewed []tls.Certificate
+	for range n {
+		select {
+		case c := <-got:
+			renewed = append(renewed, c)
+		case err := <-errs:
+			t.Logf("a racing renewal was refused: %v", err)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		open := 0
+		for _, c := range renewed {
+			if opensStream(e, c) == nil {
+				open++
+			}
+		}
+		if open != 1 {
+			t.Errorf("%s: %d of %d renewed certificates open a report stream, want exactly 1", when, open, len(renewed))
+		}
+	}
+	if len(renewed) == 0 {
+		t.Fatal("no renewal succeeded")
+	}
+	check("after the race")
+	e.stop()
+	e.start()
+	check("after a restart")
+}
