@@ -134,12 +134,18 @@ func (a *Agent) DeviceID() string { return a.enr.DeviceID }
 
 // Run measures on the configured interval and streams reports until ctx is
 // done. Measurements go to the spool first, so nothing is lost while the
-// collector is unreachable.
+// collector is unreachable. It refuses at once to run beside another agent
+// on the same state directory.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.conn.Close()
 	if c, ok := a.id.(io.Closer); ok {
 		defer c.Close()
 	}
+	release, err := lockStateDir(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer release()
 	go a.measureLoop(ctx)
 	go a.renewLoop(ctx)
 	a.sendLoop(ctx)

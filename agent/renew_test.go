@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,4 +98,24 @@ func TestRenewDue(t *testing.T) {
 	if got, want := renewDue(cert), start.Add(200*24*time.Hour); !got.Equal(want) {
 		t.Errorf("renewDue = %s, want %s", got, want)
 	}
+}
+
+// Two agents on one state directory would end each other's streams and
+// race for the chain head: the second refuses to run, and may once the
+// first has stopped.
+func TestStateDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	release, err := lockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockStateDir(dir); err == nil || !strings.Contains(err.Error(), "another posture-agent is running") {
+		t.Errorf("second lock: %v; want another agent running", err)
+	}
+	release()
+	again, err := lockStateDir(dir)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	again()
 }
