@@ -3,9 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,12 +17,7 @@ import (
 // What a gateway names in CheckAccess is bounded, and level names the
 // policy does not define share one metrics label.
 func TestCheckAccessBounds(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	e := startCollectorWith(t, func(c *collector.Config) { c.MetricsListen = addr })
 	_, id := e.enroll()
 	ctx := context.Background()
@@ -48,12 +40,7 @@ func TestCheckAccessBounds(t *testing.T) {
 	if _, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: "not-enrolled", AccessLevel: "basic"}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, addr)
 	for _, want := range []string{
 		`posture_decisions_total{level="undefined",result="deny"} 10`,
 		`posture_decisions_total{level="basic",result="deny"} 1`,

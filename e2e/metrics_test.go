@@ -2,12 +2,8 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/posture-project/posture/collector"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -16,12 +12,7 @@ import (
 // The metrics listener exposes what the collector accepted, rejected and
 // decided.
 func TestMetrics(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	e := startCollectorWith(t, func(c *collector.Config) { c.MetricsListen = addr })
 	dir, id := e.enroll()
 	cert, key := deviceCreds(t, dir)
@@ -37,13 +28,7 @@ func TestMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, addr)
 	for _, want := range []string{
 		"posture_reports_accepted_total 1",
 		`posture_reports_rejected_total{reason="bad_signature"} 1`,

@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -17,12 +14,7 @@ import (
 // device's latest posture however old, and lets chains continue across a
 // restart.
 func TestReportRetention(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := l.Addr().String()
-	l.Close()
+	metricsAddr := freeAddr(t)
 	e := startCollectorWith(t, func(c *collector.Config) {
 		c.ReportRetention = 24 * time.Hour
 		c.MetricsListen = metricsAddr
@@ -63,12 +55,7 @@ func TestReportRetention(t *testing.T) {
 	if n, _ := e.c.PruneReports(ctx); pruned+n != 3 {
 		t.Errorf("pruned %d reports, want 3 (A's first three; B's only report is its latest)", pruned+n)
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, metricsAddr)
 	if !strings.Contains(string(body), "posture_store_reports_pruned_total 3") {
 		t.Errorf("metrics lack posture_store_reports_pruned_total 3")
 	}

@@ -75,13 +75,13 @@ func TestWriteFileAtomicFlushesDirectoryAfterRename(t *testing.T) {
 }
 
 func TestSyncDir(t *testing.T) {
-	if err := syncDir(t.TempDir()); err != nil {
+	if err := SyncDir(t.TempDir()); err != nil {
 		t.Errorf("syncDir of a directory: %v", err)
 	}
 	if runtime.GOOS == "windows" {
 		return // a no-op there
 	}
-	if err := syncDir(filepath.Join(t.TempDir(), "missing")); err == nil {
+	if err := SyncDir(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("syncDir of a missing directory succeeded")
 	}
 }

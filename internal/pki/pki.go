@@ -298,7 +298,7 @@ func ReadPrivateKey(path string) (crypto.Signer, error) {
 // group or other bits) also keeps other users out on Windows, where the
 // file gets a DACL for SYSTEM and Administrators only.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeFileAtomic(path, data, mode, syncDir)
+	return writeFileAtomic(path, data, mode, SyncDir)
 }
 
 // writeFileAtomic is WriteFileAtomic with the directory flush passed in.

@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// syncDir flushes the directory itself, so that a rename in it survives a
+// SyncDir flushes the directory itself, so that a rename in it survives a
 // power loss and not only the contents of the renamed file.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync directory: %w", err)

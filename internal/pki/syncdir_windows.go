@@ -1,6 +1,6 @@
 package pki
 
-// syncDir does nothing on Windows: a directory cannot be opened for
+// SyncDir does nothing on Windows: a directory cannot be opened for
 // FlushFileBuffers there, and NTFS journals metadata changes such as
 // renames itself.
-func syncDir(string) error { return nil }
+func SyncDir(string) error { return nil }
