@@ -144,7 +144,7 @@ func (a *adminService) RevokeDevice(ctx context.Context, req *posturev1.RevokeDe
 
 var gatewayName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
-func (a *adminService) IssueGatewayCertificate(_ context.Context, req *posturev1.IssueGatewayCertificateRequest) (*posturev1.IssueGatewayCertificateResponse, error) {
+func (a *adminService) IssueGatewayCertificate(ctx context.Context, req *posturev1.IssueGatewayCertificateRequest) (*posturev1.IssueGatewayCertificateResponse, error) {
 	c := a.c
 	if !gatewayName.MatchString(req.GetName()) {
 		return nil, status.Errorf(codes.InvalidArgument, "gateway name %q must be 1-63 lowercase letters, digits, '.', '_' or '-'", req.GetName())
@@ -160,6 +160,9 @@ func (a *adminService) IssueGatewayCertificate(_ context.Context, req *posturev1
 	cert, err := c.ca.IssueClient(csr.PublicKey, id, 365*24*time.Hour)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := c.recordGateway(ctx, req.GetName(), cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	c.log.Info("gateway certificate issued", "gateway", req.GetName(), "serial", cert.SerialNumber.Text(16))
 	return &posturev1.IssueGatewayCertificateResponse{Certificate: cert.Raw, CaCertificates: [][]byte{c.ca.Cert.Raw}, SpiffeId: id.String()}, nil

@@ -50,6 +50,8 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_DiffPolicy_FullMethodName:              {pki.RoleAdmin},
 	posturev1.AdminService_ListDecisions_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin},
+	posturev1.AdminService_ListGateways_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_RevokeGateway_FullMethodName:           {pki.RoleAdmin},
 }
 
 // caller is the authenticated party behind an RPC.
@@ -109,6 +111,11 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 	}
 	if td != c.cfg.TrustDomain {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate belongs to trust domain %q, not %q", td, c.cfg.TrustDomain)
+	}
+	if role == pki.RoleGateway {
+		if err := c.GatewayRevoked(tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)); err != nil {
+			return caller{}, status.Error(codes.Unauthenticated, err.Error())
+		}
 	}
 	if role == pki.RoleDevice {
 		if err := c.fleet.checkActive(name); err != nil {

@@ -116,6 +116,7 @@ type Collector struct {
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
 	certs         sync.Mutex // serializes enrollments' and renewals' store and fleet updates of device certificates
+	gateways      revokedGateways
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -153,6 +154,12 @@ func New(cfg Config) (*Collector, error) {
 	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "posture.db")); err != nil {
 		return nil, err
 	}
+	gws, err := c.store.Gateways(context.Background())
+	if err != nil {
+		c.store.Close()
+		return nil, err
+	}
+	c.gateways.load(gws)
 	t0 := time.Now()
 	// Loading makes several times more garbage than it keeps. Collecting
 	// it more often while loading keeps the peak near what is kept, for

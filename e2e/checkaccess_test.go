@@ -70,3 +70,71 @@ func TestExpiredGatewayCertificateOnOpenConnection(t *testing.T) {
 		t.Errorf("CheckAccess on the open connection after the certificate expired: %v; want Unauthenticated, expired", err)
 	}
 }
+
+// Revoking a gateway cuts it off at its next call, on the connection it
+// already has, by name or by serial, and survives a restart; the revoked
+// certificates are listed with the reason.
+func TestRevokeGateway(t *testing.T) {
+	e := startCollector(t)
+	_, id := e.enroll()
+	ctx := context.Background()
+	edge := e.gateway("edge")
+	other := e.gateway("other")
+	ask := func(gw posturev1.GatewayServiceClient) error {
+		_, err := gw.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic"})
+		return err
+	}
+	if err := ask(edge); err != nil {
+		t.Fatalf("before revocation: %v", err)
+	}
+	for _, req := range []*posturev1.RevokeGatewayRequest{
+		{Name: "edge"}, // no reason
+		{Reason: "x"},  // neither name nor serial
+		{Name: "edge", Serial: "0a", Reason: "x"},    // both
+		{Serial: "not-hex", Reason: "x"},             // not a serial
+		{Name: "never-issued", Reason: "key leaked"}, // unknown name
+	} {
+		if _, err := e.admin.RevokeGateway(ctx, req); err == nil {
+			t.Errorf("RevokeGateway(%v) succeeded", req)
+		}
+	}
+	resp, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Name: "edge", Reason: "key leaked"})
+	if err != nil || resp.GetRevoked() != 1 {
+		t.Fatalf("revoke edge: %v, %v", resp, err)
+	}
+	if err := ask(edge); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "key leaked") {
+		t.Errorf("revoked gateway on its open connection: %v; want Unauthenticated with the reason", err)
+	}
+	if err := ask(other); err != nil {
+		t.Errorf("another gateway after the revocation: %v", err)
+	}
+	list, err := e.admin.ListGateways(ctx, &posturev1.ListGatewaysRequest{})
+	if err != nil || len(list.GetGateways()) != 2 {
+		t.Fatalf("gateway list: %v, %v", list, err)
+	}
+	var otherSerial string
+	for _, g := range list.GetGateways() {
+		switch g.GetName() {
+		case "edge":
+			if g.GetRevokedAt() == nil || g.GetRevokeReason() != "key leaked" {
+				t.Errorf("edge listed as %v; want revoked, key leaked", g)
+			}
+		case "other":
+			otherSerial = g.GetSerial()
+			if g.GetRevokedAt() != nil || g.GetExpiresAt() == nil {
+				t.Errorf("other listed as %v; want valid with an expiry", g)
+			}
+		}
+	}
+	// By serial, and after a restart.
+	if r, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Serial: strings.ToUpper(otherSerial), Reason: "retired"}); err != nil || r.GetRevoked() != 1 {
+		t.Fatalf("revoke by serial: %v, %v", r, err)
+	}
+	e.stop()
+	e.start()
+	for name, gw := range map[string]posturev1.GatewayServiceClient{"edge": edge, "other": other} {
+		if err := ask(gw); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s after a restart: %v; want Unauthenticated", name, err)
+		}
+	}
+}

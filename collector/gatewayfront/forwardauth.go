@@ -71,6 +71,9 @@ type ForwardAuthConfig struct {
 	// Rejections, when set, is told of every request refused before a
 	// decision (401 and 400 answers).
 	Rejections Rejections
+	// GatewayRevoked, when set, says why a gateway certificate (by serial,
+	// hex) was revoked, or returns nil while it stands.
+	GatewayRevoked func(serial string) error
 }
 
 // ForwardAuth is an http.Handler answering forward-auth subrequests from
@@ -86,6 +89,7 @@ type ForwardAuth struct {
 	defaultLevel string
 	certHeaders  []string
 	rejections   Rejections
+	revoked      func(serial string) error
 }
 
 // NewForwardAuth checks cfg and returns the handler.
@@ -104,6 +108,7 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		defaultLevel: cfg.DefaultLevel,
 		certHeaders:  []string{HeaderClientCert, HeaderTraefikClientCert},
 		rejections:   cfg.Rejections,
+		revoked:      cfg.GatewayRevoked,
 	}
 	if f.rejections == nil {
 		f.rejections = noRejections{}
@@ -205,12 +210,16 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
 	var certErr error
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 		// Verified again against our roots: the listener may trust others.
-		role, name, err := f.verifier.identify(r.TLS.VerifiedChains[0])
+		v, err := f.verifier.identifyChain(r.TLS.VerifiedChains[0])
 		switch {
 		case err != nil:
 			certErr = err
-		case role != pki.RoleGateway:
-			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, role, name), role)
+		case v.role != pki.RoleGateway:
+			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, v.role, v.name), v.role)
+		case f.revoked != nil:
+			if certErr = f.revoked(v.serial); certErr == nil {
+				return nil
+			}
 		default:
 			return nil
 		}

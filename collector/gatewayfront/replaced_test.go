@@ -2,6 +2,8 @@ package gatewayfront
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -49,5 +51,34 @@ func TestForwardAuthReplacedCertificate(t *testing.T) {
 	}
 	if w := ask(nginxEscaped(current[0])); w.Code != http.StatusOK {
 		t.Errorf("current certificate: %d %q; want 200", w.Code, w.Body.String())
+	}
+}
+
+// A revoked gateway certificate no longer authenticates a gateway at
+// /check.
+func TestForwardAuthRevokedGateway(t *testing.T) {
+	e := startCollector(t)
+	dev := e.enroll()
+	gw := e.gatewayCert("edge")
+	f, err := NewForwardAuth(ForwardAuthConfig{Decider: e.c, TrustDomain: testTrustDomain, Roots: e.roots, GatewayRevoked: e.c.GatewayRevoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func() *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/check?level=basic", nil)
+		r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{gw.Leaf}}}
+		r.Header.Set("X-Client-Cert", nginxEscaped(dev.chain[0]))
+		w := httptest.NewRecorder()
+		f.ServeHTTP(w, r)
+		return w
+	}
+	if w := ask(); w.Code != http.StatusOK {
+		t.Fatalf("before revocation: %d %s", w.Code, w.Body.String())
+	}
+	if _, err := e.admin.RevokeGateway(context.Background(), &posturev1.RevokeGatewayRequest{Name: "edge", Reason: "key leaked"}); err != nil {
+		t.Fatal(err)
+	}
+	if w := ask(); w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "revoked") {
+		t.Errorf("after revocation: %d %q; want 401, revoked", w.Code, w.Body.String())
 	}
 }

@@ -85,8 +85,8 @@ func TestMigrateMeasuredBoot(t *testing.T) {
 	s := openManual(t, path)
 	ctx := context.Background()
 	var version int
-	if err := s.r.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version); err != nil || version != len(migrations) || version != 5 {
-		t.Fatalf("schema_version = %d, %v; want %d", version, err, 5)
+	if err := s.r.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version); err != nil || version != len(migrations) || version < 5 {
+		t.Fatalf("schema_version = %d, %v; want %d", version, err, len(migrations))
 	}
 	var head *Report
 	if err := s.ScanFleet(ctx, 1, func(_ int, row *FleetRow) error {

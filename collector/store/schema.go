@@ -106,6 +106,18 @@ ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
 	`
 ALTER TABLE devices ADD COLUMN measured_boot BLOB;
 `,
+	// Gateway certificates as issued, so that they can be listed and
+	// revoked; a serial revoked without an issue record has name ''.
+	`
+CREATE TABLE gateways (
+	serial        TEXT PRIMARY KEY,
+	name          TEXT NOT NULL,
+	issued_at     INTEGER NOT NULL,
+	expires_at    INTEGER NOT NULL,
+	revoked_at    INTEGER NOT NULL DEFAULT 0,
+	revoke_reason TEXT NOT NULL DEFAULT ''
+) STRICT;
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

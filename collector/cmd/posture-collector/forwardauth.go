@@ -57,7 +57,7 @@ func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintex
 	}
 	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{
 		Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets,
-		Rejections: c.GatewayRejections("forward_auth"),
+		Rejections: c.GatewayRejections("forward_auth"), GatewayRevoked: c.GatewayRevoked,
 	})
 	if err != nil {
 		return nil, err

@@ -50,6 +50,8 @@ Usage:
   posture-collector devices preregister --ek-sha256 HEX[,HEX…] [--description TEXT]
   posture-collector check ID --level NAME [-o text|json]   exit 0 allowed, 1 denied, 2 error
   posture-collector gateway add NAME --out DIR
+  posture-collector gateway list [-o table|json]
+  posture-collector gateway revoke NAME|--serial HEX --reason TEXT
   posture-collector stats [-o json]
   posture-collector policy validate FILE
   posture-collector policy diff FILE                      who would gain or lose each level under FILE
@@ -106,7 +108,7 @@ func run(args []string, out io.Writer) error {
 	case "check":
 		return check(rest, out)
 	case "gateway":
-		return sub(rest, map[string]func([]string, io.Writer) error{"add": gatewayAdd}, out)
+		return sub(rest, map[string]func([]string, io.Writer) error{"add": gatewayAdd, "list": gatewayList, "revoke": gatewayRevoke}, out)
 	case "stats":
 		return stats(rest, out)
 	case "policy":
@@ -525,6 +527,77 @@ func devicesRevoke(args []string, out io.Writer) error {
 		return rpcErr(err)
 	}
 	fmt.Fprintf(out, "revoked %s (%s)\n", resp.GetDevice().GetId(), resp.GetDevice().GetStateReason())
+	return nil
+}
+
+func gatewayList(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("gateway list", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	format := outputFlag(fs, "table")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return errors.New("usage: posture-collector gateway list [-o table|json]")
+	}
+	a, err := dialAdmin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	resp, err := a.adm.ListGateways(a.ctx, &posturev1.ListGatewaysRequest{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *format == "json" {
+		return printJSON(out, resp)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSERIAL\tISSUED\tEXPIRES\tREVOKED")
+	const day = "2006-01-02"
+	for _, g := range resp.GetGateways() {
+		issued, expires, revoked := "-", "-", "-"
+		if g.GetIssuedAt() != nil {
+			issued, expires = g.GetIssuedAt().AsTime().Local().Format(day), g.GetExpiresAt().AsTime().Local().Format(day)
+		}
+		if g.GetRevokedAt() != nil {
+			revoked = g.GetRevokedAt().AsTime().Local().Format(day) + ": " + g.GetRevokeReason()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(g.GetName()), g.GetSerial(), issued, expires, revoked)
+	}
+	return tw.Flush()
+}
+
+func gatewayRevoke(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("gateway revoke", flag.ContinueOnError)
+	dataDir := dataDirFlag(fs)
+	serial := fs.String("serial", "", "revoke one certificate by its serial (hex), instead of every certificate of a name")
+	reason := fs.String("reason", "", "why (required; kept and told to the gateway)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if (len(pos) == 1) == (*serial != "") || len(pos) > 1 {
+		return errors.New("usage: posture-collector gateway revoke NAME --reason TEXT, or gateway revoke --serial HEX --reason TEXT")
+	}
+	if *reason == "" {
+		return errors.New("--reason is required: it is kept and told to the gateway")
+	}
+	req := &posturev1.RevokeGatewayRequest{Serial: *serial, Reason: *reason}
+	if len(pos) == 1 {
+		req.Name = pos[0]
+	}
+	a, err := dialAdmin(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	resp, err := a.adm.RevokeGateway(a.ctx, req)
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(out, "revoked %d gateway certificate(s)\n", resp.GetRevoked())
 	return nil
 }
 

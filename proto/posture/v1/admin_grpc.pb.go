@@ -30,6 +30,8 @@ const (
 	AdminService_ReloadPolicy_FullMethodName            = "/posture.v1.AdminService/ReloadPolicy"
 	AdminService_DiffPolicy_FullMethodName              = "/posture.v1.AdminService/DiffPolicy"
 	AdminService_ListDecisions_FullMethodName           = "/posture.v1.AdminService/ListDecisions"
+	AdminService_ListGateways_FullMethodName            = "/posture.v1.AdminService/ListGateways"
+	AdminService_RevokeGateway_FullMethodName           = "/posture.v1.AdminService/RevokeGateway"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -68,6 +70,12 @@ type AdminServiceClient interface {
 	DiffPolicy(ctx context.Context, in *DiffPolicyRequest, opts ...grpc.CallOption) (*DiffPolicyResponse, error)
 	// ListDecisions returns recent access decisions, newest first.
 	ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error)
+	// ListGateways lists the gateway certificates the collector issued.
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
+	// RevokeGateway revokes gateway certificates: every certificate issued
+	// to a name, or one by its serial. A revoked certificate is refused at
+	// its next call, also on a connection already open.
+	RevokeGateway(ctx context.Context, in *RevokeGatewayRequest, opts ...grpc.CallOption) (*RevokeGatewayResponse, error)
 }
 
 type adminServiceClient struct {
@@ -188,6 +196,26 @@ func (c *adminServiceClient) ListDecisions(ctx context.Context, in *ListDecision
 	return out, nil
 }
 
+func (c *adminServiceClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeGateway(ctx context.Context, in *RevokeGatewayRequest, opts ...grpc.CallOption) (*RevokeGatewayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeGatewayResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -224,6 +252,12 @@ type AdminServiceServer interface {
 	DiffPolicy(context.Context, *DiffPolicyRequest) (*DiffPolicyResponse, error)
 	// ListDecisions returns recent access decisions, newest first.
 	ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error)
+	// ListGateways lists the gateway certificates the collector issued.
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
+	// RevokeGateway revokes gateway certificates: every certificate issued
+	// to a name, or one by its serial. A revoked certificate is refused at
+	// its next call, also on a connection already open.
+	RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -266,6 +300,12 @@ func (UnimplementedAdminServiceServer) DiffPolicy(context.Context, *DiffPolicyRe
 }
 func (UnimplementedAdminServiceServer) ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDecisions not implemented")
+}
+func (UnimplementedAdminServiceServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGateways not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeGateway not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -486,6 +526,42 @@ func _AdminService_ListDecisions_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeGateway(ctx, req.(*RevokeGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -536,6 +612,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDecisions",
 			Handler:    _AdminService_ListDecisions_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _AdminService_ListGateways_Handler,
+		},
+		{
+			MethodName: "RevokeGateway",
+			Handler:    _AdminService_RevokeGateway_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
