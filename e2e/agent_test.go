@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,7 +28,7 @@ import (
 func TestLostAcknowledgementSurvivesSpoolDrop(t *testing.T) {
 	e := startCollector(t)
 	stateDir, id := e.enroll()
-	p := startLossyProxy(t, e.addr)
+	p := startProxy(t, e.addr)
 	redirectAgent(t, stateDir, p.addr())
 	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: time.Hour, SpoolMax: 3, Measurer: &fixedMeasurer{encrypted: true},
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
@@ -194,107 +193,6 @@ func storedMeasurements(t *testing.T, e *env, id string) []string {
 		out[r.GetSeq()-1] = r.GetOs().GetKernelVersion()
 	}
 	return out
-}
-
-// lossyProxy forwards TCP connections to the collector. It can lose
-// everything the collector says (an acknowledgement that never arrives) and
-// take the device offline (open connections cut, new ones refused).
-type lossyProxy struct {
-	l       net.Listener
-	backend string
-
-	mu      sync.Mutex
-	deaf    bool // discard collector-to-agent bytes
-	offline bool
-	conns   []net.Conn
-}
-
-func startLossyProxy(t *testing.T, backend string) *lossyProxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &lossyProxy{l: l, backend: backend}
-	go p.serve()
-	t.Cleanup(func() {
-		l.Close()
-		p.goOffline()
-	})
-	return p
-}
-
-func (p *lossyProxy) addr() string { return p.l.Addr().String() }
-
-// loseReplies discards what the collector sends until goOnline.
-func (p *lossyProxy) loseReplies() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.deaf = true
-}
-
-// goOffline cuts every connection and refuses new ones until goOnline.
-func (p *lossyProxy) goOffline() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.offline = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// goOnline forwards new connections in both directions again.
-func (p *lossyProxy) goOnline() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.offline, p.deaf = false, false
-}
-
-func (p *lossyProxy) serve() {
-	for {
-		client, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		backend, err := net.Dial("tcp", p.backend)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.offline {
-			p.mu.Unlock()
-			client.Close()
-			backend.Close()
-			continue
-		}
-		p.conns = append(p.conns, client, backend)
-		p.mu.Unlock()
-		go p.pipe(backend, client, false)
-		go p.pipe(client, backend, true)
-	}
-}
-
-// pipe copies src to dst; replies (collector to agent) are discarded while
-// the proxy loses them.
-func (p *lossyProxy) pipe(dst, src net.Conn, reply bool) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		p.mu.Lock()
-		lose := reply && p.deaf
-		p.mu.Unlock()
-		if n > 0 && !lose {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
 }
 
 // logRecorder is a slog.Handler that keeps what is logged through it.

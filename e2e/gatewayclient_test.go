@@ -97,7 +97,7 @@ func TestGatewayClientSilentCollector(t *testing.T) {
 	runAgent(t, stateDir, &fixedMeasurer{encrypted: true}, time.Hour)
 	eventually(t, "first report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
 
-	p := startPausableProxy(t, e.addr)
+	p := startProxy(t, e.addr)
 	cert := e.gatewayCert("go-gw")
 	clk := &clock{}
 	gc, err := gatewayclient.New(gatewayclient.Config{Conn: e.dialAddr(p.addr(), &cert, gatewayclient.DialOptions()...), Grace: time.Minute, Now: clk.Now})

@@ -465,7 +465,7 @@ func TestAgentRenewsNearExpiry(t *testing.T) {
 			enrolled := diskCert(t, dir)
 			// The agent reaches the collector through a proxy that counts
 			// its connections.
-			p := startPausableProxy(t, e.addr)
+			p := startProxy(t, e.addr)
 			pointAgentAt(t, dir, p.addr())
 
 			a, err := agent.New(agent.Config{StateDir: dir, Interval: 50 * time.Millisecond, Measurer: &fixedMeasurer{encrypted: true},
@@ -597,12 +597,6 @@ func pointAgentAt(t testing.TB, dir, addr string) {
 }
 
 // connections counts the connections the proxy accepted.
-func (p *pausableProxy) connections() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns) / 2
-}
-
 // freeAddr is a loopback address nothing listens on.
 func freeAddr(t testing.TB) string {
 	t.Helper()
