@@ -161,7 +161,8 @@ func (a *adminService) IssueGatewayCertificate(ctx context.Context, req *posture
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if err := c.recordGateway(ctx, req.GetName(), cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
+	// Kept for gateway list and gateway revoke.
+	if err := c.store.AddGateway(ctx, store.Gateway{Serial: cert.SerialNumber.Text(16), Name: req.GetName(), IssuedAt: c.cfg.Now(), ExpiresAt: cert.NotAfter}); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	c.log.Info("gateway certificate issued", "gateway", req.GetName(), "serial", cert.SerialNumber.Text(16))

@@ -2,7 +2,6 @@ package collector
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"time"
@@ -102,9 +101,11 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 	}
 	// The chain was verified at the handshake; a connection can outlive
 	// its certificate, so every call checks that it is still valid.
-	if now := c.cfg.Now(); now.After(chainExpiry(tlsInfo.State.VerifiedChains[0])) {
-		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate expired at %s; reconnect with a renewed certificate", chainExpiry(tlsInfo.State.VerifiedChains[0]).UTC().Format(time.RFC3339))
+	chain := tlsInfo.State.VerifiedChains[0]
+	if _, notAfter := pki.ChainValidity(chain); c.cfg.Now().After(notAfter) {
+		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate expired at %s; reconnect with a renewed certificate", notAfter.UTC().Format(time.RFC3339))
 	}
+	serial := chain[0].SerialNumber.Text(16)
 	td, role, name, err := pki.ParseSPIFFEID(id.String())
 	if err != nil {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
@@ -112,16 +113,15 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 	if td != c.cfg.TrustDomain {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate belongs to trust domain %q, not %q", td, c.cfg.TrustDomain)
 	}
-	if role == pki.RoleGateway {
-		if err := c.GatewayRevoked(tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)); err != nil {
+	switch role {
+	case pki.RoleGateway:
+		if err := c.GatewayRevoked(serial); err != nil {
 			return caller{}, status.Error(codes.Unauthenticated, err.Error())
 		}
-	}
-	if role == pki.RoleDevice {
+	case pki.RoleDevice:
 		if err := c.fleet.checkActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
-		serial := tlsInfo.State.VerifiedChains[0][0].SerialNumber.Text(16)
 		replaced, err := c.fleet.certStanding(name, serial)
 		if err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
@@ -180,14 +180,3 @@ type authedStream struct {
 }
 
 func (s *authedStream) Context() context.Context { return s.ctx }
-
-// chainExpiry is when the first certificate of a chain expires.
-func chainExpiry(chain []*x509.Certificate) time.Time {
-	var end time.Time
-	for i, c := range chain {
-		if i == 0 || c.NotAfter.Before(end) {
-			end = c.NotAfter
-		}
-	}
-	return end
-}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -94,10 +93,4 @@ func (a *adminService) RevokeGateway(ctx context.Context, req *posturev1.RevokeG
 	c.gateways.add(revoked, req.GetReason())
 	c.log.Warn("gateway certificates revoked", "gateway", name, "serials", revoked, "reason", req.GetReason())
 	return &posturev1.RevokeGatewayResponse{Revoked: uint32(len(revoked))}, nil
-}
-
-// recordGateway keeps an issued gateway certificate for listing and
-// revocation.
-func (c *Collector) recordGateway(ctx context.Context, name, serial string, notAfter time.Time) error {
-	return c.store.AddGateway(ctx, store.Gateway{Serial: serial, Name: name, IssuedAt: c.cfg.Now(), ExpiresAt: notAfter})
 }

@@ -249,15 +249,8 @@ func (v *verifier) verify(chain []*x509.Certificate, now time.Time) (verified, e
 		return verified{}, fmt.Errorf("certificate names %s, of trust domain %q, not %q", id, td, v.trustDomain)
 	}
 	// The chain is valid only while every certificate in it is.
-	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16), notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
-	for _, c := range chains[0][1:] {
-		if c.NotBefore.After(e.notBefore) {
-			e.notBefore = c.NotBefore
-		}
-		if c.NotAfter.Before(e.notAfter) {
-			e.notAfter = c.NotAfter
-		}
-	}
+	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16)}
+	e.notBefore, e.notAfter = pki.ChainValidity(chains[0])
 	return e, nil
 }
 

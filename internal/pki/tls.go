@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
 )
 
 // ServerTLS is the collector listener's configuration: TLS 1.3 only, client
@@ -29,6 +30,20 @@ func ServerTLSRenewing(get func(*tls.ClientHelloInfo) (*tls.Certificate, error),
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      roots,
 	}
+}
+
+// ChainValidity is when every certificate of a chain is valid: from the
+// latest NotBefore to the earliest NotAfter.
+func ChainValidity(chain []*x509.Certificate) (notBefore, notAfter time.Time) {
+	for i, c := range chain {
+		if i == 0 || c.NotBefore.After(notBefore) {
+			notBefore = c.NotBefore
+		}
+		if i == 0 || c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter
+		}
+	}
+	return notBefore, notAfter
 }
 
 // ClientTLS is the configuration for a client (agent, gateway, admin) that
