@@ -179,6 +179,10 @@ func New(cfg Config) (*Collector, error) {
 		return nil, err
 	}
 	c.seedDecisions(loaded)
+	if err := c.loadDecisions(context.Background()); err != nil {
+		c.store.Close()
+		return nil, err
+	}
 	// Loading a large fleet leaves behind garbage several times the size
 	// of what is kept (rows, decoded reports); hand it back to the system
 	// now rather than carry it as resident memory.
@@ -296,6 +300,9 @@ func (c *Collector) Serve(ctx context.Context) error {
 	retention, stopRetention := context.WithCancel(context.Background())
 	retentionDone := make(chan struct{})
 	go func() { c.retentionLoop(retention); close(retentionDone) }()
+	saving, stopSaving := context.WithCancel(context.Background())
+	savingDone := make(chan struct{})
+	go func() { c.decisionSaveLoop(saving); close(savingDone) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -316,6 +323,8 @@ func (c *Collector) Serve(ctx context.Context) error {
 	}
 	stopRetention()
 	<-retentionDone
+	stopSaving()
+	<-savingDone
 	c.stop()
 	return err
 }
@@ -340,6 +349,7 @@ func (c *Collector) stop() {
 		c.adminSrv.Stop()
 		<-done
 	}
+	c.saveDecisions(true) // no decision is made any more
 	if err := c.store.Close(); err != nil {
 		c.log.Error("close store", "err", err)
 	}

@@ -8,8 +8,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -19,7 +21,8 @@ import (
 // grows with changes of outcome, not with requests.
 const decisionLogSize = 100000
 
-// decisionLog keeps the most recent access decisions in memory.
+// decisionLog keeps the most recent access decisions in memory, and saves
+// them to the store (see save) so that they outlive a restart.
 type decisionLog struct {
 	mu     sync.Mutex
 	ring   []decisionRecord
@@ -27,6 +30,7 @@ type decisionLog struct {
 	count  int
 	seq    uint64
 	latest map[runKey]runRef // the newest record of each device, level and caller
+	queued []int             // slots whose record is new or whose run grew since it was saved
 }
 
 type decisionRecord struct {
@@ -40,6 +44,11 @@ type decisionRecord struct {
 	reasons   []string
 	failed    []*posturev1.CheckResult
 	caller    string
+
+	// Saving: the slot is in queued; the record has been saved, and when
+	// its run was last saved.
+	queued, saved bool
+	savedAt       time.Time
 }
 
 type runKey struct{ device, level, caller string }
@@ -78,6 +87,7 @@ func (l *decisionLog) record(d decisionRecord) {
 		if r := &l.ring[ref.slot]; r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
 			r.at, r.reasons = d.at, d.reasons
 			r.times++
+			l.queue(ref.slot)
 			return
 		}
 	}
@@ -90,10 +100,89 @@ func (l *decisionLog) record(d decisionRecord) {
 	}
 	l.seq++
 	d.seq, d.first, d.times = l.seq, d.at, 1
+	d.queued, d.saved, d.savedAt = old.queued, false, time.Time{} // a queued slot stays queued once
 	l.ring[l.next] = d
+	l.queue(l.next)
 	l.latest[key] = runRef{slot: l.next, seq: l.seq}
 	l.next = (l.next + 1) % len(l.ring)
 	l.count = min(l.count+1, len(l.ring))
+}
+
+// queue marks a slot's record for saving; it requires mu.
+func (l *decisionLog) queue(slot int) {
+	if r := &l.ring[slot]; !r.queued {
+		r.queued = true
+		l.queued = append(l.queued, slot)
+	}
+}
+
+// Decisions are saved in the background, every decisionSaveInterval: new
+// records then, and a run that grew (a gateway asking again with the same
+// outcome, as nginx does on every request) at most every
+// decisionRunSaveInterval, so that a busy gateway's requests do not each
+// cost a write. A crash loses at most the last interval's new records and
+// a run's last half minute of growth; a clean stop saves everything.
+const (
+	decisionSaveInterval    = time.Second
+	decisionRunSaveInterval = 30 * time.Second
+)
+
+// unsaved takes the queued records due for saving at now (all of them when
+// all is set) and marks them saved; others stay queued. The records are
+// copied under the lock and encoded by the caller.
+func (l *decisionLog) unsaved(now time.Time, all bool) []savedRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var due []savedRecord
+	keep := l.queued[:0]
+	for _, slot := range l.queued {
+		r := &l.ring[slot]
+		if !all && r.saved && now.Sub(r.savedAt) < decisionRunSaveInterval {
+			keep = append(keep, slot)
+			continue
+		}
+		r.queued, r.saved, r.savedAt = false, true, now
+		due = append(due, savedRecord{slot: slot, rec: *r})
+	}
+	l.queued = keep
+	return due
+}
+
+// savedRecord is a record on its way to the store, and where it came from.
+type savedRecord struct {
+	slot int
+	rec  decisionRecord
+}
+
+// unsave queues again the records of a failed save that are still in the
+// log, so that the next save retries them.
+func (l *decisionLog) unsave(failed []savedRecord) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range failed {
+		if r := &l.ring[f.slot]; r.seq == f.rec.seq {
+			r.saved, r.savedAt = false, time.Time{}
+			l.queue(f.slot)
+		}
+	}
+}
+
+// load fills an empty log with saved records, oldest first: the newest
+// len(ring) of them, already saved.
+func (l *decisionLog) load(saved []decisionRecord, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(saved) > len(l.ring) {
+		saved = saved[len(saved)-len(l.ring):]
+	}
+	for _, d := range saved {
+		d.saved, d.savedAt = true, now
+		l.ring[l.next] = d
+		l.latest[runKey{d.device, d.level, d.caller}] = runRef{slot: l.next, seq: d.seq}
+		l.seq = max(l.seq, d.seq)
+		l.next = (l.next + 1) % len(l.ring)
+		l.count = min(l.count+1, len(l.ring))
+	}
 }
 
 // list returns the records of a device (all devices when empty) whose runs
@@ -120,6 +209,75 @@ func (l *decisionLog) list(device string, since, until time.Time, limit int) []*
 	}
 	l.mu.Unlock()
 	return out
+}
+
+// saveDecisions writes the decision log's records that are due (all
+// queued ones when all is set) to the store. A failed save leaves them
+// queued for the next.
+func (c *Collector) saveDecisions(all bool) {
+	due := c.decisions.unsaved(time.Now(), all)
+	if len(due) == 0 {
+		return
+	}
+	ds := make([]store.Decision, len(due))
+	for i := range due {
+		r := &due[i].rec
+		detail, err := proto.Marshal(&posturev1.Decision{Reasons: r.reasons, FailedChecks: r.failed})
+		if err != nil {
+			c.log.Error("save decision without its reasons", "device", r.device, "err", err)
+		}
+		ds[i] = store.Decision{Seq: r.seq, FirstAt: r.first, At: r.at, Count: r.times, Device: r.device, Level: r.level,
+			Caller: r.caller, Allowed: r.allowed, Score: r.score, Detail: detail}
+	}
+	// In chunks: one writer operation of many thousand records (a gateway
+	// asking about made-up devices makes a record per request) would hold
+	// up the reports queued behind it.
+	for i := 0; i < len(ds); i += decisionSaveChunk {
+		j := min(i+decisionSaveChunk, len(ds))
+		if err := c.store.SaveDecisions(context.Background(), ds[i:j], decisionLogSize); err != nil {
+			c.decisions.unsave(due[i:])
+			c.log.Error("save decisions; will retry", "records", len(ds)-i, "err", err)
+			return
+		}
+	}
+}
+
+// decisionSaveChunk is how many decisions one writer operation saves.
+const decisionSaveChunk = 500
+
+// decisionSaveLoop saves the decision log every decisionSaveInterval until
+// ctx ends.
+func (c *Collector) decisionSaveLoop(ctx context.Context) {
+	t := time.NewTicker(decisionSaveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.saveDecisions(false)
+		}
+	}
+}
+
+// loadDecisions fills the decision log with the records saved before the
+// last stop.
+func (c *Collector) loadDecisions(ctx context.Context) error {
+	saved, err := c.store.Decisions(ctx, decisionLogSize)
+	if err != nil {
+		return err
+	}
+	recs := make([]decisionRecord, len(saved))
+	for i, d := range saved {
+		var detail posturev1.Decision
+		if err := proto.Unmarshal(d.Detail, &detail); err != nil {
+			c.log.Warn("saved decision has unreadable reasons", "device", d.Device, "at", d.At, "err", err)
+		}
+		recs[i] = decisionRecord{seq: d.Seq, first: d.FirstAt, at: d.At, times: d.Count, device: d.Device, level: d.Level,
+			allowed: d.Allowed, score: d.Score, reasons: detail.GetReasons(), failed: detail.GetFailedChecks(), caller: d.Caller}
+	}
+	c.decisions.load(recs, time.Now())
+	return nil
 }
 
 // callerName names who asked for a decision, for the log.

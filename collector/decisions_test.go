@@ -2,6 +2,7 @@ package collector
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,5 +75,78 @@ func TestDecisionLog(t *testing.T) {
 	l.record(allow(at(61, 0)))
 	if d := l.list("a", time.Time{}, time.Time{}, 100); len(d) != 1 || d[0].GetCount() != 1 {
 		t.Errorf("after the ring wrapped: %v; want one new record", d)
+	}
+}
+
+// The log hands out what is due for saving: new records at once, a run
+// that grew at most every decisionRunSaveInterval, everything when asked;
+// a record overwritten before it was saved goes unsaved, and one whose save
+// failed is retried; loaded records continue their runs.
+func TestDecisionLogSaving(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	allow := func(device string, at time.Time) decisionRecord {
+		return decisionRecord{at: at, device: device, level: "basic", caller: "gateway edge", allowed: true, score: 100}
+	}
+	seqs := func(rs []savedRecord) string {
+		var s []string
+		for _, r := range rs {
+			s = append(s, fmt.Sprintf("%d×%d", r.rec.seq, r.rec.times))
+		}
+		slices.Sort(s)
+		return fmt.Sprint(s)
+	}
+	l := newDecisionLogOf(3)
+	l.record(allow("a", t0))
+	l.record(allow("b", t0))
+	if got := seqs(l.unsaved(t0, false)); got != "[1×1 2×1]" {
+		t.Errorf("first save: %s, want both new records", got)
+	}
+	if got := l.unsaved(t0, false); len(got) != 0 {
+		t.Errorf("second save: %s, want nothing", seqs(got))
+	}
+	// a's run grows: saved once decisionRunSaveInterval has passed, or
+	// when everything is saved.
+	l.record(allow("a", t0.Add(time.Second)))
+	l.record(allow("a", t0.Add(2*time.Second)))
+	if got := l.unsaved(t0.Add(time.Second), false); len(got) != 0 {
+		t.Errorf("a second later: %s, want nothing (the run was saved a second ago)", seqs(got))
+	}
+	if got := seqs(l.unsaved(t0.Add(decisionRunSaveInterval), false)); got != "[1×3]" {
+		t.Errorf("after the run interval: %s, want a's run of 3", got)
+	}
+	l.record(allow("a", t0.Add(3*time.Second)))
+	if got := seqs(l.unsaved(t0.Add(decisionRunSaveInterval+time.Second), true)); got != "[1×4]" {
+		t.Errorf("saving everything: %s, want a's run of 4", got)
+	}
+
+	// A failed save: d is retried; c, overwritten by f meanwhile, is gone.
+	l2 := newDecisionLogOf(3)
+	l2.record(allow("c", t0))
+	l2.record(allow("d", t0))
+	due := l2.unsaved(t0, false)
+	l2.record(allow("e", t0))
+	l2.record(allow("f", t0)) // takes c's slot
+	l2.unsave(due)
+	if got := seqs(l2.unsaved(t0, false)); got != "[2×1 3×1 4×1]" {
+		t.Errorf("after a failed save: %s, want d retried, e and f new, c (overwritten) gone, each once", got)
+	}
+
+	// Records loaded after a restart are saved already and continue their
+	// runs; new ones number on.
+	l3 := newDecisionLogOf(3)
+	l3.load([]decisionRecord{
+		{seq: 7, first: t0, at: t0, times: 5, device: "a", level: "basic", caller: "gateway edge", allowed: true, score: 100},
+		{seq: 9, first: t0, at: t0, times: 1, device: "b", level: "basic", caller: "gateway edge", allowed: true, score: 100},
+	}, t0)
+	if got := l3.unsaved(t0, true); len(got) != 0 {
+		t.Errorf("loaded records due for saving: %s", seqs(got))
+	}
+	l3.record(allow("a", t0.Add(time.Minute)))
+	l3.record(allow("z", t0.Add(time.Minute)))
+	if got := seqs(l3.unsaved(t0.Add(time.Minute), true)); got != "[10×1 7×6]" {
+		t.Errorf("after the restart: %s, want a's run continued (7×6) and z new as 10", got)
+	}
+	if d := l3.list("a", time.Time{}, time.Time{}, 10); len(d) != 1 || d[0].GetCount() != 6 {
+		t.Errorf("a's records after the restart: %v", d)
 	}
 }

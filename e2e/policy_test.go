@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +12,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
@@ -134,5 +138,38 @@ func TestPolicyDiffReloadAndDecisionLog(t *testing.T) {
 	}
 	if f := newest.GetFailedChecks(); len(f) == 0 || f[0].GetRemediation() == "" {
 		t.Errorf("newest decision's failed checks %v, want them with their fixes", f)
+	}
+
+	// The log is saved while the collector runs (a crash loses at most a
+	// second of new records)...
+	e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: "ghost", AccessLevel: "basic"})
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(e.dataDir, "posture.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	eventually(t, "decisions saved", func() bool {
+		var n int
+		err := db.QueryRow(`SELECT count(*) FROM decisions WHERE device IN (?, 'ghost')`, plain).Scan(&n)
+		return err == nil && n == 3
+	})
+	// ...and answers the same after a restart, runs continuing.
+	e.stop()
+	e.start()
+	after, err := e.admin.ListDecisions(ctx, &posturev1.ListDecisionsRequest{DeviceId: plain, Since: timestamppb.New(time.Now().Add(-time.Minute))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.GetDecisions()) != len(log.GetDecisions()) {
+		t.Fatalf("after a restart %d decisions, want %d: %v", len(after.GetDecisions()), len(log.GetDecisions()), after.GetDecisions())
+	}
+	for i, d := range after.GetDecisions() {
+		if !proto.Equal(d, log.GetDecisions()[i]) {
+			t.Errorf("decision %d after a restart:\n%v\nwant\n%v", i, d, log.GetDecisions()[i])
+		}
+	}
+	e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: "ghost", AccessLevel: "basic"})
+	if d, err := e.admin.ListDecisions(ctx, &posturev1.ListDecisionsRequest{DeviceId: "ghost"}); err != nil || len(d.GetDecisions()) != 1 || d.GetDecisions()[0].GetCount() != 2 {
+		t.Errorf("an unknown device asked about again after the restart: %v, %v; want one record, its run continued to 2", d.GetDecisions(), err)
 	}
 }

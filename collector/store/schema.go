@@ -118,6 +118,23 @@ CREATE TABLE gateways (
 	revoke_reason TEXT NOT NULL DEFAULT ''
 ) STRICT;
 `,
+	// Access decisions outlive a restart: the collector saves its decision
+	// log here (the newest records, by seq) and reloads it at start-up.
+	// detail holds the reasons and failed checks, encoded by the collector.
+	`
+CREATE TABLE decisions (
+	seq      INTEGER PRIMARY KEY,
+	first_at INTEGER NOT NULL,
+	at       INTEGER NOT NULL,
+	count    INTEGER NOT NULL,
+	device   TEXT NOT NULL,
+	level    TEXT NOT NULL,
+	caller   TEXT NOT NULL,
+	allowed  INTEGER NOT NULL,
+	score    INTEGER NOT NULL,
+	detail   BLOB NOT NULL
+) STRICT;
+`,
 }
 
 // initialize configures a new database file and brings the schema up to

@@ -254,6 +254,9 @@ func runCollector(args []string) error {
 				stop()
 			}
 		}()
+		// Closed as soon as the collector starts stopping, so that its last
+		// decisions are made before the collector saves its decision log.
+		go func() { <-ctx.Done(); srv.close() }()
 		defer srv.close()
 		cfg.Logger.Info("forward-auth serving", "url", srv.url)
 	}
