@@ -45,10 +45,27 @@ type decisionRecord struct {
 	failed    []*posturev1.CheckResult
 	caller    string
 
+	// detail, when set, holds reasons and failed as saved, not decoded yet:
+	// a record loaded at start-up is decoded when it is listed or its run
+	// continues, so that a full log costs its encoded size until then.
+	detail []byte
+
 	// Saving: the slot is in queued; the record has been saved, and when
 	// its run was last saved.
 	queued, saved bool
 	savedAt       time.Time
+}
+
+// decode fills reasons and failed from detail.
+func (r *decisionRecord) decode() {
+	if r.detail == nil {
+		return
+	}
+	var d posturev1.Decision
+	if err := proto.Unmarshal(r.detail, &d); err != nil {
+		d.Reasons = []string{"(the saved reasons of this decision are unreadable: " + err.Error() + ")"}
+	}
+	r.reasons, r.failed, r.detail = d.GetReasons(), d.GetFailedChecks(), nil
 }
 
 type runKey struct{ device, level, caller string }
@@ -84,7 +101,9 @@ func (l *decisionLog) record(d decisionRecord) {
 	defer l.mu.Unlock()
 	key := runKey{d.device, d.level, d.caller}
 	if ref, ok := l.latest[key]; ok {
-		if r := &l.ring[ref.slot]; r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
+		r := &l.ring[ref.slot]
+		r.decode()
+		if r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
 			r.at, r.reasons = d.at, d.reasons
 			r.times++
 			l.queue(ref.slot)
@@ -203,6 +222,7 @@ func (l *decisionLog) list(device string, since, until time.Time, limit int) []*
 	}
 	out := make([]*posturev1.Decision, 0, len(found))
 	for _, r := range found {
+		r.decode()
 		out = append(out, &posturev1.Decision{At: timestamppb.New(r.at), FirstAt: timestamppb.New(r.first), Count: r.times,
 			DeviceId: r.device, AccessLevel: r.level, Allowed: r.allowed, Score: r.score, Reasons: r.reasons,
 			FailedChecks: r.failed, Caller: r.caller})
@@ -222,9 +242,12 @@ func (c *Collector) saveDecisions(all bool) {
 	ds := make([]store.Decision, len(due))
 	for i := range due {
 		r := &due[i].rec
-		detail, err := proto.Marshal(&posturev1.Decision{Reasons: r.reasons, FailedChecks: r.failed})
-		if err != nil {
-			c.log.Error("save decision without its reasons", "device", r.device, "err", err)
+		detail := r.detail
+		if detail == nil {
+			var err error
+			if detail, err = proto.Marshal(&posturev1.Decision{Reasons: r.reasons, FailedChecks: r.failed}); err != nil {
+				c.log.Error("save decision without its reasons", "device", r.device, "err", err)
+			}
 		}
 		ds[i] = store.Decision{Seq: r.seq, FirstAt: r.first, At: r.at, Count: r.times, Device: r.device, Level: r.level,
 			Caller: r.caller, Allowed: r.allowed, Score: r.score, Detail: detail}
@@ -267,14 +290,25 @@ func (c *Collector) loadDecisions(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Levels, callers and often the reasons repeat from record to record:
+	// equal ones share memory.
+	strs, details := map[string]string{}, map[string][]byte{}
+	intern := func(s string) string {
+		if v, ok := strs[s]; ok {
+			return v
+		}
+		strs[s] = s
+		return s
+	}
 	recs := make([]decisionRecord, len(saved))
 	for i, d := range saved {
-		var detail posturev1.Decision
-		if err := proto.Unmarshal(d.Detail, &detail); err != nil {
-			c.log.Warn("saved decision has unreadable reasons", "device", d.Device, "at", d.At, "err", err)
+		detail, ok := details[string(d.Detail)]
+		if !ok {
+			detail = append([]byte{}, d.Detail...) // not nil: decoded as no reasons when empty
+			details[string(detail)] = detail
 		}
-		recs[i] = decisionRecord{seq: d.Seq, first: d.FirstAt, at: d.At, times: d.Count, device: d.Device, level: d.Level,
-			allowed: d.Allowed, score: d.Score, reasons: detail.GetReasons(), failed: detail.GetFailedChecks(), caller: d.Caller}
+		recs[i] = decisionRecord{seq: d.Seq, first: d.FirstAt, at: d.At, times: d.Count, device: d.Device, level: intern(d.Level),
+			allowed: d.Allowed, score: d.Score, detail: detail, caller: intern(d.Caller)}
 	}
 	c.decisions.load(recs, time.Now())
 	return nil
