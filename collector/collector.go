@@ -294,15 +294,17 @@ func (c *Collector) CA() *x509.Certificate { return c.ca.Cert }
 // ended and every report already acknowledged is on disk.
 func (c *Collector) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
-	stopDecay := make(chan struct{})
-	defer close(stopDecay)
-	go c.decayLoop(stopDecay)
-	retention, stopRetention := context.WithCancel(context.Background())
-	retentionDone := make(chan struct{})
-	go func() { c.retentionLoop(retention); close(retentionDone) }()
-	saving, stopSaving := context.WithCancel(context.Background())
-	savingDone := make(chan struct{})
-	go func() { c.decisionSaveLoop(saving); close(savingDone) }()
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	periodic := func(first, every time.Duration, pass func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); periodically(bg, first, every, pass) }()
+	}
+	periodic(decayInterval, decayInterval, func(context.Context) { c.decayPass() })
+	if c.cfg.ReportRetention > 0 {
+		periodic(retentionDelay, retentionInterval, c.retentionPass)
+	}
+	periodic(decisionSaveInterval, decisionSaveInterval, func(context.Context) { c.saveDecisions(false) })
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -321,12 +323,26 @@ func (c *Collector) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	stopRetention()
-	<-retentionDone
-	stopSaving()
-	<-savingDone
+	stopBG()
+	wg.Wait()
 	c.stop()
 	return err
+}
+
+// periodically runs pass after first and then every interval, until ctx
+// ends; a pass that is still running when ctx ends is waited for.
+func periodically(ctx context.Context, first, every time.Duration, pass func(context.Context)) {
+	t := time.NewTimer(first)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pass(ctx)
+		t.Reset(every)
+	}
 }
 
 func (c *Collector) stop() {

@@ -268,21 +268,6 @@ func (c *Collector) saveDecisions(all bool) {
 // decisionSaveChunk is how many decisions one writer operation saves.
 const decisionSaveChunk = 500
 
-// decisionSaveLoop saves the decision log every decisionSaveInterval until
-// ctx ends.
-func (c *Collector) decisionSaveLoop(ctx context.Context) {
-	t := time.NewTicker(decisionSaveInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			c.saveDecisions(false)
-		}
-	}
-}
-
 // loadDecisions fills the decision log with the records saved before the
 // last stop.
 func (c *Collector) loadDecisions(ctx context.Context) error {

@@ -52,30 +52,16 @@ func (c *Collector) PruneReports(ctx context.Context) (int, error) {
 	}
 }
 
-// retentionLoop runs PruneReports every retentionInterval until ctx ends.
-func (c *Collector) retentionLoop(ctx context.Context) {
-	if c.cfg.ReportRetention <= 0 {
-		return
-	}
-	t := time.NewTimer(retentionDelay)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		start := time.Now()
-		n, err := c.PruneReports(ctx)
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			c.log.Error("delete reports past the retention", "err", err, "deleted", n)
-		case n > 0:
-			c.log.Info("deleted reports past the retention", "deleted", n, "retention", c.cfg.ReportRetention.String(),
-				"took", time.Since(start).Round(time.Millisecond).String())
-		}
-		t.Reset(retentionInterval)
+// retentionPass runs PruneReports and logs what it did.
+func (c *Collector) retentionPass(ctx context.Context) {
+	start := time.Now()
+	n, err := c.PruneReports(ctx)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		c.log.Error("delete reports past the retention", "err", err, "deleted", n)
+	case n > 0:
+		c.log.Info("deleted reports past the retention", "deleted", n, "retention", c.cfg.ReportRetention.String(),
+			"took", time.Since(start).Round(time.Millisecond).String())
 	}
 }

@@ -151,20 +151,6 @@ func (c *Collector) publish(id, cause string, force bool) {
 	}
 }
 
-// decayLoop republishes devices whose decisions changed as time passed.
-func (c *Collector) decayLoop(stop <-chan struct{}) {
-	t := time.NewTicker(decayInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			c.decayPass()
-		}
-	}
-}
-
 // decayPass republishes every device whose decision changed since it was
 // last published.
 func (c *Collector) decayPass() {
