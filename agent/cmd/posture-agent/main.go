@@ -115,17 +115,17 @@ func run(args []string, out io.Writer) error {
 		if err := parseFlags(fs, rest); err != nil {
 			return err
 		}
-		// A one-shot measurement waits for the package manager, which a
-		// running agent does not let stall a report.
-		r := signals.New(signals.Options{FirstSlowWait: 3 * time.Minute}).Collect(context.Background())
 		opts := protojson.MarshalOptions{Multiline: true, Indent: "  "}
 		switch *format {
 		case "json":
 		case "text":
 			opts = protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}
 		default:
-			return fmt.Errorf("-o %q: want json or text", *format)
+			return fmt.Errorf("-o %q: want json or text", *format) // before measuring, which can take minutes
 		}
+		// A one-shot measurement waits for the package manager, which a
+		// running agent does not let stall a report.
+		r := signals.New(signals.Options{FirstSlowWait: 3 * time.Minute}).Collect(context.Background())
 		b, err := opts.Marshal(r)
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -363,8 +364,19 @@ func tokenCreate(args []string, out io.Writer) error {
 	return nil
 }
 
-func outputFlag(fs *flag.FlagSet, def string) *string {
-	return fs.String("o", def, "output format")
+// outputFlag is -o: one of formats, the first by default. Any other value
+// is refused when the flags are parsed, before the collector is asked.
+func outputFlag(fs *flag.FlagSet, formats ...string) *string {
+	v := formats[0]
+	want := strings.Join(formats, " or ")
+	fs.Func("o", "output format: "+want+" (default "+formats[0]+")", func(s string) error {
+		if !slices.Contains(formats, s) {
+			return fmt.Errorf("want %s", want)
+		}
+		v = s
+		return nil
+	})
+	return &v
 }
 
 func printJSON(out io.Writer, m proto.Message) error {
@@ -379,7 +391,7 @@ func printJSON(out io.Writer, m proto.Message) error {
 func devicesList(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("devices list", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
-	format := outputFlag(fs, "table")
+	format := outputFlag(fs, "table", "json")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -399,12 +411,8 @@ func devicesList(args []string, out io.Writer) error {
 			break
 		}
 	}
-	switch *format {
-	case "json":
+	if *format == "json" {
 		return printJSON(out, resp)
-	case "table":
-	default:
-		return fmt.Errorf("-o %q: want table or json", *format)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tHOSTNAME\tOS\tSTATE\tSCORE\tLEVELS\tIDENTITY\tLAST SEEN")
@@ -447,7 +455,7 @@ func ago(t time.Time, set bool) string {
 func devicesShow(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("devices show", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
-	format := outputFlag(fs, "text")
+	format := outputFlag(fs, "text", "json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -464,12 +472,8 @@ func devicesShow(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	switch *format {
-	case "json":
+	if *format == "json" {
 		return printJSON(out, p)
-	case "text":
-	default:
-		return fmt.Errorf("-o %q: want text or json", *format)
 	}
 	d := p.GetDevice()
 	fmt.Fprintf(out, "Device     %s\nSPIFFE ID  %s\nHostname   %s\nOS         %s (%s)\nIdentity   %s\nState      %s", d.GetId(), d.GetSpiffeId(), d.GetHostname(), orDash(d.GetOs()), d.GetPlatform(), policy.AssuranceName(d.GetAssurance()), stateName(d.GetState()))
@@ -536,7 +540,7 @@ func devicesRevoke(args []string, out io.Writer) error {
 func gatewayList(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("gateway list", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
-	format := outputFlag(fs, "table")
+	format := outputFlag(fs, "table", "json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -608,7 +612,7 @@ func check(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
 	level := fs.String("level", "", "access level to check (required)")
-	format := outputFlag(fs, "text")
+	format := outputFlag(fs, "text", "json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return exitErr{2, err}
@@ -707,7 +711,7 @@ func gatewayAdd(args []string, out io.Writer) error {
 func stats(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
-	format := outputFlag(fs, "json")
+	outputFlag(fs, "json") // accepted for scripts that ask for it
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -719,9 +723,6 @@ func stats(args []string, out io.Writer) error {
 	s, err := a.adm.GetStats(a.ctx, &posturev1.GetStatsRequest{})
 	if err != nil {
 		return rpcErr(err)
-	}
-	if *format != "json" {
-		return fmt.Errorf("-o %q: want json", *format)
 	}
 	return printJSON(out, s)
 }
@@ -864,7 +865,7 @@ func decisions(args []string, out io.Writer) error {
 	since := fs.Duration("since", time.Hour, "how far back from --at (or now) to look")
 	at := fs.String("at", "", "the decisions made up to this time: 10:42, 10:42:05 (today, local time), 2026-11-27 10:42 or RFC 3339")
 	limit := fs.Uint("limit", 100, "at most this many decisions (1 to 10000)")
-	format := outputFlag(fs, "table")
+	format := outputFlag(fs, "table", "json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -874,9 +875,6 @@ func decisions(args []string, out io.Writer) error {
 	}
 	if *limit < 1 || *limit > 10000 {
 		return fmt.Errorf("--limit %d: give 1 to 10000", *limit)
-	}
-	if *format != "table" && *format != "json" {
-		return fmt.Errorf("-o %q: give table or json", *format)
 	}
 	end := time.Now()
 	req := &posturev1.ListDecisionsRequest{Limit: uint32(*limit)}

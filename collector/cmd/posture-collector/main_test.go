@@ -104,7 +104,16 @@ func TestCommands(t *testing.T) {
 		{"decisions at a time", []string{"decisions", id, "--at", time.Now().Add(time.Minute).Format(time.RFC3339), "--data-dir", dir}, 0, "revoked: lost"},
 		{"decisions at a bad time", []string{"decisions", "--at", "noon", "--data-dir", dir}, 1, `--at: "noon"`},
 		{"decisions limit too high", []string{"decisions", "--limit", "20000", "--data-dir", dir}, 1, "--limit 20000"},
-		{"decisions bad format", []string{"decisions", "-o", "yaml", "--data-dir", dir}, 1, `-o "yaml"`},
+		{"decisions bad format", []string{"decisions", "-o", "yaml", "--data-dir", dir}, 1, `invalid value "yaml" for flag -o: want table or json`},
+		{"list bad format", []string{"devices", "list", "-o", "yaml", "--data-dir", dir}, 1, `want table or json`},
+		{"show bad format", []string{"devices", "show", id, "-o", "table", "--data-dir", dir}, 1, `want text or json`},
+		{"gateway list bad format", []string{"gateway", "list", "-o", "yaml", "--data-dir", dir}, 1, `want table or json`},
+		{"stats bad format", []string{"stats", "-o", "table", "--data-dir", dir}, 1, `invalid value "table" for flag -o: want json`},
+		{"stats json", []string{"stats", "-o", "json", "--data-dir", dir}, 0, `"enrollments": "1"`},
+		// Refused before asking: with no collector the answer is still the
+		// format, not the missing collector.
+		{"check bad format", []string{"check", id, "--level", "basic", "-o", "yaml", "--data-dir", t.TempDir()}, 2, `want text or json`},
+		{"check json", []string{"check", id, "--level", "basic", "-o", "json", "--data-dir", dir}, 1, `"state": "DEVICE_STATE_REVOKED"`},
 		{"help", []string{"help"}, 0, "posture-collector decisions [ID]"},
 		{"policy help", []string{"policy", "--help"}, 0, "posture-collector policy validate FILE"},
 		{"policy validate help", []string{"policy", "validate", "--help"}, 0, "takes no flags"},
