@@ -84,8 +84,8 @@ func TestEnrollReportDecide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if late.GetAllowed() || late.GetScore() != 0 || !strings.Contains(strings.Join(late.GetReasons(), " "), "trust decays") {
-		t.Errorf("after 25h of silence: allowed=%v score=%d reasons=%v, want denied at 0 with a decay reason", late.GetAllowed(), late.GetScore(), late.GetReasons())
+	if late.GetAllowed() || late.GetScore() != 0 || !strings.Contains(strings.Join(late.GetReasons(), " "), "past expire_after 24h0m0s") {
+		t.Errorf("after 25h of silence: allowed=%v score=%d reasons=%v, want denied at 0 with the expiry as reason", late.GetAllowed(), late.GetScore(), late.GetReasons())
 	}
 }
 

@@ -99,7 +99,8 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 		}
 	}
 	if total > 0 {
-		a.rawScore = uint32((passed*100 + total/2) / total)
+		// Rounded down: a device that passes 79.5% does not meet 80.
+		a.rawScore = uint32(passed * 100 / total)
 	}
 	if p.hasExprs() {
 		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, m, a, false)).(traits.Mapper)
@@ -137,7 +138,7 @@ func (p *Policy) Score(s *Subject, now time.Time) uint32 {
 	if s.Assessment == nil || s.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
 		return 0
 	}
-	return uint32(float64(s.Assessment.rawScore)*p.freshness(now.Sub(s.ReportAt)) + 0.5)
+	return uint32(float64(s.Assessment.rawScore) * p.freshness(now.Sub(s.ReportAt))) // rounded down, as the raw score
 }
 
 // Decide says whether the subject meets the named level at now, and why not.
@@ -214,6 +215,16 @@ func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain
 	}
 	if s.Assessment == nil {
 		return false, score, []string{"no verified posture report yet: is posture-agent running on the device?"}
+	}
+	// Expired evidence meets no level, whatever the level asks: a level
+	// without a minimum score (only required checks, or an expression)
+	// would otherwise go on reading a silent device's last report forever.
+	if age := now.Sub(s.ReportAt); age >= p.Freshness.ExpireAfter {
+		if !explain {
+			return false, score, nil
+		}
+		return false, score, []string{fmt.Sprintf("latest report is %s old, past expire_after %s: the device's posture is unknown; is posture-agent running on it?",
+			age.Round(time.Second), p.Freshness.ExpireAfter)}
 	}
 	if score < l.MinScore {
 		if !explain {

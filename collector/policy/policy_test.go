@@ -68,7 +68,7 @@ func TestAssess(t *testing.T) {
 		{"no graphical session: screen lock leaves the total", report(func(r *posturev1.PostureReport) {
 			r.ScreenLock = &posturev1.ScreenLock{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_NOT_APPLICABLE, Reason: "no graphical session"}}
 			r.Disk.SystemEncrypted = false
-		}), 67, "screen_lock", posturev1.Outcome_OUTCOME_NOT_APPLICABLE, "no graphical session"},
+		}), 66, "screen_lock", posturev1.Outcome_OUTCOME_NOT_APPLICABLE, "no graphical session"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -255,7 +255,7 @@ func TestRawScoreWeights(t *testing.T) {
 		want           uint32
 	}{
 		{"heavy check fails", 2, 1000, firewallOff, 0},
-		{"light check fails", 1000, 1, firewallOff, 100},
+		{"light check fails: below 100 however light", 1000, 1, firewallOff, 99},
 		{"even weights, one fails", 1000, 1000, firewallOff, 50},
 		{"all pass", 1000, 1000, report(nil), 100},
 	}
