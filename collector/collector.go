@@ -67,6 +67,13 @@ type Config struct {
 	// MetricsListen, when set, serves Prometheus metrics at /metrics on
 	// this address (plain HTTP, apart from the API).
 	MetricsListen string
+	// WatchHeartbeat is the longest a WatchPosture stream stays silent:
+	// after that long without an event it sends a heartbeat, by which a
+	// gateway behind a proxy (which answers the gateway's keepalive pings
+	// itself) can tell a quiet fleet from a collector that stopped
+	// answering. 0 means DefaultWatchHeartbeat; less than
+	// MinWatchHeartbeat is refused.
+	WatchHeartbeat time.Duration
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
@@ -89,12 +96,40 @@ func (c *Config) setDefaults() {
 	if c.DeviceCertTTL == 0 {
 		c.DeviceCertTTL = 365 * 24 * time.Hour
 	}
+	if c.WatchHeartbeat == 0 {
+		c.WatchHeartbeat = DefaultWatchHeartbeat
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+}
+
+// Bounds of Config.WatchHeartbeat.
+const (
+	// DefaultWatchHeartbeat is the heartbeat interval of watch streams
+	// when none is configured. Gateways give up on a stream after three
+	// intervals without a word, so a collector that stopped answering is
+	// noticed within 30 s.
+	DefaultWatchHeartbeat = 10 * time.Second
+	// MinWatchHeartbeat is the shortest heartbeat interval accepted:
+	// below it a gateway on a loaded host or a slow network gives up on
+	// streams that are fine, and a thousand watchers keep the collector
+	// busy with heartbeats.
+	MinWatchHeartbeat = 100 * time.Millisecond
+)
+
+// validate refuses settings that cannot work, once defaults are set.
+func (c *Config) validate() error {
+	switch hb := c.WatchHeartbeat; {
+	case hb < 0:
+		return fmt.Errorf("watch heartbeat interval %v is negative: give at least %v (--watch-heartbeat; default %v)", hb, MinWatchHeartbeat, DefaultWatchHeartbeat)
+	case hb < MinWatchHeartbeat:
+		return fmt.Errorf("watch heartbeat interval %v is too short: give at least %v (--watch-heartbeat; default %v)", hb, MinWatchHeartbeat, DefaultWatchHeartbeat)
+	}
+	return nil
 }
 
 // Collector is a running collector's state.
@@ -132,6 +167,9 @@ type Collector struct {
 // starts answering.
 func New(cfg Config) (*Collector, error) {
 	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("data directory is required (--data-dir)")
 	}

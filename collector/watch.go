@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/pki"
@@ -206,13 +207,22 @@ func (c *Collector) subscribe(since uint64) (w *watcher, missed []*event, snap [
 				missed = append(missed, ev)
 			}
 		}
-		return w, append(missed, newEvent(&posturev1.PostureEvent{Revision: h.rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{Resumed: true}}})), nil, h.rev, true
+		return w, append(missed, newEvent(c.snapshotEnd(h.rev, true))), nil, h.rev, true
 	}
 	snap = make([]snapEntry, 0, len(h.last))
 	for id, key := range h.last {
 		snap = append(snap, snapEntry{id, key})
 	}
 	return w, nil, snap, h.rev, false
+}
+
+// snapshotEnd ends a snapshot (or the replay of missed events) at
+// revision rev, and tells the watcher how often to expect a heartbeat.
+func (c *Collector) snapshotEnd(rev uint64, resumed bool) *posturev1.PostureEvent {
+	return &posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{
+		Resumed:           resumed,
+		HeartbeatInterval: durationpb.New(c.cfg.WatchHeartbeat),
+	}}}
 }
 
 // snapshotEvent renders one device of a snapshot.
@@ -262,10 +272,20 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 				return err
 			}
 		}
-		if err := stream.Send(&posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_SnapshotEnd{SnapshotEnd: &posturev1.SnapshotEnd{}}}); err != nil {
+		if err := stream.Send(c.snapshotEnd(rev, false)); err != nil {
 			return err
 		}
 	}
+	// Live: a heartbeat whenever the stream has sent nothing for the
+	// interval. One timer per stream, reset on every send. A heartbeat
+	// repeats the revision of the last event sent, SnapshotEnd's included,
+	// so a watcher that resumes from it misses nothing. It is this
+	// stream's alone and tiny: it is encoded on each send rather than
+	// shared like the events.
+	interval := c.cfg.WatchHeartbeat
+	beat := time.NewTimer(interval)
+	defer beat.Stop()
+	heartbeat := &posturev1.PostureEvent{Revision: rev, Event: &posturev1.PostureEvent_Heartbeat{Heartbeat: &posturev1.Heartbeat{}}}
 	for {
 		select {
 		case <-stream.Context().Done():
@@ -276,6 +296,12 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 			if err := ev.send(stream); err != nil {
 				return err
 			}
+			heartbeat.Revision = ev.ev.GetRevision()
+		case <-beat.C:
+			if err := stream.Send(heartbeat); err != nil {
+				return err
+			}
 		}
+		beat.Reset(interval)
 	}
 }

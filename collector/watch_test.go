@@ -2,7 +2,9 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -164,5 +166,58 @@ func TestPublishFollowsRevocation(t *testing.T) {
 		if last.GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED {
 			t.Fatalf("round %d: the device is revoked, but the last event says %v (cause %q)", i, last.GetState(), last.GetCause())
 		}
+	}
+}
+
+// The heartbeat interval defaults to 10 s and reaches watchers in
+// SnapshotEnd; a negative one, or one below the floor, is refused before
+// anything is created.
+func TestWatchHeartbeatConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		in   time.Duration
+		want time.Duration // in SnapshotEnd
+		err  string
+	}{
+		{"default", 0, 10 * time.Second, ""},
+		{"the floor", 100 * time.Millisecond, 100 * time.Millisecond, ""},
+		{"short, for tests", 300 * time.Millisecond, 300 * time.Millisecond, ""},
+		{"a minute", time.Minute, time.Minute, ""},
+		{"negative", -time.Second, 0, "is negative"},
+		{"below the floor", 99 * time.Millisecond, 0, "too short"},
+		{"a nanosecond", 1, 0, "too short"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", WatchHeartbeat: tt.in})
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), "--watch-heartbeat") {
+					t.Fatalf("New with WatchHeartbeat %v: %v; want an error saying %q and naming the flag", tt.in, err, tt.err)
+				}
+				if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("a refused configuration created the data directory: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				c.Serve(ctx)
+			}()
+			w, missed, _, rev, _ := c.subscribe(0)
+			c.unsubscribe(w)
+			if len(missed) != 0 {
+				t.Fatalf("a new watcher got %d replayed events", len(missed))
+			}
+			for _, resumed := range []bool{false, true} {
+				if got := c.snapshotEnd(rev, resumed).GetSnapshotEnd().GetHeartbeatInterval().AsDuration(); got != tt.want {
+					t.Errorf("SnapshotEnd (resumed %v) announces heartbeats every %v, want %v", resumed, got, tt.want)
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/collector"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -26,6 +27,16 @@ func watchUntilSnapshotEnd(t testing.TB, ctx context.Context, gw posturev1.Gatew
 			return st, evs, ev
 		}
 		evs = append(evs, ev)
+	}
+}
+
+// nextChange receives the next event that is not a heartbeat.
+func nextChange(st posturev1.GatewayService_WatchPostureClient) (*posturev1.PostureEvent, error) {
+	for {
+		ev, err := st.Recv()
+		if err != nil || ev.GetHeartbeat() == nil {
+			return ev, err
+		}
 	}
 }
 
@@ -61,7 +72,7 @@ func TestWatchRevocationReachesAllWatchers(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ev, err := st.Recv()
+			ev, err := nextChange(st)
 			if err != nil {
 				t.Errorf("watcher %d: %v", i, err)
 				return
@@ -123,5 +134,106 @@ func TestWatchResume(t *testing.T) {
 	_, snap3, end3 := watchUntilSnapshotEnd(t, ctx2, gw, 1)
 	if end3.GetSnapshotEnd().GetResumed() || len(snap3) != 2 {
 		t.Errorf("resume from an unknown revision: resumed=%v, %d devices; want a 2-device snapshot", end3.GetSnapshotEnd().GetResumed(), len(snap3))
+	}
+}
+
+// A quiet watch stream carries a heartbeat whenever it has sent nothing for
+// the configured interval, never sooner. Each repeats the revision of the
+// event before it on the stream: a watcher that resumes from the last
+// revision it heard, heartbeat or not, misses nothing.
+func TestWatchHeartbeat(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	e := startCollectorWith(t, func(c *collector.Config) { c.WatchHeartbeat = interval })
+	_, idA := e.enroll()
+	_, idB := e.enroll()
+	gw := e.gateway("edge")
+	// The deadline only bounds a stream that never beats; a loaded
+	// machine gets far more than it needs.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	opened := time.Now()
+	st, _, end := watchUntilSnapshotEnd(t, ctx, gw, 0)
+	if got := end.GetSnapshotEnd().GetHeartbeatInterval().AsDuration(); got != interval {
+		t.Fatalf("SnapshotEnd announces heartbeats every %v, want %v", got, interval)
+	}
+	last := end.GetRevision() // of the last event on the stream
+	// recv receives the next message, checking that a heartbeat repeats
+	// the revision of the event before it.
+	recv := func() *posturev1.PostureEvent {
+		t.Helper()
+		ev, err := st.Recv()
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		if ev.GetHeartbeat() == nil {
+			last = ev.GetRevision()
+		} else if ev.GetRevision() != last {
+			t.Fatalf("heartbeat with revision %d after an event with revision %d: a heartbeat is not a new revision", ev.GetRevision(), last)
+		}
+		return ev
+	}
+
+	// The collector sends the k-th heartbeat of a quiet stream no sooner
+	// than k intervals after SnapshotEnd, which it sent after the request.
+	for k := 1; k <= 5; k++ {
+		ev := recv()
+		if ev.GetHeartbeat() == nil {
+			t.Fatalf("quiet stream sent %v, want heartbeat %d", ev, k)
+		}
+		if since := time.Since(opened); since < time.Duration(k)*interval {
+			t.Fatalf("heartbeat %d arrived %v after the watch opened, sooner than %d intervals of %v", k, since, k, interval)
+		}
+	}
+
+	// A change goes out as it happens; heartbeats after it carry its
+	// revision.
+	if _, err := e.admin.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: idA, Reason: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+	var revoked *posturev1.PostureEvent
+	for revoked == nil {
+		if ev := recv(); ev.GetDevice() != nil {
+			revoked = ev
+		}
+	}
+	if d := revoked.GetDevice(); d.GetDeviceId() != idA || d.GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+		t.Fatalf("after revoking %s the stream sent %v", idA, revoked)
+	}
+	var heard uint64
+	for heard == 0 {
+		if ev := recv(); ev.GetHeartbeat() != nil {
+			heard = ev.GetRevision()
+		}
+	}
+	if heard != revoked.GetRevision() {
+		t.Fatalf("heartbeat after the revocation has revision %d, want the revocation's %d", heard, revoked.GetRevision())
+	}
+
+	// The watcher goes away after that heartbeat; a change it did not see
+	// is replayed when it resumes from the heartbeat's revision.
+	cancel()
+	if _, err := e.admin.RevokeDevice(context.Background(), &posturev1.RevokeDeviceRequest{DeviceId: idB, Reason: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	st2, missed, end2 := watchUntilSnapshotEnd(t, ctx2, gw, heard)
+	if !end2.GetSnapshotEnd().GetResumed() {
+		t.Fatalf("resume from a heartbeat's revision %d gave a snapshot", heard)
+	}
+	if len(missed) != 1 || missed[0].GetDevice().GetDeviceId() != idB || missed[0].GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+		t.Fatalf("resumed from revision %d: missed %v, want exactly the revocation of %s", heard, missed, idB)
+	}
+	if got := end2.GetSnapshotEnd().GetHeartbeatInterval().AsDuration(); got != interval {
+		t.Errorf("resumed SnapshotEnd announces heartbeats every %v, want %v", got, interval)
+	}
+	// The resumed stream beats too, at the revision it ended on.
+	ev, err := st2.Recv()
+	if err != nil {
+		t.Fatalf("resumed watch: %v", err)
+	}
+	if ev.GetHeartbeat() == nil || ev.GetRevision() != end2.GetRevision() {
+		t.Errorf("resumed quiet stream sent %v, want a heartbeat at revision %d", ev, end2.GetRevision())
 	}
 }

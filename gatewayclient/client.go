@@ -4,7 +4,11 @@
 // and a revocation arrives as soon as the collector makes it.
 //
 // If the collector goes away the cache keeps answering for a grace period,
-// then fails closed: every check denies until the watch is back.
+// then fails closed: every check denies until the watch is back. A
+// collector that stops answering without closing the connection is noticed
+// by the watch stream's heartbeat, through any proxy (MissedHeartbeats),
+// and, when nothing stands between, by the connection's keepalive pings
+// (DetectionBound).
 package gatewayclient
 
 import (
@@ -30,39 +34,58 @@ type Config struct {
 	Conn grpc.ClientConnInterface
 	// Grace is how long decisions keep being answered after the watch
 	// breaks; 0 means 30 s. A collector that closes the connection breaks
-	// the watch at once; one that stops answering breaks it within
-	// DetectionBound, so the client fails closed at most Grace +
-	// DetectionBound after the collector last answered.
+	// the watch at once. One that stops answering without closing it
+	// breaks it within MissedHeartbeats of the heartbeat intervals it
+	// announced (30 s with the collector's default), whatever proxies
+	// stand between, and within DetectionBound when the connection reaches
+	// the collector itself. So the client fails closed at most Grace plus
+	// the earlier of the two after the collector last spoke.
 	Grace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
-// Keepalive on the watch connection. The watch protocol has no heartbeat
-// and a quiet fleet sends nothing for minutes, so without pings a collector
-// that stops answering without closing the connection (a stopped process,
-// a partition that drops packets) would never be noticed and the cache
-// would answer from stale decisions forever. The collector accepts a ping
-// every 10 s at most (its keepalive enforcement policy) and closes the
-// connection of a client that pings more often. gRPC pings keepaliveTime
-// after the last byte read, the previous ping's ack included, so pings
-// arrive at least that far apart.
+// Keepalive on the watch connection. A quiet fleet sends no events for
+// minutes, so a collector that stops answering without closing the
+// connection (a stopped process, a partition that drops packets) must be
+// noticed some other way, or the cache would answer from stale decisions
+// forever. The watch stream's heartbeat does it end to end. Pings do it
+// only for the connection's first hop: an L7 proxy in between (nginx
+// grpc_pass, Envoy, a gRPC load balancer) answers them itself, however
+// long the collector behind it has been gone. They still cut the
+// connection to a collector reached directly, within DetectionBound, and
+// they are all there is against a collector that sends no heartbeats.
+//
+// The collector accepts a ping every 10 s at most (its keepalive
+// enforcement policy) and closes the connection of a client that pings
+// more often. gRPC pings keepaliveTime after the last byte read, the
+// previous ping's ack included, so pings arrive at least that far apart.
 const (
 	keepaliveTime    = 10 * time.Second
 	keepaliveTimeout = 5 * time.Second
 	// DetectionBound is the longest a connection dialed with DialOptions
-	// stays up after the collector stops answering: one keepalive interval
-	// and the wait for the ping's ack. The grace period starts when the
-	// connection goes down.
+	// stays up after its other end stops answering: one keepalive interval
+	// and the wait for the ping's ack. That end is the collector only when
+	// no proxy stands between; behind a proxy, a collector that stops
+	// answering is noticed by the heartbeat (MissedHeartbeats). The grace
+	// period starts when the watch breaks.
 	DetectionBound = keepaliveTime + keepaliveTimeout
 )
+
+// MissedHeartbeats is how many of the collector's heartbeat intervals
+// (announced in SnapshotEnd) a watch stream may stay silent, without an
+// event or a heartbeat, before the client abandons it as it would a lost
+// connection, and reconnects. Heartbeats come from the collector itself,
+// so this notices a collector that stopped answering through any proxy.
+const MissedHeartbeats = 3
 
 // DialOptions are the options to add when dialing the collector for a
 // Client.
 //
 // Keepalive pings notice a collector that stops answering without closing
-// the connection within DetectionBound, so the grace period starts; without
-// them such a collector is never noticed and the client never fails closed.
+// the connection within DetectionBound when the client reaches it directly
+// (a proxy answers them itself; the watch heartbeat covers that case), and
+// are the only way to notice one that sends no heartbeats.
 //
 // Fixed flow-control windows: with gRPC's default adaptive windows a client
 // answers data that arrives after a quiet spell with a bandwidth probe (an
@@ -85,9 +108,10 @@ type Client struct {
 	mu           sync.RWMutex
 	devices      map[string]*posturev1.DeviceDecision
 	revision     uint64
-	synced       bool      // a snapshot (or resume) completed
-	connected    bool      // the watch is live
-	disconnected time.Time // when the watch last broke
+	heartbeat    time.Duration // the interval the collector last announced; 0: none
+	synced       bool          // a snapshot (or resume) completed
+	connected    bool          // the watch is live
+	disconnected time.Time     // when the watch last broke
 }
 
 // New makes a client; Run keeps it fed.
@@ -152,13 +176,42 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// errSilent ends a watch stream that went quiet for longer than the
+// heartbeat allows.
+var errSilent = errors.New("the collector sent neither an event nor a heartbeat")
+
 func (c *Client) watchOnce(ctx context.Context) error {
 	c.mu.RLock()
-	since := c.revision
+	since, interval := c.revision, c.heartbeat
 	c.mu.RUnlock()
+	// The watchdog abandons a stream that stays silent for MissedHeartbeats
+	// intervals. It is armed from the start with the interval the collector
+	// last announced (a stream through a proxy can stall before its first
+	// event as well as after), and set again by each SnapshotEnd; every
+	// message received puts it off.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var watchdog *time.Timer
+	var silence time.Duration
+	arm := func(every time.Duration) {
+		if watchdog != nil {
+			watchdog.Stop()
+			watchdog = nil
+		}
+		if every <= 0 {
+			return
+		}
+		d := MissedHeartbeats * every
+		silence = d
+		watchdog = time.AfterFunc(d, func() {
+			cancel(fmt.Errorf("%w for %v (%d heartbeat intervals): abandoning the watch", errSilent, d, MissedHeartbeats))
+		})
+	}
+	arm(interval)
+	defer arm(0)
 	st, err := c.watch.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since})
 	if err != nil {
-		return err
+		return silentOr(ctx, err)
 	}
 	// Events before SnapshotEnd form a snapshot (replace everything) or, on
 	// resume, the missed changes (apply in order).
@@ -166,7 +219,16 @@ func (c *Client) watchOnce(ctx context.Context) error {
 	for {
 		ev, err := st.Recv()
 		if err != nil {
-			return err
+			return silentOr(ctx, err)
+		}
+		if watchdog != nil {
+			watchdog.Reset(silence)
+		}
+		if ev.GetHeartbeat() != nil {
+			// Liveness only: its revision is that of an event already
+			// received, and the applied revision only ever comes from
+			// events, so a heartbeat can never make a resume skip one.
+			continue
 		}
 		if d := ev.GetDevice(); d != nil {
 			c.mu.Lock()
@@ -192,9 +254,23 @@ func (c *Client) watchOnce(ctx context.Context) error {
 			pending = nil
 			c.revision = ev.GetRevision()
 			c.synced, c.connected = true, true
+			c.heartbeat = 0
+			if iv := end.GetHeartbeatInterval(); iv.IsValid() && iv.AsDuration() > 0 {
+				c.heartbeat = iv.AsDuration()
+			}
+			interval = c.heartbeat
 			c.mu.Unlock()
+			arm(interval)
 		}
 	}
+}
+
+// silentOr is the watchdog's reason when it ended the stream, else err.
+func silentOr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errSilent) {
+		return cause
+	}
+	return err
 }
 
 // Decision is the answer to a check.

@@ -5,18 +5,13 @@ import (
 	"crypto"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -82,11 +77,7 @@ func substitute(t *testing.T, conf string, oldnew ...string) string {
 // certificate: once with nginx authenticating to /check by its gateway
 // certificate over TLS, once by a bearer secret over loopback.
 func TestNginx(t *testing.T) {
-	name := "nginx"
-	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		name = "/usr/sbin/nginx" // outside a non-root PATH
-	}
-	bin := testtools.Require(t, name)
+	bin := testtools.Nginx(t)
 
 	e := startCollector(t)
 	dev := e.enroll()
@@ -306,8 +297,7 @@ func TestNginx(t *testing.T) {
 
 // startNginx renders the configuration into cfg.Dir with each server on a
 // free loopback port in place of "listen 443 ssl;", runs nginx in the
-// foreground until the test ends, and returns the servers' addresses. A
-// port taken between choosing and binding is retried.
+// foreground until the test ends, and returns the servers' addresses.
 func startNginx(t *testing.T, bin string, cfg nginxConfig) []string {
 	t.Helper()
 	tmpl, err := template.ParseFiles(filepath.Join("testdata", "nginx.conf.tmpl"))
@@ -315,88 +305,15 @@ func startNginx(t *testing.T, bin string, cfg nginxConfig) []string {
 		t.Fatal(err)
 	}
 	servers := cfg.Servers
-	for attempt := 0; ; attempt++ {
-		addrs := make([]string, len(servers))
+	return testtools.StartNginx(t, bin, cfg.Dir, len(servers), func(addrs []string) []byte {
 		cfg.Servers = make([]string, len(servers))
 		for i, s := range servers {
-			addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 			cfg.Servers[i] = substitute(t, s, "listen 443 ssl;", "listen "+addrs[i]+" ssl;")
 		}
 		var conf bytes.Buffer
 		if err := tmpl.Execute(&conf, cfg); err != nil {
 			t.Fatal(err)
 		}
-		confPath := filepath.Join(cfg.Dir, "nginx.conf")
-		if err := os.WriteFile(confPath, conf.Bytes(), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		errorLog := filepath.Join(cfg.Dir, "error.log")
-		var out bytes.Buffer
-		cmd := exec.Command(bin, "-p", cfg.Dir, "-c", confPath, "-e", errorLog)
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start nginx: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-
-		var err error
-		for _, addr := range addrs {
-			if err = waitListening(addr, exited); err != nil {
-				break
-			}
-		}
-		if err == nil {
-			t.Cleanup(func() {
-				// SIGQUIT would wait for keep-alive connections; TERM is a fast stop.
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(5 * time.Second):
-					_ = cmd.Process.Kill()
-					<-exited
-				}
-				if t.Failed() {
-					log, _ := os.ReadFile(errorLog)
-					t.Logf("nginx error.log:\n%s", log)
-				}
-			})
-			return addrs
-		}
-		_ = cmd.Process.Kill()
-		log, _ := os.ReadFile(errorLog)
-		if attempt < 3 && bytes.Contains(log, []byte("Address already in use")) {
-			continue
-		}
-		t.Fatalf("nginx did not start: %v\n%s\nerror.log:\n%s", err, out.String(), log)
-	}
-}
-
-// waitListening waits until addr accepts connections or the process exits.
-func waitListening(addr string, exited <-chan error) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case err := <-exited:
-			return errors.Join(errors.New("nginx exited"), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.New("nginx did not listen within 10s")
-		}
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+		return conf.Bytes()
+	})
 }

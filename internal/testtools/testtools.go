@@ -1,7 +1,8 @@
 // Package testtools is shared test infrastructure: it finds the external
-// programs tests depend on, opens the in-process TPM simulator, and runs
+// programs tests depend on, opens the in-process TPM simulator, runs
 // swtpm, a software TPM, as a separate process the way a device's TPM sits
-// outside the agent. Only tests import it.
+// outside the agent, and runs nginx in front of the collector. Only tests
+// import it.
 //
 // A test whose tool is missing is skipped with a loud message. CI sets
 // POSTURE_REQUIRE_TOOLS=1 so that a missing tool fails instead of letting

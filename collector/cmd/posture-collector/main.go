@@ -42,7 +42,7 @@ const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
   posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
-                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]] [--report-retention 90d] [--log-format text|json]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]] [--report-retention 90d] [--watch-heartbeat 10s] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -196,6 +196,7 @@ func runCollector(args []string) error {
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
+	heartbeat := fs.Duration("watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); at least %v", collector.MinWatchHeartbeat))
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -205,11 +206,16 @@ func runCollector(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--report-retention: %w", err)
 	}
+	if *heartbeat == 0 {
+		// The Config would read 0 as the default: say that heartbeats
+		// cannot be turned off rather than run with 10 s.
+		return fmt.Errorf("--watch-heartbeat 0: heartbeats cannot be turned off (gateways behind a proxy need them to notice a lost collector); give at least %v", collector.MinWatchHeartbeat)
+	}
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if *logFormat == "json" {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, Logger: slog.New(h)}
+	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
 		if err != nil {

@@ -445,6 +445,35 @@ func TestReportRetentionFlag(t *testing.T) {
 	}
 }
 
+// --watch-heartbeat refuses what cannot work, before anything is created:
+// 0 would turn heartbeats off (the configuration would read it as the
+// default), and intervals below the floor or negative make no sense.
+func TestWatchHeartbeatFlag(t *testing.T) {
+	for _, c := range []struct {
+		in  string
+		err string
+	}{
+		{"0", "cannot be turned off"},
+		{"0s", "cannot be turned off"},
+		{"-10s", "is negative"},
+		{"50ms", "too short"},
+		{"ten seconds", "invalid value"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		err := runCollector([]string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--watch-heartbeat", c.in})
+		if err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "watch-heartbeat") {
+			t.Errorf("run --watch-heartbeat %q: %v; want an error naming the flag and saying %q", c.in, err, c.err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("run --watch-heartbeat %q created the data directory: %v", c.in, err)
+		}
+	}
+	out, code := cli(t, "run", "--help")
+	if code != 0 || !strings.Contains(out, "-watch-heartbeat duration") || !strings.Contains(out, "(default 10s)") || !strings.Contains(out, "at least 100ms") {
+		t.Errorf("run --help (exit %d) does not describe --watch-heartbeat with its default and floor:\n%s", code, out)
+	}
+}
+
 func TestParseAt(t *testing.T) {
 	now := time.Date(2026, 11, 27, 15, 0, 0, 0, time.Local)
 	for _, c := range []struct {

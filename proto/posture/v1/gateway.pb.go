@@ -71,14 +71,19 @@ func (x *WatchPostureRequest) GetSinceRevision() uint64 {
 	return 0
 }
 
-// PostureEvent is one step of a watch. Revisions only grow.
+// PostureEvent is one step of a watch. Revisions never go down on a
+// stream.
 type PostureEvent struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision of the change; a watcher resumes after the last one it
+	// applied. A Heartbeat's is not a new revision: it repeats that of the
+	// event sent before it on the same stream.
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Types that are valid to be assigned to Event:
 	//
 	//	*PostureEvent_Device
 	//	*PostureEvent_SnapshotEnd
+	//	*PostureEvent_Heartbeat
 	Event         isPostureEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -146,6 +151,15 @@ func (x *PostureEvent) GetSnapshotEnd() *SnapshotEnd {
 	return nil
 }
 
+func (x *PostureEvent) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*PostureEvent_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isPostureEvent_Event interface {
 	isPostureEvent_Event()
 }
@@ -158,9 +172,60 @@ type PostureEvent_SnapshotEnd struct {
 	SnapshotEnd *SnapshotEnd `protobuf:"bytes,3,opt,name=snapshot_end,json=snapshotEnd,proto3,oneof"`
 }
 
+type PostureEvent_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,4,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*PostureEvent_Device) isPostureEvent_Event() {}
 
 func (*PostureEvent_SnapshotEnd) isPostureEvent_Event() {}
+
+func (*PostureEvent_Heartbeat) isPostureEvent_Event() {}
+
+// Heartbeat says the stream is alive and nothing has changed. The
+// collector sends one whenever the stream has been silent for
+// SnapshotEnd.heartbeat_interval, and only after SnapshotEnd. It carries no
+// change: its revision is that of the last event sent on the stream, so
+// resuming from it skips nothing, and a watcher need not record it. A
+// watcher that hears nothing at all (no event, no heartbeat) for a few
+// intervals should drop the stream and reconnect, as if the connection
+// were lost: HTTP/2 keepalive pings reach only the nearest proxy, which
+// answers them itself while a collector behind it may be gone.
+type Heartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
 
 // DeviceDecision is a device's standing as of its event's revision. It
 // replaces whatever the watcher held for that device.
@@ -184,7 +249,7 @@ type DeviceDecision struct {
 
 func (x *DeviceDecision) Reset() {
 	*x = DeviceDecision{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	mi := &file_posture_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +261,7 @@ func (x *DeviceDecision) String() string {
 func (*DeviceDecision) ProtoMessage() {}
 
 func (x *DeviceDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[2]
+	mi := &file_posture_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +274,7 @@ func (x *DeviceDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceDecision.ProtoReflect.Descriptor instead.
 func (*DeviceDecision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DeviceDecision) GetDeviceId() string {
@@ -268,14 +333,20 @@ type SnapshotEnd struct {
 	// resumed is true when the watch continued from since_revision without a
 	// snapshot; false when the watcher must drop its cache and use the
 	// snapshot that preceded this event.
-	Resumed       bool `protobuf:"varint,1,opt,name=resumed,proto3" json:"resumed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resumed bool `protobuf:"varint,1,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// heartbeat_interval is how long this stream stays silent at most from
+	// here on: after that long without an event the collector sends a
+	// Heartbeat. Unset (or zero) from a collector that sends no heartbeats;
+	// a watcher then has only its connection's keepalive to notice a
+	// collector that stopped answering.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SnapshotEnd) Reset() {
 	*x = SnapshotEnd{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[3]
+	mi := &file_posture_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +358,7 @@ func (x *SnapshotEnd) String() string {
 func (*SnapshotEnd) ProtoMessage() {}
 
 func (x *SnapshotEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[3]
+	mi := &file_posture_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +371,7 @@ func (x *SnapshotEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotEnd.ProtoReflect.Descriptor instead.
 func (*SnapshotEnd) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SnapshotEnd) GetResumed() bool {
@@ -308,6 +379,13 @@ func (x *SnapshotEnd) GetResumed() bool {
 		return x.Resumed
 	}
 	return false
+}
+
+func (x *SnapshotEnd) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
 }
 
 // CheckAccessRequest names a device, by ID or by the SPIFFE ID from its
@@ -331,7 +409,7 @@ type CheckAccessRequest struct {
 
 func (x *CheckAccessRequest) Reset() {
 	*x = CheckAccessRequest{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[4]
+	mi := &file_posture_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +421,7 @@ func (x *CheckAccessRequest) String() string {
 func (*CheckAccessRequest) ProtoMessage() {}
 
 func (x *CheckAccessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[4]
+	mi := &file_posture_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +434,7 @@ func (x *CheckAccessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAccessRequest.ProtoReflect.Descriptor instead.
 func (*CheckAccessRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckAccessRequest) GetDeviceId() string {
@@ -409,7 +487,7 @@ type CheckAccessResponse struct {
 
 func (x *CheckAccessResponse) Reset() {
 	*x = CheckAccessResponse{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[5]
+	mi := &file_posture_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +499,7 @@ func (x *CheckAccessResponse) String() string {
 func (*CheckAccessResponse) ProtoMessage() {}
 
 func (x *CheckAccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[5]
+	mi := &file_posture_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +512,7 @@ func (x *CheckAccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAccessResponse.ProtoReflect.Descriptor instead.
 func (*CheckAccessResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CheckAccessResponse) GetAllowed() bool {
@@ -511,7 +589,7 @@ type GetDevicePostureRequest struct {
 
 func (x *GetDevicePostureRequest) Reset() {
 	*x = GetDevicePostureRequest{}
-	mi := &file_posture_v1_gateway_proto_msgTypes[6]
+	mi := &file_posture_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +601,7 @@ func (x *GetDevicePostureRequest) String() string {
 func (*GetDevicePostureRequest) ProtoMessage() {}
 
 func (x *GetDevicePostureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_gateway_proto_msgTypes[6]
+	mi := &file_posture_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +614,7 @@ func (x *GetDevicePostureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDevicePostureRequest.ProtoReflect.Descriptor instead.
 func (*GetDevicePostureRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetDevicePostureRequest) GetDeviceId() string {
@@ -560,12 +638,14 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\x18posture/v1/gateway.proto\x12\n" +
 	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\"<\n" +
 	"\x13WatchPostureRequest\x12%\n" +
-	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\"\xa7\x01\n" +
+	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\"\xde\x01\n" +
 	"\fPostureEvent\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x124\n" +
 	"\x06device\x18\x02 \x01(\v2\x1a.posture.v1.DeviceDecisionH\x00R\x06device\x12<\n" +
-	"\fsnapshot_end\x18\x03 \x01(\v2\x17.posture.v1.SnapshotEndH\x00R\vsnapshotEndB\a\n" +
-	"\x05event\"\x89\x02\n" +
+	"\fsnapshot_end\x18\x03 \x01(\v2\x17.posture.v1.SnapshotEndH\x00R\vsnapshotEnd\x125\n" +
+	"\theartbeat\x18\x04 \x01(\v2\x15.posture.v1.HeartbeatH\x00R\theartbeatB\a\n" +
+	"\x05event\"\v\n" +
+	"\tHeartbeat\"\x89\x02\n" +
 	"\x0eDeviceDecision\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12-\n" +
@@ -573,9 +653,10 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\x05score\x18\x04 \x01(\rR\x05score\x12;\n" +
 	"\tassurance\x18\x05 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12%\n" +
 	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
-	"\x05cause\x18\a \x01(\tR\x05cause\"'\n" +
+	"\x05cause\x18\a \x01(\tR\x05cause\"q\n" +
 	"\vSnapshotEnd\x12\x18\n" +
-	"\aresumed\x18\x01 \x01(\bR\aresumed\"\xa0\x01\n" +
+	"\aresumed\x18\x01 \x01(\bR\aresumed\x12H\n" +
+	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xa0\x01\n" +
 	"\x12CheckAccessRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +
@@ -612,41 +693,44 @@ func file_posture_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_posture_v1_gateway_proto_rawDescData
 }
 
-var file_posture_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_posture_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_posture_v1_gateway_proto_goTypes = []any{
 	(*WatchPostureRequest)(nil),     // 0: posture.v1.WatchPostureRequest
 	(*PostureEvent)(nil),            // 1: posture.v1.PostureEvent
-	(*DeviceDecision)(nil),          // 2: posture.v1.DeviceDecision
-	(*SnapshotEnd)(nil),             // 3: posture.v1.SnapshotEnd
-	(*CheckAccessRequest)(nil),      // 4: posture.v1.CheckAccessRequest
-	(*CheckAccessResponse)(nil),     // 5: posture.v1.CheckAccessResponse
-	(*GetDevicePostureRequest)(nil), // 6: posture.v1.GetDevicePostureRequest
-	(DeviceState)(0),                // 7: posture.v1.DeviceState
-	(IdentityAssurance)(0),          // 8: posture.v1.IdentityAssurance
-	(*durationpb.Duration)(nil),     // 9: google.protobuf.Duration
-	(*CheckResult)(nil),             // 10: posture.v1.CheckResult
-	(*DevicePosture)(nil),           // 11: posture.v1.DevicePosture
+	(*Heartbeat)(nil),               // 2: posture.v1.Heartbeat
+	(*DeviceDecision)(nil),          // 3: posture.v1.DeviceDecision
+	(*SnapshotEnd)(nil),             // 4: posture.v1.SnapshotEnd
+	(*CheckAccessRequest)(nil),      // 5: posture.v1.CheckAccessRequest
+	(*CheckAccessResponse)(nil),     // 6: posture.v1.CheckAccessResponse
+	(*GetDevicePostureRequest)(nil), // 7: posture.v1.GetDevicePostureRequest
+	(DeviceState)(0),                // 8: posture.v1.DeviceState
+	(IdentityAssurance)(0),          // 9: posture.v1.IdentityAssurance
+	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
+	(*CheckResult)(nil),             // 11: posture.v1.CheckResult
+	(*DevicePosture)(nil),           // 12: posture.v1.DevicePosture
 }
 var file_posture_v1_gateway_proto_depIdxs = []int32{
-	2,  // 0: posture.v1.PostureEvent.device:type_name -> posture.v1.DeviceDecision
-	3,  // 1: posture.v1.PostureEvent.snapshot_end:type_name -> posture.v1.SnapshotEnd
-	7,  // 2: posture.v1.DeviceDecision.state:type_name -> posture.v1.DeviceState
-	8,  // 3: posture.v1.DeviceDecision.assurance:type_name -> posture.v1.IdentityAssurance
-	8,  // 4: posture.v1.CheckAccessResponse.assurance:type_name -> posture.v1.IdentityAssurance
-	7,  // 5: posture.v1.CheckAccessResponse.state:type_name -> posture.v1.DeviceState
-	9,  // 6: posture.v1.CheckAccessResponse.report_age:type_name -> google.protobuf.Duration
-	10, // 7: posture.v1.CheckAccessResponse.failed_checks:type_name -> posture.v1.CheckResult
-	4,  // 8: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
-	6,  // 9: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
-	0,  // 10: posture.v1.GatewayService.WatchPosture:input_type -> posture.v1.WatchPostureRequest
-	5,  // 11: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
-	11, // 12: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
-	1,  // 13: posture.v1.GatewayService.WatchPosture:output_type -> posture.v1.PostureEvent
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	3,  // 0: posture.v1.PostureEvent.device:type_name -> posture.v1.DeviceDecision
+	4,  // 1: posture.v1.PostureEvent.snapshot_end:type_name -> posture.v1.SnapshotEnd
+	2,  // 2: posture.v1.PostureEvent.heartbeat:type_name -> posture.v1.Heartbeat
+	8,  // 3: posture.v1.DeviceDecision.state:type_name -> posture.v1.DeviceState
+	9,  // 4: posture.v1.DeviceDecision.assurance:type_name -> posture.v1.IdentityAssurance
+	10, // 5: posture.v1.SnapshotEnd.heartbeat_interval:type_name -> google.protobuf.Duration
+	9,  // 6: posture.v1.CheckAccessResponse.assurance:type_name -> posture.v1.IdentityAssurance
+	8,  // 7: posture.v1.CheckAccessResponse.state:type_name -> posture.v1.DeviceState
+	10, // 8: posture.v1.CheckAccessResponse.report_age:type_name -> google.protobuf.Duration
+	11, // 9: posture.v1.CheckAccessResponse.failed_checks:type_name -> posture.v1.CheckResult
+	5,  // 10: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
+	7,  // 11: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
+	0,  // 12: posture.v1.GatewayService.WatchPosture:input_type -> posture.v1.WatchPostureRequest
+	6,  // 13: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
+	12, // 14: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
+	1,  // 15: posture.v1.GatewayService.WatchPosture:output_type -> posture.v1.PostureEvent
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_gateway_proto_init() }
@@ -658,6 +742,7 @@ func file_posture_v1_gateway_proto_init() {
 	file_posture_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{
 		(*PostureEvent_Device)(nil),
 		(*PostureEvent_SnapshotEnd)(nil),
+		(*PostureEvent_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -665,7 +750,7 @@ func file_posture_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_gateway_proto_rawDesc), len(file_posture_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,7 +40,10 @@ type GatewayServiceClient interface {
 	// from its own cache and still learn of a change at once: first a
 	// snapshot of every device (or, when resuming, the events missed since a
 	// revision), then each change of state, score or access levels as it
-	// happens, including levels lost to freshness decay.
+	// happens, including levels lost to freshness decay. A stream that has
+	// sent nothing for SnapshotEnd.heartbeat_interval sends a Heartbeat, so
+	// a watcher can tell a quiet fleet from a collector that stopped
+	// answering, also through proxies that answer HTTP/2 pings themselves.
 	WatchPosture(ctx context.Context, in *WatchPostureRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PostureEvent], error)
 }
 
@@ -107,7 +110,10 @@ type GatewayServiceServer interface {
 	// from its own cache and still learn of a change at once: first a
 	// snapshot of every device (or, when resuming, the events missed since a
 	// revision), then each change of state, score or access levels as it
-	// happens, including levels lost to freshness decay.
+	// happens, including levels lost to freshness decay. A stream that has
+	// sent nothing for SnapshotEnd.heartbeat_interval sends a Heartbeat, so
+	// a watcher can tell a quiet fleet from a collector that stopped
+	// answering, also through proxies that answer HTTP/2 pings themselves.
 	WatchPosture(*WatchPostureRequest, grpc.ServerStreamingServer[PostureEvent]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
