@@ -72,7 +72,7 @@ type Config struct {
 	// gateway behind a proxy (which answers the gateway's keepalive pings
 	// itself) can tell a quiet fleet from a collector that stopped
 	// answering. 0 means DefaultWatchHeartbeat; less than
-	// MinWatchHeartbeat is refused.
+	// MinWatchHeartbeat or more than MaxWatchHeartbeat is refused.
 	WatchHeartbeat time.Duration
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
@@ -119,6 +119,10 @@ const (
 	// streams that are fine, and a thousand watchers keep the collector
 	// busy with heartbeats.
 	MinWatchHeartbeat = 100 * time.Millisecond
+	// MaxWatchHeartbeat is the longest: gateways behind a proxy take three
+	// intervals to notice a lost collector, and keep answering from their
+	// cache meanwhile.
+	MaxWatchHeartbeat = time.Minute
 )
 
 // validate refuses settings that cannot work, once defaults are set.
@@ -128,6 +132,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("watch heartbeat interval %v is negative: give at least %v (--watch-heartbeat; default %v)", hb, MinWatchHeartbeat, DefaultWatchHeartbeat)
 	case hb < MinWatchHeartbeat:
 		return fmt.Errorf("watch heartbeat interval %v is too short: give at least %v (--watch-heartbeat; default %v)", hb, MinWatchHeartbeat, DefaultWatchHeartbeat)
+	case hb > MaxWatchHeartbeat:
+		return fmt.Errorf("watch heartbeat interval %v is too long: gateways behind a proxy would take %v to notice a lost collector; give at most %v (--watch-heartbeat; default %v)", hb, 3*hb, MaxWatchHeartbeat, DefaultWatchHeartbeat)
 	}
 	return nil
 }

@@ -186,6 +186,7 @@ func TestWatchHeartbeatConfig(t *testing.T) {
 		{"negative", -time.Second, 0, "is negative"},
 		{"below the floor", 99 * time.Millisecond, 0, "too short"},
 		{"a nanosecond", 1, 0, "too short"},
+		{"above the ceiling", time.Minute + time.Second, 0, "too long"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
