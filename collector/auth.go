@@ -57,8 +57,9 @@ var methodRoles = map[string][]string{
 type caller struct {
 	role string
 	name string // device ID, gateway name, admin name; empty for anonymous
-	// For devices: the serial (hex) of the certificate, and whether it is
-	// the one the device's last renewal replaced, which may only renew.
+	// For devices and gateways: the serial of the certificate (as
+	// pki.SerialHex writes it); for devices, whether it is the one the
+	// device's last renewal replaced, which may only renew.
 	certSerial   string
 	replacedCert bool
 }
@@ -118,6 +119,7 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 		if err := c.GatewayRevoked(serial); err != nil {
 			return caller{}, status.Error(codes.Unauthenticated, err.Error())
 		}
+		return caller{role: role, name: name, certSerial: serial}, nil
 	case pki.RoleDevice:
 		if err := c.fleet.checkActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
@@ -171,7 +173,18 @@ func (c *Collector) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	if err != nil {
 		return err
 	}
-	return handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+	// A gateway's stream (a watch) ends when its certificate is revoked:
+	// checking at the start of a call is not enough for a call that lasts.
+	if who := callerFrom(ctx); who.role == pki.RoleGateway {
+		var untrack func()
+		ctx, untrack = c.gateways.track(ctx, who.certSerial)
+		defer untrack()
+	}
+	err = handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+	if cause := context.Cause(ctx); ctx.Err() != nil && status.Code(cause) == codes.Unauthenticated {
+		return cause
+	}
+	return err
 }
 
 type authedStream struct {

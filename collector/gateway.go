@@ -65,6 +65,14 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	case len(req.GetCertificateSerial()) > maxSerial:
 		return nil, status.Errorf(codes.InvalidArgument, "certificate_serial is %d bytes long; at most %d", len(req.GetCertificateSerial()), maxSerial)
 	}
+	// nginx's $ssl_client_serial is upper case with leading zeros: the same
+	// serial, spelled otherwise.
+	var serial string
+	if s := req.GetCertificateSerial(); s != "" {
+		if serial, err = pki.CanonicalSerial(s); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "certificate_serial: %v", err)
+		}
+	}
 	resp := &posturev1.CheckAccessResponse{DeviceId: id, AccessLevel: req.GetAccessLevel()}
 	now := c.cfg.Now()
 	subj, pol, ok := c.fleet.judged(id, &c.policy)
@@ -81,7 +89,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return resp, nil
 	}
 	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
-	if serial := req.GetCertificateSerial(); serial != "" {
+	if req.GetCertificateSerial() != "" {
 		if err := c.fleet.currentCert(id, serial); err != nil {
 			resp.Allowed = false
 			resp.Reasons = append([]string{err.Error()}, resp.Reasons...)

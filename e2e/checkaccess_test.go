@@ -87,6 +87,7 @@ func TestRevokeGateway(t *testing.T) {
 	if err := ask(edge); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
+	watch, _, _ := watchUntilSnapshotEnd(t, ctx, edge, 0)
 	for _, req := range []*posturev1.RevokeGatewayRequest{
 		{Name: "edge"}, // no reason
 		{Reason: "x"},  // neither name nor serial
@@ -104,6 +105,19 @@ func TestRevokeGateway(t *testing.T) {
 	}
 	if err := ask(edge); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "key leaked") {
 		t.Errorf("revoked gateway on its open connection: %v; want Unauthenticated with the reason", err)
+	}
+	// Its watch, open since before, ends too: it would otherwise go on
+	// hearing of every device.
+	e.admin.RevokeDevice(ctx, &posturev1.RevokeDeviceRequest{DeviceId: id, Reason: "stolen"})
+	for {
+		ev, err := watch.Recv()
+		if err == nil && ev.GetHeartbeat() != nil {
+			continue
+		}
+		if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "key leaked") {
+			t.Errorf("revoked gateway's open watch: got %v, %v; want it ended, Unauthenticated with the reason", ev, err)
+		}
+		break
 	}
 	if err := ask(other); err != nil {
 		t.Errorf("another gateway after the revocation: %v", err)
@@ -126,9 +140,16 @@ func TestRevokeGateway(t *testing.T) {
 			}
 		}
 	}
-	// By serial, and after a restart.
-	if r, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Serial: strings.ToUpper(otherSerial), Reason: "retired"}); err != nil || r.GetRevoked() != 1 {
+	// By serial as openssl prints it (upper case, a leading zero), and
+	// after a restart.
+	if r, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Serial: "0" + strings.ToUpper(otherSerial), Reason: "retired"}); err != nil || r.GetRevoked() != 1 {
 		t.Fatalf("revoke by serial: %v, %v", r, err)
+	}
+	if err := ask(other); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("other after its revocation by serial: %v; want Unauthenticated", err)
+	}
+	if r, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Serial: otherSerial, Reason: "retired"}); err != nil || r.GetRevoked() != 0 {
+		t.Errorf("revoking the same serial spelled otherwise: %v, %v; want nothing more revoked", r, err)
 	}
 	e.stop()
 	e.start()

@@ -93,4 +93,11 @@ func TestReEnrollReplacesCertificate(t *testing.T) {
 	if r := check(""); !r.GetAllowed() {
 		t.Errorf("decision naming no certificate: %v", r.GetReasons())
 	}
+	// nginx's $ssl_client_serial: upper case, leading zeros.
+	if r := check("00" + strings.ToUpper(newCert.Leaf.SerialNumber.Text(16))); !r.GetAllowed() {
+		t.Errorf("decision naming the current certificate as nginx writes its serial: %v", r.GetReasons())
+	}
+	if _, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: "xyz"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("decision naming a serial that is not hex: %v; want InvalidArgument", err)
+	}
 }

@@ -204,6 +204,23 @@ func randomSerial() *big.Int {
 	return n
 }
 
+// SerialHex is how the collector writes a certificate serial: lowercase
+// hex without leading zeros, as big.Int.Text(16) gives it.
+func SerialHex(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }
+
+// CanonicalSerial reads a certificate serial in hex as people and tools
+// write it (upper or lower case, leading zeros as openssl prints them,
+// bytes separated by colons, an optional 0x) and returns it as SerialHex
+// writes it, so that one serial has one spelling.
+func CanonicalSerial(s string) (string, error) {
+	h := strings.ReplaceAll(strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X"), ":", "")
+	n, ok := new(big.Int).SetString(h, 16)
+	if !ok || h == "" || h[0] == '+' || h[0] == '-' || n.Sign() <= 0 || n.BitLen() > 160 {
+		return "", fmt.Errorf("%q is not a certificate serial in hex", s)
+	}
+	return n.Text(16), nil
+}
+
 // WriteCertificates writes certificates as PEM (mode 0644), atomically.
 func WriteCertificates(path string, certs ...*x509.Certificate) error {
 	var buf []byte

@@ -74,3 +74,23 @@ func TestParseSPIFFEID(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalSerial(t *testing.T) {
+	for in, want := range map[string]string{
+		"a1b2":        "a1b2",
+		"A1B2":        "a1b2",
+		"00A1B2":      "a1b2",
+		"0xa1b2":      "a1b2",
+		"00:a1:b2":    "a1b2",
+		"7fffffffff1": "7fffffffff1",
+	} {
+		if got, err := CanonicalSerial(in); err != nil || got != want {
+			t.Errorf("CanonicalSerial(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "00", "xyz", "-a1", "+a1", "a1 b2", "0x", strings.Repeat("f", 41)} {
+		if got, err := CanonicalSerial(in); err == nil {
+			t.Errorf("CanonicalSerial(%q) = %q; want an error", in, got)
+		}
+	}
+}
