@@ -40,9 +40,9 @@ const (
 // errNoLevel means a request's URL names no access level.
 var errNoLevel = errors.New("no access level in the URL: put ?level=NAME in the auth URL the gateway calls (/check?level=trusted)")
 
-// errAmbiguousCert means a request carried more than one certificate
-// header, so one of them came from the client.
-var errAmbiguousCert = errors.New("more than one client certificate header")
+// errAmbiguousCert means a request carried a certificate header the
+// gateway did not set, or more than one.
+var errAmbiguousCert = errors.New("a certificate header did not come from the gateway")
 
 // minBearerSecret is the shortest bearer secret accepted: a guessable
 // secret would let anyone ask about any device.
@@ -63,10 +63,12 @@ type ForwardAuthConfig struct {
 	BearerSecrets []string
 	// DefaultLevel is the access level when a request's URL names none.
 	DefaultLevel string
-	// CertHeader, when set, is the only request header the device
-	// certificate is read from. Empty means X-Client-Cert or
-	// X-Forwarded-Tls-Client-Cert, and a request carrying both is refused,
-	// because one of them then came from the client rather than the gateway.
+	// CertHeader is the request header the gateway forwards the device
+	// certificate in; empty means X-Client-Cert (nginx, Caddy). Traefik's
+	// is X-Forwarded-Tls-Client-Cert. A request that also carries the
+	// other of the two is refused: it came from the client, and reading it
+	// when the gateway forwards no certificate (a client that presented
+	// none) would let a client name any device whose certificate it has.
 	CertHeader string
 	// Rejections, when set, is told of every request refused before a
 	// decision (401 and 400 answers).
@@ -87,7 +89,7 @@ type ForwardAuth struct {
 	verifier     *verifier
 	secrets      [][sha256.Size]byte
 	defaultLevel string
-	certHeaders  []string
+	certHeader   string
 	rejections   Rejections
 	revoked      func(serial string) error
 }
@@ -106,7 +108,7 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		decider:      cfg.Decider,
 		verifier:     newVerifier(cfg.Roots, cfg.TrustDomain),
 		defaultLevel: cfg.DefaultLevel,
-		certHeaders:  []string{HeaderClientCert, HeaderTraefikClientCert},
+		certHeader:   HeaderClientCert,
 		rejections:   cfg.Rejections,
 		revoked:      cfg.GatewayRevoked,
 	}
@@ -114,7 +116,10 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		f.rejections = noRejections{}
 	}
 	if cfg.CertHeader != "" {
-		f.certHeaders = []string{http.CanonicalHeaderKey(cfg.CertHeader)}
+		if !validHeaderName(cfg.CertHeader) {
+			return nil, fmt.Errorf("forward-auth certificate header %q is not a header name (--http-cert-header)", cfg.CertHeader)
+		}
+		f.certHeader = http.CanonicalHeaderKey(cfg.CertHeader)
 	}
 	for i, s := range cfg.BearerSecrets {
 		if len(s) < minBearerSecret {
@@ -149,7 +154,7 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header, cert, err := f.forwardedCert(r)
 	switch {
 	case errors.Is(err, errNoCertificate):
-		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertMissing, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", strings.Join(f.certHeaders, " or ")))
+		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertMissing, fmt.Sprintf("no device certificate: the client presented none, or the gateway did not forward it in %s; present the device certificate posture-agent enrolled (device.crt)", f.certHeader))
 		return
 	case err != nil:
 		f.refuse(w, http.StatusBadRequest, RejectDeviceCertAmbiguous, err.Error())
@@ -264,21 +269,48 @@ func (f *ForwardAuth) level(r *http.Request) (string, error) {
 	return level, nil
 }
 
-// forwardedCert returns the one header that carries the device's
-// certificate, and its value.
+// certHeaderError is an errAmbiguousCert that says what was wrong.
+type certHeaderError string
+
+func (e certHeaderError) Error() string        { return string(e) }
+func (e certHeaderError) Is(target error) bool { return target == errAmbiguousCert }
+
+// knownCertHeaders are where gateways forward device certificates: a
+// request carrying one the collector does not read got it from the client.
+var knownCertHeaders = []string{HeaderClientCert, HeaderTraefikClientCert}
+
+// forwardedCert returns the header that carries the device's certificate,
+// and its value.
 func (f *ForwardAuth) forwardedCert(r *http.Request) (header, value string, err error) {
-	for _, name := range f.certHeaders {
-		vals := r.Header.Values(name)
-		if len(vals) == 0 || strings.TrimSpace(vals[0]) == "" {
+	for _, other := range knownCertHeaders {
+		if other == f.certHeader {
 			continue
 		}
-		if len(vals) > 1 || header != "" {
-			return "", "", fmt.Errorf("the gateway must forward exactly one of %s, and drop any the client sent: %w", strings.Join(f.certHeaders, ", "), errAmbiguousCert)
+		for _, v := range r.Header.Values(other) {
+			if strings.TrimSpace(v) != "" {
+				return "", "", certHeaderError(fmt.Sprintf("a certificate came in %s, which the gateway does not set (it forwards the device's in %s, --http-cert-header): the client sent it, and the gateway must drop it", other, f.certHeader))
+			}
 		}
-		header, value = name, vals[0]
 	}
-	if header == "" {
+	vals := r.Header.Values(f.certHeader)
+	switch {
+	case len(vals) > 1:
+		return "", "", certHeaderError(fmt.Sprintf("%d %s headers: the gateway must forward exactly one and drop any the client sent", len(vals), f.certHeader))
+	case len(vals) == 0 || strings.TrimSpace(vals[0]) == "":
 		return "", "", errNoCertificate
 	}
-	return header, value, nil
+	return f.certHeader, vals[0], nil
+}
+
+// validHeaderName says whether s is an HTTP header name (an RFC 9110 token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c > 0x7e || c <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, c) {
+			return false
+		}
+	}
+	return true
 }

@@ -66,6 +66,7 @@ func TestForwardAuth(t *testing.T) {
 		"":            {},
 		"default":     {DefaultLevel: "basic"},
 		"certheader":  {CertHeader: "X-SSL-Client-Cert"},
+		"traefik":     {CertHeader: HeaderTraefikClientCert},
 		"unavailable": {Decider: failingDecider{status.Error(codes.Unavailable, "collector restarting")}},
 		"internal":    {Decider: failingDecider{status.Error(codes.Internal, "store broken")}},
 	} {
@@ -122,12 +123,12 @@ func TestForwardAuth(t *testing.T) {
 			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id, HeaderLevel: "basic"},
 		},
 		{
-			name: "allowed, Traefik base64 DER", query: "level=basic",
+			name: "allowed, Traefik base64 DER", handler: "traefik", query: "level=basic",
 			headers:  with(bearer, HeaderTraefikClientCert, devDER),
 			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
 		},
 		{
-			name: "allowed, Traefik escaped chain", query: "level=basic",
+			name: "allowed, Traefik escaped chain", handler: "traefik", query: "level=basic",
 			headers:  with(bearer, HeaderTraefikClientCert, url.QueryEscape(devDER+","+base64.StdEncoding.EncodeToString(e.c.CA().Raw))),
 			wantCode: 200, wantHeaders: map[string]string{HeaderDevice: dev.id},
 		},
@@ -211,14 +212,35 @@ func TestForwardAuth(t *testing.T) {
 		{
 			name: "two certificate headers", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, devDER, HeaderTraefikClientCert, devDER),
-			wantCode: 400, wantReason: "more than one client certificate header",
+			wantCode: 400, wantReason: "a certificate came in X-Forwarded-Tls-Client-Cert, which the gateway does not set",
 			wantRejected: RejectDeviceCertAmbiguous,
+		},
+		{
+			// A gateway that lets clients without a certificate through
+			// forwards none; the client names a device by its (public)
+			// certificate in the header the gateway does not use.
+			name: "client's certificate header, the gateway's absent", query: "level=basic",
+			headers:  with(bearer, HeaderTraefikClientCert, devDER),
+			wantCode: 400, wantReason: "the client sent it, and the gateway must drop it",
+			wantRejected: RejectDeviceCertAmbiguous,
+		},
+		{
+			name: "client's certificate header, Traefik's absent", handler: "traefik", query: "level=basic",
+			headers:  with(bearer, HeaderClientCert, devDER),
+			wantCode: 400, wantReason: "a certificate came in X-Client-Cert, which the gateway does not set (it forwards the device's in X-Forwarded-Tls-Client-Cert",
+			wantRejected: RejectDeviceCertAmbiguous,
+		},
+		{
+			name: "Traefik's header without a certificate", handler: "traefik", query: "level=basic",
+			headers:  bearer,
+			wantCode: 401, wantReason: "did not forward it in X-Forwarded-Tls-Client-Cert",
+			wantRejected: RejectDeviceCertMissing,
 		},
 		{
 			name: "configured certificate header only", handler: "certheader", query: "level=basic",
 			headers:  with(bearer, HeaderClientCert, devDER),
-			wantCode: 401, wantReason: "did not forward it in X-Ssl-Client-Cert",
-			wantRejected: RejectDeviceCertMissing,
+			wantCode: 400, wantReason: "a certificate came in X-Client-Cert, which the gateway does not set (it forwards the device's in X-Ssl-Client-Cert",
+			wantRejected: RejectDeviceCertAmbiguous,
 		},
 		{
 			name: "configured certificate header", handler: "certheader", query: "level=basic",
@@ -368,5 +390,14 @@ func TestNewForwardAuthConfig(t *testing.T) {
 				t.Fatalf("error %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestForwardAuthCertHeaderName(t *testing.T) {
+	e := startCollector(t)
+	for _, name := range []string{"X Client Cert", "X-Client-Cert:", "Ä-Cert"} {
+		if _, err := NewForwardAuth(ForwardAuthConfig{Decider: e.c, TrustDomain: testTrustDomain, Roots: e.roots, CertHeader: name}); err == nil || !strings.Contains(err.Error(), "not a header name") {
+			t.Errorf("certificate header %q: %v; want it refused", name, err)
+		}
 	}
 }

@@ -41,7 +41,18 @@ var defaultFrontTimeouts = frontTimeouts{
 // forwardAuthServer binds the HTTP front end. It serves TLS from the
 // collector CA unless plaintext is asked for on a loopback address (nginx
 // on the same host).
-func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintext bool, advertise string, timeouts frontTimeouts) (*httpFront, error) {
+// frontConfig is what the run flags say of the HTTP front end.
+type frontConfig struct {
+	addr       string // --http-listen
+	bearerFile string // --http-bearer-file
+	certHeader string // --http-cert-header
+	plaintext  bool   // --http-plaintext
+	advertise  string // --advertise
+	timeouts   frontTimeouts
+}
+
+func forwardAuthServer(c *collector.Collector, fc frontConfig) (*httpFront, error) {
+	addr, bearerFile, plaintext, advertise, timeouts := fc.addr, fc.bearerFile, fc.plaintext, fc.advertise, fc.timeouts
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-listen %q: %w", addr, err)
@@ -57,7 +68,7 @@ func forwardAuthServer(c *collector.Collector, addr, bearerFile string, plaintex
 	}
 	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{
 		Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets,
-		Rejections: c.GatewayRejections("forward_auth"), GatewayRevoked: c.GatewayRevoked,
+		Rejections: c.GatewayRejections("forward_auth"), GatewayRevoked: c.GatewayRevoked, CertHeader: fc.certHeader,
 	})
 	if err != nil {
 		return nil, err

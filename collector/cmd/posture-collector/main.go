@@ -42,7 +42,7 @@ const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
   posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
-                        [--http-listen ADDR [--http-bearer-file FILE] [--http-plaintext]] [--report-retention 90d] [--watch-heartbeat 10s] [--log-format text|json]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--watch-heartbeat 10s] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -193,6 +193,7 @@ func runCollector(args []string) error {
 	httpListen := fs.String("http-listen", "", "serve HTTP forward-auth (nginx auth_request, Caddy forward_auth, Traefik ForwardAuth) at https://ADDR/check")
 	httpBearer := fs.String("http-bearer-file", "", "file of bearer secrets (one per line, mode 0600) that gateways without a certificate present to /check")
 	httpPlain := fs.Bool("http-plaintext", false, "serve /check without TLS; allowed only on a loopback address")
+	httpCertHeader := fs.String("http-cert-header", gatewayfront.HeaderClientCert, "the header the gateway forwards the device certificate in to /check: "+gatewayfront.HeaderClientCert+" (nginx, Caddy) or "+gatewayfront.HeaderTraefikClientCert+" (Traefik)")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
@@ -251,7 +252,7 @@ func runCollector(args []string) error {
 		}
 	}()
 	if *httpListen != "" {
-		srv, err := forwardAuthServer(c, *httpListen, *httpBearer, *httpPlain, *advertise, defaultFrontTimeouts)
+		srv, err := forwardAuthServer(c, frontConfig{addr: *httpListen, bearerFile: *httpBearer, certHeader: *httpCertHeader, plaintext: *httpPlain, advertise: *advertise, timeouts: defaultFrontTimeouts})
 		if err != nil {
 			return err
 		}

@@ -200,14 +200,14 @@ func TestForwardAuthServerChecks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := forwardAuthServer(c, tt.addr, tt.bearer, tt.plain, "", defaultFrontTimeouts)
+			_, err := forwardAuthServer(c, frontConfig{addr: tt.addr, bearerFile: tt.bearer, plaintext: tt.plain, timeouts: defaultFrontTimeouts})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("forwardAuthServer: %v, want an error containing %q", err, tt.want)
 			}
 		})
 	}
 
-	f, err := forwardAuthServer(c, "127.0.0.1:0", tight, false, "", defaultFrontTimeouts)
+	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", bearerFile: tight, timeouts: defaultFrontTimeouts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestForwardAuthClosesIdleConnections(t *testing.T) {
 	// Every other timeout is far longer than the idle one and than the
 	// wait below: only the idle timeout can close these connections.
 	timeouts := frontTimeouts{readHeader: time.Minute, read: time.Minute, write: time.Minute, idle: 100 * time.Millisecond}
-	f, err := forwardAuthServer(c, "127.0.0.1:0", "", false, "", timeouts)
+	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", timeouts: timeouts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +342,7 @@ func TestForwardAuthRejectionsCounted(t *testing.T) {
 	if err := os.WriteFile(bearer, []byte("a-long-enough-bearer-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := forwardAuthServer(c, "127.0.0.1:0", bearer, false, "", defaultFrontTimeouts)
+	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", bearerFile: bearer, timeouts: defaultFrontTimeouts})
 	if err != nil {
 		t.Fatal(err)
 	}
