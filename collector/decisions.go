@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/callerid"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -41,6 +42,7 @@ type decisionRecord struct {
 	level     string
 	allowed   bool
 	score     uint32
+	state     posturev1.DeviceState
 	reasons   []string
 	failed    []*posturev1.CheckResult
 	caller    string
@@ -82,10 +84,10 @@ func newDecisionLogOf(size int) *decisionLog {
 }
 
 // sameOutcome says whether a decision continues a record's run: the same
-// result, score and failed checks. The reasons may differ in wording only
-// (how old the latest report is); the record keeps the latest.
+// result, score, device state and failed checks. The reasons may differ in
+// wording only (how old the latest report is); the record keeps the latest.
 func (r *decisionRecord) sameOutcome(d *decisionRecord) bool {
-	if r.allowed != d.allowed || r.score != d.score || len(r.reasons) != len(d.reasons) || len(r.failed) != len(d.failed) {
+	if r.allowed != d.allowed || r.score != d.score || r.state != d.state || len(r.reasons) != len(d.reasons) || len(r.failed) != len(d.failed) {
 		return false
 	}
 	for i, c := range r.failed {
@@ -250,7 +252,7 @@ func (c *Collector) saveDecisions(all bool) {
 			}
 		}
 		ds[i] = store.Decision{Seq: r.seq, FirstAt: r.first, At: r.at, Count: r.times, Device: r.device, Level: r.level,
-			Caller: r.caller, Allowed: r.allowed, Score: r.score, Detail: detail}
+			Caller: r.caller, Allowed: r.allowed, Score: r.score, State: int32(r.state), Detail: detail}
 	}
 	// In chunks: one writer operation of many thousand records (a gateway
 	// asking about made-up devices makes a record per request) would hold
@@ -293,7 +295,7 @@ func (c *Collector) loadDecisions(ctx context.Context) error {
 			details[string(detail)] = detail
 		}
 		recs[i] = decisionRecord{seq: d.Seq, first: d.FirstAt, at: d.At, times: d.Count, device: d.Device, level: intern(d.Level),
-			allowed: d.Allowed, score: d.Score, detail: detail, caller: intern(d.Caller)}
+			allowed: d.Allowed, score: d.Score, state: posturev1.DeviceState(d.State), detail: detail, caller: intern(d.Caller)}
 	}
 	c.decisions.load(recs, time.Now())
 	return nil
@@ -303,6 +305,8 @@ func (c *Collector) loadDecisions(ctx context.Context) error {
 func callerName(ctx context.Context) string {
 	c := callerFrom(ctx)
 	switch {
+	case c.role == "" && callerid.From(ctx) != "":
+		return callerid.From(ctx)
 	case c.role == "":
 		return "http forward-auth"
 	case c.name == "":

@@ -150,3 +150,21 @@ func TestDecisionLogSaving(t *testing.T) {
 		t.Errorf("a's records after the restart: %v", d)
 	}
 }
+
+// A change of the device's state starts a new record even when the result,
+// score and failed checks stay: suspect, then revoked, are two records.
+func TestDecisionLogStateChange(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	l := newDecisionLogOf(8)
+	for i, st := range []posturev1.DeviceState{posturev1.DeviceState_DEVICE_STATE_SUSPECT, posturev1.DeviceState_DEVICE_STATE_SUSPECT, posturev1.DeviceState_DEVICE_STATE_REVOKED} {
+		reason := "device is suspect: chain broken"
+		if st == posturev1.DeviceState_DEVICE_STATE_REVOKED {
+			reason = "device is revoked: stolen"
+		}
+		l.record(decisionRecord{at: t0.Add(time.Duration(i) * time.Second), device: "a", level: "basic", caller: "gateway edge", state: st, reasons: []string{reason}})
+	}
+	d := l.list("a", time.Time{}, time.Time{}, 10)
+	if len(d) != 2 || d[0].GetReasons()[0] != "device is revoked: stolen" || d[1].GetCount() != 2 {
+		t.Errorf("records %v; want the revocation, then the suspect run of 2", d)
+	}
+}

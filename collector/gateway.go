@@ -103,7 +103,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}
-	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, reasons: resp.Reasons, failed: resp.FailedChecks, caller: callerName(ctx)})
+	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, state: subj.State, reasons: resp.Reasons, failed: resp.FailedChecks, caller: callerName(ctx)})
 	return resp, nil
 }
 

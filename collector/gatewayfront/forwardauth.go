@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/posture-project/posture/internal/callerid"
 	"github.com/posture-project/posture/internal/pki"
 )
 
@@ -137,7 +138,8 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A cached allow would outlive a revocation.
 	h.Set("Cache-Control", "no-store")
 
-	if err := f.authenticateGateway(r); err != nil {
+	gateway, err := f.authenticateGateway(r)
+	if err != nil {
 		h.Set("WWW-Authenticate", `Bearer realm="posture"`)
 		f.refuse(w, http.StatusUnauthorized, RejectGatewayUnauthenticated, "gateway not authenticated: "+err.Error())
 		return
@@ -166,7 +168,7 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	d, ok, retry, why := decide(r.Context(), f.decider, deviceID, serial, level)
+	d, ok, retry, why := decide(callerid.With(r.Context(), gateway+" (/check)"), f.decider, deviceID, serial, level)
 	if !ok {
 		code := http.StatusInternalServerError
 		if retry {
@@ -210,8 +212,10 @@ func reject(w http.ResponseWriter, code int, reason string) {
 }
 
 // authenticateGateway accepts a gateway that presents its own client
-// certificate (spiffe://<td>/gateway/<name>) or one of the bearer secrets.
-func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
+// certificate (spiffe://<td>/gateway/<name>) or one of the bearer secrets,
+// and names it for the decision log: "gateway NAME", or "bearer secret N"
+// (its line in the file).
+func (f *ForwardAuth) authenticateGateway(r *http.Request) (string, error) {
 	var certErr error
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 		// Verified again against our roots: the listener may trust others.
@@ -223,33 +227,33 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) error {
 			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, v.role, v.name), v.role)
 		case f.revoked != nil:
 			if certErr = f.revoked(v.serial); certErr == nil {
-				return nil
+				return "gateway " + v.name, nil
 			}
 		default:
-			return nil
+			return "gateway " + v.name, nil
 		}
 	}
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
 		if certErr != nil {
-			return certErr
+			return "", certErr
 		}
-		return errors.New("present a gateway client certificate or Authorization: Bearer <secret>")
+		return "", errors.New("present a gateway client certificate or Authorization: Bearer <secret>")
 	}
 	scheme, secret, ok := strings.Cut(authz, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return errors.New("the Authorization header is not Bearer <secret>")
+		return "", errors.New("the Authorization header is not Bearer <secret>")
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(secret)))
-	match := 0
+	which := 0 // 1-based; 0: none
 	// Every secret is compared, so timing tells nothing about which matched.
 	for i := range f.secrets {
-		match |= subtle.ConstantTimeCompare(sum[:], f.secrets[i][:])
+		which = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(sum[:], f.secrets[i][:]), i+1, which)
 	}
-	if match != 1 {
-		return errors.New("the bearer secret is not one this collector accepts")
+	if which == 0 {
+		return "", errors.New("the bearer secret is not one this collector accepts")
 	}
-	return nil
+	return fmt.Sprintf("bearer secret %d", which), nil
 }
 
 // level picks the access level from the query, which the gateway's

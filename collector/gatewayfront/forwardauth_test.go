@@ -359,6 +359,22 @@ func TestForwardAuth(t *testing.T) {
 			}
 		})
 	}
+
+	// The decision log names who asked: the gateway by its certificate, or
+	// which bearer secret it presented.
+	log, err := e.admin.ListDecisions(context.Background(), &posturev1.ListDecisionsRequest{DeviceId: dev.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	callers := map[string]bool{}
+	for _, d := range log.GetDecisions() {
+		callers[d.GetCaller()] = true
+	}
+	for _, want := range []string{"gateway edge-1 (/check)", "bearer secret 2 (/check)"} {
+		if !callers[want] {
+			t.Errorf("decision log callers %v lack %q", callers, want)
+		}
+	}
 }
 
 func TestNewForwardAuthConfig(t *testing.T) {

@@ -19,6 +19,7 @@ type Decision struct {
 	Caller      string
 	Allowed     bool
 	Score       uint32
+	State       int32  // the device's state at the decision
 	Detail      []byte // reasons and failed checks, as the collector encodes them
 }
 
@@ -40,9 +41,9 @@ func (s *Store) SaveDecisions(ctx context.Context, ds []Decision, keep int) erro
 			if d.Allowed {
 				allowed = 1
 			}
-			if _, err := tx.Exec(`INSERT OR REPLACE INTO decisions (seq, first_at, at, count, device, level, caller, allowed, score, detail)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-				int64(d.Seq), nanos(d.FirstAt), nanos(d.At), int64(d.Count), d.Device, d.Level, d.Caller, allowed, d.Score, blob(d.Detail)); err != nil {
+			if _, err := tx.Exec(`INSERT OR REPLACE INTO decisions (seq, first_at, at, count, device, level, caller, allowed, score, state, detail)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				int64(d.Seq), nanos(d.FirstAt), nanos(d.At), int64(d.Count), d.Device, d.Level, d.Caller, allowed, d.Score, d.State, blob(d.Detail)); err != nil {
 				return err
 			}
 		}
@@ -60,7 +61,7 @@ func (s *Store) Decisions(ctx context.Context, limit int) ([]Decision, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, first_at, at, count, device, level, caller, allowed, score, detail
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, first_at, at, count, device, level, caller, allowed, score, state, detail
 		FROM (SELECT * FROM decisions ORDER BY seq DESC LIMIT ?) ORDER BY seq`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("load decisions: %w", err)
@@ -73,7 +74,7 @@ func (s *Store) Decisions(ctx context.Context, limit int) ([]Decision, error) {
 			seq, first, at, n int64
 			allowed           int
 		)
-		if err := rows.Scan(&seq, &first, &at, &n, &d.Device, &d.Level, &d.Caller, &allowed, &d.Score, &d.Detail); err != nil {
+		if err := rows.Scan(&seq, &first, &at, &n, &d.Device, &d.Level, &d.Caller, &allowed, &d.Score, &d.State, &d.Detail); err != nil {
 			return nil, fmt.Errorf("load decisions: %w", err)
 		}
 		d.Seq, d.FirstAt, d.At, d.Count, d.Allowed = uint64(seq), fromNanos(first), fromNanos(at), uint64(n), allowed != 0

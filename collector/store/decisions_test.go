@@ -19,7 +19,7 @@ func TestSaveDecisions(t *testing.T) {
 	rec := func(seq uint64, count uint64) Decision {
 		return Decision{Seq: seq, FirstAt: t0.Add(time.Duration(seq) * time.Minute), At: t0.Add(time.Duration(seq)*time.Minute + time.Duration(count)*time.Second),
 			Count: count, Device: fmt.Sprintf("dev-%d", seq%3), Level: "trusted", Caller: "gateway edge-1",
-			Allowed: seq%2 == 0, Score: uint32(seq), Detail: []byte(fmt.Sprintf("detail %d/%d", seq, count))}
+			Allowed: seq%2 == 0, Score: uint32(seq), State: int32(seq % 4), Detail: []byte(fmt.Sprintf("detail %d/%d", seq, count))}
 	}
 	if err := s.SaveDecisions(ctx, []Decision{rec(1, 1), rec(2, 1), rec(3, 1)}, 5); err != nil {
 		t.Fatal(err)
@@ -60,7 +60,7 @@ func TestSaveDecisions(t *testing.T) {
 	for i, d := range got {
 		want := rec(d.Seq, 1)
 		if !d.FirstAt.Equal(want.FirstAt) || !d.At.Equal(want.At) || d.Count != 1 || d.Device != want.Device || d.Level != want.Level ||
-			d.Caller != want.Caller || d.Allowed != want.Allowed || d.Score != want.Score || string(d.Detail) != string(want.Detail) {
+			d.Caller != want.Caller || d.Allowed != want.Allowed || d.Score != want.Score || d.State != want.State || string(d.Detail) != string(want.Detail) {
 			t.Errorf("record %d = %+v, want %+v", i, d, want)
 		}
 	}

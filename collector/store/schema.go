@@ -132,6 +132,7 @@ CREATE TABLE decisions (
 	caller   TEXT NOT NULL,
 	allowed  INTEGER NOT NULL,
 	score    INTEGER NOT NULL,
+	state    INTEGER NOT NULL,
 	detail   BLOB NOT NULL
 ) STRICT;
 `,
