@@ -189,7 +189,7 @@ func New(cfg Config) (*Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), hub: newHub(), health: health.NewServer(), decisions: newDecisionLog()}
+	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), health: health.NewServer(), decisions: newDecisionLog()}
 	c.roots.AddCert(ca.Cert)
 	c.gateway = &gatewayService{c: c}
 	c.metrics = newMetrics(c)
@@ -198,6 +198,12 @@ func New(cfg Config) (*Collector, error) {
 	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "posture.db")); err != nil {
 		return nil, err
 	}
+	base, err := c.store.NextWatchBase(context.Background(), uint64(time.Now().UnixMicro()))
+	if err != nil {
+		c.store.Close()
+		return nil, err
+	}
+	c.hub = newHub(base)
 	gws, err := c.store.Gateways(context.Background())
 	if err != nil {
 		c.store.Close()

@@ -81,12 +81,11 @@ func (e *event) send(stream grpc.ServerStream) error {
 	return stream.SendMsg(e.encoded)
 }
 
-func newHub() *hub {
-	// Revisions start at the current time in microseconds, so that a
-	// restarted collector's revisions are above any a watcher holds from
-	// before, and an old revision can never be mistaken for a new one.
-	rev := uint64(time.Now().UnixMicro())
-	return &hub{base: rev, rev: rev, last: map[string]decisionKey{}, watchers: map[*watcher]struct{}{}}
+// newHub makes a hub whose revisions start at base, which must be above
+// every revision an earlier collector process published (the store's
+// NextWatchBase), so that an old revision is never mistaken for a new one.
+func newHub(base uint64) *hub {
+	return &hub{base: base, rev: base, last: map[string]decisionKey{}, watchers: map[*watcher]struct{}{}}
 }
 
 // render is a device's decision as watchers get it.

@@ -85,3 +85,37 @@ func (s *Store) Decisions(ctx context.Context, limit int) ([]Decision, error) {
 	}
 	return out, nil
 }
+
+// watchGap separates the watch revisions of one collector process from the
+// next: more events than a process ever publishes.
+const watchGap = 1 << 40
+
+// NextWatchBase returns the first watch revision for a collector starting
+// now (in microseconds), and records it: above every revision a process
+// before it can have published, even when the clock has been set back
+// since, so that a watcher's revision from before never passes for a new
+// one.
+func (s *Store) NextWatchBase(ctx context.Context, nowMicros uint64) (uint64, error) {
+	var base uint64
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var prev int64
+		err := tx.QueryRow(`SELECT value FROM meta WHERE key = 'watch_base'`).Scan(&prev)
+		if err != nil && err != sql.ErrNoRows {
+			return err
+		}
+		base = nowMicros
+		if err == nil && uint64(prev)+watchGap > base {
+			base = uint64(prev) + watchGap
+		}
+		if base > math.MaxInt64 {
+			return fmt.Errorf("watch revisions exhausted (%d)", base)
+		}
+		_, err = tx.Exec(`INSERT INTO meta (key, value) VALUES ('watch_base', ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, int64(base))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("next watch revision: %w", err)
+	}
+	return base, nil
+}

@@ -76,3 +76,33 @@ func TestSaveDecisions(t *testing.T) {
 		t.Errorf("after record 7 grew: %+v; want five records, the last of count 90", got)
 	}
 }
+
+// Each start's first watch revision is above the last start's by more
+// than a process publishes, whatever the clock says, and survives a reopen.
+func TestNextWatchBase(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTestStore(t)
+	now := uint64(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC).UnixMicro())
+	first, err := s.NextWatchBase(ctx, now)
+	if err != nil || first != now {
+		t.Fatalf("first start: %d, %v; want %d (now)", first, err, now)
+	}
+	// The clock was set back an hour.
+	second, err := s.NextWatchBase(ctx, now-3600e6)
+	if err != nil || second != first+watchGap {
+		t.Fatalf("start with the clock set back: %d, %v; want %d", second, err, first+watchGap)
+	}
+	s.Close()
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	later := second + 10*watchGap
+	if third, err := s.NextWatchBase(ctx, later); err != nil || third != later {
+		t.Errorf("start much later, after a reopen: %d, %v; want %d (now)", third, err, later)
+	}
+	if fourth, err := s.NextWatchBase(ctx, 0); err != nil || fourth != later+watchGap {
+		t.Errorf("start with a clock at 0: %d, %v; want %d", fourth, err, later+watchGap)
+	}
+}
