@@ -304,7 +304,27 @@ func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())
 	}
 	e.subject.Assessment = pol.AssessWith(r, measuredOf(b.boot))
-	e.subject.ReportAt = at
+	e.subject.ReportAt = measuredAt(r, at)
+}
+
+// measuredAt is when a report's measurement was taken: its most recent
+// section, by the device's clock, and never after the collector received
+// it (receivedAt), which is also the answer for a report that says
+// nothing. A report the agent kept while offline and sent later is as old
+// as its measurement, not as its arrival, so trust decays from then.
+func measuredAt(r *posturev1.PostureReport, receivedAt time.Time) time.Time {
+	var latest time.Time
+	for _, m := range []*posturev1.SignalMeta{r.GetOs().GetMeta(), r.GetDisk().GetMeta(), r.GetSecureBoot().GetMeta(),
+		r.GetUpdates().GetMeta(), r.GetFirewall().GetMeta(), r.GetScreenLock().GetMeta(), r.GetEndpointProtection().GetMeta(),
+		r.GetAutoUpdate().GetMeta(), r.GetLastInstalledUpdate().GetMeta()} {
+		if t := m.GetObservedAt(); t != nil && t.IsValid() && t.AsTime().After(latest) {
+			latest = t.AsTime()
+		}
+	}
+	if latest.IsZero() || latest.After(receivedAt) {
+		return receivedAt
+	}
+	return latest
 }
 
 // Most devices share one of these readings; they are never modified.

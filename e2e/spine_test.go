@@ -215,7 +215,16 @@ func (c *reportClient) next() *posturev1.SignedReport {
 // nextAt is next for a report created at the given time.
 func (c *reportClient) nextAt(created time.Time) *posturev1.SignedReport {
 	c.t.Helper()
+	return c.nextWith(created, nil)
+}
+
+// nextWith is nextAt for a report edit changes first.
+func (c *reportClient) nextWith(created time.Time, edit func(*posturev1.PostureReport)) *posturev1.SignedReport {
+	c.t.Helper()
 	r := healthyReport(true, "hand")
+	if edit != nil {
+		edit(r)
+	}
 	r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = c.id, c.seq+1, c.digest, timestamppb.New(created)
 	body, err := proto.Marshal(r)
 	if err != nil {
@@ -587,5 +596,49 @@ func TestNewerStreamSupersedesOlder(t *testing.T) {
 	// The new stream goes on.
 	if m := b.send(b.next()); m.GetAck().GetSeq() != 3 {
 		t.Errorf("report 3 on the new stream: %v", m)
+	}
+}
+
+// Trust decays from when a report's measurement was taken, not from when it
+// arrived: an agent that kept a measurement while offline and signs it on
+// reconnecting sends old evidence.
+func TestFreshnessFromMeasurement(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	c := openReports(t, e, cert, key, id)
+	observedAt := func(at time.Time) func(*posturev1.PostureReport) {
+		return func(r *posturev1.PostureReport) {
+			for _, m := range []*posturev1.SignalMeta{r.Os.Meta, r.Disk.Meta, r.SecureBoot.Meta, r.Updates.Meta, r.Firewall.Meta, r.ScreenLock.Meta} {
+				m.ObservedAt = timestamppb.New(at)
+			}
+		}
+	}
+	posture := func() *posturev1.DevicePosture {
+		t.Helper()
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	now := time.Now()
+	if m := c.send(c.nextWith(now, observedAt(now.Add(-10*time.Hour)))); m.GetAck() == nil {
+		t.Fatalf("report measured 10h ago: %v", m)
+	}
+	p := posture()
+	if age := p.GetReportAge().AsDuration(); age < 10*time.Hour-time.Minute || age > 10*time.Hour+time.Minute {
+		t.Errorf("report measured 10h ago, sent now: age %v, want 10h", age)
+	}
+	if p.GetScore() >= p.GetRawScore() || p.GetRawScore() == 0 {
+		t.Errorf("score %d of raw %d; want it decayed", p.GetScore(), p.GetRawScore())
+	}
+	// A device clock a little ahead does not make a report younger than
+	// its arrival.
+	if m := c.send(c.nextWith(now, observedAt(time.Now().Add(2*time.Minute)))); m.GetAck() == nil {
+		t.Fatalf("report measured now: %v", m)
+	}
+	if p := posture(); p.GetReportAge().AsDuration() > time.Minute || p.GetScore() != p.GetRawScore() {
+		t.Errorf("fresh report: age %v, score %d of raw %d; want fresh and undecayed", p.GetReportAge().AsDuration(), p.GetScore(), p.GetRawScore())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,8 +35,19 @@ import (
 )
 
 // keepOpen hands a simulator to the agent without letting it close the
-// simulator, which the test owns.
-type keepOpen struct{ transport.TPM }
+// simulator, which the test owns. It passes one command at a time, as the
+// kernel's resource manager (/dev/tpmrm0) does: a test extends PCRs while
+// the agent quotes.
+type keepOpen struct {
+	mu  *sync.Mutex
+	tpm transport.TPM
+}
+
+func (k keepOpen) Send(cmd []byte) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.tpm.Send(cmd)
+}
 
 func (keepOpen) Close() error { return nil }
 
@@ -46,7 +58,7 @@ func openSimulator(t *testing.T, seed int64) (*simulator.Simulator, transport.TP
 		t.Fatalf("TPM simulator: %v", err)
 	}
 	t.Cleanup(func() { sim.Close() })
-	return sim, keepOpen{transport.FromReadWriter(sim)}
+	return sim, keepOpen{mu: &sync.Mutex{}, tpm: transport.FromReadWriter(sim)}
 }
 
 // A TPM without an EK certificate enrolls pending: every level is denied
