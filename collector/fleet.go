@@ -421,6 +421,14 @@ func (f *fleet) revoked(id string) (bool, string) {
 // device enrolling again keeps its latest assessment, and a revoked or
 // suspect state, as the store does: one set after the enrollment's
 // transaction read the device must not be undone by it.
+//
+// The same holds for the report chain. d is the device as the enrollment's
+// or approval's transaction read it; a report committed after that read
+// (later in the same writer batch, or before this put) may already be
+// recorded here. The store applied that report after the enrollment, so it
+// holds the report's head and TPM clock, also when the enrollment brought
+// a new key and reset the clock: the entry keeps them too. Heads move only
+// forward, here as in the store (see recordReport).
 func (f *fleet) put(d store.Device) error {
 	e, err := newEntry(d)
 	if err != nil {
@@ -435,9 +443,19 @@ func (f *fleet) put(d store.Device) error {
 		case posturev1.DeviceState_DEVICE_STATE_REVOKED, posturev1.DeviceState_DEVICE_STATE_SUSPECT:
 			e.subject.State, e.subject.StateReason = old.subject.State, old.subject.StateReason
 		}
+		if old.headAfter(e.hasHead, e.lastSeq) {
+			e.lastSeq, e.lastDigest, e.hasHead, e.tpmClock = old.lastSeq, old.lastDigest, true, old.tpmClock
+		}
 	}
 	f.devices[d.ID] = e
 	return nil
+}
+
+// headAfter says whether the entry's chain head is past the head (hasHead,
+// seq): the store's rule for a head to move (a first report, or a higher
+// sequence number).
+func (e *deviceEntry) headAfter(hasHead bool, seq uint64) bool {
+	return e.hasHead && (!hasHead || e.lastSeq > seq)
 }
 
 // head is the device's report chain head.
@@ -469,15 +487,27 @@ func (f *fleet) tpmClock(id string) store.TPMClock {
 // the report under the policy in force when it holds the fleet lock, which
 // a policy reload swaps under the same lock, so no report is left assessed
 // under a policy that is no longer in force.
+//
+// The head and TPM clock move as the store moved them: only to a report
+// past the head. An enrollment or approval that read the device after this
+// report was stored, and put its entry before this call, already holds the
+// report's head, and the TPM clock the store kept after it (reset for a
+// new key); the report's posture is still recorded. A report older than
+// the head changes nothing.
 func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot bootState, pol *atomic.Pointer[policy.Policy]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
-	if err := e.setHead(v.Seq, v.Digest); err != nil {
-		panic("verified report with a malformed digest: " + err.Error())
-	}
-	if v.TPM != nil {
-		e.tpmClock = *v.TPM
+	switch {
+	case !e.hasHead || v.Seq > e.lastSeq:
+		if err := e.setHead(v.Seq, v.Digest); err != nil {
+			panic("verified report with a malformed digest: " + err.Error())
+		}
+		if v.TPM != nil {
+			e.tpmClock = *v.TPM
+		}
+	case v.Seq < e.lastSeq:
+		return
 	}
 	e.setReport(r, boot, v.ReceivedAt, pol.Load())
 }
