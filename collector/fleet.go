@@ -34,6 +34,8 @@ type fleet struct {
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry
 	streams map[string]map[*reportStream]struct{}
+	// reload is the policy reload under way, if any (see reassess).
+	reload *pendingReload
 }
 
 // deviceEntry is what the collector keeps in memory of one device: what it
@@ -510,6 +512,9 @@ func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureRep
 		return
 	}
 	e.setReport(r, boot, v.ReceivedAt, pol.Load())
+	if f.reload != nil {
+		f.reload.recorded[id] = reassessed{v.Seq, f.reload.pol.AssessWith(r, measuredOf(e.boot))}
+	}
 }
 
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
@@ -698,22 +703,29 @@ func measuredOf(boot *posturev1.MeasuredBoot) *policy.Measured {
 }
 
 // reassess assesses every device's latest report under a new policy and
-// swaps it in. The reports are read and assessed first, without holding
-// the fleet; then, under the fleet lock, the new assessments replace the
-// old ones, a device that reported meanwhile is assessed again from its
-// newest report, and swap puts the policy in force. So no decision mixes
-// the old policy with new assessments, and decisions wait only for the
-// swap.
+// swaps it in. It reads and assesses every device's latest stored report
+// without holding the fleet; meanwhile the fleet assesses every report it
+// records under the new policy too (see recordReport), so the catch-up
+// needs no reading. Then, under the fleet lock, every device's assessment
+// is replaced by the one of its newest report found either way, and swap
+// puts the policy in force, together: no decision mixes the old policy
+// with new assessments, and decisions wait only for the swap. A failure
+// changes nothing. Reloads run one at a time (ReloadPolicy holds
+// c.reloading).
 func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func()) error {
-	type fresh struct {
-		seq uint64
-		a   *policy.Assessment
+	f := c.fleet
+	if err := f.beginReload(p); err != nil {
+		return err
 	}
+	defer f.endReload()
 	workers := runtime.GOMAXPROCS(0)
-	found := make([]map[string]fresh, workers)
+	found := make([]map[string]reassessed, workers)
 	for i := range found {
-		found[i] = map[string]fresh{}
+		found[i] = map[string]reassessed{}
 	}
+	// A report recorded before beginReload was stored before the scan
+	// begins, so the scan reads it or a newer one; one recorded after was
+	// assessed under p by recordReport.
 	err := c.store.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
 		if row.Report == nil {
 			return nil
@@ -722,39 +734,81 @@ func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func())
 		if err != nil {
 			return err
 		}
-		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
+		found[part][row.ID] = reassessed{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read latest reports: %w", err)
 	}
-	f := c.fleet
+	return f.finishReload(found, swap)
+}
+
+// reassessed is a device's report, by sequence number, assessed under a
+// policy being reloaded.
+type reassessed struct {
+	seq uint64
+	a   *policy.Assessment
+}
+
+// pendingReload is a policy reload under way: its policy, and the reports
+// the fleet recorded since it began, assessed under it.
+type pendingReload struct {
+	pol      *policy.Policy
+	recorded map[string]reassessed
+}
+
+func (f *fleet) beginReload(p *policy.Policy) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.reload != nil {
+		return errors.New("another policy reload is under way")
+	}
+	f.reload = &pendingReload{pol: p, recorded: map[string]reassessed{}}
+	return nil
+}
+
+func (f *fleet) endReload() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reload = nil
+}
+
+// finishReload gives every assessed device the assessment of its newest
+// report under the reload's policy and calls swap, under the fleet lock.
+// found is what the scan read.
+func (f *fleet) finishReload(found []map[string]reassessed, swap func()) error {
+	type change struct {
+		e *deviceEntry
+		a *policy.Assessment
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	changes := make([]change, 0, len(f.devices))
 	for id, e := range f.devices {
-		if !e.hasHead {
-			continue
+		if e.subject.Assessment == nil {
+			continue // nothing assessed under the old policy; the next report is, under the new one
 		}
-		var got fresh
-		var ok bool
+		var best reassessed
+		ok := false
 		for _, m := range found {
-			if got, ok = m[id]; ok {
+			if got, in := m[id]; in {
+				best, ok = got, true
 				break
 			}
 		}
-		if ok && got.seq == e.lastSeq {
-			e.subject.Assessment = got.a
-			continue
+		if got, in := f.reload.recorded[id]; in && (!ok || got.seq > best.seq) {
+			best, ok = got, true
 		}
-		r, err := c.store.LatestReport(ctx, id)
-		if err != nil {
-			return fmt.Errorf("read latest report of %s: %w", id, err)
+		if !ok {
+			// Every assessment comes from a report the scan or the fleet
+			// saw since the reload began; should one not, a device would
+			// keep an assessment under the old policy.
+			return fmt.Errorf("device %s: its latest report was neither read nor recorded during the reload; reload again", id)
 		}
-		rep := decodeReport(r.Body)
-		if rep == nil {
-			return fmt.Errorf("latest report of %s does not decode", id)
-		}
-		e.subject.Assessment = p.AssessWith(rep, measuredOf(e.boot))
+		changes = append(changes, change{e, best.a})
+	}
+	for _, ch := range changes {
+		ch.e.subject.Assessment = ch.a
 	}
 	swap()
 	return nil

@@ -6,7 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -438,4 +440,186 @@ func failed(checks []*posturev1.CheckResult, name string) bool {
 		}
 	}
 	return false
+}
+
+// strictPolicy judges disk encryption alone; devices assessed under it
+// have that one check.
+func strictPolicy(t *testing.T) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse([]byte("freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: enc, min_score: 100}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A reload that cannot read a device's latest report changes nothing:
+// every device keeps its assessment, the old policy stays in force, and
+// reports recorded afterwards are assessed under it alone.
+func TestReassessFailureChangesNothing(t *testing.T) {
+	dir, now, ctx := t.TempDir(), time.Now(), context.Background()
+	ids := []string{"a", "b", "c", "d"}
+	var reports []store.Report
+	for i, id := range ids {
+		reports = append(reports, testReport(id, 1, i%2 == 0, now))
+	}
+	seedStore(t, dir, ids, reports...)
+	c := startSeeded(t, dir)
+	before := map[string]*policy.Assessment{}
+	for _, id := range ids {
+		subj, _ := c.fleet.subject(id)
+		if subj.Assessment == nil {
+			t.Fatalf("device %s has no assessment", id)
+		}
+		before[id] = subj.Assessment
+	}
+	inForce := c.policy.Load()
+
+	// Device c's latest report no longer decodes: stored, as a report
+	// stream stores one, but not yet recorded in the fleet.
+	bad := testReport("c", 2, true, now)
+	bad.Body = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if err := proto.Unmarshal(bad.Body, &posturev1.PostureReport{}); err == nil {
+		t.Fatal("the broken body decodes")
+	}
+	if err := c.store.AppendReport(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	strict := strictPolicy(t)
+	err := c.reassess(ctx, strict, func() { t.Error("policy swapped although a report could not be read") })
+	if err == nil {
+		t.Fatal("reassess succeeded with an unreadable report")
+	}
+	t.Logf("reassess: %v", err)
+	for _, id := range ids {
+		if subj, _ := c.fleet.subject(id); subj.Assessment != before[id] {
+			t.Errorf("device %s has another assessment after the failed reload", id)
+		}
+	}
+	if c.policy.Load() != inForce {
+		t.Error("the policy in force changed")
+	}
+	c.fleet.mu.RLock()
+	pending := c.fleet.reload
+	c.fleet.mu.RUnlock()
+	if pending != nil {
+		t.Error("the failed reload is still under way: reports would be assessed under its policy too")
+	}
+
+	// Once the report is superseded, the reload succeeds.
+	if err := c.store.AppendReport(ctx, testReport("c", 3, false, now)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.reassess(ctx, strict, func() { c.policy.Store(strict) }); err != nil {
+		t.Fatalf("reassess: %v", err)
+	}
+	for _, id := range ids {
+		subj, _ := c.fleet.subject(id)
+		if checks, _, _ := strict.Explain(&subj, now); len(checks) != 1 || checks[0].GetName() != "disk_encryption" {
+			t.Errorf("device %s after the reload: checks %v; want disk_encryption alone", id, checks)
+		}
+	}
+}
+
+// A reload while devices report ends with every device assessed under the
+// new policy from its latest report, including reports recorded while the
+// reload read the store.
+func TestReassessUnderIngestion(t *testing.T) {
+	dir, ctx := t.TempDir(), context.Background()
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("dev-%02d", i))
+	}
+	key := seedStore(t, dir, ids)
+	c := startSeeded(t, dir)
+	s := &reportService{c: c}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan string, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ts := &testStream{s: s, id: id, key: key}
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, rej := ts.send((n+i)%2 == 0); rej != nil {
+					errs <- fmt.Sprintf("device %s report %d: %s: %s", id, ts.seq+1, reasonName(rej.reason), rej.msg)
+					return
+				}
+			}
+		}()
+	}
+	// Device i's report seq says whether its disk is encrypted.
+	encryptedAt := func(i int, seq uint64) bool { return (int(seq)-1+i)%2 == 0 }
+	// checkSwap runs as the policy is swapped in, under the fleet lock:
+	// every device must then be assessed under p from its latest report
+	// (or from one stored a moment later, not yet recorded).
+	checkSwap := func(p *policy.Policy, reload int) {
+		now := time.Now()
+		for i, id := range ids {
+			e := c.fleet.devices[id]
+			if e.subject.Assessment == nil {
+				continue
+			}
+			checks, _, _ := p.Explain(&e.subject, now)
+			if len(checks) != len(p.Checks) {
+				t.Errorf("reload %d, device %s: checks %v, not those of the policy swapped in", reload, id, checks)
+				continue
+			}
+			d, err := c.store.Device(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.LastSeq != e.lastSeq {
+				continue // a report stored, its assessment may be either
+			}
+			if got, want := !failed(checks, "disk_encryption"), encryptedAt(i, e.lastSeq); got != want {
+				t.Errorf("reload %d, device %s: disk_encryption passes %v, but its latest report %d says encrypted %v", reload, id, got, e.lastSeq, want)
+			}
+		}
+	}
+	strict, lax := strictPolicy(t), policy.Default()
+	for i := range 8 {
+		time.Sleep(20 * time.Millisecond)
+		p := strict
+		if i%2 == 0 {
+			p = lax
+		}
+		if err := c.reassess(ctx, p, func() { checkSwap(p, i); c.policy.Store(p) }); err != nil {
+			t.Errorf("reload %d: %v", i, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+
+	now := time.Now()
+	for _, id := range ids {
+		latest, err := c.store.LatestReport(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encrypted := decodeReport(latest.Body).GetDisk().GetSystemEncrypted()
+		subj, pol, _ := c.fleet.judged(id, &c.policy)
+		if pol != strict {
+			t.Fatal("the last reload's policy is not in force")
+		}
+		checks, _, _ := strict.Explain(&subj, now)
+		if len(checks) != 1 || checks[0].GetName() != "disk_encryption" {
+			t.Errorf("device %s: checks %v; want disk_encryption alone, as the policy in force has", id, checks)
+			continue
+		}
+		if passed := checks[0].GetOutcome() == posturev1.Outcome_OUTCOME_PASS; passed != encrypted {
+			t.Errorf("device %s: disk_encryption %v, but its latest report (%d) says encrypted %v", id, checks[0].GetOutcome(), latest.Seq, encrypted)
+		}
+	}
 }
