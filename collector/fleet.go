@@ -371,6 +371,17 @@ func (f *fleet) currentCert(id, serialHex string) error {
 	return nil
 }
 
+// currentCertTag is the certTag of the certificate the device was last
+// issued; 0 for a device the fleet does not know.
+func (f *fleet) currentCertTag(id string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if e, ok := f.devices[id]; ok {
+		return e.certTag
+	}
+	return 0
+}
+
 // certStanding says how a device certificate stands: the device's newest
 // (nil), the one its last renewal replaced (previous: it may only ask for a
 // renewal, in case the newest never reached the device), or replaced
