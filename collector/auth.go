@@ -62,6 +62,9 @@ type caller struct {
 	// device's last renewal replaced, which may only renew.
 	certSerial   string
 	replacedCert bool
+	// notAfter is when the client certificate's chain expires; zero for
+	// callers without a certificate.
+	notAfter time.Time
 }
 
 // replacedCertMethods are what a device may call with the certificate its
@@ -103,8 +106,9 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 	// The chain was verified at the handshake; a connection can outlive
 	// its certificate, so every call checks that it is still valid.
 	chain := tlsInfo.State.VerifiedChains[0]
-	if _, notAfter := pki.ChainValidity(chain); c.cfg.Now().After(notAfter) {
-		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate expired at %s; reconnect with a renewed certificate", notAfter.UTC().Format(time.RFC3339))
+	_, notAfter := pki.ChainValidity(chain)
+	if c.cfg.Now().After(notAfter) {
+		return caller{}, certExpired(notAfter)
 	}
 	serial := chain[0].SerialNumber.Text(16)
 	td, role, name, err := pki.ParseSPIFFEID(id.String())
@@ -119,7 +123,7 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 		if err := c.GatewayRevoked(serial); err != nil {
 			return caller{}, status.Error(codes.Unauthenticated, err.Error())
 		}
-		return caller{role: role, name: name, certSerial: serial}, nil
+		return caller{role: role, name: name, certSerial: serial, notAfter: notAfter}, nil
 	case pki.RoleDevice:
 		if err := c.fleet.checkActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
@@ -128,9 +132,34 @@ func (c *Collector) identify(ctx context.Context) (caller, error) {
 		if err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
-		return caller{role: role, name: name, certSerial: serial, replacedCert: replaced}, nil
+		return caller{role: role, name: name, certSerial: serial, replacedCert: replaced, notAfter: notAfter}, nil
 	}
-	return caller{role: role, name: name}, nil
+	return caller{role: role, name: name, notAfter: notAfter}, nil
+}
+
+// certExpired is the error of a client certificate (chain) that expired at
+// notAfter.
+func certExpired(notAfter time.Time) error {
+	return status.Errorf(codes.Unauthenticated, "client certificate expired at %s; reconnect with a renewed certificate", notAfter.UTC().Format(time.RFC3339))
+}
+
+// errStreamCertReplaced ends a device's report stream whose certificate was
+// replaced while it was open. It is not PermissionDenied: the agent holding
+// the new certificate reconnects at once and presents it.
+var errStreamCertReplaced = status.Error(codes.Unauthenticated, "this stream's device certificate was replaced when the device renewed it or enrolled again; reconnect with the newest certificate (device.crt in the agent's state directory)")
+
+// streamCertCurrent says whether the certificate who opened a report
+// stream with still counts: it has not expired by the collector's clock
+// (the stream's deadline follows the clock when the stream opened) and is
+// still the device's newest. A report stream checks before each report.
+func (c *Collector) streamCertCurrent(who caller) error {
+	if c.cfg.Now().After(who.notAfter) {
+		return certExpired(who.notAfter)
+	}
+	if c.fleet.currentCertTag(who.name) != certTag(who.certSerial) {
+		return errStreamCertReplaced
+	}
+	return nil
 }
 
 func (c *Collector) authorize(ctx context.Context, method string) (context.Context, error) {
@@ -173,13 +202,24 @@ func (c *Collector) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	if err != nil {
 		return err
 	}
+	who := callerFrom(ctx)
 	// A gateway's stream (a watch) ends when its certificate is revoked:
 	// checking at the start of a call is not enough for a call that lasts.
-	if who := callerFrom(ctx); who.role == pki.RoleGateway {
+	if who.role == pki.RoleGateway {
 		var untrack func()
 		ctx, untrack = c.gateways.track(ctx, who.certSerial)
 		defer untrack()
 	}
+	// Nor does a stream outlive its certificate: its context ends when the
+	// client certificate expires (by the collector's clock as it reads
+	// now).
+	if !who.notAfter.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, time.Now().Add(who.notAfter.Sub(c.cfg.Now())), certExpired(who.notAfter))
+		defer cancel()
+	}
+	// Either way the stream ends saying why, whatever the handler makes
+	// of its context ending.
 	err = handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
 	if cause := context.Cause(ctx); ctx.Err() != nil && status.Code(cause) == codes.Unauthenticated {
 		return cause

@@ -34,6 +34,8 @@ type fleet struct {
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry
 	streams map[string]map[*reportStream]struct{}
+	// reload is the policy reload under way, if any (see reassess).
+	reload *pendingReload
 }
 
 // deviceEntry is what the collector keeps in memory of one device: what it
@@ -389,6 +391,17 @@ func (f *fleet) currentCert(id, serialHex string) error {
 	return nil
 }
 
+// currentCertTag is the certTag of the certificate the device was last
+// issued; 0 for a device the fleet does not know.
+func (f *fleet) currentCertTag(id string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if e, ok := f.devices[id]; ok {
+		return e.certTag
+	}
+	return 0
+}
+
 // certStanding says how a device certificate stands: the device's newest
 // (nil), the one its last renewal replaced (previous: it may only ask for a
 // renewal, in case the newest never reached the device), or replaced
@@ -441,6 +454,14 @@ func (f *fleet) revoked(id string) (bool, string) {
 // device enrolling again keeps its latest assessment, and a revoked or
 // suspect state, as the store does: one set after the enrollment's
 // transaction read the device must not be undone by it.
+//
+// The same holds for the report chain. d is the device as the enrollment's
+// or approval's transaction read it; a report committed after that read
+// (later in the same writer batch, or before this put) may already be
+// recorded here. The store applied that report after the enrollment, so it
+// holds the report's head and TPM clock, also when the enrollment brought
+// a new key and reset the clock: the entry keeps them too. Heads move only
+// forward, here as in the store (see recordReport).
 func (f *fleet) put(d store.Device) error {
 	e, err := newEntry(d)
 	if err != nil {
@@ -455,9 +476,19 @@ func (f *fleet) put(d store.Device) error {
 		case posturev1.DeviceState_DEVICE_STATE_REVOKED, posturev1.DeviceState_DEVICE_STATE_SUSPECT:
 			e.subject.State, e.subject.StateReason = old.subject.State, old.subject.StateReason
 		}
+		if old.headAfter(e.hasHead, e.lastSeq) {
+			e.lastSeq, e.lastDigest, e.hasHead, e.tpmClock = old.lastSeq, old.lastDigest, true, old.tpmClock
+		}
 	}
 	f.devices[d.ID] = e
 	return nil
+}
+
+// headAfter says whether the entry's chain head is past the head (hasHead,
+// seq): the store's rule for a head to move (a first report, or a higher
+// sequence number).
+func (e *deviceEntry) headAfter(hasHead bool, seq uint64) bool {
+	return e.hasHead && (!hasHead || e.lastSeq > seq)
 }
 
 // head is the device's report chain head.
@@ -489,17 +520,32 @@ func (f *fleet) tpmClock(id string) store.TPMClock {
 // the report under the policy in force when it holds the fleet lock, which
 // a policy reload swaps under the same lock, so no report is left assessed
 // under a policy that is no longer in force.
+//
+// The head and TPM clock move as the store moved them: only to a report
+// past the head. An enrollment or approval that read the device after this
+// report was stored, and put its entry before this call, already holds the
+// report's head, and the TPM clock the store kept after it (reset for a
+// new key); the report's posture is still recorded. A report older than
+// the head changes nothing.
 func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureReport, boot bootState, pol *atomic.Pointer[policy.Policy]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := f.devices[id]
-	if err := e.setHead(v.Seq, v.Digest); err != nil {
-		panic("verified report with a malformed digest: " + err.Error())
-	}
-	if v.TPM != nil {
-		e.tpmClock = *v.TPM
+	switch {
+	case !e.hasHead || v.Seq > e.lastSeq:
+		if err := e.setHead(v.Seq, v.Digest); err != nil {
+			panic("verified report with a malformed digest: " + err.Error())
+		}
+		if v.TPM != nil {
+			e.tpmClock = *v.TPM
+		}
+	case v.Seq < e.lastSeq:
+		return
 	}
 	e.setReport(r, boot, v.ReceivedAt, pol.Load())
+	if f.reload != nil {
+		f.reload.recorded[id] = reassessed{v.Seq, f.reload.pol.AssessWith(r, measuredOf(e.boot))}
+	}
 }
 
 func (f *fleet) setState(id string, state posturev1.DeviceState, reason string) {
@@ -688,22 +734,29 @@ func measuredOf(boot *posturev1.MeasuredBoot) *policy.Measured {
 }
 
 // reassess assesses every device's latest report under a new policy and
-// swaps it in. The reports are read and assessed first, without holding
-// the fleet; then, under the fleet lock, the new assessments replace the
-// old ones, a device that reported meanwhile is assessed again from its
-// newest report, and swap puts the policy in force. So no decision mixes
-// the old policy with new assessments, and decisions wait only for the
-// swap.
+// swaps it in. It reads and assesses every device's latest stored report
+// without holding the fleet; meanwhile the fleet assesses every report it
+// records under the new policy too (see recordReport), so the catch-up
+// needs no reading. Then, under the fleet lock, every device's assessment
+// is replaced by the one of its newest report found either way, and swap
+// puts the policy in force, together: no decision mixes the old policy
+// with new assessments, and decisions wait only for the swap. A failure
+// changes nothing. Reloads run one at a time (ReloadPolicy holds
+// c.reloading).
 func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func()) error {
-	type fresh struct {
-		seq uint64
-		a   *policy.Assessment
+	f := c.fleet
+	if err := f.beginReload(p); err != nil {
+		return err
 	}
+	defer f.endReload()
 	workers := runtime.GOMAXPROCS(0)
-	found := make([]map[string]fresh, workers)
+	found := make([]map[string]reassessed, workers)
 	for i := range found {
-		found[i] = map[string]fresh{}
+		found[i] = map[string]reassessed{}
 	}
+	// A report recorded before beginReload was stored before the scan
+	// begins, so the scan reads it or a newer one; one recorded after was
+	// assessed under p by recordReport.
 	err := c.store.ScanFleet(ctx, workers, func(part int, row *store.FleetRow) error {
 		if row.Report == nil {
 			return nil
@@ -712,39 +765,81 @@ func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func())
 		if err != nil {
 			return err
 		}
-		found[part][row.ID] = fresh{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
+		found[part][row.ID] = reassessed{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read latest reports: %w", err)
 	}
-	f := c.fleet
+	return f.finishReload(found, swap)
+}
+
+// reassessed is a device's report, by sequence number, assessed under a
+// policy being reloaded.
+type reassessed struct {
+	seq uint64
+	a   *policy.Assessment
+}
+
+// pendingReload is a policy reload under way: its policy, and the reports
+// the fleet recorded since it began, assessed under it.
+type pendingReload struct {
+	pol      *policy.Policy
+	recorded map[string]reassessed
+}
+
+func (f *fleet) beginReload(p *policy.Policy) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.reload != nil {
+		return errors.New("another policy reload is under way")
+	}
+	f.reload = &pendingReload{pol: p, recorded: map[string]reassessed{}}
+	return nil
+}
+
+func (f *fleet) endReload() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reload = nil
+}
+
+// finishReload gives every assessed device the assessment of its newest
+// report under the reload's policy and calls swap, under the fleet lock.
+// found is what the scan read.
+func (f *fleet) finishReload(found []map[string]reassessed, swap func()) error {
+	type change struct {
+		e *deviceEntry
+		a *policy.Assessment
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	changes := make([]change, 0, len(f.devices))
 	for id, e := range f.devices {
-		if !e.hasHead {
-			continue
+		if e.subject.Assessment == nil {
+			continue // nothing assessed under the old policy; the next report is, under the new one
 		}
-		var got fresh
-		var ok bool
+		var best reassessed
+		ok := false
 		for _, m := range found {
-			if got, ok = m[id]; ok {
+			if got, in := m[id]; in {
+				best, ok = got, true
 				break
 			}
 		}
-		if ok && got.seq == e.lastSeq {
-			e.subject.Assessment = got.a
-			continue
+		if got, in := f.reload.recorded[id]; in && (!ok || got.seq > best.seq) {
+			best, ok = got, true
 		}
-		r, err := c.store.LatestReport(ctx, id)
-		if err != nil {
-			return fmt.Errorf("read latest report of %s: %w", id, err)
+		if !ok {
+			// Every assessment comes from a report the scan or the fleet
+			// saw since the reload began; should one not, a device would
+			// keep an assessment under the old policy.
+			return fmt.Errorf("device %s: its latest report was neither read nor recorded during the reload; reload again", id)
 		}
-		rep := decodeReport(r.Body)
-		if rep == nil {
-			return fmt.Errorf("latest report of %s does not decode", id)
-		}
-		e.subject.Assessment = p.AssessWith(rep, measuredOf(e.boot))
+		changes = append(changes, change{e, best.a})
+	}
+	for _, ch := range changes {
+		ch.e.subject.Assessment = ch.a
 	}
 	swap()
 	return nil

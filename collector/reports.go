@@ -71,7 +71,8 @@ func newNonce() []byte {
 
 func (s *reportService) StreamReports(stream posturev1.ReportService_StreamReportsServer) error {
 	c := s.c
-	id := callerFrom(stream.Context()).name
+	who := callerFrom(stream.Context())
+	id := who.name
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	rs := &reportStream{cancel: cancel}
@@ -131,6 +132,11 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 		sr := m.GetReport()
 		if sr == nil {
 			continue // a newer agent's message this collector does not know
+		}
+		// Renewed, enrolled again or expired since the stream opened: the
+		// report stays with the agent, for its next stream.
+		if err := c.streamCertCurrent(who); err != nil {
+			return err
 		}
 		next := newNonce()
 		rs.busy.Lock()
