@@ -422,7 +422,7 @@ func (f *fleet) certStanding(id, serialHex string) (previous bool, err error) {
 	return false, errOldCertificate
 }
 
-// renewed records a renewal the store accepted, as the store did: the
+// setCertificates records a renewal the store accepted, as the store did: the
 // certificate asked with becomes the previous one if it was the newest, and
 // the issued one the newest. An enrollment that replaced the entry after
 // the renewal was stored left neither, and wins, as it did in the store.
@@ -672,9 +672,8 @@ func deviceProto(d store.Device, trustDomain, osLine string) *posturev1.Device {
 	return out
 }
 
-// addStream registers an open report stream so revocation can close it.
-// addStream registers a device's report stream and returns the device's
-// streams registered before it.
+// addStream registers a device's report stream, so that revocation can
+// close it, and returns the device's streams registered before it.
 func (f *fleet) addStream(id string, s *reportStream) (older []*reportStream) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

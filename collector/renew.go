@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"errors"
 	"io"
 	"time"
@@ -152,5 +153,9 @@ func recvWithin(stream posturev1.ReportService_RenewCertificateServer, d time.Du
 		return r.m, r.err
 	case <-t.C:
 		return nil, refuse("abandoned", codes.DeadlineExceeded, "no answer to the renewal challenge within %s; renew again", d)
+	case <-stream.Context().Done():
+		// The call ended (the certificate expired, the agent went away):
+		// its status says why.
+		return nil, context.Cause(stream.Context())
 	}
 }
