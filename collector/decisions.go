@@ -98,15 +98,26 @@ func (r *decisionRecord) sameOutcome(d *decisionRecord) bool {
 	return true
 }
 
+// key is the run a record belongs to. Denials for devices that are not
+// enrolled (state unspecified) make one run per caller and level, whatever
+// device they name, which keeps the last one asked about: a gateway asking
+// about made-up devices would otherwise push every other record out.
+func (r *decisionRecord) key() runKey {
+	if r.state == posturev1.DeviceState_DEVICE_STATE_UNSPECIFIED {
+		return runKey{"", r.level, r.caller}
+	}
+	return runKey{r.device, r.level, r.caller}
+}
+
 func (l *decisionLog) record(d decisionRecord) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	key := runKey{d.device, d.level, d.caller}
+	key := d.key()
 	if ref, ok := l.latest[key]; ok {
 		r := &l.ring[ref.slot]
 		r.decode()
 		if r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
-			r.at, r.reasons = d.at, d.reasons
+			r.at, r.reasons, r.device = d.at, d.reasons, d.device
 			r.times++
 			l.queue(ref.slot)
 			return
@@ -114,7 +125,7 @@ func (l *decisionLog) record(d decisionRecord) {
 	}
 	old := &l.ring[l.next]
 	if old.seq != 0 {
-		okey := runKey{old.device, old.level, old.caller}
+		okey := old.key()
 		if ref := l.latest[okey]; ref.seq == old.seq {
 			delete(l.latest, okey)
 		}
@@ -199,7 +210,7 @@ func (l *decisionLog) load(saved []decisionRecord, now time.Time) {
 	for _, d := range saved {
 		d.saved, d.savedAt = true, now
 		l.ring[l.next] = d
-		l.latest[runKey{d.device, d.level, d.caller}] = runRef{slot: l.next, seq: d.seq}
+		l.latest[d.key()] = runRef{slot: l.next, seq: d.seq}
 		l.seq = max(l.seq, d.seq)
 		l.next = (l.next + 1) % len(l.ring)
 		l.count = min(l.count+1, len(l.ring))

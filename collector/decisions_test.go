@@ -18,10 +18,10 @@ func TestDecisionLog(t *testing.T) {
 	}
 	failed := []*posturev1.CheckResult{{Name: "disk_encryption", Outcome: posturev1.Outcome_OUTCOME_FAIL, Reason: "not encrypted: /", Remediation: "encrypt the system disk"}}
 	deny := func(when time.Time, reason string) decisionRecord {
-		return decisionRecord{at: when, device: "a", level: "trusted", caller: "gateway edge", score: 70, reasons: []string{reason}, failed: failed}
+		return decisionRecord{at: when, device: "a", level: "trusted", state: active, caller: "gateway edge", score: 70, reasons: []string{reason}, failed: failed}
 	}
 	allow := func(when time.Time) decisionRecord {
-		return decisionRecord{at: when, device: "a", level: "trusted", caller: "gateway edge", allowed: true, score: 100}
+		return decisionRecord{at: when, device: "a", level: "trusted", state: active, caller: "gateway edge", allowed: true, score: 100}
 	}
 	l := newDecisionLogOf(8)
 	// 10:00-10:29: denied on every request; the reason's wording changes.
@@ -32,7 +32,7 @@ func TestDecisionLog(t *testing.T) {
 	for s := range 30 * 60 {
 		l.record(allow(at(30, s)))
 		if s%60 == 0 {
-			l.record(decisionRecord{at: at(30, s), device: "a", level: "trusted", caller: "gateway other", allowed: true, score: 100})
+			l.record(decisionRecord{at: at(30, s), device: "a", level: "trusted", state: active, caller: "gateway other", allowed: true, score: 100})
 		}
 	}
 	all := l.list("", time.Time{}, time.Time{}, 100)
@@ -67,7 +67,7 @@ func TestDecisionLog(t *testing.T) {
 	// Once the ring wraps, the oldest records go and a run that lost its
 	// record starts a new one.
 	for i := range 8 {
-		l.record(decisionRecord{at: at(60, i), device: fmt.Sprintf("d%d", i), level: "basic", caller: "gateway edge", allowed: true})
+		l.record(decisionRecord{at: at(60, i), device: fmt.Sprintf("d%d", i), level: "basic", state: active, caller: "gateway edge", allowed: true})
 	}
 	if n := len(l.latest); n != 8 {
 		t.Errorf("%d runs tracked after the ring wrapped, want 8", n)
@@ -85,7 +85,7 @@ func TestDecisionLog(t *testing.T) {
 func TestDecisionLogSaving(t *testing.T) {
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	allow := func(device string, at time.Time) decisionRecord {
-		return decisionRecord{at: at, device: device, level: "basic", caller: "gateway edge", allowed: true, score: 100}
+		return decisionRecord{at: at, device: device, level: "basic", state: active, caller: "gateway edge", allowed: true, score: 100}
 	}
 	seqs := func(rs []savedRecord) string {
 		var s []string
@@ -135,8 +135,8 @@ func TestDecisionLogSaving(t *testing.T) {
 	// runs; new ones number on.
 	l3 := newDecisionLogOf(3)
 	l3.load([]decisionRecord{
-		{seq: 7, first: t0, at: t0, times: 5, device: "a", level: "basic", caller: "gateway edge", allowed: true, score: 100},
-		{seq: 9, first: t0, at: t0, times: 1, device: "b", level: "basic", caller: "gateway edge", allowed: true, score: 100},
+		{seq: 7, first: t0, at: t0, times: 5, device: "a", level: "basic", state: active, caller: "gateway edge", allowed: true, score: 100},
+		{seq: 9, first: t0, at: t0, times: 1, device: "b", level: "basic", state: active, caller: "gateway edge", allowed: true, score: 100},
 	}, t0)
 	if got := l3.unsaved(t0, true); len(got) != 0 {
 		t.Errorf("loaded records due for saving: %s", seqs(got))
@@ -166,5 +166,28 @@ func TestDecisionLogStateChange(t *testing.T) {
 	d := l.list("a", time.Time{}, time.Time{}, 10)
 	if len(d) != 2 || d[0].GetReasons()[0] != "device is revoked: stolen" || d[1].GetCount() != 2 {
 		t.Errorf("records %v; want the revocation, then the suspect run of 2", d)
+	}
+}
+
+const active = posturev1.DeviceState_DEVICE_STATE_ACTIVE
+
+// Denials for devices that are not enrolled make one run per caller and
+// level, keeping the last device asked about: a gateway asking about
+// made-up devices cannot push the other records out.
+func TestDecisionLogUnknownDevices(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	l := newDecisionLogOf(4)
+	l.record(decisionRecord{at: t0, device: "a", level: "basic", state: active, caller: "gateway edge", allowed: true, score: 100})
+	for i := range 1000 {
+		id := fmt.Sprintf("made-up-%d", i)
+		l.record(decisionRecord{at: t0.Add(time.Duration(i) * time.Millisecond), device: id, level: "basic", caller: "gateway edge",
+			reasons: []string{"device " + id + " is not enrolled with this collector"}})
+	}
+	d := l.list("", time.Time{}, time.Time{}, 10)
+	if len(d) != 2 || d[0].GetCount() != 1000 || d[0].GetDeviceId() != "made-up-999" || d[0].GetReasons()[0] != "device made-up-999 is not enrolled with this collector" {
+		t.Fatalf("records %v; want one run of 1000 denials naming the last device, and a's record", d)
+	}
+	if d[1].GetDeviceId() != "a" {
+		t.Errorf("a's record is gone: %v", d)
 	}
 }
