@@ -80,9 +80,17 @@ func ReplayEventLog(log []byte, quoted map[uint32][]byte) (*MeasuredBoot, error)
 	}
 	pcrs := map[uint32][]byte{}
 	touched := map[uint32]bool{}
-	for _, e := range events {
+	for i, e := range events {
 		if e.typ == evNoAction {
 			if e.pcr == 0 && bytes.HasPrefix(e.data, []byte(startupLocalitySignature)) && len(e.data) > len(startupLocalitySignature) {
+				// The locality the TPM started at sets PCR 0's initial
+				// value, so it is recorded before anything is measured
+				// into PCR 0. One after such measurements would start
+				// the replay of PCR 0 afresh, and the measurements
+				// before it could be anything.
+				if touched[0] {
+					return nil, fmt.Errorf("event %d: StartupLocality event after measurements into PCR 0, where firmware records it before measuring anything: the log does not describe a boot", i)
+				}
 				init := make([]byte, sha256.Size)
 				init[sha256.Size-1] = e.data[len(startupLocalitySignature)]
 				pcrs[0] = init
