@@ -275,9 +275,18 @@ func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelop
 var shared = newInterner(4096)
 
 // replayMemo is the reading of the last event log a device's quotes
-// brought and the PCR tag it was replayed for. Kept apart from the entry,
-// so that devices without one (software identities) pay a pointer.
+// brought and the PCR tag it was replayed for, and the last log that did
+// not replay (bootState). Kept apart from the entry, so that devices
+// without one (software identities) pay a pointer.
 type replayMemo struct {
+	reading *posturev1.MeasuredBoot // nil when no log replayed
+	pcrs    [sha256.Size]byte
+	failed  *replayFailure // nil when no log failed; rare, so apart again
+}
+
+// replayFailure is the reading of an event log that did not replay and
+// the PCR tag it failed for.
+type replayFailure struct {
 	reading *posturev1.MeasuredBoot
 	pcrs    [sha256.Size]byte
 }
@@ -285,20 +294,18 @@ type replayMemo struct {
 // bootState is what the entry knows of measured boot.
 func (e *deviceEntry) bootState() bootState {
 	b := bootState{boot: e.boot}
-	if e.replay != nil {
-		b.replayed, b.replayedFor = e.replay.reading, e.replay.pcrs
+	if m := e.replay; m != nil {
+		b.replayed, b.replayedFor = m.reading, m.pcrs
+		if m.failed != nil {
+			b.failed, b.failedFor = m.failed.reading, m.failed.pcrs
+		}
 	}
 	return b
 }
 
 func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time.Time, pol *policy.Policy) {
 	e.boot = b.boot
-	switch {
-	case b.replayed == nil:
-		e.replay = nil
-	case e.replay == nil || e.replay.reading != b.replayed || e.replay.pcrs != b.replayedFor:
-		e.replay = &replayMemo{reading: b.replayed, pcrs: b.replayedFor}
-	}
+	e.replay = b.memo(e.replay)
 	e.osLine = ""
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())

@@ -267,7 +267,7 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		}
 		rec.TPM, rec.Reboot = &clock, reboot
 		boot, wantLog = c.fleet.bootState(id).quoteBoot(sr.GetTpm(), quote.PCRs)
-		if len(sr.GetTpm().GetEventLog()) > 0 {
+		if len(sr.GetTpm().GetEventLog()) > 0 && boot.replayed != nil {
 			// The device keeps this reading until its next log, for the
 			// quotes that come without one.
 			if rec.MeasuredBoot, err = encodeReading(boot); err != nil {
