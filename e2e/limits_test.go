@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -118,5 +119,44 @@ func TestReportLimits(t *testing.T) {
 	defer st.Close()
 	if n, err := st.CountReports(context.Background(), id); err != nil || n != 3 {
 		t.Errorf("%d reports stored (%v), want the 3 within the limits", n, err)
+	}
+}
+
+// clippingMeasurer measures a device whose firewall check failed with a
+// long line of output, and which has more data volumes than a report
+// holds.
+type clippingMeasurer struct{}
+
+func (clippingMeasurer) Collect(context.Context) *posturev1.PostureReport {
+	r := healthyReport(true, "clip")
+	r.Firewall = &posturev1.Firewall{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_ERROR, ObservedAt: timestamppb.Now(),
+		Reason: "nft list ruleset exited with status 1: " + strings.Repeat("é", 3000)}}
+	r.Disk.OtherVolumes = &posturev1.OtherVolumes{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_OK, ObservedAt: timestamppb.Now()}}
+	for i := range 300 {
+		r.Disk.OtherVolumes.Volumes = append(r.Disk.OtherVolumes.Volumes, &posturev1.Volume{MountPoint: fmt.Sprintf("/srv/%d", i), Encrypted: true})
+	}
+	return r
+}
+
+// The agent clips a measurement to the limits before signing it, so a
+// long text or a long list costs its tail rather than the report.
+func TestAgentClipsToLimits(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	runAgent(t, dir, clippingMeasurer{}, time.Hour)
+	eventually(t, "a report", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reason := p.GetReport().GetFirewall().GetMeta().GetReason()
+	if !strings.HasPrefix(reason, "nft list ruleset exited with status 1: é") || !strings.HasSuffix(reason, "…") || len(reason) > envelope.MaxTextLen {
+		t.Errorf("firewall reason of %d bytes, ending %q; want clipped to at most %d, ending in …", len(reason), reason[max(0, len(reason)-10):], envelope.MaxTextLen)
+	}
+	if n := len(p.GetReport().GetDisk().GetOtherVolumes().GetVolumes()); n != envelope.MaxListLen {
+		t.Errorf("%d other volumes, want the first %d", n, envelope.MaxListLen)
+	}
+	if r := e.stats().GetReportsRejected(); len(r) != 0 {
+		t.Errorf("rejections: %v", r)
 	}
 }
