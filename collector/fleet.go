@@ -271,8 +271,11 @@ func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelop
 	return v, nil, err
 }
 
-// shared holds one copy of strings that many devices carry alike.
-var shared = newInterner(4096)
+// shared holds one copy of strings that many devices carry alike. OS
+// lines are a few dozen bytes ("Windows 11 Pro 10.0.22631") and
+// measured-boot reasons a few hundred; a fleet has a few hundred of them.
+// Longer or further ones are one device's own, and it keeps them itself.
+var shared = newInterner(4096, 512, 1<<20)
 
 // replayMemo is the reading of the last event log a device's quotes
 // brought and the PCR tag it was replayed for, and the last log that did
