@@ -347,9 +347,15 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 	r.PrevDigest = a.head.Digest
 	r.CreatedAt = timestamppb.Now()
 	r.Agent = &posturev1.AgentInfo{Version: Version, Identity: a.id.Kind()}
+	// The collector refuses a report over its limits; a long text loses
+	// its tail instead.
+	envelope.ClipReport(&r)
 	body, err := proto.Marshal(&r)
 	if err != nil {
 		return nonce, false, err
+	}
+	if len(body) > envelope.MaxReportSize {
+		return nonce, false, a.drop(e.ID, fmt.Errorf("report is %d bytes, more than the %d a collector accepts", len(body), envelope.MaxReportSize))
 	}
 	sr, err := a.id.Seal(nonce, body)
 	if err != nil {

@@ -19,6 +19,15 @@ import (
 // tag gets that reading: the same log replays against the same values the
 // same way. Any other quote without a log has no reading, and the agent is
 // asked for the log.
+//
+// A log that does not replay is not kept as the reading for later quotes,
+// but the collector remembers that it failed, and for which PCR values:
+// the same log fails the same way against the same values, so quotes with
+// those values get that failed reading and do not ask for the log again.
+// Asking would only have the agent send it, and the collector store it,
+// with every report. Quotes with other values ask again. The agent still
+// sends the log with the first report of each stream, which covers a log
+// read while it was still being written.
 
 // bootNoLogForPCRs is the reading of a quote without a log whose PCR
 // values differ from those of the last log replayed: the boot state
@@ -30,18 +39,22 @@ type bootState struct {
 	boot        *posturev1.MeasuredBoot // the reading of the latest report's quote
 	replayed    *posturev1.MeasuredBoot // the reading of the last event log replayed; nil when none was
 	replayedFor [sha256.Size]byte       // the PCR tag of the quote that log came with
+	failed      *posturev1.MeasuredBoot // the reading of the last event log that did not replay; nil when none
+	failedFor   [sha256.Size]byte       // the PCR tag of the quote that log came with
 }
 
 // withoutLog is the reading of a quote without a log whose PCR values have
 // tag, and whether to ask the agent for the log.
 func (b *bootState) withoutLog(tag [sha256.Size]byte) (boot *posturev1.MeasuredBoot, wantLog bool) {
 	switch {
+	case b.replayed != nil && b.replayedFor == tag:
+		return b.replayed, false
+	case b.failed != nil && b.failedFor == tag:
+		return b.failed, false
 	case b.replayed == nil:
 		return bootNoEventLog, true
-	case b.replayedFor != tag:
-		return bootNoLogForPCRs, true
 	}
-	return b.replayed, false
+	return bootNoLogForPCRs, true
 }
 
 // quoteBoot reads measured boot from a verified quote: its own event log
@@ -52,16 +65,35 @@ func (b bootState) quoteBoot(q *posturev1.TPMQuote, pcrs map[uint32][]byte) (boo
 	if len(q.GetEventLog()) > 0 {
 		mb := measuredBoot(q, pcrs)
 		if mb.GetStatus() != posturev1.Status_STATUS_OK {
-			// A log that does not replay (read before it caught up with
-			// the PCRs, say) is not kept for later quotes: the next one is
-			// asked to bring a log again.
-			return bootState{boot: mb, replayed: b.replayed, replayedFor: b.replayedFor}, true
+			// Not the reading of later quotes, but the answer for those
+			// with these PCR values: the agent is not asked again.
+			return bootState{boot: mb, replayed: b.replayed, replayedFor: b.replayedFor, failed: mb, failedFor: tag}, false
 		}
-		return bootState{boot: mb, replayed: mb, replayedFor: tag}, false
+		return bootState{boot: mb, replayed: mb, replayedFor: tag, failed: b.failed, failedFor: b.failedFor}, false
 	}
 	var want bool
 	b.boot, want = b.withoutLog(tag)
 	return b, want
+}
+
+// memo is what a device entry keeps of b (its replayMemo): old when it
+// holds the same, nil when there is nothing to keep.
+func (b bootState) memo(old *replayMemo) *replayMemo {
+	if b.replayed == nil && b.failed == nil {
+		return nil
+	}
+	var failed *replayFailure
+	switch {
+	case b.failed == nil:
+	case old != nil && old.failed != nil && old.failed.reading == b.failed && old.failed.pcrs == b.failedFor:
+		failed = old.failed
+	default:
+		failed = &replayFailure{reading: b.failed, pcrs: b.failedFor}
+	}
+	if old != nil && old.reading == b.replayed && old.pcrs == b.replayedFor && old.failed == failed {
+		return old
+	}
+	return &replayMemo{reading: b.replayed, pcrs: b.replayedFor, failed: failed}
 }
 
 // encodeReading serializes a replayed reading and its PCR tag for the

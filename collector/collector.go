@@ -29,6 +29,8 @@ import (
 
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -245,6 +247,21 @@ func New(cfg Config) (*Collector, error) {
 	return c, nil
 }
 
+// maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's
+// 4 MiB default. The largest message a device sends is a report whose
+// quote carries the TPM event log: the log (attest.MaxEventLogSize, 1
+// MiB), the report (envelope.MaxReportSize, 64 KiB) and the rest of the
+// proof (envelope.MaxProofSize, 4 KiB), with a 32-byte nonce and a few
+// bytes of framing per field; 4 KiB more covers those. Every other
+// message is smaller: an enrollment carries an EK certificate (the TPM's
+// NV index holds at most a few KiB) and the AK's public area, gateways
+// send device IDs and certificates, and a remote admin's largest request
+// is a policy file to diff, a few KiB of YAML. A larger message ends its
+// stream with RESOURCE_EXHAUSTED before it is read; one within this bound
+// but over the report limits is rejected as malformed. The admin socket
+// keeps gRPC's default: only the collector's own host reaches it.
+const maxRecvMsgSize = attest.MaxEventLogSize + envelope.MaxReportSize + envelope.MaxProofSize + 4<<10
+
 // loadGCPercent is the garbage collector's target while the fleet loads.
 const loadGCPercent = 25
 
@@ -275,6 +292,7 @@ func (c *Collector) listen() error {
 		// minute) with a bandwidth probe, a PING the agent must answer and
 		// the collector read: two more syscalls per report and connection.
 		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 	)
 	c.adminSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth))
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {

@@ -273,13 +273,25 @@ func (k *streamKey) verify(e *deviceEntry, sr *posturev1.SignedReport) (*envelop
 	return v, nil, err
 }
 
-// shared holds one copy of strings that many devices carry alike.
-var shared = newInterner(4096)
+// shared holds one copy of strings that many devices carry alike. OS
+// lines are a few dozen bytes ("Windows 11 Pro 10.0.22631") and
+// measured-boot reasons a few hundred; a fleet has a few hundred of them.
+// Longer or further ones are one device's own, and it keeps them itself.
+var shared = newInterner(4096, 512, 1<<20)
 
 // replayMemo is the reading of the last event log a device's quotes
-// brought and the PCR tag it was replayed for. Kept apart from the entry,
-// so that devices without one (software identities) pay a pointer.
+// brought and the PCR tag it was replayed for, and the last log that did
+// not replay (bootState). Kept apart from the entry, so that devices
+// without one (software identities) pay a pointer.
 type replayMemo struct {
+	reading *posturev1.MeasuredBoot // nil when no log replayed
+	pcrs    [sha256.Size]byte
+	failed  *replayFailure // nil when no log failed; rare, so apart again
+}
+
+// replayFailure is the reading of an event log that did not replay and
+// the PCR tag it failed for.
+type replayFailure struct {
 	reading *posturev1.MeasuredBoot
 	pcrs    [sha256.Size]byte
 }
@@ -287,20 +299,18 @@ type replayMemo struct {
 // bootState is what the entry knows of measured boot.
 func (e *deviceEntry) bootState() bootState {
 	b := bootState{boot: e.boot}
-	if e.replay != nil {
-		b.replayed, b.replayedFor = e.replay.reading, e.replay.pcrs
+	if m := e.replay; m != nil {
+		b.replayed, b.replayedFor = m.reading, m.pcrs
+		if m.failed != nil {
+			b.failed, b.failedFor = m.failed.reading, m.failed.pcrs
+		}
 	}
 	return b
 }
 
 func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time.Time, pol *policy.Policy) {
 	e.boot = b.boot
-	switch {
-	case b.replayed == nil:
-		e.replay = nil
-	case e.replay == nil || e.replay.reading != b.replayed || e.replay.pcrs != b.replayedFor:
-		e.replay = &replayMemo{reading: b.replayed, pcrs: b.replayedFor}
-	}
+	e.replay = b.memo(e.replay)
 	e.osLine = ""
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())

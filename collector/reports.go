@@ -52,6 +52,11 @@ type rejection struct {
 	msg    string
 }
 
+// rejStreamEnded is what ingest returns for a report whose stream ended
+// before the report was stored: not a rejection, neither counted nor
+// answered, for the stream is gone.
+var rejStreamEnded = &rejection{reason: posturev1.RejectReason_REJECT_REASON_STORAGE, msg: "the report stream ended before the report was stored"}
+
 func reject(reason posturev1.RejectReason, format string, args ...any) *rejection {
 	return &rejection{reason: reason, msg: fmt.Sprintf(format, args...)}
 }
@@ -144,29 +149,41 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 			rs.busy.Unlock()
 			return streamEndError(ctx)
 		}
-		ack, wantLog, rej := s.ingest(ctx, id, &key, sr, nonce)
+		out, err := s.answer(ctx, id, &key, sr, nonce, next)
 		rs.busy.Unlock()
-		nonce = next
-		var out *posturev1.CollectorMessage
-		if rej != nil {
-			c.stats.rejected(reasonName(rej.reason))
-			c.log.Warn("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
-			if errors.Is(context.Cause(ctx), errRevoked) {
-				return streamEndError(ctx)
-			}
-			out = &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: &posturev1.ReportRejected{
-				Seq: envelope.ClaimedSeq(sr), Reason: rej.reason, Message: rej.msg, NextNonce: next,
-			}}}
-		} else {
-			c.stats.accepted()
-			out = &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-				Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
-			}}}
+		if err != nil {
+			return err
 		}
+		nonce = next
 		if err := stream.Send(out); err != nil {
 			return err
 		}
 	}
+}
+
+// answer checks and stores one report of device id, which answers nonce,
+// and counts the outcome. It returns the acknowledgement or rejection to
+// send, which carries next, or an error that ends the stream.
+func (s *reportService) answer(ctx context.Context, id string, key *streamKey, sr *posturev1.SignedReport, nonce, next []byte) (*posturev1.CollectorMessage, error) {
+	c := s.c
+	ack, wantLog, rej := s.ingest(ctx, id, key, sr, nonce)
+	switch {
+	case rej == rejStreamEnded:
+		return nil, streamEndError(ctx)
+	case rej != nil:
+		c.stats.rejected(reasonName(rej.reason))
+		c.log.Warn("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
+		if errors.Is(context.Cause(ctx), errRevoked) {
+			return nil, streamEndError(ctx)
+		}
+		return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: &posturev1.ReportRejected{
+			Seq: envelope.ClaimedSeq(sr), Reason: rej.reason, Message: rej.msg, NextNonce: next,
+		}}}, nil
+	}
+	c.stats.accepted()
+	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
+		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
+	}}}, nil
 }
 
 func streamEndError(ctx context.Context) error {
@@ -256,7 +273,7 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		}
 		rec.TPM, rec.Reboot = &clock, reboot
 		boot, wantLog = c.fleet.bootState(id).quoteBoot(sr.GetTpm(), quote.PCRs)
-		if len(sr.GetTpm().GetEventLog()) > 0 {
+		if len(sr.GetTpm().GetEventLog()) > 0 && boot.replayed != nil {
 			// The device keeps this reading until its next log, for the
 			// quotes that come without one.
 			if rec.MeasuredBoot, err = encodeReading(boot); err != nil {
@@ -266,10 +283,19 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		}
 	}
 	if err := c.store.AppendReport(ctx, rec); err != nil {
-		if errors.Is(err, store.ErrConflict) {
+		switch {
+		case errors.Is(err, store.ErrConflict):
 			// Two streams of this device raced with different reports for
 			// the same sequence number: two holders of one identity.
 			return nil, false, s.suspect(ctx, id, fmt.Sprintf("two different reports claimed sequence number %d at once: the identity is used by two agents", rec.Seq))
+		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+			// The stream ended while the report waited for the writer: a
+			// newer stream of the device replaced it (a reconnect), the
+			// agent went away, or the collector is stopping. The writer
+			// skips an operation whose context ended, so nothing is
+			// stored, and the agent sends the report again on its next
+			// stream. The store did not fail.
+			return nil, false, rejStreamEnded
 		}
 		c.log.Error("store report", "device", id, "seq", rec.Seq, "err", err)
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -706,23 +707,45 @@ func TestMeasuredBootAsksForEventLog(t *testing.T) {
 			t.Fatalf("measured boot = %v, want unavailable: %s", mb, reason)
 		}
 	}
+	notReplayed := func(t *testing.T) {
+		t.Helper()
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mb := p.GetMeasuredBoot(); mb.GetStatus() != posturev1.Status_STATUS_ERROR || !strings.Contains(mb.GetReason(), "does not replay") {
+			t.Fatalf("measured boot = %v, want an error: the log does not replay", mb)
+		}
+	}
 	steps := []struct {
 		name    string
 		withLog bool
 		extend  bool // the OS extends PCR 7 first, and the log records it
+		forge   bool // the OS extends PCR 7 first, and the log does not record it
 		wantLog bool // the acknowledgement asks for the log
 		check   func(t *testing.T)
 	}{
-		{"no log ever sent", false, false, true, func(t *testing.T) { unavailable(t, "no TPM event log") }},
-		{"the log", true, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
-		{"same PCR values without it", false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
-		{"PCR 7 changed, no log", false, true, true, func(t *testing.T) { unavailable(t, "no event log for these PCR values") }},
-		{"the new log", true, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
-		{"same PCR values without it again", false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
+		{"no log ever sent", false, false, false, true, func(t *testing.T) { unavailable(t, "no TPM event log") }},
+		{"the log", true, false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
+		{"same PCR values without it", false, false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 3) }},
+		{"PCR 7 changed, no log", false, true, false, true, func(t *testing.T) { unavailable(t, "no event log for these PCR values") }},
+		{"the new log", true, false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
+		{"same PCR values without it again", false, false, false, false, func(t *testing.T) { wantReplayed(t, e, id, 4) }},
+		// A log that does not replay would fail the same way against the
+		// same PCR values: the agent is not asked for it again until they
+		// change.
+		{"PCR 7 extended unlogged, the log", true, false, true, false, notReplayed},
+		{"same PCR values without it", false, false, false, false, notReplayed},
+		{"same PCR values without it once more", false, false, false, false, notReplayed},
+		{"PCR 7 changed again, no log", false, true, false, true, func(t *testing.T) { unavailable(t, "no event log for these PCR values") }},
 	}
 	for _, s := range steps {
 		if s.extend {
 			extendLogged(t, dev, log, 7, 0x0000000d, []byte("boot loader"))
+		}
+		if s.forge {
+			sum := sha256.Sum256([]byte("not in the log"))
+			extendPCR(t, dev, 7, sum[:])
 		}
 		m := c.send(seal(s.withLog))
 		if m.GetAck() == nil {

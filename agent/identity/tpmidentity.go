@@ -139,7 +139,9 @@ func (i *TPMIdentity) eventLog(pcrs map[uint32][]byte) []byte {
 	// Reading the log needs root; without it the collector is told
 	// nothing and says so, rather than guessing.
 	log, err := os.ReadFile(i.eventLogPath)
-	if err != nil {
+	if err != nil || len(log) > attest.MaxEventLogSize {
+		// A collector refuses a report whose log is over the limit;
+		// without one it says measured boot is unknown.
 		return nil
 	}
 	i.resend, i.logSent, i.logFor = false, true, tag

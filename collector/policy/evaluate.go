@@ -42,28 +42,43 @@ type checkText struct {
 	reason, remediation string
 }
 
-// maxSharedTexts bounds the table of shared texts. Texts that embed values
-// from a report (a version, a count) could otherwise grow it without end;
-// past the bound a text is simply kept by the device it belongs to.
-const maxSharedTexts = 1 << 16
+// Bounds of the table of shared texts. Texts that embed values from a
+// report (a version, a count, a name) could otherwise grow it without
+// end; past a bound a text is simply kept by the device it belongs to.
+// Texts are bounded by the report's (envelope's limits): a reason quotes
+// at most a 1 KiB text of the agent's, and a remediation a name, so every
+// text a real agent causes is under maxSharedTextLen. A fleet's shared
+// texts, a few hundred bytes each, take well under maxSharedTextBytes.
+const (
+	maxSharedTexts     = 1 << 16
+	maxSharedTextLen   = 2 << 10 // reason and remediation together, in bytes
+	maxSharedTextBytes = 4 << 20 // every shared text's reason and remediation
+)
 
 // sharedTexts maps a checkText to its one shared copy. Assessments run on
-// every core at once at start, so lookups take no lock.
+// every core at once at start, so lookups take no lock; additions racing
+// past a bound pass it by at most one text each.
 var sharedTexts struct {
-	m sync.Map
-	n atomic.Int64
+	m     sync.Map
+	n     atomic.Int64
+	bytes atomic.Int64
 }
 
 func shareText(t checkText) *checkText {
+	size := int64(len(t.reason) + len(t.remediation))
+	if size > maxSharedTextLen {
+		return &t
+	}
 	if s, ok := sharedTexts.m.Load(t); ok {
 		return s.(*checkText)
 	}
-	if sharedTexts.n.Load() >= maxSharedTexts {
+	if sharedTexts.n.Load() >= maxSharedTexts || sharedTexts.bytes.Load()+size > maxSharedTextBytes {
 		return &t
 	}
 	s, loaded := sharedTexts.m.LoadOrStore(t, &t)
 	if !loaded {
 		sharedTexts.n.Add(1)
+		sharedTexts.bytes.Add(size)
 	}
 	return s.(*checkText)
 }

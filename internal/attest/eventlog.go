@@ -18,10 +18,16 @@ const (
 	algSHA256                 = 0x000b
 	specIDSignature           = "Spec ID Event03\x00"
 	startupLocalitySignature  = "StartupLocality\x00"
-	maxEventLogSize           = 4 << 20
 	maxEventSize              = 1 << 20
 	secureBootPCR             = 7
 )
+
+// MaxEventLogSize is the largest event log ReplayEventLog reads. Firmware
+// writes its log into an area it reserves at boot, 64 KiB by default in
+// EDK2 (PcdTcgLogAreaMinLen), and the four real logs in testdata/eventlog
+// are 15–38 KB. 1 MiB leaves room for firmware that reserves more, with
+// many option ROMs, and boot loaders that add their own events.
+const MaxEventLogSize = 1 << 20
 
 // efiGlobalVariable is EFI_GLOBAL_VARIABLE, the GUID of the SecureBoot
 // variable, 8be4df61-93ca-11d2-aa0d-00e098032b8c, as UEFI_VARIABLE_DATA
@@ -71,8 +77,8 @@ type logEvent struct {
 // verified quote. Only then does it read the log: the SecureBoot variable
 // the firmware measured into PCR 7 (see readSecureBoot).
 func ReplayEventLog(log []byte, quoted map[uint32][]byte) (*MeasuredBoot, error) {
-	if len(log) > maxEventLogSize {
-		return nil, fmt.Errorf("event log of %d bytes is larger than %d", len(log), maxEventLogSize)
+	if len(log) > MaxEventLogSize {
+		return nil, fmt.Errorf("event log of %d bytes is larger than %d", len(log), MaxEventLogSize)
 	}
 	events, err := parseEventLog(log)
 	if err != nil {
@@ -80,9 +86,17 @@ func ReplayEventLog(log []byte, quoted map[uint32][]byte) (*MeasuredBoot, error)
 	}
 	pcrs := map[uint32][]byte{}
 	touched := map[uint32]bool{}
-	for _, e := range events {
+	for i, e := range events {
 		if e.typ == evNoAction {
 			if e.pcr == 0 && bytes.HasPrefix(e.data, []byte(startupLocalitySignature)) && len(e.data) > len(startupLocalitySignature) {
+				// The locality the TPM started at sets PCR 0's initial
+				// value, so it is recorded before anything is measured
+				// into PCR 0. One after such measurements would start
+				// the replay of PCR 0 afresh, and the measurements
+				// before it could be anything.
+				if touched[0] {
+					return nil, fmt.Errorf("event %d: StartupLocality event after measurements into PCR 0, where firmware records it before measuring anything: the log does not describe a boot", i)
+				}
 				init := make([]byte, sha256.Size)
 				init[sha256.Size-1] = e.data[len(startupLocalitySignature)]
 				pcrs[0] = init

@@ -87,6 +87,57 @@ func TestReplayEventLogMalformed(t *testing.T) {
 	}
 }
 
+// The StartupLocality event sets PCR 0's initial value, and firmware
+// records it before measuring anything into PCR 0. One placed after
+// measurements into PCR 0 would make the replay start PCR 0 afresh, so
+// whatever the log invented before it would still replay: such a log is
+// refused.
+func TestReplayEventLogStartupLocality(t *testing.T) {
+	firmware := func(l *testtools.EventLog) *testtools.EventLog {
+		l.Add(0, 0x80000008, []byte("platform firmware blob"))
+		l.Add(7, evEFIVariableDriverConfig, testtools.SecureBootVariable(true))
+		l.Add(7, evSeparator, separator)
+		return l
+	}
+	started := func(locality byte) *testtools.EventLog {
+		l := testtools.NewEventLog()
+		l.StartupLocality(locality)
+		return firmware(l)
+	}
+	// Invented PCR 0 measurements, then the locality, then the real boot:
+	// the replay of PCR 0 would begin again at the StartupLocality event.
+	invented := func(locality byte) *testtools.EventLog {
+		l := testtools.NewEventLog()
+		l.Add(0, 0x80000008, []byte("firmware that never ran"))
+		l.StartupLocality(locality)
+		return firmware(l)
+	}
+	tests := []struct {
+		name    string
+		log     *testtools.EventLog
+		quoted  map[uint32][]byte
+		wantErr string
+	}{
+		{"locality 3 first", started(3), started(3).PCRs(), ""},
+		{"locality 0 first", started(0), started(0).PCRs(), ""},
+		{"locality 3 after invented PCR 0 events", invented(3), started(3).PCRs(), "StartupLocality event after measurements into PCR 0"},
+		{"locality 0 after invented PCR 0 events", invented(0), started(0).PCRs(), "StartupLocality event after measurements into PCR 0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mb, err := ReplayEventLog(tt.log.Bytes(), tt.quoted)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("ReplayEventLog: %v", err)
+			case tt.wantErr == "" && (!mb.SecureBootKnown || !mb.SecureBoot || mb.Events != 3):
+				t.Errorf("got %+v, want secure boot known and enabled, 3 events", mb)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("ReplayEventLog = %+v, %v; want an error: %s", mb, err, tt.wantErr)
+			}
+		})
+	}
+}
+
 // firmwareLog reads a real event log from testdata/eventlog and the SHA-256
 // PCR values its machine's TPM held after that boot.
 func firmwareLog(t *testing.T, name string) ([]byte, map[uint32][]byte) {

@@ -89,22 +89,64 @@ func VerifySoftware(key *ecdsa.PublicKey, sr *posturev1.SignedReport) (*Verified
 	if sw == nil {
 		return nil, fmt.Errorf("%w: the device enrolled a software key but the report carries no software signature", ErrBadSignature)
 	}
-	if len(sr.GetReport()) == 0 || len(sr.GetNonce()) == 0 {
-		return nil, fmt.Errorf("%w: report or nonce is empty", ErrMalformed)
+	if err := checkSizes(sr); err != nil {
+		return nil, err
 	}
 	digest := Digest(sr.GetNonce(), sr.GetReport())
 	if !ecdsa.VerifyASN1(key, digest, sw.GetSignature()) {
 		return nil, ErrBadSignature
 	}
+	rep, err := decodeReport(sr.GetReport())
+	if err != nil {
+		return nil, err
+	}
+	proof, err := encodeProof(sw, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &Verified{Report: rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, nil
+}
+
+// checkSizes refuses, before anything in it is verified, a signed report
+// that is empty or carries more than the limits allow (MaxReportSize,
+// MaxEventLogSize).
+func checkSizes(sr *posturev1.SignedReport) error {
+	switch {
+	case len(sr.GetReport()) == 0 || len(sr.GetNonce()) == 0:
+		return fmt.Errorf("%w: report or nonce is empty", ErrMalformed)
+	case len(sr.GetReport()) > MaxReportSize:
+		return fmt.Errorf("%w: the report is %d bytes; at most %d", ErrMalformed, len(sr.GetReport()), MaxReportSize)
+	case len(sr.GetTpm().GetEventLog()) > MaxEventLogSize:
+		return fmt.Errorf("%w: the TPM event log is %d bytes; at most %d", ErrMalformed, len(sr.GetTpm().GetEventLog()), MaxEventLogSize)
+	}
+	return nil
+}
+
+// decodeReport decodes the verified report bytes and checks its fields
+// against the limits (CheckReport).
+func decodeReport(body []byte) (*posturev1.PostureReport, error) {
 	var rep posturev1.PostureReport
-	if err := proto.Unmarshal(sr.GetReport(), &rep); err != nil {
+	if err := proto.Unmarshal(body, &rep); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	proof, err := proto.Marshal(sw)
+	if err := CheckReport(&rep); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return &rep, nil
+}
+
+// encodeProof serializes a verified proof for storage, which holds it to
+// MaxProofSize besides its event log of logSize bytes: fields the
+// collector does not know would otherwise be stored with it.
+func encodeProof(p proto.Message, logSize int) ([]byte, error) {
+	proof, err := proto.Marshal(p)
 	if err != nil {
 		return nil, fmt.Errorf("encode proof: %w", err)
 	}
-	return &Verified{Report: &rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, nil
+	if n := len(proof) - logSize; n > MaxProofSize {
+		return nil, fmt.Errorf("%w: the proof is %d bytes besides the event log; at most %d", ErrMalformed, n, MaxProofSize)
+	}
+	return proof, nil
 }
 
 // ClaimedDevice decodes the device ID a report claims, without trusting it.

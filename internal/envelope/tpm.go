@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/posture-project/posture/internal/attest"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -34,8 +32,8 @@ func VerifyTPM(ak *attest.AK, sr *posturev1.SignedReport) (*Verified, *attest.Qu
 	if q == nil {
 		return nil, nil, fmt.Errorf("%w: the device enrolled a TPM identity but the report carries no TPM quote", ErrBadSignature)
 	}
-	if len(sr.GetReport()) == 0 || len(sr.GetNonce()) == 0 {
-		return nil, nil, fmt.Errorf("%w: report or nonce is empty", ErrMalformed)
+	if err := checkSizes(sr); err != nil {
+		return nil, nil, err
 	}
 	digest := Digest(sr.GetNonce(), sr.GetReport())
 	res, err := VerifyQuote(ak, q, digest)
@@ -45,15 +43,15 @@ func VerifyTPM(ak *attest.AK, sr *posturev1.SignedReport) (*Verified, *attest.Qu
 	if err != nil {
 		return nil, nil, err
 	}
-	var rep posturev1.PostureReport
-	if err := proto.Unmarshal(sr.GetReport(), &rep); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	proof, err := proto.Marshal(q)
+	rep, err := decodeReport(sr.GetReport())
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode proof: %w", err)
+		return nil, nil, err
 	}
-	return &Verified{Report: &rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, res, nil
+	proof, err := encodeProof(q, len(q.GetEventLog()))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Verified{Report: rep, Digest: digest, Body: sr.GetReport(), Nonce: sr.GetNonce(), Proof: proof}, res, nil
 }
 
 // VerifyQuote checks a quote message: a TPM2_Quote by ak whose qualifying

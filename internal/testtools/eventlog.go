@@ -62,6 +62,24 @@ func (l *EventLog) AddDigest(pcr, eventType uint32, digest, data []byte) {
 	l.pcrs[pcr] = h.Sum(nil)
 }
 
+// StartupLocality appends the EV_NO_ACTION event firmware records when the
+// TPM started at locality, which sets PCR 0's initial value: PCRs then
+// holds what a TPM started there would. Firmware records it before any
+// measurement into PCR 0; tests of logs that lie may put it anywhere.
+func (l *EventLog) StartupLocality(locality byte) {
+	data := append([]byte("StartupLocality\x00"), locality)
+	binary.Write(&l.buf, binary.LittleEndian, uint32(0)) // PCR 0
+	binary.Write(&l.buf, binary.LittleEndian, uint32(3)) // EV_NO_ACTION
+	binary.Write(&l.buf, binary.LittleEndian, uint32(1))
+	binary.Write(&l.buf, binary.LittleEndian, uint16(0xb))
+	l.buf.Write(make([]byte, 32)) // EV_NO_ACTION events are not measured
+	binary.Write(&l.buf, binary.LittleEndian, uint32(len(data)))
+	l.buf.Write(data)
+	init := make([]byte, 32)
+	init[31] = locality
+	l.pcrs[0] = init
+}
+
 // Bytes is the log so far.
 func (l *EventLog) Bytes() []byte { return bytes.Clone(l.buf.Bytes()) }
 

@@ -27,7 +27,9 @@ type RejectReason int32
 
 const (
 	RejectReason_REJECT_REASON_UNSPECIFIED RejectReason = 0
-	// REJECT_REASON_MALFORMED: the envelope or report could not be parsed.
+	// REJECT_REASON_MALFORMED: the envelope or report could not be parsed, or
+	// carries more than the limits allow (see PostureReport); the message
+	// names the field, its size and the limit.
 	RejectReason_REJECT_REASON_MALFORMED RejectReason = 1
 	// REJECT_REASON_UNKNOWN_NONCE: the nonce was not issued on this stream, or
 	// was already used.

@@ -1172,6 +1172,11 @@ func (x *AgentInfo) GetIdentity() string {
 
 // PostureReport is one measurement of a device. It travels as the exact bytes
 // the agent signed (SignedReport.report); the collector never re-encodes it.
+//
+// A collector rejects a report as REJECT_REASON_MALFORMED when it exceeds a
+// limit: 64 KiB serialized; 256 bytes for each name, version and identifier;
+// 1 KiB for each reason, detail, mount point and device path; 256 entries in
+// a list. The agent clips its reports to these before signing.
 type PostureReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// device_id the collector assigned at enrollment.
@@ -1547,7 +1552,8 @@ type TPMQuote struct {
 	// first report of each stream, when the quoted PCR values differ from
 	// those of the last quote it sent a log with, and when the collector's
 	// ReportAck asks for it (want_event_log). Between, the collector keeps
-	// its reading of the last log it replayed, for those PCR values.
+	// its reading of the last log it replayed, for those PCR values. At most
+	// 1 MiB; the rest of the quote at most 4 KiB.
 	EventLog      []byte `protobuf:"bytes,4,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
