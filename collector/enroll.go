@@ -89,6 +89,11 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 	if begin == nil {
 		return refuse("malformed", codes.InvalidArgument, "enrollment must start with EnrollBegin")
 	}
+	for field, v := range map[string]string{"hostname": begin.GetHostname(), "platform": begin.GetPlatform()} {
+		if len(v) > envelope.MaxNameLen {
+			return refuse("malformed", codes.InvalidArgument, "%s is %d bytes; at most %d", field, len(v), envelope.MaxNameLen)
+		}
+	}
 	tlsKey, err := parseP256(begin.GetTlsPublicKey())
 	if err != nil {
 		return refuse("malformed", codes.InvalidArgument, "tls_public_key: %v", err)

@@ -234,7 +234,10 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_PCR_MISMATCH, "%v", err)
 	case err != nil:
 		if claimed := envelope.ClaimedDevice(sr); claimed != "" && claimed != id {
-			return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %s but the stream belongs to device %s", claimed, id)
+			if len(claimed) > maxDeviceID {
+				claimed = claimed[:maxDeviceID] + "…" // unverified: keep it out of logs at length
+			}
+			return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "report claims device %q but the stream belongs to device %s", claimed, id)
 		}
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_BAD_SIGNATURE, "%v", err)
 	}

@@ -11,30 +11,12 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
-
-// nextWith signs the next report in the chain after mod changes it.
-func (c *reportClient) nextWith(mod func(*posturev1.PostureReport)) *posturev1.SignedReport {
-	c.t.Helper()
-	r := healthyReport(true, "hand")
-	r.DeviceId, r.Seq, r.PrevDigest, r.CreatedAt = c.id, c.seq+1, c.digest, timestamppb.Now()
-	mod(r)
-	body, err := proto.Marshal(r)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	sr, err := envelope.SignSoftware(c.key, c.nonce, body)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return sr
-}
 
 // A device's report with a field or a body over the limits is rejected as
 // malformed, with what is over and by how much, counted, and nothing of it
@@ -72,7 +54,7 @@ func TestReportLimits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := e.stats()
-			m := c.send(c.nextWith(tt.mod))
+			m := c.send(c.nextWith(time.Now(), tt.mod))
 			rej := m.GetRejected()
 			if rej.GetReason() != posturev1.RejectReason_REJECT_REASON_MALFORMED || !strings.Contains(rej.GetMessage(), tt.want) {
 				t.Fatalf("answer %v; want rejected as malformed: %s", m, tt.want)
@@ -99,7 +81,7 @@ func TestReportLimits(t *testing.T) {
 	}
 
 	// A message over the gRPC limit is not read: the stream ends.
-	huge := c.nextWith(func(r *posturev1.PostureReport) { r.Os.Name = strings.Repeat("x", 2<<20) })
+	huge := c.nextWith(time.Now(), func(r *posturev1.PostureReport) { r.Os.Name = strings.Repeat("x", 2<<20) })
 	if err := c.st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: huge}}); err != nil && err != io.EOF {
 		t.Fatal(err)
 	}

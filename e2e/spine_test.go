@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -165,8 +167,32 @@ func TestEnrollmentRefusals(t *testing.T) {
 			}
 		})
 	}
-	if n := len(e.devices()); n != 1 {
-		t.Errorf("%d devices enrolled, want only the first", n)
+	// A hostname no machine has is refused before the token is spent.
+	long := e.token(time.Hour, 1)
+	parsed, err := token.Parse(long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+	st, err := posturev1.NewEnrollmentServiceClient(e.dial(nil)).Enroll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Begin{Begin: &posturev1.EnrollBegin{
+		Token: parsed.Secret, Hostname: strings.Repeat("h", 300), Platform: "linux", TlsPublicKey: pub,
+		Identity: &posturev1.IdentityClaim{Kind: &posturev1.IdentityClaim_Software{Software: &posturev1.SoftwareIdentity{PublicKey: pub}}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "hostname is 300 bytes; at most 256") {
+		t.Errorf("enrollment with a 300-byte hostname: %v; want InvalidArgument naming the limit", err)
+	}
+	if _, err := agent.Enroll(context.Background(), t.TempDir(), long); err != nil {
+		t.Errorf("the token after the refused enrollment: %v; want it unspent", err)
+	}
+	if n := len(e.devices()); n != 2 {
+		t.Errorf("%d devices enrolled, want the first and the last", n)
 	}
 }
 
