@@ -152,6 +152,7 @@ type Collector struct {
 	stats     *stats
 	hub       *hub
 	decisions *decisionLog
+	onStop    []func() // see OnStop
 	gateway   *gatewayService
 	health    *health.Server
 	metrics   *metrics
@@ -433,6 +434,9 @@ func (c *Collector) stop() {
 		c.adminSrv.Stop()
 		<-done
 	}
+	for _, hook := range c.onStop {
+		hook()
+	}
 	c.saveDecisions(true) // no decision is made any more
 	if err := c.store.Close(); err != nil {
 		c.log.Error("close store", "err", err)
@@ -440,6 +444,12 @@ func (c *Collector) stop() {
 }
 
 func durationpbOf(d time.Duration) *durationpb.Duration { return durationpb.New(d.Round(time.Second)) }
+
+// OnStop adds a function that Serve runs as it stops, after the gRPC
+// servers stopped and before the decision log is saved for the last time:
+// front ends outside the collector (the HTTP forward-auth server) stop
+// there, so that their last decisions are saved too. Call it before Serve.
+func (c *Collector) OnStop(hook func()) { c.onStop = append(c.onStop, hook) }
 
 // RegisterTLS adds a service to the TLS listener, between New and Serve:
 // the gateway front ends (Envoy ext_authz) live in their own package. Their

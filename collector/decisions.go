@@ -43,9 +43,11 @@ type decisionRecord struct {
 	allowed   bool
 	score     uint32
 	state     posturev1.DeviceState
-	reasons   []string
-	failed    []*posturev1.CheckResult
-	caller    string
+	// undefinedLevel: the policy defines no such level.
+	undefinedLevel bool
+	reasons        []string
+	failed         []*posturev1.CheckResult
+	caller         string
 
 	// detail, when set, holds reasons and failed as saved, not decoded yet:
 	// a record loaded at start-up is decoded when it is listed or its run
@@ -100,13 +102,19 @@ func (r *decisionRecord) sameOutcome(d *decisionRecord) bool {
 
 // key is the run a record belongs to. Denials for devices that are not
 // enrolled (state unspecified) make one run per caller and level, whatever
-// device they name, which keeps the last one asked about: a gateway asking
-// about made-up devices would otherwise push every other record out.
+// device they name, and those for levels the policy does not define one
+// run per device and caller, whatever level they name; the run keeps the
+// last one asked about. A gateway asking about made-up devices or levels
+// would otherwise push every other record out.
 func (r *decisionRecord) key() runKey {
+	k := runKey{r.device, r.level, r.caller}
 	if r.state == posturev1.DeviceState_DEVICE_STATE_UNSPECIFIED {
-		return runKey{"", r.level, r.caller}
+		k.device = ""
 	}
-	return runKey{r.device, r.level, r.caller}
+	if r.undefinedLevel {
+		k.level = "\x00undefined" // no level's name: names are printable
+	}
+	return k
 }
 
 func (l *decisionLog) record(d decisionRecord) {
@@ -117,7 +125,7 @@ func (l *decisionLog) record(d decisionRecord) {
 		r := &l.ring[ref.slot]
 		r.decode()
 		if r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
-			r.at, r.reasons, r.device = d.at, d.reasons, d.device
+			r.at, r.reasons, r.device, r.level = d.at, d.reasons, d.device, d.level
 			r.times++
 			l.queue(ref.slot)
 			return

@@ -1,11 +1,14 @@
 package collector
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -189,5 +192,51 @@ func TestDecisionLogUnknownDevices(t *testing.T) {
 	}
 	if d[1].GetDeviceId() != "a" {
 		t.Errorf("a's record is gone: %v", d)
+	}
+}
+
+// Requests for levels the policy does not define make one run per device
+// and caller, naming the last level asked for.
+func TestDecisionLogUndefinedLevels(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	l := newDecisionLogOf(4)
+	l.record(decisionRecord{at: t0, device: "a", level: "basic", state: active, caller: "gateway edge", allowed: true, score: 100})
+	for i := range 1000 {
+		lvl := fmt.Sprintf("made-up-%d", i)
+		l.record(decisionRecord{at: t0.Add(time.Duration(i) * time.Millisecond), device: "a", level: lvl, undefinedLevel: true, state: active, caller: "gateway edge",
+			score: 100, reasons: []string{fmt.Sprintf("access level %q is not defined", lvl)}})
+	}
+	d := l.list("a", time.Time{}, time.Time{}, 10)
+	if len(d) != 2 || d[0].GetCount() != 1000 || d[0].GetAccessLevel() != "made-up-999" || d[1].GetAccessLevel() != "basic" {
+		t.Fatalf("records %v; want one run of 1000 naming the last level, and basic's record", d)
+	}
+}
+
+// Decisions made by a front end as it stops (OnStop) are saved with the
+// rest when the collector stops.
+func TestOnStopDecisionsSaved(t *testing.T) {
+	dir := t.TempDir()
+	c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.OnStop(func() {
+		if _, err := c.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: "last-asked", AccessLevel: "basic"}); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Serve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(filepath.Join(dir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	saved, err := s.Decisions(context.Background(), 10)
+	if err != nil || len(saved) != 1 || saved[0].Device != "last-asked" {
+		t.Errorf("saved decisions %+v, %v; want the one made while stopping", saved, err)
 	}
 }

@@ -79,13 +79,14 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	// Metrics are labelled by the policy's levels only: names a gateway
 	// makes up must not add series without bound.
 	label := req.GetAccessLevel()
-	if _, defined := pol.Level(label); !defined {
+	_, defined := pol.Level(label)
+	if !defined {
 		label = "undefined"
 	}
 	if !ok {
 		resp.Reasons = []string{fmt.Sprintf("device %s is not enrolled with this collector", id)}
 		c.metrics.decision(label, false)
-		c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), reasons: resp.Reasons, caller: callerName(ctx)})
+		c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), undefinedLevel: !defined, reasons: resp.Reasons, caller: callerName(ctx)})
 		return resp, nil
 	}
 	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
@@ -103,7 +104,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	if !resp.Allowed {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}
-	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), allowed: resp.Allowed, score: resp.Score, state: subj.State, reasons: resp.Reasons, failed: resp.FailedChecks, caller: callerName(ctx)})
+	c.decisions.record(decisionRecord{at: now, device: id, level: req.GetAccessLevel(), undefinedLevel: !defined, allowed: resp.Allowed, score: resp.Score, state: subj.State, reasons: resp.Reasons, failed: resp.FailedChecks, caller: callerName(ctx)})
 	return resp, nil
 }
 

@@ -67,7 +67,13 @@ func (r *revokedGateways) load(gws []store.Gateway) {
 	r.reasons = map[string]string{}
 	for _, g := range gws {
 		if !g.RevokedAt.IsZero() {
-			r.reasons[g.Serial] = g.RevokeReason
+			// A serial revoked before serials were read in one spelling
+			// (0A1B… as openssl prints it) counts as the certificate's.
+			serial := g.Serial
+			if canon, err := pki.CanonicalSerial(serial); err == nil {
+				serial = canon
+			}
+			r.reasons[serial] = g.RevokeReason
 		}
 	}
 }

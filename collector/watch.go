@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync"
@@ -251,8 +252,21 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 	w, missed, snap, rev, resumed := c.subscribe(req.GetSinceRevision())
 	defer c.unsubscribe(w)
 	dropped := status.Error(codes.ResourceExhausted, "watcher fell too far behind; reconnect with since_revision set to the last revision applied")
+	// A revocation of the gateway's certificate or its expiry ends the
+	// stream's context: stop sending it the fleet at once.
+	ended := func() error {
+		if err := stream.Context().Err(); err != nil {
+			return context.Cause(stream.Context())
+		}
+		return nil
+	}
 	if resumed {
-		for _, ev := range missed {
+		for i, ev := range missed {
+			if i%1024 == 0 {
+				if err := ended(); err != nil {
+					return err
+				}
+			}
 			if err := ev.send(stream); err != nil {
 				return err
 			}
@@ -265,6 +279,9 @@ func (g *gatewayService) WatchPosture(req *posturev1.WatchPostureRequest, stream
 				case <-w.dropped:
 					return dropped
 				default:
+				}
+				if err := ended(); err != nil {
+					return err
 				}
 			}
 			if err := stream.Send(c.snapshotEvent(e, rev)); err != nil {

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -151,9 +153,22 @@ func TestRevokeGateway(t *testing.T) {
 	if r, err := e.admin.RevokeGateway(ctx, &posturev1.RevokeGatewayRequest{Serial: otherSerial, Reason: "retired"}); err != nil || r.GetRevoked() != 0 {
 		t.Errorf("revoking the same serial spelled otherwise: %v, %v; want nothing more revoked", r, err)
 	}
+	// A serial revoked in another spelling by an earlier collector, which
+	// stored it as given.
+	legacy := e.gatewayCert("legacy")
 	e.stop()
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(e.dataDir, "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO gateways (serial, name, issued_at, expires_at, revoked_at, revoke_reason) VALUES (?, '', 0, 0, 1, 'old revocation')`,
+		"00"+strings.ToUpper(legacy.Leaf.SerialNumber.Text(16))); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 	e.start()
-	for name, gw := range map[string]posturev1.GatewayServiceClient{"edge": edge, "other": other} {
+	legacyGW := posturev1.NewGatewayServiceClient(e.dial(&legacy))
+	for name, gw := range map[string]posturev1.GatewayServiceClient{"edge": edge, "other": other, "legacy": legacyGW} {
 		if err := ask(gw); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("%s after a restart: %v; want Unauthenticated", name, err)
 		}

@@ -109,6 +109,7 @@ type Client struct {
 	devices      map[string]*posturev1.DeviceDecision
 	revision     uint64
 	heartbeat    time.Duration // the interval the collector last announced; 0: none
+	announced    bool          // a SnapshotEnd has told heartbeat
 	synced       bool          // a snapshot (or resume) completed
 	connected    bool          // the watch is live
 	disconnected time.Time     // when the watch last broke
@@ -180,9 +181,19 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // heartbeat allows.
 var errSilent = errors.New("the collector sent neither an event nor a heartbeat")
 
+// maxCollectorHeartbeat is the longest heartbeat interval a collector
+// sends (its --watch-heartbeat is at most a minute). A variable for tests.
+var maxCollectorHeartbeat = time.Minute
+
 func (c *Client) watchOnce(ctx context.Context) error {
 	c.mu.RLock()
 	since, interval := c.revision, c.heartbeat
+	if !c.announced {
+		// No collector has said its interval yet: the longest one a
+		// collector may have, so that a first watch stalled behind a proxy
+		// is abandoned too.
+		interval = maxCollectorHeartbeat
+	}
 	c.mu.RUnlock()
 	// The watchdog abandons a stream that stays silent for MissedHeartbeats
 	// intervals. It is armed from the start with the interval the collector
@@ -253,7 +264,7 @@ func (c *Client) watchOnce(ctx context.Context) error {
 			}
 			pending = nil
 			c.revision = ev.GetRevision()
-			c.synced, c.connected = true, true
+			c.synced, c.connected, c.announced = true, true, true
 			c.heartbeat = 0
 			if iv := end.GetHeartbeatInterval(); iv.IsValid() && iv.AsDuration() > 0 {
 				c.heartbeat = iv.AsDuration()

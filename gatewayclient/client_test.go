@@ -363,3 +363,24 @@ func TestHeartbeatDoesNotAdvanceRevision(t *testing.T) {
 		t.Errorf("Revision() = %d, want 5", r)
 	}
 }
+
+// A first watch that stalls before any collector announced its heartbeat
+// interval is abandoned after MissedHeartbeats of the longest interval a
+// collector may have, and the client tries again.
+func TestFirstWatchStalled(t *testing.T) {
+	defer func(d time.Duration) { maxCollectorHeartbeat = d }(maxCollectorHeartbeat)
+	maxCollectorHeartbeat = 100 * time.Millisecond
+	srv := &funcCollector{watch: func(n int, _ *posturev1.WatchPostureRequest, st grpc.ServerStreamingServer[posturev1.PostureEvent]) error {
+		if n == 0 {
+			<-st.Context().Done() // a proxy holding the stream, nothing behind it
+			return st.Context().Err()
+		}
+		if err := send(st, deviceEvent(5), snapshotEnd(5, false, time.Second)); err != nil {
+			return err
+		}
+		<-st.Context().Done()
+		return st.Context().Err()
+	}}
+	c := run(t, srv, &fakeClock{})
+	eventually(t, "client synced on its second watch", func() bool { return c.Synced() && srv.callCount() == 2 })
+}

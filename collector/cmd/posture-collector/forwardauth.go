@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -119,6 +120,16 @@ func (f *httpFront) serve() error {
 }
 
 func (f *httpFront) close() { f.srv.Close() }
+
+// shutdown stops accepting requests and waits up to timeout for those in
+// progress, then closes what is left.
+func (f *httpFront) shutdown(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		f.srv.Close()
+	}
+}
 
 // readBearerFile reads gateway bearer secrets, one per line. The file must
 // not be readable by others: it holds credentials.

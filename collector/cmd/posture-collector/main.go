@@ -262,9 +262,9 @@ func runCollector(args []string) error {
 				stop()
 			}
 		}()
-		// Closed as soon as the collector starts stopping, so that its last
-		// decisions are made before the collector saves its decision log.
-		go func() { <-ctx.Done(); srv.close() }()
+		// Stopped with the collector, before it saves its decision log for
+		// the last time: requests already in progress finish first.
+		c.OnStop(func() { srv.shutdown(5 * time.Second) })
 		defer srv.close()
 		cfg.Logger.Info("forward-auth serving", "url", srv.url)
 	}
