@@ -65,6 +65,12 @@ func checkDisk(_ Check, r *posturev1.PostureReport, _ *Measured) outcome {
 			plain = append(plain, v.GetMountPoint())
 		}
 	}
+	// A few name the problem; a storage server's hundreds would make a
+	// reason no one reads, kept with every decision.
+	const named = 5
+	if len(plain) > named {
+		plain = append(plain[:named], fmt.Sprintf("and %d more", len(plain)-named))
+	}
 	return fail(d.GetMeta(), fmt.Sprintf("not encrypted: %s", strings.Join(plain, ", ")), fix)
 }
 

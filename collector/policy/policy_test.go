@@ -48,6 +48,13 @@ func TestAssess(t *testing.T) {
 			r.Disk.SystemEncrypted = false
 			r.Disk.Volumes = []*posturev1.Volume{{MountPoint: "/"}}
 		}), 70, "disk_encryption", posturev1.Outcome_OUTCOME_FAIL, "not encrypted: /"},
+		{"many volumes not encrypted: the first five named", report(func(r *posturev1.PostureReport) {
+			r.Disk.SystemEncrypted = false
+			r.Disk.Volumes = nil
+			for i := range 200 {
+				r.Disk.Volumes = append(r.Disk.Volumes, &posturev1.Volume{MountPoint: fmt.Sprintf("/srv/%d", i)})
+			}
+		}), 70, "disk_encryption", posturev1.Outcome_OUTCOME_FAIL, "not encrypted: /srv/0, /srv/1, /srv/2, /srv/3, /srv/4, and 195 more"},
 		{"disk unknown counts as failing", report(func(r *posturev1.PostureReport) {
 			r.Disk = &posturev1.DiskEncryption{Meta: &posturev1.SignalMeta{Status: posturev1.Status_STATUS_UNAVAILABLE, Reason: "/ is on overlay"}, SystemEncrypted: true}
 		}), 70, "disk_encryption", posturev1.Outcome_OUTCOME_UNKNOWN, "/ is on overlay"},
