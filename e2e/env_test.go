@@ -288,3 +288,15 @@ func (e *env) device(id string) (*posturev1.DevicePosture, error) {
 	}
 	return nil, errNoDevice
 }
+
+// wantActiveAt checks that a device is active with its chain head at seq.
+func (e *env) wantActiveAt(t testing.TB, id string, seq uint64) {
+	t.Helper()
+	d, err := e.device(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || d.GetDevice().GetLastSeq() != seq {
+		t.Errorf("device %s: %v (%s), head %d; want active, head %d", id, d.GetDevice().GetState(), d.GetDevice().GetStateReason(), d.GetDevice().GetLastSeq(), seq)
+	}
+}

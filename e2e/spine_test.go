@@ -580,10 +580,7 @@ func TestConcurrentStreamsOfOneIdentity(t *testing.T) {
 	if got := <-fromB; got.err != nil || got.m.GetAck().GetSeq() != 1 {
 		t.Errorf("report on the newer stream: %v, %v; want acknowledged", got.m, got.err)
 	}
-	d, _ := e.device(id)
-	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || d.GetDevice().GetLastSeq() != 1 {
-		t.Errorf("state %v, head %d; want active at 1", d.GetDevice().GetState(), d.GetDevice().GetLastSeq())
-	}
+	e.wantActiveAt(t, id, 1)
 }
 
 // A device's newer report stream replaces its older ones: a report held
@@ -612,13 +609,7 @@ func TestNewerStreamSupersedesOlder(t *testing.T) {
 	if _, err := a.st.Recv(); status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "newer report stream") {
 		t.Errorf("old stream after a newer one opened: %v; want Aborted, replaced by a newer stream", err)
 	}
-	d, err := e.device(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || d.GetDevice().GetLastSeq() != 2 {
-		t.Errorf("device after the held report: state %v (%s), head %d; want active at 2", d.GetDevice().GetState(), d.GetDevice().GetStateReason(), d.GetDevice().GetLastSeq())
-	}
+	e.wantActiveAt(t, id, 2) // the held report was not stored
 	// The new stream goes on.
 	if m := b.send(b.next()); m.GetAck().GetSeq() != 3 {
 		t.Errorf("report 3 on the new stream: %v", m)

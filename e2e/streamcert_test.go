@@ -85,13 +85,7 @@ func TestReportStreamEndsWhenCertificateReplaced(t *testing.T) {
 			if m := cur.send(cur.next()); m.GetAck() == nil {
 				t.Errorf("report 2 with the new certificate: %v", m)
 			}
-			d, err := e.device(id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE || d.GetDevice().GetLastSeq() != 2 {
-				t.Errorf("device %v (%s), head %d; want active, head 2", d.GetDevice().GetState(), d.GetDevice().GetStateReason(), d.GetDevice().GetLastSeq())
-			}
+			e.wantActiveAt(t, id, 2)
 			if r := e.stats().GetReportsRejected(); len(r) != 0 {
 				t.Errorf("reports rejected: %v", r)
 			}
