@@ -10,8 +10,9 @@ import (
 // spooled and be sent again later, signed afresh on a new stream.
 //
 // Retryable rejections are about the moment, not the measurement: the
-// device's clock (NTP may fix it), the collector's storage, the nonce, or
-// where the agent stands in the chain, which the next Welcome settles.
+// device's clock (NTP may fix it), the collector's storage, the nonce,
+// where the agent stands in the chain, which the next Welcome settles, or
+// the device's report budget, which refills.
 // Every other rejection is about the report itself, its content or its
 // proof, or says the device may not report at all: sending it again would
 // be refused again and hold up every measurement behind it, so it is
@@ -22,7 +23,8 @@ func retryable(r posturev1.RejectReason) bool {
 		posturev1.RejectReason_REJECT_REASON_STORAGE,
 		posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE,
 		posturev1.RejectReason_REJECT_REASON_REPLAY,
-		posturev1.RejectReason_REJECT_REASON_SEQUENCE_GAP:
+		posturev1.RejectReason_REJECT_REASON_SEQUENCE_GAP,
+		posturev1.RejectReason_REJECT_REASON_RATE_LIMITED:
 		return true
 	}
 	return false

@@ -23,6 +23,7 @@ func TestRetryable(t *testing.T) {
 		"tpm_clock":            false,
 		"quote_not_for_report": false,
 		"pcr_mismatch":         false,
+		"rate_limited":         true,
 	}
 	// Every reason in the contract has a decision here, so a new one gets
 	// a deliberate one.

@@ -66,6 +66,14 @@ type Config struct {
 	// deleted every hour, except each device's latest. Zero keeps every
 	// report.
 	ReportRetention time.Duration
+	// ReportBurst and ReportInterval are each device's report budget: it
+	// may send ReportBurst reports at once, and one every ReportInterval
+	// after that (a report a minute is the agent's default; a week offline
+	// spools about 10,000). Zero means DefaultReportBurst and
+	// DefaultReportInterval. A report beyond it is refused as
+	// rate_limited, and the agent sends it again later.
+	ReportBurst    int
+	ReportInterval time.Duration
 	// MetricsListen, when set, serves Prometheus metrics at /metrics on
 	// this address (plain HTTP, apart from the API).
 	MetricsListen string
@@ -101,6 +109,12 @@ func (c *Config) setDefaults() {
 	if c.WatchHeartbeat == 0 {
 		c.WatchHeartbeat = DefaultWatchHeartbeat
 	}
+	if c.ReportBurst == 0 {
+		c.ReportBurst = DefaultReportBurst
+	}
+	if c.ReportInterval == 0 {
+		c.ReportInterval = DefaultReportInterval
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -127,8 +141,23 @@ const (
 	MaxWatchHeartbeat = time.Minute
 )
 
+// The default report budget of a device: a week's backlog of an agent
+// that reports every minute at once, then six reports a minute.
+const (
+	DefaultReportBurst    = 10000
+	DefaultReportInterval = 10 * time.Second
+)
+
 // validate refuses settings that cannot work, once defaults are set.
 func (c *Config) validate() error {
+	switch {
+	case c.ReportBurst < 1 || c.ReportBurst > 1_000_000:
+		return fmt.Errorf("report burst %d: give 1 to 1000000 reports (--report-burst; default %d)", c.ReportBurst, DefaultReportBurst)
+	case c.ReportInterval < time.Second || c.ReportInterval > 24*time.Hour || c.ReportInterval%time.Second != 0:
+		return fmt.Errorf("report interval %v: give whole seconds from 1s to 24h (--report-interval; default %v)", c.ReportInterval, DefaultReportInterval)
+	case int64(c.ReportBurst)*int64(c.ReportInterval/time.Second) > 1<<31:
+		return fmt.Errorf("report burst %d × interval %v is more than 68 years of reports; lower one (--report-burst, --report-interval)", c.ReportBurst, c.ReportInterval)
+	}
 	switch hb := c.WatchHeartbeat; {
 	case hb < 0:
 		return fmt.Errorf("watch heartbeat interval %v is negative: give at least %v (--watch-heartbeat; default %v)", hb, MinWatchHeartbeat, DefaultWatchHeartbeat)
@@ -152,7 +181,9 @@ type Collector struct {
 	stats     *stats
 	hub       *hub
 	decisions *decisionLog
-	onStop    []func() // see OnStop
+	onStop    []func()     // see OnStop
+	started   time.Time    // by cfg.Now: the report budgets' clock starts here
+	budget    reportBudget // each device's report budget
 	gateway   *gatewayService
 	health    *health.Server
 	metrics   *metrics
@@ -195,6 +226,8 @@ func New(cfg Config) (*Collector, error) {
 	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), health: health.NewServer(), decisions: newDecisionLog()}
 	c.roots.AddCert(ca.Cert)
 	c.gateway = &gatewayService{c: c}
+	c.started = cfg.Now()
+	c.budget = reportBudget{burst: uint32(cfg.ReportBurst), interval: uint32(cfg.ReportInterval / time.Second)}
 	c.metrics = newMetrics(c)
 	c.policy.Store(cfg.Policy)
 

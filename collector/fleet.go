@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,7 @@ type deviceEntry struct {
 	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
 	tpm         bool   // identity kind: TPM AK or software key
 	hasHead     bool   // a report is stored
+	reportsDue  uint32 // the report budget (spendReport), in seconds of the fleet's clock; accessed atomically
 }
 
 // certTag condenses a certificate serial (hex, as stored) to what an entry
@@ -489,9 +491,46 @@ func (f *fleet) put(d store.Device) error {
 		if old.headAfter(e.hasHead, e.lastSeq) {
 			e.lastSeq, e.lastDigest, e.hasHead, e.tpmClock = old.lastSeq, old.lastDigest, true, old.tpmClock
 		}
+		e.reportsDue = atomic.LoadUint32(&old.reportsDue)
 	}
 	f.devices[d.ID] = e
 	return nil
+}
+
+// reportBudget is how many reports a device may send: burst at once, then
+// one every interval (whole seconds). The fleet keeps one number per
+// device for it: the time, in seconds since start, by which the device's
+// reports so far would have been spent at one per interval (the generic
+// cell rate algorithm).
+type reportBudget struct {
+	burst    uint32
+	interval uint32 // seconds
+}
+
+// spendReport takes one report from the device's budget at now (seconds
+// since the fleet's start) and says whether there was one, and if not, in
+// how many seconds there will be.
+func (f *fleet) spendReport(id string, b reportBudget, now uint32) (ok bool, wait uint32) {
+	f.mu.RLock()
+	e, known := f.devices[id]
+	f.mu.RUnlock()
+	if !known {
+		return true, 0 // the report is refused as from an unknown device
+	}
+	limit := uint64(b.burst) * uint64(b.interval) // how far ahead of now the budget may be spent
+	for {
+		due := atomic.LoadUint32(&e.reportsDue)
+		next := uint64(max(due, now)) + uint64(b.interval)
+		if next-uint64(now) > limit {
+			return false, uint32(next - uint64(now) - limit)
+		}
+		if next > math.MaxUint32 {
+			next = math.MaxUint32
+		}
+		if atomic.CompareAndSwapUint32(&e.reportsDue, due, uint32(next)) {
+			return true, 0
+		}
+	}
 }
 
 // headAfter says whether the entry's chain head is past the head (hasHead,

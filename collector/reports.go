@@ -220,6 +220,13 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		}
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
+	// Before the signature check, which costs the most: a device sending
+	// more than its budget is refused for now.
+	since := c.cfg.Now().Sub(c.started)
+	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second)); !ok {
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
+			id, c.budget.burst, c.budget.interval, wait)
+	}
 	start := time.Now()
 	v, quote, err := key.verify(e, sr)
 	c.metrics.verify.Observe(time.Since(start).Seconds())

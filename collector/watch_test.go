@@ -222,3 +222,24 @@ func TestWatchHeartbeatConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestReportBudgetConfig(t *testing.T) {
+	for _, tt := range []struct {
+		burst int
+		every time.Duration
+		err   string
+	}{
+		{-1, 0, "--report-burst"},
+		{2_000_000, 0, "--report-burst"},
+		{0, 500 * time.Millisecond, "whole seconds"},
+		{0, 1500 * time.Millisecond, "whole seconds"},
+		{0, 25 * time.Hour, "--report-interval"},
+		{1_000_000, 24 * time.Hour, "68 years"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		_, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", ReportBurst: tt.burst, ReportInterval: tt.every})
+		if err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("burst %d, interval %v: %v; want an error saying %q", tt.burst, tt.every, err, tt.err)
+		}
+	}
+}

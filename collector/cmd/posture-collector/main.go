@@ -42,7 +42,7 @@ const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
   posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
-                        [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--watch-heartbeat 10s] [--log-format text|json]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--report-burst 10000 --report-interval 10s] [--watch-heartbeat 10s] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -197,6 +197,8 @@ func runCollector(args []string) error {
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
+	burst := fs.Int("report-burst", collector.DefaultReportBurst, "reports a device may send at once (a backlog after an outage); after that one every --report-interval, and the rest are refused for now (rate_limited)")
+	every := fs.Duration("report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
 	heartbeat := fs.Duration("watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
 	if pos, err := parse(fs, args); err != nil {
 		return err
@@ -207,6 +209,9 @@ func runCollector(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--report-retention: %w", err)
 	}
+	if *burst == 0 || *every == 0 {
+		return fmt.Errorf("--report-burst and --report-interval cannot be 0: every device has a report budget")
+	}
 	if *heartbeat == 0 {
 		// The Config would read 0 as the default: say that heartbeats
 		// cannot be turned off rather than run with 10 s.
@@ -216,7 +221,8 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat, Logger: slog.New(h)}
+	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
+		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
 		if err != nil {

@@ -65,6 +65,10 @@ const (
 	RejectReason_REJECT_REASON_QUOTE_NOT_FOR_REPORT RejectReason = 13
 	// REJECT_REASON_PCR_MISMATCH: the PCR values sent are not the ones quoted.
 	RejectReason_REJECT_REASON_PCR_MISMATCH RejectReason = 14
+	// REJECT_REASON_RATE_LIMITED: the device sent more reports than its
+	// budget allows (a burst, then one per interval); the message says when
+	// the next is accepted. Send the report again then.
+	RejectReason_REJECT_REASON_RATE_LIMITED RejectReason = 15
 )
 
 // Enum value maps for RejectReason.
@@ -85,6 +89,7 @@ var (
 		12: "REJECT_REASON_TPM_CLOCK",
 		13: "REJECT_REASON_QUOTE_NOT_FOR_REPORT",
 		14: "REJECT_REASON_PCR_MISMATCH",
+		15: "REJECT_REASON_RATE_LIMITED",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":          0,
@@ -102,6 +107,7 @@ var (
 		"REJECT_REASON_TPM_CLOCK":            12,
 		"REJECT_REASON_QUOTE_NOT_FOR_REPORT": 13,
 		"REJECT_REASON_PCR_MISMATCH":         14,
+		"REJECT_REASON_RATE_LIMITED":         15,
 	}
 )
 
@@ -870,7 +876,7 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xdf\x03\n" +
+	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xff\x03\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -887,7 +893,8 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x17REJECT_REASON_BAD_QUOTE\x10\v\x12\x1b\n" +
 	"\x17REJECT_REASON_TPM_CLOCK\x10\f\x12&\n" +
 	"\"REJECT_REASON_QUOTE_NOT_FOR_REPORT\x10\r\x12\x1e\n" +
-	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e2\xa9\x01\n" +
+	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e\x12\x1e\n" +
+	"\x1aREJECT_REASON_RATE_LIMITED\x10\x0f2\xa9\x01\n" +
 	"\rReportService\x12K\n" +
 	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01\x12K\n" +
 	"\x10RenewCertificate\x12\x18.posture.v1.RenewRequest\x1a\x19.posture.v1.RenewResponse(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"

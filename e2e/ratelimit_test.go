@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/posture-project/posture/collector"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// A device has a report budget: a burst, then one report per interval.
+// Beyond it a report is refused as rate_limited, for now (nothing is
+// stored, the chain head stays), counted, and a new stream does not
+// refill it; once the interval passed, the next report is accepted.
+func TestReportBudget(t *testing.T) {
+	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 3, time.Hour })
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	c := openReports(t, e, cert, key, id)
+	for i := range 3 {
+		if m := c.send(c.next()); m.GetAck() == nil {
+			t.Fatalf("report %d of the burst of 3: %v", i+1, m)
+		}
+	}
+	m := c.send(c.next())
+	if r := m.GetRejected(); r.GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED || !strings.Contains(r.GetMessage(), "the next is accepted in 3600s") {
+		t.Fatalf("report beyond the budget: %v; want rate_limited, saying when the next is accepted", m)
+	}
+	// Another stream does not start a new budget.
+	c = openReports(t, e, cert, key, id)
+	if m := c.send(c.next()); m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		t.Fatalf("report beyond the budget on a new stream: %v; want rate_limited", m)
+	}
+	e.wantActiveAt(t, id, 3)
+	if n := e.stats().GetReportsRejected()["rate_limited"]; n != 2 {
+		t.Errorf("rate_limited counted %d times, want 2", n)
+	}
+	e.clock.Advance(time.Hour)
+	later := time.Now().Add(time.Hour) // the device's clock agrees with the collector's
+	if m := c.send(c.nextAt(later)); m.GetAck().GetSeq() != 4 {
+		t.Fatalf("report an interval later: %v; want accepted as 4", m)
+	}
+	if m := c.send(c.nextAt(later)); m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		t.Errorf("a second report in the same interval: %v; want rate_limited", m)
+	}
+}
