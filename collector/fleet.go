@@ -507,10 +507,10 @@ type reportBudget struct {
 	interval uint32 // seconds
 }
 
-// spendReport takes one report from the device's budget at now (seconds
-// since the fleet's start) and says whether there was one, and if not, in
-// how many seconds there will be.
-func (f *fleet) spendReport(id string, b reportBudget, now uint32) (ok bool, wait uint32) {
+// spendReport takes cost reports from the device's budget at now (seconds
+// since the fleet's start) and says whether there were that many, and if
+// not, in how many seconds there will be.
+func (f *fleet) spendReport(id string, b reportBudget, now, cost uint32) (ok bool, wait uint32) {
 	f.mu.RLock()
 	e, known := f.devices[id]
 	f.mu.RUnlock()
@@ -520,7 +520,7 @@ func (f *fleet) spendReport(id string, b reportBudget, now uint32) (ok bool, wai
 	limit := uint64(b.burst) * uint64(b.interval) // how far ahead of now the budget may be spent
 	for {
 		due := atomic.LoadUint32(&e.reportsDue)
-		next := uint64(max(due, now)) + uint64(b.interval)
+		next := uint64(max(due, now)) + uint64(cost)*uint64(b.interval)
 		if next-uint64(now) > limit {
 			return false, uint32(next - uint64(now) - limit)
 		}

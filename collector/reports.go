@@ -221,9 +221,12 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
 	}
 	// Before the signature check, which costs the most: a device sending
-	// more than its budget is refused for now.
+	// more than its budget is refused for now. A TPM event log, which is
+	// stored with its report, counts one more report per 64 KiB (a real
+	// one is 15–40 KB): a device cannot store a megabyte with every report.
 	since := c.cfg.Now().Sub(c.started)
-	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second)); !ok {
+	cost := 1 + uint32(len(sr.GetTpm().GetEventLog())>>16)
+	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second), cost); !ok {
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
 			id, c.budget.burst, c.budget.interval, wait)
 	}

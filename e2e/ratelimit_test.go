@@ -45,3 +45,21 @@ func TestReportBudget(t *testing.T) {
 		t.Errorf("a second report in the same interval: %v; want rate_limited", m)
 	}
 }
+
+// A TPM event log counts against the budget by its size, one report per
+// 64 KiB: whatever the rest of the report, a device cannot make the
+// collector take a megabyte with every report.
+func TestReportBudgetCountsEventLog(t *testing.T) {
+	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 5, time.Hour })
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	c := openReports(t, e, cert, key, id)
+	big := c.next()
+	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 4<<16)}} // 4 × 64 KiB: five reports' worth
+	if m := c.send(big); m.GetRejected() == nil || m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		t.Fatalf("a software device's report with a quote: %v; want it refused, and not for its budget", m)
+	}
+	if m := c.send(c.next()); m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		t.Errorf("the next report: %v; want rate_limited, the log having spent the budget of five", m)
+	}
+}
