@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/gatewayclient"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
@@ -131,7 +132,9 @@ func BenchmarkCheckAccessServerSide(b *testing.B) {
 // way, so the ratio compares like with like.
 func BenchmarkIngest(b *testing.B) {
 	const streams = 100
-	e := startCollector(b)
+	// Agents sending back to back, for as long as the benchmark runs: the
+	// budget's check is measured, its limit must not end the run.
+	e := startCollectorWith(b, func(c *collector.Config) { c.ReportBurst = 1_000_000 })
 	var agents []string
 	for range streams {
 		dir, id := e.enroll()
