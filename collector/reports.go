@@ -172,7 +172,13 @@ func (s *reportService) answer(ctx context.Context, id string, key *streamKey, s
 		return nil, streamEndError(ctx)
 	case rej != nil:
 		c.stats.rejected(reasonName(rej.reason))
-		c.log.Warn("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
+		if rej.reason == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+			// Cheap to send and to refuse: a flooding device would fill the
+			// log instead. Counted like the rest.
+			c.log.Debug("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
+		} else {
+			c.log.Warn("report rejected", "device", id, "reason", reasonName(rej.reason), "detail", rej.msg)
+		}
 		if errors.Is(context.Cause(ctx), errRevoked) {
 			return nil, streamEndError(ctx)
 		}
@@ -207,6 +213,18 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 	if !ok {
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_DEVICE_MISMATCH, "device %s is not enrolled", id)
 	}
+	// Before anything else, the signature checks above all: a device
+	// sending more than its budget is refused for now, whatever it sends.
+	// What is stored with a report counts one more report per 64 KiB (a
+	// real report is 0.5–2 KB, a TPM event log 15–40 KB): a device cannot
+	// store a megabyte with every report. No report costs more than the
+	// whole burst, so that every one is accepted in time.
+	since := c.cfg.Now().Sub(c.started)
+	cost := min(1+uint32((len(sr.GetReport())+len(sr.GetTpm().GetEventLog()))>>16), c.budget.burst)
+	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second), cost); !ok {
+		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
+			id, c.budget.burst, c.budget.interval, wait)
+	}
 	switch {
 	case len(sr.GetNonce()) == 0:
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_MALFORMED, "report carries no nonce")
@@ -219,16 +237,6 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 			}
 		}
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE, "nonce is not the one outstanding on this stream (each nonce is valid once, on the stream that issued it)")
-	}
-	// Before the signature check, which costs the most: a device sending
-	// more than its budget is refused for now. A TPM event log, which is
-	// stored with its report, counts one more report per 64 KiB (a real
-	// one is 15–40 KB): a device cannot store a megabyte with every report.
-	since := c.cfg.Now().Sub(c.started)
-	cost := 1 + uint32(len(sr.GetTpm().GetEventLog())>>16)
-	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second), cost); !ok {
-		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
-			id, c.budget.burst, c.budget.interval, wait)
 	}
 	start := time.Now()
 	v, quote, err := key.verify(e, sr)

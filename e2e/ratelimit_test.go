@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"strings"
+	"regexp"
 	"testing"
 	"time"
 
@@ -24,7 +24,8 @@ func TestReportBudget(t *testing.T) {
 		}
 	}
 	m := c.send(c.next())
-	if r := m.GetRejected(); r.GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED || !strings.Contains(r.GetMessage(), "the next is accepted in 3600s") {
+	// In an hour, less the seconds the first three took.
+	if r := m.GetRejected(); r.GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED || !regexp.MustCompile(`the next is accepted in 3[56][0-9]{2}s$`).MatchString(r.GetMessage()) {
 		t.Fatalf("report beyond the budget: %v; want rate_limited, saying when the next is accepted", m)
 	}
 	// Another stream does not start a new budget.
@@ -55,11 +56,32 @@ func TestReportBudgetCountsEventLog(t *testing.T) {
 	cert, key := deviceCreds(t, dir)
 	c := openReports(t, e, cert, key, id)
 	big := c.next()
-	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 4<<16)}} // 4 × 64 KiB: five reports' worth
+	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 3<<16)}} // with the report, four reports' worth
 	if m := c.send(big); m.GetRejected() == nil || m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
 		t.Fatalf("a software device's report with a quote: %v; want it refused, and not for its budget", m)
 	}
+	// Reports answering no nonce spend the budget too: they are verified
+	// to tell a replay.
+	stale := c.next()
+	stale.Nonce = []byte("not the nonce outstanding")
+	if m := c.send(stale); m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_UNKNOWN_NONCE {
+		t.Fatalf("a report answering another nonce: %v; want unknown_nonce", m)
+	}
 	if m := c.send(c.next()); m.GetRejected().GetReason() != posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
-		t.Errorf("the next report: %v; want rate_limited, the log having spent the budget of five", m)
+		t.Errorf("the next report: %v; want rate_limited, the log and the stale report having spent the budget of five", m)
+	}
+}
+
+// A report that would cost more than the whole burst costs the burst, so
+// that it is accepted once the budget is full.
+func TestReportBudgetCapsCost(t *testing.T) {
+	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 2, time.Hour })
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	c := openReports(t, e, cert, key, id)
+	big := c.next()
+	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 8<<16)}}
+	if m := c.send(big); m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		t.Errorf("a report of nine reports' worth with a burst of two: %v; want it taken (and refused for its proof)", m)
 	}
 }
