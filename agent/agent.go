@@ -205,14 +205,30 @@ func (a *Agent) sendLoop(ctx context.Context) {
 		} else {
 			a.log.Warn("report stream ended; reconnecting", "err", err, "in", backoff, "spooled", a.spool.Len())
 		}
+		wait := jitter(backoff, 0.2)
+		var ra retryAfterError
+		if errors.As(err, &ra) {
+			// Sooner would be refused again; a little later spreads the
+			// devices the collector held back.
+			wait = max(wait, ra.after+jitter(a.cfg.MinBackoff, 0.2))
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(backoff, 0.2)):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
 	}
 }
+
+// retryAfterError is a refusal that says when to send again.
+type retryAfterError struct {
+	err   error
+	after time.Duration
+}
+
+func (e retryAfterError) Error() string { return e.err.Error() }
+func (e retryAfterError) Unwrap() error { return e.err }
 
 // stream runs one report stream until it fails; it returns how many reports
 // were acknowledged on it.
@@ -390,8 +406,13 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		reason := rejectReasonName(rej.GetReason())
 		if retryable(rej.GetReason()) {
 			// Ending the stream sends it again after the reconnect backoff,
-			// with a fresh nonce, timestamp and Welcome.
-			return rej.GetNextNonce(), false, fmt.Errorf("collector refused report %d for now (%s: %s); it stays spooled and is sent again", sent.Seq, reason, rej.GetMessage())
+			// or when the collector said it would take it, with a fresh
+			// nonce, timestamp and Welcome.
+			err := fmt.Errorf("collector refused report %d for now (%s: %s); it stays spooled and is sent again", sent.Seq, reason, rej.GetMessage())
+			if d := rej.GetRetryAfter(); d.IsValid() && d.AsDuration() > 0 {
+				err = retryAfterError{err: err, after: d.AsDuration()}
+			}
+			return rej.GetNextNonce(), false, err
 		}
 		a.log.Error("collector rejected report; dropping its measurement, which would be refused again", "seq", sent.Seq, "reason", reason, "message", rej.GetMessage())
 		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)

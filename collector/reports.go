@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/attest"
@@ -48,8 +49,9 @@ var errSuperseded = status.Error(codes.Aborted, "a newer report stream of this d
 // rejection is a refused report: the reason it is counted under and a
 // message for the agent's log.
 type rejection struct {
-	reason posturev1.RejectReason
-	msg    string
+	reason     posturev1.RejectReason
+	msg        string
+	retryAfter time.Duration // for rate_limited: when the budget has room
 }
 
 // rejStreamEnded is what ingest returns for a report whose stream ended
@@ -182,9 +184,11 @@ func (s *reportService) answer(ctx context.Context, id string, key *streamKey, s
 		if errors.Is(context.Cause(ctx), errRevoked) {
 			return nil, streamEndError(ctx)
 		}
-		return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: &posturev1.ReportRejected{
-			Seq: envelope.ClaimedSeq(sr), Reason: rej.reason, Message: rej.msg, NextNonce: next,
-		}}}, nil
+		out := &posturev1.ReportRejected{Seq: envelope.ClaimedSeq(sr), Reason: rej.reason, Message: rej.msg, NextNonce: next}
+		if rej.retryAfter > 0 {
+			out.RetryAfter = durationpb.New(rej.retryAfter)
+		}
+		return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: out}}, nil
 	}
 	c.stats.accepted()
 	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
@@ -222,8 +226,10 @@ func (s *reportService) ingest(ctx context.Context, id string, key *streamKey, s
 	since := c.cfg.Now().Sub(c.started)
 	cost := min(1+uint32((len(sr.GetReport())+len(sr.GetTpm().GetEventLog()))>>16), c.budget.burst)
 	if ok, wait := c.fleet.spendReport(id, c.budget, uint32(max(since, 0)/time.Second), cost); !ok {
-		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
+		r := reject(posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, "device %s sent more reports than its budget (%d at once, then one every %ds); the next is accepted in %ds",
 			id, c.budget.burst, c.budget.interval, wait)
+		r.retryAfter = time.Duration(wait) * time.Second
+		return nil, false, r
 	}
 	switch {
 	case len(sr.GetNonce()) == 0:

@@ -85,3 +85,34 @@ func TestReportBudgetCapsCost(t *testing.T) {
 		t.Errorf("a report of nine reports' worth with a burst of two: %v; want it taken (and refused for its proof)", m)
 	}
 }
+
+// A real agent held back by its budget waits as long as the collector says
+// (retry_after) instead of asking again at its reconnect backoff, and its
+// measurements keep arriving, one per interval.
+func TestAgentWaitsForBudget(t *testing.T) {
+	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 2, time.Second })
+	dir, id := e.enroll()
+	// Measures every 50 ms and would reconnect within 20–200 ms.
+	runAgent(t, dir, &fixedMeasurer{encrypted: true}, 50*time.Millisecond)
+	eventually(t, "the burst and a refusal", func() bool { return e.stats().GetReportsRejected()["rate_limited"] >= 1 })
+	d, err := e.device(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, refusedFrom := d.GetDevice().GetLastSeq(), e.stats().GetReportsRejected()["rate_limited"]
+	eventually(t, "four more reports, one a second", func() bool {
+		d, err := e.device(id)
+		return err == nil && d.GetDevice().GetLastSeq() >= from+4
+	})
+	d, err = e.device(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About one refusal per report: the next measurement is ready at once
+	// and told to wait. Asking at its reconnect backoff instead, the agent
+	// would be refused a dozen times a second.
+	accepted, refused := d.GetDevice().GetLastSeq()-from, e.stats().GetReportsRejected()["rate_limited"]-refusedFrom
+	if refused > accepted+2 {
+		t.Errorf("%d refusals for %d reports accepted: the agent did not wait as told", refused, accepted)
+	}
+}

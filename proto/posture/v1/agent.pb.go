@@ -9,6 +9,7 @@ package posturev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -66,7 +67,7 @@ const (
 	// REJECT_REASON_PCR_MISMATCH: the PCR values sent are not the ones quoted.
 	RejectReason_REJECT_REASON_PCR_MISMATCH RejectReason = 14
 	// REJECT_REASON_RATE_LIMITED: the device sent more reports than its
-	// budget allows (a burst, then one per interval); the message says when
+	// budget allows (a burst, then one per interval); retry_after says when
 	// the next is accepted. Send the report again then.
 	RejectReason_REJECT_REASON_RATE_LIMITED RejectReason = 15
 )
@@ -768,7 +769,10 @@ type ReportRejected struct {
 	// message explains the rejection to a person.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// next_nonce for the next report.
-	NextNonce     []byte `protobuf:"bytes,4,opt,name=next_nonce,json=nextNonce,proto3" json:"next_nonce,omitempty"`
+	NextNonce []byte `protobuf:"bytes,4,opt,name=next_nonce,json=nextNonce,proto3" json:"next_nonce,omitempty"`
+	// retry_after, for REJECT_REASON_RATE_LIMITED, is when the device's
+	// budget has room for the report again: sending it sooner is refused.
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -831,12 +835,19 @@ func (x *ReportRejected) GetNextNonce() []byte {
 	return nil
 }
 
+func (x *ReportRejected) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
 var File_posture_v1_agent_proto protoreflect.FileDescriptor
 
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x17posture/v1/report.proto\"I\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/report.proto\"I\n" +
 	"\fRenewRequest\x121\n" +
 	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
 	"\x04step\"\x86\x01\n" +
@@ -870,13 +881,15 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
-	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\"\x8d\x01\n" +
+	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\"\xc9\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"next_nonce\x18\x04 \x01(\fR\tnextNonce*\xff\x03\n" +
+	"next_nonce\x18\x04 \x01(\fR\tnextNonce\x12:\n" +
+	"\vretry_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter*\xff\x03\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -914,19 +927,20 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_posture_v1_agent_proto_goTypes = []any{
-	(RejectReason)(0),        // 0: posture.v1.RejectReason
-	(*RenewRequest)(nil),     // 1: posture.v1.RenewRequest
-	(*RenewResponse)(nil),    // 2: posture.v1.RenewResponse
-	(*RenewChallenge)(nil),   // 3: posture.v1.RenewChallenge
-	(*RenewAnswer)(nil),      // 4: posture.v1.RenewAnswer
-	(*RenewResult)(nil),      // 5: posture.v1.RenewResult
-	(*AgentMessage)(nil),     // 6: posture.v1.AgentMessage
-	(*CollectorMessage)(nil), // 7: posture.v1.CollectorMessage
-	(*Welcome)(nil),          // 8: posture.v1.Welcome
-	(*ReportAck)(nil),        // 9: posture.v1.ReportAck
-	(*ReportRejected)(nil),   // 10: posture.v1.ReportRejected
-	(*TPMQuote)(nil),         // 11: posture.v1.TPMQuote
-	(*SignedReport)(nil),     // 12: posture.v1.SignedReport
+	(RejectReason)(0),           // 0: posture.v1.RejectReason
+	(*RenewRequest)(nil),        // 1: posture.v1.RenewRequest
+	(*RenewResponse)(nil),       // 2: posture.v1.RenewResponse
+	(*RenewChallenge)(nil),      // 3: posture.v1.RenewChallenge
+	(*RenewAnswer)(nil),         // 4: posture.v1.RenewAnswer
+	(*RenewResult)(nil),         // 5: posture.v1.RenewResult
+	(*AgentMessage)(nil),        // 6: posture.v1.AgentMessage
+	(*CollectorMessage)(nil),    // 7: posture.v1.CollectorMessage
+	(*Welcome)(nil),             // 8: posture.v1.Welcome
+	(*ReportAck)(nil),           // 9: posture.v1.ReportAck
+	(*ReportRejected)(nil),      // 10: posture.v1.ReportRejected
+	(*TPMQuote)(nil),            // 11: posture.v1.TPMQuote
+	(*SignedReport)(nil),        // 12: posture.v1.SignedReport
+	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
@@ -938,15 +952,16 @@ var file_posture_v1_agent_proto_depIdxs = []int32{
 	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
 	10, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
 	0,  // 8: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	6,  // 9: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 10: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 11: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 12: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 9: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	6,  // 10: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 11: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 12: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 13: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
