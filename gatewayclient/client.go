@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -43,6 +44,9 @@ type Config struct {
 	Grace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Logger, when set, is told when the watch breaks (and why) and when it
+	// is live again.
+	Logger *slog.Logger
 }
 
 // Keepalive on the watch connection. A quiet fleet sends no events for
@@ -113,6 +117,7 @@ type Client struct {
 	synced       bool          // a snapshot (or resume) completed
 	connected    bool          // the watch is live
 	disconnected time.Time     // when the watch last broke
+	lastErr      error         // why the last watch ended
 }
 
 // New makes a client; Run keeps it fed.
@@ -125,6 +130,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Client{cfg: cfg, watch: posturev1.NewGatewayServiceClient(cfg.Conn), sleep: sleepCtx, devices: map[string]*posturev1.DeviceDecision{}}, nil
 }
@@ -149,11 +157,16 @@ func (c *Client) Run(ctx context.Context) error {
 		if c.connected {
 			c.connected, c.disconnected = false, c.cfg.Now()
 		}
+		c.lastErr = err
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		_ = err // the next attempt says whether the collector is back
+		if wasLive {
+			c.cfg.Logger.Warn("posture watch broke; answering from the cache for the grace period", "err", err, "grace", c.cfg.Grace.String())
+		} else {
+			c.cfg.Logger.Debug("posture watch attempt failed", "err", err)
+		}
 		if wasLive {
 			backoff = minBackoff
 		}
@@ -264,7 +277,11 @@ func (c *Client) watchOnce(ctx context.Context) error {
 			}
 			pending = nil
 			c.revision = ev.GetRevision()
+			if !c.connected {
+				c.cfg.Logger.Info("posture watch live", "revision", c.revision, "resumed", end.GetResumed(), "devices", len(c.devices))
+			}
 			c.synced, c.connected, c.announced = true, true, true
+			c.lastErr = nil
 			c.heartbeat = 0
 			if iv := end.GetHeartbeatInterval(); iv.IsValid() && iv.AsDuration() > 0 {
 				c.heartbeat = iv.AsDuration()
@@ -301,7 +318,11 @@ func (c *Client) Check(deviceID, level string) Decision {
 	case !c.synced:
 		return Decision{Reason: "posture cache is not synced with the collector yet"}
 	case !c.connected && c.cfg.Now().Sub(c.disconnected) > c.cfg.Grace:
-		return Decision{Reason: fmt.Sprintf("lost the collector %s ago, longer than the %s grace period: failing closed", c.cfg.Now().Sub(c.disconnected).Round(time.Second), c.cfg.Grace)}
+		why := ""
+		if c.lastErr != nil {
+			why = " (" + c.lastErr.Error() + ")"
+		}
+		return Decision{Reason: fmt.Sprintf("lost the collector %s ago%s, longer than the %s grace period: failing closed", c.cfg.Now().Sub(c.disconnected).Round(time.Second), why, c.cfg.Grace)}
 	}
 	d, ok := c.devices[deviceID]
 	if !ok {

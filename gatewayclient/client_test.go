@@ -256,8 +256,8 @@ func TestSilentStreamAbandoned(t *testing.T) {
 		t.Errorf("within the grace period: denied: %s", d.Reason)
 	}
 	clk.advance(2 * time.Minute)
-	if d := c.Check("d", "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
-		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
+	if d := c.Check("d", "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") || !strings.Contains(d.Reason, "neither an event nor a heartbeat") {
+		t.Errorf("after the grace period: %+v, want a fail-closed denial saying why the watch broke", d)
 	}
 	// Streams that stall before their first event are abandoned as well,
 	// and the client tries again.
