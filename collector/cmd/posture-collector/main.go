@@ -189,7 +189,7 @@ func runCollector(args []string) error {
 	advertise := fs.String("advertise", "", "address agents dial, written into tokens (default: --listen)")
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
 	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logFormat := outputFlagNamed(fs, "log-format", "log format", "text", "json")
 	httpListen := fs.String("http-listen", "", "serve HTTP forward-auth (nginx auth_request, Caddy forward_auth, Traefik ForwardAuth) at https://ADDR/check")
 	httpBearer := fs.String("http-bearer-file", "", "file of bearer secrets (one per line, mode 0600) that gateways without a certificate present to /check")
 	httpPlain := fs.Bool("http-plaintext", false, "serve /check without TLS; allowed only on a loopback address")
@@ -380,9 +380,14 @@ func tokenCreate(args []string, out io.Writer) error {
 // outputFlag is -o: one of formats, the first by default. Any other value
 // is refused when the flags are parsed, before the collector is asked.
 func outputFlag(fs *flag.FlagSet, formats ...string) *string {
+	return outputFlagNamed(fs, "o", "output format", formats...)
+}
+
+// outputFlagNamed is a flag that takes one of formats, the first by default.
+func outputFlagNamed(fs *flag.FlagSet, name, usage string, formats ...string) *string {
 	v := formats[0]
 	want := strings.Join(formats, " or ")
-	fs.Func("o", "output format: "+want+" (default "+formats[0]+")", func(s string) error {
+	fs.Func(name, usage+": "+want+" (default "+formats[0]+")", func(s string) error {
 		if !slices.Contains(formats, s) {
 			return fmt.Errorf("want %s", want)
 		}

@@ -110,6 +110,7 @@ func TestCommands(t *testing.T) {
 		{"gateway list bad format", []string{"gateway", "list", "-o", "yaml", "--data-dir", dir}, 1, `want table or json`},
 		{"stats bad format", []string{"stats", "-o", "table", "--data-dir", dir}, 1, `invalid value "table" for flag -o: want json`},
 		{"stats json", []string{"stats", "-o", "json", "--data-dir", dir}, 0, `"enrollments": "1"`},
+		{"run with a log format it does not write", []string{"run", "--log-format", "yaml", "--data-dir", t.TempDir()}, 1, `invalid value "yaml" for flag -log-format: want text or json`},
 		// Refused before asking: with no collector the answer is still the
 		// format, not the missing collector.
 		{"check bad format", []string{"check", id, "--level", "basic", "-o", "yaml", "--data-dir", t.TempDir()}, 2, `want text or json`},
