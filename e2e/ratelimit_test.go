@@ -9,6 +9,26 @@ import (
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
+// budgeted starts a collector whose devices have a budget of burst
+// reports, then one every interval, and opens a report stream for a new
+// device.
+func budgeted(t *testing.T, burst int, interval time.Duration) (*env, *reportClient, string) {
+	t.Helper()
+	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = burst, interval })
+	dir, id := e.enroll()
+	cert, key := deviceCreds(t, dir)
+	return e, openReports(t, e, cert, key, id), id
+}
+
+// withEventLog is the next report with a TPM proof carrying an event log of
+// n bytes, which a software device's report cannot have: it is refused for
+// its proof, after it counted against the budget.
+func withEventLog(c *reportClient, n int) *posturev1.SignedReport {
+	sr := c.next()
+	sr.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, n)}}
+	return sr
+}
+
 // A device has a report budget: a burst, then one report per interval.
 // Beyond it a report is refused as rate_limited, for now (nothing is
 // stored, the chain head stays), counted, and a new stream does not
@@ -51,13 +71,9 @@ func TestReportBudget(t *testing.T) {
 // 64 KiB: whatever the rest of the report, a device cannot make the
 // collector take a megabyte with every report.
 func TestReportBudgetCountsEventLog(t *testing.T) {
-	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 5, time.Hour })
-	dir, id := e.enroll()
-	cert, key := deviceCreds(t, dir)
-	c := openReports(t, e, cert, key, id)
-	big := c.next()
-	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 3<<16)}} // with the report, four reports' worth
-	if m := c.send(big); m.GetRejected() == nil || m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+	_, c, _ := budgeted(t, 5, time.Hour)
+	// With the report's own bytes, four reports' worth.
+	if m := c.send(withEventLog(c, 3<<16)); m.GetRejected() == nil || m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
 		t.Fatalf("a software device's report with a quote: %v; want it refused, and not for its budget", m)
 	}
 	// Reports answering no nonce spend the budget too: they are verified
@@ -75,13 +91,8 @@ func TestReportBudgetCountsEventLog(t *testing.T) {
 // A report that would cost more than the whole burst costs the burst, so
 // that it is accepted once the budget is full.
 func TestReportBudgetCapsCost(t *testing.T) {
-	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 2, time.Hour })
-	dir, id := e.enroll()
-	cert, key := deviceCreds(t, dir)
-	c := openReports(t, e, cert, key, id)
-	big := c.next()
-	big.Proof = &posturev1.SignedReport_Tpm{Tpm: &posturev1.TPMQuote{EventLog: make([]byte, 8<<16)}}
-	if m := c.send(big); m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+	_, c, _ := budgeted(t, 2, time.Hour)
+	if m := c.send(withEventLog(c, 8<<16)); m.GetRejected().GetReason() == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
 		t.Errorf("a report of nine reports' worth with a burst of two: %v; want it taken (and refused for its proof)", m)
 	}
 }
