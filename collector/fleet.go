@@ -102,7 +102,9 @@ func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy, n
 		if err != nil {
 			return err
 		}
-		found[part] = append(found[part], loaded{row.ID, e, keyOf(&e.subject, pol, now)})
+		key := keyOf(&e.subject, pol, now)
+		key.cert = e.certTag
+		found[part] = append(found[part], loaded{row.ID, e, key})
 		return nil
 	})
 	if err != nil {
@@ -632,6 +634,17 @@ func (f *fleet) judged(id string, pol *atomic.Pointer[policy.Policy]) (policy.Su
 		return policy.Subject{}, p, false
 	}
 	return e.subject, p, true
+}
+
+// certOf is the certTag of the device's current certificate; 0 for an
+// unknown device.
+func (f *fleet) certOf(id string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if e, ok := f.devices[id]; ok {
+		return e.certTag
+	}
+	return 0
 }
 
 // view copies what a device's posture is rendered from, with the policy

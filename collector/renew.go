@@ -90,6 +90,10 @@ func (s *reportService) renew(stream posturev1.ReportService_RenewCertificateSer
 		c.fleet.setCertificates(id, dev.CertSerial, dev.PrevCertSerial)
 	}
 	c.certs.Unlock()
+	if err == nil {
+		// Gateways caching decisions learn which certificate counts now.
+		c.publish(id, "certificate", true)
+	}
 	switch {
 	case errors.Is(err, store.ErrDeviceRevoked):
 		return refuse("device_revoked", codes.PermissionDenied, "device %s was revoked", id)

@@ -47,6 +47,7 @@ type decisionKey struct {
 	assurance posturev1.IdentityAssurance
 	score     uint32
 	levels    string // Policy.SetKey of the allowed levels: their names joined by NUL
+	cert      uint64 // certTag of the device's current certificate
 }
 
 type watcher struct {
@@ -97,6 +98,8 @@ func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision
 		State:     key.state,
 		Assurance: key.assurance,
 		Score:     key.score,
+		// The certificate_tag of the proto is the fleet's certTag.
+		CertificateTag: key.cert,
 	}
 	if key.levels != "" {
 		d.AllowedLevels = strings.Split(key.levels, "\x00")
@@ -126,6 +129,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 		return
 	}
 	key := keyOf(&subj, pol, c.cfg.Now())
+	key.cert = c.fleet.certOf(id)
 	if prev, seen := h.last[id]; seen && !force && prev == key {
 		return
 	}

@@ -281,3 +281,46 @@ func TestGatewayClientBehindNginx(t *testing.T) {
 	default:
 	}
 }
+
+// The embedded client tells a device's current certificate from one the
+// device replaced: once the device renews, its old certificate (still
+// valid, and perhaps copied) is refused, also after a restart of the
+// collector, and the new one is allowed.
+func TestGatewayClientReplacedCertificate(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	oldCert, idKey := deviceCreds(t, dir)
+	r := openReports(t, e, oldCert, idKey, id)
+	if m := r.send(r.next()); m.GetAck() == nil {
+		t.Fatalf("report: %v", m)
+	}
+	gc, err := gatewayclient.New(gatewayclient.Config{Conn: e.gatewayConn("go-gw"), Grace: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go gc.Run(ctx)
+	eventually(t, "client synced", gc.Synced)
+	if d := gc.CheckCertificate(oldCert.Leaf, "basic"); !d.Allowed {
+		t.Fatalf("the device's certificate before renewing: denied: %s", d.Reason)
+	}
+
+	newCert := renewSoftware(t, e, oldCert, idKey)
+	eventually(t, "the renewal reaching the client", func() bool { return !gc.CheckCertificate(oldCert.Leaf, "basic").Allowed })
+	if d := gc.CheckCertificate(oldCert.Leaf, "basic"); !strings.Contains(d.Reason, "was replaced") {
+		t.Errorf("the replaced certificate: %s; want it refused as replaced", d.Reason)
+	}
+	if d := gc.CheckCertificate(newCert.Leaf, "basic"); !d.Allowed {
+		t.Errorf("the renewed certificate: denied: %s", d.Reason)
+	}
+	// A restarted collector's snapshot names the current certificate too.
+	e.stop()
+	e.start()
+	eventually(t, "client synced with the restarted collector", func() bool {
+		return gc.Synced() && gc.CheckCertificate(newCert.Leaf, "basic").Allowed
+	})
+	if d := gc.CheckCertificate(oldCert.Leaf, "basic"); d.Allowed {
+		t.Error("after a restart the replaced certificate was allowed")
+	}
+}

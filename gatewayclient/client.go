@@ -13,6 +13,9 @@ package gatewayclient
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -346,6 +349,36 @@ func (c *Client) CheckSPIFFE(spiffeID, level string) Decision {
 		return Decision{Reason: fmt.Sprintf("%s is not a device of this collector's trust domain", spiffeID)}
 	}
 	return d
+}
+
+// CheckCertificate decides from the device certificate a client presented
+// (verified by the gateway's TLS against the collector CA): the device its
+// SPIFFE ID names, and only if it is the certificate the collector issued
+// that device last. A certificate the device replaced (by renewing it, or
+// enrolling again) is still valid until it expires, but no longer counts:
+// a copy of an old one must not keep opening doors. Prefer it to
+// CheckSPIFFE, which cannot tell.
+func (c *Client) CheckCertificate(leaf *x509.Certificate, level string) Decision {
+	id, err := pki.PeerID(leaf)
+	if err != nil {
+		return Decision{Reason: fmt.Sprintf("client certificate: %v", err)}
+	}
+	d := c.CheckSPIFFE(id.String(), level)
+	if d.Device == nil {
+		return d
+	}
+	if want := d.Device.GetCertificateTag(); want != 0 && want != CertificateTag(leaf) {
+		return Decision{Device: d.Device, Reason: fmt.Sprintf("this certificate of device %s (serial %s) was replaced when the device renewed it or enrolled again; only its newest certificate counts", d.Device.GetDeviceId(), leaf.SerialNumber.Text(16))}
+	}
+	return d
+}
+
+// CertificateTag is how a DeviceDecision names a certificate
+// (certificate_tag): the first 8 bytes of the SHA-256 of its serial in
+// lowercase hex without leading zeros.
+func CertificateTag(cert *x509.Certificate) uint64 {
+	sum := sha256.Sum256([]byte(pki.SerialHex(cert)))
+	return binary.BigEndian.Uint64(sum[:8])
 }
 
 // Synced reports whether the cache holds a full view and the watch is live.

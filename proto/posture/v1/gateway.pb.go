@@ -241,10 +241,17 @@ type DeviceDecision struct {
 	// level is denied.
 	AllowedLevels []string `protobuf:"bytes,6,rep,name=allowed_levels,json=allowedLevels,proto3" json:"allowed_levels,omitempty"`
 	// cause says what changed: "snapshot", "report", "revoked", "suspect",
-	// "approved", "enrolled", "decay", "policy".
-	Cause         string `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// "approved", "enrolled", "decay", "policy", "certificate".
+	Cause string `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
+	// certificate_tag names the device certificate the collector issued last,
+	// the only one that counts: the first 8 bytes (big-endian) of the SHA-256
+	// of its serial number in lowercase hex without leading zeros. A device
+	// certificate whose tag differs was replaced (renewed, or the device
+	// enrolled again) and must be refused even though it is still valid.
+	// 0 when unknown.
+	CertificateTag uint64 `protobuf:"fixed64,8,opt,name=certificate_tag,json=certificateTag,proto3" json:"certificate_tag,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DeviceDecision) Reset() {
@@ -324,6 +331,13 @@ func (x *DeviceDecision) GetCause() string {
 		return x.Cause
 	}
 	return ""
+}
+
+func (x *DeviceDecision) GetCertificateTag() uint64 {
+	if x != nil {
+		return x.CertificateTag
+	}
+	return 0
 }
 
 // SnapshotEnd follows the snapshot (or the replayed events) and precedes
@@ -645,7 +659,7 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\fsnapshot_end\x18\x03 \x01(\v2\x17.posture.v1.SnapshotEndH\x00R\vsnapshotEnd\x125\n" +
 	"\theartbeat\x18\x04 \x01(\v2\x15.posture.v1.HeartbeatH\x00R\theartbeatB\a\n" +
 	"\x05event\"\v\n" +
-	"\tHeartbeat\"\x89\x02\n" +
+	"\tHeartbeat\"\xb2\x02\n" +
 	"\x0eDeviceDecision\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12-\n" +
@@ -653,7 +667,8 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\x05score\x18\x04 \x01(\rR\x05score\x12;\n" +
 	"\tassurance\x18\x05 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12%\n" +
 	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
-	"\x05cause\x18\a \x01(\tR\x05cause\"q\n" +
+	"\x05cause\x18\a \x01(\tR\x05cause\x12'\n" +
+	"\x0fcertificate_tag\x18\b \x01(\x06R\x0ecertificateTag\"q\n" +
 	"\vSnapshotEnd\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xa0\x01\n" +
