@@ -102,9 +102,7 @@ func (f *fleet) load(ctx context.Context, st *store.Store, pol *policy.Policy, n
 		if err != nil {
 			return err
 		}
-		key := keyOf(&e.subject, pol, now)
-		key.cert = e.certTag
-		found[part] = append(found[part], loaded{row.ID, e, key})
+		found[part] = append(found[part], loaded{row.ID, e, keyOf(&e.subject, pol, now)})
 		return nil
 	})
 	if err != nil {

@@ -47,7 +47,6 @@ type decisionKey struct {
 	assurance posturev1.IdentityAssurance
 	score     uint32
 	levels    string // Policy.SetKey of the allowed levels: their names joined by NUL
-	cert      uint64 // certTag of the device's current certificate
 }
 
 type watcher struct {
@@ -91,6 +90,10 @@ func newHub(base uint64) *hub {
 }
 
 // render is a device's decision as watchers get it.
+// The certificate tag is read from the fleet as the event is rendered
+// rather than kept with each device's last decision (8 bytes a device):
+// a newer tag than the event's revision is no harm, since a renewal is
+// published after it changes the tag.
 func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision {
 	d := &posturev1.DeviceDecision{
 		DeviceId:  id,
@@ -99,7 +102,7 @@ func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision
 		Assurance: key.assurance,
 		Score:     key.score,
 		// The certificate_tag of the proto is the fleet's certTag.
-		CertificateTag: key.cert,
+		CertificateTag: c.fleet.certOf(id),
 	}
 	if key.levels != "" {
 		d.AllowedLevels = strings.Split(key.levels, "\x00")
@@ -129,7 +132,6 @@ func (c *Collector) publish(id, cause string, force bool) {
 		return
 	}
 	key := keyOf(&subj, pol, c.cfg.Now())
-	key.cert = c.fleet.certOf(id)
 	if prev, seen := h.last[id]; seen && !force && prev == key {
 		return
 	}
