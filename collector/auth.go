@@ -156,7 +156,7 @@ func (c *Collector) streamCertCurrent(who caller) error {
 	if c.cfg.Now().After(who.notAfter) {
 		return certExpired(who.notAfter)
 	}
-	if c.fleet.currentCertTag(who.name) != certTag(who.certSerial) {
+	if c.fleet.currentCert(who.name, who.certSerial) != nil {
 		return errStreamCertReplaced
 	}
 	return nil

@@ -634,17 +634,6 @@ func (f *fleet) judged(id string, pol *atomic.Pointer[policy.Policy]) (policy.Su
 	return e.subject, p, true
 }
 
-// certOf is the certTag of the device's current certificate; 0 for an
-// unknown device.
-func (f *fleet) certOf(id string) uint64 {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if e, ok := f.devices[id]; ok {
-		return e.certTag
-	}
-	return 0
-}
-
 // view copies what a device's posture is rendered from, with the policy
 // in force (as judged does).
 func (f *fleet) view(id string, pol *atomic.Pointer[policy.Policy]) (subj policy.Subject, p *policy.Policy, osLine string, boot *posturev1.MeasuredBoot, ok bool) {

@@ -102,7 +102,7 @@ func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision
 		Assurance: key.assurance,
 		Score:     key.score,
 		// The certificate_tag of the proto is the fleet's certTag.
-		CertificateTag: c.fleet.certOf(id),
+		CertificateTag: c.fleet.currentCertTag(id),
 	}
 	if key.levels != "" {
 		d.AllowedLevels = strings.Split(key.levels, "\x00")
