@@ -30,6 +30,20 @@ func (e *env) gatewayConn(name string) *grpc.ClientConn {
 	return e.dial(&cert, gatewayclient.DialOptions()...)
 }
 
+// wantGraceThenClosed checks a client that lost its collector: it still
+// allows a healthy device within its one-minute grace period, and fails
+// closed once clk has passed it.
+func wantGraceThenClosed(t *testing.T, gc *gatewayclient.Client, clk *clock, id string) {
+	t.Helper()
+	if d := gc.Check(id, "trusted"); !d.Allowed {
+		t.Errorf("within the grace period: denied: %s", d.Reason)
+	}
+	clk.Advance(2 * time.Minute)
+	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
+		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
+	}
+}
+
 // The embedded client answers from its watch-fed cache, learns of a
 // revocation at once, rides out a collector restart within its grace
 // period, and fails closed after it.
@@ -76,17 +90,11 @@ func TestGatewayClient(t *testing.T) {
 	})
 	t.Logf("revocation reached the client cache in %v", time.Since(start))
 
-	// The collector goes away: decisions continue within the grace period...
+	// The collector goes away: decisions continue within the grace period,
+	// and fail closed after it.
 	e.stop()
 	eventually(t, "client notices", func() bool { return !gc.Synced() })
-	if d := gc.Check(id, "trusted"); !d.Allowed {
-		t.Errorf("within the grace period: denied: %s", d.Reason)
-	}
-	// ...and fail closed after it.
-	clk.Advance(2 * time.Minute)
-	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
-		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
-	}
+	wantGraceThenClosed(t, gc, clk, id)
 	// The collector returns: the client resynchronizes (a new revision range means a snapshot).
 	e.start()
 	eventually(t, "client resynced", gc.Synced)
@@ -124,13 +132,7 @@ func TestGatewayClientSilentCollector(t *testing.T) {
 	// Keepalive gives up on the connection 15 s after the collector last
 	// spoke; the deadline leaves room for a loaded machine.
 	eventuallyWithin(t, time.Minute, "client notices the silent collector", func() bool { return !gc.Synced() })
-	if d := gc.Check(id, "trusted"); !d.Allowed {
-		t.Errorf("within the grace period: denied: %s", d.Reason)
-	}
-	clk.Advance(2 * time.Minute)
-	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
-		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
-	}
+	wantGraceThenClosed(t, gc, clk, id)
 
 	p.resume()
 	eventuallyWithin(t, time.Minute, "client resynced", gc.Synced)
@@ -241,13 +243,7 @@ func TestGatewayClientBehindNginx(t *testing.T) {
 	// machine and stays well below what keepalive could ever take.
 	eventuallyWithin(t, gatewayclient.DetectionBound/2, "client notices the silent collector", func() bool { return !gc.Synced() })
 	t.Logf("the client noticed the silent collector after %v", time.Since(paused).Round(time.Millisecond))
-	if d := gc.Check(id, "trusted"); !d.Allowed {
-		t.Errorf("within the grace period: denied: %s", d.Reason)
-	}
-	clk.Advance(2 * time.Minute)
-	if d := gc.Check(id, "trusted"); d.Allowed || !strings.Contains(d.Reason, "failing closed") {
-		t.Errorf("after the grace period: %+v, want a fail-closed denial", d)
-	}
+	wantGraceThenClosed(t, gc, clk, id)
 
 	// Keepalive alone would never have noticed: past DetectionBound, the
 	// connection to nginx is up and the raw watch is still open.
