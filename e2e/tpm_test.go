@@ -445,19 +445,14 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 	}
 
 	e := startCollector(t)
-	stateDir := t.TempDir()
-	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
-		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: res.DeviceID}); err != nil {
+	stateDir, id := enrollTPM(t, e, dev, logFile)
+	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: id}); err != nil {
 		t.Fatal(err)
 	}
 	stop := runTPMAgent(t, stateDir, dev) // the agent reports secure boot enabled
-	eventually(t, "a quote with its event log", func() bool { d, err := e.device(res.DeviceID); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
+	eventually(t, "a quote with its event log", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() >= 1 })
 	stop()
-	p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,9 +483,9 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 	}
 	seq := p.GetDevice().GetLastSeq()
 	stop = runTPMAgent(t, stateDir, dev)
-	eventually(t, "a quote after PCR 7 was extended", func() bool { d, err := e.device(res.DeviceID); return err == nil && d.GetDevice().GetLastSeq() > seq })
+	eventually(t, "a quote after PCR 7 was extended", func() bool { d, err := e.device(id); return err == nil && d.GetDevice().GetLastSeq() > seq })
 	stop()
-	p, err = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	p, err = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,13 +501,26 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 	}
 	runTPMAgent(t, stateDir, dev)
 	eventually(t, "a report with a forged log", func() bool {
-		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 		return err == nil && p.GetMeasuredBoot().GetStatus() == posturev1.Status_STATUS_ERROR
 	})
-	p, _ = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
+	p, _ = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 	if !strings.Contains(p.GetMeasuredBoot().GetReason(), "does not replay to the quoted PCR values") {
 		t.Errorf("forged log: measured boot %v, want a replay mismatch", p.GetMeasuredBoot())
 	}
+}
+
+// enrollTPM enrolls a TPM device whose agent reads its event log from
+// logFile, and returns its state directory and ID.
+func enrollTPM(t *testing.T, e *env, dev transport.TPMCloser, logFile string) (stateDir, id string) {
+	t.Helper()
+	stateDir = t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
+		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stateDir, res.DeviceID
 }
 
 // firmwareLog extends the TPM's PCRs 0 and 7 as firmware would, secure
@@ -609,13 +617,7 @@ func TestMeasuredBootEventLogOncePerBoot(t *testing.T) {
 	_, dev := openSimulator(t, 6)
 	log, logFile := firmwareLog(t, dev)
 	e := startCollector(t)
-	stateDir := t.TempDir()
-	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
-		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := res.DeviceID
+	stateDir, id := enrollTPM(t, e, dev, logFile)
 	lastSeq := func() uint64 { d, _ := e.device(id); return d.GetDevice().GetLastSeq() }
 
 	stop := runTPMAgent(t, stateDir, dev)
@@ -667,13 +669,7 @@ func TestMeasuredBootAsksForEventLog(t *testing.T) {
 	_, dev := openSimulator(t, 8)
 	log, logFile := firmwareLog(t, dev)
 	e := startCollector(t)
-	stateDir := t.TempDir()
-	res, err := agent.EnrollWith(context.Background(), stateDir, e.token(time.Hour, 1),
-		agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev, EventLog: logFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := res.DeviceID
+	stateDir, id := enrollTPM(t, e, dev, logFile)
 	tpm, err := identity.NewTPM(dev, stateDir, identity.TPMOptions{})
 	if err != nil {
 		t.Fatal(err)
