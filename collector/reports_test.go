@@ -8,7 +8,6 @@ import (
 	"maps"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	"github.com/posture-project/posture/internal/token"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -58,7 +58,7 @@ func TestTPMClockCheck(t *testing.T) {
 // logged as an error, and nothing of it is stored, so the agent's next
 // stream sends it again.
 func TestStreamEndIsNotStorageFailure(t *testing.T) {
-	logs := &recordedLog{}
+	logs := &testtools.LogRecorder{}
 	c, key := softwareDevice(t, "a", slog.New(logs))
 	s := &reportService{c: c}
 	nonce := newNonce()
@@ -79,7 +79,7 @@ func TestStreamEndIsNotStorageFailure(t *testing.T) {
 	if !maps.Equal(before.reportsRejected, after.reportsRejected) || before.reportsAccepted != after.reportsAccepted {
 		t.Errorf("counted: rejections %v -> %v, accepted %d -> %d; want nothing counted", before.reportsRejected, after.reportsRejected, before.reportsAccepted, after.reportsAccepted)
 	}
-	if errs := logs.at(slog.LevelError); len(errs) > 0 {
+	if errs := logs.Messages(slog.LevelError); len(errs) > 0 {
 		t.Errorf("logged as errors: %v", errs)
 	}
 	if n, err := c.store.CountReports(context.Background(), "a"); err != nil || n != 0 {
@@ -123,33 +123,4 @@ func softwareDevice(t *testing.T, id string, log *slog.Logger) (*Collector, *ecd
 		c.Serve(cctx)
 	})
 	return c, key
-}
-
-// recordedLog is a slog handler that keeps each record's level and message.
-type recordedLog struct {
-	mu   sync.Mutex
-	recs []slog.Record
-}
-
-func (l *recordedLog) Enabled(context.Context, slog.Level) bool { return true }
-func (l *recordedLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *recordedLog) WithGroup(string) slog.Handler            { return l }
-func (l *recordedLog) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.recs = append(l.recs, r.Clone())
-	return nil
-}
-
-// at lists the messages logged at level.
-func (l *recordedLog) at(level slog.Level) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, r := range l.recs {
-		if r.Level == level {
-			out = append(out, r.Message)
-		}
-	}
-	return out
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -115,7 +115,7 @@ func TestBadSignatureDropsMeasurement(t *testing.T) {
 	if err := pki.WritePrivateKey(filepath.Join(stateDir, "identity.key"), other); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logRecorder{}
+	logs := &testtools.LogRecorder{}
 	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: time.Hour, Measurer: &fixedMeasurer{encrypted: true},
 		Logger: slog.New(logs), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
@@ -124,7 +124,7 @@ func TestBadSignatureDropsMeasurement(t *testing.T) {
 	runUntilCleanup(t, a)
 	rejected := func() uint64 { return e.stats().GetReportsRejected()["bad_signature"] }
 	eventually(t, "the report refused", func() bool { return rejected() >= 1 })
-	eventually(t, "the drop logged", func() bool { return logs.has(slog.LevelError, "reason", "bad_signature") })
+	eventually(t, "the drop logged", func() bool { return logs.Has(slog.LevelError, "reason", "bad_signature") })
 	time.Sleep(300 * time.Millisecond) // several reconnect backoffs
 	if n := rejected(); n != 1 {
 		t.Errorf("%d bad_signature rejections of one measurement, want 1: it was sent again", n)
@@ -193,38 +193,4 @@ func storedMeasurements(t *testing.T, e *env, id string) []string {
 		out[r.GetSeq()-1] = r.GetOs().GetKernelVersion()
 	}
 	return out
-}
-
-// logRecorder is a slog.Handler that keeps what is logged through it.
-type logRecorder struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
-
-func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-
-// has reports whether a record at level carries the attribute key=value.
-func (l *logRecorder) has(level slog.Level, key, value string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, r := range l.records {
-		found := false
-		r.Attrs(func(a slog.Attr) bool {
-			found = a.Key == key && a.Value.String() == value
-			return !found
-		})
-		if r.Level == level && found {
-			return true
-		}
-	}
-	return false
 }
