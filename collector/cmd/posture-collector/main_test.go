@@ -208,14 +208,7 @@ func TestForwardAuthServerChecks(t *testing.T) {
 		})
 	}
 
-	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", bearerFile: tight, timeouts: defaultFrontTimeouts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go f.serve()
-	defer f.close()
-	roots := x509.NewCertPool()
-	roots.AddCert(c.CA())
+	f, roots := startFront(t, c, frontConfig{addr: "127.0.0.1:0", bearerFile: tight, timeouts: defaultFrontTimeouts})
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}}}
 	req, _ := http.NewRequest("GET", f.url+"?level=basic", nil)
 	req.Header.Set("Authorization", "Bearer a-long-enough-bearer-secret")
@@ -239,14 +232,7 @@ func TestForwardAuthClosesIdleConnections(t *testing.T) {
 	// Every other timeout is far longer than the idle one and than the
 	// wait below: only the idle timeout can close these connections.
 	timeouts := frontTimeouts{readHeader: time.Minute, read: time.Minute, write: time.Minute, idle: 100 * time.Millisecond}
-	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", timeouts: timeouts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go f.serve()
-	defer f.close()
-	roots := x509.NewCertPool()
-	roots.AddCert(c.CA())
+	f, roots := startFront(t, c, frontConfig{addr: "127.0.0.1:0", timeouts: timeouts})
 
 	tests := []struct {
 		name  string
@@ -343,14 +329,7 @@ func TestForwardAuthRejectionsCounted(t *testing.T) {
 	if err := os.WriteFile(bearer, []byte("a-long-enough-bearer-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := forwardAuthServer(c, frontConfig{addr: "127.0.0.1:0", bearerFile: bearer, timeouts: defaultFrontTimeouts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go f.serve()
-	defer f.close()
-	roots := x509.NewCertPool()
-	roots.AddCert(c.CA())
+	f, roots := startFront(t, c, frontConfig{addr: "127.0.0.1:0", bearerFile: bearer, timeouts: defaultFrontTimeouts})
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 
 	requests := []struct {
@@ -496,4 +475,20 @@ func TestParseAt(t *testing.T) {
 			t.Errorf("parseAt(%q) succeeded", bad)
 		}
 	}
+}
+
+// startFront serves the HTTP front end of c until the test ends, and
+// returns it with a pool holding the collector CA, which its TLS
+// certificate chains to.
+func startFront(t *testing.T, c *collector.Collector, fc frontConfig) (*httpFront, *x509.CertPool) {
+	t.Helper()
+	f, err := forwardAuthServer(c, fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	t.Cleanup(f.close)
+	roots := x509.NewCertPool()
+	roots.AddCert(c.CA())
+	return f, roots
 }
