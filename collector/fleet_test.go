@@ -37,11 +37,7 @@ func TestReassess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		c.Serve(cctx)
-	}()
+	defer stopCollectorForTest(c)
 	// Stored, not yet recorded in the fleet: what a report stream does
 	// between its commit and recordReport.
 	if err := c.store.AppendReport(ctx, report("a", 2, false)); err != nil {
@@ -221,11 +217,7 @@ func startSeeded(t *testing.T, dir string) *Collector {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		c.Serve(ctx)
-	})
+	t.Cleanup(func() { stopCollectorForTest(c) })
 	return c
 }
 

@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"context"
 	"fmt"
 	"testing"
 )
@@ -14,11 +13,7 @@ func TestGatewayRejections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		c.Serve(ctx)
-	}()
+	defer stopCollectorForTest(c)
 	fa, ext := c.GatewayRejections("forward_auth"), c.GatewayRejections("ext_authz")
 	fa.Rejected("gateway_unauthenticated", "gateway not authenticated")
 	fa.Rejected("gateway_unauthenticated", "gateway not authenticated")

@@ -117,10 +117,6 @@ func softwareDevice(t *testing.T, id string, log *slog.Logger) (*Collector, *ecd
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		c.Serve(cctx)
-	})
+	t.Cleanup(func() { stopCollectorForTest(c) })
 	return c, key
 }

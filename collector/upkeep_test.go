@@ -32,11 +32,7 @@ func BenchmarkFleetUpkeep(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		c.Serve(ctx)
-	}()
+	defer stopCollectorForTest(c)
 	b.Run("decay-pass", func(b *testing.B) {
 		for b.Loop() {
 			c.decayPass()

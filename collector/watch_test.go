@@ -23,17 +23,12 @@ import (
 func TestRestartDoesNotFloodWatchers(t *testing.T) {
 	dir, now := t.TempDir(), time.Now()
 	seedStore(t, dir, []string{"a", "b", "c"}, testReport("a", 1, true, now), testReport("b", 1, true, now), testReport("c", 1, true, now))
-	ctx := context.Background()
 
 	c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		c.Serve(cctx)
-	}()
+	defer stopCollectorForTest(c)
 	w, _, snap, rev, _ := c.subscribe(0)
 	if len(snap) != 3 {
 		t.Fatalf("snapshot has %d devices, want 3", len(snap))
@@ -68,11 +63,7 @@ func TestRestartDoesNotFloodWatchers(t *testing.T) {
 func TestResumeAcrossRestartGetsSnapshot(t *testing.T) {
 	dir, now := t.TempDir(), time.Now()
 	seedStore(t, dir, []string{"a"}, testReport("a", 1, true, now))
-	stop := func(c *Collector) {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		c.Serve(ctx)
-	}
+	stop := stopCollectorForTest
 	c1, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
@@ -131,11 +122,7 @@ func TestPublishFollowsRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		c.Serve(ctx)
-	}()
+	defer stopCollectorForTest(c)
 	w, _, _, _, _ := c.subscribe(0)
 	defer c.unsubscribe(w)
 	for i := range 3000 {
@@ -204,11 +191,7 @@ func TestWatchHeartbeatConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer func() {
-				ctx, cancel := context.WithCancel(context.Background())
-				cancel()
-				c.Serve(ctx)
-			}()
+			defer stopCollectorForTest(c)
 			w, missed, _, rev, _ := c.subscribe(0)
 			c.unsubscribe(w)
 			if len(missed) != 0 {
