@@ -322,16 +322,17 @@ func (c *Collector) loadDecisions(ctx context.Context) error {
 
 // callerName names who asked for a decision, for the log.
 func callerName(ctx context.Context) string {
-	c := callerFrom(ctx)
-	switch {
-	case c.role == "" && callerid.From(ctx) != "":
-		return callerid.From(ctx)
-	case c.role == "":
-		return "http forward-auth"
-	case c.name == "":
+	switch c := callerFrom(ctx); {
+	case c.role != "" && c.name != "":
+		return c.role + " " + c.name
+	case c.role != "":
 		return c.role
 	}
-	return c.role + " " + c.name
+	// Not an RPC: a front end in this process (/check) named its caller.
+	if name := callerid.From(ctx); name != "" {
+		return name
+	}
+	return "in process"
 }
 
 // maxListed caps what one admin answer lists one by one, so that it stays
