@@ -99,7 +99,6 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 	}
 
 	seq, digest, _ := c.fleet.head(id)
-	var key streamKey
 	nonce := newNonce()
 	if err := stream.Send(&posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Welcome{Welcome: &posturev1.Welcome{
 		LastSeq: seq, LastDigest: digest, Nonce: nonce,
@@ -107,34 +106,46 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 		return err
 	}
 
-	msgs := make(chan *posturev1.AgentMessage)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	// Reports are read and answered on a goroutine of their own, so that
+	// this handler can end the stream the moment it is superseded or
+	// revoked: gRPC ends a stream only when its handler returns, and a
+	// Recv waiting for the agent notices nothing else. Reading and
+	// answering on the same goroutine spares a hand-off per report.
+	var sending sync.Mutex // held while the reader sends on the stream
+	done := make(chan error, 1)
+	go func() { done <- s.serve(ctx, stream, who, rs, &sending, nonce) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		// Let a report being answered finish, and its acknowledgement be
+		// sent: a stream must not be sent on once its handler returned.
+		// The reader checks ctx under each lock, so it neither answers
+		// nor sends after this.
+		rs.busy.Lock()
+		//lint:ignore SA2001 the lock is taken only to wait for its holder
+		rs.busy.Unlock()
+		sending.Lock()
+		//lint:ignore SA2001 the lock is taken only to wait for its holder
+		sending.Unlock()
+		return streamEndError(ctx)
+	}
+}
 
+// serve reads the reports of one stream and answers each, until the agent
+// ends the stream, the stream breaks, or ctx ends. nonce is the one the
+// welcome carried. It sends while holding sending, and not once ctx ended.
+func (s *reportService) serve(ctx context.Context, stream posturev1.ReportService_StreamReportsServer, who caller, rs *reportStream, sending *sync.Mutex, nonce []byte) error {
+	c := s.c
+	id := who.name
+	var key streamKey
 	for {
-		var m *posturev1.AgentMessage
-		select {
-		case <-ctx.Done():
-			return streamEndError(ctx)
-		case err := <-recvErr:
-			if err == io.EOF {
-				return nil
-			}
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
 			return err
-		case m = <-msgs:
 		}
 		sr := m.GetReport()
 		if sr == nil {
@@ -156,10 +167,19 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 		if err != nil {
 			return err
 		}
-		nonce = next
-		if err := stream.Send(out); err != nil {
+		// Sent outside busy: an agent that stops reading holds up its
+		// own stream, not a newer stream of the device waiting on busy.
+		sending.Lock()
+		if ctx.Err() != nil {
+			sending.Unlock()
+			return streamEndError(ctx) // stored; the next stream's welcome says so
+		}
+		err = stream.Send(out)
+		sending.Unlock()
+		if err != nil {
 			return err
 		}
+		nonce = next
 	}
 }
 
