@@ -65,17 +65,21 @@ var sharedTexts struct {
 }
 
 func shareText(t checkText) *checkText {
+	// t is copied to the heap only when it is kept: taking its address
+	// at the top would allocate on every call, most of which find a
+	// shared copy (the map's lookup does not keep its key).
+	own := func() *checkText { c := t; return &c }
 	size := int64(len(t.reason) + len(t.remediation))
 	if size > maxSharedTextLen {
-		return &t
+		return own()
 	}
 	if s, ok := sharedTexts.m.Load(t); ok {
 		return s.(*checkText)
 	}
 	if sharedTexts.n.Load() >= maxSharedTexts || sharedTexts.bytes.Load()+size > maxSharedTextBytes {
-		return &t
+		return own()
 	}
-	s, loaded := sharedTexts.m.LoadOrStore(t, &t)
+	s, loaded := sharedTexts.m.LoadOrStore(t, own())
 	if !loaded {
 		sharedTexts.n.Add(1)
 		sharedTexts.bytes.Add(size)

@@ -443,15 +443,10 @@ func (p *Policy) LevelNames() []string {
 // compareVersions compares dotted numeric versions ("22.04" < "24.04",
 // "10.0.19045" < "10.0.22631"); a non-numeric part compares as text.
 func compareVersions(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < max(len(as), len(bs)); i++ {
+	for a != "" || b != "" {
 		var x, y string
-		if i < len(as) {
-			x = as[i]
-		}
-		if i < len(bs) {
-			y = bs[i]
-		}
+		x, a, _ = strings.Cut(a, ".")
+		y, b, _ = strings.Cut(b, ".")
 		xi, errX := strconv.Atoi(x)
 		yi, errY := strconv.Atoi(y)
 		if x == "" {
