@@ -206,12 +206,6 @@ func (a *Agent) sendLoop(ctx context.Context) {
 			a.log.Warn("report stream ended; reconnecting", "err", err, "in", backoff, "spooled", a.spool.Len())
 		}
 		wait := jitter(backoff, 0.2)
-		var ra retryAfterError
-		if errors.As(err, &ra) {
-			// Sooner would be refused again; a little later spreads the
-			// devices the collector held back.
-			wait = max(wait, ra.after+jitter(a.cfg.MinBackoff, 0.2))
-		}
 		select {
 		case <-ctx.Done():
 			return
@@ -267,6 +261,23 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 			}
 		}
 		next, acked, err := a.send(st, e, nonce)
+		var ra retryAfterError
+		if errors.As(err, &ra) && len(next) > 0 {
+			// Held back by the device's report budget: the stream stays
+			// open, and its next nonce is as good later. Waiting on it
+			// spares a new stream for every report while the budget is
+			// spent; sooner would be refused again, a little later
+			// spreads the devices the collector held back.
+			wait := ra.after + jitter(a.cfg.MinBackoff, 0.2)
+			a.log.Info("collector holds reports back for now; sending again on this stream", "err", err, "in", wait, "spooled", a.spool.Len())
+			select {
+			case <-ctx.Done():
+				return sent, ctx.Err()
+			case <-time.After(wait):
+			}
+			nonce = next
+			continue
+		}
 		if err != nil {
 			return sent, err
 		}
@@ -405,9 +416,9 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		a.resendEventLog() // nothing of the report was stored, its log neither
 		reason := rejectReasonName(rej.GetReason())
 		if retryable(rej.GetReason()) {
-			// Ending the stream sends it again after the reconnect backoff,
-			// or when the collector said it would take it, with a fresh
-			// nonce, timestamp and Welcome.
+			// Sent again with a fresh nonce and timestamp: on this stream
+			// when the collector said when it would take it (retry_after),
+			// else on a new one after the reconnect backoff.
 			err := fmt.Errorf("collector refused report %d for now (%s: %s); it stays spooled and is sent again", sent.Seq, reason, rej.GetMessage())
 			if d := rej.GetRetryAfter(); d.IsValid() && d.AsDuration() > 0 {
 				err = retryAfterError{err: err, after: d.AsDuration()}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -247,7 +248,14 @@ func healthyReport(encrypted bool, kernel string) *posturev1.PostureReport {
 // runAgent runs a real agent on stateDir until the test ends.
 func runAgent(t testing.TB, stateDir string, m agent.Measurer, interval time.Duration) (stop func()) {
 	t.Helper()
-	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: interval, Measurer: m, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	return runAgentLogged(t, stateDir, m, interval, nil)
+}
+
+// runAgentLogged is runAgent with the agent's log sent to logger (nil
+// discards it).
+func runAgentLogged(t testing.TB, stateDir string, m agent.Measurer, interval time.Duration, logger *slog.Logger) (stop func()) {
+	t.Helper()
+	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: interval, Measurer: m, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: logger})
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}

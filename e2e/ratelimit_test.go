@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"log/slog"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -98,13 +101,14 @@ func TestReportBudgetCapsCost(t *testing.T) {
 }
 
 // A real agent held back by its budget waits as long as the collector says
-// (retry_after) instead of asking again at its reconnect backoff, and its
-// measurements keep arriving, one per interval.
+// (retry_after) instead of asking again at its reconnect backoff, on the
+// same stream, and its measurements keep arriving, one per interval.
 func TestAgentWaitsForBudget(t *testing.T) {
 	e := startCollectorWith(t, func(c *collector.Config) { c.ReportBurst, c.ReportInterval = 2, time.Second })
 	dir, id := e.enroll()
 	// Measures every 50 ms and would reconnect within 20–200 ms.
-	runAgent(t, dir, &fixedMeasurer{encrypted: true}, 50*time.Millisecond)
+	logs := &testtools.LogRecorder{}
+	runAgentLogged(t, dir, &fixedMeasurer{encrypted: true}, 50*time.Millisecond, slog.New(logs))
 	eventually(t, "the burst and a refusal", func() bool { return e.stats().GetReportsRejected()["rate_limited"] >= 1 })
 	d, err := e.device(id)
 	if err != nil {
@@ -125,5 +129,17 @@ func TestAgentWaitsForBudget(t *testing.T) {
 	accepted, refused := d.GetDevice().GetLastSeq()-from, e.stats().GetReportsRejected()["rate_limited"]-refusedFrom
 	if refused > accepted+2 {
 		t.Errorf("%d refusals for %d reports accepted: the agent did not wait as told", refused, accepted)
+	}
+	held := 0
+	for _, m := range logs.Messages(slog.LevelInfo) {
+		if strings.HasPrefix(m, "collector holds reports back") {
+			held++
+		}
+	}
+	if held == 0 {
+		t.Error("the agent never logged that the collector held its reports back")
+	}
+	if ended := logs.Messages(slog.LevelWarn); len(ended) > 0 {
+		t.Errorf("the agent left its stream while held back: %q; want it to wait on the stream", ended)
 	}
 }
