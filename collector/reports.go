@@ -123,10 +123,8 @@ func (s *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 		// The reader checks ctx under each lock, so it neither answers
 		// nor sends after this.
 		rs.busy.Lock()
-		//lint:ignore SA2001 the lock is taken only to wait for its holder
 		rs.busy.Unlock()
 		sending.Lock()
-		//lint:ignore SA2001 the lock is taken only to wait for its holder
 		sending.Unlock()
 		return streamEndError(ctx)
 	}
