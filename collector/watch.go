@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,12 +43,51 @@ type hub struct {
 
 // decisionKey is what a watcher must hear about when it changes.
 // It holds all a snapshot renders, so a snapshot is made from the keys.
+// The hub keeps one per device, loading holds one per device at its peak,
+// and every snapshot copies them all, so it takes 8 bytes: the allowed
+// levels are a number (see levelSets), the rest fit a byte each.
 type decisionKey struct {
-	state     posturev1.DeviceState
-	assurance posturev1.IdentityAssurance
-	score     uint32
-	levels    string // Policy.SetKey of the allowed levels: their names joined by NUL
+	state     uint8  // posturev1.DeviceState
+	assurance uint8  // posturev1.IdentityAssurance
+	score     uint8  // 0 to 100
+	levels    uint32 // levelSets number of the allowed levels' Policy.SetKey
 }
+
+// levelSets numbers the distinct sets of allowed levels, named by
+// Policy.SetKey (the names joined by NUL), so that a published decision
+// holds a number where it held the names. A fleet has a handful of such
+// sets; a policy reload that defines other levels adds a handful more.
+// Lookups take no lock: they come from every report and every device of
+// each decay pass.
+var levelSets struct {
+	ids  sync.Map                 // SetKey → uint32
+	mu   sync.Mutex               // orders additions
+	keys atomic.Pointer[[]string] // number → SetKey; replaced whole on an addition
+}
+
+// levelSetID is the number of a set of levels named by its SetKey.
+func levelSetID(key string) uint32 {
+	if id, ok := levelSets.ids.Load(key); ok {
+		return id.(uint32)
+	}
+	levelSets.mu.Lock()
+	defer levelSets.mu.Unlock()
+	if id, ok := levelSets.ids.Load(key); ok {
+		return id.(uint32)
+	}
+	var keys []string
+	if p := levelSets.keys.Load(); p != nil {
+		keys = *p
+	}
+	id := uint32(len(keys))
+	next := append(keys[:len(keys):len(keys)], key)
+	levelSets.keys.Store(&next) // before the number is found
+	levelSets.ids.Store(key, id)
+	return id
+}
+
+// levelSetKey is the SetKey numbered id by levelSetID.
+func levelSetKey(id uint32) string { return (*levelSets.keys.Load())[id] }
 
 type watcher struct {
 	ch      chan *event
@@ -98,14 +138,14 @@ func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision
 	d := &posturev1.DeviceDecision{
 		DeviceId:  id,
 		SpiffeId:  pki.SPIFFEID(c.cfg.TrustDomain, pki.RoleDevice, id).String(),
-		State:     key.state,
-		Assurance: key.assurance,
-		Score:     key.score,
+		State:     posturev1.DeviceState(key.state),
+		Assurance: posturev1.IdentityAssurance(key.assurance),
+		Score:     uint32(key.score),
 		// The certificate_tag of the proto is the fleet's certTag.
 		CertificateTag: c.fleet.currentCertTag(id),
 	}
-	if key.levels != "" {
-		d.AllowedLevels = strings.Split(key.levels, "\x00")
+	if levels := levelSetKey(key.levels); levels != "" {
+		d.AllowedLevels = strings.Split(levels, "\x00")
 	}
 	return d
 }
@@ -113,7 +153,7 @@ func (c *Collector) render(id string, key decisionKey) *posturev1.DeviceDecision
 // keyOf is what decision would publish for a device, without rendering it.
 func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey {
 	score, set := pol.AllowedSet(subj, now)
-	return decisionKey{state: subj.State, assurance: subj.Assurance, score: score, levels: pol.SetKey(set)}
+	return decisionKey{state: uint8(subj.State), assurance: uint8(subj.Assurance), score: uint8(min(score, 100)), levels: levelSetID(pol.SetKey(set))}
 }
 
 // publish re-evaluates a device and tells watchers when its decision

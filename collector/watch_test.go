@@ -92,7 +92,7 @@ func TestResumeAcrossRestartGetsSnapshot(t *testing.T) {
 	if resumed {
 		t.Fatalf("resumed from revision %d of the previous run with %d events; want a snapshot", rev, len(missed))
 	}
-	if len(snap) != 1 || snap[0].key.state != posturev1.DeviceState_DEVICE_STATE_REVOKED {
+	if len(snap) != 1 || posturev1.DeviceState(snap[0].key.state) != posturev1.DeviceState_DEVICE_STATE_REVOKED {
 		t.Fatalf("snapshot after the restart: %+v, want device a revoked", snap)
 	}
 	// Within one run a watcher still resumes.
@@ -223,6 +223,40 @@ func TestReportBudgetConfig(t *testing.T) {
 		_, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", ReportBurst: tt.burst, ReportInterval: tt.every})
 		if err == nil || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("burst %d, interval %v: %v; want an error saying %q", tt.burst, tt.every, err, tt.err)
+		}
+	}
+}
+
+// Sets of levels are numbered by what they name: the same names get the
+// same number from any goroutine, other names another, and the number
+// gives the names back.
+func TestLevelSetNumbers(t *testing.T) {
+	keys := []string{"", "basic", "basic\x00trusted", "trusted"}
+	ids := make([][]uint32, 4)
+	var wg sync.WaitGroup
+	for g := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, k := range keys {
+				ids[g] = append(ids[g], levelSetID(k))
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[uint32]string{}
+	for g := range ids {
+		for i, id := range ids[g] {
+			if id != ids[0][i] {
+				t.Errorf("goroutine %d numbered %q %d, goroutine 0 %d", g, keys[i], id, ids[0][i])
+			}
+			if got := levelSetKey(id); got != keys[i] {
+				t.Errorf("levelSetKey(%d) = %q, want %q", id, got, keys[i])
+			}
+			if k, ok := seen[id]; ok && k != keys[i] {
+				t.Errorf("%q and %q share number %d", k, keys[i], id)
+			}
+			seen[id] = keys[i]
 		}
 	}
 }
