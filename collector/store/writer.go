@@ -139,23 +139,30 @@ func (s *Store) run() {
 			}
 		}
 		if busy && open && len(batch) < maxBatch {
+			// Sleep a gap at a time and take what came meanwhile: waking
+			// for every operation would cost this goroutine a switch each.
 			deadline := time.Now().Add(lingerMax)
-			wait.Reset(lingerGap)
-		linger:
 			for open && len(batch) < maxBatch {
-				select {
-				case o, ok := <-s.ops:
-					take(o, ok)
-					left := time.Until(deadline)
-					if left <= 0 {
-						break linger
+				left := time.Until(deadline)
+				if left <= 0 {
+					break
+				}
+				wait.Reset(min(lingerGap, left))
+				<-wait.C
+				had := len(batch)
+			drain:
+				for open && len(batch) < maxBatch {
+					select {
+					case o, ok := <-s.ops:
+						take(o, ok)
+					default:
+						break drain
 					}
-					wait.Reset(min(lingerGap, left))
-				case <-wait.C:
-					break linger
+				}
+				if len(batch) == had {
+					break // a gap without arrivals
 				}
 			}
-			wait.Stop()
 		}
 		busy = len(batch) > 1
 		s.commit(batch)
