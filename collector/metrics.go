@@ -83,6 +83,7 @@ var (
 	descEnrollRej   = prometheus.NewDesc("posture_enrollments_rejected_total", "Enrollments refused, by reason.", []string{"reason"}, nil)
 	descDenied      = prometheus.NewDesc("posture_rpc_denied_total", "RPCs refused by authorization, by method.", []string{"method"}, nil)
 	descWatchers    = prometheus.NewDesc("posture_watchers", "Gateways watching posture.", nil, nil)
+	descDropped     = prometheus.NewDesc("posture_watchers_dropped_total", "Watch streams ended because the gateway fell too far behind (it resumes from its last revision).", nil, nil)
 	descStreams     = prometheus.NewDesc("posture_report_streams", "Open agent report streams.", nil, nil)
 	descDevices     = prometheus.NewDesc("posture_devices", "Devices by state.", []string{"state"}, nil)
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
@@ -94,7 +95,7 @@ var (
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej} {
 		ch <- d
 	}
 }
@@ -121,6 +122,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.front, k.reason)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.dropped.Load()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
 	ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(c.store.HistoryFailures()))
 	ch <- prometheus.MustNewConstMetric(descPruned, prometheus.CounterValue, float64(c.reportsPruned.Load()))

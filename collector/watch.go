@@ -39,6 +39,9 @@ type hub struct {
 	start    int
 	last     map[string]decisionKey // what was last published per device
 	watchers map[*watcher]struct{}
+	// dropped counts watchers dropped for falling watcherBuffer events
+	// behind; read without the lock by the metrics.
+	dropped atomic.Int64
 }
 
 // decisionKey is what a watcher must hear about when it changes.
@@ -194,6 +197,7 @@ func (c *Collector) publish(id, cause string, force bool) {
 			// resumes from its last revision.
 			delete(h.watchers, w)
 			close(w.dropped)
+			h.dropped.Add(1)
 		}
 	}
 }

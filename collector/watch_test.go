@@ -260,3 +260,56 @@ func TestLevelSetNumbers(t *testing.T) {
 		}
 	}
 }
+
+// A watcher that stops taking events is dropped once watcherBuffer of them
+// wait for it, rather than holding up every decision; other watchers keep
+// theirs, and the drop is counted for the metrics.
+func TestSlowWatcherDropped(t *testing.T) {
+	dir, now := t.TempDir(), time.Now()
+	seedStore(t, dir, []string{"a"}, testReport("a", 1, true, now))
+	c, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopCollectorForTest(c)
+	slow, _, _, _, _ := c.subscribe(0)
+	live, _, _, _, _ := c.subscribe(0)
+	defer c.unsubscribe(live)
+	for i := range watcherBuffer + 1 {
+		c.publish("a", "test", true)
+		if i%64 == 0 { // the live watcher keeps up
+			for len(live.ch) > 0 {
+				<-live.ch
+			}
+		}
+	}
+	select {
+	case <-slow.dropped:
+	default:
+		t.Fatalf("a watcher %d events behind was not dropped", len(slow.ch))
+	}
+	select {
+	case <-live.dropped:
+		t.Fatal("a watcher that kept up was dropped")
+	default:
+	}
+	if n := c.Watchers(); n != 1 {
+		t.Errorf("%d watchers after the drop, want 1", n)
+	}
+	families, err := c.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range families {
+		if f.GetName() == "posture_watchers_dropped_total" {
+			found = true
+			if v := f.GetMetric()[0].GetCounter().GetValue(); v != 1 {
+				t.Errorf("posture_watchers_dropped_total = %v, want 1", v)
+			}
+		}
+	}
+	if !found {
+		t.Error("no posture_watchers_dropped_total metric")
+	}
+}
