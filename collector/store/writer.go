@@ -122,25 +122,29 @@ func (s *Store) run() {
 		// shrink to one or two operations under load.
 		runtime.Gosched()
 		open := true
-		take := func(o *op, ok bool) {
-			if !ok {
-				open = false
-				return
+		// drain takes what is queued, without waiting, and reports
+		// whether it took anything.
+		drain := func() bool {
+			had := len(batch)
+			for open && len(batch) < maxBatch {
+				select {
+				case o, ok := <-s.ops:
+					if ok {
+						batch = append(batch, o)
+					} else {
+						open = false
+					}
+				default:
+					return len(batch) > had
+				}
 			}
-			batch = append(batch, o)
+			return len(batch) > had
 		}
-	fill:
-		for open && len(batch) < maxBatch {
-			select {
-			case o, ok := <-s.ops:
-				take(o, ok)
-			default:
-				break fill
-			}
-		}
-		if busy && open && len(batch) < maxBatch {
+		drain()
+		if busy {
 			// Sleep a gap at a time and take what came meanwhile: waking
 			// for every operation would cost this goroutine a switch each.
+			// A gap without arrivals, or the longest linger, ends it.
 			deadline := time.Now().Add(lingerMax)
 			for open && len(batch) < maxBatch {
 				left := time.Until(deadline)
@@ -149,18 +153,8 @@ func (s *Store) run() {
 				}
 				wait.Reset(min(lingerGap, left))
 				<-wait.C
-				had := len(batch)
-			drain:
-				for open && len(batch) < maxBatch {
-					select {
-					case o, ok := <-s.ops:
-						take(o, ok)
-					default:
-						break drain
-					}
-				}
-				if len(batch) == had {
-					break // a gap without arrivals
+				if !drain() {
+					break
 				}
 			}
 		}
