@@ -596,7 +596,6 @@ func pointAgentAt(t testing.TB, dir, addr string) {
 	}
 }
 
-// connections counts the connections the proxy accepted.
 // freeAddr is a loopback address nothing listens on.
 func freeAddr(t testing.TB) string {
 	t.Helper()
