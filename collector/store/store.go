@@ -1,26 +1,28 @@
-// Package store keeps the collector's enrollment tokens, devices and posture
-// reports in a SQLite database.
+// Package store is the collector's storage contract: what it keeps in its
+// database (enrollment tokens, devices, posture reports, gateways, saved
+// decisions, the replicas sharing the database) and the change feed that
+// keeps every collector's memory current.
 //
-// All writes go through one writer goroutine that owns the only write
-// connection and groups queued operations into shared transactions, because
-// SQLite commits, not rows, are what limit write throughput. Reads use a
-// separate connection pool and, in WAL mode, never wait for the writer.
+// Two backends implement Store: store/sqlite (one file in the data
+// directory, the default for one collector) and store/postgres (a database
+// that several collectors share). store/storetest is the one contract
+// suite both pass; no behaviour exists in one backend only.
+//
+// Every change that a collector keeps in memory is written together with
+// an Event in the same transaction. The database issues event IDs; they
+// only grow, are never reused, and are the revisions gateways resume their
+// watch from. A change a collector makes and one another collector made
+// reach memory the same way: by applying the event.
+//
+// This package does not import the wire contract (posturev1): states and
+// assurances are stored as the numbers the contract gives them.
 package store
 
 import (
-	"database/sql"
+	"context"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"path/filepath"
-	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	// Registers the "sqlite3" database/sql driver.
-	_ "github.com/mattn/go-sqlite3"
 )
 
 var (
@@ -37,15 +39,29 @@ var (
 	// left.
 	ErrTokenUsedUp = errors.New("enrollment token already used")
 	// ErrDeviceRevoked is returned when an operation would change or
-	// re-enroll a revoked device; revocation is final.
+	// re-enroll a revoked device, or store its report; revocation is final.
 	ErrDeviceRevoked = errors.New("device is revoked")
 	// ErrIdentityKind is returned when a device would re-enroll with
 	// another kind of identity (a software key for a TPM device, or the
 	// other way round).
 	ErrIdentityKind = errors.New("device enrolled with another kind of identity")
 	// ErrConflict is returned by AppendReport when the device already has a
-	// report with the same sequence number but a different digest.
+	// report with the same sequence number but a different digest: two
+	// reports claim one place in the chain.
 	ErrConflict = errors.New("a different report with this sequence number is already stored")
+	// ErrChainBroken is returned by AppendReport when the report continues
+	// the device's head sequence number but not its digest (prev_digest
+	// names another report).
+	ErrChainBroken = errors.New("the report does not continue the stored chain head")
+	// ErrSequenceGap is returned by AppendReport when the report's sequence
+	// number is more than one past the stored head.
+	ErrSequenceGap = errors.New("the report skips ahead of the stored chain head")
+	// ErrSuperseded is returned by AppendReport when the report came on a
+	// report stream that is no longer the device's newest (see
+	// OpenReportStream): another stream, on this collector or another,
+	// opened since. Nothing is stored; the agent sends the report again on
+	// its newest stream.
+	ErrSuperseded = errors.New("a newer report stream of this device replaced this one")
 	// ErrDeviceNotActive is returned by RenewCertificate for a suspect or
 	// pending device.
 	ErrDeviceNotActive = errors.New("device is not active")
@@ -53,16 +69,24 @@ var (
 	// the renewal was asked with is neither the device's certificate nor
 	// the one it replaced: an enrollment or another renewal came first.
 	ErrCertReplaced = errors.New("device certificate was replaced meanwhile")
+	// ErrNotPending reports an approval of a device that is not pending.
+	ErrNotPending = errors.New("device is not pending approval")
+	// ErrIdentityMismatch is returned by ClaimIdentity when the database
+	// belongs to another collector CA or trust domain.
+	ErrIdentityMismatch = errors.New("the database belongs to another collector CA or trust domain")
+	// ErrNotEmpty is returned by Import into a database that already holds
+	// devices, tokens or reports.
+	ErrNotEmpty = errors.New("the database is not empty")
 	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("store is closed")
 )
 
-// Device states as stored; the values match posturev1.DeviceState, which
-// this package does not import to stay independent of the wire contract.
+// Device states as stored; the values match posturev1.DeviceState.
 const (
-	stateActive  int32 = 1
-	stateRevoked int32 = 3
-	statePending int32 = 4
+	StateActive  int32 = 1
+	StateSuspect int32 = 2
+	StateRevoked int32 = 3
+	StatePending int32 = 4
 )
 
 // Token is an enrollment token. Only the hash of its secret is stored.
@@ -81,9 +105,9 @@ type Device struct {
 	Hostname    string
 	Platform    string
 	Identity    string // "software" or "tpm"
-	IdentityKey []byte // PKIX DER of the report-signing key
+	IdentityKey []byte // PKIX DER of the software key, or the TPM AK's public area
 	Assurance   int32  // posturev1.IdentityAssurance value
-	State       int32  // posturev1.DeviceState value (1 active, 2 suspect, 3 revoked)
+	State       int32  // posturev1.DeviceState value (StateActive …)
 	StateReason string
 	EnrolledAt  time.Time
 	CertSerial  string // hex serial of the latest issued device certificate
@@ -126,203 +150,264 @@ type Report struct {
 	// the device's (FleetRow.MeasuredBoot) with the head. Nil when the
 	// report carried no log, which leaves the device's reading as it was.
 	MeasuredBoot []byte
+
+	// Appending only: the chain head the report continues, and the report
+	// stream it came on (OpenReportStream). Not read back.
+	PrevDigest []byte
+	Stream     uint64
 }
 
-// Store is a SQLite-backed store. It is safe for concurrent use.
-type Store struct {
-	w *sql.DB // exactly one connection, used only by the writer goroutine
-	r *sql.DB // read-only pool
-
-	// mu orders submissions against Close: senders hold it shared while
-	// they enqueue, so Close can close ops without racing a send.
-	mu     sync.RWMutex
-	closed bool
-	ops    chan *op
-	done   chan struct{} // closed when the writer goroutine has exited
-
-	closing atomic.Bool // lets reads fail fast with ErrClosed
-
-	// Owned by the writer goroutine (see history.go).
-	timing         historyTiming
-	historyThrough int64             // highest report ID the history covers
-	tail           map[tailKey]int64 // reports appended since the last history pass, by ID; entries of rolled-back appends may linger
-	historyAt      time.Time         // last history pass
-
-	// Counters read by tests to observe batching, and failed history passes.
-	queued          atomic.Int64
-	batches         atomic.Int64
-	historyFailures atomic.Int64
+// StreamHead is what OpenReportStream returns: the stream's number and the
+// device's chain head as stored when it opened.
+type StreamHead struct {
+	Stream     uint64
+	LastSeq    uint64
+	LastDigest []byte // nil before the first report
 }
 
-const (
-	// busyTimeout bounds how long a connection waits for a lock held by
-	// another connection (a checkpoint, or a second process) before failing.
-	busyTimeout = 5 * time.Second
-	// pageSize takes effect only for a new database: SQLite cannot change
-	// the page size of a WAL database without a VACUUM.
-	pageSize = 8192
-	// stmtCacheSize is per connection; it spares re-preparing the few
-	// statements the store uses on every call.
-	stmtCacheSize = 32
-)
-
-// Open opens the database at path, creating it (mode 0600) and its schema
-// if needed, and starts the writer. The parent directory must exist. Call
-// Close when done.
-func Open(path string) (*Store, error) {
-	return open(path, defaultHistoryTiming)
+// Gateway is a gateway certificate as issued.
+type Gateway struct {
+	Serial       string // hex
+	Name         string // '' for a serial revoked without an issue record
+	IssuedAt     time.Time
+	ExpiresAt    time.Time
+	RevokedAt    time.Time // zero while not revoked
+	RevokeReason string
 }
 
-func open(path string, timing historyTiming) (*Store, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	if err := createPrivate(abs); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-
-	w, err := sql.Open("sqlite3", dsn(abs, url.Values{
-		"_foreign_keys": {"on"},
-		"_synchronous":  {"NORMAL"},
-		"_txlock":       {"immediate"}, // take the write lock at BEGIN, never mid-transaction
-	}))
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	w.SetMaxOpenConns(1)
-	w.SetMaxIdleConns(1)
-	w.SetConnMaxLifetime(0)
-	w.SetConnMaxIdleTime(0)
-
-	if err := initialize(w); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	// SQLite gives -wal and -shm the database file's mode; this also
-	// repairs files left with a wider mode by an earlier process.
-	for _, suffix := range []string{"-wal", "-shm"} {
-		if err := os.Chmod(abs+suffix, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
-			w.Close()
-			return nil, fmt.Errorf("open store: %w", err)
-		}
-	}
-
-	r, err := sql.Open("sqlite3", dsn(abs, url.Values{
-		"_query_only": {"on"},
-	}))
-	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	readers := max(4, runtime.GOMAXPROCS(0))
-	r.SetMaxOpenConns(readers)
-	r.SetMaxIdleConns(readers)
-	if err := r.Ping(); err != nil {
-		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-
-	s := &Store{
-		w:      w,
-		r:      r,
-		ops:    make(chan *op, maxBatch),
-		done:   make(chan struct{}),
-		timing: timing,
-	}
-	if err := s.startHistory(); err != nil {
-		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("open store %s: %w", abs, err)
-	}
-	go s.run()
-	return s, nil
+// Decision is a saved record of a collector's decision log: one access
+// decision, or a run of identical ones made Count times from FirstAt to At.
+type Decision struct {
+	Seq         uint64 // the record's place in its collector's log; later records have higher ones
+	FirstAt, At time.Time
+	Count       uint64
+	Device      string
+	Level       string
+	Caller      string
+	Allowed     bool
+	Score       uint32
+	State       int32  // the device's state at the decision
+	Detail      []byte // reasons and failed checks, as the collector encodes them
 }
 
-// Close stops accepting writes, waits until every operation already queued
-// has been committed or has failed, and closes the database. Later calls to
-// any method return ErrClosed; a second Close returns nil.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	s.closing.Store(true)
-	close(s.ops)
-	s.mu.Unlock()
-
-	<-s.done
-	// Close the writer last: the last connection to close checkpoints the
-	// WAL into the database file and removes it.
-	if err := errors.Join(s.r.Close(), s.w.Close()); err != nil {
-		return fmt.Errorf("close store: %w", err)
-	}
-	return nil
+// PruneProgress says how far one call of PruneReports got.
+type PruneProgress struct {
+	// Next is where to continue from in the next call of the same pass:
+	// every report up to it was looked at.
+	Next int64
+	// Pruned is how many reports this call deleted.
+	Pruned int
+	// Done is true when the pass reached a report received at or after the
+	// cutoff, or the end of what may be pruned.
+	Done bool
 }
 
-// createPrivate creates the database file with mode 0600, or narrows the
-// mode of an existing one, independent of the process umask.
-func createPrivate(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Chmod(path, 0o600)
+// FleetRow is one device as a collector keeps it in memory, with its latest
+// report. ScanFleet reuses it and its byte slices between calls: copy what
+// is kept.
+type FleetRow struct {
+	ID          string
+	Hostname    string
+	TPM         bool   // identity is "tpm"; otherwise "software"
+	IdentityKey []byte // PKIX DER, or the TPM AK's public area
+	Assurance   int32
+	State       int32
+	StateReason string
+	CertSerial  string // hex serial of the device certificate last issued
+	// PrevCertSerial is the certificate the latest renewal replaced.
+	PrevCertSerial string
+	LastSeq        uint64
+	LastDigest     []byte // nil until the first report
+	TPMClock       TPMClock
+	// MeasuredBoot is the reading of the newest event log among the
+	// device's reports (Report.MeasuredBoot as stored), which need not be
+	// the latest report's; nil when none carried one.
+	MeasuredBoot []byte
+	// Report is the latest report (the one LastSeq names): Seq, Body, Proof
+	// and ReceivedAt are set. Nil before the first.
+	Report *Report
 }
 
-// dsn builds a SQLite URI for path. Escaping the path keeps characters such
-// as '?' and '#' in directory names from being read as URI syntax.
-func dsn(path string, params url.Values) string {
-	params.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
-	params.Set("_stmt_cache_size", fmt.Sprint(stmtCacheSize))
-	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path), RawQuery: params.Encode()}
-	return u.String()
+// Replica is one collector process sharing the database, as it last said.
+type Replica struct {
+	ID        string // random, kept in the collector's data directory
+	Name      string // the host's name, or --name
+	Advertise string // the address agents and gateways dial
+	Version   string
+	StartedAt time.Time
+	SeenAt    time.Time // its last heartbeat, by its clock
+	Applied   uint64    // the newest event it had applied then
 }
 
-// readable reports ErrClosed once Close has started, so reads do not fail
-// with the database/sql error for a closed pool.
-func (s *Store) readable() error {
-	if s.closing.Load() {
-		return ErrClosed
-	}
-	return nil
+// Store is everything a collector keeps in its database. It is safe for
+// concurrent use. Methods that change what collectors keep in memory
+// return the Event they committed with the change; the caller applies it
+// (as every collector applies the events it reads).
+type Store interface {
+	// CreateToken stores a new enrollment token. Hash must be set.
+	CreateToken(ctx context.Context, t Token) error
+	// Token returns the token with the given hash, or ErrNotFound.
+	Token(ctx context.Context, hash []byte) (Token, error)
+
+	// EnrollDevice consumes one use of the token with hash tokenHash and
+	// stores d, in one transaction: on any error nothing changes.
+	//
+	// The token is checked first: ErrTokenUnknown, then ErrTokenExpired
+	// when its expiry is at or before now, then ErrTokenUsedUp. A new
+	// device is stored with an empty report chain, state active unless
+	// d.State says otherwise, and EnrolledAt = now unless d.EnrolledAt is
+	// set. If a device with d.ID exists, it is re-enrolled: its hostname,
+	// platform, certificate serial, enrollment time, identity key and
+	// assurance are updated, while its state and report chain are kept,
+	// except that a new enrollment that earned only pending approval makes
+	// an active device pending, and a new identity key starts the TPM
+	// clock afresh (the next quote is compared with nothing: a new AK sees
+	// the TPM's counters through another offset). Re-enrolling a revoked
+	// device fails with ErrDeviceRevoked, with another kind of identity
+	// with ErrIdentityKind; both leave the token unused. It returns the
+	// device as stored and the EventEnrolled.
+	EnrollDevice(ctx context.Context, tokenHash []byte, now time.Time, d Device) (Device, Event, error)
+	// Device returns the device with the given ID, or ErrNotFound.
+	Device(ctx context.Context, id string) (Device, error)
+	// DevicesAfter returns up to limit devices whose IDs sort after after,
+	// in ID order: one page of a listing. A negative limit means all.
+	DevicesAfter(ctx context.Context, after string, limit int) ([]Device, error)
+	// SetDeviceState sets the state of a device and the reason for it,
+	// and returns the EventState. It returns ErrNotFound for an unknown
+	// device and ErrDeviceRevoked for a revoked one, since revocation is
+	// final.
+	SetDeviceState(ctx context.Context, id string, state int32, reason string, now time.Time) (Event, error)
+	// RenewCertificate makes newSerial the device's certificate, in place
+	// of the certificate the renewal was asked with (askedWith). That is
+	// either the device's certificate, which becomes the one that may
+	// still ask for a renewal, or that one itself, whose renewal's answer
+	// never reached the device; it stays. It fails with ErrNotFound,
+	// ErrDeviceRevoked, ErrDeviceNotActive for a suspect or pending
+	// device, or ErrCertReplaced when askedWith is neither, and then
+	// changes nothing. It returns the device as stored and the
+	// EventRenewed.
+	RenewCertificate(ctx context.Context, id, askedWith, newSerial string, now time.Time) (Device, Event, error)
+	// ApproveDevice activates a pending device in one transaction: it pins
+	// the device's EK hash, sets the state to active and the assurance to
+	// the given value. It returns ErrNotFound or ErrNotPending without
+	// changing anything, else the device as stored and the EventApproved.
+	ApproveDevice(ctx context.Context, id string, assurance int32, description string, now time.Time) (Device, Event, error)
+	// PinEKs pins EK public-key hashes (hex SHA-256 of PKIX DER): devices
+	// that enroll with them are trusted as tpm_ek_pinned. It returns how
+	// many were not pinned before.
+	PinEKs(ctx context.Context, hashes []string, description string, now time.Time) (int, error)
+	// EKPinned reports whether an EK hash is pinned.
+	EKPinned(ctx context.Context, hash string) (bool, error)
+
+	// OpenReportStream starts a report stream of a device: from now on
+	// only reports appended with the returned stream number are stored,
+	// whichever collector the stream reached, so that a report held back
+	// on an older stream cannot land after the agent moved on. It returns
+	// the device's chain head as stored, which the stream's first report
+	// continues. ErrNotFound for an unknown device, ErrDeviceRevoked for a
+	// revoked one.
+	OpenReportStream(ctx context.Context, deviceID string) (StreamHead, error)
+	// AppendReport stores r as its device's new chain head, and returns
+	// once the transaction holding it committed (or failed): a nil error
+	// means the report is durable. The head moves by compare-and-set: r
+	// must come on the device's newest stream (r.Stream) and continue the
+	// stored head (r.Seq one past it, r.PrevDigest its digest), so two
+	// collectors never both accept divergent reports.
+	//
+	// It is idempotent on (device, seq): a report already stored with the
+	// same digest returns a zero Event and nil, writing nothing. Otherwise
+	// it fails, changing nothing, with ErrNotFound (unknown device),
+	// ErrDeviceRevoked, ErrSuperseded (r.Stream is not the newest stream),
+	// ErrConflict (another report holds r.Seq), ErrChainBroken (r.Seq
+	// continues the head but r.PrevDigest is not its digest) or
+	// ErrSequenceGap.
+	AppendReport(ctx context.Context, r Report) (Event, error)
+	// Reports returns up to limit reports of a device, newest (highest
+	// sequence number) first; limit <= 0 means all. An unknown device has
+	// no reports.
+	Reports(ctx context.Context, deviceID string, limit int) ([]Report, error)
+	// CountReports returns how many reports of a device are stored.
+	CountReports(ctx context.Context, deviceID string) (int, error)
+	// LatestReport returns the head report of a device, or ErrNotFound
+	// when it has none.
+	LatestReport(ctx context.Context, deviceID string) (Report, error)
+	// PruneReports deletes reports received before cutoff, in the order
+	// they were stored, from where the previous call of the same pass
+	// stopped (from; 0 starts a pass), looking at limit reports at most.
+	// Each call is one short transaction, so reports keep being stored in
+	// between. It never deletes a device's head report.
+	PruneReports(ctx context.Context, cutoff time.Time, from int64, limit int) (PruneProgress, error)
+	// ScanFleet calls fn for every device and its latest report. It may
+	// read with up to parts connections at once, each over its own share
+	// of the devices, and calls fn from that share's goroutine with the
+	// share's number (0 to parts-1), so fn must be safe for concurrent use
+	// across parts. It stops at the first error.
+	ScanFleet(ctx context.Context, parts int, fn func(part int, row *FleetRow) error) error
+
+	// AddGateway records an issued gateway certificate.
+	AddGateway(ctx context.Context, g Gateway) error
+	// Gateways lists the recorded gateway certificates by name and issue
+	// time.
+	Gateways(ctx context.Context) ([]Gateway, error)
+	// RevokeGateways revokes every unrevoked certificate of a gateway
+	// name, or the one with a serial (recorded or not), and returns the
+	// serials it revoked with the EventGatewayRevoked (a zero Event when
+	// it revoked none). A name with no certificate returns ErrNotFound.
+	RevokeGateways(ctx context.Context, name, serial, reason string, now time.Time) ([]string, Event, error)
+
+	// LastEventID is the newest event ID committed; 0 for none.
+	LastEventID(ctx context.Context) (uint64, error)
+	// EventIDs returns up to limit IDs of committed events above after,
+	// in order.
+	EventIDs(ctx context.Context, after uint64, limit int) ([]uint64, error)
+	// Events returns the committed events among ids, in ID order, with
+	// the bodies and proofs of the reports they name (when still stored);
+	// IDs not committed (yet) are left out.
+	Events(ctx context.Context, ids []uint64) ([]Event, error)
+	// PruneEvents deletes events committed before cutoff (by their At),
+	// and returns how many.
+	PruneEvents(ctx context.Context, cutoff time.Time) (int, error)
+	// Wake receives, without blocking its sender, when events may have
+	// been committed: by this process, or (where the database tells) by
+	// another one. Pollers wait on it between polls.
+	Wake() <-chan struct{}
+
+	// SaveDecisions writes the decisions of one collector's log (by its
+	// replica ID), replacing saved records with the same Seq (a run that
+	// grew), and then deletes that collector's records older than its
+	// newest keep. Either all of ds is saved or none of it.
+	SaveDecisions(ctx context.Context, collector string, ds []Decision, keep int) error
+	// Decisions returns a collector's newest limit saved records, oldest
+	// first.
+	Decisions(ctx context.Context, collector string, limit int) ([]Decision, error)
+
+	// ClaimIdentity records the CA fingerprint and trust domain of the
+	// collectors sharing the database, on first use, and fails with
+	// ErrIdentityMismatch when another was recorded: every replica must
+	// serve with the same CA.
+	ClaimIdentity(ctx context.Context, caFingerprint, trustDomain string) error
+	// Heartbeat records what a replica says of itself (replacing what it
+	// said before).
+	Heartbeat(ctx context.Context, r Replica) error
+	// Replicas lists every replica that has sent a heartbeat, by name.
+	Replicas(ctx context.Context) ([]Replica, error)
+	// ForgetReplica removes a replica's record (one that was retired).
+	ForgetReplica(ctx context.Context, id string) error
+
+	// Close stops accepting writes, waits until every write already under
+	// way has committed or failed, and closes the database. Later calls
+	// to any method return ErrClosed; a second Close returns nil.
+	Close() error
 }
 
-// nanos stores the zero time as 0 so that it survives a round trip.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
+// IdentityMismatch is the ErrIdentityMismatch of a setting (ca_fingerprint,
+// trust_domain) that was recorded as got and claimed as want.
+func IdentityMismatch(setting, got, want string) error {
+	switch setting {
+	case "ca_fingerprint":
+		return fmt.Errorf("%w: it was first used by collectors with CA fingerprint %s, and this collector's CA is %s; give every collector sharing a database the same CA (copy ca.crt and ca.key from a running collector's data directory)", ErrIdentityMismatch, got, want)
+	case "trust_domain":
+		return fmt.Errorf("%w: it was first used with trust domain %q, and this collector runs %q; start it with --trust-domain %s", ErrIdentityMismatch, got, want, got)
 	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-// blob maps nil to an empty slice: the driver binds nil as NULL, which the
-// NOT NULL blob columns reject.
-func blob(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
-}
-
-// nilIfEmpty makes a read-back empty blob compare equal to the nil it was
-// stored from.
-func nilIfEmpty(b []byte) []byte {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
+	return fmt.Errorf("%w: %s is %q, not %q", ErrIdentityMismatch, setting, got, want)
 }

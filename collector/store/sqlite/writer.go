@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"runtime"
 	"time"
+
+	"github.com/posture-project/posture/collector/store"
 )
 
 // maxBatch caps the operations committed in one transaction, which bounds
@@ -68,7 +70,7 @@ func (s *Store) enqueue(o *op) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return ErrClosed
+		return store.ErrClosed
 	}
 	select {
 	case s.ops <- o:

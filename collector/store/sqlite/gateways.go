@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -6,20 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/posture-project/posture/collector/store"
 )
 
-// Gateway is a gateway certificate as issued.
-type Gateway struct {
-	Serial       string // hex
-	Name         string // '' for a serial revoked without an issue record
-	IssuedAt     time.Time
-	ExpiresAt    time.Time
-	RevokedAt    time.Time // zero while not revoked
-	RevokeReason string
-}
-
 // AddGateway records an issued gateway certificate.
-func (s *Store) AddGateway(ctx context.Context, g Gateway) error {
+func (s *Store) AddGateway(ctx context.Context, g store.Gateway) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		_, err := tx.Exec(`INSERT INTO gateways (serial, name, issued_at, expires_at) VALUES (?, ?, ?, ?)`,
 			g.Serial, g.Name, nanos(g.IssuedAt), nanos(g.ExpiresAt))
@@ -32,7 +24,7 @@ func (s *Store) AddGateway(ctx context.Context, g Gateway) error {
 }
 
 // Gateways lists the recorded gateway certificates by name and issue time.
-func (s *Store) Gateways(ctx context.Context) ([]Gateway, error) {
+func (s *Store) Gateways(ctx context.Context) ([]store.Gateway, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
 	}
@@ -42,10 +34,10 @@ func (s *Store) Gateways(ctx context.Context) ([]Gateway, error) {
 		return nil, fmt.Errorf("list gateways: %w", err)
 	}
 	defer rows.Close()
-	var out []Gateway
+	var out []store.Gateway
 	for rows.Next() {
 		var (
-			g                        Gateway
+			g                        store.Gateway
 			issued, expires, revoked int64
 		)
 		if err := rows.Scan(&g.Serial, &g.Name, &issued, &expires, &revoked, &g.RevokeReason); err != nil {
@@ -62,14 +54,34 @@ func (s *Store) Gateways(ctx context.Context) ([]Gateway, error) {
 
 // RevokeGateways revokes every unrevoked certificate of a gateway name,
 // or the one with a serial (recorded or not), and returns the serials it
-// revoked. A name with no certificate returns ErrNotFound.
-func (s *Store) RevokeGateways(ctx context.Context, name, serial, reason string, now time.Time) ([]string, error) {
+// revoked. A name with no certificate returns store.ErrNotFound.
+func (s *Store) RevokeGateways(ctx context.Context, name, serial, reason string, now time.Time) ([]string, store.Event, error) {
 	if (name == "") == (serial == "") {
-		return nil, errors.New("revoke gateway: give a name or a serial")
+		return nil, store.Event{}, errors.New("revoke gateway: give a name or a serial")
 	}
-	var revoked []string
+	var (
+		revoked []string
+		ev      store.Event
+	)
 	err := s.submit(ctx, func(tx *sql.Tx) error {
-		revoked = nil
+		revoked, ev = nil, store.Event{}
+		if err := revokeGateways(tx, name, serial, reason, now, &revoked); err != nil {
+			return err
+		}
+		if len(revoked) == 0 {
+			return nil
+		}
+		ev = store.Event{Kind: store.EventGatewayRevoked, Serials: revoked, Reason: reason}
+		return insertEvent(tx, &ev, now, 0)
+	})
+	if err != nil {
+		return nil, store.Event{}, fmt.Errorf("revoke gateway: %w", err)
+	}
+	return revoked, ev, nil
+}
+
+func revokeGateways(tx *sql.Tx, name, serial, reason string, now time.Time, revoked *[]string) error {
+	{
 		if serial != "" {
 			var got string
 			err := tx.QueryRow(`INSERT INTO gateways (serial, name, issued_at, expires_at, revoked_at, revoke_reason)
@@ -83,7 +95,7 @@ func (s *Store) RevokeGateways(ctx context.Context, name, serial, reason string,
 			case err != nil:
 				return err
 			}
-			revoked = append(revoked, got)
+			*revoked = append(*revoked, got)
 			return nil
 		}
 		var known int
@@ -91,7 +103,7 @@ func (s *Store) RevokeGateways(ctx context.Context, name, serial, reason string,
 			return err
 		}
 		if known == 0 {
-			return ErrNotFound
+			return store.ErrNotFound
 		}
 		rows, err := tx.Query(`UPDATE gateways SET revoked_at = ?, revoke_reason = ? WHERE name = ? AND revoked_at = 0 RETURNING serial`, nanos(now), reason, name)
 		if err != nil {
@@ -103,12 +115,8 @@ func (s *Store) RevokeGateways(ctx context.Context, name, serial, reason string,
 			if err := rows.Scan(&s); err != nil {
 				return err
 			}
-			revoked = append(revoked, s)
+			*revoked = append(*revoked, s)
 		}
 		return rows.Err()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("revoke gateway: %w", err)
 	}
-	return revoked, nil
 }

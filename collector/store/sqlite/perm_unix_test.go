@@ -1,13 +1,11 @@
 //go:build unix
 
-package store_test
+package sqlite_test
 
 import (
 	"path/filepath"
 	"syscall"
 	"testing"
-
-	"github.com/posture-project/posture/collector/store"
 )
 
 // TestModeIgnoresUmask checks that a permissive umask does not widen the
@@ -18,10 +16,7 @@ func TestModeIgnoresUmask(t *testing.T) {
 	defer syscall.Umask(old)
 
 	path := filepath.Join(t.TempDir(), "posture.db")
-	s, err := store.Open(path)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	s := openAt(t, path)
 	defer s.Close()
 	enroll(t, s, "dev-a")
 	for _, name := range []string{path, path + "-wal", path + "-shm"} {

@@ -1,55 +1,17 @@
-package store
+package sqlite
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/posture-project/posture/collector/store"
 )
-
-func openTestStore(tb testing.TB) (*Store, string) {
-	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "posture.db")
-	s, err := Open(path)
-	if err != nil {
-		tb.Fatalf("Open: %v", err)
-	}
-	tb.Cleanup(func() { s.Close() })
-	return s, path
-}
-
-func enrollTestDevice(tb testing.TB, s *Store, id string) {
-	tb.Helper()
-	ctx := context.Background()
-	hash := sha256.Sum256([]byte("token-" + id))
-	if err := s.CreateToken(ctx, Token{Hash: hash[:], ExpiresAt: time.Now().Add(time.Hour), Uses: 1}); err != nil {
-		tb.Fatalf("CreateToken: %v", err)
-	}
-	d := Device{ID: id, Hostname: id, Platform: "linux", Identity: "software", IdentityKey: []byte("key")}
-	if _, err := s.EnrollDevice(ctx, hash[:], time.Now(), d); err != nil {
-		tb.Fatalf("EnrollDevice: %v", err)
-	}
-}
-
-// benchReport is roughly the size of a real signed report.
-func benchReport(deviceID string, seq uint64) Report {
-	digest := sha256.Sum256(fmt.Appendf(nil, "%s/%d", deviceID, seq))
-	return Report{
-		DeviceID:   deviceID,
-		Seq:        seq,
-		Digest:     digest[:],
-		Nonce:      digest[:16],
-		Body:       make([]byte, 1024),
-		Proof:      make([]byte, 72),
-		ReceivedAt: time.Now(),
-	}
-}
 
 // holdWriter occupies the writer goroutine with an operation that blocks
 // until the returned release function is called, so that tests can queue
@@ -140,7 +102,11 @@ func TestNewerSchemaRefused(t *testing.T) {
 
 func TestBatching(t *testing.T) {
 	s, _ := openTestStore(t)
-	enrollTestDevice(t, s, "dev-a")
+	const goroutines, perGoroutine = 20, 10
+	for g := range goroutines {
+		enrollTestDevice(t, s, fmt.Sprintf("dev-%02d", g))
+		openStream(t, s, fmt.Sprintf("dev-%02d", g))
+	}
 
 	// Queue the first call of every goroutine behind a held writer, so at
 	// least those are guaranteed to share a transaction.
@@ -148,13 +114,12 @@ func TestBatching(t *testing.T) {
 	before := s.batches.Load()
 	queuedBefore := s.queued.Load()
 
-	const goroutines, perGoroutine = 20, 10
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for g := range goroutines {
 		wg.Go(func() {
 			for i := range perGoroutine {
-				if err := s.AppendReport(context.Background(), benchReport("dev-a", uint64(g*perGoroutine+i+1))); err != nil {
+				if err := appendReport(t, s, benchReport(fmt.Sprintf("dev-%02d", g), uint64(i+1))); err != nil {
 					t.Errorf("AppendReport: %v", err)
 					failed.Add(1)
 				}
@@ -165,12 +130,14 @@ func TestBatching(t *testing.T) {
 	release()
 	wg.Wait()
 
-	n, err := s.CountReports(context.Background(), "dev-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != goroutines*perGoroutine {
-		t.Errorf("CountReports = %d, want %d", n, goroutines*perGoroutine)
+	for g := range goroutines {
+		n, err := s.CountReports(context.Background(), fmt.Sprintf("dev-%02d", g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != perGoroutine {
+			t.Errorf("CountReports = %d, want %d", n, perGoroutine)
+		}
 	}
 	batches := s.batches.Load() - before
 	t.Logf("%d reports committed in %d transactions", goroutines*perGoroutine, batches)
@@ -182,27 +149,32 @@ func TestBatching(t *testing.T) {
 func TestBatchIsolatesFailures(t *testing.T) {
 	s, _ := openTestStore(t)
 	enrollTestDevice(t, s, "dev-a")
-	if err := s.AppendReport(context.Background(), benchReport("dev-a", 1)); err != nil {
+	if err := appendReport(t, s, benchReport("dev-a", 1)); err != nil {
 		t.Fatal(err)
 	}
 
+	h, err := s.OpenReportStream(context.Background(), "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	release := holdWriter(t, s)
 	queuedBefore := s.queued.Load()
 	conflicting := benchReport("dev-a", 1)
 	conflicting.Digest = []byte("different")
 	calls := []struct {
-		r    Report
+		r    store.Report
 		want error
 	}{
 		{benchReport("dev-a", 2), nil},
-		{conflicting, ErrConflict},
-		{benchReport("dev-x", 1), ErrNotFound},
+		{conflicting, store.ErrConflict},
+		{benchReport("dev-x", 1), store.ErrNotFound},
 		{benchReport("dev-a", 3), nil},
 	}
 	errs := make([]error, len(calls))
 	var wg sync.WaitGroup
 	for i, c := range calls {
-		wg.Go(func() { errs[i] = s.AppendReport(context.Background(), c.r) })
+		c.r.Stream = h.Stream
+		wg.Go(func() { _, errs[i] = s.AppendReport(context.Background(), c.r) })
 		waitQueued(t, s, queuedBefore+int64(i+1)) // keep the queue order
 	}
 	batchesBefore := s.batches.Load()
@@ -229,15 +201,18 @@ func TestBatchIsolatesFailures(t *testing.T) {
 
 func TestCloseDrainsQueue(t *testing.T) {
 	s, path := openTestStore(t)
-	enrollTestDevice(t, s, "dev-a")
+	const n = 50
+	for i := range n + 1 {
+		enrollTestDevice(t, s, fmt.Sprintf("dev-%02d", i))
+		openStream(t, s, fmt.Sprintf("dev-%02d", i))
+	}
 
 	release := holdWriter(t, s)
 	queuedBefore := s.queued.Load()
-	const n = 50
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = s.AppendReport(context.Background(), benchReport("dev-a", uint64(i+1))) })
+		wg.Go(func() { errs[i] = appendReport(t, s, benchReport(fmt.Sprintf("dev-%02d", i), 1)) })
 	}
 	waitQueued(t, s, queuedBefore+n)
 
@@ -248,7 +223,7 @@ func TestCloseDrainsQueue(t *testing.T) {
 	for !s.closing.Load() && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if err := s.AppendReport(context.Background(), benchReport("dev-a", n+1)); !errors.Is(err, ErrClosed) {
+	if err := appendReport(t, s, benchReport(fmt.Sprintf("dev-%02d", n), 1)); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("AppendReport during Close: error = %v, want ErrClosed", err)
 	}
 	release()
@@ -267,27 +242,46 @@ func TestCloseDrainsQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	got, err := s.CountReports(context.Background(), "dev-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != n {
-		t.Errorf("CountReports after Close and reopen = %d, want %d", got, n)
+	for i := range n {
+		got, err := s.CountReports(context.Background(), fmt.Sprintf("dev-%02d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != 1 {
+			t.Errorf("CountReports(dev-%02d) after Close and reopen = %d, want 1", i, got)
+		}
 	}
 }
 
 // BenchmarkAppendReport measures AppendReport from many concurrent callers,
-// as the collector's report streams call it, with the writer batching.
+// as the collector's report streams call it, with the writer batching:
+// each caller is one device's stream.
 func BenchmarkAppendReport(b *testing.B) {
 	s, _ := openTestStore(b)
-	enrollTestDevice(b, s, "dev-a")
-	var seq atomic.Uint64
+	const devices = 256
+	heads := make([]store.StreamHead, devices)
+	for i := range devices {
+		id := fmt.Sprintf("dev-%03d", i)
+		enrollTestDevice(b, s, id)
+		h, err := s.OpenReportStream(context.Background(), id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		heads[i] = h
+	}
+	var next atomic.Int64
 	b.SetParallelism(32) // many streams per CPU, as on a busy collector
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1)-1) % devices
+		id := fmt.Sprintf("dev-%03d", i)
+		seq := uint64(0)
 		for pb.Next() {
-			if err := s.AppendReport(context.Background(), benchReport("dev-a", seq.Add(1))); err != nil {
+			seq++
+			r := benchReport(id, seq)
+			r.Stream = heads[i].Stream
+			if _, err := s.AppendReport(context.Background(), r); err != nil {
 				b.Error(err)
 				return
 			}
@@ -302,6 +296,10 @@ func BenchmarkAppendReport(b *testing.B) {
 func BenchmarkAppendReportSingleTx(b *testing.B) {
 	s, _ := openTestStore(b)
 	enrollTestDevice(b, s, "dev-a")
+	h, err := s.OpenReportStream(context.Background(), "dev-a")
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
@@ -309,7 +307,9 @@ func BenchmarkAppendReportSingleTx(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.appendReport(tx, benchReport("dev-a", uint64(i+1))); err != nil {
+		r := benchReport("dev-a", uint64(i+1))
+		r.Stream = h.Stream
+		if _, err := s.appendReport(tx, r); err != nil {
 			tx.Rollback()
 			b.Fatal(err)
 		}

@@ -1,7 +1,6 @@
-package store
+package sqlite
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"database/sql"
@@ -9,50 +8,77 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/posture-project/posture/collector/store"
 )
 
-// AppendReport stores r and advances its device's report head, and returns
-// once the transaction holding it has committed (or failed): a nil error
-// means the report is durable.
-//
-// It is idempotent on (device, seq): a report whose sequence number is
-// already stored with the same digest returns nil and writes nothing; with a
-// different digest it returns ErrConflict. An unknown device returns
-// ErrNotFound. The head (LastSeq, LastDigest, LastSeen, TPMClock, and
-// MeasuredBoot when the report has one) only moves forward, to the highest
-// sequence number stored: a report older than the head is stored without
-// changing it.
-func (s *Store) AppendReport(ctx context.Context, r Report) error {
-	if r.Seq > math.MaxInt64 {
-		return fmt.Errorf("append report %s/%d: sequence number exceeds the storable range", r.DeviceID, r.Seq)
+// OpenReportStream starts a report stream of a device and returns its
+// number with the device's chain head.
+func (s *Store) OpenReportStream(ctx context.Context, deviceID string) (store.StreamHead, error) {
+	var h store.StreamHead
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		var (
+			state      int32
+			epoch, seq int64
+			digest     []byte
+		)
+		err := tx.QueryRow(`SELECT state, stream_epoch, last_seq, last_digest FROM devices WHERE id = ?`, deviceID).Scan(&state, &epoch, &seq, &digest)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return store.ErrNotFound
+		case err != nil:
+			return err
+		case state == stateRevoked:
+			return store.ErrDeviceRevoked
+		}
+		if _, err := tx.Exec(`UPDATE devices SET stream_epoch = ? WHERE id = ?`, epoch+1, deviceID); err != nil {
+			return err
+		}
+		h = store.StreamHead{Stream: uint64(epoch + 1), LastSeq: uint64(seq), LastDigest: nilIfEmpty(digest)}
+		return nil
+	})
+	if err != nil {
+		return store.StreamHead{}, fmt.Errorf("open report stream of device %s: %w", deviceID, err)
 	}
-	if err := s.submitAtomic(ctx, func(tx *sql.Tx) error { return s.appendReport(tx, r) }); err != nil {
-		return fmt.Errorf("append report %s/%d: %w", r.DeviceID, r.Seq, err)
+	return h, nil
+}
+
+// AppendReport stores r as its device's new chain head, by
+// compare-and-set on the device's newest stream and head, with its event.
+func (s *Store) AppendReport(ctx context.Context, r store.Report) (store.Event, error) {
+	if r.Seq > math.MaxInt64 || r.Stream > math.MaxInt64 {
+		return store.Event{}, fmt.Errorf("append report %s/%d: sequence or stream number exceeds the storable range", r.DeviceID, r.Seq)
 	}
-	return nil
+	var ev store.Event
+	if err := s.submitAtomic(ctx, func(tx *sql.Tx) (err error) {
+		ev, err = s.appendReport(tx, r)
+		return err
+	}); err != nil {
+		return store.Event{}, fmt.Errorf("append report %s/%d: %w", r.DeviceID, r.Seq, err)
+	}
+	return ev, nil
 }
 
 // appendReport writes r within tx. It runs without a savepoint: every
 // error it returns either left nothing behind or is marked dirty, which
 // makes the writer roll the whole batch back.
 //
-// The common case is two statements: the report is appended to the log and
-// the device head moves to it. Only a report that does not become the head
-// (an unknown device, a repeat, an older report) takes the slower path.
-func (s *Store) appendReport(tx *sql.Tx, r Report) error {
+// The common case is three statements: the report is appended to the log,
+// the device head moves to it by compare-and-set, and the event is
+// recorded. Only a report that does not move the head takes the slower
+// path, which finds out why.
+func (s *Store) appendReport(tx *sql.Tx, r store.Report) (store.Event, error) {
 	res, err := tx.Exec(`INSERT INTO reports (device_id, seq, digest, nonce, body, proof, received_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		r.DeviceID, int64(r.Seq), blob(r.Digest), blob(r.Nonce), blob(r.Body), blob(r.Proof), nanos(r.ReceivedAt))
 	if err != nil {
-		return err // a failed statement changes nothing
+		return store.Event{}, err // a failed statement changes nothing
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return dirty(err)
+		return store.Event{}, dirty(err)
 	}
 
-	// The head moves only forward; a NULL digest means no report yet,
-	// which lets seq 0 be a head.
 	var clock, resets, restarts sql.NullInt64
 	if r.TPM != nil {
 		clock = sql.NullInt64{Int64: int64(r.TPM.Clock), Valid: true}
@@ -63,54 +89,62 @@ func (s *Store) appendReport(tx *sql.Tx, r Report) error {
 	if r.Reboot {
 		reboot = 1
 	}
-	// A nil MeasuredBoot binds NULL and keeps the device's reading.
+	// The head moves from exactly the head the report continues (a NULL
+	// digest is no report yet), on the device's newest stream, of a
+	// device that is not revoked. A nil MeasuredBoot binds NULL and keeps
+	// the device's reading.
 	res, err = tx.Exec(`UPDATE devices SET last_report = ?1, last_seq = ?2, last_digest = ?3,
 		last_seen = max(last_seen, ?4), tpm_clock = coalesce(?5, tpm_clock),
 		tpm_reset_count = coalesce(?6, tpm_reset_count), tpm_restart_count = coalesce(?7, tpm_restart_count),
 		reboots = reboots + ?8, measured_boot = coalesce(?10, measured_boot)
-		WHERE id = ?9 AND (last_digest IS NULL OR last_seq < ?2)`,
-		id, int64(r.Seq), blob(r.Digest), nanos(r.ReceivedAt), clock, resets, restarts, reboot, r.DeviceID, r.MeasuredBoot)
+		WHERE id = ?9 AND stream_epoch = ?11 AND state != ?13 AND last_seq = ?2 - 1 AND coalesce(last_digest, x'') = ?12`,
+		id, int64(r.Seq), blob(r.Digest), nanos(r.ReceivedAt), clock, resets, restarts, reboot, r.DeviceID, r.MeasuredBoot,
+		int64(r.Stream), blob(r.PrevDigest), stateRevoked)
 	if err != nil {
-		return dirty(err)
+		return store.Event{}, dirty(err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return dirty(err)
+		return store.Event{}, dirty(err)
 	} else if n == 1 {
+		ev := store.Event{Kind: store.EventReport, DeviceID: r.DeviceID, Report: &r}
+		if err := insertEvent(tx, &ev, r.ReceivedAt, id); err != nil {
+			return store.Event{}, dirty(err)
+		}
 		s.tail[tailKey{r.DeviceID, int64(r.Seq)}] = id
-		return nil
+		return ev, nil
 	}
 
-	// Not a new head. Every stored report of a device is at or below its
-	// head, so only an unknown device or a sequence number at or below the
-	// head gets here.
-	var known int
-	if err := tx.QueryRow(`SELECT count(*) FROM devices WHERE id = ?`, r.DeviceID).Scan(&known); err != nil {
-		return dirty(err)
-	}
-	if known == 0 {
-		return s.unappend(tx, id, ErrNotFound)
+	// Not the new head: find out why from what is stored.
+	var (
+		state          int32
+		epoch, lastSeq int64
+		lastDigest     []byte
+	)
+	err = tx.QueryRow(`SELECT state, stream_epoch, last_seq, last_digest FROM devices WHERE id = ?`, r.DeviceID).Scan(&state, &epoch, &lastSeq, &lastDigest)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return store.Event{}, s.unappend(tx, id, store.ErrNotFound)
+	case err != nil:
+		return store.Event{}, dirty(err)
 	}
 	// The stored report with this sequence number, if any, is in the
 	// history or among the reports appended since the last history pass.
-	var digest []byte
+	var stored []byte
 	if prev, ok := s.tail[tailKey{r.DeviceID, int64(r.Seq)}]; ok {
 		err = tx.QueryRow(`SELECT digest FROM reports WHERE id = ? AND device_id = ? AND seq = ?`,
-			prev, r.DeviceID, int64(r.Seq)).Scan(&digest)
+			prev, r.DeviceID, int64(r.Seq)).Scan(&stored)
 	} else {
 		err = tx.QueryRow(`SELECT digest FROM reports WHERE id = (SELECT report_id FROM report_history
-			WHERE device_id = ? AND seq = ?)`, r.DeviceID, int64(r.Seq)).Scan(&digest)
+			WHERE device_id = ? AND seq = ?)`, r.DeviceID, int64(r.Seq)).Scan(&stored)
 	}
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		s.tail[tailKey{r.DeviceID, int64(r.Seq)}] = id
-		return nil // an older report the log lacked: kept, the head stays
-	case err != nil:
-		return dirty(err)
-	case bytes.Equal(digest, r.Digest):
-		return s.unappend(tx, id, nil)
-	default:
-		return s.unappend(tx, id, ErrConflict)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return store.Event{}, dirty(err)
 	}
+	if stored != nil {
+		stored = blob(stored) // stored, even if empty
+	}
+	refusal := store.AppendRefusal(state, uint64(epoch), uint64(lastSeq), nilIfEmpty(lastDigest), lastDigest != nil, stored, r)
+	return store.Event{}, s.unappend(tx, id, refusal)
 }
 
 // unappend removes the report just appended as id and returns result.
@@ -126,8 +160,8 @@ const reportColumns = `r.device_id, r.seq, r.digest, r.nonce, r.body, r.proof, r
 // Reports returns up to limit reports of a device, newest (highest
 // sequence number) first; limit <= 0 means all. An unknown device has no
 // reports.
-func (s *Store) Reports(ctx context.Context, deviceID string, limit int) ([]Report, error) {
-	var reports []Report
+func (s *Store) Reports(ctx context.Context, deviceID string, limit int) ([]store.Report, error) {
+	var reports []store.Report
 	err := s.readDevice(ctx, deviceID, func(tx *sql.Tx, through int64) error {
 		// Reports the history does not index yet: a few seconds' worth at
 		// most, found by ID.
@@ -150,7 +184,7 @@ func (s *Store) Reports(ctx context.Context, deviceID string, limit int) ([]Repo
 	if err != nil {
 		return nil, fmt.Errorf("reports of device %s: %w", deviceID, err)
 	}
-	slices.SortStableFunc(reports, func(a, b Report) int { return cmp.Compare(b.Seq, a.Seq) })
+	slices.SortStableFunc(reports, func(a, b store.Report) int { return cmp.Compare(b.Seq, a.Seq) })
 	if limit > 0 && len(reports) > limit {
 		reports = reports[:limit]
 	}
@@ -170,19 +204,19 @@ func (s *Store) CountReports(ctx context.Context, deviceID string) (int, error) 
 	return n, nil
 }
 
-// LatestReport returns the head report of a device, or ErrNotFound when it
+// LatestReport returns the head report of a device, or store.ErrNotFound when it
 // has none.
-func (s *Store) LatestReport(ctx context.Context, deviceID string) (Report, error) {
+func (s *Store) LatestReport(ctx context.Context, deviceID string) (store.Report, error) {
 	if err := s.readable(); err != nil {
-		return Report{}, err
+		return store.Report{}, err
 	}
 	r, err := scanReport(s.r.QueryRowContext(ctx, `SELECT `+reportColumns+`
 		FROM devices d JOIN reports r ON r.id = d.last_report WHERE d.id = ?`, deviceID))
 	if errors.Is(err, sql.ErrNoRows) {
-		return Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, ErrNotFound)
+		return store.Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, store.ErrNotFound)
 	}
 	if err != nil {
-		return Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, err)
+		return store.Report{}, fmt.Errorf("latest report of device %s: %w", deviceID, err)
 	}
 	return r, nil
 }
@@ -205,13 +239,13 @@ func (s *Store) readDevice(ctx context.Context, deviceID string, fn func(tx *sql
 	return fn(tx, through)
 }
 
-func queryReports(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]Report, error) {
+func queryReports(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]store.Report, error) {
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var reports []Report
+	var reports []store.Report
 	for rows.Next() {
 		r, err := scanReport(rows)
 		if err != nil {
@@ -222,13 +256,13 @@ func queryReports(ctx context.Context, tx *sql.Tx, query string, args ...any) ([
 	return reports, rows.Err()
 }
 
-func scanReport(row scanner) (Report, error) {
+func scanReport(row scanner) (store.Report, error) {
 	var (
-		r             Report
+		r             store.Report
 		seq, received int64
 	)
 	if err := row.Scan(&r.DeviceID, &seq, &r.Digest, &r.Nonce, &r.Body, &r.Proof, &received); err != nil {
-		return Report{}, err
+		return store.Report{}, err
 	}
 	r.Seq, r.ReceivedAt = uint64(seq), fromNanos(received)
 	r.Digest, r.Nonce = nilIfEmpty(r.Digest), nilIfEmpty(r.Nonce)

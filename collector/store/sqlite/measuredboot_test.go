@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"testing"
+
+	"github.com/posture-project/posture/collector/store"
 )
 
 // fleetBoot reads a device's measured-boot reading as start-up sees it.
@@ -14,7 +16,7 @@ func fleetBoot(t *testing.T, s *Store, id string) []byte {
 	t.Helper()
 	var got []byte
 	found := false
-	if err := s.ScanFleet(context.Background(), 1, func(_ int, row *FleetRow) error {
+	if err := s.ScanFleet(context.Background(), 1, func(_ int, row *store.FleetRow) error {
 		if row.ID == id {
 			found, got = true, bytes.Clone(row.MeasuredBoot)
 		}
@@ -30,11 +32,10 @@ func fleetBoot(t *testing.T, s *Store, id string) []byte {
 func TestAppendReportMeasuredBoot(t *testing.T) {
 	s := openManual(t, filepath.Join(t.TempDir(), "posture.db"))
 	enrollTestDevice(t, s, "dev-a")
-	ctx := context.Background()
-	withBoot := func(r Report, boot string) Report { r.MeasuredBoot = []byte(boot); return r }
+	withBoot := func(r store.Report, boot string) store.Report { r.MeasuredBoot = []byte(boot); return r }
 	steps := []struct {
 		name string
-		r    Report
+		r    store.Report
 		want string
 	}{
 		{"first report without a reading", reportFor("dev-a", 1, ""), ""},
@@ -45,7 +46,7 @@ func TestAppendReportMeasuredBoot(t *testing.T) {
 		{"a next report without one keeps it", reportFor("dev-a", 5, ""), "boot B"},
 	}
 	for _, st := range steps {
-		if err := s.AppendReport(ctx, st.r); err != nil {
+		if err := appendReport(t, s, st.r); err != nil {
 			t.Fatalf("%s: AppendReport: %v", st.name, err)
 		}
 		if got := fleetBoot(t, s, "dev-a"); string(got) != st.want || (st.want == "" && got != nil) {
@@ -88,8 +89,8 @@ func TestMigrateMeasuredBoot(t *testing.T) {
 	if err := s.r.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version); err != nil || version != len(migrations) || version < 5 {
 		t.Fatalf("schema_version = %d, %v; want %d", version, err, len(migrations))
 	}
-	var head *Report
-	if err := s.ScanFleet(ctx, 1, func(_ int, row *FleetRow) error {
+	var head *store.Report
+	if err := s.ScanFleet(ctx, 1, func(_ int, row *store.FleetRow) error {
 		if row.MeasuredBoot != nil {
 			t.Errorf("migrated device has a reading %q, want none", row.MeasuredBoot)
 		}
@@ -106,7 +107,7 @@ func TestMigrateMeasuredBoot(t *testing.T) {
 	}
 	r2 := reportFor("dev-a", 2, "")
 	r2.MeasuredBoot = []byte("boot A")
-	if err := s.AppendReport(ctx, r2); err != nil {
+	if err := appendReport(t, s, r2); err != nil {
 		t.Fatal(err)
 	}
 	if got := fleetBoot(t, s, "dev-a"); string(got) != "boot A" {

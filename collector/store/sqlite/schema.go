@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"database/sql"
@@ -106,7 +106,7 @@ ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
 	`
 ALTER TABLE devices ADD COLUMN measured_boot BLOB;
 `,
-	// Gateway certificates as issued, so that they can be listed and
+	// store.Gateway certificates as issued, so that they can be listed and
 	// revoked; a serial revoked without an issue record has name ''.
 	`
 CREATE TABLE gateways (
@@ -135,6 +135,60 @@ CREATE TABLE decisions (
 	state    INTEGER NOT NULL,
 	detail   BLOB NOT NULL
 ) STRICT;
+`,
+	// Several collectors: every change is recorded with an event (its ID
+	// issued here, never reused: AUTOINCREMENT) that the collector applies
+	// to its memory, and that is the revision gateways resume their watch
+	// from; revisions continue above those given out before. A device's
+	// report streams are numbered, so that only its newest stores reports.
+	// Decision logs are kept per collector (replica). Replicas say what
+	// they are in replicas; settings hold the CA and trust domain the
+	// database belongs to.
+	`
+CREATE TABLE events (
+	id        INTEGER PRIMARY KEY AUTOINCREMENT,
+	at        INTEGER NOT NULL,
+	kind      TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	report_id INTEGER,
+	data      BLOB NOT NULL
+) STRICT;
+CREATE INDEX events_at ON events (at);
+INSERT INTO sqlite_sequence (name, seq) SELECT 'events', value + (1 << 40) FROM meta WHERE key = 'watch_base';
+DELETE FROM meta WHERE key = 'watch_base';
+
+ALTER TABLE devices ADD COLUMN stream_epoch INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE decisions_by_collector (
+	collector TEXT NOT NULL,
+	seq       INTEGER NOT NULL,
+	first_at  INTEGER NOT NULL,
+	at        INTEGER NOT NULL,
+	count     INTEGER NOT NULL,
+	device    TEXT NOT NULL,
+	level     TEXT NOT NULL,
+	caller    TEXT NOT NULL,
+	allowed   INTEGER NOT NULL,
+	score     INTEGER NOT NULL,
+	state     INTEGER NOT NULL,
+	detail    BLOB NOT NULL,
+	PRIMARY KEY (collector, seq)
+) STRICT;
+INSERT INTO decisions_by_collector SELECT 'local', seq, first_at, at, count, device, level, caller, allowed, score, state, detail FROM decisions;
+DROP TABLE decisions;
+ALTER TABLE decisions_by_collector RENAME TO decisions;
+
+CREATE TABLE replicas (
+	id         TEXT PRIMARY KEY,
+	name       TEXT NOT NULL,
+	advertise  TEXT NOT NULL,
+	version    TEXT NOT NULL,
+	started_at INTEGER NOT NULL,
+	seen_at    INTEGER NOT NULL,
+	applied    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `,
 }
 

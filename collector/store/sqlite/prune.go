@@ -1,23 +1,13 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
 	"time"
-)
 
-// PruneProgress says how far one call of PruneReports got.
-type PruneProgress struct {
-	// Next is the report ID to continue from in the next call of the same
-	// pass: every report up to it was looked at.
-	Next int64
-	// Pruned is how many reports this call deleted.
-	Pruned int
-	// Done is true when the pass reached a report received at or after the
-	// cutoff, or the end of what may be pruned.
-	Done bool
-}
+	"github.com/posture-project/posture/collector/store"
+)
 
 // PruneReports deletes reports received before cutoff, in log order from
 // the report after ID from, looking at limit reports at most. A pass starts
@@ -31,13 +21,13 @@ type PruneProgress struct {
 // ends at the first report received at or after cutoff; a report received
 // earlier than one before it (the collector's clock stepped back) waits
 // for a later pass.
-func (s *Store) PruneReports(ctx context.Context, cutoff time.Time, from int64, limit int) (PruneProgress, error) {
+func (s *Store) PruneReports(ctx context.Context, cutoff time.Time, from int64, limit int) (store.PruneProgress, error) {
 	if limit <= 0 {
-		return PruneProgress{}, fmt.Errorf("prune reports: limit %d must be positive", limit)
+		return store.PruneProgress{}, fmt.Errorf("prune reports: limit %d must be positive", limit)
 	}
-	var p PruneProgress
+	var p store.PruneProgress
 	err := s.submit(ctx, func(tx *sql.Tx) error {
-		p = PruneProgress{Next: from} // this function may run again: start over
+		p = store.PruneProgress{Next: from} // this function may run again: start over
 		type row struct {
 			id, seq int64
 			device  string
@@ -90,7 +80,7 @@ func (s *Store) PruneReports(ctx context.Context, cutoff time.Time, from int64, 
 		return nil
 	})
 	if err != nil {
-		return PruneProgress{}, fmt.Errorf("prune reports: %w", err)
+		return store.PruneProgress{}, fmt.Errorf("prune reports: %w", err)
 	}
 	return p, nil
 }

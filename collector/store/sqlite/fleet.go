@@ -1,44 +1,20 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
 	"sync"
-)
 
-// FleetRow is one device as a collector keeps it in memory, with its latest
-// report. ScanFleet reuses it and its byte slices between calls: copy what
-// is kept.
-type FleetRow struct {
-	ID          string
-	Hostname    string
-	TPM         bool   // identity is "tpm"; otherwise "software"
-	IdentityKey []byte // PKIX DER, or the TPM AK's public area
-	Assurance   int32
-	State       int32
-	StateReason string
-	CertSerial  string // hex serial of the device certificate last issued
-	// PrevCertSerial is the certificate the latest renewal replaced.
-	PrevCertSerial string
-	LastSeq        uint64
-	LastDigest     []byte // nil until the first report
-	TPMClock       TPMClock
-	// MeasuredBoot is the reading of the newest event log among the
-	// device's reports (Report.MeasuredBoot as stored), which need not be
-	// the latest report's; nil when none carried one.
-	MeasuredBoot []byte
-	// Report is the latest report (the one LastSeq names): Seq, Body, Proof
-	// and ReceivedAt are set. Nil before the first.
-	Report *Report
-}
+	"github.com/posture-project/posture/collector/store"
+)
 
 // ScanFleet calls fn for every device and its latest report. It reads with
 // parts connections at once, each over its own share of the devices and
 // each in its own snapshot, and calls fn from that share's goroutine with
 // the share's number (0 to parts-1), so fn must be safe for concurrent use
 // across parts. It stops at the first error.
-func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row *FleetRow) error) error {
+func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row *store.FleetRow) error) error {
 	if err := s.readable(); err != nil {
 		return err
 	}
@@ -61,7 +37,7 @@ func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if errs[p] = s.scanFleetPart(ctx, from, to, func(r *FleetRow) error { return fn(p, r) }); errs[p] != nil {
+			if errs[p] = s.scanFleetPart(ctx, from, to, func(r *store.FleetRow) error { return fn(p, r) }); errs[p] != nil {
 				cancel()
 			}
 		}()
@@ -75,7 +51,7 @@ func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row 
 	return ctx.Err()
 }
 
-func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*FleetRow) error) error {
+func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*store.FleetRow) error) error {
 	// last_report names the head report (0, matching none, before the
 	// first), so the join reads one report per device by its ID.
 	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
@@ -88,8 +64,8 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 	}
 	defer rows.Close()
 	var (
-		row             FleetRow
-		report          Report
+		row             store.FleetRow
+		report          store.Report
 		identity        sql.RawBytes
 		lastSeq, clock  int64
 		received        sql.NullInt64
@@ -108,7 +84,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*Flee
 		row.LastSeq, row.TPMClock.Clock = uint64(lastSeq), uint64(clock)
 		row.Report = nil
 		if received.Valid {
-			report = Report{DeviceID: row.ID, Seq: row.LastSeq, Digest: row.LastDigest, Body: nilIfEmpty(body), Proof: nilIfEmpty(proof), ReceivedAt: fromNanos(received.Int64)}
+			report = store.Report{DeviceID: row.ID, Seq: row.LastSeq, Digest: row.LastDigest, Body: nilIfEmpty(body), Proof: nilIfEmpty(proof), ReceivedAt: fromNanos(received.Int64)}
 			row.Report = &report
 		}
 		if err := fn(&row); err != nil {

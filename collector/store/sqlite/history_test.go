@@ -1,17 +1,17 @@
-package store
+package sqlite
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"errors"
-	"fmt"
 	"net/url"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/posture-project/posture/collector/store"
 )
 
 // manualHistory never indexes on its own: reports stay in the log's tail
@@ -26,15 +26,6 @@ func openManual(t *testing.T, path string) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-func reportFor(deviceID string, seq uint64, variant string) Report {
-	body := fmt.Sprintf("report %s/%d %s", deviceID, seq, variant)
-	digest := sha256.Sum256([]byte(body))
-	return Report{
-		DeviceID: deviceID, Seq: seq, Digest: digest[:], Nonce: []byte("n"), Body: []byte(body),
-		Proof: []byte("p"), ReceivedAt: time.Unix(1_700_000_000+int64(seq), 0).UTC(),
-	}
 }
 
 // historyState is how far the history reaches and how many reports it
@@ -73,7 +64,7 @@ func TestHistory(t *testing.T) {
 	appendAll := func(s *Store, id string, seqs ...uint64) {
 		t.Helper()
 		for _, seq := range seqs {
-			if err := s.AppendReport(ctx, reportFor(id, seq, "")); err != nil {
+			if err := appendReport(t, s, reportFor(id, seq, "")); err != nil {
 				t.Fatalf("AppendReport %s/%d: %v", id, seq, err)
 			}
 		}
@@ -102,8 +93,8 @@ func TestHistory(t *testing.T) {
 		}
 	}
 
-	// All in the tail; dev-a's seq 3 arrives after 4, below the head.
-	appendAll(s, "dev-a", 1, 2, 4, 3)
+	// All in the tail.
+	appendAll(s, "dev-a", 1, 2, 3, 4)
 	appendAll(s, "dev-b", 1, 2)
 	check(s, "tail only", 0, 0, []uint64{4, 3, 2, 1})
 
@@ -121,14 +112,14 @@ func TestHistory(t *testing.T) {
 	// sequence number conflicts, whether that report is indexed (2) or
 	// still in the tail (5).
 	for _, seq := range []uint64{2, 5} {
-		if err := s.AppendReport(ctx, reportFor("dev-a", seq, "")); err != nil {
+		if err := appendReport(t, s, reportFor("dev-a", seq, "")); err != nil {
 			t.Errorf("repeat of %d: %v", seq, err)
 		}
-		if err := s.AppendReport(ctx, reportFor("dev-a", seq, "forged")); !errors.Is(err, ErrConflict) {
+		if err := appendReport(t, s, reportFor("dev-a", seq, "forged")); !errors.Is(err, store.ErrConflict) {
 			t.Errorf("forged %d: error = %v, want ErrConflict", seq, err)
 		}
 	}
-	if err := s.AppendReport(ctx, reportFor("dev-x", 1, "")); !errors.Is(err, ErrNotFound) {
+	if err := appendReport(t, s, reportFor("dev-x", 1, "")); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown device: error = %v, want ErrNotFound", err)
 	}
 	check(s, "after repeats", 6, 6, []uint64{6, 5, 4, 3, 2, 1})
@@ -149,7 +140,7 @@ func TestHistoryIndexesOnItsOwn(t *testing.T) {
 	defer s.Close()
 	enrollTestDevice(t, s, "dev-a")
 	for seq := uint64(1); seq <= 3; seq++ {
-		if err := s.AppendReport(context.Background(), reportFor("dev-a", seq, "")); err != nil {
+		if err := appendReport(t, s, reportFor("dev-a", seq, "")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -176,7 +167,7 @@ func TestOpenIndexesLeftovers(t *testing.T) {
 	s := openManual(t, path)
 	enrollTestDevice(t, s, "dev-a")
 	for seq := uint64(1); seq <= 4; seq++ {
-		if err := s.AppendReport(context.Background(), reportFor("dev-a", seq, "")); err != nil {
+		if err := appendReport(t, s, reportFor("dev-a", seq, "")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -198,7 +189,7 @@ func TestOpenIndexesLeftovers(t *testing.T) {
 	if through, indexed, _ := historyState(t, s); through != 4 || indexed != 4 {
 		t.Errorf("after Open: history through %d with %d reports, want 4 and 4", through, indexed)
 	}
-	if err := s.AppendReport(context.Background(), reportFor("dev-a", 3, "forged")); !errors.Is(err, ErrConflict) {
+	if err := appendReport(t, s, reportFor("dev-a", 3, "forged")); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("forged repeat of a re-indexed report: error = %v, want ErrConflict", err)
 	}
 }
@@ -208,6 +199,7 @@ func TestOpenIndexesLeftovers(t *testing.T) {
 func TestDirtyFailureRerunsBatch(t *testing.T) {
 	s, _ := openTestStore(t)
 	enrollTestDevice(t, s, "dev-a")
+	openStream(t, s, "dev-a")
 	ctx := context.Background()
 
 	release := holdWriter(t, s)
@@ -215,7 +207,7 @@ func TestDirtyFailureRerunsBatch(t *testing.T) {
 	boom := errors.New("boom")
 	errs := make([]error, 3)
 	ops := []func() error{
-		func() error { return s.AppendReport(ctx, reportFor("dev-a", 1, "")) },
+		func() error { return appendReport(t, s, reportFor("dev-a", 1, "")) },
 		func() error {
 			return s.submitAtomic(ctx, func(tx *sql.Tx) error {
 				if _, err := tx.Exec(`INSERT INTO pinned_eks (ek_sha256, description, created_at) VALUES ('half', '', 0)`); err != nil {
@@ -224,7 +216,7 @@ func TestDirtyFailureRerunsBatch(t *testing.T) {
 				return dirty(boom)
 			})
 		},
-		func() error { return s.AppendReport(ctx, reportFor("dev-a", 2, "")) },
+		func() error { return appendReport(t, s, reportFor("dev-a", 2, "")) },
 	}
 	var wg sync.WaitGroup
 	for i, op := range ops {
@@ -270,7 +262,7 @@ func TestMigrateReportLog(t *testing.T) {
 	if _, err := db.Exec(setup, r2.Digest); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []Report{r2, r1} { // stored out of order
+	for _, r := range []store.Report{r2, r1} { // stored out of order
 		if _, err := db.Exec(`INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?, ?)`,
 			r.DeviceID, int64(r.Seq), r.Digest, r.Nonce, r.Body, r.Proof, nanos(r.ReceivedAt)); err != nil {
 			t.Fatal(err)
@@ -295,7 +287,7 @@ func TestMigrateReportLog(t *testing.T) {
 	if err != nil || latest.Seq != 2 {
 		t.Errorf("LatestReport = seq %d, %v; want 2", latest.Seq, err)
 	}
-	if _, err := s.LatestReport(ctx, "dev-b"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LatestReport(ctx, "dev-b"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("LatestReport of a device without reports: %v, want ErrNotFound", err)
 	}
 	d, err := s.Device(ctx, "dev-a")
@@ -303,7 +295,7 @@ func TestMigrateReportLog(t *testing.T) {
 		t.Errorf("Device after migration = %+v, %v", d, err)
 	}
 	heads := map[string]uint64{}
-	if err := s.ScanFleet(ctx, 1, func(_ int, row *FleetRow) error {
+	if err := s.ScanFleet(ctx, 1, func(_ int, row *store.FleetRow) error {
 		if row.Report != nil {
 			heads[row.ID] = row.Report.Seq
 		}
@@ -312,10 +304,10 @@ func TestMigrateReportLog(t *testing.T) {
 		t.Errorf("ScanFleet heads = %v, %v; want dev-a at 2 only", heads, err)
 	}
 	// The chain continues, and the migrated reports are still unique.
-	if err := s.AppendReport(ctx, reportFor("dev-a", 2, "forged")); !errors.Is(err, ErrConflict) {
+	if err := appendReport(t, s, reportFor("dev-a", 2, "forged")); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("forged repeat of a migrated report: %v, want ErrConflict", err)
 	}
-	if err := s.AppendReport(ctx, reportFor("dev-a", 3, "")); err != nil {
+	if err := appendReport(t, s, reportFor("dev-a", 3, "")); err != nil {
 		t.Errorf("next report: %v", err)
 	}
 }
@@ -327,9 +319,8 @@ func TestHistoryFailureCounted(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "posture.db")
 	s := openManual(t, path)
 	enrollTestDevice(t, s, "dev-a")
-	ctx := context.Background()
 	for seq := uint64(1); seq <= 3; seq++ {
-		if err := s.AppendReport(ctx, reportFor("dev-a", seq, "")); err != nil {
+		if err := appendReport(t, s, reportFor("dev-a", seq, "")); err != nil {
 			t.Fatal(err)
 		}
 	}
