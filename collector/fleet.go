@@ -317,7 +317,7 @@ func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time
 	if o := r.GetOs(); o.GetMeta().GetStatus() == posturev1.Status_STATUS_OK {
 		e.osLine = shared.get(o.GetName() + " " + o.GetVersion())
 	}
-	e.subject.Assessment = pol.AssessWith(r, measuredOf(b.boot))
+	e.subject.Assessment = pol.AssessWith(r, at, measuredOf(b.boot))
 	e.subject.ReportAt = measuredAt(r, at)
 }
 
@@ -326,16 +326,18 @@ func (e *deviceEntry) setReport(r *posturev1.PostureReport, b bootState, at time
 // it (receivedAt), which is also the answer for a report that says
 // nothing. A report the agent kept while offline and sent later is as old
 // as its measurement, not as its arrival, so trust decays from then.
+// Section times are read as the policy reads them (policy.EvidenceTime).
 func measuredAt(r *posturev1.PostureReport, receivedAt time.Time) time.Time {
 	var latest time.Time
+	found := false
 	for _, m := range []*posturev1.SignalMeta{r.GetOs().GetMeta(), r.GetDisk().GetMeta(), r.GetSecureBoot().GetMeta(),
 		r.GetUpdates().GetMeta(), r.GetFirewall().GetMeta(), r.GetScreenLock().GetMeta(), r.GetEndpointProtection().GetMeta(),
 		r.GetAutoUpdate().GetMeta(), r.GetLastInstalledUpdate().GetMeta()} {
-		if t := m.GetObservedAt(); t != nil && t.IsValid() && t.AsTime().After(latest) {
-			latest = t.AsTime()
+		if t, ok := policy.EvidenceTime(m.GetObservedAt(), receivedAt); ok && (!found || t.After(latest)) {
+			latest, found = t, true
 		}
 	}
-	if latest.IsZero() || latest.After(receivedAt) {
+	if !found {
 		return receivedAt
 	}
 	return latest
@@ -593,7 +595,7 @@ func (f *fleet) recordReport(id string, v *store.Report, r *posturev1.PostureRep
 	}
 	e.setReport(r, boot, v.ReceivedAt, pol.Load())
 	if f.reload != nil {
-		f.reload.recorded[id] = reassessed{v.Seq, f.reload.pol.AssessWith(r, measuredOf(e.boot))}
+		f.reload.recorded[id] = reassessed{v.Seq, f.reload.pol.AssessWith(r, v.ReceivedAt, measuredOf(e.boot))}
 	}
 }
 
@@ -666,7 +668,7 @@ func (c *Collector) posture(d store.Device, report *posturev1.PostureReport, now
 	}
 	if subj.Assessment != nil {
 		out.RawScore = subj.Assessment.RawScore()
-		out.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
+		out.ReportAge = durationpbOf(subj.ReportAge(now))
 	}
 	return out
 }
@@ -813,7 +815,7 @@ func (c *Collector) reassess(ctx context.Context, p *policy.Policy, swap func())
 		if err != nil {
 			return err
 		}
-		found[part][row.ID] = reassessed{row.Report.Seq, p.AssessWith(rep, measuredOf(boot.boot))}
+		found[part][row.ID] = reassessed{row.Report.Seq, p.AssessWith(rep, row.Report.ReceivedAt, measuredOf(boot.boot))}
 		return nil
 	})
 	if err != nil {

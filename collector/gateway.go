@@ -98,7 +98,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	}
 	resp.Assurance, resp.State = subj.Assurance, subj.State
 	if subj.Assessment != nil {
-		resp.ReportAge = durationpbOf(now.Sub(subj.ReportAt))
+		resp.ReportAge = durationpbOf(subj.ReportAge(now))
 	}
 	c.metrics.decision(label, resp.Allowed)
 	if !resp.Allowed {

@@ -85,7 +85,7 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 			if err != nil {
 				return err
 			}
-			candSubj.Assessment = cand.AssessWith(rep, measuredOf(boot.boot))
+			candSubj.Assessment = cand.AssessWith(rep, row.Report.ReceivedAt, measuredOf(boot.boot))
 		}
 		for _, l := range levels {
 			nowOK := false

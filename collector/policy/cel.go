@@ -38,7 +38,7 @@ func mustEnv() *cel.Env {
 		cel.Function("evidence_age",
 			cel.MemberOverload("device_evidence_age_string",
 				[]*cel.Type{cel.MapType(cel.StringType, cel.DynType), cel.StringType}, cel.DurationType,
-				cel.BinaryBinding(evidenceAge))),
+				cel.BinaryBinding(evidenceAgeOf))),
 	)
 	if err != nil {
 		panic("policy CEL environment: " + err.Error())
@@ -46,10 +46,12 @@ func mustEnv() *cel.Env {
 	return env
 }
 
-// evidenceAge is device.evidence_age("os"): how old that section's
-// measurement is. A section that was not measured has no age, and the
-// expression errors, which denies.
-func evidenceAge(dev, section ref.Val) ref.Val {
+// evidenceAgeOf is device.evidence_age("os"): how old that section's
+// measurement is (evidenceAge), from its observed_at capped at the report's
+// arrival (EvidenceTime). A section that was not measured, or whose
+// observed_at is missing or invalid, has no age, and the expression errors,
+// which denies.
+func evidenceAgeOf(dev, section ref.Val) ref.Val {
 	m, ok := dev.(traits.Mapper)
 	if !ok {
 		return types.NewErr("evidence_age: receiver is not the device")
@@ -68,9 +70,9 @@ func evidenceAge(dev, section ref.Val) ref.Val {
 	}
 	at, ok := om.Find(section)
 	if !ok {
-		return types.NewErr("evidence_age: no measured evidence for %v", section)
+		return types.NewErr("evidence_age: no measured evidence with a valid observed_at for %v", section)
 	}
-	return types.Duration{Duration: now.(types.Timestamp).Time.Sub(at.(types.Timestamp).Time)}
+	return types.Duration{Duration: evidenceAge(now.(types.Timestamp).Time, at.(types.Timestamp).Time)}
 }
 
 // compileExpr compiles a level expression and checks every path it reads
@@ -140,7 +142,7 @@ var decisionKeys = []string{"score", "state", "identity", "report_age"}
 
 func newDeviceSchema(p *Policy) *deviceSchema {
 	a := &Assessment{policy: p, checks: make([]assessed, len(p.Checks))}
-	vars := deviceVars(&posturev1.PostureReport{}, nil, a, true)
+	vars := deviceVars(&posturev1.PostureReport{}, time.Time{}, nil, a, true)
 	s := &deviceSchema{
 		fields:   fieldsOf(types.DefaultTypeAdapter.NativeToValue(vars)),
 		sections: map[string]bool{},
@@ -369,11 +371,13 @@ func names[V any](m map[string]V) string {
 }
 
 // deviceVars is the time-independent part of the device map, built once
-// per verified report. Sections that were not measured are absent, so an
-// expression that reads them errors and denies: unknown never passes. With
+// per verified report, received at receivedAt. Sections that were not
+// measured are absent, so an expression that reads them errors and denies:
+// unknown never passes. A measured section whose observed_at is missing or
+// invalid is present, without an evidence time (see EvidenceTime). With
 // every set, sections are present whatever their status: that is the
 // schema expressions are checked against.
-func deviceVars(r *posturev1.PostureReport, m *Measured, a *Assessment, every bool) map[string]any {
+func deviceVars(r *posturev1.PostureReport, receivedAt time.Time, m *Measured, a *Assessment, every bool) map[string]any {
 	observed := map[string]time.Time{}
 	ok := func(name string, meta *posturev1.SignalMeta) bool {
 		if every {
@@ -383,8 +387,8 @@ func deviceVars(r *posturev1.PostureReport, m *Measured, a *Assessment, every bo
 		if meta.GetStatus() != posturev1.Status_STATUS_OK {
 			return false
 		}
-		if t := meta.GetObservedAt(); t != nil {
-			observed[name] = t.AsTime()
+		if t, ok := EvidenceTime(meta.GetObservedAt(), receivedAt); ok {
+			observed[name] = t
 		}
 		return true
 	}
@@ -505,7 +509,7 @@ func evalExpr(prg cel.Program, s *Subject, score uint32, now time.Time) (bool, s
 		score:     int64(score),
 		state:     strings.ToLower(strings.TrimPrefix(s.State.String(), "DEVICE_STATE_")),
 		identity:  identityValues[s.Assurance],
-		reportAge: now.Sub(s.ReportAt),
+		reportAge: s.ReportAge(now),
 		now:       now,
 	}
 	out, _, err := prg.Eval(deviceActivation{device: dev})

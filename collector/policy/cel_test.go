@@ -54,7 +54,7 @@ func TestCELLevels(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := celPolicy(t, tt.expr)
-			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assurance: tt.assurance, Assessment: p.Assess(tt.report), ReportAt: t0}
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assurance: tt.assurance, Assessment: p.Assess(tt.report, t0), ReportAt: t0}
 			allowed, _, reasons := p.Decide(s, "l", t0.Add(tt.at))
 			if allowed != tt.allowed {
 				t.Fatalf("allowed = %v, want %v (%v)", allowed, tt.allowed, reasons)
@@ -152,7 +152,7 @@ func TestCELSchemaPathsEvaluate(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := report(func(r *posturev1.PostureReport) { r.CreatedAt = timestamppb.New(t0) })
-			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(r, measured), ReportAt: t0}
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(r, t0, measured), ReportAt: t0}
 			if ok, why := evalExpr(prg, s, 100, t0); !ok {
 				t.Errorf("%s: %s", path, why)
 			}
@@ -201,7 +201,7 @@ func TestCELSecureBoot(t *testing.T) {
 				t.Fatal(err)
 			}
 			tt.report.CreatedAt = timestamppb.New(t0)
-			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(tt.report, tt.m), ReportAt: t0}
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(tt.report, t0, tt.m), ReportAt: t0}
 			allowed, _, reasons := p.Decide(s, "l", t0)
 			if allowed != tt.allowed {
 				t.Fatalf("allowed = %v, want %v (%v)", allowed, tt.allowed, reasons)
@@ -231,7 +231,7 @@ func BenchmarkDecide(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.Assess(report(nil)), ReportAt: t0}
+			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.Assess(report(nil), t0), ReportAt: t0}
 			b.ReportAllocs()
 			for b.Loop() {
 				if ok, _, _ := p.Decide(s, "l", t0); !ok {

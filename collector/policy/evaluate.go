@@ -16,10 +16,11 @@ import (
 )
 
 // Assessment is a policy's verdict on one verified report. It does not
-// depend on the clock, so the collector computes it once per report and
-// answers every later decision from it. A collector keeps one per device,
-// so it is kept small: check names and weights stay with the policy, and
-// equal reason texts are shared between devices.
+// depend on the clock, only on when the report arrived, so the collector
+// computes it once per report and answers every later decision from it. A
+// collector keeps one per device, so it is kept small: check names and
+// weights stay with the policy, and equal reason texts are shared between
+// devices.
 type Assessment struct {
 	policy   *Policy // the policy that made it: names and weights of checks
 	checks   []assessed
@@ -31,9 +32,27 @@ type Assessment struct {
 // nothing of the decoded report, so the report can be let go. checks[i] of
 // an Assessment is the verdict of policy.Checks[i].
 type assessed struct {
-	observedAt int64      // Unix nanoseconds; 0 when the evidence has no time
-	text       *checkText // reason and remediation
-	result     posturev1.Outcome
+	// observedSec and observedNsec are when the evidence was observed, as
+	// EvidenceTime has it, in Unix seconds and nanoseconds; observedNsec
+	// is -1 when the evidence has no time. Unix nanoseconds in one int64
+	// would end in 2262, and a device may send any year up to 9999; the
+	// nanoseconds sit in what would be padding, so this costs nothing.
+	observedSec  int64
+	text         *checkText // reason and remediation
+	observedNsec int32
+	result       posturev1.Outcome
+}
+
+// noTime is observedNsec of evidence without a time.
+const noTime = -1
+
+// observed is when the evidence was observed; ok is false when it has no
+// time.
+func (c *assessed) observed() (t time.Time, ok bool) {
+	if c.observedNsec == noTime {
+		return time.Time{}, false
+	}
+	return time.Unix(c.observedSec, int64(c.observedNsec)), true
 }
 
 // checkText is a verdict's reason and remediation. Most devices of a fleet
@@ -94,19 +113,25 @@ func (a *Assessment) weight(i int) uint32 { return a.policy.Checks[i].Weight }
 // RawScore is the score before freshness decay.
 func (a *Assessment) RawScore() uint32 { return a.rawScore }
 
-// Assess evaluates every check against a verified report.
-func (p *Policy) Assess(r *posturev1.PostureReport) *Assessment { return p.AssessWith(r, nil) }
+// Assess evaluates every check against a verified report that the
+// collector received at receivedAt.
+func (p *Policy) Assess(r *posturev1.PostureReport, receivedAt time.Time) *Assessment {
+	return p.AssessWith(r, receivedAt, nil)
+}
 
-// AssessWith evaluates every check against a verified report and the
-// evidence the collector measured itself (nil when there is none).
-func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment {
+// AssessWith evaluates every check against a verified report that the
+// collector received at receivedAt and the evidence the collector measured
+// itself (nil when there is none). No evidence of the report counts as
+// observed after receivedAt (see EvidenceTime); a zero receivedAt dates all
+// of it to year 1, older than any freshness limit.
+func (p *Policy) AssessWith(r *posturev1.PostureReport, receivedAt time.Time, m *Measured) *Assessment {
 	a := &Assessment{policy: p, checks: make([]assessed, 0, len(p.Checks))}
 	var total, passed uint64 // weights are at most maxWeight; no sum overflows
 	for _, c := range p.Checks {
 		o := checkKinds[c.Name].eval(c, r, m)
-		as := assessed{result: o.result, text: shareText(checkText{reason: o.reason, remediation: o.remediation})}
-		if t := o.meta.GetObservedAt(); t != nil {
-			as.observedAt = t.AsTime().UnixNano()
+		as := assessed{result: o.result, text: shareText(checkText{reason: o.reason, remediation: o.remediation}), observedNsec: noTime}
+		if t, ok := EvidenceTime(o.meta.GetObservedAt(), receivedAt); ok {
+			as.observedSec, as.observedNsec = t.Unix(), int32(t.Nanosecond())
 		}
 		a.checks = append(a.checks, as)
 		if o.result == posturev1.Outcome_OUTCOME_NOT_APPLICABLE {
@@ -122,7 +147,7 @@ func (p *Policy) AssessWith(r *posturev1.PostureReport, m *Measured) *Assessment
 		a.rawScore = uint32(passed * 100 / total)
 	}
 	if p.hasExprs() {
-		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, m, a, false)).(traits.Mapper)
+		a.celVars = types.DefaultTypeAdapter.NativeToValue(deviceVars(r, receivedAt, m, a, false)).(traits.Mapper)
 	}
 	return a
 }
@@ -134,7 +159,9 @@ type Subject struct {
 	Assurance   posturev1.IdentityAssurance
 	// Assessment of the latest verified report; nil before the first.
 	Assessment *Assessment
-	// ReportAt is when the latest verified report was stored.
+	// ReportAt is when the latest verified report was measured, never
+	// later than when it was received (see EvidenceTime); its age is
+	// ReportAge.
 	ReportAt time.Time
 }
 
@@ -157,7 +184,7 @@ func (p *Policy) Score(s *Subject, now time.Time) uint32 {
 	if s.Assessment == nil || s.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
 		return 0
 	}
-	return uint32(float64(s.Assessment.rawScore) * p.freshness(now.Sub(s.ReportAt))) // rounded down, as the raw score
+	return uint32(float64(s.Assessment.rawScore) * p.freshness(s.ReportAge(now))) // rounded down, as the raw score
 }
 
 // Decide says whether the subject meets the named level at now, and why not.
@@ -238,7 +265,7 @@ func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain
 	// Expired evidence meets no level, whatever the level asks: a level
 	// without a minimum score (only required checks, or an expression)
 	// would otherwise go on reading a silent device's last report forever.
-	if age := now.Sub(s.ReportAt); age >= p.Freshness.ExpireAfter {
+	if age := s.ReportAge(now); age >= p.Freshness.ExpireAfter {
 		if !explain {
 			return false, score, nil
 		}
@@ -250,7 +277,7 @@ func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain
 			return false, score, nil
 		}
 		r := fmt.Sprintf("score %d is below %d required by %s", score, l.MinScore, l.Name)
-		if age := now.Sub(s.ReportAt); age > p.Freshness.StaleAfter {
+		if age := s.ReportAge(now); age > p.Freshness.StaleAfter {
 			r += fmt.Sprintf(" (latest report is %s old; trust decays after %s)", age.Round(time.Second), p.Freshness.StaleAfter)
 		}
 		reasons = append(reasons, r)
@@ -304,8 +331,8 @@ func (p *Policy) Explain(s *Subject, now time.Time) (checks []*posturev1.CheckRe
 				Weight:      s.Assessment.weight(i),
 				Remediation: c.text.remediation,
 			}
-			if c.observedAt != 0 {
-				cr.EvidenceAge = durationpb.New(now.Sub(time.Unix(0, c.observedAt)).Round(time.Second))
+			if at, ok := c.observed(); ok {
+				cr.EvidenceAge = durationpb.New(evidenceAge(now, at).Round(time.Second))
 			}
 			checks = append(checks, cr)
 		}

@@ -34,7 +34,7 @@ levels:
 		r.Disk.SystemEncrypted = false
 		r.ScreenLock.Enabled = false
 	})
-	s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assurance: posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, Assessment: old.Assess(r), ReportAt: t0}
+	s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assurance: posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, Assessment: old.Assess(r, t0), ReportAt: t0}
 	allowed, _, reasons := cur.Decide(s, "trusted", t0)
 	if allowed || len(reasons) == 0 || !strings.Contains(strings.Join(reasons, "; "), "disk_encryption") {
 		t.Errorf("Decide under a policy whose required check the assessment lacks = %v, %q; want a denial naming disk_encryption", allowed, reasons)
@@ -61,7 +61,7 @@ levels:
 		t.Fatal(err)
 	}
 	active := posturev1.DeviceState_DEVICE_STATE_ACTIVE
-	healthy := &Subject{State: active, Assessment: p.Assess(report(nil)), ReportAt: t0}
+	healthy := &Subject{State: active, Assessment: p.Assess(report(nil), t0), ReportAt: t0}
 	for _, tt := range []struct {
 		level   string
 		age     time.Duration
@@ -87,7 +87,7 @@ levels:
 	}
 
 	// 159 of 200 is 79.5%.
-	noFirewall := &Subject{State: active, Assessment: p.Assess(report(func(r *posturev1.PostureReport) { r.Firewall.Enabled = false })), ReportAt: t0}
+	noFirewall := &Subject{State: active, Assessment: p.Assess(report(func(r *posturev1.PostureReport) { r.Firewall.Enabled = false }), t0), ReportAt: t0}
 	if allowed, score, reasons := p.Decide(noFirewall, "eighty", t0); allowed || score != 79 {
 		t.Errorf("79.5%%: allowed %v with score %d (%v); want denied with 79", allowed, score, reasons)
 	}

@@ -79,7 +79,7 @@ func TestAssess(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := p.Assess(tt.report)
+			a := p.Assess(tt.report, t0)
 			if a.RawScore() != tt.want {
 				t.Errorf("raw score = %d, want %d", a.RawScore(), tt.want)
 			}
@@ -107,7 +107,7 @@ func TestAssess(t *testing.T) {
 
 func TestFreshnessDecay(t *testing.T) {
 	p := Default() // stale after 15m, expire after 24h
-	s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.Assess(report(nil)), ReportAt: t0}
+	s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.Assess(report(nil), t0), ReportAt: t0}
 	tests := []struct {
 		age  time.Duration
 		want uint32
@@ -127,8 +127,8 @@ func TestFreshnessDecay(t *testing.T) {
 
 func TestDecide(t *testing.T) {
 	p := Default()
-	healthy := p.Assess(report(nil))
-	plain := p.Assess(report(func(r *posturev1.PostureReport) { r.Disk.SystemEncrypted = false }))
+	healthy := p.Assess(report(nil), t0)
+	plain := p.Assess(report(func(r *posturev1.PostureReport) { r.Disk.SystemEncrypted = false }), t0)
 	active := posturev1.DeviceState_DEVICE_STATE_ACTIVE
 	tests := []struct {
 		name    string
@@ -178,7 +178,7 @@ levels: [{name: hw, min_score: 0, min_assurance: tpm_ek_pinned}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := p.Assess(report(nil))
+	a := p.Assess(report(nil), t0)
 	for _, tt := range []struct {
 		assurance posturev1.IdentityAssurance
 		allowed   bool
@@ -272,7 +272,7 @@ func TestRawScoreWeights(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := p.Assess(tt.report).RawScore(); got != tt.want {
+			if got := p.Assess(tt.report, t0).RawScore(); got != tt.want {
 				t.Errorf("raw score = %d, want %d", got, tt.want)
 			}
 		})
