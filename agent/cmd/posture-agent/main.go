@@ -22,6 +22,7 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/agent/signals"
+	"github.com/posture-project/posture/internal/inert"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -55,7 +56,9 @@ func envOr(k, def string) string {
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "posture-agent:", err)
+		// Errors carry what the collector answered (a rejection, a
+		// revocation's reason) and the address a token named.
+		fmt.Fprintln(os.Stderr, "posture-agent:", inert.Text(err.Error()))
 		os.Exit(1)
 	}
 }
@@ -87,12 +90,13 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		if res.Note != "" {
-			fmt.Fprintln(out, "note:", res.Note)
+			inert.Fprintf(out, "note: %s\n", res.Note)
 		}
-		fmt.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s, assurance: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity,
+		// The device ID comes from the collector, the address from the token.
+		inert.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s, assurance: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity,
 			strings.ToLower(strings.TrimPrefix(res.Assurance.String(), "IDENTITY_ASSURANCE_")))
 		if res.State == posturev1.DeviceState_DEVICE_STATE_PENDING {
-			fmt.Fprintf(out, "the device is pending: its TPM endorsement key is not verified; an admin must run posture-collector devices approve %s\n", res.DeviceID)
+			inert.Fprintf(out, "the device is pending: its TPM endorsement key is not verified; an admin must run posture-collector devices approve %s\n", res.DeviceID)
 		}
 		return nil
 	case "run":
@@ -130,7 +134,9 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(out, string(b))
+		// Measurements hold text anyone on the machine may set (a volume
+		// label, a host name): escaped, so the output is safe to read.
+		fmt.Fprintln(out, string(inert.JSON(b)))
 		return nil
 	case "install", "uninstall", "start", "stop", "status":
 		if err := parseFlags(fs, rest); err != nil {
@@ -155,7 +161,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 }
 
 func runAgent(ctx context.Context, stateDir string, interval time.Duration) error {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := newLogger()
 	a, err := agent.New(agent.Config{
 		StateDir: stateDir,
 		Interval: interval,
@@ -167,6 +173,12 @@ func runAgent(ctx context.Context, stateDir string, interval time.Duration) erro
 	}
 	log.Info("agent running", "device", a.DeviceID(), "state_dir", stateDir, "interval", interval)
 	return a.Run(ctx)
+}
+
+// newLogger logs text to standard error, inert: records quote what the
+// collector sent (rejections) and what the machine measured.
+func newLogger() *slog.Logger {
+	return slog.New(inert.NewTextHandler(os.Stderr, nil))
 }
 
 // program adapts the agent to kardianos/service.
@@ -183,7 +195,7 @@ func (p *program) Start(service.Service) error {
 	go func() {
 		defer close(p.done)
 		if err := runAgent(ctx, p.stateDir, p.interval); err != nil {
-			slog.Error("agent stopped", "err", err)
+			newLogger().Error("agent stopped", "err", err)
 			os.Exit(1)
 		}
 	}()

@@ -19,12 +19,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -32,6 +29,7 @@ import (
 	"github.com/posture-project/posture/collector/gatewayfront"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/inert"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -88,7 +86,9 @@ func main() {
 		err = ee.err
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "posture-collector:", err)
+		// Errors carry what the collector answered, and that can quote
+		// a device or a request.
+		fmt.Fprintln(os.Stderr, "posture-collector:", inert.Text(err.Error()))
 	}
 	os.Exit(code)
 }
@@ -217,9 +217,11 @@ func runCollector(args []string) error {
 		// cannot be turned off rather than run with 10 s.
 		return fmt.Errorf("--watch-heartbeat 0: heartbeats cannot be turned off (gateways behind a proxy need them to notice a lost collector); give at least %v", collector.MinWatchHeartbeat)
 	}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	// Logs quote hostnames, reasons and the IDs requests name: inert, so
+	// that reading them in a terminal is safe.
+	h := inert.NewTextHandler(os.Stderr, nil)
 	if *logFormat == "json" {
-		h = slog.NewJSONHandler(os.Stderr, nil)
+		h = inert.NewJSONHandler(os.Stderr, nil)
 	}
 	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
@@ -344,9 +346,11 @@ func dialAdmin(dataDir string) (*adminConn, error) {
 	}, nil
 }
 
+// rpcErr is the collector's answer to a failed call, shown inert: it may
+// quote the device ID or level asked about.
 func rpcErr(err error) error {
 	if st, ok := status.FromError(err); ok {
-		return errors.New(st.Message())
+		return errors.New(inert.String(st.Message()))
 	}
 	return err
 }
@@ -397,15 +401,6 @@ func outputFlagNamed(fs *flag.FlagSet, name, usage string, formats ...string) *s
 	return &v
 }
 
-func printJSON(out io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(out, string(b))
-	return err
-}
-
 func devicesList(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("devices list", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
@@ -432,8 +427,7 @@ func devicesList(args []string, out io.Writer) error {
 	if *format == "json" {
 		return printJSON(out, resp)
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHOSTNAME\tOS\tSTATE\tSCORE\tLEVELS\tIDENTITY\tLAST SEEN")
+	t := newTable(out, "ID", "HOSTNAME", "OS", "STATE", "SCORE", "LEVELS", "IDENTITY", "LAST SEEN")
 	for _, d := range resp.GetDevices() {
 		dev := d.GetDevice()
 		var levels []string
@@ -442,10 +436,10 @@ func devicesList(args []string, out io.Writer) error {
 				levels = append(levels, l.GetName())
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", dev.GetId(), dev.GetHostname(), orDash(dev.GetOs()), stateName(dev.GetState()),
+		t.row(dev.GetId(), dev.GetHostname(), orDash(dev.GetOs()), stateName(dev.GetState()),
 			d.GetScore(), orDash(strings.Join(levels, ",")), policy.AssuranceName(dev.GetAssurance()), ago(dev.GetLastSeen().AsTime(), dev.GetLastSeen() != nil))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func orDash(s string) string {
@@ -494,38 +488,36 @@ func devicesShow(args []string, out io.Writer) error {
 		return printJSON(out, p)
 	}
 	d := p.GetDevice()
-	fmt.Fprintf(out, "Device     %s\nSPIFFE ID  %s\nHostname   %s\nOS         %s (%s)\nIdentity   %s\nState      %s", d.GetId(), d.GetSpiffeId(), d.GetHostname(), orDash(d.GetOs()), d.GetPlatform(), policy.AssuranceName(d.GetAssurance()), stateName(d.GetState()))
+	inert.Fprintf(out, "Device     %s\nSPIFFE ID  %s\nHostname   %s\nOS         %s (%s)\nIdentity   %s\nState      %s", d.GetId(), d.GetSpiffeId(), d.GetHostname(), orDash(d.GetOs()), d.GetPlatform(), policy.AssuranceName(d.GetAssurance()), stateName(d.GetState()))
 	if d.GetStateReason() != "" {
-		fmt.Fprintf(out, " (%s)", d.GetStateReason())
+		inert.Fprintf(out, " (%s)", d.GetStateReason())
 	}
 	if d.GetEkSha256() != "" {
-		fmt.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
+		inert.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
 		mb := p.GetMeasuredBoot()
 		switch {
 		case mb.GetSecureBootKnown():
-			fmt.Fprintf(out, "\nMeasured   secure boot %s (PCR 7, %d events replayed)", map[bool]string{true: "enabled", false: "disabled"}[mb.GetSecureBoot()], mb.GetEvents())
+			inert.Fprintf(out, "\nMeasured   secure boot %s (PCR 7, %d events replayed)", map[bool]string{true: "enabled", false: "disabled"}[mb.GetSecureBoot()], mb.GetEvents())
 		case mb != nil:
-			fmt.Fprintf(out, "\nMeasured   unknown: %s", mb.GetReason())
+			inert.Fprintf(out, "\nMeasured   unknown: %s", mb.GetReason())
 		}
 	}
-	fmt.Fprintf(out, "\nEnrolled   %s\nLast seen  %s (seq %d)\nScore      %d (raw %d)\n\n", d.GetEnrolledAt().AsTime().Local().Format(time.RFC3339), ago(d.GetLastSeen().AsTime(), d.GetLastSeen() != nil), d.GetLastSeq(), p.GetScore(), p.GetRawScore())
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECK\tRESULT\tWEIGHT\tAGE\tREASON\tFIX")
+	inert.Fprintf(out, "\nEnrolled   %s\nLast seen  %s (seq %d)\nScore      %d (raw %d)\n\n", d.GetEnrolledAt().AsTime().Local().Format(time.RFC3339), ago(d.GetLastSeen().AsTime(), d.GetLastSeen() != nil), d.GetLastSeq(), p.GetScore(), p.GetRawScore())
+	checks := newTable(out, "CHECK", "RESULT", "WEIGHT", "AGE", "REASON", "FIX")
 	for _, c := range p.GetChecks() {
 		age := "-"
 		if c.GetEvidenceAge() != nil {
 			age = c.GetEvidenceAge().AsDuration().String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
+		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
 	}
-	tw.Flush()
+	checks.flush()
 	fmt.Fprintln(out)
-	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LEVEL\tALLOWED\tWHY NOT")
+	levels := newTable(out, "LEVEL", "ALLOWED", "WHY NOT")
 	for _, l := range p.GetLevels() {
-		fmt.Fprintf(tw, "%s\t%t\t%s\n", l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
+		levels.row(l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
 	}
-	return tw.Flush()
+	return levels.flush()
 }
 
 func devicesRevoke(args []string, out io.Writer) error {
@@ -551,7 +543,7 @@ func devicesRevoke(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	fmt.Fprintf(out, "revoked %s (%s)\n", resp.GetDevice().GetId(), resp.GetDevice().GetStateReason())
+	inert.Fprintf(out, "revoked %s (%s)\n", resp.GetDevice().GetId(), resp.GetDevice().GetStateReason())
 	return nil
 }
 
@@ -578,8 +570,7 @@ func gatewayList(args []string, out io.Writer) error {
 	if *format == "json" {
 		return printJSON(out, resp)
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSERIAL\tISSUED\tEXPIRES\tREVOKED")
+	t := newTable(out, "NAME", "SERIAL", "ISSUED", "EXPIRES", "REVOKED")
 	const day = "2006-01-02"
 	for _, g := range resp.GetGateways() {
 		issued, expires, revoked := "-", "-", "-"
@@ -589,9 +580,9 @@ func gatewayList(args []string, out io.Writer) error {
 		if g.GetRevokedAt() != nil {
 			revoked = g.GetRevokedAt().AsTime().Local().Format(day) + ": " + g.GetRevokeReason()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(g.GetName()), g.GetSerial(), issued, expires, revoked)
+		t.row(orDash(g.GetName()), g.GetSerial(), issued, expires, revoked)
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func gatewayRevoke(args []string, out io.Writer) error {
@@ -622,7 +613,7 @@ func gatewayRevoke(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	fmt.Fprintf(out, "revoked %d gateway certificate(s)\n", resp.GetRevoked())
+	inert.Fprintf(out, "revoked %d gateway certificate(s)\n", resp.GetRevoked())
 	return nil
 }
 
@@ -656,12 +647,12 @@ func check(args []string, out io.Writer) error {
 		if resp.GetAllowed() {
 			verdict = "ALLOW"
 		}
-		fmt.Fprintf(out, "%s %s for level %s (score %d, identity %s, state %s)\n", verdict, resp.GetDeviceId(), resp.GetAccessLevel(), resp.GetScore(), policy.AssuranceName(resp.GetAssurance()), stateName(resp.GetState()))
+		inert.Fprintf(out, "%s %s for level %s (score %d, identity %s, state %s)\n", verdict, resp.GetDeviceId(), resp.GetAccessLevel(), resp.GetScore(), policy.AssuranceName(resp.GetAssurance()), stateName(resp.GetState()))
 		for _, r := range resp.GetReasons() {
-			fmt.Fprintf(out, "  - %s\n", r)
+			inert.Fprintf(out, "  - %s\n", r)
 		}
 		for _, c := range resp.GetFailedChecks() {
-			fmt.Fprintf(out, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+			inert.Fprintf(out, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
 		}
 	}
 	if !resp.GetAllowed() {
@@ -722,7 +713,7 @@ func gatewayAdd(args []string, out io.Writer) error {
 	if err := pki.WriteCertificates(filepath.Join(*outDir, "ca.crt"), cas...); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "gateway %s: wrote gateway.crt, gateway.key and ca.crt to %s\n", resp.GetSpiffeId(), *outDir)
+	inert.Fprintf(out, "gateway %s: wrote gateway.crt, gateway.key and ca.crt to %s\n", resp.GetSpiffeId(), *outDir)
 	return nil
 }
 
@@ -759,7 +750,7 @@ func policyValidate(args []string, out io.Writer) error {
 		return err
 	}
 	b, _ := json.Marshal(p.LevelNames())
-	fmt.Fprintf(out, "%s: valid; %d checks, levels %s\n", args[0], len(p.Checks), b)
+	inert.Fprintf(out, "%s: valid; %d checks, levels %s\n", args[0], len(p.Checks), string(b))
 	return nil
 }
 
@@ -782,7 +773,7 @@ func devicesApprove(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	fmt.Fprintf(out, "approved %s: EK sha256:%s pinned, identity %s\n", resp.GetDevice().GetId(), resp.GetDevice().GetEkSha256(), policy.AssuranceName(resp.GetDevice().GetAssurance()))
+	inert.Fprintf(out, "approved %s: EK sha256:%s pinned, identity %s\n", resp.GetDevice().GetId(), resp.GetDevice().GetEkSha256(), policy.AssuranceName(resp.GetDevice().GetAssurance()))
 	return nil
 }
 
@@ -806,7 +797,7 @@ func devicesPreregister(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	fmt.Fprintf(out, "pinned %d new EK hash(es); devices enrolling with them are tpm_ek_pinned\n", resp.GetAdded())
+	inert.Fprintf(out, "pinned %d new EK hash(es); devices enrolling with them are tpm_ek_pinned\n", resp.GetAdded())
 	return nil
 }
 
@@ -825,7 +816,7 @@ func policyReload(args []string, out io.Writer) error {
 	if err != nil {
 		return rpcErr(err)
 	}
-	fmt.Fprintf(out, "policy reloaded: %d checks, levels %s\n", resp.GetChecks(), strings.Join(resp.GetLevels(), ", "))
+	inert.Fprintf(out, "policy reloaded: %d checks, levels %s\n", resp.GetChecks(), strings.Join(resp.GetLevels(), ", "))
 	return nil
 }
 
@@ -854,26 +845,25 @@ func policyDiff(args []string, out io.Writer) error {
 		return rpcErr(err)
 	}
 	if resp.GetTotalChanges() == 0 {
-		fmt.Fprintf(out, "no change: all %d devices keep the same levels\n", resp.GetDevices())
+		inert.Fprintf(out, "no change: all %d devices keep the same levels\n", resp.GetDevices())
 		return nil
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tHOSTNAME\tLEVEL\tCHANGE\tWHY")
+	t := newTable(out, "DEVICE", "HOSTNAME", "LEVEL", "CHANGE", "WHY")
 	for _, ch := range resp.GetChanges() {
 		change, why := "gains", "-"
 		if !ch.GetAllowedCandidate() {
 			change, why = "loses", strings.Join(ch.GetReasons(), "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
+		t.row(ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
 	}
-	tw.Flush()
+	t.flush()
 	if n := resp.GetTotalChanges() - uint32(len(resp.GetChanges())); n > 0 {
-		fmt.Fprintf(out, "... and %d more change(s) not listed (--limit)\n", n)
+		inert.Fprintf(out, "... and %d more change(s) not listed (--limit)\n", n)
 	}
 	for _, l := range resp.GetLevels() {
-		fmt.Fprintf(out, "level %s: %d device(s) gain it, %d lose it\n", l.GetLevel(), l.GetGained(), l.GetLost())
+		inert.Fprintf(out, "level %s: %d device(s) gain it, %d lose it\n", l.GetLevel(), l.GetGained(), l.GetLost())
 	}
-	fmt.Fprintf(out, "%d change(s) across %d devices; nothing is enforced until the policy is reloaded\n", resp.GetTotalChanges(), resp.GetDevices())
+	inert.Fprintf(out, "%d change(s) across %d devices; nothing is enforced until the policy is reloaded\n", resp.GetTotalChanges(), resp.GetDevices())
 	return nil
 }
 
@@ -918,8 +908,7 @@ func decisions(args []string, out io.Writer) error {
 	if *format == "json" {
 		return printJSON(out, resp)
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tDEVICE\tLEVEL\tRESULT\tSCORE\tCALLER\tWHY")
+	t := newTable(out, "TIME", "DEVICE", "LEVEL", "RESULT", "SCORE", "CALLER", "WHY")
 	const stamp = "2006-01-02 15:04:05"
 	for _, d := range resp.GetDecisions() {
 		result := "deny"
@@ -930,11 +919,11 @@ func decisions(args []string, out io.Writer) error {
 		if d.GetCount() > 1 {
 			when = fmt.Sprintf("%s (%d times since %s)", when, d.GetCount(), d.GetFirstAt().AsTime().Local().Format(stamp))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", when, d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
+		t.row(when, d.GetDeviceId(), d.GetAccessLevel(), result, d.GetScore(), d.GetCaller(), orDash(strings.Join(d.GetReasons(), "; ")))
 		for _, c := range d.GetFailedChecks() {
 			// Under WHY, in the table's columns, so its alignment holds.
-			fmt.Fprintf(tw, "\t\t\t\t\t\t* %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+			t.row("", "", "", "", "", "", fmt.Sprintf("* %s %s: %s; fix: %s", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation())))
 		}
 	}
-	return tw.Flush()
+	return t.flush()
 }
