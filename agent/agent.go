@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/agent/spool"
+	"github.com/posture-project/posture/internal/collectors"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -116,7 +117,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.spool, err = spool.Open(filepath.Join(cfg.StateDir, spoolDir), cfg.SpoolMax); err != nil {
 		return nil, err
 	}
-	a.conn, err = grpc.NewClient(enr.Collector,
+	a.conn, err = collectors.Dial(append([]string{enr.Collector}, enr.Collectors...),
 		grpc.WithTransportCredentials(a.renewal.track(credentials.NewTLS(tlsCfg))),
 		// Fixed windows: gRPC's adaptive ones would answer each
 		// acknowledgement with a bandwidth probe the collector must handle.

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/posture-project/posture/internal/collectors"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -81,7 +82,9 @@ func EnrollWith(ctx context.Context, stateDir, tokenText string, opts EnrollOpti
 	}
 
 	var pinned *x509.Certificate
-	conn, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLS(tok.Fingerprint, &pinned))))
+	// Any of the token's collectors enrolls the device: they share one
+	// database and one CA.
+	conn, err := collectors.Dial(tok.Addrs(), grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLS(tok.Fingerprint, &pinned))))
 	if err != nil {
 		return nil, fmt.Errorf("collector address %q: %w", tok.Addr, err)
 	}
@@ -137,7 +140,7 @@ func EnrollWith(ctx context.Context, stateDir, tokenText string, opts EnrollOpti
 	if err := pki.WriteCertificates(filepath.Join(stateDir, caFile), pinned); err != nil {
 		return nil, err
 	}
-	e := enrollment{Collector: tok.Addr, DeviceID: res.GetDeviceId(), SPIFFEID: res.GetSpiffeId(), TrustDomain: res.GetTrustDomain(), Identity: id.Kind(), TPM: opts.TPM, EventLog: opts.EventLog}
+	e := enrollment{Collector: tok.Addr, Collectors: tok.Others, DeviceID: res.GetDeviceId(), SPIFFEID: res.GetSpiffeId(), TrustDomain: res.GetTrustDomain(), Identity: id.Kind(), TPM: opts.TPM, EventLog: opts.EventLog}
 	if err := writeJSON(filepath.Join(stateDir, configFile), e); err != nil {
 		return nil, err
 	}

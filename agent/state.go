@@ -28,13 +28,16 @@ const (
 
 // enrollment is what the agent learned when it enrolled.
 type enrollment struct {
-	Collector   string `json:"collector"`
-	DeviceID    string `json:"device_id"`
-	SPIFFEID    string `json:"spiffe_id"`
-	TrustDomain string `json:"trust_domain"`
-	Identity    string `json:"identity"`
-	TPM         string `json:"tpm,omitempty"`       // TPM address when not the platform's
-	EventLog    string `json:"event_log,omitempty"` // event log path when not the platform's
+	Collector string `json:"collector"`
+	// Collectors are further collectors sharing the first one's database,
+	// which the agent moves to when it loses the one it reports to.
+	Collectors  []string `json:"collectors,omitempty"`
+	DeviceID    string   `json:"device_id"`
+	SPIFFEID    string   `json:"spiffe_id"`
+	TrustDomain string   `json:"trust_domain"`
+	Identity    string   `json:"identity"`
+	TPM         string   `json:"tpm,omitempty"`       // TPM address when not the platform's
+	EventLog    string   `json:"event_log,omitempty"` // event log path when not the platform's
 }
 
 // chainHead is the newest report the collector acknowledged, and the

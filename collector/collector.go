@@ -1,12 +1,16 @@
 // Package collector is the Posture collector: it enrolls devices, verifies
-// and stores their signed posture reports, scores them, and answers gateways
-// and admins over gRPC.
+// and stores their signed posture reports, scores them, and answers
+// gateways and admins over gRPC. This package wires the parts together
+// (collector/api, enroll, ingest, fleet, feed, watch, decisions, store)
+// from a typed Config.
 package collector
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,7 +18,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,13 +28,20 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
-	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/posture-project/posture/collector/api"
+	"github.com/posture-project/posture/collector/decisions"
+	"github.com/posture-project/posture/collector/enroll"
+	"github.com/posture-project/posture/collector/fault"
+	"github.com/posture-project/posture/collector/feed"
+	"github.com/posture-project/posture/collector/fleet"
+	"github.com/posture-project/posture/collector/gateways"
+	"github.com/posture-project/posture/collector/ingest"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/stats"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
@@ -38,10 +51,21 @@ import (
 // AdminSocket is the name of the admin Unix socket inside the data directory.
 const AdminSocket = "admin.sock"
 
+// Version is the collector's version, recorded with its replica.
+var Version = "0.1.0-dev"
+
 // Config configures a collector.
 type Config struct {
-	// DataDir holds the CA, the database and the admin socket (mode 0700).
+	// DataDir holds the CA, the admin socket, the replica's identity and,
+	// without Database, the SQLite database (mode 0700).
 	DataDir string
+	// Database is where the collector keeps its state: empty for SQLite in
+	// DataDir, or a postgres:// URL for a PostgreSQL database that several
+	// collectors share.
+	Database string
+	// Name names this collector among those sharing a database
+	// (posture-collector replicas); empty means the host's name.
+	Name string
 	// Listen is the TLS listen address for agents and gateways.
 	Listen string
 	// Advertise is the address agents use to reach the collector, written
@@ -71,7 +95,8 @@ type Config struct {
 	// after that (a report a minute is the agent's default; a week offline
 	// spools about 10,000). Zero means DefaultReportBurst and
 	// DefaultReportInterval. A report beyond it is refused as
-	// rate_limited, and the agent sends it again later.
+	// rate_limited, and the agent sends it again later. Each collector
+	// keeps the budgets of the devices reporting to it.
 	ReportBurst    int
 	ReportInterval time.Duration
 	// MetricsListen, when set, serves Prometheus metrics at /metrics on
@@ -84,6 +109,13 @@ type Config struct {
 	// answering. 0 means DefaultWatchHeartbeat; less than
 	// MinWatchHeartbeat or more than MaxWatchHeartbeat is refused.
 	WatchHeartbeat time.Duration
+	// PollInterval is the longest a change another collector made takes
+	// to reach this one when the database sends no notification; 0 means
+	// feed.DefaultPollInterval.
+	PollInterval time.Duration
+	// EventRetention is how long events are kept in the database for
+	// collectors catching up; 0 means DefaultEventRetention.
+	EventRetention time.Duration
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
@@ -114,6 +146,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReportInterval == 0 {
 		c.ReportInterval = DefaultReportInterval
+	}
+	if c.EventRetention == 0 {
+		c.EventRetention = DefaultEventRetention
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -148,6 +183,12 @@ const (
 	DefaultReportInterval = 10 * time.Second
 )
 
+// DefaultEventRetention is how long events stay in the database: far
+// longer than a collector takes to read them, so that one that was
+// paused or cut off for a while still catches up; one away for longer
+// loads its fleet afresh when it starts again.
+const DefaultEventRetention = 24 * time.Hour
+
 // validate refuses settings that cannot work, once defaults are set.
 func (c *Config) validate() error {
 	switch {
@@ -157,6 +198,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("report interval %v: give whole seconds from 1s to 24h (--report-interval; default %v)", c.ReportInterval, DefaultReportInterval)
 	case int64(c.ReportBurst)*int64(c.ReportInterval/time.Second) > 1<<31:
 		return fmt.Errorf("report burst %d × interval %v is more than 68 years of reports; lower one (--report-burst, --report-interval)", c.ReportBurst, c.ReportInterval)
+	case c.EventRetention < time.Hour:
+		return fmt.Errorf("event retention %v: keep events at least an hour, so that collectors sharing the database can catch up", c.EventRetention)
 	}
 	switch hb := c.WatchHeartbeat; {
 	case hb < 0:
@@ -175,23 +218,22 @@ type Collector struct {
 	log       *slog.Logger
 	ca        *pki.CA
 	roots     *x509.CertPool
-	store     *store.Store
-	fleet     *fleet
-	policy    atomic.Pointer[policy.Policy]
-	stats     *stats
-	hub       *hub
-	decisions *decisionLog
-	onStop    []func()     // see OnStop
-	started   time.Time    // by cfg.Now: the report budgets' clock starts here
-	budget    reportBudget // each device's report budget
-	gateway   *gatewayService
+	store     store.Store
+	replica   replica
+	fleet     *fleet.Fleet
+	hub       *watch.Hub
+	feed      *feed.Feed
+	gateways  *gateways.Revocations
+	decisions *decisions.Log
+	stats     *stats.Stats
+	api       *api.Server
 	health    *health.Server
 	metrics   *metrics
+	onStop    []func() // see OnStop
+	started   time.Time
 
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
-	certs         sync.Mutex // serializes enrollments' and renewals' store and fleet updates of device certificates
-	gateways      revokedGateways
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -202,10 +244,10 @@ type Collector struct {
 	adminSrv *grpc.Server
 }
 
-// New opens the data directory (creating the CA and database on first
-// start), loads every device into memory and binds the listeners. Serve
-// starts answering.
-func New(cfg Config) (*Collector, error) {
+// New opens the data directory and the database (creating the CA and, for
+// SQLite, the database on first start), loads every device into memory and
+// binds the listeners. Serve starts answering.
+func New(cfg Config) (c *Collector, err error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -219,34 +261,155 @@ func New(cfg Config) (*Collector, error) {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("restrict data directory: %w", err)
 	}
+	st, shared, err := openStore(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	ca, err := loadCA(context.Background(), st, cfg, shared)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := loadReplica(cfg.DataDir, shared)
+	if err != nil {
+		return nil, err
+	}
+	c = &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), store: st, replica: rep, started: time.Now(),
+		stats: stats.New(), health: health.NewServer(), decisions: decisions.New()}
+	c.roots.AddCert(ca.Cert)
+	c.fleet = fleet.New(cfg.Policy, fleet.Budget{Burst: uint32(cfg.ReportBurst), Interval: uint32(cfg.ReportInterval / time.Second)}, cfg.Now())
+	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, Now: cfg.Now,
+		CatchUp: func(ctx context.Context) error { return c.feed.CatchUp(ctx) }})
+	c.metrics = newMetrics(c)
+
+	gws, err := st.Gateways(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	c.gateways = gateways.New(gws)
+	if err := c.load(context.Background()); err != nil {
+		return nil, err
+	}
+	if err := c.decisions.Load(context.Background(), st, c.replica.id); err != nil {
+		return nil, err
+	}
+	c.wire()
+	if err := c.listen(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// openStore opens the database the configuration names; shared says
+// whether other collectors may use it too.
+func openStore(ctx context.Context, cfg Config) (st store.Store, shared bool, err error) {
+	if cfg.Database == "" {
+		st, err := openSQLite(filepath.Join(cfg.DataDir, "posture.db"))
+		return st, false, err
+	}
+	st, err = openDatabase(ctx, cfg.Database)
+	return st, true, err
+}
+
+// loadCA loads the collector CA from the data directory, and records it
+// as the database's (or checks that it is). A collector of a shared
+// database creates no CA of its own once the database belongs to one:
+// every collector sharing it must serve with the same CA.
+func loadCA(ctx context.Context, st store.Store, cfg Config, shared bool) (*pki.CA, error) {
+	if shared && !pki.HasCA(cfg.DataDir) {
+		// Claim with nothing: fails when the database has a CA already.
+		if err := st.ClaimIdentity(ctx, "", cfg.TrustDomain); err != nil && errors.Is(err, store.ErrIdentityMismatch) {
+			return nil, fmt.Errorf("this database is shared by collectors with their own CA, and %s has none: copy ca.crt and ca.key from a running collector's data directory into it (mode 0600) and start again: %w", cfg.DataDir, err)
+		} else if err != nil {
+			return nil, err
+		}
+	}
 	ca, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
-	c := &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), fleet: newFleet(), stats: newStats(), health: health.NewServer(), decisions: newDecisionLog()}
-	c.roots.AddCert(ca.Cert)
-	c.gateway = &gatewayService{c: c}
-	c.started = cfg.Now()
-	c.budget = reportBudget{burst: uint32(cfg.ReportBurst), interval: uint32(cfg.ReportInterval / time.Second)}
-	c.metrics = newMetrics(c)
-	c.policy.Store(cfg.Policy)
+	if err := st.ClaimIdentity(ctx, ca.Fingerprint(), cfg.TrustDomain); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
 
-	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "posture.db")); err != nil {
-		return nil, err
+// replica is this collector among those sharing its database.
+type replica struct {
+	id string
+}
+
+// replicaFile holds the replica's ID in the data directory.
+const replicaFile = "replica-id"
+
+// loadReplica reads (or makes) the collector's replica ID. A collector on
+// its own database is "local": that is where the decision log of a
+// collector from before databases were shared lives.
+func loadReplica(dir string, shared bool) (replica, error) {
+	path := filepath.Join(dir, replicaFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		id := strings.TrimSpace(string(b))
+		if id == "" || len(id) > 64 {
+			return replica{}, fmt.Errorf("%s holds no replica ID; remove it and start again", path)
+		}
+		return replica{id: id}, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return replica{}, fmt.Errorf("read replica ID: %w", err)
 	}
-	base, err := c.store.NextWatchBase(context.Background(), uint64(time.Now().UnixMicro()))
+	id := "local"
+	if shared {
+		r := make([]byte, 8)
+		if _, err := rand.Read(r); err != nil {
+			return replica{}, err
+		}
+		id = hex.EncodeToString(r)
+	}
+	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+		return replica{}, fmt.Errorf("record replica ID: %w", err)
+	}
+	return replica{id: id}, nil
+}
+
+// gapWindow is how far below the newest event ID at start the IDs that
+// had not committed are read again: further than transactions under way
+// at once can reach.
+const gapWindow = 1000
+
+// load fills the fleet from the database, then catches up with the events
+// committed meanwhile. The newest event ID is read first: what committed
+// before it is in the fleet as loaded, what commits after is read as
+// events, and IDs below it that had not committed yet are read again as
+// gaps.
+func (c *Collector) load(ctx context.Context) error {
+	start, err := c.store.LastEventID(ctx)
 	if err != nil {
-		c.store.Close()
-		return nil, err
+		return err
 	}
-	c.hub = newHub(base)
-	gws, err := c.store.Gateways(context.Background())
+	from := uint64(0)
+	if start > gapWindow {
+		from = start - gapWindow
+	}
+	present, err := c.store.EventIDs(ctx, from, gapWindow)
 	if err != nil {
-		c.store.Close()
-		return nil, err
+		return err
 	}
-	c.gateways.load(gws)
+	var skipped []uint64
+	next := from + 1
+	for _, id := range append(present, start+1) {
+		for ; next < id && next <= start; next++ {
+			skipped = append(skipped, next)
+		}
+		next = id + 1
+	}
+
 	t0 := time.Now()
+	seeder := c.hub.Seeder(runtime.GOMAXPROCS(0))
 	// Loading makes several times more garbage than it keeps. Collecting
 	// it more often while loading keeps the peak near what is kept, for
 	// about the same time, since each collection finds mostly garbage.
@@ -257,28 +420,42 @@ func New(cfg Config) (*Collector, error) {
 	if gc < loadGCPercent {
 		debug.SetGCPercent(gc) // the operator asked for less (GOGC)
 	}
-	loaded, err := c.fleet.load(context.Background(), c.store, cfg.Policy, cfg.Now())
+	err = c.fleet.Load(ctx, c.store, seeder.Seen)
 	debug.SetGCPercent(gc)
 	loading.Unlock()
 	if err != nil {
-		c.store.Close()
-		return nil, err
+		return err
 	}
-	c.seedDecisions(loaded)
-	if err := c.loadDecisions(context.Background()); err != nil {
-		c.store.Close()
-		return nil, err
+	seeder.Finish(start)
+	c.feed = feed.New(feed.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Gateways: c.gateways, Logger: c.log,
+		PollInterval: c.cfg.PollInterval}, start, skipped)
+	if err := c.feed.CatchUp(ctx); err != nil {
+		return err
 	}
 	// Loading a large fleet leaves behind garbage several times the size
 	// of what is kept (rows, decoded reports); hand it back to the system
 	// now rather than carry it as resident memory.
 	debug.FreeOSMemory()
-	c.log.Info("fleet loaded", "devices", c.fleet.count(), "took", time.Since(t0).Round(time.Millisecond).String())
-	if err := c.listen(); err != nil {
-		c.store.Close()
-		return nil, err
-	}
-	return c, nil
+	c.log.Info("fleet loaded", "devices", c.fleet.Count(), "revision", c.feed.Applied(), "took", time.Since(t0).Round(time.Millisecond).String())
+	return nil
+}
+
+// loadGCPercent is the garbage collector's target while the fleet loads.
+const loadGCPercent = 25
+
+// loading serializes fleet loads within one process.
+var loading sync.Mutex
+
+// wire makes the services.
+func (c *Collector) wire() {
+	cfg := c.cfg
+	enroller := enroll.New(enroll.Config{Store: c.store, Fleet: c.fleet, Feed: c.feed, CA: c.ca, TrustDomain: cfg.TrustDomain,
+		EKRoots: cfg.EKRoots, CertTTL: cfg.DeviceCertTTL, Stats: c.stats, Logger: c.log, Now: cfg.Now})
+	ingester := ingest.New(ingest.Config{Store: c.store, Fleet: c.fleet, Feed: c.feed, Stats: c.stats, Logger: c.log,
+		Verified: func(d time.Duration) { c.metrics.verify.Observe(d.Seconds()) }, MaxClockSkew: cfg.MaxClockSkew, Now: cfg.Now})
+	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
+		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
+		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's
@@ -296,12 +473,6 @@ func New(cfg Config) (*Collector, error) {
 // keeps gRPC's default: only the collector's own host reaches it.
 const maxRecvMsgSize = attest.MaxEventLogSize + envelope.MaxReportSize + envelope.MaxProofSize + 4<<10
 
-// loadGCPercent is the garbage collector's target while the fleet loads.
-const loadGCPercent = 25
-
-// loading serializes fleet loads within one process.
-var loading sync.Mutex
-
 func (c *Collector) listen() error {
 	host, _, err := net.SplitHostPort(c.cfg.Listen)
 	if err != nil {
@@ -318,9 +489,8 @@ func (c *Collector) listen() error {
 
 	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})
 	kep := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
-	c.server = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots))),
-		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
+	opts := append(c.api.ServerOptions(),
+		grpc.Creds(credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots))), ka, kep,
 		// Fixed flow-control windows: gRPC's adaptive ones answer data
 		// that arrives after a quiet spell (a report; an agent sends one a
 		// minute) with a bandwidth probe, a PING the agent must answer and
@@ -328,14 +498,10 @@ func (c *Collector) listen() error {
 		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 	)
-	c.adminSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth))
+	c.server = grpc.NewServer(opts...)
+	c.adminSrv = grpc.NewServer(c.api.ServerOptions()...)
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {
-		posturev1.RegisterEnrollmentServiceServer(s, &enrollService{c: c})
-		posturev1.RegisterReportServiceServer(s, &reportService{c: c})
-		posturev1.RegisterGatewayServiceServer(s, c.gateway)
-		posturev1.RegisterAdminServiceServer(s, &adminService{c: c})
-		healthpb.RegisterHealthServer(s, c.health)
-		reflection.Register(s)
+		c.api.Register(s)
 	}
 
 	if c.listener, err = net.Listen("tcp", c.cfg.Listen); err != nil {
@@ -392,8 +558,15 @@ func (c *Collector) CAFingerprint() string { return c.ca.Fingerprint() }
 // CA returns the collector's CA certificate.
 func (c *Collector) CA() *x509.Certificate { return c.ca.Cert }
 
+// ReplicaID is this collector's ID among those sharing its database.
+func (c *Collector) ReplicaID() string { return c.replica.id }
+
+// Revision is the newest event this collector applied: the revision a
+// watch stream would start at.
+func (c *Collector) Revision() uint64 { return c.feed.Applied() }
+
 // Serve answers until ctx is done, then stops gracefully: open streams are
-// ended and every report already acknowledged is on disk.
+// ended and every report already acknowledged is in the database.
 func (c *Collector) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	bg, stopBG := context.WithCancel(context.Background())
@@ -402,11 +575,15 @@ func (c *Collector) Serve(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); periodically(bg, first, every, pass) }()
 	}
-	periodic(decayInterval, decayInterval, func(context.Context) { c.decayPass() })
+	periodic(watch.DecayInterval, watch.DecayInterval, func(context.Context) { c.hub.DecayPass() })
 	if c.cfg.ReportRetention > 0 {
 		periodic(retentionDelay, retentionInterval, c.retentionPass)
 	}
-	periodic(decisionSaveInterval, decisionSaveInterval, func(context.Context) { c.saveDecisions(false) })
+	periodic(retentionDelay, eventPruneInterval, c.pruneEvents)
+	periodic(decisionSaveInterval, decisionSaveInterval, func(ctx context.Context) { c.saveDecisions(ctx, false) })
+	periodic(0, heartbeatInterval, c.heartbeat)
+	wg.Add(1)
+	go func() { defer wg.Done(); c.feed.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -419,7 +596,7 @@ func (c *Collector) Serve(ctx context.Context) error {
 		}(c.metricsSrv)
 	}
 	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
-		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", len(c.fleet.ids()))
+		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", c.fleet.Count(), "replica", c.replica.id)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -447,12 +624,15 @@ func periodically(ctx context.Context, first, every time.Duration, pass func(con
 	}
 }
 
+// errShuttingDown ends the report streams of a collector that stops.
+var errShuttingDown = fault.New(fault.Unavailable, "", "collector is shutting down; reconnect later")
+
 func (c *Collector) stop() {
 	c.health.Shutdown()
 	if c.metricsSrv != nil {
 		c.metricsSrv.Close()
 	}
-	c.fleet.closeAllStreams(errShuttingDown)
+	c.fleet.CloseAllStreams(errShuttingDown)
 	done := make(chan struct{})
 	go func() {
 		c.server.GracefulStop()
@@ -470,13 +650,11 @@ func (c *Collector) stop() {
 	for _, hook := range c.onStop {
 		hook()
 	}
-	c.saveDecisions(true) // no decision is made any more
+	c.saveDecisions(context.Background(), true) // no decision is made any more
 	if err := c.store.Close(); err != nil {
 		c.log.Error("close store", "err", err)
 	}
 }
-
-func durationpbOf(d time.Duration) *durationpb.Duration { return durationpb.New(d.Round(time.Second)) }
 
 // OnStop adds a function that Serve runs as it stops, after the gRPC
 // servers stopped and before the decision log is saved for the last time:
@@ -503,4 +681,47 @@ func (c *Collector) ServingTLS(hosts ...string) (*tls.Config, error) {
 		return nil, err
 	}
 	return pki.ServerTLSRenewing(serving.get, c.roots), nil
+}
+
+// CheckAccess answers the same decision as the gateway RPC, in-process, for
+// the collector's own gateway front ends (HTTP forward-auth, Envoy
+// ext_authz). Errors are gRPC statuses.
+func (c *Collector) CheckAccess(ctx context.Context, req *posturev1.CheckAccessRequest) (*posturev1.CheckAccessResponse, error) {
+	return c.api.CheckAccess(ctx, req)
+}
+
+// GatewayRevoked says why the gateway certificate with serial (as
+// pki.SerialHex writes it) was revoked, or returns nil while it stands.
+func (c *Collector) GatewayRevoked(serial string) error { return c.gateways.Check(serial) }
+
+// TrustDomain is the collector's SPIFFE trust domain.
+func (c *Collector) TrustDomain() string { return c.cfg.TrustDomain }
+
+// Watchers is the number of open WatchPosture streams.
+func (c *Collector) Watchers() int { return c.hub.Watchers() }
+
+// ReloadPolicy reads the policy file again and puts it in force: every
+// device is assessed under it and watchers hear of changed decisions. A
+// file that does not validate changes nothing. Each collector reloads its
+// own file: collectors sharing a database must be given the same one.
+func (c *Collector) ReloadPolicy() (*policy.Policy, error) {
+	// One reload at a time (SIGHUP and policy reload may coincide): the
+	// file read last is the one in force.
+	c.reloading.Lock()
+	defer c.reloading.Unlock()
+	if c.cfg.PolicyPath == "" {
+		return nil, errors.New("the collector runs the built-in policy; start it with --policy FILE to reload one")
+	}
+	p, err := policy.Load(c.cfg.PolicyPath)
+	if err != nil {
+		return nil, fmt.Errorf("policy not reloaded, the old one stays in force: %w", err)
+	}
+	if err := c.fleet.Reload(context.Background(), c.store, p); err != nil {
+		return nil, fmt.Errorf("policy not reloaded, the old one stays in force: %w", err)
+	}
+	for _, id := range c.fleet.IDs() {
+		c.hub.Publish(id, "policy", false, 0)
+	}
+	c.log.Info("policy reloaded", "file", c.cfg.PolicyPath, "levels", p.LevelNames(), "checks", len(p.Checks))
+	return p, nil
 }

@@ -3,6 +3,8 @@ package collector
 import (
 	"fmt"
 	"testing"
+
+	"github.com/posture-project/posture/collector/stats"
 )
 
 // TestGatewayRejections counts rejections by front end and reason in
@@ -44,13 +46,13 @@ func TestGatewayRejections(t *testing.T) {
 		"forward_auth/gateway_unauthenticated": 2,
 		"ext_authz/device_cert_invalid":        1,
 		// The two above and the first distinct reasons fill the bound.
-		"other/other": distinct - (maxGatewayRejections - 2),
+		"other/other": distinct - (stats.MaxGatewayRejections - 2),
 	} {
 		if got[series] != want {
 			t.Errorf("posture_gateway_rejected_total %s = %v, want %v", series, got[series], want)
 		}
 	}
-	if len(got) > maxGatewayRejections+1 {
-		t.Errorf("%d series after %d distinct reasons; want at most %d", len(got), distinct, maxGatewayRejections+1)
+	if len(got) > stats.MaxGatewayRejections+1 {
+		t.Errorf("%d series after %d distinct reasons; want at most %d", len(got), distinct, stats.MaxGatewayRejections+1)
 	}
 }

@@ -69,7 +69,7 @@ type GatewayRejections struct {
 // front end's small fixed set, never from the request: each is a metric
 // series. detail is what the caller was told.
 func (g *GatewayRejections) Rejected(reason, detail string) {
-	g.c.stats.gatewayRejectedBy(g.front, reason)
+	g.c.stats.GatewayRejected(g.front, reason)
 	g.c.log.Warn("gateway request refused", "front", g.front, "reason", reason, "detail", detail)
 }
 
@@ -91,51 +91,57 @@ var (
 	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
 	descRenewed     = prometheus.NewDesc("posture_certificates_renewed_total", "Device certificates issued by renewal.", nil, nil)
 	descRenewRej    = prometheus.NewDesc("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", []string{"reason"}, nil)
+	descRevision    = prometheus.NewDesc("posture_events_applied_revision", "The newest database event this collector applied (the WatchPosture revision).", nil, nil)
+	descGaps        = prometheus.NewDesc("posture_events_gaps", "Event IDs skipped while their transactions had not committed, read again until they do.", nil, nil)
 	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request), by front end and reason.", []string{"front", "reason"}, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps} {
 		ch <- d
 	}
 }
 
 func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	c := s.c
-	st := c.stats.snapshot()
-	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(st.reportsAccepted))
-	ch <- prometheus.MustNewConstMetric(descEnrolled, prometheus.CounterValue, float64(st.enrollments))
-	for k, v := range st.reportsRejected {
+	st := c.stats.Snapshot()
+	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(st.ReportsAccepted))
+	ch <- prometheus.MustNewConstMetric(descEnrolled, prometheus.CounterValue, float64(st.Enrollments))
+	for k, v := range st.ReportsRejected {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v), k)
 	}
-	for k, v := range st.enrollmentsRejected {
+	for k, v := range st.EnrollmentsRejected {
 		ch <- prometheus.MustNewConstMetric(descEnrollRej, prometheus.CounterValue, float64(v), k)
 	}
-	for k, v := range st.rpcDenied {
+	for k, v := range st.RPCDenied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(v), k)
 	}
-	ch <- prometheus.MustNewConstMetric(descRenewed, prometheus.CounterValue, float64(st.certsRenewed))
-	for k, v := range st.renewalsRejected {
+	ch <- prometheus.MustNewConstMetric(descRenewed, prometheus.CounterValue, float64(st.CertsRenewed))
+	for k, v := range st.RenewalsRejected {
 		ch <- prometheus.MustNewConstMetric(descRenewRej, prometheus.CounterValue, float64(v), k)
 	}
-	for k, v := range st.gatewayRejected {
-		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.front, k.reason)
+	for k, v := range st.GatewayRejected {
+		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.Front, k.Reason)
 	}
-	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.dropped.Load()))
-	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))
-	ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(c.store.HistoryFailures()))
+	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.hub.Watchers()))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.Dropped()))
+	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.StreamCount()))
+	if h, ok := c.store.(interface{ HistoryFailures() int64 }); ok {
+		ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(h.HistoryFailures()))
+	}
 	ch <- prometheus.MustNewConstMetric(descPruned, prometheus.CounterValue, float64(c.reportsPruned.Load()))
+	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(c.feed.Applied()))
+	ch <- prometheus.MustNewConstMetric(descGaps, prometheus.GaugeValue, float64(c.feed.Gaps()))
 	now := c.cfg.Now()
 	states := map[string]int{}
 	levels := map[string]int{}
-	for _, l := range c.policy.Load().LevelNames() {
+	for _, l := range c.fleet.Policy().LevelNames() {
 		levels[l] = 0
 	}
-	for _, id := range c.fleet.ids() {
+	for _, id := range c.fleet.IDs() {
 		// Each device with the policy it is judged by: a reload during
 		// the scrape changes both together.
-		subj, pol, ok := c.fleet.judged(id, &c.policy)
+		subj, pol, ok := c.fleet.Judged(id)
 		if !ok {
 			continue
 		}

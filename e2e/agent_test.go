@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/posture-project/posture/agent"
-	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -172,7 +172,7 @@ func redirectAgent(t *testing.T, stateDir, addr string) {
 func storedMeasurements(t *testing.T, e *env, id string) []string {
 	t.Helper()
 	e.stop()
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
 	"github.com/posture-project/posture/internal/envelope"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -94,7 +94,7 @@ func TestReportLimits(t *testing.T) {
 	}
 
 	e.stop()
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -139,7 +140,7 @@ func procKB(status []byte, name string) uint64 {
 // fillStore writes n enrolled devices, each with one report, through the
 // store's batching writer.
 func fillStore(b testing.TB, path string, n int) {
-	st, err := store.Open(path)
+	st, err := sqlite.Open(path)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func fillStore(b testing.TB, path string, n int) {
 			defer wg.Done()
 			for i := w; i < n; i += workers {
 				id := fmt.Sprintf("%032x", i)
-				if _, err := st.EnrollDevice(ctx, token.Hash(secret), time.Now(), store.Device{ID: id, Hostname: "host-" + id[24:], Platform: "linux",
+				if _, _, err := st.EnrollDevice(ctx, token.Hash(secret), time.Now(), store.Device{ID: id, Hostname: "host-" + id[24:], Platform: "linux",
 					Identity: "software", IdentityKey: pub, Assurance: 1, State: 1, CertSerial: "1"}); err != nil {
 					errs <- err
 					return
@@ -169,7 +170,12 @@ func fillStore(b testing.TB, path string, n int) {
 				r.DeviceId, r.Seq, r.CreatedAt = id, 1, timestamppb.Now()
 				body, _ := proto.Marshal(r)
 				digest := sha256.Sum256(body)
-				if err := st.AppendReport(ctx, store.Report{DeviceID: id, Seq: 1, Digest: digest[:], Nonce: digest[:8], Body: body, Proof: digest[:], ReceivedAt: time.Now()}); err != nil {
+				h, err := st.OpenReportStream(ctx, id)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := st.AppendReport(ctx, store.Report{DeviceID: id, Seq: 1, Digest: digest[:], Nonce: digest[:8], Body: body, Proof: digest[:], ReceivedAt: time.Now(), Stream: h.Stream}); err != nil {
 					errs <- err
 					return
 				}

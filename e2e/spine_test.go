@@ -22,7 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/agent"
-	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/token"
@@ -373,7 +373,7 @@ func TestReportRejections(t *testing.T) {
 	}
 
 	e.stop()
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +444,7 @@ func TestSpoolSurvivesCollectorOutage(t *testing.T) {
 	measured := m.count()
 	e.stop()
 
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

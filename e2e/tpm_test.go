@@ -26,7 +26,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/agent/identity"
 	"github.com/posture-project/posture/collector"
-	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
 	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
@@ -362,7 +362,7 @@ func TestStoredQuoteVerifiesWithTpm2Checkquote(t *testing.T) {
 	stop()
 	e.stop()
 
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,11 +500,13 @@ func TestMeasuredBootFromEventLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	runTPMAgent(t, stateDir, dev)
+	// Read as the report with the log is the latest: later quotes without
+	// a log, of the same PCR values, take the reading of the log that did
+	// replay to them.
 	eventually(t, "a report with a forged log", func() bool {
-		p, err := e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
+		p, err = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 		return err == nil && p.GetMeasuredBoot().GetStatus() == posturev1.Status_STATUS_ERROR
 	})
-	p, _ = e.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id})
 	if !strings.Contains(p.GetMeasuredBoot().GetReason(), "does not replay to the quoted PCR values") {
 		t.Errorf("forged log: measured boot %v, want a replay mismatch", p.GetMeasuredBoot())
 	}
@@ -577,7 +579,7 @@ func wantReplayed(t *testing.T, e *env, id string, events uint32) {
 // reports carry an event log in their proof, by sequence number.
 func storedLogs(t *testing.T, e *env, id string) map[uint64]bool {
 	t.Helper()
-	st, err := store.Open(filepath.Join(e.dataDir, "posture.db"))
+	st, err := sqlite.Open(filepath.Join(e.dataDir, "posture.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/posture-project/posture/internal/collectors"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -34,7 +35,8 @@ import (
 // Config configures a Client.
 type Config struct {
 	// Conn is a connection to the collector authenticated with a gateway
-	// certificate (posture-collector gateway add), dialed with DialOptions.
+	// certificate (posture-collector gateway add): made by Dial, or
+	// dialed with DialOptions.
 	Conn grpc.ClientConnInterface
 	// Grace is how long decisions keep being answered after the watch
 	// breaks; 0 means 30 s. A collector that closes the connection breaks
@@ -106,6 +108,17 @@ func DialOptions() []grpc.DialOption {
 	}
 }
 
+// Dial connects to one of the collectors at addrs (several collectors
+// sharing a database, or one name behind a load balancer) with
+// DialOptions and opts, which must set the transport credentials (a
+// gateway certificate: pki.ClientTLS, or credentials of your own). The
+// connection uses the first collector that answers and moves to another
+// when that one is lost; the Client's watch then resumes there from the
+// last revision it applied.
+func Dial(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return collectors.Dial(addrs, append(DialOptions(), opts...)...)
+}
+
 // Client is a local, watch-fed cache of posture decisions.
 type Client struct {
 	cfg   Config
@@ -114,7 +127,8 @@ type Client struct {
 
 	mu           sync.RWMutex
 	devices      map[string]*posturev1.DeviceDecision
-	revision     uint64
+	revision     uint64        // the highest revision applied
+	collector    string        // the collector process revision came from (SnapshotEnd.collector)
 	heartbeat    time.Duration // the interval the collector last announced; 0: none
 	announced    bool          // a SnapshotEnd has told heartbeat
 	synced       bool          // a snapshot (or resume) completed
@@ -203,7 +217,7 @@ var maxCollectorHeartbeat = time.Minute
 
 func (c *Client) watchOnce(ctx context.Context) error {
 	c.mu.RLock()
-	since, interval := c.revision, c.heartbeat
+	since, from, interval := c.revision, c.collector, c.heartbeat
 	if !c.announced {
 		// No collector has said its interval yet: the longest one a
 		// collector may have, so that a first watch stalled behind a proxy
@@ -236,7 +250,7 @@ func (c *Client) watchOnce(ctx context.Context) error {
 	}
 	arm(interval)
 	defer arm(0)
-	st, err := c.watch.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since})
+	st, err := c.watch.WatchPosture(ctx, &posturev1.WatchPostureRequest{SinceRevision: since, SinceCollector: from})
 	if err != nil {
 		return silentOr(ctx, err)
 	}
@@ -262,7 +276,7 @@ func (c *Client) watchOnce(ctx context.Context) error {
 			live := c.connected
 			if live {
 				c.devices[d.GetDeviceId()] = d
-				c.revision = ev.GetRevision()
+				c.revision = max(c.revision, ev.GetRevision())
 			}
 			c.mu.Unlock()
 			if !live {
@@ -279,7 +293,12 @@ func (c *Client) watchOnce(ctx context.Context) error {
 				c.devices[d.GetDeviceId()] = d
 			}
 			pending = nil
-			c.revision = ev.GetRevision()
+			if end.GetResumed() {
+				c.revision = max(c.revision, ev.GetRevision())
+			} else {
+				c.revision = ev.GetRevision()
+			}
+			c.collector = end.GetCollector()
 			if !c.connected {
 				c.cfg.Logger.Info("posture watch live", "revision", c.revision, "resumed", end.GetResumed(), "devices", len(c.devices))
 			}

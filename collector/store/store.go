@@ -364,9 +364,11 @@ type Store interface {
 	// the bodies and proofs of the reports they name (when still stored);
 	// IDs not committed (yet) are left out.
 	Events(ctx context.Context, ids []uint64) ([]Event, error)
-	// PruneEvents deletes events committed before cutoff (by their At),
-	// and returns how many.
-	PruneEvents(ctx context.Context, cutoff time.Time) (int, error)
+	// PruneEvents deletes events committed before cutoff (by their At)
+	// whose IDs are below below (the newest event every running collector
+	// applied: none prunes what another still has to read), and returns
+	// how many.
+	PruneEvents(ctx context.Context, cutoff time.Time, below uint64) (int, error)
 	// Wake receives, without blocking its sender, when events may have
 	// been committed: by this process, or (where the database tells) by
 	// another one. Pollers wait on it between polls.
@@ -384,7 +386,8 @@ type Store interface {
 	// ClaimIdentity records the CA fingerprint and trust domain of the
 	// collectors sharing the database, on first use, and fails with
 	// ErrIdentityMismatch when another was recorded: every replica must
-	// serve with the same CA.
+	// serve with the same CA. An empty caFingerprint only checks: it fails
+	// when the database belongs to a CA already, and records nothing.
 	ClaimIdentity(ctx context.Context, caFingerprint, trustDomain string) error
 	// Heartbeat records what a replica says of itself (replacing what it
 	// said before).
@@ -405,6 +408,9 @@ type Store interface {
 func IdentityMismatch(setting, got, want string) error {
 	switch setting {
 	case "ca_fingerprint":
+		if want == "" {
+			return fmt.Errorf("%w: it belongs to collectors with CA fingerprint %s", ErrIdentityMismatch, got)
+		}
 		return fmt.Errorf("%w: it was first used by collectors with CA fingerprint %s, and this collector's CA is %s; give every collector sharing a database the same CA (copy ca.crt and ca.key from a running collector's data directory)", ErrIdentityMismatch, got, want)
 	case "trust_domain":
 		return fmt.Errorf("%w: it was first used with trust domain %q, and this collector runs %q; start it with --trust-domain %s", ErrIdentityMismatch, got, want, got)

@@ -46,6 +46,16 @@ type CA struct {
 	TrustDomain string
 }
 
+// HasCA says whether dir holds a CA certificate or key.
+func HasCA(dir string) bool {
+	for _, f := range []string{caCertFile, caKeyFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // LoadOrCreateCA loads ca.crt and ca.key from dir, or creates them (key mode
 // 0600) when neither exists. A directory holding only one of the two is an
 // error: something removed half of the CA and guessing would split the trust.

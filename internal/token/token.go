@@ -1,7 +1,7 @@
 // Package token encodes enrollment tokens. A token carries everything an
-// agent needs for first contact: the collector's address, the fingerprint of
-// its CA (which the agent pins), and a random secret the collector stores
-// only as a hash.
+// agent needs for first contact: the collector's addresses (several when
+// collectors share a database), the fingerprint of its CA (which the agent
+// pins), and a random secret the collector stores only as a hash.
 package token
 
 import (
@@ -19,19 +19,40 @@ const prefix = "PT1."
 
 // Token is a decoded enrollment token.
 type Token struct {
-	Addr        string `json:"a"`
-	Fingerprint string `json:"f"`
-	Secret      string `json:"s"`
+	// Addr is the collector's address; Others are further collectors
+	// sharing its database, which an agent moves to when one is lost.
+	// Agents that know only Addr still enroll with the first.
+	Addr        string   `json:"a"`
+	Others      []string `json:"o,omitempty"`
+	Fingerprint string   `json:"f"`
+	Secret      string   `json:"s"`
 }
 
-// New makes a token with a fresh 256-bit secret.
-func New(addr, fingerprint string) (Token, error) {
+// maxAddrs bounds the collector addresses a token carries.
+const maxAddrs = 16
+
+// New makes a token for the collectors at addrs (at least one) with a
+// fresh 256-bit secret.
+func New(addrs []string, fingerprint string) (Token, error) {
+	if len(addrs) == 0 {
+		return Token{}, errors.New("make token: no collector address")
+	}
+	if len(addrs) > maxAddrs {
+		addrs = addrs[:maxAddrs]
+	}
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return Token{}, fmt.Errorf("make token secret: %w", err)
 	}
-	return Token{Addr: addr, Fingerprint: fingerprint, Secret: base64.RawURLEncoding.EncodeToString(b)}, nil
+	t := Token{Addr: addrs[0], Fingerprint: fingerprint, Secret: base64.RawURLEncoding.EncodeToString(b)}
+	if len(addrs) > 1 {
+		t.Others = addrs[1:]
+	}
+	return t, nil
 }
+
+// Addrs lists the collector addresses, the first one first.
+func (t Token) Addrs() []string { return append([]string{t.Addr}, t.Others...) }
 
 // String encodes the token for copying into `posture-agent enroll --token`.
 func (t Token) String() string {
@@ -64,6 +85,14 @@ func Parse(s string) (Token, error) {
 	}
 	if t.Addr == "" || t.Secret == "" {
 		return Token{}, fmt.Errorf("%w: collector address or secret missing", ErrFormat)
+	}
+	if len(t.Others) >= maxAddrs {
+		return Token{}, fmt.Errorf("%w: %d collector addresses, at most %d", ErrFormat, len(t.Others)+1, maxAddrs)
+	}
+	for _, a := range t.Others {
+		if a == "" {
+			return Token{}, fmt.Errorf("%w: an empty collector address", ErrFormat)
+		}
 	}
 	if fp, err := hex.DecodeString(t.Fingerprint); err != nil || len(fp) != sha256.Size {
 		return Token{}, fmt.Errorf("%w: CA fingerprint is not a SHA-256 hex digest", ErrFormat)

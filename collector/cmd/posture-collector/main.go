@@ -39,7 +39,7 @@ const defaultDataDir = "/var/lib/posture-collector"
 const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
-  posture-collector run [--data-dir DIR] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
+  posture-collector run [--data-dir DIR] [--database postgres://…] [--name NAME] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
                         [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--report-burst 10000 --report-interval 10s] [--watch-heartbeat 10s] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
@@ -56,6 +56,7 @@ Usage:
   posture-collector policy diff FILE                      who would gain or lose each level under FILE
   posture-collector policy reload                         re-read --policy (also on SIGHUP); a bad file changes nothing
   posture-collector decisions [ID] [--since 1h] [--at 10:42] [--limit 100] [-o table|json]
+  posture-collector replicas [-o table|json]              the collectors sharing this one's database, and how far each is behind
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -116,6 +117,8 @@ func run(args []string, out io.Writer) error {
 		return sub(rest, map[string]func([]string, io.Writer) error{"validate": policyValidate, "reload": policyReload, "diff": policyDiff}, out)
 	case "decisions":
 		return decisions(rest, out)
+	case "replicas":
+		return replicas(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -185,6 +188,8 @@ func envOr(k, def string) string {
 func runCollector(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	dataDir := dataDirFlag(fs)
+	database := fs.String("database", os.Getenv("POSTURE_DATABASE"), "a postgres:// URL of a database that several collectors share (default: SQLite in --data-dir; also $POSTURE_DATABASE, which keeps a password out of the process list)")
+	name := fs.String("name", "", "this collector's name among those sharing the database (default: the host's name)")
 	listen := fs.String("listen", "127.0.0.1:8443", "TLS listen address for agents and gateways")
 	advertise := fs.String("advertise", "", "address agents dial, written into tokens (default: --listen)")
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
@@ -223,7 +228,7 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = inert.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
+	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)

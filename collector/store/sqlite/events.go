@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -128,11 +129,14 @@ func (s *Store) Events(ctx context.Context, ids []uint64) ([]store.Event, error)
 	return out, nil
 }
 
-// PruneEvents deletes events committed before cutoff.
-func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
+// PruneEvents deletes events committed before cutoff with IDs below below.
+func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, below uint64) (int, error) {
+	if below > math.MaxInt64 {
+		below = math.MaxInt64
+	}
 	var n int64
 	err := s.submit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM events WHERE at < ?`, nanos(cutoff))
+		res, err := tx.Exec(`DELETE FROM events WHERE at < ? AND id < ?`, nanos(cutoff), int64(below))
 		if err != nil {
 			return err
 		}

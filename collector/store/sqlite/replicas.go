@@ -18,6 +18,9 @@ func (s *Store) ClaimIdentity(ctx context.Context, caFingerprint, trustDomain st
 			err := tx.QueryRow(`SELECT value FROM settings WHERE key = ?`, kv[0]).Scan(&got)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
+				if caFingerprint == "" {
+					continue // a check only
+				}
 				if _, err := tx.Exec(`INSERT INTO settings (key, value) VALUES (?, ?)`, kv[0], kv[1]); err != nil {
 					return err
 				}

@@ -1261,9 +1261,15 @@ func (c *suite) pruneEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := s.PruneEvents(ctx, time.Now().Add(time.Hour))
-	if err != nil || n != 4 {
-		t.Fatalf("PruneEvents = %d, %v; want 4", n, err)
+	if n, err := s.PruneEvents(ctx, time.Now().Add(time.Hour), last-1); err != nil || n != 2 {
+		t.Fatalf("PruneEvents below %d = %d, %v; want the 2 events below", last-1, n, err)
+	}
+	if n, err := s.PruneEvents(ctx, time.Now().Add(-time.Hour), last+1); err != nil || n != 0 {
+		t.Fatalf("PruneEvents of events from before an hour ago = %d, %v; want none", n, err)
+	}
+	n, err := s.PruneEvents(ctx, time.Now().Add(time.Hour), last+1)
+	if err != nil || n != 2 {
+		t.Fatalf("PruneEvents = %d, %v; want the other 2", n, err)
 	}
 	if ids, err := s.EventIDs(ctx, 0, 10); err != nil || len(ids) != 0 {
 		t.Errorf("events after pruning: %v, %v", ids, err)
@@ -1383,6 +1389,9 @@ func (c *suite) decisions(t *testing.T) {
 
 func (c *suite) claimIdentity(t *testing.T) {
 	s, reopen := c.fresh(t)
+	if err := s.ClaimIdentity(ctx, "", "posture.local"); err != nil {
+		t.Fatalf("checking an unclaimed database: %v", err)
+	}
 	if err := s.ClaimIdentity(ctx, "aa11", "posture.local"); err != nil {
 		t.Fatalf("first claim: %v", err)
 	}
@@ -1395,6 +1404,9 @@ func (c *suite) claimIdentity(t *testing.T) {
 	}
 	if err := s.ClaimIdentity(ctx, "aa11", "other.example"); !errors.Is(err, store.ErrIdentityMismatch) {
 		t.Errorf("claim with another trust domain: %v, want ErrIdentityMismatch", err)
+	}
+	if err := s.ClaimIdentity(ctx, "", "posture.local"); !errors.Is(err, store.ErrIdentityMismatch) {
+		t.Errorf("checking a claimed database without a CA: %v, want ErrIdentityMismatch", err)
 	}
 }
 

@@ -1745,6 +1745,212 @@ func (x *Stats) GetRenewalsRejected() map[string]uint64 {
 	return nil
 }
 
+type ListReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasRequest) Reset() {
+	*x = ListReplicasRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasRequest) ProtoMessage() {}
+
+func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+// Replica is one collector sharing the database.
+type Replica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the collector in the database (kept in its data directory).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// name is its host's name, or its --name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// advertise is the address agents and gateways dial.
+	Advertise string                 `protobuf:"bytes,3,opt,name=advertise,proto3" json:"advertise,omitempty"`
+	Version   string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// seen_at is its last heartbeat (every 10 s while it runs), by its clock.
+	SeenAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=seen_at,json=seenAt,proto3" json:"seen_at,omitempty"`
+	// applied is the newest change (event ID) it had applied then.
+	Applied uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	// behind is how many changes it had still to apply then: the newest
+	// event ID committed minus applied.
+	Behind uint64 `protobuf:"varint,8,opt,name=behind,proto3" json:"behind,omitempty"`
+	// self is set for the collector that answers.
+	Self          bool `protobuf:"varint,9,opt,name=self,proto3" json:"self,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Replica) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Replica) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Replica) GetAdvertise() string {
+	if x != nil {
+		return x.Advertise
+	}
+	return ""
+}
+
+func (x *Replica) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Replica) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Replica) GetSeenAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SeenAt
+	}
+	return nil
+}
+
+func (x *Replica) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *Replica) GetBehind() uint64 {
+	if x != nil {
+		return x.Behind
+	}
+	return 0
+}
+
+func (x *Replica) GetSelf() bool {
+	if x != nil {
+		return x.Self
+	}
+	return false
+}
+
+type ListReplicasResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Replicas []*Replica             `protobuf:"bytes,1,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// newest_event is the newest change committed (event ID).
+	NewestEvent   uint64 `protobuf:"varint,2,opt,name=newest_event,json=newestEvent,proto3" json:"newest_event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasResponse) Reset() {
+	*x = ListReplicasResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasResponse) ProtoMessage() {}
+
+func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
+func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListReplicasResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *ListReplicasResponse) GetNewestEvent() uint64 {
+	if x != nil {
+		return x.NewestEvent
+	}
+	return 0
+}
+
 var File_posture_v1_admin_proto protoreflect.FileDescriptor
 
 const file_posture_v1_admin_proto_rawDesc = "" +
@@ -1877,7 +2083,22 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aC\n" +
 	"\x15RenewalsRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xe0\b\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x15\n" +
+	"\x13ListReplicasRequest\"\x9b\x02\n" +
+	"\aReplica\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\tadvertise\x18\x03 \x01(\tR\tadvertise\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
+	"\aseen_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06seenAt\x12\x18\n" +
+	"\aapplied\x18\a \x01(\x04R\aapplied\x12\x16\n" +
+	"\x06behind\x18\b \x01(\x04R\x06behind\x12\x12\n" +
+	"\x04self\x18\t \x01(\bR\x04self\"j\n" +
+	"\x14ListReplicasResponse\x12/\n" +
+	"\breplicas\x18\x01 \x03(\v2\x13.posture.v1.ReplicaR\breplicas\x12!\n" +
+	"\fnewest_event\x18\x02 \x01(\x04R\vnewestEvent2\xb3\t\n" +
 	"\fAdminService\x12l\n" +
 	"\x15CreateEnrollmentToken\x12(.posture.v1.CreateEnrollmentTokenRequest\x1a).posture.v1.CreateEnrollmentTokenResponse\x12N\n" +
 	"\vListDevices\x12\x1e.posture.v1.ListDevicesRequest\x1a\x1f.posture.v1.ListDevicesResponse\x12D\n" +
@@ -1892,7 +2113,8 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"DiffPolicy\x12\x1d.posture.v1.DiffPolicyRequest\x1a\x1e.posture.v1.DiffPolicyResponse\x12T\n" +
 	"\rListDecisions\x12 .posture.v1.ListDecisionsRequest\x1a!.posture.v1.ListDecisionsResponse\x12Q\n" +
 	"\fListGateways\x12\x1f.posture.v1.ListGatewaysRequest\x1a .posture.v1.ListGatewaysResponse\x12T\n" +
-	"\rRevokeGateway\x12 .posture.v1.RevokeGatewayRequest\x1a!.posture.v1.RevokeGatewayResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\rRevokeGateway\x12 .posture.v1.RevokeGatewayRequest\x1a!.posture.v1.RevokeGatewayResponse\x12Q\n" +
+	"\fListReplicas\x12\x1f.posture.v1.ListReplicasRequest\x1a .posture.v1.ListReplicasResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_admin_proto_rawDescOnce sync.Once
@@ -1906,7 +2128,7 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_posture_v1_admin_proto_goTypes = []any{
 	(*ListGatewaysRequest)(nil),             // 0: posture.v1.ListGatewaysRequest
 	(*Gateway)(nil),                         // 1: posture.v1.Gateway
@@ -1937,69 +2159,77 @@ var file_posture_v1_admin_proto_goTypes = []any{
 	(*IssueGatewayCertificateResponse)(nil), // 26: posture.v1.IssueGatewayCertificateResponse
 	(*GetStatsRequest)(nil),                 // 27: posture.v1.GetStatsRequest
 	(*Stats)(nil),                           // 28: posture.v1.Stats
-	nil,                                     // 29: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 30: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 31: posture.v1.Stats.RpcDeniedEntry
-	nil,                                     // 32: posture.v1.Stats.RenewalsRejectedEntry
-	(*timestamppb.Timestamp)(nil),           // 33: google.protobuf.Timestamp
-	(*CheckResult)(nil),                     // 34: posture.v1.CheckResult
-	(*Device)(nil),                          // 35: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 36: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 37: posture.v1.DevicePosture
+	(*ListReplicasRequest)(nil),             // 29: posture.v1.ListReplicasRequest
+	(*Replica)(nil),                         // 30: posture.v1.Replica
+	(*ListReplicasResponse)(nil),            // 31: posture.v1.ListReplicasResponse
+	nil,                                     // 32: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 33: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 34: posture.v1.Stats.RpcDeniedEntry
+	nil,                                     // 35: posture.v1.Stats.RenewalsRejectedEntry
+	(*timestamppb.Timestamp)(nil),           // 36: google.protobuf.Timestamp
+	(*CheckResult)(nil),                     // 37: posture.v1.CheckResult
+	(*Device)(nil),                          // 38: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 39: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 40: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	33, // 0: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
-	33, // 1: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
-	33, // 2: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
+	36, // 0: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
+	36, // 1: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
+	36, // 2: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
 	1,  // 3: posture.v1.ListGatewaysResponse.gateways:type_name -> posture.v1.Gateway
 	8,  // 4: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
 	9,  // 5: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
-	33, // 6: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	33, // 7: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
-	33, // 8: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	33, // 9: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
-	34, // 10: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
+	36, // 6: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	36, // 7: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
+	36, // 8: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	36, // 9: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
+	37, // 10: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
 	12, // 11: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	35, // 12: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	36, // 13: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	33, // 14: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 15: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	35, // 16: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	29, // 17: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	30, // 18: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	31, // 19: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	32, // 20: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
-	18, // 21: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	20, // 22: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	22, // 23: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	23, // 24: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	25, // 25: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	27, // 26: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	14, // 27: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	16, // 28: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	5,  // 29: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	7,  // 30: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	11, // 31: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	0,  // 32: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
-	3,  // 33: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
-	19, // 34: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	21, // 35: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	37, // 36: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	24, // 37: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	26, // 38: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	28, // 39: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	15, // 40: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	17, // 41: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	6,  // 42: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	10, // 43: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	13, // 44: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	2,  // 45: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
-	4,  // 46: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
-	34, // [34:47] is the sub-list for method output_type
-	21, // [21:34] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	38, // 12: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	39, // 13: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	36, // 14: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 15: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	38, // 16: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	32, // 17: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	33, // 18: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	34, // 19: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	35, // 20: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
+	36, // 21: posture.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	36, // 22: posture.v1.Replica.seen_at:type_name -> google.protobuf.Timestamp
+	30, // 23: posture.v1.ListReplicasResponse.replicas:type_name -> posture.v1.Replica
+	18, // 24: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	20, // 25: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	22, // 26: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	23, // 27: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	25, // 28: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	27, // 29: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	14, // 30: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	16, // 31: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	5,  // 32: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	7,  // 33: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	11, // 34: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	0,  // 35: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
+	3,  // 36: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
+	29, // 37: posture.v1.AdminService.ListReplicas:input_type -> posture.v1.ListReplicasRequest
+	19, // 38: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	21, // 39: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	40, // 40: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	24, // 41: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	26, // 42: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	28, // 43: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	15, // 44: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	17, // 45: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	6,  // 46: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	10, // 47: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	13, // 48: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	2,  // 49: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
+	4,  // 50: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
+	31, // 51: posture.v1.AdminService.ListReplicas:output_type -> posture.v1.ListReplicasResponse
+	38, // [38:52] is the sub-list for method output_type
+	24, // [24:38] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -2014,7 +2244,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	AdminService_ListDecisions_FullMethodName           = "/posture.v1.AdminService/ListDecisions"
 	AdminService_ListGateways_FullMethodName            = "/posture.v1.AdminService/ListGateways"
 	AdminService_RevokeGateway_FullMethodName           = "/posture.v1.AdminService/RevokeGateway"
+	AdminService_ListReplicas_FullMethodName            = "/posture.v1.AdminService/ListReplicas"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -76,6 +77,10 @@ type AdminServiceClient interface {
 	// to a name, or one by its serial. A revoked certificate is refused at
 	// its next call, also on a connection already open.
 	RevokeGateway(ctx context.Context, in *RevokeGatewayRequest, opts ...grpc.CallOption) (*RevokeGatewayResponse, error)
+	// ListReplicas lists the collectors sharing this collector's database,
+	// as each last recorded itself, and how far each is behind the newest
+	// change.
+	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
 }
 
 type adminServiceClient struct {
@@ -216,6 +221,16 @@ func (c *adminServiceClient) RevokeGateway(ctx context.Context, in *RevokeGatewa
 	return out, nil
 }
 
+func (c *adminServiceClient) ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReplicasResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -258,6 +273,10 @@ type AdminServiceServer interface {
 	// to a name, or one by its serial. A revoked certificate is refused at
 	// its next call, also on a connection already open.
 	RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error)
+	// ListReplicas lists the collectors sharing this collector's database,
+	// as each last recorded itself, and how far each is behind the newest
+	// change.
+	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -306,6 +325,9 @@ func (UnimplementedAdminServiceServer) ListGateways(context.Context, *ListGatewa
 }
 func (UnimplementedAdminServiceServer) RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeGateway not implemented")
+}
+func (UnimplementedAdminServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -562,6 +584,24 @@ func _AdminService_RevokeGateway_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListReplicas(ctx, req.(*ListReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -620,6 +660,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeGateway",
 			Handler:    _AdminService_RevokeGateway_Handler,
+		},
+		{
+			MethodName: "ListReplicas",
+			Handler:    _AdminService_ListReplicas_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -25,13 +25,23 @@ const (
 // WatchPostureRequest opens or resumes a watch.
 type WatchPostureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// since_revision resumes after the last revision the watcher applied. 0,
-	// or a revision the collector no longer holds (it keeps a bounded history
-	// and starts a new range of revisions when it restarts), yields a full
-	// snapshot instead, marked by SnapshotEnd.resumed = false.
+	// since_revision resumes after the last revision the watcher applied.
+	// Revisions are the IDs of the changes the collectors' database
+	// committed, the same on every collector sharing it, so a watcher may
+	// resume on any of them. 0, or a revision the collector cannot resume
+	// from (one reached before it started, or older than the history it
+	// keeps), yields a full snapshot instead, marked by SnapshotEnd.resumed
+	// = false. A resume sends the current decision of every device that
+	// changed since the revision, and may repeat some the watcher has.
 	SinceRevision uint64 `protobuf:"varint,1,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// since_collector is SnapshotEnd.collector of the watch since_revision
+	// came from. When it names the collector asked, the resume is exact;
+	// otherwise (another collector, or empty) the resume also repeats the
+	// changes of the moments before since_revision, which collectors may
+	// see at slightly different times (trust decaying as evidence ages).
+	SinceCollector string `protobuf:"bytes,2,opt,name=since_collector,json=sinceCollector,proto3" json:"since_collector,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WatchPostureRequest) Reset() {
@@ -69,6 +79,13 @@ func (x *WatchPostureRequest) GetSinceRevision() uint64 {
 		return x.SinceRevision
 	}
 	return 0
+}
+
+func (x *WatchPostureRequest) GetSinceCollector() string {
+	if x != nil {
+		return x.SinceCollector
+	}
+	return ""
 }
 
 // PostureEvent is one step of a watch. Revisions never go down on a
@@ -354,8 +371,11 @@ type SnapshotEnd struct {
 	// a watcher then has only its connection's keepalive to notice a
 	// collector that stopped answering.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// collector names the collector process serving this watch (a new name
+	// at every start); a watcher that resumes gives it as since_collector.
+	Collector     string `protobuf:"bytes,3,opt,name=collector,proto3" json:"collector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotEnd) Reset() {
@@ -400,6 +420,13 @@ func (x *SnapshotEnd) GetHeartbeatInterval() *durationpb.Duration {
 		return x.HeartbeatInterval
 	}
 	return nil
+}
+
+func (x *SnapshotEnd) GetCollector() string {
+	if x != nil {
+		return x.Collector
+	}
+	return ""
 }
 
 // CheckAccessRequest names a device, by ID or by the SPIFFE ID from its
@@ -650,9 +677,10 @@ var File_posture_v1_gateway_proto protoreflect.FileDescriptor
 const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18posture/v1/gateway.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\"<\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\"e\n" +
 	"\x13WatchPostureRequest\x12%\n" +
-	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\"\xde\x01\n" +
+	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\x12'\n" +
+	"\x0fsince_collector\x18\x02 \x01(\tR\x0esinceCollector\"\xde\x01\n" +
 	"\fPostureEvent\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x124\n" +
 	"\x06device\x18\x02 \x01(\v2\x1a.posture.v1.DeviceDecisionH\x00R\x06device\x12<\n" +
@@ -668,10 +696,11 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\tassurance\x18\x05 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12%\n" +
 	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
 	"\x05cause\x18\a \x01(\tR\x05cause\x12'\n" +
-	"\x0fcertificate_tag\x18\b \x01(\x06R\x0ecertificateTag\"q\n" +
+	"\x0fcertificate_tag\x18\b \x01(\x06R\x0ecertificateTag\"\x8f\x01\n" +
 	"\vSnapshotEnd\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12H\n" +
-	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xa0\x01\n" +
+	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1c\n" +
+	"\tcollector\x18\x03 \x01(\tR\tcollector\"\xa0\x01\n" +
 	"\x12CheckAccessRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +

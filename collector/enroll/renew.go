@@ -1,0 +1,172 @@
+package enroll
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/posture-project/posture/collector/fault"
+	"github.com/posture-project/posture/collector/fleet"
+	"github.com/posture-project/posture/collector/ingest"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/envelope"
+	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// renewAnswerWait is how long a renewal challenge waits for its answer: a
+// software signature takes microseconds, a TPM quote about a second.
+const renewAnswerWait = 30 * time.Second
+
+// RenewStream is a renewal as the enroller uses it.
+type RenewStream interface {
+	Context() context.Context
+	Send(*posturev1.RenewResponse) error
+	Recv() (*posturev1.RenewRequest, error)
+}
+
+// Renew issues a device a new certificate for a new TLS key. certSerial
+// is the serial of the certificate the device asked with. It is a stream
+// rather than a pair of calls so that the nonce never leaves the call that
+// issued it: nothing to keep per device between calls, to expire or to
+// clean up, and an answer can only use the nonce of its own stream, once.
+// A refusal is counted, logged and returned as a *fault.Error.
+func (e *Enroller) Renew(stream RenewStream, id, certSerial string, replaced bool) error {
+	err := e.renew(stream, id, certSerial, replaced)
+	if r, ok := fault.As(err); ok && r.Reason != "" {
+		e.cfg.Stats.RenewRejected(r.Reason)
+		e.cfg.Logger.Warn("certificate renewal refused", "device", id, "reason", r.Reason, "detail", r.Msg)
+	}
+	return err
+}
+
+func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced bool) error {
+	if err := e.renewable(id); err != nil {
+		return err
+	}
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "make challenge")
+	}
+	if err := stream.Send(&posturev1.RenewResponse{Step: &posturev1.RenewResponse_Challenge{Challenge: &posturev1.RenewChallenge{Nonce: nonce}}}); err != nil {
+		return err
+	}
+	msg, err := recvWithin(stream, renewAnswerWait)
+	if err != nil {
+		return err
+	}
+	ans := msg.GetAnswer()
+	if ans == nil {
+		return refuse("malformed", fault.Invalid, "expected RenewAnswer after the challenge")
+	}
+	tlsKey, err := ingest.ParseP256(ans.GetTlsPublicKey())
+	if err != nil {
+		return refuse("malformed", fault.Invalid, "tls_public_key: %v", err)
+	}
+	der, tpm, ok := e.cfg.Fleet.Identity(id)
+	if !ok {
+		return fault.New(fault.NotFound, "", "device %s is not enrolled with this collector", id)
+	}
+	var (
+		swKey *ecdsa.PublicKey
+		ak    *attest.AK
+	)
+	if tpm {
+		ak, err = attest.ParseAK(der)
+	} else {
+		swKey, err = ingest.ParseP256(der)
+	}
+	if err != nil {
+		return fault.Wrap(fault.Internal, "", err, "the enrolled identity key of device "+id+" cannot be parsed")
+	}
+	err = envelope.VerifyProof(swKey, ak, envelope.RenewDigest(nonce, ans.GetTlsPublicKey()), ans.GetSignature(), ans.GetQuote())
+	switch {
+	case errors.Is(err, envelope.ErrMalformed):
+		return refuse("malformed", fault.Invalid, "renewal quote: %v", err)
+	case err != nil:
+		return refuse("bad_proof", fault.Denied, "the renewal proof does not verify with the identity device %s enrolled (%v): it must be made by that identity over this stream's nonce and the new TLS key", id, err)
+	}
+
+	spiffe := pki.SPIFFEID(e.cfg.TrustDomain, pki.RoleDevice, id)
+	cert, err := e.cfg.CA.IssueClient(tlsKey, spiffe, e.cfg.CertTTL)
+	if err != nil {
+		return fault.Wrap(fault.Internal, "", err, "issue device certificate")
+	}
+	serial := cert.SerialNumber.Text(16)
+	_, ev, err := e.cfg.Store.RenewCertificate(stream.Context(), id, certSerial, serial, e.cfg.Now())
+	switch {
+	case err == nil:
+		// Gateways caching decisions learn which certificate counts now.
+		e.cfg.Feed.Apply(ev, nil)
+	case errors.Is(err, store.ErrDeviceRevoked):
+		return refuse("device_revoked", fault.Denied, "device %s was revoked", id)
+	case errors.Is(err, store.ErrDeviceNotActive):
+		// Its state changed meanwhile: say how it stands now.
+		if err := e.renewable(id); err != nil {
+			return err
+		}
+		return refuse("device_state", fault.Precondition, "device %s is no longer active: only active devices renew their certificates", id)
+	case errors.Is(err, store.ErrCertReplaced):
+		return refuse("certificate_replaced", fault.Denied, "%v", fleet.ErrOldCertificate)
+	case errors.Is(err, store.ErrNotFound):
+		return fault.New(fault.NotFound, "", "device %s is not enrolled with this collector", id)
+	default:
+		return fault.Wrap(fault.Internal, "", err, "store renewed certificate")
+	}
+	e.cfg.Stats.Renewed()
+	e.cfg.Logger.Info("device certificate renewed", "device", id, "serial", serial, "not_after", cert.NotAfter.UTC().Format(time.RFC3339),
+		"replaced_serial", certSerial, "asked_with_replaced", replaced)
+	return stream.Send(&posturev1.RenewResponse{Step: &posturev1.RenewResponse_Result{Result: &posturev1.RenewResult{Certificate: cert.Raw}}})
+}
+
+// renewable refuses devices whose certificates are not renewed: any but
+// active ones.
+func (e *Enroller) renewable(id string) error {
+	subj, ok := e.cfg.Fleet.Subject(id)
+	if !ok {
+		return fault.New(fault.NotFound, "", "device %s is not enrolled with this collector", id)
+	}
+	switch subj.State {
+	case posturev1.DeviceState_DEVICE_STATE_ACTIVE:
+		return nil
+	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
+		return refuse("device_suspect", fault.Precondition, "device %s is suspect (%s): its certificate is not renewed; an admin decides what happens to it (posture-collector devices show %s)", id, subj.StateReason, id)
+	case posturev1.DeviceState_DEVICE_STATE_PENDING:
+		return refuse("device_pending", fault.Precondition, "device %s is pending approval: its certificate is renewed once an admin approves it (posture-collector devices approve %s)", id, id)
+	case posturev1.DeviceState_DEVICE_STATE_REVOKED:
+		return refuse("device_revoked", fault.Denied, "device %s was revoked (%s)", id, subj.StateReason)
+	}
+	return refuse("device_state", fault.Precondition, "device %s is in state %v: only active devices renew their certificates", id, subj.State)
+}
+
+// recvWithin waits at most d for the agent's answer.
+func recvWithin(stream RenewStream, d time.Duration) (*posturev1.RenewRequest, error) {
+	type received struct {
+		m   *posturev1.RenewRequest
+		err error
+	}
+	ch := make(chan received, 1)
+	go func() {
+		m, err := stream.Recv() // returns when the call ends, at the latest
+		ch <- received{m, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err == io.EOF {
+			return nil, refuse("abandoned", fault.Invalid, "agent ended the renewal before answering the challenge")
+		}
+		return r.m, r.err
+	case <-t.C:
+		return nil, refuse("abandoned", fault.Timeout, "no answer to the renewal challenge within %s; renew again", d)
+	case <-stream.Context().Done():
+		// The call ended (the certificate expired, the agent went away):
+		// its status says why.
+		return nil, context.Cause(stream.Context())
+	}
+}

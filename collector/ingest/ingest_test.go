@@ -1,0 +1,185 @@
+package ingest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/posture-project/posture/collector/fault"
+	"github.com/posture-project/posture/collector/fleet"
+	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/stats"
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/sqlite"
+	"github.com/posture-project/posture/internal/envelope"
+	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
+	"github.com/posture-project/posture/internal/token"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+func TestTPMClockCheck(t *testing.T) {
+	base := store.TPMClock{Clock: 5000, ResetCount: 0xfffffffe, RestartCount: 7}
+	tests := []struct {
+		name    string
+		cur     store.TPMClock
+		first   bool
+		reboot  bool
+		suspect string
+	}{
+		{"first quote", store.TPMClock{Clock: 1}, true, false, ""},
+		{"same boot, clock ahead", store.TPMClock{Clock: 6000, ResetCount: 0xfffffffe, RestartCount: 7}, false, false, ""},
+		{"reboot twice, obfuscated counter wraps", store.TPMClock{Clock: 10, ResetCount: 0, RestartCount: 7}, false, true, ""},
+		{"resume from hibernation", store.TPMClock{Clock: 7000, ResetCount: 0xfffffffe, RestartCount: 8}, false, false, ""},
+		{"clock backwards in one boot", store.TPMClock{Clock: 4000, ResetCount: 0xfffffffe, RestartCount: 7}, false, false, "clock ran backwards"},
+		{"reset count backwards", store.TPMClock{Clock: 9000, ResetCount: 0xfffffffd, RestartCount: 7}, false, false, "reset count moved by -1"},
+		{"restart count backwards", store.TPMClock{Clock: 9000, ResetCount: 0xfffffffe, RestartCount: 6}, false, false, "restart count moved by -1"},
+		{"another TPM state", store.TPMClock{Clock: 9000, ResetCount: 0x12345678, RestartCount: 7}, false, false, "not the TPM state last seen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reboot, suspect := tpmClockCheck(base, tt.cur, tt.first)
+			if reboot != tt.reboot || (tt.suspect == "") != (suspect == "") || !strings.Contains(suspect, tt.suspect) {
+				t.Errorf("tpmClockCheck = %v, %q; want %v, %q", reboot, suspect, tt.reboot, tt.suspect)
+			}
+		})
+	}
+}
+
+// rig is an ingester over a real store and fleet, applying through the
+// same feed a collector uses.
+type rig struct {
+	in    *Ingester
+	st    *sqlite.Store
+	fleet *fleet.Fleet
+	stats *stats.Stats
+	key   *ecdsa.PrivateKey
+}
+
+// applier applies events to the fleet, as the feed does for a collector.
+type applier struct{ f *fleet.Fleet }
+
+func (a applier) Apply(ev store.Event, pre *fleet.Assessed) { a.f.Apply(ev, pre) }
+
+// newRig enrolls one software device, id, and returns an ingester for it.
+func newRig(t *testing.T, id string, log *slog.Logger) *rig {
+	t.Helper()
+	ctx, now := context.Background(), time.Now()
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "posture.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	key, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+	if err := st.CreateToken(ctx, store.Token{Hash: token.Hash("s"), CreatedAt: now, ExpiresAt: now.Add(time.Hour), Uses: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.EnrollDevice(ctx, token.Hash("s"), now, store.Device{ID: id, Identity: "software", IdentityKey: pub, Assurance: 1, State: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f := fleet.New(policy.Default(), fleet.Budget{Burst: 100, Interval: 1}, now)
+	if err := f.Load(ctx, st, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{st: st, fleet: f, stats: stats.New(), key: key}
+	r.in = New(Config{Store: st, Fleet: f, Feed: applier{f}, Stats: r.stats, Logger: log, MaxClockSkew: time.Minute})
+	return r
+}
+
+// session opens a report stream of the device on ctx.
+func (r *rig) session(t *testing.T, ctx context.Context, cancel context.CancelCauseFunc, id string) *session {
+	t.Helper()
+	h, err := r.st.OpenReportStream(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &session{in: r.in, ctx: ctx, cancel: cancel, id: id, stream: h.Stream, seq: h.LastSeq, digest: h.LastDigest, hasHead: h.LastDigest != nil}
+}
+
+// signed is the device's report seq after prev, signed for nonce.
+func (r *rig) signed(t *testing.T, id string, seq uint64, prev, nonce []byte) *posturev1.SignedReport {
+	t.Helper()
+	body, _ := proto.Marshal(&posturev1.PostureReport{DeviceId: id, Seq: seq, PrevDigest: prev, CreatedAt: timestamppb.Now()})
+	sr, err := envelope.SignSoftware(r.key, nonce, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sr
+}
+
+// A report whose stream ends while it waits for the store — a newer stream
+// of the device replaced this one, as at every reconnect — ends the
+// stream. It is not a storage failure: not counted as a rejection, not
+// logged as an error, and nothing of it is stored, so the agent's next
+// stream sends it again.
+func TestStreamEndIsNotStorageFailure(t *testing.T) {
+	logs := &testtools.LogRecorder{}
+	r := newRig(t, "a", slog.New(logs))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := r.session(t, ctx, cancel, "a")
+	nonce := newNonce()
+	sr := r.signed(t, "a", 1, nil, nonce)
+	cancel(ErrSuperseded) // what a newer stream of the device does
+	before := r.stats.Snapshot()
+	out, err := s.answer(sr, nonce, newNonce())
+	if f, ok := fault.As(err); out != nil || !ok || f.Kind != fault.Aborted {
+		t.Errorf("answer on a replaced stream = %v, %v; want the stream ended (aborted)", out, err)
+	}
+	after := r.stats.Snapshot()
+	if !maps.Equal(before.ReportsRejected, after.ReportsRejected) || before.ReportsAccepted != after.ReportsAccepted {
+		t.Errorf("counted: rejections %v -> %v, accepted %d -> %d; want nothing counted", before.ReportsRejected, after.ReportsRejected, before.ReportsAccepted, after.ReportsAccepted)
+	}
+	if errs := logs.Messages(slog.LevelError); len(errs) > 0 {
+		t.Errorf("logged as errors: %v", errs)
+	}
+	if n, err := r.st.CountReports(context.Background(), "a"); err != nil || n != 0 {
+		t.Errorf("%d reports stored (%v), want none", n, err)
+	}
+	// The device's next stream sends it again, and it is stored.
+	next := r.session(t, context.Background(), func(error) {}, "a")
+	if out, err := next.answer(sr, nonce, newNonce()); err != nil || out.GetAck().GetSeq() != 1 {
+		t.Errorf("the report on the next stream: %v, %v; want acknowledged", out, err)
+	}
+}
+
+// A stream superseded by one opened elsewhere (another collector: this
+// one's fleet never hears of it) stores nothing more: its next report ends
+// it, and no report is taken for a fork.
+func TestSupersededElsewhere(t *testing.T) {
+	r := newRig(t, "a", nil)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := r.session(t, ctx, cancel, "a")
+	nonce := newNonce()
+	out, err := s.answer(r.signed(t, "a", 1, nil, nonce), nonce, newNonce())
+	if err != nil || out.GetAck() == nil {
+		t.Fatalf("first report: %v, %v", out, err)
+	}
+	if _, err := r.st.OpenReportStream(context.Background(), "a"); err != nil { // elsewhere
+		t.Fatal(err)
+	}
+	nonce = newNonce()
+	out, err = s.answer(r.signed(t, "a", 2, out.GetAck().GetDigest(), nonce), nonce, newNonce())
+	if f, ok := fault.As(err); out != nil || !ok || f.Kind != fault.Aborted {
+		t.Fatalf("report on the superseded stream: %v, %v; want the stream ended (aborted)", out, err)
+	}
+	if !errors.Is(context.Cause(ctx), store.ErrSuperseded) {
+		t.Errorf("the stream's context ended with %v, want superseded", context.Cause(ctx))
+	}
+	if subj, _ := r.fleet.Subject("a"); subj.State != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
+		t.Errorf("device %v, want still active", subj.State)
+	}
+}
