@@ -109,6 +109,12 @@ type Config struct {
 	// answering. 0 means DefaultWatchHeartbeat; less than
 	// MinWatchHeartbeat or more than MaxWatchHeartbeat is refused.
 	WatchHeartbeat time.Duration
+	// DecayInterval is how often every device's decision is evaluated
+	// again for trust lost as evidence ages (watchers hear of changes);
+	// 0 means watch.DefaultDecayInterval. A gateway resuming its watch
+	// from another collector is sent the changes of two intervals before
+	// its revision again (watch.Hub.ResumeSlack).
+	DecayInterval time.Duration
 	// PollInterval is the longest a change another collector made takes
 	// to reach this one when the database sends no notification; 0 means
 	// feed.DefaultPollInterval.
@@ -198,6 +204,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("report interval %v: give whole seconds from 1s to 24h (--report-interval; default %v)", c.ReportInterval, DefaultReportInterval)
 	case int64(c.ReportBurst)*int64(c.ReportInterval/time.Second) > 1<<31:
 		return fmt.Errorf("report burst %d × interval %v is more than 68 years of reports; lower one (--report-burst, --report-interval)", c.ReportBurst, c.ReportInterval)
+	case c.DecayInterval < 0 || (c.DecayInterval > 0 && (c.DecayInterval < 100*time.Millisecond || c.DecayInterval > 10*time.Minute)):
+		return fmt.Errorf("decay interval %v: give 100ms to 10m (--decay-interval; default %v)", c.DecayInterval, watch.DefaultDecayInterval)
 	case c.EventRetention < time.Hour:
 		return fmt.Errorf("event retention %v: keep events at least an hour, so that collectors sharing the database can catch up", c.EventRetention)
 	}
@@ -282,7 +290,7 @@ func New(cfg Config) (c *Collector, err error) {
 		stats: stats.New(), health: health.NewServer(), decisions: decisions.New()}
 	c.roots.AddCert(ca.Cert)
 	c.fleet = fleet.New(cfg.Policy, fleet.Budget{Burst: uint32(cfg.ReportBurst), Interval: uint32(cfg.ReportInterval / time.Second)}, cfg.Now())
-	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, Now: cfg.Now,
+	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, DecayInterval: cfg.DecayInterval, Now: cfg.Now,
 		CatchUp: func(ctx context.Context) error { return c.feed.CatchUp(ctx) }})
 	c.metrics = newMetrics(c)
 
@@ -575,7 +583,7 @@ func (c *Collector) Serve(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); periodically(bg, first, every, pass) }()
 	}
-	periodic(watch.DecayInterval, watch.DecayInterval, func(context.Context) { c.hub.DecayPass() })
+	periodic(c.hub.DecayInterval(), c.hub.DecayInterval(), func(context.Context) { c.hub.DecayPass() })
 	if c.cfg.ReportRetention > 0 {
 		periodic(retentionDelay, retentionInterval, c.retentionPass)
 	}

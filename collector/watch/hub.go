@@ -13,7 +13,7 @@
 // little before it reached R as well as those after. The hub keeps, for a
 // while, which devices changed when, and when it reached each revision;
 // a resume from R sends the current decision of every device that changed
-// from shortly before (ResumeSlack) this collector reached R until now. A
+// from shortly before (Hub.ResumeSlack) this collector reached R until now. A
 // gateway resuming on the collector process it watched before (it names
 // the process: SnapshotEnd.collector) lacks exactly what changed since
 // this collector reached R. When the hub no longer knows that far back (R
@@ -51,14 +51,9 @@ const (
 	// watcherBuffer is how many events a watcher may have unsent before it
 	// is dropped (it resumes from its last revision).
 	watcherBuffer = 4096
-	// ResumeSlack is how long before it reached a gateway's revision the
-	// changes a resume sends begin: it covers another collector seeing
-	// decay up to one decay pass (DecayInterval) sooner or later than
-	// this one, and events that committed out of order.
-	ResumeSlack = 2*DecayInterval + 5*time.Second
-	// DecayInterval is how often decisions are re-evaluated for levels
-	// lost (or regained) as evidence ages.
-	DecayInterval = 15 * time.Second
+	// DefaultDecayInterval is how often decisions are re-evaluated for
+	// levels lost (or regained) as evidence ages (Config.DecayInterval).
+	DefaultDecayInterval = 15 * time.Second
 )
 
 // ErrDropped ends a watch that fell watcherBuffer events behind; the
@@ -81,6 +76,10 @@ type Config struct {
 	TrustDomain string
 	// Heartbeat is the longest a watch stays silent.
 	Heartbeat time.Duration
+	// DecayInterval is how often the collector runs DecayPass (every
+	// collector sharing the database runs its own); 0 means
+	// DefaultDecayInterval.
+	DecayInterval time.Duration
 	// CatchUp reads the database for events this collector has not
 	// applied yet; a resume from a revision ahead of the hub calls it
 	// before deciding on a snapshot. Nil: no catching up.
@@ -127,6 +126,9 @@ type change struct {
 func New(cfg Config) *Hub {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.DecayInterval <= 0 {
+		cfg.DecayInterval = DefaultDecayInterval
 	}
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
@@ -321,6 +323,15 @@ func (h *Hub) advance(rev uint64) {
 	h.tlStart = (h.tlStart + 1) % timelineSize
 }
 
+// ResumeSlack is how long before it reached a gateway's revision the
+// changes a resume from another collector sends begin: it covers that
+// collector seeing decay up to one decay pass sooner or later than this
+// one (each runs its own), and events that committed out of order.
+func (h *Hub) ResumeSlack() time.Duration { return 2*h.cfg.DecayInterval + 5*time.Second }
+
+// DecayInterval is how often DecayPass runs.
+func (h *Hub) DecayInterval() time.Duration { return h.cfg.DecayInterval }
+
 // Revision is the newest event applied.
 func (h *Hub) Revision() uint64 {
 	h.mu.Lock()
@@ -421,7 +432,7 @@ func (h *Hub) subscribe(ctx context.Context, since uint64, sinceCollector string
 	s := subscription{w: &watcher{ch: make(chan *event, watcherBuffer), dropped: make(chan struct{})}, rev: h.applied}
 	h.watchers[s.w] = struct{}{}
 	if since > 0 && since <= h.applied {
-		slack := ResumeSlack
+		slack := h.ResumeSlack()
 		if sinceCollector == h.instance {
 			slack = 0 // the watcher heard every change up to since from this process
 		}

@@ -179,12 +179,12 @@ func TestResume(t *testing.T) {
 	// Once it has run for longer than the slack, a resume sends what
 	// changed.
 	r.hub.mu.Lock()
-	r.hub.started = r.hub.started.Add(-2 * ResumeSlack)
+	r.hub.started = r.hub.started.Add(-2 * r.hub.ResumeSlack())
 	for i := range r.hub.timeline {
-		r.hub.timeline[i].at = r.hub.timeline[i].at.Add(-2 * ResumeSlack)
+		r.hub.timeline[i].at = r.hub.timeline[i].at.Add(-2 * r.hub.ResumeSlack())
 	}
 	for i := range r.hub.history {
-		r.hub.history[i].at = r.hub.history[i].at.Add(-2 * ResumeSlack)
+		r.hub.history[i].at = r.hub.history[i].at.Add(-2 * r.hub.ResumeSlack())
 	}
 	r.hub.mu.Unlock()
 	late := r.state("dev-0000006", posturev1.DeviceState_DEVICE_STATE_SUSPECT) // now, long after the others

@@ -28,6 +28,7 @@ import (
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/gatewayfront"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
 	"github.com/posture-project/posture/internal/inert"
 	"github.com/posture-project/posture/internal/pki"
@@ -204,6 +205,7 @@ func runCollector(args []string) error {
 	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
 	burst := fs.Int("report-burst", collector.DefaultReportBurst, "reports a device may send at once (a backlog after an outage); after that one every --report-interval, and the rest are refused for now (rate_limited)")
 	every := fs.Duration("report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
+	decay := fs.Duration("decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
 	heartbeat := fs.Duration("watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
 	if pos, err := parse(fs, args); err != nil {
 		return err
@@ -228,7 +230,7 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = inert.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
+	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
