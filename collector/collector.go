@@ -239,6 +239,7 @@ type Collector struct {
 	metrics   *metrics
 	onStop    []func() // see OnStop
 	started   time.Time
+	failed    chan error // ends Serve: the collector cannot go on
 
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
@@ -286,7 +287,7 @@ func New(cfg Config) (c *Collector, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), store: st, replica: rep, started: time.Now(),
+	c = &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), store: st, replica: rep, started: time.Now(), failed: make(chan error, 1),
 		stats: stats.New(), health: health.NewServer(), decisions: decisions.New()}
 	c.roots.AddCert(ca.Cert)
 	c.fleet = fleet.New(cfg.Policy, fleet.Budget{Burst: uint32(cfg.ReportBurst), Interval: uint32(cfg.ReportInterval / time.Second)}, cfg.Now())
@@ -609,6 +610,7 @@ func (c *Collector) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-c.failed:
 	}
 	stopBG()
 	wg.Wait()

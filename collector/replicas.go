@@ -44,8 +44,20 @@ func redact(dsn string) string {
 const heartbeatInterval = 10 * time.Second
 
 // heartbeat records this collector in the database: its name, address,
-// version, and the newest event it applied.
+// version, and the newest event it applied. A collector that could not
+// read the changes of the others for half the event retention stops: the
+// oldest of those it has not read may be gone, and only a fresh start
+// (its service manager starts it again) loads the fleet as it stands.
 func (c *Collector) heartbeat(ctx context.Context) {
+	if since := time.Since(c.feed.LastRead()); since > c.cfg.EventRetention/2 {
+		err := fmt.Errorf("could not read the changes of the collectors sharing the database for %v, half of the events' retention (%v): stopping, to start afresh", since.Round(time.Second), c.cfg.EventRetention)
+		c.log.Error("collector stopping", "err", err)
+		select {
+		case c.failed <- err:
+		default:
+		}
+		return
+	}
 	addr, _ := c.advertise()
 	name := c.cfg.Name
 	if name == "" {

@@ -85,6 +85,7 @@ type Feed struct {
 	local   map[uint64]struct{}  // applied as they committed, above cursor
 	gaps    map[uint64]time.Time // IDs up to cursor not seen yet, since when
 	applied uint64               // the newest ID applied
+	read    time.Time            // when a catch-up last succeeded
 }
 
 // New makes a feed that continues after the event start: the newest
@@ -100,7 +101,7 @@ func New(cfg Config, start uint64, skipped []uint64) *Feed {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Feed{cfg: cfg, cursor: start, applied: start, local: map[uint64]struct{}{}, gaps: map[uint64]time.Time{}}
+	f := &Feed{cfg: cfg, cursor: start, applied: start, local: map[uint64]struct{}{}, gaps: map[uint64]time.Time{}, read: time.Now()}
 	now := time.Now()
 	for _, id := range skipped {
 		f.gaps[id] = now
@@ -193,12 +194,26 @@ func (f *Feed) Run(ctx context.Context) {
 func (f *Feed) CatchUp(ctx context.Context) error {
 	f.reading.Lock()
 	defer f.reading.Unlock()
+	started := time.Now()
 	for {
 		more, err := f.readPage(ctx)
-		if err != nil || !more {
+		if err != nil {
 			return err
 		}
+		if !more {
+			f.mu.Lock()
+			f.read = started
+			f.mu.Unlock()
+			return nil
+		}
 	}
+}
+
+// LastRead is when a catch-up last read everything committed before it.
+func (f *Feed) LastRead() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.read
 }
 
 // readPage reads one page of event IDs past the cursor, with the gaps, and
