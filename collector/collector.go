@@ -126,6 +126,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
 	Now func() time.Time
+
+	// limits bound what clients may hold of the listeners (limits.go);
+	// zero fields take the defaults, which tests shorten.
+	limits limits
 }
 
 func (c *Config) setDefaults() {
@@ -162,6 +166,7 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	c.limits.setDefaults()
 }
 
 // Bounds of Config.WatchHeartbeat.
@@ -241,6 +246,14 @@ type Collector struct {
 	started   time.Time
 	failed    chan error // ends Serve: the collector cannot go on
 
+	// What clients without a certificate hold of the TLS listener, and
+	// what they were refused (limits.go).
+	anonConns    *counter
+	anonStreams  *counter
+	refusedConns *refusedConnSet
+	refusals     *tally
+	throttle     *failThrottle // failed enrollments per peer
+
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
 
@@ -290,6 +303,11 @@ func New(cfg Config) (c *Collector, err error) {
 	c = &Collector{cfg: cfg, log: cfg.Logger, ca: ca, roots: x509.NewCertPool(), store: st, replica: rep, started: time.Now(), failed: make(chan error, 1),
 		stats: stats.New(), health: health.NewServer(), decisions: decisions.New()}
 	c.roots.AddCert(ca.Cert)
+	lim := cfg.limits
+	c.anonConns, c.anonStreams = newCounter(lim.anonConnsPerPeer, lim.anonConns), newCounter(lim.anonStreamsPerPeer, lim.anonStreams)
+	c.refusedConns = &refusedConnSet{max: lim.maxRefusedConns, conns: map[string]string{}}
+	c.refusals = newTally(lim.refusalPeers)
+	c.throttle = newFailThrottle(lim.throttleBurst, lim.throttleInterval, lim.throttlePeers)
 	c.fleet = fleet.New(cfg.Policy, fleet.Budget{Burst: uint32(cfg.ReportBurst), Interval: uint32(cfg.ReportInterval / time.Second)}, cfg.Now())
 	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, DecayInterval: cfg.DecayInterval, Now: cfg.Now,
 		CatchUp: func(ctx context.Context) error { return c.feed.CatchUp(ctx) }})
@@ -459,7 +477,8 @@ var loading sync.Mutex
 func (c *Collector) wire() {
 	cfg := c.cfg
 	enroller := enroll.New(enroll.Config{Store: c.store, Fleet: c.fleet, Feed: c.feed, CA: c.ca, TrustDomain: cfg.TrustDomain,
-		EKRoots: cfg.EKRoots, CertTTL: cfg.DeviceCertTTL, Stats: c.stats, Logger: c.log, Now: cfg.Now})
+		EKRoots: cfg.EKRoots, CertTTL: cfg.DeviceCertTTL, Stats: c.stats, Logger: c.log, Now: cfg.Now,
+		StepWait: cfg.limits.enrollStepWait, Wait: cfg.limits.enrollWait, Admit: c.admitEnrollment})
 	ingester := ingest.New(ingest.Config{Store: c.store, Fleet: c.fleet, Feed: c.feed, Stats: c.stats, Logger: c.log,
 		Verified: func(d time.Duration) { c.metrics.verify.Observe(d.Seconds()) }, MaxClockSkew: cfg.MaxClockSkew, Now: cfg.Now})
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
@@ -496,18 +515,30 @@ func (c *Collector) listen() error {
 		return err
 	}
 
-	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})
+	lim := c.cfg.limits
+	// Pings find dead peers; a connection without a call for
+	// maxConnIdle is closed (GOAWAY, then closed once its calls end).
+	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: lim.maxConnIdle})
 	kep := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
-	opts := append(c.api.ServerOptions(),
-		grpc.Creds(credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots))), ka, kep,
+	opts := []grpc.ServerOption{
+		// Counts and bounds the connections of clients without a
+		// certificate, and tapAnonymous their calls (limits.go).
+		grpc.Creds(&limitedCreds{TransportCredentials: credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots)), c: c}),
+		grpc.InTapHandle(c.tapAnonymous),
+		grpc.ConnectionTimeout(lim.handshakeTimeout),
+		grpc.MaxConcurrentStreams(lim.maxStreamsPerConn),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		// A call the tap marked refused is refused before anything else.
+		grpc.ChainUnaryInterceptor(refuseMarkedUnary), grpc.ChainStreamInterceptor(refuseMarkedStream),
+		ka, kep,
 		// Fixed flow-control windows: gRPC's adaptive ones answer data
 		// that arrives after a quiet spell (a report; an agent sends one a
 		// minute) with a bandwidth probe, a PING the agent must answer and
 		// the collector read: two more syscalls per report and connection.
-		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20),
+		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
-	)
-	c.server = grpc.NewServer(opts...)
+	}
+	c.server = grpc.NewServer(append(opts, c.api.ServerOptions()...)...)
 	c.adminSrv = grpc.NewServer(c.api.ServerOptions()...)
 	for _, s := range []*grpc.Server{c.server, c.adminSrv} {
 		c.api.Register(s)
@@ -591,6 +622,11 @@ func (c *Collector) Serve(ctx context.Context) error {
 	periodic(retentionDelay, eventPruneInterval, c.pruneEvents)
 	periodic(decisionSaveInterval, decisionSaveInterval, func(ctx context.Context) { c.saveDecisions(ctx, false) })
 	periodic(0, heartbeatInterval, c.heartbeat)
+	every := c.cfg.limits.refusalSummaryInterval
+	periodic(every, every, func(context.Context) {
+		c.summarizeRefusals()
+		c.throttle.forget(time.Now())
+	})
 	wg.Add(1)
 	go func() { defer wg.Done(); c.feed.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()

@@ -93,11 +93,15 @@ var (
 	descRenewRej    = prometheus.NewDesc("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", []string{"reason"}, nil)
 	descRevision    = prometheus.NewDesc("posture_events_applied_revision", "The newest database event this collector applied (the WatchPosture revision).", nil, nil)
 	descGaps        = prometheus.NewDesc("posture_events_gaps", "Event IDs skipped while their transactions had not committed, read again until they do.", nil, nil)
-	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request), by front end and reason.", []string{"front", "reason"}, nil)
+	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request, too many connections without a certificate), by front end and reason.", []string{"front", "reason"}, nil)
+	descAnonConns   = prometheus.NewDesc("posture_anonymous_connections", "Connections to the TLS listener from clients without a certificate.", nil, nil)
+	descAnonStreams = prometheus.NewDesc("posture_anonymous_streams", "Calls open on the TLS listener from clients without a certificate.", nil, nil)
+	descAnonRefused = prometheus.NewDesc("posture_anonymous_refused_total", "Connections and calls of clients without a certificate refused by the TLS listener's limits, by limit.", []string{"limit"}, nil)
+	descThrottled   = prometheus.NewDesc("posture_enrollment_throttled_peers", "Peer addresses whose failed enrollments are being counted by the throttle.", nil, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps, descAnonConns, descAnonStreams, descAnonRefused, descThrottled} {
 		ch <- d
 	}
 }
@@ -123,6 +127,12 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range st.GatewayRejected {
 		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.Front, k.Reason)
 	}
+	for k, v := range st.AnonRefused {
+		ch <- prometheus.MustNewConstMetric(descAnonRefused, prometheus.CounterValue, float64(v), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descAnonConns, prometheus.GaugeValue, float64(c.anonConns.count()))
+	ch <- prometheus.MustNewConstMetric(descAnonStreams, prometheus.GaugeValue, float64(c.anonStreams.count()))
+	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.GaugeValue, float64(c.throttle.tracked()))
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.hub.Watchers()))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.Dropped()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.StreamCount()))

@@ -15,7 +15,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
@@ -60,6 +59,15 @@ type Config struct {
 	Logger  *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// StepWait bounds the wait for each message of an enrollment, and
+	// Wait the whole enrollment: a client that opens one and goes quiet
+	// holds the collector's memory. Zero means 30 s and 60 s.
+	StepWait, Wait time.Duration
+	// Admit, when set, decides whether an enrollment from the caller of
+	// ctx may begin (a peer that keeps failing may not: the error says
+	// until when), names the peer for the log, and is told at the end
+	// whether the enrollment failed by the peer's doing.
+	Admit func(ctx context.Context) (peer string, done func(failed bool), err error)
 }
 
 // Enroller enrolls devices and renews their certificates.
@@ -72,6 +80,15 @@ func New(cfg Config) *Enroller {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StepWait <= 0 {
+		cfg.StepWait = 30 * time.Second
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = 60 * time.Second
+	}
+	if cfg.Admit == nil {
+		cfg.Admit = func(context.Context) (string, func(bool), error) { return "", func(bool) {}, nil }
 	}
 	return &Enroller{cfg: cfg}
 }
@@ -114,19 +131,30 @@ type EnrollStream interface {
 // Enroll runs one enrollment. A refusal is counted, logged and returned as
 // a *fault.Error.
 func (e *Enroller) Enroll(stream EnrollStream) error {
-	err := e.enroll(stream)
-	if r, ok := fault.As(err); ok && r.Reason != "" {
-		e.cfg.Stats.EnrollRejected(r.Reason)
-		e.cfg.Logger.Warn("enrollment refused", "reason", r.Reason, "detail", r.Msg)
+	peer, done, err := e.cfg.Admit(stream.Context())
+	if err != nil {
+		return err
+	}
+	// The whole enrollment is bounded too, whatever the client sends.
+	ctx, cancel := context.WithTimeoutCause(stream.Context(), e.cfg.Wait,
+		refuse("abandoned", fault.Timeout, "enrollment did not finish within %s; enroll again", e.cfg.Wait))
+	defer cancel()
+	err = e.enroll(ctx, stream)
+	// Anything but success, or a failure of the collector's own, is the
+	// peer's failure.
+	f, isFault := fault.As(err)
+	done(err != nil && !(isFault && f.Kind == fault.Internal))
+	if isFault && f.Reason != "" {
+		e.cfg.Stats.EnrollRejected(f.Reason)
+		e.cfg.Logger.Warn("enrollment refused", "reason", f.Reason, "peer", peer, "detail", f.Msg)
 	}
 	return err
 }
 
-func (e *Enroller) enroll(stream EnrollStream) error {
-	ctx := stream.Context()
-	first, err := stream.Recv()
+func (e *Enroller) enroll(ctx context.Context, stream EnrollStream) error {
+	first, err := recvWithin(ctx, stream.Recv, e.cfg.StepWait, "first enrollment message (EnrollBegin)", "enroll again")
 	if err != nil {
-		return fault.Wrap(fault.Invalid, "", err, "enrollment stream ended before it began")
+		return err
 	}
 	begin := first.GetBegin()
 	if begin == nil {
@@ -175,10 +203,8 @@ func (e *Enroller) enroll(stream EnrollStream) error {
 	if err := stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Challenge{Challenge: ch}}); err != nil {
 		return err
 	}
-	msg, err := stream.Recv()
-	if err == io.EOF {
-		return refuse("abandoned", fault.Invalid, "agent ended enrollment before answering the challenge")
-	} else if err != nil {
+	msg, err := recvWithin(ctx, stream.Recv, e.cfg.StepWait, "answer to the enrollment challenge", "enroll again")
+	if err != nil {
 		return err
 	}
 	ans := msg.GetAnswer()

@@ -19,6 +19,7 @@ type Stats struct {
 	gatewayRejected     map[GatewayRejection]uint64
 	certsRenewed        uint64
 	renewalsRejected    map[string]uint64
+	anonRefused         map[string]uint64 // by limit
 }
 
 // GatewayRejection is a gateway front end and why it refused a request.
@@ -31,7 +32,7 @@ const MaxGatewayRejections = 64
 
 // New makes zero counts.
 func New() *Stats {
-	return &Stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[GatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}}
+	return &Stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[GatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}, anonRefused: map[string]uint64{}}
 }
 
 // Accepted counts one report stored.
@@ -76,6 +77,14 @@ func (s *Stats) RenewRejected(reason string) {
 	s.mu.Unlock()
 }
 
+// AnonymousRefused counts a connection or call of a client without a
+// certificate refused by one of the listener's limits (a fixed set).
+func (s *Stats) AnonymousRefused(limit string) {
+	s.mu.Lock()
+	s.anonRefused[limit]++
+	s.mu.Unlock()
+}
+
 // Denied counts one RPC refused by authorization, by method.
 func (s *Stats) Denied(method string) {
 	s.mu.Lock()
@@ -99,6 +108,7 @@ type Snapshot struct {
 	ReportsAccepted, Enrollments, CertsRenewed                        uint64
 	ReportsRejected, EnrollmentsRejected, RPCDenied, RenewalsRejected map[string]uint64
 	GatewayRejected                                                   map[GatewayRejection]uint64
+	AnonRefused                                                       map[string]uint64
 }
 
 // Snapshot copies the counts.
@@ -114,5 +124,6 @@ func (s *Stats) Snapshot() Snapshot {
 		GatewayRejected:     maps.Clone(s.gatewayRejected),
 		CertsRenewed:        s.certsRenewed,
 		RenewalsRejected:    maps.Clone(s.renewalsRejected),
+		AnonRefused:         maps.Clone(s.anonRefused),
 	}
 }
