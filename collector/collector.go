@@ -88,6 +88,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
 	Now func() time.Time
+
+	// limits bound what clients may hold of the listeners (limits.go);
+	// zero fields take the defaults, which tests shorten.
+	limits limits
 }
 
 func (c *Config) setDefaults() {
@@ -121,6 +125,7 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	c.limits.setDefaults()
 }
 
 // Bounds of Config.WatchHeartbeat.
@@ -188,6 +193,14 @@ type Collector struct {
 	health    *health.Server
 	metrics   *metrics
 
+	// What clients without a certificate hold of the TLS listener, and
+	// what they were refused (limits.go).
+	anonConns    *counter
+	anonStreams  *counter
+	refusedConns *refusedConnSet
+	refusals     *tally
+	throttle     *failThrottle // failed enrollments per peer
+
 	reportsPruned atomic.Int64
 	reloading     sync.Mutex // serializes ReloadPolicy
 	certs         sync.Mutex // serializes enrollments' and renewals' store and fleet updates of device certificates
@@ -228,6 +241,11 @@ func New(cfg Config) (*Collector, error) {
 	c.gateway = &gatewayService{c: c}
 	c.started = cfg.Now()
 	c.budget = reportBudget{burst: uint32(cfg.ReportBurst), interval: uint32(cfg.ReportInterval / time.Second)}
+	lim := cfg.limits
+	c.anonConns, c.anonStreams = newCounter(lim.anonConnsPerPeer, lim.anonConns), newCounter(lim.anonStreamsPerPeer, lim.anonStreams)
+	c.refusedConns = &refusedConnSet{max: lim.maxRefusedConns, conns: map[string]string{}}
+	c.refusals = newTally(lim.refusalPeers)
+	c.throttle = newFailThrottle(lim.throttleBurst, lim.throttleInterval, lim.throttlePeers)
 	c.metrics = newMetrics(c)
 	c.policy.Store(cfg.Policy)
 
@@ -316,11 +334,20 @@ func (c *Collector) listen() error {
 		return err
 	}
 
-	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})
+	lim := c.cfg.limits
+	// Pings find dead peers; a connection without a call for
+	// maxConnIdle is closed (GOAWAY, then closed once its calls end).
+	ka := grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: lim.maxConnIdle})
 	kep := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
 	c.server = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots))),
-		grpc.ChainUnaryInterceptor(c.unaryAuth), grpc.ChainStreamInterceptor(c.streamAuth), ka, kep,
+		// Counts and bounds the connections of clients without a
+		// certificate, and tapAnonymous their calls (limits.go).
+		grpc.Creds(&limitedCreds{TransportCredentials: credentials.NewTLS(pki.ServerTLSRenewing(serving.get, c.roots)), c: c}),
+		grpc.InTapHandle(c.tapAnonymous),
+		grpc.ConnectionTimeout(lim.handshakeTimeout),
+		grpc.MaxConcurrentStreams(lim.maxStreamsPerConn),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.ChainUnaryInterceptor(refuseMarkedUnary, c.unaryAuth), grpc.ChainStreamInterceptor(refuseMarkedStream, c.streamAuth), ka, kep,
 		// Fixed flow-control windows: gRPC's adaptive ones answer data
 		// that arrives after a quiet spell (a report; an agent sends one a
 		// minute) with a bandwidth probe, a PING the agent must answer and
@@ -407,6 +434,11 @@ func (c *Collector) Serve(ctx context.Context) error {
 		periodic(retentionDelay, retentionInterval, c.retentionPass)
 	}
 	periodic(decisionSaveInterval, decisionSaveInterval, func(context.Context) { c.saveDecisions(false) })
+	every := c.cfg.limits.refusalSummaryInterval
+	periodic(every, every, func(context.Context) {
+		c.summarizeRefusals()
+		c.throttle.forget(time.Now())
+	})
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {

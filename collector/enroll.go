@@ -12,9 +12,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
+	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/collector/store"
@@ -68,22 +69,54 @@ type claim struct {
 }
 
 func (s *enrollService) Enroll(stream posturev1.EnrollmentService_EnrollServer) error {
-	err := s.enroll(stream)
+	c := s.c
+	// A peer that keeps failing is refused at once, before its token is
+	// looked up or it is waited for: the throttle counts by the TCP
+	// peer's address.
+	pr, _ := peer.FromContext(stream.Context())
+	var who peerAddr
+	counted := false // only IP peers are; the admin socket refuses enrollments anyway
+	if pr != nil {
+		who, counted = peerOf(pr.Addr)
+	}
+	if counted {
+		if wait, ok := c.throttle.admit(who, time.Now()); !ok {
+			msg := fmt.Sprintf("too many failed enrollment attempts from %s; retry after %s", who, wholeSeconds(wait))
+			c.refused(limitThrottled, who, msg)
+			return status.Error(codes.ResourceExhausted, msg)
+		}
+	}
+	// The whole enrollment is bounded too, whatever the client sends.
+	ctx, cancel := context.WithTimeoutCause(stream.Context(), c.cfg.limits.enrollWait,
+		refuse("abandoned", codes.DeadlineExceeded, "enrollment did not finish within %s; enroll again", c.cfg.limits.enrollWait))
+	defer cancel()
+	err := s.enroll(ctx, stream)
+	if counted && err != nil && status.Code(err) != codes.Internal {
+		// Anything but success, or an error of the collector's own, is
+		// the peer's failure.
+		c.throttle.failed(who, time.Now())
+	}
 	var r *refusal
 	if errors.As(err, &r) {
-		s.c.stats.enrollRejected(r.reason)
-		s.c.log.Warn("enrollment refused", "reason", r.reason, "detail", r.msg)
+		c.stats.enrollRejected(r.reason)
+		c.log.Warn("enrollment refused", "reason", r.reason, "peer", who.String(), "detail", r.msg)
 		return status.Error(r.code, r.msg)
 	}
 	return err
 }
 
-func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) error {
+// wholeSeconds rounds d up to whole seconds, at least one: what a client
+// told to wait can count.
+func wholeSeconds(d time.Duration) time.Duration {
+	return max(time.Second, (d + time.Second - 1).Truncate(time.Second))
+}
+
+func (s *enrollService) enroll(ctx context.Context, stream posturev1.EnrollmentService_EnrollServer) error {
 	c := s.c
-	ctx := stream.Context()
-	first, err := stream.Recv()
+	step := c.cfg.limits.enrollStepWait
+	first, err := recvWithin(ctx, stream.Recv, step, "first enrollment message (EnrollBegin)", "enroll again")
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "enrollment stream ended before it began: %v", err)
+		return err
 	}
 	begin := first.GetBegin()
 	if begin == nil {
@@ -132,10 +165,8 @@ func (s *enrollService) enroll(stream posturev1.EnrollmentService_EnrollServer) 
 	if err := stream.Send(&posturev1.EnrollResponse{Step: &posturev1.EnrollResponse_Challenge{Challenge: ch}}); err != nil {
 		return err
 	}
-	msg, err := stream.Recv()
-	if err == io.EOF {
-		return refuse("abandoned", codes.InvalidArgument, "agent ended enrollment before answering the challenge")
-	} else if err != nil {
+	msg, err := recvWithin(ctx, stream.Recv, step, "answer to the enrollment challenge", "enroll again")
+	if err != nil {
 		return err
 	}
 	ans := msg.GetAnswer()

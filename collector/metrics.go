@@ -91,11 +91,15 @@ var (
 	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
 	descRenewed     = prometheus.NewDesc("posture_certificates_renewed_total", "Device certificates issued by renewal.", nil, nil)
 	descRenewRej    = prometheus.NewDesc("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", []string{"reason"}, nil)
-	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request), by front end and reason.", []string{"front", "reason"}, nil)
+	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request, too many connections without a certificate), by front end and reason.", []string{"front", "reason"}, nil)
+	descAnonConns   = prometheus.NewDesc("posture_anonymous_connections", "Connections to the TLS listener from clients without a certificate.", nil, nil)
+	descAnonStreams = prometheus.NewDesc("posture_anonymous_streams", "Calls open on the TLS listener from clients without a certificate.", nil, nil)
+	descAnonRefused = prometheus.NewDesc("posture_anonymous_refused_total", "Connections and calls of clients without a certificate refused by the TLS listener's limits, by limit.", []string{"limit"}, nil)
+	descThrottled   = prometheus.NewDesc("posture_enrollment_throttled_peers", "Peer addresses whose failed enrollments are being counted by the throttle.", nil, nil)
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descAnonConns, descAnonStreams, descAnonRefused, descThrottled} {
 		ch <- d
 	}
 }
@@ -121,6 +125,12 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range st.gatewayRejected {
 		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.front, k.reason)
 	}
+	for k, v := range st.anonRefused {
+		ch <- prometheus.MustNewConstMetric(descAnonRefused, prometheus.CounterValue, float64(v), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descAnonConns, prometheus.GaugeValue, float64(c.anonConns.count()))
+	ch <- prometheus.MustNewConstMetric(descAnonStreams, prometheus.GaugeValue, float64(c.anonStreams.count()))
+	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.GaugeValue, float64(c.throttle.tracked()))
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.watcherCount()))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.dropped.Load()))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.streamCount()))

@@ -47,7 +47,7 @@ func (s *reportService) renew(stream posturev1.ReportService_RenewCertificateSer
 	if err := stream.Send(&posturev1.RenewResponse{Step: &posturev1.RenewResponse_Challenge{Challenge: &posturev1.RenewChallenge{Nonce: nonce}}}); err != nil {
 		return err
 	}
-	msg, err := recvWithin(stream, renewAnswerWait)
+	msg, err := recvWithin(stream.Context(), stream.Recv, renewAnswerWait, "answer to the renewal challenge", "renew again")
 	if err != nil {
 		return err
 	}
@@ -136,30 +136,34 @@ func (c *Collector) renewable(id string) error {
 	return refuse("device_state", codes.FailedPrecondition, "device %s is in state %v: only active devices renew their certificates", id, subj.State)
 }
 
-// recvWithin waits at most d for the agent's answer.
-func recvWithin(stream posturev1.ReportService_RenewCertificateServer, d time.Duration) (*posturev1.RenewRequest, error) {
+// recvWithin receives the next message of an enrollment or a renewal,
+// waiting at most d, and no longer than ctx allows (its cause says why it
+// ended): a client that opens either and goes quiet holds the collector's
+// memory. what names the message awaited, again what to do then.
+func recvWithin[M any](ctx context.Context, recv func() (M, error), d time.Duration, what, again string) (M, error) {
 	type received struct {
-		m   *posturev1.RenewRequest
+		m   M
 		err error
 	}
 	ch := make(chan received, 1)
 	go func() {
-		m, err := stream.Recv() // returns when the call ends, at the latest
+		m, err := recv() // returns when the call ends, at the latest
 		ch <- received{m, err}
 	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
+	var none M
 	select {
 	case r := <-ch:
 		if r.err == io.EOF {
-			return nil, refuse("abandoned", codes.InvalidArgument, "agent ended the renewal before answering the challenge")
+			return none, refuse("abandoned", codes.InvalidArgument, "the client ended the call without sending the %s; %s", what, again)
 		}
 		return r.m, r.err
 	case <-t.C:
-		return nil, refuse("abandoned", codes.DeadlineExceeded, "no answer to the renewal challenge within %s; renew again", d)
-	case <-stream.Context().Done():
-		// The call ended (the certificate expired, the agent went away):
-		// its status says why.
-		return nil, context.Cause(stream.Context())
+		return none, refuse("abandoned", codes.DeadlineExceeded, "no %s within %s; %s", what, d, again)
+	case <-ctx.Done():
+		// The call ended (the client went away, a certificate expired,
+		// the enrollment ran out of time): the cause says why.
+		return none, context.Cause(ctx)
 	}
 }

@@ -16,6 +16,7 @@ type stats struct {
 	gatewayRejected     map[gatewayRejection]uint64
 	certsRenewed        uint64
 	renewalsRejected    map[string]uint64
+	anonRefused         map[string]uint64 // by limit
 }
 
 // gatewayRejection is a gateway front end and why it refused a request.
@@ -27,7 +28,7 @@ type gatewayRejection struct{ front, reason string }
 const maxGatewayRejections = 64
 
 func newStats() *stats {
-	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[gatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}}
+	return &stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[gatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}, anonRefused: map[string]uint64{}}
 }
 
 func (s *stats) accepted() {
@@ -66,6 +67,14 @@ func (s *stats) renewRejected(reason string) {
 	s.mu.Unlock()
 }
 
+// anonymousRefused counts a connection or call of a client without a
+// certificate refused by one of the listener's limits (a fixed set).
+func (s *stats) anonymousRefused(limit string) {
+	s.mu.Lock()
+	s.anonRefused[limit]++
+	s.mu.Unlock()
+}
+
 func (s *stats) denied(method string) {
 	s.mu.Lock()
 	s.rpcDenied[method]++
@@ -86,6 +95,7 @@ type statsSnapshot struct {
 	reportsAccepted, enrollments, certsRenewed                        uint64
 	reportsRejected, enrollmentsRejected, rpcDenied, renewalsRejected map[string]uint64
 	gatewayRejected                                                   map[gatewayRejection]uint64
+	anonRefused                                                       map[string]uint64
 }
 
 func (s *stats) snapshot() statsSnapshot {
@@ -100,5 +110,6 @@ func (s *stats) snapshot() statsSnapshot {
 		gatewayRejected:     maps.Clone(s.gatewayRejected),
 		certsRenewed:        s.certsRenewed,
 		renewalsRejected:    maps.Clone(s.renewalsRejected),
+		anonRefused:         maps.Clone(s.anonRefused),
 	}
 }
