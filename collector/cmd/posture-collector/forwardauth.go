@@ -94,6 +94,9 @@ func forwardAuthServer(c *collector.Collector, fc frontConfig) (*httpFront, erro
 			return nil, err
 		}
 		f.tls = true
+		// Bounds the connections of clients without a certificate per
+		// address; in plaintext every client is on this host.
+		c.LimitFront("forward_auth", f.srv)
 	}
 	if f.l, err = net.Listen("tcp", addr); err != nil {
 		return nil, fmt.Errorf("--http-listen: %w", err)
