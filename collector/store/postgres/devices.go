@@ -270,12 +270,16 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 	return d, ev, nil
 }
 
-const selectDevice = `SELECT id, hostname, platform, identity, identity_key, assurance, state,
+// deviceColumns are the columns scanDevice reads.
+const deviceColumns = `id, hostname, platform, identity, identity_key, assurance, state,
 	state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
-	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots FROM devices`
+	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots`
 
-// scanDevice reads one row of selectDevice.
-func scanDevice(row pgx.Row) (store.Device, error) {
+const selectDevice = `SELECT ` + deviceColumns + ` FROM devices`
+
+// scanDevice reads one row of deviceColumns, followed by the columns of
+// extra.
+func scanDevice(row pgx.Row, extra ...any) (store.Device, error) {
 	var (
 		d                          store.Device
 		hostname, platform, reason []byte
@@ -283,9 +287,10 @@ func scanDevice(row pgx.Row) (store.Device, error) {
 		lastSeq, clock, reboots    int64
 		resets, restarts           int64
 	)
-	err := row.Scan(&d.ID, &hostname, &platform, &d.Identity, &d.IdentityKey, &d.Assurance,
+	dest := append([]any{&d.ID, &hostname, &platform, &d.Identity, &d.IdentityKey, &d.Assurance,
 		&d.State, &reason, &enrolled, &d.CertSerial, &d.PrevCertSerial, &lastSeq, &d.LastDigest, &lastSeen,
-		&d.EKSHA256, &clock, &resets, &restarts, &reboots)
+		&d.EKSHA256, &clock, &resets, &restarts, &reboots}, extra...)
+	err := row.Scan(dest...)
 	if err != nil {
 		return store.Device{}, err
 	}
