@@ -39,7 +39,10 @@ func PostgresMain(m *testing.M) {
 // use (initdb and postgres from Debian's postgresql package, as user
 // postgres, or nobody, when the tests run as root) and shares among its
 // tests. The cluster listens on a free loopback port; it keeps fsync and
-// synchronous commits on, as a production server does. The database is
+// synchronous commits on, and gives the server the memory and WAL room of
+// a small production server (shared_buffers 512MB, max_wal_size 4GB)
+// rather than initdb's minimal defaults, so that benchmarks measure the
+// store, not a starved server. The database is
 // dropped when the test ends. The test binary must run its tests through
 // PostgresMain. Without PostgreSQL installed the test is skipped (fails
 // when RequireEnv is 1).
@@ -184,7 +187,7 @@ func (c *pgCluster) run(server, data string, cred *syscall.Credential) error {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(server, "-D", data, "-p", strconv.Itoa(c.port), "-k", c.dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200")
+		"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "shared_buffers=512MB", "-c", "max_wal_size=4GB")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Should the test binary die without stopping it (a panic, a
 	// timeout), the kernel tells the server to shut down at once.

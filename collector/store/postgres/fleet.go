@@ -62,16 +62,23 @@ const fleetColumns = `d.id, d.hostname, d.identity, d.identity_key, d.assurance,
 	d.cert_serial, d.prev_cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
 	d.measured_boot, r.body, r.proof, r.received_at`
 
+// fleetSQL reads the devices with scan_id from $1 to $2, each with its
+// head report, which last_report names (NULL before the first). The
+// report is looked up by its ID, device by device: OFFSET 0 keeps the
+// planner from turning the lookup into a join that hashes the whole
+// reports table, history included, for every part.
+const fleetSQL = `SELECT ` + fleetColumns + `
+	FROM devices d LEFT JOIN LATERAL (
+		SELECT body, proof, received_at FROM reports WHERE id = d.last_report OFFSET 0
+	) r ON true
+	WHERE d.scan_id BETWEEN $1 AND $2`
+
 // scanFleetPart reads the devices with scan_id from..to. A start-up reads
 // every device, so rows are decoded from the wire bytes pgx hands out,
 // into one FleetRow and buffers reused from row to row: the only
 // allocation per row is the string holding the row's text fields.
 func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*store.FleetRow) error) error {
-	// last_report names the head report (NULL before the first), so the
-	// join reads one report per device by its ID.
-	rows, err := s.pool.Query(ctx, `SELECT `+fleetColumns+`
-		FROM devices d LEFT JOIN reports r ON r.id = d.last_report
-		WHERE d.scan_id BETWEEN $1 AND $2`, from, to)
+	rows, err := s.pool.Query(ctx, fleetSQL, from, to)
 	if err != nil {
 		return err
 	}

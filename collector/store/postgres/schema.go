@@ -133,7 +133,9 @@ CREATE TABLE events (
 	report_id bigint,
 	data      bytea NOT NULL
 );
-CREATE INDEX events_at ON events (at);
+-- Pruning deletes by time, and events arrive in time order: a BRIN
+-- index finds them at a fraction of a btree's cost per insert.
+CREATE INDEX events_at ON events USING brin (at);
 
 -- The highest event ID pruned or loaded from another database: the floor
 -- of LastEventID once the events table no longer holds it.

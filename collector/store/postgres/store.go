@@ -10,9 +10,11 @@
 package postgres
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"strconv"
@@ -21,7 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/posture-project/posture/collector/store"
@@ -56,8 +58,11 @@ type options struct {
 }
 
 // Writers sets how many transactions of queued reports may be under way
-// at once (default 2): while one waits for the server to flush its commit
-// to disk, the next is already executing.
+// at once (default 1). More let one transaction execute while another
+// waits for its commit to reach the disk, but every transaction that
+// notifies holds PostgreSQL's notification lock until its commit is on
+// disk, so their commits queue anyway: on a 2-core machine one writer,
+// with larger transactions, appended the most reports per second.
 func Writers(n int) Option {
 	return func(o *options) { o.writers = max(1, n) }
 }
@@ -71,12 +76,15 @@ func ListenBackoff(first, most time.Duration) Option {
 
 type backoff struct{ first, most time.Duration }
 
+// readBuffer is the size of each connection's read buffer.
+const readBuffer = 64 << 10
+
 // Open connects to the database that dsn names (a PostgreSQL URL or
 // key=value string, as libpq takes it, plus pgxpool's pool_* settings),
 // brings its schema up to date, starts listening for other collectors'
 // changes, and returns the store. Call Close when done.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
-	o := options{writers: 2, listenBack: backoff{first: 100 * time.Millisecond, most: 10 * time.Second}}
+	o := options{writers: 1, listenBack: backoff{first: 100 * time.Millisecond, most: 10 * time.Second}}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -88,6 +96,11 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if !strings.Contains(dsn, "pool_max_conns") {
 		// Room for the writers, a scan's parts and the readers at once.
 		cfg.MaxConns = int32(max(8, 4*runtime.GOMAXPROCS(0)))
+	}
+	// Read from the server in larger chunks than pgx's 8 KiB: a fleet
+	// scan reads a report per device, and every read is a system call.
+	cfg.ConnConfig.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBuffer), w)
 	}
 	where := describe(cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -219,13 +232,6 @@ func limitArg(limit int) *int64 {
 	}
 	n := int64(limit)
 	return &n
-}
-
-// isCode reports whether err is a PostgreSQL error with the given
-// SQLSTATE.
-func isCode(err error, code string) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == code
 }
 
 var _ store.Store = (*Store)(nil)

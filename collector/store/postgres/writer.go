@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -96,8 +95,7 @@ type writer struct {
 	batches atomic.Int64 // transactions sent, for tests and benchmarks
 }
 
-// start runs n writer goroutines. With more than one, a transaction can
-// execute while the one before waits for its commit to reach the disk.
+// start runs n writer goroutines (see Writers).
 func (w *writer) start(s *Store, n int) {
 	w.s, w.ops = s, make(chan *appendOp, maxBatch)
 	for range n {
@@ -122,10 +120,6 @@ func (w *writer) run() {
 			return
 		}
 		batch = append(batch[:0], first)
-		// Delivering the last batch's results readied its callers, and the
-		// first of them to queue again woke this goroutine. Yielding once
-		// lets the others queue too.
-		runtime.Gosched()
 	drain:
 		for len(batch) < maxBatch {
 			select {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,11 +64,7 @@ func benchReport(deviceID string, seq uint64) store.Report {
 // device with its own stream, as store/sqlite's benchmark of the same
 // name does; compare their reports/s.
 func BenchmarkAppendReport(b *testing.B) {
-	var opts []Option
-	if n, err := strconv.Atoi(os.Getenv("PG_WRITERS")); err == nil {
-		opts = append(opts, Writers(n))
-	}
-	s, _ := openTestStore(b, opts...)
+	s, _ := openTestStore(b)
 	devices := 32 * runtime.GOMAXPROCS(0)
 	heads := make([]store.StreamHead, devices)
 	for i := range devices {
