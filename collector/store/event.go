@@ -32,8 +32,8 @@ const (
 // one device are committed in the order of their IDs, so the newest event
 // of a device says how it stands.
 type Event struct {
-	ID       uint64 // issued by the database; 0 for no event
-	At       time.Time
+	ID       uint64    // issued by the database; 0 for no event
+	At       time.Time // when the change was made; a report's, when it was received
 	Kind     EventKind
 	DeviceID string // empty for gateway events
 	// Device is the device as stored after the change, for device events.

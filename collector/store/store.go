@@ -74,8 +74,8 @@ var (
 	// ErrIdentityMismatch is returned by ClaimIdentity when the database
 	// belongs to another collector CA or trust domain.
 	ErrIdentityMismatch = errors.New("the database belongs to another collector CA or trust domain")
-	// ErrNotEmpty is returned by Import into a database that already holds
-	// devices, tokens or reports.
+	// ErrNotEmpty is returned by Loader.Load into a database that already
+	// holds devices, tokens or reports.
 	ErrNotEmpty = errors.New("the database is not empty")
 	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("store is closed")

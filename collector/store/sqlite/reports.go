@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"time"
 
 	"github.com/posture-project/posture/collector/store"
 )
@@ -108,7 +107,7 @@ func (s *Store) appendReport(tx *sql.Tx, r store.Report) (store.Event, error) {
 		return store.Event{}, dirty(err)
 	} else if n == 1 {
 		ev := store.Event{Kind: store.EventReport, DeviceID: r.DeviceID, Report: &r}
-		if err := insertEvent(tx, &ev, time.Now(), id); err != nil {
+		if err := insertEvent(tx, &ev, r.ReceivedAt, id); err != nil {
 			return store.Event{}, dirty(err)
 		}
 		s.tail[tailKey{r.DeviceID, int64(r.Seq)}] = id

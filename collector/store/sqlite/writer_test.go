@@ -288,6 +288,7 @@ func BenchmarkAppendReport(b *testing.B) {
 		}
 	})
 	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
 	b.ReportMetric(float64(b.N)/float64(s.batches.Load()), "reports/tx")
 }
 

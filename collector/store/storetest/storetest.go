@@ -61,6 +61,7 @@ func Run(t *testing.T, open Opener) {
 		{"Closed", c.closed},
 		{"CloseRacingWrites", c.closeRacingWrites},
 		{"CanceledContext", c.canceledContext},
+		{"HostileText", c.hostileText},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
@@ -1256,7 +1257,14 @@ func (c *suite) eventsOfOneDeviceInOrder(t *testing.T) {
 func (c *suite) pruneEvents(t *testing.T) {
 	s, reopen := c.fresh(t)
 	enroll(t, s, "dev-a")
-	appendChain(t, s, "dev-a", 1, 3)
+	h := stream(t, s, "dev-a")
+	for seq := uint64(1); seq <= 3; seq++ {
+		r := report("dev-a", seq, "")
+		r.Stream, r.ReceivedAt = h.Stream, time.Now() // a report's event is as old as its arrival
+		if _, err := s.AppendReport(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	last, err := s.LastEventID(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -1568,5 +1576,42 @@ func (c *suite) canceledContext(t *testing.T) {
 	}
 	if got := count(t, s, "dev-a"); got != 0 {
 		t.Errorf("CountReports = %d, want 0", got)
+	}
+}
+
+// hostileText: what a device sends is stored as the bytes it sent, NULs
+// and bytes that are not UTF-8 included, and so is a state reason that
+// quotes it. (Events carry text as JSON, which keeps a NUL but replaces
+// bytes that are not UTF-8.)
+func (c *suite) hostileText(t *testing.T) {
+	s, _ := c.fresh(t)
+	d := newDevice("dev-a")
+	d.Hostname, d.Platform = "host\x00name\xff\n", "\x00"
+	tok := createToken(t, s, "t", 1, time.Now().Add(time.Hour))
+	if _, _, err := s.EnrollDevice(ctx, tok, time.Now(), d); err != nil {
+		t.Fatalf("EnrollDevice with a NUL in the hostname: %v", err)
+	}
+	reason := "hostname \x00 changed"
+	ev, err := s.SetDeviceState(ctx, "dev-a", store.StateSuspect, reason, time.Now())
+	if err != nil {
+		t.Fatalf("SetDeviceState with a NUL in the reason: %v", err)
+	}
+	got := device(t, s, "dev-a")
+	if got.Hostname != d.Hostname || got.Platform != d.Platform || got.StateReason != reason {
+		t.Errorf("stored %q %q %q, want %q %q %q", got.Hostname, got.Platform, got.StateReason, d.Hostname, d.Platform, reason)
+	}
+	if ds := allDevices(t, s); len(ds) != 1 || ds[0].Hostname != d.Hostname {
+		t.Errorf("DevicesAfter: %+v", ds)
+	}
+	var row store.FleetRow
+	if err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error { row = *r; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if row.Hostname != d.Hostname || row.StateReason != reason {
+		t.Errorf("fleet row %q %q, want %q %q", row.Hostname, row.StateReason, d.Hostname, reason)
+	}
+	evs, err := s.Events(ctx, []uint64{ev.ID})
+	if err != nil || len(evs) != 1 || evs[0].Device == nil || evs[0].Device.StateReason != reason {
+		t.Errorf("Events = %+v, %v; want the state event with its reason", evs, err)
 	}
 }

@@ -1,0 +1,242 @@
+package storetest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/posture-project/posture/collector/store"
+)
+
+// RunDumpLoad fills a store that src opens, copies it (store.Copy) into
+// an empty store that dst opens, and checks that the copy holds the same
+// devices, tokens, reports, pinned EKs, gateways, decisions and settings,
+// continues every device's report chain and streams, and gives new events
+// IDs above the source's. Both stores must implement store.Dumper and
+// store.Loader.
+func RunDumpLoad(t *testing.T, src, dst Opener) {
+	from, _ := src(t)
+	t.Cleanup(func() { from.Close() })
+	streamA := fill(t, from)
+	to, _ := dst(t)
+	t.Cleanup(func() { to.Close() })
+	dumper, ok := from.(store.Dumper)
+	if !ok {
+		t.Fatalf("%T is not a store.Dumper", from)
+	}
+	loader, ok := to.(store.Loader)
+	if !ok {
+		t.Fatalf("%T is not a store.Loader", to)
+	}
+	if err := store.Copy(ctx, dumper, loader); err != nil {
+		t.Fatalf("Copy: %v", err)
+	}
+
+	devices := allDevices(t, from)
+	if diff := cmp.Diff(devices, allDevices(t, to)); diff != "" {
+		t.Errorf("devices (-source +copy):\n%s", diff)
+	}
+	for _, d := range devices {
+		want, err := from.Reports(ctx, d.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := to.Reports(ctx, d.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("reports of %s (-source +copy):\n%s", d.ID, diff)
+		}
+		wantHead, werr := from.LatestReport(ctx, d.ID)
+		gotHead, gerr := to.LatestReport(ctx, d.ID)
+		if !errors.Is(gerr, werr) && !(errors.Is(werr, store.ErrNotFound) && errors.Is(gerr, store.ErrNotFound)) {
+			t.Errorf("head report of %s: %v in the copy, %v in the source", d.ID, gerr, werr)
+		}
+		if diff := cmp.Diff(wantHead, gotHead, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("head report of %s (-source +copy):\n%s", d.ID, diff)
+		}
+	}
+	if diff := cmp.Diff(fleet(t, from), fleet(t, to), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("fleet (-source +copy):\n%s", diff)
+	}
+	for _, secret := range []string{"fresh", "spent"} {
+		want, err := from.Token(ctx, hash(secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := to.Token(ctx, hash(secret)); err != nil || !cmp.Equal(want, got) {
+			t.Errorf("token %s in the copy: %+v, %v; want %+v", secret, got, err, want)
+		}
+	}
+	for h, want := range map[string]bool{"aa": true, "bb": true, "cc": false} {
+		if got, err := to.EKPinned(ctx, h); err != nil || got != want {
+			t.Errorf("EKPinned(%s) in the copy = %v, %v; want %v", h, got, err, want)
+		}
+	}
+	wantGateways, err := from.Gateways(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := to.Gateways(ctx); err != nil || !cmp.Equal(wantGateways, got) {
+		t.Errorf("gateways in the copy: %v, %v; want %v", got, err, wantGateways)
+	}
+	for _, collector := range []string{"r-a", "r-b"} {
+		want, err := from.Decisions(ctx, collector, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := to.Decisions(ctx, collector, 100)
+		if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); err != nil || diff != "" {
+			t.Errorf("decisions of %s in the copy (%v) (-source +copy):\n%s", collector, err, diff)
+		}
+	}
+	if err := to.ClaimIdentity(ctx, "aa11", "posture.local"); err != nil {
+		t.Errorf("claiming the source's identity in the copy: %v", err)
+	}
+	if err := to.ClaimIdentity(ctx, "bb22", "posture.local"); !errors.Is(err, store.ErrIdentityMismatch) {
+		t.Errorf("claiming another CA in the copy: %v, want ErrIdentityMismatch", err)
+	}
+
+	// Event IDs continue above the source's, though its events were
+	// pruned and none were copied.
+	last, err := from.LastEventID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := to.LastEventID(ctx); err != nil || got < last {
+		t.Errorf("LastEventID of the copy = %d, %v; want at least the source's %d", got, err, last)
+	}
+	ev, err := to.SetDeviceState(ctx, "dev-c", store.StateSuspect, "after the copy", time.Now())
+	if err != nil || ev.ID <= last {
+		t.Errorf("first event in the copy: ID %d, %v; want above the source's last, %d", ev.ID, err, last)
+	}
+	// Streams and chains continue: a stream opened in the copy is newer
+	// than the source's streams, and continues the head.
+	h := stream(t, to, "dev-a")
+	if h.Stream <= streamA || h.LastSeq != 4 {
+		t.Errorf("stream in the copy: %d at head %d; want above %d, at 4", h.Stream, h.LastSeq, streamA)
+	}
+	r := report("dev-a", 5, "")
+	r.Stream = streamA
+	if _, err := to.AppendReport(ctx, r); !errors.Is(err, store.ErrSuperseded) {
+		t.Errorf("report 5 in the copy on the source's stream: %v, want ErrSuperseded", err)
+	}
+	r.Stream = h.Stream
+	if ev, err := to.AppendReport(ctx, r); err != nil || ev.ID <= last {
+		t.Errorf("report 5 in the copy: event %d, %v; want it stored with an event above %d", ev.ID, err, last)
+	}
+
+	// A database that holds something already is not loaded into.
+	if err := store.Copy(ctx, dumper, loader); !errors.Is(err, store.ErrNotEmpty) {
+		t.Errorf("copying into a database that is not empty: %v, want ErrNotEmpty", err)
+	}
+}
+
+// fill stores some of everything that a database holds, and returns the
+// stream dev-a's reports came on.
+func fill(t *testing.T, s store.Store) uint64 {
+	t.Helper()
+	if err := s.ClaimIdentity(ctx, "aa11", "posture.local"); err != nil {
+		t.Fatal(err)
+	}
+	createToken(t, s, "fresh", 3, time.Date(2027, 1, 2, 3, 4, 5, 6, time.UTC))
+	spent := createToken(t, s, "spent", 1, time.Now().Add(time.Hour))
+	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), newDevice("dev-c")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PinEKs(ctx, []string{"aa", "bb"}, "batch", time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	for i, g := range []store.Gateway{{Serial: "0a", Name: "edge-1"}, {Serial: "0b", Name: "edge-2"}} {
+		g.IssuedAt, g.ExpiresAt = t0.Add(time.Duration(i)*time.Hour), t0.Add(365*24*time.Hour)
+		if err := s.AddGateway(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.RevokeGateways(ctx, "edge-2", "", "lost", t0.Add(48*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+
+	enroll(t, s, "dev-a")
+	streamA := stream(t, s, "dev-a").Stream
+	for seq := uint64(1); seq <= 4; seq++ {
+		r := report("dev-a", seq, "")
+		r.Stream = streamA
+		if _, err := s.AppendReport(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.RenewCertificate(ctx, "dev-a", "01", "02", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tpm := newDevice("dev-b")
+	tpm.Identity, tpm.IdentityKey, tpm.EKSHA256 = "tpm", []byte("ak"), "ek-b"
+	tpm.State, tpm.StateReason, tpm.Hostname = store.StatePending, "EK not verified", "host\x00with a NUL \xff"
+	if _, _, err := s.EnrollDevice(ctx, createToken(t, s, "tpm", 1, time.Now().Add(time.Hour)), time.Now(), tpm); err != nil {
+		t.Fatal(err)
+	}
+	h := stream(t, s, "dev-b")
+	for seq := uint64(1); seq <= 2; seq++ {
+		r := report("dev-b", seq, "")
+		r.Stream, r.TPM, r.Reboot = h.Stream, &store.TPMClock{Clock: 100 * seq, ResetCount: uint32(seq), RestartCount: 7}, seq == 2
+		if seq == 1 {
+			r.MeasuredBoot = []byte("reading")
+		}
+		if _, err := s.AppendReport(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream(t, s, "dev-b") // a newer stream, with nothing on it yet
+	if _, err := s.SetDeviceState(ctx, "dev-a", store.StateSuspect, "chain broken", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDeviceState(ctx, "dev-a", store.StateActive, "checked", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []string{"r-a", "r-b"} {
+		var ds []store.Decision
+		for seq := uint64(1); seq <= 3; seq++ {
+			ds = append(ds, store.Decision{Seq: seq, FirstAt: t0, At: t0.Add(time.Duration(seq) * time.Second), Count: seq,
+				Device: "dev-a", Level: "trusted", Caller: "gateway " + c, Allowed: seq%2 == 0, Score: uint32(10 * seq),
+				State: store.StateActive, Detail: []byte(fmt.Sprintf("detail %s/%d", c, seq))})
+		}
+		if err := s.SaveDecisions(ctx, c, ds, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The events are pruned: where their IDs stood is still copied.
+	if _, err := s.PruneEvents(ctx, time.Now().Add(time.Hour), math.MaxUint64); err != nil {
+		t.Fatal(err)
+	}
+	return streamA
+}
+
+// fleet is everything ScanFleet returns, by device.
+func fleet(t *testing.T, s store.Store) map[string]store.FleetRow {
+	t.Helper()
+	rows := map[string]store.FleetRow{}
+	err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error {
+		row := *r
+		row.IdentityKey, row.LastDigest, row.MeasuredBoot = bytes.Clone(r.IdentityKey), bytes.Clone(r.LastDigest), bytes.Clone(r.MeasuredBoot)
+		if r.Report != nil {
+			rep := *r.Report
+			rep.Digest, rep.Body, rep.Proof = bytes.Clone(rep.Digest), bytes.Clone(rep.Body), bytes.Clone(rep.Proof)
+			row.Report = &rep
+		}
+		rows[row.ID] = row
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("ScanFleet: %v", err)
+	}
+	return rows
+}
