@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/collector/store/postgres"
 	"github.com/posture-project/posture/collector/store/sqlite"
 )
 
@@ -20,7 +21,11 @@ func openSQLite(path string) (store.Store, error) { return sqlite.Open(path) }
 func openDatabase(ctx context.Context, dsn string) (store.Store, error) {
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		return nil, fmt.Errorf("--database %s: PostgreSQL is not available in this build", redact(dsn))
+		st, err := postgres.Open(ctx, dsn)
+		if err != nil {
+			return nil, fmt.Errorf("--database %s: %w", redact(dsn), err)
+		}
+		return st, nil
 	}
 	return nil, fmt.Errorf("--database %s: give a postgres:// URL, or leave --database out for SQLite in the data directory", redact(dsn))
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/posture-project/posture/gatewayclient"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -250,7 +251,7 @@ func TestMain(m *testing.M) {
 	case "gateways":
 		gatewaysChild()
 	default:
-		os.Exit(m.Run())
+		testtools.PostgresMain(m) // runs the tests, then stops PostgreSQL if a test started it
 	}
 }
 

@@ -58,6 +58,7 @@ Usage:
   posture-collector policy reload                         re-read --policy (also on SIGHUP); a bad file changes nothing
   posture-collector decisions [ID] [--since 1h] [--at 10:42] [--limit 100] [-o table|json]
   posture-collector replicas [-o table|json]              the collectors sharing this one's database, and how far each is behind
+  posture-collector migrate --from DIR/posture.db --to postgres://…   copy a stopped collector's SQLite database into an empty PostgreSQL one, checked
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -120,6 +121,8 @@ func run(args []string, out io.Writer) error {
 		return decisions(rest, out)
 	case "replicas":
 		return replicas(rest, out)
+	case "migrate":
+		return migrate(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
