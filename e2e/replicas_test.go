@@ -496,7 +496,7 @@ func TestReplicaFailover(t *testing.T) {
 		return gw.Synced() && !d.Allowed && d.Device.GetState() == posturev1.DeviceState_DEVICE_STATE_REVOKED
 	})
 	if !logs.Has(slog.LevelInfo, "resumed", "true") {
-		t.Errorf("the gateway did not resume its watch on b (it took a snapshot)")
+		t.Errorf("the gateway did not resume its watch on b (it took a snapshot): %q\nb's log:\n%s", logs.Lines(), b.logs.String())
 	}
 	for _, ag := range agents[1:] {
 		eventuallyWithin(t, 2*time.Minute, "agent "+ag.id+" reporting to another collector", func() bool {

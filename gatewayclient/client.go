@@ -266,9 +266,14 @@ func (c *Client) watchOnce(ctx context.Context) error {
 			watchdog.Reset(silence)
 		}
 		if ev.GetHeartbeat() != nil {
-			// Liveness only: its revision is that of an event already
-			// received, and the applied revision only ever comes from
-			// events, so a heartbeat can never make a resume skip one.
+			// Every change up to its revision was sent before it: a
+			// resume from it skips nothing, and a recent revision lets
+			// another collector resume the watch without a snapshot.
+			c.mu.Lock()
+			if c.connected {
+				c.revision = max(c.revision, ev.GetRevision())
+			}
+			c.mu.Unlock()
 			continue
 		}
 		if d := ev.GetDevice(); d != nil {

@@ -332,14 +332,14 @@ func TestNoHeartbeatAnnounced(t *testing.T) {
 	}
 }
 
-// A heartbeat never moves the revision the client resumes from, even one
-// claiming a revision whose event the client never received: only events
-// are applied.
-func TestHeartbeatDoesNotAdvanceRevision(t *testing.T) {
+// A heartbeat moves the revision the client resumes from: the collector
+// sent every change up to its revision before it. One below the revision
+// applied does not take it back.
+func TestHeartbeatAdvancesRevision(t *testing.T) {
 	since := make(chan uint64, 1)
 	srv := &funcCollector{watch: func(n int, req *posturev1.WatchPostureRequest, st grpc.ServerStreamingServer[posturev1.PostureEvent]) error {
 		if n == 0 {
-			if err := send(st, deviceEvent(5), snapshotEnd(5, false, time.Minute), heartbeatEvent(9)); err != nil {
+			if err := send(st, deviceEvent(5), snapshotEnd(5, false, time.Minute), heartbeatEvent(9), heartbeatEvent(7)); err != nil {
 				return err
 			}
 			return status.Error(codes.Unavailable, "collector is shutting down")
@@ -353,14 +353,14 @@ func TestHeartbeatDoesNotAdvanceRevision(t *testing.T) {
 	c := run(t, srv, &fakeClock{})
 	select {
 	case s := <-since:
-		if s != 5 {
-			t.Errorf("resumed from revision %d after a heartbeat at 9; want 5, the last event applied", s)
+		if s != 9 {
+			t.Errorf("resumed from revision %d after heartbeats at 9 and 7; want 9", s)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client did not resume")
 	}
-	if r := c.Revision(); r != 5 {
-		t.Errorf("Revision() = %d, want 5", r)
+	if r := c.Revision(); r != 9 {
+		t.Errorf("Revision() = %d, want 9", r)
 	}
 }
 

@@ -572,10 +572,10 @@ func (h *Hub) Serve(stream grpc.ServerStream, since uint64, sinceCollector strin
 	}
 	// Live: a heartbeat whenever the stream has sent nothing for the
 	// interval. One timer per stream, reset on every send. A heartbeat
-	// repeats the revision of the last event sent, SnapshotEnd's included,
-	// so a watcher that resumes from it misses nothing. It is this
-	// stream's alone and tiny: it is encoded on each send rather than
-	// shared like the events.
+	// carries the newest revision the watcher has heard everything up to
+	// (heartbeatRevision), so a watcher that resumes from it misses
+	// nothing. It is this stream's alone and tiny: it is encoded on each
+	// send rather than shared like the events.
 	interval := h.cfg.Heartbeat
 	beat := time.NewTimer(interval)
 	defer beat.Stop()
@@ -592,10 +592,35 @@ func (h *Hub) Serve(stream grpc.ServerStream, since uint64, sinceCollector strin
 			}
 			heartbeat.Revision = max(heartbeat.Revision, ev.ev.GetRevision())
 		case <-beat.C:
+			rev, quiet := h.heartbeatRevision(s.w)
+			if !quiet {
+				// An event is waiting: it goes first, and the heartbeat
+				// waits for the next quiet interval.
+				break
+			}
+			heartbeat.Revision = max(heartbeat.Revision, rev)
 			if err := stream.SendMsg(heartbeat); err != nil {
 				return err
 			}
 		}
 		beat.Reset(interval)
 	}
+}
+
+// heartbeatRevision is the revision a heartbeat to w carries: the newest
+// event the hub applied, when w has been sent every change published (its
+// queue is empty, looked at under the hub lock, so no publish is half
+// done). A watcher that heard it has heard every change up to it, so a
+// quiet watch's revision follows the database rather than staying at its
+// last change, and a resume from it, on any collector, reaches back only
+// as far as it must. Later changes go out at that revision or above:
+// revisions never go down on a stream.
+func (h *Hub) heartbeatRevision(w *watcher) (rev uint64, quiet bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(w.ch) > 0 {
+		return 0, false
+	}
+	h.published = max(h.published, h.applied)
+	return h.applied, true
 }

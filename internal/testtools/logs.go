@@ -53,3 +53,20 @@ func (l *LogRecorder) Has(level slog.Level, key, value string) bool {
 	}
 	return false
 }
+
+// Lines renders every record kept, with its attributes, as slog's text
+// handler would.
+func (l *LogRecorder) Lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range l.records {
+		line := r.Level.String() + " " + r.Message
+		r.Attrs(func(a slog.Attr) bool {
+			line += " " + a.String()
+			return true
+		})
+		out = append(out, line)
+	}
+	return out
+}

@@ -92,9 +92,10 @@ func (x *WatchPostureRequest) GetSinceCollector() string {
 // stream.
 type PostureEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// revision of the change; a watcher resumes after the last one it
-	// applied. A Heartbeat's is not a new revision: it repeats that of the
-	// event sent before it on the same stream.
+	// revision of the change; a watcher resumes after the highest one it
+	// applied. A Heartbeat's carries no change: it is the newest revision
+	// whose changes the watcher has all been sent, which a watcher may
+	// resume from too.
 	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Types that are valid to be assigned to Event:
 	//
@@ -202,8 +203,11 @@ func (*PostureEvent_Heartbeat) isPostureEvent_Event() {}
 // Heartbeat says the stream is alive and nothing has changed. The
 // collector sends one whenever the stream has been silent for
 // SnapshotEnd.heartbeat_interval, and only after SnapshotEnd. It carries no
-// change: its revision is that of the last event sent on the stream, so
-// resuming from it skips nothing, and a watcher need not record it. A
+// change: its revision is the newest whose changes were all sent on the
+// stream before it (the collector's database moves on while the watch is
+// quiet), so resuming from it skips nothing; a watcher that records it
+// resumes from a recent revision, which another collector can resume
+// from without a snapshot. A
 // watcher that hears nothing at all (no event, no heartbeat) for a few
 // intervals should drop the stream and reconnect, as if the connection
 // were lost: HTTP/2 keepalive pings reach only the nearest proxy, which
