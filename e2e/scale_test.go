@@ -95,7 +95,12 @@ func buildCollector(b testing.TB) string {
 // startProcess runs a collector on dataDir until it serves and returns how
 // long that took and its resident memory then and at its peak.
 func startProcess(b *testing.B, bin, dataDir string) (took time.Duration, rss, hwm uint64) {
-	cmd := exec.Command(bin, "run", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json")
+	return startProcessArgs(b, bin, dataDir)
+}
+
+// startProcessArgs is startProcess with more arguments for run.
+func startProcessArgs(b *testing.B, bin, dataDir string, args ...string) (took time.Duration, rss, hwm uint64) {
+	cmd := exec.Command(bin, append([]string{"run", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		b.Fatal(err)
