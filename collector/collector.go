@@ -212,7 +212,7 @@ func (c *Config) validate() error {
 	case c.DecayInterval < 0 || (c.DecayInterval > 0 && (c.DecayInterval < 100*time.Millisecond || c.DecayInterval > 10*time.Minute)):
 		return fmt.Errorf("decay interval %v: give 100ms to 10m (--decay-interval; default %v)", c.DecayInterval, watch.DefaultDecayInterval)
 	case c.EventRetention < time.Hour:
-		return fmt.Errorf("event retention %v: keep events at least an hour, so that collectors sharing the database can catch up", c.EventRetention)
+		return fmt.Errorf("event retention %v: keep events at least an hour, so that collectors sharing the database can catch up (--event-retention; default %v)", c.EventRetention, DefaultEventRetention)
 	}
 	switch hb := c.WatchHeartbeat; {
 	case hb < 0:

@@ -206,6 +206,7 @@ func runCollector(args []string) error {
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	ekRoots := fs.String("ekcert-roots", "", "TPM manufacturer CA certificates (PEM bundle or directory) that EK certificates must chain to")
 	retain := fs.String("report-retention", "90d", "delete stored reports older than this (days as 90d, or a duration as 36h), except each device's latest; forever keeps them all")
+	eventRetain := fs.String("event-retention", "24h", "how long changes stay in the database for collectors sharing it and for resuming gateways (at least 1h; whole days as 2d, or a duration)")
 	burst := fs.Int("report-burst", collector.DefaultReportBurst, "reports a device may send at once (a backlog after an outage); after that one every --report-interval, and the rest are refused for now (rate_limited)")
 	every := fs.Duration("report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
 	decay := fs.Duration("decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
@@ -218,6 +219,13 @@ func runCollector(args []string) error {
 	retention, err := parseRetention(*retain)
 	if err != nil {
 		return fmt.Errorf("--report-retention: %w", err)
+	}
+	eventRetention, err := parseRetention(*eventRetain)
+	if err != nil || eventRetention == 0 {
+		if err == nil {
+			err = fmt.Errorf("%q: changes cannot be kept forever; give a duration of at least 1h", *eventRetain)
+		}
+		return fmt.Errorf("--event-retention: %w", err)
 	}
 	if *burst == 0 || *every == 0 {
 		return fmt.Errorf("--report-burst and --report-interval cannot be 0: every device has a report budget")
@@ -233,7 +241,7 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = inert.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, WatchHeartbeat: *heartbeat,
+	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, EventRetention: eventRetention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)

@@ -425,6 +425,25 @@ func TestReportRetentionFlag(t *testing.T) {
 	}
 }
 
+// --event-retention refuses forever, nonsense and less than an hour, before
+// anything is created.
+func TestEventRetentionFlag(t *testing.T) {
+	for _, c := range []struct{ in, err string }{
+		{"forever", "cannot be kept forever"},
+		{"soon", "whole days"},
+		{"30m", "at least an hour"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		err := runCollector([]string{"--data-dir", dir, "--event-retention", c.in})
+		if err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "--event-retention") {
+			t.Errorf("run --event-retention %q: %v; want an error about %q naming the flag", c.in, err, c.err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("run --event-retention %q created the data directory: %v", c.in, err)
+		}
+	}
+}
+
 // --watch-heartbeat refuses what cannot work, before anything is created:
 // 0 would turn heartbeats off (the configuration would read it as the
 // default), and intervals below the floor or negative make no sense.
