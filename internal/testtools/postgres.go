@@ -125,6 +125,7 @@ func (c *pgCluster) start() {
 		c.err = err
 		return
 	}
+	removeAbandoned()
 	if c.dir, err = os.MkdirTemp("", "posture-pg-"); err != nil {
 		c.err = err
 		return
@@ -155,6 +156,27 @@ func (c *pgCluster) start() {
 		if c.err = c.run(server, data, cred); c.err == nil || attempt == 4 {
 			return
 		}
+	}
+}
+
+// removeAbandoned removes the files of clusters whose test binary died
+// without stopping them (the kernel stopped the server: see run). A
+// directory young or with a live server may belong to a test binary
+// running now.
+func removeAbandoned() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "posture-pg-*"))
+	for _, d := range dirs {
+		fi, err := os.Stat(d)
+		if err != nil || time.Since(fi.ModTime()) < 10*time.Minute {
+			continue
+		}
+		if pid, err := os.ReadFile(filepath.Join(d, "data", "postmaster.pid")); err == nil {
+			first, _, _ := strings.Cut(string(pid), "\n")
+			if n, err := strconv.Atoi(first); err == nil && syscall.Kill(n, 0) != syscall.ESRCH {
+				continue // running, or not ours to judge
+			}
+		}
+		_ = os.RemoveAll(d)
 	}
 }
 

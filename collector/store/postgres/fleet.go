@@ -85,6 +85,11 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
 	if len(fields) != 18 {
+		// Most likely the query failed (another part's error ended it).
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 		return fmt.Errorf("the fleet query returned %d columns, want 18", len(fields))
 	}
 	var (

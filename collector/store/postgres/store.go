@@ -62,7 +62,7 @@ type options struct {
 // waits for its commit to reach the disk, but every transaction that
 // notifies holds PostgreSQL's notification lock until its commit is on
 // disk, so their commits queue anyway: on a 2-core machine one writer,
-// with larger transactions, appended the most reports per second.
+// with larger transactions, appended as many reports per second as two.
 func Writers(n int) Option {
 	return func(o *options) { o.writers = max(1, n) }
 }

@@ -99,3 +99,47 @@ func BenchmarkAppendReport(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
 	b.ReportMetric(float64(b.N)/float64(s.w.batches.Load()-batches), "reports/tx")
 }
+
+// Appends that share a transaction take the shared path: its statement
+// is typed as the binary encoding expects, and no transaction fails and
+// sends its reports again alone.
+func TestAppendsShareTransactions(t *testing.T) {
+	s, _ := openTestStore(t)
+	const devices, perDevice = 32, 20
+	errs := make(chan error, devices)
+	for i := range devices {
+		enrollTestDevice(t, s, fmt.Sprintf("dev-%02d", i))
+	}
+	for i := range devices {
+		go func() {
+			id := fmt.Sprintf("dev-%02d", i)
+			h, err := s.OpenReportStream(context.Background(), id)
+			for seq := uint64(1); err == nil && seq <= perDevice; seq++ {
+				r := benchReport(id, seq)
+				r.Stream = h.Stream
+				r.TPM = &store.TPMClock{Clock: 1 << 40, ResetCount: 3, RestartCount: 4}
+				r.MeasuredBoot = []byte("reading")
+				var ev store.Event
+				if ev, err = s.AppendReport(context.Background(), r); err == nil && ev.ID == 0 {
+					err = fmt.Errorf("%s/%d: no event", id, seq)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range devices {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := s.w.failed.Load(); n != 0 {
+		t.Errorf("%d shared transactions failed", n)
+	}
+	if n, b := int64(devices*perDevice), s.w.batches.Load(); b >= n {
+		t.Logf("%d reports in %d transactions: none shared one", n, b)
+	}
+	d, err := s.Device(context.Background(), "dev-00")
+	if err != nil || d.LastSeq != perDevice || d.TPMClock.Clock != 1<<40 || d.TPMClock.RestartCount != 4 {
+		t.Errorf("dev-00 = %+v, %v; want its head at %d with the TPM clock", d, err, perDevice)
+	}
+}
