@@ -72,6 +72,11 @@ type Config struct {
 	// into enrollment tokens. Empty means Listen, which must then name a
 	// host (not 0.0.0.0).
 	Advertise string
+	// ServingNames are further host names (or addresses) the serving
+	// certificates carry, besides loopback, the listen host and the
+	// advertised host: a name gateways verify every collector by when
+	// they list several as upstreams of one name (nginx proxy_ssl_name).
+	ServingNames []string
 	// TrustDomain names the SPIFFE trust domain of every certificate.
 	TrustDomain string
 	// Policy scores devices; nil means the built-in policy.
@@ -510,7 +515,7 @@ func (c *Collector) listen() error {
 	if adv, _, err := net.SplitHostPort(c.cfg.Advertise); err == nil {
 		hosts = append(hosts, adv)
 	}
-	serving, err := newServingCert(c.ca, hosts)
+	serving, err := newServingCert(c.ca, append(hosts, c.cfg.ServingNames...))
 	if err != nil {
 		return err
 	}
@@ -717,12 +722,13 @@ func (c *Collector) RegisterTLS(register func(*grpc.Server)) { register(c.server
 // CA issued (devices' certificates forwarded by gateways).
 func (c *Collector) Roots() *x509.CertPool { return c.roots }
 
-// ServingTLS issues a serving certificate for hosts from the collector CA
+// ServingTLS issues a serving certificate for hosts (and loopback, and
+// Config.ServingNames) from the collector CA
 // (and a new one before it expires) and returns a TLS 1.3 configuration that verifies client certificates
 // when given (gateways authenticate with theirs), for the collector's HTTP
 // front end.
 func (c *Collector) ServingTLS(hosts ...string) (*tls.Config, error) {
-	serving, err := newServingCert(c.ca, append([]string{"localhost", "127.0.0.1", "::1"}, hosts...))
+	serving, err := newServingCert(c.ca, append(append([]string{"localhost", "127.0.0.1", "::1"}, hosts...), c.cfg.ServingNames...))
 	if err != nil {
 		return nil, err
 	}

@@ -81,7 +81,8 @@ type replica struct {
 	name    string
 	dataDir string
 	addr    string
-	db      string // --database; empty for SQLite in dataDir
+	db      string   // --database; empty for SQLite in dataDir
+	extra   []string // further flags of run
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	exited  chan struct{}
@@ -90,12 +91,16 @@ type replica struct {
 
 // startReplicas starts n collectors on a new database, with the CA of the
 // first given to the others, as several-collectors.md says.
-func startReplicas(t *testing.T, n int) *replicaSet {
+// Each option is applied to every replica before it starts.
+func startReplicas(t *testing.T, n int, options ...func(*replica)) *replicaSet {
 	t.Helper()
 	bin, _ := builtBinaries(t)
 	s := &replicaSet{t: t, bin: bin, dsn: testtools.Postgres(t)}
 	for i := range n {
 		r := &replica{set: s, name: fmt.Sprintf("collector-%c", 'a'+i), dataDir: t.TempDir(), addr: freeAddr(t), db: s.dsn}
+		for _, o := range options {
+			o(r)
+		}
 		if i > 0 {
 			for _, f := range []string{"ca.crt", "ca.key"} {
 				data, err := os.ReadFile(filepath.Join(s.reps[0].dataDir, f))
@@ -130,7 +135,7 @@ func (r *replica) start() {
 	if r.db != "" {
 		args = append(args, "--database", r.db)
 	}
-	r.cmd = exec.Command(r.set.bin, args...)
+	r.cmd = exec.Command(r.set.bin, append(args, r.extra...)...)
 	stderr, err := r.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,32 +28,14 @@ type nginxConfig struct {
 }
 
 // readmeNginx returns the nginx configurations in the README's nginx
-// section, in order: the server block, then the /posture location for
-// nginx on the collector host.
+// section, in order: the server block, the /posture location for nginx on
+// the collector host, and the upstream of several collectors with its
+// /posture location (which e2e's TestNginxSeveralCollectors runs).
 func readmeNginx(t *testing.T) []string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(data), "\n### nginx\n")
-	if !ok {
-		t.Fatal("README.md has no nginx section")
-	}
-	section, _, _ = strings.Cut(section, "\n### ")
-	var blocks []string
-	for {
-		var block string
-		if _, section, ok = strings.Cut(section, "```nginx\n"); !ok {
-			break
-		}
-		if block, section, ok = strings.Cut(section, "```"); !ok {
-			t.Fatal("README.md: unterminated nginx block")
-		}
-		blocks = append(blocks, block)
-	}
-	if len(blocks) != 2 {
-		t.Fatalf("README.md's nginx section has %d nginx blocks, want 2 (the server, the loopback /posture location)", len(blocks))
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "README.md"), "### nginx", "nginx")
+	if len(blocks) != 3 {
+		t.Fatalf("README.md's nginx section has %d nginx blocks, want 3 (the server, the loopback /posture location, several collectors)", len(blocks))
 	}
 	return blocks
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -40,8 +41,8 @@ const defaultDataDir = "/var/lib/posture-collector"
 const usage = `posture-collector runs the Posture collector and administers it.
 
 Usage:
-  posture-collector run [--data-dir DIR] [--database postgres://…] [--name NAME] [--listen ADDR] [--advertise ADDR] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
-                        [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--report-burst 10000 --report-interval 10s] [--watch-heartbeat 10s] [--log-format text|json]
+  posture-collector run [--data-dir DIR] [--database postgres://…] [--name NAME] [--listen ADDR] [--advertise ADDR] [--serving-name NAME,…] [--policy FILE] [--trust-domain NAME] [--ekcert-roots PATH] [--metrics-listen ADDR]
+                        [--http-listen ADDR [--http-bearer-file FILE] [--http-cert-header NAME] [--http-plaintext]] [--report-retention 90d] [--event-retention 24h] [--report-burst 10000 --report-interval 10s] [--decay-interval 15s] [--watch-heartbeat 10s] [--log-format text|json]
   posture-collector token create [--ttl 1h] [--uses 1] [--description TEXT]
   posture-collector devices list [-o table|json]
   posture-collector devices show ID [-o text|json]
@@ -196,6 +197,7 @@ func runCollector(args []string) error {
 	name := fs.String("name", "", "this collector's name among those sharing the database (default: the host's name)")
 	listen := fs.String("listen", "127.0.0.1:8443", "TLS listen address for agents and gateways")
 	advertise := fs.String("advertise", "", "address agents dial, written into tokens (default: --listen)")
+	servingNames := fs.String("serving-name", "", "further host names or addresses, comma-separated, that the collector's TLS certificates carry (for gateways that verify several collectors by one name)")
 	policyFile := fs.String("policy", "", "policy YAML file (default: the built-in policy)")
 	trustDomain := fs.String("trust-domain", "posture.local", "SPIFFE trust domain")
 	logFormat := outputFlagNamed(fs, "log-format", "log format", "text", "json")
@@ -220,6 +222,10 @@ func runCollector(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--report-retention: %w", err)
 	}
+	names, err := parseServingNames(*servingNames)
+	if err != nil {
+		return fmt.Errorf("--serving-name: %w", err)
+	}
 	eventRetention, err := parseRetention(*eventRetain)
 	if err != nil || eventRetention == 0 {
 		if err == nil {
@@ -241,7 +247,7 @@ func runCollector(args []string) error {
 	if *logFormat == "json" {
 		h = inert.NewJSONHandler(os.Stderr, nil)
 	}
-	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, EventRetention: eventRetention, WatchHeartbeat: *heartbeat,
+	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, ServingNames: names, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, EventRetention: eventRetention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
@@ -299,6 +305,42 @@ func runCollector(args []string) error {
 
 // parseRetention reads --report-retention: whole days ("90d"), a Go
 // duration ("36h"), or "forever" (0: keep every report).
+// parseServingNames reads --serving-name: host names or IP addresses,
+// comma-separated, each as a certificate can carry it.
+func parseServingNames(v string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	var names []string
+	for _, n := range strings.Split(v, ",") {
+		n = strings.TrimSpace(n)
+		if net.ParseIP(n) == nil && !validHostName(n) {
+			return nil, fmt.Errorf("%q is neither a host name (letters, digits, hyphens and dots) nor an IP address", n)
+		}
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+// validHostName reports whether n is a DNS name a certificate may carry: labels
+// of letters, digits and hyphens, not starting or ending with a hyphen.
+func validHostName(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(n, "."), ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func parseRetention(v string) (time.Duration, error) {
 	if v == "forever" {
 		return 0, nil

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -422,6 +423,28 @@ func TestReportRetentionFlag(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("run with a bad --report-retention created the data directory: %v", err)
+	}
+}
+
+// --serving-name takes names and addresses, comma-separated, and refuses
+// what a certificate cannot carry, before anything is created.
+func TestServingNameFlag(t *testing.T) {
+	got, err := parseServingNames(" posture.example.com, 10.0.0.7 ,::1")
+	if err != nil || !slices.Equal(got, []string{"posture.example.com", "10.0.0.7", "::1"}) {
+		t.Errorf("parseServingNames = %q, %v", got, err)
+	}
+	if got, err := parseServingNames(""); err != nil || got != nil {
+		t.Errorf("parseServingNames(\"\") = %q, %v; want none", got, err)
+	}
+	for _, bad := range []string{"posture.example.com,", "-posture.example", "posture_example.com", "posture.example.com:8443", "a..b", "ex ample"} {
+		dir := filepath.Join(t.TempDir(), "data")
+		err := runCollector([]string{"--data-dir", dir, "--serving-name", bad})
+		if err == nil || !strings.Contains(err.Error(), "--serving-name") {
+			t.Errorf("run --serving-name %q: %v; want an error naming the flag", bad, err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("run --serving-name %q created the data directory: %v", bad, err)
+		}
 	}
 }
 
