@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/posture-project/posture/internal/version"
+
 	"github.com/google/go-tpm/tpm2/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,7 +31,7 @@ import (
 )
 
 // Version is the agent version reported in every report.
-var Version = "0.1.0-dev"
+var Version = version.Version()
 
 // Measurer measures the device. Its report carries only the measured
 // sections; the agent adds identity, sequence and chain.

@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/posture-project/posture/internal/version"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -52,7 +54,7 @@ import (
 const AdminSocket = "admin.sock"
 
 // Version is the collector's version, recorded with its replica.
-var Version = "0.1.0-dev"
+var Version = version.Version()
 
 // Config configures a collector.
 type Config struct {
@@ -204,6 +206,13 @@ const (
 // paused or cut off for a while still catches up; one away for longer
 // loads its fleet afresh when it starts again.
 const DefaultEventRetention = 24 * time.Hour
+
+// Validate reports the settings New would refuse, and creates nothing:
+// posture-collector config check runs it.
+func (c Config) Validate() error {
+	c.setDefaults()
+	return c.validate()
+}
 
 // validate refuses settings that cannot work, once defaults are set.
 func (c *Config) validate() error {
