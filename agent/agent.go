@@ -312,7 +312,7 @@ func (a *Agent) resync(w *posturev1.Welcome) error {
 		return nil
 	}
 	a.log.Warn("collector lost acknowledged reports; continuing from its chain head", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
-	return a.saveHead(chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest()})
+	return a.saveHead(chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest(), AckedAt: a.head.AckedAt})
 }
 
 // saveHead records h durably, then adopts it: a failed write leaves the
@@ -337,7 +337,7 @@ func (a *Agent) drop(id uint64, why error) error {
 // the entry back after its acknowledgement was recorded, costs a second
 // copy of one measurement and nothing worse.
 func (a *Agent) acked(id, seq uint64, digest []byte) error {
-	if err := a.saveHead(chainHead{Seq: seq, Digest: digest}); err != nil {
+	if err := a.saveHead(chainHead{Seq: seq, Digest: digest, AckedAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	if err := a.spool.Remove(id); err != nil {
@@ -395,7 +395,7 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 	// acknowledgement is lost, the next Welcome tells whether it arrived,
 	// and only this record lets the agent recognise it there.
 	sent := &sentReport{Entry: e.ID, Seq: r.Seq, Digest: envelope.Digest(sr.GetNonce(), sr.GetReport())}
-	if err := a.saveHead(chainHead{Seq: a.head.Seq, Digest: a.head.Digest, Sent: sent}); err != nil {
+	if err := a.saveHead(chainHead{Seq: a.head.Seq, Digest: a.head.Digest, Sent: sent, AckedAt: a.head.AckedAt}); err != nil {
 		return nonce, false, err
 	}
 	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/posture-project/posture/internal/pki"
 )
@@ -52,6 +53,9 @@ type chainHead struct {
 	// names it in the next Welcome: without this record the agent would
 	// sign another report with the same sequence number, a fork.
 	Sent *sentReport `json:"sent,omitempty"`
+	// AckedAt is when the collector last acknowledged a report (posture-agent
+	// status shows it).
+	AckedAt time.Time `json:"acked_at,omitzero"`
 }
 
 // sentReport is a report signed and sent but not acknowledged.
