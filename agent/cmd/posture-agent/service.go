@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"os"
 	"os/exec"
@@ -599,6 +600,11 @@ func newStatusCommand() *cobra.Command {
 			return err
 		}
 		st := queryState(s)
+		if !cmd.Flags().Changed("state-dir") && os.Getenv("POSTURE_AGENT_STATE_DIR") == "" {
+			if dir := installedStateDir(); dir != "" {
+				*stateDir = dir // the service's, which status is about
+			}
+		}
 		enr, enrErr := agent.ReadStatus(*stateDir)
 		out := cmd.OutOrStdout()
 		if *format == "json" {
@@ -652,7 +658,9 @@ func printStatus(out io.Writer, st serviceState, stateDir string, enr agent.Stat
 	}
 	inert.Fprintf(out, "%s\n", line)
 	if st.Why != "" {
-		inert.Fprintf(out, "           %s\n", strings.ReplaceAll(st.Why, "\n", "\n           "))
+		for _, l := range strings.Split(st.Why, "\n") {
+			inert.Fprintf(out, "           %s\n", l)
+		}
 	}
 	switch {
 	case enrErr != nil:
@@ -688,3 +696,27 @@ func procfs() bool {
 func outputFlag(cmd *cobra.Command) *string {
 	return cliflag.Output(cmd.Flags(), "text", "json")
 }
+
+// installedStateDir is the --state-dir the installed service definition
+// gives the agent, "" when it gives none.
+func installedStateDir() string {
+	for _, p := range append([]string{sysvInitScript, "/etc/systemd/system/posture-agent.service", "/Library/LaunchDaemons/posture-agent.plist"}, systemdUnitPaths...) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if m := stateDirArg.FindSubmatch(b); m != nil {
+			return strings.Trim(string(m[1]), `"'`)
+		}
+		if m := plistStateDirArg.FindSubmatch(b); m != nil {
+			return html.UnescapeString(string(m[1]))
+		}
+		return ""
+	}
+	return ""
+}
+
+var (
+	stateDirArg      = regexp.MustCompile(`--state-dir ('[^']*'|"[^"]*"|[^\s"]+)`)
+	plistStateDirArg = regexp.MustCompile(`<string>--state-dir</string>\s*<string>([^<]*)</string>`)
+)

@@ -56,7 +56,7 @@ func commandLine(quote func(string) string, path string, args []string) string {
 // offline for a day must not leave the agent given up).
 func systemdUnit(path string, args []string) string {
 	return `[Unit]
-Description=` + serviceDisplayName + `: ` + serviceDescription + `
+Description=` + serviceDisplayName + `
 Documentation=https://github.com/posture-project/posture
 Wants=network-online.target
 After=network-online.target
