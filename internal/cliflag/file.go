@@ -146,3 +146,46 @@ func distance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// Example is a configuration file in which every key of fs that keys
+// names is written out, commented, with its default and its help: the file
+// packages install, where removing the # before a key sets it.
+func Example(header string, fs *pflag.FlagSet, keys []string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(header), "\n") {
+		b.WriteString(strings.TrimRight("# "+l, " ") + "\n")
+	}
+	for _, k := range keys {
+		f := fs.Lookup(k)
+		if f == nil {
+			continue
+		}
+		b.WriteString("\n")
+		for _, l := range wrap(f.Usage, 74) {
+			b.WriteString("# " + l + "\n")
+		}
+		def := f.DefValue
+		if def == "" || strings.ContainsAny(def, ":#{}[]&*!|>'\"%@`") {
+			def = fmt.Sprintf("%q", def)
+		}
+		b.WriteString("#" + k + ": " + def + "\n")
+	}
+	return b.String()
+}
+
+// wrap breaks s into lines of at most width characters at spaces.
+func wrap(s string, width int) []string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(s) {
+		if line != "" && len(line)+1+len(w) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	return append(lines, line)
+}

@@ -212,7 +212,7 @@ type enrollFlags struct {
 func defineEnrollFlags(fs *pflag.FlagSet, tokenUsage string) enrollFlags {
 	return enrollFlags{
 		token:    fs.String("token", "", tokenUsage),
-		identity: cliflag.Choice(fs, "identity", "", "identity: auto (TPM when reachable, else software), tpm or software", agent.IdentityAuto, "tpm", "software"),
+		identity: cliflag.Choice(fs, "identity", "", "identity to enroll with (auto: the TPM when reachable, else software)", agent.IdentityAuto, "tpm", "software"),
 		tpm:      fs.String("tpm", "", "TPM to use: empty for the platform TPM, or tcp://HOST:PORT for swtpm"),
 		eventLog: fs.String("event-log", "", "TCG event log to send with quotes (default: the platform's)"),
 	}

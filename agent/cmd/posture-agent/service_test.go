@@ -5,10 +5,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/posture-project/posture/internal/cliflag"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden service definitions in packaging/")
@@ -140,4 +143,39 @@ func TestConfigurationFile(t *testing.T) {
 	if code := execute([]string{"status", "--config", filepath.Join(dir, "missing.yaml")}, &out, &out); code == 0 || !strings.Contains(out.String(), "missing.yaml") {
 		t.Errorf("a missing --config file: exit %d\n%s", code, out.String())
 	}
+}
+
+// The configuration file the Linux packages install names every key,
+// commented, with its default: packaging/config/agent.yaml is this test's
+// golden file (go test -run ConfigExample -update rewrites it).
+func TestConfigExample(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the example holds Linux's defaults")
+	}
+	got := exampleConfig()
+	file := "../../../packaging/config/agent.yaml"
+	if *update {
+		os.WriteFile(file, []byte(got), 0o644)
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(want) != got {
+		t.Errorf("%s is not what the flags say (go test -run ConfigExample -update):\n%s", file, got)
+	}
+	for _, k := range configKeys {
+		if !strings.Contains(got, "\n#"+k+": ") {
+			t.Errorf("key %s missing from the example", k)
+		}
+	}
+}
+
+func exampleConfig() string {
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	stateDirFlag(fs)
+	intervalFlag(fs)
+	defineEnrollFlags(fs, "")
+	return cliflag.Example(`posture-agent configuration, read by every posture-agent command (enroll, run,
+install …). Remove the # to set a key; the command line overrides the file.`, fs, configKeys)
 }

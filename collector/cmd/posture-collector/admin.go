@@ -62,7 +62,7 @@ func rpcErr(err error) error {
 
 // minPrefix is the shortest device ID prefix looked up, as git asks for
 // at least four characters of a commit.
-const minPrefix = 4
+var minPrefix = 4
 
 // maxCandidates is how many devices an ambiguous prefix error names.
 const maxCandidates = 10

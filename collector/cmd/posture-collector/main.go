@@ -109,16 +109,16 @@ Admin commands reach the running collector through the admin socket in
 Settings come from the command line, then the environment, then the
 configuration file (--config, default ` + defaultConfigFile() + `), whose
 keys are the flags of posture-collector run.`,
-		Version:           version.String(),
-		SilenceUsage:      true,
-		SilenceErrors:     true,
+		Version:       version.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usagef("unknown command %q for \"posture-collector\"", args[0])
 			}
 			return nil
 		},
-		RunE: groupRunE,
+		RunE:              groupRunE,
 		DisableAutoGenTag: true,
 	}
 	root.SetVersionTemplate("posture-collector {{.Version}}\n")
