@@ -6,13 +6,51 @@ PROTO_DIR := proto
 PROTOS    := $(wildcard $(PROTO_DIR)/posture/v1/*.proto)
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
 
+# The version from git describe (v1.2.3, or 1.2.3-4-gabc1234 four commits
+# after it) and the commit, stamped into both binaries.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null | sed 's/^v//')
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/posture-project/posture/internal/version.version=$(VERSION) \
+           -X github.com/posture-project/posture/internal/version.commit=$(COMMIT)
+# Package versions: scripts/pkg-version.sh.
+PKG_VERSION ?= $(shell scripts/pkg-version.sh '$(VERSION)')
+DIST      := dist
+DISTBUILD := $(DIST)/build
+# The collector needs cgo (SQLite): arm64 is built with Debian's cross compiler.
+CC_arm64  ?= aarch64-linux-gnu-gcc
+
 .PHONY: help
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build posture-collector and posture-agent into bin/
-	$(GO) build -o $(BIN)/ ./collector/cmd/posture-collector ./agent/cmd/posture-agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./collector/cmd/posture-collector ./agent/cmd/posture-agent
+
+.PHONY: package
+package: ## dist/: .deb and .rpm of agent and collector (amd64, arm64), agent .tar.gz (macOS) and .zip (Windows), SHA256SUMS
+	@command -v $(CC_arm64) >/dev/null || { echo "$(CC_arm64) not found: apt-get install gcc-aarch64-linux-gnu (the collector's arm64 build needs cgo)" >&2; exit 2; }
+	rm -rf $(DIST)
+	@set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=$(DISTBUILD)/$$os-$$arch; \
+		echo "build agent $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -ldflags "-s -w $(LDFLAGS)" -o $$out/ ./agent/cmd/posture-agent; \
+	done
+	@set -e; for arch in amd64 arm64; do \
+		cc=gcc; [ $$arch = amd64 ] || cc=$(CC_arm64); \
+		echo "build collector linux/$$arch (CC=$$cc)"; \
+		CGO_ENABLED=1 CC=$$cc GOOS=linux GOARCH=$$arch $(GO) build -ldflags "-s -w $(LDFLAGS)" -o $(DISTBUILD)/linux-$$arch/ ./collector/cmd/posture-collector; \
+	done
+	@set -e; host=$(DISTBUILD)/linux-$$($(GO) env GOHOSTARCH); share=$(DISTBUILD)/share; \
+	mkdir -p $$share/completions $$share/man/agent $$share/man/collector; \
+	for b in agent collector; do \
+		for sh in bash zsh fish; do $$host/posture-$$b completion $$sh >$$share/completions/posture-$$b.$$sh; done; \
+		$$host/posture-$$b man $$share/man/$$b; \
+	done; \
+	$$host/posture-agent completion powershell >$$share/completions/posture-agent.ps1; \
+	gzip -9n $$share/man/*/*.1
+	$(GO) -C tools/package build -o $(abspath $(TOOLS))/posture-package .
+	$(TOOLS)/posture-package --version '$(PKG_VERSION)' --build $(DISTBUILD) --out $(DIST)
 
 # grpcurl, an independent gRPC client the tests drive, from the module proxy.
 GRPCURL_VERSION := v1.9.4
@@ -66,4 +104,4 @@ lint: ## gofmt, go vet and staticcheck
 
 .PHONY: clean
 clean: ## remove build output
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
