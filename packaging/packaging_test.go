@@ -57,7 +57,11 @@ func one(t *testing.T, dir, pattern string) string {
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	cmd := exec.Command(name, args...)
+	// A service it started that held on to the output pipe would keep
+	// this waiting forever: fail instead.
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
@@ -374,6 +378,11 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 	if out, code := status(t); code != 3 || !strings.Contains(out, "stopped (unix-systemv)") || !strings.Contains(out, "enrolled:  no") {
 		t.Errorf("posture-agent status after install: exit %d\n%s", code, out)
 	}
+	// Report every 2 s: through the configuration file, which an upgrade
+	// must keep.
+	if err := os.WriteFile("/etc/posture/agent.yaml", []byte("interval: 2s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	run(t, "posture-agent", "enroll", "--token", token, "--identity", "software")
 	run(t, "posture-agent", "start")
 	id := deviceID(t)
@@ -387,6 +396,9 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 	}
 	if out := run(t, "posture-agent", "--version"); !strings.Contains(out, "99.0.0") {
 		t.Errorf("after the upgrade: %s", out)
+	}
+	if cfg, _ := os.ReadFile("/etc/posture/agent.yaml"); string(cfg) != "interval: 2s\n" {
+		t.Errorf("the upgrade replaced the changed configuration file: %q", cfg)
 	}
 	seq := waitAcked(t, id, 1)
 	waitAcked(t, id, seq+1) // reporting again, on the same chain
@@ -436,7 +448,7 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -468,7 +480,9 @@ type agentStatus struct {
 
 func statusJSON(t *testing.T) agentStatus {
 	t.Helper()
-	out, _ := exec.Command("posture-agent", "status", "-o", "json").Output()
+	cmd := exec.Command("posture-agent", "status", "-o", "json")
+	cmd.WaitDelay = 10 * time.Second
+	out, _ := cmd.Output()
 	var st agentStatus
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status -o json: %v\n%s", err, out)

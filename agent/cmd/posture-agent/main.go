@@ -97,6 +97,7 @@ func (e exitErr) Error() string {
 }
 
 func main() {
+	closeInheritedOnExec()
 	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -2,7 +2,11 @@
 
 package main
 
-import "syscall"
+import (
+	"os"
+	"strconv"
+	"syscall"
+)
 
 // processAlive reports whether a process with pid exists (a zombie counts
 // as gone).
@@ -11,4 +15,24 @@ func processAlive(pid int) bool {
 		return false
 	}
 	return processIsAgent(pid) || !procfs()
+}
+
+// closeInheritedOnExec marks every file descriptor this process inherited
+// beyond standard input, output and error close-on-exec, so that the
+// service it starts does not hold them: a package manager's pipe held by
+// the agent keeps whoever reads it (apt, an MDM script) waiting forever.
+func closeInheritedOnExec() {
+	dir := "/proc/self/fd"
+	if _, err := os.Stat(dir); err != nil {
+		dir = "/dev/fd"
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

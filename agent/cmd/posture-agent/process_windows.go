@@ -15,3 +15,7 @@ func processAlive(pid int) bool {
 	}
 	return code == 259 // STILL_ACTIVE
 }
+
+// closeInheritedOnExec has nothing to do on Windows, where handles are
+// inherited only when asked for.
+func closeInheritedOnExec() {}
