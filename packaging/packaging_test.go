@@ -12,11 +12,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,9 +126,15 @@ func TestPackageContents(t *testing.T) {
 	d := dist(t)
 	dpkgDeb := testtools.Require(t, "dpkg-deb")
 	rpmBin := testtools.Require(t, "rpm")
-	sums := run(t, "sha256sum", "--check", "--strict", filepath.Join(d, "SHA256SUMS"))
-	if n := strings.Count(sums, ": OK"); n != 10 {
-		t.Errorf("SHA256SUMS checks %d files, want 10 (4 deb, 4 rpm, 2 darwin, 2 windows … ):\n%s", n, sums)
+	check := exec.Command("sha256sum", "--check", "--strict", "SHA256SUMS")
+	check.Dir = d
+	b, err := check.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sha256sum --check: %v\n%s", err, b)
+	}
+	sums := string(b)
+	if n := strings.Count(sums, ": OK"); n != 12 {
+		t.Errorf("SHA256SUMS checks %d files, want 12 (4 deb, 4 rpm, 2 darwin, 2 windows):\n%s", n, sums)
 	}
 	for _, arch := range []string{"amd64", "arm64"} {
 		for product, files := range map[string]func(bool) []wantFile{"agent": agentFiles, "collector": collectorFiles} {
@@ -350,15 +358,27 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 	}
 	// Run as its user, on the packaged data directory and configuration
 	// (readable by the user), as the unit would.
-	collector := exec.Command("runuser", "-u", "posture-collector", "--", "/usr/bin/posture-collector", "run", "--listen", "127.0.0.1:0")
-	var clog strings.Builder
-	collector.Stdout, collector.Stderr = &clog, &clog
+	u, err := user.Lookup("posture-collector")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	collector := exec.Command("/usr/bin/posture-collector", "run", "--listen", "127.0.0.1:0")
+	collector.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	collector.WaitDelay = 5 * time.Second
+	clog, err := os.Create(filepath.Join(t.TempDir(), "collector.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clog.Close()
+	collector.Stdout, collector.Stderr = clog, clog
 	if err := collector.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { collector.Process.Kill(); collector.Wait() })
 	var token string
-	eventually(t, "the collector answering on its admin socket: "+clog.String(), func() bool {
+	eventually(t, "the collector answering on its admin socket (its log: "+clog.Name()+")", func() bool {
 		out, err := exec.Command("posture-collector", "token", "create", "--ttl", "10m").Output()
 		token = strings.TrimSpace(string(out))
 		return err == nil && strings.HasPrefix(token, "PT1.")
