@@ -191,15 +191,6 @@ type serviceState struct {
 // systemdUnitPaths are where a package puts the unit.
 var systemdUnitPaths = []string{"/lib/systemd/system/posture-agent.service", "/usr/lib/systemd/system/posture-agent.service"}
 
-func packagedUnit() bool {
-	for _, p := range systemdUnitPaths {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
-}
-
 // queryState finds out what the service is doing.
 func queryState(s service.Service) serviceState {
 	st := serviceState{Platform: s.Platform()}

@@ -305,4 +305,3 @@ func checkValue(t *testing.T, path string, v any, fd protoreflect.FieldDescripto
 		}
 	}
 }
-

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -254,9 +253,4 @@ func newManCommand(root *cobra.Command) *cobra.Command {
 			return doc.GenManTree(root, &doc.GenManHeader{Title: "POSTURE-COLLECTOR", Section: "1", Source: "Posture " + version.Version(), Manual: "Posture"}, args[0])
 		},
 	}
-}
-
-// helpFlagsOnly is the flags of cmd as its help shows them.
-func helpFlagsOnly(cmd *cobra.Command) string {
-	return strings.TrimRight(cmd.LocalFlags().FlagUsages(), "\n")
 }
