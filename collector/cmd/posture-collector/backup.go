@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"os"
+	"os/user"
+	"strconv"
 	"net"
 	"path/filepath"
 	"time"
@@ -75,6 +78,9 @@ func newRestoreCommand() *cobra.Command {
 		if collectorRunning(*dataDir) {
 			return usagef("a collector is running with %s (its admin socket answers): stop it, move its data directory aside, and restore into an empty one", *dataDir)
 		}
+		if err := makeDataDir(*dataDir); err != nil {
+			return err
+		}
 		m, err := backup.Restore(context.Background(), *from, *dataDir)
 		if err != nil {
 			return err
@@ -83,4 +89,29 @@ func newRestoreCommand() *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// packagedUser owns the data directory when the collector is packaged.
+const packagedUser = "posture-collector"
+
+// makeDataDir creates a missing data directory (mode 0700) and, run as root
+// where the packaged user exists, gives it to that user, as the package
+// does: restore gives the files the directory's owner.
+func makeDataDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup(packagedUser)
+	if err != nil {
+		return nil // not packaged: root's
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return os.Chown(dir, uid, gid)
 }
