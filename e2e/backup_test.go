@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -33,7 +34,9 @@ func TestBackupRestore(t *testing.T) {
 	bin, _ := builtBinaries(t)
 	archive := filepath.Join(t.TempDir(), "collector.tar.gz")
 	before := seq()
-	out, err := exec.Command(bin, "backup", "--to", archive, "--data-dir", e.dataDir).CombinedOutput()
+	// The commands docs/backup.md gives, on this test's files.
+	backupArgs := append(docCommand(t, "## Backup", "posture-collector backup --to"), archive)
+	out, err := exec.Command(bin, append(backupArgs, "--data-dir", e.dataDir)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("backup: %v\n%s", err, out)
 	}
@@ -52,7 +55,8 @@ func TestBackupRestore(t *testing.T) {
 	if err := os.RemoveAll(e.dataDir); err != nil {
 		t.Fatal(err)
 	}
-	out, err = exec.Command(bin, "restore", "--from", archive, "--data-dir", e.dataDir).CombinedOutput()
+	restoreArgs := append(docCommand(t, "## Restore", "posture-collector restore --from"), archive)
+	out, err = exec.Command(bin, append(restoreArgs, "--data-dir", e.dataDir)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
@@ -75,4 +79,21 @@ func TestBackupRestore(t *testing.T) {
 	if d, _ := e.device(id); d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
 		t.Errorf("device %s after restore: %v (%s), want active", id, d.GetDevice().GetState(), d.GetDevice().GetStateReason())
 	}
+}
+
+// docCommand is the arguments in prefix of the command line that starts
+// with it (after sudo) in the sh blocks of docs/backup.md's section
+// heading: the test gives the file.
+func docCommand(t *testing.T, heading, prefix string) []string {
+	t.Helper()
+	for _, block := range testtools.CodeBlocks(t, filepath.Join("..", "docs", "backup.md"), heading, "sh") {
+		for _, line := range strings.Split(block, "\n") {
+			line = strings.TrimPrefix(strings.TrimSpace(line), "sudo ")
+			if strings.HasPrefix(line, prefix+" ") {
+				return strings.Fields(prefix)[1:]
+			}
+		}
+	}
+	t.Fatalf("docs/backup.md %s has no %s command", heading, prefix)
+	return nil
 }
