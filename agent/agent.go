@@ -413,6 +413,9 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		if m.Ack.GetWantEventLog() {
 			a.resendEventLog()
 		}
+		if d := m.Ack.GetDecision(); d != nil {
+			a.saveDecision(d)
+		}
 		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sent.Seq, sent.Digest)
 	case *posturev1.CollectorMessage_Rejected:
 		rej := m.Rejected

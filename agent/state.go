@@ -18,12 +18,13 @@ import (
 
 // Files in the state directory.
 const (
-	identityFile = "identity.key" // report-signing key (software identity)
-	tlsKeyFile   = "tls.key"      // mutual TLS key
-	certFile     = "device.crt"   // device certificate from the collector
-	caFile       = "ca.crt"       // pinned collector CA
-	configFile   = "agent.json"   // enrollment facts
-	chainFile    = "chain.json"   // acknowledged report chain head
+	identityFile = "identity.key"  // report-signing key (software identity)
+	tlsKeyFile   = "tls.key"       // mutual TLS key
+	certFile     = "device.crt"    // device certificate from the collector
+	caFile       = "ca.crt"        // pinned collector CA
+	configFile   = "agent.json"    // enrollment facts
+	chainFile    = "chain.json"    // acknowledged report chain head
+	decisionFile = "decision.json" // the collector's latest decision, for status
 	spoolDir     = "spool"
 )
 

@@ -9,6 +9,8 @@ import (
 
 	"github.com/posture-project/posture/agent/spool"
 	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // Status is what an agent's state directory says about it, for
@@ -30,6 +32,21 @@ type Status struct {
 	// CertExpires is when the device certificate expires (the agent renews
 	// it once a third of its lifetime is left).
 	CertExpires time.Time
+	// Decision is what the collector last said it decided about the
+	// device (nil: nothing yet).
+	Decision *posturev1.AgentDecision
+}
+
+// saveDecision keeps the collector's latest decision for status. Losing it
+// costs nothing but the display, so a failure is only logged.
+func (a *Agent) saveDecision(d *posturev1.AgentDecision) {
+	b, err := protojson.Marshal(d)
+	if err == nil {
+		err = pki.WriteFileAtomic(filepath.Join(a.cfg.StateDir, decisionFile), b, 0o600)
+	}
+	if err != nil {
+		a.log.Warn("record the collector's decision", "err", err)
+	}
 }
 
 // ReadStatus reads the status of the agent whose state directory is dir.
@@ -56,6 +73,12 @@ func ReadStatus(dir string) (Status, error) {
 	st.Unsent = n
 	if certs, err := pki.ReadCertificates(filepath.Join(dir, certFile)); err == nil && len(certs) > 0 {
 		st.CertExpires = certs[0].NotAfter
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, decisionFile)); err == nil {
+		var d posturev1.AgentDecision
+		if protojson.Unmarshal(b, &d) == nil {
+			st.Decision = &d
+		}
 	}
 	return st, nil
 }

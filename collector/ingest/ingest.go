@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector/fault"
 	"github.com/posture-project/posture/collector/fleet"
@@ -202,7 +203,15 @@ type session struct {
 	digest  []byte
 	hasHead bool
 	key     streamKey
+	// decided is when an acknowledgement on this stream last carried the
+	// device's decision.
+	decided time.Time
 }
+
+// decisionEvery is how often at most an acknowledgement carries the
+// device's decision, which costs a policy evaluation: a backlog of
+// reports sent at once gets it once.
+const decisionEvery = time.Minute
 
 // serve reads the reports of one stream and answers each, until the agent
 // ends the stream, the stream breaks, or ctx ends. nonce is the one the
@@ -281,9 +290,29 @@ func (s *session) answer(sr *posturev1.SignedReport, nonce, next []byte) (*postu
 		return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: out}}, nil
 	}
 	in.cfg.Stats.Accepted()
-	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
-	}}}, nil
+	out := &posturev1.ReportAck{Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog}
+	if now := in.cfg.Now(); s.decided.IsZero() || now.Sub(s.decided) >= decisionEvery {
+		out.Decision = in.decision(s.id, now)
+		s.decided = now
+	}
+	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: out}}, nil
+}
+
+// decision is the device's decision as the fleet has it, nil when the
+// fleet does not know the device.
+func (in *Ingester) decision(id string, now time.Time) *posturev1.AgentDecision {
+	subj, pol, _, _, ok := in.cfg.Fleet.View(id)
+	if !ok || pol == nil {
+		return nil
+	}
+	checks, levels, score := pol.Explain(&subj, now)
+	d := &posturev1.AgentDecision{DecidedAt: timestamppb.New(now), Score: score, Levels: levels}
+	for _, c := range checks {
+		if c.GetOutcome() == posturev1.Outcome_OUTCOME_FAIL || c.GetOutcome() == posturev1.Outcome_OUTCOME_UNKNOWN {
+			d.Failing = append(d.Failing, c)
+		}
+	}
+	return d
 }
 
 // streamEnd is why a stream whose context ended ended.

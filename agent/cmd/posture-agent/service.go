@@ -24,6 +24,8 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/internal/cliflag"
 	"github.com/posture-project/posture/internal/inert"
+	"github.com/posture-project/posture/internal/jsonview"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 // serviceSpec is what the installed service runs.
@@ -610,6 +612,12 @@ func newStatusCommand() *cobra.Command {
 			if enrErr != nil {
 				v.Error = enrErr.Error()
 			}
+			v.Decision = json.RawMessage("null")
+			if enr.Decision != nil {
+				if b, err := jsonview.Marshal(enr.Decision); err == nil {
+					v.Decision = b
+				}
+			}
 			b, _ := json.MarshalIndent(v, "", "  ")
 			out.Write(append(inert.JSON(b), '\n'))
 		} else {
@@ -636,7 +644,10 @@ type statusJSON struct {
 	LastAcknowledgedAt  string       `json:"last_acknowledged_at"`
 	Unsent              int          `json:"unsent"`
 	CertificateExpires  string       `json:"certificate_expires"`
-	Error               string       `json:"error,omitempty"`
+	// Decision is the collector's latest decision, as -o json of the
+	// collector prints messages (internal/jsonview); null before one.
+	Decision json.RawMessage `json:"decision"`
+	Error    string          `json:"error,omitempty"`
 }
 
 func printStatus(out io.Writer, st serviceState, stateDir string, enr agent.Status, enrErr error) {
@@ -673,6 +684,32 @@ func printStatus(out io.Writer, st serviceState, stateDir string, enr agent.Stat
 	inert.Fprintf(out, "; %d measurement(s) waiting to be sent\n", enr.Unsent)
 	if !enr.CertExpires.IsZero() {
 		inert.Fprintf(out, "identity:  device certificate valid until %s\n", enr.CertExpires.Local().Format(time.RFC3339))
+	}
+	printDecision(out, enr.Decision)
+}
+
+// printDecision shows what the collector last said it decided: the score,
+// every level met or not and why not, and the failing checks with fixes.
+func printDecision(out io.Writer, d *posturev1.AgentDecision) {
+	if d == nil {
+		inert.Fprintf(out, "decision:  none received yet (the collector sends it with acknowledgements)\n")
+		return
+	}
+	at := d.GetDecidedAt().AsTime()
+	inert.Fprintf(out, "decision:  score %d at %s (%s ago)\n", d.GetScore(), at.Local().Format(time.RFC3339), time.Since(at).Round(time.Second))
+	for _, l := range d.GetLevels() {
+		if l.GetAllowed() {
+			inert.Fprintf(out, "           level %s: allowed\n", l.GetName())
+		} else {
+			inert.Fprintf(out, "           level %s: denied: %s\n", l.GetName(), strings.Join(l.GetReasons(), "; "))
+		}
+	}
+	for _, c := range d.GetFailing() {
+		fix := c.GetRemediation()
+		if fix == "" {
+			fix = "-"
+		}
+		inert.Fprintf(out, "           check %s %s: %s; fix: %s\n", c.GetName(), jsonview.EnumWord(c.GetOutcome().Descriptor().Values().ByNumber(c.GetOutcome().Number())), c.GetReason(), fix)
 	}
 }
 

@@ -84,7 +84,9 @@ func TestServiceRoundTripSystemV(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, code := agentCmd("status") // the state directory comes from the installed script
-		if code == 0 && strings.Contains(out, "running (unix-systemv), pid") && strings.Contains(out, "enrolled:  as device") && strings.Contains(out, "last acknowledged: seq") {
+		// What the collector decided, as its acknowledgements said.
+		if code == 0 && strings.Contains(out, "running (unix-systemv), pid") && strings.Contains(out, "enrolled:  as device") && strings.Contains(out, "last acknowledged: seq") &&
+			strings.Contains(out, "decision:  score ") && strings.Contains(out, "level basic: ") {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -698,7 +699,12 @@ type ReportAck struct {
 	// until a log arrives. An agent sends the log with the first report of
 	// each stream and whenever its PCR values change, so the collector asks
 	// only when that log was lost (a report carrying it was not stored).
-	WantEventLog  bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
+	WantEventLog bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
+	// decision is what the collector decided about the device once the
+	// report was stored, for the agent to show (posture-agent status). It
+	// rides on the first acknowledgement of each stream and then on at most
+	// one a minute; the others leave it unset.
+	Decision      *AgentDecision `protobuf:"bytes,5,opt,name=decision,proto3" json:"decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +767,88 @@ func (x *ReportAck) GetWantEventLog() bool {
 	return false
 }
 
+func (x *ReportAck) GetDecision() *AgentDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
+// AgentDecision is the collector's decision about a device: the same
+// score, levels and checks as devices show gives, without the report.
+type AgentDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// decided_at is when it was made.
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// score is the trust score 0-100 after freshness decay.
+	Score uint32 `protobuf:"varint,2,opt,name=score,proto3" json:"score,omitempty"`
+	// levels are every access level of the policy, met or not and why not.
+	Levels []*LevelResult `protobuf:"bytes,3,rep,name=levels,proto3" json:"levels,omitempty"`
+	// failing are the checks that did not pass (failed or unknown), each
+	// with its reason and fix.
+	Failing       []*CheckResult `protobuf:"bytes,4,rep,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentDecision) Reset() {
+	*x = AgentDecision{}
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentDecision) ProtoMessage() {}
+
+func (x *AgentDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentDecision.ProtoReflect.Descriptor instead.
+func (*AgentDecision) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AgentDecision) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetScore() uint32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *AgentDecision) GetLevels() []*LevelResult {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetFailing() []*CheckResult {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
 // ReportRejected refuses one report.
 type ReportRejected struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -779,7 +867,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +879,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +892,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -847,7 +935,7 @@ var File_posture_v1_agent_proto protoreflect.FileDescriptor
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/report.proto\"I\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"I\n" +
 	"\fRenewRequest\x121\n" +
 	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
 	"\x04step\"\x86\x01\n" +
@@ -875,13 +963,20 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"z\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xb1\x01\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
-	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\"\xc9\x01\n" +
+	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x125\n" +
+	"\bdecision\x18\x05 \x01(\v2\x19.posture.v1.AgentDecisionR\bdecision\"\xc4\x01\n" +
+	"\rAgentDecision\x129\n" +
+	"\n" +
+	"decided_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\rR\x05score\x12/\n" +
+	"\x06levels\x18\x03 \x03(\v2\x17.posture.v1.LevelResultR\x06levels\x121\n" +
+	"\afailing\x18\x04 \x03(\v2\x17.posture.v1.CheckResultR\afailing\"\xc9\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
@@ -925,43 +1020,51 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_posture_v1_agent_proto_goTypes = []any{
-	(RejectReason)(0),           // 0: posture.v1.RejectReason
-	(*RenewRequest)(nil),        // 1: posture.v1.RenewRequest
-	(*RenewResponse)(nil),       // 2: posture.v1.RenewResponse
-	(*RenewChallenge)(nil),      // 3: posture.v1.RenewChallenge
-	(*RenewAnswer)(nil),         // 4: posture.v1.RenewAnswer
-	(*RenewResult)(nil),         // 5: posture.v1.RenewResult
-	(*AgentMessage)(nil),        // 6: posture.v1.AgentMessage
-	(*CollectorMessage)(nil),    // 7: posture.v1.CollectorMessage
-	(*Welcome)(nil),             // 8: posture.v1.Welcome
-	(*ReportAck)(nil),           // 9: posture.v1.ReportAck
-	(*ReportRejected)(nil),      // 10: posture.v1.ReportRejected
-	(*TPMQuote)(nil),            // 11: posture.v1.TPMQuote
-	(*SignedReport)(nil),        // 12: posture.v1.SignedReport
-	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
+	(RejectReason)(0),             // 0: posture.v1.RejectReason
+	(*RenewRequest)(nil),          // 1: posture.v1.RenewRequest
+	(*RenewResponse)(nil),         // 2: posture.v1.RenewResponse
+	(*RenewChallenge)(nil),        // 3: posture.v1.RenewChallenge
+	(*RenewAnswer)(nil),           // 4: posture.v1.RenewAnswer
+	(*RenewResult)(nil),           // 5: posture.v1.RenewResult
+	(*AgentMessage)(nil),          // 6: posture.v1.AgentMessage
+	(*CollectorMessage)(nil),      // 7: posture.v1.CollectorMessage
+	(*Welcome)(nil),               // 8: posture.v1.Welcome
+	(*ReportAck)(nil),             // 9: posture.v1.ReportAck
+	(*AgentDecision)(nil),         // 10: posture.v1.AgentDecision
+	(*ReportRejected)(nil),        // 11: posture.v1.ReportRejected
+	(*TPMQuote)(nil),              // 12: posture.v1.TPMQuote
+	(*SignedReport)(nil),          // 13: posture.v1.SignedReport
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*LevelResult)(nil),           // 15: posture.v1.LevelResult
+	(*CheckResult)(nil),           // 16: posture.v1.CheckResult
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
 	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
 	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	11, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	12, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	12, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	13, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
 	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
 	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	10, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
-	0,  // 8: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	13, // 9: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	6,  // 10: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 11: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 12: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 13: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	10, // 8: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
+	14, // 9: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
+	15, // 10: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
+	16, // 11: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
+	0,  // 12: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	17, // 13: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	6,  // 14: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 15: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 16: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 17: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	16, // [16:18] is the sub-list for method output_type
+	14, // [14:16] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -969,6 +1072,7 @@ func file_posture_v1_agent_proto_init() {
 	if File_posture_v1_agent_proto != nil {
 		return
 	}
+	file_posture_v1_device_proto_init()
 	file_posture_v1_report_proto_init()
 	file_posture_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*RenewRequest_Answer)(nil),
@@ -991,7 +1095,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
