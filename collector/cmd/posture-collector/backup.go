@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/user"
-	"strconv"
-	"net"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
