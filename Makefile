@@ -24,6 +24,22 @@ $(TOOLS)/grpcurl:
 test: $(TOOLS)/grpcurl ## run every test (real gRPC, TLS, SQLite; swtpm, tpm2-tools and nginx when installed)
 	PATH="$(abspath $(TOOLS)):$$PATH" $(GO) test -race -count=1 ./...
 
+# Every fuzz target (func FuzzXxx in a _test.go file) runs for FUZZTIME, one
+# after the other; -fuzzminimizetime bounds how long the fuzzer shrinks each
+# new input, which for kilobyte inputs (event logs, certificates) would
+# otherwise take most of a short run.
+FUZZTIME ?= 2m
+FUZZMINIMIZETIME ?= 5s
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each (default 2m), one after another
+	@set -e; for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$dir/*_test.go | sort); do \
+			echo "--- fuzz $$dir $$target for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$dir; \
+		done; \
+	done
+
 .PHONY: bench
 bench: ## run the benchmarks; each reports its ratio to a baseline measured in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
