@@ -13,9 +13,9 @@ import (
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// fuzzSubjects are the devices a fuzzed policy judges: healthy, one with
-// nothing measured, one whose every section is unknown, and one of each
-// state other than active. Assessments are made per policy.
+// fuzzReports are the reports a fuzzed policy judges: healthy, nothing
+// measured, every section unknown. judgeSubjects judges each in every
+// state, with a software and a TPM identity, at several ages.
 func fuzzReports() []*posturev1.PostureReport {
 	unknown := func() *posturev1.SignalMeta {
 		return &posturev1.SignalMeta{Status: posturev1.Status_STATUS_ERROR, Reason: "failed", ObservedAt: timestamppb.New(t0)}
@@ -86,8 +86,10 @@ func judgeSubjects(t *testing.T, p *Policy) {
 	for _, r := range fuzzReports() {
 		a := p.Assess(r, t0)
 		for _, st := range fuzzStates {
-			for _, age := range []time.Duration{0, p.Freshness.StaleAfter + time.Second, p.Freshness.ExpireAfter} {
-				judgeAll(t, p, &Subject{State: st, StateReason: "fuzz", Assurance: posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, Assessment: a, ReportAt: t0}, t0.Add(age))
+			for _, as := range []posturev1.IdentityAssurance{posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE, posturev1.IdentityAssurance_IDENTITY_ASSURANCE_TPM_EK_VERIFIED} {
+				for _, age := range []time.Duration{0, p.Freshness.StaleAfter + time.Second, p.Freshness.ExpireAfter} {
+					judgeAll(t, p, &Subject{State: st, StateReason: "fuzz", Assurance: as, Assessment: a, ReportAt: t0}, t0.Add(age))
+				}
 			}
 		}
 	}
@@ -257,6 +259,7 @@ func FuzzEvaluate(f *testing.F) {
 		fuzzseed.Add(f, b, state, assurance, measured, age)
 	}
 	seed(report(nil), 0, 3, 3, 0)
+	seed(report(nil), 0, 1, 3, 0) // healthy, but a software identity: not trusted
 	seed(report(func(r *posturev1.PostureReport) {
 		r.Os.Name, r.Os.Platform, r.Os.Version, r.Os.KernelVersion = "debian", "linux", "12", "6.1.0-18-amd64"
 		r.Updates.Pending, r.Updates.SecurityPending, r.Updates.RebootRequired = 12, 2, true
