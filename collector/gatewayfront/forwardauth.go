@@ -226,9 +226,14 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) (string, error) {
 		case v.role != pki.RoleGateway:
 			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, v.role, v.name), v.role)
 		case f.revoked != nil:
-			if certErr = f.revoked(v.serial); certErr == nil {
-				return "gateway " + v.name, nil
+			if err := f.revoked(v.serial); err != nil {
+				// A revoked gateway is refused whatever else it
+				// presents: its certificate says who is asking,
+				// and a bearer secret beside it does not vouch for
+				// someone else.
+				return "", err
 			}
+			return "gateway " + v.name, nil
 		default:
 			return "gateway " + v.name, nil
 		}

@@ -77,6 +77,8 @@ func TestForwardAuthAuthorizationMatrix(t *testing.T) {
 		{"wrong bearer secret", nil, "Bearer not-" + secret, false},
 		{"gateway certificate", &gateway, "", true},
 		{"revoked gateway certificate", &revokedGateway, "", false},
+		// A revoked gateway is refused whatever else it presents.
+		{"revoked gateway certificate with a bearer secret", &revokedGateway, "Bearer " + secret, false},
 		{"device certificate presented as the gateway", &device, "", false},
 	}
 	for _, tt := range tests {
