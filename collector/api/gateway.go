@@ -11,11 +11,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/collector/callerid"
 	"github.com/posture-project/posture/collector/decisions"
 	"github.com/posture-project/posture/collector/fleet"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
-	"github.com/posture-project/posture/internal/callerid"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )

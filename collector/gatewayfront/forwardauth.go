@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/posture-project/posture/internal/callerid"
+	"github.com/posture-project/posture/collector/callerid"
 	"github.com/posture-project/posture/internal/pki"
 )
 
