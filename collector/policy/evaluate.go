@@ -28,8 +28,8 @@ type Assessment struct {
 	// passed and total are the weights behind rawScore: a check inside
 	// its grace counts as passed at a decision (Subject.rawScoreAt).
 	passed, total uint32
-	failing       uint8 // how many checks fail (fail or unknown)
-	celVars  traits.Mapper // what level expressions see, less the decision's own values
+	failing       uint8         // how many checks fail (fail or unknown)
+	celVars       traits.Mapper // what level expressions see, less the decision's own values
 }
 
 // assessed is one check's verdict as kept per device: small, and holding

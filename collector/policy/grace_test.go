@@ -185,7 +185,7 @@ func TestEnforcement(t *testing.T) {
 		t.Errorf("unknown enforce: %v", err)
 	}
 	for yaml, want := range map[string]string{
-		"freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, grace: -1h}]\nlevels: [{name: l}]":         "grace -1h0m0s is negative",
+		"freshness: {stale_after: 1h, expire_after: 2h}\nchecks: [{name: disk_encryption, weight: 1, grace: -1h}]\nlevels: [{name: l}]":          "grace -1h0m0s is negative",
 		"freshness: {stale_after: 1h, expire_after: 2h}\nnotify: {every: 1m}\nchecks: [{name: disk_encryption, weight: 1}]\nlevels: [{name: l}]": "line 2: notify: every 1m0s",
 	} {
 		if _, err := Parse([]byte(yaml)); err == nil || !strings.Contains(err.Error(), want) {
