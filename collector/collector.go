@@ -39,6 +39,7 @@ import (
 	"github.com/posture-project/posture/collector/gateways"
 	"github.com/posture-project/posture/collector/ingest"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/standing"
 	"github.com/posture-project/posture/collector/stats"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
@@ -243,6 +244,7 @@ type Collector struct {
 	feed      *feed.Feed
 	gateways  *gateways.Revocations
 	decisions *decisions.Log
+	keeper    *standing.Keeper
 	stats     *stats.Stats
 	api       *api.Server
 	health    *health.Server
@@ -317,6 +319,8 @@ func New(cfg Config) (c *Collector, err error) {
 	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, DecayInterval: cfg.DecayInterval, Now: cfg.Now,
 		CatchUp: func(ctx context.Context) error { return c.feed.CatchUp(ctx) }})
 	c.metrics = newMetrics(c)
+	c.keeper = standing.New(standing.Config{Store: st, Fleet: c.fleet, Feed: applierFunc(func(ev store.Event, pre *fleet.Assessed) { c.feed.Apply(ev, pre) }),
+		Holder: c.replica.id, Logger: c.log, Interval: c.hub.DecayInterval(), Now: cfg.Now})
 
 	gws, err := st.Gateways(context.Background())
 	if err != nil {
@@ -460,7 +464,7 @@ func (c *Collector) load(ctx context.Context) error {
 	}
 	seeder.Finish(start)
 	c.feed = feed.New(feed.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Gateways: c.gateways, Logger: c.log,
-		PollInterval: c.cfg.PollInterval}, start, skipped)
+		PollInterval: c.cfg.PollInterval, Applied: c.applied}, start, skipped)
 	if err := c.feed.CatchUp(ctx); err != nil {
 		return err
 	}
@@ -634,6 +638,8 @@ func (c *Collector) Serve(ctx context.Context) error {
 	})
 	wg.Add(1)
 	go func() { defer wg.Done(); c.feed.Run(bg) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.keeper.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -774,6 +780,21 @@ func (c *Collector) ReloadPolicy() (*policy.Policy, error) {
 	for _, id := range c.fleet.IDs() {
 		c.hub.Publish(id, "policy", false, 0)
 	}
+	c.keeper.ObserveAll()
 	c.log.Info("policy reloaded", "file", c.cfg.PolicyPath, "levels", p.LevelNames(), "checks", len(p.Checks))
 	return p, nil
+}
+
+// applierFunc applies events as feed.Feed does, for parts made before the
+// feed.
+type applierFunc func(ev store.Event, pre *fleet.Assessed)
+
+func (f applierFunc) Apply(ev store.Event, pre *fleet.Assessed) { f(ev, pre) }
+
+// applied is told of every event the feed applied: what follows the fleet
+// hears of the change.
+func (c *Collector) applied(ev store.Event) {
+	if ev.DeviceID != "" {
+		c.keeper.Observe(ev.DeviceID)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"cel.dev/cel-go/common/types/traits"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -214,6 +215,42 @@ func (s *Subject) FailingSince(check string) (since time.Time, ok bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// CheckFailure is one check the subject's latest assessment fails (fails
+// or does not know).
+type CheckFailure struct {
+	Check   string
+	Outcome posturev1.Outcome // fail or unknown
+	// Since is when it began failing: recorded, or the latest report's
+	// time for a failure not recorded yet.
+	Since time.Time
+	// BlocksAt is when its grace ends; zero for a check without one.
+	BlocksAt    time.Time
+	Reason      string
+	Remediation string
+}
+
+// Failures lists the checks the subject's latest assessment fails, in
+// policy order; none before the first report.
+func (s *Subject) Failures() []CheckFailure {
+	a := s.Assessment
+	if a == nil || a.failing == 0 {
+		return nil
+	}
+	var out []CheckFailure
+	for i, c := range a.checks {
+		since, failing := s.failingSince(i)
+		if !failing {
+			continue
+		}
+		f := CheckFailure{Check: a.name(i), Outcome: c.result, Since: since, Reason: c.text.reason, Remediation: c.text.remediation}
+		if end, ok := s.graceEnd(i); ok {
+			f.BlocksAt = end
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // failingSince is FailingSince for the i-th check of the assessment.
@@ -576,12 +613,23 @@ func (p *Policy) Explain(s *Subject, now time.Time) (checks []*posturev1.CheckRe
 			if at, ok := c.observed(); ok {
 				cr.EvidenceAge = durationpb.New(evidenceAge(now, at).Round(time.Second))
 			}
+			if since, failing := s.failingSince(i); failing {
+				cr.FailingSince = timestamppb.New(since)
+				if end, ok := s.graceEnd(i); ok {
+					cr.BlocksAt = timestamppb.New(end)
+					cr.InGrace = now.Before(end)
+				}
+			}
 			checks = append(checks, cr)
 		}
 	}
 	for _, l := range p.Levels {
 		v := p.verdict(s, l, score, now)
-		levels = append(levels, &posturev1.LevelResult{Name: l.Name, Allowed: v.Met, Reasons: v.Reasons})
+		lr := &posturev1.LevelResult{Name: l.Name, Allowed: v.Met, Reasons: v.Reasons, Enforcement: v.Enforce.Proto()}
+		if v.Warned() {
+			lr.Warnings = v.Warnings()
+		}
+		levels = append(levels, lr)
 	}
 	return checks, levels, score
 }

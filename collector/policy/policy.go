@@ -166,6 +166,17 @@ func (e Enforcement) String() string {
 	return "block"
 }
 
+// Proto is the enforcement as the wire contract names it.
+func (e Enforcement) Proto() posturev1.Enforcement {
+	switch e {
+	case EnforceWarn:
+		return posturev1.Enforcement_ENFORCEMENT_WARN
+	case EnforceOff:
+		return posturev1.Enforcement_ENFORCEMENT_OFF
+	}
+	return posturev1.Enforcement_ENFORCEMENT_BLOCK
+}
+
 // Enforcement is the level's enforcement.
 func (l Level) Enforcement() Enforcement { return l.enforcement }
 

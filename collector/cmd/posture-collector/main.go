@@ -910,10 +910,7 @@ func policyDiff(args []string, out io.Writer) error {
 	}
 	t := newTable(out, "DEVICE", "HOSTNAME", "LEVEL", "CHANGE", "WHY")
 	for _, ch := range resp.GetChanges() {
-		change, why := "gains", "-"
-		if !ch.GetAllowedCandidate() {
-			change, why = "loses", strings.Join(ch.GetReasons(), "; ")
-		}
+		change, why := diffChange(ch)
 		t.row(ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
 	}
 	t.flush()
