@@ -126,7 +126,6 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 	return resp, nil
 }
 
-
 func (g *gatewayService) GetDevicePosture(ctx context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {
 	id, err := g.s.resolveDevice(req.GetDeviceId(), req.GetSpiffeId())
 	if err != nil {

@@ -72,10 +72,10 @@ type entry struct {
 	standing      *store.Standing
 	standingEvent uint64
 	certTag       uint64 // certTag of the device certificate last issued: older ones no longer count
-	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
-	tpm         bool   // identity kind: TPM AK or software key
-	hasHead     bool   // a report is stored
-	reportsDue  uint32 // the report budget (SpendReport), in seconds of the fleet's clock; accessed atomically
+	prevCertTag   uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
+	tpm           bool   // identity kind: TPM AK or software key
+	hasHead       bool   // a report is stored
+	reportsDue    uint32 // the report budget (SpendReport), in seconds of the fleet's clock; accessed atomically
 }
 
 // CertTag condenses a certificate serial (hex, as stored) to what an entry
