@@ -492,7 +492,8 @@ func (c *Collector) wire() {
 		Verified: func(d time.Duration) { c.metrics.verify.Observe(d.Seconds()) }, MaxClockSkew: cfg.MaxClockSkew, Now: cfg.Now})
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
-		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now}, c.health)
+		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now,
+		StandingLease: c.keeper.Holding}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's

@@ -164,6 +164,7 @@ func (a *adminService) GetStats(context.Context, *posturev1.GetStatsRequest) (*p
 		RenewalsRejected:    s.RenewalsRejected,
 		Devices:             uint64(a.s.cfg.Fleet.Count()),
 		StreamsOpen:         uint64(a.s.cfg.Fleet.StreamCount()),
+		StandingLease:       a.s.cfg.StandingLease != nil && a.s.cfg.StandingLease(),
 	}, nil
 }
 

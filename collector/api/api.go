@@ -55,6 +55,8 @@ type Config struct {
 	Decided func(level string, allowed bool)
 	// Replica is this collector's replica ID; Replicas lists them all.
 	Replica string
+	// StandingLease says whether this collector records device standings.
+	StandingLease func() bool
 	Logger  *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
