@@ -57,7 +57,7 @@ type Config struct {
 	Replica string
 	// StandingLease says whether this collector records device standings.
 	StandingLease func() bool
-	Logger  *slog.Logger
+	Logger        *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
