@@ -897,8 +897,9 @@ type ReceiverStatus struct {
 	// --receiver-down-after: it is marked and still retried) or idle (no
 	// collector holds it: none is configured to deliver to it).
 	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	// pending counts the messages not delivered yet (messages for other
-	// receivers included; at most 10000 counted).
+	// pending counts the messages written after the receiver's cursor: not
+	// delivered yet (messages for other receivers, and those it does not
+	// take, are counted too: a bound read without a scan).
 	Pending     uint64                 `protobuf:"varint,4,opt,name=pending,proto3" json:"pending,omitempty"`
 	Delivered   uint64                 `protobuf:"varint,5,opt,name=delivered,proto3" json:"delivered,omitempty"`
 	DeliveredAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
