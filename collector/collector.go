@@ -38,6 +38,7 @@ import (
 	"github.com/posture-project/posture/collector/fleet"
 	"github.com/posture-project/posture/collector/gateways"
 	"github.com/posture-project/posture/collector/ingest"
+	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/standing"
 	"github.com/posture-project/posture/collector/stats"
@@ -128,6 +129,9 @@ type Config struct {
 	// EventRetention is how long events are kept in the database for
 	// collectors catching up; 0 means DefaultEventRetention.
 	EventRetention time.Duration
+	// Events configures what leaves Posture: webhooks, SIEM exports, the
+	// Shared Signals transmitter (events.go).
+	Events EventsConfig
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
@@ -245,7 +249,10 @@ type Collector struct {
 	gateways  *gateways.Revocations
 	decisions *decisions.Log
 	keeper    *standing.Keeper
+	outbox    *outbox.Dispatcher
 	stats     *stats.Stats
+	// deliveries counts what the outbox delivered (events.go).
+	deliveries *deliveryMetrics
 	api       *api.Server
 	health    *health.Server
 	metrics   *metrics
@@ -321,6 +328,11 @@ func New(cfg Config) (c *Collector, err error) {
 	c.metrics = newMetrics(c)
 	c.keeper = standing.New(standing.Config{Store: st, Fleet: c.fleet, Feed: applierFunc(func(ev store.Event, pre *fleet.Assessed) { c.feed.Apply(ev, pre) }),
 		Holder: c.replica.id, Logger: c.log, Interval: c.hub.DecayInterval(), Now: cfg.Now})
+
+	if err := c.setupEvents(context.Background()); err != nil {
+		return nil, err
+	}
+	c.metrics.registerDeliveries(c)
 
 	gws, err := st.Gateways(context.Background())
 	if err != nil {
@@ -493,7 +505,7 @@ func (c *Collector) wire() {
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
 		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now,
-		StandingLease: c.keeper.Holding}, c.health)
+		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's
@@ -641,6 +653,8 @@ func (c *Collector) Serve(ctx context.Context) error {
 	go func() { defer wg.Done(); c.feed.Run(bg) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); c.keeper.Run(bg) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.outbox.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
 	if c.metricsListener != nil {
@@ -798,4 +812,5 @@ func (c *Collector) applied(ev store.Event) {
 	if ev.DeviceID != "" {
 		c.keeper.Observe(ev.DeviceID)
 	}
+	c.wakeOutbox(ev)
 }

@@ -57,6 +57,9 @@ type Config struct {
 	Replica string
 	// StandingLease says whether this collector records device standings.
 	StandingLease func() bool
+	// Receivers lists the outbox's receivers and how delivery to each
+	// stands.
+	Receivers func(ctx context.Context) ([]*posturev1.ReceiverStatus, error)
 	Logger        *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
