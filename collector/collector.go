@@ -253,12 +253,12 @@ type Collector struct {
 	stats     *stats.Stats
 	// deliveries counts what the outbox delivered (events.go).
 	deliveries *deliveryMetrics
-	api       *api.Server
-	health    *health.Server
-	metrics   *metrics
-	onStop    []func() // see OnStop
-	started   time.Time
-	failed    chan error // ends Serve: the collector cannot go on
+	api        *api.Server
+	health     *health.Server
+	metrics    *metrics
+	onStop     []func() // see OnStop
+	started    time.Time
+	failed     chan error // ends Serve: the collector cannot go on
 
 	// What clients without a certificate hold of the TLS listener, and
 	// what they were refused (limits.go).

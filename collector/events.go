@@ -101,9 +101,9 @@ func (c *Collector) receiverStatus(ctx context.Context) ([]*posturev1.ReceiverSt
 
 // deliveryMetrics count what the outbox delivered.
 type deliveryMetrics struct {
-	sent      *prometheus.CounterVec
-	failures  *prometheus.CounterVec
-	latency   prometheus.Histogram
+	sent     *prometheus.CounterVec
+	failures *prometheus.CounterVec
+	latency  prometheus.Histogram
 }
 
 func newDeliveryMetrics() *deliveryMetrics {

@@ -60,7 +60,7 @@ type Config struct {
 	// Receivers lists the outbox's receivers and how delivery to each
 	// stands.
 	Receivers func(ctx context.Context) ([]*posturev1.ReceiverStatus, error)
-	Logger        *slog.Logger
+	Logger    *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

@@ -82,7 +82,7 @@ func TestSend(t *testing.T) {
 		Sequence  uint64    `json:"sequence"`
 		Data      struct {
 			Device struct{ ID, Hostname, State string } `json:"device"`
-			Reason string                              `json:"reason"`
+			Reason string                               `json:"reason"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &ev); err != nil {
