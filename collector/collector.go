@@ -40,6 +40,7 @@ import (
 	"github.com/posture-project/posture/collector/ingest"
 	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/ssf"
 	"github.com/posture-project/posture/collector/standing"
 	"github.com/posture-project/posture/collector/stats"
 	"github.com/posture-project/posture/collector/store"
@@ -237,20 +238,23 @@ func (c *Config) validate() error {
 
 // Collector is a running collector's state.
 type Collector struct {
-	cfg       Config
-	log       *slog.Logger
-	ca        *pki.CA
-	roots     *x509.CertPool
-	store     store.Store
-	replica   replica
-	fleet     *fleet.Fleet
-	hub       *watch.Hub
-	feed      *feed.Feed
-	gateways  *gateways.Revocations
-	decisions *decisions.Log
-	keeper    *standing.Keeper
-	outbox    *outbox.Dispatcher
-	stats     *stats.Stats
+	cfg         Config
+	log         *slog.Logger
+	ca          *pki.CA
+	roots       *x509.CertPool
+	store       store.Store
+	replica     replica
+	fleet       *fleet.Fleet
+	hub         *watch.Hub
+	feed        *feed.Feed
+	gateways    *gateways.Revocations
+	decisions   *decisions.Log
+	keeper      *standing.Keeper
+	outbox      *outbox.Dispatcher
+	ssf         *ssf.Transmitter // nil when off
+	ssfSrv      *http.Server
+	ssfListener net.Listener
+	stats       *stats.Stats
 	// deliveries counts what the outbox delivered (events.go).
 	deliveries *deliveryMetrics
 	api        *api.Server
@@ -304,6 +308,9 @@ func New(cfg Config) (c *Collector, err error) {
 	defer func() {
 		if err != nil {
 			st.Close()
+			if c != nil && c.ssfListener != nil {
+				c.ssfListener.Close()
+			}
 		}
 	}()
 	ca, err := loadCA(context.Background(), st, cfg, shared)
@@ -505,7 +512,7 @@ func (c *Collector) wire() {
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
 		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now,
-		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus}, c.health)
+		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus, SSF: c.apiTransmitter()}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's
@@ -657,6 +664,13 @@ func (c *Collector) Serve(ctx context.Context) error {
 	go func() { defer wg.Done(); c.outbox.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
+	if c.ssfSrv != nil {
+		go func() {
+			if err := c.serveSSF(); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	if c.metricsListener != nil {
 		// Made here, not in the goroutine, so that stop always finds it.
 		c.metricsSrv = c.metricsServer()
@@ -703,6 +717,9 @@ func (c *Collector) stop() {
 	c.health.Shutdown()
 	if c.metricsSrv != nil {
 		c.metricsSrv.Close()
+	}
+	if c.ssfSrv != nil {
+		c.ssfSrv.Close()
 	}
 	c.fleet.CloseAllStreams(errShuttingDown)
 	done := make(chan struct{})

@@ -2,13 +2,21 @@ package collector
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/collector/api"
 	"github.com/posture-project/posture/collector/outbox"
+	"github.com/posture-project/posture/collector/ssf"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/webhook"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -21,6 +29,9 @@ import (
 type EventsConfig struct {
 	// Webhooks post signed JSON events (collector/webhook).
 	Webhooks []webhook.Config
+	// SSF configures the Shared Signals transmitter (collector/ssf); off
+	// without an Issuer.
+	SSF SSFConfig
 	// ReceiverLease is how long a collector's claim to deliver to a
 	// receiver lasts without renewal: how soon another collector takes
 	// over from one that stopped (outbox.DefaultLease).
@@ -34,6 +45,20 @@ type EventsConfig struct {
 	// OutboxRetention is how long a message waits for a receiver that
 	// does not take it before it is dropped (7 days).
 	OutboxRetention time.Duration
+}
+
+// SSFConfig configures the Shared Signals transmitter.
+type SSFConfig struct {
+	// Issuer is the https URL receivers know the transmitter by: the iss
+	// of every SET, below which its endpoints are. Every collector sharing
+	// a database is given the same (receivers reach them through one
+	// name).
+	Issuer string
+	// Listen is the address its HTTP endpoints are served on, with TLS
+	// from the collector CA, or in plain HTTP on a loopback address behind
+	// a proxy (Plaintext).
+	Listen    string
+	Plaintext bool
 }
 
 // receiverID is how a configured receiver is known in the database.
@@ -70,12 +95,93 @@ func (c *Collector) setupEvents(ctx context.Context) error {
 		Store: c.store, Holder: c.replica.id, Logger: c.log,
 		Lease: ev.ReceiverLease, MinBackoff: ev.RetryMin, MaxBackoff: ev.RetryMax, DownAfter: ev.DownAfter, Retention: ev.OutboxRetention,
 		Receivers: func(ctx context.Context) ([]outbox.Receiver, error) {
-			return append([]outbox.Receiver(nil), receivers...), nil
+			rs := append([]outbox.Receiver(nil), receivers...)
+			if c.ssf != nil {
+				streams, err := c.ssf.Receivers(ctx)
+				if err != nil {
+					return nil, err
+				}
+				rs = append(rs, streams...)
+			}
+			return rs, nil
 		},
 		Delivered: c.deliveries.delivered,
 		Failed:    c.deliveries.failed,
 	})
+	if ev.SSF.Issuer == "" {
+		if ev.SSF.Listen != "" {
+			return errors.New("--ssf-listen needs --ssf-issuer: the URL receivers know the transmitter by")
+		}
+		return nil
+	}
+	if ev.SSF.Listen == "" {
+		return errors.New("--ssf-issuer needs --ssf-listen: the address the transmitter's endpoints are served on")
+	}
+	key, err := ssf.LoadOrCreateKey(filepath.Join(c.cfg.DataDir, ssf.KeyFile))
+	if err != nil {
+		return err
+	}
+	c.ssf, err = ssf.New(ctx, ssf.Config{Issuer: ev.SSF.Issuer, Key: key, Store: c.store, Logger: c.log, Now: c.cfg.Now,
+		Changed: c.outbox.Reconfigure, Wrote: c.outbox.Wake, Client: &http.Client{Timeout: 10 * time.Second}})
+	if err != nil {
+		return err
+	}
+	return c.listenSSF()
+}
+
+// listenSSF binds the transmitter's HTTP endpoints: TLS from the
+// collector CA, or plain HTTP on loopback behind a proxy.
+func (c *Collector) listenSSF() error {
+	cfg := c.cfg.Events.SSF
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--ssf-listen %q: %w", cfg.Listen, err)
+	}
+	c.ssfSrv = &http.Server{Handler: c.ssf.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10}
+	if cfg.Plaintext {
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("--ssf-plaintext is allowed only on a loopback address, not %q: receivers' tokens would cross the network in the clear", host)
+		}
+	} else {
+		hosts := []string{host}
+		if u, err := url.Parse(cfg.Issuer); err == nil {
+			hosts = append(hosts, u.Hostname())
+		}
+		if c.ssfSrv.TLSConfig, err = c.ServingTLS(hosts...); err != nil {
+			return err
+		}
+		// Receivers present no client certificate: their token
+		// authenticates them.
+		c.ssfSrv.TLSConfig.ClientAuth = tls.NoClientCert
+	}
+	if c.ssfListener, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fmt.Errorf("--ssf-listen: %w", err)
+	}
 	return nil
+}
+
+// serveSSF runs the transmitter's endpoints until the server closes.
+func (c *Collector) serveSSF() error {
+	var err error
+	if c.ssfSrv.TLSConfig != nil {
+		err = c.ssfSrv.ServeTLS(c.ssfListener, "", "")
+	} else {
+		err = c.ssfSrv.Serve(c.ssfListener)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("SSF listener: %w", err)
+	}
+	return nil
+}
+
+// SSFAddr is the address the transmitter's endpoints listen on; empty
+// when it is off.
+func (c *Collector) SSFAddr() string {
+	if c.ssfListener == nil {
+		return ""
+	}
+	return c.ssfListener.Addr().String()
 }
 
 // receiverStatus lists the outbox's receivers as stats shows them.
@@ -181,4 +287,13 @@ func (c *Collector) wakeOutbox(ev store.Event) {
 		return // these write none
 	}
 	c.outbox.Wake()
+}
+
+// apiTransmitter is the transmitter as the admin service takes it: nil,
+// not a nil pointer, when it is off.
+func (c *Collector) apiTransmitter() api.Transmitter {
+	if c.ssf == nil {
+		return nil
+	}
+	return c.ssf
 }

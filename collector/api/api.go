@@ -60,7 +60,9 @@ type Config struct {
 	// Receivers lists the outbox's receivers and how delivery to each
 	// stands.
 	Receivers func(ctx context.Context) ([]*posturev1.ReceiverStatus, error)
-	Logger    *slog.Logger
+	// SSF is the Shared Signals transmitter; nil when it is off.
+	SSF    Transmitter
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

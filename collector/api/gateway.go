@@ -149,7 +149,13 @@ func (s *Server) devicePosture(ctx context.Context, id string) (*posturev1.Devic
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, status.Errorf(codes.Internal, "read latest report: %v", err)
 	}
-	return s.posture(d, report, s.cfg.Now()), nil
+	out := s.posture(d, report, s.cfg.Now())
+	if u, err := s.cfg.Store.DeviceUser(ctx, id); err == nil {
+		out.Device.User = &posturev1.DeviceUser{Email: u.Email, Issuer: u.Issuer, Subject: u.Subject}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.Internal, "read the device's user: %v", err)
+	}
+	return out, nil
 }
 
 // WatchPosture streams decision changes (watch.Hub).

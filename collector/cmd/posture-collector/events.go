@@ -21,6 +21,9 @@ type eventsFlags struct {
 	retryMax        *time.Duration
 	downAfter       *time.Duration
 	outboxRetention *string
+	ssfIssuer       *string
+	ssfListen       *string
+	ssfPlaintext    *bool
 }
 
 // addEventsFlags declares the flags on run's flag set.
@@ -35,6 +38,9 @@ func addEventsFlags(fs *flag.FlagSet) *eventsFlags {
 	f.retryMax = fs.Duration("receiver-retry-max", outbox.DefaultMaxBackoff, "the longest pause between attempts to a receiver that fails")
 	f.downAfter = fs.Duration("receiver-down-after", outbox.DefaultDownAfter, "a receiver whose deliveries fail this long is marked down (stats, metrics); it is still retried")
 	f.outboxRetention = fs.String("outbox-retention", "7d", "how long a message waits for a receiver that does not take it (whole days as 7d, or a duration)")
+	f.ssfIssuer = fs.String("ssf-issuer", "", "turn the Shared Signals transmitter on: the https URL receivers (Okta) know it by, the iss of every Security Event Token; needs --ssf-listen")
+	f.ssfListen = fs.String("ssf-listen", "", "serve the transmitter's endpoints (/.well-known/ssf-configuration, JWKS, stream management) on ADDR, with TLS from the collector CA")
+	f.ssfPlaintext = fs.Bool("ssf-plaintext", false, "serve --ssf-listen in plain HTTP, for a proxy on the same host that terminates TLS; allowed only on a loopback address")
 	return f
 }
 
@@ -49,6 +55,7 @@ func (f *eventsFlags) config() (collector.EventsConfig, error) {
 		return cfg, fmt.Errorf("--outbox-retention: %w", err)
 	}
 	cfg.OutboxRetention = retention
+	cfg.SSF = collector.SSFConfig{Issuer: *f.ssfIssuer, Listen: *f.ssfListen, Plaintext: *f.ssfPlaintext}
 	for _, v := range f.webhooks {
 		w, err := parseWebhook(v)
 		if err != nil {

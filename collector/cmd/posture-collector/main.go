@@ -60,6 +60,14 @@ Usage:
   posture-collector decisions [ID] [--since 1h] [--at 10:42] [--limit 100] [-o table|json]
   posture-collector replicas [-o table|json]              the collectors sharing this one's database, and how far each is behind
   posture-collector migrate --from DIR/posture.db --to postgres://…   copy a stopped collector's SQLite database into an empty PostgreSQL one, checked
+  posture-collector devices bind ID --email ADDRESS [--issuer URL --subject SUB]   the device's user, for Shared Signals receivers
+  posture-collector devices unbind ID
+  posture-collector ssf receiver add NAME --audience AUD --level LEVEL   a Shared Signals receiver; prints its API token
+  posture-collector ssf receiver list|remove NAME
+  posture-collector ssf stream create --receiver NAME --endpoint URL [--authorization HEADER]   push SETs to a receiver (Okta)
+  posture-collector ssf stream list|delete ID
+
+Events leave Posture with run's --webhook, --ssf-issuer and --ssf-listen (docs/webhooks.md, docs/ssf.md).
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -109,7 +117,8 @@ func run(args []string, out io.Writer) error {
 	case "token":
 		return sub(rest, map[string]func([]string, io.Writer) error{"create": tokenCreate}, out)
 	case "devices":
-		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke, "approve": devicesApprove, "preregister": devicesPreregister}, out)
+		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke, "approve": devicesApprove, "preregister": devicesPreregister,
+			"bind": devicesBind, "unbind": devicesUnbind}, out)
 	case "check":
 		return check(rest, out)
 	case "gateway":
@@ -124,6 +133,8 @@ func run(args []string, out io.Writer) error {
 		return replicas(rest, out)
 	case "migrate":
 		return migrate(rest, out)
+	case "ssf":
+		return ssfCommand(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
