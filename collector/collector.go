@@ -40,6 +40,7 @@ import (
 	"github.com/posture-project/posture/collector/ingest"
 	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/siem"
 	"github.com/posture-project/posture/collector/ssf"
 	"github.com/posture-project/posture/collector/standing"
 	"github.com/posture-project/posture/collector/stats"
@@ -254,6 +255,7 @@ type Collector struct {
 	ssf         *ssf.Transmitter // nil when off
 	ssfSrv      *http.Server
 	ssfListener net.Listener
+	exports     []*siem.Export // SIEM exports, closed at stop
 	stats       *stats.Stats
 	// deliveries counts what the outbox delivered (events.go).
 	deliveries *deliveryMetrics
@@ -740,6 +742,11 @@ func (c *Collector) stop() {
 		hook()
 	}
 	c.saveDecisions(context.Background(), true) // no decision is made any more
+	for _, x := range c.exports {
+		if err := x.Close(); err != nil {
+			c.log.Warn("close SIEM export", "err", err)
+		}
+	}
 	if err := c.store.Close(); err != nil {
 		c.log.Error("close store", "err", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/posture-project/posture/collector/api"
 	"github.com/posture-project/posture/collector/outbox"
+	"github.com/posture-project/posture/collector/siem"
 	"github.com/posture-project/posture/collector/ssf"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/webhook"
@@ -32,6 +33,9 @@ type EventsConfig struct {
 	// SSF configures the Shared Signals transmitter (collector/ssf); off
 	// without an Issuer.
 	SSF SSFConfig
+	// SIEM exports OCSF JSON lines to files or syslog servers
+	// (collector/siem).
+	SIEM []siem.Config
 	// ReceiverLease is how long a collector's claim to deliver to a
 	// receiver lasts without renewal: how soon another collector takes
 	// over from one that stopped (outbox.DefaultLease).
@@ -80,6 +84,20 @@ func (c *Collector) setupEvents(ctx context.Context) error {
 			return err
 		}
 		receivers = append(receivers, w.Receiver())
+	}
+	for _, sc := range ev.SIEM {
+		if sc.Version == "" {
+			sc.Version = Version
+		}
+		x, err := siem.New(sc)
+		if err != nil {
+			return err
+		}
+		c.exports = append(c.exports, x)
+		receivers = append(receivers, x.Receiver())
+		if x.Decisions() {
+			c.decisions.Announce(true)
+		}
 	}
 	for _, r := range receivers {
 		if seen[r.ID] {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -36,7 +37,14 @@ type Log struct {
 	seq    uint64
 	latest map[runKey]runRef // the newest record of each device, level and caller
 	queued []int             // slots whose record is new or whose run grew since it was saved
+	// announce: a new record's first save writes its outbox message
+	// (store.Decision.Announce), for receivers that take decisions.
+	announce atomic.Bool
 }
+
+// Announce sets whether new records are announced through the outbox
+// when they are first saved.
+func (l *Log) Announce(on bool) { l.announce.Store(on) }
 
 type decisionRecord struct {
 	seq       uint64 // 0: empty slot
@@ -194,8 +202,9 @@ func (l *Log) unsaved(now time.Time, all bool) []savedRecord {
 			keep = append(keep, slot)
 			continue
 		}
+		first := !r.saved
 		r.queued, r.saved, r.savedAt = false, true, now
-		due = append(due, savedRecord{slot: slot, rec: *r})
+		due = append(due, savedRecord{slot: slot, rec: *r, first: first})
 	}
 	l.queued = keep
 	return due
@@ -203,8 +212,9 @@ func (l *Log) unsaved(now time.Time, all bool) []savedRecord {
 
 // savedRecord is a record on its way to the store, and where it came from.
 type savedRecord struct {
-	slot int
-	rec  decisionRecord
+	slot  int
+	rec   decisionRecord
+	first bool // never saved before
 }
 
 // unsave queues again the records of a failed save that are still in the
@@ -292,7 +302,8 @@ func (l *Log) Save(ctx context.Context, st Store, collector string, all bool) er
 			}
 		}
 		ds[i] = store.Decision{Seq: r.seq, FirstAt: r.first, At: r.at, Count: r.times, Device: r.device, Level: r.level,
-			Caller: r.caller, Allowed: r.allowed, Score: r.score, State: int32(r.state), Detail: detail}
+			Caller: r.caller, Allowed: r.allowed, Score: r.score, State: int32(r.state), Detail: detail,
+			Announce: due[i].first && l.announce.Load()}
 	}
 	// In chunks: one writer operation of many thousand records (a gateway
 	// asking about made-up devices makes a record per request) would hold

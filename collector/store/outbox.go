@@ -72,6 +72,15 @@ type OutboxData struct {
 	Decision *OutboxDecisionData `json:"decision,omitempty"`
 	// State is a verification's state (OutboxVerification).
 	State string `json:"state,omitempty"`
+	// User is the person the device is bound to, on a decision.
+	User *OutboxUser `json:"user,omitempty"`
+}
+
+// OutboxUser is a device's user as a message names it (DeviceUser).
+type OutboxUser struct {
+	Email   string `json:"email,omitempty"`
+	Issuer  string `json:"issuer,omitempty"`
+	Subject string `json:"subject,omitempty"`
 }
 
 // OutboxDevice is a device as a message names it.
@@ -181,6 +190,22 @@ func OutboxOf(ev Event, prev Standing) ([]OutboxMessage, error) {
 		}
 	}
 	return out, nil
+}
+
+// DecisionMessage is the outbox message of a saved decision that is
+// announced (Decision.Announce): what SaveDecisions writes, user being
+// the device's binding when it has one.
+func DecisionMessage(collector string, d Decision, user *DeviceUser) (OutboxMessage, error) {
+	data := OutboxData{Device: &OutboxDevice{ID: d.Device}, Decision: &OutboxDecisionData{Collector: collector, At: d.FirstAt.UTC(), Level: d.Level,
+		Caller: d.Caller, Allowed: d.Allowed, Score: d.Score, State: StateName(d.State), Detail: d.Detail}}
+	if user != nil {
+		data.User = &OutboxUser{Email: user.Email, Issuer: user.Issuer, Subject: user.Subject}
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return OutboxMessage{}, fmt.Errorf("encode decision message: %w", err)
+	}
+	return OutboxMessage{At: d.FirstAt, Kind: OutboxDecision, DeviceID: d.Device, Data: b}, nil
 }
 
 // NewMessageID is a stable message ID: a random (version 4) UUID.

@@ -188,6 +188,10 @@ type Decision struct {
 	Score       uint32
 	State       int32  // the device's state at the decision
 	Detail      []byte // reasons and failed checks, as the collector encodes them
+	// Announce asks SaveDecisions to write the decision's outbox message
+	// (DecisionMessage) in the same transaction: set on a record's first
+	// save when a receiver takes decisions. Not read back.
+	Announce bool
 }
 
 // PruneProgress says how far one call of PruneReports got.

@@ -4,11 +4,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/outbox"
+	"github.com/posture-project/posture/collector/siem"
 	"github.com/posture-project/posture/collector/webhook"
 )
 
@@ -16,6 +18,7 @@ import (
 // into collector.EventsConfig, field for field.
 type eventsFlags struct {
 	webhooks        []string
+	siems           []string
 	receiverLease   *time.Duration
 	retryMin        *time.Duration
 	retryMax        *time.Duration
@@ -31,6 +34,10 @@ func addEventsFlags(fs *flag.FlagSet) *eventsFlags {
 	f := &eventsFlags{}
 	fs.Func("webhook", "post signed JSON events to a URL (repeatable): name=NAME,url=URL,secret-file=FILE[,events=TYPE;TYPE…][,timeout=10s]; the file holds the HMAC secret (mode 0600); events default to every device change (device.*;level.*;check.*;grace.*)", func(v string) error {
 		f.webhooks = append(f.webhooks, v)
+		return nil
+	})
+	fs.Func("siem", "export every device change and access decision as OCSF JSON lines (repeatable): name=NAME,file=PATH[,max-size=100MB][,keep=10], or name=NAME,syslog=tls://HOST:6514[,ca=FILE][,facility=16] (RFC 5424; tcp:// for plain TCP); decisions=false leaves decisions out", func(v string) error {
+		f.siems = append(f.siems, v)
 		return nil
 	})
 	f.receiverLease = fs.Duration("receiver-lease", outbox.DefaultLease, "how long a collector's claim to deliver to a receiver lasts unrenewed: how soon another collector sharing the database takes over from one that stopped")
@@ -56,6 +63,13 @@ func (f *eventsFlags) config() (collector.EventsConfig, error) {
 	}
 	cfg.OutboxRetention = retention
 	cfg.SSF = collector.SSFConfig{Issuer: *f.ssfIssuer, Listen: *f.ssfListen, Plaintext: *f.ssfPlaintext}
+	for _, v := range f.siems {
+		x, err := parseSIEM(v)
+		if err != nil {
+			return cfg, fmt.Errorf("--siem %q: %w", v, err)
+		}
+		cfg.SIEM = append(cfg.SIEM, x)
+	}
 	for _, v := range f.webhooks {
 		w, err := parseWebhook(v)
 		if err != nil {
@@ -127,4 +141,51 @@ func readSecretFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(strings.TrimSpace(string(data))), nil
+}
+
+func parseSIEM(v string) (siem.Config, error) {
+	kv, err := keyValues(v, "name", "file", "max-size", "keep", "syslog", "ca", "facility", "decisions")
+	if err != nil {
+		return siem.Config{}, err
+	}
+	c := siem.Config{Name: kv["name"], File: kv["file"], Syslog: kv["syslog"], SyslogCA: kv["ca"]}
+	if s := kv["max-size"]; s != "" {
+		if c.MaxSize, err = parseSize(s); err != nil {
+			return siem.Config{}, err
+		}
+	}
+	if s := kv["keep"]; s != "" {
+		if c.Keep, err = strconv.Atoi(s); err != nil || c.Keep < 1 {
+			return siem.Config{}, fmt.Errorf("keep %q: give a number of files, at least 1", s)
+		}
+	}
+	if s := kv["facility"]; s != "" {
+		if c.Facility, err = strconv.Atoi(s); err != nil {
+			return siem.Config{}, fmt.Errorf("facility %q: give a number from 0 to 23 (16 is local0)", s)
+		}
+	}
+	if s := kv["decisions"]; s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return siem.Config{}, fmt.Errorf("decisions %q: give true or false", s)
+		}
+		c.Decisions = &b
+	}
+	return c, nil
+}
+
+// parseSize reads a size: bytes, or with KB, MB or GB (powers of 1024).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30} {
+		if n, ok := strings.CutSuffix(strings.ToUpper(s), suffix); ok {
+			s, mult = n, m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: give bytes, or a number with KB, MB or GB", s)
+	}
+	return n * mult, nil
 }
