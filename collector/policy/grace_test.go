@@ -1,11 +1,13 @@
 package policy
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -191,5 +193,23 @@ func TestEnforcement(t *testing.T) {
 		if _, err := Parse([]byte(yaml)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Parse = %v, want %q", err, want)
 		}
+	}
+}
+
+// The policy in docs/grace.md parses, and means what the doc says of it.
+func TestGraceDoc(t *testing.T) {
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "docs", "grace.md"), "## The policy", "yaml")
+	if len(blocks) != 1 {
+		t.Fatalf("docs/grace.md's policy section has %d yaml blocks, want 1", len(blocks))
+	}
+	p := mustParse(t, blocks[0])
+	if c, _ := p.Check("disk_encryption"); c.Grace != 72*time.Hour {
+		t.Errorf("disk_encryption grace %v", c.Grace)
+	}
+	if l, _ := p.Level("finance"); l.Enforcement() != EnforceWarn {
+		t.Errorf("finance enforcement %v", l.Enforcement())
+	}
+	if p.NotifyEvery() != 4*time.Hour || p.NotifyBeforeBlock() != 24*time.Hour {
+		t.Errorf("notify %v %v", p.NotifyEvery(), p.NotifyBeforeBlock())
 	}
 }

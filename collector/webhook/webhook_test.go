@@ -10,12 +10,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/testtools"
 )
 
 var secret = []byte("0123456789abcdef0123456789abcdef")
@@ -129,5 +134,57 @@ func TestConfig(t *testing.T) {
 	}
 	if r.Wants(store.OutboxMessage{Kind: "level.lost", Receiver: "ssf:x"}) {
 		t.Error("a message for another receiver is wanted")
+	}
+}
+
+// The events in docs/webhooks.md are events as a receiver decodes them.
+func TestWebhookDoc(t *testing.T) {
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "docs", "webhooks.md"), "## The request", "json")
+	if len(blocks) != 2 {
+		t.Fatalf("docs/webhooks.md has %d json examples, want 2", len(blocks))
+	}
+	for _, b := range blocks {
+		dec := json.NewDecoder(strings.NewReader(b))
+		dec.DisallowUnknownFields()
+		var ev struct {
+			Event
+			Data store.OutboxData `json:"data"`
+		}
+		if err := dec.Decode(&ev); err != nil {
+			t.Errorf("%v:\n%s", err, b)
+			continue
+		}
+		if len(ev.ID) != 36 || !slices.Contains(Types, ev.Type) || ev.CreatedAt.IsZero() || ev.Data.Device == nil {
+			t.Errorf("example %+v", ev)
+		}
+	}
+}
+
+// The shell check in docs/webhooks.md accepts a real signature and
+// refuses another body's.
+func TestWebhookDocShell(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("SKIPPED: openssl not found, the doc's shell check is not run")
+	}
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "docs", "webhooks.md"), "## Checking the signature", "sh")
+	if len(blocks) != 1 {
+		t.Fatalf("docs/webhooks.md has %d sh blocks under its signature check, want 1", len(blocks))
+	}
+	dir := t.TempDir()
+	body := []byte(`{"id":"x","type":"device.revoked"}`)
+	os.WriteFile(filepath.Join(dir, "tickets.secret"), append(secret, '\n'), 0o600)
+	run := func(body []byte, sig string) string {
+		os.WriteFile(filepath.Join(dir, "body.json"), body, 0o600)
+		cmd := exec.Command("bash", "-c", blocks[0])
+		cmd.Dir, cmd.Env = dir, append(os.Environ(), "sig="+sig)
+		out, _ := cmd.CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	sig := Sign(secret, body, time.Now())
+	if got := run(body, sig); got != "valid" {
+		t.Errorf("the doc's check of a real signature says %q", got)
+	}
+	if got := run([]byte(`{"id":"y"}`), sig); got == "valid" {
+		t.Error("the doc's check accepts another body")
 	}
 }
