@@ -32,6 +32,7 @@ import (
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/siem"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -488,6 +489,23 @@ func TestLines(t *testing.T) {
 		json.Unmarshal(l, &ev)
 		if !uids[ev.Metadata.UID] {
 			t.Errorf("line %s in the file is not among the syslog messages", ev.Metadata.UID)
+		}
+	}
+}
+
+// The lines in docs/siem.md hold to the classes they claim.
+func TestSIEMDoc(t *testing.T) {
+	sch := loadSchema(t)
+	var lines []string
+	for _, h := range []string{"## Device changes: Device Config State Change (class 5019)", "## Access decisions: Authorize Session (class 3003)"} {
+		lines = append(lines, testtools.CodeBlocks(t, filepath.Join("..", "..", "docs", "siem.md"), h, "json")...)
+	}
+	if len(lines) != 2 {
+		t.Fatalf("docs/siem.md has %d example lines, want 2", len(lines))
+	}
+	for _, l := range lines {
+		for _, p := range sch.validate([]byte(strings.TrimSpace(l))) {
+			t.Errorf("%s\n%s", p, l)
 		}
 	}
 }
