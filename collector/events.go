@@ -65,9 +65,6 @@ type SSFConfig struct {
 	Plaintext bool
 }
 
-// receiverID is how a configured receiver is known in the database.
-func receiverID(kind, name string) string { return kind + ":" + name }
-
 // setupEvents makes the outbox's dispatcher and records this collector's
 // configured receivers in the database (a new one starts at the end of
 // the outbox).
