@@ -567,6 +567,9 @@ func devicesShow(args []string, out io.Writer) error {
 	if d.GetStateReason() != "" {
 		inert.Fprintf(out, " (%s)", d.GetStateReason())
 	}
+	if u := d.GetUser(); u != nil {
+		inert.Fprintf(out, "\nUser       %s", userText(u))
+	}
 	if d.GetEkSha256() != "" {
 		inert.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
 		mb := p.GetMeasuredBoot()
@@ -584,13 +587,13 @@ func devicesShow(args []string, out io.Writer) error {
 		if c.GetEvidenceAge() != nil {
 			age = c.GetEvidenceAge().AsDuration().String()
 		}
-		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
+		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason()+graceText(c), orDash(c.GetRemediation()))
 	}
 	checks.flush()
 	fmt.Fprintln(out)
 	levels := newTable(out, "LEVEL", "ALLOWED", "WHY NOT")
 	for _, l := range p.GetLevels() {
-		levels.row(l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
+		levels.row(l.GetName(), levelAllowed(l), orDash(strings.Join(append(l.GetReasons(), l.GetWarnings()...), "; ")))
 	}
 	return levels.flush()
 }
