@@ -80,4 +80,3 @@ func userText(u *posturev1.DeviceUser) string {
 	}
 	return strings.Join(parts, ", ")
 }
-
