@@ -516,3 +516,36 @@ func (c *suite) bindings(t *testing.T) {
 		t.Errorf("removing twice: %v", err)
 	}
 }
+
+// decisionsAnnounced: a saved decision marked to be announced writes its
+// message in the same transaction, naming the device's user; a run saved
+// again without the mark writes nothing more.
+func (c *suite) decisionsAnnounced(t *testing.T) {
+	s, _ := c.fresh(t)
+	enroll(t, s, "dev-a")
+	if err := s.BindDeviceUser(ctx, store.DeviceUser{DeviceID: "dev-a", Email: "ada@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	start, _ := s.LastOutboxSeq(ctx)
+	at := time.Unix(1_800_000_000, 0).UTC()
+	d := store.Decision{Seq: 1, FirstAt: at, At: at, Count: 1, Device: "dev-a", Level: "corp", Caller: "gateway edge", Allowed: false, Score: 40,
+		State: store.StateActive, Detail: []byte("detail"), Announce: true}
+	if err := s.SaveDecisions(ctx, "c1", []store.Decision{d}, 10); err != nil {
+		t.Fatal(err)
+	}
+	d.Count, d.Announce = 2, false
+	if err := s.SaveDecisions(ctx, "c1", []store.Decision{d}, 10); err != nil {
+		t.Fatal(err)
+	}
+	msgs := outboxAll(t, s, start, "")
+	if len(msgs) != 1 || msgs[0].Kind != store.OutboxDecision || msgs[0].DeviceID != "dev-a" {
+		t.Fatalf("messages %+v, want the one decision", msgs)
+	}
+	got := outboxData(t, msgs[0])
+	if dd := got.Decision; dd == nil || dd.Collector != "c1" || dd.Level != "corp" || dd.Allowed || dd.Score != 40 || string(dd.Detail) != "detail" || !dd.At.Equal(at) {
+		t.Errorf("decision message %+v", got.Decision)
+	}
+	if got.User == nil || got.User.Email != "ada@example.com" {
+		t.Errorf("decision message user %+v", got.User)
+	}
+}

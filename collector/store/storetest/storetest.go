@@ -69,6 +69,7 @@ func Run(t *testing.T, open Opener) {
 		{"ReceiversClaimedOnce", c.receiversClaimedOnce},
 		{"Leases", c.leases},
 		{"Bindings", c.bindings},
+		{"DecisionsAnnounced", c.decisionsAnnounced},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
