@@ -41,6 +41,12 @@ func newMetrics(c *Collector) *metrics {
 	return m
 }
 
+// registerDeliveries adds what the outbox counts (events.go).
+func (m *metrics) registerDeliveries(c *Collector) {
+	d := c.deliveries
+	m.registry.MustRegister(d.sent, d.failures, d.latency, receiverMetrics{c: c})
+}
+
 // decision counts one answered decision.
 func (m *metrics) decision(level string, allowed bool) {
 	result := "deny"

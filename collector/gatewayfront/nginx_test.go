@@ -197,6 +197,7 @@ func TestNginx(t *testing.T) {
 		HeaderScore, "100",
 		HeaderAssurance, "tpm_ek_verified",
 		HeaderReason, "approved by security",
+		HeaderWarning, "nothing to see",
 	}
 	servers := []struct {
 		name string

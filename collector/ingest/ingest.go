@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector/fault"
 	"github.com/posture-project/posture/collector/fleet"
@@ -293,8 +294,28 @@ func (s *session) answer(sr *posturev1.SignedReport, nonce, next []byte) (*postu
 	}
 	in.cfg.Stats.Accepted()
 	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
+		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog, Standing: s.standing(),
 	}}}, nil
+}
+
+// standing is what the policy says of the device now that its report is
+// applied, for the agent to tell the device's user: the failing checks,
+// each with since when and when its grace ends, and how often to say so.
+func (s *session) standing() *posturev1.DeviceStanding {
+	subj, pol, ok := s.in.cfg.Fleet.Judged(s.id)
+	if !ok {
+		return nil
+	}
+	now := s.in.cfg.Now()
+	out := &posturev1.DeviceStanding{NotifyEvery: durationpb.New(pol.NotifyEvery()), NotifyBeforeBlock: durationpb.New(pol.NotifyBeforeBlock())}
+	for _, f := range subj.Failures() {
+		c := &posturev1.CheckResult{Name: f.Check, Outcome: f.Outcome, Reason: f.Reason, Remediation: f.Remediation, FailingSince: timestamppb.New(f.Since)}
+		if !f.BlocksAt.IsZero() {
+			c.BlocksAt, c.InGrace = timestamppb.New(f.BlocksAt), now.Before(f.BlocksAt)
+		}
+		out.Failing = append(out.Failing, c)
+	}
+	return out
 }
 
 // streamEnd is why a stream whose context ended ended.
