@@ -72,6 +72,14 @@ var allowedCallers = map[string][]string{
 	"/posture.v1.AdminService/ListGateways":                          {callerAdmin},
 	"/posture.v1.AdminService/RevokeGateway":                         {callerAdmin},
 	"/posture.v1.AdminService/ListReplicas":                          {callerAdmin},
+	"/posture.v1.AdminService/BindDeviceUser":                        {callerAdmin},
+	"/posture.v1.AdminService/UnbindDeviceUser":                      {callerAdmin},
+	"/posture.v1.AdminService/AddSSFReceiver":                        {callerAdmin},
+	"/posture.v1.AdminService/ListSSFReceivers":                      {callerAdmin},
+	"/posture.v1.AdminService/RemoveSSFReceiver":                     {callerAdmin},
+	"/posture.v1.AdminService/CreateSSFStream":                       {callerAdmin},
+	"/posture.v1.AdminService/ListSSFStreams":                        {callerAdmin},
+	"/posture.v1.AdminService/DeleteSSFStream":                       {callerAdmin},
 }
 
 // refusedCallers are refused whatever they call, with this code: a
