@@ -120,3 +120,46 @@ func (f *funcValue) Set(s string) error {
 	f.s = s
 	return nil
 }
+
+// Repeated defines a flag that may be given several times, each value
+// checked by check and kept in order. In a configuration file its key
+// takes a list (see File). Its values are returned.
+func Repeated(fs *pflag.FlagSet, name, typ, usage string, check func(string) error) *[]string {
+	v := &repeated{typ: typ, check: check}
+	fs.Var(v, name, usage)
+	return &v.values
+}
+
+// repeated is a Repeated flag's value; as a pflag.SliceValue a
+// configuration file's list reaches it item by item.
+type repeated struct {
+	values []string
+	typ    string
+	check  func(string) error
+}
+
+func (r *repeated) String() string { return strings.Join(r.values, " ") }
+func (r *repeated) Type() string   { return r.typ }
+func (r *repeated) Set(s string) error {
+	return r.Append(s)
+}
+
+func (r *repeated) Append(s string) error {
+	if err := r.check(s); err != nil {
+		return err
+	}
+	r.values = append(r.values, s)
+	return nil
+}
+
+func (r *repeated) Replace(vals []string) error {
+	for _, s := range vals {
+		if err := r.check(s); err != nil {
+			return err
+		}
+	}
+	r.values = append([]string(nil), vals...)
+	return nil
+}
+
+func (r *repeated) GetSlice() []string { return append([]string(nil), r.values...) }

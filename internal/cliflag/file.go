@@ -14,7 +14,9 @@ import (
 
 // File is a configuration file: a YAML mapping whose keys are the names of
 // flags (without the dashes) and whose values are what the flags would be
-// given. A list is given to its flag joined by commas.
+// given. A list is given to a repeatable flag (one whose value is a
+// pflag.SliceValue, as --webhook) item by item, as if the flag were
+// repeated; to any other flag joined by commas.
 type File struct {
 	Path    string
 	Entries []Entry
@@ -23,6 +25,15 @@ type File struct {
 // Entry is one key of a configuration file, with its line.
 type Entry struct {
 	Key   string
+	Value string
+	Line  int
+	// Items are the list's values and their lines, when the value is a
+	// list (Value then holds them joined by commas).
+	Items []Item
+}
+
+// Item is one value of a list, with its line.
+type Item struct {
 	Value string
 	Line  int
 }
@@ -70,14 +81,17 @@ func ReadFile(path string, keys []string) (*File, error) {
 			}
 			value = v.Value
 		case yaml.SequenceNode:
-			var items []string
+			var values []string
+			items := []Item{}
 			for _, it := range v.Content {
 				if it.Kind != yaml.ScalarNode {
 					return nil, fmt.Errorf("%s:%d: %s: want a list of plain values", path, it.Line, key)
 				}
-				items = append(items, it.Value)
+				values = append(values, it.Value)
+				items = append(items, Item{Value: it.Value, Line: it.Line})
 			}
-			value = strings.Join(items, ",")
+			f.Entries = append(f.Entries, Entry{Key: key, Value: strings.Join(values, ","), Line: v.Line, Items: items})
+			continue
 		default:
 			return nil, fmt.Errorf("%s:%d: %s: want a value or a list, not a mapping", path, v.Line, key)
 		}
@@ -94,6 +108,21 @@ func (f *File) Apply(fs *pflag.FlagSet) error {
 		fl := fs.Lookup(e.Key)
 		if fl == nil || fl.Changed {
 			continue // another command's, or overridden on the command line
+		}
+		if sv, ok := fl.Value.(pflag.SliceValue); ok {
+			items := e.Items
+			if items == nil { // a single value: a list of one
+				items = []Item{{Value: e.Value, Line: e.Line}}
+			}
+			if err := sv.Replace(nil); err != nil {
+				return fmt.Errorf("%s:%d: %s: %w", f.Path, e.Line, e.Key, err)
+			}
+			for _, it := range items {
+				if err := sv.Append(it.Value); err != nil {
+					return fmt.Errorf("%s:%d: %s: %w", f.Path, it.Line, e.Key, err)
+				}
+			}
+			continue
 		}
 		if err := fl.Value.Set(e.Value); err != nil {
 			return fmt.Errorf("%s:%d: %s: %w", f.Path, e.Line, e.Key, err)
@@ -165,7 +194,9 @@ func Example(header string, fs *pflag.FlagSet, keys []string) string {
 			b.WriteString("# " + l + "\n")
 		}
 		def := f.DefValue
-		if def == "" || strings.ContainsAny(def, ":#{}[]&*!|>'\"%@`") {
+		if _, ok := f.Value.(pflag.SliceValue); ok {
+			def = "[]"
+		} else if def == "" || strings.ContainsAny(def, ":#{}[]&*!|>'\"%@`") {
 			def = fmt.Sprintf("%q", def)
 		}
 		b.WriteString("#" + k + ": " + def + "\n")

@@ -167,7 +167,7 @@ are ` + strings.Join(configKeys, ", ") + `.`,
 		newControlCommand("uninstall", "Stop and remove the system service, leaving nothing of it behind (the enrollment stays)"),
 		newControlCommand("start", "Start the system service; fails when the agent stops at once, saying why"),
 		newControlCommand("stop", "Stop the system service"),
-		newStatusCommand(), newVersionCommand(), newManCommand(root))
+		newStatusCommand(), newVersionCommand(), newNotifyCommand(), newManCommand(root))
 	return root
 }
 
@@ -309,10 +309,11 @@ func newCollectCommand() *cobra.Command {
 func runAgent(ctx context.Context, stateDir string, interval time.Duration) error {
 	log := newLogger()
 	a, err := agent.New(agent.Config{
-		StateDir: stateDir,
-		Interval: interval,
-		Measurer: signals.New(signals.Options{}),
-		Logger:   log,
+		StateDir:   stateDir,
+		Interval:   interval,
+		Measurer:   signals.New(signals.Options{}),
+		Logger:     log,
+		OnStanding: notifier(stateDir, log),
 	})
 	if err != nil {
 		return err

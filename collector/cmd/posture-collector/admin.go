@@ -174,8 +174,9 @@ func newTokenCommand() *cobra.Command {
 }
 
 func newDevicesCommand() *cobra.Command {
-	return group("devices", "List, show, revoke, approve and preregister devices",
-		devicesListCommand(), devicesShowCommand(), devicesRevokeCommand(), devicesApproveCommand(), devicesPreregisterCommand())
+	return group("devices", "List, show, revoke, approve, preregister devices and bind them to their users",
+		devicesListCommand(), devicesShowCommand(), devicesRevokeCommand(), devicesApproveCommand(), devicesPreregisterCommand(),
+		devicesBindCommand(), devicesUnbindCommand())
 }
 
 func devicesListCommand() *cobra.Command {
@@ -274,6 +275,9 @@ func showDevice(out io.Writer, p *posturev1.DevicePosture) error {
 	if d.GetStateReason() != "" {
 		inert.Fprintf(out, " (%s)", d.GetStateReason())
 	}
+	if u := d.GetUser(); u != nil {
+		inert.Fprintf(out, "\nUser       %s", userText(u))
+	}
 	if d.GetEkSha256() != "" {
 		inert.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
 		mb := p.GetMeasuredBoot()
@@ -291,13 +295,13 @@ func showDevice(out io.Writer, p *posturev1.DevicePosture) error {
 		if c.GetEvidenceAge() != nil {
 			age = c.GetEvidenceAge().AsDuration().String()
 		}
-		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
+		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason()+graceText(c), orDash(c.GetRemediation()))
 	}
 	checks.flush()
 	fmt.Fprintln(out)
 	levels := newTable(out, "LEVEL", "ALLOWED", "WHY NOT")
 	for _, l := range p.GetLevels() {
-		levels.row(l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
+		levels.row(l.GetName(), levelAllowed(l), orDash(strings.Join(append(l.GetReasons(), l.GetWarnings()...), "; ")))
 	}
 	return levels.flush()
 }
@@ -418,12 +422,15 @@ func newCheckCommand() *cobra.Command {
 			if resp.GetAllowed() {
 				verdict = "ALLOW"
 			}
-			inert.Fprintf(out, "%s %s for level %s (score %d, identity %s, state %s)\n", verdict, resp.GetDeviceId(), resp.GetAccessLevel(), resp.GetScore(), policy.AssuranceName(resp.GetAssurance()), stateName(resp.GetState()))
+			inert.Fprintf(out, "%s %s for level %s (score %d, identity %s, state %s%s)\n", verdict, resp.GetDeviceId(), resp.GetAccessLevel(), resp.GetScore(), policy.AssuranceName(resp.GetAssurance()), stateName(resp.GetState()), enforcementText(resp))
 			for _, r := range resp.GetReasons() {
 				inert.Fprintf(out, "  - %s\n", r)
 			}
+			for _, w := range resp.GetWarnings() {
+				inert.Fprintf(out, "  ! %s\n", w)
+			}
 			for _, c := range resp.GetFailedChecks() {
-				inert.Fprintf(out, "  * %s %s: %s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), orDash(c.GetRemediation()))
+				inert.Fprintf(out, "  * %s %s: %s%s; fix: %s\n", c.GetName(), outcomeName(c.GetOutcome()), c.GetReason(), graceText(c), orDash(c.GetRemediation()))
 			}
 		}
 		if !resp.GetAllowed() {
@@ -675,10 +682,7 @@ func printDiff(out io.Writer, resp *posturev1.DiffPolicyResponse) error {
 	}
 	t := newTable(out, "DEVICE", "HOSTNAME", "LEVEL", "CHANGE", "WHY")
 	for _, ch := range resp.GetChanges() {
-		change, why := "gains", "-"
-		if !ch.GetAllowedCandidate() {
-			change, why = "loses", strings.Join(ch.GetReasons(), "; ")
-		}
+		change, why := diffChange(ch)
 		t.row(ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
 	}
 	t.flush()

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/internal/jsonview"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -51,6 +55,8 @@ var jsonCommands = []struct {
 	{"decisions", func(string) []string { return []string{"decisions"} }, (&posturev1.ListDecisionsResponse{}).ProtoReflect().Descriptor(), 0},
 	{"gateway list", func(string) []string { return []string{"gateway", "list"} }, (&posturev1.ListGatewaysResponse{}).ProtoReflect().Descriptor(), 0},
 	{"replicas", func(string) []string { return []string{"replicas"} }, (&posturev1.ListReplicasResponse{}).ProtoReflect().Descriptor(), 0},
+	{"ssf receiver list", func(string) []string { return []string{"ssf", "receiver", "list"} }, (&posturev1.ListSSFReceiversResponse{}).ProtoReflect().Descriptor(), 0},
+	{"ssf stream list", func(string) []string { return []string{"ssf", "stream", "list"} }, (&posturev1.ListSSFStreamsResponse{}).ProtoReflect().Descriptor(), 0},
 }
 
 // TestJSONSchema holds -o json to its promise (docs/json-output.md): every
@@ -93,9 +99,13 @@ func TestJSONSchema(t *testing.T) {
 		}
 	}
 
-	// The output itself, from a collector with a device that reported, a
-	// denial, a revocation and a gateway.
-	dir := startCollector(t)
+	// The output itself, from a collector with a device that reported and
+	// is bound to its user, a denial, a revocation, a gateway, and a Shared
+	// Signals receiver with a stream.
+	ssfAddr := freeAddr(t)
+	dir := startCollector(t, func(c *collector.Config) {
+		c.Events.SSF = collector.SSFConfig{Issuer: "https://" + ssfAddr, Listen: ssfAddr}
+	})
 	tok, _ := cli(t, "token", "create", "--data-dir", dir, "--uses", "2")
 	stateDir := t.TempDir()
 	res, err := agent.Enroll(context.Background(), stateDir, strings.TrimSpace(tok))
@@ -128,6 +138,17 @@ func TestJSONSchema(t *testing.T) {
 	}
 	cli(t, "devices", "revoke", second.DeviceID, "--reason", "lost", "--data-dir", dir)
 	cli(t, "check", second.DeviceID, "--level", "basic", "--data-dir", dir)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	defer receiver.Close()
+	for _, args := range [][]string{
+		{"devices", "bind", res.DeviceID[:8], "--email", "ada@example.com"},
+		{"ssf", "receiver", "add", "okta", "--audience", "https://okta.example", "--level", "basic"},
+		{"ssf", "stream", "create", "--receiver", "okta", "--endpoint", receiver.URL + "/events"},
+	} {
+		if out, code := cli(t, append(args, "--data-dir", dir)...); code != 0 {
+			t.Fatalf("%v: exit %d\n%s", args, code, out)
+		}
+	}
 
 	for _, c := range jsonCommands {
 		t.Run(c.name, func(t *testing.T) {
@@ -158,7 +179,8 @@ func TestJSONSchema(t *testing.T) {
 }
 
 func newMessage(md protoreflect.MessageDescriptor) protoreflect.Message {
-	for _, m := range []protoreflect.ProtoMessage{&posturev1.ListDevicesResponse{}, &posturev1.DevicePosture{}, &posturev1.CheckAccessResponse{}, &posturev1.Stats{}, &posturev1.ListDecisionsResponse{}, &posturev1.ListGatewaysResponse{}, &posturev1.ListReplicasResponse{}} {
+	for _, m := range []protoreflect.ProtoMessage{&posturev1.ListDevicesResponse{}, &posturev1.DevicePosture{}, &posturev1.CheckAccessResponse{}, &posturev1.Stats{}, &posturev1.ListDecisionsResponse{}, &posturev1.ListGatewaysResponse{}, &posturev1.ListReplicasResponse{},
+		&posturev1.ListSSFReceiversResponse{}, &posturev1.ListSSFStreamsResponse{}} {
 		if m.ProtoReflect().Descriptor().FullName() == md.FullName() {
 			return m.ProtoReflect().Type().New()
 		}
@@ -304,4 +326,15 @@ func checkValue(t *testing.T, path string, v any, fd protoreflect.FieldDescripto
 			t.Errorf("%s: %#v, want true or false", path, v)
 		}
 	}
+}
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

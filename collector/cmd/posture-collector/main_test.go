@@ -25,10 +25,14 @@ import (
 
 // startCollector runs a real collector in-process; the CLI reaches it
 // through the admin socket like it would in production.
-func startCollector(t *testing.T) string {
+func startCollector(t *testing.T, mods ...func(*collector.Config)) string {
 	t.Helper()
 	dir := t.TempDir()
-	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	cfg := collector.Config{DataDir: dir, Listen: "127.0.0.1:0"}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	c, err := collector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,7 @@ type runFlags struct {
 	retention, eventRetention                  time.Duration
 	burst                                      int
 	every, decay, heartbeat                    *time.Duration
+	events                                     *eventsFlags
 }
 
 // defineRunFlags defines run's flags on fs.
@@ -77,6 +78,7 @@ func defineRunFlags(fs *pflag.FlagSet) *runFlags {
 	f.every = cliflag.Duration(fs, "report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
 	f.decay = cliflag.Duration(fs, "decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
 	f.heartbeat = cliflag.Duration(fs, "watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
+	f.events = addEventsFlags(fs)
 	return f
 }
 
@@ -95,6 +97,11 @@ func (f *runFlags) settings() (collector.Config, frontConfig, error) {
 	cfg := collector.Config{DataDir: f.dataDir, Database: f.database, Name: f.name, DecayInterval: *f.decay, Listen: f.listen, Advertise: f.advertise,
 		ServingNames: f.servingNames, TrustDomain: f.trustDomain, MetricsListen: f.metricsListen, ReportRetention: f.retention, EventRetention: f.eventRetention,
 		WatchHeartbeat: *f.heartbeat, ReportBurst: f.burst, ReportInterval: *f.every}
+	events, err := f.events.config()
+	if err != nil {
+		return cfg, frontConfig{}, err
+	}
+	cfg.Events = events
 	if f.ekRoots != "" {
 		roots, err := attest.LoadRoots(f.ekRoots)
 		if err != nil {

@@ -700,11 +700,16 @@ type ReportAck struct {
 	// each stream and whenever its PCR values change, so the collector asks
 	// only when that log was lost (a report carrying it was not stored).
 	WantEventLog bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
+	// standing is what the collector's policy says of the device after this
+	// report: the checks it fails, each with since when and, with a grace,
+	// when it blocks; the agent tells the device's user (desktop
+	// notifications) within the limits it carries.
+	Standing *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
 	// decision is what the collector decided about the device once the
 	// report was stored, for the agent to show (posture-agent status). It
 	// rides on the first acknowledgement of each stream and then on at most
 	// one a minute; the others leave it unset.
-	Decision      *AgentDecision `protobuf:"bytes,5,opt,name=decision,proto3" json:"decision,omitempty"`
+	Decision      *AgentDecision `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -767,9 +772,83 @@ func (x *ReportAck) GetWantEventLog() bool {
 	return false
 }
 
+func (x *ReportAck) GetStanding() *DeviceStanding {
+	if x != nil {
+		return x.Standing
+	}
+	return nil
+}
+
 func (x *ReportAck) GetDecision() *AgentDecision {
 	if x != nil {
 		return x.Decision
+	}
+	return nil
+}
+
+// DeviceStanding is what a device's user is told of its posture.
+type DeviceStanding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// failing lists the checks the device fails, with reason, remediation,
+	// failing_since and blocks_at.
+	Failing []*CheckResult `protobuf:"bytes,1,rep,name=failing,proto3" json:"failing,omitempty"`
+	// notify_every is the shortest time between two notifications of one
+	// failing check (the policy's notify.every).
+	NotifyEvery *durationpb.Duration `protobuf:"bytes,2,opt,name=notify_every,json=notifyEvery,proto3" json:"notify_every,omitempty"`
+	// notify_before_block is how long before a grace ends the user is
+	// warned again (the policy's notify.before_block).
+	NotifyBeforeBlock *durationpb.Duration `protobuf:"bytes,3,opt,name=notify_before_block,json=notifyBeforeBlock,proto3" json:"notify_before_block,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DeviceStanding) Reset() {
+	*x = DeviceStanding{}
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceStanding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceStanding) ProtoMessage() {}
+
+func (x *DeviceStanding) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceStanding.ProtoReflect.Descriptor instead.
+func (*DeviceStanding) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeviceStanding) GetFailing() []*CheckResult {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
+func (x *DeviceStanding) GetNotifyEvery() *durationpb.Duration {
+	if x != nil {
+		return x.NotifyEvery
+	}
+	return nil
+}
+
+func (x *DeviceStanding) GetNotifyBeforeBlock() *durationpb.Duration {
+	if x != nil {
+		return x.NotifyBeforeBlock
 	}
 	return nil
 }
@@ -793,7 +872,7 @@ type AgentDecision struct {
 
 func (x *AgentDecision) Reset() {
 	*x = AgentDecision{}
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +884,7 @@ func (x *AgentDecision) String() string {
 func (*AgentDecision) ProtoMessage() {}
 
 func (x *AgentDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +897,7 @@ func (x *AgentDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentDecision.ProtoReflect.Descriptor instead.
 func (*AgentDecision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AgentDecision) GetDecidedAt() *timestamppb.Timestamp {
@@ -867,7 +946,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +958,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +971,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -963,14 +1042,19 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xb1\x01\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xe9\x01\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
-	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x125\n" +
-	"\bdecision\x18\x05 \x01(\v2\x19.posture.v1.AgentDecisionR\bdecision\"\xc4\x01\n" +
+	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x126\n" +
+	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\x125\n" +
+	"\bdecision\x18\x06 \x01(\v2\x19.posture.v1.AgentDecisionR\bdecision\"\xcc\x01\n" +
+	"\x0eDeviceStanding\x121\n" +
+	"\afailing\x18\x01 \x03(\v2\x17.posture.v1.CheckResultR\afailing\x12<\n" +
+	"\fnotify_every\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vnotifyEvery\x12I\n" +
+	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc4\x01\n" +
 	"\rAgentDecision\x129\n" +
 	"\n" +
 	"decided_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x14\n" +
@@ -1020,7 +1104,7 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_posture_v1_agent_proto_goTypes = []any{
 	(RejectReason)(0),             // 0: posture.v1.RejectReason
 	(*RenewRequest)(nil),          // 1: posture.v1.RenewRequest
@@ -1032,39 +1116,44 @@ var file_posture_v1_agent_proto_goTypes = []any{
 	(*CollectorMessage)(nil),      // 7: posture.v1.CollectorMessage
 	(*Welcome)(nil),               // 8: posture.v1.Welcome
 	(*ReportAck)(nil),             // 9: posture.v1.ReportAck
-	(*AgentDecision)(nil),         // 10: posture.v1.AgentDecision
-	(*ReportRejected)(nil),        // 11: posture.v1.ReportRejected
-	(*TPMQuote)(nil),              // 12: posture.v1.TPMQuote
-	(*SignedReport)(nil),          // 13: posture.v1.SignedReport
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*LevelResult)(nil),           // 15: posture.v1.LevelResult
-	(*CheckResult)(nil),           // 16: posture.v1.CheckResult
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*DeviceStanding)(nil),        // 10: posture.v1.DeviceStanding
+	(*AgentDecision)(nil),         // 11: posture.v1.AgentDecision
+	(*ReportRejected)(nil),        // 12: posture.v1.ReportRejected
+	(*TPMQuote)(nil),              // 13: posture.v1.TPMQuote
+	(*SignedReport)(nil),          // 14: posture.v1.SignedReport
+	(*CheckResult)(nil),           // 15: posture.v1.CheckResult
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*LevelResult)(nil),           // 18: posture.v1.LevelResult
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
 	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
 	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	12, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	13, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	13, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	14, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
 	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
 	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	11, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
-	10, // 8: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
-	14, // 9: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
-	15, // 10: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
-	16, // 11: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
-	0,  // 12: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	17, // 13: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	6,  // 14: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 15: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 16: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 17: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	10, // 8: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
+	11, // 9: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
+	15, // 10: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
+	16, // 11: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
+	16, // 12: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
+	17, // 13: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
+	18, // 14: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
+	15, // 15: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
+	0,  // 16: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	16, // 17: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	6,  // 18: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 19: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 20: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 21: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	20, // [20:22] is the sub-list for method output_type
+	18, // [18:20] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -1095,7 +1184,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
