@@ -113,18 +113,24 @@ $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc: go.mod
 	@mkdir -p $(TOOLS)
 	$(GO) build -o $(TOOLS)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
+# What the command lines generate: the flag reference in
+# docs/configuration.md, the configuration files the packages install and
+# the agent's service definitions, each written by the test that holds it.
+GENERATED_FROM_FLAGS := docs/configuration.md packaging/config packaging/systemd/posture-agent.service packaging/launchd
+
 .PHONY: generate
-generate: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## regenerate Go code from proto/
+generate: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## regenerate Go code from proto/, and the docs and files generated from the flags
 	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler" >&2; exit 2; }
 	protoc -I $(PROTO_DIR) \
 		--plugin=protoc-gen-go=$(TOOLS)/protoc-gen-go --go_out=paths=source_relative:$(PROTO_DIR) \
 		--plugin=protoc-gen-go-grpc=$(TOOLS)/protoc-gen-go-grpc --go-grpc_out=paths=source_relative:$(PROTO_DIR) \
 		$(PROTOS)
+	$(GO) test -count=1 -run '^(TestConfigurationDoc|TestConfigExample|TestServiceDefinitionsGolden)$$' ./collector/cmd/posture-collector ./agent/cmd/posture-agent -update
 
 .PHONY: generate-check
-generate-check: generate ## fail when the committed generated code is stale
-	@git diff --exit-code -- $(PROTO_DIR) || { echo "generated code is stale: run make generate and commit" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- $(PROTO_DIR))" || { git status --porcelain -- $(PROTO_DIR); echo "untracked generated files: run make generate and commit" >&2; exit 1; }
+generate-check: generate ## fail when the committed generated code or docs are stale
+	@git diff --exit-code -- $(PROTO_DIR) $(GENERATED_FROM_FLAGS) || { echo "generated code or docs are stale: run make generate and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- $(PROTO_DIR) $(GENERATED_FROM_FLAGS))" || { git status --porcelain -- $(PROTO_DIR) $(GENERATED_FROM_FLAGS); echo "untracked generated files: run make generate and commit" >&2; exit 1; }
 
 .PHONY: cross
 cross: ## build and vet the agent for every shipped GOOS/GOARCH with CGO_ENABLED=0
