@@ -143,6 +143,12 @@ func counts(t *testing.T, s *sqlite.Store) string {
 			n["decisions"]++
 		case r.PinnedEK != nil:
 			n["pinned"]++
+		case r.Standing != nil:
+			n["standings"]++
+		case r.DeviceUser != nil:
+			n["users"]++
+		case r.SSFClient != nil:
+			n["ssf_receivers"]++
 		}
 		return nil
 	})
@@ -150,8 +156,16 @@ func counts(t *testing.T, s *sqlite.Store) string {
 		t.Fatal(err)
 	}
 	sort.Strings(heads)
-	return fmt.Sprintf("tokens=%d gateways=%d devices=%d reports=%d decisions=%d pinned=%d heads=%s",
+	out := fmt.Sprintf("tokens=%d gateways=%d devices=%d reports=%d decisions=%d pinned=%d heads=%s",
 		n["tokens"], n["gateways"], n["devices"], n["reports"], n["decisions"], n["pinned"], strings.Join(heads, ","))
+	// Kinds of record later schema versions brought, named when there are
+	// any (so that an older fixture's header still reads the same).
+	for _, k := range []string{"standings", "users", "ssf_receivers"} {
+		if n[k] > 0 {
+			out += fmt.Sprintf(" %s=%d", k, n[k])
+		}
+	}
+	return out
 }
 
 // loadFixture builds the database at path from a fixture's SQL and returns
@@ -240,6 +254,13 @@ func writeFixture(t *testing.T, version int) {
 		t.Fatal(err)
 	}
 	if _, err := posturev1.NewGatewayServiceClient(conn).CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: res.DeviceID, AccessLevel: "basic"}); err != nil {
+		t.Fatal(err)
+	}
+	// Schema version 11: a device's user and a Shared Signals receiver.
+	if _, err := adm.BindDeviceUser(ctx, &posturev1.BindDeviceUserRequest{DeviceId: res.DeviceID, User: &posturev1.DeviceUser{Email: "ada@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.AddSSFReceiver(ctx, &posturev1.AddSSFReceiverRequest{Name: "okta", Audience: "https://okta.example", Level: "basic"}); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close()
