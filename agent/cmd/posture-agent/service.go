@@ -698,9 +698,12 @@ func printDecision(out io.Writer, d *posturev1.AgentDecision) {
 	at := d.GetDecidedAt().AsTime()
 	inert.Fprintf(out, "decision:  score %d at %s (%s ago)\n", d.GetScore(), at.Local().Format(time.RFC3339), time.Since(at).Round(time.Second))
 	for _, l := range d.GetLevels() {
-		if l.GetAllowed() {
+		switch {
+		case l.GetAllowed() && len(l.GetWarnings()) > 0:
+			inert.Fprintf(out, "           level %s: allowed, warned: %s\n", l.GetName(), strings.Join(l.GetWarnings(), "; "))
+		case l.GetAllowed():
 			inert.Fprintf(out, "           level %s: allowed\n", l.GetName())
-		} else {
+		default:
 			inert.Fprintf(out, "           level %s: denied: %s\n", l.GetName(), strings.Join(l.GetReasons(), "; "))
 		}
 	}
@@ -709,8 +712,21 @@ func printDecision(out io.Writer, d *posturev1.AgentDecision) {
 		if fix == "" {
 			fix = "-"
 		}
-		inert.Fprintf(out, "           check %s %s: %s; fix: %s\n", c.GetName(), jsonview.EnumWord(c.GetOutcome().Descriptor().Values().ByNumber(c.GetOutcome().Number())), c.GetReason(), fix)
+		inert.Fprintf(out, "           check %s %s: %s%s; fix: %s\n", c.GetName(), jsonview.EnumWord(c.GetOutcome().Descriptor().Values().ByNumber(c.GetOutcome().Number())), c.GetReason(), graceText(c), fix)
 	}
+}
+
+// graceText is what a failing check's grace adds to its line: when it
+// blocks, or that its grace ended.
+func graceText(c *posturev1.CheckResult) string {
+	b := c.GetBlocksAt()
+	if b == nil {
+		return ""
+	}
+	if c.GetInGrace() {
+		return " (in grace: blocks at " + b.AsTime().Local().Format(time.RFC3339) + ")"
+	}
+	return " (grace ended " + b.AsTime().Local().Format(time.RFC3339) + ")"
 }
 
 // procfs reports whether /proc describes processes (Linux), so that a
