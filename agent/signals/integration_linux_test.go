@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/internal/jsonview"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // TestIntegrationCollect builds posture-agent, runs "posture-agent collect
@@ -159,7 +159,7 @@ func collectWithAgent(ctx context.Context, t *testing.T) *posturev1.PostureRepor
 		t.Fatalf("posture-agent collect -o json: %v\n%s", err, stderr.String())
 	}
 	var r posturev1.PostureReport
-	if err := protojson.Unmarshal(stdout.Bytes(), &r); err != nil {
+	if err := jsonview.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("parse the report: %v\n%s", err, stdout.String())
 	}
 	return &r
