@@ -356,6 +356,9 @@ func (c *Client) Check(deviceID, level string) Decision {
 	if slices.Contains(d.GetAllowedLevels(), level) {
 		return Decision{Allowed: true, Device: d}
 	}
+	if d.GetState() == posturev1.DeviceState_DEVICE_STATE_PENDING {
+		return Decision{Device: d, Reason: fmt.Sprintf("device %s is pending approval: every level is denied until an admin approves it; ask an admin to approve this device (posture-collector devices approve %s)", deviceID, deviceID)}
+	}
 	return Decision{Device: d, Reason: fmt.Sprintf("device %s (%s, score %d) does not meet level %s; the collector's CheckAccess explains why", deviceID, d.GetState(), d.GetScore(), level)}
 }
 

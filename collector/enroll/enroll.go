@@ -342,7 +342,7 @@ func (e *Enroller) checkClaim(ctx context.Context, id *posturev1.IdentityClaim) 
 		return cl, nil
 	}
 	cl.state = posturev1.DeviceState_DEVICE_STATE_PENDING
-	cl.stateReason = fmt.Sprintf("TPM endorsement key %s is neither verified (%s) nor pinned; an admin must approve it: posture-collector devices approve %s", ekHash, why, cl.deviceID)
+	cl.stateReason = fmt.Sprintf("TPM endorsement key %s is neither verified (%s) nor pinned; an admin approves it with posture-collector devices approve %s", ekHash, why, cl.deviceID)
 	return cl, nil
 }
 
