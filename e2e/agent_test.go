@@ -44,6 +44,10 @@ func TestLostAcknowledgementSurvivesSpoolDrop(t *testing.T) {
 		return d.GetDevice().GetLastSeq()
 	}
 	eventually(t, "report 1", func() bool { return lastSeq() == 1 })
+	// Its acknowledgement must have reached the agent before replies are
+	// lost: a stored report's acknowledgement may still be on its way.
+	acked := &runningAgent{stateDir: stateDir}
+	eventually(t, "report 1 acknowledged to the agent", func() bool { return acked.ackedHeadOrZero() == 1 })
 
 	p.loseReplies()
 	if err := a.Measure(context.Background()); err != nil {

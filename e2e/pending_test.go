@@ -1,13 +1,18 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/webhook"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -30,14 +35,23 @@ levels:
 // checks and raw score) before approving it; but no level opens to it,
 // whatever the level asks, at any front (CheckAccess, gatewayclient,
 // /check, ext_authz), and every denial says to ask an admin to approve it.
-// Approval opens the levels its stored evidence meets, at once.
+// Approval opens the levels its stored evidence meets, at once. No
+// webhook announces a level gained until the approval.
 func TestPendingDeviceJudgedNotAllowed(t *testing.T) {
 	_, dev := openSimulator(t, 41)
 	p, err := policy.Parse([]byte(pendingPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startCollectorWith(t, func(c *collector.Config) { c.Policy = p })
+	secret := []byte("e2e-pending-webhook-secret-0123456789")
+	hook := &hookReceiver{t: t, secret: secret}
+	hookSrv := httptest.NewServer(hook)
+	t.Cleanup(hookSrv.Close)
+	e := startCollectorWith(t, func(c *collector.Config) {
+		c.Policy = p
+		c.Events.Webhooks = []webhook.Config{{Name: "pending", URL: hookSrv.URL + "/hook", Secret: secret}}
+		c.Events.RetryMin, c.Events.RetryMax = 50*time.Millisecond, 200*time.Millisecond
+	})
 	f := startCertFronts(t, e)
 	dir := t.TempDir()
 	res, err := agent.EnrollWith(context.Background(), dir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
@@ -85,6 +99,12 @@ func TestPendingDeviceJudgedNotAllowed(t *testing.T) {
 		t.Errorf("watch events allow the pending device %v", got)
 	}
 
+	// The outbox heard of the device (its enrollment), and of no level.
+	eventually(t, "the webhook hearing of the enrollment", func() bool { return slices.Contains(hookTypes(hook, id), "device.enrolled") })
+	if got := hookTypes(hook, id); slices.Contains(got, "level.gained") {
+		t.Errorf("a webhook announced a level gained by the pending device: %v", got)
+	}
+
 	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: id}); err != nil {
 		t.Fatalf("approve: %v", err)
 	}
@@ -92,4 +112,35 @@ func TestPendingDeviceJudgedNotAllowed(t *testing.T) {
 	for _, level := range p.LevelNames() {
 		f.wantLevel(t, "approved device", id, cert, level, true, "")
 	}
+	eventually(t, "the webhook announcing the approval and the levels gained", func() bool {
+		got := hookTypes(hook, id)
+		return slices.Contains(got, "device.approved") && slices.Contains(got, "level.gained")
+	})
+	if got := hookTypes(hook, id); slices.Index(got, "level.gained") < slices.Index(got, "device.approved") {
+		t.Errorf("a level gained was announced before the approval: %v", got)
+	}
+	if hook.bad != 0 {
+		t.Errorf("%d webhook requests with a bad signature", hook.bad)
+	}
+}
+
+// hookTypes lists the types of the events h received about device id, in
+// the order of their sequence numbers, each once.
+func hookTypes(h *hookReceiver, id string) []string {
+	byID, _ := h.distinct()
+	evs := make([]webhook.Event, 0, len(byID))
+	for _, ev := range byID {
+		var d struct {
+			Device struct{ ID string } `json:"device"`
+		}
+		if json.Unmarshal(ev.Data, &d) == nil && d.Device.ID == id {
+			evs = append(evs, ev)
+		}
+	}
+	slices.SortFunc(evs, func(a, b webhook.Event) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	var out []string
+	for _, ev := range evs {
+		out = append(out, ev.Type)
+	}
+	return out
 }

@@ -316,6 +316,22 @@ func startAgentProcess(t *testing.T, token string) *runningAgent {
 	return &runningAgent{id: cfg.DeviceID, stateDir: stateDir, stop: stop}
 }
 
+// ackedHeadOrZero is the newest report the agent saw acknowledged, or 0
+// while it has seen none (or its chain file is being replaced).
+func (a *runningAgent) ackedHeadOrZero() uint64 {
+	data, err := os.ReadFile(filepath.Join(a.stateDir, "chain.json"))
+	if err != nil {
+		return 0
+	}
+	var h struct {
+		Seq uint64 `json:"seq"`
+	}
+	if json.Unmarshal(data, &h) != nil {
+		return 0
+	}
+	return h.Seq
+}
+
 // ackedHead is the newest report the agent saw acknowledged.
 func (a *runningAgent) ackedHead(t *testing.T) uint64 {
 	t.Helper()

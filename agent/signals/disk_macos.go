@@ -24,19 +24,24 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 	if err != nil {
 		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}, others
 	}
-	var on bool
+	// fdesetup(8): isactive exits 0 when FileVault is on, 1 when it is off
+	// and 2 when it is on but busy encrypting or decrypting; the exit
+	// status, not the printed word, decides.
+	var on, busy bool
+	state := "FileVault off"
 	switch code {
 	case 0:
-		on = true
+		on, state = true, "FileVault on"
 	case 1:
-		// fdesetup isactive exits 1 (printing "false") when FileVault is off.
+	case 2:
+		busy, state = true, "FileVault on but busy: encryption or decryption in progress (exit status 2)"
 	default:
 		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR,
 			commandError(fdesetup, []string{"isactive"}, code, stderr, stdout).Error())}, others
 	}
 
 	vol := &posturev1.Volume{MountPoint: dataMount, Device: dataDevice, Method: "FileVault"}
-	details := []string{"fdesetup isactive: " + map[bool]string{true: "FileVault on", false: "FileVault off"}[on]}
+	details := []string{"fdesetup isactive: " + state}
 	migrating := false
 	if apfs, err := c.apfsVolume(ctx, filepath.Base(dataDevice)); err != nil {
 		details = append(details, err.Error())
@@ -44,8 +49,10 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 		details = append(details, apfs.describe())
 		migrating = apfs.cryptoMigration
 	}
+	// A conversion in progress leaves part of the volume in the clear, so
+	// only a finished one counts.
 	vol.Encrypted = on && !migrating
-	if !on {
+	if !on && !busy {
 		vol.Method = ""
 	}
 	vol.Detail = strings.Join(details, "; ")

@@ -12,7 +12,9 @@ import (
 
 // winDiskEncryption asks BitLocker about every encryptable volume through
 // WMI, calling GetProtectionStatus rather than trusting the cached
-// ProtectionStatus property, and decides on the volume of %SystemDrive%
+// ProtectionStatus property, GetConversionStatus and GetKeyProtectors (the
+// method results are numbers and IDs, so nothing depends on the display
+// language, unlike manage-bde), and decides on the volume of %SystemDrive%
 // (which need not be C:). Fixed data volumes are listed separately;
 // portable (removable) ones are ignored.
 func (c *Collector) winDiskEncryption(ctx context.Context, systemDrive string) (*posturev1.DiskEncryption, otherVolumes) {
@@ -84,6 +86,14 @@ var encryptionMethod = map[uint32]string{
 	5: "hardware encryption", 6: "XTS-AES-128", 7: "XTS-AES-256",
 }
 
+// dataOnlyEncryption is GetConversionStatus' EncryptionFlags bit for a
+// volume encrypted in data-only ("used space only") mode.
+const dataOnlyEncryption = 0x1
+
+// freeSpaceWiped is GetConversionStatus' WipingStatus once free space has
+// been wiped.
+const freeSpaceWiped = 1
+
 func bitLockerVolume(v encryptableVolume) *posturev1.Volume {
 	vol := &posturev1.Volume{MountPoint: v.DriveLetter, Device: v.DeviceID}
 	if v.MethodError != "" {
@@ -94,6 +104,14 @@ func bitLockerVolume(v encryptableVolume) *posturev1.Volume {
 	if conv == "" {
 		conv = fmt.Sprintf("conversion status %d", v.ConversionStatus)
 	}
+	usedSpaceOnly := v.EncryptionFlags&dataOnlyEncryption != 0 && v.WipingStatus != freeSpaceWiped
+	if usedSpaceOnly && v.ConversionStatus == 1 {
+		// Windows device encryption and Enable-BitLocker -UsedSpaceOnly
+		// encrypt only the blocks in use: what was deleted before stays
+		// readable in free space until it is overwritten or wiped.
+		conv = "used space only encrypted (free space was not wiped, so data deleted before encryption may still be readable: " +
+			"manage-bde -w " + v.DriveLetter + ")"
+	}
 	if v.ConversionStatus == 2 || v.ConversionStatus == 3 || v.ConversionStatus == 4 || v.ConversionStatus == 5 {
 		conv += fmt.Sprintf(" (%d%% encrypted)", v.EncryptionPercentage)
 	}
@@ -101,8 +119,18 @@ func bitLockerVolume(v encryptableVolume) *posturev1.Volume {
 	switch v.ProtectionStatus {
 	case 0:
 		protection = "protection off"
-		if v.ConversionStatus == 1 {
+		switch {
+		case v.ConversionStatus != 1:
+		case v.KeyProtectorIDs != nil && len(v.KeyProtectorIDs) == 0:
+			// Nothing to resume: manage-bde -protectors -enable changes
+			// nothing until a protector exists ("waiting for activation").
+			protection = "protection off: the volume has no key protector, so its key is stored in the clear " +
+				"(add one: manage-bde -protectors -add " + v.DriveLetter + " -tpm, or turn on BitLocker for the drive)"
+		case v.KeyProtectorIDs != nil:
 			protection = "protection suspended: the key is stored unprotected on the disk (manage-bde -protectors -enable " + v.DriveLetter + ")"
+		default:
+			protection = "protection off: the key is stored unprotected on the disk, and its key protectors could not be listed " +
+				"(manage-bde -protectors -get " + v.DriveLetter + " shows them: resume with -enable, or add one with -add)"
 		}
 	case 1:
 		protection = "protection on"

@@ -53,17 +53,45 @@ func (c *Collector) macEndpointProtection(ctx context.Context) endpointProtectio
 	return e
 }
 
-// parseCsrutilStatus reads "System Integrity Protection status: enabled."
-// A custom configuration ("unknown (Custom Configuration).") has some
-// protections off, so only "enabled" counts.
+// parseCsrutilStatus reads "System Integrity Protection status: enabled.".
+// Only a plain "enabled" counts: a custom configuration has protections
+// off whatever its status word says (OS X 10.11 printed "enabled (Custom
+// Configuration)" with every protection disabled; later releases print
+// "unknown (Custom Configuration)"). state then names the protections the
+// "Configuration:" list shows disabled; Apple Internal is disabled on
+// every customer Mac and is left out.
 func parseCsrutilStatus(b []byte) (enabled bool, state string, err error) {
+	found, custom := false, false
+	var off []string
 	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "System Integrity Protection status:"); ok {
+		t := strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(t, "System Integrity Protection status:"); ok {
+			found = true
 			state = strings.TrimSuffix(strings.TrimSpace(rest), ".")
-			return state == "enabled", state, nil
+			custom = strings.Contains(state, "Custom Configuration")
+			continue
+		}
+		if name, value, ok := strings.Cut(t, ": "); ok && custom && value == "disabled" && name != "Apple Internal" {
+			off = append(off, name)
 		}
 	}
-	return false, "", fmt.Errorf("csrutil status printed %q, want \"System Integrity Protection status: …\"", firstLine(b))
+	switch {
+	case !found:
+		return false, "", fmt.Errorf("csrutil status printed %q, want \"System Integrity Protection status: …\"", firstLine(b))
+	case custom && len(off) > 0:
+		return false, "a custom configuration with " + joinAnd(off) + " disabled", nil
+	case custom:
+		return false, "a custom configuration", nil
+	}
+	return state == "enabled", state, nil
+}
+
+// joinAnd joins names as "a, b and c".
+func joinAnd(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }
 
 // parseSpctlStatus reads "assessments enabled" or "assessments disabled"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"strings"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -18,12 +19,21 @@ type mpComputerStatus struct {
 	AMServiceEnabled          bool
 	AntivirusEnabled          bool
 	RealTimeProtectionEnabled bool
-	AntivirusSignatureAge     uint32 // days
-	IsTamperProtected         bool
-	// AMRunningMode: "Normal", "Passive Mode" (another antivirus is
-	// primary), "EDR Block Mode", "SxS Passive Mode".
+	// AntivirusSignatureAge is in days; signatureAgeNever when no
+	// signatures were ever installed.
+	AntivirusSignatureAge uint32
+	IsTamperProtected     bool
+	// AMRunningMode: "Normal", "Passive Mode" or "SxS Passive Mode"
+	// (another antivirus is primary), "EDR Block Mode", "Not running"
+	// (the engine is stopped). Defender releases before it have none.
 	AMRunningMode string
 }
+
+// signatureAgeNever is the AntivirusSignatureAge Defender reports when it
+// has never installed signatures (AntivirusSignatureVersion 0.0.0.0). The
+// report keeps it in signature_age_days, the largest age there is, so that
+// any age limit fails; the detail says what it means.
+const signatureAgeNever = math.MaxUint32
 
 // winEndpointProtection reads Microsoft Defender Antivirus' status.
 func (c *Collector) winEndpointProtection(ctx context.Context) endpointProtection {
@@ -49,8 +59,9 @@ func (c *Collector) winEndpointProtection(ctx context.Context) endpointProtectio
 }
 
 // defenderState decides: protection is on when the service and the
-// antivirus run in normal (active) mode with real-time scanning.
-// Signature age and tamper protection are reported for policy to judge.
+// antivirus run in normal (active) mode with real-time scanning and
+// signatures. Signature age and tamper protection are reported for policy
+// to judge.
 func defenderState(s mpComputerStatus) endpointProtection {
 	e := endpointProtection{
 		realTimeProtection: s.RealTimeProtectionEnabled,
@@ -65,8 +76,11 @@ func defenderState(s mpComputerStatus) endpointProtection {
 	if !s.RealTimeProtectionEnabled {
 		off = append(off, "real-time protection is off")
 	}
-	if s.AMRunningMode != "" && s.AMRunningMode != "Normal" {
-		off = append(off, fmt.Sprintf("Defender runs in %s: another antivirus product is primary", s.AMRunningMode))
+	if why := runningModeProblem(s.AMRunningMode); why != "" {
+		off = append(off, why)
+	}
+	if s.AntivirusSignatureAge == signatureAgeNever {
+		off = append(off, "no antivirus signatures were ever installed (Update-MpSignature)")
 	}
 	e.enabled = len(off) == 0
 	if !s.IsTamperProtected {
@@ -74,4 +88,22 @@ func defenderState(s mpComputerStatus) endpointProtection {
 	}
 	e.detail = strings.Join(off, "; ")
 	return e
+}
+
+// runningModeProblem explains an AMRunningMode other than active
+// protection, in the meanings Microsoft documents for each mode.
+func runningModeProblem(mode string) string {
+	switch mode {
+	case "", "Normal":
+		return ""
+	case "Passive Mode", "SxS Passive Mode":
+		return fmt.Sprintf("Defender runs in %s: another antivirus product is primary and Defender does not remediate threats", mode)
+	case "EDR Block Mode":
+		return "Defender runs in EDR Block Mode: it remediates only what Defender for Endpoint detects " +
+			"(whether it is also the primary antivirus depends on ForceDefenderPassiveMode, which is not read)"
+	case "Not running":
+		return "Microsoft Defender Antivirus is not running (turned off, for example by the policy \"Turn off Microsoft Defender Antivirus\", " +
+			"or replaced by another antivirus product)"
+	}
+	return fmt.Sprintf("Defender reports the running mode %q, which is not active protection", mode)
 }

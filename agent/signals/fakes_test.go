@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -146,6 +147,9 @@ func (r *fakeRegistry) SubKeys(key string) ([]string, error) {
 // [rows]} or {"Class": {"error": "denied" | "missing"}}.
 type fakeWMI struct {
 	classes map[string]json.RawMessage
+	// volumes, when set, are the encryptable volumes, for tests that build
+	// them from captured manage-bde output.
+	volumes []encryptableVolume
 	queries []string
 }
 
@@ -191,7 +195,180 @@ func (w *fakeWMI) Query(namespace, query string, dst any) error {
 }
 
 func (w *fakeWMI) EncryptableVolumes() ([]encryptableVolume, error) {
+	if w.volumes != nil {
+		return w.volumes, nil
+	}
 	var vols []encryptableVolume
 	err := w.rows("Win32_EncryptableVolume", &vols)
 	return vols, err
+}
+
+// loadRegQuery serves the keys printed by captured "reg query" outputs in
+// testdata/windows: a line naming the key (HKEY_LOCAL_MACHINE\…), then
+// "    Name    REG_TYPE    Data" lines. REG_SZ and REG_EXPAND_SZ data are
+// strings, REG_DWORD and REG_QWORD ("0x…") numbers, as the registry
+// reader returns them.
+func loadRegQuery(t *testing.T, files ...string) *fakeRegistry {
+	t.Helper()
+	hives := strings.NewReplacer("HKEY_LOCAL_MACHINE", "HKLM", "HKEY_USERS", "HKU")
+	r := &fakeRegistry{keys: map[string]map[string]any{}}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join("testdata", "windows", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var key string
+		for line := range strings.Lines(string(b)) {
+			line = strings.TrimRight(line, "\r\n")
+			if strings.HasPrefix(line, "HKEY_") {
+				key = hives.Replace(line)
+				if _, ok := r.keys[strings.ToLower(key)]; !ok {
+					r.keys[strings.ToLower(key)] = map[string]any{}
+					r.names = append(r.names, key)
+				}
+				continue
+			}
+			fields := strings.Split(strings.TrimSpace(line), "    ")
+			if key == "" || len(fields) < 2 || !strings.HasPrefix(fields[1], "REG_") {
+				continue
+			}
+			name, typ, data := fields[0], fields[1], strings.Join(fields[2:], "    ")
+			switch typ {
+			case "REG_DWORD", "REG_QWORD":
+				n, err := strconv.ParseUint(strings.TrimPrefix(data, "0x"), 16, 64)
+				if err != nil {
+					t.Fatalf("%s: %s %s: %v", f, name, data, err)
+				}
+				r.keys[strings.ToLower(key)][name] = float64(n)
+			case "REG_SZ", "REG_EXPAND_SZ":
+				r.keys[strings.ToLower(key)][name] = data
+			}
+		}
+	}
+	return r
+}
+
+// readPSList reads a captured PowerShell Format-List output ("Name : Value"
+// lines) from testdata/windows into a map. Values stay text.
+func readPSList(t *testing.T, file string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "windows", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(line, " : ")
+		if !ok {
+			// An empty value leaves "Name :" without the trailing space.
+			k, v, ok = strings.Cut(strings.TrimRight(line, "\r\n"), " :")
+			if !ok || strings.TrimSpace(v) != "" {
+				continue
+			}
+		}
+		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return out
+}
+
+// wmiFromPSList builds the fake WMI's rows of class from a captured
+// Format-List output of the same class: PowerShell prints True/False for
+// booleans and digits for numbers, which become JSON booleans and numbers.
+func wmiFromPSList(t *testing.T, class, file string) *fakeWMI {
+	t.Helper()
+	row := map[string]any{}
+	for k, v := range readPSList(t, file) {
+		switch {
+		case v == "True", v == "False":
+			row[k] = v == "True"
+		default:
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				row[k] = n
+			} else {
+				row[k] = v
+			}
+		}
+	}
+	raw, err := json.Marshal([]any{row})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeWMI{classes: map[string]json.RawMessage{class: raw}}
+}
+
+// manageBDELabels maps manage-bde -status labels, in the languages of the
+// captures, to the Win32_EncryptableVolume method output each line shows.
+var manageBDELabels = map[string]string{
+	"Conversion Status": "conversion", "Konvertierungsstatus": "conversion",
+	"Percentage Encrypted": "percent", "Verschlüsselt (Prozent)": "percent",
+	"Encryption Method": "method", "Verschlüsselungsmethode": "method",
+	"Protection Status": "protection", "Schutzstatus": "protection",
+	"Key Protectors": "protectors", "Schlüsselschutzvorrichtungen": "protectors",
+}
+
+// manageBDEValues maps the values manage-bde prints to the method outputs
+// (GetConversionStatus, GetProtectionStatus, GetEncryptionMethod).
+var manageBDEValues = map[string]func(*encryptableVolume){
+	"Fully Decrypted":             func(v *encryptableVolume) { v.ConversionStatus = 0 },
+	"Vollständig entschlüsselt":   func(v *encryptableVolume) { v.ConversionStatus = 0 },
+	"Fully Encrypted":             func(v *encryptableVolume) { v.ConversionStatus = 1 },
+	"Used Space Only Encrypted":   func(v *encryptableVolume) { v.ConversionStatus, v.EncryptionFlags = 1, 1 },
+	"Encryption in Progress":      func(v *encryptableVolume) { v.ConversionStatus = 2 },
+	"Protection On":               func(v *encryptableVolume) { v.ProtectionStatus = 1 },
+	"Protection Off":              func(v *encryptableVolume) { v.ProtectionStatus = 0 },
+	"Der Schutz ist deaktiviert.": func(v *encryptableVolume) { v.ProtectionStatus = 0 },
+	"XTS-AES 128":                 func(v *encryptableVolume) { v.EncryptionMethod = 6 },
+	"XTS-AES 256":                 func(v *encryptableVolume) { v.EncryptionMethod = 7 },
+	"None":                        func(v *encryptableVolume) { v.EncryptionMethod = 0 },
+	"Kein":                        func(v *encryptableVolume) { v.EncryptionMethod = 0 },
+	"None Found":                  func(v *encryptableVolume) { v.KeyProtectorIDs = []string{} },
+	"Keine gefunden":              func(v *encryptableVolume) { v.KeyProtectorIDs = []string{} },
+}
+
+// volumeFromManageBDE reads a captured manage-bde -status block into the
+// method outputs of the volume it describes. manage-bde is the console
+// front end of Win32_EncryptableVolume: each line prints one output of the
+// methods the agent calls, in the user's language. The agent never parses
+// this text; the tests translate it to hold the agent's decisions against
+// the machine states real users captured. Labels or values the tables
+// above do not know fail the test.
+func volumeFromManageBDE(t *testing.T, file, drive string, volumeType uint32) encryptableVolume {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "windows", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := encryptableVolume{DeviceID: `\\?\Volume{` + drive + `}\`, DriveLetter: drive, VolumeType: volumeType}
+	inProtectors := false
+	for line := range strings.Lines(string(b)) {
+		label, value, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if inProtectors && strings.TrimSpace(line) != "" && !ok {
+			v.KeyProtectorIDs = append(v.KeyProtectorIDs, strings.TrimSpace(line))
+			continue
+		}
+		what := manageBDELabels[strings.TrimSpace(label)]
+		if !ok || what == "" {
+			continue
+		}
+		value = strings.TrimSpace(value)
+		inProtectors = what == "protectors" && value == ""
+		switch {
+		case inProtectors:
+			v.KeyProtectorIDs = []string{}
+		case what == "percent":
+			p := strings.TrimSpace(strings.TrimSuffix(value, "%"))
+			f, err := strconv.ParseFloat(strings.Replace(p, ",", ".", 1), 64)
+			if err != nil {
+				t.Fatalf("%s: percentage %q: %v", file, value, err)
+			}
+			v.EncryptionPercentage = uint32(f)
+		default:
+			set, known := manageBDEValues[value]
+			if !known {
+				t.Fatalf("%s: %s value %q is not in manageBDEValues", file, label, value)
+			}
+			set(&v)
+		}
+	}
+	return v
 }

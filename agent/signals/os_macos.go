@@ -26,6 +26,7 @@ const (
 	csrutil        = "/usr/bin/csrutil"
 	spctl          = "/usr/sbin/spctl"
 	systemProfiler = "/usr/sbin/system_profiler"
+	softwareupdate = "/usr/sbin/softwareupdate"
 	launchctl      = "/bin/launchctl"
 	sudoCmd        = "/usr/bin/sudo"
 	statCmd        = "/usr/bin/stat"
@@ -53,11 +54,14 @@ type swVersInfo struct {
 	extra string
 }
 
-// major returns the major version (14 for "14.5"), or 0.
-func (v swVersInfo) major() int {
-	m, _, _ := strings.Cut(v.version, ".")
-	n, _ := strconv.Atoi(m)
-	return n
+// majorMinor returns the first two parts of the version (15, 4 for
+// "15.4.1"); a missing part is 0.
+func (v swVersInfo) majorMinor() (major, minor int) {
+	m, rest, _ := strings.Cut(v.version, ".")
+	n, _, _ := strings.Cut(rest, ".")
+	major, _ = strconv.Atoi(m)
+	minor, _ = strconv.Atoi(n)
+	return major, minor
 }
 
 func (c *Collector) swVers(ctx context.Context) (swVersInfo, error) {
@@ -101,19 +105,26 @@ func parseSwVers(b []byte) swVersInfo {
 	return v
 }
 
-// macMajor returns the macOS major version, asking sw_vers once per
-// process: it changes only with an upgrade, which restarts the agent.
+// macMajor returns the macOS major version.
 func (c *Collector) macMajor(ctx context.Context) (int, error) {
+	major, _, err := c.macMajorMinor(ctx)
+	return major, err
+}
+
+// macMajorMinor returns the macOS major and minor version, asking sw_vers
+// once per process: they change only with an update, which restarts the
+// agent.
+func (c *Collector) macMajorMinor(ctx context.Context) (major, minor int, err error) {
 	c.macVersion.mu.Lock()
 	defer c.macVersion.mu.Unlock()
 	if c.macVersion.major == 0 {
 		v, err := c.swVers(ctx)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		c.macVersion.major = v.major()
+		c.macVersion.major, c.macVersion.minor = v.majorMinor()
 	}
-	return c.macVersion.major, nil
+	return c.macVersion.major, c.macVersion.minor, nil
 }
 
 // consoleUser is the user logged in at the Mac's screen.

@@ -40,6 +40,9 @@ type windowsVersion struct {
 	displayVersion string // "23H2"
 }
 
+// windows10Build is the first Windows 10 build.
+const windows10Build = 10240
+
 // windows11Build is the first Windows 11 build. Windows 11 kept
 // ProductName "Windows 10 …", so the name is derived from the build.
 const windows11Build = 22000
@@ -52,13 +55,24 @@ func parseWindowsVersion(v map[string]any) (windowsVersion, error) {
 	if err != nil {
 		return windowsVersion{}, fmt.Errorf("%s CurrentBuildNumber is %q, want a number", ntCurrentVersion, buildText)
 	}
-	ubr, _ := v["UBR"].(uint64)
 	major, hasMajor := v["CurrentMajorVersionNumber"].(uint64)
 	minor, _ := v["CurrentMinorVersionNumber"].(uint64)
 	kernel := fmt.Sprintf("%d.%d", major, minor)
-	if !hasMajor {
+	switch {
+	case hasMajor:
+	case build >= windows10Build:
+		// CurrentVersion stays "6.3" on Windows 10 and 11 for old
+		// programs' sake; the build number alone says 10.0.
+		kernel = "10.0"
+	default:
 		// Windows 8.1 and older: "6.3".
 		kernel, _ = v["CurrentVersion"].(string)
+	}
+	// Without UBR the patch level is unknown, and the build number is
+	// reported alone rather than as revision 0.
+	fullBuild := strconv.Itoa(build)
+	if ubr, ok := v["UBR"].(uint64); ok {
+		fullBuild = fmt.Sprintf("%d.%d", build, ubr)
 	}
 	installType, _ := v["InstallationType"].(string)
 	if build >= windows11Build && installType != "Server" {
@@ -72,8 +86,8 @@ func parseWindowsVersion(v map[string]any) (windowsVersion, error) {
 	}
 	return windowsVersion{
 		name:           name,
-		version:        fmt.Sprintf("%s.%d.%d", kernel, build, ubr),
-		build:          fmt.Sprintf("%d.%d", build, ubr),
+		version:        kernel + "." + fullBuild,
+		build:          fullBuild,
 		displayVersion: display,
 	}, nil
 }

@@ -4,19 +4,20 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// macSecureBoot reports the boot security policy where it is readable.
-// Intel Macs with a T2 chip show it in system_profiler SPiBridgeDataType
-// ("Secure Boot: Full Security"), as root; Intel Macs without a T2 have no
-// secure boot. Apple silicon always boots through a signed chain, but its
-// policy level (Full, Reduced, Permissive Security) is readable only with
-// bputil as root, whose output Apple does not document, so it is reported
-// as unavailable. A measured result is kept until the agent restarts: the
-// policy changes only in recoveryOS.
+// macSecureBoot reports the boot security policy that system_profiler
+// SPiBridgeDataType shows, which needs no root. On Apple silicon it prints
+// the policy of the running system under "Boot Policy:" ("Secure Boot: Full
+// Security"); bputil -d shows the same but needs root. On Intel Macs with a
+// T2 chip it names the controller, and the captured outputs show no level;
+// Intel Macs without a T2 print nothing and have no secure boot. A measured
+// result is kept until the agent restarts: the policy changes only in
+// recoveryOS.
 func (c *Collector) macSecureBoot(ctx context.Context, appleSilicon bool) *posturev1.SecureBoot {
 	c.macBoot.mu.Lock()
 	defer c.macBoot.mu.Unlock()
@@ -24,14 +25,6 @@ func (c *Collector) macSecureBoot(ctx context.Context, appleSilicon bool) *postu
 		sb := &posturev1.SecureBoot{Enabled: last.Enabled, LegacyBios: last.LegacyBios,
 			Meta: c.meta(last.GetMeta().GetStatus(), last.GetMeta().GetReason())}
 		return sb
-	}
-	if appleSilicon {
-		return &posturev1.SecureBoot{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"the boot security policy of an Apple silicon Mac (Full, Reduced or Permissive Security) is readable only with bputil -d as root, whose output is undocumented; not measured by this agent version")}
-	}
-	if c.euid != 0 {
-		return &posturev1.SecureBoot{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"needs root to read the T2 secure boot setting (system_profiler SPiBridgeDataType)")}
 	}
 	args := []string{"SPiBridgeDataType"}
 	stdout, stderr, code, err := c.run(ctx, systemProfiler, args...)
@@ -42,7 +35,7 @@ func (c *Collector) macSecureBoot(ctx context.Context, appleSilicon bool) *postu
 		return &posturev1.SecureBoot{Meta: c.meta(posturev1.Status_STATUS_ERROR,
 			commandError(systemProfiler, args, code, stderr, stdout).Error())}
 	}
-	sb := parseIBridge(stdout)
+	sb := parseIBridge(stdout, appleSilicon)
 	if sb.meta.status == posturev1.Status_STATUS_OK {
 		c.macBoot.last = &posturev1.SecureBoot{Enabled: sb.enabled, Meta: c.meta(sb.meta.status, sb.meta.reason)}
 	}
@@ -60,31 +53,64 @@ type iBridgeResult struct {
 	enabled bool
 }
 
-// parseIBridge reads system_profiler SPiBridgeDataType text. The Secure
-// Boot line names one of the Startup Security Utility levels: Full Security
-// and Medium Security both verify the OS signature; No Security does not.
-func parseIBridge(b []byte) iBridgeResult {
+const setFullSecurity = "set Full Security in Startup Security Utility in recoveryOS"
+
+// bootPolicies are the Startup Security Utility levels as system_profiler
+// names them: Full, Reduced and Permissive Security on Apple silicon, Full,
+// Medium and No Security on a T2. Every level but Permissive and No
+// Security still verifies Apple's signature on the boot software.
+var bootPolicies = map[string]iBridgeResult{
+	"Full Security": {meta: statusReason{posturev1.Status_STATUS_OK, ""}, enabled: true},
+	"Reduced Security": {meta: statusReason{posturev1.Status_STATUS_OK,
+		"the boot policy is Reduced Security: older signed macOS versions and, if allowed, kernel extensions may load (" + setFullSecurity + ")"},
+		enabled: true},
+	"Permissive Security": {meta: statusReason{posturev1.Status_STATUS_OK,
+		"the boot policy is Permissive Security: macOS does not require Apple-signed boot software (" + setFullSecurity + ")"}},
+	"Medium Security": {meta: statusReason{posturev1.Status_STATUS_OK,
+		"the boot policy is Medium Security: any signed macOS version Apple ever trusted may boot (" + setFullSecurity + ")"},
+		enabled: true},
+	"No Security": {meta: statusReason{posturev1.Status_STATUS_OK,
+		"Startup Security Utility is set to No Security (set Full Security in recoveryOS)"}},
+}
+
+// parseIBridge reads system_profiler SPiBridgeDataType text. The level is
+// display text (its -json form carries the same name, "ibridge_secure_boot":
+// "Full Security"), which macOS may translate and which Apple does not
+// document as an interface, so a level this agent does not know is
+// reported as unreadable, never guessed.
+func parseIBridge(b []byte, appleSilicon bool) iBridgeResult {
 	if len(bytes.TrimSpace(b)) == 0 {
+		if appleSilicon {
+			return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
+				"system_profiler SPiBridgeDataType printed nothing on an Apple silicon Mac, so the boot policy could not be read"}}
+		}
 		return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_OK,
 			"this Intel Mac has no T2 security chip, so it has no secure boot"}}
 	}
+	var model string
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
-		if !ok || k != "Secure Boot" {
-			continue
-		}
-		switch v = strings.TrimSpace(v); v {
-		case "Full Security", "Medium Security":
-			return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_OK, ""}, enabled: true}
-		case "No Security":
-			return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_OK,
-				"Startup Security Utility is set to No Security (set Full Security in recoveryOS)"}}
-		default:
-			return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_ERROR,
-				"system_profiler SPiBridgeDataType shows an unknown Secure Boot level " + `"` + v + `"`}}
+		v = strings.TrimSpace(v)
+		switch {
+		case !ok:
+		case k == "Model Name" || k == "Model Identifier":
+			model = v
+		case k == "Secure Boot":
+			if r, known := bootPolicies[v]; known {
+				return r
+			}
+			return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
+				fmt.Sprintf("system_profiler SPiBridgeDataType shows the boot policy %q, which is not a level this agent knows "+
+					"(system_profiler may show it translated on a Mac set to another language)", v)}}
 		}
 	}
-	return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_ERROR,
-		"system_profiler SPiBridgeDataType shows no Secure Boot line; output starts " + `"` + firstLine(b) + `"`}}
+	if !appleSilicon {
+		return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
+			fmt.Sprintf("system_profiler SPiBridgeDataType shows this T2 Mac's controller (%s) but no \"Secure Boot:\" level, "+
+				"so the level set in Startup Security Utility is not measured; check it in recoveryOS", model)}}
+	}
+	return iBridgeResult{meta: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
+		fmt.Sprintf("system_profiler SPiBridgeDataType shows no \"Secure Boot:\" line (output starts %q); its labels may be "+
+			"translated on a Mac set to another language, so the boot policy could not be read", firstLine(b))}}
 }

@@ -93,8 +93,8 @@ type Collector struct {
 	config configCache
 	// macVersion and macBoot cache what changes only across reboots.
 	macVersion struct {
-		mu    sync.Mutex
-		major int
+		mu           sync.Mutex
+		major, minor int
 	}
 	macBoot struct {
 		mu   sync.Mutex

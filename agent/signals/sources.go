@@ -35,7 +35,8 @@ type wmiQuerier interface {
 	Query(namespace, query string, dst any) error
 	// EncryptableVolumes lists BitLocker's Win32_EncryptableVolume
 	// instances with the results of their GetProtectionStatus,
-	// GetConversionStatus and GetEncryptionMethod methods.
+	// GetConversionStatus, GetEncryptionMethod and GetKeyProtectors
+	// methods.
 	EncryptableVolumes() ([]encryptableVolume, error)
 }
 
@@ -56,10 +57,20 @@ type encryptableVolume struct {
 	// 4 encryption paused, 5 decryption paused.
 	ConversionStatus     uint32
 	EncryptionPercentage uint32
+	// EncryptionFlags from GetConversionStatus: bit 0x1 means the volume
+	// was (or is being) encrypted in data-only ("used space only") mode.
+	EncryptionFlags uint32
+	// WipingStatus from GetConversionStatus: 0 free space not wiped,
+	// 1 wiped, 2 wiping, 3 wiping paused.
+	WipingStatus uint32
 	// EncryptionMethod from GetEncryptionMethod: 0 none, 1 AES-128 with
 	// diffuser, 2 AES-256 with diffuser, 3 AES-128, 4 AES-256, 5 hardware,
 	// 6 XTS-AES-128, 7 XTS-AES-256.
 	EncryptionMethod uint32
+	// KeyProtectorIDs from GetKeyProtectors: nil when they could not be
+	// listed, empty when the volume has none (its key is then stored in
+	// the clear).
+	KeyProtectorIDs []string
 	// MethodError is set when a method call on this volume failed.
 	MethodError string
 }

@@ -193,13 +193,17 @@ func (winWMI) EncryptableVolumes() (vols []encryptableVolume, err error) {
 			outs   map[string]*uint32
 		}{
 			{"GetProtectionStatus", map[string]*uint32{"ProtectionStatus": &v.ProtectionStatus}},
-			{"GetConversionStatus", map[string]*uint32{"ConversionStatus": &v.ConversionStatus, "EncryptionPercentage": &v.EncryptionPercentage}},
+			{"GetConversionStatus", map[string]*uint32{"ConversionStatus": &v.ConversionStatus, "EncryptionPercentage": &v.EncryptionPercentage,
+				"EncryptionFlags": &v.EncryptionFlags, "WipingStatus": &v.WipingStatus}},
 			{"GetEncryptionMethod", map[string]*uint32{"EncryptionMethod": &v.EncryptionMethod}},
 		} {
 			if err := callMethod(obj, m.method, m.outs); err != nil {
 				errs = append(errs, err.Error())
 			}
 		}
+		// A failure to list the protectors leaves KeyProtectorIDs nil
+		// (unknown); the other results still decide.
+		v.KeyProtectorIDs, _ = keyProtectorIDs(obj)
 		v.MethodError = strings.Join(errs, "; ")
 		vols = append(vols, v)
 		return nil
@@ -226,6 +230,30 @@ func callMethod(obj *ole.IDispatch, method string, outs map[string]*uint32) erro
 		*dst = variantUint(res, name)
 	}
 	return nil
+}
+
+// keyProtectorIDs calls GetKeyProtectors without a KeyProtectorType (all
+// types) and returns the IDs, empty when the volume has none.
+func keyProtectorIDs(obj *ole.IDispatch) ([]string, error) {
+	resV, err := oleutil.CallMethod(obj, "ExecMethod_", "GetKeyProtectors")
+	if err != nil {
+		return nil, fmt.Errorf("GetKeyProtectors: %w", wmiError(err))
+	}
+	defer resV.Clear()
+	res := resV.ToIDispatch()
+	if rv := variantUint(res, "ReturnValue"); rv != 0 {
+		return nil, fmt.Errorf("GetKeyProtectors returned %#x", rv)
+	}
+	idsV, err := oleutil.GetProperty(res, "VolumeKeyProtectorID")
+	if err != nil {
+		return nil, fmt.Errorf("GetKeyProtectors: %w", wmiError(err))
+	}
+	defer idsV.Clear()
+	ids := []string{}
+	if arr := idsV.ToArray(); arr != nil {
+		ids = append(ids, arr.ToStringArray()...)
+	}
+	return ids, nil
 }
 
 func variantString(obj *ole.IDispatch, name string) string {

@@ -40,27 +40,106 @@ func (c *Collector) winLastInstalled(ctx context.Context) lastInstalledUpdate {
 	case err != nil:
 		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
 	}
-	id, at, ok := newestHotfix(rows)
-	if !ok {
-		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			fmt.Sprintf("none of the %d installed updates in Win32_QuickFixEngineering has a readable InstalledOn date", len(rows)))}
+	h := newestHotfix(rows)
+	if !h.ok {
+		reason := h.reason
+		if reason == "" {
+			reason = fmt.Sprintf("none of the %d installed updates in Win32_QuickFixEngineering has a readable InstalledOn date", len(rows))
+		}
+		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
 	}
-	return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), id: id, installedAt: at}
+	return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_OK, h.reason), id: h.id, installedAt: h.at}
+}
+
+// hotfixResult is the newest update of the hotfix list, and how sure the
+// date is.
+type hotfixResult struct {
+	id     string
+	at     time.Time
+	ok     bool
+	reason string
 }
 
 // newestHotfix picks the update with the latest InstalledOn; on a tie the
-// higher KB number, which is the later release.
-func newestHotfix(rows []quickFixEngineering) (id string, at time.Time, ok bool) {
+// higher KB number, which is the later release. InstalledOn is text that
+// Windows writes as M/D/YYYY, but localized installations write it
+// day-first (D/M/YYYY, D.M.YYYY). The order is decided once for the whole
+// list, by a date that can only be read one way; when none can, the
+// documented M/D/YYYY is used and the reason says that an ambiguous date
+// was read that way.
+func newestHotfix(rows []quickFixEngineering) hotfixResult {
+	order, dayFirstAt, monthFirstAt := hotfixDateOrder(rows)
+	if order == dateOrderMixed {
+		return hotfixResult{reason: fmt.Sprintf("InstalledOn dates in Win32_QuickFixEngineering mix day-first and month-first forms "+
+			"(%s and %s), so the newest update cannot be told", dayFirstAt, monthFirstAt)}
+	}
+	var h hotfixResult
+	var raw string
 	for _, r := range rows {
-		t, valid := parseHotfixDate(r.InstalledOn)
+		t, valid := parseHotfixDate(r.InstalledOn, order == dateOrderDayFirst)
 		if !valid {
 			continue
 		}
-		if !ok || t.After(at) || (t.Equal(at) && kbNumber(r.HotFixID) > kbNumber(id)) {
-			id, at, ok = r.HotFixID, t, true
+		if !h.ok || t.After(h.at) || (t.Equal(h.at) && kbNumber(r.HotFixID) > kbNumber(h.id)) {
+			h.id, h.at, h.ok, raw = r.HotFixID, t, true, strings.TrimSpace(r.InstalledOn)
 		}
 	}
-	return id, at, ok
+	if h.ok && order == dateOrderUnknown && ambiguousSlashDate(raw) {
+		h.reason = fmt.Sprintf("InstalledOn %q was read month-first (M/D/YYYY), the form Windows writes; "+
+			"no date in the list shows whether this installation writes them day-first", raw)
+	}
+	return h
+}
+
+type dateOrder int
+
+const (
+	dateOrderUnknown dateOrder = iota
+	dateOrderMonthFirst
+	dateOrderDayFirst
+	dateOrderMixed
+)
+
+// hotfixDateOrder finds whether the list's a/b/YYYY dates are day-first or
+// month-first from the dates whose first or second part exceeds 12.
+func hotfixDateOrder(rows []quickFixEngineering) (order dateOrder, dayFirstAt, monthFirstAt string) {
+	for _, r := range rows {
+		a, b, ok := slashDateParts(r.InstalledOn)
+		switch {
+		case !ok:
+		case a > 12 && b <= 12 && dayFirstAt == "":
+			dayFirstAt = strings.TrimSpace(r.InstalledOn)
+		case b > 12 && a <= 12 && monthFirstAt == "":
+			monthFirstAt = strings.TrimSpace(r.InstalledOn)
+		}
+	}
+	switch {
+	case dayFirstAt != "" && monthFirstAt != "":
+		return dateOrderMixed, dayFirstAt, monthFirstAt
+	case dayFirstAt != "":
+		return dateOrderDayFirst, dayFirstAt, ""
+	case monthFirstAt != "":
+		return dateOrderMonthFirst, "", monthFirstAt
+	}
+	return dateOrderUnknown, "", ""
+}
+
+// slashDateParts splits "a/b/YYYY" into a and b.
+func slashDateParts(s string) (a, b int, ok bool) {
+	parts := strings.Split(strings.TrimSpace(s), "/")
+	if len(parts) != 3 || len(parts[2]) != 4 {
+		return 0, 0, false
+	}
+	a, errA := strconv.Atoi(parts[0])
+	b, errB := strconv.Atoi(parts[1])
+	return a, b, errA == nil && errB == nil
+}
+
+// ambiguousSlashDate reports an a/b/YYYY date that reads as two different
+// days month-first and day-first.
+func ambiguousSlashDate(s string) bool {
+	a, b, ok := slashDateParts(s)
+	return ok && a != b && a <= 12 && b <= 12
 }
 
 func kbNumber(id string) int {
@@ -68,13 +147,20 @@ func kbNumber(id string) int {
 	return n
 }
 
-// parseHotfixDate reads InstalledOn, a string the WMI provider writes as
-// M/D/YYYY whatever the locale; some updates (older installers) record a
-// 64-bit FILETIME in hexadecimal instead.
-func parseHotfixDate(s string) (time.Time, bool) {
+// parseHotfixDate reads one InstalledOn: a/b/YYYY in the given order,
+// D.M.YYYY (the dotted form is day-first wherever it is used), YYYY-MM-DD,
+// YYYYMMDD, or, as older installers record it, a 64-bit FILETIME in
+// hexadecimal.
+func parseHotfixDate(s string, dayFirst bool) (time.Time, bool) {
 	s = strings.TrimSpace(s)
-	if t, err := time.Parse("1/2/2006", s); err == nil {
-		return t, true
+	layouts := []string{"1/2/2006", "2.1.2006", "2006-01-02", "20060102"}
+	if dayFirst {
+		layouts[0] = "2/1/2006"
+	}
+	for _, layout := range layouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
 	}
 	if len(s) == 16 {
 		if ft, err := strconv.ParseUint(s, 16, 64); err == nil && ft > 0 {

@@ -3,7 +3,11 @@ package signals
 import (
 	"context"
 	"errors"
+	"math"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,9 +16,11 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 )
 
-// The Windows measurements run on every OS against registry snapshots and
-// WMI rows in testdata/windows, written from Microsoft's documentation of
-// those values and classes (see the README there).
+// The Windows measurements run on every OS against captured "reg query",
+// PowerShell and manage-bde outputs in testdata/windows where public
+// material holds them, and against JSON registry snapshots and WMI rows
+// written from Microsoft's documentation where it does not (the README
+// there says which is which).
 
 // newWinCollector is a Collector reading the given registry snapshot and
 // WMI rows.
@@ -218,7 +224,8 @@ func TestWinEndpointProtection(t *testing.T) {
 		{"laptop.wmi.json", endpointProtection{meta: ok, product: product, enabled: true, realTimeProtection: true,
 			signatureAgeDays: 1, tamperProtection: true, runningMode: "Normal"}},
 		{"suspended.wmi.json", endpointProtection{meta: ok, product: product, signatureAgeDays: 12, runningMode: "Passive Mode",
-			detail: "real-time protection is off; Defender runs in Passive Mode: another antivirus product is primary; tamper protection is off"}},
+			detail: "real-time protection is off; Defender runs in Passive Mode: another antivirus product is primary " +
+				"and Defender does not remediate threats; tamper protection is off"}},
 		{"standard-user.wmi.json", endpointProtection{product: product, meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 			"Microsoft Defender's WMI provider is missing, so Defender is not installed; third-party antivirus products are not examined")}},
 	}
@@ -306,18 +313,25 @@ func TestWinLastInstalled(t *testing.T) {
 }
 
 func TestParseHotfixDate(t *testing.T) {
-	tests := map[string]time.Time{
-		"7/10/2024":        time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC),
-		"12/1/2023":        time.Date(2023, 12, 1, 0, 0, 0, 0, time.UTC),
-		"01d99e5329820000": time.Date(2023, 6, 14, 0, 0, 0, 0, time.UTC),
+	tests := []struct {
+		in       string
+		dayFirst bool
+		want     time.Time
+	}{
+		{"7/10/2024", false, time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC)},
+		{"12/1/2023", false, time.Date(2023, 12, 1, 0, 0, 0, 0, time.UTC)},
+		{"12/1/2023", true, time.Date(2023, 1, 12, 0, 0, 0, 0, time.UTC)},
+		{"14.02.2024", false, time.Date(2024, 2, 14, 0, 0, 0, 0, time.UTC)},
+		{"2024-07-10", false, time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC)},
+		{"01d99e5329820000", false, time.Date(2023, 6, 14, 0, 0, 0, 0, time.UTC)},
 	}
-	for in, want := range tests {
-		if got, ok := parseHotfixDate(in); !ok || !got.Equal(want) {
-			t.Errorf("parseHotfixDate(%q) = %v, %v; want %v", in, got, ok, want)
+	for _, tt := range tests {
+		if got, ok := parseHotfixDate(tt.in, tt.dayFirst); !ok || !got.Equal(tt.want) {
+			t.Errorf("parseHotfixDate(%q, %v) = %v, %v; want %v", tt.in, tt.dayFirst, got, ok, tt.want)
 		}
 	}
-	for _, bad := range []string{"", "2024-07-10", "not a date"} {
-		if _, ok := parseHotfixDate(bad); ok {
+	for _, bad := range []string{"", "13/14/2024", "not a date"} {
+		if _, ok := parseHotfixDate(bad, false); ok {
 			t.Errorf("parseHotfixDate(%q) succeeded", bad)
 		}
 	}
@@ -359,5 +373,236 @@ func TestWinUpdates(t *testing.T) {
 	got := New(Options{Now: fixedNow}).winUpdates()
 	if got.GetManager() != "Windows Update" || got.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || got.GetMeta().GetReason() == "" {
 		t.Errorf("winUpdates = %v, want STATUS_UNAVAILABLE with a reason", got)
+	}
+}
+
+// TestWinOSInfoCaptured reads "reg query" outputs captured on Windows 11
+// 23H2, which still names itself "Windows 10 Pro" in ProductName, and on
+// Windows 10 22H2. The captures listed REG_SZ values only (reg query /t
+// REG_SZ), so UBR and CurrentMajorVersionNumber are absent, while
+// CurrentVersion keeps the "6.3" Windows froze it at.
+func TestWinOSInfoCaptured(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	tests := []struct {
+		file    string
+		want    *posturev1.OSInfo
+		details osDetails
+	}{
+		{"reg-query-currentversion-win11-23h2.stdout.txt",
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631", KernelVersion: "10.0.22631"},
+			osDetails{build: "22631", displayVersion: "23H2"}},
+		{"reg-query-currentversion-win10-22h2.stdout.txt",
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045", KernelVersion: "10.0.19045"},
+			osDetails{build: "19045", displayVersion: "22H2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c := New(Options{Root: t.TempDir(), Now: fixedNow})
+			c.registry = loadRegQuery(t, tt.file)
+			got, details := c.winOSInfo("desk-42")
+			tt.want.Platform, tt.want.Arch, tt.want.Hostname = "windows", runtime.GOARCH, "desk-42"
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winOSInfo (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
+				t.Errorf("details (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestWinEndpointProtectionCaptured holds Defender's decision against
+// captured Get-MpComputerStatus outputs: a server where the policy "Turn
+// off Microsoft Defender Antivirus" stopped Defender (AMRunningMode "Not
+// running", signatures never installed), and a 2013 Defender that has no
+// AMRunningMode or IsTamperProtected yet.
+func TestWinEndpointProtectionCaptured(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const product = "Microsoft Defender Antivirus"
+	tests := []struct {
+		file string
+		want endpointProtection
+	}{
+		{"get-mpcomputerstatus-not-running.stdout.txt", endpointProtection{meta: ok, product: product,
+			signatureAgeDays: math.MaxUint32, runningMode: "Not running",
+			detail: "the antivirus is off; real-time protection is off; Microsoft Defender Antivirus is not running " +
+				"(turned off, for example by the policy \"Turn off Microsoft Defender Antivirus\", or replaced by another antivirus product); " +
+				"no antivirus signatures were ever installed (Update-MpSignature); tamper protection is off"}},
+		{"get-mpcomputerstatus-2013.stdout.txt", endpointProtection{meta: ok, product: product, enabled: true,
+			realTimeProtection: true, detail: "tamper protection is off"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c := New(Options{Root: t.TempDir(), Now: fixedNow})
+			c.wmi = wmiFromPSList(t, "MSFT_MpComputerStatus", tt.file)
+			got := c.winEndpointProtection(context.Background())
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+				t.Errorf("winEndpointProtection (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// volumeFromBitLockerVolume reads a captured Get-BitLockerVolume list into
+// the Win32_EncryptableVolume method outputs it shows. The cmdlet prints
+// the key protectors' types, not their IDs; the types stand in for IDs.
+func volumeFromBitLockerVolume(t *testing.T, file string) encryptableVolume {
+	t.Helper()
+	f := readPSList(t, file)
+	status := map[string]uint32{"FullyDecrypted": 0, "FullyEncrypted": 1, "EncryptionInProgress": 2}
+	protection := map[string]uint32{"Off": 0, "On": 1}
+	method := map[string]uint32{"None": 0, "XtsAes128": 6, "XtsAes256": 7}
+	volumeType := map[string]uint32{"OperatingSystem": 0, "Data": 1}
+	v := encryptableVolume{DeviceID: `\\?\Volume{` + f["MountPoint"] + `}\`, DriveLetter: f["MountPoint"]}
+	for name, m := range map[string]map[string]uint32{"VolumeStatus": status, "ProtectionStatus": protection,
+		"EncryptionMethod": method, "VolumeType": volumeType} {
+		if _, known := m[f[name]]; !known {
+			t.Fatalf("%s: %s %q is not known to the test", file, name, f[name])
+		}
+	}
+	v.ConversionStatus, v.ProtectionStatus = status[f["VolumeStatus"]], protection[f["ProtectionStatus"]]
+	v.EncryptionMethod, v.VolumeType = method[f["EncryptionMethod"]], volumeType[f["VolumeType"]]
+	v.KeyProtectorIDs = []string{}
+	for p := range strings.SplitSeq(strings.Trim(f["KeyProtector"], "{}"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			v.KeyProtectorIDs = append(v.KeyProtectorIDs, p)
+		}
+	}
+	return v
+}
+
+// TestWinDiskEncryptionCaptured holds BitLocker's decision against the
+// volume states in captured manage-bde -status and Get-BitLockerVolume
+// outputs, in English and German.
+func TestWinDiskEncryptionCaptured(t *testing.T) {
+	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
+	const (
+		usedSpace = "manage-bde-status-en-used-space-only-no-protectors.stdout.txt"
+		progress  = "manage-bde-status-en-encryption-in-progress.stdout.txt"
+		german    = "manage-bde-status-de-fully-decrypted.stdout.txt"
+	)
+	tests := []struct {
+		name string
+		vol  encryptableVolume
+		want *posturev1.Volume
+	}{
+		{
+			// Windows 11 device encryption before the user signed in with
+			// a Microsoft account: encrypted, but the key is in the clear
+			// and only the used blocks were encrypted.
+			name: usedSpace, vol: volumeFromManageBDE(t, usedSpace, "C:", 0),
+			want: &posturev1.Volume{MountPoint: "C:", Device: `\\?\Volume{C:}\`,
+				Detail: "BitLocker used space only encrypted (free space was not wiped, so data deleted before encryption may still be readable: " +
+					"manage-bde -w C:), protection off: the volume has no key protector, so its key is stored in the clear " +
+					"(add one: manage-bde -protectors -add C: -tpm, or turn on BitLocker for the drive), XTS-AES-128"},
+		},
+		{
+			name: progress, vol: volumeFromManageBDE(t, progress, "C:", 0),
+			want: &posturev1.Volume{MountPoint: "C:", Device: `\\?\Volume{C:}\`,
+				Detail: "BitLocker encryption in progress (50% encrypted), protection off, XTS-AES-128"},
+		},
+		{
+			name: german, vol: volumeFromManageBDE(t, german, "C:", 0),
+			want: &posturev1.Volume{MountPoint: "C:", Device: `\\?\Volume{C:}\`,
+				Detail: "BitLocker fully decrypted, protection off"},
+		},
+		{
+			// Intune's "waiting for TPM" state: a TPM protector exists but
+			// is suspended, so resuming it is the remedy.
+			name: "get-bitlockervolume-waiting-tpm.stdout.txt", vol: volumeFromBitLockerVolume(t, "get-bitlockervolume-waiting-tpm.stdout.txt"),
+			want: &posturev1.Volume{MountPoint: "C:", Device: `\\?\Volume{C:}\`,
+				Detail: "BitLocker fully encrypted, protection suspended: the key is stored unprotected on the disk " +
+					"(manage-bde -protectors -enable C:), XTS-AES-128"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(Options{Root: t.TempDir(), Now: fixedNow})
+			c.wmi = &fakeWMI{volumes: []encryptableVolume{tt.vol}}
+			got, _ := c.winDiskEncryption(context.Background(), "C:")
+			want := &posturev1.DiskEncryption{Meta: ok, Volumes: []*posturev1.Volume{tt.want}}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("winDiskEncryption (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// hotfixRowsFromOsquery reads the rows of a captured osquery "patches"
+// table, whose installed_on column is Win32_QuickFixEngineering's
+// InstalledOn as WMI returned it.
+func hotfixRowsFromOsquery(t *testing.T, file string) []quickFixEngineering {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "windows", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []quickFixEngineering
+	for line := range strings.Lines(string(b)) {
+		cells := strings.Split(strings.TrimSpace(line), "|")
+		if len(cells) != 5 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "KB") {
+			continue
+		}
+		rows = append(rows, quickFixEngineering{HotFixID: strings.TrimSpace(cells[1]),
+			Description: strings.TrimSpace(cells[2]), InstalledOn: strings.TrimSpace(cells[3])})
+	}
+	if len(rows) == 0 {
+		t.Fatalf("%s: no rows", file)
+	}
+	return rows
+}
+
+// TestNewestHotfixCaptured reads the month-first dates WMI returned in a
+// captured osquery patches table: 11/10/2016 is only a date month-first
+// once 8/29/2016 settles the order, and of the updates of that day the
+// highest KB number is the newest.
+func TestNewestHotfixCaptured(t *testing.T) {
+	got := newestHotfix(hotfixRowsFromOsquery(t, "osquery-patches-installed-on.stdout.txt"))
+	want := hotfixResult{id: "KB3202790", at: time.Date(2016, 11, 10, 0, 0, 0, 0, time.UTC), ok: true}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(hotfixResult{})); diff != "" {
+		t.Errorf("newestHotfix (-want +got):\n%s", diff)
+	}
+}
+
+// TestNewestHotfixDayFirst covers installations that write InstalledOn
+// day-first. No raw capture of such a list was found in public material
+// (public reports show them only through Get-HotFix, which reformats the
+// date), so the rows follow the day-first forms of those reports.
+func TestNewestHotfixDayFirst(t *testing.T) {
+	tests := []struct {
+		name string
+		rows []quickFixEngineering
+		want hotfixResult
+	}{
+		{
+			name: "day-first, settled by a day above 12",
+			rows: []quickFixEngineering{{HotFixID: "KB5034441", InstalledOn: "14/02/2024"}, {HotFixID: "KB5035845", InstalledOn: "03/04/2024"}},
+			want: hotfixResult{id: "KB5035845", at: time.Date(2024, 4, 3, 0, 0, 0, 0, time.UTC), ok: true},
+		},
+		{
+			name: "dotted day-first",
+			rows: []quickFixEngineering{{HotFixID: "KB5034441", InstalledOn: "14.02.2024"}, {HotFixID: "KB5035845", InstalledOn: "3.4.2024"}},
+			want: hotfixResult{id: "KB5035845", at: time.Date(2024, 4, 3, 0, 0, 0, 0, time.UTC), ok: true},
+		},
+		{
+			name: "ambiguous only",
+			rows: []quickFixEngineering{{HotFixID: "KB5034441", InstalledOn: "2/3/2024"}},
+			want: hotfixResult{id: "KB5034441", at: time.Date(2024, 2, 3, 0, 0, 0, 0, time.UTC), ok: true,
+				reason: `InstalledOn "2/3/2024" was read month-first (M/D/YYYY), the form Windows writes; ` +
+					"no date in the list shows whether this installation writes them day-first"},
+		},
+		{
+			name: "mixed",
+			rows: []quickFixEngineering{{HotFixID: "KB5034441", InstalledOn: "14/02/2024"}, {HotFixID: "KB5035845", InstalledOn: "02/14/2024"}},
+			want: hotfixResult{reason: "InstalledOn dates in Win32_QuickFixEngineering mix day-first and month-first forms " +
+				"(14/02/2024 and 02/14/2024), so the newest update cannot be told"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, newestHotfix(tt.rows), cmp.AllowUnexported(hotfixResult{})); diff != "" {
+				t.Errorf("newestHotfix (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -183,6 +183,8 @@ levels:
   - {name: scored, min_score: 1}
   - {name: open}
   - {name: expression, expr: 'true'}
+  - {name: warned, min_score: 1, enforce: warn}
+  - {name: unenforced, min_score: 1, enforce: off}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -194,9 +196,17 @@ levels:
 		if allowed || score != 0 || len(reasons) != 1 || !strings.Contains(reasons[0], "ask an admin to approve this device") {
 			t.Errorf("level %s: allowed=%v score=%d reasons=%v; want denied, 0, asking for an approval", l, allowed, score, reasons)
 		}
+		// No enforcement mode lets a pending device through: its state
+		// is its identity, not its posture.
+		if v := p.Judge(&s, l, t0); v.Allowed || v.Met {
+			t.Errorf("level %s (enforce %s): Judge allowed=%v met=%v; want neither", l, v.Enforce, v.Allowed, v.Met)
+		}
 	}
 	if _, set := p.AllowedSet(&s, t0); set != 0 {
 		t.Errorf("AllowedSet of a pending device = %v, want none", p.Names(set))
+	}
+	if _, met, allowed, warned := p.Sets(&s, t0); met != 0 || allowed != 0 || warned != 0 {
+		t.Errorf("Sets of a pending device: met %v allowed %v warned %v, want none", p.Names(met), p.Names(allowed), p.Names(warned))
 	}
 	checks, levels, score := p.Explain(&s, t0)
 	if len(checks) != 1 || checks[0].GetOutcome() != posturev1.Outcome_OUTCOME_PASS || score != 0 || healthy.RawScore() != 100 {

@@ -416,10 +416,9 @@ func TestOpenUnreachable(t *testing.T) {
 // the new certificate's key.
 func TestMigrateCertKeys(t *testing.T) {
 	dsn := testtools.Postgres(t)
-	open(t, dsn).Close()
-	// Back to version 1, as a collector from before left it.
-	if _, err := connect(t, dsn).Exec(ctx, `ALTER TABLE devices DROP COLUMN cert_key_sha256, DROP COLUMN prev_cert_key_sha256;
-		UPDATE meta SET value = 1 WHERE key = 'schema_version';
+	// At version 1, as a collector from before left it.
+	if _, err := connect(t, dsn).Exec(ctx, `CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);`+postgres.Migrations[0]+`
+		INSERT INTO meta (key, value) VALUES ('schema_version', 1);
 		INSERT INTO devices (id, hostname, platform, identity, identity_key, assurance, state, state_reason, enrolled_at, cert_serial)
 		VALUES ('dev-a', 'a', 'linux', 'software', '\x01', 1, 1, '', 1, '1f')`); err != nil {
 		t.Fatal(err)

@@ -141,13 +141,9 @@ CREATE INDEX events_at ON events USING brin (at);
 -- of LastEventID once the events table no longer holds it.
 INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 `,
-	// A device certificate counts only with the public key it was issued
-	// for: the SHA-256 of its SubjectPublicKeyInfo, beside its serial.
-	// NULL for certificates issued before, until the device's next call
-	// records it (store.Store.BindCertKey).
-	`
-ALTER TABLE devices ADD COLUMN cert_key_sha256 bytea, ADD COLUMN prev_cert_key_sha256 bytea;
-`,
+	migration2,
+	migrationStandings,
+	migrationOutbox,
 }
 
 // migrationLock is the advisory lock key that serializes schema

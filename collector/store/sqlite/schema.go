@@ -190,14 +190,9 @@ CREATE TABLE replicas (
 
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `,
-	// A device certificate counts only with the public key it was issued
-	// for: the SHA-256 of its SubjectPublicKeyInfo, beside its serial.
-	// NULL for certificates issued before, until the device's next call
-	// records it (store.Store.BindCertKey).
-	`
-ALTER TABLE devices ADD COLUMN cert_key_sha256 BLOB;
-ALTER TABLE devices ADD COLUMN prev_cert_key_sha256 BLOB;
-`,
+	migration9,
+	migrationStandings,
+	migrationOutbox,
 }
 
 // initialize configures a new database file and brings the schema up to
