@@ -43,6 +43,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -402,7 +403,7 @@ func loadReplica(dir string, shared bool) (replica, error) {
 		}
 		id = hex.EncodeToString(r)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return replica{}, fmt.Errorf("record replica ID: %w", err)
 	}
 	return replica{id: id}, nil

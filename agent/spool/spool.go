@@ -24,7 +24,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/durable"
 )
 
 // defaultMax bounds the spool when Open is given no bound: a week of
@@ -138,7 +138,7 @@ func (s *Spool) load() error {
 			}
 			s.dropped++
 		}
-		if err := pki.SyncDir(s.dir); err != nil {
+		if err := durable.SyncDir(s.dir); err != nil {
 			return fmt.Errorf("spool: %w", err)
 		}
 	}
@@ -216,7 +216,7 @@ func (s *Spool) putLocked(tmp string) (uint64, error) {
 		return 0, err
 	}
 	// This also makes the removal of a dropped entry durable.
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		// The caller is told the Put failed, so do not let the entry
 		// surface later.
 		os.Remove(path)
@@ -277,7 +277,7 @@ func (s *Spool) Replace(id uint64, data []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("spool: replace entry %d: %w", id, err)
 	}
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("spool: replace entry %d: %w", id, err)
 	}
 	return nil
@@ -294,7 +294,7 @@ func (s *Spool) Remove(id uint64) error {
 	if err := s.removeLocked(id); err != nil {
 		return fmt.Errorf("spool: remove entry %d: %w", id, err)
 	}
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("spool: remove entry %d: %w", id, err)
 	}
 	return nil
@@ -418,7 +418,7 @@ func (s *Spool) saveNextLocked(id uint64) error {
 	}
 	// Flushed now, not with the caller's removal, so that the two cannot
 	// be reordered on disk.
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("save next ID: %w", err)
 	}
 	s.saved = s.next

@@ -1,4 +1,4 @@
-package pki
+package durable
 
 // SyncDir does nothing on Windows: a directory cannot be opened for
 // FlushFileBuffers there, and NTFS journals metadata changes such as

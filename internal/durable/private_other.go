@@ -1,6 +1,6 @@
 //go:build !windows
 
-package pki
+package durable
 
 import "os"
 
