@@ -283,6 +283,40 @@ func (s *Spool) Replace(id uint64, data []byte) error {
 	return nil
 }
 
+// Rewrite passes the data of every entry, oldest first, to f, and durably
+// replaces the entries for which f returns changed, keeping their IDs and
+// order (as Replace does). It returns how many it replaced. Entries that
+// cannot be read back intact are left for Oldest to set aside. It is meant
+// for converting what an older version spooled, before consumers start.
+func (s *Spool) Rewrite(f func(data []byte) (out []byte, changed bool)) (int, error) {
+	s.mu.Lock()
+	ids := slices.Clone(s.ids)
+	s.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		s.mu.Lock()
+		data, err := s.readLocked(id)
+		s.mu.Unlock()
+		switch {
+		case errors.Is(err, errInvalid), errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil:
+			return n, fmt.Errorf("spool: rewrite entry %d: %w", id, err)
+		}
+		out, changed := f(data)
+		if !changed {
+			continue
+		}
+		if err := s.Replace(id, out); errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
 // Remove deletes an entry durably; removing an ID that is not there is not
 // an error.
 func (s *Spool) Remove(id uint64) error {
