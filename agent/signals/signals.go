@@ -1,19 +1,31 @@
 // Package signals measures a device's security posture (operating system,
-// disk encryption, secure boot, pending updates, firewall, screen lock) and
+// disk encryption, secure boot, pending updates, firewall, screen lock,
+// endpoint protection, automatic updates, the newest installed update) and
 // fills the matching sections of a posture report.
 //
 // Every section says how it was obtained. A signal that cannot be measured is
 // reported with a status other than STATUS_OK and a reason a person can act
 // on; its boolean values stay false so that unknown never passes a check.
 //
-// Files are named for the signal and the OS. disk_linux.go, disk_darwin.go
-// and disk_windows.go are built for their OS only, and *_other.go stubs for
-// the rest. The macOS and Windows measurements themselves live in
-// disk_macos.go, disk_win.go and so on, which have no build constraint: they
-// reach the system only through small interfaces (Runner for commands,
-// registryReader, wmiQuerier), so their tests run on every OS. The
-// *_darwin.go and *_windows.go files only supply those interfaces and the
-// few facts that need a system call.
+// # File names
+//
+// Two kinds of per-OS file live here, and their names keep them apart:
+//
+//   - *_linux.go, *_darwin.go, *_windows.go and *_other.go carry Go's
+//     file-name build constraint: they are compiled for that OS only (the
+//     _other.go stubs for every OS the agent does not measure). They hold
+//     what needs the OS itself: system calls, the registry and WMI, netlink,
+//     and on macOS and Windows the few lines that bind the measurements
+//     below to them.
+//   - *_macos_anyos.go and *_windows_anyos.go hold the macOS and Windows
+//     measurements and carry no constraint: they reach the system only
+//     through small interfaces (Runner for commands, registryReader,
+//     wmiQuerier), so they build on every OS and their tests run on Linux
+//     against captured outputs, as no Mac or Windows machine runs the tests.
+//     The suffix _anyos says so: Go reads only a GOOS (or GOOS_GOARCH) at
+//     the very end of a name as a constraint.
+//
+// docs/contributing/signals.md is the checklist for adding a signal.
 package signals
 
 import (

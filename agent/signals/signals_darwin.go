@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// On macOS every signal is measured by the functions in *_macos.go through
+// On macOS every signal is measured by the functions in *_macos_anyos.go through
 // the Runner; this file only binds them and supplies what needs a system
 // call.
 

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// On Windows every signal is measured by the functions in *_win.go through
+// On Windows every signal is measured by the functions in *_windows_anyos.go through
 // the registry and WMI (sources_windows.go); this file only binds them and
 // supplies the system drive.
 
