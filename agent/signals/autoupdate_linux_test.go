@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/testing/protocmp"
 )
 
 const aptConfigLine = "apt-config shell UU APT::Periodic::Unattended-Upgrade UPL APT::Periodic::Update-Package-Lists"
@@ -41,7 +42,7 @@ func TestAutoUpdateLinux(t *testing.T) {
 		name       string
 		files      map[string]string
 		recordings map[string]recorded
-		want       autoUpdate
+		want       *posturev1.AutoUpdate
 	}{
 		{
 			name:  "unattended-upgrades on",
@@ -51,7 +52,7 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
 				isEnabledLine("apt-daily-upgrade.timer"): unitEnabledRec,
 			},
-			want: autoUpdate{meta: ok, enabled: true, mechanism: uu, detail: "unattended-upgrades runs daily"},
+			want: &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: uu, Detail: "unattended-upgrades runs daily"},
 		},
 		{
 			name:  "unattended upgrades switched off",
@@ -61,8 +62,8 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
 				isEnabledLine("apt-daily-upgrade.timer"): unitEnabledRec,
 			},
-			want: autoUpdate{meta: ok, mechanism: uu,
-				detail: `APT::Periodic::Unattended-Upgrade is "0" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades)`},
+			want: &posturev1.AutoUpdate{Meta: ok, Mechanism: uu,
+				Detail: `APT::Periodic::Unattended-Upgrade is "0" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades)`},
 		},
 		{
 			name:  "no periodic configuration, timer masked",
@@ -72,8 +73,8 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("apt-daily.timer"):         unitEnabledRec,
 				isEnabledLine("apt-daily-upgrade.timer"): unitMaskedRec,
 			},
-			want: autoUpdate{meta: ok, mechanism: uu,
-				detail: `APT::Periodic::Unattended-Upgrade is "" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades); ` +
+			want: &posturev1.AutoUpdate{Meta: ok, Mechanism: uu,
+				Detail: `APT::Periodic::Unattended-Upgrade is "" (set it to "1" in /etc/apt/apt.conf.d/20auto-upgrades); ` +
 					`APT::Periodic::Update-Package-Lists is "", so no new updates are seen; ` +
 					`apt-daily-upgrade.timer is masked (systemctl enable --now apt-daily-upgrade.timer)`},
 		},
@@ -83,12 +84,12 @@ func TestAutoUpdateLinux(t *testing.T) {
 			recordings: map[string]recorded{
 				aptConfigLine: {stdout: "autoupdate/apt-config-enabled.stdout.txt"},
 			},
-			want: autoUpdate{meta: ok, enabled: true, mechanism: uu, detail: "unattended-upgrades runs daily"},
+			want: &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: uu, Detail: "unattended-upgrades runs daily"},
 		},
 		{
 			name:  "unattended-upgrades not installed",
 			files: map[string]string{"usr/bin/apt-get": ""},
-			want:  autoUpdate{meta: ok, mechanism: uu, detail: "unattended-upgrades is not installed (apt install unattended-upgrades)"},
+			want:  &posturev1.AutoUpdate{Meta: ok, Mechanism: uu, Detail: "unattended-upgrades is not installed (apt install unattended-upgrades)"},
 		},
 		{
 			name:  "dnf-automatic-install.timer",
@@ -96,7 +97,7 @@ func TestAutoUpdateLinux(t *testing.T) {
 			recordings: map[string]recorded{
 				isEnabledLine("dnf-automatic-install.timer"): unitEnabledRec,
 			},
-			want: autoUpdate{meta: ok, enabled: true, mechanism: dnfAuto, detail: "dnf-automatic-install.timer installs default updates"},
+			want: &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: dnfAuto, Detail: "dnf-automatic-install.timer installs default updates"},
 		},
 		{
 			name:  "dnf-automatic.timer applying security updates",
@@ -105,7 +106,7 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("dnf-automatic-install.timer"): unitMissingRec,
 				isEnabledLine("dnf-automatic.timer"):         unitEnabledRec,
 			},
-			want: autoUpdate{meta: ok, enabled: true, mechanism: dnfAuto, detail: "dnf-automatic.timer installs security updates"},
+			want: &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: dnfAuto, Detail: "dnf-automatic.timer installs security updates"},
 		},
 		{
 			name:  "dnf-automatic.timer only downloading",
@@ -114,8 +115,8 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("dnf-automatic-install.timer"): unitDisabledRec,
 				isEnabledLine("dnf-automatic.timer"):         unitEnabledRec,
 			},
-			want: autoUpdate{meta: ok, mechanism: dnfAuto,
-				detail: "dnf-automatic.timer only downloads updates: set apply_updates = yes in /etc/dnf/automatic.conf"},
+			want: &posturev1.AutoUpdate{Meta: ok, Mechanism: dnfAuto,
+				Detail: "dnf-automatic.timer only downloads updates: set apply_updates = yes in /etc/dnf/automatic.conf"},
 		},
 		{
 			name:  "dnf-automatic not installed",
@@ -125,14 +126,14 @@ func TestAutoUpdateLinux(t *testing.T) {
 				isEnabledLine("dnf-automatic.timer"):         unitMissingRec,
 				isEnabledLine("dnf5-automatic.timer"):        unitMissingRec,
 			},
-			want: autoUpdate{meta: ok, mechanism: dnfAuto,
-				detail: "no dnf-automatic timer is enabled (dnf-automatic-install.timer not installed, dnf-automatic.timer not installed, " +
+			want: &posturev1.AutoUpdate{Meta: ok, Mechanism: dnfAuto,
+				Detail: "no dnf-automatic timer is enabled (dnf-automatic-install.timer not installed, dnf-automatic.timer not installed, " +
 					"dnf5-automatic.timer not installed): systemctl enable --now dnf-automatic-install.timer"},
 		},
 		{
 			name:  "zypper",
 			files: map[string]string{"usr/bin/zypper": ""},
-			want: autoUpdate{mechanism: "zypper", meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			want: &posturev1.AutoUpdate{Mechanism: "zypper", Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 				"automatic updates are not measured for zypper: SUSE has no single standard mechanism (YaST online update, transactional-update, os-update)")},
 		},
 	}
@@ -140,7 +141,7 @@ func TestAutoUpdateLinux(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := New(Options{Root: fakeRoot(t, tt.files), Runner: newFakeRunner(t, tt.recordings), Now: fixedNow})
 			got := c.autoUpdate(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("autoUpdate (-want +got):\n%s", diff)
 			}
 		})
@@ -165,8 +166,11 @@ func TestAutoUpdateReusedUntilConfigChanges(t *testing.T) {
 	if n := runner.count(aptConfigLine); n != 1 {
 		t.Fatalf("apt-config ran %d times for unchanged configuration, want 1", n)
 	}
-	if !first.enabled || !second.enabled || !second.meta.GetObservedAt().AsTime().Equal(clock.Now()) {
-		t.Errorf("reused result = %+v, want enabled and observed now", second)
+	if !first.GetEnabled() || !second.GetEnabled() || !second.GetMeta().GetObservedAt().AsTime().Equal(clock.Now()) {
+		t.Errorf("reused result = %v, want enabled and observed now", second)
+	}
+	if !first.GetMeta().GetObservedAt().AsTime().Equal(testTime) {
+		t.Errorf("the first result changed when the cache reused it: observed at %v, want %v", first.GetMeta().GetObservedAt().AsTime(), testTime)
 	}
 
 	p := filepath.Join(root, "etc", "apt", "apt.conf.d", "20auto-upgrades")

@@ -18,12 +18,12 @@ import (
 func BenchmarkCollect(b *testing.B) {
 	ctx := context.Background()
 	c := New(Options{})
-	c.collect(ctx) // fills the updates and configuration caches
+	c.Collect(ctx) // fills the updates and configuration caches
 
 	self0, children0 := cpuTimes(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		c.collect(ctx)
+		c.Collect(ctx)
 	}
 	perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	self1, children1 := cpuTimes(b)

@@ -17,12 +17,12 @@ import (
 
 // macDiskEncryption measures FileVault. dataDevice is the device mounted
 // at /System/Volumes/Data (or at / before macOS 10.15), "" when unknown.
-func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice string) (*posturev1.DiskEncryption, otherVolumes) {
-	others := otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice string) *posturev1.DiskEncryption {
+	others := &posturev1.OtherVolumes{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
 		"other volumes are not examined on macOS by this agent version: diskutil's APFS listing does not say which containers are internal")}
 	stdout, stderr, code, err := c.run(ctx, fdesetup, "isactive")
 	if err != nil {
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}, others
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error()), OtherVolumes: others}
 	}
 	// fdesetup(8): isactive exits 0 when FileVault is on, 1 when it is off
 	// and 2 when it is on but busy encrypting or decrypting; the exit
@@ -37,7 +37,7 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 		busy, state = true, "FileVault on but busy: encryption or decryption in progress (exit status 2)"
 	default:
 		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR,
-			commandError(fdesetup, []string{"isactive"}, code, stderr, stdout).Error())}, others
+			commandError(fdesetup, []string{"isactive"}, code, stderr, stdout).Error()), OtherVolumes: others}
 	}
 
 	vol := &posturev1.Volume{MountPoint: dataMount, Device: dataDevice, Method: "FileVault"}
@@ -62,7 +62,8 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 		Meta:            c.meta(posturev1.Status_STATUS_OK, ""),
 		SystemEncrypted: vol.Encrypted && swap.Encrypted,
 		Volumes:         []*posturev1.Volume{vol, swap},
-	}, others
+		OtherVolumes:    others,
+	}
 }
 
 // apfsVolumeInfo is one volume of "diskutil apfs list -plist".

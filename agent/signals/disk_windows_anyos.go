@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -17,63 +18,54 @@ import (
 // language, unlike manage-bde), and decides on the volume of %SystemDrive%
 // (which need not be C:). Fixed data volumes are listed separately;
 // portable (removable) ones are ignored.
-func (c *Collector) winDiskEncryption(ctx context.Context, systemDrive string) (*posturev1.DiskEncryption, otherVolumes) {
+func (c *Collector) winDiskEncryption(ctx context.Context, systemDrive string) *posturev1.DiskEncryption {
+	failed := func(status posturev1.Status, reason string) *posturev1.DiskEncryption {
+		return &posturev1.DiskEncryption{Meta: c.meta(status, reason),
+			OtherVolumes: &posturev1.OtherVolumes{Meta: c.meta(status, reason)}}
+	}
 	if c.wmi == nil {
-		reason := errNoWindowsSource.Error()
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)},
-			otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, errNoWindowsSource.Error())
 	}
 	vols, err := withTimeout(ctx, c, "BitLocker (WMI Win32_EncryptableVolume)", c.wmi.EncryptableVolumes)
-	if err != nil {
-		status, reason := posturev1.Status_STATUS_ERROR, err.Error()
-		switch {
-		case errors.Is(err, errAccessDenied):
-			status, reason = posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to query BitLocker: "+reason
-		case errors.Is(err, fs.ErrNotExist):
-			status, reason = posturev1.Status_STATUS_UNAVAILABLE,
-				"BitLocker's WMI provider is missing (a Windows edition without BitLocker); other encryption products are not examined: "+reason
-		}
-		return &posturev1.DiskEncryption{Meta: c.meta(status, reason)}, otherVolumes{meta: c.meta(status, reason)}
+	switch {
+	case errors.Is(err, errAccessDenied):
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to query BitLocker: "+err.Error())
+	case errors.Is(err, fs.ErrNotExist):
+		return failed(posturev1.Status_STATUS_UNAVAILABLE,
+			"BitLocker's WMI provider is missing (a Windows edition without BitLocker); other encryption products are not examined: "+err.Error())
+	case err != nil:
+		return failed(posturev1.Status_STATUS_ERROR, err.Error())
 	}
-	r := bitLockerState(vols, systemDrive)
-	return &posturev1.DiskEncryption{Meta: c.meta(r.status.status, r.status.reason), SystemEncrypted: r.systemEncrypted, Volumes: r.volumes},
-		otherVolumes{meta: c.meta(posturev1.Status_STATUS_OK, ""), volumes: r.others}
+	return bitLockerState(vols, systemDrive, c.now())
 }
 
-type bitLockerResult struct {
-	status          statusReason
-	systemEncrypted bool
-	volumes         []*posturev1.Volume // the system volume
-	others          []*posturev1.Volume // fixed data volumes
-}
-
-// bitLockerState decides from the volumes' method results. A volume
-// counts as encrypted when it is fully encrypted and protection is on:
-// suspended protection leaves the key in the clear on the disk.
-func bitLockerState(vols []encryptableVolume, systemDrive string) bitLockerResult {
-	var r bitLockerResult
+// bitLockerState decides from the volumes' method results, observed at t.
+// A volume counts as encrypted when it is fully encrypted and protection
+// is on: suspended protection leaves the key in the clear on the disk.
+func bitLockerState(vols []encryptableVolume, systemDrive string, t time.Time) *posturev1.DiskEncryption {
+	d := &posturev1.DiskEncryption{OtherVolumes: &posturev1.OtherVolumes{Meta: metaAt(t, posturev1.Status_STATUS_OK, "")}}
 	found := false
 	for _, v := range vols {
 		vol := bitLockerVolume(v)
 		switch {
 		case strings.EqualFold(v.DriveLetter, systemDrive):
 			found = true
-			r.volumes = append(r.volumes, vol)
-			r.systemEncrypted = vol.Encrypted
+			d.Volumes = append(d.Volumes, vol)
+			d.SystemEncrypted = vol.Encrypted
 		case v.VolumeType == 2 || v.DriveLetter == "":
 			// Portable volumes (USB drives) are removable media; volumes
 			// without a letter are recovery and system partitions.
 		default:
-			r.others = append(r.others, vol)
+			d.OtherVolumes.Volumes = append(d.OtherVolumes.Volumes, vol)
 		}
 	}
 	if !found {
-		r.status = statusReason{posturev1.Status_STATUS_ERROR,
-			fmt.Sprintf("BitLocker lists no volume for the system drive %s (%d volumes listed)", systemDrive, len(vols))}
-		return r
+		d.Meta = metaAt(t, posturev1.Status_STATUS_ERROR,
+			fmt.Sprintf("BitLocker lists no volume for the system drive %s (%d volumes listed)", systemDrive, len(vols)))
+		return d
 	}
-	r.status = statusReason{posturev1.Status_STATUS_OK, ""}
-	return r
+	d.Meta = metaAt(t, posturev1.Status_STATUS_OK, "")
+	return d
 }
 
 var conversionStatus = map[uint32]string{

@@ -11,36 +11,32 @@ import (
 // macEndpointProtection reports the protections macOS builds in: System
 // Integrity Protection (csrutil status) and Gatekeeper (spctl --status).
 // Neither needs root.
-func (c *Collector) macEndpointProtection(ctx context.Context) endpointProtection {
-	e := endpointProtection{product: "macOS SIP and Gatekeeper"}
+func (c *Collector) macEndpointProtection(ctx context.Context) *posturev1.EndpointProtection {
+	const product = "macOS SIP and Gatekeeper"
+	failed := func(status posturev1.Status, reason string) *posturev1.EndpointProtection {
+		return &posturev1.EndpointProtection{Product: product, Meta: c.meta(status, reason)}
+	}
 	stdout, stderr, code, err := c.run(ctx, csrutil, "status")
 	if err != nil {
-		e.meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
-		return e
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
 	}
 	if code != 0 {
-		e.meta = c.meta(posturev1.Status_STATUS_ERROR, commandError(csrutil, []string{"status"}, code, stderr, stdout).Error())
-		return e
+		return failed(posturev1.Status_STATUS_ERROR, commandError(csrutil, []string{"status"}, code, stderr, stdout).Error())
 	}
 	sip, sipDetail, err := parseCsrutilStatus(stdout)
 	if err != nil {
-		e.meta = c.meta(posturev1.Status_STATUS_ERROR, err.Error())
-		return e
+		return failed(posturev1.Status_STATUS_ERROR, err.Error())
 	}
 	// spctl exits non-zero when assessments are disabled, and prints the
 	// status either way.
 	stdout, stderr, code, err = c.run(ctx, spctl, "--status")
 	if err != nil {
-		e.meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
-		return e
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
 	}
 	gk, err := parseSpctlStatus(stdout, stderr)
 	if err != nil {
-		e.meta = c.meta(posturev1.Status_STATUS_ERROR, fmt.Sprintf("%v (exit status %d)", err, code))
-		return e
+		return failed(posturev1.Status_STATUS_ERROR, fmt.Sprintf("%v (exit status %d)", err, code))
 	}
-	e.systemIntegrityProtection, e.gatekeeper = sip, gk
-	e.enabled = sip && gk
 	var off []string
 	if !sip {
 		off = append(off, "System Integrity Protection is "+sipDetail+" (csrutil enable in recoveryOS)")
@@ -48,9 +44,14 @@ func (c *Collector) macEndpointProtection(ctx context.Context) endpointProtectio
 	if !gk {
 		off = append(off, "Gatekeeper is off (spctl --global-enable)")
 	}
-	e.detail = strings.Join(off, "; ")
-	e.meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return e
+	return &posturev1.EndpointProtection{
+		Meta:                      c.meta(posturev1.Status_STATUS_OK, ""),
+		Product:                   product,
+		Enabled:                   sip && gk,
+		SystemIntegrityProtection: sip,
+		Gatekeeper:                gk,
+		Detail:                    strings.Join(off, "; "),
+	}
 }
 
 // parseCsrutilStatus reads "System Integrity Protection status: enabled.".

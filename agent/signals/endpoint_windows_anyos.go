@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"math"
 	"strings"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -36,38 +37,39 @@ type mpComputerStatus struct {
 const signatureAgeNever = math.MaxUint32
 
 // winEndpointProtection reads Microsoft Defender Antivirus' status.
-func (c *Collector) winEndpointProtection(ctx context.Context) endpointProtection {
-	const product = "Microsoft Defender Antivirus"
+func (c *Collector) winEndpointProtection(ctx context.Context) *posturev1.EndpointProtection {
+	failed := func(status posturev1.Status, reason string) *posturev1.EndpointProtection {
+		return &posturev1.EndpointProtection{Product: defenderProduct, Meta: c.meta(status, reason)}
+	}
 	rows, err := wmiRows[mpComputerStatus](ctx, c, defenderNamespace, "SELECT * FROM MSFT_MpComputerStatus")
 	switch {
 	case errors.Is(err, errAccessDenied):
-		return endpointProtection{product: product, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"needs administrator rights to read Microsoft Defender's status: "+err.Error())}
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to read Microsoft Defender's status: "+err.Error())
 	case errors.Is(err, fs.ErrNotExist):
-		return endpointProtection{product: product, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"Microsoft Defender's WMI provider is missing, so Defender is not installed; third-party antivirus products are not examined")}
+		return failed(posturev1.Status_STATUS_UNAVAILABLE,
+			"Microsoft Defender's WMI provider is missing, so Defender is not installed; third-party antivirus products are not examined")
 	case err != nil:
-		return endpointProtection{product: product, meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
+		return failed(posturev1.Status_STATUS_ERROR, err.Error())
 	case len(rows) == 0:
-		return endpointProtection{product: product, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"MSFT_MpComputerStatus returned nothing: the Microsoft Defender service is not running")}
+		return failed(posturev1.Status_STATUS_UNAVAILABLE, "MSFT_MpComputerStatus returned nothing: the Microsoft Defender service is not running")
 	}
-	e := defenderState(rows[0])
-	e.product = product
-	e.meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return e
+	return defenderState(rows[0], c.now())
 }
 
-// defenderState decides: protection is on when the service and the
-// antivirus run in normal (active) mode with real-time scanning and
-// signatures. Signature age and tamper protection are reported for policy
-// to judge.
-func defenderState(s mpComputerStatus) endpointProtection {
-	e := endpointProtection{
-		realTimeProtection: s.RealTimeProtectionEnabled,
-		signatureAgeDays:   s.AntivirusSignatureAge,
-		tamperProtection:   s.IsTamperProtected,
-		runningMode:        s.AMRunningMode,
+const defenderProduct = "Microsoft Defender Antivirus"
+
+// defenderState decides from Defender's status, read at t: protection is
+// on when the service and the antivirus run in normal (active) mode with
+// real-time scanning and signatures. Signature age and tamper protection
+// are reported for policy to judge.
+func defenderState(s mpComputerStatus, t time.Time) *posturev1.EndpointProtection {
+	e := &posturev1.EndpointProtection{
+		Meta:               metaAt(t, posturev1.Status_STATUS_OK, ""),
+		Product:            defenderProduct,
+		RealTimeProtection: s.RealTimeProtectionEnabled,
+		SignatureAgeDays:   s.AntivirusSignatureAge,
+		TamperProtection:   s.IsTamperProtected,
+		RunningMode:        s.AMRunningMode,
 	}
 	var off []string
 	if !s.AMServiceEnabled || !s.AntivirusEnabled {
@@ -82,11 +84,11 @@ func defenderState(s mpComputerStatus) endpointProtection {
 	if s.AntivirusSignatureAge == signatureAgeNever {
 		off = append(off, "no antivirus signatures were ever installed (Update-MpSignature)")
 	}
-	e.enabled = len(off) == 0
+	e.Enabled = len(off) == 0
 	if !s.IsTamperProtected {
 		off = append(off, "tamper protection is off")
 	}
-	e.detail = strings.Join(off, "; ")
+	e.Detail = strings.Join(off, "; ")
 	return e
 }
 

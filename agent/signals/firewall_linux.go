@@ -37,9 +37,8 @@ func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 		if rs.tables["inet firewalld"] || rs.chains["INPUT_ZONES"] || rs.needsRoot != "" || rs.err != "" {
 			fwd := c.firewalldState(ctx)
 			if fwd.running && fwd.zone == "trusted" {
-				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK,
-					"firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)"),
-					Product: "firewalld"}
+				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Product: "firewalld",
+					Detail: "firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)"}
 			}
 			if fwd.running {
 				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Product: "firewalld"}
@@ -93,7 +92,7 @@ func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 	case ufwInstalled:
 		notes = append(notes, "ufw is installed but disabled (ufw enable)")
 	}
-	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, strings.Join(notes, "; "))}
+	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Detail: strings.Join(notes, "; ")}
 }
 
 // firewalldStatus is what firewalld says about itself.

@@ -64,7 +64,7 @@ func TestFirewall(t *testing.T) {
 				iptablesLine:  {stdout: "firewall/iptables-ufw-disabled.stdout.txt"},
 				ip6tablesLine: {stdout: "firewall/ip6tables-empty.stdout.txt"},
 			},
-			want: &posturev1.Firewall{Meta: ok("no nftables input chain drops inbound traffic by default; ufw is installed but disabled (ufw enable)")},
+			want: &posturev1.Firewall{Meta: ok(""), Detail: "no nftables input chain drops inbound traffic by default; ufw is installed but disabled (ufw enable)"},
 		},
 		{
 			name:  "ufw enabled in its configuration but not loaded",
@@ -72,8 +72,8 @@ func TestFirewall(t *testing.T) {
 			recordings: map[string]recorded{
 				nftLine: {stdout: "firewall/nft-empty.stdout.txt"},
 			},
-			want: &posturev1.Firewall{Meta: ok("no nftables input chain drops inbound traffic by default; " +
-				"ufw is enabled in /etc/ufw/ufw.conf but its rules are not loaded (ufw enable)")},
+			want: &posturev1.Firewall{Meta: ok(""), Detail: "no nftables input chain drops inbound traffic by default; " +
+				"ufw is enabled in /etc/ufw/ufw.conf but its rules are not loaded (ufw enable)"},
 		},
 		{
 			name:       "nftables inet table with policy drop",
@@ -91,13 +91,13 @@ func TestFirewall(t *testing.T) {
 			name:       "IPv4 table ending in reject, IPv6 on",
 			files:      nft,
 			recordings: map[string]recorded{nftLine: {stdout: "firewall/nft-ip-reject-only.stdout.txt"}},
-			want:       &posturev1.Firewall{Meta: ok("nftables drops inbound IPv4 by default but accepts IPv6")},
+			want:       &posturev1.Firewall{Meta: ok(""), Detail: "nftables drops inbound IPv4 by default but accepts IPv6"},
 		},
 		{
 			name:       "empty ruleset",
 			files:      nft,
 			recordings: map[string]recorded{nftLine: {stdout: "firewall/nft-empty.stdout.txt"}},
-			want:       &posturev1.Firewall{Meta: ok("no nftables input chain drops inbound traffic by default")},
+			want:       &posturev1.Firewall{Meta: ok(""), Detail: "no nftables input chain drops inbound traffic by default"},
 		},
 		{
 			name:       "firewalld's ruleset without firewalld installed",
@@ -121,15 +121,14 @@ func TestFirewall(t *testing.T) {
 				nftLine:    {stdout: "firewall/nft-firewalld.stdout.txt"},
 				busctlLine: {stdout: "firewall/busctl-firewalld-default-zone-trusted.stdout.txt"},
 			},
-			want: &posturev1.Firewall{Product: "firewalld", Meta: ok(
-				"firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)")},
+			want: &posturev1.Firewall{Product: "firewalld", Meta: ok(""), Detail: "firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)"},
 		},
 		{
 			name:       "firewalld stopped",
 			files:      with(nft, firewalld),
 			recordings: map[string]recorded{nftLine: {stdout: "firewall/nft-empty.stdout.txt"}},
-			want: &posturev1.Firewall{Meta: ok("firewalld is installed but its rules are not loaded (systemctl enable --now firewalld); " +
-				"no nftables input chain drops inbound traffic by default")},
+			want: &posturev1.Firewall{Meta: ok(""), Detail: "firewalld is installed but its rules are not loaded (systemctl enable --now firewalld); " +
+				"no nftables input chain drops inbound traffic by default"},
 		},
 		{
 			name:  "not root, firewalld answers",
@@ -193,7 +192,7 @@ func TestFirewall(t *testing.T) {
 				iptablesLine:  {stdout: "firewall/iptables-v4-drop.stdout.txt"},
 				ip6tablesLine: {stdout: "firewall/ip6tables-accept.stdout.txt"},
 			},
-			want: &posturev1.Firewall{Meta: ok("iptables drops inbound IPv4 by default but accepts IPv6")},
+			want: &posturev1.Firewall{Meta: ok(""), Detail: "iptables drops inbound IPv4 by default but accepts IPv6"},
 		},
 		{
 			name:  "iptables only, IPv4 drop",
@@ -202,7 +201,7 @@ func TestFirewall(t *testing.T) {
 				iptablesLine:  {stdout: "firewall/iptables-v4-drop.stdout.txt"},
 				ip6tablesLine: {stdout: "firewall/ip6tables-accept.stdout.txt"},
 			},
-			want: &posturev1.Firewall{Meta: ok("iptables drops inbound IPv4 by default but accepts IPv6")},
+			want: &posturev1.Firewall{Meta: ok(""), Detail: "iptables drops inbound IPv4 by default but accepts IPv6"},
 		},
 		{
 			name:  "iptables with ufw active",

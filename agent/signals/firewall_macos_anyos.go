@@ -52,8 +52,8 @@ func (c *Collector) macFirewall(ctx context.Context) *posturev1.Firewall {
 	case 1, 2:
 		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Product: macFirewallProduct}
 	case 0:
-		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK,
-			"the Application Firewall is off (System Settings › Network › Firewall)"), Product: macFirewallProduct}
+		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Product: macFirewallProduct,
+			Detail: "the Application Firewall is off (System Settings › Network › Firewall)"}
 	}
 	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_ERROR, fmt.Sprintf("unknown Application Firewall state %d", state))}
 }

@@ -64,7 +64,7 @@ func (c *Collector) winFirewall() *posturev1.Firewall {
 		}
 	}
 	if len(off) > 0 {
-		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, strings.Join(off, "; ")), Product: winFirewallProduct}
+		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Product: winFirewallProduct, Detail: strings.Join(off, "; ")}
 	}
 	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Product: winFirewallProduct}
 }

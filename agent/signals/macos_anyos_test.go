@@ -49,34 +49,31 @@ func newMacCollector(t *testing.T, recordings map[string]recorded) (*Collector, 
 
 func TestMacOSInfo(t *testing.T) {
 	tests := []struct {
-		name    string
-		rec     recorded
-		want    *posturev1.OSInfo
-		details osDetails
+		name string
+		rec  recorded
+		want *posturev1.OSInfo
 	}{
 		{
-			name:    "Rapid Security Response, tab separated",
-			rec:     recorded{stdout: mac("sw_vers-13.3.1-rsr-tabs.stdout.txt")},
-			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "13.3.1"},
-			details: osDetails{build: "22E772610a", rapidSecurityResponse: "(a)"},
+			name: "Rapid Security Response, tab separated",
+			rec:  recorded{stdout: mac("sw_vers-13.3.1-rsr-tabs.stdout.txt")},
+			want: &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "13.3.1",
+				Build: "22E772610a", RapidSecurityResponse: "(a)"},
 		},
 		{
-			name:    "Rapid Security Response, space separated",
-			rec:     recorded{stdout: mac("sw_vers-13.3.1-rsr-spaces.stdout.txt")},
-			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "13.3.1"},
-			details: osDetails{build: "22E772610a", rapidSecurityResponse: "(a)"},
+			name: "Rapid Security Response, space separated",
+			rec:  recorded{stdout: mac("sw_vers-13.3.1-rsr-spaces.stdout.txt")},
+			want: &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "macOS", Version: "13.3.1",
+				Build: "22E772610a", RapidSecurityResponse: "(a)"},
 		},
 		{
-			name:    "Catalina, space separated",
-			rec:     recorded{stdout: mac("sw_vers-10.15.5-spaces.stdout.txt")},
-			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "Mac OS X", Version: "10.15.5"},
-			details: osDetails{build: "19F101"},
+			name: "Catalina, space separated",
+			rec:  recorded{stdout: mac("sw_vers-10.15.5-spaces.stdout.txt")},
+			want: &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "Mac OS X", Version: "10.15.5", Build: "19F101"},
 		},
 		{
-			name:    "first release of a major version has no patch number",
-			rec:     recorded{stdout: mac("sw_vers-10.13-tabs.stdout.txt")},
-			want:    &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "Mac OS X", Version: "10.13"},
-			details: osDetails{build: "17A405"},
+			name: "first release of a major version has no patch number",
+			rec:  recorded{stdout: mac("sw_vers-10.13-tabs.stdout.txt")},
+			want: &posturev1.OSInfo{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Name: "Mac OS X", Version: "10.13", Build: "17A405"},
 		},
 		{
 			name: "sw_vers fails",
@@ -87,13 +84,10 @@ func TestMacOSInfo(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := newMacCollector(t, map[string]recorded{swVersLine: tt.rec})
-			got, details := c.macOSInfo(context.Background(), "23.5.0", "mbp")
+			got := c.macOSInfo(context.Background(), "23.5.0", "mbp")
 			tt.want.Platform, tt.want.Arch, tt.want.KernelVersion, tt.want.Hostname = "darwin", runtime.GOARCH, "23.5.0", "mbp"
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("macOSInfo (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
-				t.Errorf("details (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -188,12 +182,12 @@ func TestMacDiskEncryption(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := newMacCollector(t, tt.recordings)
-			got, others := c.macDiskEncryption(context.Background(), "/System/Volumes/Data", "/dev/disk3s5")
-			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+			got := c.macDiskEncryption(context.Background(), "/System/Volumes/Data", "/dev/disk3s5")
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform(), ignoreOtherVolumes); diff != "" {
 				t.Errorf("macDiskEncryption (-want +got):\n%s", diff)
 			}
-			if others.meta.GetStatus() != posturev1.Status_STATUS_UNAVAILABLE {
-				t.Errorf("other volumes: %v, want STATUS_UNAVAILABLE", others.meta)
+			if m := got.GetOtherVolumes().GetMeta(); m.GetStatus() != posturev1.Status_STATUS_UNAVAILABLE || m.GetReason() == "" {
+				t.Errorf("other volumes: %v, want STATUS_UNAVAILABLE with a reason", m)
 			}
 		})
 	}
@@ -309,22 +303,22 @@ func TestMacAutoUpdate(t *testing.T) {
 	tests := []struct {
 		name          string
 		local, manage recorded
-		want          autoUpdate
+		want          *posturev1.AutoUpdate
 	}{
 		{
 			name: "security updates install automatically", local: recorded{stdout: mac("defaults-softwareupdate.stdout.txt")}, manage: noManaged,
-			want: autoUpdate{meta: ok, enabled: true, mechanism: "softwareupdate",
-				detail: "check true, download true, install security responses and system files true, install macOS updates false"},
+			want: &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: "softwareupdate",
+				Detail: "check true, download true, install security responses and system files true, install macOS updates false"},
 		},
 		{
 			name: "a profile turns security responses off", local: recorded{stdout: mac("defaults-softwareupdate.stdout.txt")},
 			manage: recorded{stdout: mac("defaults-softwareupdate-managed.stdout.txt")},
-			want: autoUpdate{meta: ok, mechanism: "softwareupdate",
-				detail: "check true, download true, install security responses and system files false, install macOS updates false"},
+			want: &posturev1.AutoUpdate{Meta: ok, Mechanism: "softwareupdate",
+				Detail: "check true, download true, install security responses and system files false, install macOS updates false"},
 		},
 		{
 			name: "settings never changed", local: recorded{stdout: mac("defaults-softwareupdate-unset.stdout.txt")}, manage: noManaged,
-			want: autoUpdate{mechanism: "softwareupdate", meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+			want: &posturev1.AutoUpdate{Mechanism: "softwareupdate", Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 				"AutomaticCheckEnabled and CriticalUpdateInstall not set in /Library/Preferences/com.apple.SoftwareUpdate or a configuration profile: "+
 					"the macOS default applies and cannot be read")},
 		},
@@ -333,7 +327,7 @@ func TestMacAutoUpdate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := newMacCollector(t, map[string]recorded{suPrefsLine: tt.local, suManagedLine: tt.manage})
 			got := c.macAutoUpdate(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("macAutoUpdate (-want +got):\n%s", diff)
 			}
 		})
@@ -342,8 +336,7 @@ func TestMacAutoUpdate(t *testing.T) {
 
 func TestMacFirewall(t *testing.T) {
 	on := &posturev1.Firewall{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, Product: "Application Firewall"}
-	off := &posturev1.Firewall{Product: "Application Firewall", Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
-		"the Application Firewall is off (System Settings › Network › Firewall)")}
+	off := &posturev1.Firewall{Product: "Application Firewall", Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Detail: "the Application Firewall is off (System Settings › Network › Firewall)"}
 	macOS15 := recorded{stdout: mac("sw_vers-15.1.stdout.txt")}
 	macOS13 := recorded{stdout: mac("sw_vers-13.3.1-rsr-tabs.stdout.txt")}
 	tests := []struct {
@@ -410,8 +403,7 @@ func TestMacScreenLock(t *testing.T) {
 				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-off.stderr.txt")},
 				idleTimeLine:    {stdout: mac("defaults-idletime-600.stdout.txt")},
 				pmsetLine:       {stdout: mac("pmset-g.stdout.txt")}},
-			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
-				"no password is required after the screen saver starts or the display sleeps (System Settings › Lock Screen)")},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Detail: "no password is required after the screen saver starts or the display sleeps (System Settings › Lock Screen)"},
 		},
 		{
 			name: "never idle",
@@ -419,8 +411,7 @@ func TestMacScreenLock(t *testing.T) {
 				sysadminctlLine: {stderr: mac("sysadminctl-screenlock-immediate.stderr.txt")},
 				idleTimeLine:    {stdout: mac("defaults-idletime-0.stdout.txt")},
 				pmsetLine:       {stdout: mac("pmset-g-never.stdout.txt")}},
-			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK,
-				"neither the screen saver (idleTime 0) nor display sleep (displaysleep 0) ever starts, so the screen never locks")},
+			want: &posturev1.ScreenLock{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Detail: "neither the screen saver (idleTime 0) nor display sleep (displaysleep 0) ever starts, so the screen never locks"},
 		},
 		{
 			name:       "nobody logged in",
@@ -454,30 +445,30 @@ func TestMacEndpointProtection(t *testing.T) {
 	tests := []struct {
 		name         string
 		csr, spctlOK recorded
-		want         endpointProtection
+		want         *posturev1.EndpointProtection
 	}{
 		{"both on", recorded{stdout: mac("csrutil-enabled.stdout.txt")}, gatekeeperOn,
-			endpointProtection{meta: ok, product: product, enabled: true, systemIntegrityProtection: true, gatekeeper: true}},
+			&posturev1.EndpointProtection{Meta: ok, Product: product, Enabled: true, SystemIntegrityProtection: true, Gatekeeper: true}},
 		{"SIP off", recorded{stdout: mac("csrutil-disabled.stdout.txt")}, gatekeeperOn,
-			endpointProtection{meta: ok, product: product, gatekeeper: true,
-				detail: "System Integrity Protection is disabled (csrutil enable in recoveryOS)"}},
+			&posturev1.EndpointProtection{Meta: ok, Product: product, Gatekeeper: true,
+				Detail: "System Integrity Protection is disabled (csrutil enable in recoveryOS)"}},
 		{"custom SIP on Big Sur", recorded{stdout: mac("csrutil-custom-11.0.1.stdout.txt")}, gatekeeperOn,
-			endpointProtection{meta: ok, product: product, gatekeeper: true,
-				detail: "System Integrity Protection is a custom configuration with Filesystem Protections and Debugging Restrictions " +
+			&posturev1.EndpointProtection{Meta: ok, Product: product, Gatekeeper: true,
+				Detail: "System Integrity Protection is a custom configuration with Filesystem Protections and Debugging Restrictions " +
 					"disabled (csrutil enable in recoveryOS)"}},
 		{"El Capitan says enabled with every protection off", recorded{stdout: mac("csrutil-custom-10.11-all-off.stdout.txt")}, gatekeeperOn,
-			endpointProtection{meta: ok, product: product, gatekeeper: true,
-				detail: "System Integrity Protection is a custom configuration with Kext Signing, Filesystem Protections, " +
+			&posturev1.EndpointProtection{Meta: ok, Product: product, Gatekeeper: true,
+				Detail: "System Integrity Protection is a custom configuration with Kext Signing, Filesystem Protections, " +
 					"Debugging Restrictions, DTrace Restrictions and NVRAM Protections disabled (csrutil enable in recoveryOS)"}},
 		{"Gatekeeper off", recorded{stdout: mac("csrutil-enabled.stdout.txt")}, recorded{stdout: mac("spctl-disabled.stdout.txt"), exitCode: 1},
-			endpointProtection{meta: ok, product: product, systemIntegrityProtection: true,
-				detail: "Gatekeeper is off (spctl --global-enable)"}},
+			&posturev1.EndpointProtection{Meta: ok, Product: product, SystemIntegrityProtection: true,
+				Detail: "Gatekeeper is off (spctl --global-enable)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := newMacCollector(t, map[string]recorded{csrutilLine: tt.csr, spctlLine: tt.spctlOK})
 			got := c.macEndpointProtection(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("macEndpointProtection (-want +got):\n%s", diff)
 			}
 		})
@@ -555,10 +546,10 @@ func TestParseIBridgeLevels(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.level, func(t *testing.T) {
 			out := "Controller:\n      Boot Policy:\n        Secure Boot: " + tt.level + "\n"
-			got := parseIBridge([]byte(out), true)
-			if got.meta.status != tt.status || got.enabled != tt.enabled || got.meta.reason != tt.reason {
-				t.Errorf("parseIBridge(%q) = %v %v %q; want %v %v %q", tt.level, got.meta.status, got.enabled, got.meta.reason,
-					tt.status, tt.enabled, tt.reason)
+			got := parseIBridge([]byte(out), true, testTime)
+			want := &posturev1.SecureBoot{Meta: metaAt(testTime, tt.status, tt.reason), Enabled: tt.enabled}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("parseIBridge(%q) (-want +got):\n%s", tt.level, diff)
 			}
 		})
 	}

@@ -34,16 +34,16 @@ const (
 
 // macOSInfo reports the product from sw_vers; kernel and hostname come from
 // system calls the caller makes.
-func (c *Collector) macOSInfo(ctx context.Context, kernel, hostname string) (*posturev1.OSInfo, osDetails) {
+func (c *Collector) macOSInfo(ctx context.Context, kernel, hostname string) *posturev1.OSInfo {
 	info := &posturev1.OSInfo{Platform: "darwin", Arch: runtime.GOARCH, KernelVersion: kernel, Hostname: hostname}
 	v, err := c.swVers(ctx)
 	if err != nil {
 		info.Meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
-		return info, osDetails{}
+		return info
 	}
-	info.Name, info.Version = v.name, v.version
+	info.Name, info.Version, info.Build, info.RapidSecurityResponse = v.name, v.version, v.build, v.extra
 	info.Meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return info, osDetails{build: v.build, rapidSecurityResponse: v.extra}
+	return info
 }
 
 // swVersInfo is what sw_vers prints.

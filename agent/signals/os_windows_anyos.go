@@ -15,22 +15,23 @@ const ntCurrentVersion = `HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion`
 // winOSInfo reports the Windows product and its patch level from the
 // registry: the build number plus the update build revision (UBR), which
 // every cumulative update raises.
-func (c *Collector) winOSInfo(hostname string) (*posturev1.OSInfo, osDetails) {
+func (c *Collector) winOSInfo(hostname string) *posturev1.OSInfo {
 	info := &posturev1.OSInfo{Platform: "windows", Arch: runtime.GOARCH, Hostname: hostname}
 	v, err := c.regValues(ntCurrentVersion, "ProductName", "EditionID", "InstallationType", "CurrentBuildNumber", "UBR",
 		"DisplayVersion", "ReleaseId", "CurrentMajorVersionNumber", "CurrentMinorVersionNumber", "CurrentVersion")
 	if err != nil {
 		info.Meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())
-		return info, osDetails{}
+		return info
 	}
 	w, err := parseWindowsVersion(v)
 	if err != nil {
 		info.Meta = c.meta(posturev1.Status_STATUS_ERROR, err.Error())
-		return info, osDetails{}
+		return info
 	}
 	info.Name, info.Version, info.KernelVersion = w.name, w.version, w.version
+	info.Build, info.DisplayVersion = w.build, w.displayVersion
 	info.Meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return info, osDetails{build: w.build, displayVersion: w.displayVersion}
+	return info
 }
 
 type windowsVersion struct {

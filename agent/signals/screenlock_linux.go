@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
-	"google.golang.org/protobuf/proto"
 )
 
 // The screen lock is a per-user desktop setting, so it is read for each
@@ -43,18 +42,7 @@ type userLock struct {
 // display appeared, and no user or system setting file was written.
 // Asking logind and gsettings costs ~25 ms of CPU per process.
 func (c *Collector) screenLock(ctx context.Context) *posturev1.ScreenLock {
-	stamp := c.screenLockStamp()
-	now := c.now()
-	if v, ok := c.config.get("screenlock", stamp, now); ok {
-		s := proto.Clone(v.(*posturev1.ScreenLock)).(*posturev1.ScreenLock)
-		s.Meta = metaAt(now, s.GetMeta().GetStatus(), s.GetMeta().GetReason())
-		return s
-	}
-	s := c.measureScreenLock(ctx)
-	if st := s.GetMeta().GetStatus(); st == posturev1.Status_STATUS_OK || st == posturev1.Status_STATUS_NOT_APPLICABLE {
-		c.config.put("screenlock", stamp, now, s)
-	}
-	return s
+	return cachedConfig(c, "screenlock", c.screenLockStamp(), func() *posturev1.ScreenLock { return c.measureScreenLock(ctx) })
 }
 
 // screenLockStamp covers what the screen lock depends on: sessions and
@@ -98,7 +86,7 @@ func (c *Collector) measureScreenLock(ctx context.Context) *posturev1.ScreenLock
 		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, strings.Join(unknown, "; "))}
 	}
 	if !enabled {
-		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, strings.Join(off, "; "))}
+		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Detail: strings.Join(off, "; ")}
 	}
 	return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: timeout}
 }

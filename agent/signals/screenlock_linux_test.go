@@ -87,21 +87,21 @@ func TestScreenLock(t *testing.T) {
 			files: desktop,
 			recordings: gnomeRecordings("gsettings-screensaver-lock-off.stdout.txt", "gsettings-idle-delay.stdout.txt",
 				"gsettings-disable-lock-screen.stdout.txt"),
-			want: &posturev1.ScreenLock{Meta: ok(alice + "automatic screen lock is off (org.gnome.desktop.screensaver lock-enabled false)")},
+			want: &posturev1.ScreenLock{Meta: ok(""), Detail: alice + "automatic screen lock is off (org.gnome.desktop.screensaver lock-enabled false)"},
 		},
 		{
 			name:  "GNOME never idle",
 			files: desktop,
 			recordings: gnomeRecordings("gsettings-screensaver.stdout.txt", "gsettings-idle-delay-0.stdout.txt",
 				"gsettings-disable-lock-screen.stdout.txt"),
-			want: &posturev1.ScreenLock{Meta: ok(alice + "the screen never goes idle (org.gnome.desktop.session idle-delay 0), so it never locks")},
+			want: &posturev1.ScreenLock{Meta: ok(""), Detail: alice + "the screen never goes idle (org.gnome.desktop.session idle-delay 0), so it never locks"},
 		},
 		{
 			name:  "GNOME lockdown",
 			files: desktop,
 			recordings: gnomeRecordings("gsettings-screensaver.stdout.txt", "gsettings-idle-delay.stdout.txt",
 				"gsettings-disable-lock-screen-true.stdout.txt"),
-			want: &posturev1.ScreenLock{Meta: ok(alice + "locking is forbidden by org.gnome.desktop.lockdown disable-lock-screen")},
+			want: &posturev1.ScreenLock{Meta: ok(""), Detail: alice + "locking is forbidden by org.gnome.desktop.lockdown disable-lock-screen"},
 		},
 		{
 			name:  "GNOME schemas missing",
@@ -154,7 +154,7 @@ func TestScreenLock(t *testing.T) {
 			name:       "KDE autolock off",
 			files:      with(map[string]string{"home/carol/.config/kscreenlockerrc": "@testdata/screenlock/kscreenlockerrc-user-off"}),
 			recordings: kde,
-			want:       &posturev1.ScreenLock{Meta: ok("user carol (KDE session 3): automatic screen lock is off (kscreenlockerrc [Daemon] Autolock=false)")},
+			want:       &posturev1.ScreenLock{Meta: ok(""), Detail: "user carol (KDE session 3): automatic screen lock is off (kscreenlockerrc [Daemon] Autolock=false)"},
 		},
 		{
 			name: "KDE system settings locked down",

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -65,8 +66,7 @@ func (c *Collector) macScreenLock(ctx context.Context) *posturev1.ScreenLock {
 	}
 	in.displaySleep, in.displaySleepSet = parsePmsetDisplaySleep(stdout)
 
-	r := macScreenLockState(in)
-	return &posturev1.ScreenLock{Meta: c.meta(r.status.status, r.status.reason), Enabled: r.enabled, TimeoutSeconds: r.timeout}
+	return macScreenLockState(in, c.now())
 }
 
 // macScreenLockInputs are the raw facts the decision needs.
@@ -78,31 +78,26 @@ type macScreenLockInputs struct {
 	displaySleepSet bool
 }
 
-type macScreenLockResult struct {
-	status  statusReason
-	enabled bool
-	timeout uint32
-}
-
 var (
 	screenLockDelay = regexp.MustCompile(`screenLock delay is (immediate|(\d+) seconds?)`)
 	screenLockOff   = regexp.MustCompile(`screenLock is off`)
 )
 
-// macScreenLockState decides. sysadminctl prints "screenLock delay is
-// immediate", "screenLock delay is 300 seconds" or "screenLock is off".
-func macScreenLockState(in macScreenLockInputs) macScreenLockResult {
+// macScreenLockState decides from what was read at t. sysadminctl prints
+// "screenLock delay is immediate", "screenLock delay is 300 seconds" or
+// "screenLock is off".
+func macScreenLockState(in macScreenLockInputs, t time.Time) *posturev1.ScreenLock {
 	var delay int
 	switch m := screenLockDelay.FindStringSubmatch(in.sysadminctl); {
 	case m != nil && m[1] == "immediate":
 	case m != nil:
 		delay, _ = strconv.Atoi(m[2])
 	case screenLockOff.MatchString(in.sysadminctl):
-		return macScreenLockResult{status: statusReason{posturev1.Status_STATUS_OK,
-			"no password is required after the screen saver starts or the display sleeps (System Settings › Lock Screen)"}}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""),
+			Detail: "no password is required after the screen saver starts or the display sleeps (System Settings › Lock Screen)"}
 	default:
-		return macScreenLockResult{status: statusReason{posturev1.Status_STATUS_ERROR,
-			fmt.Sprintf("sysadminctl -screenLock status printed %q, want \"screenLock delay is …\" or \"screenLock is off\"", firstLine([]byte(in.sysadminctl)))}}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_ERROR,
+			fmt.Sprintf("sysadminctl -screenLock status printed %q, want \"screenLock delay is …\" or \"screenLock is off\"", firstLine([]byte(in.sysadminctl))))}
 	}
 	idle := -1 // seconds until the screen saver or display sleep; -1 never
 	if in.idleTimeSet && in.idleTime > 0 {
@@ -113,14 +108,14 @@ func macScreenLockState(in macScreenLockInputs) macScreenLockResult {
 	}
 	switch {
 	case idle >= 0:
-		return macScreenLockResult{status: statusReason{posturev1.Status_STATUS_OK, ""}, enabled: true,
-			timeout: uint32(min(idle+delay, 1<<32-1))}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""), Enabled: true,
+			TimeoutSeconds: uint32(min(idle+delay, 1<<32-1))}
 	case !in.idleTimeSet:
-		return macScreenLockResult{status: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
-			"the display never sleeps and the screen saver's idle time is not set (the macOS default applies and cannot be read)"}}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_UNAVAILABLE,
+			"the display never sleeps and the screen saver's idle time is not set (the macOS default applies and cannot be read)")}
 	}
-	return macScreenLockResult{status: statusReason{posturev1.Status_STATUS_OK,
-		"neither the screen saver (idleTime 0) nor display sleep (displaysleep 0) ever starts, so the screen never locks"}}
+	return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""),
+		Detail: "neither the screen saver (idleTime 0) nor display sleep (displaysleep 0) ever starts, so the screen never locks"}
 }
 
 // parsePmsetDisplaySleep reads the "displaysleep N" line of pmset -g

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -60,8 +61,7 @@ func (c *Collector) winScreenLock() *posturev1.ScreenLock {
 		}
 		users[sid] = userScreenSaver{own: own, policy: pol}
 	}
-	r := winScreenLockState(users)
-	return &posturev1.ScreenLock{Meta: c.meta(r.status.status, r.status.reason), Enabled: r.enabled, TimeoutSeconds: r.timeout}
+	return winScreenLockState(users, c.now())
 }
 
 // userScreenSaver holds one user's screen saver values and their policy
@@ -76,17 +76,12 @@ func (u userScreenSaver) get(name string) string {
 	return v
 }
 
-type screenLockResult struct {
-	status  statusReason
-	enabled bool
-	timeout uint32
-}
-
-// winScreenLockState decides from the users' screen savers: each must be
-// active, have a program, ask for the password, and start after a timeout.
-func winScreenLockState(users map[string]userScreenSaver) screenLockResult {
+// winScreenLockState decides from the users' screen savers, read at t:
+// each must be active, have a program, ask for the password, and start
+// after a timeout.
+func winScreenLockState(users map[string]userScreenSaver, t time.Time) *posturev1.ScreenLock {
 	if len(users) == 0 {
-		return screenLockResult{status: statusReason{posturev1.Status_STATUS_NOT_APPLICABLE, "no user is logged on"}}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_NOT_APPLICABLE, "no user is logged on")}
 	}
 	var off []string
 	var timeout uint32
@@ -105,8 +100,8 @@ func winScreenLockState(users map[string]userScreenSaver) screenLockResult {
 		}
 	}
 	if len(off) > 0 {
-		return screenLockResult{status: statusReason{posturev1.Status_STATUS_OK, strings.Join(off, "; ") +
-			" (set the policy \"Interactive logon: Machine inactivity limit\"; locking on display sleep is not examined)"}}
+		return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""), Detail: strings.Join(off, "; ") +
+			" (set the policy \"Interactive logon: Machine inactivity limit\"; locking on display sleep is not examined)"}
 	}
-	return screenLockResult{status: statusReason{posturev1.Status_STATUS_OK, ""}, enabled: true, timeout: timeout}
+	return &posturev1.ScreenLock{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: timeout}
 }

@@ -3,6 +3,7 @@ package signals
 import (
 	"errors"
 	"io/fs"
+	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -23,29 +24,24 @@ func (c *Collector) winSecureBoot() *posturev1.SecureBoot {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return &posturev1.SecureBoot{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}
 	}
-	r := winSecureBootState(ctl, state)
-	return &posturev1.SecureBoot{Meta: c.meta(r.meta.status, r.meta.reason), Enabled: r.enabled, LegacyBios: r.legacy}
+	return winSecureBootState(ctl, state, c.now())
 }
 
-type secureBootResult struct {
-	meta            statusReason
-	enabled, legacy bool
-}
-
-func winSecureBootState(ctl, state map[string]any) secureBootResult {
+// winSecureBootState decides from the registry values read at t.
+func winSecureBootState(ctl, state map[string]any, t time.Time) *posturev1.SecureBoot {
 	firmware, _ := ctl["PEFirmwareType"].(uint64)
 	if firmware == 1 {
-		return secureBootResult{meta: statusReason{posturev1.Status_STATUS_OK, ""}, legacy: true}
+		return &posturev1.SecureBoot{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""), LegacyBios: true}
 	}
 	enabled, ok := state["UEFISecureBootEnabled"].(uint64)
 	switch {
 	case ok:
-		return secureBootResult{meta: statusReason{posturev1.Status_STATUS_OK, ""}, enabled: enabled == 1}
+		return &posturev1.SecureBoot{Meta: metaAt(t, posturev1.Status_STATUS_OK, ""), Enabled: enabled == 1}
 	case firmware == 2:
 		// UEFI without the value: firmware without secure boot support.
-		return secureBootResult{meta: statusReason{posturev1.Status_STATUS_OK,
-			"booted through UEFI, but Windows recorded no secure boot state (" + secureBootState + " UEFISecureBootEnabled is missing)"}}
+		return &posturev1.SecureBoot{Meta: metaAt(t, posturev1.Status_STATUS_OK,
+			"booted through UEFI, but Windows recorded no secure boot state ("+secureBootState+" UEFISecureBootEnabled is missing)")}
 	}
-	return secureBootResult{meta: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
-		"neither PEFirmwareType nor UEFISecureBootEnabled is in the registry"}}
+	return &posturev1.SecureBoot{Meta: metaAt(t, posturev1.Status_STATUS_UNAVAILABLE,
+		"neither PEFirmwareType nor UEFISecureBootEnabled is in the registry")}
 }

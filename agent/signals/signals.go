@@ -41,6 +41,7 @@ import (
 	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -100,7 +101,7 @@ type Collector struct {
 	wmi      wmiQuerier
 
 	updates       slowCache[*posturev1.Updates]
-	lastInstalled slowCache[lastInstalledUpdate]
+	lastInstalled slowCache[*posturev1.InstalledUpdate]
 	// config caches measurements that only change when files change.
 	config configCache
 	// macVersion and macBoot cache what changes only across reboots.
@@ -148,32 +149,51 @@ func New(opts Options) *Collector {
 	return c
 }
 
-// Collect measures the device now. It never fails as a whole: every section
-// is always set, and a section that could not be measured carries a status
-// other than STATUS_OK with a reason a person can act on. It fills Os, Disk,
-// SecureBoot, Updates, Firewall and ScreenLock only; identity, sequence and
-// timing fields are left to the caller.
+// Collect measures the device now. It never fails as a whole: every
+// section is always set, and a section that could not be measured carries a
+// status other than STATUS_OK with a reason a person can act on. It fills
+// the measured sections only; identity, sequence and timing fields are left
+// to the caller.
+//
+// Each section comes whole from its measurement (see section): adding a
+// signal adds a field to the report and one line here, and
+// TestCollectFillsEverySection fails until both are there.
 func (c *Collector) Collect(ctx context.Context) *posturev1.PostureReport {
-	r, p := c.collect(ctx)
-	p.apply(r)
-	return r
+	return &posturev1.PostureReport{
+		Os:                  c.osInfo(ctx),
+		Disk:                c.diskEncryption(ctx),
+		SecureBoot:          c.secureBoot(ctx),
+		Updates:             c.cachedUpdates(ctx),
+		Firewall:            c.firewall(ctx),
+		ScreenLock:          c.screenLock(ctx),
+		EndpointProtection:  c.endpointProtection(ctx),
+		AutoUpdate:          c.autoUpdate(ctx),
+		LastInstalledUpdate: c.cachedLastInstalled(ctx),
+	}
 }
 
-// collect measures everything; the signals gathered in pendingSignals are
-// copied into the report by apply.
-func (c *Collector) collect(ctx context.Context) (*posturev1.PostureReport, pendingSignals) {
-	var p pendingSignals
-	r := &posturev1.PostureReport{}
-	r.Os, p.os = c.osInfo(ctx)
-	r.Disk, p.otherVolumes = c.diskEncryption(ctx)
-	r.SecureBoot = c.secureBoot(ctx)
-	r.Updates = c.cachedUpdates(ctx)
-	p.lastInstalled = c.cachedLastInstalled(ctx)
-	r.Firewall = c.firewall(ctx)
-	r.ScreenLock = c.screenLock(ctx)
-	p.endpoint = c.endpointProtection(ctx)
-	p.autoUpdate = c.autoUpdate(ctx)
-	return r, p
+// section is one section of the report as a measurement returns it: the
+// section's own message, complete. Its meta says how it was obtained:
+// status, observed_at and source always, and reason whenever the status is
+// not STATUS_OK. The explanation of an OK verdict ("no input chain drops
+// inbound traffic", "user alice's screen saver has no timeout") goes in
+// the section's detail field where it has one; in a section without one,
+// reason may carry a caveat of an OK measurement (how old it is, how a
+// date was read). Measurements never hand back private copies for someone
+// else to move into the report.
+type section interface {
+	proto.Message
+	GetMeta() *posturev1.SignalMeta
+}
+
+// renewed returns a copy of a measurement kept in a cache, observed again
+// at t: the agent has checked at t that nothing it depends on changed.
+func renewed[T section](s T, t time.Time) T {
+	s = proto.Clone(s).(T)
+	if m := s.GetMeta(); m != nil {
+		m.ObservedAt = timestamppb.New(t)
+	}
+	return s
 }
 
 // meta builds the SignalMeta of a measurement taken now from the OS.

@@ -219,33 +219,28 @@ func shorten(s string, max int) string {
 // by themselves when checking and CriticalUpdateInstall are on.
 //
 // The result is reused until one of the two preference files changes.
-func (c *Collector) macAutoUpdate(ctx context.Context) autoUpdate {
+func (c *Collector) macAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	stamp := fileStamp(c.path(softwareUpdatePrefs+".plist"), c.path(managedSoftwareUpdatePrefs+".plist"))
-	return c.cachedConfig("softwareupdate", stamp, func() autoUpdate { return c.measureMacAutoUpdate(ctx) })
+	return cachedConfig(c, "softwareupdate", stamp, func() *posturev1.AutoUpdate { return c.measureMacAutoUpdate(ctx) })
 }
 
-func (c *Collector) measureMacAutoUpdate(ctx context.Context) autoUpdate {
-	const mechanism = "softwareupdate"
+const macUpdateMechanism = "softwareupdate"
+
+func (c *Collector) measureMacAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	prefs, err := c.readDefaults(ctx, softwareUpdatePrefs)
 	if err != nil && !errors.Is(err, errNoDomain) {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), mechanism: mechanism}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: macUpdateMechanism}
 	}
 	managed, err := c.readDefaults(ctx, managedSoftwareUpdatePrefs)
 	if err != nil && !errors.Is(err, errNoDomain) {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), mechanism: mechanism}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: macUpdateMechanism}
 	}
-	a := macAutoUpdateState(prefs, managed)
-	a.meta = c.meta(a.status.status, a.status.reason)
-	a.mechanism = mechanism
-	return a.autoUpdate
+	return macAutoUpdateState(prefs, managed, c.now())
 }
 
-type macAutoUpdateResult struct {
-	autoUpdate
-	status statusReason
-}
-
-func macAutoUpdateState(prefs, managed map[string]any) macAutoUpdateResult {
+// macAutoUpdateState decides from the preferences read at t, the managed
+// ones (configuration profiles) winning.
+func macAutoUpdateState(prefs, managed map[string]any, t time.Time) *posturev1.AutoUpdate {
 	get := func(key string) (v, set bool) {
 		if v, ok := plistBool(managed, key); ok {
 			return v, true
@@ -264,14 +259,15 @@ func macAutoUpdateState(prefs, managed map[string]any) macAutoUpdateResult {
 		if !criticalSet {
 			missing = append(missing, "CriticalUpdateInstall")
 		}
-		return macAutoUpdateResult{status: statusReason{posturev1.Status_STATUS_UNAVAILABLE,
+		return &posturev1.AutoUpdate{Mechanism: macUpdateMechanism, Meta: metaAt(t, posturev1.Status_STATUS_UNAVAILABLE,
 			fmt.Sprintf("%s not set in %s or a configuration profile: the macOS default applies and cannot be read",
-				strings.Join(missing, " and "), softwareUpdatePrefs)}}
+				strings.Join(missing, " and "), softwareUpdatePrefs))}
 	}
-	detail := fmt.Sprintf("check %v, download %v, install security responses and system files %v, install macOS updates %v",
-		check, download, critical, macOS)
-	return macAutoUpdateResult{
-		autoUpdate: autoUpdate{enabled: check && critical, detail: detail},
-		status:     statusReason{posturev1.Status_STATUS_OK, ""},
+	return &posturev1.AutoUpdate{
+		Meta:      metaAt(t, posturev1.Status_STATUS_OK, ""),
+		Enabled:   check && critical,
+		Mechanism: macUpdateMechanism,
+		Detail: fmt.Sprintf("check %v, download %v, install security responses and system files %v, install macOS updates %v",
+			check, download, critical, macOS),
 	}
 }

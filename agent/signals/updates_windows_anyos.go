@@ -10,6 +10,7 @@ import (
 	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 const windowsUpdate = "Windows Update"
@@ -32,13 +33,13 @@ type quickFixEngineering struct {
 
 // winLastInstalled finds the newest installed update in the hotfix list.
 // The list is slow to produce (seconds), so it runs on the slow schedule.
-func (c *Collector) winLastInstalled(ctx context.Context) lastInstalledUpdate {
+func (c *Collector) winLastInstalled(ctx context.Context) *posturev1.InstalledUpdate {
 	rows, err := wmiRows[quickFixEngineering](ctx, c, `ROOT\CIMV2`, "SELECT HotFixID, Description, InstalledOn FROM Win32_QuickFixEngineering")
 	switch {
 	case errors.Is(err, errAccessDenied):
-		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to list installed updates: "+err.Error())}
+		return &posturev1.InstalledUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, "needs administrator rights to list installed updates: "+err.Error())}
 	case err != nil:
-		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
+		return &posturev1.InstalledUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
 	}
 	h := newestHotfix(rows)
 	if !h.ok {
@@ -46,9 +47,11 @@ func (c *Collector) winLastInstalled(ctx context.Context) lastInstalledUpdate {
 		if reason == "" {
 			reason = fmt.Sprintf("none of the %d installed updates in Win32_QuickFixEngineering has a readable InstalledOn date", len(rows))
 		}
-		return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
+		return &posturev1.InstalledUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
 	}
-	return lastInstalledUpdate{meta: c.meta(posturev1.Status_STATUS_OK, h.reason), id: h.id, installedAt: h.at}
+	// InstalledUpdate has no detail: how an ambiguous date was read is a
+	// caveat in the reason of the OK status.
+	return &posturev1.InstalledUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, h.reason), Id: h.id, InstalledAt: timestamppb.New(h.at)}
 }
 
 // hotfixResult is the newest update of the hotfix list, and how sure the
@@ -182,7 +185,7 @@ const (
 
 // winAutoUpdate reads the Windows Update configuration: the service's start
 // type, the Group Policy (NoAutoUpdate, AUOptions) and a user's pause.
-func (c *Collector) winAutoUpdate() autoUpdate {
+func (c *Collector) winAutoUpdate() *posturev1.AutoUpdate {
 	read := func(key string, names ...string) (map[string]any, error) {
 		v, err := c.regValues(key, names...)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -190,53 +193,56 @@ func (c *Collector) winAutoUpdate() autoUpdate {
 		}
 		return v, err
 	}
+	unavailable := func(err error) *posturev1.AutoUpdate {
+		return &posturev1.AutoUpdate{Mechanism: windowsUpdate, Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}
+	}
 	svc, err := read(wuauservKy, "Start")
 	if err != nil {
-		return autoUpdate{mechanism: windowsUpdate, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}
+		return unavailable(err)
 	}
 	pol, err := read(wuPolicyAU, "NoAutoUpdate", "AUOptions")
 	if err != nil {
-		return autoUpdate{mechanism: windowsUpdate, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}
+		return unavailable(err)
 	}
 	ux, err := read(wuUX, "PauseUpdatesExpiryTime")
 	if err != nil {
-		return autoUpdate{mechanism: windowsUpdate, meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, err.Error())}
+		return unavailable(err)
 	}
-	a := winAutoUpdateState(svc, pol, ux, c.now())
-	a.mechanism = windowsUpdate
-	a.meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return a
+	return winAutoUpdateState(svc, pol, ux, c.now())
 }
 
-// winAutoUpdateState decides. AUOptions (policy "Configure Automatic
-// Updates"): 2 notify before download, 3 download and notify to install,
-// 4 download and schedule the install, 5 local administrator chooses,
-// 7 download, notify to install and to restart. Without a policy Windows
-// installs updates automatically.
-func winAutoUpdateState(svc, pol, ux map[string]any, now time.Time) autoUpdate {
+// winAutoUpdateState decides from the values read at now. AUOptions (policy
+// "Configure Automatic Updates"): 2 notify before download, 3 download and
+// notify to install, 4 download and schedule the install, 5 local
+// administrator chooses, 7 download, notify to install and to restart.
+// Without a policy Windows installs updates automatically.
+func winAutoUpdateState(svc, pol, ux map[string]any, now time.Time) *posturev1.AutoUpdate {
+	verdict := func(enabled bool, detail string) *posturev1.AutoUpdate {
+		return &posturev1.AutoUpdate{Meta: metaAt(now, posturev1.Status_STATUS_OK, ""), Enabled: enabled, Mechanism: windowsUpdate, Detail: detail}
+	}
 	if start, _ := svc["Start"].(uint64); start == 4 {
-		return autoUpdate{detail: "the Windows Update service (wuauserv) is disabled"}
+		return verdict(false, "the Windows Update service (wuauserv) is disabled")
 	}
 	if v, _ := pol["NoAutoUpdate"].(uint64); v == 1 {
-		return autoUpdate{detail: "automatic updates are turned off by policy (NoAutoUpdate=1 in " + wuPolicyAU + ")"}
+		return verdict(false, "automatic updates are turned off by policy (NoAutoUpdate=1 in "+wuPolicyAU+")")
 	}
 	if until, _ := ux["PauseUpdatesExpiryTime"].(string); until != "" {
 		if t, err := time.Parse(time.RFC3339, until); err == nil && t.After(now) {
-			return autoUpdate{detail: "updates are paused until " + t.UTC().Format(time.RFC3339)}
+			return verdict(false, "updates are paused until "+t.UTC().Format(time.RFC3339))
 		}
 	}
 	opt, set := pol["AUOptions"].(uint64)
 	switch {
 	case !set:
-		return autoUpdate{enabled: true, detail: "no Windows Update policy: Windows downloads and installs updates automatically"}
+		return verdict(true, "no Windows Update policy: Windows downloads and installs updates automatically")
 	case opt == 4:
-		return autoUpdate{enabled: true, detail: "policy AUOptions=4: updates are downloaded and installed on a schedule"}
+		return verdict(true, "policy AUOptions=4: updates are downloaded and installed on a schedule")
 	case opt == 5:
-		return autoUpdate{detail: "policy AUOptions=5 lets the local administrator choose, and that choice is not read"}
+		return verdict(false, "policy AUOptions=5 lets the local administrator choose, and that choice is not read")
 	case opt == 2:
-		return autoUpdate{detail: "policy AUOptions=2: Windows only notifies before downloading updates"}
+		return verdict(false, "policy AUOptions=2: Windows only notifies before downloading updates")
 	case opt == 3 || opt == 7:
-		return autoUpdate{detail: fmt.Sprintf("policy AUOptions=%d: updates are downloaded but a person must install them", opt)}
+		return verdict(false, fmt.Sprintf("policy AUOptions=%d: updates are downloaded but a person must install them", opt))
 	}
-	return autoUpdate{detail: fmt.Sprintf("unknown policy AUOptions=%d", opt)}
+	return verdict(false, fmt.Sprintf("unknown policy AUOptions=%d", opt))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // The Windows measurements run on every OS against captured "reg query",
@@ -38,35 +39,31 @@ func newWinCollector(t *testing.T, registryFile, wmiFile string) *Collector {
 func TestWinOSInfo(t *testing.T) {
 	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
 	tests := []struct {
-		file    string
-		want    *posturev1.OSInfo
-		details osDetails
+		file string
+		want *posturev1.OSInfo
 	}{
 		{"win11-23h2.registry.json",
-			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631.3880", KernelVersion: "10.0.22631.3880"},
-			osDetails{build: "22631.3880", displayVersion: "23H2"}},
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631.3880", KernelVersion: "10.0.22631.3880",
+				Build: "22631.3880", DisplayVersion: "23H2"}},
 		{"win10-22h2-bios.registry.json",
-			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045.4651", KernelVersion: "10.0.19045.4651"},
-			osDetails{build: "19045.4651", displayVersion: "22H2"}},
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045.4651", KernelVersion: "10.0.19045.4651",
+				Build: "19045.4651", DisplayVersion: "22H2"}},
 		{"server2022.registry.json",
-			&posturev1.OSInfo{Meta: ok, Name: "Windows Server 2022 Datacenter", Version: "10.0.20348.2582", KernelVersion: "10.0.20348.2582"},
-			osDetails{build: "20348.2582", displayVersion: "21H2"}},
+			&posturev1.OSInfo{Meta: ok, Name: "Windows Server 2022 Datacenter", Version: "10.0.20348.2582", KernelVersion: "10.0.20348.2582",
+				Build: "20348.2582", DisplayVersion: "21H2"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			c := newWinCollector(t, tt.file, "")
-			got, details := c.winOSInfo("desk-42")
+			got := c.winOSInfo("desk-42")
 			tt.want.Platform, tt.want.Arch, tt.want.Hostname = "windows", runtime.GOARCH, "desk-42"
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winOSInfo (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
-				t.Errorf("details (-want +got):\n%s", diff)
-			}
 		})
 	}
 	t.Run("no registry", func(t *testing.T) {
-		got, _ := New(Options{Now: fixedNow}).winOSInfo("")
+		got := New(Options{Now: fixedNow}).winOSInfo("")
 		if got.GetMeta().GetStatus() != posturev1.Status_STATUS_UNAVAILABLE {
 			t.Errorf("got %v, want STATUS_UNAVAILABLE", got.GetMeta())
 		}
@@ -119,12 +116,15 @@ func TestWinDiskEncryption(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newWinCollector(t, "", tt.wmi)
-			got, others := c.winDiskEncryption(context.Background(), tt.drive)
-			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+			got := c.winDiskEncryption(context.Background(), tt.drive)
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform(), ignoreOtherVolumes); diff != "" {
 				t.Errorf("winDiskEncryption (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff(tt.others, others.volumes, protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(tt.others, got.GetOtherVolumes().GetVolumes(), protocmp.Transform()); diff != "" {
 				t.Errorf("other volumes (-want +got):\n%s", diff)
+			}
+			if got.GetOtherVolumes().GetMeta().GetStatus() == posturev1.Status_STATUS_UNSPECIFIED {
+				t.Errorf("other volumes without a status: %v", got.GetOtherVolumes())
 			}
 		})
 	}
@@ -158,9 +158,9 @@ func TestWinFirewall(t *testing.T) {
 	}{
 		{"win11-23h2.registry.json", &posturev1.Firewall{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Enabled: true, Product: product}},
 		{"win10-22h2-bios.registry.json", &posturev1.Firewall{Product: product,
-			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, "the Public profile is off (Group Policy)")}},
+			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Detail: "the Public profile is off (Group Policy)"}},
 		{"server2022.registry.json", &posturev1.Firewall{Product: product,
-			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, "the Windows Defender Firewall service (mpssvc) is disabled")}},
+			Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""), Detail: "the Windows Defender Firewall service (mpssvc) is disabled"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -204,13 +204,13 @@ func TestWinScreenLockState(t *testing.T) {
 		"S-1-5-21-1-2-3-1001": desk("1", "1", "600", ""),
 		"S-1-5-21-1-2-3-1002": desk("1", "0", "600", "scrnsave.scr"),
 		"S-1-5-21-1-2-3-1003": desk("1", "1", "0", "scrnsave.scr"),
-	})
+	}, testTime)
 	const want = "user S-1-5-21-1-2-3-1001 has no screen saver; " +
 		"user S-1-5-21-1-2-3-1002's screen saver does not ask for the password; " +
 		"user S-1-5-21-1-2-3-1003's screen saver has no timeout " +
 		"(set the policy \"Interactive logon: Machine inactivity limit\"; locking on display sleep is not examined)"
-	if got.enabled || got.status.reason != want {
-		t.Errorf("winScreenLockState = %+v, want not enabled with reason %q", got, want)
+	if got.GetEnabled() || got.GetMeta().GetStatus() != posturev1.Status_STATUS_OK || got.GetDetail() != want {
+		t.Errorf("winScreenLockState = %v, want OK, not enabled, with the detail %q", got, want)
 	}
 }
 
@@ -219,21 +219,21 @@ func TestWinEndpointProtection(t *testing.T) {
 	const product = "Microsoft Defender Antivirus"
 	tests := []struct {
 		file string
-		want endpointProtection
+		want *posturev1.EndpointProtection
 	}{
-		{"laptop.wmi.json", endpointProtection{meta: ok, product: product, enabled: true, realTimeProtection: true,
-			signatureAgeDays: 1, tamperProtection: true, runningMode: "Normal"}},
-		{"suspended.wmi.json", endpointProtection{meta: ok, product: product, signatureAgeDays: 12, runningMode: "Passive Mode",
-			detail: "real-time protection is off; Defender runs in Passive Mode: another antivirus product is primary " +
+		{"laptop.wmi.json", &posturev1.EndpointProtection{Meta: ok, Product: product, Enabled: true, RealTimeProtection: true,
+			SignatureAgeDays: 1, TamperProtection: true, RunningMode: "Normal"}},
+		{"suspended.wmi.json", &posturev1.EndpointProtection{Meta: ok, Product: product, SignatureAgeDays: 12, RunningMode: "Passive Mode",
+			Detail: "real-time protection is off; Defender runs in Passive Mode: another antivirus product is primary " +
 				"and Defender does not remediate threats; tamper protection is off"}},
-		{"standard-user.wmi.json", endpointProtection{product: product, meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+		{"standard-user.wmi.json", &posturev1.EndpointProtection{Product: product, Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 			"Microsoft Defender's WMI provider is missing, so Defender is not installed; third-party antivirus products are not examined")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			c := newWinCollector(t, "", tt.file)
 			got := c.winEndpointProtection(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winEndpointProtection (-want +got):\n%s", diff)
 			}
 			if q := c.wmi.(*fakeWMI).queries; len(q) != 1 || q[0] != `ROOT\Microsoft\Windows\Defender SELECT * FROM MSFT_MpComputerStatus` {
@@ -248,18 +248,18 @@ func TestWinAutoUpdate(t *testing.T) {
 	const mech = "Windows Update"
 	tests := []struct {
 		file string
-		want autoUpdate
+		want *posturev1.AutoUpdate
 	}{
-		{"win11-23h2.registry.json", autoUpdate{meta: ok, enabled: true, mechanism: mech,
-			detail: "no Windows Update policy: Windows downloads and installs updates automatically"}},
-		{"win10-22h2-bios.registry.json", autoUpdate{meta: ok, mechanism: mech,
-			detail: `automatic updates are turned off by policy (NoAutoUpdate=1 in HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU)`}},
-		{"server2022.registry.json", autoUpdate{meta: ok, mechanism: mech, detail: "updates are paused until 2025-06-01T07:00:00Z"}},
+		{"win11-23h2.registry.json", &posturev1.AutoUpdate{Meta: ok, Enabled: true, Mechanism: mech,
+			Detail: "no Windows Update policy: Windows downloads and installs updates automatically"}},
+		{"win10-22h2-bios.registry.json", &posturev1.AutoUpdate{Meta: ok, Mechanism: mech,
+			Detail: `automatic updates are turned off by policy (NoAutoUpdate=1 in HKLM\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU)`}},
+		{"server2022.registry.json", &posturev1.AutoUpdate{Meta: ok, Mechanism: mech, Detail: "updates are paused until 2025-06-01T07:00:00Z"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			got := newWinCollector(t, tt.file, "").winAutoUpdate()
-			if diff := cmp.Diff(tt.want, got, cmpAutoUpdate...); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winAutoUpdate (-want +got):\n%s", diff)
 			}
 		})
@@ -283,8 +283,8 @@ func TestWinAutoUpdateState(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got := winAutoUpdateState(tt.svc, tt.pol, tt.ux, now)
-		if got.enabled != tt.enabled || got.detail != tt.detail {
-			t.Errorf("winAutoUpdateState(%v, %v, %v) = %v %q; want %v %q", tt.svc, tt.pol, tt.ux, got.enabled, got.detail, tt.enabled, tt.detail)
+		if got.GetEnabled() != tt.enabled || got.GetDetail() != tt.detail || got.GetMeta().GetStatus() != posturev1.Status_STATUS_OK {
+			t.Errorf("winAutoUpdateState(%v, %v, %v) = %v; want OK, enabled %v, %q", tt.svc, tt.pol, tt.ux, got, tt.enabled, tt.detail)
 		}
 	}
 }
@@ -292,20 +292,20 @@ func TestWinAutoUpdateState(t *testing.T) {
 func TestWinLastInstalled(t *testing.T) {
 	tests := []struct {
 		file string
-		want lastInstalledUpdate
+		want *posturev1.InstalledUpdate
 	}{
-		{"laptop.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""),
-			id: "KB5040442", installedAt: time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC)}},
-		{"suspended.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+		{"laptop.wmi.json", &posturev1.InstalledUpdate{Meta: metaAt(testTime, posturev1.Status_STATUS_OK, ""),
+			Id: "KB5040442", InstalledAt: timestamppb.New(time.Date(2024, 7, 10, 0, 0, 0, 0, time.UTC))}},
+		{"suspended.wmi.json", &posturev1.InstalledUpdate{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 			"needs administrator rights to list installed updates: WMI query \"SELECT HotFixID, Description, InstalledOn FROM Win32_QuickFixEngineering\" "+
 				"in ROOT\\CIMV2: Access denied (0x80041003): access denied")}},
-		{"standard-user.wmi.json", lastInstalledUpdate{meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
+		{"standard-user.wmi.json", &posturev1.InstalledUpdate{Meta: metaAt(testTime, posturev1.Status_STATUS_UNAVAILABLE,
 			"none of the 0 installed updates in Win32_QuickFixEngineering has a readable InstalledOn date")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			got := newWinCollector(t, "", tt.file).winLastInstalled(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(lastInstalledUpdate{}), protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winLastInstalled (-want +got):\n%s", diff)
 			}
 		})
@@ -356,10 +356,10 @@ func TestWMITimeout(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Fatalf("a stuck WMI query held the measurement for %v", time.Since(start))
 	}
-	if e.meta.GetStatus() != posturev1.Status_STATUS_ERROR {
-		t.Errorf("status = %v, want STATUS_ERROR", e.meta.GetStatus())
+	if e.GetMeta().GetStatus() != posturev1.Status_STATUS_ERROR {
+		t.Errorf("status = %v, want STATUS_ERROR", e.GetMeta().GetStatus())
 	}
-	d, _ := c.winDiskEncryption(context.Background(), "C:")
+	d := c.winDiskEncryption(context.Background(), "C:")
 	if d.GetMeta().GetStatus() != posturev1.Status_STATUS_ERROR {
 		t.Errorf("disk status = %v, want STATUS_ERROR", d.GetMeta().GetStatus())
 	}
@@ -384,28 +384,24 @@ func TestWinUpdates(t *testing.T) {
 func TestWinOSInfoCaptured(t *testing.T) {
 	ok := metaAt(testTime, posturev1.Status_STATUS_OK, "")
 	tests := []struct {
-		file    string
-		want    *posturev1.OSInfo
-		details osDetails
+		file string
+		want *posturev1.OSInfo
 	}{
 		{"reg-query-currentversion-win11-23h2.stdout.txt",
-			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631", KernelVersion: "10.0.22631"},
-			osDetails{build: "22631", displayVersion: "23H2"}},
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 11 Pro", Version: "10.0.22631", KernelVersion: "10.0.22631",
+				Build: "22631", DisplayVersion: "23H2"}},
 		{"reg-query-currentversion-win10-22h2.stdout.txt",
-			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045", KernelVersion: "10.0.19045"},
-			osDetails{build: "19045", displayVersion: "22H2"}},
+			&posturev1.OSInfo{Meta: ok, Name: "Windows 10 Enterprise", Version: "10.0.19045", KernelVersion: "10.0.19045",
+				Build: "19045", DisplayVersion: "22H2"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			c := New(Options{Root: t.TempDir(), Now: fixedNow})
 			c.registry = loadRegQuery(t, tt.file)
-			got, details := c.winOSInfo("desk-42")
+			got := c.winOSInfo("desk-42")
 			tt.want.Platform, tt.want.Arch, tt.want.Hostname = "windows", runtime.GOARCH, "desk-42"
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winOSInfo (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.details, details, cmp.AllowUnexported(osDetails{})); diff != "" {
-				t.Errorf("details (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -421,22 +417,22 @@ func TestWinEndpointProtectionCaptured(t *testing.T) {
 	const product = "Microsoft Defender Antivirus"
 	tests := []struct {
 		file string
-		want endpointProtection
+		want *posturev1.EndpointProtection
 	}{
-		{"get-mpcomputerstatus-not-running.stdout.txt", endpointProtection{meta: ok, product: product,
-			signatureAgeDays: math.MaxUint32, runningMode: "Not running",
-			detail: "the antivirus is off; real-time protection is off; Microsoft Defender Antivirus is not running " +
+		{"get-mpcomputerstatus-not-running.stdout.txt", &posturev1.EndpointProtection{Meta: ok, Product: product,
+			SignatureAgeDays: math.MaxUint32, RunningMode: "Not running",
+			Detail: "the antivirus is off; real-time protection is off; Microsoft Defender Antivirus is not running " +
 				"(turned off, for example by the policy \"Turn off Microsoft Defender Antivirus\", or replaced by another antivirus product); " +
 				"no antivirus signatures were ever installed (Update-MpSignature); tamper protection is off"}},
-		{"get-mpcomputerstatus-2013.stdout.txt", endpointProtection{meta: ok, product: product, enabled: true,
-			realTimeProtection: true, detail: "tamper protection is off"}},
+		{"get-mpcomputerstatus-2013.stdout.txt", &posturev1.EndpointProtection{Meta: ok, Product: product, Enabled: true,
+			RealTimeProtection: true, Detail: "tamper protection is off"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			c := New(Options{Root: t.TempDir(), Now: fixedNow})
 			c.wmi = wmiFromPSList(t, "MSFT_MpComputerStatus", tt.file)
 			got := c.winEndpointProtection(context.Background())
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(endpointProtection{}), protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("winEndpointProtection (-want +got):\n%s", diff)
 			}
 		})
@@ -519,9 +515,9 @@ func TestWinDiskEncryptionCaptured(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := New(Options{Root: t.TempDir(), Now: fixedNow})
 			c.wmi = &fakeWMI{volumes: []encryptableVolume{tt.vol}}
-			got, _ := c.winDiskEncryption(context.Background(), "C:")
+			got := c.winDiskEncryption(context.Background(), "C:")
 			want := &posturev1.DiskEncryption{Meta: ok, Volumes: []*posturev1.Volume{tt.want}}
-			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(want, got, protocmp.Transform(), ignoreOtherVolumes); diff != "" {
 				t.Errorf("winDiskEncryption (-want +got):\n%s", diff)
 			}
 		})
