@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"howett.net/plist"
 )
 
 // On macOS, FileVault protects the Data volume of the boot volume group;
@@ -47,7 +48,7 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 		details = append(details, err.Error())
 	} else {
 		details = append(details, apfs.describe())
-		migrating = apfs.cryptoMigration
+		migrating = apfs.CryptoMigrationOn
 	}
 	// A conversion in progress leaves part of the volume in the clear, so
 	// only a finished one counts.
@@ -68,17 +69,22 @@ func (c *Collector) macDiskEncryption(ctx context.Context, dataMount, dataDevice
 
 // apfsVolumeInfo is one volume of "diskutil apfs list -plist".
 type apfsVolumeInfo struct {
-	device, name, roles                            string
-	fileVault, encryption, locked, cryptoMigration bool
+	DeviceIdentifier  string // "disk3s5"
+	Name              string
+	Roles             []string
+	FileVault         bool
+	Encryption        bool
+	Locked            bool
+	CryptoMigrationOn bool // encryption or decryption still in progress
 }
 
 func (v apfsVolumeInfo) describe() string {
-	s := fmt.Sprintf("APFS volume %s %q", v.device, v.name)
-	if v.roles != "" {
-		s += " (role " + v.roles + ")"
+	s := fmt.Sprintf("APFS volume %s %q", v.DeviceIdentifier, v.Name)
+	if len(v.Roles) > 0 {
+		s += " (role " + strings.Join(v.Roles, ",") + ")"
 	}
-	s += fmt.Sprintf(": FileVault %v, encrypted %v", v.fileVault, v.encryption)
-	if v.cryptoMigration {
+	s += fmt.Sprintf(": FileVault %v, encrypted %v", v.FileVault, v.Encryption)
+	if v.CryptoMigrationOn {
 		s += ", encryption or decryption still in progress"
 	}
 	return s
@@ -99,7 +105,7 @@ func (c *Collector) apfsVolume(ctx context.Context, device string) (apfsVolumeIn
 		return apfsVolumeInfo{}, fmt.Errorf("parse diskutil apfs list: %w", err)
 	}
 	for _, v := range vols {
-		if v.device == device {
+		if v.DeviceIdentifier == device {
 			return v, nil
 		}
 	}
@@ -110,42 +116,15 @@ func (c *Collector) apfsVolume(ctx context.Context, device string) (apfsVolumeIn
 // list -plist": {Containers: [{Volumes: [{DeviceIdentifier, Name, Roles,
 // FileVault, Encryption, Locked, CryptoMigrationOn}]}]}.
 func parseAPFSList(b []byte) ([]apfsVolumeInfo, error) {
-	root, err := parseXMLPlist(b)
-	if err != nil {
+	var list struct {
+		Containers []struct{ Volumes []apfsVolumeInfo }
+	}
+	if _, err := plist.Unmarshal(b, &list); err != nil {
 		return nil, err
 	}
-	top, ok := root.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("top level is not a dictionary: %w", errPlist)
-	}
-	containers, _ := top["Containers"].([]any)
 	var out []apfsVolumeInfo
-	for _, ct := range containers {
-		cm, _ := ct.(map[string]any)
-		vols, _ := cm["Volumes"].([]any)
-		for _, v := range vols {
-			vm, ok := v.(map[string]any)
-			if !ok {
-				continue
-			}
-			info := apfsVolumeInfo{}
-			info.device, _ = plistString(vm, "DeviceIdentifier")
-			info.name, _ = plistString(vm, "Name")
-			info.fileVault, _ = plistBool(vm, "FileVault")
-			info.encryption, _ = plistBool(vm, "Encryption")
-			info.locked, _ = plistBool(vm, "Locked")
-			info.cryptoMigration, _ = plistBool(vm, "CryptoMigrationOn")
-			if roles, ok := vm["Roles"].([]any); ok {
-				var rs []string
-				for _, r := range roles {
-					if s, ok := r.(string); ok {
-						rs = append(rs, s)
-					}
-				}
-				info.roles = strings.Join(rs, ",")
-			}
-			out = append(out, info)
-		}
+	for _, ct := range list.Containers {
+		out = append(out, ct.Volumes...)
 	}
 	return out, nil
 }

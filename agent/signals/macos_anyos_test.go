@@ -1,10 +1,12 @@
 package signals
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -555,7 +557,11 @@ func TestParseIBridgeLevels(t *testing.T) {
 	}
 }
 
-func TestParseOldPlist(t *testing.T) {
+// decodeDefaults reads what "defaults read" prints: quoted and bare
+// strings with their escapes, numbers as text, arrays, nested
+// dictionaries, data in both forms macOS prints it, and booleans as 1/0 or
+// words.
+func TestDecodeDefaults(t *testing.T) {
 	in := `{
     Name = "line\nbreak \"quoted\" caf\U00e9";
     Count = 3;
@@ -565,24 +571,37 @@ func TestParseOldPlist(t *testing.T) {
         a,
         "b c"
     );
+    Nested =     {
+        On = 1;
+        Word = YES;
+        Off = false;
+        Odd = maybe;
+    };
 }`
-	got, err := parseOldPlist(in)
-	if err != nil {
+	type nested struct{ On, Word, Off, Odd, Missing prefBool }
+	var got struct {
+		Name   string
+		Count  string
+		Blob   []byte
+		Hex    []byte
+		List   []string
+		Nested nested
+	}
+	if err := decodeDefaults([]byte(in), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{
-		"Name":  "line\nbreak \"quoted\" café",
-		"Count": "3",
-		"Blob":  map[string]any{"length": "4", "bytes": "0x62706c69"},
-		"Hex":   "<0fbd7789>",
-		"List":  []any{"a", "b c"},
+	if got.Name != "line\nbreak \"quoted\" café" || got.Count != "3" || len(got.Blob) != 0 ||
+		!bytes.Equal(got.Hex, []byte{0x0f, 0xbd, 0x77, 0x89}) || !slices.Equal(got.List, []string{"a", "b c"}) {
+		t.Errorf("decodeDefaults = %+v", got)
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("parseOldPlist (-want +got):\n%s", diff)
+	want := nested{On: prefBool{true, true}, Word: prefBool{true, true}, Off: prefBool{false, true}}
+	if got.Nested != want {
+		t.Errorf("booleans = %+v, want %+v (an unreadable or missing one unset)", got.Nested, want)
 	}
-	for _, bad := range []string{"", "{ a = 1;", "( a, b", "{ a 1; }", "{} x"} {
-		if _, err := parseOldPlist(bad); err == nil {
-			t.Errorf("parseOldPlist(%q) succeeded, want an error", bad)
+	for _, bad := range []string{"", "{ a = 1;", "( a, b", "{ a 1; }"} {
+		var v map[string]any
+		if err := decodeDefaults([]byte(bad), &v); err == nil {
+			t.Errorf("decodeDefaults(%q) succeeded, want an error", bad)
 		}
 	}
 }

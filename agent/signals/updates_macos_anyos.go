@@ -18,32 +18,29 @@ const (
 	managedSoftwareUpdatePrefs = "/Library/Managed Preferences/com.apple.SoftwareUpdate"
 )
 
-// errNoDomain is a preferences domain that does not exist.
-var errNoDomain = errors.New("preferences domain does not exist")
+// softwareUpdateDomain is the part of com.apple.SoftwareUpdate the agent
+// reads.
+type softwareUpdateDomain struct {
+	AutomaticCheckEnabled            prefBool
+	AutomaticDownload                prefBool
+	CriticalUpdateInstall            prefBool
+	AutomaticallyInstallMacOSUpdates prefBool
+	// LastSuccessfulDate is the time of the last scan, as defaults prints
+	// dates (macUpdatesDate).
+	LastSuccessfulDate string
+	// LastRecommendedUpdatesAvailable is a bare count, read as text so that
+	// an odd value is reported rather than failing the domain.
+	LastRecommendedUpdatesAvailable *string
+	// RecommendedUpdates is the last scan's list; nil when the key is
+	// missing, empty when the scan found nothing.
+	RecommendedUpdates *[]recommendedUpdate
+}
 
-// readDefaults runs "defaults read DOMAIN" and parses its old-style
-// property list.
-func (c *Collector) readDefaults(ctx context.Context, domain string) (map[string]any, error) {
-	args := []string{"read", domain}
-	stdout, stderr, code, err := c.run(ctx, defaultsCmd, args...)
-	if err != nil {
-		return nil, err
-	}
-	if code != 0 {
-		if strings.Contains(string(stderr), "does not exist") {
-			return nil, fmt.Errorf("defaults read %s: %w", domain, errNoDomain)
-		}
-		return nil, commandError(defaultsCmd, args, code, stderr, stdout)
-	}
-	v, err := parseOldPlist(string(stdout))
-	if err != nil {
-		return nil, fmt.Errorf("parse defaults read %s: %w", domain, err)
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("defaults read %s printed no dictionary: %w", domain, errPlist)
-	}
-	return m, nil
+// recommendedUpdate is one entry of RecommendedUpdates.
+type recommendedUpdate struct {
+	DisplayName string `plist:"Display Name"`
+	Identifier  string
+	ProductKey  string `plist:"Product Key"`
 }
 
 // macUpdates reports what softwareupdated found at its last scan. The
@@ -57,7 +54,8 @@ func (c *Collector) readDefaults(ctx context.Context, domain string) (map[string
 // current (root3nl/SupportApp#207).
 func (c *Collector) macUpdates(ctx context.Context) *posturev1.Updates {
 	const manager = "softwareupdate"
-	prefs, err := c.readDefaults(ctx, softwareUpdatePrefs)
+	var prefs softwareUpdateDomain
+	err := c.readDefaults(ctx, softwareUpdatePrefs, &prefs)
 	if errors.Is(err, errNoDomain) {
 		return &posturev1.Updates{Manager: manager, Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
 			"softwareupdate has not recorded a check in "+softwareUpdatePrefs+" (run softwareupdate --list)")}
@@ -66,10 +64,8 @@ func (c *Collector) macUpdates(ctx context.Context) *posturev1.Updates {
 		return &posturev1.Updates{Manager: manager, Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
 	}
 	observed, reason := c.now(), "softwareupdated recorded no time for its last scan (LastSuccessfulDate), so the age of this answer is unknown"
-	if s, ok := plistString(prefs, "LastSuccessfulDate"); ok {
-		if checked, err := time.Parse(macUpdatesDate, s); err == nil && checked.Before(observed) {
-			observed, reason = checked, ""
-		}
+	if checked, err := time.Parse(macUpdatesDate, prefs.LastSuccessfulDate); err == nil && checked.Before(observed) {
+		observed, reason = checked, ""
 	}
 	u, err := c.macPendingUpdates(ctx, prefs)
 	switch {
@@ -102,11 +98,12 @@ func (e scanFailedError) Is(target error) bool { return target == errUpdateScanF
 
 // macPendingUpdates counts the pending updates of the last scan from the
 // best source at hand (see macUpdates).
-func (c *Collector) macPendingUpdates(ctx context.Context, prefs map[string]any) (*posturev1.Updates, error) {
-	if list, ok := prefs["RecommendedUpdates"].([]any); ok {
-		return countRecommendedUpdates(list), nil
+func (c *Collector) macPendingUpdates(ctx context.Context, prefs softwareUpdateDomain) (*posturev1.Updates, error) {
+	if prefs.RecommendedUpdates != nil {
+		return countRecommendedUpdates(*prefs.RecommendedUpdates), nil
 	}
-	if s, ok := plistString(prefs, "LastRecommendedUpdatesAvailable"); ok {
+	if prefs.LastRecommendedUpdatesAvailable != nil {
+		s := *prefs.LastRecommendedUpdatesAvailable
 		major, minor, err := c.macMajorMinor(ctx)
 		if err == nil && (major < 15 || major == 15 && minor < 4) {
 			var n uint32
@@ -137,15 +134,11 @@ func (c *Collector) macPendingUpdates(ctx context.Context, prefs map[string]any)
 
 // countRecommendedUpdates counts RecommendedUpdates, an array of {"Display
 // Name", "Display Version", Identifier, "Product Key"}.
-func countRecommendedUpdates(list []any) *posturev1.Updates {
+func countRecommendedUpdates(list []recommendedUpdate) *posturev1.Updates {
 	u := &posturev1.Updates{}
 	for _, item := range list {
-		m, _ := item.(map[string]any)
 		u.Pending++
-		id, _ := plistString(m, "Identifier")
-		key, _ := plistString(m, "Product Key")
-		name, _ := plistString(m, "Display Name")
-		if securityUpdate(id, key, name) {
+		if securityUpdate(item.Identifier, item.ProductKey, item.DisplayName) {
 			u.SecurityPending++
 		}
 	}
@@ -227,12 +220,11 @@ func (c *Collector) macAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 const macUpdateMechanism = "softwareupdate"
 
 func (c *Collector) measureMacAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
-	prefs, err := c.readDefaults(ctx, softwareUpdatePrefs)
-	if err != nil && !errors.Is(err, errNoDomain) {
+	var prefs, managed softwareUpdateDomain
+	if err := c.readDefaults(ctx, softwareUpdatePrefs, &prefs); err != nil && !errors.Is(err, errNoDomain) {
 		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: macUpdateMechanism}
 	}
-	managed, err := c.readDefaults(ctx, managedSoftwareUpdatePrefs)
-	if err != nil && !errors.Is(err, errNoDomain) {
+	if err := c.readDefaults(ctx, managedSoftwareUpdatePrefs, &managed); err != nil && !errors.Is(err, errNoDomain) {
 		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: macUpdateMechanism}
 	}
 	return macAutoUpdateState(prefs, managed, c.now())
@@ -240,23 +232,17 @@ func (c *Collector) measureMacAutoUpdate(ctx context.Context) *posturev1.AutoUpd
 
 // macAutoUpdateState decides from the preferences read at t, the managed
 // ones (configuration profiles) winning.
-func macAutoUpdateState(prefs, managed map[string]any, t time.Time) *posturev1.AutoUpdate {
-	get := func(key string) (v, set bool) {
-		if v, ok := plistBool(managed, key); ok {
-			return v, true
-		}
-		return plistBool(prefs, key)
-	}
-	check, checkSet := get("AutomaticCheckEnabled")
-	critical, criticalSet := get("CriticalUpdateInstall")
-	download, _ := get("AutomaticDownload")
-	macOS, _ := get("AutomaticallyInstallMacOSUpdates")
-	if !checkSet || !criticalSet {
+func macAutoUpdateState(prefs, managed softwareUpdateDomain, t time.Time) *posturev1.AutoUpdate {
+	check := managed.AutomaticCheckEnabled.or(prefs.AutomaticCheckEnabled)
+	critical := managed.CriticalUpdateInstall.or(prefs.CriticalUpdateInstall)
+	download := managed.AutomaticDownload.or(prefs.AutomaticDownload).value
+	macOS := managed.AutomaticallyInstallMacOSUpdates.or(prefs.AutomaticallyInstallMacOSUpdates).value
+	if !check.set || !critical.set {
 		var missing []string
-		if !checkSet {
+		if !check.set {
 			missing = append(missing, "AutomaticCheckEnabled")
 		}
-		if !criticalSet {
+		if !critical.set {
 			missing = append(missing, "CriticalUpdateInstall")
 		}
 		return &posturev1.AutoUpdate{Mechanism: macUpdateMechanism, Meta: metaAt(t, posturev1.Status_STATUS_UNAVAILABLE,
@@ -265,9 +251,9 @@ func macAutoUpdateState(prefs, managed map[string]any, t time.Time) *posturev1.A
 	}
 	return &posturev1.AutoUpdate{
 		Meta:      metaAt(t, posturev1.Status_STATUS_OK, ""),
-		Enabled:   check && critical,
+		Enabled:   check.value && critical.value,
 		Mechanism: macUpdateMechanism,
 		Detail: fmt.Sprintf("check %v, download %v, install security responses and system files %v, install macOS updates %v",
-			check, download, critical, macOS),
+			check.value, download, critical.value, macOS),
 	}
 }
