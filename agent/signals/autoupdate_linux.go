@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -75,7 +76,7 @@ func (c *Collector) aptAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	if c.systemdBooted() {
 		for _, timer := range []string{"apt-daily.timer", "apt-daily-upgrade.timer"} {
 			if state, err := c.unitFileState(ctx, timer); err != nil {
-				return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: mechanism}
+				return c.unitStateUnknown(mechanism, err)
 			} else if !unitEnabled(state) {
 				off = append(off, fmt.Sprintf("%s is %s (systemctl enable --now %s)", timer, state, timer))
 			}
@@ -118,22 +119,38 @@ func aptPeriodicOn(v string) bool {
 	return err == nil && n > 0
 }
 
-// unitFileState asks systemd whether a unit is enabled. systemctl
-// is-enabled prints the state ("enabled", "disabled", "masked", "static")
-// and exits non-zero for anything but enabled; a unit that does not exist
-// prints nothing on stdout.
+// systemd's D-Bus API (org.freedesktop.systemd1(5)).
+const (
+	systemdService = "org.freedesktop.systemd1"
+	systemdPath    = "/org/freedesktop/systemd1"
+)
+
+// unitFileState asks systemd whether a unit is enabled, as systemctl
+// is-enabled does: Manager.GetUnitFileState answers "enabled", "disabled",
+// "masked", "static" and so on, and an error for a unit that is not
+// installed. It needs no privilege.
 func (c *Collector) unitFileState(ctx context.Context, unit string) (string, error) {
-	stdout, stderr, code, err := c.run(ctx, "systemctl", "is-enabled", unit)
-	if err != nil {
-		return "", err
-	}
-	if state := strings.TrimSpace(string(stdout)); state != "" {
-		return state, nil
-	}
-	if strings.Contains(string(stderr), "No such file or directory") || strings.Contains(string(stderr), "not found") {
+	var state string
+	err := c.busCall(ctx, systemdService, systemdPath, systemdService+".Manager.GetUnitFileState", []any{&state}, unit)
+	switch busErrorName(err) {
+	case "":
+	case "org.freedesktop.DBus.Error.FileNotFound", "org.freedesktop.systemd1.NoSuchUnit":
 		return "not installed", nil
 	}
-	return "", commandError("systemctl", []string{"is-enabled", unit}, code, stderr, stdout)
+	if err != nil {
+		return "", fmt.Errorf("ask systemd whether %s is enabled: %w", unit, err)
+	}
+	return state, nil
+}
+
+// unitStateUnknown is the section for a unit state systemd could not be
+// asked for: without the system bus nothing tells whether the timers run.
+func (c *Collector) unitStateUnknown(mechanism string, err error) *posturev1.AutoUpdate {
+	if errors.Is(err, errNoSystemBus) {
+		return &posturev1.AutoUpdate{Mechanism: mechanism, Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+			"systemd runs, but its D-Bus API cannot be reached, so whether the update timers are enabled is unknown: "+err.Error())}
+	}
+	return &posturev1.AutoUpdate{Mechanism: mechanism, Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
 }
 
 // unitEnabled reads an is-enabled state. "static" and "indirect" units run
@@ -191,7 +208,7 @@ func (c *Collector) dnfAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	for _, timer := range dnfAutomaticTimers {
 		state, err := c.unitFileState(ctx, timer)
 		if err != nil {
-			return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: mechanism}
+			return c.unitStateUnknown(mechanism, err)
 		}
 		states = append(states, timer+" "+state)
 		if !unitEnabled(state) {

@@ -77,6 +77,11 @@ type Options struct {
 	UpdatesInterval time.Duration
 	// CommandTimeout bounds each external command; 0 means 60s.
 	CommandTimeout time.Duration
+	// SystemBus is the address of the D-Bus system bus, where the Linux
+	// measurements ask systemd, logind and firewalld; "" means
+	// $DBUS_SYSTEM_BUS_ADDRESS, or unix:path=/run/dbus/system_bus_socket
+	// under Root.
+	SystemBus string
 	// FirstSlowWait is how long the first Collect waits for a slow
 	// measurement (package managers) before reporting it as still running
 	// and letting it finish in the background, so it cannot stall the first
@@ -99,6 +104,8 @@ type Collector struct {
 	// registry and wmi reach Windows; nil elsewhere.
 	registry registryReader
 	wmi      wmiQuerier
+	// sys is what a platform's measurements keep between cycles.
+	sys osState
 
 	updates       slowCache[*posturev1.Updates]
 	lastInstalled slowCache[*posturev1.InstalledUpdate]
@@ -146,6 +153,7 @@ func New(opts Options) *Collector {
 	}
 	c.euid = os.Geteuid()
 	c.registry, c.wmi = platformSources()
+	c.sys = newOSState(opts, c.root)
 	return c
 }
 
