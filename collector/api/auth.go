@@ -53,6 +53,14 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_ListGateways_FullMethodName:            {pki.RoleAdmin},
 	posturev1.AdminService_RevokeGateway_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_ListReplicas_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_BindDeviceUser_FullMethodName:          {pki.RoleAdmin},
+	posturev1.AdminService_UnbindDeviceUser_FullMethodName:        {pki.RoleAdmin},
+	posturev1.AdminService_AddSSFReceiver_FullMethodName:          {pki.RoleAdmin},
+	posturev1.AdminService_ListSSFReceivers_FullMethodName:        {pki.RoleAdmin},
+	posturev1.AdminService_RemoveSSFReceiver_FullMethodName:       {pki.RoleAdmin},
+	posturev1.AdminService_CreateSSFStream_FullMethodName:         {pki.RoleAdmin},
+	posturev1.AdminService_ListSSFStreams_FullMethodName:          {pki.RoleAdmin},
+	posturev1.AdminService_DeleteSSFStream_FullMethodName:         {pki.RoleAdmin},
 }
 
 // caller is the authenticated party behind an RPC.

@@ -140,7 +140,7 @@ func TestReplayEventLogStartupLocality(t *testing.T) {
 
 // firmwareLog reads a real event log from testdata/eventlog and the SHA-256
 // PCR values its machine's TPM held after that boot.
-func firmwareLog(t *testing.T, name string) ([]byte, map[uint32][]byte) {
+func firmwareLog(t testing.TB, name string) ([]byte, map[uint32][]byte) {
 	t.Helper()
 	log, err := os.ReadFile(filepath.Join("testdata", "eventlog", name+".bin"))
 	if err != nil {

@@ -5,26 +5,23 @@ package testtools
 import (
 	"errors"
 	"os"
+	"runtime"
 	"testing"
 )
 
-// The PostgreSQL test cluster runs on Linux, where the tests run
-// (postgres.go); elsewhere these keep the packages that use it building,
-// so that the agent's tests vet for every OS it ships on.
-
-// PostgresMain runs a test binary's tests.
+// PostgresMain runs the package's tests; the PostgreSQL servers tests
+// start run on Linux only, so there is nothing to stop here.
 func PostgresMain(m *testing.M) { os.Exit(m.Run()) }
 
-// Postgres skips the test (fails it when RequireEnv is 1): the cluster
-// runs on Linux only.
+// Postgres skips the test loudly (fails it when RequireEnv is 1): the
+// tests start their PostgreSQL servers on Linux only.
 func Postgres(t testing.TB) string {
 	t.Helper()
-	missing(t, "the PostgreSQL test cluster runs on Linux only")
+	missing(t, "NO POSTGRESQL TEST SERVER on "+runtime.GOOS+": the tests start their servers on Linux")
 	return ""
 }
 
-// PostgresBin finds PostgreSQL's programs in Debian's layout, on Linux
-// only.
-func PostgresBin(string) (string, error) {
-	return "", errors.New("the PostgreSQL test cluster runs on Linux only")
+// PostgresBin finds nothing: see Postgres.
+func PostgresBin(name string) (string, error) {
+	return "", errors.New("PostgreSQL test servers run on Linux only")
 }

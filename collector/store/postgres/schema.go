@@ -141,6 +141,9 @@ CREATE INDEX events_at ON events USING brin (at);
 -- of LastEventID once the events table no longer holds it.
 INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 `,
+	migration2,
+	migrationStandings,
+	migrationOutbox,
 }
 
 // migrationLock is the advisory lock key that serializes schema

@@ -190,6 +190,9 @@ CREATE TABLE replicas (
 
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `,
+	migration9,
+	migrationStandings,
+	migrationOutbox,
 }
 
 // initialize configures a new database file and brings the schema up to

@@ -61,7 +61,7 @@ func TestDatabaseSettings(t *testing.T) {
 	}{
 		{"page_size", s.w, "8192"},
 		{"journal_mode", s.w, "wal"},
-		{"synchronous", s.w, "1"}, // NORMAL
+		{"synchronous", s.w, "2"}, // FULL
 		{"foreign_keys", s.w, "1"},
 		{"busy_timeout", s.w, "5000"},
 		{"query_only", s.r, "1"},

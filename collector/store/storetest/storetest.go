@@ -62,6 +62,14 @@ func Run(t *testing.T, open Opener) {
 		{"CloseRacingWrites", c.closeRacingWrites},
 		{"CanceledContext", c.canceledContext},
 		{"HostileText", c.hostileText},
+		{"Standings", c.standings},
+		{"Outbox", c.outbox},
+		{"OutboxInOrder", c.outboxInOrder},
+		{"Receivers", c.receivers},
+		{"ReceiversClaimedOnce", c.receiversClaimedOnce},
+		{"Leases", c.leases},
+		{"Bindings", c.bindings},
+		{"DecisionsAnnounced", c.decisionsAnnounced},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
