@@ -22,7 +22,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -275,8 +274,7 @@ type Collector struct {
 	refusals     *tally
 	throttle     *failThrottle // failed enrollments per peer
 
-	reportsPruned atomic.Int64
-	reloading     sync.Mutex // serializes ReloadPolicy
+	reloading sync.Mutex // serializes ReloadPolicy
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
