@@ -5,6 +5,10 @@ TOOLS     := $(BIN)/tools
 PROTO_DIR := proto
 PROTOS    := $(wildcard $(PROTO_DIR)/posture/v1/*.proto)
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+# The agent is built without gRPC's request tracing (golang.org/x/net/trace,
+# and html/template with it), which it never serves: a binary 4 MB smaller
+# and about 2.5 MiB less resident (scripts/agent-footprint.sh).
+AGENT_TAGS := grpcnotrace
 
 .PHONY: help
 help: ## list targets
@@ -12,7 +16,8 @@ help: ## list targets
 
 .PHONY: build
 build: ## build posture-collector and posture-agent into bin/
-	$(GO) build -o $(BIN)/ ./collector/cmd/posture-collector ./agent/cmd/posture-agent
+	$(GO) build -o $(BIN)/ ./collector/cmd/posture-collector
+	$(GO) build -tags $(AGENT_TAGS) -o $(BIN)/ ./agent/cmd/posture-agent
 
 # grpcurl, an independent gRPC client the tests drive, from the module proxy.
 GRPCURL_VERSION := v1.9.4
@@ -93,7 +98,7 @@ cross: ## build and vet the agent for every shipped GOOS/GOARCH with CGO_ENABLED
 	@set -e; for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; \
 		echo "agent $$os/$$arch"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -o /dev/null ./agent/cmd/posture-agent; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -tags $(AGENT_TAGS) -o /dev/null ./agent/cmd/posture-agent; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) vet ./agent/...; \
 	done
 

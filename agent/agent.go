@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -80,12 +79,6 @@ type Agent struct {
 	onAck func(seq uint64)
 }
 
-// spooled is one spool entry: a measured report. What was signed from it
-// is recorded in the chain head (chainHead.Sent).
-type spooled struct {
-	Report []byte `json:"report"` // measured sections only
-}
-
 // New loads the agent's enrollment and opens its spool.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Interval <= 0 {
@@ -120,6 +113,11 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.spool, err = spool.Open(filepath.Join(cfg.StateDir, spoolDir), cfg.SpoolMax); err != nil {
 		return nil, err
+	}
+	if n, err := migrateSpool(a.spool); err != nil {
+		return nil, fmt.Errorf("convert reports spooled by an earlier version: %w", err)
+	} else if n > 0 {
+		a.log.Info("converted reports spooled by an earlier version", "reports", n)
 	}
 	a.conn, err = collectors.Dial(append([]string{enr.Collector}, enr.Collectors...),
 		grpc.WithTransportCredentials(a.renewal.track(credentials.NewTLS(tlsCfg))),
@@ -157,16 +155,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// Measure takes one measurement into the spool.
+// Measure takes one measurement into the spool. A spool entry is the
+// measured report, serialized as protobuf with only the measured sections
+// set; what was signed from it is recorded in the chain head
+// (chainHead.Sent).
 func (a *Agent) Measure(ctx context.Context) error {
 	r := a.cfg.Measurer.Collect(ctx)
-	body, err := proto.Marshal(r)
+	data, err := proto.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode measurement: %w", err)
-	}
-	data, err := json.Marshal(spooled{Report: body})
-	if err != nil {
-		return err
 	}
 	if _, err := a.spool.Put(data); err != nil {
 		return fmt.Errorf("spool measurement: %w", err)
@@ -418,12 +415,8 @@ func (a *Agent) resendEventLog() {
 // waits for the answer, which comes from in (receive). It returns the next
 // nonce.
 func (a *Agent) send(ctx context.Context, st posturev1.ReportService_StreamReportsClient, in <-chan received, e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
-	var sp spooled
-	if err := json.Unmarshal(e.Data, &sp); err != nil {
-		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
-	}
 	var r posturev1.PostureReport
-	if err := proto.Unmarshal(sp.Report, &r); err != nil {
+	if err := proto.Unmarshal(e.Data, &r); err != nil {
 		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spooled report: %w", err))
 	}
 	r.DeviceId = a.enr.DeviceID

@@ -22,7 +22,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -47,6 +46,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -274,8 +274,7 @@ type Collector struct {
 	refusals     *tally
 	throttle     *failThrottle // failed enrollments per peer
 
-	reportsPruned atomic.Int64
-	reloading     sync.Mutex // serializes ReloadPolicy
+	reloading sync.Mutex // serializes ReloadPolicy
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -427,7 +426,7 @@ func loadReplica(dir string, shared bool) (replica, error) {
 		}
 		id = hex.EncodeToString(r)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return replica{}, fmt.Errorf("record replica ID: %w", err)
 	}
 	return replica{id: id}, nil
