@@ -5,6 +5,10 @@ TOOLS     := $(BIN)/tools
 PROTO_DIR := proto
 PROTOS    := $(wildcard $(PROTO_DIR)/posture/v1/*.proto)
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+# The agent is built without gRPC's request tracing (golang.org/x/net/trace,
+# and html/template with it), which it never serves: a binary 4 MB smaller
+# and about 2.5 MiB less resident (scripts/agent-footprint.sh).
+AGENT_TAGS := grpcnotrace
 
 # The version from git describe (v1.2.3, or 1.2.3-4-gabc1234 four commits
 # after it) and the commit, stamped into both binaries.
@@ -25,7 +29,8 @@ help: ## list targets
 
 .PHONY: build
 build: ## build posture-collector and posture-agent into bin/
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./collector/cmd/posture-collector ./agent/cmd/posture-agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./collector/cmd/posture-collector
+	$(GO) build -tags $(AGENT_TAGS) -ldflags "$(LDFLAGS)" -o $(BIN)/ ./agent/cmd/posture-agent
 
 .PHONY: package
 package: ## dist/: .deb and .rpm of agent and collector (amd64, arm64), agent .tar.gz (macOS) and .zip (Windows), SHA256SUMS
@@ -34,7 +39,7 @@ package: ## dist/: .deb and .rpm of agent and collector (amd64, arm64), agent .t
 	@set -e; for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; out=$(DISTBUILD)/$$os-$$arch; \
 		echo "build agent $$os/$$arch"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -ldflags "-s -w $(LDFLAGS)" -o $$out/ ./agent/cmd/posture-agent; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -tags $(AGENT_TAGS) -ldflags "-s -w $(LDFLAGS)" -o $$out/ ./agent/cmd/posture-agent; \
 	done
 	@set -e; for arch in amd64 arm64; do \
 		cc=gcc; [ $$arch = amd64 ] || cc=$(CC_arm64); \
@@ -137,7 +142,7 @@ cross: ## build and vet the agent for every shipped GOOS/GOARCH with CGO_ENABLED
 	@set -e; for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; \
 		echo "agent $$os/$$arch"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -o /dev/null ./agent/cmd/posture-agent; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -tags $(AGENT_TAGS) -o /dev/null ./agent/cmd/posture-agent; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) vet ./agent/...; \
 	done
 

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/pki"
 )
 
@@ -73,7 +74,7 @@ func ensureStateDir(dir string) error {
 	if dir == "" {
 		return errors.New("state directory is required")
 	}
-	if err := pki.MkdirPrivate(dir); err != nil {
+	if err := durable.MkdirPrivate(dir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	return nil
@@ -95,7 +96,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(path, append(data, '\n'), 0o600)
+	return durable.WriteFileAtomic(path, append(data, '\n'), 0o600)
 }
 
 // loadEnrollment reads the enrollment and the TLS material to reach the

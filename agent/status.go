@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/posture-project/posture/agent/spool"
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -42,7 +43,7 @@ type Status struct {
 func (a *Agent) saveDecision(d *posturev1.AgentDecision) {
 	b, err := protojson.Marshal(d)
 	if err == nil {
-		err = pki.WriteFileAtomic(filepath.Join(a.cfg.StateDir, decisionFile), b, 0o600)
+		err = durable.WriteFileAtomic(filepath.Join(a.cfg.StateDir, decisionFile), b, 0o600)
 	}
 	if err != nil {
 		a.log.Warn("record the collector's decision", "err", err)

@@ -22,7 +22,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/posture-project/posture/internal/version"
@@ -49,6 +48,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -283,8 +283,7 @@ type Collector struct {
 	refusals     *tally
 	throttle     *failThrottle // failed enrollments per peer
 
-	reportsPruned atomic.Int64
-	reloading     sync.Mutex // serializes ReloadPolicy
+	reloading sync.Mutex // serializes ReloadPolicy
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -436,7 +435,7 @@ func loadReplica(dir string, shared bool) (replica, error) {
 		}
 		id = hex.EncodeToString(r)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return replica{}, fmt.Errorf("record replica ID: %w", err)
 	}
 	return replica{id: id}, nil

@@ -127,22 +127,6 @@ func TestIntegrationCollect(t *testing.T) {
 	})
 }
 
-// requireTool finds a tool, skipping the test without it, or failing when
-// POSTURE_REQUIRE_TOOLS=1.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed, so this check cannot compare the agent with it: %v", name, err)
-	if os.Getenv("POSTURE_REQUIRE_TOOLS") == "1" {
-		t.Fatal(msg + " (POSTURE_REQUIRE_TOOLS=1)")
-	}
-	t.Skip("SKIPPED CHECK: " + msg)
-	return ""
-}
-
 // collectWithAgent builds the agent binary and runs "collect -o json".
 func collectWithAgent(ctx context.Context, t *testing.T) *posturev1.PostureReport {
 	t.Helper()

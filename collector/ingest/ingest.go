@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +56,10 @@ type Config struct {
 	// MaxClockSkew is how far a report's created_at may be from the
 	// collector's clock.
 	MaxClockSkew time.Duration
+	// MaxOpening is how many report streams may be opening at once, from
+	// registration until their welcome is sent; the others wait their
+	// turn. Zero means 2 per CPU the process may use (GOMAXPROCS).
+	MaxOpening int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -63,6 +68,14 @@ type Config struct {
 type Ingester struct {
 	cfg      Config
 	failures storeFailures
+	// opening holds a token per report stream opening (MaxOpening). When
+	// a collector restarts, every agent opens its stream within a second
+	// or so; each opening wakes several goroutines (the handler, the
+	// store's writer, the connection's writer), and a thousand of them
+	// runnable at once queue a gateway's CheckAccess behind them for a
+	// tenth of a second or more, though the work is small. Openings
+	// waiting for a token are parked, not runnable.
+	opening chan struct{}
 }
 
 // New makes an Ingester.
@@ -76,8 +89,15 @@ func New(cfg Config) *Ingester {
 	if cfg.Verified == nil {
 		cfg.Verified = func(time.Duration) {}
 	}
-	return &Ingester{cfg: cfg}
+	if cfg.MaxOpening <= 0 {
+		cfg.MaxOpening = 2 * runtime.GOMAXPROCS(0)
+	}
+	return &Ingester{cfg: cfg, opening: make(chan struct{}, cfg.MaxOpening)}
 }
+
+// maxOpeningHold is the longest a report stream opening holds its place
+// among the MaxOpening.
+const maxOpeningHold = time.Second
 
 // ErrSuperseded ends a device's report stream when the device opened a
 // newer one, on this collector or another: only the newest stream may
@@ -129,6 +149,16 @@ const maxDeviceID = 128
 func (in *Ingester) Serve(stream Stream, id string, current func() error) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
+	select {
+	case in.opening <- struct{}{}:
+	case <-ctx.Done():
+		return streamEnd(ctx)
+	}
+	opened := sync.OnceFunc(func() { <-in.opening })
+	defer opened()
+	// An opening that takes long (a slow database) lets the next start
+	// all the same: the bound is for bursts, not a queue.
+	defer time.AfterFunc(maxOpeningHold, opened).Stop()
 	rs := &fleet.Stream{Cancel: cancel}
 	f := in.cfg.Fleet
 	for _, old := range f.AddStream(id, rs) {
@@ -172,6 +202,7 @@ func (in *Ingester) Serve(stream Stream, id string, current func() error) error 
 	}}}); err != nil {
 		return err
 	}
+	opened()
 
 	// Reports are read and answered on a goroutine of their own, so that
 	// Serve can end the stream the moment it is superseded or revoked: a

@@ -232,7 +232,7 @@ func (f enrollFlags) enroll(stateDir string, out io.Writer) error {
 	inert.Fprintf(out, "enrolled as device %s (%s) with %s; identity: %s, assurance: %s\n", res.DeviceID, res.SPIFFEID, res.Collector, res.Identity,
 		jsonview.EnumWord(res.Assurance.Descriptor().Values().ByNumber(res.Assurance.Number())))
 	if res.State == posturev1.DeviceState_DEVICE_STATE_PENDING {
-		inert.Fprintf(out, "the device is pending: its TPM endorsement key is not verified; an admin must run posture-collector devices approve %s\n", res.DeviceID)
+		inert.Fprintf(out, "the device is pending approval: its TPM endorsement key is neither verified nor pinned. Its reports are sent and kept, but every access level is denied until an admin approves it: ask an admin to run posture-collector devices approve %s\n", res.DeviceID)
 	}
 	return nil
 }
