@@ -553,6 +553,10 @@ func TestTwoStreamsOnTwoCollectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// b learns of the enrollment from the database's change feed; until
+	// then it refuses the device as unknown, which is not what this test
+	// is about.
+	eventually(t, "b knowing the device", func() bool { _, err := b.device(res.DeviceID); return err == nil })
 	cert, key := deviceCreds(t, stateDir)
 	cas, err := pki.ReadCertificates(filepath.Join(stateDir, "ca.crt"))
 	if err != nil {
