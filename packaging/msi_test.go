@@ -222,8 +222,9 @@ func checkUpgradeRows(t *testing.T, msi, pv string) {
 }
 
 // TestWindowsInstallerVersions builds the .msi again, with the packaging
-// program make package uses, for versions of every form git describe
-// gives, and checks the ProductVersion each maps to (docs/install.md);
+// program make package uses, for the versions of every form git describe
+// gives that docs/install.md lists, and checks the ProductVersion each
+// maps to there;
 // that a newer build replaces the one in dist; that the product code
 // follows the version and nothing else; and that a version Windows
 // Installer cannot hold is refused with the reason.
@@ -250,15 +251,22 @@ func TestWindowsInstallerVersions(t *testing.T) {
 	distMSI := one(t, d, "posture-agent_*_windows_amd64.msi")
 	distProps := msiProperties(t, distMSI)
 	codes := map[string]string{distProps["ProductCode"]: "dist"}
-	for _, c := range []struct{ version, want string }{
-		{"1.2.3", "1.2.3"},
-		{"1.2", "1.2.0"},
-		{"1.2.3+4.gabc1234", "1.2.3.4"},
-		{"1.2.3+4.gabc1234.dirty", "1.2.3.4"},
-		{"1.2.3+rc1", "1.2.3"},
-		{"0.0.0~git.346.abc1234", "0.0.346"},
-		{"99.0.0", "99.0.0"},
-	} {
+	// The mapping docs/install.md gives, and a newer release.
+	type mapping struct{ version, want string }
+	var cases []mapping
+	for _, block := range testtools.CodeBlocks(t, "../docs/install.md", "### Versions of the .msi", "text") {
+		for _, l := range strings.Split(strings.TrimSpace(block), "\n") {
+			f := strings.Fields(l)
+			if len(f) != 2 {
+				t.Fatalf("docs/install.md: %q is not a version and its ProductVersion", l)
+			}
+			cases = append(cases, mapping{f[0], f[1]})
+		}
+	}
+	if len(cases) < 5 {
+		t.Fatalf("docs/install.md gives %d versions: %v", len(cases), cases)
+	}
+	for _, c := range append(cases, mapping{"99.0.0", "99.0.0"}) {
 		msi, err := build(c.version)
 		if err != nil {
 			t.Errorf("version %s: %v\n%s", c.version, err, msi)
