@@ -75,8 +75,9 @@ func msiVersion(v string) (string, error) {
 	return out, nil
 }
 
-// guid is a name-based GUID (RFC 4122 version 5, in the upgrade code's
-// namespace): the same name gives the same GUID in every build.
+// guid is a name-based GUID: the SHA-1 of the upgrade code and name, with
+// the bits of an RFC 4122 version 5 GUID set. The same name gives the same
+// GUID in every build.
 func guid(name string) string {
 	h := sha1.Sum([]byte(msiUpgradeCode + "\x00" + name))
 	h[6] = h[6]&0x0f | 0x50
