@@ -33,8 +33,9 @@ build: ## build posture-collector and posture-agent into bin/
 	$(GO) build -tags $(AGENT_TAGS) -ldflags "$(LDFLAGS)" -o $(BIN)/ ./agent/cmd/posture-agent
 
 .PHONY: package
-package: ## dist/: .deb and .rpm of agent and collector (amd64, arm64), agent .tar.gz (macOS) and .zip (Windows), SHA256SUMS
+package: ## dist/: .deb and .rpm of agent and collector (amd64, arm64), agent .tar.gz (macOS), .zip and .msi (Windows), SHA256SUMS
 	@command -v $(CC_arm64) >/dev/null || { echo "$(CC_arm64) not found: apt-get install gcc-aarch64-linux-gnu (the collector's arm64 build needs cgo)" >&2; exit 2; }
+	@command -v wixl >/dev/null && command -v msibuild >/dev/null || { echo "wixl or msibuild not found: apt-get install wixl msitools (the Windows .msi)" >&2; exit 2; }
 	rm -rf $(DIST)
 	@set -e; for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; out=$(DISTBUILD)/$$os-$$arch; \

@@ -133,8 +133,11 @@ func TestPackageContents(t *testing.T) {
 		t.Fatalf("sha256sum --check: %v\n%s", err, b)
 	}
 	sums := string(b)
-	if n := strings.Count(sums, ": OK"); n != 12 {
-		t.Errorf("SHA256SUMS checks %d files, want 12 (4 deb, 4 rpm, 2 darwin, 2 windows):\n%s", n, sums)
+	if n := strings.Count(sums, ": OK"); n != 13 {
+		t.Errorf("SHA256SUMS checks %d files, want 13 (4 deb, 4 rpm, 2 darwin, 2 windows .zip, 1 windows .msi):\n%s", n, sums)
+	}
+	if !regexp.MustCompile(`(?m)^posture-agent_\S+_windows_amd64\.msi: OK$`).MatchString(sums) {
+		t.Errorf("SHA256SUMS does not cover the .msi:\n%s", sums)
 	}
 	for _, arch := range []string{"amd64", "arm64"} {
 		for product, files := range map[string]func(bool) []wantFile{"agent": agentFiles, "collector": collectorFiles} {

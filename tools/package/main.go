@@ -1,7 +1,8 @@
 // Command package builds Posture's release files from binaries that make
 // package has built: .deb and .rpm packages of the agent and the collector
 // (nfpm, configured by packaging/nfpm/*.yaml), the agent for macOS as
-// .tar.gz and for Windows as .zip, and SHA256SUMS over them all.
+// .tar.gz and for Windows as .zip and .msi (wixl, from
+// packaging/wix/posture-agent.wxs), and SHA256SUMS over them all.
 //
 // It lives in a module of its own so that nfpm and its dependencies stay
 // out of the project's go.mod.
@@ -34,7 +35,7 @@ func main() {
 	out := flag.String("out", "dist", "where to write the packages")
 	version := flag.String("version", "", "package version, such as 1.2.3 (required)")
 	linuxArchs := flag.String("linux", "amd64,arm64", "architectures of the Linux packages")
-	only := flag.String("only", "", "build only these kinds, comma-separated: deb, rpm, darwin, windows (default all)")
+	only := flag.String("only", "", "build only these kinds, comma-separated: deb, rpm, darwin, windows (.zip), msi (default all)")
 	products := flag.String("products", "agent,collector", "Linux packages to build")
 	flag.Parse()
 	if *version == "" {
@@ -58,6 +59,9 @@ func main() {
 		}
 		if want("windows") {
 			p.must(p.windows(arch))
+		}
+		if want("msi") {
+			p.must(p.msi(arch))
 		}
 	}
 	p.must(p.sums())
