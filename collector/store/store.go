@@ -397,6 +397,9 @@ type Store interface {
 	// ForgetReplica removes a replica's record (one that was retired).
 	ForgetReplica(ctx context.Context, id string) error
 
+	// The console's sessions and sign-in links, and the audit log.
+	ConsoleStore
+
 	// Close stops accepting writes, waits until every write already under
 	// way has committed or failed, and closes the database. Later calls
 	// to any method return ErrClosed; a second Close returns nil.

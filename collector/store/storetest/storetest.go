@@ -62,6 +62,11 @@ func Run(t *testing.T, open Opener) {
 		{"CloseRacingWrites", c.closeRacingWrites},
 		{"CanceledContext", c.canceledContext},
 		{"HostileText", c.hostileText},
+		{"Audit", c.audit},
+		{"Sessions", c.sessions},
+		{"SignInLinks", c.signInLinks},
+		{"SignInLinkRace", c.signInLinkRace},
+		{"PruneConsole", c.pruneConsole},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
