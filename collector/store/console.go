@@ -97,6 +97,15 @@ type ConsoleStore interface {
 	// or after its ExpiresAt), changing nothing.
 	UseSignInLink(ctx context.Context, hash []byte, now time.Time) (SignInLink, error)
 
+	// SampleReports returns up to n (at least 2) of a device's stored
+	// reports, oldest first, spread evenly over its sequence numbers from
+	// the oldest stored to the latest, both included: every report when
+	// the device has at most n. Reports missing from the spread (pruned,
+	// or never stored) are left out, so there may be fewer. It reads a
+	// bounded number of reports however long the device's history is: the
+	// console's score chart draws from it.
+	SampleReports(ctx context.Context, deviceID string, n int) ([]Report, error)
+
 	// PruneConsole deletes sessions and sign-in links that expired before
 	// now, and audit records older than auditBefore (the zero time keeps
 	// them all), and returns how many rows it deleted.
@@ -114,4 +123,28 @@ func CheckSignInLink(l SignInLink, used bool, now time.Time) error {
 		return ErrTokenExpired
 	}
 	return nil
+}
+
+// SampleSeqs picks up to n (at least 2) sequence numbers spread evenly
+// from first to last, both included, in order: SampleReports' rule.
+func SampleSeqs(first, last uint64, n int) []uint64 {
+	n = max(n, 2)
+	if last < first {
+		return nil
+	}
+	span := last - first
+	if span < uint64(n) {
+		seqs := make([]uint64, 0, span+1)
+		for s := first; s <= last; s++ {
+			seqs = append(seqs, s)
+		}
+		return seqs
+	}
+	seqs := make([]uint64, n)
+	for i := range n {
+		// first + span*i/(n-1), without overflowing span*i.
+		q, r := span/uint64(n-1), span%uint64(n-1)
+		seqs[i] = first + q*uint64(i) + r*uint64(i)/uint64(n-1)
+	}
+	return seqs
 }

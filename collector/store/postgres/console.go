@@ -255,3 +255,39 @@ func (s *Store) PruneConsole(ctx context.Context, now, auditBefore time.Time) (i
 	}
 	return int(n), nil
 }
+
+// SampleReports returns up to n of a device's reports, spread evenly over
+// its sequence numbers.
+func (s *Store) SampleReports(ctx context.Context, deviceID string, n int) ([]store.Report, error) {
+	var reports []store.Report
+	err := s.read(func() error {
+		var first, last *int64
+		if err := s.pool.QueryRow(ctx, `SELECT min(seq), max(seq) FROM reports WHERE device_id = $1`, deviceID).Scan(&first, &last); err != nil {
+			return err
+		}
+		if first == nil {
+			return nil
+		}
+		var seqs []int64
+		for _, q := range store.SampleSeqs(uint64(*first), uint64(*last), n) {
+			seqs = append(seqs, int64(q))
+		}
+		rows, err := s.pool.Query(ctx, `SELECT `+reportColumns+` FROM reports r WHERE r.device_id = $1 AND r.seq = ANY($2) ORDER BY r.seq`, deviceID, seqs)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			r, err := scanReport(rows)
+			if err != nil {
+				return err
+			}
+			reports = append(reports, r)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sample reports of device %s: %w", deviceID, err)
+	}
+	return reports, nil
+}

@@ -1,10 +1,12 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -231,4 +233,39 @@ func (s *Store) PruneConsole(ctx context.Context, now, auditBefore time.Time) (i
 		return 0, fmt.Errorf("prune console sessions and audit: %w", err)
 	}
 	return int(n), nil
+}
+
+// SampleReports returns up to n of a device's reports, spread evenly over
+// its sequence numbers.
+func (s *Store) SampleReports(ctx context.Context, deviceID string, n int) ([]store.Report, error) {
+	var reports []store.Report
+	err := s.readDevice(ctx, deviceID, func(tx *sql.Tx, through int64) error {
+		var first, last sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT min(seq), max(seq) FROM (
+			SELECT min(seq) AS seq FROM report_history WHERE device_id = ?1
+			UNION ALL SELECT max(seq) FROM report_history WHERE device_id = ?1
+			UNION ALL SELECT seq FROM reports WHERE id > ?2 AND device_id = ?1)`, deviceID, through).Scan(&first, &last); err != nil {
+			return err
+		}
+		if !first.Valid {
+			return nil
+		}
+		seqs := store.SampleSeqs(uint64(first.Int64), uint64(last.Int64), n)
+		marks := strings.Repeat(",?", len(seqs))[1:]
+		args := make([]any, 0, len(seqs)+2)
+		args = append(args, deviceID, through)
+		for _, q := range seqs {
+			args = append(args, int64(q))
+		}
+		var err error
+		reports, err = queryReports(ctx, tx, `SELECT `+reportColumns+` FROM reports r WHERE r.id > ?2 AND r.device_id = ?1 AND r.seq IN (`+marks+`)
+			UNION ALL SELECT `+reportColumns+` FROM report_history h JOIN reports r ON r.id = h.report_id
+			WHERE h.device_id = ?1 AND h.seq IN (`+marks+`)`, append(args, args[2:]...)...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sample reports of device %s: %w", deviceID, err)
+	}
+	slices.SortFunc(reports, func(a, b store.Report) int { return cmp.Compare(a.Seq, b.Seq) })
+	return slices.CompactFunc(reports, func(a, b store.Report) bool { return a.Seq == b.Seq }), nil
 }

@@ -196,3 +196,55 @@ func (c *suite) pruneConsole(t *testing.T) {
 		t.Errorf("PruneConsole again keeping every audit record: %d, %v; want 0", n, err)
 	}
 }
+
+// SampleReports spreads its picks from the oldest stored report to the
+// latest, and returns every report of a short history; reports the
+// backend indexed and those it did not yet alike.
+func (c *suite) sampleReports(t *testing.T) {
+	s, reopen := c.fresh(t)
+	enroll(t, s, "dev-a")
+	enroll(t, s, "dev-b")
+	seqsOf := func(rs []store.Report) []uint64 {
+		var out []uint64
+		for _, r := range rs {
+			out = append(out, r.Seq)
+		}
+		return out
+	}
+	sample := func(s store.Store, id string, n int) []uint64 {
+		t.Helper()
+		rs, err := s.SampleReports(ctx, id, n)
+		if err != nil {
+			t.Fatalf("SampleReports(%s, %d): %v", id, n, err)
+		}
+		for _, r := range rs {
+			if want := report(id, r.Seq, ""); string(r.Body) != string(want.Body) || !r.ReceivedAt.Equal(want.ReceivedAt) {
+				t.Errorf("SampleReports(%s) report %d = %q at %v; want %q at %v", id, r.Seq, r.Body, r.ReceivedAt, want.Body, want.ReceivedAt)
+			}
+		}
+		return seqsOf(rs)
+	}
+	if got := sample(s, "dev-a", 10); len(got) != 0 {
+		t.Errorf("SampleReports of a device without reports = %v; want none", got)
+	}
+	appendChain(t, s, "dev-a", 1, 100)
+	appendChain(t, s, "dev-b", 1, 3)
+	for i := range 2 {
+		if i == 1 {
+			s = reopen(t, s) // a backend may index what it stores in the background
+		}
+		if diff := cmp.Diff([]uint64{1, 34, 67, 100}, sample(s, "dev-a", 4)); diff != "" {
+			t.Errorf("SampleReports(dev-a, 4) seqs (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]uint64{1, 2, 3}, sample(s, "dev-b", 10)); diff != "" {
+			t.Errorf("SampleReports(dev-b, 10) seqs (-want +got):\n%s", diff)
+		}
+	}
+	// After pruning, the spread starts at the oldest report kept.
+	if _, err := s.PruneReports(ctx, report("dev-a", 51, "").ReceivedAt, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]uint64{51, 75, 100}, sample(s, "dev-a", 3)); diff != "" {
+		t.Errorf("SampleReports(dev-a, 3) after pruning (-want +got):\n%s", diff)
+	}
+}

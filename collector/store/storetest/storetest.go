@@ -67,6 +67,7 @@ func Run(t *testing.T, open Opener) {
 		{"SignInLinks", c.signInLinks},
 		{"SignInLinkRace", c.signInLinkRace},
 		{"PruneConsole", c.pruneConsole},
+		{"SampleReports", c.sampleReports},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
