@@ -63,7 +63,7 @@ Usage:
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
-`
+` + consoleUsage
 
 // exitErr carries a specific exit code.
 type exitErr struct {
@@ -124,6 +124,10 @@ func run(args []string, out io.Writer) error {
 		return replicas(rest, out)
 	case "migrate":
 		return migrate(rest, out)
+	case "console":
+		return sub(rest, map[string]func([]string, io.Writer) error{"login": consoleLogin}, out)
+	case "audit":
+		return audit(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -212,6 +216,7 @@ func runCollector(args []string) error {
 	burst := fs.Int("report-burst", collector.DefaultReportBurst, "reports a device may send at once (a backlog after an outage); after that one every --report-interval, and the rest are refused for now (rate_limited)")
 	every := fs.Duration("report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
 	decay := fs.Duration("decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
+	consoleConfig := consoleFlags(fs)
 	heartbeat := fs.Duration("watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
 	if pos, err := parse(fs, args); err != nil {
 		return err
@@ -249,6 +254,9 @@ func runCollector(args []string) error {
 	}
 	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, ServingNames: names, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, EventRetention: eventRetention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
+	if cfg.Console, err = consoleConfig(); err != nil {
+		return err
+	}
 	if *ekRoots != "" {
 		roots, err := attest.LoadRoots(*ekRoots)
 		if err != nil {
