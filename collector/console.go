@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -83,7 +84,9 @@ func (c *Collector) startConsole() error {
 	}
 	c.console, c.consoleListener = cons, tls.NewListener(l, tlsCfg)
 	c.consoleSrv = &http.Server{Handler: cons.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, ErrorLog: nil}
+		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		// Connections browsers drop or probe: noise, kept at debug level.
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
 	return nil
 }
 
