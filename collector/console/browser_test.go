@@ -346,7 +346,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if points := value(t, ctx, chromedp.Evaluate[int](`document.querySelector('#chart svg polyline').getAttribute('points').split(' ').length`)); points < 5 {
 		t.Errorf("score chart has %d points; want one per report (at least 5)", points)
 	}
-	png := value(t, ctx, chromedp.FullScreenshot(90))
+	png := value(t, ctx, chromedp.FullScreenshot(100))
 	path := artifact(t, "console-device.png")
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)
