@@ -138,7 +138,7 @@ func (s *site) client() *http.Client {
 
 // linkSession signs in with a one-time link, as a browser would, and
 // returns the session cookie.
-func (s *site) linkSession(t *testing.T) *http.Cookie {
+func (s *site) linkSession(t testing.TB) *http.Cookie {
 	t.Helper()
 	l, err := s.cons.CreateSignInLink(context.Background(), &posturev1.CreateSignInLinkRequest{Name: "first admin"})
 	if err != nil {
