@@ -93,7 +93,9 @@ func loadFleet(b *testing.B, path string, devices, history int) string {
 }
 
 // cursor is the device list's cursor after a device (its "after").
-func cursor(host, id string) string { return base64.RawURLEncoding.EncodeToString([]byte(host + "\x00" + id)) }
+func cursor(host, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(host + "\x00" + id))
+}
 
 func rank(r store.Record) int {
 	if r.Device != nil {

@@ -153,7 +153,9 @@ func (c *Console) overviewOf(now time.Time) overviewData {
 
 // oldestSilent keeps the devices silent longest, longest first.
 func oldestSilent(s []silentDevice) []silentDevice {
-	slices.SortFunc(s, func(a, b silentDevice) int { return cmp.Or(a.ReportAt.Compare(b.ReportAt), strings.Compare(a.ID, b.ID)) })
+	slices.SortFunc(s, func(a, b silentDevice) int {
+		return cmp.Or(a.ReportAt.Compare(b.ReportAt), strings.Compare(a.ID, b.ID))
+	})
 	if len(s) > maxSilentListed {
 		s = s[:maxSilentListed]
 	}
@@ -200,7 +202,7 @@ const pageSize = 100
 // rowKey orders the list: by hostname, then ID.
 type rowKey struct{ host, id string }
 
-func (a rowKey) less(b rowKey) bool { return a.host < b.host || a.host == b.host && a.id < b.id }
+func (k rowKey) less(o rowKey) bool { return k.host < o.host || k.host == o.host && k.id < o.id }
 
 func (k rowKey) cursor() string {
 	return base64.RawURLEncoding.EncodeToString([]byte(k.host + "\x00" + k.id))

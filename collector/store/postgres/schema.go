@@ -160,12 +160,6 @@ func schemaSteps() []schemaStep {
 	return append(steps, consoleMigrations...)
 }
 
-// latestVersion is the schema version this store migrates to.
-func latestVersion() int {
-	steps := schemaSteps()
-	return steps[len(steps)-1].version
-}
-
 // migrationLock is the advisory lock key that serializes schema
 // migrations of collectors starting at once: "posture" in ASCII.
 const migrationLock = 0x706f7374757265
