@@ -243,3 +243,6 @@ func (c *Collector) consoleLinks() func(ctx context.Context, name string, ttl ti
 	}
 	return c.signInLinks
 }
+
+// DataDir is the collector's data directory, where its admin socket is.
+func (c *Collector) DataDir() string { return c.cfg.DataDir }
