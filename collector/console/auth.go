@@ -210,7 +210,9 @@ func (c *Console) linkSignIn(w http.ResponseWriter, r *http.Request) {
 		msg = "The sign-in link could not be checked: the database did not answer. Try again shortly."
 	}
 	if msg != "" {
-		c.cfg.API.Audit(r.Context(), store.AuditRecord{At: c.cfg.Now(), Actor: "(unknown)", Via: "console", From: peer(r), Action: "console sign-in", Detail: "sign-in link", Outcome: msg})
+		// Logged, not audited: whoever sent it is nobody the collector
+		// knows, and anyone may send a made-up link.
+		c.log.Warn("console: sign-in link refused", "peer", peer(r), "err", err)
 		c.render(w, r, http.StatusForbidden, "login", c.loginView(msg))
 		return
 	}
@@ -345,8 +347,15 @@ func (c *Console) oidcStart(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
+	// A refusal before the provider vouched for someone is logged; one of
+	// a person the provider signed in (who holds no role) is audited too.
+	// Anyone may send a made-up answer: it must not write to the database.
 	refuse := func(status int, msg, who string) {
-		c.cfg.API.Audit(r.Context(), store.AuditRecord{At: c.cfg.Now(), Actor: who, Via: "console", From: peer(r), Action: "console sign-in", Detail: "OpenID Connect", Outcome: msg})
+		if who != "" {
+			c.cfg.API.Audit(r.Context(), store.AuditRecord{At: c.cfg.Now(), Actor: who, Via: "console", From: peer(r), Action: "console sign-in", Detail: "OpenID Connect", Outcome: msg})
+		} else {
+			c.log.Warn("console: sign-in refused", "peer", peer(r), "reason", msg)
+		}
 		c.render(w, r, status, "login", c.loginView(msg))
 	}
 	if c.oidc == nil {
@@ -368,10 +377,10 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusBadRequest, "login", c.loginView("The sign-in took too long or began in another browser: sign in again."))
 		return
 	case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(si.State)) != 1:
-		refuse(http.StatusBadRequest, "the identity provider's answer does not belong to this sign-in (state): sign in again", "(unknown)")
+		refuse(http.StatusBadRequest, "the identity provider's answer does not belong to this sign-in (state): sign in again", "")
 		return
 	case q.Get("error") != "":
-		refuse(http.StatusForbidden, "the identity provider refused: "+q.Get("error")+" "+q.Get("error_description"), "(unknown)")
+		refuse(http.StatusForbidden, "the identity provider refused: "+q.Get("error")+" "+q.Get("error_description"), "")
 		return
 	}
 	oc, verifier, err := c.oidc.discover(r.Context())
@@ -384,23 +393,23 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 	tok, err := oc.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(si.Verifier))
 	if err != nil {
 		c.log.Warn("console: sign-in code exchange", "err", err)
-		refuse(http.StatusForbidden, "the identity provider did not exchange the sign-in code: sign in again", "(unknown)")
+		refuse(http.StatusForbidden, "the identity provider did not exchange the sign-in code: sign in again", "")
 		return
 	}
 	raw, _ := tok.Extra("id_token").(string)
 	idt, err := verifier.Verify(ctx, raw)
 	if err != nil {
 		c.log.Warn("console: ID token refused", "err", err)
-		refuse(http.StatusForbidden, "the identity provider's ID token did not verify: "+err.Error(), "(unknown)")
+		refuse(http.StatusForbidden, "the identity provider's ID token did not verify: "+err.Error(), "")
 		return
 	}
 	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(si.Nonce)) != 1 {
-		refuse(http.StatusForbidden, "the ID token was not issued for this sign-in (nonce): sign in again", "(unknown)")
+		refuse(http.StatusForbidden, "the ID token was not issued for this sign-in (nonce): sign in again", "")
 		return
 	}
 	var claims map[string]any
 	if err := idt.Claims(&claims); err != nil {
-		refuse(http.StatusForbidden, "the ID token's claims do not decode: "+err.Error(), "(unknown)")
+		refuse(http.StatusForbidden, "the ID token's claims do not decode: "+err.Error(), "")
 		return
 	}
 	name := personName(claims, idt.Subject)
