@@ -72,6 +72,8 @@ var allowedCallers = map[string][]string{
 	"/posture.v1.AdminService/ListGateways":                          {callerAdmin},
 	"/posture.v1.AdminService/RevokeGateway":                         {callerAdmin},
 	"/posture.v1.AdminService/ListReplicas":                          {callerAdmin},
+	"/posture.v1.ConsoleService/CreateSignInLink":                    {callerAdmin},
+	"/posture.v1.ConsoleService/ListAudit":                           {callerAdmin},
 }
 
 // refusedCallers are refused whatever they call, with this code: a
