@@ -59,6 +59,10 @@ type Config struct {
 	// device certificate; a failed one is tried again after it. Zero
 	// means 10 minutes.
 	RenewRetry time.Duration
+	// OnStanding, when set, is told what the collector's policy says of
+	// the device with each acknowledged report (its failing checks), for
+	// the device's user (agent/notify). It must return quickly.
+	OnStanding func(*posturev1.DeviceStanding)
 }
 
 // Agent measures the device and streams signed reports to the collector.
@@ -410,6 +414,9 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		}
 		if m.Ack.GetWantEventLog() {
 			a.resendEventLog()
+		}
+		if st := m.Ack.GetStanding(); st != nil && a.cfg.OnStanding != nil {
+			a.cfg.OnStanding(st)
 		}
 		return m.Ack.GetNextNonce(), true, a.acked(e.ID, sent.Seq, sent.Digest)
 	case *posturev1.CollectorMessage_Rejected:

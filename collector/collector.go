@@ -39,7 +39,11 @@ import (
 	"github.com/posture-project/posture/collector/fleet"
 	"github.com/posture-project/posture/collector/gateways"
 	"github.com/posture-project/posture/collector/ingest"
+	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/siem"
+	"github.com/posture-project/posture/collector/ssf"
+	"github.com/posture-project/posture/collector/standing"
 	"github.com/posture-project/posture/collector/stats"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
@@ -130,6 +134,9 @@ type Config struct {
 	EventRetention time.Duration
 	// Console, when set, serves the admin console on its own listener.
 	Console *ConsoleConfig
+	// Events configures what leaves Posture: webhooks, SIEM exports, the
+	// Shared Signals transmitter (events.go).
+	Events EventsConfig
 	// Logger receives the collector's structured log.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests move it.
@@ -235,24 +242,32 @@ func (c *Config) validate() error {
 
 // Collector is a running collector's state.
 type Collector struct {
-	cfg       Config
-	log       *slog.Logger
-	ca        *pki.CA
-	roots     *x509.CertPool
-	store     store.Store
-	replica   replica
-	fleet     *fleet.Fleet
-	hub       *watch.Hub
-	feed      *feed.Feed
-	gateways  *gateways.Revocations
-	decisions *decisions.Log
-	stats     *stats.Stats
-	api       *api.Server
-	health    *health.Server
-	metrics   *metrics
-	onStop    []func() // see OnStop
-	started   time.Time
-	failed    chan error // ends Serve: the collector cannot go on
+	cfg         Config
+	log         *slog.Logger
+	ca          *pki.CA
+	roots       *x509.CertPool
+	store       store.Store
+	replica     replica
+	fleet       *fleet.Fleet
+	hub         *watch.Hub
+	feed        *feed.Feed
+	gateways    *gateways.Revocations
+	decisions   *decisions.Log
+	keeper      *standing.Keeper
+	outbox      *outbox.Dispatcher
+	ssf         *ssf.Transmitter // nil when off
+	ssfSrv      *http.Server
+	ssfListener net.Listener
+	exports     []*siem.Export // SIEM exports, closed at stop
+	stats       *stats.Stats
+	// deliveries counts what the outbox delivered (events.go).
+	deliveries *deliveryMetrics
+	api        *api.Server
+	health     *health.Server
+	metrics    *metrics
+	onStop     []func() // see OnStop
+	started    time.Time
+	failed     chan error // ends Serve: the collector cannot go on
 
 	// What clients without a certificate hold of the TLS listener, and
 	// what they were refused (limits.go).
@@ -303,6 +318,9 @@ func New(cfg Config) (c *Collector, err error) {
 	defer func() {
 		if err != nil {
 			st.Close()
+			if c != nil && c.ssfListener != nil {
+				c.ssfListener.Close()
+			}
 		}
 	}()
 	ca, err := loadCA(context.Background(), st, cfg, shared)
@@ -325,6 +343,13 @@ func New(cfg Config) (c *Collector, err error) {
 	c.hub = watch.New(watch.Config{Fleet: c.fleet, TrustDomain: cfg.TrustDomain, Heartbeat: cfg.WatchHeartbeat, DecayInterval: cfg.DecayInterval, Now: cfg.Now,
 		CatchUp: func(ctx context.Context) error { return c.feed.CatchUp(ctx) }})
 	c.metrics = newMetrics(c)
+	c.keeper = standing.New(standing.Config{Store: st, Fleet: c.fleet, Feed: applierFunc(func(ev store.Event, pre *fleet.Assessed) { c.feed.Apply(ev, pre) }),
+		Holder: c.replica.id, Logger: c.log, Interval: c.hub.DecayInterval(), Now: cfg.Now})
+
+	if err := c.setupEvents(context.Background()); err != nil {
+		return nil, err
+	}
+	c.metrics.registerDeliveries(c)
 
 	gws, err := st.Gateways(context.Background())
 	if err != nil {
@@ -478,7 +503,7 @@ func (c *Collector) load(ctx context.Context) error {
 	}
 	seeder.Finish(start)
 	c.feed = feed.New(feed.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Gateways: c.gateways, Logger: c.log,
-		PollInterval: c.cfg.PollInterval}, start, skipped)
+		PollInterval: c.cfg.PollInterval, Applied: c.applied}, start, skipped)
 	if err := c.feed.CatchUp(ctx); err != nil {
 		return err
 	}
@@ -506,7 +531,8 @@ func (c *Collector) wire() {
 		Verified: func(d time.Duration) { c.metrics.verify.Observe(d.Seconds()) }, MaxClockSkew: cfg.MaxClockSkew, Now: cfg.Now})
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
-		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now, SignInLinks: c.consoleLinks()}, c.health)
+		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now, SignInLinks: c.consoleLinks(),
+		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus, SSF: c.apiTransmitter()}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's
@@ -656,8 +682,19 @@ func (c *Collector) Serve(ctx context.Context) error {
 	})
 	wg.Add(1)
 	go func() { defer wg.Done(); c.feed.Run(bg) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.keeper.Run(bg) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.outbox.Run(bg) }()
 	go func() { errc <- c.server.Serve(c.listener) }()
 	go func() { errc <- c.adminSrv.Serve(c.admin) }()
+	if c.ssfSrv != nil {
+		go func() {
+			if err := c.serveSSF(); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	if c.metricsListener != nil {
 		// Made here, not in the goroutine, so that stop always finds it.
 		c.metricsSrv = c.metricsServer()
@@ -709,6 +746,9 @@ func (c *Collector) stop() {
 	if c.metricsSrv != nil {
 		c.metricsSrv.Close()
 	}
+	if c.ssfSrv != nil {
+		c.ssfSrv.Close()
+	}
 	c.fleet.CloseAllStreams(errShuttingDown)
 	done := make(chan struct{})
 	go func() {
@@ -728,6 +768,11 @@ func (c *Collector) stop() {
 		hook()
 	}
 	c.saveDecisions(context.Background(), true) // no decision is made any more
+	for _, x := range c.exports {
+		if err := x.Close(); err != nil {
+			c.log.Warn("close SIEM export", "err", err)
+		}
+	}
 	if err := c.store.Close(); err != nil {
 		c.log.Error("close store", "err", err)
 	}
@@ -800,6 +845,22 @@ func (c *Collector) ReloadPolicy() (*policy.Policy, error) {
 	for _, id := range c.fleet.IDs() {
 		c.hub.Publish(id, "policy", false, 0)
 	}
+	c.keeper.ObserveAll()
 	c.log.Info("policy reloaded", "file", c.cfg.PolicyPath, "levels", p.LevelNames(), "checks", len(p.Checks))
 	return p, nil
+}
+
+// applierFunc applies events as feed.Feed does, for parts made before the
+// feed.
+type applierFunc func(ev store.Event, pre *fleet.Assessed)
+
+func (f applierFunc) Apply(ev store.Event, pre *fleet.Assessed) { f(ev, pre) }
+
+// applied is told of every event the feed applied: what follows the fleet
+// hears of the change.
+func (c *Collector) applied(ev store.Event) {
+	if ev.DeviceID != "" {
+		c.keeper.Observe(ev.DeviceID)
+	}
+	c.wakeOutbox(ev)
 }

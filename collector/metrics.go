@@ -41,6 +41,12 @@ func newMetrics(c *Collector) *metrics {
 	return m
 }
 
+// registerDeliveries adds what the outbox counts (events.go).
+func (m *metrics) registerDeliveries(c *Collector) {
+	d := c.deliveries
+	m.registry.MustRegister(d.sent, d.failures, d.latency, receiverMetrics{c: c})
+}
+
 // decision counts one answered decision.
 func (m *metrics) decision(level string, allowed bool) {
 	result := "deny"
@@ -79,6 +85,7 @@ type scrape struct{ c *Collector }
 var (
 	descAccepted    = prometheus.NewDesc("posture_reports_accepted_total", "Reports verified and durably stored.", nil, nil)
 	descRejected    = prometheus.NewDesc("posture_reports_rejected_total", "Reports rejected, by reason.", []string{"reason"}, nil)
+	descStreamsRef  = prometheus.NewDesc("posture_report_streams_refused_total", "Agent report streams refused before any report, by reason (storage: the database could not be written; the agents keep their reports and reconnect).", []string{"reason"}, nil)
 	descEnrolled    = prometheus.NewDesc("posture_enrollments_total", "Devices enrolled.", nil, nil)
 	descEnrollRej   = prometheus.NewDesc("posture_enrollments_rejected_total", "Enrollments refused, by reason.", []string{"reason"}, nil)
 	descDenied      = prometheus.NewDesc("posture_rpc_denied_total", "RPCs refused by authorization, by method.", []string{"method"}, nil)
@@ -101,7 +108,7 @@ var (
 )
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps, descAnonConns, descAnonStreams, descAnonRefused, descThrottled} {
+	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descStreamsRef, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps, descAnonConns, descAnonStreams, descAnonRefused, descThrottled} {
 		ch <- d
 	}
 }
@@ -113,6 +120,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEnrolled, prometheus.CounterValue, float64(st.Enrollments))
 	for k, v := range st.ReportsRejected {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v), k)
+	}
+	for k, v := range st.StreamsRefused {
+		ch <- prometheus.MustNewConstMetric(descStreamsRef, prometheus.CounterValue, float64(v), k)
 	}
 	for k, v := range st.EnrollmentsRejected {
 		ch <- prometheus.MustNewConstMetric(descEnrollRej, prometheus.CounterValue, float64(v), k)

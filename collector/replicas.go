@@ -155,4 +155,6 @@ func (c *Collector) saveDecisions(ctx context.Context, all bool) {
 	if err := c.decisions.Save(ctx, c.store, c.replica.id, all); err != nil {
 		c.log.Error("save decisions", "err", err)
 	}
+	// New decisions may have been announced through the outbox.
+	c.outbox.Wake()
 }

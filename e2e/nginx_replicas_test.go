@@ -18,7 +18,7 @@ import (
 	"github.com/posture-project/posture/internal/testtools"
 )
 
-// TestNginxSeveralCollectors runs the README's nginx configuration for
+// TestNginxSeveralCollectors runs the nginx guide's configuration for
 // several collectors, as written, in front of a test application and three
 // collector processes on one PostgreSQL database, each serving /check with
 // --serving-name: a device is allowed while any collector answers, a
@@ -77,19 +77,19 @@ func TestNginxSeveralCollectors(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	blocks := testtools.CodeBlocks(t, filepath.Join("..", "README.md"), "### nginx", "nginx")
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "docs", "gateways", "nginx.md"), "# nginx", "nginx")
 	if len(blocks) != 3 {
-		t.Fatalf("README.md's nginx section has %d nginx blocks, want 3 (the server, the loopback /posture location, several collectors)", len(blocks))
+		t.Fatalf("docs/gateways/nginx.md has %d nginx blocks, want 3 (the server, the loopback /posture location, several collectors)", len(blocks))
 	}
 	serverBlock := blocks[0]
 	upstream, location, ok := strings.Cut(blocks[2], "# in the server above, in place of its location = /posture:\n")
 	if !ok {
-		t.Fatalf("the README's nginx block for several collectors no longer says where its location goes:\n%s", blocks[2])
+		t.Fatalf("the nginx guide's block for several collectors no longer says where its location goes:\n%s", blocks[2])
 	}
 	i := strings.Index(serverBlock, "    location = /posture {")
 	j := strings.Index(serverBlock[max(i, 0):], "\n    }\n")
 	if i < 0 || j < 0 {
-		t.Fatalf("the README's nginx server has no location = /posture block:\n%s", serverBlock)
+		t.Fatalf("the nginx guide's server has no location = /posture block:\n%s", serverBlock)
 	}
 	server := serverBlock[:i] + strings.TrimSuffix(location, "\n") + serverBlock[i+j+len("\n    }"):]
 	paths := []string{
@@ -190,12 +190,12 @@ func TestNginxSeveralCollectors(t *testing.T) {
 }
 
 // substituteAll replaces each old with its new in conf, and fails when an
-// old is missing: the README changed, and the test must follow it.
+// old is missing: the guide changed, and the test must follow it.
 func substituteAll(t *testing.T, conf string, oldnew ...string) string {
 	t.Helper()
 	for i := 0; i+1 < len(oldnew); i += 2 {
 		if !strings.Contains(conf, oldnew[i]) {
-			t.Fatalf("the README's nginx configuration no longer has %q:\n%s", oldnew[i], conf)
+			t.Fatalf("the nginx guide's configuration no longer has %q:\n%s", oldnew[i], conf)
 		}
 		conf = strings.ReplaceAll(conf, oldnew[i], oldnew[i+1])
 	}

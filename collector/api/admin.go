@@ -152,9 +152,17 @@ func (a *adminService) IssueGatewayCertificate(ctx context.Context, req *posture
 	return &posturev1.IssueGatewayCertificateResponse{Certificate: cert.Raw, CaCertificates: [][]byte{c.cfg.CA.Cert.Raw}, SpiffeId: id.String()}, nil
 }
 
-func (a *adminService) GetStats(context.Context, *posturev1.GetStatsRequest) (*posturev1.Stats, error) {
+func (a *adminService) GetStats(ctx context.Context, _ *posturev1.GetStatsRequest) (*posturev1.Stats, error) {
 	s := a.s.cfg.Stats.Snapshot()
+	var receivers []*posturev1.ReceiverStatus
+	if a.s.cfg.Receivers != nil {
+		var err error
+		if receivers, err = a.s.cfg.Receivers(ctx); err != nil {
+			return nil, status.Errorf(codes.Internal, "read the receivers: %v", err)
+		}
+	}
 	return &posturev1.Stats{
+		Receivers:           receivers,
 		ReportsAccepted:     s.ReportsAccepted,
 		ReportsRejected:     s.ReportsRejected,
 		Enrollments:         s.Enrollments,
@@ -164,6 +172,7 @@ func (a *adminService) GetStats(context.Context, *posturev1.GetStatsRequest) (*p
 		RenewalsRejected:    s.RenewalsRejected,
 		Devices:             uint64(a.s.cfg.Fleet.Count()),
 		StreamsOpen:         uint64(a.s.cfg.Fleet.StreamCount()),
+		StandingLease:       a.s.cfg.StandingLease != nil && a.s.cfg.StandingLease(),
 	}, nil
 }
 

@@ -59,7 +59,14 @@ type Config struct {
 	SignInLinks func(ctx context.Context, name string, ttl time.Duration, by string) (url string, expires time.Time, err error)
 	// Replica is this collector's replica ID; Replicas lists them all.
 	Replica string
-	Logger  *slog.Logger
+	// StandingLease says whether this collector records device standings.
+	StandingLease func() bool
+	// Receivers lists the outbox's receivers and how delivery to each
+	// stands.
+	Receivers func(ctx context.Context) ([]*posturev1.ReceiverStatus, error)
+	// SSF is the Shared Signals transmitter; nil when it is off.
+	SSF    Transmitter
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

@@ -111,6 +111,12 @@ var audited = map[string]string{
 	posturev1.AdminService_IssueGatewayCertificate_FullMethodName: "gateway add",
 	posturev1.AdminService_RevokeGateway_FullMethodName:           "gateway revoke",
 	posturev1.AdminService_ReloadPolicy_FullMethodName:            "policy reload",
+	posturev1.AdminService_BindDeviceUser_FullMethodName:          "devices bind",
+	posturev1.AdminService_UnbindDeviceUser_FullMethodName:        "devices unbind",
+	posturev1.AdminService_AddSSFReceiver_FullMethodName:          "ssf receiver add",
+	posturev1.AdminService_RemoveSSFReceiver_FullMethodName:       "ssf receiver remove",
+	posturev1.AdminService_CreateSSFStream_FullMethodName:         "ssf stream create",
+	posturev1.AdminService_DeleteSSFStream_FullMethodName:         "ssf stream delete",
 	posturev1.ConsoleService_CreateSignInLink_FullMethodName:      "console login",
 }
 
@@ -186,6 +192,31 @@ func auditArgs(req any) (target, detail string) {
 		return target, "reason: " + r.GetReason()
 	case *posturev1.CreateSignInLinkRequest:
 		return r.GetName(), "ttl " + signInLinkTTL(r).String()
+	case *posturev1.BindDeviceUserRequest:
+		u := r.GetUser()
+		detail = "user " + u.GetEmail()
+		if u.GetIssuer() != "" || u.GetSubject() != "" {
+			detail += fmt.Sprintf(" (iss %s, sub %s)", u.GetIssuer(), u.GetSubject())
+		}
+		return r.GetDeviceId(), detail
+	case *posturev1.UnbindDeviceUserRequest:
+		return r.GetDeviceId(), ""
+	case *posturev1.AddSSFReceiverRequest:
+		return r.GetName(), fmt.Sprintf("audience %s, level %s", r.GetAudience(), r.GetLevel())
+	case *posturev1.RemoveSSFReceiverRequest:
+		return r.GetName(), ""
+	case *posturev1.CreateSSFStreamRequest:
+		// The authorization header is the receiver's secret: not kept.
+		detail = "endpoint " + r.GetEndpointUrl()
+		if len(r.GetEventsRequested()) > 0 {
+			detail += ", events " + strings.Join(r.GetEventsRequested(), ",")
+		}
+		if r.GetDescription() != "" {
+			detail += ", description: " + r.GetDescription()
+		}
+		return r.GetReceiver(), detail
+	case *posturev1.DeleteSSFStreamRequest:
+		return r.GetStreamId(), ""
 	}
 	return "", ""
 }

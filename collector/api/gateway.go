@@ -11,11 +11,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/posture-project/posture/collector/callerid"
 	"github.com/posture-project/posture/collector/decisions"
 	"github.com/posture-project/posture/collector/fleet"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
-	"github.com/posture-project/posture/internal/callerid"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -96,23 +96,33 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		c.cfg.Decisions.Record(decisions.Entry{At: now, Device: id, Level: req.GetAccessLevel(), UndefinedLevel: !defined, Reasons: resp.Reasons, Caller: callerName(ctx)})
 		return resp, nil
 	}
-	resp.Allowed, resp.Score, resp.Reasons = pol.Decide(&subj, req.GetAccessLevel(), now)
+	v := pol.Judge(&subj, req.GetAccessLevel(), now)
+	resp.Allowed, resp.Met, resp.Score, resp.Reasons = v.Allowed, v.Met, v.Score, v.Reasons
+	if v.Defined {
+		resp.Enforcement = v.Enforce.Proto()
+	}
 	if req.GetCertificateSerial() != "" {
 		if err := c.cfg.Fleet.CurrentCert(id, serial); err != nil {
-			resp.Allowed = false
+			// A replaced certificate is the device's identity, not its
+			// posture: no enforcement mode lets it through.
+			resp.Allowed, resp.Met = false, false
 			resp.Reasons = append([]string{err.Error()}, resp.Reasons...)
 		}
+	}
+	if resp.Allowed && v.Warned() {
+		resp.Warned, resp.Warnings = true, v.Warnings()
 	}
 	resp.Assurance, resp.State = subj.Assurance, subj.State
 	if subj.Assessment != nil {
 		resp.ReportAge = durationpbOf(subj.ReportAge(now))
 	}
 	c.cfg.Decided(label, resp.Allowed)
-	if !resp.Allowed {
+	if !resp.Met || resp.Warned {
 		resp.FailedChecks = pol.FailedChecks(&subj, now)
 	}
 	c.cfg.Decisions.Record(decisions.Entry{At: now, Device: id, Level: req.GetAccessLevel(), UndefinedLevel: !defined, Allowed: resp.Allowed, Score: resp.Score,
-		State: subj.State, Reasons: resp.Reasons, Failed: resp.FailedChecks, Caller: callerName(ctx)})
+		State: subj.State, Reasons: resp.Reasons, Failed: resp.FailedChecks, Caller: callerName(ctx),
+		Enforcement: resp.Enforcement, Met: resp.Met, Warned: resp.Warned, Warnings: resp.Warnings})
 	return resp, nil
 }
 
@@ -139,7 +149,13 @@ func (s *Server) devicePosture(ctx context.Context, id string) (*posturev1.Devic
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, status.Errorf(codes.Internal, "read latest report: %v", err)
 	}
-	return s.posture(d, report, s.cfg.Now()), nil
+	out := s.posture(d, report, s.cfg.Now())
+	if u, err := s.cfg.Store.DeviceUser(ctx, id); err == nil {
+		out.Device.User = &posturev1.DeviceUser{Email: u.Email, Issuer: u.Issuer, Subject: u.Subject}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.Internal, "read the device's user: %v", err)
+	}
+	return out, nil
 }
 
 // WatchPosture streams decision changes (watch.Hub).

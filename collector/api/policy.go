@@ -63,17 +63,28 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 			candSubj.Assessment = cand.AssessWith(rep, row.Report.ReceivedAt, fleet.MeasuredOf(boot.Reading()))
 		}
 		for _, l := range levels {
-			nowOK := false
-			if _, defined := cur.Level(l); defined {
-				nowOK, _, _ = cur.Decide(&subj, l, now)
+			// A grace under the candidate counts from the failing-since
+			// times recorded now: the candidate judges the same history.
+			was, will := cur.Judge(&subj, l, now), cand.Judge(&candSubj, l, now)
+			if !will.Defined {
+				will.Reasons = []string{"the candidate policy does not define this level"}
 			}
-			candOK, reasons := false, []string{"the candidate policy does not define this level"}
-			if _, defined := cand.Level(l); defined {
-				candOK, _, reasons = cand.Decide(&candSubj, l, now)
-			}
-			if nowOK != candOK {
-				changes[part] = append(changes[part], &posturev1.LevelChange{DeviceId: row.ID, Hostname: row.Hostname, Level: l,
-					AllowedNow: nowOK, AllowedCandidate: candOK, Reasons: reasons})
+			if was.Allowed != will.Allowed || was.Met != will.Met {
+				ch := &posturev1.LevelChange{DeviceId: row.ID, Hostname: row.Hostname, Level: l,
+					AllowedNow: was.Allowed, AllowedCandidate: will.Allowed, MetNow: was.Met, MetCandidate: will.Met}
+				if !will.Met {
+					ch.Reasons = will.Reasons
+				}
+				if was.Defined {
+					ch.EnforcementNow = was.Enforce.Proto()
+				}
+				if will.Defined {
+					ch.EnforcementCandidate = will.Enforce.Proto()
+				}
+				if will.Warned() {
+					ch.WarningsCandidate = will.Warnings()
+				}
+				changes[part] = append(changes[part], ch)
 			}
 		}
 		return nil
@@ -91,9 +102,13 @@ func (a *adminService) DiffPolicy(ctx context.Context, req *posturev1.DiffPolicy
 		out.Changes = append(out.Changes, changes[i]...)
 		for _, ch := range changes[i] {
 			n := counts[slices.Index(levels, ch.GetLevel())]
-			if ch.GetAllowedCandidate() {
+			switch {
+			case ch.GetAllowedCandidate() == ch.GetAllowedNow():
+				// Met changed, allowed did not: a level in warn or off
+				// mode.
+			case ch.GetAllowedCandidate():
 				n.Gained++
-			} else {
+			default:
 				n.Lost++
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -36,7 +37,14 @@ type Log struct {
 	seq    uint64
 	latest map[runKey]runRef // the newest record of each device, level and caller
 	queued []int             // slots whose record is new or whose run grew since it was saved
+	// announce: a new record's first save writes its outbox message
+	// (store.Decision.Announce), for receivers that take decisions.
+	announce atomic.Bool
 }
+
+// Announce sets whether new records are announced through the outbox
+// when they are first saved.
+func (l *Log) Announce(on bool) { l.announce.Store(on) }
 
 type decisionRecord struct {
 	seq       uint64 // 0: empty slot
@@ -52,6 +60,12 @@ type decisionRecord struct {
 	reasons        []string
 	failed         []*posturev1.CheckResult
 	caller         string
+	// enforcement, met, warned and warnings: the level's enforcement, and
+	// whether the device met it and the gateway was told to warn, and of
+	// what (a level in warn mode, a grace).
+	enforcement posturev1.Enforcement
+	met, warned bool
+	warnings    []string
 
 	// detail, when set, holds reasons and failed as saved, not decoded yet:
 	// a record loaded at start-up is decoded when it is listed or its run
@@ -74,6 +88,7 @@ func (r *decisionRecord) decode() {
 		d.Reasons = []string{"(the saved reasons of this decision are unreadable: " + err.Error() + ")"}
 	}
 	r.reasons, r.failed, r.detail = d.GetReasons(), d.GetFailedChecks(), nil
+	r.enforcement, r.met, r.warned, r.warnings = d.GetEnforcement(), d.GetMet(), d.GetWarned(), d.GetWarnings()
 }
 
 type runKey struct{ device, level, caller string }
@@ -94,7 +109,8 @@ func newLogOf(size int) *Log {
 // result, score, device state and failed checks. The reasons may differ in
 // wording only (how old the latest report is); the record keeps the latest.
 func (r *decisionRecord) sameOutcome(d *decisionRecord) bool {
-	if r.allowed != d.allowed || r.score != d.score || r.state != d.state || len(r.reasons) != len(d.reasons) || len(r.failed) != len(d.failed) {
+	if r.allowed != d.allowed || r.met != d.met || r.warned != d.warned || r.enforcement != d.enforcement || r.score != d.score || r.state != d.state ||
+		len(r.reasons) != len(d.reasons) || len(r.failed) != len(d.failed) || len(r.warnings) != len(d.warnings) {
 		return false
 	}
 	for i, c := range r.failed {
@@ -130,7 +146,7 @@ func (l *Log) record(d decisionRecord) {
 		r := &l.ring[ref.slot]
 		r.decode()
 		if r.seq == ref.seq && r.sameOutcome(&d) && !d.at.Before(r.at) {
-			r.at, r.reasons, r.device, r.level = d.at, d.reasons, d.device, d.level
+			r.at, r.reasons, r.device, r.level, r.warnings = d.at, d.reasons, d.device, d.level, d.warnings
 			r.times++
 			l.queue(ref.slot)
 			return
@@ -186,8 +202,9 @@ func (l *Log) unsaved(now time.Time, all bool) []savedRecord {
 			keep = append(keep, slot)
 			continue
 		}
+		first := !r.saved
 		r.queued, r.saved, r.savedAt = false, true, now
-		due = append(due, savedRecord{slot: slot, rec: *r})
+		due = append(due, savedRecord{slot: slot, rec: *r, first: first})
 	}
 	l.queued = keep
 	return due
@@ -195,8 +212,9 @@ func (l *Log) unsaved(now time.Time, all bool) []savedRecord {
 
 // savedRecord is a record on its way to the store, and where it came from.
 type savedRecord struct {
-	slot int
-	rec  decisionRecord
+	slot  int
+	rec   decisionRecord
+	first bool // never saved before
 }
 
 // unsave queues again the records of a failed save that are still in the
@@ -251,7 +269,7 @@ func (l *Log) list(device string, since, until time.Time, limit int) []*posturev
 		r.decode()
 		out = append(out, &posturev1.Decision{At: timestamppb.New(r.at), FirstAt: timestamppb.New(r.first), Count: r.times,
 			DeviceId: r.device, AccessLevel: r.level, Allowed: r.allowed, Score: r.score, Reasons: r.reasons,
-			FailedChecks: r.failed, Caller: r.caller})
+			FailedChecks: r.failed, Caller: r.caller, Enforcement: r.enforcement, Met: r.met, Warned: r.warned, Warnings: r.warnings})
 	}
 	l.mu.Unlock()
 	return out
@@ -278,12 +296,14 @@ func (l *Log) Save(ctx context.Context, st Store, collector string, all bool) er
 		detail := r.detail
 		if detail == nil {
 			var err error
-			if detail, err = proto.Marshal(&posturev1.Decision{Reasons: r.reasons, FailedChecks: r.failed}); err != nil {
+			if detail, err = proto.Marshal(&posturev1.Decision{Reasons: r.reasons, FailedChecks: r.failed,
+				Enforcement: r.enforcement, Met: r.met, Warned: r.warned, Warnings: r.warnings}); err != nil {
 				encodeErr = fmt.Errorf("decision of device %s saved without its reasons: %w", r.device, err)
 			}
 		}
 		ds[i] = store.Decision{Seq: r.seq, FirstAt: r.first, At: r.at, Count: r.times, Device: r.device, Level: r.level,
-			Caller: r.caller, Allowed: r.allowed, Score: r.score, State: int32(r.state), Detail: detail}
+			Caller: r.caller, Allowed: r.allowed, Score: r.score, State: int32(r.state), Detail: detail,
+			Announce: due[i].first && l.announce.Load()}
 	}
 	// In chunks: one writer operation of many thousand records (a gateway
 	// asking about made-up devices makes a record per request) would hold
@@ -346,13 +366,20 @@ type Entry struct {
 	Failed         []*posturev1.CheckResult
 	// Caller names who asked: "gateway edge-1", "bearer secret 2 (/check)".
 	Caller string
+	// Enforcement is the level's; Met says whether the device met it
+	// (allowed without met: warn or off mode); Warned whether the gateway
+	// was told to warn, with Warnings saying of what.
+	Enforcement posturev1.Enforcement
+	Met, Warned bool
+	Warnings    []string
 }
 
 // Record adds a decision: to the run of identical decisions it continues,
 // or as a new record.
 func (l *Log) Record(e Entry) {
 	l.record(decisionRecord{at: e.At, device: e.Device, level: e.Level, allowed: e.Allowed, score: e.Score, state: e.State,
-		undefinedLevel: e.UndefinedLevel, reasons: e.Reasons, failed: e.Failed, caller: e.Caller})
+		undefinedLevel: e.UndefinedLevel, reasons: e.Reasons, failed: e.Failed, caller: e.Caller,
+		enforcement: e.Enforcement, met: e.Met, warned: e.Warned, warnings: e.Warnings})
 }
 
 // List returns the records of a device (all devices when empty) whose runs

@@ -140,10 +140,10 @@ func (e *Enroller) Enroll(stream EnrollStream) error {
 		refuse("abandoned", fault.Timeout, "enrollment did not finish within %s; enroll again", e.cfg.Wait))
 	defer cancel()
 	err = e.enroll(ctx, stream)
-	// Anything but success, or a failure of the collector's own, is the
-	// peer's failure.
+	// Anything but success, or a failure of the collector's own (its
+	// database among them), is the peer's failure.
 	f, isFault := fault.As(err)
-	done(err != nil && !(isFault && f.Kind == fault.Internal))
+	done(err != nil && !(isFault && (f.Kind == fault.Internal || f.Kind == fault.Unavailable)))
 	if isFault && f.Reason != "" {
 		e.cfg.Stats.EnrollRejected(f.Reason)
 		e.cfg.Logger.Warn("enrollment refused", "reason", f.Reason, "peer", peer, "detail", f.Msg)
@@ -245,8 +245,12 @@ func (e *Enroller) enroll(ctx context.Context, stream EnrollStream) error {
 		return refuse("device_revoked", fault.Denied, "device %s was revoked and cannot enroll again with the same identity", cl.deviceID)
 	case errors.Is(err, store.ErrIdentityKind):
 		return refuse("identity_kind", fault.Denied, "device %s enrolled with another kind of identity than this %s claim; a device keeps its kind of identity: revoke it and enroll this machine as a new device", cl.deviceID, cl.kind)
+	case err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return context.Cause(ctx) // ended before it was stored
 	case err != nil:
-		return fault.Wrap(fault.Internal, "", err, "store enrollment")
+		// Nothing was stored: the token is not used, and the same
+		// enrollment succeeds once the database can be written.
+		return fault.Wrap(fault.Unavailable, "storage", err, "the collector could not store the enrollment (the token is not used up); enroll again later")
 	}
 	e.cfg.Feed.Apply(ev, nil)
 	e.cfg.Stats.Enrolled()

@@ -114,8 +114,12 @@ func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced boo
 		return refuse("certificate_replaced", fault.Denied, "%v", fleet.ErrOldCertificate)
 	case errors.Is(err, store.ErrNotFound):
 		return fault.New(fault.NotFound, "", "device %s is not enrolled with this collector", id)
+	case stream.Context().Err() != nil && errors.Is(err, stream.Context().Err()):
+		return context.Cause(stream.Context()) // ended before it was stored
 	default:
-		return fault.Wrap(fault.Internal, "", err, "store renewed certificate")
+		// Nothing was stored: the certificate the device holds still
+		// counts, and renews again later.
+		return fault.Wrap(fault.Unavailable, "storage", err, "the collector could not store the renewed certificate (the current one keeps working); renew again later")
 	}
 	e.cfg.Stats.Renewed()
 	e.cfg.Logger.Info("device certificate renewed", "device", id, "serial", serial, "not_after", cert.NotAfter.UTC().Format(time.RFC3339),

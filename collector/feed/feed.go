@@ -69,6 +69,10 @@ type Config struct {
 	Hub      Hub
 	Gateways Gateways
 	Logger   *slog.Logger
+	// Applied, when set, is told of every event once it changed memory
+	// (not of one applied again): what else follows the fleet (the
+	// standing keeper, the outbox's deliveries) learns of changes here.
+	Applied func(ev store.Event)
 	// PollInterval and GapTimeout: zero means the defaults.
 	PollInterval time.Duration
 	GapTimeout   time.Duration
@@ -144,6 +148,9 @@ func (f *Feed) apply(ev store.Event, pre *fleet.Assessed) {
 	f.cfg.Hub.Publish(ev.DeviceID, a.Cause, a.Force, ev.ID)
 	if a.Revoked {
 		f.cfg.Fleet.CloseStreams(ev.DeviceID, fmt.Errorf("%w: %s", fleet.ErrRevoked, a.Reason))
+	}
+	if f.cfg.Applied != nil {
+		f.cfg.Applied(ev)
 	}
 }
 

@@ -57,8 +57,27 @@ func (f *Fleet) Apply(ev store.Event, pre *Assessed) Applied {
 		if ev.Device != nil {
 			return f.applyDevice(ev)
 		}
+	case store.EventStanding:
+		if ev.Standing != nil {
+			return f.applyStanding(ev)
+		}
 	}
 	return Applied{}
+}
+
+// applyStanding takes a device's recorded standing. The newest standing
+// event wins; a device event that carried a standing (a change of state
+// that lost the device its levels) counts as one.
+func (f *Fleet) applyStanding(ev store.Event) Applied {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.devices[ev.DeviceID]
+	if !ok || ev.ID <= e.standingEvent {
+		return Applied{}
+	}
+	st := ev.Standing.Normalize()
+	e.setStanding(&st, ev.ID)
+	return Applied{Fresh: true, Cause: "standing"}
 }
 
 // applyDevice takes the device as its event stored it. What only reports
@@ -97,6 +116,7 @@ func (f *Fleet) applyDevice(ev store.Event) Applied {
 		e.osLine, e.boot, e.replay = old.osLine, old.boot, old.replay
 		e.subject.Assessment, e.subject.ReportAt = old.subject.Assessment, old.subject.ReportAt
 		e.reportsDue = atomic.LoadUint32(&old.reportsDue)
+		e.setStanding(old.standing, old.standingEvent)
 		wasRevoked = old.subject.State == posturev1.DeviceState_DEVICE_STATE_REVOKED
 		if old.headAfter(e.hasHead, e.lastSeq) {
 			// A report applied here already is past the head this event
@@ -107,6 +127,10 @@ func (f *Fleet) applyDevice(ev store.Event) Applied {
 				e.tpmClock = old.tpmClock
 			}
 		}
+	}
+	if ev.Standing != nil && ev.ID > e.standingEvent {
+		st := ev.Standing.Normalize()
+		e.setStanding(&st, ev.ID)
 	}
 	f.devices[d.ID] = e
 	a := Applied{Fresh: true, Force: true, Reason: d.StateReason}

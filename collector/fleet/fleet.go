@@ -67,11 +67,16 @@ type entry struct {
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
 	replay      *replayMemo             // the last event log replayed (BootState); nil for none, as for software devices
 	subject     policy.Subject
-	certTag     uint64 // certTag of the device certificate last issued: older ones no longer count
-	prevCertTag uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
-	tpm         bool   // identity kind: TPM AK or software key
-	hasHead     bool   // a report is stored
-	reportsDue  uint32 // the report budget (SpendReport), in seconds of the fleet's clock; accessed atomically
+	// standing is the device's recorded standing (nil for the zero one),
+	// which subject.Failing mirrors for decisions; standingEvent is the
+	// event that set it (0 when loaded).
+	standing      *store.Standing
+	standingEvent uint64
+	certTag       uint64 // certTag of the device certificate last issued: older ones no longer count
+	prevCertTag   uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
+	tpm           bool   // identity kind: TPM AK or software key
+	hasHead       bool   // a report is stored
+	reportsDue    uint32 // the report budget (SpendReport), in seconds of the fleet's clock; accessed atomically
 }
 
 // CertTag condenses a certificate serial (hex, as stored) to what an entry
@@ -124,11 +129,25 @@ type Scanner interface {
 	ScanFleet(ctx context.Context, parts int, fn func(part int, row *store.FleetRow) error) error
 }
 
+// Loader is what Load reads: every device with its latest report, and
+// the recorded standings (store.Store's Standings).
+type Loader interface {
+	Scanner
+	Standings(ctx context.Context, fn func(id string, s store.Standing) error) error
+}
+
 // Load fills the fleet from the store, assessing each device's latest
-// report, and tells seen of each. Decoding and assessing reports is the
-// cost of a large fleet's start, so it runs on every core, each reading
-// its own share of the store.
-func (f *Fleet) Load(ctx context.Context, st Scanner, seen Loaded) error {
+// report with its recorded standing, and tells seen of each. Decoding and
+// assessing reports is the cost of a large fleet's start, so it runs on
+// every core, each reading its own share of the store.
+func (f *Fleet) Load(ctx context.Context, st Loader, seen Loaded) error {
+	standings := map[string]*store.Standing{}
+	if err := st.Standings(ctx, func(id string, s store.Standing) error {
+		standings[id] = &s
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load standings: %w", err)
+	}
 	workers := runtime.GOMAXPROCS(0)
 	type found struct {
 		id string
@@ -142,6 +161,8 @@ func (f *Fleet) Load(ctx context.Context, st Scanner, seen Loaded) error {
 		if err != nil {
 			return err
 		}
+		// Read-only: every part looks its own devices up.
+		e.setStanding(standings[row.ID], 0)
 		parts[part] = append(parts[part], found{row.ID, e})
 		if seen != nil {
 			seen(part, row.ID, &e.subject, pol)
@@ -277,6 +298,19 @@ type replayMemo struct {
 type replayFailure struct {
 	reading *posturev1.MeasuredBoot
 	pcrs    [sha256.Size]byte
+}
+
+// setStanding records the device's standing, as event ev set it (0:
+// loaded), and mirrors its failing-since times in the subject.
+func (e *entry) setStanding(s *store.Standing, ev uint64) {
+	e.standing, e.standingEvent = s, ev
+	e.subject.Failing = nil
+	if s == nil {
+		return
+	}
+	for _, f := range s.Failing {
+		e.subject.Failing = append(e.subject.Failing, policy.Failing{Check: f.Check, Since: f.Since, Warned: f.Warned})
+	}
 }
 
 // bootState is what the entry knows of measured boot.
@@ -507,6 +541,23 @@ func (f *Fleet) Judged(id string) (policy.Subject, *policy.Policy, bool) {
 		return policy.Subject{}, p, false
 	}
 	return e.subject, p, true
+}
+
+// Standing copies a device's subject, the policy in force and the
+// device's recorded standing: what the standing is judged from.
+func (f *Fleet) Standing(id string) (policy.Subject, *policy.Policy, store.Standing, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p := f.pol.Load()
+	e, ok := f.devices[id]
+	if !ok {
+		return policy.Subject{}, p, store.Standing{}, false
+	}
+	var st store.Standing
+	if e.standing != nil {
+		st = *e.standing
+	}
+	return e.subject, p, st, true
 }
 
 // View copies what a device's posture is rendered from, with the policy

@@ -15,6 +15,7 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -34,8 +35,15 @@ type env struct {
 
 func startCollector(t testing.TB) *env {
 	t.Helper()
+	return startCollectorWith(t, nil)
+}
+
+// startCollectorWith starts a collector judging by pol (nil: the built-in
+// policy).
+func startCollectorWith(t testing.TB, pol *policy.Policy) *env {
+	t.Helper()
 	e := &env{t: t, dataDir: t.TempDir()}
-	c, err := collector.New(collector.Config{DataDir: e.dataDir, Listen: "127.0.0.1:0", TrustDomain: testTrustDomain})
+	c, err := collector.New(collector.Config{DataDir: e.dataDir, Listen: "127.0.0.1:0", TrustDomain: testTrustDomain, Policy: pol})
 	if err != nil {
 		t.Fatalf("start collector: %v", err)
 	}

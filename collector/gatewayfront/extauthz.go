@@ -124,14 +124,23 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		r.GetDeniedResponse().Body = d.deniedText()
 		return r, nil
 	}
+	allow := &authv3.OkHttpResponse{
+		// Overwritten, so a client cannot pass its own x-posture-* upstream.
+		Headers: headers,
+		// An allow has no reason; one in the request came from the client.
+		HeadersToRemove: []string{"x-posture-reason", "x-posture-warning"},
+	}
+	if len(d.warnings) > 0 {
+		// The warning goes upstream, for the application to show, and to
+		// the client with the response.
+		w := overwrite("x-posture-warning", d.warningHeader())
+		allow.Headers = append(allow.Headers, w)
+		allow.HeadersToRemove = []string{"x-posture-reason"}
+		allow.ResponseHeadersToAdd = []*corev3.HeaderValueOption{w}
+	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			// Overwritten, so a client cannot pass its own x-posture-* upstream.
-			Headers: headers,
-			// An allow has no reason; one in the request came from the client.
-			HeadersToRemove: []string{"x-posture-reason"},
-		}},
+		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: allow},
 	}, nil
 }
 

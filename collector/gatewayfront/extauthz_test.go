@@ -132,7 +132,7 @@ func TestExtAuthz(t *testing.T) {
 				overwrite("x-posture-level", level),
 				overwrite("x-posture-score", "50"),
 				overwrite("x-posture-assurance", "software"),
-			}, HeadersToRemove: []string{"x-posture-reason"}}},
+			}, HeadersToRemove: []string{"x-posture-reason", "x-posture-warning"}}},
 		}
 	}
 

@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/posture-project/posture/internal/callerid"
+	"github.com/posture-project/posture/collector/callerid"
 	"github.com/posture-project/posture/internal/pki"
 )
 
@@ -36,6 +36,11 @@ const (
 	// HeaderReason says why a request was refused: the first reason of a
 	// denial, or what is wrong with the request.
 	HeaderReason = "X-Posture-Reason"
+	// HeaderWarning is set on an allow that warns: the device does not
+	// meet a level in warn mode, or meets it only while a failing check is
+	// inside its grace ("disk_encryption failing since …, blocks at …").
+	// nginx passes it to the client with auth_request_set and add_header.
+	HeaderWarning = "X-Posture-Warning"
 )
 
 // errNoLevel means a request's URL names no access level.
@@ -189,9 +194,12 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, d.deniedText())
 		return
 	}
+	if len(d.warnings) > 0 {
+		h.Set(HeaderWarning, d.warningHeader())
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	fmt.Fprintf(w, "allowed: device %s meets access level %s (score %s)\n", d.deviceID, d.level, d.score)
+	fmt.Fprint(w, d.allowedText())
 }
 
 // refuse answers a request refused before a decision and reports it.

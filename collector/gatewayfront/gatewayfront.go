@@ -113,6 +113,9 @@ type decision struct {
 	assurance string
 	reasons   []string
 	fixes     []string // "check: remediation" for failed checks
+	// warnings are what an allowed decision warns of (a level in warn
+	// mode the device does not meet, a failing check inside its grace).
+	warnings []string
 }
 
 func newDecision(resp *posturev1.CheckAccessResponse, deviceID, level string) decision {
@@ -123,6 +126,12 @@ func newDecision(resp *posturev1.CheckAccessResponse, deviceID, level string) de
 		score:     strconv.FormatUint(uint64(resp.GetScore()), 10),
 		assurance: assuranceName(resp.GetAssurance()),
 		reasons:   resp.GetReasons(),
+	}
+	if d.allowed && resp.GetWarned() {
+		d.warnings = resp.GetWarnings()
+		if len(d.warnings) == 0 {
+			d.warnings = []string{fmt.Sprintf("device %s does not fully meet access level %s; it will be denied unless fixed", deviceID, level)}
+		}
 	}
 	for _, c := range resp.GetFailedChecks() {
 		if c.GetRemediation() != "" {
@@ -142,6 +151,26 @@ func (d decision) firstReason() string {
 		return ""
 	}
 	return d.reasons[0]
+}
+
+// warningHeader is the X-Posture-Warning value of a warned decision
+// (empty for none): every warning, joined.
+func (d decision) warningHeader() string {
+	return headerValue(strings.Join(d.warnings, "; "))
+}
+
+// allowedText is the short body of an allow, with what it warns of.
+func (d decision) allowedText() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "allowed: device %s meets access level %s (score %s)\n", d.deviceID, d.level, d.score)
+	if len(d.warnings) > 0 {
+		b.Reset()
+		fmt.Fprintf(&b, "allowed with a warning: device %s, access level %s (score %s)\n", d.deviceID, d.level, d.score)
+		for _, w := range d.warnings {
+			b.WriteString("  ! " + w + "\n")
+		}
+	}
+	return b.String()
 }
 
 // deniedText is the short body a denied user sees.

@@ -27,33 +27,33 @@ type nginxConfig struct {
 	Servers []string // server blocks, each listening on "listen 443 ssl;"
 }
 
-// readmeNginx returns the nginx configurations in the README's nginx
+// readmeNginx returns the nginx configurations in the nginx guide's
 // section, in order: the server block, the /posture location for nginx on
 // the collector host, and the upstream of several collectors with its
 // /posture location (which e2e's TestNginxSeveralCollectors runs).
 func readmeNginx(t *testing.T) []string {
 	t.Helper()
-	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "README.md"), "### nginx", "nginx")
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "docs", "gateways", "nginx.md"), "# nginx", "nginx")
 	if len(blocks) != 3 {
-		t.Fatalf("README.md's nginx section has %d nginx blocks, want 3 (the server, the loopback /posture location, several collectors)", len(blocks))
+		t.Fatalf("docs/gateways/nginx.md has %d nginx blocks, want 3 (the server, the loopback /posture location, several collectors)", len(blocks))
 	}
 	return blocks
 }
 
 // substitute replaces each old with its new in conf, and fails when an old
-// is missing: the README changed, and this test must follow it.
+// is missing: the guide changed, and this test must follow it.
 func substitute(t *testing.T, conf string, oldnew ...string) string {
 	t.Helper()
 	for i := 0; i < len(oldnew); i += 2 {
 		if !strings.Contains(conf, oldnew[i]) {
-			t.Fatalf("the README's nginx configuration no longer has %q:\n%s", oldnew[i], conf)
+			t.Fatalf("the nginx guide's configuration no longer has %q:\n%s", oldnew[i], conf)
 		}
 		conf = strings.ReplaceAll(conf, oldnew[i], oldnew[i+1])
 	}
 	return conf
 }
 
-// TestNginx puts Debian's nginx, configured as the README says, in front of
+// TestNginx puts Debian's nginx, configured as docs/gateways/nginx.md says, in front of
 // a test application, and drives it with a real enrolled device's
 // certificate: once with nginx authenticating to /check by its gateway
 // certificate over TLS, once by a bearer secret over loopback.
@@ -89,7 +89,7 @@ func TestNginx(t *testing.T) {
 	check := httptest.NewServer(fa)
 	t.Cleanup(check.Close)
 	// TLS as the collector serves /check when started with --advertise
-	// collector.example.com:8443, the name the README's nginx verifies.
+	// collector.example.com:8443, the name the nginx guide's verifies.
 	checkTLS := httptest.NewUnstartedServer(fa)
 	if checkTLS.TLS, err = e.c.ServingTLS("collector.example.com"); err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestNginx(t *testing.T) {
 
 	readme := readmeNginx(t)
 	serverBlock, loopbackLocation := readme[0], readme[1]
-	// Where the README's paths and addresses are in this test. The test
+	// Where the guide's paths and addresses are in this test. The test
 	// device meets basic but not trusted.
 	local := []string{
 		"/etc/nginx/app.crt", paths["server.crt"],
@@ -149,7 +149,7 @@ func TestNginx(t *testing.T) {
 	i := strings.Index(serverBlock, "    location = /posture {")
 	j := strings.Index(serverBlock[max(i, 0):], "\n    }\n")
 	if i < 0 || j < 0 {
-		t.Fatalf("the README's nginx server has no location = /posture block:\n%s", serverBlock)
+		t.Fatalf("the nginx guide's server has no location = /posture block:\n%s", serverBlock)
 	}
 	loopback := serverBlock[:i] + strings.TrimSuffix(loopbackLocation, "\n") + serverBlock[i+j+len("\n    }"):]
 	bearerServer := substitute(t, loopback, append(local,
@@ -197,6 +197,7 @@ func TestNginx(t *testing.T) {
 		HeaderScore, "100",
 		HeaderAssurance, "tpm_ek_verified",
 		HeaderReason, "approved by security",
+		HeaderWarning, "nothing to see",
 	}
 	servers := []struct {
 		name string

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector/fault"
 	"github.com/posture-project/posture/collector/fleet"
@@ -59,7 +60,10 @@ type Config struct {
 }
 
 // Ingester serves report streams.
-type Ingester struct{ cfg Config }
+type Ingester struct {
+	cfg      Config
+	failures storeFailures
+}
 
 // New makes an Ingester.
 func New(cfg Config) *Ingester {
@@ -154,8 +158,13 @@ func (in *Ingester) Serve(stream Stream, id string, current func() error) error 
 		if ctx.Err() != nil {
 			return streamEnd(ctx)
 		}
-		return fault.Wrap(fault.Unavailable, "", err, "open report stream; reconnect later")
+		// Opening a stream writes (its number): a database that cannot be
+		// written refuses the stream before any report.
+		in.cfg.Stats.StreamRefused("storage")
+		in.failures.fail(in.cfg.Logger, in.cfg.Now(), "open report stream", err)
+		return fault.Wrap(fault.Unavailable, "storage", err, "the collector cannot write its database; reports stay spooled: reconnect later")
 	}
+	in.failures.ok(in.cfg.Logger, in.cfg.Now())
 	s := &session{in: in, ctx: ctx, cancel: cancel, id: id, stream: h.Stream, seq: h.LastSeq, digest: h.LastDigest, hasHead: h.LastDigest != nil}
 	nonce := newNonce()
 	if err := stream.Send(&posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Welcome{Welcome: &posturev1.Welcome{
@@ -264,11 +273,14 @@ func (s *session) answer(sr *posturev1.SignedReport, nonce, next []byte) (*postu
 		return nil, rej.end
 	case rej != nil:
 		in.cfg.Stats.Rejected(ReasonName(rej.reason))
-		if rej.reason == posturev1.RejectReason_REJECT_REASON_RATE_LIMITED {
+		switch rej.reason {
+		case posturev1.RejectReason_REJECT_REASON_RATE_LIMITED, posturev1.RejectReason_REJECT_REASON_STORAGE:
 			// Cheap to send and to refuse: a flooding device would fill the
-			// log instead. Counted like the rest.
+			// log instead; and a database that cannot be written refuses
+			// every device's reports, which storeFailures logs once. Counted
+			// like the rest.
 			in.cfg.Logger.Debug("report rejected", "device", s.id, "reason", ReasonName(rej.reason), "detail", rej.msg)
-		} else {
+		default:
 			in.cfg.Logger.Warn("report rejected", "device", s.id, "reason", ReasonName(rej.reason), "detail", rej.msg)
 		}
 		if errors.Is(context.Cause(s.ctx), fleet.ErrRevoked) {
@@ -282,8 +294,28 @@ func (s *session) answer(sr *posturev1.SignedReport, nonce, next []byte) (*postu
 	}
 	in.cfg.Stats.Accepted()
 	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog,
+		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog, Standing: s.standing(),
 	}}}, nil
+}
+
+// standing is what the policy says of the device now that its report is
+// applied, for the agent to tell the device's user: the failing checks,
+// each with since when and when its grace ends, and how often to say so.
+func (s *session) standing() *posturev1.DeviceStanding {
+	subj, pol, ok := s.in.cfg.Fleet.Judged(s.id)
+	if !ok {
+		return nil
+	}
+	now := s.in.cfg.Now()
+	out := &posturev1.DeviceStanding{NotifyEvery: durationpb.New(pol.NotifyEvery()), NotifyBeforeBlock: durationpb.New(pol.NotifyBeforeBlock())}
+	for _, f := range subj.Failures() {
+		c := &posturev1.CheckResult{Name: f.Check, Outcome: f.Outcome, Reason: f.Reason, Remediation: f.Remediation, FailingSince: timestamppb.New(f.Since)}
+		if !f.BlocksAt.IsZero() {
+			c.BlocksAt, c.InGrace = timestamppb.New(f.BlocksAt), now.Before(f.BlocksAt)
+		}
+		out.Failing = append(out.Failing, c)
+	}
+	return out
 }
 
 // streamEnd is why a stream whose context ended ended.
@@ -423,9 +455,10 @@ func (s *session) ingest(sr *posturev1.SignedReport, nonce []byte) (_ *store.Rep
 		// not fail.
 		return nil, false, &rejection{end: streamEnd(s.ctx)}
 	default:
-		in.cfg.Logger.Error("store report", "device", id, "seq", rec.Seq, "err", err)
+		in.failures.fail(in.cfg.Logger, now, "store report", err)
 		return nil, false, reject(posturev1.RejectReason_REJECT_REASON_STORAGE, "collector could not store the report; it will be accepted when sent again")
 	}
+	in.failures.ok(in.cfg.Logger, now)
 	s.seq, s.digest, s.hasHead = rec.Seq, rec.Digest, true
 	in.cfg.Feed.Apply(ev, &fleet.Assessed{Report: r, Boot: boot})
 	return &rec, wantLog, nil

@@ -29,16 +29,26 @@ const (
 )
 
 // celEnv declares what a level expression sees: `device`, a map of the
-// latest verified posture, and device.evidence_age(section).
+// latest verified posture, device.evidence_age(section),
+// device.failing_since(check) and device.in_grace(check).
 var celEnv = mustEnv()
 
 func mustEnv() *cel.Env {
+	deviceType := cel.MapType(cel.StringType, cel.DynType)
 	env, err := cel.NewEnv(
-		cel.Variable("device", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("device", deviceType),
 		cel.Function("evidence_age",
 			cel.MemberOverload("device_evidence_age_string",
-				[]*cel.Type{cel.MapType(cel.StringType, cel.DynType), cel.StringType}, cel.DurationType,
+				[]*cel.Type{deviceType, cel.StringType}, cel.DurationType,
 				cel.BinaryBinding(evidenceAgeOf))),
+		cel.Function("failing_since",
+			cel.MemberOverload("device_failing_since_string",
+				[]*cel.Type{deviceType, cel.StringType}, cel.TimestampType,
+				cel.BinaryBinding(failingSinceOf))),
+		cel.Function("in_grace",
+			cel.MemberOverload("device_in_grace_string",
+				[]*cel.Type{deviceType, cel.StringType}, cel.BoolType,
+				cel.BinaryBinding(inGraceOf))),
 	)
 	if err != nil {
 		panic("policy CEL environment: " + err.Error())
@@ -73,6 +83,55 @@ func evidenceAgeOf(dev, section ref.Val) ref.Val {
 		return types.NewErr("evidence_age: no measured evidence with a valid observed_at for %v", section)
 	}
 	return types.Duration{Duration: evidenceAge(now.(types.Timestamp).Time, at.(types.Timestamp).Time)}
+}
+
+// checkOf finds a check of the decision's subject for failing_since and
+// in_grace: the device value a decision made, and the check's index in
+// its assessment.
+func checkOf(dev, check ref.Val, fn string) (*deviceValue, int, ref.Val) {
+	d, ok := dev.(*deviceValue)
+	if !ok || d.subject == nil || d.subject.Assessment == nil {
+		return nil, 0, types.NewErr("%s: receiver is not the device", fn)
+	}
+	name, ok := check.(types.String)
+	if !ok {
+		return nil, 0, types.NewErr("%s: the check name is not a string", fn)
+	}
+	a := d.subject.Assessment
+	for i := range a.checks {
+		if a.name(i) == string(name) {
+			return d, i, nil
+		}
+	}
+	return nil, 0, types.NewErr("%s: the device's assessment has no check %q", fn, string(name))
+}
+
+// failingSinceOf is device.failing_since("disk_encryption"): since when
+// the check has been failing (recorded, shared by every collector, and
+// kept across restarts). For a check that passes it is an error, which
+// denies unless the expression asks first: device.checks.x != "pass" &&
+// device.failing_since("x") < timestamp(…), or with ||, whose other side
+// decides.
+func failingSinceOf(dev, check ref.Val) ref.Val {
+	d, i, err := checkOf(dev, check, "failing_since")
+	if err != nil {
+		return err
+	}
+	since, failing := d.subject.failingSince(i)
+	if !failing {
+		return types.NewErr("failing_since: check %v does not fail", check)
+	}
+	return types.Timestamp{Time: since}
+}
+
+// inGraceOf is device.in_grace("disk_encryption"): the check fails, and
+// its grace has not ended at the decision's time.
+func inGraceOf(dev, check ref.Val) ref.Val {
+	d, i, err := checkOf(dev, check, "in_grace")
+	if err != nil {
+		return err
+	}
+	return types.Bool(d.subject.inGrace(i, d.now, d.except))
 }
 
 // compileExpr compiles a level expression and checks every path it reads
@@ -134,6 +193,7 @@ type fieldTree map[string]fieldTree
 type deviceSchema struct {
 	fields   fieldTree
 	sections map[string]bool // what device.evidence_age accepts
+	checks   map[string]bool // what device.failing_since and device.in_grace accept
 }
 
 // decisionKeys are the keys of device that each decision supplies (see
@@ -146,6 +206,10 @@ func newDeviceSchema(p *Policy) *deviceSchema {
 	s := &deviceSchema{
 		fields:   fieldsOf(types.DefaultTypeAdapter.NativeToValue(vars)),
 		sections: map[string]bool{},
+		checks:   map[string]bool{},
+	}
+	for _, c := range p.Checks {
+		s.checks[c.Name] = true
 	}
 	sample := &deviceValue{identity: identityValues[posturev1.IdentityAssurance_IDENTITY_ASSURANCE_UNSPECIFIED]}
 	for _, k := range decisionKeys {
@@ -221,6 +285,12 @@ func (w *pathChecker) visit(e celast.Expr, shadowed bool) {
 			if _, path, ok := w.lookup(call.Target(), shadowed); ok && path == "device" {
 				if sec, ok := literalString(args[0]); ok && !w.schema.sections[sec] {
 					w.report(args[0], "device.evidence_age has no section %q; sections are %s", sec, names(w.schema.sections))
+				}
+			}
+		case (name == "failing_since" || name == "in_grace") && call.IsMemberFunction() && len(args) == 1:
+			if _, path, ok := w.lookup(call.Target(), shadowed); ok && path == "device" {
+				if check, ok := literalString(args[0]); ok && !w.schema.checks[check] {
+					w.report(args[0], "device.%s has no check %q; the policy's checks are %s", name, check, names(w.schema.checks))
 				}
 			}
 		}
@@ -433,6 +503,10 @@ type deviceValue struct {
 	identity      ref.Val
 	reportAge     time.Duration
 	now           time.Time
+	// subject and except are the decision's, for failing_since and
+	// in_grace.
+	subject *Subject
+	except  int
 }
 
 func (d *deviceValue) dynamic(key ref.Val) (ref.Val, bool) {
@@ -501,9 +575,10 @@ func (a deviceActivation) ResolveName(name string) (any, bool) {
 
 func (a deviceActivation) Parent() interpreter.Activation { return nil }
 
-// evalExpr evaluates a level expression for the subject at now. Any
+// evalExpr evaluates a level expression for the subject at now (except
+// names a check judged as if its grace were over, or is -1). Any
 // evaluation error denies, with the error as the reason.
-func evalExpr(prg cel.Program, s *Subject, score uint32, now time.Time) (bool, string) {
+func evalExpr(prg cel.Program, s *Subject, score uint32, now time.Time, except int) (bool, string) {
 	dev := &deviceValue{
 		Mapper:    s.Assessment.celVars,
 		score:     int64(score),
@@ -511,6 +586,8 @@ func evalExpr(prg cel.Program, s *Subject, score uint32, now time.Time) (bool, s
 		identity:  identityValues[s.Assurance],
 		reportAge: s.ReportAge(now),
 		now:       now,
+		subject:   s,
+		except:    except,
 	}
 	out, _, err := prg.Eval(deviceActivation{device: dev})
 	if err != nil {

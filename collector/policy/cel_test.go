@@ -153,7 +153,7 @@ func TestCELSchemaPathsEvaluate(t *testing.T) {
 			}
 			r := report(func(r *posturev1.PostureReport) { r.CreatedAt = timestamppb.New(t0) })
 			s := &Subject{State: posturev1.DeviceState_DEVICE_STATE_ACTIVE, Assessment: p.AssessWith(r, t0, measured), ReportAt: t0}
-			if ok, why := evalExpr(prg, s, 100, t0); !ok {
+			if ok, why := evalExpr(prg, s, 100, t0, -1); !ok {
 				t.Errorf("%s: %s", path, why)
 			}
 		})

@@ -33,8 +33,12 @@ type Policy struct {
 	Freshness Freshness `yaml:"freshness"`
 	Checks    []Check   `yaml:"checks"`
 	Levels    []Level   `yaml:"levels"`
+	// Notify says how often devices tell their users about failing
+	// checks, and how long before a grace ends they warn.
+	Notify Notify `yaml:"notify"`
 
-	setKeys sync.Map // LevelSet → SetKey's string
+	setKeys  sync.Map // LevelSet → SetKey's string
+	hasGrace bool     // some check has a grace
 }
 
 // Freshness sets how trust decays when a device goes silent.
@@ -43,10 +47,52 @@ type Freshness struct {
 	ExpireAfter time.Duration `yaml:"expire_after"`
 }
 
+// Notify bounds what devices show their users (agent desktop
+// notifications) and when the collector announces a grace ending.
+type Notify struct {
+	// Every is the shortest time between two notifications of one
+	// failing check on a device (DefaultNotifyEvery when zero).
+	Every time.Duration `yaml:"every"`
+	// BeforeBlock is how long before a check's grace ends the device's
+	// user is warned, and a grace_ending event goes out
+	// (DefaultNotifyBeforeBlock when zero).
+	BeforeBlock time.Duration `yaml:"before_block"`
+}
+
+// Defaults of Notify.
+const (
+	DefaultNotifyEvery       = 4 * time.Hour
+	DefaultNotifyBeforeBlock = 24 * time.Hour
+	// minNotifyEvery keeps a policy from making devices nag their users.
+	minNotifyEvery = 10 * time.Minute
+)
+
+// NotifyEvery is Notify.Every, or its default.
+func (p *Policy) NotifyEvery() time.Duration {
+	if p.Notify.Every > 0 {
+		return p.Notify.Every
+	}
+	return DefaultNotifyEvery
+}
+
+// NotifyBeforeBlock is Notify.BeforeBlock, or its default.
+func (p *Policy) NotifyBeforeBlock() time.Duration {
+	if p.Notify.BeforeBlock > 0 {
+		return p.Notify.BeforeBlock
+	}
+	return DefaultNotifyBeforeBlock
+}
+
 // Check is one weighted check. Its name selects what it examines.
 type Check struct {
 	Name   string `yaml:"name"`
 	Weight uint32 `yaml:"weight"`
+	// Grace is how long a failing check does not count against a device:
+	// from the first report that failed it (the device's failing-since
+	// time for the check, which every collector shares) until then, the
+	// check counts as passing for the score and for levels that require
+	// it, and every decision says when it will block. Zero blocks at once.
+	Grace time.Duration `yaml:"grace"`
 	// MaxSecurityPending is the most pending security updates that pass
 	// (security_updates).
 	MaxSecurityPending uint32 `yaml:"max_security_pending"`
@@ -85,9 +131,54 @@ type Level struct {
 	// device.score >= 80 && device.disk.system_encrypted &&
 	// device.evidence_age("os") < duration("24h").
 	Expr string `yaml:"expr"`
+	// Enforce says what a device that does not meet the level is told:
+	// block (the default) denies; warn allows and says so (a header for
+	// gateways, a field of CheckAccess, the decision log); off allows
+	// without a word and only records the decision, for rolling a new
+	// level out.
+	Enforce string `yaml:"enforce"`
 
-	program cel.Program
+	program     cel.Program
+	enforcement Enforcement
 }
+
+// Enforcement is what a level's decision does when a device does not meet
+// it (Level.Enforce).
+type Enforcement uint8
+
+// The enforcements.
+const (
+	EnforceBlock Enforcement = iota
+	EnforceWarn
+	EnforceOff
+)
+
+var enforcementNames = map[string]Enforcement{"": EnforceBlock, "block": EnforceBlock, "warn": EnforceWarn, "off": EnforceOff}
+
+// String is the name a policy gives the enforcement.
+func (e Enforcement) String() string {
+	switch e {
+	case EnforceWarn:
+		return "warn"
+	case EnforceOff:
+		return "off"
+	}
+	return "block"
+}
+
+// Proto is the enforcement as the wire contract names it.
+func (e Enforcement) Proto() posturev1.Enforcement {
+	switch e {
+	case EnforceWarn:
+		return posturev1.Enforcement_ENFORCEMENT_WARN
+	case EnforceOff:
+		return posturev1.Enforcement_ENFORCEMENT_OFF
+	}
+	return posturev1.Enforcement_ENFORCEMENT_BLOCK
+}
+
+// Enforcement is the level's enforcement.
+func (l Level) Enforcement() Enforcement { return l.enforcement }
 
 // checkKinds maps check names to what they examine and the options they
 // read. An option set on a check that does not read it is an error: the
@@ -174,6 +265,7 @@ func Parse(data []byte) (*Policy, error) {
 // each check and level sets (after YAML merges and aliases).
 type layout struct {
 	freshness int
+	notify    int
 	checks    []entry
 	levels    []entry
 }
@@ -233,6 +325,7 @@ func locate(data []byte) (layout, error) {
 	// Shape errors are left to the strict decode, which words them better.
 	var raw struct {
 		Freshness yaml.Node   `yaml:"freshness"`
+		Notify    yaml.Node   `yaml:"notify"`
 		Checks    []yaml.Node `yaml:"checks"`
 		Levels    []yaml.Node `yaml:"levels"`
 	}
@@ -250,7 +343,7 @@ func locate(data []byte) (layout, error) {
 		}
 		return es
 	}
-	return layout{freshness: raw.Freshness.Line, checks: items(raw.Checks), levels: items(raw.Levels)}, nil
+	return layout{freshness: raw.Freshness.Line, notify: raw.Notify.Line, checks: items(raw.Checks), levels: items(raw.Levels)}, nil
 }
 
 // at prefixes an error with its line in the policy file, when known.
@@ -307,6 +400,10 @@ func (p *Policy) validate(lay layout) error {
 		default:
 			errs = append(errs, at(e.keyLine("measured"), "%s: measured %q: want prefer, require or ignore", where, c.Measured))
 		}
+		p.hasGrace = p.hasGrace || c.Grace > 0
+		if c.Grace < 0 {
+			errs = append(errs, at(e.keyLine("grace"), "%s: grace %v is negative: give how long a failing check is tolerated, such as 72h (0 blocks at once)", where, c.Grace))
+		}
 		if c.MaxScreenLockTimeout < 0 {
 			errs = append(errs, at(e.keyLine("max_timeout"), "%s: max_timeout %v is negative: give the longest inactivity allowed before the screen locks, such as 15m (0 accepts any enabled lock)", where, c.MaxScreenLockTimeout))
 		}
@@ -320,6 +417,12 @@ func (p *Policy) validate(lay layout) error {
 				errs = append(errs, at(e.keyLine("min_versions"), "%s: min_versions %s: %q is not a version: write dot-separated numbers, such as \"22.04\"", where, osName, v))
 			}
 		}
+	}
+	if n := p.Notify; n.Every < 0 || (n.Every > 0 && n.Every < minNotifyEvery) {
+		errs = append(errs, at(lay.notify, "notify: every %v: give at least %v between two notifications of a check (default %v)", n.Every, minNotifyEvery, DefaultNotifyEvery))
+	}
+	if p.Notify.BeforeBlock < 0 {
+		errs = append(errs, at(lay.notify, "notify: before_block %v is negative: give how long before a grace ends users are warned, such as 24h", p.Notify.BeforeBlock))
 	}
 	if len(p.Levels) == 0 {
 		errs = append(errs, errors.New("levels: at least one access level is required"))
@@ -360,6 +463,11 @@ func (p *Policy) validate(lay layout) error {
 				errs = append(errs, at(e.keyLine("require"), "levels[%d] %s: requires check %q, which the policy does not define", i, l.Name, r))
 			}
 		}
+		if en, ok := enforcementNames[l.Enforce]; ok {
+			l.enforcement = en
+		} else {
+			errs = append(errs, at(e.keyLine("enforce"), "levels[%d] %s: enforce %q: want block, warn or off", i, l.Name, l.Enforce))
+		}
 		if _, ok := assuranceNames[l.MinAssurance]; l.MinAssurance != "" && !ok {
 			errs = append(errs, at(e.keyLine("min_assurance"), "levels[%d] %s: min_assurance %q is not one of software, tpm_ek_pinned, tpm_ek_verified", i, l.Name, l.MinAssurance))
 		}
@@ -373,7 +481,7 @@ func (p *Policy) validate(lay layout) error {
 func (c Check) optionsSet(e entry) []string {
 	set := map[string]bool{}
 	for k := range e.keys {
-		if k != "name" && k != "weight" {
+		if k != "name" && k != "weight" && k != "grace" {
 			set[k] = true
 		}
 	}
@@ -408,6 +516,19 @@ func knownChecks() []string {
 	}
 	slices.Sort(k)
 	return k
+}
+
+// HasGrace says whether a check of the policy has a grace.
+func (p *Policy) HasGrace() bool { return p.hasGrace }
+
+// Check returns the named check.
+func (p *Policy) Check(name string) (Check, bool) {
+	for _, c := range p.Checks {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Check{}, false
 }
 
 // Level returns the named level.

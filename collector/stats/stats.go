@@ -13,6 +13,7 @@ type Stats struct {
 	mu                  sync.Mutex
 	reportsAccepted     uint64
 	reportsRejected     map[string]uint64
+	streamsRefused      map[string]uint64
 	enrollments         uint64
 	enrollmentsRejected map[string]uint64
 	rpcDenied           map[string]uint64
@@ -32,7 +33,7 @@ const MaxGatewayRejections = 64
 
 // New makes zero counts.
 func New() *Stats {
-	return &Stats{reportsRejected: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[GatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}, anonRefused: map[string]uint64{}}
+	return &Stats{reportsRejected: map[string]uint64{}, streamsRefused: map[string]uint64{}, enrollmentsRejected: map[string]uint64{}, rpcDenied: map[string]uint64{}, gatewayRejected: map[GatewayRejection]uint64{}, renewalsRejected: map[string]uint64{}, anonRefused: map[string]uint64{}}
 }
 
 // Accepted counts one report stored.
@@ -46,6 +47,14 @@ func (s *Stats) Accepted() {
 func (s *Stats) Rejected(reason string) {
 	s.mu.Lock()
 	s.reportsRejected[reason]++
+	s.mu.Unlock()
+}
+
+// StreamRefused counts one report stream refused before any report was
+// read, by reason (storage: the database could not be written).
+func (s *Stats) StreamRefused(reason string) {
+	s.mu.Lock()
+	s.streamsRefused[reason]++
 	s.mu.Unlock()
 }
 
@@ -107,6 +116,7 @@ func (s *Stats) GatewayRejected(front, reason string) {
 type Snapshot struct {
 	ReportsAccepted, Enrollments, CertsRenewed                        uint64
 	ReportsRejected, EnrollmentsRejected, RPCDenied, RenewalsRejected map[string]uint64
+	StreamsRefused                                                    map[string]uint64
 	GatewayRejected                                                   map[GatewayRejection]uint64
 	AnonRefused                                                       map[string]uint64
 }
@@ -119,6 +129,7 @@ func (s *Stats) Snapshot() Snapshot {
 		ReportsAccepted:     s.reportsAccepted,
 		Enrollments:         s.enrollments,
 		ReportsRejected:     maps.Clone(s.reportsRejected),
+		StreamsRefused:      maps.Clone(s.streamsRefused),
 		EnrollmentsRejected: maps.Clone(s.enrollmentsRejected),
 		RPCDenied:           maps.Clone(s.rpcDenied),
 		GatewayRejected:     maps.Clone(s.gatewayRejected),

@@ -44,6 +44,23 @@ type Record struct {
 	Report   *Report // DeviceID, Seq, Digest, Nonce, Body, Proof, ReceivedAt
 	Decision *DecisionRecord
 	Events   *EventMark
+	// Standing is a device's recorded standing, so that its graces go on
+	// where they were.
+	Standing *StandingRecord
+	// DeviceUser, SSFClient and Receiver carry devices' users, Shared
+	// Signals receivers and their streams (receivers with settings in the
+	// database; their cursors start at the copy's empty outbox).
+	// Messages waiting in the outbox are not copied: let them drain
+	// (stats shows pending 0) before stopping the collector to migrate.
+	DeviceUser *DeviceUser
+	SSFClient  *SSFClient
+	Receiver   *Receiver
+}
+
+// StandingRecord is a device's standing, as Dump writes it.
+type StandingRecord struct {
+	DeviceID string
+	Standing Standing
 }
 
 // Setting is one of the settings that the collectors sharing a database

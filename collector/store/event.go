@@ -26,6 +26,9 @@ const (
 	// EventGatewayRevoked: gateway certificates were revoked
 	// (Event.Serials, Event.Reason).
 	EventGatewayRevoked EventKind = "gateway_revoked"
+	// EventStanding: a device's recorded standing changed (Event.Standing;
+	// Event.Device is the device as stored).
+	EventStanding EventKind = "standing"
 )
 
 // Event is one committed change, as every collector applies it. Events of
@@ -46,16 +49,24 @@ type Event struct {
 	// EventGatewayRevoked revoked, and why.
 	Serials []string
 	Reason  string
+	// Standing is the device's recorded standing after the change: set by
+	// an EventStanding, and by a device event whose change of state lost
+	// the device its levels (StandingInState).
+	Standing *Standing
+	// Reasons say why the failing checks of Standing fail, by check, for
+	// the messages the change sends (OutboxOf); not kept with the event.
+	Reasons map[string]string
 }
 
 // eventData is what an event row keeps besides its ID, time, kind and
 // device: the change, as JSON (small, readable in the database, and the
 // same in every backend). A report's bytes stay in the report's row.
 type eventData struct {
-	Device  *Device      `json:"device,omitempty"`
-	Report  *reportEvent `json:"report,omitempty"`
-	Serials []string     `json:"serials,omitempty"`
-	Reason  string       `json:"reason,omitempty"`
+	Device   *Device      `json:"device,omitempty"`
+	Report   *reportEvent `json:"report,omitempty"`
+	Serials  []string     `json:"serials,omitempty"`
+	Reason   string       `json:"reason,omitempty"`
+	Standing *Standing    `json:"standing,omitempty"`
 }
 
 type reportEvent struct {
@@ -71,7 +82,7 @@ type reportEvent struct {
 // time, kind and device. Backends call it; the encoding is theirs to keep
 // but the same for all.
 func EncodeEventData(ev Event) ([]byte, error) {
-	d := eventData{Device: ev.Device, Serials: ev.Serials, Reason: ev.Reason}
+	d := eventData{Device: ev.Device, Serials: ev.Serials, Reason: ev.Reason, Standing: ev.Standing}
 	if r := ev.Report; r != nil {
 		d.Report = &reportEvent{Seq: r.Seq, Digest: r.Digest, ReceivedAt: r.ReceivedAt.UTC(), TPM: r.TPM, Reboot: r.Reboot, MeasuredBoot: r.MeasuredBoot}
 	}
@@ -90,7 +101,7 @@ func DecodeEventData(data []byte, ev *Event) error {
 	if err := json.Unmarshal(data, &d); err != nil {
 		return fmt.Errorf("decode event %d: %w", ev.ID, err)
 	}
-	ev.Device, ev.Serials, ev.Reason = d.Device, d.Serials, d.Reason
+	ev.Device, ev.Serials, ev.Reason, ev.Standing = d.Device, d.Serials, d.Reason, d.Standing
 	if r := d.Report; r != nil {
 		ev.Report = &Report{DeviceID: ev.DeviceID, Seq: r.Seq, Digest: r.Digest, ReceivedAt: r.ReceivedAt, TPM: r.TPM, Reboot: r.Reboot, MeasuredBoot: r.MeasuredBoot}
 	}

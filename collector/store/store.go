@@ -188,6 +188,10 @@ type Decision struct {
 	Score       uint32
 	State       int32  // the device's state at the decision
 	Detail      []byte // reasons and failed checks, as the collector encodes them
+	// Announce asks SaveDecisions to write the decision's outbox message
+	// (DecisionMessage) in the same transaction: set on a record's first
+	// save when a receiver takes decisions. Not read back.
+	Announce bool
 }
 
 // PruneProgress says how far one call of PruneReports got.
@@ -396,6 +400,95 @@ type Store interface {
 	Replicas(ctx context.Context) ([]Replica, error)
 	// ForgetReplica removes a replica's record (one that was retired).
 	ForgetReplica(ctx context.Context, id string) error
+
+	// RecordStanding replaces a device's recorded standing (see Standing)
+	// by next, by compare-and-set: unless the stored standing is prev
+	// (Standing.Equal), it fails with ErrStandingChanged and changes
+	// nothing. A device that is not active is recorded without levels.
+	// It returns the EventStanding, which carries next, and writes the
+	// messages of what changed (OutboxOf, with reasons saying why the
+	// failing checks fail) in the same transaction; recording what is
+	// stored already returns a zero Event and writes nothing. ErrNotFound
+	// for an unknown device.
+	RecordStanding(ctx context.Context, id string, prev, next Standing, reasons map[string]string, now time.Time) (Event, error)
+	// Standings calls fn with the recorded standing of every device that
+	// has one (the others have the zero standing), by device ID. It stops
+	// at the first error.
+	Standings(ctx context.Context, fn func(id string, s Standing) error) error
+
+	// AppendOutbox writes messages that no event makes (a verification one
+	// receiver asked for), giving each a sequence number and an ID, and
+	// returns them so.
+	AppendOutbox(ctx context.Context, msgs []OutboxMessage) ([]OutboxMessage, error)
+	// OutboxAfter returns up to limit messages with sequence numbers above
+	// after, in order: those for every receiver and those for receiver
+	// alone. Messages commit in the order of their sequence numbers, so
+	// one that is missing now is never committed later.
+	OutboxAfter(ctx context.Context, after uint64, receiver string, limit int) ([]OutboxMessage, error)
+	// LastOutboxSeq is the newest sequence number given out; 0 for none.
+	LastOutboxSeq(ctx context.Context) (uint64, error)
+	// PruneOutbox deletes the messages every receiver's cursor has passed
+	// (all of them when there is no receiver), and every message written
+	// before cutoff, and returns how many.
+	PruneOutbox(ctx context.Context, cutoff time.Time) (int, error)
+
+	// AddReceiver records a receiver unless one with the ID is recorded,
+	// and returns it as stored. A new one starts at the end of the
+	// outbox, its cursor at LastOutboxSeq.
+	AddReceiver(ctx context.Context, id, kind string, config []byte, now time.Time) (Receiver, error)
+	// SetReceiverConfig replaces a receiver's settings; ErrNotFound for an
+	// unknown receiver.
+	SetReceiverConfig(ctx context.Context, id string, config []byte) error
+	// DeleteReceiver forgets a receiver; ErrNotFound for an unknown one.
+	DeleteReceiver(ctx context.Context, id string) error
+	// Receiver returns one receiver, or ErrNotFound.
+	Receiver(ctx context.Context, id string) (Receiver, error)
+	// Receivers lists every receiver by ID.
+	Receivers(ctx context.Context) ([]Receiver, error)
+	// ClaimReceivers takes, for holder until until, the lease of every
+	// receiver among ids whose lease no other holder has at now (or none
+	// had), renews holder's own, and returns the receivers holder holds.
+	// Collectors claiming at once never wait for each other: a receiver
+	// another is claiming is left to it.
+	ClaimReceivers(ctx context.Context, holder string, ids []string, until, now time.Time) ([]Receiver, error)
+	// ReleaseReceivers ends holder's leases.
+	ReleaseReceivers(ctx context.Context, holder string) error
+	// ReceiverDelivered moves a receiver's cursor to through (never
+	// back), counts delivered messages (the last at now, when there were
+	// any) and clears its failures, provided holder holds its lease;
+	// otherwise ErrLeaseLost, and nothing changes.
+	ReceiverDelivered(ctx context.Context, id, holder string, through uint64, delivered int, now time.Time) error
+	// ReceiverFailed records a failed attempt to deliver to a receiver,
+	// provided holder holds its lease (ErrLeaseLost otherwise).
+	ReceiverFailed(ctx context.Context, id, holder, why string, now time.Time) error
+
+	// ClaimLease takes the named lease for holder until until when no
+	// other holder's lease runs at now, or renews holder's, and says
+	// whether holder holds it.
+	ClaimLease(ctx context.Context, name, holder string, until, now time.Time) (bool, error)
+	// ReleaseLease ends holder's named lease.
+	ReleaseLease(ctx context.Context, name, holder string) error
+
+	// BindDeviceUser binds a device to its user in place of any binding
+	// (ErrNotFound for an unknown device).
+	BindDeviceUser(ctx context.Context, u DeviceUser) error
+	// UnbindDeviceUser removes a device's binding (ErrNotFound for none).
+	UnbindDeviceUser(ctx context.Context, id string) error
+	// DeviceUser returns a device's binding, or ErrNotFound.
+	DeviceUser(ctx context.Context, id string) (DeviceUser, error)
+
+	// AddSSFClient records a Shared Signals receiver's API client; a name
+	// or token in use fails.
+	AddSSFClient(ctx context.Context, c SSFClient) error
+	// RemoveSSFClient forgets one (ErrNotFound for an unknown name).
+	RemoveSSFClient(ctx context.Context, name string) error
+	// SSFClients lists them by name.
+	SSFClients(ctx context.Context) ([]SSFClient, error)
+	// PublishSigningKey records a collector's public signing key (a KID
+	// recorded already is kept as it was).
+	PublishSigningKey(ctx context.Context, k SigningKey) error
+	// SigningKeys lists the published keys, oldest first.
+	SigningKeys(ctx context.Context) ([]SigningKey, error)
 
 	// The console's sessions and sign-in links, and the audit log.
 	ConsoleStore

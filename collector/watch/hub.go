@@ -140,13 +140,15 @@ func New(cfg Config) *Hub {
 // decisionKey is what a watcher must hear about when it changes.
 // It holds all a snapshot renders, so a snapshot is made from the keys.
 // The hub keeps one per device, loading holds one per device at its peak,
-// and every snapshot copies them all, so it takes 8 bytes: the allowed
-// levels are a number (see levelSets), the rest fit a byte each.
+// and every snapshot copies them all, so it takes 12 bytes: the allowed
+// and the warned levels are numbers (see levelSets), the rest fit a byte
+// each.
 type decisionKey struct {
 	state     uint8  // posturev1.DeviceState
 	assurance uint8  // posturev1.IdentityAssurance
 	score     uint8  // 0 to 100
 	levels    uint32 // levelSets number of the allowed levels' Policy.SetKey
+	warned    uint32 // levelSets number of the levels allowed with a warning
 }
 
 // levelSets numbers the distinct sets of allowed levels, named by
@@ -235,13 +237,17 @@ func (h *Hub) render(id string, key decisionKey) *posturev1.DeviceDecision {
 	if levels := levelSetKey(key.levels); levels != "" {
 		d.AllowedLevels = strings.Split(levels, "\x00")
 	}
+	if warned := levelSetKey(key.warned); warned != "" {
+		d.WarnedLevels = strings.Split(warned, "\x00")
+	}
 	return d
 }
 
 // keyOf is what a decision would publish for a device, without rendering it.
 func keyOf(subj *policy.Subject, pol *policy.Policy, now time.Time) decisionKey {
-	score, set := pol.AllowedSet(subj, now)
-	return decisionKey{state: uint8(subj.State), assurance: uint8(subj.Assurance), score: uint8(min(score, 100)), levels: levelSetID(pol.SetKey(set))}
+	score, _, allowed, warned := pol.Sets(subj, now)
+	return decisionKey{state: uint8(subj.State), assurance: uint8(subj.Assurance), score: uint8(min(score, 100)),
+		levels: levelSetID(pol.SetKey(allowed)), warned: levelSetID(pol.SetKey(warned))}
 }
 
 // Seeder collects the decisions of a fleet being loaded, parts at once

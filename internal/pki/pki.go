@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Roles a certificate can carry in its SPIFFE ID path.
@@ -130,19 +132,23 @@ func SPIFFEID(trustDomain, role, name string) *url.URL {
 }
 
 // ParseSPIFFEID splits a SPIFFE ID of the form spiffe://<td>/<role>/<name>.
+// The ID must be valid by the SPIFFE ID standard (go-spiffe's parser: no
+// query, fragment, user or port, and only the characters the standard
+// allows), with exactly two path segments.
 func ParseSPIFFEID(raw string) (trustDomain, role, name string, err error) {
-	u, err := url.Parse(raw)
+	id, err := spiffeid.FromString(raw)
 	if err != nil {
-		return "", "", "", fmt.Errorf("parse SPIFFE ID %q: %w", raw, err)
+		return "", "", "", fmt.Errorf("%q is not a SPIFFE ID of the form spiffe://<trust-domain>/<role>/<name>: %w", raw, err)
 	}
-	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
-	if u.Scheme != "spiffe" || u.Host == "" || len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+	parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(parts) != 2 {
 		return "", "", "", fmt.Errorf("%q is not a SPIFFE ID of the form spiffe://<trust-domain>/<role>/<name>", raw)
 	}
-	return u.Host, parts[0], parts[1], nil
+	return id.TrustDomain().Name(), parts[0], parts[1], nil
 }
 
-// PeerID returns the single SPIFFE URI SAN of a certificate.
+// PeerID returns the single SPIFFE URI SAN of a certificate, which must be
+// a valid SPIFFE ID.
 func PeerID(cert *x509.Certificate) (*url.URL, error) {
 	var found *url.URL
 	for _, u := range cert.URIs {
@@ -156,6 +162,9 @@ func PeerID(cert *x509.Certificate) (*url.URL, error) {
 	}
 	if found == nil {
 		return nil, errors.New("certificate has no SPIFFE ID")
+	}
+	if _, err := spiffeid.FromURI(found); err != nil {
+		return nil, fmt.Errorf("certificate's SPIFFE ID %q: %w", found, err)
 	}
 	return found, nil
 }

@@ -66,6 +66,14 @@ func TestParseSPIFFEID(t *testing.T) {
 		{"spiffe://td/device/x/y", "", "", "", false},
 		{"https://td/device/x", "", "", "", false},
 		{"spiffe:///device/x", "", "", "", false},
+		// What url.Parse alone let through.
+		{"spiffe://td/device/x?role=admin", "", "", "", false},
+		{"spiffe://td/device/x#frag", "", "", "", false},
+		{"spiffe://user@td/device/x", "", "", "", false},
+		{"spiffe://td:8443/device/x", "", "", "", false},
+		{"spiffe://TD/device/x", "", "", "", false},
+		{"spiffe://td/device/%2e%2e", "", "", "", false},
+		{"spiffe://td//x", "", "", "", false},
 	}
 	for _, tt := range tests {
 		td, r, n, err := ParseSPIFFEID(tt.in)

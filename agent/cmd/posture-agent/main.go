@@ -146,6 +146,8 @@ func run(args []string, out io.Writer) error {
 	case "version":
 		fmt.Fprintln(out, agent.Version)
 		return nil
+	case "notify":
+		return notifyCommand(rest)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -163,10 +165,11 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 func runAgent(ctx context.Context, stateDir string, interval time.Duration) error {
 	log := newLogger()
 	a, err := agent.New(agent.Config{
-		StateDir: stateDir,
-		Interval: interval,
-		Measurer: signals.New(signals.Options{}),
-		Logger:   log,
+		StateDir:   stateDir,
+		Interval:   interval,
+		Measurer:   signals.New(signals.Options{}),
+		Logger:     log,
+		OnStanding: notifier(stateDir, log),
 	})
 	if err != nil {
 		return err

@@ -68,9 +68,14 @@ func consoleFlags(fs *flag.FlagSet) func() (*collector.ConsoleConfig, error) {
 		}
 		secret := ""
 		if *secretFile != "" {
-			if secret, err = readSecretFile(*secretFile); err != nil {
+			b, err := readSecretFile(*secretFile)
+			if err != nil {
 				return nil, fmt.Errorf("--console-oidc-client-secret-file: %w", err)
 			}
+			if len(b) == 0 {
+				return nil, fmt.Errorf("--console-oidc-client-secret-file: %s is empty", *secretFile)
+			}
+			secret = string(b)
 		}
 		cc.OIDC = &console.OIDC{Issuer: *issuer, ClientID: *clientID, ClientSecret: secret, Scopes: commaList(*scopes), RoleClaim: *roleClaim,
 			AdminValues: commaList(*adminValues), ViewerValues: commaList(*viewerValues)}
@@ -87,26 +92,6 @@ func commaList(v string) []string {
 		}
 	}
 	return out
-}
-
-// readSecretFile reads a secret that must not be readable by others.
-func readSecretFile(path string) (string, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s has mode %v; it holds a credential: chmod 600 it", path, st.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return s, nil
 }
 
 // consoleClient dials the admin socket's console service.

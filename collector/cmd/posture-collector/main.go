@@ -60,6 +60,14 @@ Usage:
   posture-collector decisions [ID] [--since 1h] [--at 10:42] [--limit 100] [-o table|json]
   posture-collector replicas [-o table|json]              the collectors sharing this one's database, and how far each is behind
   posture-collector migrate --from DIR/posture.db --to postgres://…   copy a stopped collector's SQLite database into an empty PostgreSQL one, checked
+  posture-collector devices bind ID --email ADDRESS [--issuer URL --subject SUB]   the device's user, for Shared Signals receivers
+  posture-collector devices unbind ID
+  posture-collector ssf receiver add NAME --audience AUD --level LEVEL   a Shared Signals receiver; prints its API token
+  posture-collector ssf receiver list|remove NAME
+  posture-collector ssf stream create --receiver NAME --endpoint URL [--authorization HEADER]   push SETs to a receiver (Okta)
+  posture-collector ssf stream list|delete ID
+
+Events leave Posture with run's --webhook, --ssf-issuer and --ssf-listen (docs/webhooks.md, docs/ssf.md).
 
 Admin commands reach the running collector through the admin socket in
 --data-dir (default ` + defaultDataDir + `).
@@ -109,7 +117,8 @@ func run(args []string, out io.Writer) error {
 	case "token":
 		return sub(rest, map[string]func([]string, io.Writer) error{"create": tokenCreate}, out)
 	case "devices":
-		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke, "approve": devicesApprove, "preregister": devicesPreregister}, out)
+		return sub(rest, map[string]func([]string, io.Writer) error{"list": devicesList, "show": devicesShow, "revoke": devicesRevoke, "approve": devicesApprove, "preregister": devicesPreregister,
+			"bind": devicesBind, "unbind": devicesUnbind}, out)
 	case "check":
 		return check(rest, out)
 	case "gateway":
@@ -128,6 +137,8 @@ func run(args []string, out io.Writer) error {
 		return sub(rest, map[string]func([]string, io.Writer) error{"login": consoleLogin}, out)
 	case "audit":
 		return audit(rest, out)
+	case "ssf":
+		return ssfCommand(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -218,6 +229,7 @@ func runCollector(args []string) error {
 	decay := fs.Duration("decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
 	consoleConfig := consoleFlags(fs)
 	heartbeat := fs.Duration("watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
+	events := addEventsFlags(fs)
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -255,6 +267,9 @@ func runCollector(args []string) error {
 	cfg := collector.Config{DataDir: *dataDir, Database: *database, Name: *name, DecayInterval: *decay, Listen: *listen, Advertise: *advertise, ServingNames: names, TrustDomain: *trustDomain, MetricsListen: *metricsListen, ReportRetention: retention, EventRetention: eventRetention, WatchHeartbeat: *heartbeat,
 		ReportBurst: *burst, ReportInterval: *every, Logger: slog.New(h)}
 	if cfg.Console, err = consoleConfig(); err != nil {
+		return err
+	}
+	if cfg.Events, err = events.config(); err != nil {
 		return err
 	}
 	if *ekRoots != "" {
@@ -560,6 +575,9 @@ func devicesShow(args []string, out io.Writer) error {
 	if d.GetStateReason() != "" {
 		inert.Fprintf(out, " (%s)", d.GetStateReason())
 	}
+	if u := d.GetUser(); u != nil {
+		inert.Fprintf(out, "\nUser       %s", userText(u))
+	}
 	if d.GetEkSha256() != "" {
 		inert.Fprintf(out, "\nTPM EK     sha256:%s (%d reboots seen)", d.GetEkSha256(), d.GetReboots())
 		mb := p.GetMeasuredBoot()
@@ -577,13 +595,13 @@ func devicesShow(args []string, out io.Writer) error {
 		if c.GetEvidenceAge() != nil {
 			age = c.GetEvidenceAge().AsDuration().String()
 		}
-		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason(), orDash(c.GetRemediation()))
+		checks.row(c.GetName(), outcomeName(c.GetOutcome()), c.GetWeight(), age, c.GetReason()+graceText(c), orDash(c.GetRemediation()))
 	}
 	checks.flush()
 	fmt.Fprintln(out)
 	levels := newTable(out, "LEVEL", "ALLOWED", "WHY NOT")
 	for _, l := range p.GetLevels() {
-		levels.row(l.GetName(), l.GetAllowed(), orDash(strings.Join(l.GetReasons(), "; ")))
+		levels.row(l.GetName(), levelAllowed(l), orDash(strings.Join(append(l.GetReasons(), l.GetWarnings()...), "; ")))
 	}
 	return levels.flush()
 }
@@ -918,10 +936,7 @@ func policyDiff(args []string, out io.Writer) error {
 	}
 	t := newTable(out, "DEVICE", "HOSTNAME", "LEVEL", "CHANGE", "WHY")
 	for _, ch := range resp.GetChanges() {
-		change, why := "gains", "-"
-		if !ch.GetAllowedCandidate() {
-			change, why = "loses", strings.Join(ch.GetReasons(), "; ")
-		}
+		change, why := diffChange(ch)
 		t.row(ch.GetDeviceId(), ch.GetHostname(), ch.GetLevel(), change, why)
 	}
 	t.flush()

@@ -13,11 +13,10 @@ import (
 	"github.com/posture-project/posture/collector/store"
 )
 
-// consoleMigrations bring the schema to the console's versions: the audit
-// log, the console's sessions and its one-time sign-in links. Texts that
+// migrationConsole (schema version 5) holds the audit log, the
+// console's sessions and its one-time sign-in links. Texts that
 // may quote what a person typed or a device sent are bytea, as elsewhere.
-var consoleMigrations = []schemaStep{
-	{20, `
+const migrationConsole = `
 CREATE TABLE audit (
 	id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	at      bigint NOT NULL,
@@ -51,8 +50,7 @@ CREATE TABLE console_links (
 	expires_at bigint NOT NULL,
 	used_at    bigint NOT NULL DEFAULT 0
 );
-`},
-}
+`
 
 // AppendAudit stores an audit record and returns its ID.
 func (s *Store) AppendAudit(ctx context.Context, a store.AuditRecord) (uint64, error) {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
@@ -35,7 +36,10 @@ func (s *Store) SaveDecisions(ctx context.Context, collector string, ds []store.
 		}
 		b.Queue(`DELETE FROM decisions WHERE collector = $1 AND seq <= (SELECT max(seq) FROM decisions WHERE collector = $1) - $2`,
 			collector, int64(keep))
-		return tx.SendBatch(ctx, b).Close()
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		return announceDecisions(ctx, tx, collector, ds)
 	})
 	if err != nil {
 		return fmt.Errorf("save %d decisions: %w", len(ds), err)
@@ -68,4 +72,30 @@ func (s *Store) Decisions(ctx context.Context, collector string, limit int) ([]s
 		return nil, fmt.Errorf("load decisions: %w", err)
 	}
 	return out, nil
+}
+
+// announceDecisions writes the outbox messages of the decisions marked to
+// be announced, within tx, as its last step (see writeOutbox).
+func announceDecisions(ctx context.Context, tx pgx.Tx, collector string, ds []store.Decision) error {
+	var msgs []store.OutboxMessage
+	for _, d := range ds {
+		if !d.Announce {
+			continue
+		}
+		var user *store.DeviceUser
+		u := store.DeviceUser{DeviceID: d.Device}
+		err := tx.QueryRow(ctx, `SELECT email, issuer, subject FROM device_users WHERE device_id = $1`, d.Device).Scan(&u.Email, &u.Issuer, &u.Subject)
+		switch {
+		case err == nil:
+			user = &u
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		m, err := store.DecisionMessage(collector, d, user)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	return writeOutbox(ctx, tx, msgs)
 }

@@ -128,7 +128,11 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			return err
 		}
 		ev = deviceEvent(store.EventEnrolled, stored)
-		return insertEvent(ctx, tx, &ev, now)
+		prev, err := loseLevels(ctx, tx, &ev, stored.State)
+		if err != nil {
+			return err
+		}
+		return recordEvent(ctx, tx, &ev, now, prev)
 	})
 	if err != nil {
 		return store.Device{}, store.Event{}, fmt.Errorf("enroll device %s: %w", d.ID, err)
@@ -201,7 +205,11 @@ func changeDevice(ctx context.Context, tx pgx.Tx, id string, kind store.EventKin
 		return store.Device{}, store.Event{}, err
 	}
 	ev := deviceEvent(kind, d)
-	if err := insertEvent(ctx, tx, &ev, now); err != nil {
+	prev, err := loseLevels(ctx, tx, &ev, d.State)
+	if err != nil {
+		return store.Device{}, store.Event{}, err
+	}
+	if err := recordEvent(ctx, tx, &ev, now, prev); err != nil {
 		return store.Device{}, store.Event{}, err
 	}
 	return d, ev, nil
@@ -254,14 +262,22 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 		ev store.Event
 	)
 	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
+		// The EK is pinned first: writing to the outbox (in changeDevice)
+		// is the transaction's last step (see recordEvent). Should the
+		// approval be refused, the pin rolls back with it.
+		var ek string
+		if err := tx.QueryRow(ctx, `SELECT ek_sha256 FROM devices WHERE id = $1 FOR UPDATE`, id).Scan(&ek); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if ek != "" {
+			if _, err := tx.Exec(ctx, `INSERT INTO pinned_eks (ek_sha256, description, created_at) VALUES ($1, $2, $3)
+				ON CONFLICT (ek_sha256) DO NOTHING`, ek, description, nanos(now)); err != nil {
+				return err
+			}
+		}
 		d, ev, err = changeDevice(ctx, tx, id, store.EventApproved, now, func(d store.Device) (store.Device, error) {
 			return store.Approved(d, assurance)
 		})
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO pinned_eks (ek_sha256, description, created_at) VALUES ($1, $2, $3)
-			ON CONFLICT (ek_sha256) DO NOTHING`, d.EKSHA256, description, nanos(now))
 		return err
 	})
 	if err != nil {

@@ -136,6 +136,66 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 		return err
 	}
 
+	var (
+		stDevice string
+		stData   []byte
+		stErr    error
+	)
+	if err := each("standings", `SELECT device_id, data FROM standings ORDER BY device_id`, []any{&stDevice, &stData}, func() store.Record {
+		st, err := store.DecodeStanding(stData)
+		if err != nil {
+			stErr = err
+		}
+		return store.Record{Standing: &store.StandingRecord{DeviceID: stDevice, Standing: st}}
+	}); err != nil {
+		return err
+	}
+	if stErr != nil {
+		return fmt.Errorf("dump standings: %w", stErr)
+	}
+	var (
+		u       store.DeviceUser
+		boundAt int64
+	)
+	if err := each("device users", `SELECT device_id, email, issuer, subject, bound_at FROM device_users ORDER BY device_id`,
+		[]any{&u.DeviceID, &u.Email, &u.Issuer, &u.Subject, &boundAt}, func() store.Record {
+			rec := u
+			rec.BoundAt = fromNanos(boundAt)
+			return store.Record{DeviceUser: &rec}
+		}); err != nil {
+		return err
+	}
+	var (
+		cl        store.SSFClient
+		clCreated int64
+	)
+	if err := each("SSF receivers", `SELECT name, token_hash, audience, level, created_at FROM ssf_clients ORDER BY name`,
+		[]any{&cl.Name, &cl.TokenHash, &cl.Audience, &cl.Level, &clCreated}, func() store.Record {
+			rec := cl
+			rec.TokenHash = append([]byte(nil), cl.TokenHash...)
+			rec.CreatedAt = fromNanos(clCreated)
+			return store.Record{SSFClient: &rec}
+		}); err != nil {
+		return err
+	}
+	rrows, err := tx.Query(ctx, `SELECT `+receiverColumns+` FROM receivers WHERE config IS NOT NULL ORDER BY id`)
+	if err != nil {
+		return fmt.Errorf("dump receivers: %w", err)
+	}
+	for rrows.Next() {
+		r, err := scanReceiver(rrows)
+		if err == nil {
+			err = fn(store.Record{Receiver: &r})
+		}
+		if err != nil {
+			rrows.Close()
+			return fmt.Errorf("dump receivers: %w", err)
+		}
+	}
+	if err := rrows.Err(); err != nil {
+		return fmt.Errorf("dump receivers: %w", err)
+	}
+
 	var last int64
 	if err := tx.QueryRow(ctx, `SELECT greatest((SELECT coalesce(max(id), 0) FROM events),
 		(SELECT value FROM meta WHERE key = 'events_floor'))`).Scan(&last); err != nil {
@@ -230,6 +290,28 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 				}
 			case r.Events != nil:
 				mark = max(mark, r.Events.LastEventID)
+			case r.Standing != nil:
+				if err := writeStanding(ctx, tx, r.Standing.DeviceID, r.Standing.Standing); err != nil {
+					return fmt.Errorf("load standing of %s: %w", r.Standing.DeviceID, err)
+				}
+			case r.DeviceUser != nil:
+				u := r.DeviceUser
+				if _, err := tx.Exec(ctx, `INSERT INTO device_users (device_id, email, issuer, subject, bound_at) VALUES ($1, $2, $3, $4, $5)`,
+					u.DeviceID, u.Email, u.Issuer, u.Subject, nanos(u.BoundAt)); err != nil {
+					return fmt.Errorf("load user of %s: %w", u.DeviceID, err)
+				}
+			case r.SSFClient != nil:
+				c := r.SSFClient
+				if _, err := tx.Exec(ctx, `INSERT INTO ssf_clients (name, token_hash, audience, level, created_at) VALUES ($1, $2, $3, $4, $5)`,
+					c.Name, blob(c.TokenHash), c.Audience, c.Level, nanos(c.CreatedAt)); err != nil {
+					return fmt.Errorf("load SSF receiver %s: %w", c.Name, err)
+				}
+			case r.Receiver != nil:
+				rc := r.Receiver
+				if _, err := tx.Exec(ctx, `INSERT INTO receivers (id, kind, config, created_at, cursor) VALUES ($1, $2, $3, $4, 0)`,
+					rc.ID, rc.Kind, rc.Config, nanos(rc.CreatedAt)); err != nil {
+					return fmt.Errorf("load receiver %s: %w", rc.ID, err)
+				}
 			default:
 				return errors.New("load: a record with nothing in it")
 			}

@@ -141,23 +141,10 @@ CREATE INDEX events_at ON events USING brin (at);
 -- of LastEventID once the events table no longer holds it.
 INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 `,
-}
-
-// schemaStep is one migration and the version it brings the schema to.
-type schemaStep struct {
-	version int
-	sql     string
-}
-
-// schemaSteps lists every migration in order: migrations[i] brings the
-// schema to version i+1, and consoleMigrations follow with their own
-// numbers.
-func schemaSteps() []schemaStep {
-	steps := make([]schemaStep, 0, len(migrations)+len(consoleMigrations))
-	for i, m := range migrations {
-		steps = append(steps, schemaStep{i + 1, m})
-	}
-	return append(steps, consoleMigrations...)
+	migration2,
+	migrationStandings,
+	migrationOutbox,
+	migrationConsole,
 }
 
 // migrationLock is the advisory lock key that serializes schema
@@ -181,21 +168,16 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read the schema version: %w", err)
 		}
-		steps := schemaSteps()
-		latest := steps[len(steps)-1].version
-		if version > latest {
-			return fmt.Errorf("the database schema is at version %d, newer than this collector supports (%d): a newer collector upgraded it; run that version or newer", version, latest)
+		if version > len(migrations) {
+			return fmt.Errorf("the database schema is at version %d, newer than this collector supports (%d): a newer collector upgraded it; run that version or newer", version, len(migrations))
 		}
-		for _, st := range steps {
-			if st.version <= version {
-				continue
-			}
-			if _, err := tx.Exec(ctx, st.sql); err != nil {
-				return fmt.Errorf("migrate the schema to version %d: %w", st.version, err)
+		for v := version; v < len(migrations); v++ {
+			if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+				return fmt.Errorf("migrate the schema to version %d: %w", v+1, err)
 			}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ('schema_version', $1)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, latest); err != nil {
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, len(migrations)); err != nil {
 			return fmt.Errorf("record the schema version: %w", err)
 		}
 		return nil

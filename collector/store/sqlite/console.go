@@ -13,10 +13,9 @@ import (
 	"github.com/posture-project/posture/collector/store"
 )
 
-// consoleMigrations bring the schema to the console's versions: the audit
-// log, the console's sessions and its one-time sign-in links.
-var consoleMigrations = []schemaStep{
-	{20, `
+// migrationConsole (schema version 12) holds the audit log, the
+// console's sessions and its one-time sign-in links.
+const migrationConsole = `
 CREATE TABLE audit (
 	id      INTEGER PRIMARY KEY AUTOINCREMENT,
 	at      INTEGER NOT NULL,
@@ -50,8 +49,7 @@ CREATE TABLE console_links (
 	expires_at INTEGER NOT NULL,
 	used_at    INTEGER NOT NULL DEFAULT 0
 ) STRICT;
-`},
-}
+`
 
 // AppendAudit stores an audit record and returns its ID.
 func (s *Store) AppendAudit(ctx context.Context, a store.AuditRecord) (uint64, error) {

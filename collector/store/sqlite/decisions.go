@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 
@@ -33,8 +34,10 @@ func (s *Store) SaveDecisions(ctx context.Context, collector string, ds []store.
 				return err
 			}
 		}
-		_, err := tx.Exec(`DELETE FROM decisions WHERE collector = ?1 AND seq <= (SELECT max(seq) FROM decisions WHERE collector = ?1) - ?2`, collector, keep)
-		return err
+		if _, err := tx.Exec(`DELETE FROM decisions WHERE collector = ?1 AND seq <= (SELECT max(seq) FROM decisions WHERE collector = ?1) - ?2`, collector, keep); err != nil {
+			return err
+		}
+		return announceDecisions(tx, collector, ds)
 	})
 	if err != nil {
 		return fmt.Errorf("save %d decisions: %w", len(ds), err)
@@ -70,4 +73,30 @@ func (s *Store) Decisions(ctx context.Context, collector string, limit int) ([]s
 		return nil, fmt.Errorf("load decisions: %w", err)
 	}
 	return out, nil
+}
+
+// announceDecisions writes the outbox messages of the decisions marked to
+// be announced, within tx.
+func announceDecisions(tx *sql.Tx, collector string, ds []store.Decision) error {
+	var msgs []store.OutboxMessage
+	for _, d := range ds {
+		if !d.Announce {
+			continue
+		}
+		var user *store.DeviceUser
+		u := store.DeviceUser{DeviceID: d.Device}
+		err := tx.QueryRow(`SELECT email, issuer, subject FROM device_users WHERE device_id = ?`, d.Device).Scan(&u.Email, &u.Issuer, &u.Subject)
+		switch {
+		case err == nil:
+			user = &u
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		m, err := store.DecisionMessage(collector, d, user)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	return writeOutbox(tx, msgs)
 }

@@ -111,7 +111,11 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			return err
 		}
 		ev = deviceEvent(store.EventEnrolled, stored)
-		return insertEvent(tx, &ev, now, 0)
+		prev, err := loseLevels(tx, &ev, stored.State)
+		if err != nil {
+			return err
+		}
+		return recordEvent(tx, &ev, now, prev)
 	})
 	if err != nil {
 		return store.Device{}, store.Event{}, fmt.Errorf("enroll device %s: %w", d.ID, err)
@@ -183,7 +187,11 @@ func changeDevice(tx *sql.Tx, id string, kind store.EventKind, now time.Time, ch
 		return store.Device{}, store.Event{}, err
 	}
 	ev := deviceEvent(kind, d)
-	if err := insertEvent(tx, &ev, now, 0); err != nil {
+	prev, err := loseLevels(tx, &ev, d.State)
+	if err != nil {
+		return store.Device{}, store.Event{}, err
+	}
+	if err := recordEvent(tx, &ev, now, prev); err != nil {
 		return store.Device{}, store.Event{}, err
 	}
 	return d, ev, nil

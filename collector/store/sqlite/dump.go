@@ -105,6 +105,40 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			d.Seq, d.FirstAt, d.At, d.Count, d.Detail = uint64(seq), fromNanos(first), fromNanos(at), uint64(n), nilIfEmpty(d.Detail)
 			return store.Record{Decision: &d}, err
 		}},
+		{"standings", `SELECT device_id, data FROM standings ORDER BY device_id`, func(row scanner) (store.Record, error) {
+			var (
+				r    store.StandingRecord
+				data []byte
+			)
+			if err := row.Scan(&r.DeviceID, &data); err != nil {
+				return store.Record{}, err
+			}
+			st, err := store.DecodeStanding(data)
+			r.Standing = st
+			return store.Record{Standing: &r}, err
+		}},
+		{"device users", `SELECT device_id, email, issuer, subject, bound_at FROM device_users ORDER BY device_id`, func(row scanner) (store.Record, error) {
+			var (
+				u  store.DeviceUser
+				at int64
+			)
+			err := row.Scan(&u.DeviceID, &u.Email, &u.Issuer, &u.Subject, &at)
+			u.BoundAt = fromNanos(at)
+			return store.Record{DeviceUser: &u}, err
+		}},
+		{"SSF receivers", `SELECT name, token_hash, audience, level, created_at FROM ssf_clients ORDER BY name`, func(row scanner) (store.Record, error) {
+			var (
+				c  store.SSFClient
+				at int64
+			)
+			err := row.Scan(&c.Name, &c.TokenHash, &c.Audience, &c.Level, &at)
+			c.CreatedAt = fromNanos(at)
+			return store.Record{SSFClient: &c}, err
+		}},
+		{"receivers", selectReceiver + ` WHERE config IS NOT NULL ORDER BY id`, func(row scanner) (store.Record, error) {
+			r, err := scanReceiver(row)
+			return store.Record{Receiver: &r}, err
+		}},
 		{"event mark", `SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
 			coalesce((SELECT max(id) FROM events), 0))`, func(row scanner) (store.Record, error) {
 			var last int64
@@ -232,6 +266,28 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 			}
 		case r.Events != nil:
 			mark = max(mark, r.Events.LastEventID)
+		case r.Standing != nil:
+			if err := writeStanding(tx, r.Standing.DeviceID, r.Standing.Standing); err != nil {
+				return fmt.Errorf("load standing of %s: %w", r.Standing.DeviceID, err)
+			}
+		case r.DeviceUser != nil:
+			u := r.DeviceUser
+			if _, err := tx.Exec(`INSERT INTO device_users (device_id, email, issuer, subject, bound_at) VALUES (?, ?, ?, ?, ?)`,
+				u.DeviceID, u.Email, u.Issuer, u.Subject, nanos(u.BoundAt)); err != nil {
+				return fmt.Errorf("load user of %s: %w", u.DeviceID, err)
+			}
+		case r.SSFClient != nil:
+			c := r.SSFClient
+			if _, err := tx.Exec(`INSERT INTO ssf_clients (name, token_hash, audience, level, created_at) VALUES (?, ?, ?, ?, ?)`,
+				c.Name, blob(c.TokenHash), c.Audience, c.Level, nanos(c.CreatedAt)); err != nil {
+				return fmt.Errorf("load SSF receiver %s: %w", c.Name, err)
+			}
+		case r.Receiver != nil:
+			rc := r.Receiver
+			if _, err := tx.Exec(`INSERT INTO receivers (id, kind, config, created_at, cursor) VALUES (?, ?, ?, ?, 0)`,
+				rc.ID, rc.Kind, rc.Config, nanos(rc.CreatedAt)); err != nil {
+				return fmt.Errorf("load receiver %s: %w", rc.ID, err)
+			}
 		default:
 			return errors.New("load: a record with nothing in it")
 		}

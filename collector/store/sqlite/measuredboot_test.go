@@ -86,8 +86,8 @@ func TestMigrateMeasuredBoot(t *testing.T) {
 	s := openManual(t, path)
 	ctx := context.Background()
 	var version int
-	if err := s.r.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version); err != nil || version != latestVersion() || version < 5 {
-		t.Fatalf("schema_version = %d, %v; want %d", version, err, latestVersion())
+	if err := s.r.QueryRow(`SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&version); err != nil || version != len(migrations) || version < 5 {
+		t.Fatalf("schema_version = %d, %v; want %d", version, err, len(migrations))
 	}
 	var head *store.Report
 	if err := s.ScanFleet(ctx, 1, func(_ int, row *store.FleetRow) error {

@@ -190,29 +190,10 @@ CREATE TABLE replicas (
 
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `,
-}
-
-// schemaStep is one migration and the version it brings the schema to.
-type schemaStep struct {
-	version int
-	sql     string
-}
-
-// schemaSteps lists every migration in order: migrations[i] brings the
-// schema to version i+1, and consoleMigrations follow with their own
-// numbers.
-func schemaSteps() []schemaStep {
-	steps := make([]schemaStep, 0, len(migrations)+len(consoleMigrations))
-	for i, m := range migrations {
-		steps = append(steps, schemaStep{i + 1, m})
-	}
-	return append(steps, consoleMigrations...)
-}
-
-// latestVersion is the schema version this store migrates to.
-func latestVersion() int {
-	steps := schemaSteps()
-	return steps[len(steps)-1].version
+	migration9,
+	migrationStandings,
+	migrationOutbox,
+	migrationConsole,
 }
 
 // initialize configures a new database file and brings the schema up to
@@ -257,21 +238,16 @@ func migrate(w *sql.DB) (err error) {
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return err
 	}
-	steps := schemaSteps()
-	latest := steps[len(steps)-1].version
-	if version > latest {
-		return fmt.Errorf("database schema version %d is newer than this collector supports (%d); run a newer collector or restore a backup", version, latest)
+	if version > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this collector supports (%d); run a newer collector or restore a backup", version, len(migrations))
 	}
-	for _, st := range steps {
-		if st.version <= version {
-			continue
-		}
-		if _, err := tx.Exec(st.sql); err != nil {
-			return fmt.Errorf("to version %d: %w", st.version, err)
+	for v := version; v < len(migrations); v++ {
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			return fmt.Errorf("to version %d: %w", v+1, err)
 		}
 	}
 	if _, err := tx.Exec(`INSERT INTO meta (key, value) VALUES ('schema_version', ?)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, latest); err != nil {
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, len(migrations)); err != nil {
 		return err
 	}
 	return tx.Commit()

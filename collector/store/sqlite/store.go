@@ -88,7 +88,7 @@ func open(path string, timing historyTiming) (*Store, error) {
 
 	w, err := sql.Open("sqlite3", dsn(abs, url.Values{
 		"_foreign_keys": {"on"},
-		"_synchronous":  {"NORMAL"},
+		"_synchronous":  {"FULL"},      // an acknowledged report survives a power cut: the log is flushed at every commit
 		"_txlock":       {"immediate"}, // take the write lock at BEGIN, never mid-transaction
 	}))
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
+
 	"github.com/posture-project/posture/collector/store"
 )
 
@@ -171,8 +173,9 @@ func (s *Store) run() {
 
 // commit runs batch in one transaction. An operation that fails is undone
 // alone: by its savepoint, or by itself when it is atomic. An atomic one
-// that fails dirty takes the transaction down with it; the batch then runs
-// again without it.
+// that fails dirty, or any that fails in a way after which SQLite may have
+// rolled back the whole transaction (transactionLost), takes the
+// transaction down with it; the batch then runs again without it.
 func (s *Store) commit(batch []*op) {
 	results := make([]error, len(batch))
 	final := make([]bool, len(batch)) // results[i] stands whatever the transaction does
@@ -219,6 +222,11 @@ func (s *Store) try(batch []*op, results []error, final []bool) (again bool) {
 				tx.Rollback()
 				return true
 			}
+			if transactionLost(results[i]) {
+				final[i] = true
+				tx.Rollback()
+				return true
+			}
 			continue
 		}
 		if _, err := tx.Exec("SAVEPOINT op"); err != nil {
@@ -227,6 +235,11 @@ func (s *Store) try(batch []*op, results []error, final []bool) (again bool) {
 			return false
 		}
 		results[i] = o.fn(tx)
+		if transactionLost(results[i]) {
+			final[i] = true
+			tx.Rollback()
+			return true
+		}
 		if results[i] != nil {
 			if _, err := tx.Exec("ROLLBACK TO op"); err != nil {
 				tx.Rollback()
@@ -247,6 +260,25 @@ func (s *Store) try(batch []*op, results []error, final []bool) (again bool) {
 				results[i] = err
 			}
 		}
+	}
+	return false
+}
+
+// transactionLost reports whether err is an error after which SQLite may
+// have rolled back the whole transaction rather than only the statement
+// that failed: the database or disk full, an I/O error, memory exhausted,
+// or a lock it could not get. The statements that follow would then run
+// outside any transaction, each committed on its own, while the batch's
+// commit fails; so the batch runs again without the failed operation
+// instead.
+func transactionLost(err error) bool {
+	var e sqlite3.Error
+	if err == nil || !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code {
+	case sqlite3.ErrFull, sqlite3.ErrIoErr, sqlite3.ErrNomem, sqlite3.ErrBusy:
+		return true
 	}
 	return false
 }

@@ -97,6 +97,30 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 			t.Errorf("decisions of %s in the copy (%v) (-source +copy):\n%s", collector, err, diff)
 		}
 	}
+	// Standings, users and Shared Signals receivers and streams.
+	standings := func(s store.Store) map[string]store.Standing {
+		got := map[string]store.Standing{}
+		if err := s.Standings(ctx, func(id string, st store.Standing) error { got[id] = st; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if diff := cmp.Diff(standings(from), standings(to)); diff != "" {
+		t.Errorf("standings (-source +copy):\n%s", diff)
+	}
+	if u, err := to.DeviceUser(ctx, "dev-a"); err != nil || u.Email != "ada@example.com" {
+		t.Errorf("the user of dev-a in the copy: %+v, %v", u, err)
+	}
+	wantClients, _ := from.SSFClients(ctx)
+	if got, err := to.SSFClients(ctx); err != nil || !cmp.Equal(wantClients, got) {
+		t.Errorf("SSF receivers in the copy: %+v, %v; want %+v", got, err, wantClients)
+	}
+	if r, err := to.Receiver(ctx, "ssf:s1"); err != nil || string(r.Config) != `{"stream_id":"s1"}` || r.Cursor != 0 {
+		t.Errorf("the stream in the copy: %+v, %v", r, err)
+	}
+	if _, err := to.Receiver(ctx, "webhook:w"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a webhook (configured on the collector, not in the database) was copied: %v", err)
+	}
 	if err := to.ClaimIdentity(ctx, "aa11", "posture.local"); err != nil {
 		t.Errorf("claiming the source's identity in the copy: %v", err)
 	}
@@ -212,6 +236,22 @@ func fill(t *testing.T, s store.Store) uint64 {
 		if err := s.SaveDecisions(ctx, c, ds, 10); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := s.RecordStanding(ctx, "dev-a", store.Standing{}, store.Standing{Levels: []string{"basic"},
+		Failing: []store.FailingCheck{{Check: "firewall", Since: t0, BlocksAt: t0.Add(72 * time.Hour), Warned: true}}}, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BindDeviceUser(ctx, store.DeviceUser{DeviceID: "dev-a", Email: "ada@example.com", BoundAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSSFClient(ctx, store.SSFClient{Name: "okta", TokenHash: hash("token"), Audience: "https://example.okta.com", Level: "basic", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddReceiver(ctx, "ssf:s1", "ssf", []byte(`{"stream_id":"s1"}`), t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddReceiver(ctx, "webhook:w", "webhook", nil, t0); err != nil {
+		t.Fatal(err)
 	}
 	// The events are pruned: where their IDs stood is still copied.
 	if _, err := s.PruneEvents(ctx, time.Now().Add(time.Hour), math.MaxUint64); err != nil {

@@ -23,6 +23,996 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type BindDeviceUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	User          *DeviceUser            `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BindDeviceUserRequest) Reset() {
+	*x = BindDeviceUserRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BindDeviceUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BindDeviceUserRequest) ProtoMessage() {}
+
+func (x *BindDeviceUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BindDeviceUserRequest.ProtoReflect.Descriptor instead.
+func (*BindDeviceUserRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BindDeviceUserRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *BindDeviceUserRequest) GetUser() *DeviceUser {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type BindDeviceUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BindDeviceUserResponse) Reset() {
+	*x = BindDeviceUserResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BindDeviceUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BindDeviceUserResponse) ProtoMessage() {}
+
+func (x *BindDeviceUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BindDeviceUserResponse.ProtoReflect.Descriptor instead.
+func (*BindDeviceUserResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+type UnbindDeviceUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnbindDeviceUserRequest) Reset() {
+	*x = UnbindDeviceUserRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnbindDeviceUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnbindDeviceUserRequest) ProtoMessage() {}
+
+func (x *UnbindDeviceUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnbindDeviceUserRequest.ProtoReflect.Descriptor instead.
+func (*UnbindDeviceUserRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UnbindDeviceUserRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type UnbindDeviceUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnbindDeviceUserResponse) Reset() {
+	*x = UnbindDeviceUserResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnbindDeviceUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnbindDeviceUserResponse) ProtoMessage() {}
+
+func (x *UnbindDeviceUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnbindDeviceUserResponse.ProtoReflect.Descriptor instead.
+func (*UnbindDeviceUserResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+type AddSSFReceiverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the receiver, unique.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// audience is the aud of the Security Event Tokens its streams get: the
+	// receiver's issuer or URL, as it expects.
+	Audience string `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
+	// level is the access level whose gain or loss its streams hear of as a
+	// CAEP device compliance change.
+	Level         string `protobuf:"bytes,3,opt,name=level,proto3" json:"level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddSSFReceiverRequest) Reset() {
+	*x = AddSSFReceiverRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddSSFReceiverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddSSFReceiverRequest) ProtoMessage() {}
+
+func (x *AddSSFReceiverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddSSFReceiverRequest.ProtoReflect.Descriptor instead.
+func (*AddSSFReceiverRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AddSSFReceiverRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddSSFReceiverRequest) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *AddSSFReceiverRequest) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+type AddSSFReceiverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the receiver's bearer token for the stream management API;
+	// only its hash is kept: it cannot be shown again.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddSSFReceiverResponse) Reset() {
+	*x = AddSSFReceiverResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddSSFReceiverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddSSFReceiverResponse) ProtoMessage() {}
+
+func (x *AddSSFReceiverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddSSFReceiverResponse.ProtoReflect.Descriptor instead.
+func (*AddSSFReceiverResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AddSSFReceiverResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ListSSFReceiversRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSSFReceiversRequest) Reset() {
+	*x = ListSSFReceiversRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSSFReceiversRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSSFReceiversRequest) ProtoMessage() {}
+
+func (x *ListSSFReceiversRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSSFReceiversRequest.ProtoReflect.Descriptor instead.
+func (*ListSSFReceiversRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+// SSFReceiver is a Shared Signals receiver allowed to manage its streams.
+type SSFReceiver struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Audience      string                 `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
+	Level         string                 `protobuf:"bytes,3,opt,name=level,proto3" json:"level,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SSFReceiver) Reset() {
+	*x = SSFReceiver{}
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SSFReceiver) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SSFReceiver) ProtoMessage() {}
+
+func (x *SSFReceiver) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SSFReceiver.ProtoReflect.Descriptor instead.
+func (*SSFReceiver) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SSFReceiver) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SSFReceiver) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *SSFReceiver) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+func (x *SSFReceiver) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type ListSSFReceiversResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Receivers     []*SSFReceiver         `protobuf:"bytes,1,rep,name=receivers,proto3" json:"receivers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSSFReceiversResponse) Reset() {
+	*x = ListSSFReceiversResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSSFReceiversResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSSFReceiversResponse) ProtoMessage() {}
+
+func (x *ListSSFReceiversResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSSFReceiversResponse.ProtoReflect.Descriptor instead.
+func (*ListSSFReceiversResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListSSFReceiversResponse) GetReceivers() []*SSFReceiver {
+	if x != nil {
+		return x.Receivers
+	}
+	return nil
+}
+
+type RemoveSSFReceiverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSSFReceiverRequest) Reset() {
+	*x = RemoveSSFReceiverRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSSFReceiverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSSFReceiverRequest) ProtoMessage() {}
+
+func (x *RemoveSSFReceiverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSSFReceiverRequest.ProtoReflect.Descriptor instead.
+func (*RemoveSSFReceiverRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RemoveSSFReceiverRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveSSFReceiverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// streams_deleted counts the receiver's streams deleted with it.
+	StreamsDeleted uint32 `protobuf:"varint,1,opt,name=streams_deleted,json=streamsDeleted,proto3" json:"streams_deleted,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RemoveSSFReceiverResponse) Reset() {
+	*x = RemoveSSFReceiverResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSSFReceiverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSSFReceiverResponse) ProtoMessage() {}
+
+func (x *RemoveSSFReceiverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSSFReceiverResponse.ProtoReflect.Descriptor instead.
+func (*RemoveSSFReceiverResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RemoveSSFReceiverResponse) GetStreamsDeleted() uint32 {
+	if x != nil {
+		return x.StreamsDeleted
+	}
+	return 0
+}
+
+type CreateSSFStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// receiver names the SSFReceiver the stream belongs to (its audience and
+	// level).
+	Receiver string `protobuf:"bytes,1,opt,name=receiver,proto3" json:"receiver,omitempty"`
+	// endpoint_url is where Security Event Tokens are posted (RFC 8935).
+	EndpointUrl string `protobuf:"bytes,2,opt,name=endpoint_url,json=endpointUrl,proto3" json:"endpoint_url,omitempty"`
+	// authorization_header, when set, is sent with every post (as
+	// "Bearer …", or whatever the receiver asks for).
+	AuthorizationHeader string `protobuf:"bytes,3,opt,name=authorization_header,json=authorizationHeader,proto3" json:"authorization_header,omitempty"`
+	// events_requested are the event type URIs wanted; empty asks for all
+	// supported.
+	EventsRequested []string `protobuf:"bytes,4,rep,name=events_requested,json=eventsRequested,proto3" json:"events_requested,omitempty"`
+	Description     string   `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CreateSSFStreamRequest) Reset() {
+	*x = CreateSSFStreamRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSSFStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSSFStreamRequest) ProtoMessage() {}
+
+func (x *CreateSSFStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSSFStreamRequest.ProtoReflect.Descriptor instead.
+func (*CreateSSFStreamRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CreateSSFStreamRequest) GetReceiver() string {
+	if x != nil {
+		return x.Receiver
+	}
+	return ""
+}
+
+func (x *CreateSSFStreamRequest) GetEndpointUrl() string {
+	if x != nil {
+		return x.EndpointUrl
+	}
+	return ""
+}
+
+func (x *CreateSSFStreamRequest) GetAuthorizationHeader() string {
+	if x != nil {
+		return x.AuthorizationHeader
+	}
+	return ""
+}
+
+func (x *CreateSSFStreamRequest) GetEventsRequested() []string {
+	if x != nil {
+		return x.EventsRequested
+	}
+	return nil
+}
+
+func (x *CreateSSFStreamRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// SSFStream is one Shared Signals stream.
+type SSFStream struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	StreamId        string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Receiver        string                 `protobuf:"bytes,2,opt,name=receiver,proto3" json:"receiver,omitempty"`
+	Audience        string                 `protobuf:"bytes,3,opt,name=audience,proto3" json:"audience,omitempty"`
+	EndpointUrl     string                 `protobuf:"bytes,4,opt,name=endpoint_url,json=endpointUrl,proto3" json:"endpoint_url,omitempty"`
+	EventsDelivered []string               `protobuf:"bytes,5,rep,name=events_delivered,json=eventsDelivered,proto3" json:"events_delivered,omitempty"`
+	// status is enabled, paused or disabled.
+	Status      string `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
+	Description string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	// delivery is how delivery to the stream goes.
+	Delivery      *ReceiverStatus `protobuf:"bytes,8,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SSFStream) Reset() {
+	*x = SSFStream{}
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SSFStream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SSFStream) ProtoMessage() {}
+
+func (x *SSFStream) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SSFStream.ProtoReflect.Descriptor instead.
+func (*SSFStream) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SSFStream) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *SSFStream) GetReceiver() string {
+	if x != nil {
+		return x.Receiver
+	}
+	return ""
+}
+
+func (x *SSFStream) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *SSFStream) GetEndpointUrl() string {
+	if x != nil {
+		return x.EndpointUrl
+	}
+	return ""
+}
+
+func (x *SSFStream) GetEventsDelivered() []string {
+	if x != nil {
+		return x.EventsDelivered
+	}
+	return nil
+}
+
+func (x *SSFStream) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *SSFStream) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *SSFStream) GetDelivery() *ReceiverStatus {
+	if x != nil {
+		return x.Delivery
+	}
+	return nil
+}
+
+type ListSSFStreamsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSSFStreamsRequest) Reset() {
+	*x = ListSSFStreamsRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSSFStreamsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSSFStreamsRequest) ProtoMessage() {}
+
+func (x *ListSSFStreamsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSSFStreamsRequest.ProtoReflect.Descriptor instead.
+func (*ListSSFStreamsRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+type ListSSFStreamsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Streams       []*SSFStream           `protobuf:"bytes,1,rep,name=streams,proto3" json:"streams,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSSFStreamsResponse) Reset() {
+	*x = ListSSFStreamsResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSSFStreamsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSSFStreamsResponse) ProtoMessage() {}
+
+func (x *ListSSFStreamsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSSFStreamsResponse.ProtoReflect.Descriptor instead.
+func (*ListSSFStreamsResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListSSFStreamsResponse) GetStreams() []*SSFStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+type DeleteSSFStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StreamId      string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSSFStreamRequest) Reset() {
+	*x = DeleteSSFStreamRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSSFStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSSFStreamRequest) ProtoMessage() {}
+
+func (x *DeleteSSFStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSSFStreamRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSSFStreamRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteSSFStreamRequest) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+type DeleteSSFStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSSFStreamResponse) Reset() {
+	*x = DeleteSSFStreamResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSSFStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSSFStreamResponse) ProtoMessage() {}
+
+func (x *DeleteSSFStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSSFStreamResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSSFStreamResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+// ReceiverStatus is how delivery of the outbox to one receiver stands.
+type ReceiverStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the receiver: webhook:NAME, siem:NAME or ssf:STREAM-ID.
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// state is ok (delivering), failing (attempts fail, retried with
+	// backoff), down (failing for longer than the collector's
+	// --receiver-down-after: it is marked and still retried) or idle (no
+	// collector holds it: none is configured to deliver to it).
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// pending counts the messages written after the receiver's cursor: not
+	// delivered yet (messages for other receivers, and those it does not
+	// take, are counted too: a bound read without a scan).
+	Pending     uint64                 `protobuf:"varint,4,opt,name=pending,proto3" json:"pending,omitempty"`
+	Delivered   uint64                 `protobuf:"varint,5,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	DeliveredAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	// failing_since is when the current run of failed attempts began.
+	FailingSince *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=failing_since,json=failingSince,proto3" json:"failing_since,omitempty"`
+	Attempts     uint32                 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	LastError    string                 `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// holder names the collector (replica ID) delivering to it.
+	Holder        string `protobuf:"bytes,10,opt,name=holder,proto3" json:"holder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiverStatus) Reset() {
+	*x = ReceiverStatus{}
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiverStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiverStatus) ProtoMessage() {}
+
+func (x *ReceiverStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiverStatus.ProtoReflect.Descriptor instead.
+func (*ReceiverStatus) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReceiverStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReceiverStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ReceiverStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReceiverStatus) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *ReceiverStatus) GetDelivered() uint64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *ReceiverStatus) GetDeliveredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliveredAt
+	}
+	return nil
+}
+
+func (x *ReceiverStatus) GetFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailingSince
+	}
+	return nil
+}
+
+func (x *ReceiverStatus) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ReceiverStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ReceiverStatus) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
 type ListGatewaysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -31,7 +1021,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +1033,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +1046,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 // Gateway is one gateway certificate the collector issued.
@@ -76,7 +1066,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -88,7 +1078,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -101,7 +1091,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Gateway) GetName() string {
@@ -155,7 +1145,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +1157,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +1170,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -205,7 +1195,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +1207,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +1220,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -264,7 +1254,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -276,7 +1266,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -289,7 +1279,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeGatewayResponse) GetRevoked() uint32 {
@@ -307,7 +1297,7 @@ type ReloadPolicyRequest struct {
 
 func (x *ReloadPolicyRequest) Reset() {
 	*x = ReloadPolicyRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +1309,7 @@ func (x *ReloadPolicyRequest) String() string {
 func (*ReloadPolicyRequest) ProtoMessage() {}
 
 func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +1322,7 @@ func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type ReloadPolicyResponse struct {
@@ -346,7 +1336,7 @@ type ReloadPolicyResponse struct {
 
 func (x *ReloadPolicyResponse) Reset() {
 	*x = ReloadPolicyResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +1348,7 @@ func (x *ReloadPolicyResponse) String() string {
 func (*ReloadPolicyResponse) ProtoMessage() {}
 
 func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +1361,7 @@ func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReloadPolicyResponse) GetLevels() []string {
@@ -401,7 +1391,7 @@ type DiffPolicyRequest struct {
 
 func (x *DiffPolicyRequest) Reset() {
 	*x = DiffPolicyRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +1403,7 @@ func (x *DiffPolicyRequest) String() string {
 func (*DiffPolicyRequest) ProtoMessage() {}
 
 func (x *DiffPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +1416,7 @@ func (x *DiffPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffPolicyRequest.ProtoReflect.Descriptor instead.
 func (*DiffPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DiffPolicyRequest) GetPolicyYaml() []byte {
@@ -454,14 +1444,25 @@ type LevelChange struct {
 	AllowedNow       bool `protobuf:"varint,4,opt,name=allowed_now,json=allowedNow,proto3" json:"allowed_now,omitempty"`
 	AllowedCandidate bool `protobuf:"varint,5,opt,name=allowed_candidate,json=allowedCandidate,proto3" json:"allowed_candidate,omitempty"`
 	// reasons the candidate denies, when it does.
-	Reasons       []string `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reasons []string `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// met_now and met_candidate say whether the device meets the level under
+	// each (allowed_* also allow a level in warn or off mode); enforcement_*
+	// are the level's enforcement under each. A change of enforcement alone
+	// (warn to block) changes allowed_* without met_*.
+	MetNow               bool        `protobuf:"varint,7,opt,name=met_now,json=metNow,proto3" json:"met_now,omitempty"`
+	MetCandidate         bool        `protobuf:"varint,8,opt,name=met_candidate,json=metCandidate,proto3" json:"met_candidate,omitempty"`
+	EnforcementNow       Enforcement `protobuf:"varint,9,opt,name=enforcement_now,json=enforcementNow,proto3,enum=posture.v1.Enforcement" json:"enforcement_now,omitempty"`
+	EnforcementCandidate Enforcement `protobuf:"varint,10,opt,name=enforcement_candidate,json=enforcementCandidate,proto3,enum=posture.v1.Enforcement" json:"enforcement_candidate,omitempty"`
+	// warnings_candidate are what decisions under the candidate warn of (a
+	// grace that holds the level, with when it ends).
+	WarningsCandidate []string `protobuf:"bytes,11,rep,name=warnings_candidate,json=warningsCandidate,proto3" json:"warnings_candidate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *LevelChange) Reset() {
 	*x = LevelChange{}
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +1474,7 @@ func (x *LevelChange) String() string {
 func (*LevelChange) ProtoMessage() {}
 
 func (x *LevelChange) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +1487,7 @@ func (x *LevelChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelChange.ProtoReflect.Descriptor instead.
 func (*LevelChange) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LevelChange) GetDeviceId() string {
@@ -531,6 +1532,41 @@ func (x *LevelChange) GetReasons() []string {
 	return nil
 }
 
+func (x *LevelChange) GetMetNow() bool {
+	if x != nil {
+		return x.MetNow
+	}
+	return false
+}
+
+func (x *LevelChange) GetMetCandidate() bool {
+	if x != nil {
+		return x.MetCandidate
+	}
+	return false
+}
+
+func (x *LevelChange) GetEnforcementNow() Enforcement {
+	if x != nil {
+		return x.EnforcementNow
+	}
+	return Enforcement_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *LevelChange) GetEnforcementCandidate() Enforcement {
+	if x != nil {
+		return x.EnforcementCandidate
+	}
+	return Enforcement_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *LevelChange) GetWarningsCandidate() []string {
+	if x != nil {
+		return x.WarningsCandidate
+	}
+	return nil
+}
+
 // LevelCount is how many devices would gain and lose one level.
 type LevelCount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -543,7 +1579,7 @@ type LevelCount struct {
 
 func (x *LevelCount) Reset() {
 	*x = LevelCount{}
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +1591,7 @@ func (x *LevelCount) String() string {
 func (*LevelCount) ProtoMessage() {}
 
 func (x *LevelCount) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +1604,7 @@ func (x *LevelCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelCount.ProtoReflect.Descriptor instead.
 func (*LevelCount) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LevelCount) GetLevel() string {
@@ -608,7 +1644,7 @@ type DiffPolicyResponse struct {
 
 func (x *DiffPolicyResponse) Reset() {
 	*x = DiffPolicyResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +1656,7 @@ func (x *DiffPolicyResponse) String() string {
 func (*DiffPolicyResponse) ProtoMessage() {}
 
 func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +1669,7 @@ func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffPolicyResponse.ProtoReflect.Descriptor instead.
 func (*DiffPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DiffPolicyResponse) GetChanges() []*LevelChange {
@@ -681,7 +1717,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +1729,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +1742,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListDecisionsRequest) GetDeviceId() string {
@@ -757,14 +1793,23 @@ type Decision struct {
 	// count is how many decisions the run holds.
 	Count uint64 `protobuf:"varint,9,opt,name=count,proto3" json:"count,omitempty"`
 	// failed_checks are the checks that did not pass, with their remediation.
-	FailedChecks  []*CheckResult `protobuf:"bytes,10,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	FailedChecks []*CheckResult `protobuf:"bytes,10,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	// enforcement is the level's at the decision.
+	Enforcement Enforcement `protobuf:"varint,11,opt,name=enforcement,proto3,enum=posture.v1.Enforcement" json:"enforcement,omitempty"`
+	// met is set when the device met the level; allowed without met is a
+	// level in warn or off mode.
+	Met bool `protobuf:"varint,12,opt,name=met,proto3" json:"met,omitempty"`
+	// warned is set when the gateway was told to warn (see
+	// CheckAccessResponse.warned), with warnings saying what.
+	Warned        bool     `protobuf:"varint,13,opt,name=warned,proto3" json:"warned,omitempty"`
+	Warnings      []string `protobuf:"bytes,14,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +1821,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +1834,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Decision) GetAt() *timestamppb.Timestamp {
@@ -862,6 +1907,34 @@ func (x *Decision) GetFailedChecks() []*CheckResult {
 	return nil
 }
 
+func (x *Decision) GetEnforcement() Enforcement {
+	if x != nil {
+		return x.Enforcement
+	}
+	return Enforcement_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *Decision) GetMet() bool {
+	if x != nil {
+		return x.Met
+	}
+	return false
+}
+
+func (x *Decision) GetWarned() bool {
+	if x != nil {
+		return x.Warned
+	}
+	return false
+}
+
+func (x *Decision) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
 type ListDecisionsResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Decisions []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
@@ -873,7 +1946,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1958,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1971,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*Decision {
@@ -924,7 +1997,7 @@ type ApproveDeviceRequest struct {
 
 func (x *ApproveDeviceRequest) Reset() {
 	*x = ApproveDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +2009,7 @@ func (x *ApproveDeviceRequest) String() string {
 func (*ApproveDeviceRequest) ProtoMessage() {}
 
 func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +2022,7 @@ func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceRequest.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApproveDeviceRequest) GetDeviceId() string {
@@ -968,7 +2041,7 @@ type ApproveDeviceResponse struct {
 
 func (x *ApproveDeviceResponse) Reset() {
 	*x = ApproveDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +2053,7 @@ func (x *ApproveDeviceResponse) String() string {
 func (*ApproveDeviceResponse) ProtoMessage() {}
 
 func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +2066,7 @@ func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceResponse.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApproveDeviceResponse) GetDevice() *Device {
@@ -1015,7 +2088,7 @@ type PreregisterEKRequest struct {
 
 func (x *PreregisterEKRequest) Reset() {
 	*x = PreregisterEKRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +2100,7 @@ func (x *PreregisterEKRequest) String() string {
 func (*PreregisterEKRequest) ProtoMessage() {}
 
 func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +2113,7 @@ func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKRequest.ProtoReflect.Descriptor instead.
 func (*PreregisterEKRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PreregisterEKRequest) GetEkSha256() []string {
@@ -1067,7 +2140,7 @@ type PreregisterEKResponse struct {
 
 func (x *PreregisterEKResponse) Reset() {
 	*x = PreregisterEKResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +2152,7 @@ func (x *PreregisterEKResponse) String() string {
 func (*PreregisterEKResponse) ProtoMessage() {}
 
 func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +2165,7 @@ func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKResponse.ProtoReflect.Descriptor instead.
 func (*PreregisterEKResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PreregisterEKResponse) GetAdded() uint32 {
@@ -1117,7 +2190,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +2202,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +2215,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetTtl() *durationpb.Duration {
@@ -1180,7 +2253,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +2265,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +2278,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -1243,7 +2316,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +2328,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +2341,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListDevicesRequest) GetPageSize() uint32 {
@@ -1296,7 +2369,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +2381,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +2394,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
@@ -1347,7 +2420,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +2432,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +2445,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -1393,7 +2466,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[23]
+	mi := &file_posture_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +2478,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[23]
+	mi := &file_posture_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +2491,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1444,7 +2517,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[24]
+	mi := &file_posture_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +2529,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[24]
+	mi := &file_posture_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +2542,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -1493,7 +2566,7 @@ type IssueGatewayCertificateRequest struct {
 
 func (x *IssueGatewayCertificateRequest) Reset() {
 	*x = IssueGatewayCertificateRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[25]
+	mi := &file_posture_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +2578,7 @@ func (x *IssueGatewayCertificateRequest) String() string {
 func (*IssueGatewayCertificateRequest) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[25]
+	mi := &file_posture_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +2591,7 @@ func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IssueGatewayCertificateRequest) GetName() string {
@@ -1546,7 +2619,7 @@ type IssueGatewayCertificateResponse struct {
 
 func (x *IssueGatewayCertificateResponse) Reset() {
 	*x = IssueGatewayCertificateResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[26]
+	mi := &file_posture_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +2631,7 @@ func (x *IssueGatewayCertificateResponse) String() string {
 func (*IssueGatewayCertificateResponse) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[26]
+	mi := &file_posture_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +2644,7 @@ func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *IssueGatewayCertificateResponse) GetCertificate() []byte {
@@ -1603,7 +2676,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[27]
+	mi := &file_posture_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +2688,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[27]
+	mi := &file_posture_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +2701,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 // Stats are the collector's counters since it started.
@@ -1648,13 +2721,19 @@ type Stats struct {
 	CertificatesRenewed uint64 `protobuf:"varint,8,opt,name=certificates_renewed,json=certificatesRenewed,proto3" json:"certificates_renewed,omitempty"`
 	// renewals_rejected by reason name ("bad_proof").
 	RenewalsRejected map[string]uint64 `protobuf:"bytes,9,rep,name=renewals_rejected,json=renewalsRejected,proto3" json:"renewals_rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// receivers are the outbox's receivers (webhooks, SIEM exports, Shared
+	// Signals streams) and how delivery to each stands.
+	Receivers []*ReceiverStatus `protobuf:"bytes,10,rep,name=receivers,proto3" json:"receivers,omitempty"`
+	// standing_lease says whether this collector records device standings
+	// (one collector sharing the database does).
+	StandingLease bool `protobuf:"varint,11,opt,name=standing_lease,json=standingLease,proto3" json:"standing_lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_posture_v1_admin_proto_msgTypes[28]
+	mi := &file_posture_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +2745,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[28]
+	mi := &file_posture_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +2758,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Stats) GetReportsAccepted() uint64 {
@@ -1745,6 +2824,20 @@ func (x *Stats) GetRenewalsRejected() map[string]uint64 {
 	return nil
 }
 
+func (x *Stats) GetReceivers() []*ReceiverStatus {
+	if x != nil {
+		return x.Receivers
+	}
+	return nil
+}
+
+func (x *Stats) GetStandingLease() bool {
+	if x != nil {
+		return x.StandingLease
+	}
+	return false
+}
+
 type ListReplicasRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1753,7 +2846,7 @@ type ListReplicasRequest struct {
 
 func (x *ListReplicasRequest) Reset() {
 	*x = ListReplicasRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	mi := &file_posture_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +2858,7 @@ func (x *ListReplicasRequest) String() string {
 func (*ListReplicasRequest) ProtoMessage() {}
 
 func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	mi := &file_posture_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +2871,7 @@ func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 // Replica is one collector sharing the database.
@@ -1807,7 +2900,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	mi := &file_posture_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +2912,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	mi := &file_posture_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +2925,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Replica) GetId() string {
@@ -1909,7 +3002,7 @@ type ListReplicasResponse struct {
 
 func (x *ListReplicasResponse) Reset() {
 	*x = ListReplicasResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	mi := &file_posture_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +3014,7 @@ func (x *ListReplicasResponse) String() string {
 func (*ListReplicasResponse) ProtoMessage() {}
 
 func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	mi := &file_posture_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +3027,7 @@ func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListReplicasResponse) GetReplicas() []*Replica {
@@ -1956,7 +3049,67 @@ var File_posture_v1_admin_proto protoreflect.FileDescriptor
 const file_posture_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/admin.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"\x15\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"`\n" +
+	"\x15BindDeviceUserRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12*\n" +
+	"\x04user\x18\x02 \x01(\v2\x16.posture.v1.DeviceUserR\x04user\"\x18\n" +
+	"\x16BindDeviceUserResponse\"6\n" +
+	"\x17UnbindDeviceUserRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\x1a\n" +
+	"\x18UnbindDeviceUserResponse\"]\n" +
+	"\x15AddSSFReceiverRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\baudience\x18\x02 \x01(\tR\baudience\x12\x14\n" +
+	"\x05level\x18\x03 \x01(\tR\x05level\".\n" +
+	"\x16AddSSFReceiverResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\x19\n" +
+	"\x17ListSSFReceiversRequest\"\x8e\x01\n" +
+	"\vSSFReceiver\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\baudience\x18\x02 \x01(\tR\baudience\x12\x14\n" +
+	"\x05level\x18\x03 \x01(\tR\x05level\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"Q\n" +
+	"\x18ListSSFReceiversResponse\x125\n" +
+	"\treceivers\x18\x01 \x03(\v2\x17.posture.v1.SSFReceiverR\treceivers\".\n" +
+	"\x18RemoveSSFReceiverRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x19RemoveSSFReceiverResponse\x12'\n" +
+	"\x0fstreams_deleted\x18\x01 \x01(\rR\x0estreamsDeleted\"\xd7\x01\n" +
+	"\x16CreateSSFStreamRequest\x12\x1a\n" +
+	"\breceiver\x18\x01 \x01(\tR\breceiver\x12!\n" +
+	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x121\n" +
+	"\x14authorization_header\x18\x03 \x01(\tR\x13authorizationHeader\x12)\n" +
+	"\x10events_requested\x18\x04 \x03(\tR\x0feventsRequested\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"\xa0\x02\n" +
+	"\tSSFStream\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x1a\n" +
+	"\breceiver\x18\x02 \x01(\tR\breceiver\x12\x1a\n" +
+	"\baudience\x18\x03 \x01(\tR\baudience\x12!\n" +
+	"\fendpoint_url\x18\x04 \x01(\tR\vendpointUrl\x12)\n" +
+	"\x10events_delivered\x18\x05 \x03(\tR\x0feventsDelivered\x12\x16\n" +
+	"\x06status\x18\x06 \x01(\tR\x06status\x12 \n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\x126\n" +
+	"\bdelivery\x18\b \x01(\v2\x1a.posture.v1.ReceiverStatusR\bdelivery\"\x17\n" +
+	"\x15ListSSFStreamsRequest\"I\n" +
+	"\x16ListSSFStreamsResponse\x12/\n" +
+	"\astreams\x18\x01 \x03(\v2\x15.posture.v1.SSFStreamR\astreams\"5\n" +
+	"\x16DeleteSSFStreamRequest\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\"\x19\n" +
+	"\x17DeleteSSFStreamResponse\"\xd5\x02\n" +
+	"\x0eReceiverStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x18\n" +
+	"\apending\x18\x04 \x01(\x04R\apending\x12\x1c\n" +
+	"\tdelivered\x18\x05 \x01(\x04R\tdelivered\x12=\n" +
+	"\fdelivered_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\x12?\n" +
+	"\rfailing_since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\ffailingSince\x12\x1a\n" +
+	"\battempts\x18\b \x01(\rR\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\t \x01(\tR\tlastError\x12\x16\n" +
+	"\x06holder\x18\n" +
+	" \x01(\tR\x06holder\"\x15\n" +
 	"\x13ListGatewaysRequest\"\x89\x02\n" +
 	"\aGateway\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -1982,7 +3135,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x11DiffPolicyRequest\x12\x1f\n" +
 	"\vpolicy_yaml\x18\x01 \x01(\fR\n" +
 	"policyYaml\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xc4\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xc1\x03\n" +
 	"\vLevelChange\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x14\n" +
@@ -1990,7 +3143,13 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\vallowed_now\x18\x04 \x01(\bR\n" +
 	"allowedNow\x12+\n" +
 	"\x11allowed_candidate\x18\x05 \x01(\bR\x10allowedCandidate\x12\x18\n" +
-	"\areasons\x18\x06 \x03(\tR\areasons\"N\n" +
+	"\areasons\x18\x06 \x03(\tR\areasons\x12\x17\n" +
+	"\amet_now\x18\a \x01(\bR\x06metNow\x12#\n" +
+	"\rmet_candidate\x18\b \x01(\bR\fmetCandidate\x12@\n" +
+	"\x0fenforcement_now\x18\t \x01(\x0e2\x17.posture.v1.EnforcementR\x0eenforcementNow\x12L\n" +
+	"\x15enforcement_candidate\x18\n" +
+	" \x01(\x0e2\x17.posture.v1.EnforcementR\x14enforcementCandidate\x12-\n" +
+	"\x12warnings_candidate\x18\v \x03(\tR\x11warningsCandidate\"N\n" +
 	"\n" +
 	"LevelCount\x12\x14\n" +
 	"\x05level\x18\x01 \x01(\tR\x05level\x12\x16\n" +
@@ -2005,7 +3164,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\rR\x05limit\x120\n" +
-	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"\xe3\x02\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"\xe4\x03\n" +
 	"\bDecision\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +
@@ -2017,7 +3176,11 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\bfirst_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\afirstAt\x12\x14\n" +
 	"\x05count\x18\t \x01(\x04R\x05count\x12<\n" +
 	"\rfailed_checks\x18\n" +
-	" \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\"g\n" +
+	" \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\x129\n" +
+	"\venforcement\x18\v \x01(\x0e2\x17.posture.v1.EnforcementR\venforcement\x12\x10\n" +
+	"\x03met\x18\f \x01(\bR\x03met\x12\x16\n" +
+	"\x06warned\x18\r \x01(\bR\x06warned\x12\x1a\n" +
+	"\bwarnings\x18\x0e \x03(\tR\bwarnings\"g\n" +
 	"\x15ListDecisionsResponse\x122\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x14.posture.v1.DecisionR\tdecisions\x12\x1a\n" +
 	"\bretained\x18\x02 \x01(\rR\bretained\"3\n" +
@@ -2060,7 +3223,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12'\n" +
 	"\x0fca_certificates\x18\x02 \x03(\fR\x0ecaCertificates\x12\x1b\n" +
 	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"\x11\n" +
-	"\x0fGetStatsRequest\"\x9c\x06\n" +
+	"\x0fGetStatsRequest\"\xfd\x06\n" +
 	"\x05Stats\x12)\n" +
 	"\x10reports_accepted\x18\x01 \x01(\x04R\x0freportsAccepted\x12Q\n" +
 	"\x10reports_rejected\x18\x02 \x03(\v2&.posture.v1.Stats.ReportsRejectedEntryR\x0freportsRejected\x12 \n" +
@@ -2071,7 +3234,10 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"rpc_denied\x18\a \x03(\v2 .posture.v1.Stats.RpcDeniedEntryR\trpcDenied\x121\n" +
 	"\x14certificates_renewed\x18\b \x01(\x04R\x13certificatesRenewed\x12T\n" +
-	"\x11renewals_rejected\x18\t \x03(\v2'.posture.v1.Stats.RenewalsRejectedEntryR\x10renewalsRejected\x1aB\n" +
+	"\x11renewals_rejected\x18\t \x03(\v2'.posture.v1.Stats.RenewalsRejectedEntryR\x10renewalsRejected\x128\n" +
+	"\treceivers\x18\n" +
+	" \x03(\v2\x1a.posture.v1.ReceiverStatusR\treceivers\x12%\n" +
+	"\x0estanding_lease\x18\v \x01(\bR\rstandingLease\x1aB\n" +
 	"\x14ReportsRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aF\n" +
@@ -2098,7 +3264,7 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x04self\x18\t \x01(\bR\x04self\"j\n" +
 	"\x14ListReplicasResponse\x12/\n" +
 	"\breplicas\x18\x01 \x03(\v2\x13.posture.v1.ReplicaR\breplicas\x12!\n" +
-	"\fnewest_event\x18\x02 \x01(\x04R\vnewestEvent2\xb3\t\n" +
+	"\fnewest_event\x18\x02 \x01(\x04R\vnewestEvent2\x88\x0f\n" +
 	"\fAdminService\x12l\n" +
 	"\x15CreateEnrollmentToken\x12(.posture.v1.CreateEnrollmentTokenRequest\x1a).posture.v1.CreateEnrollmentTokenResponse\x12N\n" +
 	"\vListDevices\x12\x1e.posture.v1.ListDevicesRequest\x1a\x1f.posture.v1.ListDevicesResponse\x12D\n" +
@@ -2114,7 +3280,15 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\rListDecisions\x12 .posture.v1.ListDecisionsRequest\x1a!.posture.v1.ListDecisionsResponse\x12Q\n" +
 	"\fListGateways\x12\x1f.posture.v1.ListGatewaysRequest\x1a .posture.v1.ListGatewaysResponse\x12T\n" +
 	"\rRevokeGateway\x12 .posture.v1.RevokeGatewayRequest\x1a!.posture.v1.RevokeGatewayResponse\x12Q\n" +
-	"\fListReplicas\x12\x1f.posture.v1.ListReplicasRequest\x1a .posture.v1.ListReplicasResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\fListReplicas\x12\x1f.posture.v1.ListReplicasRequest\x1a .posture.v1.ListReplicasResponse\x12W\n" +
+	"\x0eBindDeviceUser\x12!.posture.v1.BindDeviceUserRequest\x1a\".posture.v1.BindDeviceUserResponse\x12]\n" +
+	"\x10UnbindDeviceUser\x12#.posture.v1.UnbindDeviceUserRequest\x1a$.posture.v1.UnbindDeviceUserResponse\x12W\n" +
+	"\x0eAddSSFReceiver\x12!.posture.v1.AddSSFReceiverRequest\x1a\".posture.v1.AddSSFReceiverResponse\x12]\n" +
+	"\x10ListSSFReceivers\x12#.posture.v1.ListSSFReceiversRequest\x1a$.posture.v1.ListSSFReceiversResponse\x12`\n" +
+	"\x11RemoveSSFReceiver\x12$.posture.v1.RemoveSSFReceiverRequest\x1a%.posture.v1.RemoveSSFReceiverResponse\x12L\n" +
+	"\x0fCreateSSFStream\x12\".posture.v1.CreateSSFStreamRequest\x1a\x15.posture.v1.SSFStream\x12W\n" +
+	"\x0eListSSFStreams\x12!.posture.v1.ListSSFStreamsRequest\x1a\".posture.v1.ListSSFStreamsResponse\x12Z\n" +
+	"\x0fDeleteSSFStream\x12\".posture.v1.DeleteSSFStreamRequest\x1a#.posture.v1.DeleteSSFStreamResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_admin_proto_rawDescOnce sync.Once
@@ -2128,108 +3302,155 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_posture_v1_admin_proto_goTypes = []any{
-	(*ListGatewaysRequest)(nil),             // 0: posture.v1.ListGatewaysRequest
-	(*Gateway)(nil),                         // 1: posture.v1.Gateway
-	(*ListGatewaysResponse)(nil),            // 2: posture.v1.ListGatewaysResponse
-	(*RevokeGatewayRequest)(nil),            // 3: posture.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),           // 4: posture.v1.RevokeGatewayResponse
-	(*ReloadPolicyRequest)(nil),             // 5: posture.v1.ReloadPolicyRequest
-	(*ReloadPolicyResponse)(nil),            // 6: posture.v1.ReloadPolicyResponse
-	(*DiffPolicyRequest)(nil),               // 7: posture.v1.DiffPolicyRequest
-	(*LevelChange)(nil),                     // 8: posture.v1.LevelChange
-	(*LevelCount)(nil),                      // 9: posture.v1.LevelCount
-	(*DiffPolicyResponse)(nil),              // 10: posture.v1.DiffPolicyResponse
-	(*ListDecisionsRequest)(nil),            // 11: posture.v1.ListDecisionsRequest
-	(*Decision)(nil),                        // 12: posture.v1.Decision
-	(*ListDecisionsResponse)(nil),           // 13: posture.v1.ListDecisionsResponse
-	(*ApproveDeviceRequest)(nil),            // 14: posture.v1.ApproveDeviceRequest
-	(*ApproveDeviceResponse)(nil),           // 15: posture.v1.ApproveDeviceResponse
-	(*PreregisterEKRequest)(nil),            // 16: posture.v1.PreregisterEKRequest
-	(*PreregisterEKResponse)(nil),           // 17: posture.v1.PreregisterEKResponse
-	(*CreateEnrollmentTokenRequest)(nil),    // 18: posture.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil),   // 19: posture.v1.CreateEnrollmentTokenResponse
-	(*ListDevicesRequest)(nil),              // 20: posture.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),             // 21: posture.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),                // 22: posture.v1.GetDeviceRequest
-	(*RevokeDeviceRequest)(nil),             // 23: posture.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),            // 24: posture.v1.RevokeDeviceResponse
-	(*IssueGatewayCertificateRequest)(nil),  // 25: posture.v1.IssueGatewayCertificateRequest
-	(*IssueGatewayCertificateResponse)(nil), // 26: posture.v1.IssueGatewayCertificateResponse
-	(*GetStatsRequest)(nil),                 // 27: posture.v1.GetStatsRequest
-	(*Stats)(nil),                           // 28: posture.v1.Stats
-	(*ListReplicasRequest)(nil),             // 29: posture.v1.ListReplicasRequest
-	(*Replica)(nil),                         // 30: posture.v1.Replica
-	(*ListReplicasResponse)(nil),            // 31: posture.v1.ListReplicasResponse
-	nil,                                     // 32: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 33: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 34: posture.v1.Stats.RpcDeniedEntry
-	nil,                                     // 35: posture.v1.Stats.RenewalsRejectedEntry
-	(*timestamppb.Timestamp)(nil),           // 36: google.protobuf.Timestamp
-	(*CheckResult)(nil),                     // 37: posture.v1.CheckResult
-	(*Device)(nil),                          // 38: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 39: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 40: posture.v1.DevicePosture
+	(*BindDeviceUserRequest)(nil),           // 0: posture.v1.BindDeviceUserRequest
+	(*BindDeviceUserResponse)(nil),          // 1: posture.v1.BindDeviceUserResponse
+	(*UnbindDeviceUserRequest)(nil),         // 2: posture.v1.UnbindDeviceUserRequest
+	(*UnbindDeviceUserResponse)(nil),        // 3: posture.v1.UnbindDeviceUserResponse
+	(*AddSSFReceiverRequest)(nil),           // 4: posture.v1.AddSSFReceiverRequest
+	(*AddSSFReceiverResponse)(nil),          // 5: posture.v1.AddSSFReceiverResponse
+	(*ListSSFReceiversRequest)(nil),         // 6: posture.v1.ListSSFReceiversRequest
+	(*SSFReceiver)(nil),                     // 7: posture.v1.SSFReceiver
+	(*ListSSFReceiversResponse)(nil),        // 8: posture.v1.ListSSFReceiversResponse
+	(*RemoveSSFReceiverRequest)(nil),        // 9: posture.v1.RemoveSSFReceiverRequest
+	(*RemoveSSFReceiverResponse)(nil),       // 10: posture.v1.RemoveSSFReceiverResponse
+	(*CreateSSFStreamRequest)(nil),          // 11: posture.v1.CreateSSFStreamRequest
+	(*SSFStream)(nil),                       // 12: posture.v1.SSFStream
+	(*ListSSFStreamsRequest)(nil),           // 13: posture.v1.ListSSFStreamsRequest
+	(*ListSSFStreamsResponse)(nil),          // 14: posture.v1.ListSSFStreamsResponse
+	(*DeleteSSFStreamRequest)(nil),          // 15: posture.v1.DeleteSSFStreamRequest
+	(*DeleteSSFStreamResponse)(nil),         // 16: posture.v1.DeleteSSFStreamResponse
+	(*ReceiverStatus)(nil),                  // 17: posture.v1.ReceiverStatus
+	(*ListGatewaysRequest)(nil),             // 18: posture.v1.ListGatewaysRequest
+	(*Gateway)(nil),                         // 19: posture.v1.Gateway
+	(*ListGatewaysResponse)(nil),            // 20: posture.v1.ListGatewaysResponse
+	(*RevokeGatewayRequest)(nil),            // 21: posture.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),           // 22: posture.v1.RevokeGatewayResponse
+	(*ReloadPolicyRequest)(nil),             // 23: posture.v1.ReloadPolicyRequest
+	(*ReloadPolicyResponse)(nil),            // 24: posture.v1.ReloadPolicyResponse
+	(*DiffPolicyRequest)(nil),               // 25: posture.v1.DiffPolicyRequest
+	(*LevelChange)(nil),                     // 26: posture.v1.LevelChange
+	(*LevelCount)(nil),                      // 27: posture.v1.LevelCount
+	(*DiffPolicyResponse)(nil),              // 28: posture.v1.DiffPolicyResponse
+	(*ListDecisionsRequest)(nil),            // 29: posture.v1.ListDecisionsRequest
+	(*Decision)(nil),                        // 30: posture.v1.Decision
+	(*ListDecisionsResponse)(nil),           // 31: posture.v1.ListDecisionsResponse
+	(*ApproveDeviceRequest)(nil),            // 32: posture.v1.ApproveDeviceRequest
+	(*ApproveDeviceResponse)(nil),           // 33: posture.v1.ApproveDeviceResponse
+	(*PreregisterEKRequest)(nil),            // 34: posture.v1.PreregisterEKRequest
+	(*PreregisterEKResponse)(nil),           // 35: posture.v1.PreregisterEKResponse
+	(*CreateEnrollmentTokenRequest)(nil),    // 36: posture.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),   // 37: posture.v1.CreateEnrollmentTokenResponse
+	(*ListDevicesRequest)(nil),              // 38: posture.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),             // 39: posture.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),                // 40: posture.v1.GetDeviceRequest
+	(*RevokeDeviceRequest)(nil),             // 41: posture.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),            // 42: posture.v1.RevokeDeviceResponse
+	(*IssueGatewayCertificateRequest)(nil),  // 43: posture.v1.IssueGatewayCertificateRequest
+	(*IssueGatewayCertificateResponse)(nil), // 44: posture.v1.IssueGatewayCertificateResponse
+	(*GetStatsRequest)(nil),                 // 45: posture.v1.GetStatsRequest
+	(*Stats)(nil),                           // 46: posture.v1.Stats
+	(*ListReplicasRequest)(nil),             // 47: posture.v1.ListReplicasRequest
+	(*Replica)(nil),                         // 48: posture.v1.Replica
+	(*ListReplicasResponse)(nil),            // 49: posture.v1.ListReplicasResponse
+	nil,                                     // 50: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 51: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 52: posture.v1.Stats.RpcDeniedEntry
+	nil,                                     // 53: posture.v1.Stats.RenewalsRejectedEntry
+	(*DeviceUser)(nil),                      // 54: posture.v1.DeviceUser
+	(*timestamppb.Timestamp)(nil),           // 55: google.protobuf.Timestamp
+	(Enforcement)(0),                        // 56: posture.v1.Enforcement
+	(*CheckResult)(nil),                     // 57: posture.v1.CheckResult
+	(*Device)(nil),                          // 58: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 59: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 60: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	36, // 0: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
-	36, // 1: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
-	36, // 2: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
-	1,  // 3: posture.v1.ListGatewaysResponse.gateways:type_name -> posture.v1.Gateway
-	8,  // 4: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
-	9,  // 5: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
-	36, // 6: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	36, // 7: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
-	36, // 8: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	36, // 9: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
-	37, // 10: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
-	12, // 11: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	38, // 12: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	39, // 13: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	36, // 14: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 15: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	38, // 16: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	32, // 17: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	33, // 18: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	34, // 19: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	35, // 20: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
-	36, // 21: posture.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
-	36, // 22: posture.v1.Replica.seen_at:type_name -> google.protobuf.Timestamp
-	30, // 23: posture.v1.ListReplicasResponse.replicas:type_name -> posture.v1.Replica
-	18, // 24: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	20, // 25: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	22, // 26: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	23, // 27: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	25, // 28: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	27, // 29: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	14, // 30: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	16, // 31: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	5,  // 32: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	7,  // 33: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	11, // 34: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	0,  // 35: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
-	3,  // 36: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
-	29, // 37: posture.v1.AdminService.ListReplicas:input_type -> posture.v1.ListReplicasRequest
-	19, // 38: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	21, // 39: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	40, // 40: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	24, // 41: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	26, // 42: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	28, // 43: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	15, // 44: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	17, // 45: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	6,  // 46: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	10, // 47: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	13, // 48: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	2,  // 49: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
-	4,  // 50: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
-	31, // 51: posture.v1.AdminService.ListReplicas:output_type -> posture.v1.ListReplicasResponse
-	38, // [38:52] is the sub-list for method output_type
-	24, // [24:38] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	54, // 0: posture.v1.BindDeviceUserRequest.user:type_name -> posture.v1.DeviceUser
+	55, // 1: posture.v1.SSFReceiver.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 2: posture.v1.ListSSFReceiversResponse.receivers:type_name -> posture.v1.SSFReceiver
+	17, // 3: posture.v1.SSFStream.delivery:type_name -> posture.v1.ReceiverStatus
+	12, // 4: posture.v1.ListSSFStreamsResponse.streams:type_name -> posture.v1.SSFStream
+	55, // 5: posture.v1.ReceiverStatus.delivered_at:type_name -> google.protobuf.Timestamp
+	55, // 6: posture.v1.ReceiverStatus.failing_since:type_name -> google.protobuf.Timestamp
+	55, // 7: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
+	55, // 8: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
+	55, // 9: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
+	19, // 10: posture.v1.ListGatewaysResponse.gateways:type_name -> posture.v1.Gateway
+	56, // 11: posture.v1.LevelChange.enforcement_now:type_name -> posture.v1.Enforcement
+	56, // 12: posture.v1.LevelChange.enforcement_candidate:type_name -> posture.v1.Enforcement
+	26, // 13: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
+	27, // 14: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
+	55, // 15: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	55, // 16: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
+	55, // 17: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	55, // 18: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
+	57, // 19: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
+	56, // 20: posture.v1.Decision.enforcement:type_name -> posture.v1.Enforcement
+	30, // 21: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
+	58, // 22: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	59, // 23: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	55, // 24: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	60, // 25: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	58, // 26: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	50, // 27: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	51, // 28: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	52, // 29: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	53, // 30: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
+	17, // 31: posture.v1.Stats.receivers:type_name -> posture.v1.ReceiverStatus
+	55, // 32: posture.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	55, // 33: posture.v1.Replica.seen_at:type_name -> google.protobuf.Timestamp
+	48, // 34: posture.v1.ListReplicasResponse.replicas:type_name -> posture.v1.Replica
+	36, // 35: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	38, // 36: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	40, // 37: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	41, // 38: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	43, // 39: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	45, // 40: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	32, // 41: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	34, // 42: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	23, // 43: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	25, // 44: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	29, // 45: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	18, // 46: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
+	21, // 47: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
+	47, // 48: posture.v1.AdminService.ListReplicas:input_type -> posture.v1.ListReplicasRequest
+	0,  // 49: posture.v1.AdminService.BindDeviceUser:input_type -> posture.v1.BindDeviceUserRequest
+	2,  // 50: posture.v1.AdminService.UnbindDeviceUser:input_type -> posture.v1.UnbindDeviceUserRequest
+	4,  // 51: posture.v1.AdminService.AddSSFReceiver:input_type -> posture.v1.AddSSFReceiverRequest
+	6,  // 52: posture.v1.AdminService.ListSSFReceivers:input_type -> posture.v1.ListSSFReceiversRequest
+	9,  // 53: posture.v1.AdminService.RemoveSSFReceiver:input_type -> posture.v1.RemoveSSFReceiverRequest
+	11, // 54: posture.v1.AdminService.CreateSSFStream:input_type -> posture.v1.CreateSSFStreamRequest
+	13, // 55: posture.v1.AdminService.ListSSFStreams:input_type -> posture.v1.ListSSFStreamsRequest
+	15, // 56: posture.v1.AdminService.DeleteSSFStream:input_type -> posture.v1.DeleteSSFStreamRequest
+	37, // 57: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	39, // 58: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	60, // 59: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	42, // 60: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	44, // 61: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	46, // 62: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	33, // 63: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	35, // 64: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	24, // 65: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	28, // 66: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	31, // 67: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	20, // 68: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
+	22, // 69: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
+	49, // 70: posture.v1.AdminService.ListReplicas:output_type -> posture.v1.ListReplicasResponse
+	1,  // 71: posture.v1.AdminService.BindDeviceUser:output_type -> posture.v1.BindDeviceUserResponse
+	3,  // 72: posture.v1.AdminService.UnbindDeviceUser:output_type -> posture.v1.UnbindDeviceUserResponse
+	5,  // 73: posture.v1.AdminService.AddSSFReceiver:output_type -> posture.v1.AddSSFReceiverResponse
+	8,  // 74: posture.v1.AdminService.ListSSFReceivers:output_type -> posture.v1.ListSSFReceiversResponse
+	10, // 75: posture.v1.AdminService.RemoveSSFReceiver:output_type -> posture.v1.RemoveSSFReceiverResponse
+	12, // 76: posture.v1.AdminService.CreateSSFStream:output_type -> posture.v1.SSFStream
+	14, // 77: posture.v1.AdminService.ListSSFStreams:output_type -> posture.v1.ListSSFStreamsResponse
+	16, // 78: posture.v1.AdminService.DeleteSSFStream:output_type -> posture.v1.DeleteSSFStreamResponse
+	57, // [57:79] is the sub-list for method output_type
+	35, // [35:57] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -2244,7 +3465,7 @@ func file_posture_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

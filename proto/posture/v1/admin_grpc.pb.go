@@ -33,6 +33,14 @@ const (
 	AdminService_ListGateways_FullMethodName            = "/posture.v1.AdminService/ListGateways"
 	AdminService_RevokeGateway_FullMethodName           = "/posture.v1.AdminService/RevokeGateway"
 	AdminService_ListReplicas_FullMethodName            = "/posture.v1.AdminService/ListReplicas"
+	AdminService_BindDeviceUser_FullMethodName          = "/posture.v1.AdminService/BindDeviceUser"
+	AdminService_UnbindDeviceUser_FullMethodName        = "/posture.v1.AdminService/UnbindDeviceUser"
+	AdminService_AddSSFReceiver_FullMethodName          = "/posture.v1.AdminService/AddSSFReceiver"
+	AdminService_ListSSFReceivers_FullMethodName        = "/posture.v1.AdminService/ListSSFReceivers"
+	AdminService_RemoveSSFReceiver_FullMethodName       = "/posture.v1.AdminService/RemoveSSFReceiver"
+	AdminService_CreateSSFStream_FullMethodName         = "/posture.v1.AdminService/CreateSSFStream"
+	AdminService_ListSSFStreams_FullMethodName          = "/posture.v1.AdminService/ListSSFStreams"
+	AdminService_DeleteSSFStream_FullMethodName         = "/posture.v1.AdminService/DeleteSSFStream"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -81,6 +89,26 @@ type AdminServiceClient interface {
 	// as each last recorded itself, and how far each is behind the newest
 	// change.
 	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
+	// BindDeviceUser binds a device to the person who uses it, so that
+	// Shared Signals receivers learn whose sessions its changes concern.
+	BindDeviceUser(ctx context.Context, in *BindDeviceUserRequest, opts ...grpc.CallOption) (*BindDeviceUserResponse, error)
+	// UnbindDeviceUser removes a device's binding.
+	UnbindDeviceUser(ctx context.Context, in *UnbindDeviceUserRequest, opts ...grpc.CallOption) (*UnbindDeviceUserResponse, error)
+	// AddSSFReceiver allows a Shared Signals receiver to manage its streams
+	// through the transmitter's API, and returns its bearer token.
+	AddSSFReceiver(ctx context.Context, in *AddSSFReceiverRequest, opts ...grpc.CallOption) (*AddSSFReceiverResponse, error)
+	// ListSSFReceivers lists them.
+	ListSSFReceivers(ctx context.Context, in *ListSSFReceiversRequest, opts ...grpc.CallOption) (*ListSSFReceiversResponse, error)
+	// RemoveSSFReceiver revokes a receiver's token and deletes its streams.
+	RemoveSSFReceiver(ctx context.Context, in *RemoveSSFReceiverRequest, opts ...grpc.CallOption) (*RemoveSSFReceiverResponse, error)
+	// CreateSSFStream creates a push stream for a receiver that does not
+	// manage streams itself (Okta): Security Event Tokens are posted to its
+	// endpoint.
+	CreateSSFStream(ctx context.Context, in *CreateSSFStreamRequest, opts ...grpc.CallOption) (*SSFStream, error)
+	// ListSSFStreams lists every stream with its delivery state.
+	ListSSFStreams(ctx context.Context, in *ListSSFStreamsRequest, opts ...grpc.CallOption) (*ListSSFStreamsResponse, error)
+	// DeleteSSFStream deletes a stream.
+	DeleteSSFStream(ctx context.Context, in *DeleteSSFStreamRequest, opts ...grpc.CallOption) (*DeleteSSFStreamResponse, error)
 }
 
 type adminServiceClient struct {
@@ -231,6 +259,86 @@ func (c *adminServiceClient) ListReplicas(ctx context.Context, in *ListReplicasR
 	return out, nil
 }
 
+func (c *adminServiceClient) BindDeviceUser(ctx context.Context, in *BindDeviceUserRequest, opts ...grpc.CallOption) (*BindDeviceUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BindDeviceUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_BindDeviceUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UnbindDeviceUser(ctx context.Context, in *UnbindDeviceUserRequest, opts ...grpc.CallOption) (*UnbindDeviceUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnbindDeviceUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_UnbindDeviceUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) AddSSFReceiver(ctx context.Context, in *AddSSFReceiverRequest, opts ...grpc.CallOption) (*AddSSFReceiverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddSSFReceiverResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddSSFReceiver_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListSSFReceivers(ctx context.Context, in *ListSSFReceiversRequest, opts ...grpc.CallOption) (*ListSSFReceiversResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSSFReceiversResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListSSFReceivers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveSSFReceiver(ctx context.Context, in *RemoveSSFReceiverRequest, opts ...grpc.CallOption) (*RemoveSSFReceiverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveSSFReceiverResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveSSFReceiver_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) CreateSSFStream(ctx context.Context, in *CreateSSFStreamRequest, opts ...grpc.CallOption) (*SSFStream, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SSFStream)
+	err := c.cc.Invoke(ctx, AdminService_CreateSSFStream_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListSSFStreams(ctx context.Context, in *ListSSFStreamsRequest, opts ...grpc.CallOption) (*ListSSFStreamsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSSFStreamsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListSSFStreams_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteSSFStream(ctx context.Context, in *DeleteSSFStreamRequest, opts ...grpc.CallOption) (*DeleteSSFStreamResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteSSFStreamResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteSSFStream_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -277,6 +385,26 @@ type AdminServiceServer interface {
 	// as each last recorded itself, and how far each is behind the newest
 	// change.
 	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
+	// BindDeviceUser binds a device to the person who uses it, so that
+	// Shared Signals receivers learn whose sessions its changes concern.
+	BindDeviceUser(context.Context, *BindDeviceUserRequest) (*BindDeviceUserResponse, error)
+	// UnbindDeviceUser removes a device's binding.
+	UnbindDeviceUser(context.Context, *UnbindDeviceUserRequest) (*UnbindDeviceUserResponse, error)
+	// AddSSFReceiver allows a Shared Signals receiver to manage its streams
+	// through the transmitter's API, and returns its bearer token.
+	AddSSFReceiver(context.Context, *AddSSFReceiverRequest) (*AddSSFReceiverResponse, error)
+	// ListSSFReceivers lists them.
+	ListSSFReceivers(context.Context, *ListSSFReceiversRequest) (*ListSSFReceiversResponse, error)
+	// RemoveSSFReceiver revokes a receiver's token and deletes its streams.
+	RemoveSSFReceiver(context.Context, *RemoveSSFReceiverRequest) (*RemoveSSFReceiverResponse, error)
+	// CreateSSFStream creates a push stream for a receiver that does not
+	// manage streams itself (Okta): Security Event Tokens are posted to its
+	// endpoint.
+	CreateSSFStream(context.Context, *CreateSSFStreamRequest) (*SSFStream, error)
+	// ListSSFStreams lists every stream with its delivery state.
+	ListSSFStreams(context.Context, *ListSSFStreamsRequest) (*ListSSFStreamsResponse, error)
+	// DeleteSSFStream deletes a stream.
+	DeleteSSFStream(context.Context, *DeleteSSFStreamRequest) (*DeleteSSFStreamResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -328,6 +456,30 @@ func (UnimplementedAdminServiceServer) RevokeGateway(context.Context, *RevokeGat
 }
 func (UnimplementedAdminServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
+}
+func (UnimplementedAdminServiceServer) BindDeviceUser(context.Context, *BindDeviceUserRequest) (*BindDeviceUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BindDeviceUser not implemented")
+}
+func (UnimplementedAdminServiceServer) UnbindDeviceUser(context.Context, *UnbindDeviceUserRequest) (*UnbindDeviceUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnbindDeviceUser not implemented")
+}
+func (UnimplementedAdminServiceServer) AddSSFReceiver(context.Context, *AddSSFReceiverRequest) (*AddSSFReceiverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddSSFReceiver not implemented")
+}
+func (UnimplementedAdminServiceServer) ListSSFReceivers(context.Context, *ListSSFReceiversRequest) (*ListSSFReceiversResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSSFReceivers not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveSSFReceiver(context.Context, *RemoveSSFReceiverRequest) (*RemoveSSFReceiverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveSSFReceiver not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateSSFStream(context.Context, *CreateSSFStreamRequest) (*SSFStream, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateSSFStream not implemented")
+}
+func (UnimplementedAdminServiceServer) ListSSFStreams(context.Context, *ListSSFStreamsRequest) (*ListSSFStreamsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSSFStreams not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteSSFStream(context.Context, *DeleteSSFStreamRequest) (*DeleteSSFStreamResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSSFStream not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -602,6 +754,150 @@ func _AdminService_ListReplicas_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_BindDeviceUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BindDeviceUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BindDeviceUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BindDeviceUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BindDeviceUser(ctx, req.(*BindDeviceUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UnbindDeviceUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnbindDeviceUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UnbindDeviceUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UnbindDeviceUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UnbindDeviceUser(ctx, req.(*UnbindDeviceUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_AddSSFReceiver_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddSSFReceiverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddSSFReceiver(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddSSFReceiver_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddSSFReceiver(ctx, req.(*AddSSFReceiverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListSSFReceivers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSSFReceiversRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListSSFReceivers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListSSFReceivers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListSSFReceivers(ctx, req.(*ListSSFReceiversRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveSSFReceiver_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveSSFReceiverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveSSFReceiver(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveSSFReceiver_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveSSFReceiver(ctx, req.(*RemoveSSFReceiverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_CreateSSFStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateSSFStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateSSFStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateSSFStream_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateSSFStream(ctx, req.(*CreateSSFStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListSSFStreams_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSSFStreamsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListSSFStreams(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListSSFStreams_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListSSFStreams(ctx, req.(*ListSSFStreamsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteSSFStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSSFStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteSSFStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteSSFStream_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteSSFStream(ctx, req.(*DeleteSSFStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -664,6 +960,38 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReplicas",
 			Handler:    _AdminService_ListReplicas_Handler,
+		},
+		{
+			MethodName: "BindDeviceUser",
+			Handler:    _AdminService_BindDeviceUser_Handler,
+		},
+		{
+			MethodName: "UnbindDeviceUser",
+			Handler:    _AdminService_UnbindDeviceUser_Handler,
+		},
+		{
+			MethodName: "AddSSFReceiver",
+			Handler:    _AdminService_AddSSFReceiver_Handler,
+		},
+		{
+			MethodName: "ListSSFReceivers",
+			Handler:    _AdminService_ListSSFReceivers_Handler,
+		},
+		{
+			MethodName: "RemoveSSFReceiver",
+			Handler:    _AdminService_RemoveSSFReceiver_Handler,
+		},
+		{
+			MethodName: "CreateSSFStream",
+			Handler:    _AdminService_CreateSSFStream_Handler,
+		},
+		{
+			MethodName: "ListSSFStreams",
+			Handler:    _AdminService_ListSSFStreams_Handler,
+		},
+		{
+			MethodName: "DeleteSSFStream",
+			Handler:    _AdminService_DeleteSSFStream_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -698,7 +698,12 @@ type ReportAck struct {
 	// until a log arrives. An agent sends the log with the first report of
 	// each stream and whenever its PCR values change, so the collector asks
 	// only when that log was lost (a report carrying it was not stored).
-	WantEventLog  bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
+	WantEventLog bool `protobuf:"varint,4,opt,name=want_event_log,json=wantEventLog,proto3" json:"want_event_log,omitempty"`
+	// standing is what the collector's policy says of the device after this
+	// report: the checks it fails, each with since when and, with a grace,
+	// when it blocks; the agent tells the device's user (desktop
+	// notifications) within the limits it carries.
+	Standing      *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +766,80 @@ func (x *ReportAck) GetWantEventLog() bool {
 	return false
 }
 
+func (x *ReportAck) GetStanding() *DeviceStanding {
+	if x != nil {
+		return x.Standing
+	}
+	return nil
+}
+
+// DeviceStanding is what a device's user is told of its posture.
+type DeviceStanding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// failing lists the checks the device fails, with reason, remediation,
+	// failing_since and blocks_at.
+	Failing []*CheckResult `protobuf:"bytes,1,rep,name=failing,proto3" json:"failing,omitempty"`
+	// notify_every is the shortest time between two notifications of one
+	// failing check (the policy's notify.every).
+	NotifyEvery *durationpb.Duration `protobuf:"bytes,2,opt,name=notify_every,json=notifyEvery,proto3" json:"notify_every,omitempty"`
+	// notify_before_block is how long before a grace ends the user is
+	// warned again (the policy's notify.before_block).
+	NotifyBeforeBlock *durationpb.Duration `protobuf:"bytes,3,opt,name=notify_before_block,json=notifyBeforeBlock,proto3" json:"notify_before_block,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DeviceStanding) Reset() {
+	*x = DeviceStanding{}
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceStanding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceStanding) ProtoMessage() {}
+
+func (x *DeviceStanding) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceStanding.ProtoReflect.Descriptor instead.
+func (*DeviceStanding) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeviceStanding) GetFailing() []*CheckResult {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
+func (x *DeviceStanding) GetNotifyEvery() *durationpb.Duration {
+	if x != nil {
+		return x.NotifyEvery
+	}
+	return nil
+}
+
+func (x *DeviceStanding) GetNotifyBeforeBlock() *durationpb.Duration {
+	if x != nil {
+		return x.NotifyBeforeBlock
+	}
+	return nil
+}
+
 // ReportRejected refuses one report.
 type ReportRejected struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -779,7 +858,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +870,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +883,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -847,7 +926,7 @@ var File_posture_v1_agent_proto protoreflect.FileDescriptor
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/report.proto\"I\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"I\n" +
 	"\fRenewRequest\x121\n" +
 	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
 	"\x04step\"\x86\x01\n" +
@@ -875,13 +954,18 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"z\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xb2\x01\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
-	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\"\xc9\x01\n" +
+	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x126\n" +
+	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\"\xcc\x01\n" +
+	"\x0eDeviceStanding\x121\n" +
+	"\afailing\x18\x01 \x03(\v2\x17.posture.v1.CheckResultR\afailing\x12<\n" +
+	"\fnotify_every\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vnotifyEvery\x12I\n" +
+	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc9\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
@@ -925,7 +1009,7 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_posture_v1_agent_proto_goTypes = []any{
 	(RejectReason)(0),           // 0: posture.v1.RejectReason
 	(*RenewRequest)(nil),        // 1: posture.v1.RenewRequest
@@ -937,31 +1021,37 @@ var file_posture_v1_agent_proto_goTypes = []any{
 	(*CollectorMessage)(nil),    // 7: posture.v1.CollectorMessage
 	(*Welcome)(nil),             // 8: posture.v1.Welcome
 	(*ReportAck)(nil),           // 9: posture.v1.ReportAck
-	(*ReportRejected)(nil),      // 10: posture.v1.ReportRejected
-	(*TPMQuote)(nil),            // 11: posture.v1.TPMQuote
-	(*SignedReport)(nil),        // 12: posture.v1.SignedReport
-	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
+	(*DeviceStanding)(nil),      // 10: posture.v1.DeviceStanding
+	(*ReportRejected)(nil),      // 11: posture.v1.ReportRejected
+	(*TPMQuote)(nil),            // 12: posture.v1.TPMQuote
+	(*SignedReport)(nil),        // 13: posture.v1.SignedReport
+	(*CheckResult)(nil),         // 14: posture.v1.CheckResult
+	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
 	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
 	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	11, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	12, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	12, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	13, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
 	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
 	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	10, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
-	0,  // 8: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	13, // 9: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	6,  // 10: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 11: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 12: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 13: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	10, // 8: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
+	14, // 9: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
+	15, // 10: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
+	15, // 11: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
+	0,  // 12: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	15, // 13: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	6,  // 14: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 15: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 16: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 17: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	16, // [16:18] is the sub-list for method output_type
+	14, // [14:16] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -969,6 +1059,7 @@ func file_posture_v1_agent_proto_init() {
 	if File_posture_v1_agent_proto != nil {
 		return
 	}
+	file_posture_v1_device_proto_init()
 	file_posture_v1_report_proto_init()
 	file_posture_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*RenewRequest_Answer)(nil),
@@ -991,7 +1082,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -145,6 +145,66 @@ func (DeviceState) EnumDescriptor() ([]byte, []int) {
 	return file_posture_v1_device_proto_rawDescGZIP(), []int{1}
 }
 
+// Enforcement says what a decision on an access level does when the device
+// does not meet it (the level's enforce setting in the policy).
+type Enforcement int32
+
+const (
+	Enforcement_ENFORCEMENT_UNSPECIFIED Enforcement = 0
+	// ENFORCEMENT_BLOCK: the device is denied (the default).
+	Enforcement_ENFORCEMENT_BLOCK Enforcement = 1
+	// ENFORCEMENT_WARN: the device is allowed, and told so: the decision is
+	// warned (CheckAccessResponse.warned, the gateways' X-Posture-Warning
+	// header) and recorded.
+	Enforcement_ENFORCEMENT_WARN Enforcement = 2
+	// ENFORCEMENT_OFF: the device is allowed without a word; the decision
+	// is only recorded (for rolling a new level out).
+	Enforcement_ENFORCEMENT_OFF Enforcement = 3
+)
+
+// Enum value maps for Enforcement.
+var (
+	Enforcement_name = map[int32]string{
+		0: "ENFORCEMENT_UNSPECIFIED",
+		1: "ENFORCEMENT_BLOCK",
+		2: "ENFORCEMENT_WARN",
+		3: "ENFORCEMENT_OFF",
+	}
+	Enforcement_value = map[string]int32{
+		"ENFORCEMENT_UNSPECIFIED": 0,
+		"ENFORCEMENT_BLOCK":       1,
+		"ENFORCEMENT_WARN":        2,
+		"ENFORCEMENT_OFF":         3,
+	}
+)
+
+func (x Enforcement) Enum() *Enforcement {
+	p := new(Enforcement)
+	*p = x
+	return p
+}
+
+func (x Enforcement) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Enforcement) Descriptor() protoreflect.EnumDescriptor {
+	return file_posture_v1_device_proto_enumTypes[2].Descriptor()
+}
+
+func (Enforcement) Type() protoreflect.EnumType {
+	return &file_posture_v1_device_proto_enumTypes[2]
+}
+
+func (x Enforcement) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Enforcement.Descriptor instead.
+func (Enforcement) EnumDescriptor() ([]byte, []int) {
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{2}
+}
+
 // Outcome of one policy check. Unknown evidence never passes.
 type Outcome int32
 
@@ -188,11 +248,11 @@ func (x Outcome) String() string {
 }
 
 func (Outcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_posture_v1_device_proto_enumTypes[2].Descriptor()
+	return file_posture_v1_device_proto_enumTypes[3].Descriptor()
 }
 
 func (Outcome) Type() protoreflect.EnumType {
-	return &file_posture_v1_device_proto_enumTypes[2]
+	return &file_posture_v1_device_proto_enumTypes[3]
 }
 
 func (x Outcome) Number() protoreflect.EnumNumber {
@@ -201,7 +261,7 @@ func (x Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Outcome.Descriptor instead.
 func (Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_posture_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{3}
 }
 
 // Device is what the collector knows about an enrolled device.
@@ -229,7 +289,10 @@ type Device struct {
 	// empty for software identities.
 	EkSha256 string `protobuf:"bytes,12,opt,name=ek_sha256,json=ekSha256,proto3" json:"ek_sha256,omitempty"`
 	// reboots counts the TPM resets seen in quotes since enrollment.
-	Reboots       uint64 `protobuf:"varint,13,opt,name=reboots,proto3" json:"reboots,omitempty"`
+	Reboots uint64 `protobuf:"varint,13,opt,name=reboots,proto3" json:"reboots,omitempty"`
+	// user is the person the device is bound to (posture-collector devices
+	// bind), unset when it is bound to none.
+	User          *DeviceUser `protobuf:"bytes,14,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -355,6 +418,78 @@ func (x *Device) GetReboots() uint64 {
 	return 0
 }
 
+func (x *Device) GetUser() *DeviceUser {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+// DeviceUser names the person a device is bound to, as the identity
+// provider knows them: Shared Signals receivers are told which user's
+// sessions a device change concerns.
+type DeviceUser struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Email string                 `protobuf:"bytes,1,opt,name=email,proto3" json:"email,omitempty"`
+	// issuer and subject are the user's iss and sub at the OpenID provider;
+	// both empty when only the email is known.
+	Issuer        string `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Subject       string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceUser) Reset() {
+	*x = DeviceUser{}
+	mi := &file_posture_v1_device_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceUser) ProtoMessage() {}
+
+func (x *DeviceUser) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_device_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceUser.ProtoReflect.Descriptor instead.
+func (*DeviceUser) Descriptor() ([]byte, []int) {
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeviceUser) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+func (x *DeviceUser) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *DeviceUser) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 // CheckResult is the outcome of one weighted policy check.
 type CheckResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -368,14 +503,25 @@ type CheckResult struct {
 	// weight of the check in the score.
 	Weight uint32 `protobuf:"varint,5,opt,name=weight,proto3" json:"weight,omitempty"`
 	// evidence_age is how old the measurement behind the outcome is.
-	EvidenceAge   *durationpb.Duration `protobuf:"bytes,6,opt,name=evidence_age,json=evidenceAge,proto3" json:"evidence_age,omitempty"`
+	EvidenceAge *durationpb.Duration `protobuf:"bytes,6,opt,name=evidence_age,json=evidenceAge,proto3" json:"evidence_age,omitempty"`
+	// failing_since is when the check began failing: the first report that
+	// did not pass it, as every collector sharing the database recorded it.
+	// Unset for a check that passes or does not apply.
+	FailingSince *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=failing_since,json=failingSince,proto3" json:"failing_since,omitempty"`
+	// blocks_at is when the failing check's grace ends (the policy's grace
+	// for the check, from failing_since): until then it counts as passing
+	// for the score and for levels that require it. Unset for a check
+	// without a grace.
+	BlocksAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=blocks_at,json=blocksAt,proto3" json:"blocks_at,omitempty"`
+	// in_grace is set while a failing check is inside its grace.
+	InGrace       bool `protobuf:"varint,9,opt,name=in_grace,json=inGrace,proto3" json:"in_grace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_posture_v1_device_proto_msgTypes[1]
+	mi := &file_posture_v1_device_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +533,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_device_proto_msgTypes[1]
+	mi := &file_posture_v1_device_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +546,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_posture_v1_device_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CheckResult) GetName() string {
@@ -445,20 +591,50 @@ func (x *CheckResult) GetEvidenceAge() *durationpb.Duration {
 	return nil
 }
 
+func (x *CheckResult) GetFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailingSince
+	}
+	return nil
+}
+
+func (x *CheckResult) GetBlocksAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BlocksAt
+	}
+	return nil
+}
+
+func (x *CheckResult) GetInGrace() bool {
+	if x != nil {
+		return x.InGrace
+	}
+	return false
+}
+
 // LevelResult says whether the device meets one access level.
 type LevelResult struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Allowed bool                   `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	// reasons explain a denial (empty when allowed).
-	Reasons       []string `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// allowed is set when the device meets the level; a failing check inside
+	// its grace does not count against it.
+	Allowed bool `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// reasons explain why the device does not meet it (empty when it does).
+	Reasons []string `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// enforcement is the level's: what a gateway is told when the device
+	// does not meet it.
+	Enforcement Enforcement `protobuf:"varint,4,opt,name=enforcement,proto3,enum=posture.v1.Enforcement" json:"enforcement,omitempty"`
+	// warnings say what a decision on the level warns of: the failing checks
+	// inside their grace that will deny it at their blocks_at, and a level
+	// in warn mode the device does not meet.
+	Warnings      []string `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LevelResult) Reset() {
 	*x = LevelResult{}
-	mi := &file_posture_v1_device_proto_msgTypes[2]
+	mi := &file_posture_v1_device_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +646,7 @@ func (x *LevelResult) String() string {
 func (*LevelResult) ProtoMessage() {}
 
 func (x *LevelResult) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_device_proto_msgTypes[2]
+	mi := &file_posture_v1_device_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +659,7 @@ func (x *LevelResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelResult.ProtoReflect.Descriptor instead.
 func (*LevelResult) Descriptor() ([]byte, []int) {
-	return file_posture_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LevelResult) GetName() string {
@@ -503,6 +679,20 @@ func (x *LevelResult) GetAllowed() bool {
 func (x *LevelResult) GetReasons() []string {
 	if x != nil {
 		return x.Reasons
+	}
+	return nil
+}
+
+func (x *LevelResult) GetEnforcement() Enforcement {
+	if x != nil {
+		return x.Enforcement
+	}
+	return Enforcement_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *LevelResult) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -530,7 +720,7 @@ type DevicePosture struct {
 
 func (x *DevicePosture) Reset() {
 	*x = DevicePosture{}
-	mi := &file_posture_v1_device_proto_msgTypes[3]
+	mi := &file_posture_v1_device_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +732,7 @@ func (x *DevicePosture) String() string {
 func (*DevicePosture) ProtoMessage() {}
 
 func (x *DevicePosture) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_device_proto_msgTypes[3]
+	mi := &file_posture_v1_device_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +745,7 @@ func (x *DevicePosture) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePosture.ProtoReflect.Descriptor instead.
 func (*DevicePosture) Descriptor() ([]byte, []int) {
-	return file_posture_v1_device_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DevicePosture) GetDevice() *Device {
@@ -638,7 +828,7 @@ type MeasuredBoot struct {
 
 func (x *MeasuredBoot) Reset() {
 	*x = MeasuredBoot{}
-	mi := &file_posture_v1_device_proto_msgTypes[4]
+	mi := &file_posture_v1_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +840,7 @@ func (x *MeasuredBoot) String() string {
 func (*MeasuredBoot) ProtoMessage() {}
 
 func (x *MeasuredBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_device_proto_msgTypes[4]
+	mi := &file_posture_v1_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +853,7 @@ func (x *MeasuredBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasuredBoot.ProtoReflect.Descriptor instead.
 func (*MeasuredBoot) Descriptor() ([]byte, []int) {
-	return file_posture_v1_device_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MeasuredBoot) GetStatus() Status {
@@ -706,7 +896,7 @@ var File_posture_v1_device_proto protoreflect.FileDescriptor
 const file_posture_v1_device_proto_rawDesc = "" +
 	"\n" +
 	"\x17posture/v1/device.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/report.proto\"\xd4\x03\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/report.proto\"\x80\x04\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1a\n" +
@@ -722,18 +912,29 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	" \x01(\x04R\alastSeq\x12!\n" +
 	"\fstate_reason\x18\v \x01(\tR\vstateReason\x12\x1b\n" +
 	"\tek_sha256\x18\f \x01(\tR\bekSha256\x12\x18\n" +
-	"\areboots\x18\r \x01(\x04R\areboots\"\xe0\x01\n" +
+	"\areboots\x18\r \x01(\x04R\areboots\x12*\n" +
+	"\x04user\x18\x0e \x01(\v2\x16.posture.v1.DeviceUserR\x04user\"T\n" +
+	"\n" +
+	"DeviceUser\x12\x14\n" +
+	"\x05email\x18\x01 \x01(\tR\x05email\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\"\xf5\x02\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x13.posture.v1.OutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12 \n" +
 	"\vremediation\x18\x04 \x01(\tR\vremediation\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12<\n" +
-	"\fevidence_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vevidenceAge\"U\n" +
+	"\fevidence_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vevidenceAge\x12?\n" +
+	"\rfailing_since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\ffailingSince\x127\n" +
+	"\tblocks_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bblocksAt\x12\x19\n" +
+	"\bin_grace\x18\t \x01(\bR\ainGrace\"\xac\x01\n" +
 	"\vLevelResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\bR\aallowed\x12\x18\n" +
-	"\areasons\x18\x03 \x03(\tR\areasons\"\xfc\x02\n" +
+	"\areasons\x18\x03 \x03(\tR\areasons\x129\n" +
+	"\venforcement\x18\x04 \x01(\x0e2\x17.posture.v1.EnforcementR\venforcement\x12\x1a\n" +
+	"\bwarnings\x18\x05 \x03(\tR\bwarnings\"\xfc\x02\n" +
 	"\rDevicePosture\x12*\n" +
 	"\x06device\x18\x01 \x01(\v2\x12.posture.v1.DeviceR\x06device\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\rR\x05score\x12\x1b\n" +
@@ -761,7 +962,12 @@ const file_posture_v1_device_proto_rawDesc = "" +
 	"\x13DEVICE_STATE_ACTIVE\x10\x01\x12\x18\n" +
 	"\x14DEVICE_STATE_SUSPECT\x10\x02\x12\x18\n" +
 	"\x14DEVICE_STATE_REVOKED\x10\x03\x12\x18\n" +
-	"\x14DEVICE_STATE_PENDING\x10\x04*w\n" +
+	"\x14DEVICE_STATE_PENDING\x10\x04*l\n" +
+	"\vEnforcement\x12\x1b\n" +
+	"\x17ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ENFORCEMENT_BLOCK\x10\x01\x12\x14\n" +
+	"\x10ENFORCEMENT_WARN\x10\x02\x12\x13\n" +
+	"\x0fENFORCEMENT_OFF\x10\x03*w\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fOUTCOME_PASS\x10\x01\x12\x10\n" +
@@ -781,41 +987,47 @@ func file_posture_v1_device_proto_rawDescGZIP() []byte {
 	return file_posture_v1_device_proto_rawDescData
 }
 
-var file_posture_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_posture_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_posture_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_posture_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_posture_v1_device_proto_goTypes = []any{
 	(IdentityAssurance)(0),        // 0: posture.v1.IdentityAssurance
 	(DeviceState)(0),              // 1: posture.v1.DeviceState
-	(Outcome)(0),                  // 2: posture.v1.Outcome
-	(*Device)(nil),                // 3: posture.v1.Device
-	(*CheckResult)(nil),           // 4: posture.v1.CheckResult
-	(*LevelResult)(nil),           // 5: posture.v1.LevelResult
-	(*DevicePosture)(nil),         // 6: posture.v1.DevicePosture
-	(*MeasuredBoot)(nil),          // 7: posture.v1.MeasuredBoot
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(*PostureReport)(nil),         // 10: posture.v1.PostureReport
-	(Status)(0),                   // 11: posture.v1.Status
+	(Enforcement)(0),              // 2: posture.v1.Enforcement
+	(Outcome)(0),                  // 3: posture.v1.Outcome
+	(*Device)(nil),                // 4: posture.v1.Device
+	(*DeviceUser)(nil),            // 5: posture.v1.DeviceUser
+	(*CheckResult)(nil),           // 6: posture.v1.CheckResult
+	(*LevelResult)(nil),           // 7: posture.v1.LevelResult
+	(*DevicePosture)(nil),         // 8: posture.v1.DevicePosture
+	(*MeasuredBoot)(nil),          // 9: posture.v1.MeasuredBoot
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*PostureReport)(nil),         // 12: posture.v1.PostureReport
+	(Status)(0),                   // 13: posture.v1.Status
 }
 var file_posture_v1_device_proto_depIdxs = []int32{
 	0,  // 0: posture.v1.Device.assurance:type_name -> posture.v1.IdentityAssurance
 	1,  // 1: posture.v1.Device.state:type_name -> posture.v1.DeviceState
-	8,  // 2: posture.v1.Device.enrolled_at:type_name -> google.protobuf.Timestamp
-	8,  // 3: posture.v1.Device.last_seen:type_name -> google.protobuf.Timestamp
-	2,  // 4: posture.v1.CheckResult.outcome:type_name -> posture.v1.Outcome
-	9,  // 5: posture.v1.CheckResult.evidence_age:type_name -> google.protobuf.Duration
-	3,  // 6: posture.v1.DevicePosture.device:type_name -> posture.v1.Device
-	4,  // 7: posture.v1.DevicePosture.checks:type_name -> posture.v1.CheckResult
-	5,  // 8: posture.v1.DevicePosture.levels:type_name -> posture.v1.LevelResult
-	9,  // 9: posture.v1.DevicePosture.report_age:type_name -> google.protobuf.Duration
-	10, // 10: posture.v1.DevicePosture.report:type_name -> posture.v1.PostureReport
-	7,  // 11: posture.v1.DevicePosture.measured_boot:type_name -> posture.v1.MeasuredBoot
-	11, // 12: posture.v1.MeasuredBoot.status:type_name -> posture.v1.Status
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	10, // 2: posture.v1.Device.enrolled_at:type_name -> google.protobuf.Timestamp
+	10, // 3: posture.v1.Device.last_seen:type_name -> google.protobuf.Timestamp
+	5,  // 4: posture.v1.Device.user:type_name -> posture.v1.DeviceUser
+	3,  // 5: posture.v1.CheckResult.outcome:type_name -> posture.v1.Outcome
+	11, // 6: posture.v1.CheckResult.evidence_age:type_name -> google.protobuf.Duration
+	10, // 7: posture.v1.CheckResult.failing_since:type_name -> google.protobuf.Timestamp
+	10, // 8: posture.v1.CheckResult.blocks_at:type_name -> google.protobuf.Timestamp
+	2,  // 9: posture.v1.LevelResult.enforcement:type_name -> posture.v1.Enforcement
+	4,  // 10: posture.v1.DevicePosture.device:type_name -> posture.v1.Device
+	6,  // 11: posture.v1.DevicePosture.checks:type_name -> posture.v1.CheckResult
+	7,  // 12: posture.v1.DevicePosture.levels:type_name -> posture.v1.LevelResult
+	11, // 13: posture.v1.DevicePosture.report_age:type_name -> google.protobuf.Duration
+	12, // 14: posture.v1.DevicePosture.report:type_name -> posture.v1.PostureReport
+	9,  // 15: posture.v1.DevicePosture.measured_boot:type_name -> posture.v1.MeasuredBoot
+	13, // 16: posture.v1.MeasuredBoot.status:type_name -> posture.v1.Status
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_device_proto_init() }
@@ -829,8 +1041,8 @@ func file_posture_v1_device_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_device_proto_rawDesc), len(file_posture_v1_device_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   5,
+			NumEnums:      4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

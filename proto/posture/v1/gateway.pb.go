@@ -271,8 +271,13 @@ type DeviceDecision struct {
 	// enrolled again) and must be refused even though it is still valid.
 	// 0 when unknown.
 	CertificateTag uint64 `protobuf:"fixed64,8,opt,name=certificate_tag,json=certificateTag,proto3" json:"certificate_tag,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// warned_levels are allowed levels a decision warns about: levels in
+	// warn mode the device does not meet, and levels it meets only because
+	// a failing check is inside its grace. A gateway answering from its
+	// cache tells its users, as the collector's X-Posture-Warning header does.
+	WarnedLevels  []string `protobuf:"bytes,9,rep,name=warned_levels,json=warnedLevels,proto3" json:"warned_levels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeviceDecision) Reset() {
@@ -359,6 +364,13 @@ func (x *DeviceDecision) GetCertificateTag() uint64 {
 		return x.CertificateTag
 	}
 	return 0
+}
+
+func (x *DeviceDecision) GetWarnedLevels() []string {
+	if x != nil {
+		return x.WarnedLevels
+	}
+	return nil
 }
 
 // SnapshotEnd follows the snapshot (or the replayed events) and precedes
@@ -518,14 +530,28 @@ type CheckAccessResponse struct {
 	AccessLevel string                 `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
 	// score after freshness decay.
 	Score uint32 `protobuf:"varint,4,opt,name=score,proto3" json:"score,omitempty"`
-	// reasons explain a denial; empty when allowed.
+	// reasons explain why the device does not meet the level: a denial's,
+	// or a warned decision's (warn mode); empty when it meets the level.
 	Reasons   []string          `protobuf:"bytes,5,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	Assurance IdentityAssurance `protobuf:"varint,6,opt,name=assurance,proto3,enum=posture.v1.IdentityAssurance" json:"assurance,omitempty"`
 	State     DeviceState       `protobuf:"varint,7,opt,name=state,proto3,enum=posture.v1.DeviceState" json:"state,omitempty"`
 	// report_age is the age of the evidence behind the decision.
 	ReportAge *durationpb.Duration `protobuf:"bytes,8,opt,name=report_age,json=reportAge,proto3" json:"report_age,omitempty"`
-	// failed_checks lists checks that did not pass, with remediation.
-	FailedChecks  []*CheckResult `protobuf:"bytes,9,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	// failed_checks lists checks that did not pass, with remediation (and,
+	// for a check inside its grace, failing_since and blocks_at).
+	FailedChecks []*CheckResult `protobuf:"bytes,9,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	// enforcement is the level's.
+	Enforcement Enforcement `protobuf:"varint,10,opt,name=enforcement,proto3,enum=posture.v1.Enforcement" json:"enforcement,omitempty"`
+	// met is set when the device meets the level. An allowed decision that
+	// is not met is one of a level in warn or off mode.
+	Met bool `protobuf:"varint,11,opt,name=met,proto3" json:"met,omitempty"`
+	// warned is set when the gateway should warn the user: the level is in
+	// warn mode and not met, or met only because a failing check is inside
+	// its grace. Gateways pass it on as the X-Posture-Warning header.
+	Warned bool `protobuf:"varint,12,opt,name=warned,proto3" json:"warned,omitempty"`
+	// warnings say what, for people: "disk_encryption failing since …,
+	// blocks at …", or the warn-mode notice.
+	Warnings      []string `protobuf:"bytes,13,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -623,6 +649,34 @@ func (x *CheckAccessResponse) GetFailedChecks() []*CheckResult {
 	return nil
 }
 
+func (x *CheckAccessResponse) GetEnforcement() Enforcement {
+	if x != nil {
+		return x.Enforcement
+	}
+	return Enforcement_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *CheckAccessResponse) GetMet() bool {
+	if x != nil {
+		return x.Met
+	}
+	return false
+}
+
+func (x *CheckAccessResponse) GetWarned() bool {
+	if x != nil {
+		return x.Warned
+	}
+	return false
+}
+
+func (x *CheckAccessResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
 // GetDevicePostureRequest names a device.
 type GetDevicePostureRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -691,7 +745,7 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\fsnapshot_end\x18\x03 \x01(\v2\x17.posture.v1.SnapshotEndH\x00R\vsnapshotEnd\x125\n" +
 	"\theartbeat\x18\x04 \x01(\v2\x15.posture.v1.HeartbeatH\x00R\theartbeatB\a\n" +
 	"\x05event\"\v\n" +
-	"\tHeartbeat\"\xb2\x02\n" +
+	"\tHeartbeat\"\xd7\x02\n" +
 	"\x0eDeviceDecision\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12-\n" +
@@ -700,7 +754,8 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\tassurance\x18\x05 \x01(\x0e2\x1d.posture.v1.IdentityAssuranceR\tassurance\x12%\n" +
 	"\x0eallowed_levels\x18\x06 \x03(\tR\rallowedLevels\x12\x14\n" +
 	"\x05cause\x18\a \x01(\tR\x05cause\x12'\n" +
-	"\x0fcertificate_tag\x18\b \x01(\x06R\x0ecertificateTag\"\x8f\x01\n" +
+	"\x0fcertificate_tag\x18\b \x01(\x06R\x0ecertificateTag\x12#\n" +
+	"\rwarned_levels\x18\t \x03(\tR\fwarnedLevels\"\x8f\x01\n" +
 	"\vSnapshotEnd\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1c\n" +
@@ -709,7 +764,7 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +
 	"\faccess_level\x18\x03 \x01(\tR\vaccessLevel\x12-\n" +
-	"\x12certificate_serial\x18\x04 \x01(\tR\x11certificateSerial\"\x83\x03\n" +
+	"\x12certificate_serial\x18\x04 \x01(\tR\x11certificateSerial\"\x84\x04\n" +
 	"\x13CheckAccessResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +
@@ -720,7 +775,12 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\x05state\x18\a \x01(\x0e2\x17.posture.v1.DeviceStateR\x05state\x128\n" +
 	"\n" +
 	"report_age\x18\b \x01(\v2\x19.google.protobuf.DurationR\treportAge\x12<\n" +
-	"\rfailed_checks\x18\t \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\"S\n" +
+	"\rfailed_checks\x18\t \x03(\v2\x17.posture.v1.CheckResultR\ffailedChecks\x129\n" +
+	"\venforcement\x18\n" +
+	" \x01(\x0e2\x17.posture.v1.EnforcementR\venforcement\x12\x10\n" +
+	"\x03met\x18\v \x01(\bR\x03met\x12\x16\n" +
+	"\x06warned\x18\f \x01(\bR\x06warned\x12\x1a\n" +
+	"\bwarnings\x18\r \x03(\tR\bwarnings\"S\n" +
 	"\x17GetDevicePostureRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId2\x81\x02\n" +
@@ -755,7 +815,8 @@ var file_posture_v1_gateway_proto_goTypes = []any{
 	(IdentityAssurance)(0),          // 9: posture.v1.IdentityAssurance
 	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
 	(*CheckResult)(nil),             // 11: posture.v1.CheckResult
-	(*DevicePosture)(nil),           // 12: posture.v1.DevicePosture
+	(Enforcement)(0),                // 12: posture.v1.Enforcement
+	(*DevicePosture)(nil),           // 13: posture.v1.DevicePosture
 }
 var file_posture_v1_gateway_proto_depIdxs = []int32{
 	3,  // 0: posture.v1.PostureEvent.device:type_name -> posture.v1.DeviceDecision
@@ -768,17 +829,18 @@ var file_posture_v1_gateway_proto_depIdxs = []int32{
 	8,  // 7: posture.v1.CheckAccessResponse.state:type_name -> posture.v1.DeviceState
 	10, // 8: posture.v1.CheckAccessResponse.report_age:type_name -> google.protobuf.Duration
 	11, // 9: posture.v1.CheckAccessResponse.failed_checks:type_name -> posture.v1.CheckResult
-	5,  // 10: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
-	7,  // 11: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
-	0,  // 12: posture.v1.GatewayService.WatchPosture:input_type -> posture.v1.WatchPostureRequest
-	6,  // 13: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
-	12, // 14: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
-	1,  // 15: posture.v1.GatewayService.WatchPosture:output_type -> posture.v1.PostureEvent
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 10: posture.v1.CheckAccessResponse.enforcement:type_name -> posture.v1.Enforcement
+	5,  // 11: posture.v1.GatewayService.CheckAccess:input_type -> posture.v1.CheckAccessRequest
+	7,  // 12: posture.v1.GatewayService.GetDevicePosture:input_type -> posture.v1.GetDevicePostureRequest
+	0,  // 13: posture.v1.GatewayService.WatchPosture:input_type -> posture.v1.WatchPostureRequest
+	6,  // 14: posture.v1.GatewayService.CheckAccess:output_type -> posture.v1.CheckAccessResponse
+	13, // 15: posture.v1.GatewayService.GetDevicePosture:output_type -> posture.v1.DevicePosture
+	1,  // 16: posture.v1.GatewayService.WatchPosture:output_type -> posture.v1.PostureEvent
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_gateway_proto_init() }

@@ -1,0 +1,80 @@
+package sqlite
+
+// Migrations 10 and up: grace and enforcement, and what leaves Posture.
+
+// migration9 is held for the devices' certificate key hash, which another
+// line of work adds as version 9; until it lands here, version 9 changes
+// nothing.
+const migration9 = `SELECT 1;`
+
+// migrationStandings (10): each device's standing under the policy (see
+// store.Standing), as JSON: since when each failing check fails, and the
+// levels it meets. A device without a row has none of either.
+const migrationStandings = `
+CREATE TABLE standings (
+	device_id TEXT PRIMARY KEY,
+	data      BLOB NOT NULL
+) STRICT;
+`
+
+// migrationOutbox (11): the outbox and its receivers (see store.Receiver),
+// leases that say which collector does what one at a time, devices bound
+// to their users, Shared Signals receivers' API clients, and the public
+// keys Security Event Tokens are signed with. Outbox sequence numbers are
+// never given out again (AUTOINCREMENT), as event IDs.
+const migrationOutbox = `
+CREATE TABLE outbox (
+	seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+	id        TEXT NOT NULL,
+	at        INTEGER NOT NULL,
+	kind      TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	event_id  INTEGER NOT NULL,
+	receiver  TEXT NOT NULL,
+	data      BLOB NOT NULL
+) STRICT;
+CREATE INDEX outbox_at ON outbox (at);
+
+CREATE TABLE receivers (
+	id            TEXT PRIMARY KEY,
+	kind          TEXT NOT NULL,
+	config        BLOB,
+	created_at    INTEGER NOT NULL,
+	cursor        INTEGER NOT NULL,
+	holder        TEXT NOT NULL DEFAULT '',
+	lease_until   INTEGER NOT NULL DEFAULT 0,
+	delivered     INTEGER NOT NULL DEFAULT 0,
+	delivered_at  INTEGER NOT NULL DEFAULT 0,
+	failing_since INTEGER NOT NULL DEFAULT 0,
+	attempts      INTEGER NOT NULL DEFAULT 0,
+	last_error    TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+CREATE TABLE leases (
+	name   TEXT PRIMARY KEY,
+	holder TEXT NOT NULL,
+	until  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE device_users (
+	device_id TEXT PRIMARY KEY,
+	email     TEXT NOT NULL,
+	issuer    TEXT NOT NULL,
+	subject   TEXT NOT NULL,
+	bound_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE ssf_clients (
+	name       TEXT PRIMARY KEY,
+	token_hash BLOB NOT NULL UNIQUE,
+	audience   TEXT NOT NULL,
+	level      TEXT NOT NULL,
+	created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE signing_keys (
+	kid        TEXT PRIMARY KEY,
+	jwk        BLOB NOT NULL,
+	created_at INTEGER NOT NULL
+) STRICT;
+`
