@@ -24,6 +24,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/console"
+	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -46,9 +47,16 @@ type site struct {
 
 func startSite(t *testing.T, cc *collector.ConsoleConfig) *site {
 	t.Helper()
+	return startSiteWith(t, cc, nil)
+}
+
+// startSiteWith starts a collector with its console under a policy (nil:
+// the built-in one).
+func startSiteWith(t *testing.T, cc *collector.ConsoleConfig, pol *policy.Policy) *site {
+	t.Helper()
 	s := &site{dir: t.TempDir()}
 	cc.Listen = "127.0.0.1:0"
-	c, err := collector.New(collector.Config{DataDir: s.dir, Listen: "127.0.0.1:0", TrustDomain: trustDomain, Console: cc})
+	c, err := collector.New(collector.Config{DataDir: s.dir, Listen: "127.0.0.1:0", TrustDomain: trustDomain, Console: cc, Policy: pol})
 	if err != nil {
 		t.Fatalf("start collector: %v", err)
 	}

@@ -151,6 +151,8 @@ func (c *Console) routes() http.Handler {
 	in("GET /devices/{id}", c.device)
 	in("POST /devices/{id}/revoke", c.revokeDevice)
 	in("POST /devices/{id}/approve", c.approveDevice)
+	in("POST /devices/{id}/bind", c.bindDevice)
+	in("POST /devices/{id}/unbind", c.unbindDevice)
 	in("GET /decisions", c.decisions)
 	in("GET /policy", c.policy)
 	in("POST /policy/diff", c.policyDiff)

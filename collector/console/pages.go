@@ -63,6 +63,10 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, s *session) {
 		v.Notice = "The device is revoked: its streams are closed and every gateway denies it."
 	case "approved":
 		v.Notice = "The device is approved: its EK is pinned."
+	case "bound":
+		v.Notice = "The device is bound to its user."
+	case "unbound":
+		v.Notice = "The device is bound to no user."
 	}
 	c.render(w, r, http.StatusOK, "device", v)
 }
@@ -119,6 +123,39 @@ func (c *Console) approveDevice(w http.ResponseWriter, r *http.Request, s *sessi
 		return
 	}
 	http.Redirect(w, r, "/devices/"+pathEscape(id)+"?done=approved", http.StatusSeeOther)
+}
+
+func (c *Console) bindDevice(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	u := &posturev1.DeviceUser{Email: strings.TrimSpace(r.PostForm.Get("email")), Issuer: strings.TrimSpace(r.PostForm.Get("issuer")),
+		Subject: strings.TrimSpace(r.PostForm.Get("subject"))}
+	who := u.GetEmail()
+	if u.GetIssuer() != "" {
+		who += " (" + u.GetSubject() + " at " + u.GetIssuer() + ")"
+	}
+	if !c.confirmed(w, r, s, confirmData{Action: r.URL.Path, Question: "Bind device " + id + " to " + who + "?",
+		Detail: "Shared Signals receivers are told of this device's changes as this user's, in place of any user bound before.",
+		Button: "Bind", Cancel: "/devices/" + id}) {
+		return
+	}
+	if _, err := c.admin(s).BindDeviceUser(r.Context(), &posturev1.BindDeviceUserRequest{DeviceId: id, User: u}); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	http.Redirect(w, r, "/devices/"+pathEscape(id)+"?done=bound", http.StatusSeeOther)
+}
+
+func (c *Console) unbindDevice(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	if !c.confirmed(w, r, s, confirmData{Action: r.URL.Path, Question: "Unbind device " + id + " from its user?",
+		Detail: "Shared Signals receivers are no longer told of this device's changes as anyone's.", Button: "Unbind", Cancel: "/devices/" + id}) {
+		return
+	}
+	if _, err := c.admin(s).UnbindDeviceUser(r.Context(), &posturev1.UnbindDeviceUserRequest{DeviceId: id}); err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	http.Redirect(w, r, "/devices/"+pathEscape(id)+"?done=unbound", http.StatusSeeOther)
 }
 
 // decisionsData is the decisions page: "why was this device denied at

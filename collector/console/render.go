@@ -70,9 +70,62 @@ var funcs = template.FuncMap{
 	"short":    func(id string) string { return inert.String(shortID(id)) },
 	"duration": durationText,
 	"list":     func(s ...string) []string { return s },
+	"enforce":  enforceName,
+	"change":   levelChange,
+	"grace":    graceText,
 	"outcomeish": func(s posturev1.Status) string {
 		return strings.ToLower(strings.TrimPrefix(s.String(), "STATUS_"))
 	},
+}
+
+// enforceName names a level's enforcement as the policy file does.
+func enforceName(e posturev1.Enforcement) string {
+	switch e {
+	case posturev1.Enforcement_ENFORCEMENT_WARN:
+		return "warn"
+	case posturev1.Enforcement_ENFORCEMENT_OFF:
+		return "off"
+	}
+	return "block"
+}
+
+// levelChange says what a policy diff's change does to a device at a
+// level: it gains or loses access, or, at a level in warn or off mode,
+// keeps access but starts or stops meeting the level.
+func levelChange(ch *posturev1.LevelChange) string {
+	mode := enforceName(ch.GetEnforcementCandidate())
+	switch {
+	case ch.GetAllowedCandidate() && !ch.GetAllowedNow():
+		if !ch.GetMetCandidate() {
+			return "gains (" + mode + ": not met)"
+		}
+		return "gains"
+	case !ch.GetAllowedCandidate() && ch.GetAllowedNow():
+		return "loses"
+	case ch.GetMetNow() && !ch.GetMetCandidate():
+		return "no longer meets (" + mode + ": still allowed)"
+	case !ch.GetMetNow() && ch.GetMetCandidate():
+		return "meets (" + mode + ")"
+	}
+	return "mode " + enforceName(ch.GetEnforcementNow()) + " → " + mode
+}
+
+// graceText is what a failing check's failing-since time and grace add
+// to its row: since when it fails, and when its grace ends or ended.
+func graceText(c *posturev1.CheckResult) string {
+	if c.GetFailingSince() == nil {
+		return ""
+	}
+	const stamp = "2006-01-02 15:04:05"
+	s := "since " + c.GetFailingSince().AsTime().Local().Format(stamp)
+	switch b := c.GetBlocksAt(); {
+	case b == nil:
+	case c.GetInGrace():
+		s += "; in grace, blocks at " + b.AsTime().Local().Format(stamp)
+	default:
+		s += "; grace ended " + b.AsTime().Local().Format(stamp)
+	}
+	return s
 }
 
 func shortID(id string) string {

@@ -1,0 +1,127 @@
+package console_test
+
+import (
+	"context"
+	"html"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/collector/policy"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+// gracePolicy gives disk encryption a grace and rolls a level out in
+// warn mode.
+const gracePolicy = `freshness: {stale_after: 15m, expire_after: 24h}
+checks:
+  - {name: disk_encryption, weight: 30, grace: 72h}
+  - {name: os_version, weight: 15}
+levels:
+  - {name: basic, min_score: 10}
+  - {name: trusted, min_score: 10, require: [disk_encryption]}
+  - {name: finance, min_score: 10, expr: 'device.checks.disk_encryption == "pass"', enforce: warn}
+`
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrfOf is the CSRF token a page's forms carry.
+func csrfOf(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfField.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("the page has no form with a CSRF token")
+	}
+	return html.UnescapeString(m[1])
+}
+
+// TestDevicePageGraceEnforcementAndUser holds the device and policy pages
+// to what the policy's grace and enforcement modes decide, and binds and
+// unbinds the device's user from the console, each action in the audit
+// log through the same road as the command line's.
+func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
+	pol, err := policy.Parse([]byte(gracePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSiteWith(t, &collector.ConsoleConfig{}, pol)
+	id := s.enroll(t, "laptop-"+hostile, measurer{osName: "debian"}, time.Hour)
+	admin := s.linkSession(t)
+
+	code, _, page := s.do(t, "GET", "/devices/"+id, admin, nil)
+	if code != http.StatusOK {
+		t.Fatalf("device page: %d", code)
+	}
+	text := html.UnescapeString(page)
+	for _, want := range []string{"in grace, blocks at ", "disk_encryption failing since", "<td>warn</td>", "<td>block</td>", "none bound"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("device page lacks %q", want)
+		}
+	}
+	since := regexp.MustCompile(`<td class="failing">since (\S+ \S+); in grace, blocks at (\S+ \S+)</td>`).FindStringSubmatch(text)
+	if since == nil {
+		t.Fatal("the disk_encryption row has no failing-since time and end of grace")
+	}
+	from, _ := time.ParseInLocation("2006-01-02 15:04:05", since[1], time.Local)
+	to, _ := time.ParseInLocation("2006-01-02 15:04:05", since[2], time.Local)
+	if to.Sub(from) != 72*time.Hour || time.Since(from) > time.Minute {
+		t.Errorf("failing since %s, blocks at %s; want since the first report, a grace of 72h", since[1], since[2])
+	}
+	if r := s.checkAccess(t, id, "trusted"); !r.GetAllowed() || !r.GetWarned() {
+		t.Errorf("trusted inside the grace: allowed %v, warned %v; want allowed with a warning", r.GetAllowed(), r.GetWarned())
+	}
+
+	// The policy page shows the grace and the modes, and the preview says
+	// what a candidate changes, modes included.
+	_, _, page = s.do(t, "GET", "/policy", admin, nil)
+	if !strings.Contains(page, "<td>3d00h</td>") || !strings.Contains(page, "<td>warn</td>") {
+		t.Errorf("policy page lacks the grace of 72h (3d00h) or the warn level")
+	}
+	candidate := strings.Replace(gracePolicy, ", grace: 72h", "", 1)
+	code, _, page = s.do(t, "POST", "/policy/diff", admin, url.Values{"csrf": {csrfOf(t, page)}, "candidate": {candidate}})
+	text = html.UnescapeString(page)
+	if code != http.StatusOK || !strings.Contains(text, `<td class="change">loses</td>`) || !strings.Contains(text, "1 devices evaluated") {
+		t.Errorf("preview of the policy without the grace: %d; want the device to lose trusted:\n%s", code, text)
+	}
+
+	// Bind, confirming; then unbind.
+	csrf := csrfOf(t, page)
+	form := url.Values{"csrf": {csrf}, "email": {"ann@example.com"}, "issuer": {"https://login.example.com"}, "subject": {"u-ann"}}
+	code, _, page = s.do(t, "POST", "/devices/"+id+"/bind", admin, form)
+	if code != http.StatusOK || !strings.Contains(page, `id="confirm"`) {
+		t.Fatalf("bind without confirming: %d; want the confirmation page", code)
+	}
+	if u, err := s.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id}); err != nil || u.GetDevice().GetUser() != nil {
+		t.Fatalf("bound before confirming: %v, %v", u.GetDevice().GetUser(), err)
+	}
+	form.Set("confirm", "yes")
+	if code, loc, body := s.do(t, "POST", "/devices/"+id+"/bind", admin, form); code != http.StatusSeeOther || !strings.Contains(loc, "done=bound") {
+		t.Fatalf("bind: %d → %q %s", code, loc, body)
+	}
+	_, _, page = s.do(t, "GET", "/devices/"+id, admin, nil)
+	if !strings.Contains(page, `<dd id="user">ann@example.com (u-ann at https://login.example.com)</dd>`) {
+		t.Errorf("device page after binding lacks the user")
+	}
+	if code, loc, _ := s.do(t, "POST", "/devices/"+id+"/unbind", admin, url.Values{"csrf": {csrf}, "confirm": {"yes"}}); code != http.StatusSeeOther || !strings.Contains(loc, "done=unbound") {
+		t.Fatalf("unbind: %d → %q", code, loc)
+	}
+	if u, err := s.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: id}); err != nil || u.GetDevice().GetUser() != nil {
+		t.Errorf("after unbinding: %v, %v; want no user", u.GetDevice().GetUser(), err)
+	}
+	recs, err := s.cons.ListAudit(context.Background(), &posturev1.ListAuditRequest{Target: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs.GetRecords() {
+		got = append(got, r.GetActor()+": "+r.GetAction()+" "+r.GetDetail()+" via "+r.GetVia())
+	}
+	want := []string{"first admin: devices unbind  via console", "first admin: devices bind user ann@example.com (iss https://login.example.com, sub u-ann) via console"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("audit records of the device:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
