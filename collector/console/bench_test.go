@@ -184,6 +184,9 @@ func BenchmarkConsole(b *testing.B) {
 		{"devices-page-500", "/devices?after=" + cursor("laptop-049999.example.com", fmt.Sprintf("%032x", 49999))},
 		{"device", "/devices/" + fmt.Sprintf("%032x", 4242)},
 		{"device-year-chart", "/devices/" + chart},
+		{"decisions", "/decisions"},
+		{"policy", "/policy"},
+		{"gateways", "/gateways"},
 		{"audit", "/audit"},
 	} {
 		b.Run(page.name, func(b *testing.B) {

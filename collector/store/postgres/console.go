@@ -54,16 +54,25 @@ CREATE TABLE console_links (
 
 // AppendAudit stores an audit record and returns its ID.
 func (s *Store) AppendAudit(ctx context.Context, a store.AuditRecord) (uint64, error) {
-	var id int64
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `INSERT INTO audit (at, actor, role, via, source, action, target, detail, outcome)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
-			nanos(a.At), []byte(a.Actor), a.Role, a.Via, []byte(a.From), a.Action, []byte(a.Target), []byte(a.Detail), []byte(a.Outcome)).Scan(&id)
+	var id uint64
+	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
+		id, err = insertAudit(ctx, tx, a)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record audit entry: %w", err)
 	}
-	return uint64(id), nil
+	return id, nil
+}
+
+// insertAudit writes an audit record (AppendAudit, Load) and returns the
+// ID the database gave it.
+func insertAudit(ctx context.Context, tx pgx.Tx, a store.AuditRecord) (uint64, error) {
+	var id int64
+	err := tx.QueryRow(ctx, `INSERT INTO audit (at, actor, role, via, source, action, target, detail, outcome)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+		nanos(a.At), []byte(a.Actor), a.Role, a.Via, []byte(a.From), a.Action, []byte(a.Target), []byte(a.Detail), []byte(a.Outcome)).Scan(&id)
+	return uint64(id), err
 }
 
 // Audit lists audit records, newest first.

@@ -178,6 +178,19 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 		}); err != nil {
 		return err
 	}
+	var (
+		au                                    store.AuditRecord
+		aAt                                   int64
+		aActor, aFrom, aTarget, aDetail, aWhy []byte
+	)
+	if err := each("audit log", `SELECT at, actor, role, via, source, action, target, detail, outcome FROM audit ORDER BY id`,
+		[]any{&aAt, &aActor, &au.Role, &au.Via, &aFrom, &au.Action, &aTarget, &aDetail, &aWhy}, func() store.Record {
+			rec := au
+			rec.At, rec.Actor, rec.From, rec.Target, rec.Detail, rec.Outcome = fromNanos(aAt), string(aActor), string(aFrom), string(aTarget), string(aDetail), string(aWhy)
+			return store.Record{Audit: &rec}
+		}); err != nil {
+		return err
+	}
 	rrows, err := tx.Query(ctx, `SELECT `+receiverColumns+` FROM receivers WHERE config IS NOT NULL ORDER BY id`)
 	if err != nil {
 		return fmt.Errorf("dump receivers: %w", err)
@@ -293,6 +306,10 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 			case r.Standing != nil:
 				if err := writeStanding(ctx, tx, r.Standing.DeviceID, r.Standing.Standing); err != nil {
 					return fmt.Errorf("load standing of %s: %w", r.Standing.DeviceID, err)
+				}
+			case r.Audit != nil:
+				if _, err := insertAudit(ctx, tx, *r.Audit); err != nil {
+					return fmt.Errorf("load audit record: %w", err)
 				}
 			case r.DeviceUser != nil:
 				u := r.DeviceUser

@@ -53,16 +53,25 @@ CREATE TABLE console_links (
 
 // AppendAudit stores an audit record and returns its ID.
 func (s *Store) AppendAudit(ctx context.Context, a store.AuditRecord) (uint64, error) {
-	var id int64
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRow(`INSERT INTO audit (at, actor, role, via, source, action, target, detail, outcome)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			nanos(a.At), a.Actor, a.Role, a.Via, a.From, a.Action, a.Target, a.Detail, a.Outcome).Scan(&id)
+	var id uint64
+	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
+		id, err = insertAudit(tx, a)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record audit entry: %w", err)
 	}
-	return uint64(id), nil
+	return id, nil
+}
+
+// insertAudit writes an audit record (AppendAudit, Load) and returns the
+// ID the database gave it.
+func insertAudit(tx *sql.Tx, a store.AuditRecord) (uint64, error) {
+	var id int64
+	err := tx.QueryRow(`INSERT INTO audit (at, actor, role, via, source, action, target, detail, outcome)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		nanos(a.At), a.Actor, a.Role, a.Via, a.From, a.Action, a.Target, a.Detail, a.Outcome).Scan(&id)
+	return uint64(id), err
 }
 
 // Audit lists audit records, newest first.
