@@ -251,7 +251,9 @@ func TestMain(m *testing.M) {
 	case "gateways":
 		gatewaysChild()
 	default:
-		testtools.PostgresMain(m) // runs the tests, then stops PostgreSQL if a test started it
+		// Runs the tests, then stops PostgreSQL if a test started it and
+		// removes the binaries the tests built.
+		testtools.PostgresMain(m, removeBuiltBinaries)
 	}
 }
 

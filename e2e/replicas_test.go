@@ -66,6 +66,14 @@ func builtBinaries(t testing.TB) (collector, agentBin string) {
 	return binaries.collector, binaries.agnt
 }
 
+// removeBuiltBinaries removes what builtBinaries built, once the tests
+// are done with it.
+func removeBuiltBinaries() {
+	if binaries.collector != "" {
+		os.RemoveAll(filepath.Dir(binaries.collector))
+	}
+}
+
 // replicaSet is several posture-collector processes sharing one
 // PostgreSQL database, as operators run them.
 type replicaSet struct {

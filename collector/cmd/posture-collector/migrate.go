@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/posture-project/posture/collector"
@@ -27,6 +28,7 @@ func migrate(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	from := fs.String("from", "", "the SQLite database to copy (posture.db, or the data directory holding it); its collector must be stopped")
 	to := fs.String("to", os.Getenv("POSTURE_DATABASE"), "the postgres:// URL of an empty database to copy into (default $POSTURE_DATABASE)")
+	discard := fs.Bool("discard-undelivered", false, "copy although messages wait for webhooks, SIEM or Shared Signals receivers, and drop them")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -52,6 +54,13 @@ func migrate(args []string, out io.Writer) error {
 		return err
 	}
 	defer src.Close()
+	waiting, err := undelivered(ctx, src)
+	if err != nil {
+		return fmt.Errorf("--from %s: %w", path, err)
+	}
+	if len(waiting) > 0 && !*discard {
+		return errUndelivered(waiting)
+	}
 	dst, err := postgres.Open(ctx, *to)
 	if err != nil {
 		return fmt.Errorf("--to: %w", err)
@@ -89,7 +98,11 @@ func migrate(args []string, out io.Writer) error {
 	for _, kind := range kinds {
 		fmt.Fprintf(out, " %d %s,", want[kind].n, kind)
 	}
-	fmt.Fprintf(out, " from %s\nstart the collector with the same data directory: posture-collector run --database URL --data-dir %s\n", path, filepath.Dir(path))
+	fmt.Fprintf(out, " from %s\n", path)
+	if len(waiting) > 0 {
+		fmt.Fprintf(out, "dropped the messages waiting for %s (--discard-undelivered)\n", strings.Join(waiting, ", "))
+	}
+	fmt.Fprintf(out, "start the collector with the same data directory: posture-collector run --database URL --data-dir %s\n", filepath.Dir(path))
 	return nil
 }
 
