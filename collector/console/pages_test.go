@@ -88,8 +88,13 @@ func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
 		t.Errorf("preview of the policy without the grace: %d; want the device to lose trusted:\n%s", code, text)
 	}
 
-	// Bind, confirming; then unbind.
+	// Bind, confirming; then unbind. A bad address is refused, says why,
+	// and binds nothing.
 	csrf := csrfOf(t, page)
+	code, _, page = s.do(t, "POST", "/devices/"+id+"/bind", admin, url.Values{"csrf": {csrf}, "email": {"ann at example"}, "confirm": {"yes"}})
+	if code != http.StatusBadRequest || !strings.Contains(html.UnescapeString(page), "is not an address such as ada@example.com") {
+		t.Errorf("bind with a bad address: %d; want 400 saying what an address is", code)
+	}
 	form := url.Values{"csrf": {csrf}, "email": {"ann@example.com"}, "issuer": {"https://login.example.com"}, "subject": {"u-ann"}}
 	code, _, page = s.do(t, "POST", "/devices/"+id+"/bind", admin, form)
 	if code != http.StatusOK || !strings.Contains(page, `id="confirm"`) {
@@ -118,9 +123,14 @@ func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
 	}
 	var got []string
 	for _, r := range recs.GetRecords() {
-		got = append(got, r.GetActor()+": "+r.GetAction()+" "+r.GetDetail()+" via "+r.GetVia())
+		line := r.GetActor() + ": " + r.GetAction() + " " + r.GetDetail() + " via " + r.GetVia()
+		if r.GetOutcome() != "" {
+			line += ", refused"
+		}
+		got = append(got, line)
 	}
-	want := []string{"first admin: devices unbind  via console", "first admin: devices bind user ann@example.com (iss https://login.example.com, sub u-ann) via console"}
+	want := []string{"first admin: devices unbind  via console", "first admin: devices bind user ann@example.com (iss https://login.example.com, sub u-ann) via console",
+		"first admin: devices bind user ann at example via console, refused"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit records of the device:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
