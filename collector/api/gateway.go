@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -71,6 +72,10 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return nil, status.Errorf(codes.InvalidArgument, "access_level is %d bytes long; level names are at most %d", len(level), maxLevelName)
 	case len(req.GetCertificateSerial()) > maxSerial:
 		return nil, status.Errorf(codes.InvalidArgument, "certificate_serial is %d bytes long; at most %d", len(req.GetCertificateSerial()), maxSerial)
+	case len(req.GetCertificateKeySha256()) != 0 && len(req.GetCertificateKeySha256()) != sha256.Size:
+		return nil, status.Errorf(codes.InvalidArgument, "certificate_key_sha256 is %d bytes long; a SHA-256 is %d", len(req.GetCertificateKeySha256()), sha256.Size)
+	case len(req.GetCertificateKeySha256()) != 0 && req.GetCertificateSerial() == "":
+		return nil, status.Error(codes.InvalidArgument, "certificate_key_sha256 names a certificate with certificate_serial: set both")
 	}
 	// nginx's $ssl_client_serial is upper case with leading zeros: the same
 	// serial, spelled otherwise.
@@ -102,11 +107,19 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		resp.Enforcement = v.Enforce.Proto()
 	}
 	if req.GetCertificateSerial() != "" {
-		if err := c.cfg.Fleet.CurrentCert(id, serial); err != nil {
-			// A replaced certificate is the device's identity, not its
-			// posture: no enforcement mode lets it through.
+		key := req.GetCertificateKeySha256()
+		if len(key) == 0 {
+			key = nil // the serial alone: it matches only a certificate whose key is not recorded
+		}
+		if err := c.cfg.Fleet.CurrentCert(id, serial, key); err != nil {
+			why := err.Error()
+			if key == nil {
+				why += "; the gateway named the certificate by its serial alone, which counts only for certificates whose key the collector has not recorded: send certificate_key_sha256 with it"
+			}
+			// A replaced or minted certificate is the device's identity,
+			// not its posture: no enforcement mode lets it through.
 			resp.Allowed, resp.Met = false, false
-			resp.Reasons = append([]string{err.Error()}, resp.Reasons...)
+			resp.Reasons = append([]string{why}, resp.Reasons...)
 		}
 	}
 	if resp.Allowed && v.Warned() {

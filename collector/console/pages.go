@@ -1,6 +1,7 @@
 package console
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -28,7 +29,9 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, s *session) {
 type deviceData struct {
 	P         *posturev1.DevicePosture
 	Serial    string // the device certificate's serial
+	Key       string // the hex SHA-256 of its public key; empty until recorded
 	PrevSer   string // the one its last renewal replaced
+	PrevKey   string // the hex SHA-256 of that one's public key
 	Chart     chartData
 	Decisions []*posturev1.Decision
 	Pending   bool
@@ -46,7 +49,9 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, s *session) {
 	d := deviceData{P: p, Pending: p.GetDevice().GetState() == posturev1.DeviceState_DEVICE_STATE_PENDING,
 		Revoked: p.GetDevice().GetState() == posturev1.DeviceState_DEVICE_STATE_REVOKED}
 	if dev, err := c.cfg.Store.Device(ctx, id); err == nil {
+		// A certificate counts by its serial and its public key: show both.
 		d.Serial, d.PrevSer = dev.CertSerial, dev.PrevCertSerial
+		d.Key, d.PrevKey = hex.EncodeToString(dev.CertKeySHA256), hex.EncodeToString(dev.PrevCertKeySHA256)
 	}
 	pts, err := c.scoreHistory(ctx, id, c.cfg.Fleet.Policy())
 	if err != nil {

@@ -3,84 +3,87 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/console"
+	"github.com/posture-project/posture/internal/cliflag"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// consoleUsage lists the console's flags of run and its commands.
-const consoleUsage = `
-The admin console (docs/console.md):
-  posture-collector run … --console-listen ADDR [--console-url https://HOST:PORT] [--console-serving-name NAME,…] [--console-tls-cert FILE --console-tls-key FILE]
-                        [--console-oidc-issuer URL --console-oidc-client-id ID --console-oidc-client-secret-file FILE [--console-oidc-scopes email,profile]
-                         [--console-role-claim groups] --console-admin-values V,… [--console-viewer-values V,…]] [--console-session-ttl 8h]
-  posture-collector console login [--ttl 15m] [--name NAME]   a one-time admin sign-in link for the console (the first admin)
-  posture-collector audit [--since 24h] [--actor WHO] [--target ID] [--limit 100] [-o table|json]   who did what, when, from where
-`
+// consoleFlags are run's flags for the admin console (docs/console.md);
+// config turns them into the collector's ConsoleConfig.
+type consoleFlags struct {
+	listen, url, certFile, keyFile          string
+	servingNames                            []string
+	issuer, clientID, secretFile, roleClaim string
+	scopes, adminValues, viewerValues       string
+	ttl                                     *time.Duration
+}
 
-// consoleFlags adds the console's flags to run's, and returns what makes
-// the console's configuration from them once parsed: nil without
+// addConsoleFlags declares the console's flags on run's flag set.
+func addConsoleFlags(fs *pflag.FlagSet) *consoleFlags {
+	f := &consoleFlags{}
+	fs.StringVar(&f.listen, "console-listen", "", "serve the admin console at https://ADDR (off when empty)")
+	fs.StringVar(&f.url, "console-url", "", "where browsers reach the console, https://HOST:PORT (default: the first --console-serving-name, or the listen address)")
+	cliflag.Func(fs, "console-serving-name", "names", "", "host names, comma-separated, that the console's certificate from the collector CA carries", func(s string) error {
+		names, err := parseServingNames(s)
+		f.servingNames = names
+		return err
+	})
+	fs.StringVar(&f.certFile, "console-tls-cert", "", "serve the console with this certificate (PEM) instead of one from the collector CA")
+	fs.StringVar(&f.keyFile, "console-tls-key", "", "the key of --console-tls-cert (PEM)")
+	fs.StringVar(&f.issuer, "console-oidc-issuer", "", "OpenID Connect issuer URL of the identity provider people sign in with")
+	fs.StringVar(&f.clientID, "console-oidc-client-id", "", "the console's client ID at the identity provider")
+	fs.StringVar(&f.secretFile, "console-oidc-client-secret-file", "", "file holding the console's client secret (mode 0600)")
+	fs.StringVar(&f.scopes, "console-oidc-scopes", "email,profile", "scopes asked for besides openid, comma-separated (Okta needs groups for a groups claim)")
+	fs.StringVar(&f.roleClaim, "console-role-claim", "groups", "the ID token claim holding a person's groups or roles (a dotted path: realm_access.roles)")
+	fs.StringVar(&f.adminValues, "console-admin-values", "", "values of the role claim that make an admin, comma-separated")
+	fs.StringVar(&f.viewerValues, "console-viewer-values", "", "values of the role claim that make a viewer, comma-separated (default: every person the provider signs in who is not an admin)")
+	f.ttl = cliflag.Duration(fs, "console-session-ttl", console.DefaultSessionTTL, "how long a console session lasts from sign-in (5m to 7d)")
+	return f
+}
+
+// config is the console's configuration the flags give: nil without
 // --console-listen.
-func consoleFlags(fs *flag.FlagSet) func() (*collector.ConsoleConfig, error) {
-	listen := fs.String("console-listen", "", "serve the admin console at https://ADDR (off when empty)")
-	url := fs.String("console-url", "", "where browsers reach the console, https://HOST:PORT (default: the first --console-serving-name, or the listen address)")
-	names := fs.String("console-serving-name", "", "host names, comma-separated, that the console's certificate from the collector CA carries")
-	certFile := fs.String("console-tls-cert", "", "serve the console with this certificate (PEM) instead of one from the collector CA")
-	keyFile := fs.String("console-tls-key", "", "the key of --console-tls-cert (PEM)")
-	issuer := fs.String("console-oidc-issuer", "", "OpenID Connect issuer URL of the identity provider people sign in with")
-	clientID := fs.String("console-oidc-client-id", "", "the console's client ID at the identity provider")
-	secretFile := fs.String("console-oidc-client-secret-file", "", "file holding the console's client secret (mode 0600)")
-	scopes := fs.String("console-oidc-scopes", "email,profile", "scopes asked for besides openid, comma-separated (Okta needs groups for a groups claim)")
-	roleClaim := fs.String("console-role-claim", "groups", "the ID token claim holding a person's groups or roles (a dotted path: realm_access.roles)")
-	adminValues := fs.String("console-admin-values", "", "values of the role claim that make an admin, comma-separated")
-	viewerValues := fs.String("console-viewer-values", "", "values of the role claim that make a viewer, comma-separated (default: every person the provider signs in who is not an admin)")
-	ttl := fs.Duration("console-session-ttl", console.DefaultSessionTTL, "how long a console session lasts from sign-in (5m to 7 days)")
-	return func() (*collector.ConsoleConfig, error) {
-		if *listen == "" {
-			if *issuer != "" || *certFile != "" || *url != "" {
-				return nil, errors.New("the console's flags need --console-listen ADDR")
-			}
-			return nil, nil
+func (f *consoleFlags) config() (*collector.ConsoleConfig, error) {
+	if f.listen == "" {
+		if f.issuer != "" || f.certFile != "" || f.url != "" {
+			return nil, errors.New("the console's flags need --console-listen ADDR")
 		}
-		if *ttl < 5*time.Minute || *ttl > 7*24*time.Hour {
-			return nil, fmt.Errorf("--console-session-ttl %v: give 5m to 168h", *ttl)
+		return nil, nil
+	}
+	if *f.ttl < 5*time.Minute || *f.ttl > 7*24*time.Hour {
+		return nil, fmt.Errorf("--console-session-ttl %v: give 5m to 168h", *f.ttl)
+	}
+	cc := &collector.ConsoleConfig{Listen: f.listen, URL: f.url, ServingNames: f.servingNames, CertFile: f.certFile, KeyFile: f.keyFile, SessionTTL: *f.ttl}
+	if f.issuer == "" {
+		if f.clientID != "" || f.secretFile != "" || f.adminValues != "" {
+			return nil, errors.New("the identity provider's flags need --console-oidc-issuer URL")
 		}
-		servingNames, err := parseServingNames(*names)
-		if err != nil {
-			return nil, fmt.Errorf("--console-serving-name: %w", err)
-		}
-		cc := &collector.ConsoleConfig{Listen: *listen, URL: *url, ServingNames: servingNames, CertFile: *certFile, KeyFile: *keyFile, SessionTTL: *ttl}
-		if *issuer == "" {
-			if *clientID != "" || *secretFile != "" || *adminValues != "" {
-				return nil, errors.New("the identity provider's flags need --console-oidc-issuer URL")
-			}
-			return cc, nil
-		}
-		secret := ""
-		if *secretFile != "" {
-			b, err := readSecretFile(*secretFile)
-			if err != nil {
-				return nil, fmt.Errorf("--console-oidc-client-secret-file: %w", err)
-			}
-			if len(b) == 0 {
-				return nil, fmt.Errorf("--console-oidc-client-secret-file: %s is empty", *secretFile)
-			}
-			secret = string(b)
-		}
-		cc.OIDC = &console.OIDC{Issuer: *issuer, ClientID: *clientID, ClientSecret: secret, Scopes: commaList(*scopes), RoleClaim: *roleClaim,
-			AdminValues: commaList(*adminValues), ViewerValues: commaList(*viewerValues)}
 		return cc, nil
 	}
+	secret := ""
+	if f.secretFile != "" {
+		b, err := readSecretFile(f.secretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--console-oidc-client-secret-file: %w", err)
+		}
+		if len(b) == 0 {
+			return nil, fmt.Errorf("--console-oidc-client-secret-file: %s is empty", f.secretFile)
+		}
+		secret = string(b)
+	}
+	cc.OIDC = &console.OIDC{Issuer: f.issuer, ClientID: f.clientID, ClientSecret: secret, Scopes: commaList(f.scopes), RoleClaim: f.roleClaim,
+		AdminValues: commaList(f.adminValues), ViewerValues: commaList(f.viewerValues)}
+	return cc, nil
 }
 
 // commaList splits a comma-separated flag, dropping empty entries.
@@ -104,75 +107,84 @@ func consoleClient(dataDir string) (posturev1.ConsoleServiceClient, context.Cont
 	return posturev1.NewConsoleServiceClient(conn), ctx, func() { cancel(); conn.Close() }, nil
 }
 
-func consoleLogin(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("console login", flag.ContinueOnError)
+func newConsoleCommand() *cobra.Command {
+	login := &cobra.Command{
+		Use:   "login",
+		Short: "Print a one-time admin sign-in link for the console (the first admin)",
+		Long: `Print a one-time admin sign-in link for the console: the way in for the
+first admin, before the identity provider is set up. The link opens one
+session, once; treat it as a password.`,
+		Args: noArgs,
+	}
+	fs := login.Flags()
 	dataDir := dataDirFlag(fs)
-	ttl := fs.Duration("ttl", 15*time.Minute, "how long the link may be used (1m to 24h); it opens one session, once")
+	ttl := cliflag.Duration(fs, "ttl", 15*time.Minute, "how long the link may be used (1m to 24h); it opens one session, once")
 	name := fs.String("name", "first admin", "who the session is for, as the console and the audit log show it")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+	login.RunE = func(cmd *cobra.Command, _ []string) error {
+		cl, ctx, done, err := consoleClient(*dataDir)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := cl.CreateSignInLink(ctx, &posturev1.CreateSignInLinkRequest{Ttl: durationpb.New(*ttl), Name: *name})
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintln(cmd.OutOrStdout(), resp.GetUrl())
+		fmt.Fprintf(cmd.ErrOrStderr(), "Open this link in a browser before %s: it signs in one admin session, once. Treat it as a password.\n",
+			resp.GetExpiresAt().AsTime().Local().Format(time.DateTime))
+		return nil
 	}
-	if len(pos) != 0 {
-		return errors.New("usage: posture-collector console login [--ttl 15m] [--name NAME]")
-	}
-	cl, ctx, done, err := consoleClient(*dataDir)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := cl.CreateSignInLink(ctx, &posturev1.CreateSignInLinkRequest{Ttl: durationpb.New(*ttl), Name: *name})
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintln(out, resp.GetUrl())
-	fmt.Fprintf(os.Stderr, "Open this link in a browser before %s: it signs in one admin session, once. Treat it as a password.\n",
-		resp.GetExpiresAt().AsTime().Local().Format(time.DateTime))
-	return nil
+	c := group("console", "The admin console: a one-time sign-in link (docs/console.md)", login)
+	c.Long = `The admin console. It is served by run's --console-listen, and people sign
+in with the identity provider of --console-oidc-issuer (docs/console.md).`
+	return c
 }
 
-func audit(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+func newAuditCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "The audit log: who did what, when, from where, and what was refused",
+		Args:  noArgs,
+	}
+	fs := cmd.Flags()
 	dataDir := dataDirFlag(fs)
-	since := fs.Duration("since", 24*time.Hour, "how far back to list (0: everything kept)")
+	since := cliflag.Duration(fs, "since", 24*time.Hour, "how far back to list (a duration as 24h, or days as 7d; 0: everything kept)")
 	actor := fs.String("actor", "", "only this actor's records (as listed)")
 	target := fs.String("target", "", "only records about this device ID or gateway")
 	limit := fs.Uint("limit", 100, "at most this many records, newest first (1 to 10000)")
-	format := outputFlag(fs, "table", "json")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return errors.New("usage: posture-collector audit [--since 24h] [--actor WHO] [--target ID] [--limit 100] [-o table|json]")
-	}
-	if *limit < 1 || *limit > 10000 {
-		return fmt.Errorf("--limit %d: give 1 to 10000", *limit)
-	}
-	req := &posturev1.ListAuditRequest{Limit: uint32(*limit), Actor: *actor, Target: *target}
-	if *since > 0 {
-		req.Since = timestamppb.New(time.Now().Add(-*since))
-	}
-	cl, ctx, done, err := consoleClient(*dataDir)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := cl.ListAudit(ctx, req)
-	if err != nil {
-		return rpcErr(err)
-	}
-	if *format == "json" {
-		return printJSON(out, resp)
-	}
-	t := newTable(out, "TIME", "WHO", "ROLE", "VIA", "FROM", "ACTION", "TARGET", "DETAIL", "OUTCOME")
-	for _, r := range resp.GetRecords() {
-		outcome := "done"
-		if r.GetOutcome() != "" {
-			outcome = "refused: " + r.GetOutcome()
+	format := cliflag.Output(fs, "table", "json")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *limit < 1 || *limit > 10000 {
+			return usagef("--limit %d: give 1 to 10000", *limit)
 		}
-		t.row(r.GetAt().AsTime().Local().Format(time.DateTime), r.GetActor(), orDash(r.GetRole()), r.GetVia(), orDash(r.GetFrom()), r.GetAction(),
-			orDash(r.GetTarget()), orDash(r.GetDetail()), outcome)
+		req := &posturev1.ListAuditRequest{Limit: uint32(*limit), Actor: *actor, Target: *target}
+		if *since > 0 {
+			req.Since = timestamppb.New(time.Now().Add(-*since))
+		}
+		cl, ctx, done, err := consoleClient(*dataDir)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := cl.ListAudit(ctx, req)
+		if err != nil {
+			return rpcErr(err)
+		}
+		out := cmd.OutOrStdout()
+		if *format == "json" {
+			return printJSON(out, resp)
+		}
+		t := newTable(out, "TIME", "WHO", "ROLE", "VIA", "FROM", "ACTION", "TARGET", "DETAIL", "OUTCOME")
+		for _, r := range resp.GetRecords() {
+			outcome := "done"
+			if r.GetOutcome() != "" {
+				outcome = "refused: " + r.GetOutcome()
+			}
+			t.row(r.GetAt().AsTime().Local().Format(time.DateTime), r.GetActor(), orDash(r.GetRole()), r.GetVia(), orDash(r.GetFrom()), r.GetAction(),
+				orDash(r.GetTarget()), orDash(r.GetDetail()), outcome)
+		}
+		return t.flush()
 	}
-	return t.flush()
+	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/posture-project/posture/collector"
+	"github.com/posture-project/posture/internal/testtools"
 )
 
 // console login prints a link to the running console, and audit lists it
@@ -69,5 +70,40 @@ func TestConsoleFlags(t *testing.T) {
 		if code == 0 || !strings.Contains(out, tt.want) {
 			t.Errorf("run %v: %q (exit %d); want an error saying %q", tt.args, out, code, tt.want)
 		}
+	}
+}
+
+// The console's configuration file in docs/console.md is what config check
+// and run read: every key a flag of run, the lists given as YAML lists.
+func TestConsoleConfigDoc(t *testing.T) {
+	blocks := testtools.CodeBlocks(t, filepath.Join("..", "..", "..", "docs", "console.md"), "# The admin console", "yaml")
+	if len(blocks) != 1 {
+		t.Fatalf("docs/console.md: %d yaml blocks, want the one configuration file", len(blocks))
+	}
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := strings.Replace(blocks[0], "/etc/posture/console-client-secret", secret, 1)
+	if file == blocks[0] {
+		t.Fatal("docs/console.md: the configuration file names no /etc/posture/console-client-secret")
+	}
+	p := filepath.Join(dir, "collector.yaml")
+	if err := os.WriteFile(p, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := cli(t, "config", "check", "--config", p)
+	for _, want := range []string{"valid; 9 setting(s)", "console-admin-values: posture-admins (line 7)", "console-viewer-values: posture-viewers (line 8)", "console-session-ttl: 8h"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("config check of docs/console.md's file: %q (exit %d); want %q", out, code, want)
+		}
+	}
+	// The same file with a world-readable secret is refused, as run refuses it.
+	if err := os.Chmod(secret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := cli(t, "config", "check", "--config", p); code == 0 || !strings.Contains(out, "chmod 600") {
+		t.Errorf("config check with a readable secret: %q (exit %d); want a refusal saying chmod 600", out, code)
 	}
 }

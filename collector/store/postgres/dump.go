@@ -282,8 +282,8 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 			case r.Device != nil:
 				l.unread(r)
 				if _, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, []string{"id", "hostname", "platform", "identity",
-					"identity_key", "assurance", "state", "state_reason", "enrolled_at", "cert_serial", "prev_cert_serial",
-					"ek_sha256", "stream_epoch", "last_seq", "last_digest", "last_seen", "tpm_clock", "tpm_reset_count",
+					"identity_key", "assurance", "state", "state_reason", "enrolled_at", "cert_serial", "cert_key_sha256",
+					"prev_cert_serial", "prev_cert_key_sha256", "ek_sha256", "stream_epoch", "last_seq", "last_digest", "last_seen", "tpm_clock", "tpm_reset_count",
 					"tpm_restart_count", "reboots", "measured_boot"}, &copyRun{l: l, row: deviceRow}); err != nil {
 					return fmt.Errorf("load devices: %w", err)
 				}
@@ -422,7 +422,8 @@ func deviceRow(r store.Record) ([]any, bool) {
 	}
 	d := r.Device
 	return []any{d.ID, []byte(d.Hostname), []byte(d.Platform), d.Identity, blob(d.IdentityKey), d.Assurance, d.State,
-		[]byte(d.StateReason), nanos(d.EnrolledAt), d.CertSerial, d.PrevCertSerial, d.EKSHA256, int64(d.StreamEpoch),
+		[]byte(d.StateReason), nanos(d.EnrolledAt), d.CertSerial, d.CertKeySHA256, d.PrevCertSerial, d.PrevCertKeySHA256,
+		d.EKSHA256, int64(d.StreamEpoch),
 		int64(d.LastSeq), d.LastDigest, nanos(d.LastSeen), int64(d.TPMClock.Clock), int64(d.TPMClock.ResetCount),
 		int64(d.TPMClock.RestartCount), int64(d.Reboots), d.MeasuredBoot}, true
 }

@@ -1,11 +1,16 @@
 package postgres
 
-// Migrations 3 and up: grace and enforcement, and what leaves Posture
-// (versions 10 and 11 of the SQLite store).
+// Migrations 2 and up: certificates bound to their keys (version 9 of
+// the SQLite store), grace and enforcement, and what leaves Posture
+// (versions 10 and 11).
 
-// migration2 is held for the devices' certificate key hash, which another
-// line of work adds; until it lands here, version 2 changes nothing.
-const migration2 = `SELECT 1;`
+// migration2: a device certificate counts only with the public key it
+// was issued for: the SHA-256 of its SubjectPublicKeyInfo, beside its
+// serial. NULL for certificates issued before, until the device's next
+// call records it (store.Store.BindCertKey).
+const migration2 = `
+ALTER TABLE devices ADD COLUMN cert_key_sha256 bytea, ADD COLUMN prev_cert_key_sha256 bytea;
+`
 
 // migrationStandings (3): each device's standing under the policy (see
 // store.Standing), as JSON bytes: since when each failing check fails,

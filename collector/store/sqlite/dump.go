@@ -76,10 +76,7 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			g.IssuedAt, g.ExpiresAt, g.RevokedAt = fromNanos(issued), fromNanos(expires), fromNanos(revoked)
 			return store.Record{Gateway: &g}, err
 		}},
-		{"devices", `SELECT id, hostname, platform, identity, identity_key, assurance, state,
-			state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
-			ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, stream_epoch, measured_boot
-			FROM devices ORDER BY rowid`, func(row scanner) (store.Record, error) {
+		{"devices", `SELECT ` + deviceColumns + `, stream_epoch, measured_boot FROM devices ORDER BY rowid`, func(row scanner) (store.Record, error) {
 			var (
 				d     store.DeviceRecord
 				epoch int64
@@ -250,11 +247,11 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 		case r.Device != nil:
 			d := r.Device
 			if _, err := tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key, assurance, state,
-				state_reason, enrolled_at, cert_serial, prev_cert_serial, ek_sha256, stream_epoch, last_seq, last_digest,
-				last_seen, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, measured_boot)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				state_reason, enrolled_at, cert_serial, cert_key_sha256, prev_cert_serial, prev_cert_key_sha256, ek_sha256,
+				stream_epoch, last_seq, last_digest, last_seen, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, measured_boot)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				d.ID, d.Hostname, d.Platform, d.Identity, blob(d.IdentityKey), d.Assurance, d.State,
-				d.StateReason, nanos(d.EnrolledAt), d.CertSerial, d.PrevCertSerial, d.EKSHA256, int64(d.StreamEpoch), int64(d.LastSeq),
+				d.StateReason, nanos(d.EnrolledAt), d.CertSerial, d.CertKeySHA256, d.PrevCertSerial, d.PrevCertKeySHA256, d.EKSHA256, int64(d.StreamEpoch), int64(d.LastSeq),
 				d.LastDigest, nanos(d.LastSeen), int64(d.TPMClock.Clock), int64(d.TPMClock.ResetCount), int64(d.TPMClock.RestartCount),
 				int64(d.Reboots), d.MeasuredBoot); err != nil {
 				return fmt.Errorf("load device %s: %w", d.ID, err)

@@ -1,11 +1,16 @@
 package sqlite
 
-// Migrations 10 and up: grace and enforcement, and what leaves Posture.
+// Migrations 9 and up: certificates bound to their keys, grace and
+// enforcement, and what leaves Posture.
 
-// migration9 is held for the devices' certificate key hash, which another
-// line of work adds as version 9; until it lands here, version 9 changes
-// nothing.
-const migration9 = `SELECT 1;`
+// migration9: a device certificate counts only with the public key it
+// was issued for: the SHA-256 of its SubjectPublicKeyInfo, beside its
+// serial. NULL for certificates issued before, until the device's next
+// call records it (store.Store.BindCertKey).
+const migration9 = `
+ALTER TABLE devices ADD COLUMN cert_key_sha256 BLOB;
+ALTER TABLE devices ADD COLUMN prev_cert_key_sha256 BLOB;
+`
 
 // migrationStandings (10): each device's standing under the policy (see
 // store.Standing), as JSON: since when each failing check fails, and the

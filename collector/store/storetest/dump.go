@@ -42,6 +42,15 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 	if diff := cmp.Diff(devices, allDevices(t, to)); diff != "" {
 		t.Errorf("devices (-source +copy):\n%s", diff)
 	}
+	// Certificates keep the keys they were issued for, and one issued
+	// before keys were recorded keeps none.
+	for id, want := range map[string][2]store.Cert{"dev-a": {cert("02"), cert("01")}, "dev-c": {{Serial: "01"}, {}}} {
+		d := device(t, to, id)
+		got := [2]store.Cert{{Serial: d.CertSerial, KeySHA256: d.CertKeySHA256}, {Serial: d.PrevCertSerial, KeySHA256: d.PrevCertKeySHA256}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("certificates of %s in the copy (-want +got):\n%s", id, diff)
+		}
+	}
 	for _, d := range devices {
 		want, err := from.Reports(ctx, d.ID, 0)
 		if err != nil {
@@ -186,7 +195,10 @@ func fill(t *testing.T, s store.Store) uint64 {
 	}
 	createToken(t, s, "fresh", 3, time.Date(2027, 1, 2, 3, 4, 5, 6, time.UTC))
 	spent := createToken(t, s, "spent", 1, time.Now().Add(time.Hour))
-	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), newDevice("dev-c")); err != nil {
+	// dev-c's certificate was issued before keys were recorded.
+	legacy := newDevice("dev-c")
+	legacy.CertKeySHA256 = nil
+	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), legacy); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.PinEKs(ctx, []string{"aa", "bb"}, "batch", time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)); err != nil {
@@ -212,7 +224,7 @@ func fill(t *testing.T, s store.Store) uint64 {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := s.RenewCertificate(ctx, "dev-a", "01", "02", time.Now()); err != nil {
+	if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	tpm := newDevice("dev-b")
@@ -289,6 +301,7 @@ func fleet(t *testing.T, s store.Store) map[string]store.FleetRow {
 	err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error {
 		row := *r
 		row.IdentityKey, row.LastDigest, row.MeasuredBoot = bytes.Clone(r.IdentityKey), bytes.Clone(r.LastDigest), bytes.Clone(r.MeasuredBoot)
+		row.CertKeySHA256, row.PrevCertKeySHA256 = bytes.Clone(r.CertKeySHA256), bytes.Clone(r.PrevCertKeySHA256)
 		if r.Report != nil {
 			rep := *r.Report
 			rep.Digest, rep.Body, rep.Proof = bytes.Clone(rep.Digest), bytes.Clone(rep.Body), bytes.Clone(rep.Proof)

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -703,7 +704,12 @@ type ReportAck struct {
 	// report: the checks it fails, each with since when and, with a grace,
 	// when it blocks; the agent tells the device's user (desktop
 	// notifications) within the limits it carries.
-	Standing      *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
+	Standing *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
+	// decision is what the collector decided about the device once the
+	// report was stored, for the agent to show (posture-agent status). It
+	// rides on the first acknowledgement of each stream and then on at most
+	// one a minute; the others leave it unset.
+	Decision      *AgentDecision `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +775,13 @@ func (x *ReportAck) GetWantEventLog() bool {
 func (x *ReportAck) GetStanding() *DeviceStanding {
 	if x != nil {
 		return x.Standing
+	}
+	return nil
+}
+
+func (x *ReportAck) GetDecision() *AgentDecision {
+	if x != nil {
+		return x.Decision
 	}
 	return nil
 }
@@ -840,6 +853,81 @@ func (x *DeviceStanding) GetNotifyBeforeBlock() *durationpb.Duration {
 	return nil
 }
 
+// AgentDecision is the collector's decision about a device: the same
+// score, levels and checks as devices show gives, without the report.
+type AgentDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// decided_at is when it was made.
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// score is the trust score 0-100 after freshness decay.
+	Score uint32 `protobuf:"varint,2,opt,name=score,proto3" json:"score,omitempty"`
+	// levels are every access level of the policy, met or not and why not.
+	Levels []*LevelResult `protobuf:"bytes,3,rep,name=levels,proto3" json:"levels,omitempty"`
+	// failing are the checks that did not pass (failed or unknown), each
+	// with its reason and fix.
+	Failing       []*CheckResult `protobuf:"bytes,4,rep,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentDecision) Reset() {
+	*x = AgentDecision{}
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentDecision) ProtoMessage() {}
+
+func (x *AgentDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentDecision.ProtoReflect.Descriptor instead.
+func (*AgentDecision) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AgentDecision) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetScore() uint32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *AgentDecision) GetLevels() []*LevelResult {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetFailing() []*CheckResult {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
 // ReportRejected refuses one report.
 type ReportRejected struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -858,7 +946,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +958,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +971,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -926,7 +1014,7 @@ var File_posture_v1_agent_proto protoreflect.FileDescriptor
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"I\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"I\n" +
 	"\fRenewRequest\x121\n" +
 	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
 	"\x04step\"\x86\x01\n" +
@@ -954,18 +1042,25 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xb2\x01\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xe9\x01\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
 	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x126\n" +
-	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\"\xcc\x01\n" +
+	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\x125\n" +
+	"\bdecision\x18\x06 \x01(\v2\x19.posture.v1.AgentDecisionR\bdecision\"\xcc\x01\n" +
 	"\x0eDeviceStanding\x121\n" +
 	"\afailing\x18\x01 \x03(\v2\x17.posture.v1.CheckResultR\afailing\x12<\n" +
 	"\fnotify_every\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vnotifyEvery\x12I\n" +
-	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc9\x01\n" +
+	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc4\x01\n" +
+	"\rAgentDecision\x129\n" +
+	"\n" +
+	"decided_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\rR\x05score\x12/\n" +
+	"\x06levels\x18\x03 \x03(\v2\x17.posture.v1.LevelResultR\x06levels\x121\n" +
+	"\afailing\x18\x04 \x03(\v2\x17.posture.v1.CheckResultR\afailing\"\xc9\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
@@ -1009,49 +1104,56 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_posture_v1_agent_proto_goTypes = []any{
-	(RejectReason)(0),           // 0: posture.v1.RejectReason
-	(*RenewRequest)(nil),        // 1: posture.v1.RenewRequest
-	(*RenewResponse)(nil),       // 2: posture.v1.RenewResponse
-	(*RenewChallenge)(nil),      // 3: posture.v1.RenewChallenge
-	(*RenewAnswer)(nil),         // 4: posture.v1.RenewAnswer
-	(*RenewResult)(nil),         // 5: posture.v1.RenewResult
-	(*AgentMessage)(nil),        // 6: posture.v1.AgentMessage
-	(*CollectorMessage)(nil),    // 7: posture.v1.CollectorMessage
-	(*Welcome)(nil),             // 8: posture.v1.Welcome
-	(*ReportAck)(nil),           // 9: posture.v1.ReportAck
-	(*DeviceStanding)(nil),      // 10: posture.v1.DeviceStanding
-	(*ReportRejected)(nil),      // 11: posture.v1.ReportRejected
-	(*TPMQuote)(nil),            // 12: posture.v1.TPMQuote
-	(*SignedReport)(nil),        // 13: posture.v1.SignedReport
-	(*CheckResult)(nil),         // 14: posture.v1.CheckResult
-	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
+	(RejectReason)(0),             // 0: posture.v1.RejectReason
+	(*RenewRequest)(nil),          // 1: posture.v1.RenewRequest
+	(*RenewResponse)(nil),         // 2: posture.v1.RenewResponse
+	(*RenewChallenge)(nil),        // 3: posture.v1.RenewChallenge
+	(*RenewAnswer)(nil),           // 4: posture.v1.RenewAnswer
+	(*RenewResult)(nil),           // 5: posture.v1.RenewResult
+	(*AgentMessage)(nil),          // 6: posture.v1.AgentMessage
+	(*CollectorMessage)(nil),      // 7: posture.v1.CollectorMessage
+	(*Welcome)(nil),               // 8: posture.v1.Welcome
+	(*ReportAck)(nil),             // 9: posture.v1.ReportAck
+	(*DeviceStanding)(nil),        // 10: posture.v1.DeviceStanding
+	(*AgentDecision)(nil),         // 11: posture.v1.AgentDecision
+	(*ReportRejected)(nil),        // 12: posture.v1.ReportRejected
+	(*TPMQuote)(nil),              // 13: posture.v1.TPMQuote
+	(*SignedReport)(nil),          // 14: posture.v1.SignedReport
+	(*CheckResult)(nil),           // 15: posture.v1.CheckResult
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*LevelResult)(nil),           // 18: posture.v1.LevelResult
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
 	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
 	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	12, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	13, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	13, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	14, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
 	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
 	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	11, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	12, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
 	10, // 8: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
-	14, // 9: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
-	15, // 10: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
-	15, // 11: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
-	0,  // 12: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	15, // 13: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	6,  // 14: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 15: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 16: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 17: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	11, // 9: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
+	15, // 10: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
+	16, // 11: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
+	16, // 12: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
+	17, // 13: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
+	18, // 14: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
+	15, // 15: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
+	0,  // 16: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	16, // 17: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	6,  // 18: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	1,  // 19: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	7,  // 20: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	2,  // 21: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	20, // [20:22] is the sub-list for method output_type
+	18, // [18:20] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -1082,7 +1184,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
