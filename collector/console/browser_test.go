@@ -104,6 +104,13 @@ func (m measurer) Collect(context.Context) *posturev1.PostureReport {
 // and waits for its first report.
 func (s *site) enroll(t *testing.T, host string, m measurer, interval time.Duration) string {
 	t.Helper()
+	id, _ := s.enrollIn(t, host, m, interval)
+	return id
+}
+
+// enrollIn is enroll, and says the agent's state directory too.
+func (s *site) enrollIn(t *testing.T, host string, m measurer, interval time.Duration) (string, string) {
+	t.Helper()
 	tok, err := s.admin.CreateEnrollmentToken(context.Background(), &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(time.Hour), Uses: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +131,7 @@ func (s *site) enroll(t *testing.T, host string, m measurer, interval time.Durat
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		p, err := s.admin.GetDevice(context.Background(), &posturev1.GetDeviceRequest{DeviceId: res.DeviceID})
 		if err == nil && p.GetDevice().GetLastSeq() >= 1 {
-			return res.DeviceID
+			return res.DeviceID, dir
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("device %q sent no report within 10s: %v", host, err)

@@ -2,9 +2,14 @@ package console_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,6 +17,7 @@ import (
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -49,7 +55,7 @@ func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startSiteWith(t, &collector.ConsoleConfig{}, pol)
-	id := s.enroll(t, "laptop-"+hostile, measurer{osName: "debian"}, time.Hour)
+	id, stateDir := s.enrollIn(t, "laptop-"+hostile, measurer{osName: "debian"}, time.Hour)
 	admin := s.linkSession(t)
 
 	code, _, page := s.do(t, "GET", "/devices/"+id, admin, nil)
@@ -61,6 +67,24 @@ func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("device page lacks %q", want)
 		}
+	}
+	// The certificate counts by its serial and its public key: the page
+	// shows both, as the device holds them.
+	pemBytes, err := os.ReadFile(filepath.Join(stateDir, "device.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil {
+		t.Fatal("the agent's device.crt holds no PEM block")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCert := fmt.Sprintf(`<dd class="id" id="cert">serial %s, key SHA-256 %x</dd>`, cert.SerialNumber.Text(16), pki.KeySHA256(cert))
+	if !strings.Contains(text, wantCert) {
+		t.Errorf("device page lacks the certificate as %s", wantCert)
 	}
 	since := regexp.MustCompile(`<td class="failing">since (\S+ \S+); in grace, blocks at (\S+ \S+)</td>`).FindStringSubmatch(text)
 	if since == nil {
