@@ -14,9 +14,12 @@ import (
 )
 
 // migrationConsole (schema version 5) holds the audit log, the
-// console's sessions and its one-time sign-in links. Texts that
-// may quote what a person typed or a device sent are bytea, as elsewhere.
+// console's sessions and its one-time sign-in links, and when an admin
+// revoked an enrollment token (0: not revoked). Texts that may quote what
+// a person typed or a device sent are bytea, as elsewhere.
 const migrationConsole = `
+ALTER TABLE tokens ADD COLUMN revoked_at bigint NOT NULL DEFAULT 0;
+
 CREATE TABLE audit (
 	id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	at      bigint NOT NULL,

@@ -14,8 +14,11 @@ import (
 )
 
 // migrationConsole (schema version 12) holds the audit log, the
-// console's sessions and its one-time sign-in links.
+// console's sessions and its one-time sign-in links, and when an admin
+// revoked an enrollment token (0: not revoked).
 const migrationConsole = `
+ALTER TABLE tokens ADD COLUMN revoked_at INTEGER NOT NULL DEFAULT 0;
+
 CREATE TABLE audit (
 	id      INTEGER PRIMARY KEY AUTOINCREMENT,
 	at      INTEGER NOT NULL,

@@ -228,8 +228,8 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 			}
 		case r.Token != nil:
 			t := r.Token
-			if _, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used) VALUES (?, ?, ?, ?, ?, ?)`,
-				t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used)); err != nil {
+			if _, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used), nanos(t.RevokedAt)); err != nil {
 				return fmt.Errorf("load token: %w", err)
 			}
 		case r.PinnedEK != nil:

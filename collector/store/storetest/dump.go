@@ -201,6 +201,9 @@ func fill(t *testing.T, s store.Store) uint64 {
 	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), legacy); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.RevokeToken(ctx, spent, time.Date(2026, 4, 5, 6, 7, 8, 9, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.PinEKs(ctx, []string{"aa", "bb"}, "batch", time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
