@@ -82,6 +82,8 @@ var allowedCallers = map[string][]string{
 	"/posture.v1.AdminService/CreateSSFStream":                       {callerAdmin},
 	"/posture.v1.AdminService/ListSSFStreams":                        {callerAdmin},
 	"/posture.v1.AdminService/DeleteSSFStream":                       {callerAdmin},
+	"/posture.v1.AdminService/ListEnrollmentTokens":                  {callerAdmin},
+	"/posture.v1.AdminService/RevokeEnrollmentToken":                 {callerAdmin},
 }
 
 // refusedCallers are refused whatever they call, with this code: a

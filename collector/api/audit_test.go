@@ -54,6 +54,7 @@ func TestAuditArgs(t *testing.T) {
 			"okta", "endpoint https://okta/push, description: prod", "s3cret-token"},
 		{"stream delete", &posturev1.DeleteSSFStreamRequest{StreamId: "st-9"}, "st-9", "", ""},
 		{"token", &posturev1.CreateEnrollmentTokenRequest{Uses: 3}, "", "ttl 1h0m0s, uses 3", ""},
+		{"token revoke", &posturev1.RevokeEnrollmentTokenRequest{Id: "5c0d9e2a41b7f003"}, "5c0d9e2a41b7f003", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

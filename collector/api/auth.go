@@ -65,6 +65,10 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_CreateSSFStream_FullMethodName:         {pki.RoleAdmin},
 	posturev1.AdminService_ListSSFStreams_FullMethodName:          {pki.RoleAdmin},
 	posturev1.AdminService_DeleteSSFStream_FullMethodName:         {pki.RoleAdmin},
+	// Enrollment tokens are admins' alone, listing included: a viewer has
+	// no use for what could let a device in.
+	posturev1.AdminService_ListEnrollmentTokens_FullMethodName:  {pki.RoleAdmin},
+	posturev1.AdminService_RevokeEnrollmentToken_FullMethodName: {pki.RoleAdmin},
 	// The console's people: viewers read, admins act (console.go).
 	posturev1.ConsoleService_CreateSignInLink_FullMethodName: {pki.RoleAdmin},
 	posturev1.ConsoleService_ListAudit_FullMethodName:        {pki.RoleAdmin, roleViewer},

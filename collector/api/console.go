@@ -117,6 +117,7 @@ var audited = map[string]string{
 	posturev1.AdminService_RemoveSSFReceiver_FullMethodName:       "ssf receiver remove",
 	posturev1.AdminService_CreateSSFStream_FullMethodName:         "ssf stream create",
 	posturev1.AdminService_DeleteSSFStream_FullMethodName:         "ssf stream delete",
+	posturev1.AdminService_RevokeEnrollmentToken_FullMethodName:   "token revoke",
 	posturev1.ConsoleService_CreateSignInLink_FullMethodName:      "console login",
 }
 
@@ -172,6 +173,8 @@ func auditArgs(req any) (target, detail string) {
 			detail += ", description: " + r.GetDescription()
 		}
 		return "", detail
+	case *posturev1.RevokeEnrollmentTokenRequest:
+		return r.GetId(), ""
 	case *posturev1.RevokeDeviceRequest:
 		return r.GetDeviceId(), "reason: " + r.GetReason()
 	case *posturev1.ApproveDeviceRequest:

@@ -267,6 +267,17 @@ func writeFixture(t *testing.T, version int) {
 	if _, err := adm.AddSSFReceiver(ctx, &posturev1.AddSSFReceiverRequest{Name: "okta", Audience: "https://okta.example", Level: "basic"}); err != nil {
 		t.Fatal(err)
 	}
+	// Schema version 12 also keeps when a token was revoked.
+	if _, err := adm.CreateEnrollmentToken(ctx, &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(time.Hour), Description: "revoked"}); err != nil {
+		t.Fatal(err)
+	}
+	toks, err := adm.ListEnrollmentTokens(ctx, &posturev1.ListEnrollmentTokensRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.RevokeEnrollmentToken(ctx, &posturev1.RevokeEnrollmentTokenRequest{Id: toks.GetTokens()[0].GetId()}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := posturev1.NewConsoleServiceClient(conn).CreateSignInLink(ctx, &posturev1.CreateSignInLinkRequest{Ttl: durationpb.New(time.Hour), Name: "first admin"}); err != nil {
 		t.Fatal(err)
 	}
