@@ -332,6 +332,20 @@ func TestConsoleInBrowser(t *testing.T) {
 	if code, _, body := s.do(t, "POST", "/devices/"+target+"/revoke", viewer, url.Values{"csrf": {csrf}, "reason": {"viewer tries"}, "confirm": {"yes"}}); code != http.StatusForbidden {
 		t.Errorf("viewer's revoke: %d %s; want 403", code, body)
 	}
+	// Enrollment tokens are admins' alone: a viewer sees none of them and
+	// cannot revoke one.
+	toks, err := s.admin.ListEnrollmentTokens(context.Background(), &posturev1.ListEnrollmentTokensRequest{})
+	if err != nil || len(toks.GetTokens()) == 0 {
+		t.Fatalf("ListEnrollmentTokens: %v, %v; want the tokens the devices enrolled with", toks, err)
+	}
+	tokenID := toks.GetTokens()[0].GetId()
+	run("viewer opens the tokens page", chromedp.Navigate(s.url+"/tokens"), chromedp.WaitVisible(css(".hint")))
+	if n := value(t, ctx, chromedp.Evaluate[int](`document.querySelectorAll('#tokens, #create-token').length`)); n != 0 {
+		t.Error("a viewer is shown the tokens or the form to create one")
+	}
+	if code, _, body := s.do(t, "POST", "/tokens/"+tokenID+"/revoke", viewer, url.Values{"csrf": {csrf}, "confirm": {"yes"}}); code != http.StatusForbidden {
+		t.Errorf("viewer's token revoke: %d %s; want 403", code, body)
+	}
 	signOut()
 	if code, loc, _ := s.do(t, "GET", "/", viewer, nil); code != http.StatusSeeOther || !strings.HasSuffix(loc, "/login") {
 		t.Errorf("the viewer's cookie after signing out: %d → %q; want a redirect to /login", code, loc)

@@ -161,6 +161,7 @@ func (c *Console) routes() http.Handler {
 	in("POST /gateways/revoke", c.revokeGateway)
 	in("GET /tokens", c.tokens)
 	in("POST /tokens", c.createToken)
+	in("POST /tokens/{id}/revoke", c.revokeToken)
 	in("GET /audit", c.audit)
 	in("POST /logout", c.logout)
 

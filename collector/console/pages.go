@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -296,40 +297,80 @@ func (c *Console) revokeGateway(w http.ResponseWriter, r *http.Request, s *sessi
 }
 
 // tokenData is the tokens page; Token is set once, right after creation.
+// Tokens are listed to admins only, as the API lists them.
 type tokenData struct {
 	Token   string
 	Expires *timestamppb.Timestamp
 	Uses    uint32
+	Tokens  []*posturev1.EnrollmentToken
+}
+
+// tokenList is the tokens an admin sees on the tokens page; a viewer sees
+// none (the API would refuse them).
+func (c *Console) tokenList(r *http.Request, s *session, v *view) []*posturev1.EnrollmentToken {
+	if !s.Admin() {
+		return nil
+	}
+	resp, err := c.admin(s).ListEnrollmentTokens(r.Context(), &posturev1.ListEnrollmentTokensRequest{})
+	if err != nil {
+		v.Problem = errorMessage(err)
+		return nil
+	}
+	return resp.GetTokens()
 }
 
 func (c *Console) tokens(w http.ResponseWriter, r *http.Request, s *session) {
-	c.render(w, r, http.StatusOK, "tokens", view{Title: "Enrollment tokens", S: s, Nav: "tokens", Data: tokenData{}})
+	v := view{Title: "Enrollment tokens", S: s, Nav: "tokens"}
+	if id := r.URL.Query().Get("revoked"); id != "" {
+		v.Notice = "Revoked enrollment token " + id + ": no device enrolls with it any more. Devices it enrolled stay enrolled."
+	}
+	v.Data = tokenData{Tokens: c.tokenList(r, s, &v)}
+	c.render(w, r, http.StatusOK, "tokens", v)
+}
+
+func (c *Console) revokeToken(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	if !c.confirmed(w, r, s, confirmData{Action: r.URL.Path, Question: "Revoke enrollment token " + id + "?",
+		Detail: "No device can enroll with it from then on; devices it enrolled stay enrolled. Revocation is final.", Button: "Revoke", Cancel: "/tokens"}) {
+		return
+	}
+	resp, err := c.admin(s).RevokeEnrollmentToken(r.Context(), &posturev1.RevokeEnrollmentTokenRequest{Id: id})
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	http.Redirect(w, r, "/tokens?revoked="+url.QueryEscape(resp.GetToken().GetId()), http.StatusSeeOther)
 }
 
 func (c *Console) createToken(w http.ResponseWriter, r *http.Request, s *session) {
-	v := view{Title: "Enrollment tokens", S: s, Nav: "tokens", Data: tokenData{}}
+	v := view{Title: "Enrollment tokens", S: s, Nav: "tokens"}
+	// Whatever the outcome, the page lists the tokens as they are now.
+	show := func(code int, d tokenData) {
+		d.Tokens = c.tokenList(r, s, &v)
+		v.Data = d
+		c.render(w, r, code, "tokens", v)
+	}
 	ttl, err := time.ParseDuration(r.PostForm.Get("ttl"))
 	if err != nil {
 		v.Problem = "ttl: give a duration such as 1h or 30m"
-		c.render(w, r, http.StatusBadRequest, "tokens", v)
+		show(http.StatusBadRequest, tokenData{})
 		return
 	}
 	uses, err := strconv.ParseUint(r.PostForm.Get("uses"), 10, 32)
 	if err != nil {
 		v.Problem = "uses: give a whole number, 1 or more"
-		c.render(w, r, http.StatusBadRequest, "tokens", v)
+		show(http.StatusBadRequest, tokenData{})
 		return
 	}
 	resp, err := c.admin(s).CreateEnrollmentToken(r.Context(), &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(ttl), Uses: uint32(uses), Description: r.PostForm.Get("description")})
 	if err != nil {
 		v.Problem = errorMessage(err)
-		c.render(w, r, http.StatusBadRequest, "tokens", v)
+		show(http.StatusBadRequest, tokenData{})
 		return
 	}
 	// Shown once: the collector keeps only its hash, and the page is not
 	// cached (Cache-Control: no-store).
-	v.Data = tokenData{Token: resp.GetToken(), Expires: resp.GetExpiresAt(), Uses: resp.GetUses()}
-	c.render(w, r, http.StatusOK, "tokens", v)
+	show(http.StatusOK, tokenData{Token: resp.GetToken(), Expires: resp.GetExpiresAt(), Uses: resp.GetUses()})
 }
 
 // auditData is the audit log page.

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/internal/pki"
@@ -157,5 +158,65 @@ func TestDevicePageGraceEnforcementAndUser(t *testing.T) {
 		"first admin: devices bind user ann at example via console, refused"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit records of the device:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestTokensPage: an admin creates a token on the tokens page and sees it
+// listed, description inert; revokes it, confirming; the list says so, a
+// device cannot enroll with it, and the revocation is in the audit log,
+// made in the console.
+func TestTokensPage(t *testing.T) {
+	s := startSite(t, &collector.ConsoleConfig{})
+	admin := s.linkSession(t)
+	_, _, page := s.do(t, "GET", "/tokens", admin, nil)
+	if !strings.Contains(page, "No tokens.") {
+		t.Errorf("tokens page of a new collector lacks No tokens.")
+	}
+	csrf := csrfOf(t, page)
+	code, _, page := s.do(t, "POST", "/tokens", admin, url.Values{"csrf": {csrf}, "ttl": {"1h"}, "uses": {"2"}, "description": {"lab <b>" + hostile}})
+	token := regexp.MustCompile(`<pre id="token">([^<]+)</pre>`).FindStringSubmatch(page)
+	if code != http.StatusOK || token == nil {
+		t.Fatalf("create a token: %d, no token shown", code)
+	}
+	row := regexp.MustCompile(`<tr><td class="id">([0-9a-f]{16})</td><td>([^<]*)</td>.*?<td>0 of 2</td><td class="token-state">usable</td>`).FindStringSubmatch(page)
+	if row == nil {
+		t.Fatalf("the page after creating a token does not list it as usable, 0 of 2:\n%s", page)
+	}
+	id := row[1]
+	if strings.Contains(row[2], "<b>") || !strings.Contains(html.UnescapeString(row[2]), "lab <b>") || strings.Contains(row[2], "\x1b") {
+		t.Errorf("description shown as %q; want it escaped and inert", row[2])
+	}
+
+	code, _, page = s.do(t, "POST", "/tokens/"+id+"/revoke", admin, url.Values{"csrf": {csrf}})
+	if code != http.StatusOK || !strings.Contains(page, `id="confirm"`) || !strings.Contains(page, "Revoke enrollment token "+id+"?") {
+		t.Fatalf("revoke without confirming: %d; want the confirmation page", code)
+	}
+	if toks, _ := s.admin.ListEnrollmentTokens(context.Background(), &posturev1.ListEnrollmentTokensRequest{}); toks.GetTokens()[0].GetRevokedAt() != nil {
+		t.Fatal("revoked before confirming")
+	}
+	code, loc, _ := s.do(t, "POST", "/tokens/"+id+"/revoke", admin, url.Values{"csrf": {csrf}, "confirm": {"yes"}})
+	if code != http.StatusSeeOther || loc != "/tokens?revoked="+id {
+		t.Fatalf("revoke: %d → %q", code, loc)
+	}
+	_, _, page = s.do(t, "GET", loc, admin, nil)
+	if !strings.Contains(page, "Revoked enrollment token "+id) || !regexp.MustCompile(`<td class="token-state">revoked \d{4}-`).MatchString(page) || strings.Contains(page, `id="revoke-`+id+`"`) {
+		t.Errorf("tokens page after revoking: want the notice, the token revoked, and no revoke button for it")
+	}
+	if _, err := agent.Enroll(context.Background(), t.TempDir(), html.UnescapeString(token[1])); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("enroll with the revoked token: %v; want a refusal saying it was revoked", err)
+	}
+	// Again, and with an id that names no token: refused, saying why.
+	for _, tt := range []struct{ id, want string }{{id, "was revoked already"}, {"0123456789abcdef", "no enrollment token has id"}} {
+		if code, _, page := s.do(t, "POST", "/tokens/"+tt.id+"/revoke", admin, url.Values{"csrf": {csrf}, "confirm": {"yes"}}); code < 400 || !strings.Contains(page, tt.want) {
+			t.Errorf("revoke %s: %d; want a refusal saying %q", tt.id, code, tt.want)
+		}
+	}
+	recs, err := s.cons.ListAudit(context.Background(), &posturev1.ListAuditRequest{Target: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(recs.GetRecords()); n != 2 || recs.GetRecords()[1].GetAction() != "token revoke" || recs.GetRecords()[1].GetVia() != "console" ||
+		recs.GetRecords()[1].GetActor() != "first admin" || recs.GetRecords()[1].GetOutcome() != "" || recs.GetRecords()[0].GetOutcome() == "" {
+		t.Errorf("audit records of token %s: %v; want the revocation by first admin in the console, then the refused second one", id, recs.GetRecords())
 	}
 }

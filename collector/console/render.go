@@ -73,6 +73,9 @@ var funcs = template.FuncMap{
 	"enforce":  enforceName,
 	"change":   levelChange,
 	"grace":    graceText,
+	"tokenstate": func(s posturev1.EnrollmentTokenState) string {
+		return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.String(), "ENROLLMENT_TOKEN_STATE_")), "_", " ")
+	},
 	"outcomeish": func(s posturev1.Status) string {
 		return strings.ToLower(strings.TrimPrefix(s.String(), "STATUS_"))
 	},
