@@ -47,6 +47,9 @@ type EnrollOptions struct {
 	// TPMDevice, when set, is used instead of opening TPM (tests hand in a
 	// simulator). The agent closes it when done.
 	TPMDevice transport.TPMCloser
+	// Hostname is the name the device enrolls with; empty means the
+	// machine's host name.
+	Hostname string
 }
 
 // Enroll enrolls with a software identity; see EnrollWith.
@@ -96,7 +99,10 @@ func EnrollWith(ctx context.Context, stateDir, tokenText string, opts EnrollOpti
 	if err != nil {
 		return nil, enrollErr(tok.Addr, err)
 	}
-	host, _ := os.Hostname()
+	host := opts.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	if err := stream.Send(&posturev1.EnrollRequest{Step: &posturev1.EnrollRequest_Begin{Begin: &posturev1.EnrollBegin{
 		Token: tok.Secret, Hostname: host, Platform: runtime.GOOS, TlsPublicKey: tlsPub, Identity: id.Claim(),
 	}}}); err != nil {

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/posture-project/posture/collector/api"
+	"github.com/posture-project/posture/collector/console"
 	"github.com/posture-project/posture/collector/decisions"
 	"github.com/posture-project/posture/collector/enroll"
 	"github.com/posture-project/posture/collector/fault"
@@ -133,6 +134,8 @@ type Config struct {
 	// EventRetention is how long events are kept in the database for
 	// collectors catching up; 0 means DefaultEventRetention.
 	EventRetention time.Duration
+	// Console, when set, serves the admin console on its own listener.
+	Console *ConsoleConfig
 	// Events configures what leaves Posture: webhooks, SIEM exports, the
 	// Shared Signals transmitter (events.go).
 	Events EventsConfig
@@ -292,6 +295,11 @@ type Collector struct {
 	admin    net.Listener
 	server   *grpc.Server
 	adminSrv *grpc.Server
+
+	// The admin console, when configured (console.go).
+	console         *console.Console
+	consoleListener net.Listener
+	consoleSrv      *http.Server
 }
 
 // New opens the data directory and the database (creating the CA and, for
@@ -365,6 +373,16 @@ func New(cfg Config) (c *Collector, err error) {
 	c.wire()
 	if err := c.listen(); err != nil {
 		return nil, err
+	}
+	if cfg.Console != nil {
+		if err := c.startConsole(); err != nil {
+			c.listener.Close()
+			c.admin.Close()
+			if c.metricsListener != nil {
+				c.metricsListener.Close()
+			}
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -521,7 +539,7 @@ func (c *Collector) wire() {
 		Verified: func(d time.Duration) { c.metrics.verify.Observe(d.Seconds()) }, MaxClockSkew: cfg.MaxClockSkew, Now: cfg.Now})
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
-		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now,
+		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now, SignInLinks: c.consoleLinks(),
 		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus, SSF: c.apiTransmitter()}, c.health)
 }
 
@@ -647,7 +665,7 @@ func (c *Collector) Revision() uint64 { return c.feed.Applied() }
 // Serve answers until ctx is done, then stops gracefully: open streams are
 // ended and every report already acknowledged is in the database.
 func (c *Collector) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	periodic := func(first, every time.Duration, pass func(context.Context)) {
@@ -661,6 +679,10 @@ func (c *Collector) Serve(ctx context.Context) error {
 	periodic(retentionDelay, eventPruneInterval, c.pruneEvents)
 	periodic(decisionSaveInterval, decisionSaveInterval, func(ctx context.Context) { c.saveDecisions(ctx, false) })
 	periodic(0, heartbeatInterval, c.heartbeat)
+	if c.console != nil {
+		periodic(retentionDelay, time.Hour, c.pruneConsole)
+		go c.serveConsole(errc)
+	}
 	every := c.cfg.limits.refusalSummaryInterval
 	periodic(every, every, func(context.Context) {
 		c.summarizeRefusals()
@@ -689,6 +711,9 @@ func (c *Collector) Serve(ctx context.Context) error {
 				errc <- err
 			}
 		}(c.metricsSrv)
+	}
+	if c.console != nil {
+		c.log.Info("console serving", "url", c.console.URL(), "listen", c.ConsoleAddr())
 	}
 	c.log.Info("collector serving", "listen", c.Addr(), "admin_socket", c.admin.Addr().String(),
 		"trust_domain", c.cfg.TrustDomain, "ca_fingerprint", c.CAFingerprint(), "devices", c.fleet.Count(), "replica", c.replica.id)
@@ -725,6 +750,7 @@ var errShuttingDown = fault.New(fault.Unavailable, "", "collector is shutting do
 
 func (c *Collector) stop() {
 	c.health.Shutdown()
+	c.stopConsole()
 	if c.metricsSrv != nil {
 		c.metricsSrv.Close()
 	}

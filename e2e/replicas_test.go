@@ -747,6 +747,7 @@ func TestMigrate(t *testing.T) {
 			"revoked show": {"devices", "show", agents[2].id, "-o", "json"},
 			"decisions":    {"decisions", "-o", "json"},
 			"gateways":     {"gateway", "list", "-o", "json"},
+			"audit log":    {"audit", "-o", "json"},
 		} {
 			o, code := r.cli(cmd...)
 			if code != 0 {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"regexp"
 	"strings"
@@ -264,4 +265,79 @@ func (a *adminService) ListReplicas(ctx context.Context, _ *posturev1.ListReplic
 		out.Replicas = append(out.Replicas, p)
 	}
 	return out, nil
+}
+
+// tokenIDLen is how many hex digits of a token's hash name it.
+const tokenIDLen = 16
+
+// tokenView is a stored token as the admin API shows it, its state as of
+// now.
+func tokenView(t store.Token, now time.Time) *posturev1.EnrollmentToken {
+	v := &posturev1.EnrollmentToken{Id: hex.EncodeToString(t.Hash)[:min(tokenIDLen, 2*len(t.Hash))], Description: t.Description,
+		CreatedAt: timestamppb.New(t.CreatedAt), ExpiresAt: timestamppb.New(t.ExpiresAt), Uses: t.Uses, Used: t.Used,
+		State: posturev1.EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_USABLE}
+	if !t.RevokedAt.IsZero() {
+		v.RevokedAt = timestamppb.New(t.RevokedAt)
+	}
+	switch store.CheckToken(t, now) {
+	case store.ErrTokenRevoked:
+		v.State = posturev1.EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_REVOKED
+	case store.ErrTokenExpired:
+		v.State = posturev1.EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_EXPIRED
+	case store.ErrTokenUsedUp:
+		v.State = posturev1.EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_USED_UP
+	}
+	return v
+}
+
+func (a *adminService) ListEnrollmentTokens(ctx context.Context, _ *posturev1.ListEnrollmentTokensRequest) (*posturev1.ListEnrollmentTokensResponse, error) {
+	toks, err := a.s.cfg.Store.Tokens(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list tokens: %v", err)
+	}
+	now := a.s.cfg.Now()
+	out := &posturev1.ListEnrollmentTokensResponse{Tokens: make([]*posturev1.EnrollmentToken, 0, len(toks))}
+	for _, t := range toks {
+		out.Tokens = append(out.Tokens, tokenView(t, now))
+	}
+	return out, nil
+}
+
+// tokenIDPrefix is what RevokeEnrollmentToken accepts as a token's id.
+var tokenIDPrefix = regexp.MustCompile(`^[0-9a-f]{4,16}$`)
+
+func (a *adminService) RevokeEnrollmentToken(ctx context.Context, req *posturev1.RevokeEnrollmentTokenRequest) (*posturev1.RevokeEnrollmentTokenResponse, error) {
+	id := strings.ToLower(strings.TrimSpace(req.GetId()))
+	if !tokenIDPrefix.MatchString(id) {
+		return nil, status.Errorf(codes.InvalidArgument, "token id %q: give a token's id as token list shows it (16 hex digits), or at least its first 4", req.GetId())
+	}
+	toks, err := a.s.cfg.Store.Tokens(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list tokens: %v", err)
+	}
+	var match []store.Token
+	for _, t := range toks {
+		if strings.HasPrefix(hex.EncodeToString(t.Hash), id) {
+			match = append(match, t)
+		}
+	}
+	switch {
+	case len(match) == 0:
+		return nil, status.Errorf(codes.NotFound, "no enrollment token has id %s (posture-collector token list shows them)", id)
+	case len(match) > 1:
+		return nil, status.Errorf(codes.InvalidArgument, "%d enrollment tokens have ids starting with %s: give more of the id", len(match), id)
+	}
+	now := a.s.cfg.Now()
+	t, err := a.s.cfg.Store.RevokeToken(ctx, match[0].Hash, now)
+	switch {
+	case errors.Is(err, store.ErrTokenRevoked):
+		return nil, status.Errorf(codes.FailedPrecondition, "enrollment token %s was revoked already, at %s", tokenView(t, now).GetId(), t.RevokedAt.UTC().Format(time.RFC3339))
+	case errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "no enrollment token has id %s (posture-collector token list shows them)", id)
+	case err != nil:
+		return nil, status.Errorf(codes.Internal, "revoke token: %v", err)
+	}
+	v := tokenView(t, now)
+	a.s.cfg.Logger.Info("enrollment token revoked", "token", v.GetId(), "description", t.Description, "used", t.Used, "uses", t.Uses)
+	return &posturev1.RevokeEnrollmentTokenResponse{Token: v}, nil
 }

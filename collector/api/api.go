@@ -53,6 +53,10 @@ type Config struct {
 	// Decided, when set, counts an answered decision by level (the
 	// policy's, or "undefined") and result.
 	Decided func(level string, allowed bool)
+	// SignInLinks, when set, makes one-time console sign-in links for a
+	// session named name, valid for ttl, asked for by by (the console,
+	// when it runs): it returns the link and when it expires.
+	SignInLinks func(ctx context.Context, name string, ttl time.Duration, by string) (url string, expires time.Time, err error)
 	// Replica is this collector's replica ID; Replicas lists them all.
 	Replica string
 	// StandingLease says whether this collector records device standings.
@@ -71,7 +75,11 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	gateway *gatewayService
+	admin   *adminService
+	console *consoleService
 	health  healthpb.HealthServer
+	// unary holds every unary method by its full name, for InProcess.
+	unary map[string]unaryMethod
 }
 
 // New makes the services. health answers the health service.
@@ -85,8 +93,13 @@ func New(cfg Config, health healthpb.HealthServer) *Server {
 	if cfg.Decided == nil {
 		cfg.Decided = func(string, bool) {}
 	}
-	s := &Server{cfg: cfg, health: health}
+	s := &Server{cfg: cfg, health: health, unary: map[string]unaryMethod{}}
 	s.gateway = &gatewayService{s: s}
+	s.admin = &adminService{s: s}
+	s.console = &consoleService{s: s}
+	s.registerUnary(&posturev1.AdminService_ServiceDesc, s.admin)
+	s.registerUnary(&posturev1.ConsoleService_ServiceDesc, s.console)
+	s.registerUnary(&posturev1.GatewayService_ServiceDesc, s.gateway)
 	return s
 }
 
@@ -95,7 +108,8 @@ func (s *Server) Register(srv *grpc.Server) {
 	posturev1.RegisterEnrollmentServiceServer(srv, &enrollService{s: s})
 	posturev1.RegisterReportServiceServer(srv, &reportService{s: s})
 	posturev1.RegisterGatewayServiceServer(srv, s.gateway)
-	posturev1.RegisterAdminServiceServer(srv, &adminService{s: s})
+	posturev1.RegisterAdminServiceServer(srv, s.admin)
+	posturev1.RegisterConsoleServiceServer(srv, s.console)
 	healthpb.RegisterHealthServer(srv, s.health)
 	reflection.Register(srv)
 }

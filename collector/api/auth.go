@@ -44,19 +44,19 @@ var methodRoles = map[string][]string{
 	posturev1.GatewayService_GetDevicePosture_FullMethodName:      {pki.RoleGateway, pki.RoleAdmin},
 	posturev1.GatewayService_WatchPosture_FullMethodName:          {pki.RoleGateway, pki.RoleAdmin},
 	posturev1.AdminService_CreateEnrollmentToken_FullMethodName:   {pki.RoleAdmin},
-	posturev1.AdminService_ListDevices_FullMethodName:             {pki.RoleAdmin},
-	posturev1.AdminService_GetDevice_FullMethodName:               {pki.RoleAdmin},
+	posturev1.AdminService_ListDevices_FullMethodName:             {pki.RoleAdmin, roleViewer},
+	posturev1.AdminService_GetDevice_FullMethodName:               {pki.RoleAdmin, roleViewer},
 	posturev1.AdminService_RevokeDevice_FullMethodName:            {pki.RoleAdmin},
 	posturev1.AdminService_IssueGatewayCertificate_FullMethodName: {pki.RoleAdmin},
 	posturev1.AdminService_ApproveDevice_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_PreregisterEK_FullMethodName:           {pki.RoleAdmin},
 	posturev1.AdminService_ReloadPolicy_FullMethodName:            {pki.RoleAdmin},
-	posturev1.AdminService_DiffPolicy_FullMethodName:              {pki.RoleAdmin},
-	posturev1.AdminService_ListDecisions_FullMethodName:           {pki.RoleAdmin},
-	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin},
-	posturev1.AdminService_ListGateways_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_DiffPolicy_FullMethodName:              {pki.RoleAdmin, roleViewer},
+	posturev1.AdminService_ListDecisions_FullMethodName:           {pki.RoleAdmin, roleViewer},
+	posturev1.AdminService_GetStats_FullMethodName:                {pki.RoleAdmin, roleViewer},
+	posturev1.AdminService_ListGateways_FullMethodName:            {pki.RoleAdmin, roleViewer},
 	posturev1.AdminService_RevokeGateway_FullMethodName:           {pki.RoleAdmin},
-	posturev1.AdminService_ListReplicas_FullMethodName:            {pki.RoleAdmin},
+	posturev1.AdminService_ListReplicas_FullMethodName:            {pki.RoleAdmin, roleViewer},
 	posturev1.AdminService_BindDeviceUser_FullMethodName:          {pki.RoleAdmin},
 	posturev1.AdminService_UnbindDeviceUser_FullMethodName:        {pki.RoleAdmin},
 	posturev1.AdminService_AddSSFReceiver_FullMethodName:          {pki.RoleAdmin},
@@ -65,6 +65,13 @@ var methodRoles = map[string][]string{
 	posturev1.AdminService_CreateSSFStream_FullMethodName:         {pki.RoleAdmin},
 	posturev1.AdminService_ListSSFStreams_FullMethodName:          {pki.RoleAdmin},
 	posturev1.AdminService_DeleteSSFStream_FullMethodName:         {pki.RoleAdmin},
+	// Enrollment tokens are admins' alone, listing included: a viewer has
+	// no use for what could let a device in.
+	posturev1.AdminService_ListEnrollmentTokens_FullMethodName:  {pki.RoleAdmin},
+	posturev1.AdminService_RevokeEnrollmentToken_FullMethodName: {pki.RoleAdmin},
+	// The console's people: viewers read, admins act (console.go).
+	posturev1.ConsoleService_CreateSignInLink_FullMethodName: {pki.RoleAdmin},
+	posturev1.ConsoleService_ListAudit_FullMethodName:        {pki.RoleAdmin, roleViewer},
 }
 
 // caller is the authenticated party behind an RPC.
@@ -81,6 +88,10 @@ type caller struct {
 	// notAfter is when the client certificate's chain expires; zero for
 	// callers without a certificate.
 	notAfter time.Time
+	// via and from say how and from where an admin reached the
+	// collector, for the audit log: the admin socket, the console (and
+	// the browser's address) or TLS (and the peer's).
+	via, from string
 }
 
 // replacedCertMethods are what a device may call with the certificate its
@@ -106,7 +117,7 @@ func (s *Server) identify(ctx context.Context) (caller, error) {
 		return caller{}, status.Error(codes.Unauthenticated, "no peer information")
 	}
 	if _, isUnix := p.Addr.(*net.UnixAddr); isUnix {
-		return caller{role: pki.RoleAdmin, name: "local"}, nil
+		return caller{role: pki.RoleAdmin, name: "local", via: viaSocket}, nil
 	}
 	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
@@ -131,6 +142,10 @@ func (s *Server) identify(ctx context.Context) (caller, error) {
 	if err != nil {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
 	}
+	if role == roleViewer {
+		// Viewers are people signed in to the console, never certificates.
+		return caller{}, status.Error(codes.Unauthenticated, "client certificate names the viewer role, which only people signed in to the console hold")
+	}
 	if td != s.cfg.TrustDomain {
 		return caller{}, status.Errorf(codes.Unauthenticated, "client certificate belongs to trust domain %q, not %q", td, s.cfg.TrustDomain)
 	}
@@ -154,7 +169,7 @@ func (s *Server) identify(ctx context.Context) (caller, error) {
 		}
 		return caller{role: role, name: name, certSerial: serial, certKey: key, replacedCert: replaced, notAfter: notAfter}, nil
 	}
-	return caller{role: role, name: name, notAfter: notAfter}, nil
+	return caller{role: role, name: name, notAfter: notAfter, via: "TLS", from: p.Addr.String()}, nil
 }
 
 // certExpired is the error of a client certificate (chain) that expired at
@@ -241,6 +256,13 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 		s.cfg.Stats.Denied(method)
 		return nil, err
 	}
+	return s.authorizeCaller(ctx, who, method)
+}
+
+// authorizeCaller authorizes a caller already identified: by its
+// connection (authorize), or as a person signed in to the console
+// (InProcess).
+func (s *Server) authorizeCaller(ctx context.Context, who caller, method string) (context.Context, error) {
 	for _, r := range methodRoles[method] {
 		if r != who.role {
 			continue
@@ -263,12 +285,27 @@ func describe(c caller) string {
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	ctx, err := s.authorize(ctx, info.FullMethod)
+	who, err := s.identify(ctx)
 	if err != nil {
+		s.cfg.Stats.Denied(info.FullMethod)
 		return nil, err
 	}
-	resp, err := handler(ctx, req)
-	return resp, statusOf(err)
+	return s.call(ctx, who, info.FullMethod, req, handler)
+}
+
+// call authorizes a unary call by who, runs it, and records it in the
+// audit log when it is an admin action: the one road of every unary call,
+// over the network or from the console (InProcess).
+func (s *Server) call(ctx context.Context, who caller, method string, req any, handler grpc.UnaryHandler) (any, error) {
+	authed, err := s.authorizeCaller(ctx, who, method)
+	if err != nil {
+		s.audit(ctx, who, method, req, err)
+		return nil, err
+	}
+	resp, err := handler(authed, req)
+	err = statusOf(err)
+	s.audit(ctx, who, method, req, err)
+	return resp, err
 }
 
 func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

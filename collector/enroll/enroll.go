@@ -236,6 +236,8 @@ func (e *Enroller) enroll(ctx context.Context, stream EnrollStream) error {
 		EKSHA256:      cl.ekHash,
 	})
 	switch {
+	case errors.Is(err, store.ErrTokenRevoked):
+		return refuse("token_revoked", fault.Unauthenticated, "enrollment token was revoked by an admin; ask your admin for a new one")
 	case errors.Is(err, store.ErrTokenUsedUp):
 		return refuse("token_used", fault.Unauthenticated, "enrollment token was already used; ask your admin for a new one")
 	case errors.Is(err, store.ErrTokenExpired):
@@ -270,7 +272,7 @@ func (e *Enroller) enroll(ctx context.Context, stream EnrollStream) error {
 	}}})
 }
 
-// checkToken refuses an unknown, expired or used-up token before any work
+// checkToken refuses an unknown, revoked, expired or used-up token before any work
 // is done; the store checks again when it consumes the token.
 func (e *Enroller) checkToken(ctx context.Context, hash []byte) error {
 	tok, err := e.cfg.Store.Token(ctx, hash)
@@ -281,6 +283,8 @@ func (e *Enroller) checkToken(ctx context.Context, hash []byte) error {
 		return fault.Wrap(fault.Internal, "", err, "look up token")
 	}
 	switch store.CheckToken(tok, e.cfg.Now()) {
+	case store.ErrTokenRevoked:
+		return refuse("token_revoked", fault.Unauthenticated, "enrollment token was revoked at %s; ask your admin for a new one (posture-collector token create)", tok.RevokedAt.UTC().Format("2006-01-02 15:04:05Z"))
 	case store.ErrTokenExpired:
 		return refuse("token_expired", fault.Unauthenticated, "enrollment token expired at %s; ask your admin for a new one (posture-collector token create)", tok.ExpiresAt.UTC().Format("2006-01-02 15:04:05Z"))
 	case store.ErrTokenUsedUp:

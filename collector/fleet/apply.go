@@ -93,6 +93,7 @@ func (f *Fleet) applyDevice(ev store.Event) Applied {
 	}
 	e := &entry{
 		tpm:         d.Identity == "tpm",
+		hostname:    d.Hostname,
 		identityKey: d.IdentityKey,
 		deviceEvent: ev.ID,
 		tpmClock:    d.TPMClock,

@@ -63,6 +63,7 @@ type entry struct {
 	lastDigest  [sha256.Size]byte
 	tpmClock    store.TPMClock
 	osLine      string                  // "debian 12", from the latest report
+	hostname    string                  // as enrolled: the console lists and searches by it
 	boot        *posturev1.MeasuredBoot // the collector's reading of that report's quote
 	replay      *replayMemo             // the last event log replayed (BootState); nil for none, as for software devices
 	subject     policy.Subject
@@ -222,6 +223,7 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*entry, error
 	e := sl.entry()
 	*e = entry{
 		tpm:         row.TPM,
+		hostname:    row.Hostname,
 		identityKey: sl.clone(row.IdentityKey),
 		tpmClock:    row.TPMClock,
 		certTag:     CertTag(row.CertSerial, row.CertKeySHA256),

@@ -55,6 +55,10 @@ type Record struct {
 	DeviceUser *DeviceUser
 	SSFClient  *SSFClient
 	Receiver   *Receiver
+	// Audit is a record of the audit log, dumped oldest first; the copy
+	// gives it a new ID in the same order. The console's sessions and
+	// sign-in links are not copied: people sign in again.
+	Audit *AuditRecord
 }
 
 // StandingRecord is a device's standing, as Dump writes it.

@@ -12,9 +12,12 @@ import (
 // every backend: a backend reads the device, asks the rule, and writes
 // what it returns (or nothing, on an error), in one transaction.
 
-// CheckToken refuses a token that cannot enroll at now.
+// CheckToken refuses a token that cannot enroll at now: revoked, then
+// expired, then used up.
 func CheckToken(t Token, now time.Time) error {
 	switch {
+	case !t.RevokedAt.IsZero():
+		return ErrTokenRevoked
 	case !t.ExpiresAt.After(now):
 		return ErrTokenExpired
 	case t.Used >= t.Uses:

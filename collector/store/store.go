@@ -39,6 +39,9 @@ var (
 	// ErrTokenUsedUp is returned by EnrollDevice when the token has no uses
 	// left.
 	ErrTokenUsedUp = errors.New("enrollment token already used")
+	// ErrTokenRevoked is returned by EnrollDevice when an admin revoked
+	// the token, and by RevokeToken when it was revoked already.
+	ErrTokenRevoked = errors.New("enrollment token revoked")
 	// ErrDeviceRevoked is returned when an operation would change or
 	// re-enroll a revoked device, or store its report; revocation is final.
 	ErrDeviceRevoked = errors.New("device is revoked")
@@ -103,6 +106,9 @@ type Token struct {
 	ExpiresAt   time.Time
 	Uses        uint32 // how many enrollments it allows
 	Used        uint32
+	// RevokedAt is when an admin revoked the token; zero while it is not.
+	// A revoked token enrolls no device.
+	RevokedAt time.Time
 }
 
 // Device is an enrolled device and the head of its report chain.
@@ -286,6 +292,14 @@ type Store interface {
 	CreateToken(ctx context.Context, t Token) error
 	// Token returns the token with the given hash, or ErrNotFound.
 	Token(ctx context.Context, hash []byte) (Token, error)
+	// Tokens lists every token, the newest first (by CreatedAt, then by
+	// hash), used up, expired and revoked ones included.
+	Tokens(ctx context.Context) ([]Token, error)
+	// RevokeToken revokes the token with the given hash at now, so that it
+	// enrolls no device from then on, and returns it as stored. It fails
+	// with ErrNotFound for an unknown token, and with ErrTokenRevoked
+	// (returning the token, unchanged) for one revoked already.
+	RevokeToken(ctx context.Context, hash []byte, now time.Time) (Token, error)
 
 	// EnrollDevice consumes one use of the token with hash tokenHash and
 	// stores d, in one transaction: on any error nothing changes.
@@ -535,6 +549,9 @@ type Store interface {
 	PublishSigningKey(ctx context.Context, k SigningKey) error
 	// SigningKeys lists the published keys, oldest first.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
+
+	// The console's sessions and sign-in links, and the audit log.
+	ConsoleStore
 
 	// Close stops accepting writes, waits until every write already under
 	// way has committed or failed, and closes the database. Later calls

@@ -170,7 +170,7 @@ func newTokenCommand() *cobra.Command {
 			return nil
 		})
 	}
-	return group("token", "Create enrollment tokens", create)
+	return group("token", "Create, list and revoke enrollment tokens", create, tokenListCommand(), tokenRevokeCommand())
 }
 
 func newDevicesCommand() *cobra.Command {

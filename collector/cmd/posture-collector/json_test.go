@@ -57,6 +57,8 @@ var jsonCommands = []struct {
 	{"replicas", func(string) []string { return []string{"replicas"} }, (&posturev1.ListReplicasResponse{}).ProtoReflect().Descriptor(), 0},
 	{"ssf receiver list", func(string) []string { return []string{"ssf", "receiver", "list"} }, (&posturev1.ListSSFReceiversResponse{}).ProtoReflect().Descriptor(), 0},
 	{"ssf stream list", func(string) []string { return []string{"ssf", "stream", "list"} }, (&posturev1.ListSSFStreamsResponse{}).ProtoReflect().Descriptor(), 0},
+	{"audit", func(string) []string { return []string{"audit"} }, (&posturev1.ListAuditResponse{}).ProtoReflect().Descriptor(), 0},
+	{"token list", func(string) []string { return []string{"token", "list"} }, (&posturev1.ListEnrollmentTokensResponse{}).ProtoReflect().Descriptor(), 0},
 }
 
 // TestJSONSchema holds -o json to its promise (docs/json-output.md): every
@@ -180,7 +182,7 @@ func TestJSONSchema(t *testing.T) {
 
 func newMessage(md protoreflect.MessageDescriptor) protoreflect.Message {
 	for _, m := range []protoreflect.ProtoMessage{&posturev1.ListDevicesResponse{}, &posturev1.DevicePosture{}, &posturev1.CheckAccessResponse{}, &posturev1.Stats{}, &posturev1.ListDecisionsResponse{}, &posturev1.ListGatewaysResponse{}, &posturev1.ListReplicasResponse{},
-		&posturev1.ListSSFReceiversResponse{}, &posturev1.ListSSFStreamsResponse{}} {
+		&posturev1.ListSSFReceiversResponse{}, &posturev1.ListSSFStreamsResponse{}, &posturev1.ListAuditResponse{}, &posturev1.ListEnrollmentTokensResponse{}} {
 		if m.ProtoReflect().Descriptor().FullName() == md.FullName() {
 			return m.ProtoReflect().Type().New()
 		}

@@ -134,7 +134,7 @@ keys are the flags of posture-collector run.`,
 	}
 	root.AddCommand(runCmd, newConfigCommand(keys), newTokenCommand(), newDevicesCommand(), newCheckCommand(),
 		newGatewayCommand(), newStatsCommand(), newPolicyCommand(), newDecisionsCommand(), newReplicasCommand(),
-		newMigrateCommand(), newBackupCommand(), newRestoreCommand(), newSSFCommand(), newVersionCommand(), newManCommand(root))
+		newMigrateCommand(), newBackupCommand(), newRestoreCommand(), newSSFCommand(), newConsoleCommand(), newAuditCommand(), newVersionCommand(), newManCommand(root))
 	return root
 }
 

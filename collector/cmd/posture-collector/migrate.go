@@ -117,7 +117,7 @@ func migrate(from, to string, discard bool, out io.Writer) error {
 }
 
 // kinds are the records a copy is checked by.
-var kinds = []string{"settings", "tokens", "pinned EKs", "gateways", "devices", "reports", "decisions"}
+var kinds = []string{"settings", "tokens", "pinned EKs", "gateways", "devices", "reports", "decisions", "audit records"}
 
 // digest is what a table holds, in any order: how many records, and the
 // sum of their SHA-256 digests (of their JSON encoding) modulo 2^256.
@@ -149,6 +149,8 @@ func digests(ctx context.Context, d store.Dumper) (map[string]digest, error) {
 			kind, v = "reports", r.Report
 		case r.Decision != nil:
 			kind, v = "decisions", r.Decision
+		case r.Audit != nil:
+			kind, v = "audit records", r.Audit
 		default:
 			return nil // the event mark: checked apart
 		}

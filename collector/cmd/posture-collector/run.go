@@ -37,6 +37,7 @@ type runFlags struct {
 	burst                                      int
 	every, decay, heartbeat                    *time.Duration
 	events                                     *eventsFlags
+	console                                    *consoleFlags
 }
 
 // defineRunFlags defines run's flags on fs.
@@ -79,6 +80,7 @@ func defineRunFlags(fs *pflag.FlagSet) *runFlags {
 	f.decay = cliflag.Duration(fs, "decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
 	f.heartbeat = cliflag.Duration(fs, "watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
 	f.events = addEventsFlags(fs)
+	f.console = addConsoleFlags(fs)
 	return f
 }
 
@@ -102,6 +104,9 @@ func (f *runFlags) settings() (collector.Config, frontConfig, error) {
 		return cfg, frontConfig{}, err
 	}
 	cfg.Events = events
+	if cfg.Console, err = f.console.config(); err != nil {
+		return cfg, frontConfig{}, err
+	}
 	if f.ekRoots != "" {
 		roots, err := attest.LoadRoots(f.ekRoots)
 		if err != nil {

@@ -18,9 +18,9 @@ func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
 		return errors.New("create token: the token hash is empty")
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO tokens (hash, description, created_at, expires_at, uses, used)
-			VALUES ($1, $2, $3, $4, $5, $6)`,
-			t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used))
+		_, err := tx.Exec(ctx, `INSERT INTO tokens (hash, description, created_at, expires_at, uses, used, revoked_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used), nanos(t.RevokedAt))
 		return err
 	})
 	if err != nil {
@@ -45,18 +45,57 @@ func (s *Store) Token(ctx context.Context, hash []byte) (store.Token, error) {
 	return t, nil
 }
 
-const selectToken = `SELECT hash, description, created_at, expires_at, uses, used FROM tokens`
+// Tokens lists every token, the newest first.
+func (s *Store) Tokens(ctx context.Context) ([]store.Token, error) {
+	var out []store.Token
+	err := s.read(func() error {
+		rows, err := s.pool.Query(ctx, selectToken+` ORDER BY created_at DESC, hash`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Token, error) { return scanToken(row) })
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeToken revokes a token at now.
+func (s *Store) RevokeToken(ctx context.Context, hash []byte, now time.Time) (store.Token, error) {
+	var t store.Token
+	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
+		if t, err = scanToken(tx.QueryRow(ctx, selectToken+` WHERE hash = $1 FOR UPDATE`, blob(hash))); errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		if !t.RevokedAt.IsZero() {
+			return store.ErrTokenRevoked
+		}
+		t.RevokedAt = now
+		_, err = tx.Exec(ctx, `UPDATE tokens SET revoked_at = $1 WHERE hash = $2`, nanos(now), blob(hash))
+		return err
+	})
+	if err != nil {
+		return t, fmt.Errorf("revoke token: %w", err)
+	}
+	return t, nil
+}
+
+const selectToken = `SELECT hash, description, created_at, expires_at, uses, used, revoked_at FROM tokens`
 
 func scanToken(row pgx.Row) (store.Token, error) {
 	var (
-		t                store.Token
-		created, expires int64
-		uses, used       int64
+		t                         store.Token
+		created, expires, revoked int64
+		uses, used                int64
 	)
-	if err := row.Scan(&t.Hash, &t.Description, &created, &expires, &uses, &used); err != nil {
+	if err := row.Scan(&t.Hash, &t.Description, &created, &expires, &uses, &used, &revoked); err != nil {
 		return store.Token{}, err
 	}
-	t.CreatedAt, t.ExpiresAt = fromNanos(created), fromNanos(expires)
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked)
 	t.Uses, t.Used = uint32(uses), uint32(used)
 	return t, nil
 }

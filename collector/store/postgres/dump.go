@@ -46,12 +46,12 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 	}
 
 	var (
-		t                        store.Token
-		a, b, c, uses, used, seq int64
+		t                           store.Token
+		a, b, c, r, uses, used, seq int64
 	)
-	if err := each("tokens", `SELECT hash, description, created_at, expires_at, uses, used FROM tokens ORDER BY hash`,
-		[]any{&t.Hash, &t.Description, &a, &b, &uses, &used}, func() store.Record {
-			t.CreatedAt, t.ExpiresAt, t.Uses, t.Used = fromNanos(a), fromNanos(b), uint32(uses), uint32(used)
+	if err := each("tokens", `SELECT hash, description, created_at, expires_at, uses, used, revoked_at FROM tokens ORDER BY hash`,
+		[]any{&t.Hash, &t.Description, &a, &b, &uses, &used, &r}, func() store.Record {
+			t.CreatedAt, t.ExpiresAt, t.Uses, t.Used, t.RevokedAt = fromNanos(a), fromNanos(b), uint32(uses), uint32(used), fromNanos(r)
 			tok := t
 			return store.Record{Token: &tok}
 		}); err != nil {
@@ -178,6 +178,19 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 		}); err != nil {
 		return err
 	}
+	var (
+		au                                    store.AuditRecord
+		aAt                                   int64
+		aActor, aFrom, aTarget, aDetail, aWhy []byte
+	)
+	if err := each("audit log", `SELECT at, actor, role, via, source, action, target, detail, outcome FROM audit ORDER BY id`,
+		[]any{&aAt, &aActor, &au.Role, &au.Via, &aFrom, &au.Action, &aTarget, &aDetail, &aWhy}, func() store.Record {
+			rec := au
+			rec.At, rec.Actor, rec.From, rec.Target, rec.Detail, rec.Outcome = fromNanos(aAt), string(aActor), string(aFrom), string(aTarget), string(aDetail), string(aWhy)
+			return store.Record{Audit: &rec}
+		}); err != nil {
+		return err
+	}
 	rrows, err := tx.Query(ctx, `SELECT `+receiverColumns+` FROM receivers WHERE config IS NOT NULL ORDER BY id`)
 	if err != nil {
 		return fmt.Errorf("dump receivers: %w", err)
@@ -249,8 +262,8 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 				}
 			case r.Token != nil:
 				t := r.Token
-				if _, err := tx.Exec(ctx, `INSERT INTO tokens (hash, description, created_at, expires_at, uses, used) VALUES ($1, $2, $3, $4, $5, $6)`,
-					t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used)); err != nil {
+				if _, err := tx.Exec(ctx, `INSERT INTO tokens (hash, description, created_at, expires_at, uses, used, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+					t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used), nanos(t.RevokedAt)); err != nil {
 					return fmt.Errorf("load token: %w", err)
 				}
 			case r.PinnedEK != nil:
@@ -293,6 +306,10 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 			case r.Standing != nil:
 				if err := writeStanding(ctx, tx, r.Standing.DeviceID, r.Standing.Standing); err != nil {
 					return fmt.Errorf("load standing of %s: %w", r.Standing.DeviceID, err)
+				}
+			case r.Audit != nil:
+				if _, err := insertAudit(ctx, tx, *r.Audit); err != nil {
+					return fmt.Errorf("load audit record: %w", err)
 				}
 			case r.DeviceUser != nil:
 				u := r.DeviceUser

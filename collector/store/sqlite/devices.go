@@ -16,9 +16,9 @@ func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
 		return errors.New("create token: the token hash is empty")
 	}
 	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used)
-			VALUES (?, ?, ?, ?, ?, ?)`,
-			t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used))
+		_, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used, revoked_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used), nanos(t.RevokedAt))
 		return err
 	})
 	if err != nil {
@@ -42,18 +42,64 @@ func (s *Store) Token(ctx context.Context, hash []byte) (store.Token, error) {
 	return t, nil
 }
 
-const selectToken = `SELECT hash, description, created_at, expires_at, uses, used FROM tokens`
+// Tokens lists every token, the newest first.
+func (s *Store) Tokens(ctx context.Context) ([]store.Token, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, selectToken+` ORDER BY created_at DESC, hash`)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeToken revokes a token at now.
+func (s *Store) RevokeToken(ctx context.Context, hash []byte, now time.Time) (store.Token, error) {
+	var t store.Token
+	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
+		if t, err = scanToken(tx.QueryRow(selectToken+` WHERE hash = ?`, blob(hash))); errors.Is(err, sql.ErrNoRows) {
+			return store.ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		if !t.RevokedAt.IsZero() {
+			return store.ErrTokenRevoked
+		}
+		t.RevokedAt = now
+		_, err = tx.Exec(`UPDATE tokens SET revoked_at = ? WHERE hash = ?`, nanos(now), blob(hash))
+		return err
+	})
+	if err != nil {
+		return t, fmt.Errorf("revoke token: %w", err)
+	}
+	return t, nil
+}
+
+const selectToken = `SELECT hash, description, created_at, expires_at, uses, used, revoked_at FROM tokens`
 
 func scanToken(row scanner) (store.Token, error) {
 	var (
-		t                store.Token
-		created, expires int64
-		uses, used       int64
+		t                         store.Token
+		created, expires, revoked int64
+		uses, used                int64
 	)
-	if err := row.Scan(&t.Hash, &t.Description, &created, &expires, &uses, &used); err != nil {
+	if err := row.Scan(&t.Hash, &t.Description, &created, &expires, &uses, &used, &revoked); err != nil {
 		return store.Token{}, err
 	}
-	t.CreatedAt, t.ExpiresAt = fromNanos(created), fromNanos(expires)
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked)
 	t.Uses, t.Used = uint32(uses), uint32(used)
 	return t, nil
 }

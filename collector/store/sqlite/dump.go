@@ -136,6 +136,15 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			r, err := scanReceiver(row)
 			return store.Record{Receiver: &r}, err
 		}},
+		{"audit log", `SELECT at, actor, role, via, source, action, target, detail, outcome FROM audit ORDER BY id`, func(row scanner) (store.Record, error) {
+			var (
+				a  store.AuditRecord
+				at int64
+			)
+			err := row.Scan(&at, &a.Actor, &a.Role, &a.Via, &a.From, &a.Action, &a.Target, &a.Detail, &a.Outcome)
+			a.At = fromNanos(at)
+			return store.Record{Audit: &a}, err
+		}},
 		{"event mark", `SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
 			coalesce((SELECT max(id) FROM events), 0))`, func(row scanner) (store.Record, error) {
 			var last int64
@@ -219,8 +228,8 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 			}
 		case r.Token != nil:
 			t := r.Token
-			if _, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used) VALUES (?, ?, ?, ?, ?, ?)`,
-				t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used)); err != nil {
+			if _, err := tx.Exec(`INSERT INTO tokens (hash, description, created_at, expires_at, uses, used, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+				t.Hash, t.Description, nanos(t.CreatedAt), nanos(t.ExpiresAt), int64(t.Uses), int64(t.Used), nanos(t.RevokedAt)); err != nil {
 				return fmt.Errorf("load token: %w", err)
 			}
 		case r.PinnedEK != nil:
@@ -272,6 +281,10 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 			if _, err := tx.Exec(`INSERT INTO device_users (device_id, email, issuer, subject, bound_at) VALUES (?, ?, ?, ?, ?)`,
 				u.DeviceID, u.Email, u.Issuer, u.Subject, nanos(u.BoundAt)); err != nil {
 				return fmt.Errorf("load user of %s: %w", u.DeviceID, err)
+			}
+		case r.Audit != nil:
+			if _, err := insertAudit(tx, *r.Audit); err != nil {
+				return fmt.Errorf("load audit record: %w", err)
 			}
 		case r.SSFClient != nil:
 			c := r.SSFClient

@@ -149,6 +149,8 @@ func counts(t *testing.T, s *sqlite.Store) string {
 			n["users"]++
 		case r.SSFClient != nil:
 			n["ssf_receivers"]++
+		case r.Audit != nil:
+			n["audit"]++
 		}
 		return nil
 	})
@@ -160,7 +162,7 @@ func counts(t *testing.T, s *sqlite.Store) string {
 		n["tokens"], n["gateways"], n["devices"], n["reports"], n["decisions"], n["pinned"], strings.Join(heads, ","))
 	// Kinds of record later schema versions brought, named when there are
 	// any (so that an older fixture's header still reads the same).
-	for _, k := range []string{"standings", "users", "ssf_receivers"} {
+	for _, k := range []string{"standings", "users", "ssf_receivers", "audit"} {
 		if n[k] > 0 {
 			out += fmt.Sprintf(" %s=%d", k, n[k])
 		}
@@ -199,7 +201,9 @@ func loadFixture(t *testing.T, fixture, path string) string {
 // testdata/schema-vN.sql.
 func writeFixture(t *testing.T, version int) {
 	dir := t.TempDir()
-	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	// Schema version 12 brought the console: its sign-in links and the
+	// audit log, in which every admin call below is recorded.
+	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0", Console: &collector.ConsoleConfig{Listen: "127.0.0.1:0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,6 +265,20 @@ func writeFixture(t *testing.T, version int) {
 		t.Fatal(err)
 	}
 	if _, err := adm.AddSSFReceiver(ctx, &posturev1.AddSSFReceiverRequest{Name: "okta", Audience: "https://okta.example", Level: "basic"}); err != nil {
+		t.Fatal(err)
+	}
+	// Schema version 12 also keeps when a token was revoked.
+	if _, err := adm.CreateEnrollmentToken(ctx, &posturev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(time.Hour), Description: "revoked"}); err != nil {
+		t.Fatal(err)
+	}
+	toks, err := adm.ListEnrollmentTokens(ctx, &posturev1.ListEnrollmentTokensRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.RevokeEnrollmentToken(ctx, &posturev1.RevokeEnrollmentTokenRequest{Id: toks.GetTokens()[0].GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := posturev1.NewConsoleServiceClient(conn).CreateSignInLink(ctx, &posturev1.CreateSignInLinkRequest{Ttl: durationpb.New(time.Hour), Name: "first admin"}); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close()

@@ -117,6 +117,20 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 	if diff := cmp.Diff(standings(from), standings(to)); diff != "" {
 		t.Errorf("standings (-source +copy):\n%s", diff)
 	}
+	// The audit log, in its order (IDs are the copy's own).
+	auditOf := func(s store.Store) []store.AuditRecord {
+		recs, err := s.Audit(ctx, store.AuditQuery{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range recs {
+			recs[i].ID = 0
+		}
+		return recs
+	}
+	if want, got := auditOf(from), auditOf(to); len(want) != 2 || !cmp.Equal(want, got) {
+		t.Errorf("audit log (-source +copy):\n%s", cmp.Diff(want, got))
+	}
 	if u, err := to.DeviceUser(ctx, "dev-a"); err != nil || u.Email != "ada@example.com" {
 		t.Errorf("the user of dev-a in the copy: %+v, %v", u, err)
 	}
@@ -187,6 +201,9 @@ func fill(t *testing.T, s store.Store) uint64 {
 	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), legacy); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.RevokeToken(ctx, spent, time.Date(2026, 4, 5, 6, 7, 8, 9, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.PinEKs(ctx, []string{"aa", "bb"}, "batch", time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +272,14 @@ func fill(t *testing.T, s store.Store) uint64 {
 	}
 	if err := s.BindDeviceUser(ctx, store.DeviceUser{DeviceID: "dev-a", Email: "ada@example.com", BoundAt: t0}); err != nil {
 		t.Fatal(err)
+	}
+	for _, a := range []store.AuditRecord{
+		{At: t0, Actor: "ada@example.com", Role: "admin", Via: "console", From: "192.0.2.7", Action: "devices revoke", Target: "dev-b", Detail: "reason: stolen <b>"},
+		{At: t0.Add(time.Second), Actor: "vic@example.com", Role: "viewer", Via: "console", From: "192.0.2.8", Action: "token create", Detail: "ttl 1h0m0s, uses 1", Outcome: "viewers may not call this"},
+	} {
+		if _, err := s.AppendAudit(ctx, a); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := s.AddSSFClient(ctx, store.SSFClient{Name: "okta", TokenHash: hash("token"), Audience: "https://example.okta.com", Level: "basic", CreatedAt: t0}); err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ func Run(t *testing.T, open Opener) {
 		run  func(*testing.T)
 	}{
 		{"TokenRoundTrip", c.tokenRoundTrip},
+		{"RevokeToken", c.revokeToken},
 		{"EnrollDeviceToken", c.enrollDeviceToken},
 		{"EnrollDeviceRace", c.enrollDeviceRace},
 		{"ReEnroll", c.reEnroll},
@@ -71,6 +72,12 @@ func Run(t *testing.T, open Opener) {
 		{"Leases", c.leases},
 		{"Bindings", c.bindings},
 		{"DecisionsAnnounced", c.decisionsAnnounced},
+		{"Audit", c.audit},
+		{"Sessions", c.sessions},
+		{"SignInLinks", c.signInLinks},
+		{"SignInLinkRace", c.signInLinkRace},
+		{"PruneConsole", c.pruneConsole},
+		{"SampleReports", c.sampleReports},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
@@ -1758,5 +1765,69 @@ func (c *suite) hostileText(t *testing.T) {
 	evs, err := s.Events(ctx, []uint64{ev.ID})
 	if err != nil || len(evs) != 1 || evs[0].Device == nil || evs[0].Device.StateReason != reason {
 		t.Errorf("Events = %+v, %v; want the state event with its reason", evs, err)
+	}
+}
+
+// revokeToken lists tokens newest first, revokes one, and holds a revoked
+// token to enrolling nothing, reported before its expiry or its uses.
+func (c *suite) revokeToken(t *testing.T) {
+	s, _ := c.fresh(t)
+	if toks, err := s.Tokens(ctx); err != nil || len(toks) != 0 {
+		t.Fatalf("Tokens of an empty store = %v, %v; want none", toks, err)
+	}
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	var made []store.Token
+	for i, secret := range []string{"old", "mid", "new"} {
+		tok := store.Token{Hash: hash(secret), Description: "laptops " + secret + " \x1b[2J",
+			CreatedAt: t0.Add(time.Duration(i) * time.Minute), ExpiresAt: t0.Add(time.Duration(i+1) * time.Hour), Uses: uint32(i + 1)}
+		if err := s.CreateToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, tok)
+	}
+	toks, err := s.Tokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.Token{made[2], made[1], made[0]}, toks); diff != "" {
+		t.Errorf("Tokens, newest first (-want +got):\n%s", diff)
+	}
+
+	at := t0.Add(10 * time.Minute)
+	got, err := s.RevokeToken(ctx, made[1].Hash, at)
+	want := made[1]
+	want.RevokedAt = at
+	if err != nil || !cmp.Equal(want, got) {
+		t.Errorf("RevokeToken = %+v, %v; want %+v", got, err, want)
+	}
+	if stored, err := s.Token(ctx, made[1].Hash); err != nil || !stored.RevokedAt.Equal(at) {
+		t.Errorf("Token after revoking: %+v, %v; want revoked at %v", stored, err, at)
+	}
+	if again, err := s.RevokeToken(ctx, made[1].Hash, at.Add(time.Hour)); !errors.Is(err, store.ErrTokenRevoked) || !again.RevokedAt.Equal(at) {
+		t.Errorf("RevokeToken again = %+v, %v; want ErrTokenRevoked and the first revocation's time kept", again, err)
+	}
+	if _, err := s.RevokeToken(ctx, hash("never made"), at); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("RevokeToken of an unknown token: %v; want ErrNotFound", err)
+	}
+	if toks, err := s.Tokens(ctx); err != nil || len(toks) != 3 || !toks[1].RevokedAt.Equal(at) || !toks[0].RevokedAt.IsZero() || !toks[2].RevokedAt.IsZero() {
+		t.Errorf("Tokens after revoking the middle one: %+v, %v", toks, err)
+	}
+
+	// A revoked token enrolls nothing, and says it was revoked even past
+	// its expiry; an unrevoked one still enrolls.
+	for _, when := range []time.Time{at, t0.Add(5 * time.Hour)} {
+		d := newDevice("dev-revoked")
+		if _, ev, err := s.EnrollDevice(ctx, made[1].Hash, when, d); !errors.Is(err, store.ErrTokenRevoked) || ev.ID != 0 {
+			t.Errorf("EnrollDevice with a revoked token at %v: event %d, %v; want ErrTokenRevoked", when, ev.ID, err)
+		}
+		if _, err := s.Device(ctx, d.ID); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("device of a refused enrollment: %v; want ErrNotFound", err)
+		}
+	}
+	if stored, err := s.Token(ctx, made[1].Hash); err != nil || stored.Used != 0 {
+		t.Errorf("revoked token after refused enrollments: used %d, %v; want 0", stored.Used, err)
+	}
+	if _, _, err := s.EnrollDevice(ctx, made[2].Hash, at, newDevice("dev-ok")); err != nil {
+		t.Errorf("EnrollDevice with an unrevoked token: %v", err)
 	}
 }

@@ -23,6 +23,346 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EnrollmentTokenState is what an enrollment token can still do.
+type EnrollmentTokenState int32
+
+const (
+	EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_UNSPECIFIED EnrollmentTokenState = 0
+	// USABLE: a device may enroll with it.
+	EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_USABLE EnrollmentTokenState = 1
+	// USED_UP: every enrollment it allowed was made.
+	EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_USED_UP EnrollmentTokenState = 2
+	// EXPIRED: its time ran out.
+	EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_EXPIRED EnrollmentTokenState = 3
+	// REVOKED: an admin revoked it.
+	EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_REVOKED EnrollmentTokenState = 4
+)
+
+// Enum value maps for EnrollmentTokenState.
+var (
+	EnrollmentTokenState_name = map[int32]string{
+		0: "ENROLLMENT_TOKEN_STATE_UNSPECIFIED",
+		1: "ENROLLMENT_TOKEN_STATE_USABLE",
+		2: "ENROLLMENT_TOKEN_STATE_USED_UP",
+		3: "ENROLLMENT_TOKEN_STATE_EXPIRED",
+		4: "ENROLLMENT_TOKEN_STATE_REVOKED",
+	}
+	EnrollmentTokenState_value = map[string]int32{
+		"ENROLLMENT_TOKEN_STATE_UNSPECIFIED": 0,
+		"ENROLLMENT_TOKEN_STATE_USABLE":      1,
+		"ENROLLMENT_TOKEN_STATE_USED_UP":     2,
+		"ENROLLMENT_TOKEN_STATE_EXPIRED":     3,
+		"ENROLLMENT_TOKEN_STATE_REVOKED":     4,
+	}
+)
+
+func (x EnrollmentTokenState) Enum() *EnrollmentTokenState {
+	p := new(EnrollmentTokenState)
+	*p = x
+	return p
+}
+
+func (x EnrollmentTokenState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EnrollmentTokenState) Descriptor() protoreflect.EnumDescriptor {
+	return file_posture_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (EnrollmentTokenState) Type() protoreflect.EnumType {
+	return &file_posture_v1_admin_proto_enumTypes[0]
+}
+
+func (x EnrollmentTokenState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EnrollmentTokenState.Descriptor instead.
+func (EnrollmentTokenState) EnumDescriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+// EnrollmentToken is an enrollment token as the collector keeps it: its
+// limits, its use, and no secret.
+type EnrollmentToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the token: the first 16 hex digits of the SHA-256 of its
+	// secret, which is all the collector keeps of it.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// description is the note given when it was made.
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// uses is how many enrollments it allows; used how many were made.
+	Uses uint32 `protobuf:"varint,5,opt,name=uses,proto3" json:"uses,omitempty"`
+	Used uint32 `protobuf:"varint,6,opt,name=used,proto3" json:"used,omitempty"`
+	// revoked_at is when an admin revoked it; unset while it is not.
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// state is what it can still do, as of the call: revoked before
+	// expired, expired before used up.
+	State         EnrollmentTokenState `protobuf:"varint,8,opt,name=state,proto3,enum=posture.v1.EnrollmentTokenState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollmentToken) Reset() {
+	*x = EnrollmentToken{}
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollmentToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollmentToken) ProtoMessage() {}
+
+func (x *EnrollmentToken) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollmentToken.ProtoReflect.Descriptor instead.
+func (*EnrollmentToken) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *EnrollmentToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EnrollmentToken) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *EnrollmentToken) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *EnrollmentToken) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *EnrollmentToken) GetUses() uint32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *EnrollmentToken) GetUsed() uint32 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *EnrollmentToken) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *EnrollmentToken) GetState() EnrollmentTokenState {
+	if x != nil {
+		return x.State
+	}
+	return EnrollmentTokenState_ENROLLMENT_TOKEN_STATE_UNSPECIFIED
+}
+
+type ListEnrollmentTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEnrollmentTokensRequest) Reset() {
+	*x = ListEnrollmentTokensRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEnrollmentTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEnrollmentTokensRequest) ProtoMessage() {}
+
+func (x *ListEnrollmentTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEnrollmentTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListEnrollmentTokensRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+type ListEnrollmentTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*EnrollmentToken     `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEnrollmentTokensResponse) Reset() {
+	*x = ListEnrollmentTokensResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEnrollmentTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEnrollmentTokensResponse) ProtoMessage() {}
+
+func (x *ListEnrollmentTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEnrollmentTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListEnrollmentTokensResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListEnrollmentTokensResponse) GetTokens() []*EnrollmentToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeEnrollmentTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is a token's id, or a prefix of one (at least 4 hex digits) that
+	// no other token's id starts with.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeEnrollmentTokenRequest) Reset() {
+	*x = RevokeEnrollmentTokenRequest{}
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeEnrollmentTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeEnrollmentTokenRequest) ProtoMessage() {}
+
+func (x *RevokeEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RevokeEnrollmentTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeEnrollmentTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the token revoked.
+	Token         *EnrollmentToken `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeEnrollmentTokenResponse) Reset() {
+	*x = RevokeEnrollmentTokenResponse{}
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeEnrollmentTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeEnrollmentTokenResponse) ProtoMessage() {}
+
+func (x *RevokeEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevokeEnrollmentTokenResponse) GetToken() *EnrollmentToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 type BindDeviceUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -33,7 +373,7 @@ type BindDeviceUserRequest struct {
 
 func (x *BindDeviceUserRequest) Reset() {
 	*x = BindDeviceUserRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +385,7 @@ func (x *BindDeviceUserRequest) String() string {
 func (*BindDeviceUserRequest) ProtoMessage() {}
 
 func (x *BindDeviceUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[0]
+	mi := &file_posture_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +398,7 @@ func (x *BindDeviceUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindDeviceUserRequest.ProtoReflect.Descriptor instead.
 func (*BindDeviceUserRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BindDeviceUserRequest) GetDeviceId() string {
@@ -83,7 +423,7 @@ type BindDeviceUserResponse struct {
 
 func (x *BindDeviceUserResponse) Reset() {
 	*x = BindDeviceUserResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +435,7 @@ func (x *BindDeviceUserResponse) String() string {
 func (*BindDeviceUserResponse) ProtoMessage() {}
 
 func (x *BindDeviceUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[1]
+	mi := &file_posture_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +448,7 @@ func (x *BindDeviceUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindDeviceUserResponse.ProtoReflect.Descriptor instead.
 func (*BindDeviceUserResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type UnbindDeviceUserRequest struct {
@@ -120,7 +460,7 @@ type UnbindDeviceUserRequest struct {
 
 func (x *UnbindDeviceUserRequest) Reset() {
 	*x = UnbindDeviceUserRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -132,7 +472,7 @@ func (x *UnbindDeviceUserRequest) String() string {
 func (*UnbindDeviceUserRequest) ProtoMessage() {}
 
 func (x *UnbindDeviceUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[2]
+	mi := &file_posture_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -145,7 +485,7 @@ func (x *UnbindDeviceUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnbindDeviceUserRequest.ProtoReflect.Descriptor instead.
 func (*UnbindDeviceUserRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnbindDeviceUserRequest) GetDeviceId() string {
@@ -163,7 +503,7 @@ type UnbindDeviceUserResponse struct {
 
 func (x *UnbindDeviceUserResponse) Reset() {
 	*x = UnbindDeviceUserResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +515,7 @@ func (x *UnbindDeviceUserResponse) String() string {
 func (*UnbindDeviceUserResponse) ProtoMessage() {}
 
 func (x *UnbindDeviceUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[3]
+	mi := &file_posture_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +528,7 @@ func (x *UnbindDeviceUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnbindDeviceUserResponse.ProtoReflect.Descriptor instead.
 func (*UnbindDeviceUserResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 type AddSSFReceiverRequest struct {
@@ -207,7 +547,7 @@ type AddSSFReceiverRequest struct {
 
 func (x *AddSSFReceiverRequest) Reset() {
 	*x = AddSSFReceiverRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +559,7 @@ func (x *AddSSFReceiverRequest) String() string {
 func (*AddSSFReceiverRequest) ProtoMessage() {}
 
 func (x *AddSSFReceiverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[4]
+	mi := &file_posture_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +572,7 @@ func (x *AddSSFReceiverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddSSFReceiverRequest.ProtoReflect.Descriptor instead.
 func (*AddSSFReceiverRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AddSSFReceiverRequest) GetName() string {
@@ -267,7 +607,7 @@ type AddSSFReceiverResponse struct {
 
 func (x *AddSSFReceiverResponse) Reset() {
 	*x = AddSSFReceiverResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +619,7 @@ func (x *AddSSFReceiverResponse) String() string {
 func (*AddSSFReceiverResponse) ProtoMessage() {}
 
 func (x *AddSSFReceiverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[5]
+	mi := &file_posture_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +632,7 @@ func (x *AddSSFReceiverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddSSFReceiverResponse.ProtoReflect.Descriptor instead.
 func (*AddSSFReceiverResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AddSSFReceiverResponse) GetToken() string {
@@ -310,7 +650,7 @@ type ListSSFReceiversRequest struct {
 
 func (x *ListSSFReceiversRequest) Reset() {
 	*x = ListSSFReceiversRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +662,7 @@ func (x *ListSSFReceiversRequest) String() string {
 func (*ListSSFReceiversRequest) ProtoMessage() {}
 
 func (x *ListSSFReceiversRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[6]
+	mi := &file_posture_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +675,7 @@ func (x *ListSSFReceiversRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSSFReceiversRequest.ProtoReflect.Descriptor instead.
 func (*ListSSFReceiversRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 // SSFReceiver is a Shared Signals receiver allowed to manage its streams.
@@ -351,7 +691,7 @@ type SSFReceiver struct {
 
 func (x *SSFReceiver) Reset() {
 	*x = SSFReceiver{}
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +703,7 @@ func (x *SSFReceiver) String() string {
 func (*SSFReceiver) ProtoMessage() {}
 
 func (x *SSFReceiver) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[7]
+	mi := &file_posture_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +716,7 @@ func (x *SSFReceiver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SSFReceiver.ProtoReflect.Descriptor instead.
 func (*SSFReceiver) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SSFReceiver) GetName() string {
@@ -416,7 +756,7 @@ type ListSSFReceiversResponse struct {
 
 func (x *ListSSFReceiversResponse) Reset() {
 	*x = ListSSFReceiversResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +768,7 @@ func (x *ListSSFReceiversResponse) String() string {
 func (*ListSSFReceiversResponse) ProtoMessage() {}
 
 func (x *ListSSFReceiversResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[8]
+	mi := &file_posture_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +781,7 @@ func (x *ListSSFReceiversResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSSFReceiversResponse.ProtoReflect.Descriptor instead.
 func (*ListSSFReceiversResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSSFReceiversResponse) GetReceivers() []*SSFReceiver {
@@ -460,7 +800,7 @@ type RemoveSSFReceiverRequest struct {
 
 func (x *RemoveSSFReceiverRequest) Reset() {
 	*x = RemoveSSFReceiverRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +812,7 @@ func (x *RemoveSSFReceiverRequest) String() string {
 func (*RemoveSSFReceiverRequest) ProtoMessage() {}
 
 func (x *RemoveSSFReceiverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[9]
+	mi := &file_posture_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +825,7 @@ func (x *RemoveSSFReceiverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSSFReceiverRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSSFReceiverRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveSSFReceiverRequest) GetName() string {
@@ -505,7 +845,7 @@ type RemoveSSFReceiverResponse struct {
 
 func (x *RemoveSSFReceiverResponse) Reset() {
 	*x = RemoveSSFReceiverResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +857,7 @@ func (x *RemoveSSFReceiverResponse) String() string {
 func (*RemoveSSFReceiverResponse) ProtoMessage() {}
 
 func (x *RemoveSSFReceiverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[10]
+	mi := &file_posture_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +870,7 @@ func (x *RemoveSSFReceiverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSSFReceiverResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSSFReceiverResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveSSFReceiverResponse) GetStreamsDeleted() uint32 {
@@ -560,7 +900,7 @@ type CreateSSFStreamRequest struct {
 
 func (x *CreateSSFStreamRequest) Reset() {
 	*x = CreateSSFStreamRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +912,7 @@ func (x *CreateSSFStreamRequest) String() string {
 func (*CreateSSFStreamRequest) ProtoMessage() {}
 
 func (x *CreateSSFStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[11]
+	mi := &file_posture_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +925,7 @@ func (x *CreateSSFStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSSFStreamRequest.ProtoReflect.Descriptor instead.
 func (*CreateSSFStreamRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateSSFStreamRequest) GetReceiver() string {
@@ -642,7 +982,7 @@ type SSFStream struct {
 
 func (x *SSFStream) Reset() {
 	*x = SSFStream{}
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +994,7 @@ func (x *SSFStream) String() string {
 func (*SSFStream) ProtoMessage() {}
 
 func (x *SSFStream) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[12]
+	mi := &file_posture_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +1007,7 @@ func (x *SSFStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SSFStream.ProtoReflect.Descriptor instead.
 func (*SSFStream) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SSFStream) GetStreamId() string {
@@ -734,7 +1074,7 @@ type ListSSFStreamsRequest struct {
 
 func (x *ListSSFStreamsRequest) Reset() {
 	*x = ListSSFStreamsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +1086,7 @@ func (x *ListSSFStreamsRequest) String() string {
 func (*ListSSFStreamsRequest) ProtoMessage() {}
 
 func (x *ListSSFStreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[13]
+	mi := &file_posture_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +1099,7 @@ func (x *ListSSFStreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSSFStreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListSSFStreamsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type ListSSFStreamsResponse struct {
@@ -771,7 +1111,7 @@ type ListSSFStreamsResponse struct {
 
 func (x *ListSSFStreamsResponse) Reset() {
 	*x = ListSSFStreamsResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +1123,7 @@ func (x *ListSSFStreamsResponse) String() string {
 func (*ListSSFStreamsResponse) ProtoMessage() {}
 
 func (x *ListSSFStreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[14]
+	mi := &file_posture_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +1136,7 @@ func (x *ListSSFStreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSSFStreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListSSFStreamsResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListSSFStreamsResponse) GetStreams() []*SSFStream {
@@ -815,7 +1155,7 @@ type DeleteSSFStreamRequest struct {
 
 func (x *DeleteSSFStreamRequest) Reset() {
 	*x = DeleteSSFStreamRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1167,7 @@ func (x *DeleteSSFStreamRequest) String() string {
 func (*DeleteSSFStreamRequest) ProtoMessage() {}
 
 func (x *DeleteSSFStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[15]
+	mi := &file_posture_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1180,7 @@ func (x *DeleteSSFStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSSFStreamRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSSFStreamRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteSSFStreamRequest) GetStreamId() string {
@@ -858,7 +1198,7 @@ type DeleteSSFStreamResponse struct {
 
 func (x *DeleteSSFStreamResponse) Reset() {
 	*x = DeleteSSFStreamResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1210,7 @@ func (x *DeleteSSFStreamResponse) String() string {
 func (*DeleteSSFStreamResponse) ProtoMessage() {}
 
 func (x *DeleteSSFStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[16]
+	mi := &file_posture_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1223,7 @@ func (x *DeleteSSFStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSSFStreamResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSSFStreamResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 // ReceiverStatus is how delivery of the outbox to one receiver stands.
@@ -915,7 +1255,7 @@ type ReceiverStatus struct {
 
 func (x *ReceiverStatus) Reset() {
 	*x = ReceiverStatus{}
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1267,7 @@ func (x *ReceiverStatus) String() string {
 func (*ReceiverStatus) ProtoMessage() {}
 
 func (x *ReceiverStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[17]
+	mi := &file_posture_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1280,7 @@ func (x *ReceiverStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReceiverStatus.ProtoReflect.Descriptor instead.
 func (*ReceiverStatus) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReceiverStatus) GetId() string {
@@ -1021,7 +1361,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1373,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[18]
+	mi := &file_posture_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1386,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 // Gateway is one gateway certificate the collector issued.
@@ -1066,7 +1406,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1418,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[19]
+	mi := &file_posture_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1431,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Gateway) GetName() string {
@@ -1145,7 +1485,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1497,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[20]
+	mi := &file_posture_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1510,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -1195,7 +1535,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1547,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[21]
+	mi := &file_posture_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1560,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -1254,7 +1594,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1606,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[22]
+	mi := &file_posture_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1619,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeGatewayResponse) GetRevoked() uint32 {
@@ -1297,7 +1637,7 @@ type ReloadPolicyRequest struct {
 
 func (x *ReloadPolicyRequest) Reset() {
 	*x = ReloadPolicyRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[23]
+	mi := &file_posture_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1649,7 @@ func (x *ReloadPolicyRequest) String() string {
 func (*ReloadPolicyRequest) ProtoMessage() {}
 
 func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[23]
+	mi := &file_posture_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1662,7 @@ func (x *ReloadPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 type ReloadPolicyResponse struct {
@@ -1336,7 +1676,7 @@ type ReloadPolicyResponse struct {
 
 func (x *ReloadPolicyResponse) Reset() {
 	*x = ReloadPolicyResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[24]
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1688,7 @@ func (x *ReloadPolicyResponse) String() string {
 func (*ReloadPolicyResponse) ProtoMessage() {}
 
 func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[24]
+	mi := &file_posture_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1701,7 @@ func (x *ReloadPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ReloadPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReloadPolicyResponse) GetLevels() []string {
@@ -1391,7 +1731,7 @@ type DiffPolicyRequest struct {
 
 func (x *DiffPolicyRequest) Reset() {
 	*x = DiffPolicyRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[25]
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1743,7 @@ func (x *DiffPolicyRequest) String() string {
 func (*DiffPolicyRequest) ProtoMessage() {}
 
 func (x *DiffPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[25]
+	mi := &file_posture_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1756,7 @@ func (x *DiffPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffPolicyRequest.ProtoReflect.Descriptor instead.
 func (*DiffPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DiffPolicyRequest) GetPolicyYaml() []byte {
@@ -1462,7 +1802,7 @@ type LevelChange struct {
 
 func (x *LevelChange) Reset() {
 	*x = LevelChange{}
-	mi := &file_posture_v1_admin_proto_msgTypes[26]
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1814,7 @@ func (x *LevelChange) String() string {
 func (*LevelChange) ProtoMessage() {}
 
 func (x *LevelChange) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[26]
+	mi := &file_posture_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1827,7 @@ func (x *LevelChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelChange.ProtoReflect.Descriptor instead.
 func (*LevelChange) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LevelChange) GetDeviceId() string {
@@ -1579,7 +1919,7 @@ type LevelCount struct {
 
 func (x *LevelCount) Reset() {
 	*x = LevelCount{}
-	mi := &file_posture_v1_admin_proto_msgTypes[27]
+	mi := &file_posture_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1931,7 @@ func (x *LevelCount) String() string {
 func (*LevelCount) ProtoMessage() {}
 
 func (x *LevelCount) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[27]
+	mi := &file_posture_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1944,7 @@ func (x *LevelCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelCount.ProtoReflect.Descriptor instead.
 func (*LevelCount) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LevelCount) GetLevel() string {
@@ -1644,7 +1984,7 @@ type DiffPolicyResponse struct {
 
 func (x *DiffPolicyResponse) Reset() {
 	*x = DiffPolicyResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[28]
+	mi := &file_posture_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1996,7 @@ func (x *DiffPolicyResponse) String() string {
 func (*DiffPolicyResponse) ProtoMessage() {}
 
 func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[28]
+	mi := &file_posture_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +2009,7 @@ func (x *DiffPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffPolicyResponse.ProtoReflect.Descriptor instead.
 func (*DiffPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DiffPolicyResponse) GetChanges() []*LevelChange {
@@ -1717,7 +2057,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	mi := &file_posture_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2069,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[29]
+	mi := &file_posture_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2082,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListDecisionsRequest) GetDeviceId() string {
@@ -1809,7 +2149,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	mi := &file_posture_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +2161,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[30]
+	mi := &file_posture_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +2174,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Decision) GetAt() *timestamppb.Timestamp {
@@ -1946,7 +2286,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	mi := &file_posture_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2298,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[31]
+	mi := &file_posture_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2311,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*Decision {
@@ -1997,7 +2337,7 @@ type ApproveDeviceRequest struct {
 
 func (x *ApproveDeviceRequest) Reset() {
 	*x = ApproveDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[32]
+	mi := &file_posture_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2349,7 @@ func (x *ApproveDeviceRequest) String() string {
 func (*ApproveDeviceRequest) ProtoMessage() {}
 
 func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[32]
+	mi := &file_posture_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2362,7 @@ func (x *ApproveDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceRequest.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ApproveDeviceRequest) GetDeviceId() string {
@@ -2041,7 +2381,7 @@ type ApproveDeviceResponse struct {
 
 func (x *ApproveDeviceResponse) Reset() {
 	*x = ApproveDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[33]
+	mi := &file_posture_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2393,7 @@ func (x *ApproveDeviceResponse) String() string {
 func (*ApproveDeviceResponse) ProtoMessage() {}
 
 func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[33]
+	mi := &file_posture_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2406,7 @@ func (x *ApproveDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveDeviceResponse.ProtoReflect.Descriptor instead.
 func (*ApproveDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ApproveDeviceResponse) GetDevice() *Device {
@@ -2088,7 +2428,7 @@ type PreregisterEKRequest struct {
 
 func (x *PreregisterEKRequest) Reset() {
 	*x = PreregisterEKRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[34]
+	mi := &file_posture_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2440,7 @@ func (x *PreregisterEKRequest) String() string {
 func (*PreregisterEKRequest) ProtoMessage() {}
 
 func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[34]
+	mi := &file_posture_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2453,7 @@ func (x *PreregisterEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKRequest.ProtoReflect.Descriptor instead.
 func (*PreregisterEKRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PreregisterEKRequest) GetEkSha256() []string {
@@ -2140,7 +2480,7 @@ type PreregisterEKResponse struct {
 
 func (x *PreregisterEKResponse) Reset() {
 	*x = PreregisterEKResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[35]
+	mi := &file_posture_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2492,7 @@ func (x *PreregisterEKResponse) String() string {
 func (*PreregisterEKResponse) ProtoMessage() {}
 
 func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[35]
+	mi := &file_posture_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2505,7 @@ func (x *PreregisterEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreregisterEKResponse.ProtoReflect.Descriptor instead.
 func (*PreregisterEKResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PreregisterEKResponse) GetAdded() uint32 {
@@ -2190,7 +2530,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[36]
+	mi := &file_posture_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2542,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[36]
+	mi := &file_posture_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2555,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetTtl() *durationpb.Duration {
@@ -2253,7 +2593,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[37]
+	mi := &file_posture_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2605,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[37]
+	mi := &file_posture_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2618,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -2316,7 +2656,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[38]
+	mi := &file_posture_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2668,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[38]
+	mi := &file_posture_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2681,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListDevicesRequest) GetPageSize() uint32 {
@@ -2369,7 +2709,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[39]
+	mi := &file_posture_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2381,7 +2721,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[39]
+	mi := &file_posture_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2394,7 +2734,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*DevicePosture {
@@ -2420,7 +2760,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[40]
+	mi := &file_posture_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2772,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[40]
+	mi := &file_posture_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2785,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -2466,7 +2806,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[41]
+	mi := &file_posture_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2818,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[41]
+	mi := &file_posture_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2831,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -2517,7 +2857,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[42]
+	mi := &file_posture_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2869,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[42]
+	mi := &file_posture_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2882,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevokeDeviceResponse) GetDevice() *Device {
@@ -2566,7 +2906,7 @@ type IssueGatewayCertificateRequest struct {
 
 func (x *IssueGatewayCertificateRequest) Reset() {
 	*x = IssueGatewayCertificateRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[43]
+	mi := &file_posture_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2918,7 @@ func (x *IssueGatewayCertificateRequest) String() string {
 func (*IssueGatewayCertificateRequest) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[43]
+	mi := &file_posture_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2931,7 @@ func (x *IssueGatewayCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *IssueGatewayCertificateRequest) GetName() string {
@@ -2619,7 +2959,7 @@ type IssueGatewayCertificateResponse struct {
 
 func (x *IssueGatewayCertificateResponse) Reset() {
 	*x = IssueGatewayCertificateResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[44]
+	mi := &file_posture_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2971,7 @@ func (x *IssueGatewayCertificateResponse) String() string {
 func (*IssueGatewayCertificateResponse) ProtoMessage() {}
 
 func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[44]
+	mi := &file_posture_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2984,7 @@ func (x *IssueGatewayCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueGatewayCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueGatewayCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IssueGatewayCertificateResponse) GetCertificate() []byte {
@@ -2676,7 +3016,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[45]
+	mi := &file_posture_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +3028,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[45]
+	mi := &file_posture_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +3041,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 // Stats are the collector's counters since it started.
@@ -2733,7 +3073,7 @@ type Stats struct {
 
 func (x *Stats) Reset() {
 	*x = Stats{}
-	mi := &file_posture_v1_admin_proto_msgTypes[46]
+	mi := &file_posture_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2745,7 +3085,7 @@ func (x *Stats) String() string {
 func (*Stats) ProtoMessage() {}
 
 func (x *Stats) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[46]
+	mi := &file_posture_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2758,7 +3098,7 @@ func (x *Stats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stats.ProtoReflect.Descriptor instead.
 func (*Stats) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Stats) GetReportsAccepted() uint64 {
@@ -2846,7 +3186,7 @@ type ListReplicasRequest struct {
 
 func (x *ListReplicasRequest) Reset() {
 	*x = ListReplicasRequest{}
-	mi := &file_posture_v1_admin_proto_msgTypes[47]
+	mi := &file_posture_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2858,7 +3198,7 @@ func (x *ListReplicasRequest) String() string {
 func (*ListReplicasRequest) ProtoMessage() {}
 
 func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[47]
+	mi := &file_posture_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2871,7 +3211,7 @@ func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 // Replica is one collector sharing the database.
@@ -2900,7 +3240,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_posture_v1_admin_proto_msgTypes[48]
+	mi := &file_posture_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3252,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[48]
+	mi := &file_posture_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3265,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Replica) GetId() string {
@@ -3002,7 +3342,7 @@ type ListReplicasResponse struct {
 
 func (x *ListReplicasResponse) Reset() {
 	*x = ListReplicasResponse{}
-	mi := &file_posture_v1_admin_proto_msgTypes[49]
+	mi := &file_posture_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3354,7 @@ func (x *ListReplicasResponse) String() string {
 func (*ListReplicasResponse) ProtoMessage() {}
 
 func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_admin_proto_msgTypes[49]
+	mi := &file_posture_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3367,7 @@ func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_posture_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListReplicasResponse) GetReplicas() []*Replica {
@@ -3049,7 +3389,26 @@ var File_posture_v1_admin_proto protoreflect.FileDescriptor
 const file_posture_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/admin.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"`\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\"\xd4\x02\n" +
+	"\x0fEnrollmentToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
+	"\x04uses\x18\x05 \x01(\rR\x04uses\x12\x12\n" +
+	"\x04used\x18\x06 \x01(\rR\x04used\x129\n" +
+	"\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x126\n" +
+	"\x05state\x18\b \x01(\x0e2 .posture.v1.EnrollmentTokenStateR\x05state\"\x1d\n" +
+	"\x1bListEnrollmentTokensRequest\"S\n" +
+	"\x1cListEnrollmentTokensResponse\x123\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1b.posture.v1.EnrollmentTokenR\x06tokens\".\n" +
+	"\x1cRevokeEnrollmentTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"R\n" +
+	"\x1dRevokeEnrollmentTokenResponse\x121\n" +
+	"\x05token\x18\x01 \x01(\v2\x1b.posture.v1.EnrollmentTokenR\x05token\"`\n" +
 	"\x15BindDeviceUserRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12*\n" +
 	"\x04user\x18\x02 \x01(\v2\x16.posture.v1.DeviceUserR\x04user\"\x18\n" +
@@ -3264,7 +3623,13 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x04self\x18\t \x01(\bR\x04self\"j\n" +
 	"\x14ListReplicasResponse\x12/\n" +
 	"\breplicas\x18\x01 \x03(\v2\x13.posture.v1.ReplicaR\breplicas\x12!\n" +
-	"\fnewest_event\x18\x02 \x01(\x04R\vnewestEvent2\x88\x0f\n" +
+	"\fnewest_event\x18\x02 \x01(\x04R\vnewestEvent*\xcd\x01\n" +
+	"\x14EnrollmentTokenState\x12&\n" +
+	"\"ENROLLMENT_TOKEN_STATE_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dENROLLMENT_TOKEN_STATE_USABLE\x10\x01\x12\"\n" +
+	"\x1eENROLLMENT_TOKEN_STATE_USED_UP\x10\x02\x12\"\n" +
+	"\x1eENROLLMENT_TOKEN_STATE_EXPIRED\x10\x03\x12\"\n" +
+	"\x1eENROLLMENT_TOKEN_STATE_REVOKED\x10\x042\xe1\x10\n" +
 	"\fAdminService\x12l\n" +
 	"\x15CreateEnrollmentToken\x12(.posture.v1.CreateEnrollmentTokenRequest\x1a).posture.v1.CreateEnrollmentTokenResponse\x12N\n" +
 	"\vListDevices\x12\x1e.posture.v1.ListDevicesRequest\x1a\x1f.posture.v1.ListDevicesResponse\x12D\n" +
@@ -3288,7 +3653,9 @@ const file_posture_v1_admin_proto_rawDesc = "" +
 	"\x11RemoveSSFReceiver\x12$.posture.v1.RemoveSSFReceiverRequest\x1a%.posture.v1.RemoveSSFReceiverResponse\x12L\n" +
 	"\x0fCreateSSFStream\x12\".posture.v1.CreateSSFStreamRequest\x1a\x15.posture.v1.SSFStream\x12W\n" +
 	"\x0eListSSFStreams\x12!.posture.v1.ListSSFStreamsRequest\x1a\".posture.v1.ListSSFStreamsResponse\x12Z\n" +
-	"\x0fDeleteSSFStream\x12\".posture.v1.DeleteSSFStreamRequest\x1a#.posture.v1.DeleteSSFStreamResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\x0fDeleteSSFStream\x12\".posture.v1.DeleteSSFStreamRequest\x1a#.posture.v1.DeleteSSFStreamResponse\x12i\n" +
+	"\x14ListEnrollmentTokens\x12'.posture.v1.ListEnrollmentTokensRequest\x1a(.posture.v1.ListEnrollmentTokensResponse\x12l\n" +
+	"\x15RevokeEnrollmentToken\x12(.posture.v1.RevokeEnrollmentTokenRequest\x1a).posture.v1.RevokeEnrollmentTokenResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_admin_proto_rawDescOnce sync.Once
@@ -3302,155 +3669,172 @@ func file_posture_v1_admin_proto_rawDescGZIP() []byte {
 	return file_posture_v1_admin_proto_rawDescData
 }
 
-var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_posture_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_posture_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_posture_v1_admin_proto_goTypes = []any{
-	(*BindDeviceUserRequest)(nil),           // 0: posture.v1.BindDeviceUserRequest
-	(*BindDeviceUserResponse)(nil),          // 1: posture.v1.BindDeviceUserResponse
-	(*UnbindDeviceUserRequest)(nil),         // 2: posture.v1.UnbindDeviceUserRequest
-	(*UnbindDeviceUserResponse)(nil),        // 3: posture.v1.UnbindDeviceUserResponse
-	(*AddSSFReceiverRequest)(nil),           // 4: posture.v1.AddSSFReceiverRequest
-	(*AddSSFReceiverResponse)(nil),          // 5: posture.v1.AddSSFReceiverResponse
-	(*ListSSFReceiversRequest)(nil),         // 6: posture.v1.ListSSFReceiversRequest
-	(*SSFReceiver)(nil),                     // 7: posture.v1.SSFReceiver
-	(*ListSSFReceiversResponse)(nil),        // 8: posture.v1.ListSSFReceiversResponse
-	(*RemoveSSFReceiverRequest)(nil),        // 9: posture.v1.RemoveSSFReceiverRequest
-	(*RemoveSSFReceiverResponse)(nil),       // 10: posture.v1.RemoveSSFReceiverResponse
-	(*CreateSSFStreamRequest)(nil),          // 11: posture.v1.CreateSSFStreamRequest
-	(*SSFStream)(nil),                       // 12: posture.v1.SSFStream
-	(*ListSSFStreamsRequest)(nil),           // 13: posture.v1.ListSSFStreamsRequest
-	(*ListSSFStreamsResponse)(nil),          // 14: posture.v1.ListSSFStreamsResponse
-	(*DeleteSSFStreamRequest)(nil),          // 15: posture.v1.DeleteSSFStreamRequest
-	(*DeleteSSFStreamResponse)(nil),         // 16: posture.v1.DeleteSSFStreamResponse
-	(*ReceiverStatus)(nil),                  // 17: posture.v1.ReceiverStatus
-	(*ListGatewaysRequest)(nil),             // 18: posture.v1.ListGatewaysRequest
-	(*Gateway)(nil),                         // 19: posture.v1.Gateway
-	(*ListGatewaysResponse)(nil),            // 20: posture.v1.ListGatewaysResponse
-	(*RevokeGatewayRequest)(nil),            // 21: posture.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),           // 22: posture.v1.RevokeGatewayResponse
-	(*ReloadPolicyRequest)(nil),             // 23: posture.v1.ReloadPolicyRequest
-	(*ReloadPolicyResponse)(nil),            // 24: posture.v1.ReloadPolicyResponse
-	(*DiffPolicyRequest)(nil),               // 25: posture.v1.DiffPolicyRequest
-	(*LevelChange)(nil),                     // 26: posture.v1.LevelChange
-	(*LevelCount)(nil),                      // 27: posture.v1.LevelCount
-	(*DiffPolicyResponse)(nil),              // 28: posture.v1.DiffPolicyResponse
-	(*ListDecisionsRequest)(nil),            // 29: posture.v1.ListDecisionsRequest
-	(*Decision)(nil),                        // 30: posture.v1.Decision
-	(*ListDecisionsResponse)(nil),           // 31: posture.v1.ListDecisionsResponse
-	(*ApproveDeviceRequest)(nil),            // 32: posture.v1.ApproveDeviceRequest
-	(*ApproveDeviceResponse)(nil),           // 33: posture.v1.ApproveDeviceResponse
-	(*PreregisterEKRequest)(nil),            // 34: posture.v1.PreregisterEKRequest
-	(*PreregisterEKResponse)(nil),           // 35: posture.v1.PreregisterEKResponse
-	(*CreateEnrollmentTokenRequest)(nil),    // 36: posture.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil),   // 37: posture.v1.CreateEnrollmentTokenResponse
-	(*ListDevicesRequest)(nil),              // 38: posture.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),             // 39: posture.v1.ListDevicesResponse
-	(*GetDeviceRequest)(nil),                // 40: posture.v1.GetDeviceRequest
-	(*RevokeDeviceRequest)(nil),             // 41: posture.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),            // 42: posture.v1.RevokeDeviceResponse
-	(*IssueGatewayCertificateRequest)(nil),  // 43: posture.v1.IssueGatewayCertificateRequest
-	(*IssueGatewayCertificateResponse)(nil), // 44: posture.v1.IssueGatewayCertificateResponse
-	(*GetStatsRequest)(nil),                 // 45: posture.v1.GetStatsRequest
-	(*Stats)(nil),                           // 46: posture.v1.Stats
-	(*ListReplicasRequest)(nil),             // 47: posture.v1.ListReplicasRequest
-	(*Replica)(nil),                         // 48: posture.v1.Replica
-	(*ListReplicasResponse)(nil),            // 49: posture.v1.ListReplicasResponse
-	nil,                                     // 50: posture.v1.Stats.ReportsRejectedEntry
-	nil,                                     // 51: posture.v1.Stats.EnrollmentsRejectedEntry
-	nil,                                     // 52: posture.v1.Stats.RpcDeniedEntry
-	nil,                                     // 53: posture.v1.Stats.RenewalsRejectedEntry
-	(*DeviceUser)(nil),                      // 54: posture.v1.DeviceUser
-	(*timestamppb.Timestamp)(nil),           // 55: google.protobuf.Timestamp
-	(Enforcement)(0),                        // 56: posture.v1.Enforcement
-	(*CheckResult)(nil),                     // 57: posture.v1.CheckResult
-	(*Device)(nil),                          // 58: posture.v1.Device
-	(*durationpb.Duration)(nil),             // 59: google.protobuf.Duration
-	(*DevicePosture)(nil),                   // 60: posture.v1.DevicePosture
+	(EnrollmentTokenState)(0),               // 0: posture.v1.EnrollmentTokenState
+	(*EnrollmentToken)(nil),                 // 1: posture.v1.EnrollmentToken
+	(*ListEnrollmentTokensRequest)(nil),     // 2: posture.v1.ListEnrollmentTokensRequest
+	(*ListEnrollmentTokensResponse)(nil),    // 3: posture.v1.ListEnrollmentTokensResponse
+	(*RevokeEnrollmentTokenRequest)(nil),    // 4: posture.v1.RevokeEnrollmentTokenRequest
+	(*RevokeEnrollmentTokenResponse)(nil),   // 5: posture.v1.RevokeEnrollmentTokenResponse
+	(*BindDeviceUserRequest)(nil),           // 6: posture.v1.BindDeviceUserRequest
+	(*BindDeviceUserResponse)(nil),          // 7: posture.v1.BindDeviceUserResponse
+	(*UnbindDeviceUserRequest)(nil),         // 8: posture.v1.UnbindDeviceUserRequest
+	(*UnbindDeviceUserResponse)(nil),        // 9: posture.v1.UnbindDeviceUserResponse
+	(*AddSSFReceiverRequest)(nil),           // 10: posture.v1.AddSSFReceiverRequest
+	(*AddSSFReceiverResponse)(nil),          // 11: posture.v1.AddSSFReceiverResponse
+	(*ListSSFReceiversRequest)(nil),         // 12: posture.v1.ListSSFReceiversRequest
+	(*SSFReceiver)(nil),                     // 13: posture.v1.SSFReceiver
+	(*ListSSFReceiversResponse)(nil),        // 14: posture.v1.ListSSFReceiversResponse
+	(*RemoveSSFReceiverRequest)(nil),        // 15: posture.v1.RemoveSSFReceiverRequest
+	(*RemoveSSFReceiverResponse)(nil),       // 16: posture.v1.RemoveSSFReceiverResponse
+	(*CreateSSFStreamRequest)(nil),          // 17: posture.v1.CreateSSFStreamRequest
+	(*SSFStream)(nil),                       // 18: posture.v1.SSFStream
+	(*ListSSFStreamsRequest)(nil),           // 19: posture.v1.ListSSFStreamsRequest
+	(*ListSSFStreamsResponse)(nil),          // 20: posture.v1.ListSSFStreamsResponse
+	(*DeleteSSFStreamRequest)(nil),          // 21: posture.v1.DeleteSSFStreamRequest
+	(*DeleteSSFStreamResponse)(nil),         // 22: posture.v1.DeleteSSFStreamResponse
+	(*ReceiverStatus)(nil),                  // 23: posture.v1.ReceiverStatus
+	(*ListGatewaysRequest)(nil),             // 24: posture.v1.ListGatewaysRequest
+	(*Gateway)(nil),                         // 25: posture.v1.Gateway
+	(*ListGatewaysResponse)(nil),            // 26: posture.v1.ListGatewaysResponse
+	(*RevokeGatewayRequest)(nil),            // 27: posture.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),           // 28: posture.v1.RevokeGatewayResponse
+	(*ReloadPolicyRequest)(nil),             // 29: posture.v1.ReloadPolicyRequest
+	(*ReloadPolicyResponse)(nil),            // 30: posture.v1.ReloadPolicyResponse
+	(*DiffPolicyRequest)(nil),               // 31: posture.v1.DiffPolicyRequest
+	(*LevelChange)(nil),                     // 32: posture.v1.LevelChange
+	(*LevelCount)(nil),                      // 33: posture.v1.LevelCount
+	(*DiffPolicyResponse)(nil),              // 34: posture.v1.DiffPolicyResponse
+	(*ListDecisionsRequest)(nil),            // 35: posture.v1.ListDecisionsRequest
+	(*Decision)(nil),                        // 36: posture.v1.Decision
+	(*ListDecisionsResponse)(nil),           // 37: posture.v1.ListDecisionsResponse
+	(*ApproveDeviceRequest)(nil),            // 38: posture.v1.ApproveDeviceRequest
+	(*ApproveDeviceResponse)(nil),           // 39: posture.v1.ApproveDeviceResponse
+	(*PreregisterEKRequest)(nil),            // 40: posture.v1.PreregisterEKRequest
+	(*PreregisterEKResponse)(nil),           // 41: posture.v1.PreregisterEKResponse
+	(*CreateEnrollmentTokenRequest)(nil),    // 42: posture.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),   // 43: posture.v1.CreateEnrollmentTokenResponse
+	(*ListDevicesRequest)(nil),              // 44: posture.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),             // 45: posture.v1.ListDevicesResponse
+	(*GetDeviceRequest)(nil),                // 46: posture.v1.GetDeviceRequest
+	(*RevokeDeviceRequest)(nil),             // 47: posture.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),            // 48: posture.v1.RevokeDeviceResponse
+	(*IssueGatewayCertificateRequest)(nil),  // 49: posture.v1.IssueGatewayCertificateRequest
+	(*IssueGatewayCertificateResponse)(nil), // 50: posture.v1.IssueGatewayCertificateResponse
+	(*GetStatsRequest)(nil),                 // 51: posture.v1.GetStatsRequest
+	(*Stats)(nil),                           // 52: posture.v1.Stats
+	(*ListReplicasRequest)(nil),             // 53: posture.v1.ListReplicasRequest
+	(*Replica)(nil),                         // 54: posture.v1.Replica
+	(*ListReplicasResponse)(nil),            // 55: posture.v1.ListReplicasResponse
+	nil,                                     // 56: posture.v1.Stats.ReportsRejectedEntry
+	nil,                                     // 57: posture.v1.Stats.EnrollmentsRejectedEntry
+	nil,                                     // 58: posture.v1.Stats.RpcDeniedEntry
+	nil,                                     // 59: posture.v1.Stats.RenewalsRejectedEntry
+	(*timestamppb.Timestamp)(nil),           // 60: google.protobuf.Timestamp
+	(*DeviceUser)(nil),                      // 61: posture.v1.DeviceUser
+	(Enforcement)(0),                        // 62: posture.v1.Enforcement
+	(*CheckResult)(nil),                     // 63: posture.v1.CheckResult
+	(*Device)(nil),                          // 64: posture.v1.Device
+	(*durationpb.Duration)(nil),             // 65: google.protobuf.Duration
+	(*DevicePosture)(nil),                   // 66: posture.v1.DevicePosture
 }
 var file_posture_v1_admin_proto_depIdxs = []int32{
-	54, // 0: posture.v1.BindDeviceUserRequest.user:type_name -> posture.v1.DeviceUser
-	55, // 1: posture.v1.SSFReceiver.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 2: posture.v1.ListSSFReceiversResponse.receivers:type_name -> posture.v1.SSFReceiver
-	17, // 3: posture.v1.SSFStream.delivery:type_name -> posture.v1.ReceiverStatus
-	12, // 4: posture.v1.ListSSFStreamsResponse.streams:type_name -> posture.v1.SSFStream
-	55, // 5: posture.v1.ReceiverStatus.delivered_at:type_name -> google.protobuf.Timestamp
-	55, // 6: posture.v1.ReceiverStatus.failing_since:type_name -> google.protobuf.Timestamp
-	55, // 7: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
-	55, // 8: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
-	55, // 9: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
-	19, // 10: posture.v1.ListGatewaysResponse.gateways:type_name -> posture.v1.Gateway
-	56, // 11: posture.v1.LevelChange.enforcement_now:type_name -> posture.v1.Enforcement
-	56, // 12: posture.v1.LevelChange.enforcement_candidate:type_name -> posture.v1.Enforcement
-	26, // 13: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
-	27, // 14: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
-	55, // 15: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
-	55, // 16: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
-	55, // 17: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	55, // 18: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
-	57, // 19: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
-	56, // 20: posture.v1.Decision.enforcement:type_name -> posture.v1.Enforcement
-	30, // 21: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
-	58, // 22: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
-	59, // 23: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	55, // 24: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	60, // 25: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
-	58, // 26: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
-	50, // 27: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
-	51, // 28: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
-	52, // 29: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
-	53, // 30: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
-	17, // 31: posture.v1.Stats.receivers:type_name -> posture.v1.ReceiverStatus
-	55, // 32: posture.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
-	55, // 33: posture.v1.Replica.seen_at:type_name -> google.protobuf.Timestamp
-	48, // 34: posture.v1.ListReplicasResponse.replicas:type_name -> posture.v1.Replica
-	36, // 35: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
-	38, // 36: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
-	40, // 37: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
-	41, // 38: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
-	43, // 39: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
-	45, // 40: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
-	32, // 41: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
-	34, // 42: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
-	23, // 43: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
-	25, // 44: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
-	29, // 45: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
-	18, // 46: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
-	21, // 47: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
-	47, // 48: posture.v1.AdminService.ListReplicas:input_type -> posture.v1.ListReplicasRequest
-	0,  // 49: posture.v1.AdminService.BindDeviceUser:input_type -> posture.v1.BindDeviceUserRequest
-	2,  // 50: posture.v1.AdminService.UnbindDeviceUser:input_type -> posture.v1.UnbindDeviceUserRequest
-	4,  // 51: posture.v1.AdminService.AddSSFReceiver:input_type -> posture.v1.AddSSFReceiverRequest
-	6,  // 52: posture.v1.AdminService.ListSSFReceivers:input_type -> posture.v1.ListSSFReceiversRequest
-	9,  // 53: posture.v1.AdminService.RemoveSSFReceiver:input_type -> posture.v1.RemoveSSFReceiverRequest
-	11, // 54: posture.v1.AdminService.CreateSSFStream:input_type -> posture.v1.CreateSSFStreamRequest
-	13, // 55: posture.v1.AdminService.ListSSFStreams:input_type -> posture.v1.ListSSFStreamsRequest
-	15, // 56: posture.v1.AdminService.DeleteSSFStream:input_type -> posture.v1.DeleteSSFStreamRequest
-	37, // 57: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
-	39, // 58: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
-	60, // 59: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
-	42, // 60: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
-	44, // 61: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
-	46, // 62: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
-	33, // 63: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
-	35, // 64: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
-	24, // 65: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
-	28, // 66: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
-	31, // 67: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
-	20, // 68: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
-	22, // 69: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
-	49, // 70: posture.v1.AdminService.ListReplicas:output_type -> posture.v1.ListReplicasResponse
-	1,  // 71: posture.v1.AdminService.BindDeviceUser:output_type -> posture.v1.BindDeviceUserResponse
-	3,  // 72: posture.v1.AdminService.UnbindDeviceUser:output_type -> posture.v1.UnbindDeviceUserResponse
-	5,  // 73: posture.v1.AdminService.AddSSFReceiver:output_type -> posture.v1.AddSSFReceiverResponse
-	8,  // 74: posture.v1.AdminService.ListSSFReceivers:output_type -> posture.v1.ListSSFReceiversResponse
-	10, // 75: posture.v1.AdminService.RemoveSSFReceiver:output_type -> posture.v1.RemoveSSFReceiverResponse
-	12, // 76: posture.v1.AdminService.CreateSSFStream:output_type -> posture.v1.SSFStream
-	14, // 77: posture.v1.AdminService.ListSSFStreams:output_type -> posture.v1.ListSSFStreamsResponse
-	16, // 78: posture.v1.AdminService.DeleteSSFStream:output_type -> posture.v1.DeleteSSFStreamResponse
-	57, // [57:79] is the sub-list for method output_type
-	35, // [35:57] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	60, // 0: posture.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	60, // 1: posture.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	60, // 2: posture.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	0,  // 3: posture.v1.EnrollmentToken.state:type_name -> posture.v1.EnrollmentTokenState
+	1,  // 4: posture.v1.ListEnrollmentTokensResponse.tokens:type_name -> posture.v1.EnrollmentToken
+	1,  // 5: posture.v1.RevokeEnrollmentTokenResponse.token:type_name -> posture.v1.EnrollmentToken
+	61, // 6: posture.v1.BindDeviceUserRequest.user:type_name -> posture.v1.DeviceUser
+	60, // 7: posture.v1.SSFReceiver.created_at:type_name -> google.protobuf.Timestamp
+	13, // 8: posture.v1.ListSSFReceiversResponse.receivers:type_name -> posture.v1.SSFReceiver
+	23, // 9: posture.v1.SSFStream.delivery:type_name -> posture.v1.ReceiverStatus
+	18, // 10: posture.v1.ListSSFStreamsResponse.streams:type_name -> posture.v1.SSFStream
+	60, // 11: posture.v1.ReceiverStatus.delivered_at:type_name -> google.protobuf.Timestamp
+	60, // 12: posture.v1.ReceiverStatus.failing_since:type_name -> google.protobuf.Timestamp
+	60, // 13: posture.v1.Gateway.issued_at:type_name -> google.protobuf.Timestamp
+	60, // 14: posture.v1.Gateway.expires_at:type_name -> google.protobuf.Timestamp
+	60, // 15: posture.v1.Gateway.revoked_at:type_name -> google.protobuf.Timestamp
+	25, // 16: posture.v1.ListGatewaysResponse.gateways:type_name -> posture.v1.Gateway
+	62, // 17: posture.v1.LevelChange.enforcement_now:type_name -> posture.v1.Enforcement
+	62, // 18: posture.v1.LevelChange.enforcement_candidate:type_name -> posture.v1.Enforcement
+	32, // 19: posture.v1.DiffPolicyResponse.changes:type_name -> posture.v1.LevelChange
+	33, // 20: posture.v1.DiffPolicyResponse.levels:type_name -> posture.v1.LevelCount
+	60, // 21: posture.v1.ListDecisionsRequest.since:type_name -> google.protobuf.Timestamp
+	60, // 22: posture.v1.ListDecisionsRequest.until:type_name -> google.protobuf.Timestamp
+	60, // 23: posture.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	60, // 24: posture.v1.Decision.first_at:type_name -> google.protobuf.Timestamp
+	63, // 25: posture.v1.Decision.failed_checks:type_name -> posture.v1.CheckResult
+	62, // 26: posture.v1.Decision.enforcement:type_name -> posture.v1.Enforcement
+	36, // 27: posture.v1.ListDecisionsResponse.decisions:type_name -> posture.v1.Decision
+	64, // 28: posture.v1.ApproveDeviceResponse.device:type_name -> posture.v1.Device
+	65, // 29: posture.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	60, // 30: posture.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	66, // 31: posture.v1.ListDevicesResponse.devices:type_name -> posture.v1.DevicePosture
+	64, // 32: posture.v1.RevokeDeviceResponse.device:type_name -> posture.v1.Device
+	56, // 33: posture.v1.Stats.reports_rejected:type_name -> posture.v1.Stats.ReportsRejectedEntry
+	57, // 34: posture.v1.Stats.enrollments_rejected:type_name -> posture.v1.Stats.EnrollmentsRejectedEntry
+	58, // 35: posture.v1.Stats.rpc_denied:type_name -> posture.v1.Stats.RpcDeniedEntry
+	59, // 36: posture.v1.Stats.renewals_rejected:type_name -> posture.v1.Stats.RenewalsRejectedEntry
+	23, // 37: posture.v1.Stats.receivers:type_name -> posture.v1.ReceiverStatus
+	60, // 38: posture.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	60, // 39: posture.v1.Replica.seen_at:type_name -> google.protobuf.Timestamp
+	54, // 40: posture.v1.ListReplicasResponse.replicas:type_name -> posture.v1.Replica
+	42, // 41: posture.v1.AdminService.CreateEnrollmentToken:input_type -> posture.v1.CreateEnrollmentTokenRequest
+	44, // 42: posture.v1.AdminService.ListDevices:input_type -> posture.v1.ListDevicesRequest
+	46, // 43: posture.v1.AdminService.GetDevice:input_type -> posture.v1.GetDeviceRequest
+	47, // 44: posture.v1.AdminService.RevokeDevice:input_type -> posture.v1.RevokeDeviceRequest
+	49, // 45: posture.v1.AdminService.IssueGatewayCertificate:input_type -> posture.v1.IssueGatewayCertificateRequest
+	51, // 46: posture.v1.AdminService.GetStats:input_type -> posture.v1.GetStatsRequest
+	38, // 47: posture.v1.AdminService.ApproveDevice:input_type -> posture.v1.ApproveDeviceRequest
+	40, // 48: posture.v1.AdminService.PreregisterEK:input_type -> posture.v1.PreregisterEKRequest
+	29, // 49: posture.v1.AdminService.ReloadPolicy:input_type -> posture.v1.ReloadPolicyRequest
+	31, // 50: posture.v1.AdminService.DiffPolicy:input_type -> posture.v1.DiffPolicyRequest
+	35, // 51: posture.v1.AdminService.ListDecisions:input_type -> posture.v1.ListDecisionsRequest
+	24, // 52: posture.v1.AdminService.ListGateways:input_type -> posture.v1.ListGatewaysRequest
+	27, // 53: posture.v1.AdminService.RevokeGateway:input_type -> posture.v1.RevokeGatewayRequest
+	53, // 54: posture.v1.AdminService.ListReplicas:input_type -> posture.v1.ListReplicasRequest
+	6,  // 55: posture.v1.AdminService.BindDeviceUser:input_type -> posture.v1.BindDeviceUserRequest
+	8,  // 56: posture.v1.AdminService.UnbindDeviceUser:input_type -> posture.v1.UnbindDeviceUserRequest
+	10, // 57: posture.v1.AdminService.AddSSFReceiver:input_type -> posture.v1.AddSSFReceiverRequest
+	12, // 58: posture.v1.AdminService.ListSSFReceivers:input_type -> posture.v1.ListSSFReceiversRequest
+	15, // 59: posture.v1.AdminService.RemoveSSFReceiver:input_type -> posture.v1.RemoveSSFReceiverRequest
+	17, // 60: posture.v1.AdminService.CreateSSFStream:input_type -> posture.v1.CreateSSFStreamRequest
+	19, // 61: posture.v1.AdminService.ListSSFStreams:input_type -> posture.v1.ListSSFStreamsRequest
+	21, // 62: posture.v1.AdminService.DeleteSSFStream:input_type -> posture.v1.DeleteSSFStreamRequest
+	2,  // 63: posture.v1.AdminService.ListEnrollmentTokens:input_type -> posture.v1.ListEnrollmentTokensRequest
+	4,  // 64: posture.v1.AdminService.RevokeEnrollmentToken:input_type -> posture.v1.RevokeEnrollmentTokenRequest
+	43, // 65: posture.v1.AdminService.CreateEnrollmentToken:output_type -> posture.v1.CreateEnrollmentTokenResponse
+	45, // 66: posture.v1.AdminService.ListDevices:output_type -> posture.v1.ListDevicesResponse
+	66, // 67: posture.v1.AdminService.GetDevice:output_type -> posture.v1.DevicePosture
+	48, // 68: posture.v1.AdminService.RevokeDevice:output_type -> posture.v1.RevokeDeviceResponse
+	50, // 69: posture.v1.AdminService.IssueGatewayCertificate:output_type -> posture.v1.IssueGatewayCertificateResponse
+	52, // 70: posture.v1.AdminService.GetStats:output_type -> posture.v1.Stats
+	39, // 71: posture.v1.AdminService.ApproveDevice:output_type -> posture.v1.ApproveDeviceResponse
+	41, // 72: posture.v1.AdminService.PreregisterEK:output_type -> posture.v1.PreregisterEKResponse
+	30, // 73: posture.v1.AdminService.ReloadPolicy:output_type -> posture.v1.ReloadPolicyResponse
+	34, // 74: posture.v1.AdminService.DiffPolicy:output_type -> posture.v1.DiffPolicyResponse
+	37, // 75: posture.v1.AdminService.ListDecisions:output_type -> posture.v1.ListDecisionsResponse
+	26, // 76: posture.v1.AdminService.ListGateways:output_type -> posture.v1.ListGatewaysResponse
+	28, // 77: posture.v1.AdminService.RevokeGateway:output_type -> posture.v1.RevokeGatewayResponse
+	55, // 78: posture.v1.AdminService.ListReplicas:output_type -> posture.v1.ListReplicasResponse
+	7,  // 79: posture.v1.AdminService.BindDeviceUser:output_type -> posture.v1.BindDeviceUserResponse
+	9,  // 80: posture.v1.AdminService.UnbindDeviceUser:output_type -> posture.v1.UnbindDeviceUserResponse
+	11, // 81: posture.v1.AdminService.AddSSFReceiver:output_type -> posture.v1.AddSSFReceiverResponse
+	14, // 82: posture.v1.AdminService.ListSSFReceivers:output_type -> posture.v1.ListSSFReceiversResponse
+	16, // 83: posture.v1.AdminService.RemoveSSFReceiver:output_type -> posture.v1.RemoveSSFReceiverResponse
+	18, // 84: posture.v1.AdminService.CreateSSFStream:output_type -> posture.v1.SSFStream
+	20, // 85: posture.v1.AdminService.ListSSFStreams:output_type -> posture.v1.ListSSFStreamsResponse
+	22, // 86: posture.v1.AdminService.DeleteSSFStream:output_type -> posture.v1.DeleteSSFStreamResponse
+	3,  // 87: posture.v1.AdminService.ListEnrollmentTokens:output_type -> posture.v1.ListEnrollmentTokensResponse
+	5,  // 88: posture.v1.AdminService.RevokeEnrollmentToken:output_type -> posture.v1.RevokeEnrollmentTokenResponse
+	65, // [65:89] is the sub-list for method output_type
+	41, // [41:65] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_admin_proto_init() }
@@ -3464,13 +3848,14 @@ func file_posture_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_admin_proto_rawDesc), len(file_posture_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   54,
+			NumEnums:      1,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_posture_v1_admin_proto_goTypes,
 		DependencyIndexes: file_posture_v1_admin_proto_depIdxs,
+		EnumInfos:         file_posture_v1_admin_proto_enumTypes,
 		MessageInfos:      file_posture_v1_admin_proto_msgTypes,
 	}.Build()
 	File_posture_v1_admin_proto = out.File

@@ -41,6 +41,8 @@ const (
 	AdminService_CreateSSFStream_FullMethodName         = "/posture.v1.AdminService/CreateSSFStream"
 	AdminService_ListSSFStreams_FullMethodName          = "/posture.v1.AdminService/ListSSFStreams"
 	AdminService_DeleteSSFStream_FullMethodName         = "/posture.v1.AdminService/DeleteSSFStream"
+	AdminService_ListEnrollmentTokens_FullMethodName    = "/posture.v1.AdminService/ListEnrollmentTokens"
+	AdminService_RevokeEnrollmentToken_FullMethodName   = "/posture.v1.AdminService/RevokeEnrollmentToken"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -109,6 +111,13 @@ type AdminServiceClient interface {
 	ListSSFStreams(ctx context.Context, in *ListSSFStreamsRequest, opts ...grpc.CallOption) (*ListSSFStreamsResponse, error)
 	// DeleteSSFStream deletes a stream.
 	DeleteSSFStream(ctx context.Context, in *DeleteSSFStreamRequest, opts ...grpc.CallOption) (*DeleteSSFStreamResponse, error)
+	// ListEnrollmentTokens lists every enrollment token, the newest first:
+	// what each allows and what is left of it. The secrets are not kept and
+	// cannot be listed.
+	ListEnrollmentTokens(ctx context.Context, in *ListEnrollmentTokensRequest, opts ...grpc.CallOption) (*ListEnrollmentTokensResponse, error)
+	// RevokeEnrollmentToken revokes a token: no device enrolls with it from
+	// then on. Devices it enrolled stay enrolled.
+	RevokeEnrollmentToken(ctx context.Context, in *RevokeEnrollmentTokenRequest, opts ...grpc.CallOption) (*RevokeEnrollmentTokenResponse, error)
 }
 
 type adminServiceClient struct {
@@ -339,6 +348,26 @@ func (c *adminServiceClient) DeleteSSFStream(ctx context.Context, in *DeleteSSFS
 	return out, nil
 }
 
+func (c *adminServiceClient) ListEnrollmentTokens(ctx context.Context, in *ListEnrollmentTokensRequest, opts ...grpc.CallOption) (*ListEnrollmentTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEnrollmentTokensResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListEnrollmentTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeEnrollmentToken(ctx context.Context, in *RevokeEnrollmentTokenRequest, opts ...grpc.CallOption) (*RevokeEnrollmentTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeEnrollmentTokenResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeEnrollmentToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -405,6 +434,13 @@ type AdminServiceServer interface {
 	ListSSFStreams(context.Context, *ListSSFStreamsRequest) (*ListSSFStreamsResponse, error)
 	// DeleteSSFStream deletes a stream.
 	DeleteSSFStream(context.Context, *DeleteSSFStreamRequest) (*DeleteSSFStreamResponse, error)
+	// ListEnrollmentTokens lists every enrollment token, the newest first:
+	// what each allows and what is left of it. The secrets are not kept and
+	// cannot be listed.
+	ListEnrollmentTokens(context.Context, *ListEnrollmentTokensRequest) (*ListEnrollmentTokensResponse, error)
+	// RevokeEnrollmentToken revokes a token: no device enrolls with it from
+	// then on. Devices it enrolled stay enrolled.
+	RevokeEnrollmentToken(context.Context, *RevokeEnrollmentTokenRequest) (*RevokeEnrollmentTokenResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -480,6 +516,12 @@ func (UnimplementedAdminServiceServer) ListSSFStreams(context.Context, *ListSSFS
 }
 func (UnimplementedAdminServiceServer) DeleteSSFStream(context.Context, *DeleteSSFStreamRequest) (*DeleteSSFStreamResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSSFStream not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEnrollmentTokens(context.Context, *ListEnrollmentTokensRequest) (*ListEnrollmentTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEnrollmentTokens not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeEnrollmentToken(context.Context, *RevokeEnrollmentTokenRequest) (*RevokeEnrollmentTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeEnrollmentToken not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -898,6 +940,42 @@ func _AdminService_DeleteSSFStream_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListEnrollmentTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEnrollmentTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEnrollmentTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListEnrollmentTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEnrollmentTokens(ctx, req.(*ListEnrollmentTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeEnrollmentToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeEnrollmentTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeEnrollmentToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeEnrollmentToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeEnrollmentToken(ctx, req.(*RevokeEnrollmentTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -992,6 +1070,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSSFStream",
 			Handler:    _AdminService_DeleteSSFStream_Handler,
+		},
+		{
+			MethodName: "ListEnrollmentTokens",
+			Handler:    _AdminService_ListEnrollmentTokens_Handler,
+		},
+		{
+			MethodName: "RevokeEnrollmentToken",
+			Handler:    _AdminService_RevokeEnrollmentToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
