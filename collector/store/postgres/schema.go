@@ -144,6 +144,7 @@ INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 	migration2,
 	migrationStandings,
 	migrationOutbox,
+	migrationBrowserCerts,
 }
 
 // migrationLock is the advisory lock key that serializes schema

@@ -70,6 +70,7 @@ func Run(t *testing.T, open Opener) {
 		{"Leases", c.leases},
 		{"Bindings", c.bindings},
 		{"DecisionsAnnounced", c.decisionsAnnounced},
+		{"Browser", c.browser},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
