@@ -78,6 +78,9 @@ type Agent struct {
 	renewal *renewal
 	// onAck, when set, is called after each acknowledged report.
 	onAck func(seq uint64)
+	// measureNow carries the collector's requests for a measurement now
+	// (MeasureNow: the user pressed Check again) to measureLoop.
+	measureNow chan struct{}
 }
 
 // spooled is one spool entry: a measured report. What was signed from it
@@ -114,7 +117,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s identity: %w", enr.Identity, err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id, renewal: newRenewal(cfg.StateDir)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id, renewal: newRenewal(cfg.StateDir), measureNow: make(chan struct{}, 1)}
 	if err := readJSON(filepath.Join(cfg.StateDir, chainFile), &a.head); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -184,6 +187,8 @@ func (a *Agent) measureLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-a.measureNow:
+			a.log.Info("the collector asks for a measurement now (Check again)")
 		}
 	}
 }
@@ -250,6 +255,18 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	a.resendEventLog() // the collector may have lost it, or be another one
+	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Hello{Hello: &posturev1.AgentHello{MeasureNow: true}}}); err != nil {
+		return 0, err
+	}
+	answers := a.readStream(ctx, st)
+	recv := func() (*posturev1.CollectorMessage, error) {
+		select {
+		case r := <-answers:
+			return r.msg, r.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	nonce := w.GetNonce()
 	sent := 0
 	for {
@@ -263,9 +280,14 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 				return sent, ctx.Err()
 			case <-a.spool.Notify():
 				continue
+			case r := <-answers:
+				if r.err != nil {
+					return sent, r.err
+				}
+				return sent, fmt.Errorf("unexpected message from collector while no report was sent: %T", r.msg.GetMsg())
 			}
 		}
-		next, acked, err := a.send(st, e, nonce)
+		next, acked, err := a.send(st, recv, e, nonce)
 		var ra retryAfterError
 		if errors.As(err, &ra) && len(next) > 0 {
 			// Held back by the device's report budget: the stream stays
@@ -365,7 +387,7 @@ func (a *Agent) resendEventLog() {
 
 // send signs one spooled report with the current nonce, sends it and waits
 // for the answer. It returns the next nonce.
-func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
+func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, recv func() (*posturev1.CollectorMessage, error), e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
 	var sp spooled
 	if err := json.Unmarshal(e.Data, &sp); err != nil {
 		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
@@ -403,7 +425,7 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {
 		return nonce, false, err
 	}
-	resp, err := st.Recv()
+	resp, err := recv()
 	if err != nil {
 		return nonce, false, err
 	}
@@ -437,4 +459,39 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, e spool.Ent
 		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)
 	}
 	return nonce, false, fmt.Errorf("unexpected message from collector: %T", resp.GetMsg())
+}
+
+// received is one message read from the report stream, or why none.
+type received struct {
+	msg *posturev1.CollectorMessage
+	err error
+}
+
+// readStream reads the report stream until it ends or ctx does. A
+// MeasureNow, which may come at any time, asks measureLoop for a
+// measurement; every other message (and the error that ends the stream)
+// goes to the returned channel, for the report it answers.
+func (a *Agent) readStream(ctx context.Context, st posturev1.ReportService_StreamReportsClient) <-chan received {
+	out := make(chan received, 1)
+	go func() {
+		for {
+			m, err := st.Recv()
+			if err == nil && m.GetMeasureNow() != nil {
+				select {
+				case a.measureNow <- struct{}{}:
+				default: // one is pending already
+				}
+				continue
+			}
+			select {
+			case out <- received{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
 }

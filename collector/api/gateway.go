@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -69,6 +70,8 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return nil, status.Error(codes.InvalidArgument, "access_level is required")
 	case len(level) > maxLevelName:
 		return nil, status.Errorf(codes.InvalidArgument, "access_level is %d bytes long; level names are at most %d", len(level), maxLevelName)
+	case len(req.GetCertificateKeySha256()) != 0 && len(req.GetCertificateKeySha256()) != sha256.Size:
+		return nil, status.Errorf(codes.InvalidArgument, "certificate_key_sha256 is %d bytes long; a SHA-256 is %d", len(req.GetCertificateKeySha256()), sha256.Size)
 	case len(req.GetCertificateSerial()) > maxSerial:
 		return nil, status.Errorf(codes.InvalidArgument, "certificate_serial is %d bytes long; at most %d", len(req.GetCertificateSerial()), maxSerial)
 	}
@@ -102,7 +105,7 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		resp.Enforcement = v.Enforce.Proto()
 	}
 	if req.GetCertificateSerial() != "" {
-		if err := c.cfg.Fleet.CurrentCert(id, serial); err != nil {
+		if err := c.currentOrBrowserCert(id, serial, req.GetCertificateKeySha256(), now); err != nil {
 			// A replaced certificate is the device's identity, not its
 			// posture: no enforcement mode lets it through.
 			resp.Allowed, resp.Met = false, false
@@ -124,6 +127,20 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		State: subj.State, Reasons: resp.Reasons, Failed: resp.FailedChecks, Caller: callerName(ctx),
 		Enforcement: resp.Enforcement, Met: resp.Met, Warned: resp.Warned, Warnings: resp.Warnings})
 	return resp, nil
+}
+
+// currentOrBrowserCert says whether the certificate a gateway saw is one
+// the device holds now: its device certificate, or a browser certificate
+// of one of its users (matched by serial and key).
+func (c *Server) currentOrBrowserCert(id, serial string, keySHA256 []byte, now time.Time) error {
+	err := c.cfg.Fleet.CurrentCert(id, serial)
+	if err == nil || len(keySHA256) == 0 {
+		return err
+	}
+	if c.cfg.Fleet.BrowserCert(id, serial, keySHA256, now) == nil {
+		return nil
+	}
+	return err
 }
 
 func (g *gatewayService) GetDevicePosture(ctx context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {

@@ -135,6 +135,7 @@ type verifier struct {
 type verified struct {
 	role, name          string
 	serial              string // the leaf's serial number, hex
+	key                 []byte // the SHA-256 of the leaf's public key (pki.KeySHA256)
 	notBefore, notAfter time.Time
 }
 
@@ -249,7 +250,7 @@ func (v *verifier) verify(chain []*x509.Certificate, now time.Time) (verified, e
 		return verified{}, fmt.Errorf("certificate names %s, of trust domain %q, not %q", id, td, v.trustDomain)
 	}
 	// The chain is valid only while every certificate in it is.
-	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16)}
+	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16), key: pki.KeySHA256(leaf)}
 	e.notBefore, e.notAfter = pki.ChainValidity(chains[0])
 	return e, nil
 }
@@ -273,6 +274,15 @@ func (v *verifier) deviceCertEncoded(value string) (id, serial string, err error
 	e, err := v.identifyEncodedChain(value)
 	id, err = v.asDevice(e.role, e.name, err)
 	return id, e.serial, err
+}
+
+// deviceCertKeyEncoded is deviceCertEncoded that also returns the
+// SHA-256 of the certificate's public key: browser certificates count by
+// serial and key.
+func (v *verifier) deviceCertKeyEncoded(value string) (id, serial string, key []byte, err error) {
+	e, err := v.identifyEncodedChain(value)
+	id, err = v.asDevice(e.role, e.name, err)
+	return id, e.serial, e.key, err
 }
 
 func (v *verifier) asDevice(role, name string, err error) (string, error) {

@@ -113,6 +113,8 @@ type decision struct {
 	assurance string
 	reasons   []string
 	fixes     []string // "check: remediation" for failed checks
+	// resp is the collector's answer, for the deny page.
+	resp *posturev1.CheckAccessResponse
 	// warnings are what an allowed decision warns of (a level in warn
 	// mode the device does not meet, a failing check inside its grace).
 	warnings []string
@@ -193,7 +195,13 @@ func (d decision) deniedText() string {
 // whether asking again may help: only when the collector is unreachable or
 // overloaded.
 func decide(ctx context.Context, d Decider, deviceID, serial, level string) (dec decision, ok, retry bool, why string) {
-	resp, err := d.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: deviceID, CertificateSerial: serial, AccessLevel: level})
+	return decideCert(ctx, d, deviceID, serial, nil, level)
+}
+
+// decideCert is decide for a certificate named by serial and key hash, as
+// a browser certificate must be.
+func decideCert(ctx context.Context, d Decider, deviceID, serial string, key []byte, level string) (dec decision, ok, retry bool, why string) {
+	resp, err := d.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: deviceID, CertificateSerial: serial, CertificateKeySha256: key, AccessLevel: level})
 	if err == nil && resp == nil {
 		err = errors.New("collector returned no decision")
 	}
@@ -204,7 +212,9 @@ func decide(ctx context.Context, d Decider, deviceID, serial, level string) (dec
 		}
 		return decision{}, false, retry, fmt.Sprintf("no posture decision could be made (%v); access is denied until the collector answers", err)
 	}
-	return newDecision(resp, deviceID, level), true, false, ""
+	dec = newDecision(resp, deviceID, level)
+	dec.resp = resp
+	return dec, true, false, ""
 }
 
 // maxHeaderValue bounds a reason echoed in a response header; the body

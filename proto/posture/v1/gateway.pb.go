@@ -460,8 +460,18 @@ type CheckAccessRequest struct {
 	// certificate the gateway verified, when it saw one: a certificate the
 	// device no longer holds (replaced when it enrolled again) denies.
 	CertificateSerial string `protobuf:"bytes,4,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// certificate_key_sha256 is the SHA-256 of that certificate's
+	// SubjectPublicKeyInfo (its DER), 32 bytes. A device certificate counts
+	// only with the serial and the public key it was issued with, so that
+	// one minted with the device's serial but another key (by whoever holds
+	// the collector CA's key) denies. A certificate_serial without it
+	// matches only a certificate whose key the collector has not recorded
+	// (issued by a collector from before keys were recorded, and not
+	// presented to the collector since): a gateway that sends the serial
+	// alone is denied the other devices, failing closed; send both.
+	CertificateKeySha256 []byte `protobuf:"bytes,5,opt,name=certificate_key_sha256,json=certificateKeySha256,proto3" json:"certificate_key_sha256,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *CheckAccessRequest) Reset() {
@@ -520,6 +530,13 @@ func (x *CheckAccessRequest) GetCertificateSerial() string {
 		return x.CertificateSerial
 	}
 	return ""
+}
+
+func (x *CheckAccessRequest) GetCertificateKeySha256() []byte {
+	if x != nil {
+		return x.CertificateKeySha256
+	}
+	return nil
 }
 
 // CheckAccessResponse is the decision with its explanation.
@@ -759,12 +776,13 @@ const file_posture_v1_gateway_proto_rawDesc = "" +
 	"\vSnapshotEnd\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1c\n" +
-	"\tcollector\x18\x03 \x01(\tR\tcollector\"\xa0\x01\n" +
+	"\tcollector\x18\x03 \x01(\tR\tcollector\"\xd6\x01\n" +
 	"\x12CheckAccessRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12!\n" +
 	"\faccess_level\x18\x03 \x01(\tR\vaccessLevel\x12-\n" +
-	"\x12certificate_serial\x18\x04 \x01(\tR\x11certificateSerial\"\x84\x04\n" +
+	"\x12certificate_serial\x18\x04 \x01(\tR\x11certificateSerial\x124\n" +
+	"\x16certificate_key_sha256\x18\x05 \x01(\fR\x14certificateKeySha256\"\x84\x04\n" +
 	"\x13CheckAccessResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12!\n" +

@@ -1,0 +1,104 @@
+package fleet
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/pki"
+)
+
+// ErrNotBrowserCert means a certificate is neither the device's own nor a
+// browser certificate the device's user holds now.
+var ErrNotBrowserCert = errors.New("this certificate is not one the device holds now: its browser certificate was replaced or expired, or the device renewed its certificate or enrolled again since it was issued; run posture-agent browser-cert again")
+
+// browserCert is what the fleet keeps of a browser certificate.
+type browserCert struct {
+	tag       uint64 // pki.CertTag over serial and key
+	underTag  uint64 // CertTag of the device certificate it was issued under
+	keySHA256 []byte
+	notAfter  time.Time
+}
+
+// LoadBrowserCerts takes the recorded browser certificates (at start).
+func (f *Fleet) LoadBrowserCerts(certs []store.BrowserCert) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range certs {
+		f.putBrowserCert(c)
+	}
+}
+
+// putBrowserCert records c as its user's browser certificate; f.mu is held.
+func (f *Fleet) putBrowserCert(c store.BrowserCert) {
+	if f.browser == nil {
+		f.browser = map[string]map[string]browserCert{}
+	}
+	m := f.browser[c.DeviceID]
+	if m == nil {
+		m = map[string]browserCert{}
+		f.browser[c.DeviceID] = m
+	}
+	m[c.User] = browserCert{tag: pki.CertTag(c.Serial, c.KeySHA256), underTag: CertTag(c.IssuedUnder),
+		keySHA256: bytes.Clone(c.KeySHA256), notAfter: c.NotAfter}
+}
+
+// applyBrowserCert takes the certificate of an EventBrowserCert. It
+// changes no decision, so watchers hear nothing of it.
+func (f *Fleet) applyBrowserCert(ev store.Event) Applied {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.putBrowserCert(*ev.BrowserCert)
+	return Applied{}
+}
+
+// BrowserCert says whether the certificate with serialHex and keySHA256
+// is a browser certificate of the device that counts at now: the newest
+// of its user, unexpired, issued under the device certificate the device
+// holds now.
+func (f *Fleet) BrowserCert(id, serialHex string, keySHA256 []byte, now time.Time) error {
+	if len(keySHA256) == 0 {
+		return ErrNotBrowserCert
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	if !ok {
+		return ErrUnknownDevice
+	}
+	tag := pki.CertTag(serialHex, keySHA256)
+	for _, c := range f.browser[id] {
+		if c.tag == tag && bytes.Equal(c.keySHA256, keySHA256) && now.Before(c.notAfter) && c.underTag == e.certTag {
+			return nil
+		}
+	}
+	return ErrNotBrowserCert
+}
+
+// RequestMeasure asks the agent of a device to measure now, over the
+// report streams this collector holds of it that accept MeasureNow, and
+// says how many it asked.
+func (f *Fleet) RequestMeasure(id string) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n := 0
+	for s := range f.streams[id] {
+		if s.AcceptsMeasure.Load() {
+			select {
+			case s.Measure <- struct{}{}:
+			default: // one is pending already
+			}
+			n++
+		}
+	}
+	return n
+}
+
+// HoldsStream says whether a report stream of the device is open on this
+// collector.
+func (f *Fleet) HoldsStream(id string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.streams[id]) > 0
+}
