@@ -63,6 +63,9 @@ type Config struct {
 	// the device with each acknowledged report (its failing checks), for
 	// the device's user (agent/notify). It must return quickly.
 	OnStanding func(*posturev1.DeviceStanding)
+	// LocalSocket, when set, is the Unix socket on which the device's
+	// users ask for browser certificates (posture-agent browser-cert).
+	LocalSocket string
 }
 
 // Agent measures the device and streams signed reports to the collector.
@@ -156,6 +159,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer release()
 	go a.measureLoop(ctx)
 	go a.renewLoop(ctx)
+	if a.cfg.LocalSocket != "" {
+		go func() {
+			if err := a.serveLocal(ctx, a.cfg.LocalSocket); err != nil {
+				a.log.Error("local socket: users get no browser certificate", "err", err)
+			}
+		}()
+	}
 	a.sendLoop(ctx)
 	return nil
 }

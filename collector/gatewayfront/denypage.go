@@ -134,7 +134,7 @@ func (t *throttle) allow(deviceID string, now time.Time) (bool, time.Duration) {
 // pageCheck is one failing check as the deny page shows it.
 type pageCheck struct {
 	Name, Outcome, Reason, Fix string
-	Evidence                   string // "3 minutes old"
+	Evidence                   string // "3 minutes ago"
 	Grace                      string // "failing since …, blocks at …"
 }
 
@@ -167,7 +167,7 @@ func (f *ForwardAuth) writeDenyPage(w http.ResponseWriter, d decision) {
 			pc := pageCheck{Name: c.GetName(), Outcome: strings.ToLower(strings.TrimPrefix(c.GetOutcome().String(), "OUTCOME_")),
 				Reason: c.GetReason(), Fix: c.GetRemediation()}
 			if e := c.GetEvidenceAge(); e != nil {
-				pc.Evidence = strings.TrimSuffix(ago(e.AsDuration()), " ago") + " old"
+				pc.Evidence = ago(e.AsDuration())
 			}
 			if c.GetFailingSince() != nil {
 				pc.Grace = "failing since " + c.GetFailingSince().AsTime().UTC().Format("2006-01-02 15:04 UTC")
@@ -367,7 +367,7 @@ button { font-size: 1em; padding: .5em 1.2em; }
 <h2>{{.Name}} ({{.Outcome}})</h2>
 <p>{{.Reason}}</p>
 {{if .Fix}}<p class="fix">Fix: {{.Fix}}</p>{{end}}
-<p class="meta">{{if .Evidence}}Evidence {{.Evidence}}.{{end}}{{if .Grace}} {{.Grace}}.{{end}}</p>
+<p class="meta">{{if .Evidence}}Measured {{.Evidence}}.{{end}}{{if .Grace}} {{.Grace}}.{{end}}</p>
 </div>{{end}}
 {{if .Token}}<form id="recheck" method="post" action="{{.Prefix}}recheck">
 <input type="hidden" name="token" value="{{.Token}}">

@@ -34,6 +34,7 @@ Usage:
   posture-agent collect [-o json|text]                    measure now, print, send nothing
   posture-agent install [--state-dir DIR] [--interval 1m] install the system service
   posture-agent uninstall|start|stop|status               manage the system service
+  posture-agent browser-cert [--watch 10m] [--remove]     as the user: the browser certificate in the user's store
   posture-agent version
 `
 
@@ -148,6 +149,8 @@ func run(args []string, out io.Writer) error {
 		return nil
 	case "notify":
 		return notifyCommand(rest)
+	case "browser-cert":
+		return browserCertCommand(rest, out)
 	}
 	return fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
 }
@@ -170,6 +173,8 @@ func runAgent(ctx context.Context, stateDir string, interval time.Duration) erro
 		Measurer:   signals.New(signals.Options{}),
 		Logger:     log,
 		OnStanding: notifier(stateDir, log),
+		// Where the device's users ask for browser certificates.
+		LocalSocket: defaultSocket(),
 	})
 	if err != nil {
 		return err
