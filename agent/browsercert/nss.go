@@ -168,3 +168,67 @@ func (db NSSDB) Remove(nick string) error {
 	}
 	return nil
 }
+
+// Stores is several stores kept alike: one key and certificate installed
+// in each (Chromium's NSS database and a Firefox profile's), so that one
+// certificate counts for all at the collector, which keeps one per user.
+type Stores []Store
+
+// Install installs key and cert in every store.
+func (s Stores) Install(key *ecdsa.PrivateKey, cert *x509.Certificate) error {
+	for _, st := range s {
+		if err := st.Install(key, cert); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Certificate reads nick from every store; it fails unless all hold the
+// same certificate, so that a store that lost it gets it again.
+func (s Stores) Certificate(nick string) (*x509.Certificate, error) {
+	var first *x509.Certificate
+	for _, st := range s {
+		c, err := st.Certificate(nick)
+		if err != nil {
+			return nil, err
+		}
+		if first != nil && !first.Equal(c) {
+			return nil, fmt.Errorf("the stores hold different certificates under %q", nick)
+		}
+		first = c
+	}
+	if first == nil {
+		return nil, errors.New("no store")
+	}
+	return first, nil
+}
+
+// Nicknames lists the nicknames of every store, each once.
+func (s Stores) Nicknames() ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, st := range s {
+		names, err := st.Nicknames()
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Remove removes nick from every store.
+func (s Stores) Remove(nick string) error {
+	for _, st := range s {
+		if err := st.Remove(nick); err != nil {
+			return err
+		}
+	}
+	return nil
+}

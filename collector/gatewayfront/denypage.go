@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/posture-project/posture/internal/inert"
 )
 
 // Rechecker carries a device user's "Check again" to the device's agent,
@@ -156,16 +158,21 @@ type pageData struct {
 // what to fix and offers Check again.
 func (f *ForwardAuth) writeDenyPage(w http.ResponseWriter, d decision) {
 	resp := d.resp
-	p := pageData{Level: d.level, Device: d.deviceID, Score: d.score, Assurance: d.assurance, Reasons: d.reasons,
+	// Device text is escaped by html/template, and its control characters
+	// made visible first (a page can be copied into a terminal).
+	p := pageData{Level: d.level, Device: inert.String(d.deviceID), Score: d.score, Assurance: d.assurance,
 		Prefix: PublicPrefix, WaitSeconds: int(recheckWait / time.Second)}
+	for _, r := range d.reasons {
+		p.Reasons = append(p.Reasons, inert.String(r))
+	}
 	if resp != nil {
 		p.State = strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "DEVICE_STATE_"))
 		if a := resp.GetReportAge(); a != nil {
 			p.ReportAge = ago(a.AsDuration())
 		}
 		for _, c := range resp.GetFailedChecks() {
-			pc := pageCheck{Name: c.GetName(), Outcome: strings.ToLower(strings.TrimPrefix(c.GetOutcome().String(), "OUTCOME_")),
-				Reason: c.GetReason(), Fix: c.GetRemediation()}
+			pc := pageCheck{Name: inert.String(c.GetName()), Outcome: strings.ToLower(strings.TrimPrefix(c.GetOutcome().String(), "OUTCOME_")),
+				Reason: inert.String(c.GetReason()), Fix: inert.String(c.GetRemediation())}
 			if e := c.GetEvidenceAge(); e != nil {
 				pc.Evidence = ago(e.AsDuration())
 			}

@@ -37,13 +37,14 @@ func browserCertCommand(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("browser-cert", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	socket := fs.String("socket", defaultSocket(), "the agent's local socket")
-	nssdb := fs.String("nssdb", "", "NSS database directory (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
+	var nssdbs dirList
+	fs.Var(&nssdbs, "nssdb", "NSS database directory; repeat for several (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
 	remove := fs.Bool("remove", false, "remove every Posture browser certificate from the store, and stop")
 	watch := fs.Duration("watch", 0, "keep running, checking this often (e.g. 10m) whether the certificate needs renewing")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	store, err := userStore(*nssdb)
+	store, err := userStore(nssdbs)
 	if err != nil {
 		return err
 	}
@@ -85,10 +86,24 @@ func browserCertCommand(args []string, out io.Writer) error {
 	}
 }
 
-// userStore is the user's certificate store on this platform.
-func userStore(nssdb string) (browsercert.Store, error) {
-	if nssdb != "" {
-		return browsercert.NSSDB{Dir: nssdb}, nil
+// dirList is a flag given once per directory.
+type dirList []string
+
+func (d *dirList) String() string     { return fmt.Sprint([]string(*d)) }
+func (d *dirList) Set(v string) error { *d = append(*d, v); return nil }
+
+// userStore is the user's certificate store on this platform: the NSS
+// databases named, kept alike, or the default one.
+func userStore(nssdbs []string) (browsercert.Store, error) {
+	if len(nssdbs) == 1 {
+		return browsercert.NSSDB{Dir: nssdbs[0]}, nil
+	}
+	if len(nssdbs) > 1 {
+		var s browsercert.Stores
+		for _, d := range nssdbs {
+			s = append(s, browsercert.NSSDB{Dir: d})
+		}
+		return s, nil
 	}
 	switch runtime.GOOS {
 	case "linux", "freebsd", "openbsd", "netbsd":
