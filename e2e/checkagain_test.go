@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/gatewayfront"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -178,5 +181,66 @@ func TestCheckAgain(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := m.n.Load(); n != 2 {
 		t.Errorf("%d measurements, want 2 (the first and the one asked)", n)
+	}
+}
+
+// TestCheckAgainOnAnotherCollector: with two collectors on one PostgreSQL
+// database, Check again pressed at the collector that does not hold the
+// device's report stream reaches the agent through the other (the request
+// is an event every collector applies), and the new report is seen at the
+// first.
+func TestCheckAgainOnAnotherCollector(t *testing.T) {
+	bearerFile := filepath.Join(t.TempDir(), "bearer")
+	if err := os.WriteFile(bearerFile, []byte(testBearer+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := map[*replica]string{}
+	s := startReplicas(t, 2, func(r *replica) {
+		httpAddr[r] = freeAddr(t)
+		r.extra = append(r.extra, "--http-listen", httpAddr[r], "--http-plaintext", "--http-bearer-file", bearerFile)
+	})
+	a, b := s.reps[0], s.reps[1]
+	stateDir := t.TempDir()
+	if _, err := agent.EnrollWith(context.Background(), stateDir, a.token(1), agent.EnrollOptions{Identity: agent.IdentitySoftware}); err != nil {
+		t.Fatal(err)
+	}
+	m := &switchMeasurer{}
+	runAgent(t, stateDir, m, time.Hour)
+	cert, _ := deviceCreds(t, stateDir)
+	certPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
+	seqAt := func(r *replica) int {
+		_, _, body := frontRequest(t, "GET", "http://"+httpAddr[r]+gatewayfront.PathPrefix+"status", certPEM, nil, "")
+		var st struct{ Seq string }
+		json.Unmarshal([]byte(body), &st)
+		n, _ := strconv.Atoi(st.Seq)
+		return n
+	}
+	eventually(t, "the first report at both collectors", func() bool { return seqAt(a) == 1 && seqAt(b) == 1 })
+	// The agent dials the collector its token named first: a.
+	holder, other := a, b
+
+	code, _, page := frontRequest(t, "GET", "http://"+httpAddr[other]+"/check?level=trusted", certPEM, http.Header{"Accept": {"text/html"}}, "")
+	tok := tokenRE.FindStringSubmatch(page)
+	if code != 403 || tok == nil {
+		t.Fatalf("deny page at %s: %d, token %v", other.name, code, tok)
+	}
+	m.encrypted.Store(true)
+	code, _, body := frontRequest(t, "POST", "http://"+httpAddr[other]+gatewayfront.PathPrefix+"recheck", certPEM, nil, "js=1&token="+url.QueryEscape(tok[1]))
+	var ans struct {
+		Asked bool `json:"asked"`
+		Held  bool `json:"held"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &ans) != nil || !ans.Asked {
+		t.Fatalf("Check again at %s: %d %q", other.name, code, body)
+	}
+	if ans.Held {
+		t.Fatalf("%s says it holds the stream; the test wants the other collector to", other.name)
+	}
+	eventually(t, "the report asked through the other collector", func() bool { return seqAt(other) >= 2 })
+	if !strings.Contains(holder.logs.String(), "asked the agent to measure now") {
+		t.Errorf("%s, which holds the stream, did not log forwarding the request:\n%s", holder.name, holder.logs.String())
+	}
+	if code, _, body := frontRequest(t, "GET", "http://"+httpAddr[other]+"/check?level=trusted", certPEM, nil, ""); code != 200 {
+		t.Errorf("/check at %s after the fix: %d %q", other.name, code, body)
 	}
 }
