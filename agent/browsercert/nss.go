@@ -22,6 +22,9 @@ import (
 type NSSDB struct {
 	// Dir is the database directory.
 	Dir string
+	// Prepare, when set, adjusts each certutil and pk12util command before
+	// it runs: the uninstaller, as root, runs them as the database's owner.
+	Prepare func(*exec.Cmd)
 }
 
 // DefaultNSSDB is the user's database that Chrome and Chromium read.
@@ -35,7 +38,7 @@ func DefaultNSSDB() (NSSDB, error) {
 
 func (db NSSDB) arg() string { return "sql:" + db.Dir }
 
-func nssTool(name string, args ...string) (string, error) {
+func (db NSSDB) tool(name string, args ...string) (string, error) {
 	path, err := exec.LookPath(name)
 	if err != nil {
 		return "", fmt.Errorf("%s is not installed (Debian and Ubuntu: apt-get install libnss3-tools; Fedora: dnf install nss-tools): %w", name, err)
@@ -43,6 +46,9 @@ func nssTool(name string, args ...string) (string, error) {
 	var out bytes.Buffer
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
+	if db.Prepare != nil {
+		db.Prepare(cmd)
+	}
 	err = cmd.Run()
 	return out.String(), err
 }
@@ -56,7 +62,7 @@ func (db NSSDB) ensure() error {
 	if err := os.MkdirAll(db.Dir, 0o700); err != nil {
 		return fmt.Errorf("create NSS database directory: %w", err)
 	}
-	if out, err := nssTool("certutil", "-N", "-d", db.arg(), "--empty-password"); err != nil {
+	if out, err := db.tool("certutil", "-N", "-d", db.arg(), "--empty-password"); err != nil {
 		return fmt.Errorf("create NSS database %s: %v: %s", db.Dir, err, strings.TrimSpace(out))
 	}
 	return nil
@@ -91,7 +97,7 @@ func (db NSSDB) Install(key *ecdsa.PrivateKey, cert *x509.Certificate) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if out, err := nssTool("pk12util", "-d", db.arg(), "-i", f.Name(), "-W", ""); err != nil {
+	if out, err := db.tool("pk12util", "-d", db.arg(), "-i", f.Name(), "-W", ""); err != nil {
 		return fmt.Errorf("import the browser certificate into %s: %v: %s", db.Dir, err, strings.TrimSpace(out))
 	}
 	// pk12util names a certificate without a friendly name by its subject
@@ -103,7 +109,7 @@ func (db NSSDB) Install(key *ecdsa.PrivateKey, cert *x509.Certificate) error {
 		}
 		for _, n := range names {
 			if strings.HasPrefix(n, nick+" - ") {
-				if out, err := nssTool("certutil", "--rename", "-d", db.arg(), "-n", n, "--new-n", nick); err != nil {
+				if out, err := db.tool("certutil", "--rename", "-d", db.arg(), "-n", n, "--new-n", nick); err != nil {
 					return fmt.Errorf("rename %q to %q in %s: %v: %s", n, nick, db.Dir, err, strings.TrimSpace(out))
 				}
 				break
@@ -118,13 +124,13 @@ func (db NSSDB) Install(key *ecdsa.PrivateKey, cert *x509.Certificate) error {
 
 // Has says whether a certificate with nickname is in the database.
 func (db NSSDB) Has(nick string) bool {
-	_, err := nssTool("certutil", "-L", "-d", db.arg(), "-n", nick)
+	_, err := db.tool("certutil", "-L", "-d", db.arg(), "-n", nick)
 	return err == nil
 }
 
 // Certificate reads the certificate under nickname.
 func (db NSSDB) Certificate(nick string) (*x509.Certificate, error) {
-	out, err := nssTool("certutil", "-L", "-d", db.arg(), "-n", nick, "-r")
+	out, err := db.tool("certutil", "-L", "-d", db.arg(), "-n", nick, "-r")
 	if err != nil {
 		return nil, fmt.Errorf("read %q from %s: %v", nick, db.Dir, err)
 	}
@@ -133,7 +139,7 @@ func (db NSSDB) Certificate(nick string) (*x509.Certificate, error) {
 
 // Nicknames lists the nicknames of the database's certificates.
 func (db NSSDB) Nicknames() ([]string, error) {
-	out, err := nssTool("certutil", "-L", "-d", db.arg())
+	out, err := db.tool("certutil", "-L", "-d", db.arg())
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %v: %s", db.Dir, err, strings.TrimSpace(out))
 	}
@@ -159,9 +165,9 @@ func (db NSSDB) Remove(nick string) error {
 		return nil
 	}
 	for i := 0; i < 16 && db.Has(nick); i++ {
-		if out, err := nssTool("certutil", "-F", "-d", db.arg(), "-n", nick); err != nil {
+		if out, err := db.tool("certutil", "-F", "-d", db.arg(), "-n", nick); err != nil {
 			// A certificate whose key is gone: delete the certificate.
-			if out2, err2 := nssTool("certutil", "-D", "-d", db.arg(), "-n", nick); err2 != nil {
+			if out2, err2 := db.tool("certutil", "-D", "-d", db.arg(), "-n", nick); err2 != nil {
 				return fmt.Errorf("remove %q from %s: %v: %s %s", nick, db.Dir, err, strings.TrimSpace(out), strings.TrimSpace(out2))
 			}
 		}

@@ -111,3 +111,24 @@ func userStore(nssdbs []string) (browsercert.Store, error) {
 	}
 	return nil, fmt.Errorf("browser certificates on %s: %w (see docs/browser-certificates.md)", runtime.GOOS, errors.ErrUnsupported)
 }
+
+// removeUsersBrowserCerts takes every local user's Posture browser
+// certificates out of their NSS databases, as each user (uninstall).
+func removeUsersBrowserCerts(out io.Writer) {
+	dbs, err := browsercert.UserDatabases("/etc/passwd")
+	if err != nil {
+		if !errors.Is(err, errors.ErrUnsupported) {
+			inert.Fprintf(out, "browser certificates not removed: %s\n", err.Error())
+		}
+		return
+	}
+	for _, u := range dbs {
+		removed, err := browsercert.RemoveAll(u.DB)
+		for _, n := range removed {
+			inert.Fprintf(out, "removed browser certificate %q of %s\n", n, u.User)
+		}
+		if err != nil {
+			inert.Fprintf(out, "browser certificates of %s not removed: %s\n", u.User, err.Error())
+		}
+	}
+}

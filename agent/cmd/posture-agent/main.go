@@ -254,5 +254,8 @@ func control(action, stateDir string, interval time.Duration, out io.Writer) err
 		return fmt.Errorf("%s service (%s): %w", action, s.Platform(), err)
 	}
 	fmt.Fprintf(out, "posture-agent service: %s done (%s)\n", action, s.Platform())
+	if action == "uninstall" {
+		removeUsersBrowserCerts(out)
+	}
 	return nil
 }
