@@ -47,7 +47,7 @@ func startFront(t *testing.T, c *collector.Collector) *httptest.Server {
 		t.Fatal(err)
 	}
 	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{Decider: c, TrustDomain: trustDomain, Roots: c.Roots(),
-		BearerSecrets: []string{testBearer}, Rechecker: c, RecheckKey: key})
+		BearerSecrets: []string{testBearer}, Rechecker: c, RecheckKey: key, Rejections: c.GatewayRejections("forward_auth")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,8 @@ var tokenRE = regexp.MustCompile(`name="token" value="([^"]+)"`)
 // allowed. A request without the token, from another site, or too soon
 // after the last is refused and asks nothing.
 func TestCheckAgain(t *testing.T) {
-	e := startCollector(t)
+	metricsAddr := freeAddr(t)
+	e := startCollectorWith(t, func(c *collector.Config) { c.MetricsListen = metricsAddr })
 	stateDir, id := e.enroll()
 	m := &switchMeasurer{}
 	runAgent(t, stateDir, m, time.Hour) // no report but the first unless asked
@@ -181,6 +182,16 @@ func TestCheckAgain(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := m.n.Load(); n != 2 {
 		t.Errorf("%d measurements, want 2 (the first and the one asked)", n)
+	}
+	// Every refusal is counted.
+	metrics := scrape(t, metricsAddr)
+	for _, want := range []string{
+		`posture_gateway_rejected_total{front="forward_auth",reason="recheck_refused"} 4`,
+		`posture_gateway_rejected_total{front="forward_auth",reason="recheck_throttled"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

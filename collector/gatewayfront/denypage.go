@@ -279,27 +279,28 @@ func (f *ForwardAuth) ServeBrowser(w http.ResponseWriter, r *http.Request) {
 func (f *ForwardAuth) recheck(w http.ResponseWriter, r *http.Request, deviceID string) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		reject(w, http.StatusMethodNotAllowed, "Check again is a POST from the deny page")
+		f.refuse(w, http.StatusMethodNotAllowed, RejectRecheckRefused, "Check again is a POST from the deny page")
 		return
 	}
 	// Browsers say where a request comes from; another site's form is
 	// refused before its token is looked at.
 	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" {
-		reject(w, http.StatusForbidden, "Check again from another site is refused")
+		f.refuse(w, http.StatusForbidden, RejectRecheckRefused, "Check again from another site is refused")
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	if err := r.ParseForm(); err != nil {
-		reject(w, http.StatusBadRequest, "the Check again form cannot be read: "+err.Error())
+		f.refuse(w, http.StatusBadRequest, RejectRecheckRefused, "the Check again form cannot be read: "+err.Error())
 		return
 	}
 	if err := checkRecheckToken(f.recheckKey, deviceID, r.PostForm.Get("token"), f.now()); err != nil {
-		reject(w, http.StatusForbidden, err.Error())
+		f.refuse(w, http.StatusForbidden, RejectRecheckRefused, err.Error())
 		return
 	}
 	if ok, wait := f.throttle.allow(deviceID, f.now()); !ok {
 		secs := int(wait/time.Second) + 1
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		f.rejections.Rejected(RejectRecheckThrottled, "Check again within "+RecheckEvery.String()+" of the last")
 		if r.PostForm.Get("js") == "1" {
 			writeJSON(w, http.StatusTooManyRequests, map[string]any{"asked": false, "retry_after": secs})
 			return

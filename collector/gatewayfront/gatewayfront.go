@@ -59,6 +59,12 @@ const (
 	// RejectDeviceCertInvalid: the forwarded certificate or principal does
 	// not name a device of this collector.
 	RejectDeviceCertInvalid = "device_cert_invalid"
+	// RejectRecheckRefused: a Check again request without a valid token
+	// for its device, from another site, or not a POST.
+	RejectRecheckRefused = "recheck_refused"
+	// RejectRecheckThrottled: Check again pressed again within
+	// RecheckEvery of the device's last.
+	RejectRecheckThrottled = "recheck_throttled"
 )
 
 // noRejections is the Rejections of a front end configured without one.
