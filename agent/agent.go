@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/posture-project/posture/internal/version"
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"google.golang.org/grpc"
@@ -29,7 +30,7 @@ import (
 )
 
 // Version is the agent version reported in every report.
-var Version = "0.1.0-dev"
+var Version = version.Version()
 
 // Measurer measures the device. Its report carries only the measured
 // sections; the agent adds identity, sequence and chain.
@@ -86,12 +87,6 @@ type Agent struct {
 	measureNow chan struct{}
 }
 
-// spooled is one spool entry: a measured report. What was signed from it
-// is recorded in the chain head (chainHead.Sent).
-type spooled struct {
-	Report []byte `json:"report"` // measured sections only
-}
-
 // New loads the agent's enrollment and opens its spool.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Interval <= 0 {
@@ -126,6 +121,11 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.spool, err = spool.Open(filepath.Join(cfg.StateDir, spoolDir), cfg.SpoolMax); err != nil {
 		return nil, err
+	}
+	if n, err := migrateSpool(a.spool); err != nil {
+		return nil, fmt.Errorf("convert reports spooled by an earlier version: %w", err)
+	} else if n > 0 {
+		a.log.Info("converted reports spooled by an earlier version", "reports", n)
 	}
 	a.conn, err = collectors.Dial(append([]string{enr.Collector}, enr.Collectors...),
 		grpc.WithTransportCredentials(a.renewal.track(credentials.NewTLS(tlsCfg))),
@@ -170,16 +170,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// Measure takes one measurement into the spool.
+// Measure takes one measurement into the spool. A spool entry is the
+// measured report, serialized as protobuf with only the measured sections
+// set; what was signed from it is recorded in the chain head
+// (chainHead.Sent).
 func (a *Agent) Measure(ctx context.Context) error {
 	r := a.cfg.Measurer.Collect(ctx)
-	body, err := proto.Marshal(r)
+	data, err := proto.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode measurement: %w", err)
-	}
-	data, err := json.Marshal(spooled{Report: body})
-	if err != nil {
-		return err
 	}
 	if _, err := a.spool.Put(data); err != nil {
 		return fmt.Errorf("spool measurement: %w", err)
@@ -203,6 +202,10 @@ func (a *Agent) measureLoop(ctx context.Context) {
 	}
 }
 
+// reconnectJitter spreads each reconnect delay by this fraction either
+// way (see sendLoop).
+const reconnectJitter = 0.5
+
 // jitter spreads d by ±frac so a fleet does not report in lockstep.
 func jitter(d time.Duration, frac float64) time.Duration {
 	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1)))
@@ -225,7 +228,11 @@ func (a *Agent) sendLoop(ctx context.Context) {
 		} else {
 			a.log.Warn("report stream ended; reconnecting", "err", err, "in", backoff, "spooled", a.spool.Len())
 		}
-		wait := jitter(backoff, 0.2)
+		// A collector that restarts ends every agent's stream at the same
+		// moment: ±50% spreads their reconnects, and the TLS handshakes
+		// they cost the collector, over a whole backoff rather than a
+		// fifth of one either side.
+		wait := jitter(backoff, reconnectJitter)
 		select {
 		case <-ctx.Done():
 			return
@@ -268,15 +275,7 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Hello{Hello: &posturev1.AgentHello{MeasureNow: true}}}); err != nil {
 		return 0, err
 	}
-	answers := a.readStream(ctx, st)
-	recv := func() (*posturev1.CollectorMessage, error) {
-		select {
-		case r := <-answers:
-			return r.msg, r.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+	in := a.receive(ctx, st)
 	nonce := w.GetNonce()
 	sent := 0
 	for {
@@ -288,16 +287,13 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 			select {
 			case <-ctx.Done():
 				return sent, ctx.Err()
+			case r := <-in:
+				return sent, ended(r)
 			case <-a.spool.Notify():
 				continue
-			case r := <-answers:
-				if r.err != nil {
-					return sent, r.err
-				}
-				return sent, fmt.Errorf("unexpected message from collector while no report was sent: %T", r.msg.GetMsg())
 			}
 		}
-		next, acked, err := a.send(st, recv, e, nonce)
+		next, acked, err := a.send(ctx, st, in, e, nonce)
 		var ra retryAfterError
 		if errors.As(err, &ra) && len(next) > 0 {
 			// Held back by the device's report budget: the stream stays
@@ -310,6 +306,8 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 			select {
 			case <-ctx.Done():
 				return sent, ctx.Err()
+			case r := <-in:
+				return sent, ended(r)
 			case <-time.After(wait):
 			}
 			nonce = next
@@ -323,6 +321,53 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 			sent++
 		}
 	}
+}
+
+// received is one message the collector sent on a report stream, or the
+// error that ended the stream.
+type received struct {
+	msg *posturev1.CollectorMessage
+	err error
+}
+
+// receive is the one reader of a report stream: it reads until the stream
+// ends, and hands on each message and then the error that ended it. So the
+// agent hears at once that its stream ended (the collector restarted, or
+// ended it for the device's revocation or a replaced certificate), also
+// while it has nothing to send, rather than at its next report. A
+// MeasureNow, which may come at any time, is not handed on: it asks
+// measureLoop for a measurement (the user pressed Check again).
+func (a *Agent) receive(ctx context.Context, st posturev1.ReportService_StreamReportsClient) <-chan received {
+	ch := make(chan received, 1)
+	go func() {
+		for {
+			m, err := st.Recv()
+			if err == nil && m.GetMeasureNow() != nil {
+				select {
+				case a.measureNow <- struct{}{}:
+				default: // one is pending already
+				}
+				continue
+			}
+			select {
+			case ch <- received{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// ended is why a stream on which no answer was awaited ended.
+func ended(r received) error {
+	if r.err != nil {
+		return r.err
+	}
+	return fmt.Errorf("unexpected message from collector while no report was sent: %T", r.msg.GetMsg())
 }
 
 // reconcile settles a report signed before a reconnect: if the collector's
@@ -346,7 +391,7 @@ func (a *Agent) resync(w *posturev1.Welcome) error {
 		return nil
 	}
 	a.log.Warn("collector lost acknowledged reports; continuing from its chain head", "collector_seq", w.GetLastSeq(), "agent_seq", a.head.Seq)
-	return a.saveHead(chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest()})
+	return a.saveHead(chainHead{Seq: w.GetLastSeq(), Digest: w.GetLastDigest(), AckedAt: a.head.AckedAt})
 }
 
 // saveHead records h durably, then adopts it: a failed write leaves the
@@ -371,7 +416,7 @@ func (a *Agent) drop(id uint64, why error) error {
 // the entry back after its acknowledgement was recorded, costs a second
 // copy of one measurement and nothing worse.
 func (a *Agent) acked(id, seq uint64, digest []byte) error {
-	if err := a.saveHead(chainHead{Seq: seq, Digest: digest}); err != nil {
+	if err := a.saveHead(chainHead{Seq: seq, Digest: digest, AckedAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	if err := a.spool.Remove(id); err != nil {
@@ -395,15 +440,12 @@ func (a *Agent) resendEventLog() {
 	}
 }
 
-// send signs one spooled report with the current nonce, sends it and waits
-// for the answer. It returns the next nonce.
-func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, recv func() (*posturev1.CollectorMessage, error), e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
-	var sp spooled
-	if err := json.Unmarshal(e.Data, &sp); err != nil {
-		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spool entry: %w", err))
-	}
+// send signs one spooled report with the current nonce, sends it on st and
+// waits for the answer, which comes from in (receive). It returns the next
+// nonce.
+func (a *Agent) send(ctx context.Context, st posturev1.ReportService_StreamReportsClient, in <-chan received, e spool.Entry, nonce []byte) (next []byte, acked bool, err error) {
 	var r posturev1.PostureReport
-	if err := proto.Unmarshal(sp.Report, &r); err != nil {
+	if err := proto.Unmarshal(e.Data, &r); err != nil {
 		return nonce, false, a.drop(e.ID, fmt.Errorf("decode spooled report: %w", err))
 	}
 	r.DeviceId = a.enr.DeviceID
@@ -429,16 +471,24 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, recv func()
 	// acknowledgement is lost, the next Welcome tells whether it arrived,
 	// and only this record lets the agent recognise it there.
 	sent := &sentReport{Entry: e.ID, Seq: r.Seq, Digest: envelope.Digest(sr.GetNonce(), sr.GetReport())}
-	if err := a.saveHead(chainHead{Seq: a.head.Seq, Digest: a.head.Digest, Sent: sent}); err != nil {
+	if err := a.saveHead(chainHead{Seq: a.head.Seq, Digest: a.head.Digest, Sent: sent, AckedAt: a.head.AckedAt}); err != nil {
 		return nonce, false, err
 	}
-	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil {
+	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Report{Report: sr}}); err != nil && err != io.EOF {
 		return nonce, false, err
 	}
-	resp, err := recv()
-	if err != nil {
-		return nonce, false, err
+	// After io.EOF from Send the stream's end is read from in, with its
+	// status.
+	var answer received
+	select {
+	case answer = <-in:
+	case <-ctx.Done():
+		return nonce, false, ctx.Err()
 	}
+	if answer.err != nil {
+		return nonce, false, answer.err
+	}
+	resp := answer.msg
 	switch m := resp.GetMsg().(type) {
 	case *posturev1.CollectorMessage_Ack:
 		if m.Ack.GetSeq() != sent.Seq || !bytes.Equal(m.Ack.GetDigest(), sent.Digest) {
@@ -446,6 +496,9 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, recv func()
 		}
 		if m.Ack.GetWantEventLog() {
 			a.resendEventLog()
+		}
+		if d := m.Ack.GetDecision(); d != nil {
+			a.saveDecision(d)
 		}
 		if st := m.Ack.GetStanding(); st != nil && a.cfg.OnStanding != nil {
 			a.cfg.OnStanding(st)
@@ -469,39 +522,4 @@ func (a *Agent) send(st posturev1.ReportService_StreamReportsClient, recv func()
 		return rej.GetNextNonce(), false, a.spool.Remove(e.ID)
 	}
 	return nonce, false, fmt.Errorf("unexpected message from collector: %T", resp.GetMsg())
-}
-
-// received is one message read from the report stream, or why none.
-type received struct {
-	msg *posturev1.CollectorMessage
-	err error
-}
-
-// readStream reads the report stream until it ends or ctx does. A
-// MeasureNow, which may come at any time, asks measureLoop for a
-// measurement; every other message (and the error that ends the stream)
-// goes to the returned channel, for the report it answers.
-func (a *Agent) readStream(ctx context.Context, st posturev1.ReportService_StreamReportsClient) <-chan received {
-	out := make(chan received, 1)
-	go func() {
-		for {
-			m, err := st.Recv()
-			if err == nil && m.GetMeasureNow() != nil {
-				select {
-				case a.measureNow <- struct{}{}:
-				default: // one is pending already
-				}
-				continue
-			}
-			select {
-			case out <- received{m, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return out
 }

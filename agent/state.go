@@ -11,18 +11,21 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/pki"
 )
 
 // Files in the state directory.
 const (
-	identityFile = "identity.key" // report-signing key (software identity)
-	tlsKeyFile   = "tls.key"      // mutual TLS key
-	certFile     = "device.crt"   // device certificate from the collector
-	caFile       = "ca.crt"       // pinned collector CA
-	configFile   = "agent.json"   // enrollment facts
-	chainFile    = "chain.json"   // acknowledged report chain head
+	identityFile = "identity.key"  // report-signing key (software identity)
+	tlsKeyFile   = "tls.key"       // mutual TLS key
+	certFile     = "device.crt"    // device certificate from the collector
+	caFile       = "ca.crt"        // pinned collector CA
+	configFile   = "agent.json"    // enrollment facts
+	chainFile    = "chain.json"    // acknowledged report chain head
+	decisionFile = "decision.json" // the collector's latest decision, for status
 	spoolDir     = "spool"
 )
 
@@ -52,6 +55,9 @@ type chainHead struct {
 	// names it in the next Welcome: without this record the agent would
 	// sign another report with the same sequence number, a fork.
 	Sent *sentReport `json:"sent,omitempty"`
+	// AckedAt is when the collector last acknowledged a report (posture-agent
+	// status shows it).
+	AckedAt time.Time `json:"acked_at,omitzero"`
 }
 
 // sentReport is a report signed and sent but not acknowledged.
@@ -68,7 +74,7 @@ func ensureStateDir(dir string) error {
 	if dir == "" {
 		return errors.New("state directory is required")
 	}
-	if err := pki.MkdirPrivate(dir); err != nil {
+	if err := durable.MkdirPrivate(dir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	return nil
@@ -90,7 +96,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(path, append(data, '\n'), 0o600)
+	return durable.WriteFileAtomic(path, append(data, '\n'), 0o600)
 }
 
 // loadEnrollment reads the enrollment and the TLS material to reach the

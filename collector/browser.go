@@ -29,14 +29,7 @@ func (c *Collector) ReportSeq(deviceID string) (uint64, bool) {
 // CertCurrent says whether a certificate is one the device holds now: its
 // device certificate or a browser certificate of one of its users.
 func (c *Collector) CertCurrent(deviceID, serial string, keySHA256 []byte) error {
-	err := c.fleet.CurrentCert(deviceID, serial)
-	if err == nil || len(keySHA256) == 0 {
-		return err
-	}
-	if c.fleet.BrowserCert(deviceID, serial, keySHA256, c.cfg.Now()) == nil {
-		return nil
-	}
-	return err
+	return c.fleet.HeldCert(deviceID, serial, keySHA256, c.cfg.Now())
 }
 
 // RecheckKey is the key of the deny page's Check again tokens, the same on

@@ -22,8 +22,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/posture-project/posture/internal/version"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -47,6 +48,7 @@ import (
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/watch"
 	"github.com/posture-project/posture/internal/attest"
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/posture-project/posture/internal/envelope"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -56,7 +58,7 @@ import (
 const AdminSocket = "admin.sock"
 
 // Version is the collector's version, recorded with its replica.
-var Version = "0.1.0-dev"
+var Version = version.Version()
 
 // Config configures a collector.
 type Config struct {
@@ -215,6 +217,13 @@ const (
 // loads its fleet afresh when it starts again.
 const DefaultEventRetention = 24 * time.Hour
 
+// Validate reports the settings New would refuse, and creates nothing:
+// posture-collector config check runs it.
+func (c Config) Validate() error {
+	c.setDefaults()
+	return c.validate()
+}
+
 // validate refuses settings that cannot work, once defaults are set.
 func (c *Config) validate() error {
 	switch {
@@ -277,8 +286,7 @@ type Collector struct {
 	refusals     *tally
 	throttle     *failThrottle // failed enrollments per peer
 
-	reportsPruned atomic.Int64
-	reloading     sync.Mutex // serializes ReloadPolicy
+	reloading sync.Mutex // serializes ReloadPolicy
 
 	metricsListener net.Listener
 	metricsSrv      *http.Server
@@ -430,7 +438,7 @@ func loadReplica(dir string, shared bool) (replica, error) {
 		}
 		id = hex.EncodeToString(r)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return replica{}, fmt.Errorf("record replica ID: %w", err)
 	}
 	return replica{id: id}, nil

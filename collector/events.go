@@ -298,7 +298,7 @@ func (r receiverMetrics) Collect(ch chan<- prometheus.Metric) {
 // messages.
 func (c *Collector) wakeOutbox(ev store.Event) {
 	switch ev.Kind {
-	case store.EventReport, store.EventGatewayRevoked, store.EventRenewed:
+	case store.EventReport, store.EventGatewayRevoked, store.EventRenewed, store.EventCertBound:
 		return // these write none
 	}
 	c.outbox.Wake()

@@ -14,13 +14,17 @@ import (
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// metrics are the collector's Prometheus metrics. Counters the collector
-// keeps anyway (stats, the fleet) are read at scrape time rather than
-// counted twice.
+// metrics are the collector's Prometheus metrics. What the collector
+// counts, it counts straight into Prometheus counters (stats, the
+// decisions, the reports pruned); what other parts keep anyway (open
+// streams, watchers, the feed's revision) is read by a function at scrape
+// time rather than counted twice; only the fleet's states and levels are
+// computed by the scrape.
 type metrics struct {
 	registry  *prometheus.Registry
 	verify    prometheus.Histogram
 	decisions *prometheus.CounterVec
+	pruned    prometheus.Counter
 }
 
 func newMetrics(c *Collector) *metrics {
@@ -35,9 +39,39 @@ func newMetrics(c *Collector) *metrics {
 			Name: "posture_decisions_total",
 			Help: "Access decisions answered, by level and result.",
 		}, []string{"level", "result"}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "posture_store_reports_pruned_total",
+			Help: "Stored reports deleted because they were older than the retention (--report-retention).",
+		}),
 	}
-	m.registry.MustRegister(m.verify, m.decisions, &scrape{c: c},
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	m.registry.MustRegister(m.verify, m.decisions, m.pruned, c.stats, &fleetMetrics{c: c},
+		gauge("posture_watchers", "Gateways watching posture.",
+			func() float64 { return float64(c.hub.Watchers()) }),
+		counter("posture_watchers_dropped_total", "Watch streams ended because the gateway fell too far behind (it resumes from its last revision).",
+			func() float64 { return float64(c.hub.Dropped()) }),
+		gauge("posture_report_streams", "Open agent report streams.",
+			func() float64 { return float64(c.fleet.StreamCount()) }),
+		gauge("posture_events_applied_revision", "The newest database event this collector applied (the WatchPosture revision).",
+			func() float64 { return float64(c.feed.Applied()) }),
+		gauge("posture_events_gaps", "Event IDs skipped while their transactions had not committed, read again until they do.",
+			func() float64 { return float64(c.feed.Gaps()) }),
+		gauge("posture_anonymous_connections", "Connections to the TLS listener from clients without a certificate.",
+			func() float64 { return float64(c.anonConns.count()) }),
+		gauge("posture_anonymous_streams", "Calls open on the TLS listener from clients without a certificate.",
+			func() float64 { return float64(c.anonStreams.count()) }),
+		gauge("posture_enrollment_throttled_peers", "Peer addresses whose failed enrollments are being counted by the throttle.",
+			func() float64 { return float64(c.throttle.tracked()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if h, ok := c.store.(interface{ HistoryFailures() int64 }); ok {
+		m.registry.MustRegister(counter("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).",
+			func() float64 { return float64(h.HistoryFailures()) }))
+	}
 	return m
 }
 
@@ -79,79 +113,23 @@ func (g *GatewayRejections) Rejected(reason, detail string) {
 	g.c.log.Warn("gateway request refused", "front", g.front, "reason", reason, "detail", detail)
 }
 
-// scrape reads the collector's own counters when Prometheus asks.
-type scrape struct{ c *Collector }
+// fleetMetrics counts the fleet's devices by state and by the levels they
+// meet when Prometheus asks: these are the fleet's state at that moment,
+// judged with the policy in force.
+type fleetMetrics struct{ c *Collector }
 
 var (
-	descAccepted    = prometheus.NewDesc("posture_reports_accepted_total", "Reports verified and durably stored.", nil, nil)
-	descRejected    = prometheus.NewDesc("posture_reports_rejected_total", "Reports rejected, by reason.", []string{"reason"}, nil)
-	descStreamsRef  = prometheus.NewDesc("posture_report_streams_refused_total", "Agent report streams refused before any report, by reason (storage: the database could not be written; the agents keep their reports and reconnect).", []string{"reason"}, nil)
-	descEnrolled    = prometheus.NewDesc("posture_enrollments_total", "Devices enrolled.", nil, nil)
-	descEnrollRej   = prometheus.NewDesc("posture_enrollments_rejected_total", "Enrollments refused, by reason.", []string{"reason"}, nil)
-	descDenied      = prometheus.NewDesc("posture_rpc_denied_total", "RPCs refused by authorization, by method.", []string{"method"}, nil)
-	descWatchers    = prometheus.NewDesc("posture_watchers", "Gateways watching posture.", nil, nil)
-	descDropped     = prometheus.NewDesc("posture_watchers_dropped_total", "Watch streams ended because the gateway fell too far behind (it resumes from its last revision).", nil, nil)
-	descStreams     = prometheus.NewDesc("posture_report_streams", "Open agent report streams.", nil, nil)
 	descDevices     = prometheus.NewDesc("posture_devices", "Devices by state.", []string{"state"}, nil)
 	descDeviceLevel = prometheus.NewDesc("posture_devices_allowed", "Devices that meet each access level now.", []string{"level"}, nil)
-	descHistoryFail = prometheus.NewDesc("posture_store_history_failures_total", "Failed passes indexing stored reports by device (retried; the reports stay readable).", nil, nil)
-	descPruned      = prometheus.NewDesc("posture_store_reports_pruned_total", "Stored reports deleted because they were older than the retention (--report-retention).", nil, nil)
-	descRenewed     = prometheus.NewDesc("posture_certificates_renewed_total", "Device certificates issued by renewal.", nil, nil)
-	descRenewRej    = prometheus.NewDesc("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", []string{"reason"}, nil)
-	descRevision    = prometheus.NewDesc("posture_events_applied_revision", "The newest database event this collector applied (the WatchPosture revision).", nil, nil)
-	descGaps        = prometheus.NewDesc("posture_events_gaps", "Event IDs skipped while their transactions had not committed, read again until they do.", nil, nil)
-	descGatewayRej  = prometheus.NewDesc("posture_gateway_rejected_total", "Gateway front-end requests refused before a decision (caller or device not authenticated, malformed request, too many connections without a certificate), by front end and reason.", []string{"front", "reason"}, nil)
-	descAnonConns   = prometheus.NewDesc("posture_anonymous_connections", "Connections to the TLS listener from clients without a certificate.", nil, nil)
-	descAnonStreams = prometheus.NewDesc("posture_anonymous_streams", "Calls open on the TLS listener from clients without a certificate.", nil, nil)
-	descAnonRefused = prometheus.NewDesc("posture_anonymous_refused_total", "Connections and calls of clients without a certificate refused by the TLS listener's limits, by limit.", []string{"limit"}, nil)
-	descThrottled   = prometheus.NewDesc("posture_enrollment_throttled_peers", "Peer addresses whose failed enrollments are being counted by the throttle.", nil, nil)
 )
 
-func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descRejected, descStreamsRef, descEnrolled, descEnrollRej, descDenied, descWatchers, descDropped, descStreams, descDevices, descDeviceLevel, descHistoryFail, descPruned, descGatewayRej, descRenewed, descRenewRej, descRevision, descGaps, descAnonConns, descAnonStreams, descAnonRefused, descThrottled} {
-		ch <- d
-	}
+func (s *fleetMetrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDevices
+	ch <- descDeviceLevel
 }
 
-func (s *scrape) Collect(ch chan<- prometheus.Metric) {
+func (s *fleetMetrics) Collect(ch chan<- prometheus.Metric) {
 	c := s.c
-	st := c.stats.Snapshot()
-	ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(st.ReportsAccepted))
-	ch <- prometheus.MustNewConstMetric(descEnrolled, prometheus.CounterValue, float64(st.Enrollments))
-	for k, v := range st.ReportsRejected {
-		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v), k)
-	}
-	for k, v := range st.StreamsRefused {
-		ch <- prometheus.MustNewConstMetric(descStreamsRef, prometheus.CounterValue, float64(v), k)
-	}
-	for k, v := range st.EnrollmentsRejected {
-		ch <- prometheus.MustNewConstMetric(descEnrollRej, prometheus.CounterValue, float64(v), k)
-	}
-	for k, v := range st.RPCDenied {
-		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(v), k)
-	}
-	ch <- prometheus.MustNewConstMetric(descRenewed, prometheus.CounterValue, float64(st.CertsRenewed))
-	for k, v := range st.RenewalsRejected {
-		ch <- prometheus.MustNewConstMetric(descRenewRej, prometheus.CounterValue, float64(v), k)
-	}
-	for k, v := range st.GatewayRejected {
-		ch <- prometheus.MustNewConstMetric(descGatewayRej, prometheus.CounterValue, float64(v), k.Front, k.Reason)
-	}
-	for k, v := range st.AnonRefused {
-		ch <- prometheus.MustNewConstMetric(descAnonRefused, prometheus.CounterValue, float64(v), k)
-	}
-	ch <- prometheus.MustNewConstMetric(descAnonConns, prometheus.GaugeValue, float64(c.anonConns.count()))
-	ch <- prometheus.MustNewConstMetric(descAnonStreams, prometheus.GaugeValue, float64(c.anonStreams.count()))
-	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.GaugeValue, float64(c.throttle.tracked()))
-	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.hub.Watchers()))
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.hub.Dropped()))
-	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.fleet.StreamCount()))
-	if h, ok := c.store.(interface{ HistoryFailures() int64 }); ok {
-		ch <- prometheus.MustNewConstMetric(descHistoryFail, prometheus.CounterValue, float64(h.HistoryFailures()))
-	}
-	ch <- prometheus.MustNewConstMetric(descPruned, prometheus.CounterValue, float64(c.reportsPruned.Load()))
-	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(c.feed.Applied()))
-	ch <- prometheus.MustNewConstMetric(descGaps, prometheus.GaugeValue, float64(c.feed.Gaps()))
 	now := c.cfg.Now()
 	states := map[string]int{}
 	levels := map[string]int{}

@@ -44,7 +44,7 @@ func (c *Collector) PruneReports(ctx context.Context) (int, error) {
 			return total, err
 		}
 		total += p.Pruned
-		c.reportsPruned.Add(int64(p.Pruned))
+		c.metrics.pruned.Add(float64(p.Pruned))
 		if p.Done {
 			return total, nil
 		}

@@ -214,7 +214,7 @@ func startChild(b *testing.B, role string, env ...string) *child {
 		b.Fatal(err)
 	}
 	g := &child{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
-	g.out.Buffer(nil, 1<<20)
+	g.out.Buffer(nil, 16<<20)
 	b.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
 	g.await(b, "started")
 	return g
@@ -250,8 +250,16 @@ func TestMain(m *testing.M) {
 		agentsChild()
 	case "gateways":
 		gatewaysChild()
+	case "storm-agents":
+		stormAgentsChild()
+	case "storm-streams":
+		stormStreamsChild()
+	case "storm-gateway":
+		stormGatewayChild()
 	default:
-		testtools.PostgresMain(m) // runs the tests, then stops PostgreSQL if a test started it
+		// Runs the tests, then stops PostgreSQL if a test started it and
+		// removes the binaries the tests built.
+		testtools.PostgresMain(m, removeBuiltBinaries)
 	}
 }
 

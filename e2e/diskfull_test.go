@@ -124,7 +124,7 @@ func TestCollectorDiskFull(t *testing.T) {
 			t.Errorf("the collector's log does not say %q:\n%s", want, logs)
 		}
 	}
-	stats, _ := c.cli("stats")
+	stats, _ := c.cli("stats", "-o", "json")
 	for _, want := range []string{`"reportsRejected":{"storage"`, `"enrollmentsRejected":{"storage"`} {
 		if !strings.Contains(strings.Join(strings.Fields(stats), ""), want) {
 			t.Errorf("stats lack %s: %s", want, stats)

@@ -508,10 +508,9 @@ func TestAgentKilledWhileSpooling(t *testing.T) {
 		if e, ok, err := sp.Oldest(); err != nil {
 			t.Fatalf("round %d: read the spool: %v", round, err)
 		} else if ok {
-			var entry struct {
-				Report []byte `json:"report"`
-			}
-			if err := json.Unmarshal(e.Data, &entry); err != nil || proto.Unmarshal(entry.Report, &posturev1.PostureReport{}) != nil {
+			// An entry is the report's protobuf alone.
+			var rep posturev1.PostureReport
+			if err := proto.Unmarshal(e.Data, &rep); err != nil || rep.GetOs().GetMeta().GetObservedAt() == nil {
 				t.Fatalf("round %d: spool entry %d does not hold a report: %q", round, e.ID, e.Data)
 			}
 		}

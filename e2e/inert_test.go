@@ -20,9 +20,9 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/posture-project/posture/internal/jsonview"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/posture-project/posture/agent/identity"
@@ -208,7 +208,7 @@ func TestHostileTextIsInert(t *testing.T) {
 			if !strings.Contains(out, `\u202e`) {
 				t.Errorf("JSON lacks the escape \\u202e:\n%q", out)
 			}
-			if err := protojson.Unmarshal([]byte(out), tt.msg); err != nil {
+			if err := jsonview.Unmarshal([]byte(out), tt.msg); err != nil {
 				t.Fatalf("JSON does not decode: %v\n%q", err, out)
 			}
 			got := tt.got(tt.msg)
@@ -284,7 +284,7 @@ func TestAgentShowsRejectionsInert(t *testing.T) {
 	}
 	list, code := p.cli("devices", "list", "-o", "json")
 	var devices posturev1.ListDevicesResponse
-	if err := protojson.Unmarshal([]byte(list), &devices); code != 0 || err != nil || len(devices.GetDevices()) != 1 {
+	if err := jsonview.Unmarshal([]byte(list), &devices); code != 0 || err != nil || len(devices.GetDevices()) != 1 {
 		t.Fatalf("devices list: exit %d, %v:\n%q", code, err, list)
 	}
 	id := devices.GetDevices()[0].GetDevice().GetId()

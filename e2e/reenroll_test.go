@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -76,26 +77,32 @@ func TestReEnrollReplacesCertificate(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	check := func(serial string) *posturev1.CheckAccessResponse {
+	// A gateway names the certificate it saw by serial and key hash.
+	check := func(serial string, key []byte) *posturev1.CheckAccessResponse {
 		t.Helper()
-		r, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: serial})
+		r, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: serial, CertificateKeySha256: key})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return r
 	}
-	if r := check(newCert.Leaf.SerialNumber.Text(16)); !r.GetAllowed() {
+	newKey := pki.KeySHA256(newCert.Leaf)
+	if r := check(newCert.Leaf.SerialNumber.Text(16), newKey); !r.GetAllowed() {
 		t.Errorf("decision naming the current certificate: %v", r.GetReasons())
 	}
-	if r := check(oldCert.Leaf.SerialNumber.Text(16)); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "replaced") {
+	if r := check(oldCert.Leaf.SerialNumber.Text(16), pki.KeySHA256(oldCert.Leaf)); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "replaced") {
 		t.Errorf("decision naming the replaced certificate: allowed %v, %v", r.GetAllowed(), r.GetReasons())
 	}
-	if r := check(""); !r.GetAllowed() {
+	if r := check("", nil); !r.GetAllowed() {
 		t.Errorf("decision naming no certificate: %v", r.GetReasons())
 	}
 	// nginx's $ssl_client_serial: upper case, leading zeros.
-	if r := check("00" + strings.ToUpper(newCert.Leaf.SerialNumber.Text(16))); !r.GetAllowed() {
+	if r := check("00"+strings.ToUpper(newCert.Leaf.SerialNumber.Text(16)), newKey); !r.GetAllowed() {
 		t.Errorf("decision naming the current certificate as nginx writes its serial: %v", r.GetReasons())
+	}
+	// The serial alone no longer tells the certificate: it fails closed.
+	if r := check(newCert.Leaf.SerialNumber.Text(16), nil); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "certificate_key_sha256") {
+		t.Errorf("decision naming the current certificate by its serial alone: allowed %v, %v; want denied, asking for the key hash", r.GetAllowed(), r.GetReasons())
 	}
 	if _, err := e.gwLocal.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: "xyz"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("decision naming a serial that is not hex: %v; want InvalidArgument", err)

@@ -137,9 +137,10 @@ func TestRenewSoftware(t *testing.T) {
 		t.Errorf("certificates renewed = %d, want 1", s.GetCertificatesRenewed())
 	}
 
-	check := func(serial string) *posturev1.CheckAccessResponse {
+	check := func(c tls.Certificate) *posturev1.CheckAccessResponse {
 		t.Helper()
-		r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic", CertificateSerial: serial})
+		r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic",
+			CertificateSerial: serialOf(c), CertificateKeySha256: pki.KeySHA256(c.Leaf)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,10 +158,10 @@ func TestRenewSoftware(t *testing.T) {
 		if err := opensStream(e, oldCert); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "replaced") {
 			t.Errorf("restarted %v: report stream with the certificate from before renewing: %v; want PermissionDenied, replaced", restarted, err)
 		}
-		if r := check(serialOf(newCert)); !r.GetAllowed() {
+		if r := check(newCert); !r.GetAllowed() {
 			t.Errorf("restarted %v: decision naming the renewed certificate denied: %v", restarted, r.GetReasons())
 		}
-		if r := check(serialOf(oldCert)); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "replaced") {
+		if r := check(oldCert); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "replaced") {
 			t.Errorf("restarted %v: decision naming the certificate from before renewing: allowed %v, %v", restarted, r.GetAllowed(), r.GetReasons())
 		}
 	}

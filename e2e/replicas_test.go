@@ -20,11 +20,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/posture-project/posture/internal/jsonview"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/posture-project/posture/agent"
@@ -64,6 +64,14 @@ func builtBinaries(t testing.TB) (collector, agentBin string) {
 		t.Fatal(binaries.err)
 	}
 	return binaries.collector, binaries.agnt
+}
+
+// removeBuiltBinaries removes what builtBinaries built, once the tests
+// are done with it.
+func removeBuiltBinaries() {
+	if binaries.collector != "" {
+		os.RemoveAll(filepath.Dir(binaries.collector))
+	}
 }
 
 // replicaSet is several posture-collector processes sharing one
@@ -120,7 +128,7 @@ func startReplicas(t *testing.T, n int, options ...func(*replica)) *replicaSet {
 	eventually(t, "every collector recorded in the database", func() bool {
 		out, code := s.reps[0].cli("replicas", "-o", "json")
 		var resp posturev1.ListReplicasResponse
-		return code == 0 && protojson.Unmarshal([]byte(out), &resp) == nil && len(resp.GetReplicas()) == n
+		return code == 0 && jsonview.Unmarshal([]byte(out), &resp) == nil && len(resp.GetReplicas()) == n
 	})
 	return s
 }
@@ -225,7 +233,7 @@ func (r *replica) device(id string) (*posturev1.DevicePosture, error) {
 		return nil, fmt.Errorf("devices show on %s: %s", r.name, out)
 	}
 	var p posturev1.DevicePosture
-	return &p, protojson.Unmarshal([]byte(out), &p)
+	return &p, jsonview.Unmarshal([]byte(out), &p)
 }
 
 // gatewayCreds issues a gateway certificate on the replica and returns it
@@ -545,6 +553,10 @@ func TestTwoStreamsOnTwoCollectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// b learns of the enrollment from the database's change feed; until
+	// then it refuses the device as unknown, which is not what this test
+	// is about.
+	eventually(t, "b knowing the device", func() bool { _, err := b.device(res.DeviceID); return err == nil })
 	cert, key := deviceCreds(t, stateDir)
 	cas, err := pki.ReadCertificates(filepath.Join(stateDir, "ca.crt"))
 	if err != nil {

@@ -13,9 +13,7 @@ package gatewayclient
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -358,6 +356,9 @@ func (c *Client) Check(deviceID, level string) Decision {
 	if slices.Contains(d.GetAllowedLevels(), level) {
 		return Decision{Allowed: true, Device: d}
 	}
+	if d.GetState() == posturev1.DeviceState_DEVICE_STATE_PENDING {
+		return Decision{Device: d, Reason: fmt.Sprintf("device %s is pending approval: every level is denied until an admin approves it; ask an admin to approve this device (posture-collector devices approve %s)", deviceID, deviceID)}
+	}
 	return Decision{Device: d, Reason: fmt.Sprintf("device %s (%s, score %d) does not meet level %s; the collector's CheckAccess explains why", deviceID, d.GetState(), d.GetScore(), level)}
 }
 
@@ -378,10 +379,12 @@ func (c *Client) CheckSPIFFE(spiffeID, level string) Decision {
 // CheckCertificate decides from the device certificate a client presented
 // (verified by the gateway's TLS against the collector CA): the device its
 // SPIFFE ID names, and only if it is the certificate the collector issued
-// that device last. A certificate the device replaced (by renewing it, or
-// enrolling again) is still valid until it expires, but no longer counts:
-// a copy of an old one must not keep opening doors. Prefer it to
-// CheckSPIFFE, which cannot tell.
+// that device last, by serial and public key. A certificate the device
+// replaced (by renewing it, or enrolling again) is still valid until it
+// expires, but no longer counts: a copy of an old one must not keep
+// opening doors. Nor does one minted with the device's serial but another
+// key, which only whoever holds the collector CA's key can make. Prefer it
+// to CheckSPIFFE, which cannot tell.
 func (c *Client) CheckCertificate(leaf *x509.Certificate, level string) Decision {
 	id, err := pki.PeerID(leaf)
 	if err != nil {
@@ -391,18 +394,21 @@ func (c *Client) CheckCertificate(leaf *x509.Certificate, level string) Decision
 	if d.Device == nil {
 		return d
 	}
-	if want := d.Device.GetCertificateTag(); want != 0 && want != CertificateTag(leaf) {
-		return Decision{Device: d.Device, Reason: fmt.Sprintf("this certificate of device %s (serial %s) was replaced when the device renewed it or enrolled again; only its newest certificate counts", d.Device.GetDeviceId(), leaf.SerialNumber.Text(16))}
+	if want := d.Device.GetCertificateTag(); want != 0 && !pki.CertMatches(want, pki.SerialHex(leaf), pki.KeySHA256(leaf)) {
+		return Decision{Device: d.Device, Reason: fmt.Sprintf("this certificate of device %s (serial %s) was replaced when the device renewed it or enrolled again, or the collector did not issue it with this serial and key; only its newest certificate counts", d.Device.GetDeviceId(), pki.SerialHex(leaf))}
 	}
 	return d
 }
 
 // CertificateTag is how a DeviceDecision names a certificate
-// (certificate_tag): the first 8 bytes of the SHA-256 of its serial in
-// lowercase hex without leading zeros.
+// (certificate_tag) that the collector recorded with its public key: the
+// first 8 bytes of SHA-256("posture.v1.certificate" ‖ 0x00 ‖ serial ‖ 0x00
+// ‖ SHA-256 of its SubjectPublicKeyInfo), the serial in lowercase hex
+// without leading zeros (pki.CertTag). A certificate issued before the
+// collector recorded keys is named by its serial alone until its device
+// next calls the collector; CheckCertificate accepts both forms.
 func CertificateTag(cert *x509.Certificate) uint64 {
-	sum := sha256.Sum256([]byte(pki.SerialHex(cert)))
-	return binary.BigEndian.Uint64(sum[:8])
+	return pki.CertTag(pki.SerialHex(cert), pki.KeySHA256(cert))
 }
 
 // Synced reports whether the cache holds a full view and the watch is live.

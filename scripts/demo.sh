@@ -81,7 +81,7 @@ device=$(sed -n 's/.*"device_id": "\(.*\)".*/\1/p' "$state/agent.json")
 say "run the agent (reports every 5s; the second report carries the package manager's answer)"
 "$BIN/posture-agent" run --state-dir "$state" --interval 5s >"$work/agent.log" 2>&1 &
 pids+=($!)
-second='"lastSeq": *"([2-9]|[1-9][0-9]+)"'
+second='"lastSeq": *([2-9]|[1-9][0-9]+)([^0-9]|$)'
 for _ in $(seq 300); do
   collector devices show "$device" -o json 2>/dev/null | grep -Eq "$second" && break
   sleep 0.2

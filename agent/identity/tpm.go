@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/tcp"
 
-	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/durable"
 )
 
 // KindTPM names the TPM identity in reports and on the wire.
@@ -394,10 +394,10 @@ func (t *TPM) createAK(stateDir, pubPath, privPath string) error {
 	t.akPublic, t.akPrivate = rsp.OutPublic, rsp.OutPrivate
 	// The private blob goes first: a public blob alone is never taken
 	// for a complete AK.
-	if err := pki.WriteFileAtomic(privPath, tpm2.Marshal(rsp.OutPrivate), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(privPath, tpm2.Marshal(rsp.OutPrivate), 0o600); err != nil {
 		return fmt.Errorf("save AK: %w", err)
 	}
-	if err := pki.WriteFileAtomic(pubPath, tpm2.Marshal(rsp.OutPublic), 0o600); err != nil {
+	if err := durable.WriteFileAtomic(pubPath, tpm2.Marshal(rsp.OutPublic), 0o600); err != nil {
 		return fmt.Errorf("save AK: %w", err)
 	}
 	return nil

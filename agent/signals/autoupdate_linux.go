@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -19,19 +20,19 @@ import (
 // change when configuration files change, so they are reused until one
 // does (apt-config alone costs ~20 ms of CPU).
 
-func (c *Collector) autoUpdate(ctx context.Context) autoUpdate {
+func (c *Collector) autoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	manager, _ := c.updateManager()
 	switch manager {
 	case "apt":
-		return c.cachedConfig("apt", c.aptAutoUpdateStamp(), func() autoUpdate { return c.aptAutoUpdate(ctx) })
+		return cachedConfig(c, "apt", c.aptAutoUpdateStamp(), func() *posturev1.AutoUpdate { return c.aptAutoUpdate(ctx) })
 	case "dnf":
-		return c.cachedConfig("dnf", c.dnfAutoUpdateStamp(), func() autoUpdate { return c.dnfAutoUpdate(ctx) })
+		return cachedConfig(c, "dnf", c.dnfAutoUpdateStamp(), func() *posturev1.AutoUpdate { return c.dnfAutoUpdate(ctx) })
 	case "zypper":
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
 			"automatic updates are not measured for zypper: SUSE has no single standard mechanism (YaST online update, transactional-update, os-update)"),
-			mechanism: "zypper"}
+			Mechanism: "zypper"}
 	}
-	return autoUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, "no supported package manager (apt, dnf, zypper) found")}
+	return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, "no supported package manager (apt, dnf, zypper) found")}
 }
 
 // systemdBooted reports whether systemd is the running init (sd_booted(3)).
@@ -50,19 +51,19 @@ func (c *Collector) aptAutoUpdateStamp() string {
 // package, the APT::Periodic settings (apt-config merges every apt.conf.d
 // file as apt does), and the daily trigger (systemd timers, or cron on
 // systems without systemd).
-func (c *Collector) aptAutoUpdate(ctx context.Context) autoUpdate {
+func (c *Collector) aptAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	const mechanism = "unattended-upgrades"
 	if !c.hasCommand("unattended-upgrade") {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), mechanism: mechanism,
-			detail: "unattended-upgrades is not installed (apt install unattended-upgrades)"}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Mechanism: mechanism,
+			Detail: "unattended-upgrades is not installed (apt install unattended-upgrades)"}
 	}
 	args := []string{"shell", "UU", "APT::Periodic::Unattended-Upgrade", "UPL", "APT::Periodic::Update-Package-Lists"}
 	stdout, stderr, code, err := c.run(ctx, "apt-config", args...)
 	if err != nil {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), mechanism: mechanism}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), Mechanism: mechanism}
 	}
 	if code != 0 {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, commandError("apt-config", args, code, stderr, stdout).Error()), mechanism: mechanism}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_ERROR, commandError("apt-config", args, code, stderr, stdout).Error()), Mechanism: mechanism}
 	}
 	vars := parseAptConfigShell(stdout)
 	var off []string
@@ -75,7 +76,7 @@ func (c *Collector) aptAutoUpdate(ctx context.Context) autoUpdate {
 	if c.systemdBooted() {
 		for _, timer := range []string{"apt-daily.timer", "apt-daily-upgrade.timer"} {
 			if state, err := c.unitFileState(ctx, timer); err != nil {
-				return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), mechanism: mechanism}
+				return c.unitStateUnknown(mechanism, err)
 			} else if !unitEnabled(state) {
 				off = append(off, fmt.Sprintf("%s is %s (systemctl enable --now %s)", timer, state, timer))
 			}
@@ -84,10 +85,10 @@ func (c *Collector) aptAutoUpdate(ctx context.Context) autoUpdate {
 		off = append(off, "without systemd, /etc/cron.daily/apt-compat would run unattended-upgrades, and it is missing")
 	}
 	if len(off) > 0 {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), mechanism: mechanism, detail: strings.Join(off, "; ")}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Mechanism: mechanism, Detail: strings.Join(off, "; ")}
 	}
-	return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), enabled: true, mechanism: mechanism,
-		detail: "unattended-upgrades runs daily"}
+	return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Mechanism: mechanism,
+		Detail: "unattended-upgrades runs daily"}
 }
 
 // parseAptConfigShell reads "apt-config shell" output: NAME='value' lines
@@ -118,22 +119,38 @@ func aptPeriodicOn(v string) bool {
 	return err == nil && n > 0
 }
 
-// unitFileState asks systemd whether a unit is enabled. systemctl
-// is-enabled prints the state ("enabled", "disabled", "masked", "static")
-// and exits non-zero for anything but enabled; a unit that does not exist
-// prints nothing on stdout.
+// systemd's D-Bus API (org.freedesktop.systemd1(5)).
+const (
+	systemdService = "org.freedesktop.systemd1"
+	systemdPath    = "/org/freedesktop/systemd1"
+)
+
+// unitFileState asks systemd whether a unit is enabled, as systemctl
+// is-enabled does: Manager.GetUnitFileState answers "enabled", "disabled",
+// "masked", "static" and so on, and an error for a unit that is not
+// installed. It needs no privilege.
 func (c *Collector) unitFileState(ctx context.Context, unit string) (string, error) {
-	stdout, stderr, code, err := c.run(ctx, "systemctl", "is-enabled", unit)
-	if err != nil {
-		return "", err
-	}
-	if state := strings.TrimSpace(string(stdout)); state != "" {
-		return state, nil
-	}
-	if strings.Contains(string(stderr), "No such file or directory") || strings.Contains(string(stderr), "not found") {
+	var state string
+	err := c.busCall(ctx, systemdService, systemdPath, systemdService+".Manager.GetUnitFileState", []any{&state}, unit)
+	switch busErrorName(err) {
+	case "":
+	case "org.freedesktop.DBus.Error.FileNotFound", "org.freedesktop.systemd1.NoSuchUnit":
 		return "not installed", nil
 	}
-	return "", commandError("systemctl", []string{"is-enabled", unit}, code, stderr, stdout)
+	if err != nil {
+		return "", fmt.Errorf("ask systemd whether %s is enabled: %w", unit, err)
+	}
+	return state, nil
+}
+
+// unitStateUnknown is the section for a unit state systemd could not be
+// asked for: without the system bus nothing tells whether the timers run.
+func (c *Collector) unitStateUnknown(mechanism string, err error) *posturev1.AutoUpdate {
+	if errors.Is(err, errNoSystemBus) {
+		return &posturev1.AutoUpdate{Mechanism: mechanism, Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+			"systemd runs, but its D-Bus API cannot be reached, so whether the update timers are enabled is unknown: "+err.Error())}
+	}
+	return &posturev1.AutoUpdate{Mechanism: mechanism, Meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error())}
 }
 
 // unitEnabled reads an is-enabled state. "static" and "indirect" units run
@@ -180,30 +197,30 @@ func (c *Collector) dnfAutomaticApplies() (applies bool, upgradeType string) {
 // dnfAutoUpdate checks dnf-automatic's timers: dnf-automatic-install.timer
 // always installs; dnf-automatic.timer (and dnf5's) installs only with
 // apply_updates = yes.
-func (c *Collector) dnfAutoUpdate(ctx context.Context) autoUpdate {
+func (c *Collector) dnfAutoUpdate(ctx context.Context) *posturev1.AutoUpdate {
 	const mechanism = "dnf-automatic"
 	if !c.systemdBooted() {
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"dnf-automatic runs from systemd timers, and systemd is not running"), mechanism: mechanism}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+			"dnf-automatic runs from systemd timers, and systemd is not running"), Mechanism: mechanism}
 	}
 	applies, upgradeType := c.dnfAutomaticApplies()
 	var states []string
 	for _, timer := range dnfAutomaticTimers {
 		state, err := c.unitFileState(ctx, timer)
 		if err != nil {
-			return autoUpdate{meta: c.meta(posturev1.Status_STATUS_ERROR, err.Error()), mechanism: mechanism}
+			return c.unitStateUnknown(mechanism, err)
 		}
 		states = append(states, timer+" "+state)
 		if !unitEnabled(state) {
 			continue
 		}
 		if timer == "dnf-automatic-install.timer" || applies {
-			return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), enabled: true, mechanism: mechanism,
-				detail: fmt.Sprintf("%s installs %s updates", timer, upgradeType)}
+			return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Mechanism: mechanism,
+				Detail: fmt.Sprintf("%s installs %s updates", timer, upgradeType)}
 		}
-		return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), mechanism: mechanism,
-			detail: fmt.Sprintf("%s only downloads updates: set apply_updates = yes in /etc/dnf/automatic.conf", timer)}
+		return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Mechanism: mechanism,
+			Detail: fmt.Sprintf("%s only downloads updates: set apply_updates = yes in /etc/dnf/automatic.conf", timer)}
 	}
-	return autoUpdate{meta: c.meta(posturev1.Status_STATUS_OK, ""), mechanism: mechanism,
-		detail: "no dnf-automatic timer is enabled (" + strings.Join(states, ", ") + "): systemctl enable --now dnf-automatic-install.timer"}
+	return &posturev1.AutoUpdate{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Mechanism: mechanism,
+		Detail: "no dnf-automatic timer is enabled (" + strings.Join(states, ", ") + "): systemctl enable --now dnf-automatic-install.timer"}
 }

@@ -2,8 +2,12 @@
 
 package signals
 
-import "context"
+import (
+	"context"
 
-func (c *Collector) autoUpdate(_ context.Context) autoUpdate {
-	return autoUpdate{meta: c.unsupported("automatic updates are")}
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+func (c *Collector) autoUpdate(_ context.Context) *posturev1.AutoUpdate {
+	return &posturev1.AutoUpdate{Meta: c.unsupported("automatic updates are")}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // configMaxAge bounds how long a configuration-derived measurement is
@@ -53,19 +54,18 @@ func (cc *configCache) put(key, stamp string, now time.Time, v any) {
 
 // cachedConfig reuses the measurement stored under key while stamp is
 // unchanged, renewing its observation time: the agent has checked now that
-// nothing it depends on changed.
-func (c *Collector) cachedConfig(key, stamp string, measure func() autoUpdate) autoUpdate {
+// nothing it depends on changed. Only a measurement that succeeded (OK or
+// not applicable) is kept; a failure is measured again next time.
+func cachedConfig[T section](c *Collector, key, stamp string, measure func() T) T {
 	now := c.now()
 	if v, ok := c.config.get(key, stamp, now); ok {
-		a := v.(autoUpdate)
-		a.meta = metaAt(now, a.meta.GetStatus(), a.meta.GetReason())
-		return a
+		return renewed(v.(T), now)
 	}
-	a := measure()
-	if a.meta.GetStatus() == posturev1.Status_STATUS_OK {
-		c.config.put(key, stamp, now, a)
+	s := measure()
+	if st := s.GetMeta().GetStatus(); st == posturev1.Status_STATUS_OK || st == posturev1.Status_STATUS_NOT_APPLICABLE {
+		c.config.put(key, stamp, now, proto.Clone(s))
 	}
-	return a
+	return s
 }
 
 // fileStamp summarizes the modification times and sizes of paths, and of

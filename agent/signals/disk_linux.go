@@ -28,23 +28,23 @@ import (
 // and the bound turns a malformed (cyclic) tree into "not encrypted".
 const maxStackDepth = 16
 
-func (c *Collector) diskEncryption(ctx context.Context) (*posturev1.DiskEncryption, otherVolumes) {
+func (c *Collector) diskEncryption(ctx context.Context) *posturev1.DiskEncryption {
 	mounts, err := c.mounts()
 	if err != nil {
 		reason := fmt.Sprintf("cannot read the mount table: %v", err)
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)},
-			otherVolumes{meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason),
+			OtherVolumes: &posturev1.OtherVolumes{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, reason)}}
 	}
 	root, ok := mountAt(mounts, "/")
 	if !ok {
 		reason := fmt.Sprintf("%s lists no mount of /", c.path("/proc/self/mountinfo"))
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR, reason)},
-			otherVolumes{meta: c.meta(posturev1.Status_STATUS_ERROR, reason)}
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_ERROR, reason),
+			OtherVolumes: &posturev1.OtherVolumes{Meta: c.meta(posturev1.Status_STATUS_ERROR, reason)}}
 	}
 	others := c.fixedDataVolumes(ctx, mounts, root)
 	rootVol, why := c.mountVolume(ctx, root)
 	if rootVol == nil {
-		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, why)}, others
+		return &posturev1.DiskEncryption{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, why), OtherVolumes: others}
 	}
 	volumes := []*posturev1.Volume{rootVol}
 	systemEncrypted := rootVol.Encrypted
@@ -67,7 +67,8 @@ func (c *Collector) diskEncryption(ctx context.Context) (*posturev1.DiskEncrypti
 		Meta:            c.meta(posturev1.Status_STATUS_OK, ""),
 		SystemEncrypted: systemEncrypted,
 		Volumes:         volumes,
-	}, others
+		OtherVolumes:    others,
+	}
 }
 
 // bootMountPoints hold the boot loader and kernels, which firmware must read
@@ -80,8 +81,9 @@ var imageFSTypes = map[string]bool{"squashfs": true, "iso9660": true, "udf": tru
 
 // fixedDataVolumes examines the fixed data volumes mounted besides /: every
 // block-device filesystem once, skipping boot partitions, read-only images,
-// loop devices, RAM disks and removable media.
-func (c *Collector) fixedDataVolumes(ctx context.Context, mounts []mountEntry, root mountEntry) otherVolumes {
+// loop devices, RAM disks and removable media. They do not decide
+// system_encrypted.
+func (c *Collector) fixedDataVolumes(ctx context.Context, mounts []mountEntry, root mountEntry) *posturev1.OtherVolumes {
 	seen := map[string]bool{root.majMin: true}
 	var vols []*posturev1.Volume
 	for _, m := range mounts {
@@ -100,7 +102,7 @@ func (c *Collector) fixedDataVolumes(ctx context.Context, mounts []mountEntry, r
 		}
 		vols = append(vols, newVolume(m.mountPoint, device, tree))
 	}
-	return otherVolumes{meta: c.meta(posturev1.Status_STATUS_OK, ""), volumes: vols}
+	return &posturev1.OtherVolumes{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Volumes: vols}
 }
 
 // anyLeaf reports whether f holds for a device at the bottom of the stack.

@@ -8,7 +8,7 @@ import (
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-func (c *Collector) diskEncryption(_ context.Context) (*posturev1.DiskEncryption, otherVolumes) {
-	return &posturev1.DiskEncryption{Meta: c.unsupported("disk encryption is")},
-		otherVolumes{meta: c.unsupported("disk encryption is")}
+func (c *Collector) diskEncryption(_ context.Context) *posturev1.DiskEncryption {
+	return &posturev1.DiskEncryption{Meta: c.unsupported("disk encryption is"),
+		OtherVolumes: &posturev1.OtherVolumes{Meta: c.unsupported("disk encryption is")}}
 }

@@ -2,8 +2,12 @@
 
 package signals
 
-import "context"
+import (
+	"context"
 
-func (c *Collector) endpointProtection(_ context.Context) endpointProtection {
-	return endpointProtection{meta: c.unsupported("endpoint protection is")}
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+)
+
+func (c *Collector) endpointProtection(_ context.Context) *posturev1.EndpointProtection {
+	return &posturev1.EndpointProtection{Meta: c.unsupported("endpoint protection is")}
 }

@@ -14,12 +14,14 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
+
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// cmpAutoUpdate compares autoUpdate values, whose fields are unexported.
-var cmpAutoUpdate = []cmp.Option{cmp.AllowUnexported(autoUpdate{}), protocmp.Transform()}
+// ignoreOtherVolumes leaves a disk section's other volumes out of a
+// comparison, for tests that check them on their own.
+var ignoreOtherVolumes = protocmp.IgnoreFields(&posturev1.DiskEncryption{}, "other_volumes")
 
 // recorded is one recorded run of a command. stdout and stderr name files
 // in testdata/updates, or, when they contain a slash, in testdata.
@@ -371,4 +373,20 @@ func volumeFromManageBDE(t *testing.T, file, drive string, volumeType uint32) en
 		}
 	}
 	return v
+}
+
+// requireTool finds a tool, skipping the test without it, or failing when
+// POSTURE_REQUIRE_TOOLS=1.
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	msg := fmt.Sprintf("%s is not installed, so this check cannot compare the agent with it: %v", name, err)
+	if os.Getenv("POSTURE_REQUIRE_TOOLS") == "1" {
+		t.Fatal(msg + " (POSTURE_REQUIRE_TOOLS=1)")
+	}
+	t.Skip("SKIPPED CHECK: " + msg)
+	return ""
 }

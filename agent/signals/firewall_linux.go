@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"regexp"
 	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -17,14 +20,19 @@ import (
 // Linux has several firewall front ends (ufw, firewalld) over one kernel
 // packet filter. The kernel's ruleset decides: inbound traffic is filtered
 // when an input hook drops by default, for IPv4 and (where it is enabled)
-// IPv6. The front ends only name the product, and firewalld's trusted zone,
-// which accepts everything through a ruleset that looks filtering, has to be
-// asked for. The front ends' own status commands are Python programs costing
-// 100–200 ms of CPU, so they are not run every cycle: ufw is read from its
-// configuration and the ruleset, firewalld over D-Bus with busctl.
+// IPv6. The ruleset is read over netlink with github.com/google/nftables,
+// which needs CAP_NET_ADMIN, as nft does; running nft and reading its text
+// cost most of a cycle's CPU. The front ends only name the product, and
+// firewalld's trusted zone, which accepts everything through a ruleset that
+// looks filtering, has to be asked for, over D-Bus. The front ends' own
+// status commands are Python programs costing 100–200 ms of CPU, so they
+// are not run: ufw is read from its configuration and the ruleset.
 
-// firewalldDBus addresses firewalld's D-Bus API (firewalld.dbus(5)).
-var firewalldDBus = []string{"org.fedoraproject.FirewallD1", "/org/fedoraproject/FirewallD1", "org.fedoraproject.FirewallD1"}
+// firewalld's D-Bus API (firewalld.dbus(5)).
+const (
+	firewalldService = "org.fedoraproject.FirewallD1"
+	firewalldPath    = "/org/fedoraproject/FirewallD1"
+)
 
 func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 	var notes []string
@@ -32,14 +40,13 @@ func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 
 	// firewalld is asked only when its rules are loaded (its table, or its
 	// iptables chains) or the ruleset is unreadable: a stopped firewalld
-	// removes its rules, and busctl costs a process per cycle.
+	// removes its rules.
 	if c.hasCommand("firewalld") {
 		if rs.tables["inet firewalld"] || rs.chains["INPUT_ZONES"] || rs.needsRoot != "" || rs.err != "" {
 			fwd := c.firewalldState(ctx)
 			if fwd.running && fwd.zone == "trusted" {
-				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK,
-					"firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)"),
-					Product: "firewalld"}
+				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Product: "firewalld",
+					Detail: "firewalld runs with the default zone trusted, which accepts all inbound traffic (firewall-cmd --set-default-zone=public)"}
 			}
 			if fwd.running {
 				return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, Product: "firewalld"}
@@ -64,7 +71,7 @@ func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_ERROR, rs.err)}
 	case rs.source == "":
 		return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-			"neither nft nor iptables is installed, so the kernel's packet filter cannot be read (install nftables)")}
+			"the kernel has no nftables ("+rs.nftMissing+") and iptables is not installed, so the packet filter cannot be read")}
 	}
 
 	ipv6 := c.ipv6Active()
@@ -93,53 +100,29 @@ func (c *Collector) firewall(ctx context.Context) *posturev1.Firewall {
 	case ufwInstalled:
 		notes = append(notes, "ufw is installed but disabled (ufw enable)")
 	}
-	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, strings.Join(notes, "; "))}
+	return &posturev1.Firewall{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Detail: strings.Join(notes, "; ")}
 }
 
 // firewalldStatus is what firewalld says about itself.
 type firewalldStatus struct {
 	running bool
 	zone    string // default zone, when running and readable
-	note    string // why it is not running, for the reason of a disabled firewall
+	note    string // why it is not running, for the detail of a disabled firewall
 }
 
-// firewalldState asks firewalld, when it is installed, for its default
-// zone: an answer means it runs. getDefaultZone needs no privilege.
+// firewalldState asks firewalld for its default zone: an answer means it
+// runs. getDefaultZone needs no privilege. firewalld cannot run without
+// the system bus, so a machine without one has it stopped.
 func (c *Collector) firewalldState(ctx context.Context) firewalldStatus {
-	if !c.hasCommand("firewalld") {
-		return firewalldStatus{}
-	}
-	if !c.hasCommand("busctl") {
-		// Without busctl only the Python client is left.
-		stdout, _, code, err := c.run(ctx, "firewall-cmd", "--state")
-		if err == nil && code == 0 && strings.TrimSpace(string(stdout)) == "running" {
-			return firewalldStatus{running: true}
-		}
+	var zone string
+	err := c.busCall(ctx, firewalldService, firewalldPath, firewalldService+".getDefaultZone", []any{&zone})
+	switch {
+	case err == nil:
+		return firewalldStatus{running: true, zone: zone}
+	case errors.Is(err, errNoSystemBus), serviceMissing(err):
 		return firewalldStatus{note: "firewalld is installed but not running (systemctl enable --now firewalld)"}
 	}
-	args := append([]string{"call"}, firewalldDBus...)
-	args = append(args, "getDefaultZone")
-	stdout, stderr, code, err := c.run(ctx, "busctl", args...)
-	if err != nil {
-		return firewalldStatus{note: fmt.Sprintf("cannot ask firewalld for its state: %v", err)}
-	}
-	if code != 0 {
-		if msg := firstLine(stderr); !strings.Contains(msg, "not provided by any .service files") &&
-			!strings.Contains(msg, "Failed to connect to bus") {
-			return firewalldStatus{note: fmt.Sprintf("cannot ask firewalld for its state: %s", msg)}
-		}
-		return firewalldStatus{note: "firewalld is installed but not running (systemctl enable --now firewalld)"}
-	}
-	return firewalldStatus{running: true, zone: parseBusctlString(stdout)}
-}
-
-// parseBusctlString reads a busctl reply holding one string: `s "public"`.
-func parseBusctlString(b []byte) string {
-	v, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "s ")
-	if !ok {
-		return ""
-	}
-	return strings.Trim(v, `"`)
+	return firewalldStatus{note: fmt.Sprintf("cannot ask firewalld for its state: %v", err)}
 }
 
 // ufwConfig reads whether ufw is installed and set to start
@@ -167,34 +150,35 @@ type ruleset struct {
 	chains         map[string]bool
 	tables         map[string]bool // "inet firewalld"
 	needsRoot      string          // the permission error, when reading needs root
+	nftMissing     string          // why the kernel has no nftables to read
 	err            string
 }
 
-// readRuleset reads the ruleset with nft, and with iptables when nft is
-// missing or the kernel has tables of the legacy iptables backend loaded,
-// whose rules nft does not show (iptables-nft rules are part of the nft
-// ruleset).
+// readRuleset reads the nftables ruleset, and with iptables the tables of
+// the legacy iptables backend when the kernel has them loaded (their rules
+// are not part of the nftables ruleset, while iptables-nft rules are), or
+// when the kernel has no nftables.
 func (c *Collector) readRuleset(ctx context.Context) ruleset {
 	rs := ruleset{chains: map[string]bool{}, tables: map[string]bool{}}
-	if c.hasCommand("nft") {
-		stdout, stderr, code, err := c.run(ctx, "nft", "list", "ruleset")
-		switch {
-		case err != nil:
-			rs.err = err.Error()
-			return rs
-		case code != 0 && permissionDenied(stderr):
-			rs.needsRoot = "nft list ruleset: " + firstLine(stderr)
-			return rs
-		case code != 0:
-			rs.err = commandError("nft", []string{"list", "ruleset"}, code, stderr, stdout).Error()
-			return rs
-		}
+	chains, err := c.sys.nftables()
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		rs.needsRoot = "netlink: " + unix.EPERM.Error()
+		return rs
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.ENOENT):
+		rs.nftMissing = err.Error()
+	case err != nil:
+		rs.err = fmt.Sprintf("read the nftables ruleset over netlink: %v", err)
+		return rs
+	default:
 		rs.source = "nftables"
-		parseNftRuleset(stdout, &rs)
+		judgeNftables(chains, &rs)
 		if (rs.v4Drop && rs.v6Drop) || !c.legacyTablesLoaded() {
 			return rs
 		}
 	}
+	// iptables has no library to read legacy tables with (their binary
+	// getsockopt format is private to iptables), so its text is read.
 	if !c.hasCommand("iptables") {
 		return rs
 	}
@@ -228,6 +212,116 @@ func (c *Collector) readRuleset(ctx context.Context) ruleset {
 	return rs
 }
 
+// nftChain is one chain of the kernel's nftables ruleset. For a base chain
+// on the input hook whose policy accepts, lastRule holds the expressions of
+// its last rule, which may drop whatever reaches it.
+type nftChain struct {
+	*nftables.Chain
+	lastRule []expr.Any
+}
+
+// readNftables reads the chains of the running kernel's ruleset.
+func readNftables() ([]nftChain, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	return readNftablesFrom(conn)
+}
+
+// readNftablesFrom reads every chain in one netlink dump, and the rules of
+// the few base chains whose last rule matters.
+func readNftablesFrom(conn *nftables.Conn) ([]nftChain, error) {
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]nftChain, 0, len(chains))
+	for _, ch := range chains {
+		c := nftChain{Chain: ch}
+		if filtersInput(ch) && (ch.Policy == nil || *ch.Policy != nftables.ChainPolicyDrop) {
+			rules, err := conn.GetRules(ch.Table, ch)
+			if err != nil {
+				return nil, err
+			}
+			if len(rules) > 0 {
+				c.lastRule = rules[len(rules)-1].Exprs
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// filtersInput reports a base chain on the input hook of an IP family: a
+// packet must pass every one of them.
+func filtersInput(ch *nftables.Chain) bool {
+	if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookInput || ch.Table == nil {
+		return false
+	}
+	switch ch.Table.Family {
+	case nftables.TableFamilyIPv4, nftables.TableFamilyIPv6, nftables.TableFamilyINet:
+		return true
+	}
+	return false
+}
+
+// tableFamilies are the names nft gives the table families.
+var tableFamilies = map[nftables.TableFamily]string{
+	nftables.TableFamilyINet: "inet", nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6",
+	nftables.TableFamilyARP: "arp", nftables.TableFamilyBridge: "bridge", nftables.TableFamilyNetdev: "netdev",
+}
+
+// judgeNftables reads which tables and chains exist and whether the input
+// hook drops IPv4 and IPv6 by default: one base chain that does, by its
+// policy or by an unconditional last rule, is enough; an inet table covers
+// both.
+func judgeNftables(chains []nftChain, rs *ruleset) {
+	for _, ch := range chains {
+		rs.chains[ch.Name] = true
+		if ch.Table != nil {
+			rs.tables[tableFamilies[ch.Table.Family]+" "+ch.Table.Name] = true
+		}
+		if !filtersInput(ch.Chain) {
+			continue
+		}
+		if !(ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop) && !dropsEverything(ch.lastRule) {
+			continue
+		}
+		switch ch.Table.Family {
+		case nftables.TableFamilyIPv4:
+			rs.v4Drop = true
+		case nftables.TableFamilyIPv6:
+			rs.v6Drop = true
+		case nftables.TableFamilyINet:
+			rs.v4Drop, rs.v6Drop = true, true
+		}
+	}
+}
+
+// dropsEverything reports a rule that drops or rejects whatever reaches
+// it: nothing but counting and logging before a drop or reject verdict
+// (firewalld ends filter_INPUT that way, with a policy that accepts).
+func dropsEverything(rule []expr.Any) bool {
+	if len(rule) == 0 {
+		return false
+	}
+	for _, e := range rule[:len(rule)-1] {
+		switch e.(type) {
+		case *expr.Counter, *expr.Log:
+		default:
+			return false
+		}
+	}
+	switch v := rule[len(rule)-1].(type) {
+	case *expr.Reject:
+		return true
+	case *expr.Verdict:
+		return v.Kind == expr.VerdictDrop
+	}
+	return false
+}
+
 // legacyTablesLoaded reports whether the legacy iptables backend has
 // tables in the kernel (/proc/net/ip_tables_names and ip6_tables_names list
 // them). When that cannot be read, it answers yes, so that iptables is
@@ -245,64 +339,13 @@ func (c *Collector) legacyTablesLoaded() bool {
 	return false
 }
 
-// permissionDenied recognizes the errors nft and iptables print without
+// permissionDenied recognizes the errors iptables prints without
 // CAP_NET_ADMIN: "Operation not permitted (you must be root)",
 // "Permission denied (you must be root)".
 func permissionDenied(stderr []byte) bool {
 	s := string(stderr)
 	return strings.Contains(s, "you must be root") || strings.Contains(s, "Operation not permitted") ||
 		strings.Contains(s, "Permission denied")
-}
-
-// unconditionalDrop matches a rule that drops or rejects everything that
-// reaches it, as the last rule of an input chain whose policy is accept
-// (firewalld ends filter_INPUT that way).
-var unconditionalDrop = regexp.MustCompile(`^(?:counter(?: packets \d+ bytes \d+)? )?` +
-	`(?:log(?: prefix "(?:[^"\\]|\\.)*")?(?: level \w+)? )?(?:counter(?: packets \d+ bytes \d+)? )?` +
-	`(?:drop|reject(?: with .+)?)$`)
-
-// parseNftRuleset reads "nft list ruleset" output: which base chains hook
-// input, their policy, and their last rule. A packet must pass every base
-// chain on a hook, so one that drops by default is enough; an inet table
-// covers IPv4 and IPv6.
-func parseNftRuleset(b []byte, rs *ruleset) {
-	var family, table, chain, lastRule string
-	depth, chainDepth := 0, 0
-	hookInput, policyDrop := false, false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		f := strings.Fields(line)
-		switch {
-		case depth == 0 && len(f) == 4 && f[0] == "table" && f[3] == "{":
-			family, table = f[1], f[2]
-			rs.tables[family+" "+table] = true
-		case depth == 1 && len(f) == 3 && f[0] == "chain" && f[2] == "{":
-			chain, chainDepth = f[1], 2
-			hookInput, policyDrop, lastRule = false, false, ""
-			rs.chains[chain] = true
-		case chain != "" && depth == chainDepth && strings.HasPrefix(line, "type "):
-			hookInput = strings.Contains(line, " hook input ")
-			policyDrop = strings.Contains(line, "policy drop;")
-		case chain != "" && depth == chainDepth && line != "" && line != "}":
-			lastRule = line
-		}
-		depth += strings.Count(line, "{") - strings.Count(line, "}")
-		if chain != "" && depth < chainDepth {
-			if hookInput && (policyDrop || unconditionalDrop.MatchString(lastRule)) {
-				switch family {
-				case "ip":
-					rs.v4Drop = true
-				case "ip6":
-					rs.v6Drop = true
-				case "inet":
-					rs.v4Drop, rs.v6Drop = true, true
-				}
-			}
-			chain = ""
-		}
-	}
 }
 
 // parseIptablesS reads "iptables -S" output ("-P INPUT DROP", "-N chain",

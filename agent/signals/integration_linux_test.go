@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/internal/jsonview"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // TestIntegrationCollect builds posture-agent, runs "posture-agent collect
@@ -127,22 +127,6 @@ func TestIntegrationCollect(t *testing.T) {
 	})
 }
 
-// requireTool finds a tool, skipping the test without it, or failing when
-// POSTURE_REQUIRE_TOOLS=1.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed, so this check cannot compare the agent with it: %v", name, err)
-	if os.Getenv("POSTURE_REQUIRE_TOOLS") == "1" {
-		t.Fatal(msg + " (POSTURE_REQUIRE_TOOLS=1)")
-	}
-	t.Skip("SKIPPED CHECK: " + msg)
-	return ""
-}
-
 // collectWithAgent builds the agent binary and runs "collect -o json".
 func collectWithAgent(ctx context.Context, t *testing.T) *posturev1.PostureReport {
 	t.Helper()
@@ -159,7 +143,7 @@ func collectWithAgent(ctx context.Context, t *testing.T) *posturev1.PostureRepor
 		t.Fatalf("posture-agent collect -o json: %v\n%s", err, stderr.String())
 	}
 	var r posturev1.PostureReport
-	if err := protojson.Unmarshal(stdout.Bytes(), &r); err != nil {
+	if err := jsonview.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("parse the report: %v\n%s", err, stdout.String())
 	}
 	return &r

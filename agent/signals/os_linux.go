@@ -16,9 +16,8 @@ import (
 )
 
 // osInfo reports the distribution from os-release and the running kernel.
-// The kernel release is the build on Linux, so there are no further
-// details.
-func (c *Collector) osInfo(ctx context.Context) (*posturev1.OSInfo, osDetails) {
+// The kernel release is the build on Linux, so build stays empty.
+func (c *Collector) osInfo(ctx context.Context) *posturev1.OSInfo {
 	info := &posturev1.OSInfo{Platform: runtime.GOOS, Arch: runtime.GOARCH}
 	var missing []string
 
@@ -51,10 +50,10 @@ func (c *Collector) osInfo(ctx context.Context) (*posturev1.OSInfo, osDetails) {
 
 	if len(missing) > 0 {
 		info.Meta = c.meta(posturev1.Status_STATUS_UNAVAILABLE, strings.Join(missing, "; "))
-		return info, osDetails{}
+		return info
 	}
 	info.Meta = c.meta(posturev1.Status_STATUS_OK, "")
-	return info, osDetails{}
+	return info
 }
 
 // osRelease reads os-release(5) from its two standard places.

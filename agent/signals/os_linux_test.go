@@ -31,7 +31,7 @@ func TestOSInfo(t *testing.T) {
 		t.Run(tt.fixture, func(t *testing.T) {
 			tt.want.Platform, tt.want.Arch = "linux", runtime.GOARCH
 			c := New(Options{Root: filepath.Join("testdata", "os", tt.fixture), Now: fixedNow})
-			got, _ := c.osInfo(context.Background())
+			got := c.osInfo(context.Background())
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("osInfo (-want +got):\n%s", diff)
 			}

@@ -12,7 +12,7 @@ import (
 
 // osInfo reports what the Go runtime knows; the product name and version
 // need per-OS code this build does not have.
-func (c *Collector) osInfo(_ context.Context) (*posturev1.OSInfo, osDetails) {
+func (c *Collector) osInfo(_ context.Context) *posturev1.OSInfo {
 	info := &posturev1.OSInfo{
 		Meta:     c.unsupported("the operating system name and version are"),
 		Platform: runtime.GOOS,
@@ -21,5 +21,5 @@ func (c *Collector) osInfo(_ context.Context) (*posturev1.OSInfo, osDetails) {
 	if h, err := os.Hostname(); err == nil {
 		info.Hostname = h
 	}
-	return info, osDetails{}
+	return info
 }

@@ -13,15 +13,18 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/godbus/dbus/v5"
+
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
-	"google.golang.org/protobuf/proto"
 )
 
 // The screen lock is a per-user desktop setting, so it is read for each
-// user with a graphical session, as logind lists them. GNOME keeps it in
-// GSettings (read with gsettings as that user, so that the user's dconf
-// database, the system defaults and any locks apply); KDE Plasma in
-// kscreenlockerrc.
+// user with a graphical session, as logind lists them over D-Bus. GNOME
+// keeps it in GSettings, read with gsettings as that user: only GLib
+// applies the user's dconf database, the system databases and their locks
+// over the schema defaults (no Go library reads dconf's GVDB files), and
+// dconf's D-Bus service writes settings but does not read them. KDE Plasma
+// keeps it in kscreenlockerrc.
 
 // screenLockSession is one graphical login session.
 type screenLockSession struct {
@@ -43,18 +46,7 @@ type userLock struct {
 // display appeared, and no user or system setting file was written.
 // Asking logind and gsettings costs ~25 ms of CPU per process.
 func (c *Collector) screenLock(ctx context.Context) *posturev1.ScreenLock {
-	stamp := c.screenLockStamp()
-	now := c.now()
-	if v, ok := c.config.get("screenlock", stamp, now); ok {
-		s := proto.Clone(v.(*posturev1.ScreenLock)).(*posturev1.ScreenLock)
-		s.Meta = metaAt(now, s.GetMeta().GetStatus(), s.GetMeta().GetReason())
-		return s
-	}
-	s := c.measureScreenLock(ctx)
-	if st := s.GetMeta().GetStatus(); st == posturev1.Status_STATUS_OK || st == posturev1.Status_STATUS_NOT_APPLICABLE {
-		c.config.put("screenlock", stamp, now, s)
-	}
-	return s
+	return cachedConfig(c, "screenlock", c.screenLockStamp(), func() *posturev1.ScreenLock { return c.measureScreenLock(ctx) })
 }
 
 // screenLockStamp covers what the screen lock depends on: sessions and
@@ -98,13 +90,27 @@ func (c *Collector) measureScreenLock(ctx context.Context) *posturev1.ScreenLock
 		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE, strings.Join(unknown, "; "))}
 	}
 	if !enabled {
-		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, strings.Join(off, "; "))}
+		return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Detail: strings.Join(off, "; ")}
 	}
 	return &posturev1.ScreenLock{Meta: c.meta(posturev1.Status_STATUS_OK, ""), Enabled: true, TimeoutSeconds: timeout}
 }
 
-// loginctlProperties are the session properties the agent reads.
-var loginctlProperties = []string{"Id", "Name", "User", "Type", "Class", "Desktop", "State"}
+// logind's D-Bus API (org.freedesktop.login1(5)).
+const (
+	logindService    = "org.freedesktop.login1"
+	logindPath       = "/org/freedesktop/login1"
+	logindSession    = logindService + ".Session"
+	propertiesGetAll = "org.freedesktop.DBus.Properties.GetAll"
+)
+
+// logindSessionEntry is one entry of Manager.ListSessions: a(susso).
+type logindSessionEntry struct {
+	ID   string
+	UID  uint32
+	User string
+	Seat string
+	Path dbus.ObjectPath
+}
 
 // graphicalSessions lists the users' X11 and Wayland sessions from logind.
 // Every such session has a display socket, so without one there is no
@@ -114,81 +120,56 @@ func (c *Collector) graphicalSessions(ctx context.Context) ([]screenLockSession,
 	if len(sockets) == 0 {
 		return nil, nil
 	}
-	if !c.hasCommand("loginctl") {
-		return nil, noLogind(sockets, "loginctl is not installed")
-	}
-	stdout, stderr, code, err := c.run(ctx, "loginctl", "list-sessions", "--no-legend")
-	if err != nil {
+	var entries []logindSessionEntry
+	err := c.busCall(ctx, logindService, logindPath, logindService+".Manager.ListSessions", []any{&entries})
+	switch {
+	case errors.Is(err, errNoSystemBus):
+		return nil, noLogind(sockets, "logind cannot be asked: "+err.Error())
+	case serviceMissing(err):
+		return nil, noLogind(sockets, "logind is not running ("+logindService+" is not on the system bus)")
+	case err != nil:
 		return nil, fmt.Errorf("cannot list login sessions: %w", err)
 	}
-	if code != 0 {
-		msg := firstLine(stderr)
-		if strings.Contains(string(stderr), "Failed to connect to bus") || strings.Contains(msg, "not been booted with systemd") {
-			return nil, noLogind(sockets, "logind is not running ("+msg+")")
-		}
-		return nil, fmt.Errorf("cannot list login sessions: %w", commandError("loginctl", []string{"list-sessions"}, code, stderr, stdout))
-	}
-	var ids []string
-	sc := bufio.NewScanner(bytes.NewReader(stdout))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) > 0 {
-			ids = append(ids, f[0])
-		}
-	}
-	if len(ids) == 0 {
-		return nil, nil
-	}
-	args := append([]string{"show-session"}, ids...)
-	for _, p := range loginctlProperties {
-		args = append(args, "-p", p)
-	}
-	stdout, stderr, code, err = c.run(ctx, "loginctl", args...)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read login sessions: %w", err)
-	}
-	if code != 0 {
-		return nil, fmt.Errorf("cannot read login sessions: %w", commandError("loginctl", args[:2], code, stderr, stdout))
-	}
 	var out []screenLockSession
-	for _, p := range parseLoginctlShow(stdout) {
-		// Greeters (the login screen) and lock screens are not a user at
-		// the desk; tty and ssh sessions have no screen to lock.
-		graphical := p["Type"] == "x11" || p["Type"] == "wayland" || p["Type"] == "mir"
-		if !graphical || !strings.HasPrefix(p["Class"], "user") || p["State"] == "closing" {
-			continue
-		}
-		uid, err := strconv.Atoi(p["User"])
+	for _, e := range entries {
+		var props map[string]dbus.Variant
+		err := c.busCall(ctx, logindService, e.Path, propertiesGetAll, []any{&props}, logindSession)
 		if err != nil {
-			continue
+			// A session that ended since it was listed is gone, not an error.
+			if busErrorName(err) == "org.freedesktop.DBus.Error.UnknownObject" {
+				continue
+			}
+			return nil, fmt.Errorf("cannot read login session %s: %w", e.ID, err)
 		}
-		out = append(out, screenLockSession{id: p["Id"], user: p["Name"], uid: uid, desktop: desktopFamily(p["Desktop"])})
+		if s, ok := graphicalSession(props); ok {
+			out = append(out, s)
+		}
 	}
 	return out, nil
 }
 
-// parseLoginctlShow reads "loginctl show-session ID… -p …" output: blocks
-// of Key=Value lines, one block per session, separated by blank lines.
-func parseLoginctlShow(b []byte) []map[string]string {
-	var out []map[string]string
-	cur := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			if len(cur) > 0 {
-				out = append(out, cur)
-				cur = map[string]string{}
-			}
-			continue
-		}
-		if k, v, ok := strings.Cut(line, "="); ok {
-			cur[k] = v
-		}
+// graphicalSession reads a session's logind properties (Id, Name, User,
+// Type, Class, Desktop, State) and keeps the sessions of users at a
+// graphical display: greeters (the login screen) and lock screens are not
+// a user at the desk, and tty and ssh sessions have no screen to lock.
+func graphicalSession(props map[string]dbus.Variant) (screenLockSession, bool) {
+	str := func(name string) string {
+		s, _ := props[name].Value().(string)
+		return s
 	}
-	if len(cur) > 0 {
-		out = append(out, cur)
+	graphical := str("Type") == "x11" || str("Type") == "wayland" || str("Type") == "mir"
+	if !graphical || !strings.HasPrefix(str("Class"), "user") || str("State") == "closing" {
+		return screenLockSession{}, false
 	}
-	return out
+	// User is (uo): the uid and the user's object path.
+	var user struct {
+		UID  uint32
+		Path dbus.ObjectPath
+	}
+	if err := props["User"].Store(&user); err != nil {
+		return screenLockSession{}, false
+	}
+	return screenLockSession{id: str("Id"), user: str("Name"), uid: int(user.UID), desktop: desktopFamily(str("Desktop"))}, true
 }
 
 // displaySockets lists the X11 (/tmp/.X11-unix/X0) and Wayland

@@ -1,19 +1,31 @@
 // Package signals measures a device's security posture (operating system,
-// disk encryption, secure boot, pending updates, firewall, screen lock) and
+// disk encryption, secure boot, pending updates, firewall, screen lock,
+// endpoint protection, automatic updates, the newest installed update) and
 // fills the matching sections of a posture report.
 //
 // Every section says how it was obtained. A signal that cannot be measured is
 // reported with a status other than STATUS_OK and a reason a person can act
 // on; its boolean values stay false so that unknown never passes a check.
 //
-// Files are named for the signal and the OS. disk_linux.go, disk_darwin.go
-// and disk_windows.go are built for their OS only, and *_other.go stubs for
-// the rest. The macOS and Windows measurements themselves live in
-// disk_macos.go, disk_win.go and so on, which have no build constraint: they
-// reach the system only through small interfaces (Runner for commands,
-// registryReader, wmiQuerier), so their tests run on every OS. The
-// *_darwin.go and *_windows.go files only supply those interfaces and the
-// few facts that need a system call.
+// # File names
+//
+// Two kinds of per-OS file live here, and their names keep them apart:
+//
+//   - *_linux.go, *_darwin.go, *_windows.go and *_other.go carry Go's
+//     file-name build constraint: they are compiled for that OS only (the
+//     _other.go stubs for every OS the agent does not measure). They hold
+//     what needs the OS itself: system calls, the registry and WMI, netlink,
+//     and on macOS and Windows the few lines that bind the measurements
+//     below to them.
+//   - *_macos_anyos.go and *_windows_anyos.go hold the macOS and Windows
+//     measurements and carry no constraint: they reach the system only
+//     through small interfaces (Runner for commands, registryReader,
+//     wmiQuerier), so they build on every OS and their tests run on Linux
+//     against captured outputs, as no Mac or Windows machine runs the tests.
+//     The suffix _anyos says so: Go reads only a GOOS (or GOOS_GOARCH) at
+//     the very end of a name as a constraint.
+//
+// docs/contributing/signals.md is the checklist for adding a signal.
 package signals
 
 import (
@@ -29,6 +41,7 @@ import (
 	"time"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -64,6 +77,11 @@ type Options struct {
 	UpdatesInterval time.Duration
 	// CommandTimeout bounds each external command; 0 means 60s.
 	CommandTimeout time.Duration
+	// SystemBus is the address of the D-Bus system bus, where the Linux
+	// measurements ask systemd, logind and firewalld; "" means
+	// $DBUS_SYSTEM_BUS_ADDRESS, or unix:path=/run/dbus/system_bus_socket
+	// under Root.
+	SystemBus string
 	// FirstSlowWait is how long the first Collect waits for a slow
 	// measurement (package managers) before reporting it as still running
 	// and letting it finish in the background, so it cannot stall the first
@@ -86,9 +104,11 @@ type Collector struct {
 	// registry and wmi reach Windows; nil elsewhere.
 	registry registryReader
 	wmi      wmiQuerier
+	// sys is what a platform's measurements keep between cycles.
+	sys osState
 
 	updates       slowCache[*posturev1.Updates]
-	lastInstalled slowCache[lastInstalledUpdate]
+	lastInstalled slowCache[*posturev1.InstalledUpdate]
 	// config caches measurements that only change when files change.
 	config configCache
 	// macVersion and macBoot cache what changes only across reboots.
@@ -133,35 +153,55 @@ func New(opts Options) *Collector {
 	}
 	c.euid = os.Geteuid()
 	c.registry, c.wmi = platformSources()
+	c.sys = newOSState(opts, c.root)
 	return c
 }
 
-// Collect measures the device now. It never fails as a whole: every section
-// is always set, and a section that could not be measured carries a status
-// other than STATUS_OK with a reason a person can act on. It fills Os, Disk,
-// SecureBoot, Updates, Firewall and ScreenLock only; identity, sequence and
-// timing fields are left to the caller.
+// Collect measures the device now. It never fails as a whole: every
+// section is always set, and a section that could not be measured carries a
+// status other than STATUS_OK with a reason a person can act on. It fills
+// the measured sections only; identity, sequence and timing fields are left
+// to the caller.
+//
+// Each section comes whole from its measurement (see section): adding a
+// signal adds a field to the report and one line here, and
+// TestCollectFillsEverySection fails until both are there.
 func (c *Collector) Collect(ctx context.Context) *posturev1.PostureReport {
-	r, p := c.collect(ctx)
-	p.apply(r)
-	return r
+	return &posturev1.PostureReport{
+		Os:                  c.osInfo(ctx),
+		Disk:                c.diskEncryption(ctx),
+		SecureBoot:          c.secureBoot(ctx),
+		Updates:             c.cachedUpdates(ctx),
+		Firewall:            c.firewall(ctx),
+		ScreenLock:          c.screenLock(ctx),
+		EndpointProtection:  c.endpointProtection(ctx),
+		AutoUpdate:          c.autoUpdate(ctx),
+		LastInstalledUpdate: c.cachedLastInstalled(ctx),
+	}
 }
 
-// collect measures everything; the signals gathered in pendingSignals are
-// copied into the report by apply.
-func (c *Collector) collect(ctx context.Context) (*posturev1.PostureReport, pendingSignals) {
-	var p pendingSignals
-	r := &posturev1.PostureReport{}
-	r.Os, p.os = c.osInfo(ctx)
-	r.Disk, p.otherVolumes = c.diskEncryption(ctx)
-	r.SecureBoot = c.secureBoot(ctx)
-	r.Updates = c.cachedUpdates(ctx)
-	p.lastInstalled = c.cachedLastInstalled(ctx)
-	r.Firewall = c.firewall(ctx)
-	r.ScreenLock = c.screenLock(ctx)
-	p.endpoint = c.endpointProtection(ctx)
-	p.autoUpdate = c.autoUpdate(ctx)
-	return r, p
+// section is one section of the report as a measurement returns it: the
+// section's own message, complete. Its meta says how it was obtained:
+// status, observed_at and source always, and reason whenever the status is
+// not STATUS_OK. The explanation of an OK verdict ("no input chain drops
+// inbound traffic", "user alice's screen saver has no timeout") goes in
+// the section's detail field where it has one; in a section without one,
+// reason may carry a caveat of an OK measurement (how old it is, how a
+// date was read). Measurements never hand back private copies for someone
+// else to move into the report.
+type section interface {
+	proto.Message
+	GetMeta() *posturev1.SignalMeta
+}
+
+// renewed returns a copy of a measurement kept in a cache, observed again
+// at t: the agent has checked at t that nothing it depends on changed.
+func renewed[T section](s T, t time.Time) T {
+	s = proto.Clone(s).(T)
+	if m := s.GetMeta(); m != nil {
+		m.ObservedAt = timestamppb.New(t)
+	}
+	return s
 }
 
 // meta builds the SignalMeta of a measurement taken now from the OS.

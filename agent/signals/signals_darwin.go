@@ -8,17 +8,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// On macOS every signal is measured by the functions in *_macos.go through
+// On macOS every signal is measured by the functions in *_macos_anyos.go through
 // the Runner; this file only binds them and supplies what needs a system
 // call.
 
-func (c *Collector) osInfo(ctx context.Context) (*posturev1.OSInfo, osDetails) {
+func (c *Collector) osInfo(ctx context.Context) *posturev1.OSInfo {
 	kernel, _ := unix.Sysctl("kern.osrelease")
 	host, _ := os.Hostname()
 	return c.macOSInfo(ctx, kernel, host)
 }
 
-func (c *Collector) diskEncryption(ctx context.Context) (*posturev1.DiskEncryption, otherVolumes) {
+func (c *Collector) diskEncryption(ctx context.Context) *posturev1.DiskEncryption {
 	mountPoint, device := dataVolume()
 	return c.macDiskEncryption(ctx, mountPoint, device)
 }
@@ -35,11 +35,13 @@ func (c *Collector) screenLock(ctx context.Context) *posturev1.ScreenLock {
 	return c.macScreenLock(ctx)
 }
 
-func (c *Collector) endpointProtection(ctx context.Context) endpointProtection {
+func (c *Collector) endpointProtection(ctx context.Context) *posturev1.EndpointProtection {
 	return c.macEndpointProtection(ctx)
 }
 
-func (c *Collector) autoUpdate(ctx context.Context) autoUpdate { return c.macAutoUpdate(ctx) }
+func (c *Collector) autoUpdate(ctx context.Context) *posturev1.AutoUpdate {
+	return c.macAutoUpdate(ctx)
+}
 
 // appleSilicon reports an Apple silicon Mac, also when an Intel build of
 // the agent runs under Rosetta.

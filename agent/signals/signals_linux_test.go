@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 func TestExecRunner(t *testing.T) {
@@ -42,33 +40,4 @@ func TestExecRunner(t *testing.T) {
 			t.Errorf("run took %v after its timeout", d)
 		}
 	})
-}
-
-// TestCollectPendingThisMachine checks that the signals the report has no
-// field for yet are measured, and say how.
-func TestCollectPendingThisMachine(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	_, p := New(Options{}).collect(ctx)
-	for name, meta := range map[string]*posturev1.SignalMeta{
-		"other volumes":       p.otherVolumes.meta,
-		"endpoint protection": p.endpoint.meta,
-		"auto-update":         p.autoUpdate.meta,
-	} {
-		if meta == nil || meta.GetStatus() == posturev1.Status_STATUS_UNSPECIFIED {
-			t.Errorf("%s: no status (%v)", name, meta)
-			continue
-		}
-		if meta.GetStatus() != posturev1.Status_STATUS_OK && meta.GetReason() == "" {
-			t.Errorf("%s: status %v without a reason", name, meta.GetStatus())
-		}
-		t.Logf("%s: %v %q", name, meta.GetStatus(), meta.GetReason())
-	}
-	for _, v := range p.otherVolumes.volumes {
-		t.Logf("other volume %s %s encrypted=%v: %s", v.GetMountPoint(), v.GetDevice(), v.GetEncrypted(), v.GetDetail())
-	}
-	t.Logf("auto-update: %s enabled=%v %s", p.autoUpdate.mechanism, p.autoUpdate.enabled, p.autoUpdate.detail)
-	if p.lastInstalled.meta != nil {
-		t.Errorf("last installed update measured on Linux: %v", p.lastInstalled)
-	}
 }

@@ -17,7 +17,7 @@ const failedUpdatesRetry = 10 * time.Minute
 // slowCache keeps the last result of a slow measurement (package managers,
 // the Windows hotfix list), which takes seconds to minutes while the state
 // changes slowly.
-type slowCache[T any] struct {
+type slowCache[T section] struct {
 	mu         sync.Mutex
 	last       T
 	measuredAt time.Time
@@ -30,11 +30,11 @@ type slowCache[T any] struct {
 // get returns the last measurement. The first call starts the measurement
 // and waits for it at most FirstSlowWait; if it is not done by then, get
 // returns pending() and the measurement finishes in the background, so a
-// slow package manager cannot stall a report. Later calls return the cached
-// result and, when it is older than UpdatesInterval (or failedUpdatesRetry
-// after a failure), start one background refresh. measure reports whether
-// it succeeded; clone copies a result so that callers never share one.
-func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(context.Context) (T, bool), clone func(T) T, pending func() T) T {
+// slow package manager cannot stall a report. Later calls return a copy of
+// the cached result and, when it is older than UpdatesInterval (or
+// failedUpdatesRetry after a failure, a status other than OK or not
+// applicable), start one background refresh.
+func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(context.Context) T, pending func() T) T {
 	s.mu.Lock()
 	if !s.have {
 		if s.first == nil {
@@ -60,12 +60,14 @@ func (s *slowCache[T]) get(ctx context.Context, c *Collector, measure func(conte
 		go s.refresh(context.WithoutCancel(ctx), c, measure)
 	}
 	defer s.mu.Unlock()
-	return clone(s.last)
+	return proto.Clone(s.last).(T)
 }
 
-func (s *slowCache[T]) refresh(ctx context.Context, c *Collector, measure func(context.Context) (T, bool)) {
+func (s *slowCache[T]) refresh(ctx context.Context, c *Collector, measure func(context.Context) T) {
 	at := c.now()
-	fresh, ok := measure(ctx)
+	fresh := measure(ctx)
+	st := fresh.GetMeta().GetStatus()
+	ok := st == posturev1.Status_STATUS_OK || st == posturev1.Status_STATUS_NOT_APPLICABLE
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.last, s.ok, s.measuredAt = fresh, ok, at
@@ -88,31 +90,17 @@ func (s *slowCache[T]) stale(c *Collector) bool {
 // cachedUpdates returns the last pending-updates measurement, with the
 // observed_at of its real measurement.
 func (c *Collector) cachedUpdates(ctx context.Context) *posturev1.Updates {
-	return c.updates.get(ctx, c,
-		func(ctx context.Context) (*posturev1.Updates, bool) {
-			u := c.measureUpdates(ctx)
-			return u, u.GetMeta().GetStatus() == posturev1.Status_STATUS_OK
-		},
-		func(u *posturev1.Updates) *posturev1.Updates { return proto.Clone(u).(*posturev1.Updates) },
-		func() *posturev1.Updates {
-			return &posturev1.Updates{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
-				"the first package-manager check is still running; the next report carries its result")}
-		})
+	return c.updates.get(ctx, c, c.measureUpdates, func() *posturev1.Updates {
+		return &posturev1.Updates{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+			"the first package-manager check is still running; the next report carries its result")}
+	})
 }
 
 // cachedLastInstalled returns the last measurement of the newest installed
 // update, which is as slow to list as pending updates are to find.
-func (c *Collector) cachedLastInstalled(ctx context.Context) lastInstalledUpdate {
-	return c.lastInstalled.get(ctx, c,
-		func(ctx context.Context) (lastInstalledUpdate, bool) {
-			u := c.measureLastInstalled(ctx)
-			return u, u.meta == nil || u.meta.GetStatus() == posturev1.Status_STATUS_OK
-		},
-		func(u lastInstalledUpdate) lastInstalledUpdate {
-			if u.meta != nil {
-				u.meta = proto.Clone(u.meta).(*posturev1.SignalMeta)
-			}
-			return u
-		},
-		func() lastInstalledUpdate { return lastInstalledUpdate{} })
+func (c *Collector) cachedLastInstalled(ctx context.Context) *posturev1.InstalledUpdate {
+	return c.lastInstalled.get(ctx, c, c.measureLastInstalled, func() *posturev1.InstalledUpdate {
+		return &posturev1.InstalledUpdate{Meta: c.meta(posturev1.Status_STATUS_UNAVAILABLE,
+			"the first listing of installed updates is still running; the next report carries its result")}
+	})
 }

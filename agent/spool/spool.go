@@ -24,7 +24,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/durable"
 )
 
 // defaultMax bounds the spool when Open is given no bound: a week of
@@ -138,7 +138,7 @@ func (s *Spool) load() error {
 			}
 			s.dropped++
 		}
-		if err := pki.SyncDir(s.dir); err != nil {
+		if err := durable.SyncDir(s.dir); err != nil {
 			return fmt.Errorf("spool: %w", err)
 		}
 	}
@@ -216,7 +216,7 @@ func (s *Spool) putLocked(tmp string) (uint64, error) {
 		return 0, err
 	}
 	// This also makes the removal of a dropped entry durable.
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		// The caller is told the Put failed, so do not let the entry
 		// surface later.
 		os.Remove(path)
@@ -277,10 +277,44 @@ func (s *Spool) Replace(id uint64, data []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("spool: replace entry %d: %w", id, err)
 	}
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("spool: replace entry %d: %w", id, err)
 	}
 	return nil
+}
+
+// Rewrite passes the data of every entry, oldest first, to f, and durably
+// replaces the entries for which f returns changed, keeping their IDs and
+// order (as Replace does). It returns how many it replaced. Entries that
+// cannot be read back intact are left for Oldest to set aside. It is meant
+// for converting what an older version spooled, before consumers start.
+func (s *Spool) Rewrite(f func(data []byte) (out []byte, changed bool)) (int, error) {
+	s.mu.Lock()
+	ids := slices.Clone(s.ids)
+	s.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		s.mu.Lock()
+		data, err := s.readLocked(id)
+		s.mu.Unlock()
+		switch {
+		case errors.Is(err, errInvalid), errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil:
+			return n, fmt.Errorf("spool: rewrite entry %d: %w", id, err)
+		}
+		out, changed := f(data)
+		if !changed {
+			continue
+		}
+		if err := s.Replace(id, out); errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // Remove deletes an entry durably; removing an ID that is not there is not
@@ -294,7 +328,7 @@ func (s *Spool) Remove(id uint64) error {
 	if err := s.removeLocked(id); err != nil {
 		return fmt.Errorf("spool: remove entry %d: %w", id, err)
 	}
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("spool: remove entry %d: %w", id, err)
 	}
 	return nil
@@ -418,7 +452,7 @@ func (s *Spool) saveNextLocked(id uint64) error {
 	}
 	// Flushed now, not with the caller's removal, so that the two cannot
 	// be reordered on disk.
-	if err := pki.SyncDir(s.dir); err != nil {
+	if err := durable.SyncDir(s.dir); err != nil {
 		return fmt.Errorf("save next ID: %w", err)
 	}
 	s.saved = s.next

@@ -290,6 +290,38 @@ func TestReplace(t *testing.T) {
 	}
 }
 
+// Rewrite converts the entries its function changes, in place and durably,
+// leaves the others and damaged files alone, and keeps IDs and order.
+func TestRewrite(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	ids := put(t, s, "old a", "new b", "old c", "old d")
+	// Damage the last entry: Rewrite skips it, Oldest sets it aside.
+	if err := os.WriteFile(filepath.Join(dir, fileName(ids[3])), []byte("PSP1garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	n, err := s.Rewrite(func(data []byte) ([]byte, bool) {
+		seen = append(seen, string(data))
+		rest, ok := bytes.CutPrefix(data, []byte("old "))
+		return append([]byte("converted "), rest...), ok
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("Rewrite = %d, %v; want 2, nil", n, err)
+	}
+	if want := []string{"old a", "new b", "old c"}; !slices.Equal(seen, want) {
+		t.Errorf("Rewrite saw %q, want %q oldest first without the damaged entry", seen, want)
+	}
+	s = open(t, dir, 0)
+	checkEntries(t, drain(t, s), entries(ids[:3], "converted a", "new b", "converted c"))
+	if got := s.Corrupt(); got != 1 {
+		t.Errorf("Corrupt = %d after reopening, want the damaged entry set aside", got)
+	}
+	if left := tempFiles(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+}
+
 func TestReplaceNotFound(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/posture-project/posture/collector/fleet"
+	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -69,9 +73,11 @@ type caller struct {
 	role string
 	name string // device ID, gateway name, admin name; empty for anonymous
 	// For devices and gateways: the serial of the certificate (as
-	// pki.SerialHex writes it); for devices, whether it is the one the
-	// device's last renewal replaced, which may only renew.
+	// pki.SerialHex writes it); for devices, the SHA-256 of its public key
+	// (pki.KeySHA256), and whether it is the one the device's last renewal
+	// replaced, which may only renew.
 	certSerial   string
+	certKey      []byte
 	replacedCert bool
 	// notAfter is when the client certificate's chain expires; zero for
 	// callers without a certificate.
@@ -139,11 +145,15 @@ func (s *Server) identify(ctx context.Context) (caller, error) {
 		if err := s.cfg.Fleet.CheckActive(name); err != nil {
 			return caller{}, status.Error(codes.PermissionDenied, err.Error())
 		}
-		replaced, err := s.cfg.Fleet.CertStanding(name, serial)
-		if err != nil {
-			return caller{}, status.Error(codes.PermissionDenied, err.Error())
+		key := pki.KeySHA256(chain[0])
+		replaced, unbound, err := s.cfg.Fleet.CertStanding(name, serial, key)
+		if err == nil && unbound {
+			err = s.bindCertKey(ctx, name, serial, key)
 		}
-		return caller{role: role, name: name, certSerial: serial, replacedCert: replaced, notAfter: notAfter}, nil
+		if err != nil {
+			return caller{}, s.certRefusal(ctx, name, serial, key, err)
+		}
+		return caller{role: role, name: name, certSerial: serial, certKey: key, replacedCert: replaced, notAfter: notAfter}, nil
 	}
 	return caller{role: role, name: name, notAfter: notAfter}, nil
 }
@@ -167,10 +177,63 @@ func (s *Server) streamCertCurrent(who caller) error {
 	if s.cfg.Now().After(who.notAfter) {
 		return certExpired(who.notAfter)
 	}
-	if s.cfg.Fleet.CurrentCert(who.name, who.certSerial) != nil {
+	if s.cfg.Fleet.CurrentCert(who.name, who.certSerial, who.certKey) != nil {
 		return errStreamCertReplaced
 	}
 	return nil
+}
+
+// bindCertKey records the key of a device certificate issued before the
+// collector recorded keys, at the device's first call that presents it
+// (store.Store.BindCertKey): from then on only that key counts with its
+// serial. Whoever presents the serial first binds it; should that be a
+// certificate minted with a stolen CA key, the device's own certificate
+// is refused from then on, saying so, which is what an admin must hear.
+func (s *Server) bindCertKey(ctx context.Context, id, serial string, key []byte) error {
+	_, ev, err := s.cfg.Store.BindCertKey(ctx, id, store.Cert{Serial: serial, KeySHA256: key}, s.cfg.Now())
+	switch {
+	case errors.Is(err, store.ErrCertKey):
+		return errCertKey
+	case errors.Is(err, store.ErrCertReplaced):
+		return fleet.ErrOldCertificate
+	case err != nil:
+		s.cfg.Logger.Error("record a device certificate's key", "device", id, "serial", serial, "err", err)
+		return status.Errorf(codes.Unavailable, "device %s: the collector could not record its certificate's key (%v); try again", id, err)
+	}
+	if ev.ID != 0 {
+		s.cfg.Feed.Apply(ev, nil)
+		s.cfg.Logger.Info("device certificate key recorded", "device", id, "serial", serial)
+	}
+	return nil
+}
+
+// errCertKey refuses a certificate with the serial of one the collector
+// issued the device but another public key.
+var errCertKey = errors.New("this certificate carries the serial of one the collector issued the device, but not the public key it was issued for: the collector did not issue it")
+
+// certRefusal is the refusal of a device's certificate that did not
+// stand (err, from CertStanding or bindCertKey). A certificate with the
+// serial of one the collector issued the device, with another key, was
+// not made by the collector: whoever made it holds the CA's key. It is
+// told apart from a merely replaced certificate by reading the device as
+// stored, and logged as an error: an admin must replace the CA.
+func (s *Server) certRefusal(ctx context.Context, id, serial string, key []byte, err error) error {
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	forged := func(recordedSerial string, recordedKey []byte) bool {
+		return recordedSerial == serial && recordedKey != nil && !bytes.Equal(recordedKey, key)
+	}
+	if errors.Is(err, fleet.ErrOldCertificate) {
+		if d, rerr := s.cfg.Store.Device(ctx, id); rerr == nil && (forged(d.CertSerial, d.CertKeySHA256) || forged(d.PrevCertSerial, d.PrevCertKeySHA256)) {
+			err = errCertKey
+		}
+	}
+	if errors.Is(err, errCertKey) {
+		s.cfg.Logger.Error("device certificate refused: it carries a serial the collector issued, with another key; whoever made it holds the collector CA's key",
+			"device", id, "serial", serial, "key_sha256", hex.EncodeToString(key))
+	}
+	return status.Error(codes.PermissionDenied, err.Error())
 }
 
 func (s *Server) authorize(ctx context.Context, method string) (context.Context, error) {

@@ -60,7 +60,7 @@ func (r *reportService) IssueBrowserCertificate(ctx context.Context, req *postur
 	if k, ok := pub.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
 		return nil, status.Error(codes.InvalidArgument, "public_key must be an ECDSA P-256 key")
 	}
-	if err := s.cfg.Fleet.CheckActive(who.name); err != nil {
+	if err := s.cfg.Fleet.CheckBrowserCertAllowed(who.name); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "device %s gets no browser certificate: %v", who.name, err)
 	}
 	ttl := s.cfg.BrowserCertTTL
@@ -73,7 +73,7 @@ func (r *reportService) IssueBrowserCertificate(ctx context.Context, req *postur
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	bc := store.BrowserCert{DeviceID: who.name, User: req.GetUser(), Serial: pki.SerialHex(cert), KeySHA256: pki.KeySHA256(cert),
-		IssuedUnder: who.certSerial, IssuedAt: s.cfg.Now(), NotAfter: cert.NotAfter}
+		IssuedUnder: who.certSerial, IssuedUnderKeySHA256: who.certKey, IssuedAt: s.cfg.Now(), NotAfter: cert.NotAfter}
 	ev, err := s.cfg.Store.AddBrowserCert(ctx, bc)
 	switch {
 	case errors.Is(err, store.ErrNotFound):

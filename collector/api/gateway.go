@@ -70,10 +70,12 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		return nil, status.Error(codes.InvalidArgument, "access_level is required")
 	case len(level) > maxLevelName:
 		return nil, status.Errorf(codes.InvalidArgument, "access_level is %d bytes long; level names are at most %d", len(level), maxLevelName)
-	case len(req.GetCertificateKeySha256()) != 0 && len(req.GetCertificateKeySha256()) != sha256.Size:
-		return nil, status.Errorf(codes.InvalidArgument, "certificate_key_sha256 is %d bytes long; a SHA-256 is %d", len(req.GetCertificateKeySha256()), sha256.Size)
 	case len(req.GetCertificateSerial()) > maxSerial:
 		return nil, status.Errorf(codes.InvalidArgument, "certificate_serial is %d bytes long; at most %d", len(req.GetCertificateSerial()), maxSerial)
+	case len(req.GetCertificateKeySha256()) != 0 && len(req.GetCertificateKeySha256()) != sha256.Size:
+		return nil, status.Errorf(codes.InvalidArgument, "certificate_key_sha256 is %d bytes long; a SHA-256 is %d", len(req.GetCertificateKeySha256()), sha256.Size)
+	case len(req.GetCertificateKeySha256()) != 0 && req.GetCertificateSerial() == "":
+		return nil, status.Error(codes.InvalidArgument, "certificate_key_sha256 names a certificate with certificate_serial: set both")
 	}
 	// nginx's $ssl_client_serial is upper case with leading zeros: the same
 	// serial, spelled otherwise.
@@ -105,11 +107,20 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		resp.Enforcement = v.Enforce.Proto()
 	}
 	if req.GetCertificateSerial() != "" {
-		if err := c.currentOrBrowserCert(id, serial, req.GetCertificateKeySha256(), now); err != nil {
-			// A replaced certificate is the device's identity, not its
-			// posture: no enforcement mode lets it through.
+		key := req.GetCertificateKeySha256()
+		if len(key) == 0 {
+			key = nil // the serial alone: it matches only a certificate whose key is not recorded
+		}
+		if err := c.cfg.Fleet.HeldCert(id, serial, key, now); err != nil {
+			why := err.Error()
+			if key == nil {
+				why += "; the gateway named the certificate by its serial alone, which counts only for certificates whose key the collector has not recorded: send certificate_key_sha256 with it"
+			}
+			// A replaced or minted certificate, device or browser, is the
+			// device's identity, not its posture: no enforcement mode lets
+			// it through.
 			resp.Allowed, resp.Met = false, false
-			resp.Reasons = append([]string{err.Error()}, resp.Reasons...)
+			resp.Reasons = append([]string{why}, resp.Reasons...)
 		}
 	}
 	if resp.Allowed && v.Warned() {
@@ -127,20 +138,6 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		State: subj.State, Reasons: resp.Reasons, Failed: resp.FailedChecks, Caller: callerName(ctx),
 		Enforcement: resp.Enforcement, Met: resp.Met, Warned: resp.Warned, Warnings: resp.Warnings})
 	return resp, nil
-}
-
-// currentOrBrowserCert says whether the certificate a gateway saw is one
-// the device holds now: its device certificate, or a browser certificate
-// of one of its users (matched by serial and key).
-func (c *Server) currentOrBrowserCert(id, serial string, keySHA256 []byte, now time.Time) error {
-	err := c.cfg.Fleet.CurrentCert(id, serial)
-	if err == nil || len(keySHA256) == 0 {
-		return err
-	}
-	if c.cfg.Fleet.BrowserCert(id, serial, keySHA256, now) == nil {
-		return nil
-	}
-	return err
 }
 
 func (g *gatewayService) GetDevicePosture(ctx context.Context, req *posturev1.GetDevicePostureRequest) (*posturev1.DevicePosture, error) {

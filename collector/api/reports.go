@@ -1,6 +1,7 @@
 package api
 
 import (
+	"github.com/posture-project/posture/collector/store"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -29,5 +30,5 @@ func (r *reportService) StreamReports(stream posturev1.ReportService_StreamRepor
 // RenewCertificate renews a device's certificate (enroll.Enroller).
 func (r *reportService) RenewCertificate(stream posturev1.ReportService_RenewCertificateServer) error {
 	who := callerFrom(stream.Context())
-	return statusOf(r.s.cfg.Enroller.Renew(stream, who.name, who.certSerial, who.replacedCert))
+	return statusOf(r.s.cfg.Enroller.Renew(stream, who.name, store.Cert{Serial: who.certSerial, KeySHA256: who.certKey}, who.replacedCert))
 }

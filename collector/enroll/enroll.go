@@ -35,7 +35,7 @@ type Store interface {
 	Token(ctx context.Context, hash []byte) (store.Token, error)
 	EKPinned(ctx context.Context, hash string) (bool, error)
 	EnrollDevice(ctx context.Context, tokenHash []byte, now time.Time, d store.Device) (store.Device, store.Event, error)
-	RenewCertificate(ctx context.Context, id, askedWith, newSerial string, now time.Time) (store.Device, store.Event, error)
+	RenewCertificate(ctx context.Context, id string, askedWith, issued store.Cert, now time.Time) (store.Device, store.Event, error)
 }
 
 // Applier applies what the store committed (feed.Feed).
@@ -222,17 +222,18 @@ func (e *Enroller) enroll(ctx context.Context, stream EnrollStream) error {
 	}
 	now := e.cfg.Now()
 	dev, ev, err := e.cfg.Store.EnrollDevice(ctx, tokenHash, now, store.Device{
-		ID:          cl.deviceID,
-		Hostname:    begin.GetHostname(),
-		Platform:    begin.GetPlatform(),
-		Identity:    cl.kind,
-		IdentityKey: cl.identityKey,
-		Assurance:   int32(cl.assurance),
-		State:       int32(cl.state),
-		StateReason: cl.stateReason,
-		EnrolledAt:  now,
-		CertSerial:  cert.SerialNumber.Text(16),
-		EKSHA256:    cl.ekHash,
+		ID:            cl.deviceID,
+		Hostname:      begin.GetHostname(),
+		Platform:      begin.GetPlatform(),
+		Identity:      cl.kind,
+		IdentityKey:   cl.identityKey,
+		Assurance:     int32(cl.assurance),
+		State:         int32(cl.state),
+		StateReason:   cl.stateReason,
+		EnrolledAt:    now,
+		CertSerial:    pki.SerialHex(cert),
+		CertKeySHA256: pki.KeySHA256(cert),
+		EKSHA256:      cl.ekHash,
 	})
 	switch {
 	case errors.Is(err, store.ErrTokenUsedUp):
@@ -345,7 +346,7 @@ func (e *Enroller) checkClaim(ctx context.Context, id *posturev1.IdentityClaim) 
 		return cl, nil
 	}
 	cl.state = posturev1.DeviceState_DEVICE_STATE_PENDING
-	cl.stateReason = fmt.Sprintf("TPM endorsement key %s is neither verified (%s) nor pinned; an admin must approve it: posture-collector devices approve %s", ekHash, why, cl.deviceID)
+	cl.stateReason = fmt.Sprintf("TPM endorsement key %s is neither verified (%s) nor pinned; an admin approves it with posture-collector devices approve %s", ekHash, why, cl.deviceID)
 	return cl, nil
 }
 

@@ -29,14 +29,14 @@ type RenewStream interface {
 	Recv() (*posturev1.RenewRequest, error)
 }
 
-// Renew issues a device a new certificate for a new TLS key. certSerial
-// is the serial of the certificate the device asked with. It is a stream
+// Renew issues a device a new certificate for a new TLS key. askedWith is
+// the certificate the device asked with: its serial and key hash. It is a stream
 // rather than a pair of calls so that the nonce never leaves the call that
 // issued it: nothing to keep per device between calls, to expire or to
 // clean up, and an answer can only use the nonce of its own stream, once.
 // A refusal is counted, logged and returned as a *fault.Error.
-func (e *Enroller) Renew(stream RenewStream, id, certSerial string, replaced bool) error {
-	err := e.renew(stream, id, certSerial, replaced)
+func (e *Enroller) Renew(stream RenewStream, id string, askedWith store.Cert, replaced bool) error {
+	err := e.renew(stream, id, askedWith, replaced)
 	if r, ok := fault.As(err); ok && r.Reason != "" {
 		e.cfg.Stats.RenewRejected(r.Reason)
 		e.cfg.Logger.Warn("certificate renewal refused", "device", id, "reason", r.Reason, "detail", r.Msg)
@@ -44,7 +44,7 @@ func (e *Enroller) Renew(stream RenewStream, id, certSerial string, replaced boo
 	return err
 }
 
-func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced bool) error {
+func (e *Enroller) renew(stream RenewStream, id string, askedWith store.Cert, replaced bool) error {
 	if err := e.renewable(id); err != nil {
 		return err
 	}
@@ -96,8 +96,8 @@ func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced boo
 	if err != nil {
 		return fault.Wrap(fault.Internal, "", err, "issue device certificate")
 	}
-	serial := cert.SerialNumber.Text(16)
-	_, ev, err := e.cfg.Store.RenewCertificate(stream.Context(), id, certSerial, serial, e.cfg.Now())
+	serial := pki.SerialHex(cert)
+	_, ev, err := e.cfg.Store.RenewCertificate(stream.Context(), id, askedWith, store.Cert{Serial: serial, KeySHA256: pki.KeySHA256(cert)}, e.cfg.Now())
 	switch {
 	case err == nil:
 		// Gateways caching decisions learn which certificate counts now.
@@ -112,6 +112,8 @@ func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced boo
 		return refuse("device_state", fault.Precondition, "device %s is no longer active: only active devices renew their certificates", id)
 	case errors.Is(err, store.ErrCertReplaced):
 		return refuse("certificate_replaced", fault.Denied, "%v", fleet.ErrOldCertificate)
+	case errors.Is(err, store.ErrCertKey):
+		return refuse("certificate_key", fault.Denied, "the certificate device %s asked with carries the serial of one the collector issued it, but another public key: the collector did not issue it", id)
 	case errors.Is(err, store.ErrNotFound):
 		return fault.New(fault.NotFound, "", "device %s is not enrolled with this collector", id)
 	case stream.Context().Err() != nil && errors.Is(err, stream.Context().Err()):
@@ -123,7 +125,7 @@ func (e *Enroller) renew(stream RenewStream, id, certSerial string, replaced boo
 	}
 	e.cfg.Stats.Renewed()
 	e.cfg.Logger.Info("device certificate renewed", "device", id, "serial", serial, "not_after", cert.NotAfter.UTC().Format(time.RFC3339),
-		"replaced_serial", certSerial, "asked_with_replaced", replaced)
+		"replaced_serial", askedWith.Serial, "asked_with_replaced", replaced)
 	return stream.Send(&posturev1.RenewResponse{Step: &posturev1.RenewResponse_Result{Result: &posturev1.RenewResult{Certificate: cert.Raw}}})
 }
 

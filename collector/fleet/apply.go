@@ -53,7 +53,7 @@ func (f *Fleet) Apply(ev store.Event, pre *Assessed) Applied {
 	switch ev.Kind {
 	case store.EventReport:
 		return f.applyReport(ev, pre)
-	case store.EventEnrolled, store.EventApproved, store.EventState, store.EventRenewed:
+	case store.EventEnrolled, store.EventApproved, store.EventState, store.EventRenewed, store.EventCertBound:
 		if ev.Device != nil {
 			return f.applyDevice(ev)
 		}
@@ -100,8 +100,8 @@ func (f *Fleet) applyDevice(ev store.Event) Applied {
 		identityKey: d.IdentityKey,
 		deviceEvent: ev.ID,
 		tpmClock:    d.TPMClock,
-		certTag:     CertTag(d.CertSerial),
-		prevCertTag: prevCertTag(d.PrevCertSerial),
+		certTag:     CertTag(d.CertSerial, d.CertKeySHA256),
+		prevCertTag: prevCertTag(d.PrevCertSerial, d.PrevCertKeySHA256),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(d.State),
 			StateReason: d.StateReason,
@@ -142,7 +142,7 @@ func (f *Fleet) applyDevice(ev store.Event) Applied {
 		a.Cause = "enrolled"
 	case store.EventApproved:
 		a.Cause = "approved"
-	case store.EventRenewed:
+	case store.EventRenewed, store.EventCertBound:
 		a.Cause = "certificate"
 	default:
 		a.Cause = stateCause(e.subject.State)

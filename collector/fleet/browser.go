@@ -3,10 +3,12 @@ package fleet
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/internal/pki"
+	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
 // ErrNotBrowserCert means a certificate is neither the device's own nor a
@@ -16,7 +18,7 @@ var ErrNotBrowserCert = errors.New("this certificate is not one the device holds
 // browserCert is what the fleet keeps of a browser certificate.
 type browserCert struct {
 	tag       uint64 // pki.CertTag over serial and key
-	underTag  uint64 // CertTag of the device certificate it was issued under
+	underTag  uint64 // CertTag (serial and key) of the device certificate it was issued under
 	keySHA256 []byte
 	notAfter  time.Time
 }
@@ -40,7 +42,7 @@ func (f *Fleet) putBrowserCert(c store.BrowserCert) {
 		m = map[string]browserCert{}
 		f.browser[c.DeviceID] = m
 	}
-	m[c.User] = browserCert{tag: pki.CertTag(c.Serial, c.KeySHA256), underTag: CertTag(c.IssuedUnder),
+	m[c.User] = browserCert{tag: pki.CertTag(c.Serial, c.KeySHA256), underTag: CertTag(c.IssuedUnder, c.IssuedUnderKeySHA256),
 		keySHA256: bytes.Clone(c.KeySHA256), notAfter: c.NotAfter}
 }
 
@@ -74,6 +76,47 @@ func (f *Fleet) BrowserCert(id, serialHex string, keySHA256 []byte, now time.Tim
 		}
 	}
 	return ErrNotBrowserCert
+}
+
+// HeldCert says whether a certificate, by its serial (hex) and the SHA-256
+// of its public key, is one the device holds now: its newest device
+// certificate (CurrentCert; a nil keySHA256 checks the serial alone, which
+// matches only a certificate whose key is not recorded), or a browser
+// certificate of one of its users that counts at now (BrowserCert). It is
+// what a gateway's certificate is checked with.
+func (f *Fleet) HeldCert(id, serialHex string, keySHA256 []byte, now time.Time) error {
+	err := f.CurrentCert(id, serialHex, keySHA256)
+	if err == nil || keySHA256 == nil {
+		return err
+	}
+	if f.BrowserCert(id, serialHex, keySHA256, now) == nil {
+		return nil
+	}
+	return err
+}
+
+// CheckBrowserCertAllowed refuses a browser certificate to a device that
+// may not have one: unknown or revoked (CheckActive), pending an admin's
+// approval, or suspect. Such a device meets no access level, so its
+// certificate would open nothing; refusing it tells the user why at once,
+// where they ask, rather than at every gateway.
+func (f *Fleet) CheckBrowserCertAllowed(id string) error {
+	if err := f.CheckActive(id); err != nil {
+		return err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.devices[id]
+	if !ok {
+		return fmt.Errorf("device %s: %w", id, ErrUnknownDevice)
+	}
+	switch e.subject.State {
+	case posturev1.DeviceState_DEVICE_STATE_PENDING:
+		return fmt.Errorf("device %s is pending approval: it meets no access level until an admin approves it (posture-collector devices approve %s)", id, id)
+	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
+		return fmt.Errorf("device %s is suspect (%s): it meets no access level until an admin clears it", id, e.subject.StateReason)
+	}
+	return nil
 }
 
 // RequestMeasure asks the agent of a device to measure now, over the

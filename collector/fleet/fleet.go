@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/posture-project/posture/collector/policy"
 	"github.com/posture-project/posture/collector/store"
+	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -30,7 +30,7 @@ var (
 	ErrUnknownDevice = errors.New("device is not enrolled with this collector")
 	// ErrOldCertificate means a device certificate was replaced by one
 	// issued at a later enrollment or renewal of the device.
-	ErrOldCertificate = errors.New("this device certificate was replaced when the device enrolled again or renewed it; only its newest certificate counts (device.crt in the agent's state directory)")
+	ErrOldCertificate = errors.New("this device certificate was replaced when the device enrolled again or renewed it, or the collector did not issue it with this serial and key; only its newest certificate counts (device.crt in the agent's state directory)")
 	// ErrRevoked ends what a revoked device had open; it is wrapped with
 	// the revocation's reason.
 	ErrRevoked = errors.New("device revoked")
@@ -74,29 +74,29 @@ type entry struct {
 	// event that set it (0 when loaded).
 	standing      *store.Standing
 	standingEvent uint64
-	certTag       uint64 // certTag of the device certificate last issued: older ones no longer count
-	prevCertTag   uint64 // certTag of the one the last renewal replaced, which may only renew; 0 for none
+	certTag       uint64 // CertTag of the device certificate last issued: older ones no longer count
+	prevCertTag   uint64 // CertTag of the one the last renewal replaced, which may only renew; 0 for none
 	tpm           bool   // identity kind: TPM AK or software key
 	hasHead       bool   // a report is stored
 	reportsDue    uint32 // the report budget (SpendReport), in seconds of the fleet's clock; accessed atomically
 }
 
-// CertTag condenses a certificate serial (hex, as stored) to what an entry
-// keeps: 8 bytes rather than a string per device. Only certificates of
-// the collector's CA for this device reach the comparison, so a chance
-// match of 64 bits does not matter. It is also the certificate_tag of
-// watch events.
-func CertTag(serialHex string) uint64 {
-	sum := sha256.Sum256([]byte(serialHex))
-	return binary.BigEndian.Uint64(sum[:8])
+// CertTag condenses a device certificate, by its serial (hex, as stored)
+// and the SHA-256 of its public key (nil when not recorded), to what an
+// entry keeps: 8 bytes rather than a string and a hash per device (see
+// pki.CertTag). Only certificates of the collector's CA for this device
+// reach the comparison, so a chance match of 64 bits does not matter. It
+// is also the certificate_tag of watch events.
+func CertTag(serialHex string, keySHA256 []byte) uint64 {
+	return pki.CertTag(serialHex, keySHA256)
 }
 
 // prevCertTag is CertTag for a previous certificate, which may be none.
-func prevCertTag(serialHex string) uint64 {
+func prevCertTag(serialHex string, keySHA256 []byte) uint64 {
 	if serialHex == "" {
 		return 0
 	}
-	return CertTag(serialHex)
+	return CertTag(serialHex, keySHA256)
 }
 
 // Budget is how many reports a device may send: Burst at once, then one
@@ -227,8 +227,8 @@ func loadEntry(row *store.FleetRow, pol *policy.Policy, sl *slab) (*entry, error
 		tpm:         row.TPM,
 		identityKey: sl.clone(row.IdentityKey),
 		tpmClock:    row.TPMClock,
-		certTag:     CertTag(row.CertSerial),
-		prevCertTag: prevCertTag(row.PrevCertSerial),
+		certTag:     CertTag(row.CertSerial, row.CertKeySHA256),
+		prevCertTag: prevCertTag(row.PrevCertSerial, row.PrevCertKeySHA256),
 		subject: policy.Subject{
 			State:       posturev1.DeviceState(row.State),
 			StateReason: row.StateReason,
@@ -394,16 +394,18 @@ func (f *Fleet) CheckActive(id string) error {
 	return nil
 }
 
-// CurrentCert says whether serialHex is the serial of the certificate the
-// device was last issued.
-func (f *Fleet) CurrentCert(id, serialHex string) error {
+// CurrentCert says whether the certificate with serialHex and public key
+// hash keySHA256 (pki.KeySHA256) is the one the device was last issued. A
+// nil keySHA256 checks the serial alone, which matches only a certificate
+// whose key the collector has not recorded (pki.CertMatches).
+func (f *Fleet) CurrentCert(id, serialHex string, keySHA256 []byte) error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	e, ok := f.devices[id]
 	switch {
 	case !ok:
 		return fmt.Errorf("device %s: %w", id, ErrUnknownDevice)
-	case e.certTag != CertTag(serialHex):
+	case !pki.CertMatches(e.certTag, serialHex, keySHA256):
 		return ErrOldCertificate
 	}
 	return nil
@@ -420,24 +422,33 @@ func (f *Fleet) CurrentCertTag(id string) uint64 {
 	return 0
 }
 
-// CertStanding says how a device certificate stands: the device's newest
-// (nil), the one its last renewal replaced (previous: it may only ask for a
-// renewal, in case the newest never reached the device), or replaced
-// (ErrOldCertificate).
-func (f *Fleet) CertStanding(id, serialHex string) (previous bool, err error) {
+// CertStanding says how a device certificate, by its serial and the
+// SHA-256 of its public key, stands: the device's newest (nil), the one
+// its last renewal replaced (previous: it may only ask for a renewal, in
+// case the newest never reached the device), or neither
+// (ErrOldCertificate): replaced, or minted with one of their serials but
+// another key. unbound says that the certificate matched by its serial
+// alone: the collector has not recorded its key yet (it was issued before
+// keys were recorded), and the caller should (store.Store.BindCertKey).
+func (f *Fleet) CertStanding(id, serialHex string, keySHA256 []byte) (previous, unbound bool, err error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	e, ok := f.devices[id]
-	tag := CertTag(serialHex)
-	switch {
-	case !ok:
-		return false, fmt.Errorf("device %s: %w", id, ErrUnknownDevice)
-	case e.certTag == tag:
-		return false, nil
-	case e.prevCertTag != 0 && e.prevCertTag == tag:
-		return true, nil
+	if !ok {
+		return false, false, fmt.Errorf("device %s: %w", id, ErrUnknownDevice)
 	}
-	return false, ErrOldCertificate
+	bound, serialOnly := CertTag(serialHex, keySHA256), CertTag(serialHex, nil)
+	switch {
+	case e.certTag == bound:
+		return false, false, nil
+	case e.certTag == serialOnly:
+		return false, true, nil
+	case e.prevCertTag != 0 && e.prevCertTag == bound:
+		return true, false, nil
+	case e.prevCertTag != 0 && e.prevCertTag == serialOnly:
+		return true, true, nil
+	}
+	return false, false, ErrOldCertificate
 }
 
 // Revoked says whether a device is known and revoked, and why.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -41,14 +42,40 @@ func newDB(t *testing.T) *db {
 	return &db{t: t, st: st, streams: map[string]uint64{}, heads: map[string][]byte{}, seqs: map[string]uint64{}}
 }
 
+// certKey stands for the SHA-256 of the public key of the certificate
+// issued with serial.
+func certKey(serial string) []byte {
+	sum := sha256.Sum256([]byte("tls key " + serial))
+	return sum[:]
+}
+
+// cert is the certificate issued with serial, with its key.
+func cert(serial string) store.Cert { return store.Cert{Serial: serial, KeySHA256: certKey(serial)} }
+
 func (d *db) enroll(id, serial string, key []byte) store.Event {
+	return d.enrollCert(id, cert(serial), key)
+}
+
+// enrollCert enrolls with certificate c; one without a key hash stands
+// for a certificate issued before keys were recorded.
+func (d *db) enrollCert(id string, c store.Cert, key []byte) store.Event {
 	d.t.Helper()
-	tok := store.Token{Hash: []byte(fmt.Sprintf("token-%s-%s", id, serial)), ExpiresAt: time.Now().Add(time.Hour), Uses: 1}
+	tok := store.Token{Hash: []byte(fmt.Sprintf("token-%s-%s", id, c.Serial)), ExpiresAt: time.Now().Add(time.Hour), Uses: 1}
 	if err := d.st.CreateToken(ctx, tok); err != nil {
 		d.t.Fatal(err)
 	}
 	_, ev, err := d.st.EnrollDevice(ctx, tok.Hash, time.Now(), store.Device{ID: id, Identity: "software", IdentityKey: key,
-		Assurance: int32(posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE), CertSerial: serial})
+		Assurance: int32(posturev1.IdentityAssurance_IDENTITY_ASSURANCE_SOFTWARE), CertSerial: c.Serial, CertKeySHA256: c.KeySHA256})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return ev
+}
+
+// bind records the key of a certificate enrolled without one.
+func (d *db) bind(id, serial string) store.Event {
+	d.t.Helper()
+	_, ev, err := d.st.BindCertKey(ctx, id, cert(serial), time.Now())
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -89,7 +116,7 @@ func (d *db) state(id string, state posturev1.DeviceState) store.Event {
 
 func (d *db) renew(id, asked, serial string) store.Event {
 	d.t.Helper()
-	_, ev, err := d.st.RenewCertificate(ctx, id, asked, serial, time.Now())
+	_, ev, err := d.st.RenewCertificate(ctx, id, cert(asked), cert(serial), time.Now())
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -157,11 +184,12 @@ func newTestFleet(t *testing.T) *Fleet {
 // A fleet loaded from the database afterwards agrees.
 func TestApplyInAnyOrder(t *testing.T) {
 	d := newDB(t)
-	evs := []store.Event{d.enroll("a", "01", []byte("key-1"))}
+	// Enrolled before certificate keys were recorded, and bound later.
+	evs := []store.Event{d.enrollCert("a", store.Cert{Serial: "01"}, []byte("key-1"))}
 	for i := range 4 {
 		evs = append(evs, d.report("a", i%2 == 0))
 	}
-	evs = append(evs, d.renew("a", "01", "02"), d.report("a", true), d.renew("a", "02", "03"), d.state("a", posturev1.DeviceState_DEVICE_STATE_SUSPECT),
+	evs = append(evs, d.bind("a", "01"), d.renew("a", "01", "02"), d.report("a", true), d.renew("a", "02", "03"), d.state("a", posturev1.DeviceState_DEVICE_STATE_SUSPECT),
 		d.report("a", false), d.state("a", posturev1.DeviceState_DEVICE_STATE_REVOKED))
 	read := d.read(evs)
 
@@ -170,7 +198,7 @@ func TestApplyInAnyOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := viewOf(t, loaded, "a")
-	if want.State != posturev1.DeviceState_DEVICE_STATE_REVOKED || want.Seq != 6 || want.Cert != CertTag("03") || want.PrevCert != CertTag("02") {
+	if want.State != posturev1.DeviceState_DEVICE_STATE_REVOKED || want.Seq != 6 || want.Cert != CertTag("03", certKey("03")) || want.PrevCert != CertTag("02", certKey("02")) {
 		t.Fatalf("loaded fleet: %+v", want)
 	}
 
@@ -225,10 +253,10 @@ func TestApplyOwnReportBeforeOlderDeviceEvent(t *testing.T) {
 		t.Fatalf("the older enrollment applied after the report: %+v, want it fresh", a)
 	}
 	v := viewOf(t, f, "a")
-	if v.Cert != CertTag("10") || v.Seq != 2 {
+	if v.Cert != CertTag("10", certKey("10")) || v.Seq != 2 {
 		t.Errorf("after both: certificate %x head %d; want the enrollment's certificate and the report's head 2", v.Cert, v.Seq)
 	}
-	if err := f.CurrentCert("a", "10"); err != nil {
+	if err := f.CurrentCert("a", "10", certKey("10")); err != nil {
 		t.Errorf("the new certificate is refused: %v", err)
 	}
 	if a := f.Apply(own, nil); a.Fresh {
@@ -375,4 +403,61 @@ func TestSpendReport(t *testing.T) {
 	if ok, _ := f.SpendReport("unknown", start, 1); !ok {
 		t.Error("an unknown device is held back by a budget (it is refused as unknown instead)")
 	}
+}
+
+// A certificate stands by its serial and its key: one minted with the
+// serial of the device's certificate (or of the one its renewal replaced)
+// but another key stands for nothing. A certificate enrolled before keys
+// were recorded stands by its serial alone, and says so, until its key is
+// bound; from then on another key is refused.
+func TestCertStanding(t *testing.T) {
+	d := newDB(t)
+	f := newTestFleet(t)
+	apply := func(ev store.Event) { f.Apply(d.read([]store.Event{ev})[0], nil) }
+	apply(d.enroll("a", "01", []byte("key-a")))
+	apply(d.renew("a", "01", "02"))
+	apply(d.enrollCert("b", store.Cert{Serial: "01"}, []byte("key-b")))
+	other := sha256.Sum256([]byte("another key"))
+	type standing struct {
+		previous, unbound bool
+		err               error
+	}
+	check := func(t *testing.T, id, serial string, key []byte, want standing) {
+		t.Helper()
+		var got standing
+		got.previous, got.unbound, got.err = f.CertStanding(id, serial, key)
+		if got.previous != want.previous || got.unbound != want.unbound || !errors.Is(got.err, want.err) {
+			t.Errorf("CertStanding(%s, %s, %x) = %+v, want %+v", id, serial, key[:4], got, want)
+		}
+		if cur := f.CurrentCert(id, serial, key); (cur == nil) != (want.err == nil && !want.previous) {
+			t.Errorf("CurrentCert(%s, %s, %x) = %v", id, serial, key[:4], cur)
+		}
+	}
+	for _, tt := range []struct {
+		name, id, serial string
+		key              []byte
+		want             standing
+	}{
+		{"current", "a", "02", certKey("02"), standing{}},
+		{"previous", "a", "01", certKey("01"), standing{previous: true}},
+		{"current serial, another key", "a", "02", other[:], standing{err: ErrOldCertificate}},
+		{"previous serial, another key", "a", "01", other[:], standing{err: ErrOldCertificate}},
+		{"another serial", "a", "03", certKey("03"), standing{err: ErrOldCertificate}},
+		{"unknown device", "z", "01", certKey("01"), standing{err: ErrUnknownDevice}},
+		{"enrolled before keys were recorded", "b", "01", certKey("01"), standing{unbound: true}},
+		{"enrolled before keys were recorded, another key", "b", "01", other[:], standing{unbound: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) { check(t, tt.id, tt.serial, tt.key, tt.want) })
+	}
+	// A gateway that names a certificate by its serial alone is refused
+	// once the key is recorded.
+	if err := f.CurrentCert("a", "02", nil); !errors.Is(err, ErrOldCertificate) {
+		t.Errorf("CurrentCert by serial alone of a certificate with a recorded key: %v, want ErrOldCertificate", err)
+	}
+	if err := f.CurrentCert("b", "01", nil); err != nil {
+		t.Errorf("CurrentCert by serial alone of a certificate without a recorded key: %v", err)
+	}
+	apply(d.bind("b", "01"))
+	t.Run("bound", func(t *testing.T) { check(t, "b", "01", certKey("01"), standing{}) })
+	t.Run("bound, another key", func(t *testing.T) { check(t, "b", "01", other[:], standing{err: ErrOldCertificate}) })
 }

@@ -134,9 +134,15 @@ type verifier struct {
 // verified is a chain that verified, and what it names.
 type verified struct {
 	role, name          string
-	serial              string // the leaf's serial number, hex
-	key                 []byte // the SHA-256 of the leaf's public key (pki.KeySHA256)
+	cert                certRef // the leaf
 	notBefore, notAfter time.Time
+}
+
+// certRef names a certificate as the collector recognises a device's:
+// by its serial and the SHA-256 of its public key.
+type certRef struct {
+	serial string // hex
+	key    []byte // pki.KeySHA256
 }
 
 // maxVerifiedCache bounds the cache; a fleet's active devices and gateways
@@ -250,7 +256,7 @@ func (v *verifier) verify(chain []*x509.Certificate, now time.Time) (verified, e
 		return verified{}, fmt.Errorf("certificate names %s, of trust domain %q, not %q", id, td, v.trustDomain)
 	}
 	// The chain is valid only while every certificate in it is.
-	e := verified{role: role, name: name, serial: leaf.SerialNumber.Text(16), key: pki.KeySHA256(leaf)}
+	e := verified{role: role, name: name, cert: certRef{serial: pki.SerialHex(leaf), key: pki.KeySHA256(leaf)}}
 	e.notBefore, e.notAfter = pki.ChainValidity(chains[0])
 	return e, nil
 }
@@ -267,22 +273,13 @@ func (v *verifier) deviceEncoded(value string) (string, error) {
 	return id, err
 }
 
-// deviceCertEncoded is deviceEncoded that also returns the certificate's
-// serial number (hex), for the collector to tell whether the device still
-// holds it.
-func (v *verifier) deviceCertEncoded(value string) (id, serial string, err error) {
+// deviceCertEncoded is deviceEncoded that also names the certificate
+// (serial and key), for the collector to tell whether it is the one it
+// issued the device last.
+func (v *verifier) deviceCertEncoded(value string) (id string, cert certRef, err error) {
 	e, err := v.identifyEncodedChain(value)
 	id, err = v.asDevice(e.role, e.name, err)
-	return id, e.serial, err
-}
-
-// deviceCertKeyEncoded is deviceCertEncoded that also returns the
-// SHA-256 of the certificate's public key: browser certificates count by
-// serial and key.
-func (v *verifier) deviceCertKeyEncoded(value string) (id, serial string, key []byte, err error) {
-	e, err := v.identifyEncodedChain(value)
-	id, err = v.asDevice(e.role, e.name, err)
-	return id, e.serial, e.key, err
+	return id, e.cert, err
 }
 
 func (v *verifier) asDevice(role, name string, err error) (string, error) {

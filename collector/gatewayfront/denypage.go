@@ -248,7 +248,7 @@ func (f *ForwardAuth) ServeBrowser(w http.ResponseWriter, r *http.Request) {
 		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertMissing, "no device certificate: present the device's browser certificate")
 		return
 	}
-	deviceID, serial, key, err := f.verifier.deviceCertKeyEncoded(cert)
+	deviceID, devCert, err := f.verifier.deviceCertEncoded(cert)
 	if err != nil {
 		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertInvalid, "device certificate rejected: "+err.Error())
 		return
@@ -259,7 +259,7 @@ func (f *ForwardAuth) ServeBrowser(w http.ResponseWriter, r *http.Request) {
 	}
 	// The certificate must be one the device holds now: a replaced one
 	// asks nothing.
-	if err := f.rechecker.CertCurrent(deviceID, serial, key); err != nil {
+	if err := f.rechecker.CertCurrent(deviceID, devCert.serial, devCert.key); err != nil {
 		reject(w, http.StatusForbidden, err.Error())
 		return
 	}

@@ -98,7 +98,7 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		return e.refuse(codes.InvalidArgument, typev3.StatusCode_InternalServerError, RejectLevelInvalid, "route context extension posture_level: "+err.Error()), nil
 	}
 
-	deviceID, serial, err := e.device(attrs.GetSource())
+	deviceID, cert, err := e.device(attrs.GetSource())
 	switch {
 	case errors.Is(err, errNoSourceCert):
 		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertMissing, err.Error()), nil
@@ -106,7 +106,7 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		return e.refuse(codes.Unauthenticated, typev3.StatusCode_Unauthorized, RejectDeviceCertInvalid, err.Error()), nil
 	}
 
-	d, ok, retry, why := decide(ctx, e.decider, deviceID, serial, level)
+	d, ok, retry, why := decide(ctx, e.decider, deviceID, cert, level)
 	switch {
 	case !ok && retry:
 		return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, why, nil), nil
@@ -144,26 +144,26 @@ func (e *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 	}, nil
 }
 
-// device names the device behind the request's source peer.
-// device identifies the device, and the serial of its certificate when
-// Envoy forwarded the certificate rather than only its principal.
-func (e *ExtAuthz) device(src *authv3.AttributeContext_Peer) (id, serial string, err error) {
+// device identifies the device behind the request's source peer, and its
+// certificate (serial and key) when Envoy forwarded the certificate rather
+// than only its principal.
+func (e *ExtAuthz) device(src *authv3.AttributeContext_Peer) (id string, cert certRef, err error) {
 	if pemText := src.GetCertificate(); pemText != "" {
-		id, serial, err := e.verifier.deviceCertEncoded(pemText)
+		id, cert, err := e.verifier.deviceCertEncoded(pemText)
 		if err != nil {
-			return "", "", fmt.Errorf("source certificate rejected: %w", err)
+			return "", certRef{}, fmt.Errorf("source certificate rejected: %w", err)
 		}
 		// Both come from the same handshake; disagreement means a broken proxy.
 		if p := src.GetPrincipal(); p != "" && p != pki.SPIFFEID(e.verifier.trustDomain, pki.RoleDevice, id).String() {
-			return "", "", fmt.Errorf("source principal %s does not match the source certificate's device %s", p, id)
+			return "", certRef{}, fmt.Errorf("source principal %s does not match the source certificate's device %s", p, id)
 		}
-		return id, serial, nil
+		return id, cert, nil
 	}
 	if p := src.GetPrincipal(); p != "" {
 		id, err := e.verifier.deviceFromPrincipal(p)
-		return id, "", err
+		return id, certRef{}, err
 	}
-	return "", "", errNoSourceCert
+	return "", certRef{}, errNoSourceCert
 }
 
 // errNoSourceCert means Envoy named no client certificate for the request.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 )
 
 // envoyCheck builds a CheckRequest the way Envoy's HTTP ext_authz filter
@@ -108,6 +109,9 @@ func TestExtAuthz(t *testing.T) {
 	e.revoke(rev.id)
 	gw := e.gatewayCert("edge-1")
 	foreign := foreignDeviceCert(t, dev.id)
+	// What the holder of a stolen CA key can make: the device's serial and
+	// SPIFFE ID, another key.
+	minted := testtools.MintLike(t, e.dataDir, dev.chain[0]).Leaf
 
 	clients := map[string]authv3.AuthorizationClient{}
 	rejections := map[string]*rejectionLog{}
@@ -213,6 +217,11 @@ func TestExtAuthz(t *testing.T) {
 			name: "certificate from another CA", src: &authv3.AttributeContext_Peer{Principal: devID, Certificate: nginxEscaped(foreign)}, ext: basic,
 			wantCode: codes.Unauthenticated, wantHTTP: typev3.StatusCode_Unauthorized, wantReason: "not a valid client certificate from this collector's CA",
 			wantRejected: RejectDeviceCertInvalid,
+		},
+		{
+			name: "certificate minted with the device's serial and another key", ext: basic,
+			src:      &authv3.AttributeContext_Peer{Principal: devID, Certificate: nginxEscaped(minted)},
+			wantCode: codes.PermissionDenied, wantHTTP: typev3.StatusCode_Forbidden, wantReason: "did not issue it with this serial and key",
 		},
 		{
 			name: "gateway certificate", src: &authv3.AttributeContext_Peer{Certificate: nginxEscaped(gw.Leaf)}, ext: basic,

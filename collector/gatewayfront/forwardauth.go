@@ -181,13 +181,13 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.refuse(w, http.StatusBadRequest, RejectDeviceCertAmbiguous, err.Error())
 		return
 	}
-	deviceID, serial, key, err := f.verifier.deviceCertKeyEncoded(cert)
+	deviceID, devCert, err := f.verifier.deviceCertEncoded(cert)
 	if err != nil {
 		f.refuse(w, http.StatusUnauthorized, RejectDeviceCertInvalid, "device certificate in "+header+" rejected: "+err.Error())
 		return
 	}
 
-	d, ok, retry, why := decideCert(callerid.With(r.Context(), gateway+" (/check)"), f.decider, deviceID, serial, key, level)
+	d, ok, retry, why := decide(callerid.With(r.Context(), gateway+" (/check)"), f.decider, deviceID, devCert, level)
 	if !ok {
 		code := http.StatusInternalServerError
 		if retry {
@@ -252,7 +252,7 @@ func (f *ForwardAuth) authenticateGateway(r *http.Request) (string, error) {
 		case v.role != pki.RoleGateway:
 			certErr = fmt.Errorf("client certificate names %s, a %s, not a gateway (posture-collector gateway add issues gateway certificates)", pki.SPIFFEID(f.verifier.trustDomain, v.role, v.name), v.role)
 		case f.revoked != nil:
-			if err := f.revoked(v.serial); err != nil {
+			if err := f.revoked(v.cert.serial); err != nil {
 				// A revoked gateway is refused whatever else it
 				// presents: its certificate says who is asking,
 				// and a bearer secret beside it does not vouch for

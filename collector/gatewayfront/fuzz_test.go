@@ -120,18 +120,18 @@ func FuzzDecodeForwardedCert(f *testing.F) {
 		v := newVerifier(fc.roots, testTrustDomain)
 		v.now = func() time.Time { return fc.now }
 		chain, decErr := decodeForwardedCert(value)
-		id, serial, err := v.deviceCertEncoded(value)
+		id, cert, err := v.deviceCertEncoded(value)
 		if err == nil {
 			if decErr != nil || !chain[0].Equal(fc.device) {
 				t.Fatalf("named device %s from a certificate the collector did not issue to it (decode: %v)", id, decErr)
 			}
-			if id != fuzzDeviceID || serial != pki.SerialHex(fc.device) {
-				t.Fatalf("named device %s, serial %s; want %s, %s", id, serial, fuzzDeviceID, pki.SerialHex(fc.device))
+			if id != fuzzDeviceID || cert.serial != pki.SerialHex(fc.device) || !bytes.Equal(cert.key, pki.KeySHA256(fc.device)) {
+				t.Fatalf("named device %s, serial %s, key %x; want %s, %s, %x", id, cert.serial, cert.key, fuzzDeviceID, pki.SerialHex(fc.device), pki.KeySHA256(fc.device))
 			}
 		}
-		again, againSerial, againErr := v.deviceCertEncoded(value)
-		if again != id || againSerial != serial || (againErr == nil) != (err == nil) {
-			t.Fatalf("asked twice: %q %q %v, then %q %q %v", id, serial, err, again, againSerial, againErr)
+		again, againCert, againErr := v.deviceCertEncoded(value)
+		if again != id || againCert.serial != cert.serial || !bytes.Equal(againCert.key, cert.key) || (againErr == nil) != (err == nil) {
+			t.Fatalf("asked twice: %q %q %x %v, then %q %q %x %v", id, cert.serial, cert.key, err, again, againCert.serial, againCert.key, againErr)
 		}
 		if decErr != nil {
 			return

@@ -200,14 +200,9 @@ func (d decision) deniedText() string {
 // decide asks for a decision. When none can be had it says why, and
 // whether asking again may help: only when the collector is unreachable or
 // overloaded.
-func decide(ctx context.Context, d Decider, deviceID, serial, level string) (dec decision, ok, retry bool, why string) {
-	return decideCert(ctx, d, deviceID, serial, nil, level)
-}
-
-// decideCert is decide for a certificate named by serial and key hash, as
-// a browser certificate must be.
-func decideCert(ctx context.Context, d Decider, deviceID, serial string, key []byte, level string) (dec decision, ok, retry bool, why string) {
-	resp, err := d.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: deviceID, CertificateSerial: serial, CertificateKeySha256: key, AccessLevel: level})
+func decide(ctx context.Context, d Decider, deviceID string, cert certRef, level string) (dec decision, ok, retry bool, why string) {
+	resp, err := d.CheckAccess(ctx, &posturev1.CheckAccessRequest{DeviceId: deviceID, CertificateSerial: cert.serial,
+		CertificateKeySha256: cert.key, AccessLevel: level})
 	if err == nil && resp == nil {
 		err = errors.New("collector returned no decision")
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
@@ -51,6 +52,36 @@ func TestForwardAuthReplacedCertificate(t *testing.T) {
 	}
 	if w := ask(nginxEscaped(current[0])); w.Code != http.StatusOK {
 		t.Errorf("current certificate: %d %q; want 200", w.Code, w.Body.String())
+	}
+}
+
+// A certificate minted with the serial and SPIFFE ID of the device's
+// current certificate but another key (what a stolen CA key makes) is
+// denied at the gateway; the genuine one is allowed.
+func TestForwardAuthMintedCertificate(t *testing.T) {
+	e := startCollector(t)
+	dev := e.enroll()
+	minted := testtools.MintLike(t, e.dataDir, dev.chain[0])
+	if minted.Leaf.SerialNumber.Cmp(dev.chain[0].SerialNumber) != 0 {
+		t.Fatal("the minted certificate does not carry the device's serial")
+	}
+	f, err := NewForwardAuth(ForwardAuthConfig{Decider: e.c, TrustDomain: testTrustDomain, Roots: e.roots, BearerSecrets: []string{testSecret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(cert *x509.Certificate) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/check?level=basic", nil)
+		r.Header.Set("Authorization", "Bearer "+testSecret)
+		r.Header.Set("X-Client-Cert", nginxEscaped(cert))
+		w := httptest.NewRecorder()
+		f.ServeHTTP(w, r)
+		return w
+	}
+	if w := ask(minted.Leaf); w.Code != http.StatusForbidden || !strings.Contains(w.Header().Get("X-Posture-Reason"), "did not issue it with this serial and key") {
+		t.Errorf("minted certificate: %d %q; want 403 naming the serial and key", w.Code, w.Header().Get("X-Posture-Reason"))
+	}
+	if w := ask(dev.chain[0]); w.Code != http.StatusOK {
+		t.Errorf("genuine certificate: %d %q; want 200", w.Code, w.Body.String())
 	}
 }
 

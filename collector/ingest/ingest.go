@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +56,10 @@ type Config struct {
 	// MaxClockSkew is how far a report's created_at may be from the
 	// collector's clock.
 	MaxClockSkew time.Duration
+	// MaxOpening is how many report streams may be opening at once, from
+	// registration until their welcome is sent; the others wait their
+	// turn. Zero means 2 per CPU the process may use (GOMAXPROCS).
+	MaxOpening int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -63,6 +68,14 @@ type Config struct {
 type Ingester struct {
 	cfg      Config
 	failures storeFailures
+	// opening holds a token per report stream opening (MaxOpening). When
+	// a collector restarts, every agent opens its stream within a second
+	// or so; each opening wakes several goroutines (the handler, the
+	// store's writer, the connection's writer), and a thousand of them
+	// runnable at once queue a gateway's CheckAccess behind them for a
+	// tenth of a second or more, though the work is small. Openings
+	// waiting for a token are parked, not runnable.
+	opening chan struct{}
 }
 
 // New makes an Ingester.
@@ -76,8 +89,15 @@ func New(cfg Config) *Ingester {
 	if cfg.Verified == nil {
 		cfg.Verified = func(time.Duration) {}
 	}
-	return &Ingester{cfg: cfg}
+	if cfg.MaxOpening <= 0 {
+		cfg.MaxOpening = 2 * runtime.GOMAXPROCS(0)
+	}
+	return &Ingester{cfg: cfg, opening: make(chan struct{}, cfg.MaxOpening)}
 }
+
+// maxOpeningHold is the longest a report stream opening holds its place
+// among the MaxOpening.
+const maxOpeningHold = time.Second
 
 // ErrSuperseded ends a device's report stream when the device opened a
 // newer one, on this collector or another: only the newest stream may
@@ -129,6 +149,16 @@ const maxDeviceID = 128
 func (in *Ingester) Serve(stream Stream, id string, current func() error) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
+	select {
+	case in.opening <- struct{}{}:
+	case <-ctx.Done():
+		return streamEnd(ctx)
+	}
+	opened := sync.OnceFunc(func() { <-in.opening })
+	defer opened()
+	// An opening that takes long (a slow database) lets the next start
+	// all the same: the bound is for bursts, not a queue.
+	defer time.AfterFunc(maxOpeningHold, opened).Stop()
 	rs := &fleet.Stream{Cancel: cancel, Measure: make(chan struct{}, 1)}
 	f := in.cfg.Fleet
 	for _, old := range f.AddStream(id, rs) {
@@ -172,6 +202,7 @@ func (in *Ingester) Serve(stream Stream, id string, current func() error) error 
 	}}}); err != nil {
 		return err
 	}
+	opened()
 
 	// Reports are read and answered on a goroutine of their own, so that
 	// Serve can end the stream the moment it is superseded or revoked: a
@@ -220,7 +251,15 @@ type session struct {
 	digest  []byte
 	hasHead bool
 	key     streamKey
+	// decided is when an acknowledgement on this stream last carried the
+	// device's decision.
+	decided time.Time
 }
+
+// decisionEvery is how often at most an acknowledgement carries the
+// device's decision, which costs a policy evaluation: a backlog of
+// reports sent at once gets it once.
+const decisionEvery = time.Minute
 
 // serve reads the reports of one stream and answers each, until the agent
 // ends the stream, the stream breaks, or ctx ends. nonce is the one the
@@ -331,9 +370,29 @@ func (s *session) answer(sr *posturev1.SignedReport, nonce, next []byte) (*postu
 		return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Rejected{Rejected: out}}, nil
 	}
 	in.cfg.Stats.Accepted()
-	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: &posturev1.ReportAck{
-		Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog, Standing: s.standing(),
-	}}}, nil
+	out := &posturev1.ReportAck{Seq: ack.Seq, Digest: ack.Digest, NextNonce: next, WantEventLog: wantLog, Standing: s.standing()}
+	if now := in.cfg.Now(); s.decided.IsZero() || now.Sub(s.decided) >= decisionEvery {
+		out.Decision = in.decision(s.id, now)
+		s.decided = now
+	}
+	return &posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_Ack{Ack: out}}, nil
+}
+
+// decision is the device's decision as the fleet has it, nil when the
+// fleet does not know the device.
+func (in *Ingester) decision(id string, now time.Time) *posturev1.AgentDecision {
+	subj, pol, ok := in.cfg.Fleet.Judged(id)
+	if !ok || pol == nil {
+		return nil
+	}
+	checks, levels, score := pol.Explain(&subj, now)
+	d := &posturev1.AgentDecision{DecidedAt: timestamppb.New(now), Score: score, Levels: levels}
+	for _, c := range checks {
+		if c.GetOutcome() == posturev1.Outcome_OUTCOME_FAIL || c.GetOutcome() == posturev1.Outcome_OUTCOME_UNKNOWN {
+			d.Failing = append(d.Failing, c)
+		}
+	}
+	return d
 }
 
 // standing is what the policy says of the device now that its report is

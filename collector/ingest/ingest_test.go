@@ -183,3 +183,102 @@ func TestSupersededElsewhere(t *testing.T) {
 		t.Errorf("device %v, want still active", subj.State)
 	}
 }
+
+// heldStream is a report stream whose sends wait until the test releases
+// them, and whose agent sends nothing.
+type heldStream struct {
+	ctx     context.Context
+	sent    chan *posturev1.CollectorMessage
+	release chan struct{}
+}
+
+func newHeldStream(ctx context.Context) *heldStream {
+	return &heldStream{ctx: ctx, sent: make(chan *posturev1.CollectorMessage, 1), release: make(chan struct{})}
+}
+
+func (s *heldStream) Context() context.Context { return s.ctx }
+
+func (s *heldStream) Send(m *posturev1.CollectorMessage) error {
+	s.sent <- m
+	select {
+	case <-s.release:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+func (s *heldStream) Recv() (*posturev1.AgentMessage, error) {
+	<-s.ctx.Done()
+	return nil, s.ctx.Err()
+}
+
+// At most MaxOpening report streams open at once: another waits, parked,
+// until one has sent its welcome (or held its place for maxOpeningHold),
+// or until its own call ends.
+func TestOpeningStreamsBounded(t *testing.T) {
+	r := newRig(t, "a", nil)
+	ctx, now := context.Background(), time.Now()
+	for _, id := range []string{"b", "c"} {
+		if err := r.st.CreateToken(ctx, store.Token{Hash: token.Hash(id), CreatedAt: now, ExpiresAt: now.Add(time.Hour), Uses: 1}); err != nil {
+			t.Fatal(err)
+		}
+		_, ev, err := r.st.EnrollDevice(ctx, token.Hash(id), now, store.Device{ID: id, Identity: "software", IdentityKey: []byte("key " + id), Assurance: 1, State: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.fleet.Apply(ev, nil)
+	}
+	r.in = New(Config{Store: r.st, Fleet: r.fleet, Feed: applier{r.fleet}, Stats: r.stats, MaxClockSkew: time.Minute, MaxOpening: 1})
+	serve := func(s *heldStream, id string) chan error {
+		done := make(chan error, 1)
+		go func() { done <- r.in.Serve(s, id, func() error { return nil }) }()
+		return done
+	}
+	welcomed := func(s *heldStream, within time.Duration) bool {
+		select {
+		case m := <-s.sent:
+			if m.GetWelcome() == nil {
+				t.Fatalf("first message %v, want a welcome", m)
+			}
+			return true
+		case <-time.After(within):
+			return false
+		}
+	}
+
+	ctxA, endA := context.WithCancel(ctx)
+	defer endA()
+	a := newHeldStream(ctxA)
+	serve(a, "a")
+	if !welcomed(a, 10*time.Second) {
+		t.Fatal("the first stream got no welcome")
+	}
+	// a's welcome is still being sent: b waits.
+	ctxB, endB := context.WithCancel(ctx)
+	defer endB()
+	b := newHeldStream(ctxB)
+	serve(b, "b")
+	if welcomed(b, 100*time.Millisecond) {
+		t.Fatal("a second stream opened while the first one's welcome was being sent")
+	}
+	// c waits too, and its call ends meanwhile: it ends without a welcome.
+	ctxC, endC := context.WithCancel(ctx)
+	c := newHeldStream(ctxC)
+	doneC := serve(c, "c")
+	endC()
+	select {
+	case err := <-doneC:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("a waiting stream whose call ended: %v, want canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting stream whose call ended did not end")
+	}
+	// a's welcome is never sent: its place lapses, and b opens.
+	if !welcomed(b, 10*time.Second) {
+		t.Fatalf("the second stream got no welcome within 10 s; the first one's place should lapse after %s", maxOpeningHold)
+	}
+	close(a.release)
+	close(b.release)
+}

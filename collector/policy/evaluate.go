@@ -533,7 +533,7 @@ func (p *Policy) judge(s *Subject, l Level, score uint32, now time.Time, explain
 	case posturev1.DeviceState_DEVICE_STATE_SUSPECT:
 		return byState("device is suspect: " + s.StateReason + "; an admin must investigate and revoke it or re-enroll it")
 	case posturev1.DeviceState_DEVICE_STATE_PENDING:
-		return byState("device is pending approval: " + s.StateReason)
+		return byState(pendingReason(s.StateReason))
 	case posturev1.DeviceState_DEVICE_STATE_ACTIVE:
 	default:
 		return byState("device state is unknown")
@@ -653,4 +653,16 @@ func (p *Policy) hasExprs() bool {
 		}
 	}
 	return false
+}
+
+// pendingReason is the denial of every level to a pending device (a TPM
+// whose endorsement key is neither verified nor pinned). Its reports are
+// verified and kept meanwhile, so that an admin can judge the device
+// before approving it, but none of them opens anything until then.
+func pendingReason(stateReason string) string {
+	r := "device is pending approval: every level is denied until an admin approves it; ask an admin to approve this device"
+	if stateReason != "" {
+		r += " (" + stateReason + ")"
+	}
+	return r
 }

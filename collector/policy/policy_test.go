@@ -144,6 +144,8 @@ func TestDecide(t *testing.T) {
 		{"never reported", Subject{State: active}, "basic", 0, false, "no verified posture report yet"},
 		{"revoked", Subject{State: posturev1.DeviceState_DEVICE_STATE_REVOKED, StateReason: "stolen", Assessment: healthy, ReportAt: t0}, "basic", 0, false, "revoked: stolen"},
 		{"suspect", Subject{State: posturev1.DeviceState_DEVICE_STATE_SUSPECT, StateReason: "chain broken", Assessment: healthy, ReportAt: t0}, "basic", 0, false, "suspect: chain broken"},
+		{"pending", Subject{State: posturev1.DeviceState_DEVICE_STATE_PENDING, StateReason: "EK not verified", Assessment: healthy, ReportAt: t0}, "basic", 0, false,
+			"pending approval: every level is denied until an admin approves it; ask an admin to approve this device (EK not verified)"},
 		{"silent too long", Subject{State: active, Assessment: healthy, ReportAt: t0}, "trusted", 12 * time.Hour, false, "trust decays after 15m"},
 		{"unknown level", Subject{State: active, Assessment: healthy, ReportAt: t0}, "gold", 0, false, `access level "gold" is not defined`},
 	}
@@ -166,6 +168,61 @@ func TestDecide(t *testing.T) {
 				t.Errorf("AllowedSet = %v, disagrees with Decide (%v) on %s", levels, tt.allowed, tt.level)
 			}
 		})
+	}
+}
+
+// A pending device meets no level, whatever the level asks (nothing at
+// all, an expression that holds, a score its healthy report earns), and
+// every denial says to ask an admin to approve it; its score is 0, while
+// its assessment, which an admin judges it by, is kept.
+func TestPendingMeetsNoLevel(t *testing.T) {
+	p, err := Parse([]byte(`
+freshness: {stale_after: 1h, expire_after: 2h}
+checks: [{name: disk_encryption, weight: 1}]
+levels:
+  - {name: scored, min_score: 1}
+  - {name: open}
+  - {name: expression, expr: 'true'}
+  - {name: warned, min_score: 1, enforce: warn}
+  - {name: unenforced, min_score: 1, enforce: off}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthy := p.Assess(report(nil), t0)
+	s := Subject{State: posturev1.DeviceState_DEVICE_STATE_PENDING, Assessment: healthy, ReportAt: t0}
+	for _, l := range p.LevelNames() {
+		allowed, score, reasons := p.Decide(&s, l, t0)
+		if allowed || score != 0 || len(reasons) != 1 || !strings.Contains(reasons[0], "ask an admin to approve this device") {
+			t.Errorf("level %s: allowed=%v score=%d reasons=%v; want denied, 0, asking for an approval", l, allowed, score, reasons)
+		}
+		// No enforcement mode lets a pending device through: its state
+		// is its identity, not its posture.
+		if v := p.Judge(&s, l, t0); v.Allowed || v.Met {
+			t.Errorf("level %s (enforce %s): Judge allowed=%v met=%v; want neither", l, v.Enforce, v.Allowed, v.Met)
+		}
+	}
+	if _, set := p.AllowedSet(&s, t0); set != 0 {
+		t.Errorf("AllowedSet of a pending device = %v, want none", p.Names(set))
+	}
+	if _, met, allowed, warned := p.Sets(&s, t0); met != 0 || allowed != 0 || warned != 0 {
+		t.Errorf("Sets of a pending device: met %v allowed %v warned %v, want none", p.Names(met), p.Names(allowed), p.Names(warned))
+	}
+	checks, levels, score := p.Explain(&s, t0)
+	if len(checks) != 1 || checks[0].GetOutcome() != posturev1.Outcome_OUTCOME_PASS || score != 0 || healthy.RawScore() != 100 {
+		t.Errorf("Explain: checks %v score %d raw %d; want the passing check shown, score 0, raw 100", checks, score, healthy.RawScore())
+	}
+	for _, l := range levels {
+		if l.GetAllowed() {
+			t.Errorf("Explain allows level %s", l.GetName())
+		}
+	}
+	// The same device approved meets them all.
+	s.State = posturev1.DeviceState_DEVICE_STATE_ACTIVE
+	for _, l := range p.LevelNames() {
+		if allowed, _, reasons := p.Decide(&s, l, t0); !allowed {
+			t.Errorf("level %s once active: denied (%v)", l, reasons)
+		}
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/posture-project/posture/internal/pki"
+	"github.com/posture-project/posture/internal/durable"
 )
 
 // KeyFile is the name of the signing key's file in the data directory.
@@ -42,7 +42,7 @@ func LoadOrCreateKey(path string) (*Key, error) {
 		if err != nil {
 			return nil, fmt.Errorf("create the SSF signing key: %w", err)
 		}
-		if err := pki.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := durable.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return nil, fmt.Errorf("write the SSF signing key: %w", err)
 		}
 		return newKey(k)

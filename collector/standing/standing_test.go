@@ -73,6 +73,10 @@ func TestDesired(t *testing.T) {
 			store.Standing{Levels: []string{"open"}, Failing: []store.FailingCheck{{Check: "firewall", Since: t0}}}},
 		{"revoked: no level", policy.Subject{State: posturev1.DeviceState_DEVICE_STATE_REVOKED, Assessment: pol.Assess(report(true, true), t0), ReportAt: t0}, store.Standing{}, t0,
 			store.Standing{}},
+		{"pending: no level", policy.Subject{State: posturev1.DeviceState_DEVICE_STATE_PENDING, Assessment: pol.Assess(report(true, true), t0), ReportAt: t0}, store.Standing{}, t0,
+			store.Standing{}},
+		{"pending, a level recorded: lost", policy.Subject{State: posturev1.DeviceState_DEVICE_STATE_PENDING, Assessment: pol.Assess(report(true, true), t0), ReportAt: t0},
+			store.Standing{Levels: []string{"corp", "lab", "open"}}, t0, store.Standing{}},
 		{"no report yet: nothing", policy.Subject{State: active}, store.Standing{}, t0, store.Standing{}},
 	}
 	for _, tt := range tests {

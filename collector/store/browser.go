@@ -34,9 +34,13 @@ type BrowserCert struct {
 	// IssuedUnder is the serial (hex) of the device certificate that
 	// asked: once the device renews it or enrolls again, the browser
 	// certificate no longer counts.
-	IssuedUnder string    `json:"issued_under"`
-	IssuedAt    time.Time `json:"issued_at"`
-	NotAfter    time.Time `json:"not_after"`
+	IssuedUnder string `json:"issued_under"`
+	// IssuedUnderKeySHA256 is the SHA-256 of that device certificate's
+	// public key: the device certificate counts by serial and key, and so
+	// does the one a browser certificate was issued under.
+	IssuedUnderKeySHA256 []byte    `json:"issued_under_key_sha256"`
+	IssuedAt             time.Time `json:"issued_at"`
+	NotAfter             time.Time `json:"not_after"`
 }
 
 // BrowserStore keeps browser certificates and carries requests for new

@@ -50,11 +50,15 @@ type Record struct {
 	// DeviceUser, SSFClient and Receiver carry devices' users, Shared
 	// Signals receivers and their streams (receivers with settings in the
 	// database; their cursors start at the copy's empty outbox).
-	// Messages waiting in the outbox are not copied: let them drain
-	// (stats shows pending 0) before stopping the collector to migrate.
+	// Messages waiting in the outbox are not copied: posture-collector
+	// migrate refuses while any wait, unless told to drop them.
 	DeviceUser *DeviceUser
 	SSFClient  *SSFClient
 	Receiver   *Receiver
+	// BrowserCert is a user's browser certificate (expired ones too:
+	// the store lists only current ones), so that browsers keep reaching
+	// apps through the copy.
+	BrowserCert *BrowserCert
 }
 
 // StandingRecord is a device's standing, as Dump writes it.

@@ -20,6 +20,9 @@ const (
 	EventState EventKind = "state"
 	// EventRenewed: a device's certificate was renewed (Event.Device).
 	EventRenewed EventKind = "renewed"
+	// EventCertBound: the key hash of a device certificate issued before
+	// keys were recorded was recorded (Event.Device).
+	EventCertBound EventKind = "cert_bound"
 	// EventReport: a report became its device's chain head
 	// (Event.Report).
 	EventReport EventKind = "report"

@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -35,7 +37,7 @@ func Enrolled(existing *Device, d Device, now time.Time) (Device, error) {
 		d.State = StateActive
 	}
 	if existing == nil {
-		d.PrevCertSerial = ""
+		d.PrevCertSerial, d.PrevCertKeySHA256 = "", nil
 		d.LastSeq, d.LastDigest, d.LastSeen = 0, nil, time.Time{}
 		d.TPMClock, d.Reboots = TPMClock{}, 0
 		return d, nil
@@ -53,7 +55,8 @@ func Enrolled(existing *Device, d Device, now time.Time) (Device, error) {
 	// pending when that is all the new enrollment earned.
 	stored := *existing
 	stored.Hostname, stored.Platform = d.Hostname, d.Platform
-	stored.CertSerial, stored.PrevCertSerial, stored.EnrolledAt = d.CertSerial, "", d.EnrolledAt
+	stored.CertSerial, stored.CertKeySHA256, stored.EnrolledAt = d.CertSerial, d.CertKeySHA256, d.EnrolledAt
+	stored.PrevCertSerial, stored.PrevCertKeySHA256 = "", nil
 	stored.Identity, stored.IdentityKey, stored.Assurance, stored.EKSHA256 = d.Identity, d.IdentityKey, d.Assurance, d.EKSHA256
 	if existing.State == StatePending || (existing.State == StateActive && d.State == StatePending) {
 		stored.State, stored.StateReason = d.State, d.StateReason
@@ -73,21 +76,61 @@ func WithState(d Device, state int32, reason string) (Device, error) {
 	return d, nil
 }
 
-// Renewed is d with newSerial as its certificate in place of askedWith:
+// Renewed is d with issued as its certificate in place of askedWith:
 // see Store.RenewCertificate.
-func Renewed(d Device, askedWith, newSerial string) (Device, error) {
+func Renewed(d Device, askedWith, issued Cert) (Device, error) {
 	switch {
+	case issued.Serial == "" || len(issued.KeySHA256) != sha256.Size:
+		return Device{}, fmt.Errorf("the issued certificate's serial (%q) or key hash (%d bytes) is missing", issued.Serial, len(issued.KeySHA256))
 	case d.State == StateRevoked:
 		return Device{}, ErrDeviceRevoked
 	case d.State != StateActive:
 		return Device{}, ErrDeviceNotActive
-	case askedWith == d.CertSerial:
-		d.PrevCertSerial = d.CertSerial
-	case askedWith != d.PrevCertSerial:
+	case askedWith.Is(d.CertSerial, d.CertKeySHA256):
+		d.PrevCertSerial, d.PrevCertKeySHA256 = d.CertSerial, d.CertKeySHA256
+	case askedWith.Is(d.PrevCertSerial, d.PrevCertKeySHA256):
+	case askedWith.Serial == d.CertSerial || askedWith.Serial == d.PrevCertSerial:
+		return Device{}, ErrCertKey
+	default:
 		return Device{}, ErrCertReplaced
 	}
-	d.CertSerial = newSerial
+	d.CertSerial, d.CertKeySHA256 = issued.Serial, issued.KeySHA256
 	return d, nil
+}
+
+// Bound is d with cert's key hash recorded for the certificate with its
+// serial, and whether that changed anything: see Store.BindCertKey.
+func Bound(d Device, cert Cert) (Device, bool, error) {
+	bind := func(key *[]byte) (bool, error) {
+		switch {
+		case *key == nil:
+			*key = cert.KeySHA256
+			return true, nil
+		case bytes.Equal(*key, cert.KeySHA256):
+			return false, nil
+		}
+		return false, ErrCertKey
+	}
+	var (
+		changed bool
+		err     error
+	)
+	switch {
+	case len(cert.KeySHA256) != sha256.Size:
+		return Device{}, false, fmt.Errorf("a certificate key hash is %d bytes, not %d", len(cert.KeySHA256), sha256.Size)
+	case d.State == StateRevoked:
+		return Device{}, false, ErrDeviceRevoked
+	case cert.Serial != "" && cert.Serial == d.CertSerial:
+		changed, err = bind(&d.CertKeySHA256)
+	case cert.Serial != "" && cert.Serial == d.PrevCertSerial:
+		changed, err = bind(&d.PrevCertKeySHA256)
+	default:
+		return Device{}, false, ErrCertReplaced
+	}
+	if err != nil {
+		return Device{}, false, err
+	}
+	return d, changed, nil
 }
 
 // Approved is the pending device d made active with assurance: see

@@ -19,6 +19,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,6 +70,11 @@ var (
 	// the renewal was asked with is neither the device's certificate nor
 	// the one it replaced: an enrollment or another renewal came first.
 	ErrCertReplaced = errors.New("device certificate was replaced meanwhile")
+	// ErrCertKey is returned by RenewCertificate and BindCertKey when a
+	// certificate carries the serial of the device's certificate but
+	// another public key than the one recorded for it: the collector did
+	// not issue it.
+	ErrCertKey = errors.New("the certificate holds another public key than the one its serial was issued for")
 	// ErrNotPending reports an approval of a device that is not pending.
 	ErrNotPending = errors.New("device is not pending approval")
 	// ErrIdentityMismatch is returned by ClaimIdentity when the database
@@ -111,15 +117,38 @@ type Device struct {
 	StateReason string
 	EnrolledAt  time.Time
 	CertSerial  string // hex serial of the latest issued device certificate
+	// CertKeySHA256 is the SHA-256 of that certificate's
+	// SubjectPublicKeyInfo: a certificate counts only with both its serial
+	// and its key. Nil for a certificate issued before keys were recorded
+	// (schema version 9 of SQLite, 2 of PostgreSQL), until BindCertKey
+	// records it.
+	CertKeySHA256 []byte
 	// PrevCertSerial is the serial of the certificate the latest renewal
 	// replaced, which may still ask for a renewal; empty after enrollment.
 	PrevCertSerial string
-	LastSeq        uint64
-	LastDigest     []byte    // nil until the first report
-	LastSeen       time.Time // zero until the first report
-	EKSHA256       string    // hex SHA-256 of the TPM EK (PKIX DER); empty for software identities
-	TPMClock       TPMClock  // clock info of the latest quote; zero for software identities
-	Reboots        uint64    // TPM resets seen in quotes since enrollment
+	// PrevCertKeySHA256 is CertKeySHA256 of that certificate; nil when
+	// there is none, or its key was not recorded.
+	PrevCertKeySHA256 []byte
+	LastSeq           uint64
+	LastDigest        []byte    // nil until the first report
+	LastSeen          time.Time // zero until the first report
+	EKSHA256          string    // hex SHA-256 of the TPM EK (PKIX DER); empty for software identities
+	TPMClock          TPMClock  // clock info of the latest quote; zero for software identities
+	Reboots           uint64    // TPM resets seen in quotes since enrollment
+}
+
+// Cert names an issued device certificate: its serial and the SHA-256 of
+// its SubjectPublicKeyInfo.
+type Cert struct {
+	Serial    string // hex, lowercase, without leading zeros
+	KeySHA256 []byte // 32 bytes
+}
+
+// Is says whether c is the certificate recorded with serial and key
+// hash key: the same serial and, once a key hash is recorded, the same
+// key hash.
+func (c Cert) Is(serial string, key []byte) bool {
+	return serial != "" && c.Serial == serial && (key == nil || bytes.Equal(c.KeySHA256, key))
 }
 
 // TPMClock is the clock information a TPM puts in every quote. ResetCount
@@ -218,11 +247,16 @@ type FleetRow struct {
 	State       int32
 	StateReason string
 	CertSerial  string // hex serial of the device certificate last issued
+	// CertKeySHA256 is the SHA-256 of its SubjectPublicKeyInfo; nil when
+	// not recorded (see Device.CertKeySHA256).
+	CertKeySHA256 []byte
 	// PrevCertSerial is the certificate the latest renewal replaced.
 	PrevCertSerial string
-	LastSeq        uint64
-	LastDigest     []byte // nil until the first report
-	TPMClock       TPMClock
+	// PrevCertKeySHA256 is CertKeySHA256 of that certificate.
+	PrevCertKeySHA256 []byte
+	LastSeq           uint64
+	LastDigest        []byte // nil until the first report
+	TPMClock          TPMClock
 	// MeasuredBoot is the reading of the newest event log among the
 	// device's reports (Report.MeasuredBoot as stored), which need not be
 	// the latest report's; nil when none carried one.
@@ -263,8 +297,9 @@ type Store interface {
 	// device is stored with an empty report chain, state active unless
 	// d.State says otherwise, and EnrolledAt = now unless d.EnrolledAt is
 	// set. If a device with d.ID exists, it is re-enrolled: its hostname,
-	// platform, certificate serial, enrollment time, identity key and
-	// assurance are updated, while its state and report chain are kept,
+	// platform, certificate (serial and key hash), enrollment time,
+	// identity key and assurance are updated, the previous certificate is
+	// forgotten, while its state and report chain are kept,
 	// except that a new enrollment that earned only pending approval makes
 	// an active device pending, and a new identity key starts the TPM
 	// clock afresh (the next quote is compared with nothing: a new AK sees
@@ -283,16 +318,27 @@ type Store interface {
 	// device and ErrDeviceRevoked for a revoked one, since revocation is
 	// final.
 	SetDeviceState(ctx context.Context, id string, state int32, reason string, now time.Time) (Event, error)
-	// RenewCertificate makes newSerial the device's certificate, in place
+	// RenewCertificate makes issued the device's certificate, in place
 	// of the certificate the renewal was asked with (askedWith). That is
 	// either the device's certificate, which becomes the one that may
 	// still ask for a renewal, or that one itself, whose renewal's answer
-	// never reached the device; it stays. It fails with ErrNotFound,
-	// ErrDeviceRevoked, ErrDeviceNotActive for a suspect or pending
-	// device, or ErrCertReplaced when askedWith is neither, and then
-	// changes nothing. It returns the device as stored and the
-	// EventRenewed.
-	RenewCertificate(ctx context.Context, id, askedWith, newSerial string, now time.Time) (Device, Event, error)
+	// never reached the device; it stays. A certificate is askedWith when
+	// its serial is, and so is its key hash once one is recorded
+	// (Cert.Is). It fails with ErrNotFound, ErrDeviceRevoked,
+	// ErrDeviceNotActive for a suspect or pending device, ErrCertKey when
+	// askedWith has a recorded serial with another key, or
+	// ErrCertReplaced when askedWith is neither, and then changes
+	// nothing. It returns the device as stored and the EventRenewed.
+	RenewCertificate(ctx context.Context, id string, askedWith, issued Cert, now time.Time) (Device, Event, error)
+	// BindCertKey records the key hash of a device certificate issued
+	// before keys were recorded: cert names the device's certificate or
+	// the one its last renewal replaced by serial, and its key hash is
+	// recorded for it when none is. It returns the device as stored and
+	// the EventCertBound; a zero Event when that very key hash was
+	// recorded already. It fails, changing nothing, with ErrNotFound,
+	// ErrDeviceRevoked, ErrCertKey when another key hash is recorded for
+	// the serial, or ErrCertReplaced when the serial is neither.
+	BindCertKey(ctx context.Context, id string, cert Cert, now time.Time) (Device, Event, error)
 	// ApproveDevice activates a pending device in one transaction: it pins
 	// the device's EK hash, sets the state to active and the assurance to
 	// the given value. It returns ErrNotFound or ErrNotPending without

@@ -1,6 +1,6 @@
 // Package pki holds the collector's certificate authority and the helpers
 // both sides use to name and check peers: SPIFFE IDs in URI SANs, CA
-// fingerprints, and PEM files with safe permissions.
+// fingerprints, and PEM files, written with package durable.
 package pki
 
 import (
@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/posture-project/posture/internal/durable"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -246,7 +247,7 @@ func WriteCertificates(path string, certs ...*x509.Certificate) error {
 	for _, c := range certs {
 		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
-	return WriteFileAtomic(path, buf, 0o644)
+	return durable.WriteFileAtomic(path, buf, 0o644)
 }
 
 // WritePrivateKey writes a key as PKCS#8 PEM (mode 0600), atomically.
@@ -255,7 +256,7 @@ func WritePrivateKey(path string, key crypto.Signer) error {
 	if err != nil {
 		return fmt.Errorf("encode private key: %w", err)
 	}
-	return WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return durable.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 // ReadCertificate reads the first PEM certificate in path.
@@ -326,53 +327,4 @@ func ReadPrivateKey(path string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("parse private key in %s: %w", path, err)
 	}
 	return k, nil
-}
-
-// WriteFileAtomic writes data to path through a synced temporary file and a
-// rename, then flushes the directory: readers never see half a file, and
-// once it returns the new file survives a power loss. A private mode (no
-// group or other bits) also keeps other users out on Windows, where the
-// file gets a DACL for SYSTEM and Administrators only.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeFileAtomic(path, data, mode, SyncDir)
-}
-
-// writeFileAtomic is WriteFileAtomic with the directory flush passed in.
-func writeFileAtomic(path string, data []byte, mode os.FileMode, syncDir func(dir string) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	// Restricted before anything is written, so the contents are never
-	// open to more than the final file allows.
-	if err := restrictFile(f, mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	// The rename is a change to the directory, which the file's own flush
-	// does not cover: without this, a power loss can undo it while a later
-	// write elsewhere survives, and callers order their writes on that
-	// (the agent removes a spooled report only after its chain head is
-	// recorded).
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -102,3 +102,16 @@ func TestCanonicalSerial(t *testing.T) {
 		}
 	}
 }
+
+func TestChainValidity(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	leaf := &x509.Certificate{NotBefore: t0, NotAfter: t0.AddDate(1, 0, 0)}
+	ca := &x509.Certificate{NotBefore: t0.AddDate(0, 1, 0), NotAfter: t0.AddDate(0, 6, 0)}
+	nb, na := ChainValidity([]*x509.Certificate{leaf, ca})
+	if !nb.Equal(ca.NotBefore) || !na.Equal(ca.NotAfter) {
+		t.Errorf("ChainValidity = %v..%v, want the CA's narrower %v..%v", nb, na, ca.NotBefore, ca.NotAfter)
+	}
+	if nb, na := ChainValidity([]*x509.Certificate{leaf}); !nb.Equal(leaf.NotBefore) || !na.Equal(leaf.NotAfter) {
+		t.Errorf("one certificate: %v..%v", nb, na)
+	}
+}

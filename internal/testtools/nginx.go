@@ -95,11 +95,11 @@ func waitListening(addr string, exited <-chan error) error {
 		}
 		select {
 		case err := <-exited:
-			return errors.Join(errors.New("nginx exited"), err)
+			return errors.Join(errors.New("the process exited"), err)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return errors.New("nginx did not listen within 10s")
+			return errors.New("nothing listened within 10s")
 		}
 	}
 }

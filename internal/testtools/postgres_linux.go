@@ -1,3 +1,5 @@
+//go:build linux
+
 package testtools
 
 import (
@@ -23,14 +25,18 @@ import (
 )
 
 // PostgresMain runs a test binary's tests and then stops the PostgreSQL
-// cluster that Postgres started, if any, and removes its files. A package
+// cluster that Postgres started, if any, and removes its files; then it
+// runs each of after (the test binary's own clean-up). A package
 // whose tests call Postgres calls it from TestMain:
 //
 //	func TestMain(m *testing.M) { testtools.PostgresMain(m) }
-func PostgresMain(m *testing.M) {
+func PostgresMain(m *testing.M, after ...func()) {
 	pg.main.Store(true)
 	code := m.Run()
 	pg.stop()
+	for _, f := range after {
+		f()
+	}
 	os.Exit(code)
 }
 

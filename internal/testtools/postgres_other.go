@@ -11,7 +11,13 @@ import (
 
 // PostgresMain runs the package's tests; the PostgreSQL servers tests
 // start run on Linux only, so there is nothing to stop here.
-func PostgresMain(m *testing.M) { os.Exit(m.Run()) }
+func PostgresMain(m *testing.M, after ...func()) {
+	code := m.Run()
+	for _, f := range after {
+		f()
+	}
+	os.Exit(code)
+}
 
 // Postgres skips the test loudly (fails it when RequireEnv is 1): the
 // tests start their PostgreSQL servers on Linux only.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,7 +11,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/posture-project/posture/agent/browsercert"
+	"github.com/posture-project/posture/internal/cliflag"
 	"github.com/posture-project/posture/internal/inert"
 )
 
@@ -31,24 +33,42 @@ func defaultSocket() string {
 	return "/run/posture-agent/agent.sock"
 }
 
-// browserCertCommand runs posture-agent browser-cert, the per-user step
+// newBrowserCertCommand is posture-agent browser-cert, the per-user step
 // started at login (docs/browser-certificates.md).
-func browserCertCommand(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("browser-cert", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", defaultSocket(), "the agent's local socket")
-	var nssdbs dirList
-	fs.Var(&nssdbs, "nssdb", "NSS database directory; repeat for several (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
-	remove := fs.Bool("remove", false, "remove every Posture browser certificate from the store, and stop")
-	watch := fs.Duration("watch", 0, "keep running, checking this often (e.g. 10m) whether the certificate needs renewing")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newBrowserCertCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "browser-cert",
+		Short: "As the user (at login): keep this user's browser certificate in their NSS database",
+		Long: `browser-cert runs as the device's user, at login: it makes the user's own
+browser key, has the agent get a short-lived certificate for it from the
+collector (through the agent's local socket, which knows the user by the
+socket's peer credentials), and keeps it in the user's NSS database, where
+Chrome, Chromium and Firefox find it. With --watch it keeps running and
+renews the certificate before it expires; --remove takes every Posture
+browser certificate out.`,
+		Args: noArgs,
+		// Run as the logged-in user, who may not read the agent's
+		// configuration file; browser-cert needs none of it.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
 	}
+	fs := cmd.Flags()
+	socket := fs.String("socket", defaultSocket(), "the agent's local socket (also $POSTURE_AGENT_SOCKET)")
+	nssdbs := fs.StringArray("nssdb", nil, "NSS database directory; repeat for several, kept alike (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
+	remove := fs.Bool("remove", false, "remove every Posture browser certificate from the store, and stop")
+	watch := cliflag.Duration(fs, "watch", 0, "keep running, checking this often (e.g. 10m) whether the certificate needs renewing")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return browserCert(cmd.Context(), cmd.OutOrStdout(), *socket, *nssdbs, *remove, *watch)
+	}
+	return cmd
+}
+
+// browserCert does what browser-cert asks.
+func browserCert(ctx context.Context, out io.Writer, socket string, nssdbs []string, remove bool, watch time.Duration) error {
 	store, err := userStore(nssdbs)
 	if err != nil {
 		return err
 	}
-	if *remove {
+	if remove {
 		removed, err := browsercert.RemoveAll(store)
 		for _, n := range removed {
 			inert.Fprintf(out, "removed %s\n", n)
@@ -56,7 +76,7 @@ func browserCertCommand(args []string, out io.Writer) error {
 		return err
 	}
 	ensure := func() error {
-		res, err := browsercert.Ensure(browsercert.Options{Socket: *socket, Store: store})
+		res, err := browsercert.Ensure(browsercert.Options{Socket: socket, Store: store})
 		if err != nil {
 			return err
 		}
@@ -67,10 +87,13 @@ func browserCertCommand(args []string, out io.Writer) error {
 		}
 		return nil
 	}
-	if *watch <= 0 {
+	if watch <= 0 {
 		return ensure()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	for {
 		if err := ensure(); err != nil {
@@ -81,16 +104,10 @@ func browserCertCommand(args []string, out io.Writer) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(*watch):
+		case <-time.After(watch):
 		}
 	}
 }
-
-// dirList is a flag given once per directory.
-type dirList []string
-
-func (d *dirList) String() string     { return fmt.Sprint([]string(*d)) }
-func (d *dirList) Set(v string) error { *d = append(*d, v); return nil }
 
 // userStore is the user's certificate store on this platform: the NSS
 // databases named, kept alike, or the default one.

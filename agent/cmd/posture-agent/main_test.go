@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/posture-project/posture/internal/jsonview"
 
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -16,7 +16,7 @@ func TestCollectPrintsAReport(t *testing.T) {
 		t.Fatalf("collect: %v", err)
 	}
 	var r posturev1.PostureReport
-	if err := protojson.Unmarshal(out.Bytes(), &r); err != nil {
+	if err := jsonview.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("collect output is not a PostureReport: %v\n%s", err, out.String())
 	}
 	for name, meta := range map[string]*posturev1.SignalMeta{

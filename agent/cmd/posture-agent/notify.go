@@ -2,12 +2,12 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"github.com/spf13/cobra"
 
 	"github.com/posture-project/posture/agent/notify"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
@@ -40,24 +40,31 @@ func notifier(stateDir string, log *slog.Logger) func(*posturev1.DeviceStanding)
 	}
 }
 
-// notifyCommand is "posture-agent notify --title T --body B": what the
+// newNotifyCommand is "posture-agent notify --title T --body B": what the
 // agent, running as the system service, runs as a logged-in user to show
 // a notification in that user's session (on Linux, whose session bus
 // admits only its owner).
-func notifyCommand(args []string) error {
-	fs := flag.NewFlagSet("notify", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	title := fs.String("title", "", "the notification's title")
-	body := fs.String("body", "", "its text")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newNotifyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "notify --title TITLE [--body TEXT]",
+		Short:  "Show a desktop notification in this user's session (run by the agent service)",
+		Hidden: true,
+		Args:   noArgs,
+		// Run as the logged-in user, who may not read the agent's
+		// configuration file; notify needs none of it.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
 	}
-	if *title == "" {
-		return errors.New("notify: --title is required")
+	title := cmd.Flags().String("title", "", "the notification's title")
+	body := cmd.Flags().String("body", "", "its text")
+	cmd.RunE = func(*cobra.Command, []string) error {
+		if *title == "" {
+			return usagef("notify: --title is required")
+		}
+		addr := os.Getenv("DBUS_SESSION_BUS_ADDRESS")
+		if addr == "" {
+			return errors.New("notify: no session bus (DBUS_SESSION_BUS_ADDRESS is empty)")
+		}
+		return notifyBus(addr, *title, *body)
 	}
-	addr := os.Getenv("DBUS_SESSION_BUS_ADDRESS")
-	if addr == "" {
-		return errors.New("notify: no session bus (DBUS_SESSION_BUS_ADDRESS is empty)")
-	}
-	return notifyBus(addr, *title, *body)
+	return cmd
 }

@@ -1,50 +1,59 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/outbox"
 	"github.com/posture-project/posture/collector/siem"
 	"github.com/posture-project/posture/collector/webhook"
+	"github.com/posture-project/posture/internal/cliflag"
 )
 
 // eventsFlags are run's flags for what leaves Posture; config turns them
 // into collector.EventsConfig, field for field.
 type eventsFlags struct {
-	webhooks        []string
-	siems           []string
+	webhooks        *[]string
+	siems           *[]string
 	receiverLease   *time.Duration
 	retryMin        *time.Duration
 	retryMax        *time.Duration
 	downAfter       *time.Duration
-	outboxRetention *string
+	outboxRetention time.Duration
 	ssfIssuer       *string
 	ssfListen       *string
 	ssfPlaintext    *bool
 }
 
 // addEventsFlags declares the flags on run's flag set.
-func addEventsFlags(fs *flag.FlagSet) *eventsFlags {
-	f := &eventsFlags{}
-	fs.Func("webhook", "post signed JSON events to a URL (repeatable): name=NAME,url=URL,secret-file=FILE[,events=TYPE;TYPE…][,timeout=10s]; the file holds the HMAC secret (mode 0600); events default to every device change (device.*;level.*;check.*;grace.*)", func(v string) error {
-		f.webhooks = append(f.webhooks, v)
-		return nil
+func addEventsFlags(fs *pflag.FlagSet) *eventsFlags {
+	f := &eventsFlags{outboxRetention: 7 * 24 * time.Hour}
+	f.webhooks = cliflag.Repeated(fs, "webhook", "spec", "post signed JSON events to a URL (repeatable; a list in the configuration file): name=NAME,url=URL,secret-file=FILE[,events=TYPE;TYPE…][,timeout=10s]; the file holds the HMAC secret (mode 0600); events default to every device change (device.*;level.*;check.*;grace.*)", func(v string) error {
+		_, err := parseWebhook(v)
+		return err
 	})
-	fs.Func("siem", "export every device change and access decision as OCSF JSON lines (repeatable): name=NAME,file=PATH[,max-size=100MB][,keep=10], or name=NAME,syslog=tls://HOST:6514[,ca=FILE][,facility=16] (RFC 5424; tcp:// for plain TCP); decisions=false leaves decisions out", func(v string) error {
-		f.siems = append(f.siems, v)
-		return nil
+	f.siems = cliflag.Repeated(fs, "siem", "spec", "export every device change and access decision as OCSF JSON lines (repeatable; a list in the configuration file): name=NAME,file=PATH[,max-size=100MB][,keep=10], or name=NAME,syslog=tls://HOST:6514[,ca=FILE][,facility=16] (RFC 5424; tcp:// for plain TCP); decisions=false leaves decisions out", func(v string) error {
+		_, err := parseSIEM(v)
+		return err
 	})
-	f.receiverLease = fs.Duration("receiver-lease", outbox.DefaultLease, "how long a collector's claim to deliver to a receiver lasts unrenewed: how soon another collector sharing the database takes over from one that stopped")
-	f.retryMin = fs.Duration("receiver-retry-min", outbox.DefaultMinBackoff, "the first pause after a failed delivery; it doubles with each failure up to --receiver-retry-max")
-	f.retryMax = fs.Duration("receiver-retry-max", outbox.DefaultMaxBackoff, "the longest pause between attempts to a receiver that fails")
-	f.downAfter = fs.Duration("receiver-down-after", outbox.DefaultDownAfter, "a receiver whose deliveries fail this long is marked down (stats, metrics); it is still retried")
-	f.outboxRetention = fs.String("outbox-retention", "7d", "how long a message waits for a receiver that does not take it (whole days as 7d, or a duration)")
+	f.receiverLease = cliflag.Duration(fs, "receiver-lease", outbox.DefaultLease, "how long a collector's claim to deliver to a receiver lasts unrenewed: how soon another collector sharing the database takes over from one that stopped")
+	f.retryMin = cliflag.Duration(fs, "receiver-retry-min", outbox.DefaultMinBackoff, "the first pause after a failed delivery; it doubles with each failure up to --receiver-retry-max")
+	f.retryMax = cliflag.Duration(fs, "receiver-retry-max", outbox.DefaultMaxBackoff, "the longest pause between attempts to a receiver that fails")
+	f.downAfter = cliflag.Duration(fs, "receiver-down-after", outbox.DefaultDownAfter, "a receiver whose deliveries fail this long is marked down (stats, metrics); it is still retried")
+	cliflag.Func(fs, "outbox-retention", "duration", "7d", "how long a message waits for a receiver that does not take it (whole days as 7d, or a duration)", func(s string) error {
+		d, err := parseRetention(s)
+		if err == nil && d == 0 {
+			err = fmt.Errorf("%q: messages cannot wait forever; give a duration", s)
+		}
+		f.outboxRetention = d
+		return err
+	})
 	f.ssfIssuer = fs.String("ssf-issuer", "", "turn the Shared Signals transmitter on: the https URL receivers (Okta) know it by, the iss of every Security Event Token; needs --ssf-listen")
 	f.ssfListen = fs.String("ssf-listen", "", "serve the transmitter's endpoints (/.well-known/ssf-configuration, JWKS, stream management) on ADDR, with TLS from the collector CA")
 	f.ssfPlaintext = fs.Bool("ssf-plaintext", false, "serve --ssf-listen in plain HTTP, for a proxy on the same host that terminates TLS; allowed only on a loopback address")
@@ -53,24 +62,16 @@ func addEventsFlags(fs *flag.FlagSet) *eventsFlags {
 
 // config is the collector's EventsConfig the flags give.
 func (f *eventsFlags) config() (collector.EventsConfig, error) {
-	cfg := collector.EventsConfig{ReceiverLease: *f.receiverLease, RetryMin: *f.retryMin, RetryMax: *f.retryMax, DownAfter: *f.downAfter}
-	retention, err := parseRetention(*f.outboxRetention)
-	if err != nil || retention == 0 {
-		if err == nil {
-			err = fmt.Errorf("%q: messages cannot wait forever; give a duration", *f.outboxRetention)
-		}
-		return cfg, fmt.Errorf("--outbox-retention: %w", err)
-	}
-	cfg.OutboxRetention = retention
+	cfg := collector.EventsConfig{ReceiverLease: *f.receiverLease, RetryMin: *f.retryMin, RetryMax: *f.retryMax, DownAfter: *f.downAfter, OutboxRetention: f.outboxRetention}
 	cfg.SSF = collector.SSFConfig{Issuer: *f.ssfIssuer, Listen: *f.ssfListen, Plaintext: *f.ssfPlaintext}
-	for _, v := range f.siems {
+	for _, v := range *f.siems {
 		x, err := parseSIEM(v)
 		if err != nil {
 			return cfg, fmt.Errorf("--siem %q: %w", v, err)
 		}
 		cfg.SIEM = append(cfg.SIEM, x)
 	}
-	for _, v := range f.webhooks {
+	for _, v := range *f.webhooks {
 		w, err := parseWebhook(v)
 		if err != nil {
 			return cfg, fmt.Errorf("--webhook %q: %w", v, err)

@@ -80,3 +80,17 @@ func userText(u *posturev1.DeviceUser) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// enforcementText is what check's verdict line adds for a level that does
+// not block: its mode, and whether the device meets it.
+func enforcementText(r *posturev1.CheckAccessResponse) string {
+	switch r.GetEnforcement() {
+	case posturev1.Enforcement_ENFORCEMENT_WARN, posturev1.Enforcement_ENFORCEMENT_OFF:
+		met := "met"
+		if !r.GetMet() {
+			met = "not met"
+		}
+		return fmt.Sprintf(", enforcement %s: %s", strings.ToLower(strings.TrimPrefix(r.GetEnforcement().String(), "ENFORCEMENT_")), met)
+	}
+	return ""
+}

@@ -25,10 +25,14 @@ import (
 
 // startCollector runs a real collector in-process; the CLI reaches it
 // through the admin socket like it would in production.
-func startCollector(t *testing.T) string {
+func startCollector(t *testing.T, mods ...func(*collector.Config)) string {
 	t.Helper()
 	dir := t.TempDir()
-	c, err := collector.New(collector.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	cfg := collector.Config{DataDir: dir, Listen: "127.0.0.1:0"}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	c, err := collector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,22 +46,7 @@ func startCollector(t *testing.T) string {
 func cli(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
-	err := run(args, &out)
-	code := 0
-	var ee exitErr
-	var help helpText
-	switch {
-	case errors.As(err, &help):
-		out.WriteString(string(help))
-	case errors.As(err, &ee):
-		code = ee.code
-		if ee.err != nil {
-			out.WriteString(ee.err.Error())
-		}
-	case err != nil:
-		code = 1
-		out.WriteString(err.Error())
-	}
+	code := execute(args, &out, &out)
 	return out.String(), code
 }
 
@@ -87,40 +76,40 @@ func TestCommands(t *testing.T) {
 		{"check denies before any report", []string{"check", id, "--level", "basic", "--data-dir", dir}, 1, "no verified posture report yet"},
 		{"check without level", []string{"check", id, "--data-dir", dir}, 2, "usage"},
 		{"check with no collector", []string{"check", id, "--level", "basic", "--data-dir", t.TempDir()}, 2, "no collector is running"},
-		{"revoke without reason", []string{"devices", "revoke", id, "--data-dir", dir}, 1, "--reason is required"},
+		{"revoke without reason", []string{"devices", "revoke", id, "--data-dir", dir}, 2, "--reason is required"},
 		{"revoke", []string{"devices", "revoke", id, "--reason", "lost", "--data-dir", dir}, 0, "revoked " + id},
 		{"check after revoke", []string{"check", id, "--level", "basic", "--data-dir", dir}, 1, "revoked: lost"},
-		{"token with zero uses", []string{"token", "create", "--uses", "0", "--data-dir", dir}, 1, "--uses must be at least 1"},
-		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"token with zero uses", []string{"token", "create", "--uses", "0", "--data-dir", dir}, 2, "--uses must be at least 1"},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"policy validate built-in", []string{"policy", "validate", "../../policy/default.yaml"}, 0, "valid"},
-		{"stats", []string{"stats", "--data-dir", dir}, 0, `"enrollments": "1"`},
+		{"stats", []string{"stats", "--data-dir", dir}, 0, "enrollments - 1"},
 		{"decisions", []string{"decisions", id, "--data-dir", dir}, 0, "deny"},
 		{"decisions json", []string{"decisions", "--data-dir", dir, "-o", "json"}, 0, "revoked: lost"},
 		{"policy diff", []string{"policy", "diff", "../../policy/default.yaml", "--data-dir", dir}, 0, "no change"},
 		{"policy reload without a file", []string{"policy", "reload", "--data-dir", dir}, 1, "built-in policy"},
 		{"gateway list", []string{"gateway", "list", "--data-dir", dir}, 0, "NAME SERIAL ISSUED EXPIRES REVOKED"},
 		{"gateway revoke unknown", []string{"gateway", "revoke", "nope", "--reason", "leaked", "--data-dir", dir}, 1, "no gateway certificate was issued"},
-		{"gateway revoke without reason", []string{"gateway", "revoke", "nope", "--data-dir", dir}, 1, "--reason is required"},
-		{"gateway revoke name and serial", []string{"gateway", "revoke", "nope", "--serial", "0a", "--reason", "x", "--data-dir", dir}, 1, "usage"},
+		{"gateway revoke without reason", []string{"gateway", "revoke", "nope", "--data-dir", dir}, 2, "--reason is required"},
+		{"gateway revoke name and serial", []string{"gateway", "revoke", "nope", "--serial", "0a", "--reason", "x", "--data-dir", dir}, 2, "usage"},
 		{"decisions at a time", []string{"decisions", id, "--at", time.Now().Add(time.Minute).Format(time.RFC3339), "--data-dir", dir}, 0, "revoked: lost"},
-		{"decisions at a bad time", []string{"decisions", "--at", "noon", "--data-dir", dir}, 1, `--at: "noon"`},
-		{"decisions limit too high", []string{"decisions", "--limit", "20000", "--data-dir", dir}, 1, "--limit 20000"},
-		{"decisions bad format", []string{"decisions", "-o", "yaml", "--data-dir", dir}, 1, `invalid value "yaml" for flag -o: want table or json`},
-		{"list bad format", []string{"devices", "list", "-o", "yaml", "--data-dir", dir}, 1, `want table or json`},
-		{"show bad format", []string{"devices", "show", id, "-o", "table", "--data-dir", dir}, 1, `want text or json`},
-		{"gateway list bad format", []string{"gateway", "list", "-o", "yaml", "--data-dir", dir}, 1, `want table or json`},
-		{"stats bad format", []string{"stats", "-o", "table", "--data-dir", dir}, 1, `invalid value "table" for flag -o: want json`},
-		{"stats json", []string{"stats", "-o", "json", "--data-dir", dir}, 0, `"enrollments": "1"`},
-		{"run with a log format it does not write", []string{"run", "--log-format", "yaml", "--data-dir", t.TempDir()}, 1, `invalid value "yaml" for flag -log-format: want text or json`},
+		{"decisions at a bad time", []string{"decisions", "--at", "noon", "--data-dir", dir}, 2, `--at: "noon"`},
+		{"decisions limit too high", []string{"decisions", "--limit", "20000", "--data-dir", dir}, 2, "--limit 20000"},
+		{"decisions bad format", []string{"decisions", "-o", "yaml", "--data-dir", dir}, 2, `invalid argument "yaml" for "-o, --output" flag: want table or json`},
+		{"list bad format", []string{"devices", "list", "-o", "yaml", "--data-dir", dir}, 2, `want table or json`},
+		{"show bad format", []string{"devices", "show", id, "-o", "table", "--data-dir", dir}, 2, `want text or json`},
+		{"gateway list bad format", []string{"gateway", "list", "-o", "yaml", "--data-dir", dir}, 2, `want table or json`},
+		{"stats bad format", []string{"stats", "-o", "yaml", "--data-dir", dir}, 2, `want table or json`},
+		{"stats json", []string{"stats", "-o", "json", "--data-dir", dir}, 0, `"enrollments": 1`},
+		{"run with a log format it does not write", []string{"run", "--log-format", "yaml", "--data-dir", t.TempDir()}, 2, `invalid argument "yaml" for "--log-format" flag: want text or json`},
 		// Refused before asking: with no collector the answer is still the
 		// format, not the missing collector.
 		{"check bad format", []string{"check", id, "--level", "basic", "-o", "yaml", "--data-dir", t.TempDir()}, 2, `want text or json`},
-		{"check json", []string{"check", id, "--level", "basic", "-o", "json", "--data-dir", dir}, 1, `"state": "DEVICE_STATE_REVOKED"`},
-		{"help", []string{"help"}, 0, "posture-collector decisions [ID]"},
-		{"policy help", []string{"policy", "--help"}, 0, "posture-collector policy validate FILE"},
-		{"policy validate help", []string{"policy", "validate", "--help"}, 0, "takes no flags"},
-		{"decisions help", []string{"decisions", "--help"}, 0, "-at string"},
-		{"devices revoke help", []string{"devices", "revoke", "-h"}, 0, "-reason string"},
+		{"check json", []string{"check", id, "--level", "basic", "-o", "json", "--data-dir", dir}, 1, `"state": "revoked"`},
+		{"help", []string{"help"}, 0, "decisions Access decisions"},
+		{"policy help", []string{"policy", "--help"}, 0, "validate Check a policy file"},
+		{"policy validate help", []string{"policy", "validate", "--help"}, 0, "posture-collector policy validate FILE"},
+		{"decisions help", []string{"decisions", "--help"}, 0, "--at string"},
+		{"devices revoke help", []string{"devices", "revoke", "-h"}, 0, "--reason string"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -479,7 +468,7 @@ func TestWatchHeartbeatFlag(t *testing.T) {
 		{"0s", "cannot be turned off"},
 		{"-10s", "is negative"},
 		{"50ms", "too short"},
-		{"ten seconds", "invalid value"},
+		{"ten seconds", "invalid argument"},
 	} {
 		dir := filepath.Join(t.TempDir(), "data")
 		err := runCollector([]string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--watch-heartbeat", c.in})

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/big"
@@ -13,7 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/store"
@@ -21,20 +23,30 @@ import (
 	"github.com/posture-project/posture/collector/store/sqlite"
 )
 
-// migrate copies a stopped collector's SQLite database into an empty
-// PostgreSQL database and checks the copy.
-func migrate(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	from := fs.String("from", "", "the SQLite database to copy (posture.db, or the data directory holding it); its collector must be stopped")
-	to := fs.String("to", os.Getenv("POSTURE_DATABASE"), "the postgres:// URL of an empty database to copy into (default $POSTURE_DATABASE)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+// newMigrateCommand copies a stopped collector's SQLite database into an
+// empty PostgreSQL database and checks the copy.
+func newMigrateCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "migrate --from DIR/posture.db --to postgres://…",
+		Short: "Copy a stopped collector's SQLite database into an empty PostgreSQL one, checked table by table",
+		Args:  noArgs,
 	}
-	if len(pos) != 0 || *from == "" || *to == "" {
-		return errors.New("usage: posture-collector migrate --from /var/lib/posture-collector/posture.db --to postgres://…")
+	from := cmd.Flags().String("from", "", "the SQLite database to copy (posture.db, or the data directory holding it); its collector must be stopped")
+	to := cmd.Flags().String("to", os.Getenv("POSTURE_DATABASE"), "the postgres:// URL of an empty database to copy into (default $POSTURE_DATABASE)")
+	discard := cmd.Flags().Bool("discard-undelivered", false, "copy although messages wait for webhooks, SIEM or Shared Signals receivers, and drop them")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *from == "" || *to == "" {
+			return usagef("usage: posture-collector migrate --from /var/lib/posture-collector/posture.db --to postgres://… [--discard-undelivered]")
+		}
+		return migrate(*from, *to, *discard, cmd.OutOrStdout())
 	}
-	path := *from
+	return cmd
+}
+
+// migrate copies the SQLite database from into the PostgreSQL database to;
+// with discard, although messages wait in its outbox, which are dropped.
+func migrate(from, to string, discard bool, out io.Writer) error {
+	path := from
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, "posture.db")
 	}
@@ -52,7 +64,14 @@ func migrate(args []string, out io.Writer) error {
 		return err
 	}
 	defer src.Close()
-	dst, err := postgres.Open(ctx, *to)
+	waiting, err := undelivered(ctx, src)
+	if err != nil {
+		return fmt.Errorf("--from %s: %w", path, err)
+	}
+	if len(waiting) > 0 && !discard {
+		return errUndelivered(waiting)
+	}
+	dst, err := postgres.Open(ctx, to)
 	if err != nil {
 		return fmt.Errorf("--to: %w", err)
 	}
@@ -89,7 +108,11 @@ func migrate(args []string, out io.Writer) error {
 	for _, kind := range kinds {
 		fmt.Fprintf(out, " %d %s,", want[kind].n, kind)
 	}
-	fmt.Fprintf(out, " from %s\nstart the collector with the same data directory: posture-collector run --database URL --data-dir %s\n", path, filepath.Dir(path))
+	fmt.Fprintf(out, " from %s\n", path)
+	if len(waiting) > 0 {
+		fmt.Fprintf(out, "dropped the messages waiting for %s (--discard-undelivered)\n", strings.Join(waiting, ", "))
+	}
+	fmt.Fprintf(out, "start the collector with the same data directory: posture-collector run --database URL --data-dir %s\n", filepath.Dir(path))
 	return nil
 }
 

@@ -5,10 +5,10 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/posture-project/posture/internal/inert"
+	"github.com/posture-project/posture/internal/jsonview"
 )
 
 // What the admin commands print holds text from devices (hostnames,
@@ -17,14 +17,16 @@ import (
 // tables through table, lines through inert.Fprintf, JSON through
 // printJSON.
 
-// printJSON prints m as indented JSON, with the characters protojson
-// leaves raw (C1 controls, bidirectional overrides …) escaped.
+// printJSON prints m in the stable JSON form of internal/jsonview: every
+// field, enum values as the tables' words, numbers as numbers, and the
+// characters protojson leaves raw (C1 controls, bidirectional overrides …)
+// escaped.
 func printJSON(out io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	b, err := jsonview.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(out, string(inert.JSON(b)))
+	_, err = out.Write(b)
 	return err
 }
 

@@ -1,40 +1,43 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/posture-project/posture/internal/cliflag"
+
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
 
-// replicas lists the collectors sharing the database of the collector
-// running with --data-dir.
-func replicas(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("replicas", flag.ContinueOnError)
-	dataDir := dataDirFlag(fs)
-	format := outputFlag(fs, "table", "json")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+// newReplicasCommand lists the collectors sharing the database of the
+// collector running with --data-dir.
+func newReplicasCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "replicas",
+		Short: "The collectors sharing this one's database, and how far each is behind",
+		Args:  noArgs,
 	}
-	if len(pos) != 0 {
-		return errors.New("usage: posture-collector replicas [-o table|json]")
+	dataDir := dataDirFlag(cmd.Flags())
+	format := cliflag.Output(cmd.Flags(), "table", "json")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return withAdmin(*dataDir, func(a *adminConn) error {
+			resp, err := a.adm.ListReplicas(a.ctx, &posturev1.ListReplicasRequest{})
+			if err != nil {
+				return rpcErr(err)
+			}
+			if *format == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			return printReplicas(cmd.OutOrStdout(), resp)
+		})
 	}
-	a, err := dialAdmin(*dataDir)
-	if err != nil {
-		return err
-	}
-	defer a.close()
-	resp, err := a.adm.ListReplicas(a.ctx, &posturev1.ListReplicasRequest{})
-	if err != nil {
-		return rpcErr(err)
-	}
-	if *format == "json" {
-		return printJSON(out, resp)
-	}
+	return cmd
+}
+
+func printReplicas(out io.Writer, resp *posturev1.ListReplicasResponse) error {
 	t := newTable(out, "NAME", "ADDRESS", "VERSION", "STARTED", "LAST SEEN", "APPLIED", "BEHIND", "ID")
 	for _, r := range resp.GetReplicas() {
 		name := r.GetName()

@@ -92,10 +92,10 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 					return err
 				}
 				tag, err := tx.Exec(ctx, `INSERT INTO devices (id, hostname, platform, identity, identity_key,
-					assurance, state, state_reason, enrolled_at, cert_serial, ek_sha256)
-					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING`,
+					assurance, state, state_reason, enrolled_at, cert_serial, cert_key_sha256, ek_sha256)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING`,
 					stored.ID, []byte(stored.Hostname), []byte(stored.Platform), stored.Identity, blob(stored.IdentityKey),
-					stored.Assurance, stored.State, []byte(stored.StateReason), nanos(stored.EnrolledAt), stored.CertSerial, stored.EKSHA256)
+					stored.Assurance, stored.State, []byte(stored.StateReason), nanos(stored.EnrolledAt), stored.CertSerial, stored.CertKeySHA256, stored.EKSHA256)
 				if err != nil {
 					return err
 				}
@@ -115,11 +115,12 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 			}
 			if _, err := tx.Exec(ctx, `UPDATE devices SET hostname = $1, platform = $2, cert_serial = $3, prev_cert_serial = $4, enrolled_at = $5,
 				identity = $6, identity_key = $7, assurance = $8, ek_sha256 = $9, state = $10, state_reason = $11,
-				tpm_clock = $12, tpm_reset_count = $13, tpm_restart_count = $14
-				WHERE id = $15`,
+				tpm_clock = $12, tpm_reset_count = $13, tpm_restart_count = $14, cert_key_sha256 = $15, prev_cert_key_sha256 = $16
+				WHERE id = $17`,
 				[]byte(stored.Hostname), []byte(stored.Platform), stored.CertSerial, stored.PrevCertSerial, nanos(stored.EnrolledAt),
 				stored.Identity, blob(stored.IdentityKey), stored.Assurance, stored.EKSHA256, stored.State, []byte(stored.StateReason),
-				int64(stored.TPMClock.Clock), int64(stored.TPMClock.ResetCount), int64(stored.TPMClock.RestartCount), stored.ID); err != nil {
+				int64(stored.TPMClock.Clock), int64(stored.TPMClock.ResetCount), int64(stored.TPMClock.RestartCount),
+				stored.CertKeySHA256, stored.PrevCertKeySHA256, stored.ID); err != nil {
 				return err
 			}
 			break
@@ -188,8 +189,9 @@ func (s *Store) DevicesAfter(ctx context.Context, after string, limit int) ([]st
 
 // changeDevice locks a device's row within tx, asks change what the
 // device becomes, writes that with the state and certificate columns it
-// may change, and records the event of kind.
-func changeDevice(ctx context.Context, tx pgx.Tx, id string, kind store.EventKind, now time.Time, change func(store.Device) (store.Device, error)) (store.Device, store.Event, error) {
+// may change, and records the event of kind; when change says nothing
+// changed, it writes nothing and returns a zero event.
+func changeDevice(ctx context.Context, tx pgx.Tx, id string, kind store.EventKind, now time.Time, change func(store.Device) (store.Device, bool, error)) (store.Device, store.Event, error) {
 	d, err := scanDevice(tx.QueryRow(ctx, selectDevice+` WHERE id = $1 FOR UPDATE`, id))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -197,11 +199,16 @@ func changeDevice(ctx context.Context, tx pgx.Tx, id string, kind store.EventKin
 	case err != nil:
 		return store.Device{}, store.Event{}, err
 	}
-	if d, err = change(d); err != nil {
+	d, changed, err := change(d)
+	switch {
+	case err != nil:
 		return store.Device{}, store.Event{}, err
+	case !changed:
+		return d, store.Event{}, nil
 	}
-	if _, err := tx.Exec(ctx, `UPDATE devices SET state = $1, state_reason = $2, assurance = $3, cert_serial = $4, prev_cert_serial = $5 WHERE id = $6`,
-		d.State, []byte(d.StateReason), d.Assurance, d.CertSerial, d.PrevCertSerial, id); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE devices SET state = $1, state_reason = $2, assurance = $3, cert_serial = $4, prev_cert_serial = $5,
+		cert_key_sha256 = $6, prev_cert_key_sha256 = $7 WHERE id = $8`,
+		d.State, []byte(d.StateReason), d.Assurance, d.CertSerial, d.PrevCertSerial, d.CertKeySHA256, d.PrevCertKeySHA256, id); err != nil {
 		return store.Device{}, store.Event{}, err
 	}
 	ev := deviceEvent(kind, d)
@@ -222,8 +229,9 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 	}
 	var ev store.Event
 	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
-		_, ev, err = changeDevice(ctx, tx, id, store.EventState, now, func(d store.Device) (store.Device, error) {
-			return store.WithState(d, state, reason)
+		_, ev, err = changeDevice(ctx, tx, id, store.EventState, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.WithState(d, state, reason)
+			return d, true, err
 		})
 		return err
 	})
@@ -233,24 +241,44 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 	return ev, nil
 }
 
-// RenewCertificate makes newSerial the device's certificate in place of
+// RenewCertificate makes issued the device's certificate in place of
 // askedWith (store.Renewed says how).
-func (s *Store) RenewCertificate(ctx context.Context, id, askedWith, newSerial string, now time.Time) (store.Device, store.Event, error) {
-	if askedWith == "" || newSerial == "" {
-		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: a serial is empty", id)
+func (s *Store) RenewCertificate(ctx context.Context, id string, askedWith, issued store.Cert, now time.Time) (store.Device, store.Event, error) {
+	if askedWith.Serial == "" {
+		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: the serial it was asked with is empty", id)
 	}
 	var (
 		d  store.Device
 		ev store.Event
 	)
 	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
-		d, ev, err = changeDevice(ctx, tx, id, store.EventRenewed, now, func(d store.Device) (store.Device, error) {
-			return store.Renewed(d, askedWith, newSerial)
+		d, ev, err = changeDevice(ctx, tx, id, store.EventRenewed, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.Renewed(d, askedWith, issued)
+			return d, true, err
 		})
 		return err
 	})
 	if err != nil {
 		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: %w", id, err)
+	}
+	return d, ev, nil
+}
+
+// BindCertKey records the key hash of a device certificate issued before
+// keys were (store.Bound says how).
+func (s *Store) BindCertKey(ctx context.Context, id string, cert store.Cert, now time.Time) (store.Device, store.Event, error) {
+	var (
+		d  store.Device
+		ev store.Event
+	)
+	err := s.inTx(ctx, func(tx pgx.Tx) (err error) {
+		d, ev, err = changeDevice(ctx, tx, id, store.EventCertBound, now, func(d store.Device) (store.Device, bool, error) {
+			return store.Bound(d, cert)
+		})
+		return err
+	})
+	if err != nil {
+		return store.Device{}, store.Event{}, fmt.Errorf("record the certificate key of device %s: %w", id, err)
 	}
 	return d, ev, nil
 }
@@ -275,8 +303,9 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 				return err
 			}
 		}
-		d, ev, err = changeDevice(ctx, tx, id, store.EventApproved, now, func(d store.Device) (store.Device, error) {
-			return store.Approved(d, assurance)
+		d, ev, err = changeDevice(ctx, tx, id, store.EventApproved, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.Approved(d, assurance)
+			return d, true, err
 		})
 		return err
 	})
@@ -288,8 +317,8 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 
 // deviceColumns are the columns scanDevice reads.
 const deviceColumns = `id, hostname, platform, identity, identity_key, assurance, state,
-	state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
-	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots`
+	state_reason, enrolled_at, cert_serial, cert_key_sha256, prev_cert_serial, prev_cert_key_sha256,
+	last_seq, last_digest, last_seen, ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots`
 
 const selectDevice = `SELECT ` + deviceColumns + ` FROM devices`
 
@@ -304,8 +333,8 @@ func scanDevice(row pgx.Row, extra ...any) (store.Device, error) {
 		resets, restarts           int64
 	)
 	dest := append([]any{&d.ID, &hostname, &platform, &d.Identity, &d.IdentityKey, &d.Assurance,
-		&d.State, &reason, &enrolled, &d.CertSerial, &d.PrevCertSerial, &lastSeq, &d.LastDigest, &lastSeen,
-		&d.EKSHA256, &clock, &resets, &restarts, &reboots}, extra...)
+		&d.State, &reason, &enrolled, &d.CertSerial, &d.CertKeySHA256, &d.PrevCertSerial, &d.PrevCertKeySHA256,
+		&lastSeq, &d.LastDigest, &lastSeen, &d.EKSHA256, &clock, &resets, &restarts, &reboots}, extra...)
 	err := row.Scan(dest...)
 	if err != nil {
 		return store.Device{}, err
@@ -313,6 +342,7 @@ func scanDevice(row pgx.Row, extra ...any) (store.Device, error) {
 	d.Hostname, d.Platform, d.StateReason = string(hostname), string(platform), string(reason)
 	d.IdentityKey = nilIfEmpty(d.IdentityKey)
 	d.LastDigest = nilIfEmpty(d.LastDigest)
+	d.CertKeySHA256, d.PrevCertKeySHA256 = nilIfEmpty(d.CertKeySHA256), nilIfEmpty(d.PrevCertKeySHA256)
 	d.EnrolledAt, d.LastSeen = fromNanos(enrolled), fromNanos(lastSeen)
 	d.LastSeq = uint64(lastSeq)
 	d.TPMClock = store.TPMClock{Clock: uint64(clock), ResetCount: uint32(resets), RestartCount: uint32(restarts)}

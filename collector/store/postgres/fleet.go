@@ -60,7 +60,7 @@ func (s *Store) ScanFleet(ctx context.Context, parts int, fn func(part int, row 
 // fleetColumns are the columns scanFleetPart decodes, in order.
 const fleetColumns = `d.id, d.hostname, d.identity, d.identity_key, d.assurance, d.state, d.state_reason,
 	d.cert_serial, d.prev_cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
-	d.measured_boot, r.body, r.proof, r.received_at`
+	d.measured_boot, r.body, r.proof, r.received_at, d.cert_key_sha256, d.prev_cert_key_sha256`
 
 // fleetSQL reads the devices with scan_id from $1 to $2, each with its
 // head report, which last_report names (NULL before the first). The
@@ -84,13 +84,13 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
-	if len(fields) != 18 {
+	if len(fields) != 20 {
 		// Most likely the query failed (another part's error ended it).
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		return fmt.Errorf("the fleet query returned %d columns, want 18", len(fields))
+		return fmt.Errorf("the fleet query returned %d columns, want 20", len(fields))
 	}
 	var (
 		row    store.FleetRow
@@ -99,6 +99,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 		text   []byte // the row's text fields, back to back
 		// Where the bytea fields land; kept between rows.
 		key, digest, boot, body, proof []byte
+		certKey, prevCertKey           []byte
 	)
 	for rows.Next() {
 		v := rows.RawValues()
@@ -127,6 +128,8 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 		row.TPMClock = store.TPMClock{Clock: uint64(d.int(11, v[11])), ResetCount: uint32(d.int(12, v[12])), RestartCount: uint32(d.int(13, v[13]))}
 		boot = d.bytes(14, v[14], boot)
 		row.MeasuredBoot = nilIfEmpty(boot)
+		certKey, prevCertKey = d.bytes(18, v[18], certKey), d.bytes(19, v[19], prevCertKey)
+		row.CertKeySHA256, row.PrevCertKeySHA256 = nilIfEmpty(certKey), nilIfEmpty(prevCertKey)
 		row.Report = nil
 		if v[17] != nil {
 			body, proof = d.bytes(15, v[15], body), d.bytes(16, v[16], proof)

@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -406,5 +407,38 @@ func TestOpenUnreachable(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "secret") {
 		t.Errorf("Open error shows the password: %v", err)
+	}
+}
+
+// A database of schema version 1, whose device certificates have no key
+// hash, is migrated: its device keeps its certificate serial without one,
+// the first key to claim the serial is recorded, and a renewal records
+// the new certificate's key.
+func TestMigrateCertKeys(t *testing.T) {
+	dsn := testtools.Postgres(t)
+	// At version 1, as a collector from before left it.
+	if _, err := connect(t, dsn).Exec(ctx, `CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);`+postgres.Migrations[0]+`
+		INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+		INSERT INTO devices (id, hostname, platform, identity, identity_key, assurance, state, state_reason, enrolled_at, cert_serial)
+		VALUES ('dev-a', 'a', 'linux', 'software', '\x01', 1, 1, '', 1, '1f')`); err != nil {
+		t.Fatal(err)
+	}
+	s := openClosed(t, dsn)
+	d, err := s.Device(ctx, "dev-a")
+	if err != nil || d.CertSerial != "1f" || d.CertKeySHA256 != nil || d.PrevCertKeySHA256 != nil {
+		t.Fatalf("device after migration: serial %q, keys %x %x, %v; want 1f without keys", d.CertSerial, d.CertKeySHA256, d.PrevCertKeySHA256, err)
+	}
+	var row store.FleetRow
+	if err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error { row = *r; return nil }); err != nil || row.CertKeySHA256 != nil {
+		t.Errorf("fleet row after migration: key %x, %v; want none", row.CertKeySHA256, err)
+	}
+	key := sha256.Sum256([]byte("the device's TLS key"))
+	if _, ev, err := s.BindCertKey(ctx, "dev-a", store.Cert{Serial: "1f", KeySHA256: key[:]}, time.Now()); err != nil || ev.ID == 0 {
+		t.Fatalf("BindCertKey after migration: event %d, %v", ev.ID, err)
+	}
+	next := sha256.Sum256([]byte("the renewed TLS key"))
+	d, _, err = s.RenewCertificate(ctx, "dev-a", store.Cert{Serial: "1f", KeySHA256: key[:]}, store.Cert{Serial: "20", KeySHA256: next[:]}, time.Now())
+	if err != nil || !bytes.Equal(d.CertKeySHA256, next[:]) || !bytes.Equal(d.PrevCertKeySHA256, key[:]) {
+		t.Errorf("renewal after migration: %+v, %v; want both keys recorded", d, err)
 	}
 }

@@ -144,6 +144,7 @@ INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 	migration2,
 	migrationStandings,
 	migrationOutbox,
+	migrationConsolePlaceholder,
 	migrationBrowserCerts,
 }
 

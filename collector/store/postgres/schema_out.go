@@ -1,11 +1,16 @@
 package postgres
 
-// Migrations 3 and up: grace and enforcement, and what leaves Posture
-// (versions 10 and 11 of the SQLite store).
+// Migrations 2 and up: certificates bound to their keys (version 9 of
+// the SQLite store), grace and enforcement, and what leaves Posture
+// (versions 10 and 11).
 
-// migration2 is held for the devices' certificate key hash, which another
-// line of work adds; until it lands here, version 2 changes nothing.
-const migration2 = `SELECT 1;`
+// migration2: a device certificate counts only with the public key it
+// was issued for: the SHA-256 of its SubjectPublicKeyInfo, beside its
+// serial. NULL for certificates issued before, until the device's next
+// call records it (store.Store.BindCertKey).
+const migration2 = `
+ALTER TABLE devices ADD COLUMN cert_key_sha256 bytea, ADD COLUMN prev_cert_key_sha256 bytea;
+`
 
 // migrationStandings (3): each device's standing under the policy (see
 // store.Standing), as JSON bytes: since when each failing check fails,
@@ -80,17 +85,24 @@ CREATE TABLE signing_keys (
 );
 `
 
-// migrationBrowserCerts (5): the newest browser certificate of each user
-// of each device (see store.BrowserCert).
+// migrationConsolePlaceholder (5) holds the admin console's schema
+// version: it is replaced by the console's migration at merge, which
+// takes this number. It changes nothing.
+const migrationConsolePlaceholder = `SELECT 1;`
+
+// migrationBrowserCerts (6): the newest browser certificate of each user
+// of each device (see store.BrowserCert), with the serial and key hash of
+// the device certificate it was issued under.
 const migrationBrowserCerts = `
 CREATE TABLE browser_certs (
-	device_id    text NOT NULL,
-	user_name    text NOT NULL,
-	serial       text NOT NULL,
-	key_sha256   bytea NOT NULL,
-	issued_under text NOT NULL,
-	issued_at    bigint NOT NULL,
-	not_after    bigint NOT NULL,
+	device_id        text NOT NULL,
+	user_name        text NOT NULL,
+	serial           text NOT NULL,
+	key_sha256       bytea NOT NULL,
+	issued_under     text NOT NULL,
+	issued_under_key bytea NOT NULL,
+	issued_at        bigint NOT NULL,
+	not_after        bigint NOT NULL,
 	PRIMARY KEY (device_id, user_name)
 );
 `

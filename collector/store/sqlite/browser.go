@@ -45,11 +45,11 @@ func (s *Store) AddBrowserCert(ctx context.Context, c store.BrowserCert) (store.
 		if err := deviceExists(tx, c.DeviceID); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(`INSERT INTO browser_certs (device_id, user_name, serial, key_sha256, issued_under, issued_at, not_after)
-			VALUES (?, ?, ?, ?, ?, ?, ?)
+		if _, err := tx.Exec(`INSERT INTO browser_certs (device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (device_id, user_name) DO UPDATE SET serial = excluded.serial, key_sha256 = excluded.key_sha256,
-				issued_under = excluded.issued_under, issued_at = excluded.issued_at, not_after = excluded.not_after`,
-			c.DeviceID, c.User, c.Serial, c.KeySHA256, c.IssuedUnder, nanos(c.IssuedAt), nanos(c.NotAfter)); err != nil {
+				issued_under = excluded.issued_under, issued_under_key = excluded.issued_under_key, issued_at = excluded.issued_at, not_after = excluded.not_after`,
+			c.DeviceID, c.User, c.Serial, c.KeySHA256, c.IssuedUnder, c.IssuedUnderKeySHA256, nanos(c.IssuedAt), nanos(c.NotAfter)); err != nil {
 			return err
 		}
 		return insertEvent(tx, &ev, c.IssuedAt, 0)
@@ -65,7 +65,7 @@ func (s *Store) BrowserCerts(ctx context.Context, now time.Time) ([]store.Browse
 	if err := s.readable(); err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT device_id, user_name, serial, key_sha256, issued_under, issued_at, not_after
+	rows, err := s.r.QueryContext(ctx, `SELECT device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after
 		FROM browser_certs WHERE not_after > ? ORDER BY device_id, user_name`, nanos(now))
 	if err != nil {
 		return nil, fmt.Errorf("browser certificates: %w", err)
@@ -75,7 +75,7 @@ func (s *Store) BrowserCerts(ctx context.Context, now time.Time) ([]store.Browse
 	for rows.Next() {
 		var c store.BrowserCert
 		var issued, notAfter int64
-		if err := rows.Scan(&c.DeviceID, &c.User, &c.Serial, &c.KeySHA256, &c.IssuedUnder, &issued, &notAfter); err != nil {
+		if err := rows.Scan(&c.DeviceID, &c.User, &c.Serial, &c.KeySHA256, &c.IssuedUnder, &c.IssuedUnderKeySHA256, &issued, &notAfter); err != nil {
 			return nil, fmt.Errorf("browser certificates: %w", err)
 		}
 		c.IssuedAt, c.NotAfter = fromNanos(issued), fromNanos(notAfter)

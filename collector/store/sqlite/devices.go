@@ -86,21 +86,23 @@ func (s *Store) EnrollDevice(ctx context.Context, tokenHash []byte, now time.Tim
 				return err
 			}
 			_, err = tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key,
-				assurance, state, state_reason, enrolled_at, cert_serial, ek_sha256)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				assurance, state, state_reason, enrolled_at, cert_serial, cert_key_sha256, ek_sha256)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				stored.ID, stored.Hostname, stored.Platform, stored.Identity, blob(stored.IdentityKey),
-				stored.Assurance, stored.State, stored.StateReason, nanos(stored.EnrolledAt), stored.CertSerial, stored.EKSHA256)
+				stored.Assurance, stored.State, stored.StateReason, nanos(stored.EnrolledAt), stored.CertSerial, stored.CertKeySHA256, stored.EKSHA256)
 		case err != nil:
 			return err
 		default:
 			if stored, err = store.Enrolled(&existing, d, now); err != nil {
 				return err
 			}
-			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, prev_cert_serial = ?, enrolled_at = ?,
+			_, err = tx.Exec(`UPDATE devices SET hostname = ?, platform = ?, cert_serial = ?, cert_key_sha256 = ?,
+				prev_cert_serial = ?, prev_cert_key_sha256 = ?, enrolled_at = ?,
 				identity = ?, identity_key = ?, assurance = ?, ek_sha256 = ?, state = ?, state_reason = ?,
 				tpm_clock = ?, tpm_reset_count = ?, tpm_restart_count = ?
 				WHERE id = ?`,
-				stored.Hostname, stored.Platform, stored.CertSerial, stored.PrevCertSerial, nanos(stored.EnrolledAt),
+				stored.Hostname, stored.Platform, stored.CertSerial, stored.CertKeySHA256,
+				stored.PrevCertSerial, stored.PrevCertKeySHA256, nanos(stored.EnrolledAt),
 				stored.Identity, blob(stored.IdentityKey), stored.Assurance, stored.EKSHA256, stored.State, stored.StateReason,
 				int64(stored.TPMClock.Clock), int64(stored.TPMClock.ResetCount), int64(stored.TPMClock.RestartCount), stored.ID)
 		}
@@ -170,8 +172,9 @@ func (s *Store) DevicesAfter(ctx context.Context, after string, limit int) ([]st
 
 // changeDevice reads a device within tx, asks change what it becomes,
 // writes that with the state and certificate columns it may change, and
-// records the event of kind.
-func changeDevice(tx *sql.Tx, id string, kind store.EventKind, now time.Time, change func(store.Device) (store.Device, error)) (store.Device, store.Event, error) {
+// records the event of kind; when change says nothing changed, it writes
+// nothing and returns a zero event.
+func changeDevice(tx *sql.Tx, id string, kind store.EventKind, now time.Time, change func(store.Device) (store.Device, bool, error)) (store.Device, store.Event, error) {
 	d, err := scanDevice(tx.QueryRow(selectDevice+` WHERE id = ?`, id))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -179,11 +182,16 @@ func changeDevice(tx *sql.Tx, id string, kind store.EventKind, now time.Time, ch
 	case err != nil:
 		return store.Device{}, store.Event{}, err
 	}
-	if d, err = change(d); err != nil {
+	d, changed, err := change(d)
+	switch {
+	case err != nil:
 		return store.Device{}, store.Event{}, err
+	case !changed:
+		return d, store.Event{}, nil
 	}
-	if _, err := tx.Exec(`UPDATE devices SET state = ?, state_reason = ?, assurance = ?, cert_serial = ?, prev_cert_serial = ? WHERE id = ?`,
-		d.State, d.StateReason, d.Assurance, d.CertSerial, d.PrevCertSerial, id); err != nil {
+	if _, err := tx.Exec(`UPDATE devices SET state = ?, state_reason = ?, assurance = ?, cert_serial = ?, cert_key_sha256 = ?,
+		prev_cert_serial = ?, prev_cert_key_sha256 = ? WHERE id = ?`,
+		d.State, d.StateReason, d.Assurance, d.CertSerial, d.CertKeySHA256, d.PrevCertSerial, d.PrevCertKeySHA256, id); err != nil {
 		return store.Device{}, store.Event{}, err
 	}
 	ev := deviceEvent(kind, d)
@@ -204,8 +212,9 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 	}
 	var ev store.Event
 	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
-		_, ev, err = changeDevice(tx, id, store.EventState, now, func(d store.Device) (store.Device, error) {
-			return store.WithState(d, state, reason)
+		_, ev, err = changeDevice(tx, id, store.EventState, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.WithState(d, state, reason)
+			return d, true, err
 		})
 		return err
 	})
@@ -215,24 +224,44 @@ func (s *Store) SetDeviceState(ctx context.Context, id string, state int32, reas
 	return ev, nil
 }
 
-// RenewCertificate makes newSerial the device's certificate in place of
+// RenewCertificate makes issued the device's certificate in place of
 // askedWith (store.Renewed says how).
-func (s *Store) RenewCertificate(ctx context.Context, id, askedWith, newSerial string, now time.Time) (store.Device, store.Event, error) {
-	if askedWith == "" || newSerial == "" {
-		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: a serial is empty", id)
+func (s *Store) RenewCertificate(ctx context.Context, id string, askedWith, issued store.Cert, now time.Time) (store.Device, store.Event, error) {
+	if askedWith.Serial == "" {
+		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: the serial it was asked with is empty", id)
 	}
 	var (
 		d  store.Device
 		ev store.Event
 	)
 	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
-		d, ev, err = changeDevice(tx, id, store.EventRenewed, now, func(d store.Device) (store.Device, error) {
-			return store.Renewed(d, askedWith, newSerial)
+		d, ev, err = changeDevice(tx, id, store.EventRenewed, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.Renewed(d, askedWith, issued)
+			return d, true, err
 		})
 		return err
 	})
 	if err != nil {
 		return store.Device{}, store.Event{}, fmt.Errorf("renew certificate of device %s: %w", id, err)
+	}
+	return d, ev, nil
+}
+
+// BindCertKey records the key hash of a device certificate issued before
+// keys were (store.Bound says how).
+func (s *Store) BindCertKey(ctx context.Context, id string, cert store.Cert, now time.Time) (store.Device, store.Event, error) {
+	var (
+		d  store.Device
+		ev store.Event
+	)
+	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
+		d, ev, err = changeDevice(tx, id, store.EventCertBound, now, func(d store.Device) (store.Device, bool, error) {
+			return store.Bound(d, cert)
+		})
+		return err
+	})
+	if err != nil {
+		return store.Device{}, store.Event{}, fmt.Errorf("record the certificate key of device %s: %w", id, err)
 	}
 	return d, ev, nil
 }
@@ -244,8 +273,9 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 		ev store.Event
 	)
 	err := s.submit(ctx, func(tx *sql.Tx) (err error) {
-		d, ev, err = changeDevice(tx, id, store.EventApproved, now, func(d store.Device) (store.Device, error) {
-			return store.Approved(d, assurance)
+		d, ev, err = changeDevice(tx, id, store.EventApproved, now, func(d store.Device) (store.Device, bool, error) {
+			d, err := store.Approved(d, assurance)
+			return d, true, err
 		})
 		if err != nil {
 			return err
@@ -260,9 +290,12 @@ func (s *Store) ApproveDevice(ctx context.Context, id string, assurance int32, d
 	return d, ev, nil
 }
 
-const selectDevice = `SELECT id, hostname, platform, identity, identity_key, assurance, state,
-	state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
-	ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots FROM devices`
+const selectDevice = `SELECT ` + deviceColumns + ` FROM devices`
+
+// deviceColumns are the columns scanDevice reads.
+const deviceColumns = `id, hostname, platform, identity, identity_key, assurance, state,
+	state_reason, enrolled_at, cert_serial, cert_key_sha256, prev_cert_serial, prev_cert_key_sha256,
+	last_seq, last_digest, last_seen, ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots`
 
 // scanner is satisfied by *sql.Row and *sql.Rows.
 type scanner interface {
@@ -278,13 +311,14 @@ func scanDevice(row scanner) (store.Device, error) {
 		reboots            int64
 	)
 	err := row.Scan(&d.ID, &d.Hostname, &d.Platform, &d.Identity, &d.IdentityKey, &d.Assurance,
-		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &d.PrevCertSerial, &lastSeq, &d.LastDigest, &lastSeen,
-		&d.EKSHA256, &clock, &d.TPMClock.ResetCount, &d.TPMClock.RestartCount, &reboots)
+		&d.State, &d.StateReason, &enrolled, &d.CertSerial, &d.CertKeySHA256, &d.PrevCertSerial, &d.PrevCertKeySHA256,
+		&lastSeq, &d.LastDigest, &lastSeen, &d.EKSHA256, &clock, &d.TPMClock.ResetCount, &d.TPMClock.RestartCount, &reboots)
 	if err != nil {
 		return store.Device{}, err
 	}
 	d.IdentityKey = nilIfEmpty(d.IdentityKey)
 	d.LastDigest = nilIfEmpty(d.LastDigest)
+	d.CertKeySHA256, d.PrevCertKeySHA256 = nilIfEmpty(d.CertKeySHA256), nilIfEmpty(d.PrevCertKeySHA256)
 	d.EnrolledAt, d.LastSeen = fromNanos(enrolled), fromNanos(lastSeen)
 	d.LastSeq = uint64(lastSeq)
 	d.TPMClock.Clock, d.Reboots = uint64(clock), uint64(reboots)

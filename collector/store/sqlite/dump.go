@@ -76,10 +76,7 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			g.IssuedAt, g.ExpiresAt, g.RevokedAt = fromNanos(issued), fromNanos(expires), fromNanos(revoked)
 			return store.Record{Gateway: &g}, err
 		}},
-		{"devices", `SELECT id, hostname, platform, identity, identity_key, assurance, state,
-			state_reason, enrolled_at, cert_serial, prev_cert_serial, last_seq, last_digest, last_seen,
-			ek_sha256, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, stream_epoch, measured_boot
-			FROM devices ORDER BY rowid`, func(row scanner) (store.Record, error) {
+		{"devices", `SELECT ` + deviceColumns + `, stream_epoch, measured_boot FROM devices ORDER BY rowid`, func(row scanner) (store.Record, error) {
 			var (
 				d     store.DeviceRecord
 				epoch int64
@@ -125,6 +122,16 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			err := row.Scan(&u.DeviceID, &u.Email, &u.Issuer, &u.Subject, &at)
 			u.BoundAt = fromNanos(at)
 			return store.Record{DeviceUser: &u}, err
+		}},
+		{"browser certificates", `SELECT device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after
+			FROM browser_certs ORDER BY device_id, user_name`, func(row scanner) (store.Record, error) {
+			var (
+				c                store.BrowserCert
+				issued, notAfter int64
+			)
+			err := row.Scan(&c.DeviceID, &c.User, &c.Serial, &c.KeySHA256, &c.IssuedUnder, &c.IssuedUnderKeySHA256, &issued, &notAfter)
+			c.IssuedAt, c.NotAfter = fromNanos(issued), fromNanos(notAfter)
+			return store.Record{BrowserCert: &c}, err
 		}},
 		{"SSF receivers", `SELECT name, token_hash, audience, level, created_at FROM ssf_clients ORDER BY name`, func(row scanner) (store.Record, error) {
 			var (
@@ -241,11 +248,11 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 		case r.Device != nil:
 			d := r.Device
 			if _, err := tx.Exec(`INSERT INTO devices (id, hostname, platform, identity, identity_key, assurance, state,
-				state_reason, enrolled_at, cert_serial, prev_cert_serial, ek_sha256, stream_epoch, last_seq, last_digest,
-				last_seen, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, measured_boot)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				state_reason, enrolled_at, cert_serial, cert_key_sha256, prev_cert_serial, prev_cert_key_sha256, ek_sha256,
+				stream_epoch, last_seq, last_digest, last_seen, tpm_clock, tpm_reset_count, tpm_restart_count, reboots, measured_boot)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				d.ID, d.Hostname, d.Platform, d.Identity, blob(d.IdentityKey), d.Assurance, d.State,
-				d.StateReason, nanos(d.EnrolledAt), d.CertSerial, d.PrevCertSerial, d.EKSHA256, int64(d.StreamEpoch), int64(d.LastSeq),
+				d.StateReason, nanos(d.EnrolledAt), d.CertSerial, d.CertKeySHA256, d.PrevCertSerial, d.PrevCertKeySHA256, d.EKSHA256, int64(d.StreamEpoch), int64(d.LastSeq),
 				d.LastDigest, nanos(d.LastSeen), int64(d.TPMClock.Clock), int64(d.TPMClock.ResetCount), int64(d.TPMClock.RestartCount),
 				int64(d.Reboots), d.MeasuredBoot); err != nil {
 				return fmt.Errorf("load device %s: %w", d.ID, err)
@@ -275,6 +282,13 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 			if _, err := tx.Exec(`INSERT INTO device_users (device_id, email, issuer, subject, bound_at) VALUES (?, ?, ?, ?, ?)`,
 				u.DeviceID, u.Email, u.Issuer, u.Subject, nanos(u.BoundAt)); err != nil {
 				return fmt.Errorf("load user of %s: %w", u.DeviceID, err)
+			}
+		case r.BrowserCert != nil:
+			c := r.BrowserCert
+			if _, err := tx.Exec(`INSERT INTO browser_certs (device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+				c.DeviceID, c.User, c.Serial, blob(c.KeySHA256), c.IssuedUnder, blob(c.IssuedUnderKeySHA256), nanos(c.IssuedAt), nanos(c.NotAfter)); err != nil {
+				return fmt.Errorf("load browser certificate of %s on %s: %w", c.User, c.DeviceID, err)
 			}
 		case r.SSFClient != nil:
 			c := r.SSFClient

@@ -55,7 +55,7 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 	// last_report names the head report (0, matching none, before the
 	// first), so the join reads one report per device by its ID.
 	rows, err := s.r.QueryContext(ctx, `SELECT d.id, d.hostname, d.identity, d.identity_key, d.assurance,
-		d.state, d.state_reason, d.cert_serial, d.prev_cert_serial, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
+		d.state, d.state_reason, d.cert_serial, d.cert_key_sha256, d.prev_cert_serial, d.prev_cert_key_sha256, d.last_seq, d.last_digest, d.tpm_clock, d.tpm_reset_count, d.tpm_restart_count,
 		d.measured_boot, r.body, r.proof, r.received_at
 		FROM devices d LEFT JOIN reports r ON r.id = d.last_report
 		WHERE d.rowid BETWEEN ? AND ?`, from, to)
@@ -71,16 +71,19 @@ func (s *Store) scanFleetPart(ctx context.Context, from, to int64, fn func(*stor
 		received        sql.NullInt64
 		body, proof     sql.RawBytes
 		key, lastDigest sql.RawBytes
+		certKey         sql.RawBytes
+		prevCertKey     sql.RawBytes
 		boot            sql.RawBytes
 	)
 	for rows.Next() {
 		if err := rows.Scan(&row.ID, &row.Hostname, &identity, &key, &row.Assurance,
-			&row.State, &row.StateReason, &row.CertSerial, &row.PrevCertSerial, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
+			&row.State, &row.StateReason, &row.CertSerial, &certKey, &row.PrevCertSerial, &prevCertKey, &lastSeq, &lastDigest, &clock, &row.TPMClock.ResetCount, &row.TPMClock.RestartCount,
 			&boot, &body, &proof, &received); err != nil {
 			return err
 		}
 		row.TPM = string(identity) == "tpm"
 		row.IdentityKey, row.LastDigest, row.MeasuredBoot = key, nilIfEmpty(lastDigest), nilIfEmpty(boot)
+		row.CertKeySHA256, row.PrevCertKeySHA256 = nilIfEmpty(certKey), nilIfEmpty(prevCertKey)
 		row.LastSeq, row.TPMClock.Clock = uint64(lastSeq), uint64(clock)
 		row.Report = nil
 		if received.Valid {

@@ -193,6 +193,7 @@ CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 	migration9,
 	migrationStandings,
 	migrationOutbox,
+	migrationConsolePlaceholder,
 	migrationBrowserCerts,
 }
 

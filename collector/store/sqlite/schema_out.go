@@ -1,11 +1,16 @@
 package sqlite
 
-// Migrations 10 and up: grace and enforcement, and what leaves Posture.
+// Migrations 9 and up: certificates bound to their keys, grace and
+// enforcement, and what leaves Posture.
 
-// migration9 is held for the devices' certificate key hash, which another
-// line of work adds as version 9; until it lands here, version 9 changes
-// nothing.
-const migration9 = `SELECT 1;`
+// migration9: a device certificate counts only with the public key it
+// was issued for: the SHA-256 of its SubjectPublicKeyInfo, beside its
+// serial. NULL for certificates issued before, until the device's next
+// call records it (store.Store.BindCertKey).
+const migration9 = `
+ALTER TABLE devices ADD COLUMN cert_key_sha256 BLOB;
+ALTER TABLE devices ADD COLUMN prev_cert_key_sha256 BLOB;
+`
 
 // migrationStandings (10): each device's standing under the policy (see
 // store.Standing), as JSON: since when each failing check fails, and the
@@ -79,17 +84,24 @@ CREATE TABLE signing_keys (
 ) STRICT;
 `
 
-// migrationBrowserCerts (12): the newest browser certificate of each user
-// of each device (see store.BrowserCert).
+// migrationConsolePlaceholder (12) holds the admin console's schema
+// version: it is replaced by the console's migration at merge, which
+// takes this number. It changes nothing.
+const migrationConsolePlaceholder = `SELECT 1;`
+
+// migrationBrowserCerts (13): the newest browser certificate of each user
+// of each device (see store.BrowserCert), with the serial and key hash of
+// the device certificate it was issued under.
 const migrationBrowserCerts = `
 CREATE TABLE browser_certs (
-	device_id    TEXT NOT NULL,
-	user_name    TEXT NOT NULL,
-	serial       TEXT NOT NULL,
-	key_sha256   BLOB NOT NULL,
-	issued_under TEXT NOT NULL,
-	issued_at    INTEGER NOT NULL,
-	not_after    INTEGER NOT NULL,
+	device_id        TEXT NOT NULL,
+	user_name        TEXT NOT NULL,
+	serial           TEXT NOT NULL,
+	key_sha256       BLOB NOT NULL,
+	issued_under     TEXT NOT NULL,
+	issued_under_key BLOB NOT NULL,
+	issued_at        INTEGER NOT NULL,
+	not_after        INTEGER NOT NULL,
 	PRIMARY KEY (device_id, user_name)
 ) STRICT;
 `

@@ -30,7 +30,7 @@ func (c *suite) browser(t *testing.T) {
 	}
 
 	first := store.BrowserCert{DeviceID: "dev-a", User: "alice", Serial: "0a", KeySHA256: bytes.Repeat([]byte{1}, 32),
-		IssuedUnder: "01", IssuedAt: now, NotAfter: now.Add(time.Hour)}
+		IssuedUnder: "01", IssuedUnderKeySHA256: bytes.Repeat([]byte{9}, 32), IssuedAt: now, NotAfter: now.Add(time.Hour)}
 	second := first
 	second.Serial, second.KeySHA256, second.IssuedAt, second.NotAfter = "0b", bytes.Repeat([]byte{2}, 32), now.Add(time.Minute), now.Add(2*time.Hour)
 	bob := first
@@ -42,7 +42,8 @@ func (c *suite) browser(t *testing.T) {
 		}
 		got, err := s.Events(ctx, []uint64{ev.ID})
 		if err != nil || len(got) != 1 || got[0].BrowserCert == nil || got[0].BrowserCert.Serial != bc.Serial ||
-			!bytes.Equal(got[0].BrowserCert.KeySHA256, bc.KeySHA256) || got[0].BrowserCert.IssuedUnder != "01" {
+			!bytes.Equal(got[0].BrowserCert.KeySHA256, bc.KeySHA256) || got[0].BrowserCert.IssuedUnder != "01" ||
+			!bytes.Equal(got[0].BrowserCert.IssuedUnderKeySHA256, bc.IssuedUnderKeySHA256) {
 			t.Errorf("event of %s read back as %+v, %v", bc.Serial, got, err)
 		}
 	}
@@ -55,7 +56,8 @@ func (c *suite) browser(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(list) != 1 || list[0].Serial != "0b" || list[0].User != "alice" || !list[0].NotAfter.Equal(second.NotAfter) ||
-		!list[0].IssuedAt.Equal(second.IssuedAt) || !bytes.Equal(list[0].KeySHA256, second.KeySHA256) {
+		!list[0].IssuedAt.Equal(second.IssuedAt) || !bytes.Equal(list[0].KeySHA256, second.KeySHA256) ||
+		list[0].IssuedUnder != "01" || !bytes.Equal(list[0].IssuedUnderKeySHA256, second.IssuedUnderKeySHA256) {
 		t.Errorf("BrowserCerts = %+v; want alice's second only (bob's expired)", list)
 	}
 }

@@ -42,6 +42,15 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 	if diff := cmp.Diff(devices, allDevices(t, to)); diff != "" {
 		t.Errorf("devices (-source +copy):\n%s", diff)
 	}
+	// Certificates keep the keys they were issued for, and one issued
+	// before keys were recorded keeps none.
+	for id, want := range map[string][2]store.Cert{"dev-a": {cert("02"), cert("01")}, "dev-c": {{Serial: "01"}, {}}} {
+		d := device(t, to, id)
+		got := [2]store.Cert{{Serial: d.CertSerial, KeySHA256: d.CertKeySHA256}, {Serial: d.PrevCertSerial, KeySHA256: d.PrevCertKeySHA256}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("certificates of %s in the copy (-want +got):\n%s", id, diff)
+		}
+	}
 	for _, d := range devices {
 		want, err := from.Reports(ctx, d.ID, 0)
 		if err != nil {
@@ -111,6 +120,16 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 	if u, err := to.DeviceUser(ctx, "dev-a"); err != nil || u.Email != "ada@example.com" {
 		t.Errorf("the user of dev-a in the copy: %+v, %v", u, err)
 	}
+	browserCerts := func(s store.Store) []store.BrowserCert {
+		got, err := s.BrowserCerts(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if want, got := browserCerts(from), browserCerts(to); len(want) != 1 || !cmp.Equal(want, got) {
+		t.Errorf("browser certificates in the copy: %+v; the source has %+v (want one)", got, want)
+	}
 	wantClients, _ := from.SSFClients(ctx)
 	if got, err := to.SSFClients(ctx); err != nil || !cmp.Equal(wantClients, got) {
 		t.Errorf("SSF receivers in the copy: %+v, %v; want %+v", got, err, wantClients)
@@ -172,7 +191,10 @@ func fill(t *testing.T, s store.Store) uint64 {
 	}
 	createToken(t, s, "fresh", 3, time.Date(2027, 1, 2, 3, 4, 5, 6, time.UTC))
 	spent := createToken(t, s, "spent", 1, time.Now().Add(time.Hour))
-	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), newDevice("dev-c")); err != nil {
+	// dev-c's certificate was issued before keys were recorded.
+	legacy := newDevice("dev-c")
+	legacy.CertKeySHA256 = nil
+	if _, _, err := s.EnrollDevice(ctx, spent, time.Now(), legacy); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.PinEKs(ctx, []string{"aa", "bb"}, "batch", time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)); err != nil {
@@ -198,7 +220,7 @@ func fill(t *testing.T, s store.Store) uint64 {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := s.RenewCertificate(ctx, "dev-a", "01", "02", time.Now()); err != nil {
+	if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	tpm := newDevice("dev-b")
@@ -244,6 +266,10 @@ func fill(t *testing.T, s store.Store) uint64 {
 	if err := s.BindDeviceUser(ctx, store.DeviceUser{DeviceID: "dev-a", Email: "ada@example.com", BoundAt: t0}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.AddBrowserCert(ctx, store.BrowserCert{DeviceID: "dev-a", User: "ada", Serial: "7b", KeySHA256: hash("browser key"),
+		IssuedUnder: "01", IssuedUnderKeySHA256: hash("device key"), IssuedAt: t0, NotAfter: time.Now().Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.AddSSFClient(ctx, store.SSFClient{Name: "okta", TokenHash: hash("token"), Audience: "https://example.okta.com", Level: "basic", CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
@@ -267,6 +293,7 @@ func fleet(t *testing.T, s store.Store) map[string]store.FleetRow {
 	err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error {
 		row := *r
 		row.IdentityKey, row.LastDigest, row.MeasuredBoot = bytes.Clone(r.IdentityKey), bytes.Clone(r.LastDigest), bytes.Clone(r.MeasuredBoot)
+		row.CertKeySHA256, row.PrevCertKeySHA256 = bytes.Clone(r.CertKeySHA256), bytes.Clone(r.PrevCertKeySHA256)
 		if r.Report != nil {
 			rep := *r.Report
 			rep.Digest, rep.Body, rep.Proof = bytes.Clone(rep.Digest), bytes.Clone(rep.Body), bytes.Clone(rep.Proof)

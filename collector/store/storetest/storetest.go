@@ -42,6 +42,7 @@ func Run(t *testing.T, open Opener) {
 		{"PinnedEKs", c.pinnedEKs},
 		{"SetDeviceState", c.setDeviceState},
 		{"RenewCertificate", c.renewCertificate},
+		{"BindCertKey", c.bindCertKey},
 		{"OpenReportStream", c.openReportStream},
 		{"AppendReport", c.appendReport},
 		{"AppendReportStreams", c.appendReportStreams},
@@ -123,7 +124,17 @@ func createToken(t *testing.T, s store.Store, secret string, uses uint32, expire
 
 func newDevice(id string) store.Device {
 	return store.Device{ID: id, Hostname: id + ".example.org", Platform: "linux", Identity: "software",
-		IdentityKey: []byte("pkix-" + id), Assurance: 1, CertSerial: "01"}
+		IdentityKey: []byte("pkix-" + id), Assurance: 1, CertSerial: "01", CertKeySHA256: keyHash("01")}
+}
+
+// keyHash stands for the key hash of the certificate issued with serial.
+func keyHash(serial string) []byte { return hash("tls key of certificate " + serial) }
+
+// cert is the certificate issued with serial; forged is one minted with
+// the same serial and another key.
+func cert(serial string) store.Cert { return store.Cert{Serial: serial, KeySHA256: keyHash(serial)} }
+func forged(serial string) store.Cert {
+	return store.Cert{Serial: serial, KeySHA256: hash("another key")}
 }
 
 // enroll creates a one-use token and enrolls a device with it.
@@ -587,13 +598,13 @@ func (c *suite) setDeviceState(t *testing.T) {
 	}
 }
 
-// renewCertificate: a renewal replaces the serial only when asked with the
-// current certificate or the one the last renewal replaced, and only for
-// an active device; a refused renewal changes nothing.
+// renewCertificate: a renewal replaces the certificate only when asked
+// with the current certificate or the one the last renewal replaced, each
+// with the key it was issued for, and only for an active device; a refused
+// renewal changes nothing.
 func (c *suite) renewCertificate(t *testing.T) {
-	serials := func(t *testing.T, s store.Store) (cur, prev string) {
-		d := device(t, s, "dev-a")
-		return d.CertSerial, d.PrevCertSerial
+	certs := func(d store.Device) [2]store.Cert {
+		return [2]store.Cert{{Serial: d.CertSerial, KeySHA256: d.CertKeySHA256}, {Serial: d.PrevCertSerial, KeySHA256: d.PrevCertKeySHA256}}
 	}
 	t.Run("current, then previous, then current again", func(t *testing.T) {
 		s, reopen := c.fresh(t)
@@ -603,48 +614,71 @@ func (c *suite) renewCertificate(t *testing.T) {
 			{"01", "03", "03", "01"}, // so 01 asks again, and stays the previous
 			{"03", "04", "04", "03"}, // 03 arrived and renews in turn
 		} {
-			d, ev, err := s.RenewCertificate(ctx, "dev-a", st.askedWith, st.issued, time.Now())
+			want := [2]store.Cert{cert(st.wantCur), cert(st.wantPrev)}
+			d, ev, err := s.RenewCertificate(ctx, "dev-a", cert(st.askedWith), cert(st.issued), time.Now())
 			if err != nil {
 				t.Fatalf("renew with %s: %v", st.askedWith, err)
 			}
-			if d.CertSerial != st.wantCur || d.PrevCertSerial != st.wantPrev {
-				t.Errorf("renew with %s returned %s/%s, want %s/%s", st.askedWith, d.CertSerial, d.PrevCertSerial, st.wantCur, st.wantPrev)
+			if diff := cmp.Diff(want, certs(d)); diff != "" {
+				t.Errorf("renew with %s returned (-want +got):\n%s", st.askedWith, diff)
 			}
-			if ev.Kind != store.EventRenewed || ev.Device == nil || ev.Device.CertSerial != st.wantCur || ev.Device.PrevCertSerial != st.wantPrev {
+			if ev.Kind != store.EventRenewed || ev.Device == nil || !cmp.Equal(want, certs(*ev.Device)) {
 				t.Errorf("renew with %s: event %+v", st.askedWith, ev)
 			}
-			if cur, prev := serials(t, s); cur != st.wantCur || prev != st.wantPrev {
-				t.Errorf("after renewing with %s: stored %s/%s, want %s/%s", st.askedWith, cur, prev, st.wantCur, st.wantPrev)
+			if diff := cmp.Diff(want, certs(device(t, s, "dev-a"))); diff != "" {
+				t.Errorf("after renewing with %s: stored (-want +got):\n%s", st.askedWith, diff)
 			}
 		}
-		if _, _, err := s.RenewCertificate(ctx, "dev-a", "01", "05", time.Now()); !errors.Is(err, store.ErrCertReplaced) {
+		if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("05"), time.Now()); !errors.Is(err, store.ErrCertReplaced) {
 			t.Errorf("renew with a certificate two renewals old: %v, want ErrCertReplaced", err)
 		}
 		s = reopen(t, s)
 		var row store.FleetRow
-		if err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error { row = *r; return nil }); err != nil {
+		if err := s.ScanFleet(ctx, 1, func(_ int, r *store.FleetRow) error {
+			row = *r
+			row.CertKeySHA256, row.PrevCertKeySHA256 = bytes.Clone(r.CertKeySHA256), bytes.Clone(r.PrevCertKeySHA256)
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
-		if row.CertSerial != "04" || row.PrevCertSerial != "03" {
-			t.Errorf("fleet row after reopening: %s/%s, want 04/03", row.CertSerial, row.PrevCertSerial)
+		got := [2]store.Cert{{Serial: row.CertSerial, KeySHA256: row.CertKeySHA256}, {Serial: row.PrevCertSerial, KeySHA256: row.PrevCertKeySHA256}}
+		if diff := cmp.Diff([2]store.Cert{cert("04"), cert("03")}, got); diff != "" {
+			t.Errorf("fleet row after reopening (-want +got):\n%s", diff)
 		}
 	})
 	t.Run("enrolling again forgets the previous certificate", func(t *testing.T) {
 		s, _ := c.fresh(t)
 		enroll(t, s, "dev-a")
-		if _, _, err := s.RenewCertificate(ctx, "dev-a", "01", "02", time.Now()); err != nil {
+		if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		d := newDevice("dev-a")
-		d.CertSerial = "10"
+		d.CertSerial, d.CertKeySHA256 = "10", keyHash("10")
 		got, _, err := s.EnrollDevice(ctx, createToken(t, s, "again", 1, time.Now().Add(time.Hour)), time.Now(), d)
-		if err != nil || got.PrevCertSerial != "" {
-			t.Errorf("EnrollDevice returned previous serial %q, %v; want none", got.PrevCertSerial, err)
+		if err != nil || got.PrevCertSerial != "" || got.PrevCertKeySHA256 != nil || !bytes.Equal(got.CertKeySHA256, keyHash("10")) {
+			t.Errorf("EnrollDevice returned certificates %+v, %v; want 10 with its key and no previous one", certs(got), err)
 		}
 		for _, old := range []string{"01", "02"} {
-			if _, _, err := s.RenewCertificate(ctx, "dev-a", old, "11", time.Now()); !errors.Is(err, store.ErrCertReplaced) {
+			if _, _, err := s.RenewCertificate(ctx, "dev-a", cert(old), cert("11"), time.Now()); !errors.Is(err, store.ErrCertReplaced) {
 				t.Errorf("renew with %s from before enrolling again: %v, want ErrCertReplaced", old, err)
 			}
+		}
+	})
+	t.Run("a certificate issued before keys were recorded renews by its serial", func(t *testing.T) {
+		s, _ := c.fresh(t)
+		d := newDevice("dev-a")
+		d.CertKeySHA256 = nil
+		if _, _, err := s.EnrollDevice(ctx, createToken(t, s, "legacy", 1, time.Now().Add(time.Hour)), time.Now(), d); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The previous certificate's key stays unknown; the new one's is
+		// recorded.
+		if diff := cmp.Diff([2]store.Cert{cert("02"), {Serial: "01"}}, certs(got)); diff != "" {
+			t.Errorf("renewed (-want +got):\n%s", diff)
 		}
 	})
 	setState := func(t *testing.T, s store.Store, state int32) {
@@ -652,27 +686,130 @@ func (c *suite) renewCertificate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	renewed := func(t *testing.T, s store.Store) {
+		enroll(t, s, "dev-a")
+		if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tt := range []struct {
 		name  string
 		setup func(t *testing.T, s store.Store)
-		asked string
+		asked store.Cert
 		want  error
 	}{
-		{"unknown device", func(*testing.T, store.Store) {}, "01", store.ErrNotFound},
-		{"suspect", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StateSuspect) }, "01", store.ErrDeviceNotActive},
-		{"pending", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StatePending) }, "01", store.ErrDeviceNotActive},
-		{"revoked", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StateRevoked) }, "01", store.ErrDeviceRevoked},
-		{"another certificate", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a") }, "99", store.ErrCertReplaced},
+		{"unknown device", func(*testing.T, store.Store) {}, cert("01"), store.ErrNotFound},
+		{"suspect", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StateSuspect) }, cert("01"), store.ErrDeviceNotActive},
+		{"pending", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StatePending) }, cert("01"), store.ErrDeviceNotActive},
+		{"revoked", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a"); setState(t, s, store.StateRevoked) }, cert("01"), store.ErrDeviceRevoked},
+		{"another certificate", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a") }, cert("99"), store.ErrCertReplaced},
+		{"the serial with another key", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a") }, forged("01"), store.ErrCertKey},
+		{"the previous serial with another key", renewed, forged("01"), store.ErrCertKey},
+		{"the current serial with another key after a renewal", renewed, forged("02"), store.ErrCertKey},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s, _ := c.fresh(t)
 			tt.setup(t, s)
 			before, _ := s.Device(ctx, "dev-a")
-			if _, _, err := s.RenewCertificate(ctx, "dev-a", tt.asked, "02", time.Now()); !errors.Is(err, tt.want) {
-				t.Fatalf("RenewCertificate = %v, want %v", err, tt.want)
+			if _, ev, err := s.RenewCertificate(ctx, "dev-a", tt.asked, cert("03"), time.Now()); !errors.Is(err, tt.want) || ev.ID != 0 {
+				t.Fatalf("RenewCertificate = event %d, %v; want no event, %v", ev.ID, err, tt.want)
 			}
-			if after, _ := s.Device(ctx, "dev-a"); after.CertSerial != before.CertSerial || after.PrevCertSerial != before.PrevCertSerial {
-				t.Errorf("refused renewal changed the serials: %s/%s to %s/%s", before.CertSerial, before.PrevCertSerial, after.CertSerial, after.PrevCertSerial)
+			if after, _ := s.Device(ctx, "dev-a"); !cmp.Equal(certs(before), certs(after)) {
+				t.Errorf("refused renewal changed the certificates: %+v to %+v", certs(before), certs(after))
+			}
+		})
+	}
+}
+
+// bindCertKey: the key hash of a certificate issued before keys were
+// recorded is recorded once, by the first key that claims the serial;
+// every other key is refused from then on, and nothing else changes.
+func (c *suite) bindCertKey(t *testing.T) {
+	// legacy enrolls dev-a with certificate 01, renewed to 02 unless
+	// enrolledOnly, with no key recorded for either.
+	legacy := func(t *testing.T, s store.Store, enrolledOnly bool) {
+		d := newDevice("dev-a")
+		d.CertKeySHA256 = nil
+		if _, _, err := s.EnrollDevice(ctx, createToken(t, s, "legacy", 1, time.Now().Add(time.Hour)), time.Now(), d); err != nil {
+			t.Fatal(err)
+		}
+		if !enrolledOnly {
+			// The renewal records the new certificate's key; the one it
+			// replaced keeps none.
+			if _, _, err := s.RenewCertificate(ctx, "dev-a", cert("01"), cert("02"), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Run("current certificate", func(t *testing.T) {
+		s, reopen := c.fresh(t)
+		legacy(t, s, true)
+		d, ev, err := s.BindCertKey(ctx, "dev-a", cert("01"), time.Now())
+		if err != nil || !bytes.Equal(d.CertKeySHA256, keyHash("01")) {
+			t.Fatalf("BindCertKey = key %x, %v; want the key recorded", d.CertKeySHA256, err)
+		}
+		if ev.ID == 0 || ev.Kind != store.EventCertBound || ev.Device == nil || !bytes.Equal(ev.Device.CertKeySHA256, keyHash("01")) {
+			t.Errorf("event %+v, want a cert_bound event with the key", ev)
+		}
+		// Other collectors learn the key from the event as they read it.
+		if read, err := s.Events(ctx, []uint64{ev.ID}); err != nil || len(read) != 1 || read[0].Kind != store.EventCertBound ||
+			read[0].Device == nil || !bytes.Equal(read[0].Device.CertKeySHA256, keyHash("01")) {
+			t.Errorf("event read back: %+v, %v; want the cert_bound event with the key", read, err)
+		}
+		// The same key again changes nothing and records no event.
+		if _, ev, err := s.BindCertKey(ctx, "dev-a", cert("01"), time.Now()); err != nil || ev.ID != 0 {
+			t.Errorf("binding the same key again: event %d, %v; want none, nil", ev.ID, err)
+		}
+		// Another key with the same serial is refused, before and after
+		// a restart.
+		for i := range 2 {
+			if i == 1 {
+				s = reopen(t, s)
+			}
+			if _, ev, err := s.BindCertKey(ctx, "dev-a", forged("01"), time.Now()); !errors.Is(err, store.ErrCertKey) || ev.ID != 0 {
+				t.Errorf("binding another key: event %d, %v; want ErrCertKey", ev.ID, err)
+			}
+			if _, _, err := s.RenewCertificate(ctx, "dev-a", forged("01"), cert("02"), time.Now()); !errors.Is(err, store.ErrCertKey) {
+				t.Errorf("renewing with another key once bound: %v; want ErrCertKey", err)
+			}
+			if d := device(t, s, "dev-a"); !bytes.Equal(d.CertKeySHA256, keyHash("01")) || d.CertSerial != "01" {
+				t.Errorf("stored certificate %s %x, want 01 with its key", d.CertSerial, d.CertKeySHA256)
+			}
+		}
+	})
+	t.Run("previous certificate", func(t *testing.T) {
+		s, _ := c.fresh(t)
+		legacy(t, s, false)
+		d, ev, err := s.BindCertKey(ctx, "dev-a", cert("01"), time.Now())
+		if err != nil || ev.ID == 0 || d.PrevCertSerial != "01" || !bytes.Equal(d.PrevCertKeySHA256, keyHash("01")) || !bytes.Equal(d.CertKeySHA256, keyHash("02")) {
+			t.Fatalf("BindCertKey of the previous certificate = %+v, event %d, %v", d, ev.ID, err)
+		}
+	})
+	for _, tt := range []struct {
+		name  string
+		setup func(t *testing.T, s store.Store)
+		cert  store.Cert
+		want  error
+	}{
+		{"unknown device", func(*testing.T, store.Store) {}, cert("01"), store.ErrNotFound},
+		{"another serial", func(t *testing.T, s store.Store) { legacy(t, s, true) }, cert("07"), store.ErrCertReplaced},
+		{"a key already recorded", func(t *testing.T, s store.Store) { enroll(t, s, "dev-a") }, forged("01"), store.ErrCertKey},
+		{"revoked", func(t *testing.T, s store.Store) {
+			legacy(t, s, true)
+			if _, err := s.SetDeviceState(ctx, "dev-a", store.StateRevoked, "lost", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}, cert("01"), store.ErrDeviceRevoked},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := c.fresh(t)
+			tt.setup(t, s)
+			before, _ := s.Device(ctx, "dev-a")
+			if _, ev, err := s.BindCertKey(ctx, "dev-a", tt.cert, time.Now()); !errors.Is(err, tt.want) || ev.ID != 0 {
+				t.Fatalf("BindCertKey = event %d, %v; want no event, %v", ev.ID, err, tt.want)
+			}
+			if after, _ := s.Device(ctx, "dev-a"); !cmp.Equal(before, after) {
+				t.Errorf("refused binding changed the device: %+v to %+v", before, after)
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -938,7 +939,12 @@ type ReportAck struct {
 	// report: the checks it fails, each with since when and, with a grace,
 	// when it blocks; the agent tells the device's user (desktop
 	// notifications) within the limits it carries.
-	Standing      *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
+	Standing *DeviceStanding `protobuf:"bytes,5,opt,name=standing,proto3" json:"standing,omitempty"`
+	// decision is what the collector decided about the device once the
+	// report was stored, for the agent to show (posture-agent status). It
+	// rides on the first acknowledgement of each stream and then on at most
+	// one a minute; the others leave it unset.
+	Decision      *AgentDecision `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1004,6 +1010,13 @@ func (x *ReportAck) GetWantEventLog() bool {
 func (x *ReportAck) GetStanding() *DeviceStanding {
 	if x != nil {
 		return x.Standing
+	}
+	return nil
+}
+
+func (x *ReportAck) GetDecision() *AgentDecision {
+	if x != nil {
+		return x.Decision
 	}
 	return nil
 }
@@ -1075,6 +1088,81 @@ func (x *DeviceStanding) GetNotifyBeforeBlock() *durationpb.Duration {
 	return nil
 }
 
+// AgentDecision is the collector's decision about a device: the same
+// score, levels and checks as devices show gives, without the report.
+type AgentDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// decided_at is when it was made.
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// score is the trust score 0-100 after freshness decay.
+	Score uint32 `protobuf:"varint,2,opt,name=score,proto3" json:"score,omitempty"`
+	// levels are every access level of the policy, met or not and why not.
+	Levels []*LevelResult `protobuf:"bytes,3,rep,name=levels,proto3" json:"levels,omitempty"`
+	// failing are the checks that did not pass (failed or unknown), each
+	// with its reason and fix.
+	Failing       []*CheckResult `protobuf:"bytes,4,rep,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentDecision) Reset() {
+	*x = AgentDecision{}
+	mi := &file_posture_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentDecision) ProtoMessage() {}
+
+func (x *AgentDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentDecision.ProtoReflect.Descriptor instead.
+func (*AgentDecision) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AgentDecision) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetScore() uint32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *AgentDecision) GetLevels() []*LevelResult {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *AgentDecision) GetFailing() []*CheckResult {
+	if x != nil {
+		return x.Failing
+	}
+	return nil
+}
+
 // ReportRejected refuses one report.
 type ReportRejected struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1093,7 +1181,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[14]
+	mi := &file_posture_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1193,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[14]
+	mi := &file_posture_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1206,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -1161,7 +1249,7 @@ var File_posture_v1_agent_proto protoreflect.FileDescriptor
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"S\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"S\n" +
 	"\x1eIssueBrowserCertificateRequest\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
@@ -1205,18 +1293,25 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
 	"lastDigest\x12\x14\n" +
-	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xb2\x01\n" +
+	"\x05nonce\x18\x03 \x01(\fR\x05nonce\"\xe9\x01\n" +
 	"\tReportAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\fR\x06digest\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x03 \x01(\fR\tnextNonce\x12$\n" +
 	"\x0ewant_event_log\x18\x04 \x01(\bR\fwantEventLog\x126\n" +
-	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\"\xcc\x01\n" +
+	"\bstanding\x18\x05 \x01(\v2\x1a.posture.v1.DeviceStandingR\bstanding\x125\n" +
+	"\bdecision\x18\x06 \x01(\v2\x19.posture.v1.AgentDecisionR\bdecision\"\xcc\x01\n" +
 	"\x0eDeviceStanding\x121\n" +
 	"\afailing\x18\x01 \x03(\v2\x17.posture.v1.CheckResultR\afailing\x12<\n" +
 	"\fnotify_every\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vnotifyEvery\x12I\n" +
-	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc9\x01\n" +
+	"\x13notify_before_block\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11notifyBeforeBlock\"\xc4\x01\n" +
+	"\rAgentDecision\x129\n" +
+	"\n" +
+	"decided_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\rR\x05score\x12/\n" +
+	"\x06levels\x18\x03 \x03(\v2\x17.posture.v1.LevelResultR\x06levels\x121\n" +
+	"\afailing\x18\x04 \x03(\v2\x17.posture.v1.CheckResultR\afailing\"\xc9\x01\n" +
 	"\x0eReportRejected\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x120\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x18.posture.v1.RejectReasonR\x06reason\x12\x18\n" +
@@ -1261,7 +1356,7 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_posture_v1_agent_proto_goTypes = []any{
 	(RejectReason)(0),                       // 0: posture.v1.RejectReason
 	(*IssueBrowserCertificateRequest)(nil),  // 1: posture.v1.IssueBrowserCertificateRequest
@@ -1278,40 +1373,47 @@ var file_posture_v1_agent_proto_goTypes = []any{
 	(*Welcome)(nil),                         // 12: posture.v1.Welcome
 	(*ReportAck)(nil),                       // 13: posture.v1.ReportAck
 	(*DeviceStanding)(nil),                  // 14: posture.v1.DeviceStanding
-	(*ReportRejected)(nil),                  // 15: posture.v1.ReportRejected
-	(*TPMQuote)(nil),                        // 16: posture.v1.TPMQuote
-	(*SignedReport)(nil),                    // 17: posture.v1.SignedReport
-	(*CheckResult)(nil),                     // 18: posture.v1.CheckResult
-	(*durationpb.Duration)(nil),             // 19: google.protobuf.Duration
+	(*AgentDecision)(nil),                   // 15: posture.v1.AgentDecision
+	(*ReportRejected)(nil),                  // 16: posture.v1.ReportRejected
+	(*TPMQuote)(nil),                        // 17: posture.v1.TPMQuote
+	(*SignedReport)(nil),                    // 18: posture.v1.SignedReport
+	(*CheckResult)(nil),                     // 19: posture.v1.CheckResult
+	(*durationpb.Duration)(nil),             // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 21: google.protobuf.Timestamp
+	(*LevelResult)(nil),                     // 22: posture.v1.LevelResult
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
 	6,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
 	5,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
 	7,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	16, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	17, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	17, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	18, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
 	9,  // 5: posture.v1.AgentMessage.hello:type_name -> posture.v1.AgentHello
 	12, // 6: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
 	13, // 7: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	15, // 8: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	16, // 8: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
 	11, // 9: posture.v1.CollectorMessage.measure_now:type_name -> posture.v1.MeasureNow
 	14, // 10: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
-	18, // 11: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
-	19, // 12: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
-	19, // 13: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
-	0,  // 14: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	19, // 15: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	8,  // 16: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	3,  // 17: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	1,  // 18: posture.v1.ReportService.IssueBrowserCertificate:input_type -> posture.v1.IssueBrowserCertificateRequest
-	10, // 19: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	4,  // 20: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	2,  // 21: posture.v1.ReportService.IssueBrowserCertificate:output_type -> posture.v1.IssueBrowserCertificateResponse
-	19, // [19:22] is the sub-list for method output_type
-	16, // [16:19] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 11: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
+	19, // 12: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
+	20, // 13: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
+	20, // 14: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
+	21, // 15: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
+	22, // 16: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
+	19, // 17: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
+	0,  // 18: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	20, // 19: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	8,  // 20: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	3,  // 21: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	1,  // 22: posture.v1.ReportService.IssueBrowserCertificate:input_type -> posture.v1.IssueBrowserCertificateRequest
+	10, // 23: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	4,  // 24: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	2,  // 25: posture.v1.ReportService.IssueBrowserCertificate:output_type -> posture.v1.IssueBrowserCertificateResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -1344,7 +1446,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

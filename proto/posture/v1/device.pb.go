@@ -96,7 +96,9 @@ const (
 	DeviceState_DEVICE_STATE_REVOKED DeviceState = 3
 	// DEVICE_STATE_PENDING: enrolled with a TPM whose endorsement key is
 	// neither verified nor pinned; every level is denied until an admin
-	// approves it.
+	// approves it. Its reports are verified and stored meanwhile, so that an
+	// admin can judge the device (its checks and raw score) before approving
+	// it; its score stays 0.
 	DeviceState_DEVICE_STATE_PENDING DeviceState = 4
 )
 

@@ -265,11 +265,17 @@ type DeviceDecision struct {
 	// "approved", "enrolled", "decay", "policy", "certificate".
 	Cause string `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
 	// certificate_tag names the device certificate the collector issued last,
-	// the only one that counts: the first 8 bytes (big-endian) of the SHA-256
-	// of its serial number in lowercase hex without leading zeros. A device
-	// certificate whose tag differs was replaced (renewed, or the device
-	// enrolled again) and must be refused even though it is still valid.
-	// 0 when unknown.
+	// the only one that counts, by its serial number and its public key: the
+	// first 8 bytes (big-endian) of SHA-256("posture.v1.certificate" ‖ 0x00 ‖
+	// serial ‖ 0x00 ‖ key), where serial is the serial number in lowercase
+	// hex without leading zeros and key the SHA-256 of the certificate's
+	// SubjectPublicKeyInfo (DER). A certificate issued before the collector
+	// recorded keys, whose device has not called the collector since, is
+	// named by the first 8 bytes of SHA-256(serial) instead; compare a
+	// certificate with both forms (the two never coincide). A device
+	// certificate that matches neither was replaced (renewed, or the device
+	// enrolled again), or minted with the device's serial but another key,
+	// and must be refused even though it is valid. 0 when unknown.
 	CertificateTag uint64 `protobuf:"fixed64,8,opt,name=certificate_tag,json=certificateTag,proto3" json:"certificate_tag,omitempty"`
 	// warned_levels are allowed levels a decision warns about: levels in
 	// warn mode the device does not meet, and levels it meets only because
@@ -458,7 +464,8 @@ type CheckAccessRequest struct {
 	AccessLevel string `protobuf:"bytes,3,opt,name=access_level,json=accessLevel,proto3" json:"access_level,omitempty"`
 	// certificate_serial is the serial number (hex) of the device
 	// certificate the gateway verified, when it saw one: a certificate the
-	// device no longer holds (replaced when it enrolled again) denies.
+	// device no longer holds (replaced when it renewed it or enrolled again)
+	// denies.
 	CertificateSerial string `protobuf:"bytes,4,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
 	// certificate_key_sha256 is the SHA-256 of that certificate's
 	// SubjectPublicKeyInfo (its DER), 32 bytes. A device certificate counts
