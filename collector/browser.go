@@ -5,8 +5,13 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/posture-project/posture/collector/api"
 	"github.com/posture-project/posture/collector/store"
 )
+
+// DefaultBrowserCertTTL is how long a browser certificate lasts unless
+// Config.BrowserCertTTL says otherwise.
+const DefaultBrowserCertTTL = api.DefaultBrowserCertTTL
 
 // RequestMeasurement asks a device's agent to measure and report now
 // (Check again on a deny page), over its report stream on whichever

@@ -98,7 +98,7 @@ type Config struct {
 	// DeviceCertTTL is the lifetime of device certificates.
 	DeviceCertTTL time.Duration
 	// BrowserCertTTL is the lifetime of browser certificates; zero means
-	// api.DefaultBrowserCertTTL (a day).
+	// DefaultBrowserCertTTL (a day).
 	BrowserCertTTL time.Duration
 	// ReportRetention is how long stored reports are kept: older ones are
 	// deleted every hour, except each device's latest. Zero keeps every
