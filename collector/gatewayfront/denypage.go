@@ -254,13 +254,13 @@ func (f *ForwardAuth) ServeBrowser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f.rechecker == nil || f.recheckKey == nil {
-		reject(w, http.StatusNotFound, "Check again is not enabled on this collector")
+		f.refuse(w, http.StatusNotFound, RejectRecheckRefused, "Check again is not enabled on this collector")
 		return
 	}
-	// The certificate must be one the device holds now: a replaced one
-	// asks nothing.
+	// The certificate must be one the device holds now: a replaced or
+	// minted one asks nothing.
 	if err := f.rechecker.CertCurrent(deviceID, devCert.serial, devCert.key); err != nil {
-		reject(w, http.StatusForbidden, err.Error())
+		f.refuse(w, http.StatusForbidden, RejectRecheckRefused, err.Error())
 		return
 	}
 	_ = gateway

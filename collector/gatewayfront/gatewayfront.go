@@ -59,8 +59,10 @@ const (
 	// RejectDeviceCertInvalid: the forwarded certificate or principal does
 	// not name a device of this collector.
 	RejectDeviceCertInvalid = "device_cert_invalid"
-	// RejectRecheckRefused: a Check again request without a valid token
-	// for its device, from another site, or not a POST.
+	// RejectRecheckRefused: a Check again or status request without a
+	// valid token for its device, from another site, not a POST, with a
+	// certificate the device no longer holds, or to a collector without
+	// Check again.
 	RejectRecheckRefused = "recheck_refused"
 	// RejectRecheckThrottled: Check again pressed again within
 	// RecheckEvery of the device's last.
