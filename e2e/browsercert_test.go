@@ -140,3 +140,101 @@ func TestBrowserCertificates(t *testing.T) {
 		}
 	}
 }
+
+// issueBrowserCert asks for a browser certificate for user with the
+// device certificate cert, for a fresh P-256 key.
+func issueBrowserCert(t *testing.T, e *env, cert tls.Certificate, user string) (*x509.Certificate, error) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := posturev1.NewReportServiceClient(e.dial(&cert)).IssueBrowserCertificate(context.Background(),
+		&posturev1.IssueBrowserCertificateRequest{PublicKey: pub, User: user})
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(resp.GetCertificate())
+}
+
+// A browser certificate counts with the device certificate it was issued
+// under, by serial and key, across a collector restart (it is loaded from
+// the database); once the device renews its certificate it no longer
+// counts, and the denial says to run browser-cert again.
+func TestBrowserCertificateFollowsDeviceCertificate(t *testing.T) {
+	e := startCollector(t)
+	dir, id := e.enroll()
+	devCert, idKey := deviceCreds(t, dir)
+	a := openReports(t, e, devCert, idKey, id)
+	if m := a.send(a.next()); m.GetAck() == nil {
+		t.Fatalf("report: %v", m)
+	}
+	bc, err := issueBrowserCert(t, e, devCert, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(c *x509.Certificate) *posturev1.CheckAccessResponse {
+		t.Helper()
+		r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic",
+			CertificateSerial: pki.SerialHex(c), CertificateKeySha256: pki.KeySHA256(c)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := check(bc); !r.GetAllowed() {
+		t.Fatalf("browser certificate: denied %v", r.GetReasons())
+	}
+	e.stop()
+	e.start()
+	if r := check(bc); !r.GetAllowed() {
+		t.Fatalf("browser certificate after a restart: denied %v", r.GetReasons())
+	}
+	newCert := renewSoftware(t, e, devCert, idKey)
+	if r := check(newCert.Leaf); !r.GetAllowed() {
+		t.Fatalf("renewed device certificate: denied %v", r.GetReasons())
+	}
+	if r := check(bc); r.GetAllowed() || !strings.Contains(strings.Join(r.GetReasons(), " "), "browser-cert") {
+		t.Errorf("browser certificate issued under the replaced device certificate: allowed %v, reasons %v; want denied, saying to run browser-cert again", r.GetAllowed(), r.GetReasons())
+	}
+	if _, err := issueBrowserCert(t, e, devCert, "alice"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("browser certificate asked with the replaced device certificate: %v, want PermissionDenied", err)
+	}
+	fresh, err := issueBrowserCert(t, e, newCert, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := check(fresh); !r.GetAllowed() {
+		t.Errorf("browser certificate issued under the renewed device certificate: denied %v", r.GetReasons())
+	}
+}
+
+// A pending device (its TPM endorsement key neither verified nor pinned)
+// gets no browser certificate: it would open nothing, and the refusal
+// says why. Once approved, it gets one.
+func TestBrowserCertificatePendingDevice(t *testing.T) {
+	_, dev := openSimulator(t, 43)
+	e := startCollector(t)
+	dir := t.TempDir()
+	res, err := agent.EnrollWith(context.Background(), dir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	if res.State != posturev1.DeviceState_DEVICE_STATE_PENDING {
+		t.Fatalf("state = %v, want pending", res.State)
+	}
+	cert := diskCert(t, dir)
+	if _, err := issueBrowserCert(t, e, cert, "alice"); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "pending approval") {
+		t.Errorf("browser certificate for a pending device: %v; want FailedPrecondition, pending approval", err)
+	}
+	if _, err := e.admin.ApproveDevice(context.Background(), &posturev1.ApproveDeviceRequest{DeviceId: res.DeviceID}); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	if _, err := issueBrowserCert(t, e, cert, "alice"); err != nil {
+		t.Errorf("browser certificate for the approved device: %v", err)
+	}
+}

@@ -58,7 +58,7 @@ func (f *Fleet) applyBrowserCert(ev store.Event) Applied {
 // BrowserCert says whether the certificate with serialHex and keySHA256
 // is a browser certificate of the device that counts at now: the newest
 // of its user, unexpired, issued under the device certificate the device
-// holds now.
+// holds now. A user's newest that no longer counts is ErrNotBrowserCert.
 func (f *Fleet) BrowserCert(id, serialHex string, keySHA256 []byte, now time.Time) error {
 	if len(keySHA256) == 0 {
 		return ErrNotBrowserCert
@@ -71,12 +71,20 @@ func (f *Fleet) BrowserCert(id, serialHex string, keySHA256 []byte, now time.Tim
 	}
 	tag := pki.CertTag(serialHex, keySHA256)
 	for _, c := range f.browser[id] {
-		if c.tag == tag && bytes.Equal(c.keySHA256, keySHA256) && now.Before(c.notAfter) && c.underTag == e.certTag {
+		if c.tag != tag || !bytes.Equal(c.keySHA256, keySHA256) {
+			continue
+		}
+		if now.Before(c.notAfter) && c.underTag == e.certTag {
 			return nil
 		}
+		return ErrNotBrowserCert // its user's newest, but expired or issued under a replaced device certificate
 	}
-	return ErrNotBrowserCert
+	return errUnknownBrowserCert
 }
+
+// errUnknownBrowserCert: no browser certificate of the device has this
+// serial and key (any more).
+var errUnknownBrowserCert = errors.New("not a browser certificate of the device")
 
 // HeldCert says whether a certificate, by its serial (hex) and the SHA-256
 // of its public key, is one the device holds now: its newest device
@@ -89,8 +97,11 @@ func (f *Fleet) HeldCert(id, serialHex string, keySHA256 []byte, now time.Time) 
 	if err == nil || keySHA256 == nil {
 		return err
 	}
-	if f.BrowserCert(id, serialHex, keySHA256, now) == nil {
+	switch berr := f.BrowserCert(id, serialHex, keySHA256, now); {
+	case berr == nil:
 		return nil
+	case errors.Is(berr, ErrNotBrowserCert):
+		return berr // a browser certificate that no longer counts says so
 	}
 	return err
 }
