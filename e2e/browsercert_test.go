@@ -17,6 +17,7 @@ import (
 
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/agent/browsercert"
+	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -218,7 +219,8 @@ func TestBrowserCertificateFollowsDeviceCertificate(t *testing.T) {
 // says why. Once approved, it gets one.
 func TestBrowserCertificatePendingDevice(t *testing.T) {
 	_, dev := openSimulator(t, 43)
-	e := startCollector(t)
+	metrics := freeAddr(t)
+	e := startCollectorWith(t, func(c *collector.Config) { c.MetricsListen = metrics })
 	dir := t.TempDir()
 	res, err := agent.EnrollWith(context.Background(), dir, e.token(time.Hour, 1), agent.EnrollOptions{Identity: agent.IdentityTPM, TPMDevice: dev})
 	if err != nil {
@@ -236,5 +238,11 @@ func TestBrowserCertificatePendingDevice(t *testing.T) {
 	}
 	if _, err := issueBrowserCert(t, e, cert, "alice"); err != nil {
 		t.Errorf("browser certificate for the approved device: %v", err)
+	}
+	body := scrape(t, metrics)
+	for _, want := range []string{`posture_browser_certificates_refused_total{reason="device_state"} 1`, "posture_browser_certificates_issued_total 1"} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -47,21 +47,25 @@ func validBrowserUser(name string) error {
 func (r *reportService) IssueBrowserCertificate(ctx context.Context, req *posturev1.IssueBrowserCertificateRequest) (*posturev1.IssueBrowserCertificateResponse, error) {
 	s := r.s
 	who := callerFrom(ctx)
+	refuse := func(reason string, err error) error {
+		s.cfg.Stats.BrowserCertRefused(reason)
+		return err
+	}
 	if err := validBrowserUser(req.GetUser()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, refuse("malformed", status.Error(codes.InvalidArgument, err.Error()))
 	}
 	if len(req.GetPublicKey()) > 1024 {
-		return nil, status.Errorf(codes.InvalidArgument, "public_key is %d bytes; a P-256 key is 91", len(req.GetPublicKey()))
+		return nil, refuse("malformed", status.Errorf(codes.InvalidArgument, "public_key is %d bytes; a P-256 key is 91", len(req.GetPublicKey())))
 	}
 	pub, err := x509.ParsePKIXPublicKey(req.GetPublicKey())
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "public_key is not a PKIX DER public key: %v", err)
+		return nil, refuse("malformed", status.Errorf(codes.InvalidArgument, "public_key is not a PKIX DER public key: %v", err))
 	}
 	if k, ok := pub.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
-		return nil, status.Error(codes.InvalidArgument, "public_key must be an ECDSA P-256 key")
+		return nil, refuse("malformed", status.Error(codes.InvalidArgument, "public_key must be an ECDSA P-256 key"))
 	}
 	if err := s.cfg.Fleet.CheckBrowserCertAllowed(who.name); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "device %s gets no browser certificate: %v", who.name, err)
+		return nil, refuse("device_state", status.Errorf(codes.FailedPrecondition, "device %s gets no browser certificate: %v", who.name, err))
 	}
 	ttl := s.cfg.BrowserCertTTL
 	if ttl <= 0 {
@@ -77,11 +81,12 @@ func (r *reportService) IssueBrowserCertificate(ctx context.Context, req *postur
 	ev, err := s.cfg.Store.AddBrowserCert(ctx, bc)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, status.Errorf(codes.NotFound, "device %s is not enrolled with this collector", who.name)
+		return nil, refuse("unknown_device", status.Errorf(codes.NotFound, "device %s is not enrolled with this collector", who.name))
 	case err != nil:
-		return nil, status.Errorf(codes.Unavailable, "the collector cannot record the browser certificate now; try again: %v", err)
+		return nil, refuse("storage", status.Errorf(codes.Unavailable, "the collector cannot record the browser certificate now; try again: %v", err))
 	}
 	s.cfg.Feed.Apply(ev, nil)
+	s.cfg.Stats.BrowserCertIssued()
 	s.cfg.Logger.Info("browser certificate issued", "device", who.name, "user", req.GetUser(), "serial", bc.Serial, "not_after", cert.NotAfter)
 	return &posturev1.IssueBrowserCertificateResponse{Certificate: cert.Raw, CaCertificate: s.cfg.CA.Cert.Raw}, nil
 }
