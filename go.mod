@@ -35,6 +35,7 @@ require (
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	howett.net/plist v1.0.1
+	software.sslmate.com/src/go-pkcs12 v0.7.2
 )
 
 require (

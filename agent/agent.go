@@ -64,6 +64,9 @@ type Config struct {
 	// the device with each acknowledged report (its failing checks), for
 	// the device's user (agent/notify). It must return quickly.
 	OnStanding func(*posturev1.DeviceStanding)
+	// LocalSocket, when set, is the Unix socket on which the device's
+	// users ask for browser certificates (posture-agent browser-cert).
+	LocalSocket string
 }
 
 // Agent measures the device and streams signed reports to the collector.
@@ -79,6 +82,9 @@ type Agent struct {
 	renewal *renewal
 	// onAck, when set, is called after each acknowledged report.
 	onAck func(seq uint64)
+	// measureNow carries the collector's requests for a measurement now
+	// (MeasureNow: the user pressed Check again) to measureLoop.
+	measureNow chan struct{}
 }
 
 // New loads the agent's enrollment and opens its spool.
@@ -109,7 +115,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s identity: %w", enr.Identity, err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id, renewal: newRenewal(cfg.StateDir)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, enr: enr, id: id, renewal: newRenewal(cfg.StateDir), measureNow: make(chan struct{}, 1)}
 	if err := readJSON(filepath.Join(cfg.StateDir, chainFile), &a.head); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -153,6 +159,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer release()
 	go a.measureLoop(ctx)
 	go a.renewLoop(ctx)
+	if a.cfg.LocalSocket != "" {
+		go func() {
+			if err := a.serveLocal(ctx, a.cfg.LocalSocket); err != nil {
+				a.log.Error("local socket: users get no browser certificate", "err", err)
+			}
+		}()
+	}
 	a.sendLoop(ctx)
 	return nil
 }
@@ -183,6 +196,8 @@ func (a *Agent) measureLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-a.measureNow:
+			a.log.Info("the collector asks for a measurement now (Check again)")
 		}
 	}
 }
@@ -257,7 +272,10 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	a.resendEventLog() // the collector may have lost it, or be another one
-	in := receive(ctx, st)
+	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Hello{Hello: &posturev1.AgentHello{MeasureNow: true}}}); err != nil {
+		return 0, err
+	}
+	in := a.receive(ctx, st)
 	nonce := w.GetNonce()
 	sent := 0
 	for {
@@ -312,16 +330,25 @@ type received struct {
 	err error
 }
 
-// receive reads a report stream until it ends, and hands on each message
-// and then the error that ended it. So the agent hears at once that its
-// stream ended (the collector restarted, or ended it for the device's
-// revocation or a replaced certificate), also while it has nothing to
-// send, rather than at its next report.
-func receive(ctx context.Context, st posturev1.ReportService_StreamReportsClient) <-chan received {
+// receive is the one reader of a report stream: it reads until the stream
+// ends, and hands on each message and then the error that ended it. So the
+// agent hears at once that its stream ended (the collector restarted, or
+// ended it for the device's revocation or a replaced certificate), also
+// while it has nothing to send, rather than at its next report. A
+// MeasureNow, which may come at any time, is not handed on: it asks
+// measureLoop for a measurement (the user pressed Check again).
+func (a *Agent) receive(ctx context.Context, st posturev1.ReportService_StreamReportsClient) <-chan received {
 	ch := make(chan received, 1)
 	go func() {
 		for {
 			m, err := st.Recv()
+			if err == nil && m.GetMeasureNow() != nil {
+				select {
+				case a.measureNow <- struct{}{}:
+				default: // one is pending already
+				}
+				continue
+			}
 			select {
 			case ch <- received{m, err}:
 			case <-ctx.Done():

@@ -98,6 +98,9 @@ type Config struct {
 	EKRoots *x509.CertPool
 	// DeviceCertTTL is the lifetime of device certificates.
 	DeviceCertTTL time.Duration
+	// BrowserCertTTL is the lifetime of browser certificates; zero means
+	// DefaultBrowserCertTTL (a day).
+	BrowserCertTTL time.Duration
 	// ReportRetention is how long stored reports are kept: older ones are
 	// deleted every hour, except each device's latest. Zero keeps every
 	// report.
@@ -510,6 +513,13 @@ func (c *Collector) load(ctx context.Context) error {
 		return err
 	}
 	seeder.Finish(start)
+	// Read after the fleet, so that the events replayed from start bring
+	// them up to date whatever changed in between.
+	browser, err := c.store.BrowserCerts(ctx, c.cfg.Now())
+	if err != nil {
+		return fmt.Errorf("load browser certificates: %w", err)
+	}
+	c.fleet.LoadBrowserCerts(browser)
 	c.feed = feed.New(feed.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Gateways: c.gateways, Logger: c.log,
 		PollInterval: c.cfg.PollInterval, Applied: c.applied}, start, skipped)
 	if err := c.feed.CatchUp(ctx); err != nil {
@@ -540,7 +550,7 @@ func (c *Collector) wire() {
 	c.api = api.New(api.Config{Store: c.store, Fleet: c.fleet, Hub: c.hub, Feed: c.feed, Gateways: c.gateways, Decisions: c.decisions,
 		Stats: c.stats, Enroller: enroller, Ingester: ingester, CA: c.ca, TrustDomain: cfg.TrustDomain, Advertise: c.advertised,
 		ReloadPolicy: c.ReloadPolicy, Decided: c.metrics.decision, Replica: c.replica.id, Logger: c.log, Now: cfg.Now, SignInLinks: c.consoleLinks(),
-		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus, SSF: c.apiTransmitter()}, c.health)
+		StandingLease: c.keeper.Holding, Receivers: c.receiverStatus, SSF: c.apiTransmitter(), BrowserCertTTL: cfg.BrowserCertTTL}, c.health)
 }
 
 // maxRecvMsgSize bounds a message on the TLS listener, in place of gRPC's

@@ -55,6 +55,7 @@ var allowedCallers = map[string][]string{
 	"/posture.v1.EnrollmentService/Enroll":                           {callerAnonymous},
 	"/posture.v1.ReportService/StreamReports":                        {callerDevice, callerPendingDevice},
 	"/posture.v1.ReportService/RenewCertificate":                     {callerDevice, callerPendingDevice},
+	"/posture.v1.ReportService/IssueBrowserCertificate":              {callerDevice, callerPendingDevice},
 	"/posture.v1.GatewayService/CheckAccess":                         {callerGateway, callerAdmin},
 	"/posture.v1.GatewayService/GetDevicePosture":                    {callerGateway, callerAdmin},
 	"/posture.v1.GatewayService/WatchPosture":                        {callerGateway, callerAdmin},

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/posture-project/posture/internal/pki"
 	"github.com/posture-project/posture/internal/testtools"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -30,6 +32,13 @@ func TestBackupRestore(t *testing.T) {
 	}
 	eventually(t, "three reports stored", func() bool { return seq() >= 3 })
 	fingerprint := e.c.CAFingerprint()
+	// A user's browser certificate, which must keep working after a
+	// restore.
+	devCert, _ := deviceCreds(t, stateDir)
+	browser, err := issueBrowserCert(t, e, devCert, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	bin, _ := builtBinaries(t)
 	archive := filepath.Join(t.TempDir(), "collector.tar.gz")
@@ -78,6 +87,11 @@ func TestBackupRestore(t *testing.T) {
 	eventually(t, "the agent reporting past what was lost", func() bool { return seq() > lost })
 	if d, _ := e.device(id); d.GetDevice().GetState() != posturev1.DeviceState_DEVICE_STATE_ACTIVE {
 		t.Errorf("device %s after restore: %v (%s), want active", id, d.GetDevice().GetState(), d.GetDevice().GetStateReason())
+	}
+	r, err := e.gwLocal.CheckAccess(context.Background(), &posturev1.CheckAccessRequest{DeviceId: id, AccessLevel: "basic",
+		CertificateSerial: pki.SerialHex(browser), CertificateKeySha256: pki.KeySHA256(browser)})
+	if err != nil || !r.GetAllowed() {
+		t.Errorf("the user's browser certificate after restore: %v, %v; want it to count as the device", r.GetReasons(), err)
 	}
 }
 

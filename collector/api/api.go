@@ -44,6 +44,9 @@ type Config struct {
 	Enroller  *enroll.Enroller
 	Ingester  *ingest.Ingester
 	CA        *pki.CA
+	// BrowserCertTTL is the lifetime of browser certificates; zero means
+	// DefaultBrowserCertTTL.
+	BrowserCertTTL time.Duration
 	// TrustDomain names the SPIFFE trust domain of every certificate.
 	TrustDomain string
 	// Advertise lists the addresses agents dial, written into tokens.

@@ -111,13 +111,14 @@ func (g *gatewayService) CheckAccess(ctx context.Context, req *posturev1.CheckAc
 		if len(key) == 0 {
 			key = nil // the serial alone: it matches only a certificate whose key is not recorded
 		}
-		if err := c.cfg.Fleet.CurrentCert(id, serial, key); err != nil {
+		if err := c.cfg.Fleet.HeldCert(id, serial, key, now); err != nil {
 			why := err.Error()
 			if key == nil {
 				why += "; the gateway named the certificate by its serial alone, which counts only for certificates whose key the collector has not recorded: send certificate_key_sha256 with it"
 			}
-			// A replaced or minted certificate is the device's identity,
-			// not its posture: no enforcement mode lets it through.
+			// A replaced or minted certificate, device or browser, is the
+			// device's identity, not its posture: no enforcement mode lets
+			// it through.
 			resp.Allowed, resp.Met = false, false
 			resp.Reasons = append([]string{why}, resp.Reasons...)
 		}

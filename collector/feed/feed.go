@@ -49,6 +49,7 @@ type Store interface {
 type Fleet interface {
 	Apply(ev store.Event, pre *fleet.Assessed) fleet.Applied
 	CloseStreams(id string, cause error)
+	RequestMeasure(id string) int
 }
 
 // Hub is where decision changes go.
@@ -133,6 +134,12 @@ func (f *Feed) Apply(ev store.Event, pre *fleet.Assessed) {
 }
 
 func (f *Feed) apply(ev store.Event, pre *fleet.Assessed) {
+	if ev.Kind == store.EventMeasureRequested {
+		// Whichever collector holds the device's stream asks its agent.
+		f.cfg.Fleet.RequestMeasure(ev.DeviceID)
+		f.cfg.Hub.Applied(ev.ID)
+		return
+	}
 	if ev.Kind == store.EventGatewayRevoked {
 		f.cfg.Gateways.Revoke(ev.Serials, ev.Reason)
 		f.cfg.Hub.Applied(ev.ID)

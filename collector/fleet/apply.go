@@ -61,6 +61,10 @@ func (f *Fleet) Apply(ev store.Event, pre *Assessed) Applied {
 		if ev.Standing != nil {
 			return f.applyStanding(ev)
 		}
+	case store.EventBrowserCert:
+		if ev.BrowserCert != nil {
+			return f.applyBrowserCert(ev)
+		}
 	}
 	return Applied{}
 }

@@ -42,6 +42,9 @@ type Fleet struct {
 	devices map[string]*entry
 	pol     atomic.Pointer[policy.Policy] // swapped under mu by Reload
 	streams map[string]map[*Stream]struct{}
+	// browser holds the browser certificates by device and user
+	// (browser.go); nil until one is recorded.
+	browser map[string]map[string]browserCert
 	// reload is the policy reload under way, if any (see Reload).
 	reload *pendingReload
 	budget Budget

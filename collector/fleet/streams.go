@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // Stream is one report stream open on this collector. Only a device's
@@ -15,6 +16,11 @@ type Stream struct {
 	// Busy is held while a report of this stream is checked and stored,
 	// so that a newer stream of the device can wait for it to finish.
 	Busy sync.Mutex
+	// Measure carries requests for a measurement now (RequestMeasure) to
+	// the stream's sender; make it with room for one.
+	Measure chan struct{}
+	// AcceptsMeasure is set once the agent said it reads MeasureNow.
+	AcceptsMeasure atomic.Bool
 }
 
 // AddStream registers a device's report stream, so that revocation can

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/posture-project/posture/collector/callerid"
 	"github.com/posture-project/posture/internal/pki"
@@ -82,6 +83,12 @@ type ForwardAuthConfig struct {
 	// GatewayRevoked, when set, says why a gateway certificate (by serial,
 	// hex) was revoked, or returns nil while it stands.
 	GatewayRevoked func(serial string) error
+	// Rechecker, with RecheckKey, turns on the deny page's Check again
+	// button and ServeBrowser; nil leaves the page without it.
+	Rechecker Rechecker
+	// RecheckKey signs the Check again button's CSRF tokens: the same on
+	// every collector (pki.CA.DeriveKey), so any may answer the press.
+	RecheckKey []byte
 }
 
 // ForwardAuth is an http.Handler answering forward-auth subrequests from
@@ -98,6 +105,10 @@ type ForwardAuth struct {
 	certHeader   string
 	rejections   Rejections
 	revoked      func(serial string) error
+	rechecker    Rechecker
+	recheckKey   []byte
+	throttle     throttle
+	now          func() time.Time
 }
 
 // NewForwardAuth checks cfg and returns the handler.
@@ -117,6 +128,9 @@ func NewForwardAuth(cfg ForwardAuthConfig) (*ForwardAuth, error) {
 		certHeader:   HeaderClientCert,
 		rejections:   cfg.Rejections,
 		revoked:      cfg.GatewayRevoked,
+		rechecker:    cfg.Rechecker,
+		recheckKey:   cfg.RecheckKey,
+		now:          time.Now,
 	}
 	if f.rejections == nil {
 		f.rejections = noRejections{}
@@ -189,6 +203,10 @@ func (f *ForwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set(HeaderAssurance, d.assurance)
 	if !d.allowed {
 		h.Set(HeaderReason, headerValue(d.firstReason()))
+		if wantsHTML(r) {
+			f.writeDenyPage(w, d)
+			return
+		}
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusForbidden)
 		fmt.Fprint(w, d.deniedText())

@@ -59,6 +59,14 @@ const (
 	// RejectDeviceCertInvalid: the forwarded certificate or principal does
 	// not name a device of this collector.
 	RejectDeviceCertInvalid = "device_cert_invalid"
+	// RejectRecheckRefused: a Check again or status request without a
+	// valid token for its device, from another site, not a POST, with a
+	// certificate the device no longer holds, or to a collector without
+	// Check again.
+	RejectRecheckRefused = "recheck_refused"
+	// RejectRecheckThrottled: Check again pressed again within
+	// RecheckEvery of the device's last.
+	RejectRecheckThrottled = "recheck_throttled"
 )
 
 // noRejections is the Rejections of a front end configured without one.
@@ -113,6 +121,8 @@ type decision struct {
 	assurance string
 	reasons   []string
 	fixes     []string // "check: remediation" for failed checks
+	// resp is the collector's answer, for the deny page.
+	resp *posturev1.CheckAccessResponse
 	// warnings are what an allowed decision warns of (a level in warn
 	// mode the device does not meet, a failing check inside its grace).
 	warnings []string
@@ -205,7 +215,9 @@ func decide(ctx context.Context, d Decider, deviceID string, cert certRef, level
 		}
 		return decision{}, false, retry, fmt.Sprintf("no posture decision could be made (%v); access is denied until the collector answers", err)
 	}
-	return newDecision(resp, deviceID, level), true, false, ""
+	dec = newDecision(resp, deviceID, level)
+	dec.resp = resp
+	return dec, true, false, ""
 }
 
 // maxHeaderValue bounds a reason echoed in a response header; the body

@@ -159,7 +159,7 @@ func (in *Ingester) Serve(stream Stream, id string, current func() error) error 
 	// An opening that takes long (a slow database) lets the next start
 	// all the same: the bound is for bursts, not a queue.
 	defer time.AfterFunc(maxOpeningHold, opened).Stop()
-	rs := &fleet.Stream{Cancel: cancel}
+	rs := &fleet.Stream{Cancel: cancel, Measure: make(chan struct{}, 1)}
 	f := in.cfg.Fleet
 	for _, old := range f.AddStream(id, rs) {
 		old.Cancel(ErrSuperseded)
@@ -212,6 +212,15 @@ func (in *Ingester) Serve(stream Stream, id string, current func() error) error 
 	var sending sync.Mutex // held while the reader sends on the stream
 	done := make(chan error, 1)
 	go func() { done <- s.serve(stream, rs, &sending, nonce, current) }()
+	// Requests for a measurement now (Check again) go out as they come,
+	// between reports and their answers alike; the agent said it reads
+	// them (AgentHello) before any is forwarded.
+	asking := make(chan struct{})
+	go func() {
+		defer close(asking)
+		s.forwardMeasure(stream, rs, &sending)
+	}()
+	defer func() { cancel(nil); <-asking }()
 	select {
 	case err := <-done:
 		return err
@@ -265,6 +274,10 @@ func (s *session) serve(stream Stream, rs *fleet.Stream, sending *sync.Mutex, no
 		if err != nil {
 			return err
 		}
+		if h := m.GetHello(); h != nil {
+			rs.AcceptsMeasure.Store(h.GetMeasureNow())
+			continue
+		}
 		sr := m.GetReport()
 		if sr == nil {
 			continue // a newer agent's message this collector does not know
@@ -298,6 +311,31 @@ func (s *session) serve(stream Stream, rs *fleet.Stream, sending *sync.Mutex, no
 			return err
 		}
 		nonce = next
+	}
+}
+
+// forwardMeasure sends a MeasureNow for each request rs.Measure carries,
+// until the stream's context ends. It sends while holding sending, and
+// not once the context ended.
+func (s *session) forwardMeasure(stream Stream, rs *fleet.Stream, sending *sync.Mutex) {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-rs.Measure:
+		}
+		sending.Lock()
+		if s.ctx.Err() != nil {
+			sending.Unlock()
+			return
+		}
+		err := stream.Send(&posturev1.CollectorMessage{Msg: &posturev1.CollectorMessage_MeasureNow{MeasureNow: &posturev1.MeasureNow{}}})
+		sending.Unlock()
+		if err != nil {
+			s.cancel(err)
+			return
+		}
+		s.in.cfg.Logger.Info("asked the agent to measure now", "device", s.id)
 	}
 }
 

@@ -28,6 +28,8 @@ type Stats struct {
 	certsRenewed        prometheus.Counter
 	renewalsRejected    *prometheus.CounterVec
 	anonRefused         *prometheus.CounterVec
+	browserIssued       prometheus.Counter
+	browserRefused      *prometheus.CounterVec
 
 	// gatewayMu guards gatewayPairs, the front and reason pairs counted
 	// apart so far, to hold them to MaxGatewayRejections series.
@@ -62,13 +64,15 @@ func New() *Stats {
 		certsRenewed:        counter("posture_certificates_renewed_total", "Device certificates issued by renewal."),
 		renewalsRejected:    vec("posture_certificate_renewals_rejected_total", "Device certificate renewals refused, by reason.", "reason"),
 		anonRefused:         vec("posture_anonymous_refused_total", "Connections and calls of clients without a certificate refused by the TLS listener's limits, by limit.", "limit"),
+		browserIssued:       counter("posture_browser_certificates_issued_total", "Browser certificates issued to devices' users."),
+		browserRefused:      vec("posture_browser_certificates_refused_total", "Browser certificates refused, by reason (malformed: the user or key; device_state: pending, suspect or revoked; unknown_device; storage).", "reason"),
 		gatewayPairs:        map[GatewayRejection]struct{}{},
 	}
 }
 
 // collectors are the counters in the order /metrics and Snapshot read them.
 func (s *Stats) collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.reportsAccepted, s.reportsRejected, s.streamsRefused, s.enrollments, s.enrollmentsRejected, s.rpcDenied, s.gatewayRejected, s.certsRenewed, s.renewalsRejected, s.anonRefused}
+	return []prometheus.Collector{s.reportsAccepted, s.reportsRejected, s.streamsRefused, s.enrollments, s.enrollmentsRejected, s.rpcDenied, s.gatewayRejected, s.certsRenewed, s.renewalsRejected, s.anonRefused, s.browserIssued, s.browserRefused}
 }
 
 // Describe sends the counters' descriptions (prometheus.Collector).
@@ -128,6 +132,12 @@ func (s *Stats) GatewayRejected(front, reason string) {
 	s.gatewayRejected.WithLabelValues(k.Front, k.Reason).Inc()
 }
 
+// BrowserCertIssued counts one browser certificate issued.
+func (s *Stats) BrowserCertIssued() { s.browserIssued.Inc() }
+
+// BrowserCertRefused counts one browser certificate refused, by reason.
+func (s *Stats) BrowserCertRefused(reason string) { s.browserRefused.WithLabelValues(reason).Inc() }
+
 // Snapshot is the counts at one moment.
 type Snapshot struct {
 	ReportsAccepted, Enrollments, CertsRenewed                        uint64
@@ -135,6 +145,8 @@ type Snapshot struct {
 	StreamsRefused                                                    map[string]uint64
 	GatewayRejected                                                   map[GatewayRejection]uint64
 	AnonRefused                                                       map[string]uint64
+	BrowserCertsIssued                                                uint64
+	BrowserCertsRefused                                               map[string]uint64
 }
 
 // Snapshot reads the counters. Each is read whole; counts that change
@@ -155,6 +167,8 @@ func (s *Stats) Snapshot() Snapshot {
 		CertsRenewed:        total(s.certsRenewed),
 		RenewalsRejected:    byLabel(s.renewalsRejected, "reason"),
 		AnonRefused:         byLabel(s.anonRefused, "limit"),
+		BrowserCertsIssued:  total(s.browserIssued),
+		BrowserCertsRefused: byLabel(s.browserRefused, "reason"),
 	}
 }
 

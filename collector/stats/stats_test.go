@@ -33,6 +33,8 @@ func TestCountsScrapedAndSnapshot(t *testing.T) {
 	s.Renewed()
 	s.RenewRejected("revoked")
 	s.AnonymousRefused("conns_per_peer")
+	s.BrowserCertIssued()
+	s.BrowserCertRefused("device_state")
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(s)
@@ -51,6 +53,8 @@ func TestCountsScrapedAndSnapshot(t *testing.T) {
 		"posture_certificates_renewed_total 3",
 		`posture_certificate_renewals_rejected_total{reason="revoked"} 1`,
 		`posture_anonymous_refused_total{limit="conns_per_peer"} 1`,
+		"posture_browser_certificates_issued_total 1",
+		`posture_browser_certificates_refused_total{reason="device_state"} 1`,
 		"# HELP posture_reports_rejected_total Reports rejected, by reason.",
 		"# TYPE posture_reports_rejected_total counter",
 	} {
@@ -68,6 +72,8 @@ func TestCountsScrapedAndSnapshot(t *testing.T) {
 		StreamsRefused:      map[string]uint64{"storage": 1},
 		GatewayRejected:     map[GatewayRejection]uint64{{"forward_auth", "no_certificate"}: 1},
 		AnonRefused:         map[string]uint64{"conns_per_peer": 1},
+		BrowserCertsIssued:  1,
+		BrowserCertsRefused: map[string]uint64{"device_state": 1},
 	}
 	if d := cmp.Diff(want, s.Snapshot()); d != "" {
 		t.Errorf("Snapshot (-want +got):\n%s", d)

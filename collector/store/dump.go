@@ -59,6 +59,10 @@ type Record struct {
 	// gives it a new ID in the same order. The console's sessions and
 	// sign-in links are not copied: people sign in again.
 	Audit *AuditRecord
+	// BrowserCert is a user's browser certificate (expired ones too:
+	// the store lists only current ones), so that browsers keep reaching
+	// apps through the copy.
+	BrowserCert *BrowserCert
 }
 
 // StandingRecord is a device's standing, as Dump writes it.

@@ -59,6 +59,8 @@ type Event struct {
 	// Reasons say why the failing checks of Standing fail, by check, for
 	// the messages the change sends (OutboxOf); not kept with the event.
 	Reasons map[string]string
+	// BrowserCert is the certificate an EventBrowserCert recorded.
+	BrowserCert *BrowserCert
 }
 
 // eventData is what an event row keeps besides its ID, time, kind and
@@ -70,6 +72,7 @@ type eventData struct {
 	Serials  []string     `json:"serials,omitempty"`
 	Reason   string       `json:"reason,omitempty"`
 	Standing *Standing    `json:"standing,omitempty"`
+	Browser  *BrowserCert `json:"browser_cert,omitempty"`
 }
 
 type reportEvent struct {
@@ -85,7 +88,7 @@ type reportEvent struct {
 // time, kind and device. Backends call it; the encoding is theirs to keep
 // but the same for all.
 func EncodeEventData(ev Event) ([]byte, error) {
-	d := eventData{Device: ev.Device, Serials: ev.Serials, Reason: ev.Reason, Standing: ev.Standing}
+	d := eventData{Device: ev.Device, Serials: ev.Serials, Reason: ev.Reason, Standing: ev.Standing, Browser: ev.BrowserCert}
 	if r := ev.Report; r != nil {
 		d.Report = &reportEvent{Seq: r.Seq, Digest: r.Digest, ReceivedAt: r.ReceivedAt.UTC(), TPM: r.TPM, Reboot: r.Reboot, MeasuredBoot: r.MeasuredBoot}
 	}
@@ -104,7 +107,7 @@ func DecodeEventData(data []byte, ev *Event) error {
 	if err := json.Unmarshal(data, &d); err != nil {
 		return fmt.Errorf("decode event %d: %w", ev.ID, err)
 	}
-	ev.Device, ev.Serials, ev.Reason, ev.Standing = d.Device, d.Serials, d.Reason, d.Standing
+	ev.Device, ev.Serials, ev.Reason, ev.Standing, ev.BrowserCert = d.Device, d.Serials, d.Reason, d.Standing, d.Browser
 	if r := d.Report; r != nil {
 		ev.Report = &Report{DeviceID: ev.DeviceID, Seq: r.Seq, Digest: r.Digest, ReceivedAt: r.ReceivedAt, TPM: r.TPM, Reboot: r.Reboot, MeasuredBoot: r.MeasuredBoot}
 	}

@@ -288,6 +288,8 @@ type Replica struct {
 // return the Event they committed with the change; the caller applies it
 // (as every collector applies the events it reads).
 type Store interface {
+	BrowserStore
+
 	// CreateToken stores a new enrollment token. Hash must be set.
 	CreateToken(ctx context.Context, t Token) error
 	// Token returns the token with the given hash, or ErrNotFound.

@@ -167,7 +167,7 @@ are ` + strings.Join(configKeys, ", ") + `.`,
 		newControlCommand("uninstall", "Stop and remove the system service, leaving nothing of it behind (the enrollment stays)"),
 		newControlCommand("start", "Start the system service; fails when the agent stops at once, saying why"),
 		newControlCommand("stop", "Stop the system service"),
-		newStatusCommand(), newVersionCommand(), newNotifyCommand(), newManCommand(root))
+		newStatusCommand(), newVersionCommand(), newNotifyCommand(), newBrowserCertCommand(), newManCommand(root))
 	return root
 }
 
@@ -314,6 +314,8 @@ func runAgent(ctx context.Context, stateDir string, interval time.Duration) erro
 		Measurer:   signals.New(signals.Options{}),
 		Logger:     log,
 		OnStanding: notifier(stateDir, log),
+		// Where the device's users ask for browser certificates.
+		LocalSocket: defaultSocket(),
 	})
 	if err != nil {
 		return err

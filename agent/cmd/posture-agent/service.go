@@ -443,7 +443,11 @@ func newControlCommand(action, short string) *cobra.Command {
 		case "stop":
 			return stopService(s, out)
 		default:
-			return uninstallService(s, out)
+			if err := uninstallService(s, out); err != nil {
+				return err
+			}
+			removeUsersBrowserCerts(out)
+			return nil
 		}
 	}
 	return cmd

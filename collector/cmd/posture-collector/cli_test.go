@@ -121,6 +121,8 @@ func TestConfigFile(t *testing.T) {
 		{"listen: a\nlisten: b\n", p + `:2: key "listen" given again (first on line 1)`},
 		{"report-burst: 0\n", p + `: --report-burst and --report-interval cannot be 0`},
 		{"watch-heartbeat: 1h\n", p + `: watch heartbeat interval 1h0m0s is too long`},
+		{"browser-cert-ttl: 10m\n", p + `: --browser-cert-ttl 10m0s: give 1h to 30d`},
+		{"browser-cert-ttl: 31d\n", p + `: --browser-cert-ttl 744h0m0s: give 1h to 30d`},
 	} {
 		write(tc.body)
 		for _, args := range [][]string{{"config", "check", "--config", p}, {"run", "--config", p, "--data-dir", filepath.Join(dir, "never")}} {

@@ -67,15 +67,22 @@ func forwardAuthServer(c *collector.Collector, fc frontConfig) (*httpFront, erro
 	if err != nil {
 		return nil, err
 	}
+	recheckKey, err := c.RecheckKey()
+	if err != nil {
+		return nil, err
+	}
 	fa, err := gatewayfront.NewForwardAuth(gatewayfront.ForwardAuthConfig{
 		Decider: c, TrustDomain: c.TrustDomain(), Roots: c.Roots(), BearerSecrets: secrets,
 		Rejections: c.GatewayRejections("forward_auth"), GatewayRevoked: c.GatewayRevoked, CertHeader: fc.certHeader,
+		Rechecker: c, RecheckKey: recheckKey,
 	})
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/check", fa)
+	// The deny page's Check again and its status (docs/end-users.md).
+	mux.HandleFunc(gatewayfront.PathPrefix, fa.ServeBrowser)
 	f := &httpFront{srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: timeouts.readHeader,

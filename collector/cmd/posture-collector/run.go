@@ -35,7 +35,7 @@ type runFlags struct {
 	metricsListen, ekRoots                     string
 	retention, eventRetention                  time.Duration
 	burst                                      int
-	every, decay, heartbeat                    *time.Duration
+	every, decay, heartbeat, browserCertTTL    *time.Duration
 	events                                     *eventsFlags
 	console                                    *consoleFlags
 }
@@ -79,10 +79,19 @@ func defineRunFlags(fs *pflag.FlagSet) *runFlags {
 	f.every = cliflag.Duration(fs, "report-interval", collector.DefaultReportInterval, "once a device's --report-burst is spent, one report per this long (whole seconds, 1s to 24h)")
 	f.decay = cliflag.Duration(fs, "decay-interval", watch.DefaultDecayInterval, "how often every device's decision is evaluated again as its evidence ages (watchers hear of changes); 100ms to 10m")
 	f.heartbeat = cliflag.Duration(fs, "watch-heartbeat", collector.DefaultWatchHeartbeat, fmt.Sprintf("a WatchPosture stream silent this long sends a heartbeat, by which gateways behind a proxy notice a collector that stopped answering (after 3 intervals without one); %v to %v", collector.MinWatchHeartbeat, collector.MaxWatchHeartbeat))
+	f.browserCertTTL = cliflag.Duration(fs, "browser-cert-ttl", collector.DefaultBrowserCertTTL, "how long a browser certificate lasts (1h to 30d); the user's browser-cert step renews it past half its life")
 	f.events = addEventsFlags(fs)
 	f.console = addConsoleFlags(fs)
 	return f
 }
+
+// The bounds of --browser-cert-ttl: a browser certificate copied out of a
+// browser profile is of use for that long at most, and one shorter than
+// an hour would have the user's step renew it more often than it runs.
+const (
+	minBrowserCertTTL = time.Hour
+	maxBrowserCertTTL = 30 * 24 * time.Hour
+)
 
 // settings checks the flags that need more than their own value and
 // builds the collector's Config and the forward-auth front's. It creates
@@ -96,9 +105,12 @@ func (f *runFlags) settings() (collector.Config, frontConfig, error) {
 		// cannot be turned off rather than run with 10 s.
 		return collector.Config{}, frontConfig{}, fmt.Errorf("--watch-heartbeat 0: heartbeats cannot be turned off (gateways behind a proxy need them to notice a lost collector); give at least %v", collector.MinWatchHeartbeat)
 	}
+	if d := *f.browserCertTTL; d < minBrowserCertTTL || d > maxBrowserCertTTL {
+		return collector.Config{}, frontConfig{}, fmt.Errorf("--browser-cert-ttl %v: give 1h to 30d (a browser certificate copied out of a profile is of use that long)", d)
+	}
 	cfg := collector.Config{DataDir: f.dataDir, Database: f.database, Name: f.name, DecayInterval: *f.decay, Listen: f.listen, Advertise: f.advertise,
 		ServingNames: f.servingNames, TrustDomain: f.trustDomain, MetricsListen: f.metricsListen, ReportRetention: f.retention, EventRetention: f.eventRetention,
-		WatchHeartbeat: *f.heartbeat, ReportBurst: f.burst, ReportInterval: *f.every}
+		WatchHeartbeat: *f.heartbeat, ReportBurst: f.burst, ReportInterval: *f.every, BrowserCertTTL: *f.browserCertTTL}
 	events, err := f.events.config()
 	if err != nil {
 		return cfg, frontConfig{}, err

@@ -166,6 +166,21 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 		return err
 	}
 	var (
+		bc               store.BrowserCert
+		issued, notAfter int64
+	)
+	if err := each("browser certificates", `SELECT device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after
+		FROM browser_certs ORDER BY device_id, user_name`,
+		[]any{&bc.DeviceID, &bc.User, &bc.Serial, &bc.KeySHA256, &bc.IssuedUnder, &bc.IssuedUnderKeySHA256, &issued, &notAfter}, func() store.Record {
+			rec := bc
+			rec.KeySHA256 = append([]byte(nil), bc.KeySHA256...)
+			rec.IssuedUnderKeySHA256 = append([]byte(nil), bc.IssuedUnderKeySHA256...)
+			rec.IssuedAt, rec.NotAfter = fromNanos(issued), fromNanos(notAfter)
+			return store.Record{BrowserCert: &rec}
+		}); err != nil {
+		return err
+	}
+	var (
 		cl        store.SSFClient
 		clCreated int64
 	)
@@ -316,6 +331,13 @@ func (s *Store) Load(ctx context.Context, next func() (store.Record, bool, error
 				if _, err := tx.Exec(ctx, `INSERT INTO device_users (device_id, email, issuer, subject, bound_at) VALUES ($1, $2, $3, $4, $5)`,
 					u.DeviceID, u.Email, u.Issuer, u.Subject, nanos(u.BoundAt)); err != nil {
 					return fmt.Errorf("load user of %s: %w", u.DeviceID, err)
+				}
+			case r.BrowserCert != nil:
+				c := r.BrowserCert
+				if _, err := tx.Exec(ctx, `INSERT INTO browser_certs (device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+					c.DeviceID, c.User, c.Serial, blob(c.KeySHA256), c.IssuedUnder, blob(c.IssuedUnderKeySHA256), nanos(c.IssuedAt), nanos(c.NotAfter)); err != nil {
+					return fmt.Errorf("load browser certificate of %s on %s: %w", c.User, c.DeviceID, err)
 				}
 			case r.SSFClient != nil:
 				c := r.SSFClient

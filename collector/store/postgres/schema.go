@@ -145,6 +145,7 @@ INSERT INTO meta (key, value) VALUES ('events_floor', 0);
 	migrationStandings,
 	migrationOutbox,
 	migrationConsole,
+	migrationBrowserCerts,
 }
 
 // migrationLock is the advisory lock key that serializes schema

@@ -84,3 +84,20 @@ CREATE TABLE signing_keys (
 	created_at bigint NOT NULL
 );
 `
+
+// migrationBrowserCerts (6): the newest browser certificate of each user
+// of each device (see store.BrowserCert), with the serial and key hash of
+// the device certificate it was issued under.
+const migrationBrowserCerts = `
+CREATE TABLE browser_certs (
+	device_id        text NOT NULL,
+	user_name        text NOT NULL,
+	serial           text NOT NULL,
+	key_sha256       bytea NOT NULL,
+	issued_under     text NOT NULL,
+	issued_under_key bytea NOT NULL,
+	issued_at        bigint NOT NULL,
+	not_after        bigint NOT NULL,
+	PRIMARY KEY (device_id, user_name)
+);
+`

@@ -123,6 +123,16 @@ func (s *Store) Dump(ctx context.Context, fn func(store.Record) error) error {
 			u.BoundAt = fromNanos(at)
 			return store.Record{DeviceUser: &u}, err
 		}},
+		{"browser certificates", `SELECT device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after
+			FROM browser_certs ORDER BY device_id, user_name`, func(row scanner) (store.Record, error) {
+			var (
+				c                store.BrowserCert
+				issued, notAfter int64
+			)
+			err := row.Scan(&c.DeviceID, &c.User, &c.Serial, &c.KeySHA256, &c.IssuedUnder, &c.IssuedUnderKeySHA256, &issued, &notAfter)
+			c.IssuedAt, c.NotAfter = fromNanos(issued), fromNanos(notAfter)
+			return store.Record{BrowserCert: &c}, err
+		}},
 		{"SSF receivers", `SELECT name, token_hash, audience, level, created_at FROM ssf_clients ORDER BY name`, func(row scanner) (store.Record, error) {
 			var (
 				c  store.SSFClient
@@ -285,6 +295,13 @@ func load(tx *sql.Tx, next func() (store.Record, bool, error)) error {
 		case r.Audit != nil:
 			if _, err := insertAudit(tx, *r.Audit); err != nil {
 				return fmt.Errorf("load audit record: %w", err)
+			}
+		case r.BrowserCert != nil:
+			c := r.BrowserCert
+			if _, err := tx.Exec(`INSERT INTO browser_certs (device_id, user_name, serial, key_sha256, issued_under, issued_under_key, issued_at, not_after)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+				c.DeviceID, c.User, c.Serial, blob(c.KeySHA256), c.IssuedUnder, blob(c.IssuedUnderKeySHA256), nanos(c.IssuedAt), nanos(c.NotAfter)); err != nil {
+				return fmt.Errorf("load browser certificate of %s on %s: %w", c.User, c.DeviceID, err)
 			}
 		case r.SSFClient != nil:
 			c := r.SSFClient

@@ -3,6 +3,10 @@ package sqlite_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
 	"flag"
@@ -21,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/posture-project/posture/agent"
+	"github.com/posture-project/posture/agent/browsercert"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/store"
 	"github.com/posture-project/posture/collector/store/sqlite"
@@ -151,6 +156,8 @@ func counts(t *testing.T, s *sqlite.Store) string {
 			n["ssf_receivers"]++
 		case r.Audit != nil:
 			n["audit"]++
+		case r.BrowserCert != nil:
+			n["browser_certs"]++
 		}
 		return nil
 	})
@@ -162,7 +169,7 @@ func counts(t *testing.T, s *sqlite.Store) string {
 		n["tokens"], n["gateways"], n["devices"], n["reports"], n["decisions"], n["pinned"], strings.Join(heads, ","))
 	// Kinds of record later schema versions brought, named when there are
 	// any (so that an older fixture's header still reads the same).
-	for _, k := range []string{"standings", "users", "ssf_receivers", "audit"} {
+	for _, k := range []string{"standings", "users", "ssf_receivers", "audit", "browser_certs"} {
 		if n[k] > 0 {
 			out += fmt.Sprintf(" %s=%d", k, n[k])
 		}
@@ -232,7 +239,8 @@ func writeFixture(t *testing.T, version int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: 20 * time.Millisecond, Measurer: report{}})
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	a, err := agent.New(agent.Config{StateDir: stateDir, Interval: 20 * time.Millisecond, Measurer: report{}, LocalSocket: socket})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,6 +256,18 @@ func writeFixture(t *testing.T, version int) {
 			t.Fatal("no reports")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Schema version 13: a browser certificate.
+	browserKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&browserKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := browsercert.Ask(socket, browsercert.Request{Op: browsercert.OpBrowserCert, PublicKey: pub}); err != nil {
+		t.Fatal(err)
 	}
 	stopAgent()
 	<-adone

@@ -194,6 +194,7 @@ CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 	migrationStandings,
 	migrationOutbox,
 	migrationConsole,
+	migrationBrowserCerts,
 }
 
 // initialize configures a new database file and brings the schema up to

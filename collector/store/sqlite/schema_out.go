@@ -83,3 +83,20 @@ CREATE TABLE signing_keys (
 	created_at INTEGER NOT NULL
 ) STRICT;
 `
+
+// migrationBrowserCerts (13): the newest browser certificate of each user
+// of each device (see store.BrowserCert), with the serial and key hash of
+// the device certificate it was issued under.
+const migrationBrowserCerts = `
+CREATE TABLE browser_certs (
+	device_id        TEXT NOT NULL,
+	user_name        TEXT NOT NULL,
+	serial           TEXT NOT NULL,
+	key_sha256       BLOB NOT NULL,
+	issued_under     TEXT NOT NULL,
+	issued_under_key BLOB NOT NULL,
+	issued_at        INTEGER NOT NULL,
+	not_after        INTEGER NOT NULL,
+	PRIMARY KEY (device_id, user_name)
+) STRICT;
+`

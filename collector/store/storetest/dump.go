@@ -134,6 +134,16 @@ func RunDumpLoad(t *testing.T, src, dst Opener) {
 	if u, err := to.DeviceUser(ctx, "dev-a"); err != nil || u.Email != "ada@example.com" {
 		t.Errorf("the user of dev-a in the copy: %+v, %v", u, err)
 	}
+	browserCerts := func(s store.Store) []store.BrowserCert {
+		got, err := s.BrowserCerts(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if want, got := browserCerts(from), browserCerts(to); len(want) != 1 || !cmp.Equal(want, got) {
+		t.Errorf("browser certificates in the copy: %+v; the source has %+v (want one)", got, want)
+	}
 	wantClients, _ := from.SSFClients(ctx)
 	if got, err := to.SSFClients(ctx); err != nil || !cmp.Equal(wantClients, got) {
 		t.Errorf("SSF receivers in the copy: %+v, %v; want %+v", got, err, wantClients)
@@ -280,6 +290,10 @@ func fill(t *testing.T, s store.Store) uint64 {
 		if _, err := s.AppendAudit(ctx, a); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := s.AddBrowserCert(ctx, store.BrowserCert{DeviceID: "dev-a", User: "ada", Serial: "7b", KeySHA256: hash("browser key"),
+		IssuedUnder: "01", IssuedUnderKeySHA256: hash("device key"), IssuedAt: t0, NotAfter: time.Now().Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
 	}
 	if err := s.AddSSFClient(ctx, store.SSFClient{Name: "okta", TokenHash: hash("token"), Audience: "https://example.okta.com", Level: "basic", CreatedAt: t0}); err != nil {
 		t.Fatal(err)

@@ -78,6 +78,7 @@ func Run(t *testing.T, open Opener) {
 		{"SignInLinkRace", c.signInLinkRace},
 		{"PruneConsole", c.pruneConsole},
 		{"SampleReports", c.sampleReports},
+		{"Browser", c.browser},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)

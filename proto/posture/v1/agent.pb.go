@@ -140,6 +140,120 @@ func (RejectReason) EnumDescriptor() ([]byte, []int) {
 	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+// IssueBrowserCertificateRequest asks for a browser certificate.
+type IssueBrowserCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key is the PKIX DER public key (ECDSA P-256) the user's browser
+	// holds the private half of.
+	PublicKey []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// user names the local account the certificate is for ("alice"): at most
+	// 64 characters, letters, digits and ._- only. One certificate per user
+	// and device counts at a time.
+	User          string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueBrowserCertificateRequest) Reset() {
+	*x = IssueBrowserCertificateRequest{}
+	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueBrowserCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueBrowserCertificateRequest) ProtoMessage() {}
+
+func (x *IssueBrowserCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueBrowserCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueBrowserCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IssueBrowserCertificateRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *IssueBrowserCertificateRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// IssueBrowserCertificateResponse carries the browser certificate.
+type IssueBrowserCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the client certificate (DER), with the device's SPIFFE
+	// ID and the user's name as its subject's common name.
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// ca_certificate is the collector CA that issued it (DER).
+	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueBrowserCertificateResponse) Reset() {
+	*x = IssueBrowserCertificateResponse{}
+	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueBrowserCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueBrowserCertificateResponse) ProtoMessage() {}
+
+func (x *IssueBrowserCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueBrowserCertificateResponse.ProtoReflect.Descriptor instead.
+func (*IssueBrowserCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IssueBrowserCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueBrowserCertificateResponse) GetCaCertificate() []byte {
+	if x != nil {
+		return x.CaCertificate
+	}
+	return nil
+}
+
 // RenewRequest is one message from the agent on a RenewCertificate stream.
 type RenewRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -153,7 +267,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	mi := &file_posture_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +279,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[0]
+	mi := &file_posture_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +292,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RenewRequest) GetStep() isRenewRequest_Step {
@@ -222,7 +336,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	mi := &file_posture_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -234,7 +348,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[1]
+	mi := &file_posture_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -247,7 +361,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RenewResponse) GetStep() isRenewResponse_Step {
@@ -303,7 +417,7 @@ type RenewChallenge struct {
 
 func (x *RenewChallenge) Reset() {
 	*x = RenewChallenge{}
-	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	mi := &file_posture_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +429,7 @@ func (x *RenewChallenge) String() string {
 func (*RenewChallenge) ProtoMessage() {}
 
 func (x *RenewChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[2]
+	mi := &file_posture_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +442,7 @@ func (x *RenewChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewChallenge.ProtoReflect.Descriptor instead.
 func (*RenewChallenge) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RenewChallenge) GetNonce() []byte {
@@ -358,7 +472,7 @@ type RenewAnswer struct {
 
 func (x *RenewAnswer) Reset() {
 	*x = RenewAnswer{}
-	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	mi := &file_posture_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +484,7 @@ func (x *RenewAnswer) String() string {
 func (*RenewAnswer) ProtoMessage() {}
 
 func (x *RenewAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[3]
+	mi := &file_posture_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +497,7 @@ func (x *RenewAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAnswer.ProtoReflect.Descriptor instead.
 func (*RenewAnswer) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewAnswer) GetTlsPublicKey() []byte {
@@ -419,7 +533,7 @@ type RenewResult struct {
 
 func (x *RenewResult) Reset() {
 	*x = RenewResult{}
-	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	mi := &file_posture_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +545,7 @@ func (x *RenewResult) String() string {
 func (*RenewResult) ProtoMessage() {}
 
 func (x *RenewResult) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[4]
+	mi := &file_posture_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +558,7 @@ func (x *RenewResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResult.ProtoReflect.Descriptor instead.
 func (*RenewResult) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewResult) GetCertificate() []byte {
@@ -460,6 +574,7 @@ type AgentMessage struct {
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*AgentMessage_Report
+	//	*AgentMessage_Hello
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -467,7 +582,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_posture_v1_agent_proto_msgTypes[5]
+	mi := &file_posture_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +594,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[5]
+	mi := &file_posture_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +607,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -511,6 +626,15 @@ func (x *AgentMessage) GetReport() *SignedReport {
 	return nil
 }
 
+func (x *AgentMessage) GetHello() *AgentHello {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -519,7 +643,61 @@ type AgentMessage_Report struct {
 	Report *SignedReport `protobuf:"bytes,1,opt,name=report,proto3,oneof"`
 }
 
+type AgentMessage_Hello struct {
+	Hello *AgentHello `protobuf:"bytes,2,opt,name=hello,proto3,oneof"`
+}
+
 func (*AgentMessage_Report) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Hello) isAgentMessage_Msg() {}
+
+// AgentHello says what the agent understands; it sends one right after the
+// Welcome. A collector sends a message only to an agent that says it reads
+// it; older collectors ignore the hello.
+type AgentHello struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// measure_now: the agent reads MeasureNow at any time on the stream.
+	MeasureNow    bool `protobuf:"varint,1,opt,name=measure_now,json=measureNow,proto3" json:"measure_now,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentHello) Reset() {
+	*x = AgentHello{}
+	mi := &file_posture_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentHello) ProtoMessage() {}
+
+func (x *AgentHello) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentHello.ProtoReflect.Descriptor instead.
+func (*AgentHello) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AgentHello) GetMeasureNow() bool {
+	if x != nil {
+		return x.MeasureNow
+	}
+	return false
+}
 
 // CollectorMessage is one message from the collector.
 type CollectorMessage struct {
@@ -529,6 +707,7 @@ type CollectorMessage struct {
 	//	*CollectorMessage_Welcome
 	//	*CollectorMessage_Ack
 	//	*CollectorMessage_Rejected
+	//	*CollectorMessage_MeasureNow
 	Msg           isCollectorMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -536,7 +715,7 @@ type CollectorMessage struct {
 
 func (x *CollectorMessage) Reset() {
 	*x = CollectorMessage{}
-	mi := &file_posture_v1_agent_proto_msgTypes[6]
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +727,7 @@ func (x *CollectorMessage) String() string {
 func (*CollectorMessage) ProtoMessage() {}
 
 func (x *CollectorMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[6]
+	mi := &file_posture_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +740,7 @@ func (x *CollectorMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectorMessage.ProtoReflect.Descriptor instead.
 func (*CollectorMessage) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CollectorMessage) GetMsg() isCollectorMessage_Msg {
@@ -598,6 +777,15 @@ func (x *CollectorMessage) GetRejected() *ReportRejected {
 	return nil
 }
 
+func (x *CollectorMessage) GetMeasureNow() *MeasureNow {
+	if x != nil {
+		if x, ok := x.Msg.(*CollectorMessage_MeasureNow); ok {
+			return x.MeasureNow
+		}
+	}
+	return nil
+}
+
 type isCollectorMessage_Msg interface {
 	isCollectorMessage_Msg()
 }
@@ -614,11 +802,58 @@ type CollectorMessage_Rejected struct {
 	Rejected *ReportRejected `protobuf:"bytes,3,opt,name=rejected,proto3,oneof"`
 }
 
+type CollectorMessage_MeasureNow struct {
+	MeasureNow *MeasureNow `protobuf:"bytes,4,opt,name=measure_now,json=measureNow,proto3,oneof"`
+}
+
 func (*CollectorMessage_Welcome) isCollectorMessage_Msg() {}
 
 func (*CollectorMessage_Ack) isCollectorMessage_Msg() {}
 
 func (*CollectorMessage_Rejected) isCollectorMessage_Msg() {}
+
+func (*CollectorMessage_MeasureNow) isCollectorMessage_Msg() {}
+
+// MeasureNow asks the agent to measure the device and report at once,
+// outside its interval: the device's user pressed "Check again" on a deny
+// page. It may arrive at any time, also between a report and its answer.
+// The collector throttles it per device; the report still spends the
+// device's report budget.
+type MeasureNow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MeasureNow) Reset() {
+	*x = MeasureNow{}
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeasureNow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeasureNow) ProtoMessage() {}
+
+func (x *MeasureNow) ProtoReflect() protoreflect.Message {
+	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeasureNow.ProtoReflect.Descriptor instead.
+func (*MeasureNow) Descriptor() ([]byte, []int) {
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
+}
 
 // Welcome opens the stream.
 type Welcome struct {
@@ -636,7 +871,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_posture_v1_agent_proto_msgTypes[7]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +883,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[7]
+	mi := &file_posture_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +896,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetLastSeq() uint64 {
@@ -716,7 +951,7 @@ type ReportAck struct {
 
 func (x *ReportAck) Reset() {
 	*x = ReportAck{}
-	mi := &file_posture_v1_agent_proto_msgTypes[8]
+	mi := &file_posture_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +963,7 @@ func (x *ReportAck) String() string {
 func (*ReportAck) ProtoMessage() {}
 
 func (x *ReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[8]
+	mi := &file_posture_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +976,7 @@ func (x *ReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAck.ProtoReflect.Descriptor instead.
 func (*ReportAck) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportAck) GetSeq() uint64 {
@@ -804,7 +1039,7 @@ type DeviceStanding struct {
 
 func (x *DeviceStanding) Reset() {
 	*x = DeviceStanding{}
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +1051,7 @@ func (x *DeviceStanding) String() string {
 func (*DeviceStanding) ProtoMessage() {}
 
 func (x *DeviceStanding) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[9]
+	mi := &file_posture_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +1064,7 @@ func (x *DeviceStanding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceStanding.ProtoReflect.Descriptor instead.
 func (*DeviceStanding) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeviceStanding) GetFailing() []*CheckResult {
@@ -872,7 +1107,7 @@ type AgentDecision struct {
 
 func (x *AgentDecision) Reset() {
 	*x = AgentDecision{}
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1119,7 @@ func (x *AgentDecision) String() string {
 func (*AgentDecision) ProtoMessage() {}
 
 func (x *AgentDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[10]
+	mi := &file_posture_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1132,7 @@ func (x *AgentDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentDecision.ProtoReflect.Descriptor instead.
 func (*AgentDecision) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AgentDecision) GetDecidedAt() *timestamppb.Timestamp {
@@ -946,7 +1181,7 @@ type ReportRejected struct {
 
 func (x *ReportRejected) Reset() {
 	*x = ReportRejected{}
-	mi := &file_posture_v1_agent_proto_msgTypes[11]
+	mi := &file_posture_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1193,7 @@ func (x *ReportRejected) String() string {
 func (*ReportRejected) ProtoMessage() {}
 
 func (x *ReportRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_posture_v1_agent_proto_msgTypes[11]
+	mi := &file_posture_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1206,7 @@ func (x *ReportRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRejected.ProtoReflect.Descriptor instead.
 func (*ReportRejected) Descriptor() ([]byte, []int) {
-	return file_posture_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_posture_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReportRejected) GetSeq() uint64 {
@@ -1014,7 +1249,14 @@ var File_posture_v1_agent_proto protoreflect.FileDescriptor
 const file_posture_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16posture/v1/agent.proto\x12\n" +
-	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"I\n" +
+	"posture.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17posture/v1/device.proto\x1a\x17posture/v1/report.proto\"S\n" +
+	"\x1eIssueBrowserCertificateRequest\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"j\n" +
+	"\x1fIssueBrowserCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
+	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\"I\n" +
 	"\fRenewRequest\x121\n" +
 	"\x06answer\x18\x01 \x01(\v2\x17.posture.v1.RenewAnswerH\x00R\x06answerB\x06\n" +
 	"\x04step\"\x86\x01\n" +
@@ -1029,15 +1271,24 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12*\n" +
 	"\x05quote\x18\x03 \x01(\v2\x14.posture.v1.TPMQuoteR\x05quote\"/\n" +
 	"\vRenewResult\x12 \n" +
-	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"I\n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"y\n" +
 	"\fAgentMessage\x122\n" +
-	"\x06report\x18\x01 \x01(\v2\x18.posture.v1.SignedReportH\x00R\x06reportB\x05\n" +
-	"\x03msg\"\xaf\x01\n" +
+	"\x06report\x18\x01 \x01(\v2\x18.posture.v1.SignedReportH\x00R\x06report\x12.\n" +
+	"\x05hello\x18\x02 \x01(\v2\x16.posture.v1.AgentHelloH\x00R\x05helloB\x05\n" +
+	"\x03msg\"-\n" +
+	"\n" +
+	"AgentHello\x12\x1f\n" +
+	"\vmeasure_now\x18\x01 \x01(\bR\n" +
+	"measureNow\"\xea\x01\n" +
 	"\x10CollectorMessage\x12/\n" +
 	"\awelcome\x18\x01 \x01(\v2\x13.posture.v1.WelcomeH\x00R\awelcome\x12)\n" +
 	"\x03ack\x18\x02 \x01(\v2\x15.posture.v1.ReportAckH\x00R\x03ack\x128\n" +
-	"\brejected\x18\x03 \x01(\v2\x1a.posture.v1.ReportRejectedH\x00R\brejectedB\x05\n" +
-	"\x03msg\"[\n" +
+	"\brejected\x18\x03 \x01(\v2\x1a.posture.v1.ReportRejectedH\x00R\brejected\x129\n" +
+	"\vmeasure_now\x18\x04 \x01(\v2\x16.posture.v1.MeasureNowH\x00R\n" +
+	"measureNowB\x05\n" +
+	"\x03msg\"\f\n" +
+	"\n" +
+	"MeasureNow\"[\n" +
 	"\aWelcome\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vlast_digest\x18\x02 \x01(\fR\n" +
@@ -1086,10 +1337,11 @@ const file_posture_v1_agent_proto_rawDesc = "" +
 	"\x17REJECT_REASON_TPM_CLOCK\x10\f\x12&\n" +
 	"\"REJECT_REASON_QUOTE_NOT_FOR_REPORT\x10\r\x12\x1e\n" +
 	"\x1aREJECT_REASON_PCR_MISMATCH\x10\x0e\x12\x1e\n" +
-	"\x1aREJECT_REASON_RATE_LIMITED\x10\x0f2\xa9\x01\n" +
+	"\x1aREJECT_REASON_RATE_LIMITED\x10\x0f2\x9d\x02\n" +
 	"\rReportService\x12K\n" +
 	"\rStreamReports\x12\x18.posture.v1.AgentMessage\x1a\x1c.posture.v1.CollectorMessage(\x010\x01\x12K\n" +
-	"\x10RenewCertificate\x12\x18.posture.v1.RenewRequest\x1a\x19.posture.v1.RenewResponse(\x010\x01B?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
+	"\x10RenewCertificate\x12\x18.posture.v1.RenewRequest\x1a\x19.posture.v1.RenewResponse(\x010\x01\x12r\n" +
+	"\x17IssueBrowserCertificate\x12*.posture.v1.IssueBrowserCertificateRequest\x1a+.posture.v1.IssueBrowserCertificateResponseB?Z=github.com/posture-project/posture/proto/posture/v1;posturev1b\x06proto3"
 
 var (
 	file_posture_v1_agent_proto_rawDescOnce sync.Once
@@ -1104,56 +1356,64 @@ func file_posture_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_posture_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_posture_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_posture_v1_agent_proto_goTypes = []any{
-	(RejectReason)(0),             // 0: posture.v1.RejectReason
-	(*RenewRequest)(nil),          // 1: posture.v1.RenewRequest
-	(*RenewResponse)(nil),         // 2: posture.v1.RenewResponse
-	(*RenewChallenge)(nil),        // 3: posture.v1.RenewChallenge
-	(*RenewAnswer)(nil),           // 4: posture.v1.RenewAnswer
-	(*RenewResult)(nil),           // 5: posture.v1.RenewResult
-	(*AgentMessage)(nil),          // 6: posture.v1.AgentMessage
-	(*CollectorMessage)(nil),      // 7: posture.v1.CollectorMessage
-	(*Welcome)(nil),               // 8: posture.v1.Welcome
-	(*ReportAck)(nil),             // 9: posture.v1.ReportAck
-	(*DeviceStanding)(nil),        // 10: posture.v1.DeviceStanding
-	(*AgentDecision)(nil),         // 11: posture.v1.AgentDecision
-	(*ReportRejected)(nil),        // 12: posture.v1.ReportRejected
-	(*TPMQuote)(nil),              // 13: posture.v1.TPMQuote
-	(*SignedReport)(nil),          // 14: posture.v1.SignedReport
-	(*CheckResult)(nil),           // 15: posture.v1.CheckResult
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*LevelResult)(nil),           // 18: posture.v1.LevelResult
+	(RejectReason)(0),                       // 0: posture.v1.RejectReason
+	(*IssueBrowserCertificateRequest)(nil),  // 1: posture.v1.IssueBrowserCertificateRequest
+	(*IssueBrowserCertificateResponse)(nil), // 2: posture.v1.IssueBrowserCertificateResponse
+	(*RenewRequest)(nil),                    // 3: posture.v1.RenewRequest
+	(*RenewResponse)(nil),                   // 4: posture.v1.RenewResponse
+	(*RenewChallenge)(nil),                  // 5: posture.v1.RenewChallenge
+	(*RenewAnswer)(nil),                     // 6: posture.v1.RenewAnswer
+	(*RenewResult)(nil),                     // 7: posture.v1.RenewResult
+	(*AgentMessage)(nil),                    // 8: posture.v1.AgentMessage
+	(*AgentHello)(nil),                      // 9: posture.v1.AgentHello
+	(*CollectorMessage)(nil),                // 10: posture.v1.CollectorMessage
+	(*MeasureNow)(nil),                      // 11: posture.v1.MeasureNow
+	(*Welcome)(nil),                         // 12: posture.v1.Welcome
+	(*ReportAck)(nil),                       // 13: posture.v1.ReportAck
+	(*DeviceStanding)(nil),                  // 14: posture.v1.DeviceStanding
+	(*AgentDecision)(nil),                   // 15: posture.v1.AgentDecision
+	(*ReportRejected)(nil),                  // 16: posture.v1.ReportRejected
+	(*TPMQuote)(nil),                        // 17: posture.v1.TPMQuote
+	(*SignedReport)(nil),                    // 18: posture.v1.SignedReport
+	(*CheckResult)(nil),                     // 19: posture.v1.CheckResult
+	(*durationpb.Duration)(nil),             // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 21: google.protobuf.Timestamp
+	(*LevelResult)(nil),                     // 22: posture.v1.LevelResult
 }
 var file_posture_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
-	3,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
-	5,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
-	13, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
-	14, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
-	8,  // 5: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
-	9,  // 6: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
-	12, // 7: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
-	10, // 8: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
-	11, // 9: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
-	15, // 10: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
-	16, // 11: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
-	16, // 12: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
-	17, // 13: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
-	18, // 14: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
-	15, // 15: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
-	0,  // 16: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
-	16, // 17: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
-	6,  // 18: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
-	1,  // 19: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
-	7,  // 20: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
-	2,  // 21: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
-	20, // [20:22] is the sub-list for method output_type
-	18, // [18:20] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	6,  // 0: posture.v1.RenewRequest.answer:type_name -> posture.v1.RenewAnswer
+	5,  // 1: posture.v1.RenewResponse.challenge:type_name -> posture.v1.RenewChallenge
+	7,  // 2: posture.v1.RenewResponse.result:type_name -> posture.v1.RenewResult
+	17, // 3: posture.v1.RenewAnswer.quote:type_name -> posture.v1.TPMQuote
+	18, // 4: posture.v1.AgentMessage.report:type_name -> posture.v1.SignedReport
+	9,  // 5: posture.v1.AgentMessage.hello:type_name -> posture.v1.AgentHello
+	12, // 6: posture.v1.CollectorMessage.welcome:type_name -> posture.v1.Welcome
+	13, // 7: posture.v1.CollectorMessage.ack:type_name -> posture.v1.ReportAck
+	16, // 8: posture.v1.CollectorMessage.rejected:type_name -> posture.v1.ReportRejected
+	11, // 9: posture.v1.CollectorMessage.measure_now:type_name -> posture.v1.MeasureNow
+	14, // 10: posture.v1.ReportAck.standing:type_name -> posture.v1.DeviceStanding
+	15, // 11: posture.v1.ReportAck.decision:type_name -> posture.v1.AgentDecision
+	19, // 12: posture.v1.DeviceStanding.failing:type_name -> posture.v1.CheckResult
+	20, // 13: posture.v1.DeviceStanding.notify_every:type_name -> google.protobuf.Duration
+	20, // 14: posture.v1.DeviceStanding.notify_before_block:type_name -> google.protobuf.Duration
+	21, // 15: posture.v1.AgentDecision.decided_at:type_name -> google.protobuf.Timestamp
+	22, // 16: posture.v1.AgentDecision.levels:type_name -> posture.v1.LevelResult
+	19, // 17: posture.v1.AgentDecision.failing:type_name -> posture.v1.CheckResult
+	0,  // 18: posture.v1.ReportRejected.reason:type_name -> posture.v1.RejectReason
+	20, // 19: posture.v1.ReportRejected.retry_after:type_name -> google.protobuf.Duration
+	8,  // 20: posture.v1.ReportService.StreamReports:input_type -> posture.v1.AgentMessage
+	3,  // 21: posture.v1.ReportService.RenewCertificate:input_type -> posture.v1.RenewRequest
+	1,  // 22: posture.v1.ReportService.IssueBrowserCertificate:input_type -> posture.v1.IssueBrowserCertificateRequest
+	10, // 23: posture.v1.ReportService.StreamReports:output_type -> posture.v1.CollectorMessage
+	4,  // 24: posture.v1.ReportService.RenewCertificate:output_type -> posture.v1.RenewResponse
+	2,  // 25: posture.v1.ReportService.IssueBrowserCertificate:output_type -> posture.v1.IssueBrowserCertificateResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_posture_v1_agent_proto_init() }
@@ -1163,20 +1423,22 @@ func file_posture_v1_agent_proto_init() {
 	}
 	file_posture_v1_device_proto_init()
 	file_posture_v1_report_proto_init()
-	file_posture_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
+	file_posture_v1_agent_proto_msgTypes[2].OneofWrappers = []any{
 		(*RenewRequest_Answer)(nil),
 	}
-	file_posture_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
+	file_posture_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
 		(*RenewResponse_Challenge)(nil),
 		(*RenewResponse_Result)(nil),
 	}
-	file_posture_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+	file_posture_v1_agent_proto_msgTypes[7].OneofWrappers = []any{
 		(*AgentMessage_Report)(nil),
+		(*AgentMessage_Hello)(nil),
 	}
-	file_posture_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
+	file_posture_v1_agent_proto_msgTypes[9].OneofWrappers = []any{
 		(*CollectorMessage_Welcome)(nil),
 		(*CollectorMessage_Ack)(nil),
 		(*CollectorMessage_Rejected)(nil),
+		(*CollectorMessage_MeasureNow)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1184,7 +1446,7 @@ func file_posture_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_posture_v1_agent_proto_rawDesc), len(file_posture_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReportService_StreamReports_FullMethodName    = "/posture.v1.ReportService/StreamReports"
-	ReportService_RenewCertificate_FullMethodName = "/posture.v1.ReportService/RenewCertificate"
+	ReportService_StreamReports_FullMethodName           = "/posture.v1.ReportService/StreamReports"
+	ReportService_RenewCertificate_FullMethodName        = "/posture.v1.ReportService/RenewCertificate"
+	ReportService_IssueBrowserCertificate_FullMethodName = "/posture.v1.ReportService/IssueBrowserCertificate"
 )
 
 // ReportServiceClient is the client API for ReportService service.
@@ -55,6 +56,19 @@ type ReportServiceClient interface {
 	// are refused. Any failure ends the stream with a gRPC status whose
 	// message says what to do, and changes nothing.
 	RenewCertificate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RenewRequest, RenewResponse], error)
+	// IssueBrowserCertificate issues a short-lived client certificate for a
+	// key the device's user made for their browsers (never the device's TLS
+	// or identity key), with the device's SPIFFE ID, so that gateways map it
+	// to the device exactly as they map the device certificate. The caller
+	// authenticates with the device's newest certificate; the agent asks on
+	// behalf of a local user it authenticated itself (its local socket).
+	// The collector records the certificate (serial and public-key hash):
+	// gateways accept it while it is the newest browser certificate of that
+	// user on that device and the device keeps the certificate that asked.
+	// A new one for the same user replaces the previous one; enrolling the
+	// device again or renewing its certificate drops them all. Suspect,
+	// pending and revoked devices are refused.
+	IssueBrowserCertificate(ctx context.Context, in *IssueBrowserCertificateRequest, opts ...grpc.CallOption) (*IssueBrowserCertificateResponse, error)
 }
 
 type reportServiceClient struct {
@@ -91,6 +105,16 @@ func (c *reportServiceClient) RenewCertificate(ctx context.Context, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_RenewCertificateClient = grpc.BidiStreamingClient[RenewRequest, RenewResponse]
 
+func (c *reportServiceClient) IssueBrowserCertificate(ctx context.Context, in *IssueBrowserCertificateRequest, opts ...grpc.CallOption) (*IssueBrowserCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueBrowserCertificateResponse)
+	err := c.cc.Invoke(ctx, ReportService_IssueBrowserCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReportServiceServer is the server API for ReportService service.
 // All implementations must embed UnimplementedReportServiceServer
 // for forward compatibility.
@@ -123,6 +147,19 @@ type ReportServiceServer interface {
 	// are refused. Any failure ends the stream with a gRPC status whose
 	// message says what to do, and changes nothing.
 	RenewCertificate(grpc.BidiStreamingServer[RenewRequest, RenewResponse]) error
+	// IssueBrowserCertificate issues a short-lived client certificate for a
+	// key the device's user made for their browsers (never the device's TLS
+	// or identity key), with the device's SPIFFE ID, so that gateways map it
+	// to the device exactly as they map the device certificate. The caller
+	// authenticates with the device's newest certificate; the agent asks on
+	// behalf of a local user it authenticated itself (its local socket).
+	// The collector records the certificate (serial and public-key hash):
+	// gateways accept it while it is the newest browser certificate of that
+	// user on that device and the device keeps the certificate that asked.
+	// A new one for the same user replaces the previous one; enrolling the
+	// device again or renewing its certificate drops them all. Suspect,
+	// pending and revoked devices are refused.
+	IssueBrowserCertificate(context.Context, *IssueBrowserCertificateRequest) (*IssueBrowserCertificateResponse, error)
 	mustEmbedUnimplementedReportServiceServer()
 }
 
@@ -138,6 +175,9 @@ func (UnimplementedReportServiceServer) StreamReports(grpc.BidiStreamingServer[A
 }
 func (UnimplementedReportServiceServer) RenewCertificate(grpc.BidiStreamingServer[RenewRequest, RenewResponse]) error {
 	return status.Error(codes.Unimplemented, "method RenewCertificate not implemented")
+}
+func (UnimplementedReportServiceServer) IssueBrowserCertificate(context.Context, *IssueBrowserCertificateRequest) (*IssueBrowserCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueBrowserCertificate not implemented")
 }
 func (UnimplementedReportServiceServer) mustEmbedUnimplementedReportServiceServer() {}
 func (UnimplementedReportServiceServer) testEmbeddedByValue()                       {}
@@ -174,13 +214,36 @@ func _ReportService_RenewCertificate_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_RenewCertificateServer = grpc.BidiStreamingServer[RenewRequest, RenewResponse]
 
+func _ReportService_IssueBrowserCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueBrowserCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReportServiceServer).IssueBrowserCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReportService_IssueBrowserCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReportServiceServer).IssueBrowserCertificate(ctx, req.(*IssueBrowserCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReportService_ServiceDesc is the grpc.ServiceDesc for ReportService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var ReportService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "posture.v1.ReportService",
 	HandlerType: (*ReportServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "IssueBrowserCertificate",
+			Handler:    _ReportService_IssueBrowserCertificate_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "StreamReports",

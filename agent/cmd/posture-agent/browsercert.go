@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/posture-project/posture/agent/browsercert"
+	"github.com/posture-project/posture/internal/cliflag"
+	"github.com/posture-project/posture/internal/inert"
+)
+
+// defaultSocket is where the agent listens for its users' browser
+// certificate requests.
+func defaultSocket() string {
+	if s := os.Getenv("POSTURE_AGENT_SOCKET"); s != "" {
+		return s
+	}
+	switch runtime.GOOS {
+	case "darwin":
+		return "/var/run/posture-agent.sock"
+	case "windows":
+		return "" // no local socket: see docs/browser-certificates.md
+	}
+	return "/run/posture-agent/agent.sock"
+}
+
+// newBrowserCertCommand is posture-agent browser-cert, the per-user step
+// started at login (docs/browser-certificates.md).
+func newBrowserCertCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "browser-cert",
+		Short: "As the user (at login): keep this user's browser certificate in their NSS database",
+		Long: `browser-cert runs as the device's user, at login: it makes the user's own
+browser key, has the agent get a short-lived certificate for it from the
+collector (through the agent's local socket, which knows the user by the
+socket's peer credentials), and keeps it in the user's NSS database, where
+Chrome, Chromium and Firefox find it. With --watch it keeps running and
+renews the certificate before it expires; --remove takes every Posture
+browser certificate out.`,
+		Args: noArgs,
+		// Run as the logged-in user, who may not read the agent's
+		// configuration file; browser-cert needs none of it.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
+	}
+	fs := cmd.Flags()
+	socket := fs.String("socket", defaultSocket(), "the agent's local socket (also $POSTURE_AGENT_SOCKET)")
+	nssdbs := fs.StringArray("nssdb", nil, "NSS database directory; repeat for several, kept alike (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
+	remove := fs.Bool("remove", false, "remove every Posture browser certificate from the store, and stop")
+	watch := cliflag.Duration(fs, "watch", 0, "keep running, checking this often (e.g. 10m) whether the certificate needs renewing")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return browserCert(cmd.Context(), cmd.OutOrStdout(), *socket, *nssdbs, *remove, *watch)
+	}
+	return cmd
+}
+
+// browserCert does what browser-cert asks.
+func browserCert(ctx context.Context, out io.Writer, socket string, nssdbs []string, remove bool, watch time.Duration) error {
+	store, err := userStore(nssdbs)
+	if err != nil {
+		return err
+	}
+	if remove {
+		removed, err := browsercert.RemoveAll(store)
+		for _, n := range removed {
+			inert.Fprintf(out, "removed %s\n", n)
+		}
+		return err
+	}
+	ensure := func() error {
+		res, err := browsercert.Ensure(browsercert.Options{Socket: socket, Store: store})
+		if err != nil {
+			return err
+		}
+		if res.Renewed {
+			inert.Fprintf(out, "installed browser certificate %q for device %s, valid until %s\n", res.Nickname, res.DeviceID, res.Cert.NotAfter.UTC().Format(time.RFC3339))
+		} else {
+			inert.Fprintf(out, "browser certificate %q for device %s is current (valid until %s)\n", res.Nickname, res.DeviceID, res.Cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+		return nil
+	}
+	if watch <= 0 {
+		return ensure()
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for {
+		if err := ensure(); err != nil {
+			// At login the agent may not be up yet, or the network down:
+			// try again at the next round.
+			inert.Fprintf(os.Stderr, "posture-agent browser-cert: %s\n", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(watch):
+		}
+	}
+}
+
+// userStore is the user's certificate store on this platform: the NSS
+// databases named, kept alike, or the default one.
+func userStore(nssdbs []string) (browsercert.Store, error) {
+	if len(nssdbs) == 1 {
+		return browsercert.NSSDB{Dir: nssdbs[0]}, nil
+	}
+	if len(nssdbs) > 1 {
+		var s browsercert.Stores
+		for _, d := range nssdbs {
+			s = append(s, browsercert.NSSDB{Dir: d})
+		}
+		return s, nil
+	}
+	switch runtime.GOOS {
+	case "linux", "freebsd", "openbsd", "netbsd":
+		return browsercert.DefaultNSSDB()
+	}
+	return nil, fmt.Errorf("browser certificates on %s: %w (see docs/browser-certificates.md)", runtime.GOOS, errors.ErrUnsupported)
+}
+
+// removeUsersBrowserCerts takes every local user's Posture browser
+// certificates out of their NSS databases, as each user (uninstall).
+func removeUsersBrowserCerts(out io.Writer) {
+	dbs, err := browsercert.UserDatabases("/etc/passwd")
+	if err != nil {
+		if !errors.Is(err, errors.ErrUnsupported) {
+			inert.Fprintf(out, "browser certificates not removed: %s\n", err.Error())
+		}
+		return
+	}
+	for _, u := range dbs {
+		removed, err := browsercert.RemoveAll(u.DB)
+		for _, n := range removed {
+			inert.Fprintf(out, "removed browser certificate %q of %s\n", n, u.User)
+		}
+		if err != nil {
+			inert.Fprintf(out, "browser certificates of %s not removed: %s\n", u.User, err.Error())
+		}
+	}
+}
