@@ -213,6 +213,11 @@ func CheckUsage(newRoot func() *cobra.Command, args []string) error {
 	if len(rest) == 0 {
 		return nil
 	}
+	cmd.InitDefaultHelpFlag()
+	// A flag named last, without its value, is a mention of the flag.
+	if last := rest[len(rest)-1]; strings.HasPrefix(last, "-") && !strings.Contains(last, "=") {
+		rest = append(rest, "…")
+	}
 	// "…" stands for what the reader fills in: after a flag, its value
 	// (the flag must exist; its value is not checked); elsewhere, other
 	// flags.
@@ -233,6 +238,9 @@ func CheckUsage(newRoot func() *cobra.Command, args []string) error {
 			continue
 		}
 		given = append(given, w)
+	}
+	if len(given) == 0 {
+		return nil // flags named, to say they exist
 	}
 	// The command's flags by name, each taking any text: what the page
 	// writes as a value may name files of the reader's machine.

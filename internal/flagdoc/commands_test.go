@@ -38,6 +38,8 @@ func TestCheckUsage(t *testing.T) {
 		{"tool run [--webhook …]", ""},
 		{"tool run --data-dir DIR …", ""},
 		{"tool ssf list", ""},
+		{"tool show --level", ""}, // a flag named in prose
+		{"tool show --lvl", "unknown flag: --lvl"},
 		{"tool ssf", ""},
 		{"tool show|run EXTRA", `unknown command "EXTRA" for "tool run"`}, // show takes it, run does not
 		{"tool show ID --levle basic", "unknown flag: --levle"},
