@@ -54,9 +54,16 @@ func startSite(t *testing.T, cc *collector.ConsoleConfig) *site {
 // the built-in one).
 func startSiteWith(t *testing.T, cc *collector.ConsoleConfig, pol *policy.Policy) *site {
 	t.Helper()
+	return startSiteEvents(t, cc, pol, collector.EventsConfig{})
+}
+
+// startSiteEvents starts a collector with its console and the receivers
+// of events.
+func startSiteEvents(t *testing.T, cc *collector.ConsoleConfig, pol *policy.Policy, events collector.EventsConfig) *site {
+	t.Helper()
 	s := &site{dir: t.TempDir()}
 	cc.Listen = "127.0.0.1:0"
-	c, err := collector.New(collector.Config{DataDir: s.dir, Listen: "127.0.0.1:0", TrustDomain: trustDomain, Console: cc, Policy: pol})
+	c, err := collector.New(collector.Config{DataDir: s.dir, Listen: "127.0.0.1:0", TrustDomain: trustDomain, Console: cc, Policy: pol, Events: events})
 	if err != nil {
 		t.Fatalf("start collector: %v", err)
 	}

@@ -162,6 +162,7 @@ func (c *Console) routes() http.Handler {
 	in("GET /tokens", c.tokens)
 	in("POST /tokens", c.createToken)
 	in("POST /tokens/{id}/revoke", c.revokeToken)
+	in("GET /receivers", c.receivers)
 	in("GET /audit", c.audit)
 	in("POST /logout", c.logout)
 

@@ -279,6 +279,17 @@ func (c *Console) gateways(w http.ResponseWriter, r *http.Request, s *session) {
 	c.render(w, r, http.StatusOK, "gateways", v)
 }
 
+// receivers shows how delivery to each receiver of the outbox goes, as
+// posture-collector stats does.
+func (c *Console) receivers(w http.ResponseWriter, r *http.Request, s *session) {
+	resp, err := c.admin(s).GetStats(r.Context(), &posturev1.GetStatsRequest{})
+	if err != nil {
+		c.fail(w, r, s, err)
+		return
+	}
+	c.render(w, r, http.StatusOK, "receivers", view{Title: "Receivers", S: s, Nav: "receivers", Data: resp.GetReceivers()})
+}
+
 func (c *Console) revokeGateway(w http.ResponseWriter, r *http.Request, s *session) {
 	name, serial, reason := r.PostForm.Get("name"), r.PostForm.Get("serial"), strings.TrimSpace(r.PostForm.Get("reason"))
 	what := "every certificate of gateway " + name

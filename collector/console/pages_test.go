@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"html"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/posture-project/posture/agent"
 	"github.com/posture-project/posture/collector"
 	"github.com/posture-project/posture/collector/policy"
+	"github.com/posture-project/posture/collector/webhook"
 	"github.com/posture-project/posture/internal/pki"
 	posturev1 "github.com/posture-project/posture/proto/posture/v1"
 )
@@ -218,5 +220,45 @@ func TestTokensPage(t *testing.T) {
 	if n := len(recs.GetRecords()); n != 2 || recs.GetRecords()[1].GetAction() != "token revoke" || recs.GetRecords()[1].GetVia() != "console" ||
 		recs.GetRecords()[1].GetActor() != "first admin" || recs.GetRecords()[1].GetOutcome() != "" || recs.GetRecords()[0].GetOutcome() == "" {
 		t.Errorf("audit records of token %s: %v; want the revocation by first admin in the console, then the refused second one", id, recs.GetRecords())
+	}
+}
+
+// TestReceiversPage shows the outbox's receivers as stats does: a webhook
+// whose URL answers nothing is failing, with its pending messages, its
+// attempts and the error it met.
+func TestReceiversPage(t *testing.T) {
+	s := startSite(t, &collector.ConsoleConfig{})
+	_, _, page := s.do(t, "GET", "/receivers", s.linkSession(t), nil)
+	if !strings.Contains(page, "No receivers") {
+		t.Errorf("receivers page of a collector without receivers lacks No receivers:\n%s", page)
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close() // nothing answers there
+	s = startSiteEvents(t, &collector.ConsoleConfig{}, nil, collector.EventsConfig{
+		Webhooks: []webhook.Config{{Name: "tickets", URL: "http://" + dead + "/hooks", Secret: []byte("a secret of sixteen bytes or more")}},
+		RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+	})
+	admin := s.linkSession(t)
+	s.enroll(t, "laptop-1", measurer{osName: "debian", encrypted: true}, time.Hour)
+	row := regexp.MustCompile(`<tr class="receiver-failing"><td class="id">webhook:tickets</td><td>webhook</td><td class="receiver-state">failing</td><td>(\d+)</td><td>0</td><td></td><td>\d{4}-[^<]+</td><td>(\d+)</td><td>([^<]+)</td>`)
+	var m []string
+	deadline := time.Now().Add(10 * time.Second)
+	for m == nil {
+		_, _, page = s.do(t, "GET", "/receivers", admin, nil)
+		if m = row.FindStringSubmatch(page); m == nil && time.Now().After(deadline) {
+			t.Fatalf("the receivers page does not show webhook:tickets failing with pending messages within 10s:\n%s", page)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m[1] == "0" || m[2] == "0" || !strings.Contains(html.UnescapeString(m[3]), dead) {
+		t.Errorf("webhook:tickets: pending %s, attempts %s, last error %q; want messages pending, attempts counted and the error naming %s", m[1], m[2], m[3], dead)
+	}
+	if !strings.Contains(page, `<a href="/receivers" class="here">Receivers</a>`) {
+		t.Error("the navigation does not mark the receivers page")
 	}
 }
