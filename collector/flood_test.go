@@ -243,6 +243,11 @@ func TestEnrollmentFlood(t *testing.T) {
 					refused.Add(1)
 				case s.Code() == codes.DeadlineExceeded && s.Message() == "no first enrollment message (EnrollBegin) within 2s; enroll again":
 					ended.Add(1)
+				case s.Code() == codes.Unavailable && strings.Contains(s.Message(), "max_idle"):
+					// A call the client held back for the connection's
+					// stream limit, on a connection the collector then
+					// closed as idle once it had ended the others.
+					refused.Add(1)
 				default:
 					if other.Add(1) == 1 {
 						t.Errorf("an idle enrollment ended with %v; want refused (RESOURCE_EXHAUSTED) or ended by the deadline", err)
