@@ -242,3 +242,40 @@ func (k Keychain) Remove(nick string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// userKeychain is a local account's login keychain, found by
+// loginKeychains.
+type userKeychain struct {
+	User, Home, Path string
+	UID, GID         uint32
+}
+
+// loginKeychains lists the login keychains of the accounts whose homes are
+// in usersDir (/Users on macOS), with the owner of each home as owner
+// reports it; homes without a login keychain, Shared and hidden entries
+// are skipped.
+func loginKeychains(usersDir string, owner func(os.FileInfo) (uid, gid uint32, ok bool)) ([]userKeychain, error) {
+	entries, err := os.ReadDir(usersDir)
+	if err != nil {
+		return nil, fmt.Errorf("list local accounts: %w", err)
+	}
+	var out []userKeychain
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || name == "Shared" || strings.HasPrefix(name, ".") {
+			continue
+		}
+		home := filepath.Join(usersDir, name)
+		kc := filepath.Join(home, "Library", "Keychains", "login.keychain-db")
+		st, err := os.Stat(kc)
+		if err != nil {
+			continue
+		}
+		uid, gid, ok := owner(st)
+		if !ok {
+			continue
+		}
+		out = append(out, userKeychain{User: name, Home: home, Path: kc, UID: uid, GID: gid})
+	}
+	return out, nil
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -249,5 +250,38 @@ func TestKeychainImportFails(t *testing.T) {
 	}
 	if _, err := k.Nicknames(); err == nil || !strings.Contains(err.Error(), "passphrase") {
 		t.Errorf("a failing listing: %v", err)
+	}
+}
+
+// The uninstaller finds each account's login keychain under /Users,
+// skipping Shared, hidden entries and homes without one.
+func TestLoginKeychains(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"alice/Library/Keychains/login.keychain-db", "bob/Library/Keychains/login.keychain-db", "Shared/Library/Keychains/login.keychain-db", ".hidden/Library/Keychains/login.keychain-db", "carol/Library/Preferences/x"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, p), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := loginKeychains(dir, func(fi os.FileInfo) (uint32, uint32, bool) {
+		if strings.HasPrefix(fi.Name(), "login") {
+			return 501, 20, true
+		}
+		return 0, 0, false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []userKeychain{
+		{User: "alice", Home: filepath.Join(dir, "alice"), Path: filepath.Join(dir, "alice/Library/Keychains/login.keychain-db"), UID: 501, GID: 20},
+		{User: "bob", Home: filepath.Join(dir, "bob"), Path: filepath.Join(dir, "bob/Library/Keychains/login.keychain-db"), UID: 501, GID: 20},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("loginKeychains (-want +got):\n%s", d)
+	}
+	if _, err := loginKeychains(filepath.Join(dir, "none"), nil); err == nil {
+		t.Error("a missing /Users is no error")
 	}
 }
