@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/posture-project/posture/internal/testtools"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -283,5 +284,23 @@ func TestLoginKeychains(t *testing.T) {
 	}
 	if _, err := loginKeychains(filepath.Join(dir, "none"), nil); err == nil {
 		t.Error("a missing /Users is no error")
+	}
+}
+
+// The import command in docs/browser-certificates.md is the one Install
+// builds.
+func TestKeychainImportDocumented(t *testing.T) {
+	blocks := testtools.CodeBlocks(t, "../../docs/browser-certificates.md", "## macOS: Safari, Chrome, Edge, Firefox", "")
+	k := Keychain{Path: "KEYCHAIN", Apps: DefaultBrowserApps[:2]}
+	var words []string
+	for _, a := range k.importArgs("FILE", "PASSWORD") {
+		if strings.Contains(a, " ") {
+			a = `"` + a + `"`
+		}
+		words = append(words, a)
+	}
+	want := "security " + strings.Join(words, " ") + " …\n"
+	if blocks[0] != want {
+		t.Errorf("the documented import is\n%s\nInstall runs\n%s", blocks[0], want)
 	}
 }
