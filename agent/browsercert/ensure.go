@@ -167,3 +167,10 @@ func RemoveAll(s Store) (removed []string, err error) {
 	}
 	return removed, nil
 }
+
+// UserStore is a local account's certificate store, set to be changed as
+// that account, for the uninstaller.
+type UserStore struct {
+	User  string
+	Store Store
+}

@@ -61,3 +61,14 @@ func userPrepare(uid, gid uint32, home string) func(*exec.Cmd) {
 		c.Dir = home
 	}
 }
+
+// UserStores lists every local account's NSS database (UserDatabases of
+// /etc/passwd), for the uninstaller.
+func UserStores() ([]UserStore, error) {
+	dbs, err := UserDatabases("/etc/passwd")
+	var out []UserStore
+	for _, u := range dbs {
+		out = append(out, UserStore{User: u.User, Store: u.DB})
+	}
+	return out, err
+}

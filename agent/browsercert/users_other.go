@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux && !darwin
 
 package browsercert
 
@@ -8,15 +8,8 @@ import (
 	"runtime"
 )
 
-// UserDB is a local account's NSS database.
-type UserDB struct {
-	User     string
-	UID, GID uint32
-	DB       NSSDB
-}
-
-// UserDatabases is Linux's: elsewhere browser certificates live in each
-// user's keychain or certificate store (docs/browser-certificates.md).
-func UserDatabases(string) ([]UserDB, error) {
-	return nil, fmt.Errorf("users' NSS databases on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+// UserStores is Linux's and macOS's: on Windows the CurrentUser store is
+// not built yet (docs/browser-certificates.md).
+func UserStores() ([]UserStore, error) {
+	return nil, fmt.Errorf("users' certificate stores on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }

@@ -38,14 +38,16 @@ func defaultSocket() string {
 func newBrowserCertCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "browser-cert",
-		Short: "As the user (at login): keep this user's browser certificate in their NSS database",
+		Short: "As the user (at login): keep this user's browser certificate in their certificate store",
 		Long: `browser-cert runs as the device's user, at login: it makes the user's own
 browser key, has the agent get a short-lived certificate for it from the
 collector (through the agent's local socket, which knows the user by the
-socket's peer credentials), and keeps it in the user's NSS database, where
-Chrome, Chromium and Firefox find it. With --watch it keeps running and
-renews the certificate before it expires; --remove takes every Posture
-browser certificate out.`,
+socket's peer credentials), and keeps it in the user's certificate store:
+on Linux the NSS database, where Chrome, Chromium and Firefox find it; on
+macOS the login keychain, its key not extractable, where Safari, Chrome,
+Edge and Firefox find it. With --watch it keeps running and renews the
+certificate before it expires; --remove takes every Posture browser
+certificate out.`,
 		Args: noArgs,
 		// Run as the logged-in user, who may not read the agent's
 		// configuration file; browser-cert needs none of it.
@@ -54,17 +56,18 @@ browser certificate out.`,
 	fs := cmd.Flags()
 	socket := fs.String("socket", defaultSocket(), "the agent's local socket (also $POSTURE_AGENT_SOCKET)")
 	nssdbs := fs.StringArray("nssdb", nil, "NSS database directory; repeat for several, kept alike (default: $HOME/.pki/nssdb, which Chrome and Chromium read)")
+	keychain := fs.String("keychain", "", "macOS keychain file (default: the login keychain, ~/Library/Keychains/login.keychain-db)")
 	remove := fs.Bool("remove", false, "remove every Posture browser certificate from the store, and stop")
 	watch := cliflag.Duration(fs, "watch", 0, "keep running, checking this often (e.g. 10m) whether the certificate needs renewing")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return browserCert(cmd.Context(), cmd.OutOrStdout(), *socket, *nssdbs, *remove, *watch)
+		return browserCert(cmd.Context(), cmd.OutOrStdout(), *socket, storeFlags{nssdbs: *nssdbs, keychain: *keychain}, *remove, *watch)
 	}
 	return cmd
 }
 
 // browserCert does what browser-cert asks.
-func browserCert(ctx context.Context, out io.Writer, socket string, nssdbs []string, remove bool, watch time.Duration) error {
-	store, err := userStore(nssdbs)
+func browserCert(ctx context.Context, out io.Writer, socket string, flags storeFlags, remove bool, watch time.Duration) error {
+	store, err := userStore(runtime.GOOS, flags)
 	if err != nil {
 		return err
 	}
@@ -109,43 +112,61 @@ func browserCert(ctx context.Context, out io.Writer, socket string, nssdbs []str
 	}
 }
 
-// userStore is the user's certificate store on this platform: the NSS
-// databases named, kept alike, or the default one.
-func userStore(nssdbs []string) (browsercert.Store, error) {
-	if len(nssdbs) == 1 {
-		return browsercert.NSSDB{Dir: nssdbs[0]}, nil
+// storeFlags name the stores browser-cert keeps.
+type storeFlags struct {
+	nssdbs   []string
+	keychain string
+}
+
+// userStore is the user's certificate store on goos: the NSS databases or
+// the keychain named, or the platform's default (the NSS database on
+// Linux and the BSDs, the login keychain on macOS).
+func userStore(goos string, f storeFlags) (browsercert.Store, error) {
+	if len(f.nssdbs) > 0 && f.keychain != "" {
+		return nil, errors.New("name NSS databases (--nssdb) or a keychain (--keychain), not both")
 	}
-	if len(nssdbs) > 1 {
+	if len(f.nssdbs) == 1 {
+		return browsercert.NSSDB{Dir: f.nssdbs[0]}, nil
+	}
+	if len(f.nssdbs) > 1 {
 		var s browsercert.Stores
-		for _, d := range nssdbs {
+		for _, d := range f.nssdbs {
 			s = append(s, browsercert.NSSDB{Dir: d})
 		}
 		return s, nil
 	}
-	switch runtime.GOOS {
+	if f.keychain != "" || goos == "darwin" {
+		k, err := browsercert.DefaultKeychain()
+		if f.keychain != "" {
+			k.Path = f.keychain
+		}
+		return k, err
+	}
+	switch goos {
 	case "linux", "freebsd", "openbsd", "netbsd":
 		return browsercert.DefaultNSSDB()
 	}
-	return nil, fmt.Errorf("browser certificates on %s: %w (see docs/browser-certificates.md)", runtime.GOOS, errors.ErrUnsupported)
+	return nil, fmt.Errorf("browser certificates on %s: %w (see docs/browser-certificates.md)", goos, errors.ErrUnsupported)
 }
 
 // removeUsersBrowserCerts takes every local user's Posture browser
-// certificates out of their NSS databases, as each user (uninstall).
+// certificates out of their stores (NSS databases on Linux, login
+// keychains on macOS), as each user (uninstall).
 func removeUsersBrowserCerts(out io.Writer) {
-	dbs, err := browsercert.UserDatabases("/etc/passwd")
+	stores, err := browsercert.UserStores()
 	if err != nil {
 		if !errors.Is(err, errors.ErrUnsupported) {
 			inert.Fprintf(out, "browser certificates not removed: %s\n", err.Error())
 		}
 		return
 	}
-	for _, u := range dbs {
-		removed, err := browsercert.RemoveAll(u.DB)
+	for _, u := range stores {
+		removed, err := browsercert.RemoveAll(u.Store)
 		for _, n := range removed {
 			inert.Fprintf(out, "removed browser certificate %q of %s\n", n, u.User)
 		}
 		if err != nil {
-			inert.Fprintf(out, "browser certificates of %s not removed: %s\n", u.User, err.Error())
+			inert.Fprintf(out, "browser certificates of %s not removed (a locked keychain refuses: delete them in Keychain Access; they expire within a day): %s\n", u.User, err.Error())
 		}
 	}
 }

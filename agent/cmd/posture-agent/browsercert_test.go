@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/posture-project/posture/agent/browsercert"
 )
 
 // browser-cert runs as the user: it reads no configuration file (one the
@@ -33,5 +35,45 @@ func TestBrowserCertCommand(t *testing.T) {
 	var out bytes.Buffer
 	if code := execute([]string{"browser-cert", "--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--nssdb stringArray") || !strings.Contains(out.String(), "/run/posture-agent/agent.sock") {
 		t.Errorf("browser-cert --help: exit %d:\n%s", code, out.String())
+	}
+}
+
+// browser-cert picks the store of the platform: the NSS database on
+// Linux, the login keychain on macOS, nothing yet on Windows; the flags
+// name others.
+func TestBrowserCertStorePerOS(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	for _, tc := range []struct {
+		goos  string
+		flags storeFlags
+		want  string // the store's type and location, or the error
+	}{
+		{"linux", storeFlags{}, "browsercert.NSSDB " + filepath.Join(home, ".pki", "nssdb")},
+		{"darwin", storeFlags{}, "browsercert.Keychain " + filepath.Join(home, "Library", "Keychains", "login.keychain-db")},
+		{"darwin", storeFlags{keychain: "/tmp/test.keychain-db"}, "browsercert.Keychain /tmp/test.keychain-db"},
+		{"darwin", storeFlags{nssdbs: []string{"/tmp/ff"}}, "browsercert.NSSDB /tmp/ff"},
+		{"linux", storeFlags{nssdbs: []string{"/a", "/b"}}, "browsercert.Stores"},
+		{"windows", storeFlags{}, "browser certificates on windows: unsupported operation"},
+		{"linux", storeFlags{nssdbs: []string{"/a"}, keychain: "/k"}, "not both"},
+	} {
+		t.Run(tc.goos, func(t *testing.T) {
+			s, err := userStore(tc.goos, tc.flags)
+			var got string
+			switch s := s.(type) {
+			case browsercert.NSSDB:
+				got = "browsercert.NSSDB " + s.Dir
+			case browsercert.Keychain:
+				got = "browsercert.Keychain " + s.Path
+			case browsercert.Stores:
+				got = "browsercert.Stores"
+			}
+			if err != nil {
+				got = err.Error()
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("userStore(%s, %+v) = %q, want %q", tc.goos, tc.flags, got, tc.want)
+			}
+		})
 	}
 }
