@@ -92,6 +92,7 @@ func agentFiles(rpm bool) []wantFile {
 		{"/usr/bin/posture-agent", "-rwxr-xr-x"},
 		{unit, "-rw-r--r--"},
 		{"/etc/posture/agent.yaml", "-rw-r--r--"},
+		{"/etc/xdg/autostart/posture-browser-cert.desktop", "-rw-r--r--"},
 		{"/var/lib/posture-agent", "drwx------"},
 		{"/usr/share/bash-completion/completions/posture-agent", "-rw-r--r--"},
 		{zsh, "-rw-r--r--"},
