@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -28,7 +29,9 @@ func defaultSocket() string {
 	case "darwin":
 		return "/var/run/posture-agent.sock"
 	case "windows":
-		return "" // no local socket: see docs/browser-certificates.md
+		// An AF_UNIX socket (Windows 10 1803 and later) in a directory of
+		// its own, whose access list lets interactive users connect.
+		return filepath.Join(envOr("ProgramData", `C:\ProgramData`), "Posture", "socket", "agent.sock")
 	}
 	return "/run/posture-agent/agent.sock"
 }
