@@ -23,9 +23,8 @@ import (
 const PlatformCryptoProvider = "Microsoft Platform Crypto Provider"
 
 // CurrentUserStore is the Windows CurrentUser certificate store "My"
-// (Cert:\CurrentUser\My), where Chrome, Edge and Firefox (with
-// security.enterprise_roots / its Windows client-certificate support) find
-// client certificates. It is driven with certutil.exe and Windows
+// (Cert:\CurrentUser\My), where Chrome and Edge find client
+// certificates, and Firefox too through its OS client-certificate module. It is driven with certutil.exe and Windows
 // PowerShell, which come with Windows: CryptoAPI from Go needs no cgo but
 // a good deal of unsafe code, and the commands are what an administrator
 // runs by hand. This file has no build constraint so that its tests run
