@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/posture-project/posture/internal/testtools"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -241,5 +242,26 @@ func TestCurrentUserImportFails(t *testing.T) {
 	f.noPowerShell = true
 	if _, err := s.Nicknames(); err == nil || !strings.Contains(err.Error(), "list the CurrentUser certificate store") {
 		t.Errorf("a failing listing: %v", err)
+	}
+}
+
+// The import commands in docs/browser-certificates.md are the ones
+// Install builds.
+func TestCurrentUserImportDocumented(t *testing.T) {
+	blocks := testtools.CodeBlocks(t, "../../docs/browser-certificates.md", "## Windows: Chrome, Edge, Firefox", "")
+	if len(blocks) < 2 {
+		t.Fatalf("the Windows section has %d code blocks, want the two imports", len(blocks))
+	}
+	for i, csp := range []string{PlatformCryptoProvider, ""} {
+		var words []string
+		for _, a := range importArgs("FILE", "PASSWORD", csp) {
+			if strings.Contains(a, " ") {
+				a = `"` + a + `"`
+			}
+			words = append(words, a)
+		}
+		if want := "certutil " + strings.Join(words, " ") + "\n"; blocks[i] != want {
+			t.Errorf("the documented import is\n%s\nInstall runs\n%s", blocks[i], want)
+		}
 	}
 }
