@@ -64,7 +64,7 @@ func peerUser(c net.Conn) (string, error) {
 	}
 	account, _, _, err := tu.User.Sid.LookupAccount("")
 	if err != nil || account == "" {
-		return "sid-" + tu.User.Sid.String(), nil
+		return accountName("sid-" + tu.User.Sid.String()), nil
 	}
 	return accountName(account), nil
 }
