@@ -31,13 +31,15 @@ func (a *Agent) serveLocal(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("local socket directory: %w", err)
 	}
+	if err := restrictLocalDir(filepath.Dir(path)); err != nil {
+		return err
+	}
 	os.Remove(path) // a socket left by an agent that did not stop cleanly
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("local socket %s: %w", path, err)
 	}
-	// Every local user may connect; the peer credentials say who it is.
-	if err := os.Chmod(path, 0o666); err != nil {
+	if err := openLocalSocket(path); err != nil {
 		l.Close()
 		return fmt.Errorf("local socket %s: %w", path, err)
 	}
@@ -119,13 +121,19 @@ func localUserName(uid uint32) string {
 	if err != nil || u.Username == "" {
 		return "uid-" + id
 	}
+	return accountName(u.Username)
+}
+
+// accountName is an account name as the collector accepts it: letters,
+// digits and ._- only (others become _), at most 64 characters.
+func accountName(username string) string {
 	name := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-', r == '.':
 			return r
 		}
 		return '_'
-	}, u.Username)
+	}, username)
 	if len(name) > 64 {
 		name = name[:64]
 	}

@@ -1,4 +1,4 @@
-//go:build !linux && !darwin
+//go:build !linux && !darwin && !windows
 
 package browsercert
 
@@ -8,8 +8,7 @@ import (
 	"runtime"
 )
 
-// UserStores is Linux's and macOS's: on Windows the CurrentUser store is
-// not built yet (docs/browser-certificates.md).
+// UserStores is Linux's, macOS's and Windows's only.
 func UserStores() ([]UserStore, error) {
 	return nil, fmt.Errorf("users' certificate stores on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }

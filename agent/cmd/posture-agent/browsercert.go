@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -28,7 +29,9 @@ func defaultSocket() string {
 	case "darwin":
 		return "/var/run/posture-agent.sock"
 	case "windows":
-		return "" // no local socket: see docs/browser-certificates.md
+		// An AF_UNIX socket (Windows 10 1803 and later) in a directory of
+		// its own, whose access list lets interactive users connect.
+		return filepath.Join(envOr("ProgramData", `C:\ProgramData`), "Posture", "socket", "agent.sock")
 	}
 	return "/run/posture-agent/agent.sock"
 }
@@ -45,7 +48,9 @@ collector (through the agent's local socket, which knows the user by the
 socket's peer credentials), and keeps it in the user's certificate store:
 on Linux the NSS database, where Chrome, Chromium and Firefox find it; on
 macOS the login keychain, its key not extractable, where Safari, Chrome,
-Edge and Firefox find it. With --watch it keeps running and renews the
+Edge and Firefox find it; on Windows the CurrentUser store, its key not
+exportable and in the TPM (Microsoft Platform Crypto Provider) where it
+can be, where Chrome, Edge and Firefox find it. With --watch it keeps running and renews the
 certificate before it expires; --remove takes every Posture browser
 certificate out.`,
 		Args: noArgs,
@@ -120,7 +125,8 @@ type storeFlags struct {
 
 // userStore is the user's certificate store on goos: the NSS databases or
 // the keychain named, or the platform's default (the NSS database on
-// Linux and the BSDs, the login keychain on macOS).
+// Linux and the BSDs, the login keychain on macOS, the CurrentUser store
+// on Windows).
 func userStore(goos string, f storeFlags) (browsercert.Store, error) {
 	if len(f.nssdbs) > 0 && f.keychain != "" {
 		return nil, errors.New("name NSS databases (--nssdb) or a keychain (--keychain), not both")
@@ -145,20 +151,21 @@ func userStore(goos string, f storeFlags) (browsercert.Store, error) {
 	switch goos {
 	case "linux", "freebsd", "openbsd", "netbsd":
 		return browsercert.DefaultNSSDB()
+	case "windows":
+		return browsercert.CurrentUserStore{}, nil
 	}
 	return nil, fmt.Errorf("browser certificates on %s: %w (see docs/browser-certificates.md)", goos, errors.ErrUnsupported)
 }
 
 // removeUsersBrowserCerts takes every local user's Posture browser
 // certificates out of their stores (NSS databases on Linux, login
-// keychains on macOS), as each user (uninstall).
+// keychains on macOS), as each user (uninstall); on Windows only the
+// store of the account running it, and it says why.
 func removeUsersBrowserCerts(out io.Writer) {
 	stores, err := browsercert.UserStores()
-	if err != nil {
-		if !errors.Is(err, errors.ErrUnsupported) {
-			inert.Fprintf(out, "browser certificates not removed: %s\n", err.Error())
-		}
-		return
+	if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		// What could be listed is still cleaned.
+		inert.Fprintf(out, "browser certificates not removed: %s\n", err.Error())
 	}
 	for _, u := range stores {
 		removed, err := browsercert.RemoveAll(u.Store)

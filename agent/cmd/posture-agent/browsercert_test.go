@@ -39,7 +39,7 @@ func TestBrowserCertCommand(t *testing.T) {
 }
 
 // browser-cert picks the store of the platform: the NSS database on
-// Linux, the login keychain on macOS, nothing yet on Windows; the flags
+// Linux, the login keychain on macOS, the CurrentUser store on Windows; the flags
 // name others.
 func TestBrowserCertStorePerOS(t *testing.T) {
 	home := t.TempDir()
@@ -54,7 +54,8 @@ func TestBrowserCertStorePerOS(t *testing.T) {
 		{"darwin", storeFlags{keychain: "/tmp/test.keychain-db"}, "browsercert.Keychain /tmp/test.keychain-db"},
 		{"darwin", storeFlags{nssdbs: []string{"/tmp/ff"}}, "browsercert.NSSDB /tmp/ff"},
 		{"linux", storeFlags{nssdbs: []string{"/a", "/b"}}, "browsercert.Stores"},
-		{"windows", storeFlags{}, "browser certificates on windows: unsupported operation"},
+		{"windows", storeFlags{}, "browsercert.CurrentUserStore"},
+		{"plan9", storeFlags{}, "browser certificates on plan9: unsupported operation"},
 		{"linux", storeFlags{nssdbs: []string{"/a"}, keychain: "/k"}, "not both"},
 	} {
 		t.Run(tc.goos, func(t *testing.T) {
@@ -67,6 +68,8 @@ func TestBrowserCertStorePerOS(t *testing.T) {
 				got = "browsercert.Keychain " + s.Path
 			case browsercert.Stores:
 				got = "browsercert.Stores"
+			case browsercert.CurrentUserStore:
+				got = "browsercert.CurrentUserStore"
 			}
 			if err != nil {
 				got = err.Error()
