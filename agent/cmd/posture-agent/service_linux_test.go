@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,7 +60,7 @@ func TestServiceRoundTripSystemV(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		agentCmd("uninstall")
-		assertNothingLeft(t)
+		assertNothingLeft(t, bin)
 	})
 	stateDir := filepath.Join(t.TempDir(), "agent")
 
@@ -119,13 +121,17 @@ func TestServiceRoundTripSystemV(t *testing.T) {
 		t.Fatalf("start: exit %d\n%s", code, out)
 	}
 	pid = runningPID(t)
+	// What assertNothingLeft looks for finds the running service.
+	if out, _ := exec.Command("pgrep", "-f", bin+" run").Output(); !slices.Contains(strings.Fields(string(out)), strconv.Itoa(pid)) {
+		t.Fatalf("pgrep -f '%s run' finds %q, not the service's pid %d", bin, out, pid)
+	}
 	if out, code := agentCmd("uninstall"); code != 0 || !strings.Contains(out, "stopped and uninstalled") {
 		t.Fatalf("uninstall: exit %d\n%s", code, out)
 	}
 	if processAlive(pid) {
 		t.Fatalf("agent pid %d still runs after uninstall", pid)
 	}
-	assertNothingLeft(t)
+	assertNothingLeft(t, bin)
 	if out, code := agentCmd("status"); code != 4 || !strings.Contains(out, "not installed") {
 		t.Fatalf("status after uninstall: exit %d\n%s", code, out)
 	}
@@ -146,8 +152,10 @@ func runningPID(t *testing.T) int {
 	return st.PID
 }
 
-// assertNothingLeft fails when anything of the System V service remains.
-func assertNothingLeft(t *testing.T) {
+// assertNothingLeft fails when anything of the System V service remains,
+// a process of bin (the service's binary) included. Agents of other
+// binaries (other tests running beside this one) are not its business.
+func assertNothingLeft(t *testing.T, bin string) {
 	t.Helper()
 	left, _ := filepath.Glob("/etc/rc?.d/*posture-agent")
 	for _, p := range []string{sysvInitScript, sysvPIDFile, sysvLogFile} {
@@ -158,7 +166,7 @@ func assertNothingLeft(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
-	if out, err := exec.Command("pgrep", "-f", "posture-agent run").Output(); err == nil {
+	if out, err := exec.Command("pgrep", "-f", bin+" run").Output(); err == nil {
 		for _, pid := range strings.Fields(string(out)) {
 			if st, _ := os.ReadFile("/proc/" + pid + "/stat"); !strings.Contains(string(st), ") Z") {
 				t.Errorf("an agent still runs: pid %s", pid)
