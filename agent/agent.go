@@ -78,6 +78,9 @@ type Agent struct {
 	spool *spool.Spool
 	conn  *grpc.ClientConn
 	head  chainHead
+	// streamLost is when the report stream was lost, until a new one is
+	// welcomed (sendLoop's alone).
+	streamLost time.Time
 	// renewal renews the device certificate (renew.go).
 	renewal *renewal
 	// onAck, when set, is called after each acknowledged report.
@@ -228,6 +231,9 @@ func (a *Agent) sendLoop(ctx context.Context) {
 		} else {
 			a.log.Warn("report stream ended; reconnecting", "err", err, "in", backoff, "spooled", a.spool.Len())
 		}
+		if a.streamLost.IsZero() {
+			a.streamLost = time.Now()
+		}
 		// A collector that restarts ends every agent's stream at the same
 		// moment: ±50% spreads their reconnects, and the TLS handshakes
 		// they cost the collector, over a whole backoff rather than a
@@ -270,6 +276,10 @@ func (a *Agent) stream(ctx context.Context) (int, error) {
 	}
 	if err := a.reconcile(w); err != nil {
 		return 0, err
+	}
+	if !a.streamLost.IsZero() {
+		a.log.Info("report stream back", "after", time.Since(a.streamLost).Round(time.Millisecond), "spooled", a.spool.Len())
+		a.streamLost = time.Time{}
 	}
 	a.resendEventLog() // the collector may have lost it, or be another one
 	if err := st.Send(&posturev1.AgentMessage{Msg: &posturev1.AgentMessage_Hello{Hello: &posturev1.AgentHello{MeasureNow: true}}}); err != nil {
