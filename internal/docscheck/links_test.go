@@ -6,26 +6,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/posture-project/posture/internal/testtools"
 )
 
 // repoRoot is the module's root, two levels up.
 var repoRoot = filepath.Join("..", "..")
-
-// markdownFiles are the README and every page under docs/.
-func markdownFiles(t *testing.T) []string {
-	t.Helper()
-	files := []string{filepath.Join(repoRoot, "README.md")}
-	err := filepath.WalkDir(filepath.Join(repoRoot, "docs"), func(path string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".md") {
-			files = append(files, path)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
 
 var (
 	linkRE    = regexp.MustCompile(`\]\(([^)\s]+)\)`)
@@ -72,7 +58,7 @@ func scan(t *testing.T, path string) (anchors map[string]bool, links []string) {
 // of the repository, and every #anchor a heading of its page, so that
 // moving a section cannot leave a reader at a dead end.
 func TestLinks(t *testing.T) {
-	files := markdownFiles(t)
+	files := testtools.MarkdownPages(t, repoRoot)
 	anchors := map[string]map[string]bool{}
 	links := map[string][]string{}
 	for _, f := range files {

@@ -276,23 +276,3 @@ type anyText string
 func (v *anyText) Set(s string) error { *v = anyText(s); return nil }
 func (v *anyText) String() string     { return string(*v) }
 func (v *anyText) Type() string       { return "string" }
-
-// Pages are the README and every page under docs/ of the repository at
-// root.
-func Pages(t interface {
-	Helper()
-	Fatal(...any)
-}, root string) []string {
-	t.Helper()
-	files := []string{filepath.Join(root, "README.md")}
-	err := filepath.WalkDir(filepath.Join(root, "docs"), func(path string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".md") {
-			files = append(files, path)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}

@@ -2,6 +2,7 @@ package testtools
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -67,4 +68,21 @@ func headingLevel(line string) int {
 		return 0
 	}
 	return n
+}
+
+// MarkdownPages are the README and every page under docs/ of the
+// repository at root.
+func MarkdownPages(t testing.TB, root string) []string {
+	t.Helper()
+	files := []string{filepath.Join(root, "README.md")}
+	err := filepath.WalkDir(filepath.Join(root, "docs"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".md") {
+			files = append(files, path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }

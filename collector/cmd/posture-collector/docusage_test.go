@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/posture-project/posture/internal/flagdoc"
+	"github.com/posture-project/posture/internal/testtools"
 )
 
 // TestDocsNameRealCommands holds every posture-collector command line in
@@ -11,7 +12,7 @@ import (
 // exists, with flags it has and the arguments it takes.
 func TestDocsNameRealCommands(t *testing.T) {
 	t.Setenv("POSTURE_COLLECTOR_CONFIG", "")
-	usages, err := flagdoc.Usages(flagdoc.Pages(t, "../../.."), "posture-collector")
+	usages, err := flagdoc.Usages(testtools.MarkdownPages(t, "../../.."), "posture-collector")
 	if err != nil {
 		t.Fatal(err)
 	}
