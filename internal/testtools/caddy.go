@@ -7,9 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
+	"strings"
 	"testing"
-	"time"
 )
 
 // Caddy returns the caddy binary, or skips the test when Caddy is not
@@ -40,31 +39,13 @@ func StartCaddy(t testing.TB, bin, dir string, render func(port int) []byte) str
 		// Caddy keeps its data and configuration under these; the test's
 		// own directory, not the user's home.
 		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start caddy: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if err := waitListening(addr, exited); err == nil {
-			t.Cleanup(func() {
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(5 * time.Second):
-					_ = cmd.Process.Kill()
-					<-exited
-				}
-				if t.Failed() {
-					t.Logf("caddy's output:\n%s", out.String())
-				}
-			})
+		err := runServer(t, cmd, []string{addr}, func() string { return "caddy's output:\n" + out.String() })
+		if err == nil {
 			return addr
-		} else {
-			_ = cmd.Process.Kill()
-			if attempt < 3 && bytes.Contains(out.Bytes(), []byte("address already in use")) {
-				continue
-			}
-			t.Fatalf("caddy did not start: %v\n%s", err, out.String())
 		}
+		if attempt < 3 && strings.Contains(out.String(), "address already in use") {
+			continue
+		}
+		t.Fatalf("caddy did not start: %v\n%s", err, out.String())
 	}
 }

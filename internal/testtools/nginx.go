@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,46 +48,55 @@ func StartNginx(t testing.TB, bin, dir string, listeners int, render func(addrs 
 		var out bytes.Buffer
 		cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", errorLog)
 		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start nginx: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-
-		var err error
-		for _, addr := range addrs {
-			if err = waitListening(addr, exited); err != nil {
-				break
-			}
-		}
+		errorLogText := func() string { log, _ := os.ReadFile(errorLog); return string(log) }
+		err := runServer(t, cmd, addrs, func() string { return "nginx error.log:\n" + errorLogText() })
 		if err == nil {
-			t.Cleanup(func() {
-				// SIGQUIT would wait for keep-alive connections; TERM is a fast stop.
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(5 * time.Second):
-					_ = cmd.Process.Kill()
-					<-exited
-				}
-				if t.Failed() {
-					log, _ := os.ReadFile(errorLog)
-					t.Logf("nginx error.log:\n%s", log)
-				}
-			})
 			return addrs
 		}
-		_ = cmd.Process.Kill()
-		log, _ := os.ReadFile(errorLog)
-		if attempt < 3 && bytes.Contains(log, []byte("Address already in use")) {
+		if attempt < 3 && strings.Contains(errorLogText(), "Address already in use") {
 			continue
 		}
-		t.Fatalf("nginx did not start: %v\n%s\nerror.log:\n%s", err, out.String(), log)
+		t.Fatalf("nginx did not start: %v\n%s\nerror.log:\n%s", err, out.String(), errorLogText())
 	}
 }
 
+// runServer starts cmd, a server in the foreground, and waits until it
+// listens on every one of addrs. Once it does, the server runs until the
+// test ends (SIGTERM, a kill after 5 s), and logs() is logged if the test
+// failed. If it does not, it is killed and the reason returned.
+func runServer(t testing.TB, cmd *exec.Cmd, addrs []string, logs func() string) error {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	for _, addr := range addrs {
+		if err := waitListening(addr, exited); err != nil {
+			_ = cmd.Process.Kill()
+			<-exited // its output is whole, and no longer written
+			return errors.Join(err, waitErr)
+		}
+	}
+	t.Cleanup(func() {
+		// SIGQUIT would wait for keep-alive connections; TERM is a fast stop.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Log(logs())
+		}
+	})
+	return nil
+}
+
 // waitListening waits until addr accepts connections or the process exits.
-func waitListening(addr string, exited <-chan error) error {
+func waitListening(addr string, exited <-chan struct{}) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
@@ -94,8 +104,8 @@ func waitListening(addr string, exited <-chan error) error {
 			return nil
 		}
 		select {
-		case err := <-exited:
-			return errors.Join(errors.New("the process exited"), err)
+		case <-exited:
+			return errors.New("the process exited")
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
