@@ -54,7 +54,6 @@ func Usages(files []string, binary string) ([]Usage, error) {
 				shell = fenced && shellLanguages[strings.TrimPrefix(fence, "```")]
 				continue
 			}
-			var candidates []string
 			if fenced {
 				if !shell {
 					continue
@@ -69,15 +68,10 @@ func Usages(files []string, binary string) ([]Usage, error) {
 					out = append(out, Usage{File: filepath.ToSlash(file), Line: first, Text: strings.TrimSpace(line), Args: words})
 				}
 				continue
-			} else {
-				for _, m := range inlineCode.FindAllStringSubmatch(line, -1) {
-					candidates = append(candidates, m[1])
-				}
 			}
-			for _, c := range candidates {
-				words, ok := commandWords(c, binary, false)
-				if ok {
-					out = append(out, Usage{File: filepath.ToSlash(file), Line: n, Text: strings.TrimSpace(c), Args: words})
+			for _, m := range inlineCode.FindAllStringSubmatch(line, -1) {
+				if words, ok := commandWords(m[1], binary, false); ok {
+					out = append(out, Usage{File: filepath.ToSlash(file), Line: n, Text: strings.TrimSpace(m[1]), Args: words})
 				}
 			}
 		}
